@@ -1,0 +1,60 @@
+//! The envelope: how a typed message becomes bytes plus a schema header, and back.
+//!
+//! Payloads are JSON. The `souk-schema` header names the type and version
+//! (`orders.place/v1`); readers accept the current version and the one before it, so a
+//! rolling deploy never strands messages written by the previous release.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// A message type with a subject and a schema version.
+pub trait Message: Serialize + DeserializeOwned {
+    /// Subject it is published on.
+    const SUBJECT: &'static str;
+    /// Schema name, e.g. `orders.place`.
+    const SCHEMA: &'static str;
+    /// Current schema version written by this release.
+    const VERSION: u16;
+
+    /// The `souk-schema` header value for the current version.
+    fn schema_header() -> String {
+        format!("{}/v{}", Self::SCHEMA, Self::VERSION)
+    }
+}
+
+/// Why a payload could not be decoded. Never retryable: the bytes will not change.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("missing souk-schema header")]
+    MissingSchema,
+    #[error("schema {found:?} is not {expected} v{min}..=v{max}")]
+    WrongSchema { found: String, expected: &'static str, min: u16, max: u16 },
+    #[error("invalid {schema} payload: {source}")]
+    Payload { schema: String, source: serde_json::Error },
+}
+
+/// Serialise a message to its JSON payload.
+pub fn encode<M: Message>(message: &M) -> Vec<u8> {
+    // Serialising our own plain structs to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(message).unwrap_or_default()
+}
+
+/// Decode a payload, checking the schema header: current or previous version.
+pub fn decode<M: Message>(schema: Option<&str>, payload: &[u8]) -> Result<M, DecodeError> {
+    let schema = schema.ok_or(DecodeError::MissingSchema)?;
+    let min = M::VERSION.saturating_sub(1).max(1);
+    let accepted = schema
+        .split_once("/v")
+        .filter(|(name, _)| *name == M::SCHEMA)
+        .and_then(|(_, v)| v.parse::<u16>().ok())
+        .is_some_and(|v| (min..=M::VERSION).contains(&v));
+    if !accepted {
+        return Err(DecodeError::WrongSchema {
+            found: schema.to_owned(),
+            expected: M::SCHEMA,
+            min,
+            max: M::VERSION,
+        });
+    }
+    serde_json::from_slice(payload)
+        .map_err(|source| DecodeError::Payload { schema: schema.to_owned(), source })
+}

@@ -1,0 +1,18 @@
+//! # souk-pipelines — the contracts every layer shares
+//!
+//! Subjects, header names, schema identifiers, the message envelope, the commands and
+//! events of each domain, money, and the [`outbox::Outbox`] trait that joins the
+//! Postgres store to the relay in `souk-topologies`.
+//!
+//! This crate does no I/O. Everything here is plain data plus validation, so that the
+//! ingress, the workers and the tests agree on one definition of every message.
+
+pub mod envelope;
+pub mod headers;
+pub mod money;
+pub mod orders;
+pub mod outbox;
+pub mod subjects;
+
+pub use envelope::{DecodeError, Message, decode, encode};
+pub use money::{Currency, Money, MoneyError};

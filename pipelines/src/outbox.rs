@@ -1,0 +1,43 @@
+//! The transactional outbox, as the relay sees it.
+//!
+//! Handlers write outbox rows in the same Postgres transaction as their state change;
+//! the relay in `souk-topologies` drains them through this trait, so the engine never
+//! needs to know which database holds them.
+
+use futures::future::BoxFuture;
+
+/// One message waiting to be published. `id` becomes the `Nats-Msg-Id`, so a relay that
+/// crashes after publishing but before [`Outbox::mark_published`] republishes harmlessly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// Unique id; also the JetStream de-duplication id.
+    pub id: uuid::Uuid,
+    /// Position in the outbox: messages of one aggregate are published in this order.
+    pub seq: i64,
+    /// The aggregate (e.g. order id) the message is about.
+    pub aggregate_id: String,
+    pub subject: String,
+    /// Headers to send besides `Nats-Msg-Id` (schema, trace context, causation).
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+/// A store of unpublished messages.
+pub trait Outbox: Send + Sync + 'static {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Up to `limit` unpublished messages, oldest first.
+    fn pending(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxMessage>, Self::Error>>;
+
+    /// Record that these messages were acknowledged by JetStream.
+    fn mark_published<'a>(&'a self, ids: &'a [uuid::Uuid]) -> BoxFuture<'a, Result<(), Self::Error>>;
+
+    /// Wait until new messages may be pending, or `timeout` passes (a hint; the relay
+    /// polls anyway).
+    fn wait_for_new(&self, timeout: std::time::Duration) -> BoxFuture<'_, ()>;
+
+    /// Take the relay lease: only one relay publishes from an outbox at a time, which is
+    /// what keeps the messages of one aggregate in order. Returns false if another
+    /// relay holds it.
+    fn try_lease(&self) -> BoxFuture<'_, Result<bool, Self::Error>>;
+}

@@ -1,0 +1,37 @@
+//! Postgres connection options.
+
+use serde::Deserialize;
+use std::time::Duration;
+
+/// How to reach Postgres.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PgOptions {
+    /// `postgres://user@host:port/database`.
+    pub url: String,
+    /// Connections in the pool.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Longest wait for a pooled connection (then the caller gets a retryable error).
+    #[serde(default = "default_acquire_timeout", with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+fn default_max_connections() -> u32 {
+    16
+}
+fn default_acquire_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl PgOptions {
+    /// Options for `url` with default pool settings.
+    pub fn new(url: impl Into<String>) -> Self {
+        PgOptions {
+            url: url.into(),
+            max_connections: default_max_connections(),
+            acquire_timeout: default_acquire_timeout(),
+        }
+    }
+}
+

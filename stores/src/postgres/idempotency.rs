@@ -1,0 +1,85 @@
+//! Ingress idempotency keys: the first request with a key wins, and fixes the order id
+//! and the request hash every later request with that key is compared against.
+
+use sqlx::PgPool;
+use std::collections::HashSet;
+use uuid::Uuid;
+
+use super::Error;
+
+/// A key to claim (a request that wants to be first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub tenant: String,
+    pub principal: String,
+    pub key: String,
+    /// Hash of the canonical request body.
+    pub request_hash: Vec<u8>,
+    /// The order id this request will get if it is first.
+    pub order_id: Uuid,
+}
+
+/// The stored record of a key, and whether this call created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub request_hash: Vec<u8>,
+    pub order_id: Uuid,
+    /// True when this call inserted the record (the request is new).
+    pub fresh: bool,
+}
+
+/// Claim many keys in one round trip (the ingress batches concurrent requests).
+/// Returns one record per claim, in order. Claims repeating a key share one record.
+pub async fn claim(pool: &PgPool, claims: &[Claim]) -> Result<Vec<Record>, Error> {
+    let col = |f: fn(&Claim) -> String| claims.iter().map(f).collect::<Vec<_>>();
+    let (tenants, principals, keys) =
+        (col(|c| c.tenant.clone()), col(|c| c.principal.clone()), col(|c| c.key.clone()));
+    let hashes: Vec<Vec<u8>> = claims.iter().map(|c| c.request_hash.clone()).collect();
+    let order_ids: Vec<Uuid> = claims.iter().map(|c| c.order_id).collect();
+
+    let inserted: Vec<(String, String, String)> = sqlx::query_as(
+        "insert into idempotency_keys (tenant, principal, key, request_hash, order_id)
+         select * from unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::uuid[])
+         on conflict do nothing
+         returning tenant, principal, key",
+    )
+    .bind(&tenants)
+    .bind(&principals)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&order_ids)
+    .fetch_all(pool)
+    .await?;
+    let fresh: HashSet<(String, String, String)> = inserted.into_iter().collect();
+
+    let stored: Vec<(String, String, String, Vec<u8>, Uuid)> = sqlx::query_as(
+        "select k.tenant, k.principal, k.key, k.request_hash, k.order_id
+         from idempotency_keys k
+         join unnest($1::text[], $2::text[], $3::text[]) as c(tenant, principal, key)
+           using (tenant, principal, key)",
+    )
+    .bind(&tenants)
+    .bind(&principals)
+    .bind(&keys)
+    .fetch_all(pool)
+    .await?;
+    let stored: std::collections::HashMap<_, _> = stored
+        .into_iter()
+        .map(|(t, p, k, h, o)| ((t, p, k), (h, o)))
+        .collect();
+
+    // Within one call, only the first claim of a repeated key may be "fresh".
+    let mut seen = HashSet::new();
+    claims
+        .iter()
+        .map(|c| {
+            let id = (c.tenant.clone(), c.principal.clone(), c.key.clone());
+            let (request_hash, order_id) = stored
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::Corrupt(format!("idempotency key {} vanished", c.key)))?;
+            let fresh = fresh.contains(&id) && seen.insert(id);
+            Ok(Record { request_hash, order_id, fresh })
+        })
+        .collect()
+}

@@ -1,0 +1,11 @@
+//! Postgres: connection, migrations, and the repositories of the system of record.
+
+mod config;
+pub mod idempotency;
+pub mod inbox;
+pub mod orders;
+pub mod outbox;
+mod store;
+
+pub use config::PgOptions;
+pub use store::{Error, connect, ensure_database, housekeeping, migrate};

@@ -1,0 +1,73 @@
+//! Orders in the system of record.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use souk_pipelines::orders::{OrderLine, PlaceOrder};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::Error;
+
+/// An order as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Order {
+    pub order_id: Uuid,
+    pub tenant: String,
+    pub buyer_id: String,
+    pub status: String,
+    pub currency: String,
+    pub total_minor: i64,
+    pub lines: Vec<OrderLine>,
+    pub placed_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Insert an accepted order in the current transaction. Returns false if an order with
+/// this id already exists (a replay that outlived the inbox): the caller then writes
+/// nothing else.
+pub async fn insert_accepted(tx: &mut PgConnection, cmd: &PlaceOrder) -> Result<bool, Error> {
+    let lines = serde_json::to_value(&cmd.lines).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let inserted = sqlx::query(
+        "insert into orders (order_id, tenant, buyer_id, status, currency, total_minor, lines, placed_at)
+         values ($1, $2, $3, 'accepted', $4, $5, $6, $7)
+         on conflict (order_id) do nothing",
+    )
+    .bind(cmd.order_id)
+    .bind(&cmd.tenant)
+    .bind(&cmd.buyer_id)
+    .bind(cmd.currency.code())
+    .bind(cmd.total_minor)
+    .bind(lines)
+    .bind(cmd.placed_at)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// One order by id.
+pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, Error> {
+    let row = sqlx::query(
+        "select order_id, tenant, buyer_id, status, currency, total_minor, lines, placed_at,
+                created_at, updated_at
+         from orders where order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let lines: serde_json::Value = r.try_get("lines")?;
+    Ok(Some(Order {
+        order_id: r.try_get("order_id")?,
+        tenant: r.try_get("tenant")?,
+        buyer_id: r.try_get("buyer_id")?,
+        status: r.try_get("status")?,
+        currency: r.try_get::<String, _>("currency")?.trim().to_owned(),
+        total_minor: r.try_get("total_minor")?,
+        lines: serde_json::from_value(lines).map_err(|e| Error::Corrupt(e.to_string()))?,
+        placed_at: r.try_get("placed_at")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    }))
+}

@@ -1,0 +1,105 @@
+//! Connecting, migrating, housekeeping, and the store error.
+
+use sqlx::{
+    Connection, Executor, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use std::{str::FromStr, time::Duration};
+
+use super::PgOptions;
+
+/// A store error, with what the caller needs to decide whether to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// Whether trying again may succeed: connection trouble, pool exhaustion,
+    /// serialization failures and deadlocks are transient; constraint violations and
+    /// bad data are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(db) => {
+                    let code = db.code().unwrap_or_default();
+                    // 40001 serialization, 40P01 deadlock, 08* connection, 57P* shutdown,
+                    // 53* insufficient resources.
+                    code == "40001"
+                        || code == "40P01"
+                        || code.starts_with("08")
+                        || code.starts_with("57P")
+                        || code.starts_with("53")
+                }
+                _ => false,
+            },
+            Error::Migrate(_) | Error::Corrupt(_) => false,
+        }
+    }
+}
+
+/// A connection pool. Connections are opened lazily, so a process can start (and
+/// report not-ready) while Postgres is down.
+pub fn connect(options: &PgOptions) -> Result<PgPool, Error> {
+    let connect = PgConnectOptions::from_str(&options.url)?.application_name("souk");
+    Ok(PgPoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_lazy_with(connect))
+}
+
+/// Apply the migrations in `stores/migrations` (idempotent).
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}
+
+/// Create the database named in `url` if it does not exist (connecting to the
+/// `postgres` maintenance database of the same server).
+pub async fn ensure_database(url: &str) -> Result<(), Error> {
+    let target = PgConnectOptions::from_str(url)?;
+    let name = target.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = sqlx::PgConnection::connect_with(&target.clone().database("postgres")).await?;
+    let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        match admin.execute(sqlx::AssertSqlSafe(format!("create database {quoted}"))).await {
+            Ok(_) => {}
+            // Another process created it between our check and our create.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+/// Delete what no longer serves a purpose: published outbox rows, inbox records and
+/// idempotency keys older than `retention` (which must exceed JetStream's duplicate
+/// window and any redelivery horizon). Returns rows deleted.
+pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<u64, Error> {
+    let secs = retention.as_secs_f64();
+    let mut deleted = 0;
+    for sql in [
+        "delete from outbox where published_at < now() - make_interval(secs => $1)",
+        "delete from inbox where handled_at < now() - make_interval(secs => $1)",
+        "delete from idempotency_keys where created_at < now() - make_interval(secs => $1)",
+    ] {
+        deleted += sqlx::query(sql).bind(secs).execute(pool).await?.rows_affected();
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,257 @@
+//! `souk topology apply`: make JetStream match the topology, idempotently, and say what
+//! differed.
+//!
+//! Only the fields the topology declares are compared, so server-side defaults (and
+//! fields a newer server adds) never show up as drift.
+
+use async_nats::jetstream::{
+    self, consumer,
+    context::{ConsumerInfoErrorKind, GetStreamErrorKind},
+    stream,
+};
+use std::{fmt, time::Duration};
+
+use crate::{
+    Error, Result,
+    spec::{ConsumerSpec, Retention, Storage, StreamSpec, Topology},
+};
+
+/// Whether to change anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Create what is missing and update what drifted.
+    Apply,
+    /// Only report.
+    Check,
+}
+
+/// What happened (or, in [`Mode::Check`], would happen) to one stream or consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// `stream` or `consumer`.
+    pub kind: &'static str,
+    pub name: String,
+    pub action: Action,
+}
+
+/// The action for one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Unchanged,
+    Created,
+    Missing,
+    /// The live object differed in these fields (and was updated, in [`Mode::Apply`]).
+    Drifted(Vec<Drift>),
+}
+
+/// One field that differs between JetStream and the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub field: &'static str,
+    pub live: String,
+    pub declared: String,
+}
+
+/// The result of [`apply`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub changes: Vec<Change>,
+}
+
+impl Report {
+    /// True when JetStream already matched the topology.
+    pub fn in_sync(&self) -> bool {
+        self.changes.iter().all(|c| c.action == Action::Unchanged)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.changes {
+            match &c.action {
+                Action::Unchanged => writeln!(f, "  {} {}: unchanged", c.kind, c.name)?,
+                Action::Created => writeln!(f, "+ {} {}: created", c.kind, c.name)?,
+                Action::Missing => writeln!(f, "+ {} {}: missing", c.kind, c.name)?,
+                Action::Drifted(drift) => {
+                    writeln!(f, "~ {} {}: drifted", c.kind, c.name)?;
+                    for d in drift {
+                        writeln!(f, "    {}: live {} → declared {}", d.field, d.live, d.declared)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Make JetStream match `topology` (or, with [`Mode::Check`], only compare).
+pub async fn apply(js: &jetstream::Context, topology: &Topology, mode: Mode) -> Result<Report> {
+    let mut report = Report::default();
+    for spec in &topology.streams {
+        report.changes.push(apply_stream(js, spec, mode).await?);
+    }
+    for spec in &topology.consumers {
+        report.changes.push(apply_consumer(js, spec, mode).await?);
+    }
+    Ok(report)
+}
+
+async fn apply_stream(js: &jetstream::Context, spec: &StreamSpec, mode: Mode) -> Result<Change> {
+    let declared = stream_config(spec);
+    let change = |action| Change { kind: "stream", name: spec.name.clone(), action };
+    let live = match js.get_stream(&spec.name).await {
+        Ok(s) => s.cached_info().config.clone(),
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            if mode == Mode::Check {
+                return Ok(change(Action::Missing));
+            }
+            js.create_stream(declared).await.map_err(|e| api_error("create stream", &spec.name, e))?;
+            return Ok(change(Action::Created));
+        }
+        Err(e) => return Err(api_error("read stream", &spec.name, e)),
+    };
+    let drift = stream_drift(&live, &declared);
+    if drift.is_empty() {
+        return Ok(change(Action::Unchanged));
+    }
+    if mode == Mode::Apply {
+        js.update_stream(declared).await.map_err(|e| api_error("update stream", &spec.name, e))?;
+    }
+    Ok(change(Action::Drifted(drift)))
+}
+
+async fn apply_consumer(js: &jetstream::Context, spec: &ConsumerSpec, mode: Mode) -> Result<Change> {
+    let declared = consumer_config(spec);
+    let change = |action| Change { kind: "consumer", name: spec.name.clone(), action };
+    let stream = js.get_stream(&spec.stream).await.map_err(|e| api_error("read stream", &spec.stream, e))?;
+    let live = match stream.consumer_info(&spec.name).await {
+        Ok(info) => info.config,
+        Err(e) if is_not_found(e.kind()) => {
+            if mode == Mode::Check {
+                return Ok(change(Action::Missing));
+            }
+            stream
+                .create_consumer(declared)
+                .await
+                .map_err(|e| api_error("create consumer", &spec.name, e))?;
+            return Ok(change(Action::Created));
+        }
+        Err(e) => return Err(api_error("read consumer", &spec.name, e)),
+    };
+    let drift = consumer_drift(&live, &declared);
+    if drift.is_empty() {
+        return Ok(change(Action::Unchanged));
+    }
+    if mode == Mode::Apply {
+        stream
+            .update_consumer(declared)
+            .await
+            .map_err(|e| api_error("update consumer", &spec.name, e))?;
+    }
+    Ok(change(Action::Drifted(drift)))
+}
+
+fn is_not_found(kind: ConsumerInfoErrorKind) -> bool {
+    match kind {
+        ConsumerInfoErrorKind::NotFound => true,
+        ConsumerInfoErrorKind::JetStream(e) => e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND,
+        _ => false,
+    }
+}
+
+fn api_error(what: &str, name: &str, e: impl fmt::Display) -> Error {
+    Error::Nats(format!("{what} {name}: {e}"))
+}
+
+/// The JetStream stream config a spec declares.
+pub fn stream_config(spec: &StreamSpec) -> stream::Config {
+    stream::Config {
+        name: spec.name.clone(),
+        subjects: spec.subjects.clone(),
+        retention: match spec.retention {
+            Retention::Limits => stream::RetentionPolicy::Limits,
+            Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+            Retention::Interest => stream::RetentionPolicy::Interest,
+        },
+        storage: match spec.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        max_age: spec.max_age,
+        max_bytes: spec.max_bytes,
+        duplicate_window: spec.duplicate_window,
+        num_replicas: spec.replicas,
+        allow_atomic_publish: spec.allow_atomic,
+        ..Default::default()
+    }
+}
+
+/// The JetStream consumer config a spec declares.
+///
+/// JetStream's `max_deliver` is one more than the declared one: the runtime dead-letters
+/// a message itself when its last declared attempt fails, and the spare delivery is what
+/// lets it also dead-letter a message whose last attempt crashed the worker (instead of
+/// the server silently giving up on it).
+pub fn consumer_config(spec: &ConsumerSpec) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(spec.name.clone()),
+        filter_subjects: spec.filter_subjects.clone(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver + 1,
+        backoff: spec.backoff.clone(),
+        max_ack_pending: spec.max_ack_pending,
+        ..Default::default()
+    }
+}
+
+fn stream_drift(live: &stream::Config, declared: &stream::Config) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    let mut check = |field, live: String, declared: String| {
+        if live != declared {
+            drift.push(Drift { field, live, declared });
+        }
+    };
+    check("subjects", format!("{:?}", live.subjects), format!("{:?}", declared.subjects));
+    check("retention", format!("{:?}", live.retention), format!("{:?}", declared.retention));
+    check("storage", format!("{:?}", live.storage), format!("{:?}", declared.storage));
+    check("max-age", dur(live.max_age), dur(declared.max_age));
+    check("max-bytes", live.max_bytes.to_string(), declared.max_bytes.to_string());
+    check("duplicate-window", dur(live.duplicate_window), dur(declared.duplicate_window));
+    check("replicas", live.num_replicas.to_string(), declared.num_replicas.to_string());
+    check(
+        "allow-atomic",
+        live.allow_atomic_publish.to_string(),
+        declared.allow_atomic_publish.to_string(),
+    );
+    drift
+}
+
+fn consumer_drift(live: &consumer::Config, declared: &consumer::pull::Config) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    let mut check = |field, live: String, declared: String| {
+        if live != declared {
+            drift.push(Drift { field, live, declared });
+        }
+    };
+    let mut live_filters = live.filter_subjects.clone();
+    if !live.filter_subject.is_empty() {
+        live_filters.push(live.filter_subject.clone());
+    }
+    check("filter-subjects", format!("{live_filters:?}"), format!("{:?}", declared.filter_subjects));
+    check("ack-wait", dur(live.ack_wait), dur(declared.ack_wait));
+    // Reported as declared (one less than the server's, see consumer_config).
+    check("max-deliver", (live.max_deliver - 1).to_string(), (declared.max_deliver - 1).to_string());
+    check(
+        "backoff",
+        format!("{:?}", live.backoff.iter().copied().map(dur).collect::<Vec<_>>()),
+        format!("{:?}", declared.backoff.iter().copied().map(dur).collect::<Vec<_>>()),
+    );
+    check("max-ack-pending", live.max_ack_pending.to_string(), declared.max_ack_pending.to_string());
+    drift
+}
+
+fn dur(d: Duration) -> String {
+    format!("{d:?}")
+}

@@ -1,0 +1,234 @@
+//! Publishing to JetStream: every publish carries a `Nats-Msg-Id` and waits for the
+//! PubAck, so "published" always means "stored durably by the stream".
+//!
+//! Two ways: [`Publisher::publish`] for one message, and [`Publisher::publish_all`],
+//! which sends many as one JetStream atomic batch (nats-server ≥ 2.12, stream with
+//! `allow_atomic`). With `sync_interval: always` a single publish costs one fsync, and a
+//! batch costs one fsync for all its messages — the whole reason batching exists here.
+//!
+//! An atomic batch holding any message id that is already in the stream's dedupe
+//! window (or the same id twice) is rejected whole with err_code 10201 and does not say
+//! which id; [`Publisher::publish_all`] then republishes that batch one message at a time,
+//! where JetStream dedupes per message and acks the duplicates.
+
+use async_nats::{HeaderMap, jetstream};
+use bytes::Bytes;
+use serde::Deserialize;
+use std::time::{Duration, Instant};
+
+use crate::{Error, Result};
+use souk_pipelines::headers::MSG_ID;
+
+/// err_code of an atomic batch that holds an already-seen (or repeated) message id.
+pub const BATCH_DUPLICATE_MESSAGE_ID: u64 = 10201;
+
+/// JetStream's default cap on messages per atomic batch.
+pub const MAX_ATOMIC_BATCH: usize = 1000;
+
+/// A message ready to publish.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub subject: String,
+    /// Becomes `Nats-Msg-Id`: JetStream drops a second message with the same id
+    /// within the stream's duplicate window.
+    pub msg_id: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+/// JetStream's acknowledgement of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub stream: String,
+    pub sequence: u64,
+    /// The message id was already stored; nothing new was written.
+    pub duplicate: bool,
+}
+
+/// Publishes and waits for acknowledgements, never longer than `ack_timeout`.
+#[derive(Clone)]
+pub struct Publisher {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    ack_timeout: Duration,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("ack_timeout", &self.ack_timeout).finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiAck {
+    stream: Option<String>,
+    seq: Option<u64>,
+    count: Option<u64>,
+    #[serde(default)]
+    duplicate: bool,
+    error: Option<ApiError>,
+}
+
+#[derive(Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
+}
+
+impl Publisher {
+    /// A publisher over `client` that gives up on an acknowledgement after `ack_timeout`.
+    pub fn new(client: async_nats::Client, ack_timeout: Duration) -> Self {
+        let js = jetstream::ContextBuilder::new().timeout(ack_timeout).build(client.clone());
+        Publisher { client, js, ack_timeout }
+    }
+
+    /// The JetStream context this publisher uses.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Publish one message and wait for its PubAck.
+    pub async fn publish(&self, msg: OutgoingMessage) -> Result<Ack> {
+        let started = Instant::now();
+        let mut headers = msg.headers;
+        headers.insert(MSG_ID, msg.msg_id.as_str());
+        let result = async {
+            let fut = self
+                .js
+                .publish_with_headers(msg.subject, headers, msg.payload)
+                .await
+                .map_err(publish_error)?;
+            let ack = fut.await.map_err(publish_error)?;
+            Ok(Ack { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
+        };
+        let result = tokio::time::timeout(self.ack_timeout, result)
+            .await
+            .unwrap_or(Err(Error::AckTimeout(self.ack_timeout)));
+        record("single", 1, started, &result);
+        result
+    }
+
+    /// Publish `msgs` (all to subjects of one stream, in order) as one atomic batch:
+    /// either every message is stored or none is.
+    pub async fn publish_atomic(&self, msgs: &[OutgoingMessage]) -> Result<Vec<Ack>> {
+        let Some((last, init)) = msgs.split_last() else { return Ok(Vec::new()) };
+        if msgs.len() > MAX_ATOMIC_BATCH {
+            return Err(Error::JetStream { code: 10199, description: "batch too large".into() });
+        }
+        let started = Instant::now();
+        let batch_id = uuid::Uuid::new_v4().simple().to_string();
+        let batch_headers = |m: &OutgoingMessage, seq: usize| {
+            let mut h = m.headers.clone();
+            h.insert(MSG_ID, m.msg_id.as_str());
+            h.insert("Nats-Batch-Id", batch_id.as_str());
+            h.insert("Nats-Batch-Sequence", seq.to_string().as_str());
+            h
+        };
+        let result = async {
+            for (i, m) in init.iter().enumerate() {
+                self.client
+                    .publish_with_headers(m.subject.clone(), batch_headers(m, i + 1), m.payload.clone())
+                    .await
+                    .map_err(Error::nats)?;
+            }
+            let mut h = batch_headers(last, msgs.len());
+            h.insert("Nats-Batch-Commit", "1");
+            let request = async_nats::Request::new()
+                .headers(h)
+                .payload(last.payload.clone())
+                .timeout(Some(self.ack_timeout));
+            let reply = self
+                .client
+                .send_request(last.subject.clone(), request)
+                .await
+                .map_err(|e| match e.kind() {
+                    async_nats::RequestErrorKind::TimedOut => Error::AckTimeout(self.ack_timeout),
+                    _ => Error::nats(e),
+                })?;
+            let ack: ApiAck = serde_json::from_slice(&reply.payload)
+                .map_err(|e| Error::Nats(format!("unreadable batch ack: {e}")))?;
+            if let Some(err) = ack.error {
+                return Err(Error::JetStream { code: err.err_code, description: err.description });
+            }
+            let (Some(stream), Some(last_seq)) = (ack.stream, ack.seq) else {
+                return Err(Error::Nats("batch ack without stream or sequence".into()));
+            };
+            let count = ack.count.unwrap_or(msgs.len() as u64);
+            if count != msgs.len() as u64 {
+                return Err(Error::Nats(format!("batch of {} acked with count {count}", msgs.len())));
+            }
+            let first = last_seq + 1 - count;
+            Ok((0..count)
+                .map(|i| Ack { stream: stream.clone(), sequence: first + i, duplicate: ack.duplicate })
+                .collect())
+        };
+        let result = tokio::time::timeout(self.ack_timeout, result)
+            .await
+            .unwrap_or(Err(Error::AckTimeout(self.ack_timeout)));
+        record("atomic", msgs.len(), started, &result);
+        result
+    }
+
+    /// Publish `msgs` (all to subjects of one stream) with as few fsyncs as possible:
+    /// as one atomic batch, or — when JetStream rejects the batch for holding an id it
+    /// has already seen — one message at a time, pipelined. Results are per message, in
+    /// order. Message ids must be distinct within `msgs`.
+    pub async fn publish_all(&self, msgs: &[OutgoingMessage]) -> Vec<Result<Ack>> {
+        match self.publish_atomic(msgs).await {
+            Ok(acks) => acks.into_iter().map(Ok).collect(),
+            Err(Error::JetStream { code: BATCH_DUPLICATE_MESSAGE_ID, .. }) => {
+                metrics::counter!("souk_publisher_batch_fallbacks_total").increment(1);
+                self.publish_each(msgs).await
+            }
+            Err(e) => msgs.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    /// Publish one message at a time, pipelined: send all, then collect the acks.
+    pub async fn publish_each(&self, msgs: &[OutgoingMessage]) -> Vec<Result<Ack>> {
+        let started = Instant::now();
+        let mut pending = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let mut headers = m.headers.clone();
+            headers.insert(MSG_ID, m.msg_id.as_str());
+            pending.push(
+                self.js
+                    .publish_with_headers(m.subject.clone(), headers, m.payload.clone())
+                    .await
+                    .map_err(publish_error),
+            );
+        }
+        let mut results = Vec::with_capacity(msgs.len());
+        for p in pending {
+            results.push(match p {
+                Ok(fut) => fut
+                    .await
+                    .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
+                    .map_err(publish_error),
+                Err(e) => Err(e),
+            });
+        }
+        for r in &results {
+            record("single", 1, started, r);
+        }
+        results
+    }
+}
+
+fn publish_error(e: jetstream::context::PublishError) -> Error {
+    use jetstream::context::PublishErrorKind;
+    match e.kind() {
+        PublishErrorKind::TimedOut => Error::AckTimeout(Duration::ZERO),
+        _ => Error::nats(e),
+    }
+}
+
+fn record<T>(mode: &'static str, messages: usize, started: Instant, result: &Result<T>) {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("souk_publisher_messages_total", "mode" => mode, "outcome" => outcome)
+        .increment(messages as u64);
+    metrics::histogram!("souk_publisher_ack_seconds", "mode" => mode)
+        .record(started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,86 @@
+//! What a handler sees and what it answers.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use souk_pipelines::{DecodeError, Message, headers};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+/// One delivery of one message to a handler.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub subject: String,
+    pub headers: Option<HeaderMap>,
+    pub payload: Bytes,
+    /// The message's `Nats-Msg-Id`, if it was published with one.
+    pub message_id: Option<String>,
+    /// Position in the stream: unique per message, stable across redeliveries.
+    pub stream_sequence: u64,
+    /// 1 on first delivery.
+    pub attempt: u64,
+    /// The durable consumer that delivered it.
+    pub consumer: String,
+}
+
+impl Delivery {
+    /// A header value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.as_ref()?.get(name).map(|v| v.as_str())
+    }
+
+    /// Decode the payload as `M`, checking the `souk-schema` header.
+    pub fn decode<M: Message>(&self) -> Result<M, DecodeError> {
+        souk_pipelines::decode(self.header(headers::SCHEMA), &self.payload)
+    }
+
+    /// An id that identifies this message for inbox de-duplication: the `Nats-Msg-Id`
+    /// when present, else the stream and sequence.
+    pub fn dedupe_id(&self) -> String {
+        match &self.message_id {
+            Some(id) => id.clone(),
+            None => format!("seq:{}", self.stream_sequence),
+        }
+    }
+}
+
+/// A handler's verdict on one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled and committed: ack it.
+    Ack,
+    /// A transient failure: try again after `after` (unless deliveries are used up).
+    Retry { after: Duration, error: String },
+    /// Can never succeed (bad payload, broken invariant): dead-letter it now.
+    Fail { reason: String },
+}
+
+/// Handles messages of one pool. Must be idempotent: a message can be delivered again
+/// after its effects were committed (e.g. the worker died before acking).
+pub trait Handler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome>;
+}
+
+/// Handlers by the name pools refer to them with in the topology.
+#[derive(Default, Clone)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.handlers.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// Register `handler` as `name`.
+    pub fn register(&mut self, name: impl Into<String>, handler: impl Handler) -> &mut Self {
+        self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// The handler registered as `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(name).cloned()
+    }
+}

@@ -1,0 +1,26 @@
+//! The worker runtime: pools that drain durable pull consumers through handlers.
+//!
+//! A pool fetches in batches no larger than its free concurrency, so a message is only
+//! pulled when a handler slot is ready for it (its ack-wait clock never runs while it
+//! sits in a local queue). Each message runs in its own span (parented on the trace
+//! context in its headers) and its [`Outcome`] maps to JetStream:
+//!
+//! | outcome | JetStream |
+//! |---|---|
+//! | `Ack` | ack (after the handler committed) |
+//! | `Retry { after }` | nak with delay `after`; on the last allowed delivery: dead letter |
+//! | `Fail { reason }` | dead letter at once |
+//! | panic / timeout | treated as `Retry` with the consumer's backoff |
+//!
+//! Long handlers send progress acks every third of the ack wait. On shutdown a pool
+//! stops fetching, naks what it fetched but did not start, and waits up to its drain
+//! timeout for running handlers; whatever is still running then is abandoned unacked
+//! and JetStream redelivers it.
+
+mod dead_letter;
+mod handler;
+mod pool;
+
+pub use dead_letter::dead_letter;
+pub use handler::{Delivery, Handler, Outcome, Registry};
+pub use pool::{Pool, Runtime};

@@ -1,0 +1,256 @@
+//! The topology file: streams, consumers and pools, as declared in `topologies/*.toml`.
+//!
+//! Keys are kebab-case and unknown keys are rejected, so a typo fails at load time
+//! instead of silently falling back to a default.
+
+use serde::Deserialize;
+use std::{collections::HashSet, path::Path, time::Duration};
+
+use crate::{Error, Result};
+
+/// A whole topology.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default, rename = "stream")]
+    pub streams: Vec<StreamSpec>,
+    #[serde(default, rename = "consumer")]
+    pub consumers: Vec<ConsumerSpec>,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolSpec>,
+}
+
+/// Retention of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Retention {
+    /// Kept until limits are hit (events: replayable).
+    Limits,
+    /// Removed once acknowledged (commands).
+    WorkQueue,
+    /// Removed once every consumer has acknowledged.
+    Interest,
+}
+
+/// Where a stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Storage {
+    File,
+    Memory,
+}
+
+/// One JetStream stream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StreamSpec {
+    pub name: String,
+    pub subjects: Vec<String>,
+    pub retention: Retention,
+    #[serde(default = "file")]
+    pub storage: Storage,
+    /// Zero keeps messages forever.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Duration,
+    /// -1 means unlimited.
+    #[serde(default = "unlimited")]
+    pub max_bytes: i64,
+    #[serde(default = "two_minutes", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// Allow JetStream atomic batch publishes (nats-server ≥ 2.12).
+    #[serde(default)]
+    pub allow_atomic: bool,
+}
+
+/// One durable pull consumer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ConsumerSpec {
+    pub name: String,
+    pub stream: String,
+    pub filter_subjects: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Deliveries before the message goes to the dead-letter stream.
+    pub max_deliver: i64,
+    /// Redelivery delays after an ack timeout (a crashed or stuck worker); a handler's
+    /// own `Retry { after }` overrides it.
+    #[serde(default, deserialize_with = "durations")]
+    pub backoff: Vec<Duration>,
+    pub max_ack_pending: i64,
+}
+
+/// A worker pool: one consumer, one handler, bounded concurrency.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PoolSpec {
+    pub name: String,
+    pub consumer: String,
+    /// Name under which the handler is registered with the runtime.
+    pub handler: String,
+    /// Handlers running at once in one process.
+    pub concurrency: usize,
+    /// Messages asked for per pull request (capped by free concurrency).
+    #[serde(default = "sixty_four")]
+    pub fetch_batch: usize,
+    /// A handler running longer than this is abandoned and its message retried.
+    #[serde(with = "humantime_serde")]
+    pub handler_timeout: Duration,
+    /// On shutdown, how long in-flight handlers may take to finish.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<Duration>, D::Error> {
+    let steps: Vec<humantime_serde::Serde<Duration>> = Deserialize::deserialize(d)?;
+    Ok(steps.into_iter().map(humantime_serde::Serde::into_inner).collect())
+}
+
+fn file() -> Storage {
+    Storage::File
+}
+fn unlimited() -> i64 {
+    -1
+}
+fn two_minutes() -> Duration {
+    Duration::from_secs(120)
+}
+fn one() -> usize {
+    1
+}
+fn sixty_four() -> usize {
+    64
+}
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Topology {
+    /// Read and validate a topology file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| spec_error(path, e))?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Spec { message, .. } => Error::Spec { path: path.display().to_string(), message },
+            other => other,
+        })
+    }
+
+    /// Parse and validate topology text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let topology: Topology = toml::from_str(text).map_err(|e| spec_error("<text>", e))?;
+        topology.validate().map_err(|m| spec_error("<text>", m))?;
+        Ok(topology)
+    }
+
+    /// The consumer a pool drains.
+    pub fn consumer(&self, name: &str) -> Option<&ConsumerSpec> {
+        self.consumers.iter().find(|c| c.name == name)
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&PoolSpec> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let mut names = HashSet::new();
+        for s in &self.streams {
+            if !names.insert(("stream", s.name.as_str())) {
+                return Err(format!("stream {} declared twice", s.name));
+            }
+            if s.subjects.is_empty() {
+                return Err(format!("stream {} has no subjects", s.name));
+            }
+            if s.replicas == 0 || s.replicas > 5 {
+                return Err(format!("stream {}: replicas must be 1..=5", s.name));
+            }
+        }
+        for c in &self.consumers {
+            if !names.insert(("consumer", c.name.as_str())) {
+                return Err(format!("consumer {} declared twice", c.name));
+            }
+            if !self.streams.iter().any(|s| s.name == c.stream) {
+                return Err(format!("consumer {} reads unknown stream {}", c.name, c.stream));
+            }
+            if c.max_deliver < 1 {
+                return Err(format!("consumer {}: max-deliver must be at least 1", c.name));
+            }
+            if c.backoff.len() as i64 > c.max_deliver {
+                return Err(format!("consumer {}: more backoff steps than max-deliver", c.name));
+            }
+            if c.ack_wait < Duration::from_secs(1) {
+                return Err(format!("consumer {}: ack-wait below 1s", c.name));
+            }
+        }
+        for p in &self.pools {
+            if !names.insert(("pool", p.name.as_str())) {
+                return Err(format!("pool {} declared twice", p.name));
+            }
+            if self.consumer(&p.consumer).is_none() {
+                return Err(format!("pool {} drains unknown consumer {}", p.name, p.consumer));
+            }
+            if p.concurrency == 0 || p.fetch_batch == 0 {
+                return Err(format!("pool {}: concurrency and fetch-batch must be positive", p.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn spec_error(path: impl AsRef<Path>, e: impl std::fmt::Display) -> Error {
+    Error::Spec { path: path.as_ref().display().to_string(), message: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[stream]]
+        name = "CMD"
+        subjects = ["souk.cmd.>"]
+        retention = "work-queue"
+        [[consumer]]
+        name = "c"
+        stream = "CMD"
+        filter-subjects = ["souk.cmd.x"]
+        ack-wait = "30s"
+        max-deliver = 3
+        backoff = ["1s", "2s"]
+        max-ack-pending = 10
+        [[pool]]
+        name = "p"
+        consumer = "c"
+        handler = "h"
+        concurrency = 4
+        handler-timeout = "5s"
+    "#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let t = Topology::parse(MINIMAL).expect("valid");
+        assert_eq!(t.streams[0].storage, Storage::File);
+        assert_eq!(t.streams[0].duplicate_window, Duration::from_secs(120));
+        assert_eq!(t.consumers[0].backoff, [Duration::from_secs(1), Duration::from_secs(2)]);
+        assert_eq!(t.pools[0].fetch_batch, 64);
+    }
+
+    #[test]
+    fn unknown_keys_and_dangling_references_are_rejected() {
+        let typo = MINIMAL.replace("max-deliver", "max-delivery");
+        assert!(Topology::parse(&typo).is_err());
+        let dangling = MINIMAL.replace("stream = \"CMD\"", "stream = \"NOPE\"");
+        assert!(Topology::parse(&dangling).unwrap_err().to_string().contains("unknown stream"));
+        let backoff = MINIMAL.replace("max-deliver = 3", "max-deliver = 1");
+        assert!(Topology::parse(&backoff).is_err());
+    }
+
+    #[test]
+    fn the_shipped_topology_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("marketplace.toml");
+        let t = Topology::load(&path).expect("shipped topology parses");
+        assert!(t.pool("orders").is_some());
+    }
+}
