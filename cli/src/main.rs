@@ -1,1 +1,118 @@
-fn main() {}
+//! # souk — the command line
+//!
+//! Thin by design: parse arguments and configuration, build components from the
+//! library crates, run them until SIGINT/SIGTERM, drain, exit.
+//! `souk dev` runs everything in one process; `souk ingress` and `souk worker` run the
+//! parts separately for horizontal scale.
+
+mod app;
+mod commands;
+mod config;
+
+use clap::{Parser, Subcommand};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+#[derive(Debug, Parser)]
+#[command(name = "souk", version, about = "souk: a marketplace back end on NATS JetStream and Postgres")]
+struct Cli {
+    /// Configuration file (optional; env SOUK_* and flags override it).
+    #[arg(long, global = true, default_value = "souk.toml", env = "SOUK_CONFIG")]
+    config: PathBuf,
+    /// State directory (dev JWT key, local nats-server store).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address.
+    #[arg(long, global = true)]
+    http_addr: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything in one process: a local nats-server (unless SOUK_NATS_URL is
+    /// set), migrations, topology, the HTTP ingress, every worker pool and the relay.
+    Dev,
+    /// Run the HTTP ingress only.
+    Ingress,
+    /// Run worker pools (all unless --pool is given) and the outbox relay.
+    Worker {
+        /// A pool to run (repeatable).
+        #[arg(long = "pool")]
+        pools: Vec<String>,
+        /// Do not run the outbox relay in this process.
+        #[arg(long)]
+        no_relay: bool,
+    },
+    /// Mint a development token signed with the data dir's key.
+    Token {
+        #[arg(long)]
+        sub: String,
+        /// Role (repeatable): buyer, seller, support, admin.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[arg(long, default_value = "dev")]
+        tenant: String,
+        /// Lifetime, e.g. 1h, 30m.
+        #[arg(long, default_value = "24h")]
+        ttl: humantime_serde::re::humantime::Duration,
+    },
+    /// Streams and consumers.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+    /// Apply database migrations.
+    Migrate,
+    /// Pipeline status: streams, consumer lag, dead letters, outbox backlog.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the configuration and print it (secrets redacted).
+    Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopologyAction {
+    /// Create or update streams and consumers; report drift.
+    Apply {
+        /// Only report drift; change nothing (exit code 2 when out of sync).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Print the declared topology.
+    Show,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = config::Overrides { data_dir: cli.data_dir.clone(), http_addr: cli.http_addr };
+    let config = match config::Config::load(&cli.config, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("souk: configuration error: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    let result = match cli.command {
+        Command::Dev => app::run(config, app::Role::Dev).await,
+        Command::Ingress => app::run(config, app::Role::Ingress).await,
+        Command::Worker { pools, no_relay } => app::run(config, app::Role::Worker { pools, relay: !no_relay }).await,
+        Command::Token { sub, roles, tenant, ttl } => commands::token(&config, &sub, &roles, &tenant, ttl.into()),
+        Command::Topology { action: TopologyAction::Apply { check } } => commands::topology_apply(&config, check).await,
+        Command::Topology { action: TopologyAction::Show } => commands::topology_show(&config),
+        Command::Migrate => commands::migrate(&config).await,
+        Command::Status { json } => commands::status(&config, json).await,
+        Command::Config => commands::config_check(&config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("souk: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,128 @@
-//! placeholder
+//! # souk-ingress — the HTTP API
+//!
+//! A thin axum front: authenticate (JWT bearer with roles), validate, enforce
+//! idempotency, publish the command to JetStream and answer `202 Accepted` only once
+//! JetStream has acknowledged it (DESIGN.md invariant 1). Concurrent requests share
+//! Postgres round trips (idempotency claims) and JetStream atomic batches (group
+//! commit), so one fsync serves many requests. Reads go to Postgres.
+//! Every error is `application/problem+json`.
+//!
+//! Build with [`Ingress::build`], serve with [`Ingress::serve`] (or take
+//! [`Ingress::router`] for in-process tests).
+
+pub mod auth;
+mod intake;
+mod metrics_layer;
+mod orders;
+mod problem;
+mod probes;
+
+pub use auth::{Claims, Keys, Role};
+pub use intake::IntakeOptions;
+pub use problem::Problem;
+
+use axum::{Router, extract::DefaultBodyLimit, routing::get};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// Largest request body accepted (orders are small; this bounds memory per request).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Everything the ingress needs.
+#[derive(Clone)]
+pub struct IngressOptions {
+    pub keys: Keys,
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    /// Longest a write waits for Postgres and JetStream before answering 503.
+    pub write_timeout: Duration,
+    pub intake: IntakeOptions,
+    /// Renders `/metrics`; `None` serves an empty page.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl std::fmt::Debug for IngressOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngressOptions").field("write_timeout", &self.write_timeout).finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct AppState {
+    keys: Keys,
+    pool: PgPool,
+    nats: async_nats::Client,
+    intake: intake::Intake,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// A built ingress: its router and the background batchers behind it.
+pub struct Ingress {
+    router: Router,
+    background: TaskTracker,
+    stop_background: CancellationToken,
+}
+
+impl std::fmt::Debug for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingress").finish_non_exhaustive()
+    }
+}
+
+impl Ingress {
+    /// Build the router and start the batchers.
+    pub fn build(options: IngressOptions) -> Ingress {
+        let stop_background = CancellationToken::new();
+        let (intake, background) = intake::Intake::spawn(
+            options.pool.clone(),
+            options.nats.clone(),
+            options.intake.clone(),
+            options.write_timeout,
+            stop_background.clone(),
+        );
+        let state = Arc::new(AppState {
+            keys: options.keys,
+            pool: options.pool,
+            nats: options.nats,
+            intake,
+            metrics: options.metrics,
+        });
+        let router = Router::new()
+            .route("/v1/orders", axum::routing::post(orders::place))
+            .route("/v1/orders/{order_id}", get(orders::get))
+            .route("/healthz", get(probes::healthz))
+            .route("/readyz", get(probes::readyz))
+            .route("/metrics", get(probes::metrics))
+            .fallback(problem::not_found)
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn(metrics_layer::observe))
+            .with_state(state);
+        Ingress { router, background, stop_background }
+    }
+
+    /// The router, for in-process tests (`tower::ServiceExt::oneshot`).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serve on `listener` until `cancel`; then finish in-flight requests and flush the
+    /// batchers before returning.
+    pub async fn serve(self, listener: tokio::net::TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
+        let addr: Option<SocketAddr> = listener.local_addr().ok();
+        tracing::info!(?addr, "ingress listening");
+        let shutdown = cancel.clone();
+        let served = axum::serve(listener, self.router.clone())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        self.shutdown().await;
+        served
+    }
+
+    /// Stop the batchers after answering what they hold.
+    pub async fn shutdown(self) {
+        self.stop_background.cancel();
+        self.background.close();
+        self.background.wait().await;
+    }
+}

@@ -57,3 +57,4 @@ create table idempotency_keys (
     primary key (tenant, principal, key)
 );
 create index idempotency_keys_created_at on idempotency_keys (created_at);
+create index idempotency_keys_order_id on idempotency_keys (order_id);

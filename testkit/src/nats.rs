@@ -1,24 +1,22 @@
 //! A private nats-server per test.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use souk_topologies::local_server;
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
     time::Duration,
 };
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// The nats-server binary: `SOUK_NATS_SERVER_BIN`, else `.souk/bin/nats-server` in the
 /// workspace (where `scripts/prepare` installs it).
 pub fn nats_server_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("SOUK_NATS_SERVER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.souk/bin/nats-server");
-    if p.exists() {
-        return Ok(p);
-    }
-    bail!("nats-server 2.15.x not found: run scripts/prepare (or set SOUK_NATS_SERVER_BIN)")
+    local_server::find_binary(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .context("nats-server 2.15.x not found: run scripts/prepare (or set SOUK_NATS_SERVER_BIN)")
+}
+
+async fn spawn(dir: &Path, port: Option<u16>) -> anyhow::Result<(Child, u16)> {
+    Ok(local_server::spawn(&nats_server_bin()?, dir, port).await?)
 }
 
 /// A running nats-server with JetStream, owned by one test.
@@ -73,51 +71,3 @@ impl NatsServer {
     }
 }
 
-async fn spawn(dir: &Path, port: Option<u16>) -> anyhow::Result<(Child, u16)> {
-    let ports_dir = dir.join("ports");
-    let _ = std::fs::remove_dir_all(&ports_dir);
-    std::fs::create_dir_all(&ports_dir)?;
-    let config = dir.join("nats.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: \"127.0.0.1:{port}\"\nports_file_dir: {ports:?}\n\
-             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n",
-            port = port.map_or(-1, i32::from),
-            ports = ports_dir.display().to_string(),
-            store = dir.join("jetstream").display().to_string(),
-        ),
-    )?;
-    let bin = nats_server_bin()?;
-    let mut child = Command::new(&bin)
-        .arg("-c")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    // The server writes <name>_<pid>.ports once it listens.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("nats-server exited at start: {status}");
-        }
-        if let Some(port) = read_port(&ports_dir) {
-            return Ok((child, port));
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("nats-server did not report its port within 20s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn read_port(dir: &Path) -> Option<u16> {
-    let entry = std::fs::read_dir(dir).ok()?.flatten().find(|e| e.path().extension().is_some_and(|x| x == "ports"))?;
-    let text = std::fs::read_to_string(entry.path()).ok()?;
-    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let url = ports.get("nats")?.get(0)?.as_str()?;
-    url.rsplit(':').next()?.parse().ok()
-}

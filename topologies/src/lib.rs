@@ -10,7 +10,7 @@
 //!   acks for long handlers, and drains on shutdown;
 //! - [`publisher`] publishes with a `Nats-Msg-Id` and waits for the PubAck, one message
 //!   at a time or as JetStream atomic batches; [`group_commit`] coalesces concurrent
-//!   callers into those batches;
+//!   callers into those batches (over the generic [`batcher`]);
 //! - [`relay`] drains a transactional [`souk_pipelines::outbox::Outbox`] into JetStream;
 //! - [`status`] reads streams and consumer lag back from JetStream;
 //! - [`trace`] carries W3C trace context in message headers.
@@ -18,8 +18,10 @@
 //! It knows nothing of marketplaces, nor of Postgres.
 
 pub mod apply;
+pub mod batcher;
 pub mod error;
 pub mod group_commit;
+pub mod local_server;
 pub mod publisher;
 pub mod relay;
 pub mod runtime;

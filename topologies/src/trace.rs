@@ -83,3 +83,15 @@ pub fn install_subscriber(json: bool) -> SdkTracerProvider {
     drop(result);
     provider
 }
+
+/// Make a W3C `traceparent` (and `tracestate`) received elsewhere, e.g. in HTTP
+/// headers, the parent of `span`.
+pub fn set_parent_from_w3c(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    let Some(traceparent) = traceparent else { return };
+    let mut map = HeaderMap::new();
+    map.insert(headers::TRACEPARENT, traceparent);
+    if let Some(state) = tracestate {
+        map.insert(headers::TRACESTATE, state);
+    }
+    set_parent_from(span, Some(&map));
+}

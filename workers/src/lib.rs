@@ -1,1 +1,20 @@
-//! placeholder
+//! # souk-workers — the domain handlers
+//!
+//! Each module handles one consumer's messages: decode, apply the change to Postgres
+//! together with the inbox record and the outbox rows in ONE transaction, and answer
+//! with an [`Outcome`](souk_topologies::runtime::Outcome). Handlers never publish:
+//! the outbox relay does, after commit.
+//!
+//! [`registry`] names every handler the way topology pools refer to them.
+
+pub mod orders;
+
+use souk_topologies::runtime::Registry;
+use sqlx::PgPool;
+
+/// Every handler, under the names the topology's pools use.
+pub fn registry(pool: PgPool) -> Registry {
+    let mut registry = Registry::default();
+    registry.register(orders::PLACE_HANDLER, orders::PlaceOrderHandler::new(pool, orders::PLACE_CONSUMER));
+    registry
+}

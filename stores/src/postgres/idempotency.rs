@@ -83,3 +83,12 @@ pub async fn claim(pool: &PgPool, claims: &[Claim]) -> Result<Vec<Record>, Error
         })
         .collect()
 }
+
+/// Who placed `order_id` (tenant, principal), if an ingress accepted it — the order
+/// itself may not be written yet.
+pub async fn owner_of(pool: &PgPool, order_id: Uuid) -> Result<Option<(String, String)>, Error> {
+    Ok(sqlx::query_as("select tenant, principal from idempotency_keys where order_id = $1")
+        .bind(order_id)
+        .fetch_optional(pool)
+        .await?)
+}

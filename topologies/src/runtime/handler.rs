@@ -48,10 +48,23 @@ impl Delivery {
 pub enum Outcome {
     /// Handled and committed: ack it.
     Ack,
-    /// A transient failure: try again after `after` (unless deliveries are used up).
-    Retry { after: Duration, error: String },
+    /// A transient failure: try again after `after`, or after the consumer's backoff
+    /// step when `None` (unless deliveries are used up).
+    Retry { after: Option<Duration>, error: String },
     /// Can never succeed (bad payload, broken invariant): dead-letter it now.
     Fail { reason: String },
+}
+
+impl Outcome {
+    /// Retry on the consumer's backoff schedule.
+    pub fn retry(error: impl std::fmt::Display) -> Self {
+        Outcome::Retry { after: None, error: error.to_string() }
+    }
+
+    /// Dead-letter now.
+    pub fn fail(reason: impl std::fmt::Display) -> Self {
+        Outcome::Fail { reason: reason.to_string() }
+    }
 }
 
 /// Handles messages of one pool. Must be idempotent: a message can be delivered again

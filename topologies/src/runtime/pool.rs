@@ -245,7 +245,6 @@ async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -
             }
         }
     };
-    let after = backoff(&ctx.consumer, delivery.attempt);
     match result {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(panic)) => {
@@ -254,12 +253,9 @@ async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Outcome::Retry { after, error: format!("handler panicked: {what}") }
+            Outcome::retry(format!("handler panicked: {what}"))
         }
-        Err(_) => Outcome::Retry {
-            after,
-            error: format!("handler timed out after {:?}", ctx.handler_timeout),
-        },
+        Err(_) => Outcome::retry(format!("handler timed out after {:?}", ctx.handler_timeout)),
     }
 }
 
@@ -280,6 +276,7 @@ async fn settle(
             return "ack";
         }
         Outcome::Retry { after, error } if delivery.attempt < max_deliver => {
+            let after = after.unwrap_or_else(|| backoff(&ctx.consumer, delivery.attempt));
             tracing::warn!(error = %error, retry_in = ?after, "handler failed; will retry");
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(after))).await {
                 tracing::warn!(error = %e, "nak failed; redelivery waits for the ack timeout");

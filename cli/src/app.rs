@@ -1,0 +1,261 @@
+//! Long-running roles: `dev` (everything), `ingress`, `worker`.
+
+use anyhow::{Context, bail};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use souk_ingress::{Claims, Ingress, IngressOptions, IntakeOptions, Keys, Role as AuthRole};
+use souk_stores::postgres::{self as pg, PgOptions, outbox::PgOutbox};
+use souk_topologies::{
+    Topology,
+    apply::{self, Mode},
+    local_server,
+    publisher::Publisher,
+    relay::{Relay, RelayOptions},
+    runtime::Runtime,
+};
+use std::{process::ExitCode, time::Duration};
+use tokio::process::Child;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::config::Config;
+
+/// Which parts this process runs.
+#[derive(Debug)]
+pub enum Role {
+    Dev,
+    Ingress,
+    Worker { pools: Vec<String>, relay: bool },
+}
+
+/// How often old inbox, outbox and idempotency rows are purged, and how old they must be.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
+    let _tracer = souk_topologies::trace::install_subscriber(config.log_json);
+    let metrics = install_metrics()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let dev = matches!(role, Role::Dev);
+
+    // NATS: the configured server, or (dev) our own under the data dir.
+    let mut local_nats: Option<Child> = None;
+    let nats_url = match (&config.nats_url, dev) {
+        (Some(url), _) => url.clone(),
+        (None, true) => {
+            let (child, url) = start_local_nats(&config).await?;
+            local_nats = Some(child);
+            url
+        }
+        (None, false) => bail!("set SOUK_NATS_URL (or nats-url in souk.toml) to the NATS server to use"),
+    };
+    let nats = connect_nats(&nats_url).await?;
+    let topology = load_topology(&config)?;
+    let pool = pg::connect(&pg_options(&config))?;
+    if dev {
+        pg::ensure_database(&config.database_url).await.context("creating the database")?;
+        pg::migrate(&pool).await.context("migrating the database")?;
+        let report = apply::apply(&jetstream(&nats), &topology, Mode::Apply).await?;
+        tracing::info!(in_sync = report.in_sync(), "topology applied\n{report}");
+    }
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let publisher = Publisher::new(nats.clone(), config.write_timeout);
+    let (run_ingress, pools, run_relay) = match &role {
+        Role::Dev => (true, Some(Vec::new()), true),
+        Role::Ingress => (false, None, false),
+        Role::Worker { pools, relay } => (false, Some(pools.clone()), *relay),
+    };
+    let run_ingress = run_ingress || matches!(role, Role::Ingress);
+
+    if let Some(only) = pools {
+        let registry = souk_workers::registry(pool.clone());
+        let runtime = Runtime::build(&publisher, &topology, &registry, &only).await?;
+        tasks.spawn(runtime.run(cancel.clone()));
+        let housekeeping_pool = pool.clone();
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            loop {
+                match pg::housekeeping(&housekeeping_pool, RETENTION).await {
+                    Ok(n) if n > 0 => tracing::info!(deleted = n, "housekeeping"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+                }
+            }
+        });
+    }
+    if run_relay {
+        let relay = Relay::new(PgOutbox::new(pool.clone(), &config.database_url), publisher.clone(), RelayOptions::default());
+        tasks.spawn(relay.run(cancel.clone()));
+    }
+    if run_ingress {
+        let keys = Keys::load_or_generate(&config.jwt_key_path())?;
+        let listener = tokio::net::TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding {}", config.http_addr))?;
+        let addr = listener.local_addr()?;
+        let ingress = Ingress::build(IngressOptions {
+            keys: keys.clone(),
+            pool: pool.clone(),
+            nats: nats.clone(),
+            write_timeout: config.write_timeout,
+            intake: IntakeOptions::default(),
+            metrics: Some(metrics.clone()),
+        });
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            if let Err(e) = ingress.serve(listener, stop).await {
+                tracing::error!(error = %e, "ingress stopped");
+            }
+        });
+        if dev {
+            print_banner(&config, &addr.to_string(), &nats_url, &keys);
+        }
+    }
+    tasks.close();
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining in-flight work");
+    cancel.cancel();
+    tasks.wait().await;
+    nats.flush().await.ok();
+    if let Some(child) = local_nats {
+        stop_child(child).await;
+    }
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    let sizes = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)?
+        .set_buckets_for_metric(Matcher::Suffix("_size".into()), &sizes)?
+        .install_recorder()?)
+}
+
+pub fn pg_options(config: &Config) -> PgOptions {
+    let mut options = PgOptions::new(&config.database_url);
+    options.max_connections = config.database_max_connections;
+    options
+}
+
+pub fn load_topology(config: &Config) -> anyhow::Result<Topology> {
+    Ok(match &config.topology {
+        Some(path) => Topology::load(path)?,
+        None => Topology::parse(include_str!("../../topologies/marketplace.toml"))?,
+    })
+}
+
+pub fn jetstream(client: &async_nats::Client) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(client.clone())
+}
+
+/// The NATS URL: configured, or the one a `souk dev` in the same data dir is using.
+pub fn nats_url(config: &Config) -> anyhow::Result<String> {
+    if let Some(url) = &config.nats_url {
+        return Ok(url.clone());
+    }
+    let ports = config.data_dir.join("nats/ports");
+    let port = std::fs::read_dir(&ports)
+        .ok()
+        .and_then(|mut d| d.find_map(|e| e.ok().filter(|e| e.path().extension().is_some_and(|x| x == "ports"))))
+        .and_then(|e| std::fs::read_to_string(e.path()).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["nats"][0].as_str().map(str::to_owned));
+    port.context("no NATS server: set SOUK_NATS_URL, or start `souk dev` with the same --data-dir")
+}
+
+pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    let connect = async_nats::ConnectOptions::new()
+        .name("souk")
+        .connection_timeout(Duration::from_secs(3))
+        .connect(url);
+    tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .context("connecting to NATS timed out")?
+        .with_context(|| format!("connecting to NATS at {url}"))
+}
+
+async fn start_local_nats(config: &Config) -> anyhow::Result<(Child, String)> {
+    let cwd = std::env::current_dir()?;
+    let bin = local_server::find_binary(&cwd)
+        .or_else(|| local_server::find_binary(&std::fs::canonicalize(&config.data_dir).ok()?))
+        .context("nats-server 2.15.x not found: run scripts/dev (it installs it), or set SOUK_NATS_SERVER_BIN")?;
+    let dir = config.data_dir.join("nats");
+    std::fs::create_dir_all(&dir)?;
+    let (child, port) = local_server::spawn(&bin, &dir, None).await?;
+    Ok((child, format!("nats://127.0.0.1:{port}")))
+}
+
+/// SIGTERM lets nats-server flush and close its store cleanly.
+async fn stop_child(mut child: Child) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys) {
+    let token = keys.mint(&Claims::new("dev-buyer", "dev", vec![AuthRole::Buyer], Duration::from_secs(24 * 3600)));
+    let api = format!("http://{addr}");
+    println!(
+        "\nsouk is running (Ctrl-C to stop)\n\
+         \x20 API       {api}   (/healthz, /readyz, /metrics)\n\
+         \x20 NATS      {nats_url}   (JetStream, file store, sync_interval always)\n\
+         \x20 Postgres  {db}\n\
+         \x20 Data dir  {data}\n\n\
+         Place an order (dev token for buyer dev-buyer, valid 24h):\n\n\
+         curl -sS -X POST {api}/v1/orders \\\n\
+         \x20 -H 'Authorization: Bearer {token}' \\\n\
+         \x20 -H \"Idempotency-Key: order-$(date +%s%N)\" \\\n\
+         \x20 -H 'Content-Type: application/json' \\\n\
+         \x20 -d '{{\"currency\":\"EUR\",\"lines\":[{{\"sku\":\"MUG-1\",\"quantity\":2,\"unit_price_minor\":1299}}]}}'\n\n\
+         Then follow its status_url with the same Authorization header:\n\
+         \x20 curl -sS {api}/v1/orders/<order_id> -H 'Authorization: Bearer {token}'\n",
+        db = redact(&config.database_url),
+        data = config.data_dir.display(),
+    );
+}
+
+/// A URL with its password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

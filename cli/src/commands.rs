@@ -1,0 +1,106 @@
+//! One-shot commands: token, topology, migrate, status, config.
+
+use anyhow::{Context, bail};
+use souk_ingress::{Claims, Keys, Role};
+use souk_stores::postgres as pg;
+use souk_topologies::{
+    apply::{self, Mode},
+    status,
+};
+use std::{process::ExitCode, time::Duration};
+
+use crate::{app, config::Config};
+
+pub fn token(config: &Config, sub: &str, roles: &[String], tenant: &str, ttl: Duration) -> anyhow::Result<ExitCode> {
+    let roles = roles
+        .iter()
+        .map(|r| {
+            serde_json::from_value::<Role>(serde_json::Value::String(r.clone()))
+                .with_context(|| format!("unknown role {r:?}: use buyer, seller, support or admin"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if sub.is_empty() || tenant.is_empty() {
+        bail!("--sub and --tenant must not be empty");
+    }
+    let keys = Keys::load_or_generate(&config.jwt_key_path())?;
+    println!("{}", keys.mint(&Claims::new(sub, tenant, roles, ttl)));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn topology_apply(config: &Config, check: bool) -> anyhow::Result<ExitCode> {
+    let topology = app::load_topology(config)?;
+    let nats = app::connect_nats(&app::nats_url(config)?).await?;
+    let mode = if check { Mode::Check } else { Mode::Apply };
+    let report = apply::apply(&app::jetstream(&nats), &topology, mode).await?;
+    print!("{report}");
+    Ok(if check && !report.in_sync() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+pub fn topology_show(config: &Config) -> anyhow::Result<ExitCode> {
+    let t = app::load_topology(config)?;
+    for s in &t.streams {
+        println!(
+            "stream {:<4} subjects={:?} retention={:?} storage={:?} max-age={:?} max-bytes={} dup-window={:?} replicas={} atomic={}",
+            s.name, s.subjects, s.retention, s.storage, s.max_age, s.max_bytes, s.duplicate_window, s.replicas, s.allow_atomic
+        );
+    }
+    for c in &t.consumers {
+        println!(
+            "consumer {} on {} filter={:?} ack-wait={:?} max-deliver={} backoff={:?} max-ack-pending={}",
+            c.name, c.stream, c.filter_subjects, c.ack_wait, c.max_deliver, c.backoff, c.max_ack_pending
+        );
+    }
+    for p in &t.pools {
+        println!(
+            "pool {} consumer={} handler={} concurrency={} fetch-batch={} handler-timeout={:?} drain-timeout={:?}",
+            p.name, p.consumer, p.handler, p.concurrency, p.fetch_batch, p.handler_timeout, p.drain_timeout
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
+    pg::ensure_database(&config.database_url).await?;
+    pg::migrate(&pg::connect(&app::pg_options(config))?).await?;
+    println!("migrations applied to {}", app::redact(&config.database_url));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let topology = app::load_topology(config)?;
+    let nats = app::connect_nats(&app::nats_url(config)?).await?;
+    let pipeline = status::read(&app::jetstream(&nats), &topology).await?;
+    let pool = pg::connect(&app::pg_options(config))?;
+    let outbox_pending: Option<i64> =
+        sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(&pool).await.ok();
+    if json {
+        let v = serde_json::json!({"pipeline": pipeline, "outbox_pending": outbox_pending});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<10} {:>12} {:>14} {:>12}", "STREAM", "MESSAGES", "BYTES", "LAST SEQ");
+    for s in &pipeline.streams {
+        println!("{:<10} {:>12} {:>14} {:>12}", s.name, s.messages, s.bytes, s.last_seq);
+    }
+    println!("\n{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}", "CONSUMER", "STREAM", "LAG", "ACK PENDING", "REDELIVERED", "WAITING");
+    for c in &pipeline.consumers {
+        println!(
+            "{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}",
+            c.name, c.stream, c.pending, c.ack_pending, c.redelivered, c.waiting
+        );
+    }
+    match outbox_pending {
+        Some(n) => println!("\noutbox: {n} unpublished"),
+        None => println!("\noutbox: unknown (Postgres unreachable)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {
+    app::load_topology(config)?;
+    let mut shown = config.clone();
+    shown.database_url = app::redact(&shown.database_url);
+    print!("{}", toml::to_string(&shown)?);
+    println!("# configuration and topology are valid");
+    Ok(ExitCode::SUCCESS)
+}

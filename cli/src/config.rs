@@ -1,0 +1,97 @@
+//! Configuration: one typed tree, layered defaults → `souk.toml` → `SOUK_*` env
+//! (plus the conventional `DATABASE_URL`) → command-line flags. Keys are kebab-case and
+//! unknown keys are rejected, so a typo fails at start with a clear message.
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// `SOUK_*` variables read by other parts (scripts, tests), not by the config tree.
+const NOT_CONFIG: &[&str] = &["nats_server_bin", "test_database_url", "scylla_uri", "opensearch_url", "config"];
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// Where souk keeps its state: the dev JWT key, the local nats-server's store.
+    pub data_dir: PathBuf,
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// An existing NATS server; unset, `souk dev` starts its own under the data dir.
+    pub nats_url: Option<String>,
+    /// Postgres, the system of record.
+    pub database_url: String,
+    /// Connections per process.
+    pub database_max_connections: u32,
+    /// A topology file; unset, the built-in `topologies/marketplace.toml`.
+    pub topology: Option<PathBuf>,
+    /// Longest an order write waits for Postgres and JetStream before a 503.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Log JSON lines instead of text.
+    pub log_json: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(".souk/dev"),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            nats_url: None,
+            database_url: "postgres://postgres@127.0.0.1:5432/souk".into(),
+            database_max_connections: 32,
+            topology: None,
+            write_timeout: Duration::from_millis(1500),
+            log_json: false,
+        }
+    }
+}
+
+/// Values given on the command line (they win over everything else).
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Load from `file` (if it exists), the environment and `overrides`.
+    pub fn load(file: &std::path::Path, overrides: &Overrides) -> Result<Config, figment::Error> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(file))
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database-url".into()))
+            .merge(
+                Env::prefixed("SOUK_")
+                    .filter(|k| !NOT_CONFIG.contains(&k.as_str()))
+                    .map(|k| k.as_str().replace('_', "-").into()),
+            )
+            .merge(Serialized::defaults(overrides))
+            .extract()?;
+        config.validate().map_err(figment::Error::from)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.database_max_connections == 0 {
+            return Err("database-max-connections must be positive".into());
+        }
+        if self.write_timeout < Duration::from_millis(100) || self.write_timeout > Duration::from_secs(30) {
+            return Err("write-timeout must be between 100ms and 30s".into());
+        }
+        if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
+            return Err("database-url must be a postgres:// URL".into());
+        }
+        Ok(())
+    }
+
+    /// The dev JWT signing key.
+    pub fn jwt_key_path(&self) -> PathBuf {
+        self.data_dir.join("jwt.key")
+    }
+}

@@ -1,0 +1,179 @@
+//! Order intake: idempotency claim in Postgres, then the command to JetStream, both
+//! group-committed across concurrent requests.
+//!
+//! 1. The request's key is claimed (`idempotency_keys`, first writer wins). The claim
+//!    fixes the order id and the hash of the canonical body.
+//! 2. Same key, other body → conflict (422). Same key, same body → the same order id,
+//!    and the command is published again with the same `Nats-Msg-Id`: if the first
+//!    attempt reached JetStream this is a de-duplicated no-op, if it did not (its
+//!    client got a 503) this is the publish that counts. Either way one order.
+//! 3. The answer waits for the PubAck; nothing is acknowledged to the client before
+//!    JetStream stored the command.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::FutureExt;
+use souk_pipelines::{
+    Message, encode, headers,
+    orders::{PlaceOrder, PlaceOrderRequest},
+};
+use souk_stores::postgres::idempotency::{self, Claim, Record};
+use souk_topologies::{
+    batcher::{BatchOptions, Batcher},
+    group_commit::GroupCommitter,
+    publisher::{OutgoingMessage, Publisher},
+    trace,
+};
+use sqlx::PgPool;
+use std::{sync::Arc, time::Duration};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+use crate::auth::Claims;
+
+/// Tuning of the intake batchers.
+#[derive(Debug, Clone, Default)]
+pub struct IntakeOptions {
+    /// Idempotency claims per Postgres statement.
+    pub claims: BatchOptions,
+    /// Commands per JetStream atomic batch.
+    pub publishes: BatchOptions,
+}
+
+/// Why an order was not accepted.
+#[derive(Debug)]
+pub(crate) enum IntakeError {
+    /// The key was used before with a different body.
+    KeyReused,
+    /// Postgres or JetStream did not answer in time, or refused: nothing was accepted.
+    Unavailable(String),
+}
+
+/// An accepted order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Accepted {
+    pub order_id: Uuid,
+    /// A repeat of an earlier request with the same key and body.
+    pub replay: bool,
+}
+
+pub(crate) struct Intake {
+    claims: Batcher<Claim, Result<Record, String>>,
+    commits: GroupCommitter,
+    timeout: Duration,
+}
+
+impl Intake {
+    pub fn spawn(
+        pool: PgPool,
+        nats: async_nats::Client,
+        options: IntakeOptions,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> (Intake, TaskTracker) {
+        let (claims, claim_tasks) = Batcher::spawn(
+            options.claims,
+            cancel.clone(),
+            Arc::new(move |batch: Vec<Claim>| {
+                let pool = pool.clone();
+                async move {
+                    let n = batch.len();
+                    metrics::histogram!("souk_ingress_claim_batch_size").record(n as f64);
+                    match idempotency::claim(&pool, &batch).await {
+                        Ok(records) => records.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(e.to_string()); n],
+                    }
+                }
+                .boxed()
+            }),
+        );
+        let (commits, commit_tasks) =
+            GroupCommitter::spawn(Publisher::new(nats, timeout), options.publishes, cancel);
+        let tracker = TaskTracker::new();
+        tracker.spawn(async move {
+            claim_tasks.wait().await;
+            commit_tasks.wait().await;
+        });
+        (Intake { claims, commits, timeout }, tracker)
+    }
+
+    /// Accept `request` from `principal` under idempotency `key`.
+    pub async fn place(
+        &self,
+        principal: &Claims,
+        key: &str,
+        request: &PlaceOrderRequest,
+        total_minor: i64,
+    ) -> Result<Accepted, IntakeError> {
+        let work = self.place_inner(principal, key, request, total_minor);
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(IntakeError::Unavailable(format!("no acknowledgement within {:?}", self.timeout))),
+        }
+    }
+
+    async fn place_inner(
+        &self,
+        principal: &Claims,
+        key: &str,
+        request: &PlaceOrderRequest,
+        total_minor: i64,
+    ) -> Result<Accepted, IntakeError> {
+        // Canonical body: the parsed request re-serialised, so formatting never matters.
+        let request_hash = sha256(&serde_json::to_vec(request).unwrap_or_default());
+        let claim = Claim {
+            tenant: principal.tenant.clone(),
+            principal: principal.sub.clone(),
+            key: key.to_owned(),
+            request_hash: request_hash.clone(),
+            order_id: Uuid::now_v7(),
+        };
+        let record = self
+            .claims
+            .call(claim)
+            .await
+            .map_err(|e| IntakeError::Unavailable(e.to_string()))?
+            .map_err(|e| IntakeError::Unavailable(format!("idempotency store: {e}")))?;
+        if record.request_hash != request_hash {
+            return Err(IntakeError::KeyReused);
+        }
+        let command = PlaceOrder {
+            order_id: record.order_id,
+            tenant: principal.tenant.clone(),
+            buyer_id: principal.sub.clone(),
+            currency: request.currency,
+            lines: request.lines.clone(),
+            total_minor,
+            placed_at: chrono::Utc::now(),
+        };
+        let mut h = HeaderMap::new();
+        trace::inject_current(&mut h);
+        h.insert(headers::SCHEMA, PlaceOrder::schema_header().as_str());
+        h.insert(headers::TENANT, principal.tenant.as_str());
+        let msg_id = message_id(&principal.tenant, &principal.sub, key);
+        h.insert(headers::CAUSATION_ID, msg_id.as_str());
+        let ack = self
+            .commits
+            .publish(OutgoingMessage {
+                subject: PlaceOrder::SUBJECT.into(),
+                msg_id,
+                headers: h,
+                payload: Bytes::from(encode(&command)),
+            })
+            .await
+            .map_err(|e| IntakeError::Unavailable(format!("JetStream: {e}")))?;
+        tracing::debug!(order_id = %record.order_id, seq = ack.sequence, duplicate = ack.duplicate, "order command stored");
+        Ok(Accepted { order_id: record.order_id, replay: !record.fresh })
+    }
+}
+
+/// `Nats-Msg-Id` of an order command: stable per (tenant, principal, key), bounded in
+/// length and free of characters a header cannot carry, whatever the key holds.
+fn message_id(tenant: &str, principal: &str, key: &str) -> String {
+    let digest = sha256(format!("{principal}\0{key}").as_bytes());
+    format!("orders.place:{tenant}:{}", hex::encode(&digest[..16]))
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref().to_vec()
+}

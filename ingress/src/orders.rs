@@ -1,0 +1,130 @@
+//! `POST /v1/orders` and `GET /v1/orders/{id}`.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+use souk_pipelines::orders::PlaceOrderRequest;
+use souk_stores::postgres::{idempotency, orders};
+use std::sync::Arc;
+use uuid::Uuid;
+
+use crate::{
+    AppState, Problem,
+    auth::{Principal, Role},
+    intake::IntakeError,
+};
+
+/// Longest idempotency key accepted.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// Place an order: 202 once JetStream stored the command.
+pub async fn place(
+    State(state): State<Arc<AppState>>,
+    Principal(claims): Principal,
+    request_headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    if !claims.has(Role::Buyer) {
+        return Err(Problem::forbidden("placing orders needs the buyer role"));
+    }
+    let key = idempotency_key(&request_headers)?;
+    let is_json = request_headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if !is_json {
+        return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+            .detail("send Content-Type: application/json"));
+    }
+    let request: PlaceOrderRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Problem::unprocessable("invalid-body", e.to_string()),
+        _ => Problem::bad_request("malformed-json", e.to_string()),
+    })?;
+    let total = request.validate().map_err(|errors| {
+        Problem::unprocessable("validation", "the order is invalid").errors(errors)
+    })?;
+
+    let accepted = state.intake.place(&claims, key, &request, total.amount_minor).await.map_err(|e| match e {
+        IntakeError::KeyReused => {
+            metrics::counter!("souk_ingress_orders_total", "outcome" => "key_reused").increment(1);
+            Problem::unprocessable(
+                "idempotency-key-reused",
+                "this Idempotency-Key was already used with a different request body",
+            )
+        }
+        IntakeError::Unavailable(detail) => {
+            tracing::warn!(error = %detail, "order not accepted");
+            metrics::counter!("souk_ingress_orders_total", "outcome" => "unavailable").increment(1);
+            Problem::unavailable("the order was not accepted; retry with the same Idempotency-Key")
+        }
+    })?;
+    let outcome = if accepted.replay { "replayed" } else { "accepted" };
+    metrics::counter!("souk_ingress_orders_total", "outcome" => outcome).increment(1);
+    let status_url = format!("/v1/orders/{}", accepted.order_id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({"order_id": accepted.order_id, "status": "accepted", "status_url": status_url})),
+    )
+        .into_response();
+    if let Ok(v) = status_url.parse() {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
+    let raw = h
+        .get("idempotency-key")
+        .ok_or_else(|| Problem::bad_request("idempotency-key-missing", "the Idempotency-Key header is required"))?;
+    let key = raw
+        .to_str()
+        .map_err(|_| Problem::bad_request("idempotency-key-invalid", "Idempotency-Key must be visible ASCII"))?;
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Problem::bad_request(
+            "idempotency-key-invalid",
+            format!("Idempotency-Key must be 1-{MAX_KEY_LEN} visible ASCII characters"),
+        ));
+    }
+    Ok(key)
+}
+
+/// Read an order: its stored state, or `pending` while the command is in flight.
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    Principal(claims): Principal,
+    Path(order_id): Path<String>,
+) -> Result<Response, Problem> {
+    let order_id = Uuid::parse_str(&order_id)
+        .map_err(|_| Problem::bad_request("invalid-order-id", "order ids are UUIDs"))?;
+    let not_found = || Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such order");
+    let unavailable = |e: souk_stores::postgres::Error| {
+        tracing::warn!(error = %e, "order read failed");
+        Problem::unavailable("orders cannot be read right now")
+    };
+    let may_read = |tenant: &str, owner: &str| {
+        if tenant != claims.tenant {
+            // Other tenants' orders do not exist, as far as this caller can tell.
+            return Err(not_found());
+        }
+        if owner != claims.sub && !claims.has(Role::Admin) && !claims.has(Role::Support) {
+            return Err(Problem::forbidden("this order belongs to another buyer"));
+        }
+        Ok(())
+    };
+    if let Some(order) = orders::get(&state.pool, order_id).await.map_err(unavailable)? {
+        may_read(&order.tenant, &order.buyer_id)?;
+        return Ok(Json(order).into_response());
+    }
+    match idempotency::owner_of(&state.pool, order_id).await.map_err(unavailable)? {
+        Some((tenant, owner)) => {
+            may_read(&tenant, &owner)?;
+            Ok(Json(json!({"order_id": order_id, "status": "pending"})).into_response())
+        }
+        None => Err(not_found()),
+    }
+}
