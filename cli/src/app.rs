@@ -2,19 +2,16 @@
 
 use anyhow::{Context, bail};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use souk_ingress::{Claims, Ingress, IngressOptions, IntakeOptions, Keys, Role as AuthRole};
-use souk_stores::postgres::{self as pg, PgOptions, outbox::PgOutbox};
+use souk_cli::node::{Node, NodeOptions, builtin_topology};
+use souk_ingress::{Claims, IntakeOptions, Keys, Role as AuthRole};
+use souk_stores::postgres::{self as pg, PgOptions};
 use souk_topologies::{
     Topology,
     apply::{self, Mode},
     local_server,
-    publisher::Publisher,
-    relay::{Relay, RelayOptions},
-    runtime::Runtime,
 };
 use std::{process::ExitCode, time::Duration};
 use tokio::process::Child;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::config::Config;
 
@@ -25,10 +22,6 @@ pub enum Role {
     Ingress,
     Worker { pools: Vec<String>, relay: bool },
 }
-
-/// How often old inbox, outbox and idempotency rows are purged, and how old they must be.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
-const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     let _tracer = souk_topologies::trace::install_subscriber(config.log_json);
@@ -58,70 +51,42 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
         tracing::info!(in_sync = report.in_sync(), "topology applied\n{report}");
     }
 
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let publisher = Publisher::new(nats.clone(), config.write_timeout);
-    let (run_ingress, pools, run_relay) = match &role {
+    let (ingress, pools, relay) = match role {
         Role::Dev => (true, Some(Vec::new()), true),
-        Role::Ingress => (false, None, false),
-        Role::Worker { pools, relay } => (false, Some(pools.clone()), *relay),
+        Role::Ingress => (true, None, false),
+        Role::Worker { pools, relay } => (false, Some(pools), relay),
     };
-    let run_ingress = run_ingress || matches!(role, Role::Ingress);
-
-    if let Some(only) = pools {
-        let registry = souk_workers::registry(pool.clone());
-        let runtime = Runtime::build(&publisher, &topology, &registry, &only).await?;
-        tasks.spawn(runtime.run(cancel.clone()));
-        let housekeeping_pool = pool.clone();
-        let stop = cancel.clone();
-        tasks.spawn(async move {
-            loop {
-                match pg::housekeeping(&housekeeping_pool, RETENTION).await {
-                    Ok(n) if n > 0 => tracing::info!(deleted = n, "housekeeping"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
-                }
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
-                }
-            }
-        });
-    }
-    if run_relay {
-        let relay = Relay::new(PgOutbox::new(pool.clone(), &config.database_url), publisher.clone(), RelayOptions::default());
-        tasks.spawn(relay.run(cancel.clone()));
-    }
-    if run_ingress {
-        let keys = Keys::load_or_generate(&config.jwt_key_path())?;
-        let listener = tokio::net::TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("binding {}", config.http_addr))?;
-        let addr = listener.local_addr()?;
-        let ingress = Ingress::build(IngressOptions {
-            keys: keys.clone(),
-            pool: pool.clone(),
-            nats: nats.clone(),
-            write_timeout: config.write_timeout,
-            intake: IntakeOptions::default(),
-            metrics: Some(metrics.clone()),
-        });
-        let stop = cancel.clone();
-        tasks.spawn(async move {
-            if let Err(e) = ingress.serve(listener, stop).await {
-                tracing::error!(error = %e, "ingress stopped");
-            }
-        });
-        if dev {
-            print_banner(&config, &addr.to_string(), &nats_url, &keys);
+    let ingress = match ingress {
+        true => {
+            let keys = Keys::load_or_generate(&config.jwt_key_path())?;
+            let listener = tokio::net::TcpListener::bind(config.http_addr)
+                .await
+                .with_context(|| format!("binding {}", config.http_addr))?;
+            Some((listener, keys))
         }
+        false => None,
+    };
+    let keys = ingress.as_ref().map(|(_, k)| k.clone());
+    let node = Node::start(NodeOptions {
+        nats: nats.clone(),
+        pool,
+        database_url: config.database_url.clone(),
+        topology,
+        write_timeout: config.write_timeout,
+        ingress,
+        intake: IntakeOptions::default(),
+        pools,
+        relay,
+        metrics: Some(metrics),
+    })
+    .await?;
+    if let (true, Some(addr), Some(keys)) = (dev, node.http_addr, keys) {
+        print_banner(&config, &addr.to_string(), &nats_url, &keys);
     }
-    tasks.close();
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining in-flight work");
-    cancel.cancel();
-    tasks.wait().await;
+    node.stop().await;
     nats.flush().await.ok();
     if let Some(child) = local_nats {
         stop_child(child).await;
@@ -148,7 +113,7 @@ pub fn pg_options(config: &Config) -> PgOptions {
 pub fn load_topology(config: &Config) -> anyhow::Result<Topology> {
     Ok(match &config.topology {
         Some(path) => Topology::load(path)?,
-        None => Topology::parse(include_str!("../../topologies/marketplace.toml"))?,
+        None => builtin_topology()?,
     })
 }
 

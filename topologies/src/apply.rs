@@ -124,7 +124,11 @@ async fn apply_stream(js: &jetstream::Context, spec: &StreamSpec, mode: Mode) ->
 async fn apply_consumer(js: &jetstream::Context, spec: &ConsumerSpec, mode: Mode) -> Result<Change> {
     let declared = consumer_config(spec);
     let change = |action| Change { kind: "consumer", name: spec.name.clone(), action };
-    let stream = js.get_stream(&spec.stream).await.map_err(|e| api_error("read stream", &spec.stream, e))?;
+    let stream = match js.get_stream(&spec.stream).await {
+        Ok(s) => s,
+        Err(_) if mode == Mode::Check => return Ok(change(Action::Missing)),
+        Err(e) => return Err(api_error("read stream", &spec.stream, e)),
+    };
     let live = match stream.consumer_info(&spec.name).await {
         Ok(info) => info.config,
         Err(e) if is_not_found(e.kind()) => {
@@ -189,18 +193,22 @@ pub fn stream_config(spec: &StreamSpec) -> stream::Config {
 
 /// The JetStream consumer config a spec declares.
 ///
-/// JetStream's `max_deliver` is one more than the declared one: the runtime dead-letters
-/// a message itself when its last declared attempt fails, and the spare delivery is what
-/// lets it also dead-letter a message whose last attempt crashed the worker (instead of
-/// the server silently giving up on it).
+/// Two declared fields are deliberately NOT handed to JetStream, because the runtime
+/// owns them:
+/// - `max_deliver` is unlimited server-side. The runtime dead-letters a message when its
+///   last allowed attempt fails, and also when a delivery arrives past the limit (the
+///   previous attempt crashed the worker). A server-side limit would instead stop
+///   redelivering silently, leaving the message neither handled nor dead-lettered.
+/// - `backoff` becomes nak delays. JetStream's own backoff list replaces the ack wait
+///   of each delivery (the first delivery would get `backoff[0]` as its ack wait), which
+///   would redeliver slow-but-healthy handlers long before `ack-wait`.
 pub fn consumer_config(spec: &ConsumerSpec) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(spec.name.clone()),
         filter_subjects: spec.filter_subjects.clone(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: spec.ack_wait,
-        max_deliver: spec.max_deliver + 1,
-        backoff: spec.backoff.clone(),
+        max_deliver: -1,
         max_ack_pending: spec.max_ack_pending,
         ..Default::default()
     }
@@ -241,13 +249,9 @@ fn consumer_drift(live: &consumer::Config, declared: &consumer::pull::Config) ->
     }
     check("filter-subjects", format!("{live_filters:?}"), format!("{:?}", declared.filter_subjects));
     check("ack-wait", dur(live.ack_wait), dur(declared.ack_wait));
-    // Reported as declared (one less than the server's, see consumer_config).
-    check("max-deliver", (live.max_deliver - 1).to_string(), (declared.max_deliver - 1).to_string());
-    check(
-        "backoff",
-        format!("{:?}", live.backoff.iter().copied().map(dur).collect::<Vec<_>>()),
-        format!("{:?}", declared.backoff.iter().copied().map(dur).collect::<Vec<_>>()),
-    );
+    // Server-side values (see consumer_config): unlimited deliveries, no backoff list.
+    check("max-deliver (server)", live.max_deliver.to_string(), declared.max_deliver.to_string());
+    check("backoff (server)", format!("{:?}", live.backoff), format!("{:?}", declared.backoff));
     check("max-ack-pending", live.max_ack_pending.to_string(), declared.max_ack_pending.to_string());
     drift
 }

@@ -71,12 +71,16 @@ pub struct ConsumerSpec {
     pub name: String,
     pub stream: String,
     pub filter_subjects: Vec<String>,
+    /// How long a delivery may go unacknowledged (no ack, nak or progress) before
+    /// JetStream redelivers it: the crash-detection timeout.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
-    /// Deliveries before the message goes to the dead-letter stream.
+    /// Deliveries before the message goes to the dead-letter stream (enforced by the
+    /// runtime, see `apply::consumer_config`).
     pub max_deliver: i64,
-    /// Redelivery delays after an ack timeout (a crashed or stuck worker); a handler's
-    /// own `Retry { after }` overrides it.
+    /// Delays before the next attempt after a failed one (`Retry` without its own
+    /// delay, a panic, a timeout): step n after the n-th failure, the last step
+    /// repeating. Sent as nak delays, not as JetStream's backoff list.
     #[serde(default, deserialize_with = "durations")]
     pub backoff: Vec<Duration>,
     pub max_ack_pending: i64,

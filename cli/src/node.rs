@@ -1,0 +1,123 @@
+//! A souk node: the long-running parts of one process, built from options and run
+//! until cancelled — the HTTP ingress, worker pools, the outbox relay and housekeeping.
+//! `souk dev`/`ingress`/`worker` start one; so do the end-to-end tests and the
+//! benchmark, so all three run exactly the same wiring.
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use souk_ingress::{Ingress, IngressOptions, IntakeOptions, Keys};
+use souk_stores::postgres::{self as pg, outbox::PgOutbox};
+use souk_topologies::{
+    Topology,
+    publisher::Publisher,
+    relay::{Relay, RelayOptions},
+    runtime::Runtime,
+};
+use sqlx::PgPool;
+use std::{net::SocketAddr, time::Duration};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// How often old inbox, outbox and idempotency rows are purged, and how old they must be.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What to run and with what.
+pub struct NodeOptions {
+    pub nats: async_nats::Client,
+    pub pool: PgPool,
+    /// For the relay's lease and LISTEN connections.
+    pub database_url: String,
+    pub topology: Topology,
+    /// Longest a write (publish, order intake) waits before giving up.
+    pub write_timeout: Duration,
+    /// Serve the HTTP ingress on this listener with these keys.
+    pub ingress: Option<(tokio::net::TcpListener, Keys)>,
+    pub intake: IntakeOptions,
+    /// Worker pools to run: `Some(vec![])` runs every pool, `None` none.
+    pub pools: Option<Vec<String>>,
+    pub relay: bool,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    /// Where the ingress listens, if it runs.
+    pub http_addr: Option<SocketAddr>,
+}
+
+impl Node {
+    /// Start every part `options` asks for.
+    pub async fn start(options: NodeOptions) -> souk_topologies::Result<Node> {
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let publisher = Publisher::new(options.nats.clone(), options.write_timeout);
+        if let Some(only) = &options.pools {
+            let registry = souk_workers::registry(options.pool.clone());
+            let runtime = Runtime::build(&publisher, &options.topology, &registry, only).await?;
+            tasks.spawn(runtime.run(cancel.clone()));
+            tasks.spawn(housekeeping(options.pool.clone(), cancel.clone()));
+        }
+        if options.relay {
+            let outbox = PgOutbox::new(options.pool.clone(), &options.database_url);
+            tasks.spawn(Relay::new(outbox, publisher.clone(), RelayOptions::default()).run(cancel.clone()));
+        }
+        let mut http_addr = None;
+        if let Some((listener, keys)) = options.ingress {
+            http_addr = listener.local_addr().ok();
+            let ingress = Ingress::build(IngressOptions {
+                keys,
+                pool: options.pool.clone(),
+                nats: options.nats.clone(),
+                write_timeout: options.write_timeout,
+                intake: options.intake,
+                metrics: options.metrics,
+            });
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(e) = ingress.serve(listener, stop).await {
+                    tracing::error!(error = %e, "ingress stopped");
+                }
+            });
+        }
+        tasks.close();
+        Ok(Node { cancel, tasks, http_addr })
+    }
+
+    /// A token that stops this node when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stop: the ingress finishes in-flight requests, pools drain in-flight handlers,
+    /// the relay finishes its round. Returns when everything has stopped.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+    }
+
+    /// Wait until the node stops (after its cancel token fires).
+    pub async fn wait(&self) {
+        self.tasks.wait().await;
+    }
+}
+
+async fn housekeeping(pool: PgPool, stop: CancellationToken) {
+    loop {
+        match pg::housekeeping(&pool, RETENTION).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "housekeeping"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+        }
+    }
+}
+
+/// The built-in marketplace topology (`topologies/marketplace.toml`).
+pub fn builtin_topology() -> souk_topologies::Result<Topology> {
+    Topology::parse(include_str!("../../topologies/marketplace.toml"))
+}

@@ -1,0 +1,66 @@
+use souk_topologies::{
+    Topology,
+    apply::{Action, Mode, apply},
+};
+
+use crate::TEST_TOPOLOGY;
+
+#[tokio::test]
+async fn check_on_an_empty_server_reports_missing_and_changes_nothing() -> anyhow::Result<()> {
+    let nats = souk_testkit::NatsServer::start().await?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    let topology = Topology::parse(TEST_TOPOLOGY)?;
+    let report = apply(&js, &topology, Mode::Check).await?;
+    assert!(report.changes.iter().all(|c| c.action == Action::Missing), "{report}");
+    assert!(js.get_stream("CMD").await.is_err(), "check must not create");
+    Ok(())
+}
+
+#[tokio::test]
+async fn apply_is_idempotent() -> anyhow::Result<()> {
+    let nats = souk_testkit::NatsServer::start().await?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    let topology = Topology::parse(TEST_TOPOLOGY)?;
+    let first = apply(&js, &topology, Mode::Apply).await?;
+    assert!(first.changes.iter().all(|c| c.action == Action::Created), "{first}");
+    for _ in 0..2 {
+        let again = apply(&js, &topology, Mode::Apply).await?;
+        assert!(again.in_sync(), "second apply changed something:\n{again}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn drift_is_reported_then_repaired() -> anyhow::Result<()> {
+    let nats = souk_testkit::NatsServer::start().await?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    let topology = Topology::parse(TEST_TOPOLOGY)?;
+    apply(&js, &topology, Mode::Apply).await?;
+
+    // Someone changes the live objects by hand.
+    let mut stream_config = js.get_stream("EVT").await?.cached_info().config.clone();
+    stream_config.max_age = std::time::Duration::from_secs(3600);
+    js.update_stream(stream_config).await?;
+    let stream = js.get_stream("CMD").await?;
+    let mut consumer_config = souk_topologies::apply::consumer_config(&topology.consumers[0]);
+    consumer_config.max_ack_pending = 7;
+    stream.update_consumer(consumer_config).await?;
+
+    let report = apply(&js, &topology, Mode::Check).await?;
+    let drifted: Vec<_> = report
+        .changes
+        .iter()
+        .filter_map(|c| match &c.action {
+            Action::Drifted(d) => Some((c.name.as_str(), d.iter().map(|d| d.field).collect::<Vec<_>>())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(drifted, [("EVT", vec!["max-age"]), ("work", vec!["max-ack-pending"])], "{report}");
+    // Check changed nothing: still drifted.
+    assert!(!apply(&js, &topology, Mode::Check).await?.in_sync());
+
+    let repaired = apply(&js, &topology, Mode::Apply).await?;
+    assert!(!repaired.in_sync(), "apply reports what it repaired");
+    assert!(apply(&js, &topology, Mode::Check).await?.in_sync());
+    Ok(())
+}

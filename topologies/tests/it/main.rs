@@ -1,0 +1,83 @@
+//! Integration tests of the engine against a real nats-server (one per test).
+
+mod apply;
+mod publisher;
+mod relay;
+mod runtime;
+
+use souk_topologies::{Topology, apply::Mode, publisher::Publisher};
+use std::time::Duration;
+
+/// A small topology with short timers so failure paths run in test time.
+pub const TEST_TOPOLOGY: &str = r#"
+[[stream]]
+name = "CMD"
+subjects = ["souk.cmd.>"]
+retention = "work-queue"
+allow-atomic = true
+
+[[stream]]
+name = "EVT"
+subjects = ["souk.evt.>"]
+retention = "limits"
+allow-atomic = true
+
+[[stream]]
+name = "DLQ"
+subjects = ["souk.dlq.>"]
+retention = "limits"
+
+[[consumer]]
+name = "work"
+stream = "CMD"
+filter-subjects = ["souk.cmd.test.work"]
+ack-wait = "1s"
+max-deliver = 3
+backoff = ["50ms", "50ms", "50ms"]
+max-ack-pending = 1000
+
+[[pool]]
+name = "work"
+consumer = "work"
+handler = "test"
+concurrency = 4
+fetch-batch = 8
+handler-timeout = "10s"
+drain-timeout = "10s"
+"#;
+
+pub struct Env {
+    pub nats: souk_testkit::NatsServer,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub publisher: Publisher,
+    pub topology: Topology,
+}
+
+/// A nats-server with the test topology applied.
+pub async fn env() -> anyhow::Result<Env> {
+    env_with(TEST_TOPOLOGY).await
+}
+
+pub async fn env_with(topology: &str) -> anyhow::Result<Env> {
+    let nats = souk_testkit::NatsServer::start().await?;
+    let client = nats.client().await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = Topology::parse(topology)?;
+    souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
+    let publisher = Publisher::new(client.clone(), Duration::from_secs(2));
+    Ok(Env { nats, client, js, publisher, topology })
+}
+
+pub fn msg(subject: &str, id: &str, body: &str) -> souk_topologies::publisher::OutgoingMessage {
+    souk_topologies::publisher::OutgoingMessage {
+        subject: subject.into(),
+        msg_id: id.into(),
+        headers: async_nats::HeaderMap::new(),
+        payload: bytes::Bytes::from(body.to_owned()),
+    }
+}
+
+pub async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> anyhow::Result<u64> {
+    Ok(js.get_stream(stream).await?.info().await?.state.messages)
+}

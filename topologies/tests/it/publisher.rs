@@ -1,0 +1,81 @@
+use futures::future::join_all;
+use souk_topologies::{
+    Error,
+    batcher::BatchOptions,
+    group_commit::GroupCommitter,
+    publisher::Publisher,
+};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{env, msg, stream_messages};
+
+#[tokio::test]
+async fn atomic_batch_is_stored_whole_with_consecutive_sequences() -> anyhow::Result<()> {
+    let env = env().await?;
+    let batch: Vec<_> = (0..100).map(|i| msg("souk.cmd.test.other", &format!("m{i}"), "x")).collect();
+    let acks = env.publisher.publish_atomic(&batch).await?;
+    assert_eq!(acks.len(), 100);
+    assert!(acks.windows(2).all(|w| w[1].sequence == w[0].sequence + 1));
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 100);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_with_a_seen_id_falls_back_to_single_publishes_and_dedupes() -> anyhow::Result<()> {
+    let env = env().await?;
+    env.publisher.publish(msg("souk.cmd.test.other", "seen", "x")).await?;
+    let batch = vec![
+        msg("souk.cmd.test.other", "new-1", "x"),
+        msg("souk.cmd.test.other", "seen", "x"),
+        msg("souk.cmd.test.other", "new-2", "x"),
+    ];
+    // The atomic path alone is rejected whole (err_code 10201)…
+    match env.publisher.publish_atomic(&batch).await {
+        Err(Error::JetStream { code: 10201, .. }) => {}
+        other => panic!("expected 10201, got {other:?}"),
+    }
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 1, "a rejected batch stores nothing");
+    // …and publish_all recovers message by message.
+    let results = env.publisher.publish_all(&batch).await;
+    let dup: Vec<bool> = results.iter().map(|r| r.as_ref().map(|a| a.duplicate).unwrap_or(false)).collect();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(dup, [false, true, false]);
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn group_commit_coalesces_concurrent_callers_and_equal_ids() -> anyhow::Result<()> {
+    let env = env().await?;
+    let cancel = CancellationToken::new();
+    let (committer, tasks) = GroupCommitter::spawn(env.publisher.clone(), BatchOptions::default(), cancel.clone());
+    // 150 distinct ids plus 50 retries of one id, all at once.
+    let calls = (0..200).map(|i| {
+        let committer = committer.clone();
+        let id = if i < 150 { format!("id-{i}") } else { "retried".to_owned() };
+        async move { committer.publish(msg("souk.cmd.test.other", &id, "x")).await }
+    });
+    let results = join_all(calls).await;
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 151);
+    let retried: std::collections::HashSet<u64> =
+        results[150..].iter().filter_map(|r| r.as_ref().ok().map(|a| a.sequence)).collect();
+    assert_eq!(retried.len(), 1, "every retry of one id gets the one stored message");
+    cancel.cancel();
+    tasks.wait().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn publishing_with_the_server_down_fails_fast() -> anyhow::Result<()> {
+    let mut env = env().await?;
+    let publisher = Publisher::new(env.client.clone(), Duration::from_millis(500));
+    env.nats.kill().await?;
+    let started = Instant::now();
+    let single = publisher.publish(msg("souk.cmd.test.other", "a", "x")).await;
+    let batch = publisher.publish_atomic(&[msg("souk.cmd.test.other", "b", "x")]).await;
+    assert!(single.is_err() && batch.is_err());
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    Ok(())
+}

@@ -1,0 +1,241 @@
+use async_nats::{HeaderMap, jetstream};
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use souk_pipelines::headers;
+use souk_topologies::{
+    publisher::OutgoingMessage,
+    runtime::{Delivery, Handler, Outcome, Pool, Registry},
+};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Env, env, env_with, stream_messages};
+
+const SUBJECT: &str = "souk.cmd.test.work";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// A handler driven by the payload: `ok`, `retry`, `fail`, `panic`, `slow:<ms>`, `block`.
+#[derive(Clone)]
+struct Scripted {
+    seen: Arc<Mutex<Vec<(String, u64)>>>,
+    done: Arc<Mutex<Vec<String>>>,
+    /// `block` messages wait for a permit here.
+    gate: Arc<Semaphore>,
+    started: Arc<Semaphore>,
+}
+
+impl Default for Scripted {
+    fn default() -> Self {
+        Scripted {
+            seen: Arc::default(),
+            done: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+            started: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl Handler for Scripted {
+    fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        async move {
+            let body = String::from_utf8_lossy(&d.payload).to_string();
+            self.seen.lock().expect("lock").push((body.clone(), d.attempt));
+            let outcome = match body.split_once(':').map_or(body.as_str(), |(k, _)| k) {
+                "retry" => Outcome::Retry { after: Some(Duration::from_millis(20)), error: "boom: downstream 500".into() },
+                "fail" => Outcome::fail("unparseable order"),
+                "panic" => panic!("handler bug"),
+                "slow" => {
+                    let ms: u64 = body[5..].parse().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Outcome::Ack
+                }
+                "block" => {
+                    self.started.add_permits(1);
+                    let _permit = self.gate.acquire().await.expect("gate open");
+                    Outcome::Ack
+                }
+                _ => Outcome::Ack,
+            };
+            if outcome == Outcome::Ack {
+                self.done.lock().expect("lock").push(body);
+            }
+            outcome
+        }
+        .boxed()
+    }
+}
+
+async fn publish(env: &Env, id: &str, body: &str) -> anyhow::Result<()> {
+    let mut h = HeaderMap::new();
+    h.insert(headers::TRACEPARENT, TRACEPARENT);
+    h.insert("x-custom", "kept");
+    env.publisher
+        .publish(OutgoingMessage { subject: SUBJECT.into(), msg_id: id.into(), headers: h, payload: body.to_owned().into() })
+        .await?;
+    Ok(())
+}
+
+async fn start_pool(env: &Env, handler: Scripted) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    let mut registry = Registry::default();
+    registry.register("test", handler);
+    let pool = Pool::build(&env.publisher, &env.topology, "work", &registry).await?;
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(pool.run(cancel.clone()));
+    Ok((cancel, run))
+}
+
+async fn dead_letters(env: &Env) -> anyhow::Result<Vec<jetstream::message::StreamMessage>> {
+    let stream = env.js.get_stream("DLQ").await?;
+    let last = stream.get_info().await?.state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        out.push(stream.get_raw_message(seq).await?);
+    }
+    Ok(out)
+}
+
+fn header<'a>(m: &'a jetstream::message::StreamMessage, name: &str) -> Option<&'a str> {
+    m.headers.get(name).map(|v| v.as_str())
+}
+
+async fn consumer_idle(env: &Env) -> bool {
+    match env.js.get_stream("CMD").await {
+        Ok(s) => matches!(s.consumer_info("work").await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn poison_message_is_dead_lettered_after_max_deliver_without_blocking_others() -> anyhow::Result<()> {
+    let env = env().await?;
+    let handler = Scripted::default();
+    publish(&env, "poison", "retry").await?;
+    for i in 0..20 {
+        publish(&env, &format!("good-{i}"), &format!("ok:{i}")).await?;
+    }
+    let (cancel, run) = start_pool(&env, handler.clone()).await?;
+
+    let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
+        dead_letters(&env).await.ok().filter(|d| !d.is_empty())
+    })
+    .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) }).await?;
+    cancel.cancel();
+    run.await?;
+
+    assert_eq!(handler.done.lock().expect("lock").len(), 20, "every good message handled");
+    let attempts: Vec<u64> = handler.seen.lock().expect("lock").iter().filter(|(b, _)| b == "retry").map(|(_, a)| *a).collect();
+    assert_eq!(attempts, [1, 2, 3], "max-deliver is 3");
+    assert_eq!(dlq.len(), 1);
+    let d = &dlq[0];
+    assert_eq!(d.subject.as_str(), "souk.dlq.work");
+    assert_eq!(&d.payload[..], b"retry", "original body");
+    assert_eq!(header(d, "x-custom"), Some("kept"), "original headers");
+    assert_eq!(header(d, headers::DLQ_ATTEMPTS), Some("3"));
+    assert_eq!(header(d, headers::DLQ_ERROR), Some("boom: downstream 500"));
+    assert_eq!(header(d, headers::DLQ_SUBJECT), Some(SUBJECT));
+    assert_eq!(header(d, headers::DLQ_CONSUMER), Some("work"));
+    assert_eq!(header(d, headers::DLQ_TRACE_ID), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(header(d, "souk-dlq-msg-id"), Some("poison"));
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 0, "terminated, not left behind");
+    Ok(())
+}
+
+#[tokio::test]
+async fn fail_dead_letters_at_once_and_panics_are_retried_then_dead_lettered() -> anyhow::Result<()> {
+    let env = env().await?;
+    let handler = Scripted::default();
+    publish(&env, "f", "fail").await?;
+    publish(&env, "p", "panic").await?;
+    let (cancel, run) = start_pool(&env, handler.clone()).await?;
+    let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
+        dead_letters(&env).await.ok().filter(|d| d.len() == 2)
+    })
+    .await?;
+    cancel.cancel();
+    run.await?;
+    let by_body = |b: &[u8]| dlq.iter().find(|m| &m.payload[..] == b).expect("dead letter present");
+    let fail = by_body(b"fail");
+    assert_eq!(header(fail, headers::DLQ_ATTEMPTS), Some("1"));
+    assert_eq!(header(fail, headers::DLQ_ERROR), Some("unparseable order"));
+    let panic = by_body(b"panic");
+    assert_eq!(header(panic, headers::DLQ_ATTEMPTS), Some("3"));
+    assert_eq!(header(panic, headers::DLQ_ERROR), Some("handler panicked: handler bug"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_delivery_past_max_deliver_is_dead_lettered_without_running_the_handler() -> anyhow::Result<()> {
+    // max-deliver 1: a worker that takes the message and dies uses up its only attempt.
+    let env = env_with(&crate::TEST_TOPOLOGY.replace("max-deliver = 3", "max-deliver = 1").replace(
+        r#"backoff = ["50ms", "50ms", "50ms"]"#,
+        r#"backoff = ["50ms"]"#,
+    ))
+    .await?;
+    publish(&env, "crashy", "ok:crashy").await?;
+    // The "crashed worker": fetch without ever acking.
+    let consumer: jetstream::consumer::PullConsumer = env
+        .js
+        .get_stream("CMD")
+        .await?
+        .get_consumer("work")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut taken = consumer.fetch().max_messages(1).messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(taken.next().await.is_some());
+    drop(taken);
+
+    let handler = Scripted::default();
+    let (cancel, run) = start_pool(&env, handler.clone()).await?;
+    let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
+        dead_letters(&env).await.ok().filter(|d| !d.is_empty())
+    })
+    .await?;
+    cancel.cancel();
+    run.await?;
+    assert!(handler.seen.lock().expect("lock").is_empty(), "handler not run again");
+    assert_eq!(header(&dlq[0], headers::DLQ_ATTEMPTS), Some("2"));
+    assert!(header(&dlq[0], headers::DLQ_ERROR).is_some_and(|e| e.contains("did not finish")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn long_handlers_keep_their_message_with_progress_acks() -> anyhow::Result<()> {
+    let env = env().await?; // ack-wait 1s
+    let handler = Scripted::default();
+    publish(&env, "slow", "slow:2500").await?;
+    let (cancel, run) = start_pool(&env, handler.clone()).await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async {
+        (!handler.done.lock().expect("lock").is_empty()).then_some(())
+    })
+    .await?;
+    souk_testkit::eventually(Duration::from_secs(5), || async { consumer_idle(&env).await.then_some(()) }).await?;
+    cancel.cancel();
+    run.await?;
+    assert_eq!(*handler.seen.lock().expect("lock"), [("slow:2500".to_owned(), 1)], "never redelivered");
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_handlers_before_returning() -> anyhow::Result<()> {
+    let env = env().await?; // concurrency 4
+    let handler = Scripted::default();
+    for i in 0..4 {
+        publish(&env, &format!("b{i}"), &format!("block:{i}")).await?;
+    }
+    let (cancel, mut run) = start_pool(&env, handler.clone()).await?;
+    // All four are running.
+    let _started = handler.started.acquire_many(4).await?;
+    cancel.cancel();
+    // The pool must still be waiting for them.
+    assert!(tokio::time::timeout(Duration::from_millis(300), &mut run).await.is_err(), "returned before draining");
+    handler.gate.add_permits(4);
+    run.await?;
+    assert_eq!(handler.done.lock().expect("lock").len(), 4, "every in-flight handler finished");
+    // Acks are asynchronous: the server sees them shortly after the pool returns.
+    souk_testkit::eventually(Duration::from_secs(5), || async { consumer_idle(&env).await.then_some(()) }).await?;
+    Ok(())
+}
