@@ -5,13 +5,16 @@
 //! ports file — nothing listens on a fixed port — and can be killed and restarted on
 //! the same store. [`TestDb`] creates a fresh Postgres database per test and drops it
 //! afterwards. Both find their servers the way `scripts/prepare` left them (see
-//! `SOUK_NATS_SERVER_BIN` and `SOUK_TEST_DATABASE_URL`).
+//! `SOUK_NATS_SERVER_BIN` and `SOUK_TEST_DATABASE_URL`). [`Stack`] puts a whole souk
+//! node (ingress, pools, relay) on top of both, wired exactly as `souk dev` wires it.
 
 mod db;
 mod nats;
+mod stack;
 
 pub use db::TestDb;
 pub use nats::{NatsServer, nats_server_bin};
+pub use stack::{Stack, StackOptions, order_body, test_topology};
 
 /// Wait until `check` returns `Some`, polling every 20 ms, for at most `timeout`.
 /// Tests use this instead of sleeps: it returns as soon as the condition holds.

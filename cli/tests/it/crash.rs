@@ -1,0 +1,114 @@
+//! Failure is a feature: the server dies, workers die, and the invariants hold.
+
+use souk_ingress::Role;
+use souk_testkit::{Stack, StackOptions, eventually, order_body};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+#[tokio::test]
+async fn orders_that_got_202_survive_a_nats_server_kill_and_restart() -> anyhow::Result<()> {
+    let mut stack = Stack::start().await?;
+    let token = Arc::new(stack.token("dora", &[Role::Buyer]));
+    let accepted: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let (base, http) = (stack.base.clone(), stack.http.clone());
+
+    // 1,000 orders from 20 clients, each retrying its current order (same key) until
+    // it gets a definite answer, while the server is killed and restarted underneath.
+    let clients: Vec<_> = (0..20)
+        .map(|c| {
+            let (token, accepted, base, http) = (token.clone(), accepted.clone(), base.clone(), http.clone());
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let key = format!("c{c}-o{i}");
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let sent = http
+                            .post(format!("{base}/v1/orders"))
+                            .bearer_auth(token.as_str())
+                            .header("idempotency-key", &key)
+                            .json(&order_body("SKU-9", 1))
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await;
+                        if let Ok(r) = sent {
+                            let status = r.status().as_u16();
+                            if status == 202 {
+                                let json: serde_json::Value = r.json().await.unwrap_or_default();
+                                let id = json["order_id"].as_str().unwrap_or_default().to_owned();
+                                accepted.lock().expect("lock").insert(id);
+                                break;
+                            }
+                            assert_eq!(status, 503, "only 202 or 503 while NATS restarts");
+                        }
+                        assert!(Instant::now() < deadline, "order {key} never accepted");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Kill the server (SIGKILL, no flush) once some orders are in, then bring it back.
+    eventually(Duration::from_secs(30), || async { (accepted.lock().ok()?.len() >= 200).then_some(()) }).await?;
+    stack.nats.kill().await?;
+    let during_outage = accepted.lock().expect("lock").len();
+    stack.nats.restart().await?;
+    for c in clients {
+        c.await?;
+    }
+    let accepted = accepted.lock().expect("lock").clone();
+    assert_eq!(accepted.len(), 1000, "every client order eventually accepted once");
+    assert!(during_outage < 1000, "the kill happened mid-stream");
+
+    // Every order that got a 202 is in Postgres, exactly once.
+    eventually(Duration::from_secs(60), || async {
+        (stack.count("select 1 from orders").await.ok()? == 1000).then_some(())
+    })
+    .await?;
+    let stored: Vec<uuid::Uuid> = sqlx::query_scalar("select order_id from orders").fetch_all(&stack.db.pool).await?;
+    let stored: HashSet<String> = stored.into_iter().map(|u| u.to_string()).collect();
+    assert_eq!(stored, accepted);
+    // And exactly one OrderAccepted event each.
+    eventually(Duration::from_secs(30), || async {
+        (stack.stream_messages("EVT").await.ok()? == 1000).then_some(())
+    })
+    .await?;
+    stack.stop_node().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_jetstream_unreachable_orders_get_503_within_two_seconds() -> anyhow::Result<()> {
+    let mut stack = Stack::start_with(StackOptions { pools: false, relay: false, ..Default::default() }).await?;
+    let token = stack.token("erin", &[Role::Buyer]);
+    stack.nats.kill().await?;
+    let started = Instant::now();
+    let (status, problem) = stack.place(&token, "k-down", &order_body("A", 1)).await?;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{problem}");
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
+    let r = stack
+        .http
+        .post(format!("{}/v1/orders", stack.base))
+        .bearer_auth(&token)
+        .header("idempotency-key", "k-down-2")
+        .json(&order_body("A", 1))
+        .send()
+        .await?;
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let ready = stack.http.get(format!("{}/readyz", stack.base)).send().await?;
+    assert_eq!(ready.status().as_u16(), 503);
+
+    // Back up: the same key now succeeds, and it is still one order.
+    stack.nats.restart().await?;
+    let (status, _) = eventually(Duration::from_secs(20), || async {
+        let r = stack.place(&token, "k-down", &order_body("A", 1)).await.ok()?;
+        (r.0 == 202).then_some(r)
+    })
+    .await?;
+    assert_eq!(status, 202);
+    Ok(())
+}

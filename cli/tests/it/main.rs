@@ -1,0 +1,5 @@
+//! End-to-end flows through a whole node (ingress → JetStream → workers → Postgres →
+//! relay → JetStream), each test with its own nats-server and database.
+
+mod crash;
+mod orders;

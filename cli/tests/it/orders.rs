@@ -1,0 +1,129 @@
+use souk_ingress::Role;
+use souk_testkit::{Stack, eventually, order_body};
+use std::time::Duration;
+
+async fn wait_persisted(stack: &Stack, token: &str, order_id: &str) -> anyhow::Result<serde_json::Value> {
+    eventually(Duration::from_secs(15), || async {
+        match stack.get(token, &format!("/v1/orders/{order_id}")).await {
+            Ok((200, body)) if body["status"] == "accepted" => Some(body),
+            _ => None,
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_order_flows_from_http_to_postgres_and_its_event_to_jetstream() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let token = stack.token("alice", &[Role::Buyer]);
+    let body = serde_json::json!({"currency": "EUR", "lines": [
+        {"sku": "MUG-1", "quantity": 2, "unit_price_minor": 1299},
+        {"sku": "TEA-9", "quantity": 1, "unit_price_minor": 450}
+    ]});
+    let (status, accepted) = stack.place(&token, "key-1", &body).await?;
+    assert_eq!(status, 202, "{accepted}");
+    let order_id = accepted["order_id"].as_str().expect("order id").to_owned();
+    assert_eq!(accepted["status_url"], format!("/v1/orders/{order_id}"));
+
+    let order = wait_persisted(&stack, &token, &order_id).await?;
+    assert_eq!(order["buyer_id"], "alice");
+    assert_eq!(order["tenant"], "t1");
+    assert_eq!(order["total_minor"], 2 * 1299 + 450);
+    assert_eq!(order["currency"], "EUR");
+    assert_eq!(order["lines"].as_array().map(Vec::len), Some(2));
+
+    // The OrderAccepted event reaches the EVT stream through the outbox relay.
+    eventually(Duration::from_secs(10), || async { (stack.stream_messages("EVT").await.ok()? == 1).then_some(()) })
+        .await?;
+    let evt = stack.js.get_stream("EVT").await?.get_raw_message(1).await?;
+    assert_eq!(evt.subject.as_str(), "souk.evt.orders.accepted");
+    let event: serde_json::Value = serde_json::from_slice(&evt.payload)?;
+    assert_eq!(event["order_id"], order_id.as_str());
+    assert_eq!(evt.headers.get("souk-schema").map(|v| v.as_str()), Some("orders.accepted/v1"));
+    assert_eq!(stack.count("select 1 from outbox where published_at is null").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn fifty_concurrent_posts_with_one_key_make_one_order() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let token = stack.token("bob", &[Role::Buyer]);
+    let body = order_body("SKU-1", 3);
+    let results = futures::future::join_all((0..50).map(|_| stack.place(&token, "same-key", &body))).await;
+    let mut ids = std::collections::HashSet::new();
+    for r in results {
+        let (status, json) = r?;
+        assert_eq!(status, 202, "{json}");
+        ids.insert(json["order_id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(ids.len(), 1, "every response names the same order");
+    let order_id = ids.into_iter().next().expect("one id");
+    wait_persisted(&stack, &token, &order_id).await?;
+    assert_eq!(stack.count("select 1 from orders").await?, 1);
+    assert_eq!(stack.stream_messages("CMD").await? , 0, "the command was consumed");
+
+    // Same key, same body, later: same answer. Different body: 422, nothing new.
+    let (status, again) = stack.place(&token, "same-key", &body).await?;
+    assert_eq!((status, again["order_id"].as_str()), (202, Some(order_id.as_str())));
+    let (status, problem) = stack.place(&token, "same-key", &order_body("SKU-1", 4)).await?;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["type"], "https://souk.dev/problems/idempotency-key-reused");
+    // The same key from another buyer is another request.
+    let carol = stack.token("carol", &[Role::Buyer]);
+    let (status, other) = stack.place(&carol, "same-key", &body).await?;
+    assert_eq!(status, 202);
+    assert_ne!(other["order_id"].as_str(), Some(order_id.as_str()));
+    eventually(Duration::from_secs(10), || async {
+        (stack.count("select 1 from orders").await.ok()? == 2).then_some(())
+    })
+    .await?;
+    // Exactly one event per order.
+    eventually(Duration::from_secs(10), || async { (stack.stream_messages("EVT").await.ok()? == 2).then_some(()) })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reads_are_scoped_to_the_buyer_and_tenant() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let alice = stack.token("alice", &[Role::Buyer]);
+    let (_, accepted) = stack.place(&alice, "k", &order_body("A", 1)).await?;
+    let order_id = accepted["order_id"].as_str().expect("id").to_owned();
+    wait_persisted(&stack, &alice, &order_id).await?;
+    let path = format!("/v1/orders/{order_id}");
+
+    let mallory = stack.token("mallory", &[Role::Buyer]);
+    assert_eq!(stack.get(&mallory, &path).await?.0, 403);
+    let support = stack.token("sam", &[Role::Support]);
+    assert_eq!(stack.get(&support, &path).await?.0, 200);
+    let other_tenant = stack.keys.mint(&souk_ingress::Claims::new(
+        "alice",
+        "t2",
+        vec![Role::Admin],
+        Duration::from_secs(60),
+    ));
+    assert_eq!(stack.get(&other_tenant, &path).await?.0, 404, "other tenants see nothing");
+    let (status, problem) = stack.get(&alice, &format!("/v1/orders/{}", uuid::Uuid::now_v7())).await?;
+    assert_eq!(status, 404);
+    assert_eq!(problem["status"], 404);
+    assert_eq!(stack.get(&alice, "/v1/orders/not-a-uuid").await?.0, 400);
+    let anonymous = stack.http.get(format!("{}{path}", stack.base)).send().await?;
+    assert_eq!(anonymous.status().as_u16(), 401);
+    Ok(())
+}
+
+#[tokio::test]
+async fn probes_and_metrics_answer() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let ready = stack.http.get(format!("{}/readyz", stack.base)).send().await?;
+    assert_eq!(ready.status().as_u16(), 200);
+    let health = stack.http.get(format!("{}/healthz", stack.base)).send().await?;
+    assert_eq!(health.status().as_u16(), 200);
+    let missing = stack.http.get(format!("{}/nope", stack.base)).send().await?;
+    assert_eq!(missing.status().as_u16(), 404);
+    assert_eq!(
+        missing.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    Ok(())
+}

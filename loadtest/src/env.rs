@@ -1,0 +1,153 @@
+//! The servers a run measures against: its own nats-server child (durable profile:
+//! file storage, `sync_interval: always`) and its own fresh Postgres database, both
+//! removed at the end — also when the run fails (best effort).
+
+use anyhow::Context;
+use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+use tokio::process::Child;
+
+/// Where the Postgres server is when nothing says otherwise.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A nats-server child with its store in a temporary directory.
+#[derive(Debug)]
+pub struct Nats {
+    /// Killed when dropped (a panic or early return still stops it).
+    child: Child,
+    pub url: String,
+    /// Removed when dropped, after the child.
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Start `bin` with its store in a fresh directory under `parent` (the system temp
+    /// directory by default: put it on the disk whose fsyncs you want to measure).
+    pub async fn start(bin: &Path, parent: Option<&Path>) -> anyhow::Result<Nats> {
+        let dir = match parent {
+            Some(p) => tempfile::Builder::new().prefix("souk-bench-").tempdir_in(p),
+            None => tempfile::Builder::new().prefix("souk-bench-").tempdir(),
+        }
+        .context("creating the nats-server store directory")?;
+        let (child, port) = souk_topologies::local_server::spawn(bin, dir.path(), None).await?;
+        Ok(Nats { child, url: format!("nats://127.0.0.1:{port}"), dir })
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// SIGTERM (nats-server closes its store cleanly), then SIGKILL after 10 s.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // Signals our own child by its pid; no libc dependency needed for one signal.
+            let term = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+            if term.is_ok() && tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_ok() {
+                return;
+            }
+        }
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The nats-server binary: `--nats-server`, else `SOUK_NATS_SERVER_BIN`, else
+/// `.souk/bin/nats-server` above the working directory or this crate.
+pub fn nats_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = flag {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir()?;
+    souk_topologies::local_server::find_binary(&cwd)
+        .or_else(|| souk_topologies::local_server::find_binary(Path::new(env!("CARGO_MANIFEST_DIR"))))
+        .context("nats-server 2.15.x not found: pass --nats-server, set SOUK_NATS_SERVER_BIN, or run scripts/prepare")
+}
+
+/// A database created for this run.
+#[derive(Debug)]
+pub struct Database {
+    /// The server's maintenance database, from which the run's database is dropped.
+    admin: PgConnectOptions,
+    pub name: String,
+    /// URL of the run's database.
+    pub url: String,
+}
+
+impl Database {
+    /// Create `souk_bench_<uuid>` on the server of `server_url` (whatever database that
+    /// URL names is not touched).
+    pub async fn create(server_url: &str) -> anyhow::Result<Database> {
+        let admin = PgConnectOptions::from_str(server_url)
+            .with_context(|| format!("parsing the Postgres URL {}", redact(server_url)))?
+            .database("postgres");
+        let name = format!("souk_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect_with(&admin)
+            .await
+            .with_context(|| format!("connecting to Postgres at {}", redact(server_url)))?;
+        // The name is ours (hex only), so formatting it into DDL is safe.
+        conn.execute(sqlx::AssertSqlSafe(format!("create database \"{name}\""))).await?;
+        conn.close().await.ok();
+        let url = with_database(server_url, &name);
+        Ok(Database { admin, name, url })
+    }
+
+    /// Drop the database, disconnecting whatever still uses it.
+    pub async fn drop(self) -> anyhow::Result<()> {
+        let mut conn = PgConnection::connect_with(&self.admin).await?;
+        conn.execute(sqlx::AssertSqlSafe(format!("drop database if exists \"{}\" with (force)", self.name)))
+            .await?;
+        conn.close().await.ok();
+        Ok(())
+    }
+}
+
+/// `url` with its database (the path) replaced by `name`; the query string is kept.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{name}", &base[..authority_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// `url` with its password hidden, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_swapped_and_the_rest_kept() {
+        assert_eq!(with_database("postgres://u@h:5432/souk", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+        assert_eq!(
+            with_database("postgresql://u:p@h/db?sslmode=disable", "x"),
+            "postgresql://u:p@h/x?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

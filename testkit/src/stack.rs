@@ -1,0 +1,161 @@
+//! A whole souk node for end-to-end tests: its own nats-server and database, the
+//! topology applied, and the same [`Node`] wiring `souk dev` runs.
+
+use async_nats::jetstream;
+use souk_cli::node::{Node, NodeOptions};
+use souk_ingress::{Claims, IntakeOptions, Keys, Role};
+use souk_topologies::{Topology, apply::Mode};
+use std::time::Duration;
+
+use crate::{NatsServer, TestDb};
+
+/// The shipped topology with timers shortened for tests (ack wait, backoff, drain).
+pub fn test_topology() -> anyhow::Result<Topology> {
+    let text = include_str!("../../topologies/marketplace.toml")
+        .replace(r#"ack-wait = "30s""#, r#"ack-wait = "2s""#)
+        .replace(r#"backoff = ["1s", "5s", "30s", "2m"]"#, r#"backoff = ["50ms", "100ms", "200ms", "400ms"]"#)
+        .replace(r#"drain-timeout = "15s""#, r#"drain-timeout = "5s""#);
+    Ok(Topology::parse(&text)?)
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub ingress: bool,
+    pub pools: bool,
+    pub relay: bool,
+    pub write_timeout: Duration,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions { ingress: true, pools: true, relay: true, write_timeout: Duration::from_millis(1500) }
+    }
+}
+
+/// A running stack.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub topology: Topology,
+    pub keys: Keys,
+    pub http: reqwest::Client,
+    /// `http://127.0.0.1:<port>` when the ingress runs.
+    pub base: String,
+    node: Option<Node>,
+    options: StackOptions,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Stack {
+    pub async fn start() -> anyhow::Result<Stack> {
+        Stack::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> anyhow::Result<Stack> {
+        let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
+        souk_stores::postgres::migrate(&db.pool).await?;
+        let client = nats.client().await?;
+        let js = jetstream::new(client.clone());
+        let topology = test_topology()?;
+        souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
+        let mut stack = Stack {
+            nats,
+            db,
+            client,
+            js,
+            topology,
+            keys: Keys::from_secret(uuid::Uuid::new_v4().as_bytes().repeat(2).as_slice()),
+            http: reqwest::Client::new(),
+            base: String::new(),
+            node: None,
+            options,
+        };
+        stack.start_node().await?;
+        Ok(stack)
+    }
+
+    /// Start (or restart) the node with the stack's options.
+    pub async fn start_node(&mut self) -> anyhow::Result<()> {
+        let o = self.options.clone();
+        let ingress = match o.ingress {
+            true => Some((tokio::net::TcpListener::bind("127.0.0.1:0").await?, self.keys.clone())),
+            false => None,
+        };
+        let node = Node::start(NodeOptions {
+            nats: self.client.clone(),
+            pool: self.db.pool.clone(),
+            database_url: self.db.url.clone(),
+            topology: self.topology.clone(),
+            write_timeout: o.write_timeout,
+            ingress,
+            intake: IntakeOptions::default(),
+            pools: o.pools.then(Vec::new),
+            relay: o.relay,
+            metrics: None,
+        })
+        .await?;
+        if let Some(addr) = node.http_addr {
+            self.base = format!("http://{addr}");
+        }
+        self.node = Some(node);
+        Ok(())
+    }
+
+    /// Stop the node gracefully (drain).
+    pub async fn stop_node(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.stop().await;
+        }
+    }
+
+    /// A token for `sub` in tenant `t1`.
+    pub fn token(&self, sub: &str, roles: &[Role]) -> String {
+        self.keys.mint(&Claims::new(sub, "t1", roles.to_vec(), Duration::from_secs(3600)))
+    }
+
+    /// POST /v1/orders; returns status and JSON body.
+    pub async fn place(&self, token: &str, key: &str, body: &serde_json::Value) -> anyhow::Result<(u16, serde_json::Value)> {
+        let r = self
+            .http
+            .post(format!("{}/v1/orders", self.base))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// GET a path with a token; returns status and JSON body.
+    pub async fn get(&self, token: &str, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(token).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// `select count(*)` of a query's rows.
+    pub async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from ({sql}) q")))
+            .fetch_one(&self.db.pool)
+            .await?)
+    }
+
+    /// Messages in a stream.
+    pub async fn stream_messages(&self, stream: &str) -> anyhow::Result<u64> {
+        Ok(self.js.get_stream(stream).await?.get_info().await?.state.messages)
+    }
+}
+
+/// A valid order body.
+pub fn order_body(sku: &str, quantity: i64) -> serde_json::Value {
+    serde_json::json!({"currency": "EUR", "lines": [{"sku": sku, "quantity": quantity, "unit_price_minor": 1299}]})
+}
