@@ -3,6 +3,7 @@
 use axum::{
     Json,
     body::Bytes,
+    extract::rejection::BytesRejection,
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -27,7 +28,7 @@ pub async fn place(
     State(state): State<Arc<AppState>>,
     Principal(claims): Principal,
     request_headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     if !claims.has(Role::Buyer) {
         return Err(Problem::forbidden("placing orders needs the buyer role"));
@@ -41,6 +42,11 @@ pub async fn place(
         return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
             .detail("send Content-Type: application/json"));
     }
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large")
+            .detail(format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES)),
+        status => Problem::new(status, "unreadable-body", "Unreadable body").detail(rejection.body_text()),
+    })?;
     let request: PlaceOrderRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Problem::unprocessable("invalid-body", e.to_string()),
         _ => Problem::bad_request("malformed-json", e.to_string()),

@@ -8,4 +8,4 @@ pub mod outbox;
 mod store;
 
 pub use config::PgOptions;
-pub use store::{Error, connect, ensure_database, housekeeping, migrate};
+pub use store::{Error, begin, connect, ensure_database, housekeeping, migrate};

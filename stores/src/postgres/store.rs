@@ -15,6 +15,9 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// No connection could be had (server down, restarting, refusing connections).
+    #[error("postgres unavailable: {0}")]
+    Unavailable(sqlx::Error),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
 }
@@ -44,9 +47,16 @@ impl Error {
                 }
                 _ => false,
             },
+            Error::Unavailable(_) => true,
             Error::Migrate(_) | Error::Corrupt(_) => false,
         }
     }
+}
+
+/// Begin a transaction. Failing to get one at all means Postgres is unavailable, which
+/// is always worth retrying, whatever error the server gave while refusing.
+pub async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
+    pool.begin().await.map_err(Error::Unavailable)
 }
 
 /// A connection pool. Connections are opened lazily, so a process can start (and

@@ -35,7 +35,7 @@ impl PlaceOrderHandler {
 
     async fn apply(&self, cmd: &PlaceOrder, delivery: &Delivery) -> Result<Applied, pg::Error> {
         let message_id = delivery.dedupe_id();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = pg::begin(&self.pool).await?;
         if !inbox::record(&mut tx, &self.consumer, &message_id).await? {
             return Ok(Applied::AlreadyHandled);
         }

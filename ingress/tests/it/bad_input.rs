@@ -1,0 +1,169 @@
+//! Every bad request gets its 4xx problem+json, and nothing is claimed or published.
+
+use axum::{body::Body, http::Request};
+use souk_ingress::{Claims, Keys, Role};
+use std::time::Duration;
+
+use crate::{env, send};
+
+const VALID: &str = r#"{"currency":"EUR","lines":[{"sku":"A-1","quantity":1,"unit_price_minor":100}]}"#;
+
+struct Case {
+    name: &'static str,
+    token: Option<String>,
+    key: Option<String>,
+    content_type: &'static str,
+    body: String,
+    status: u16,
+    problem: &'static str,
+}
+
+#[tokio::test]
+async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result<()> {
+    let env = env(None).await?;
+    let buyer = Some(env.token(&[Role::Buyer]));
+    let key = Some("k-1".to_owned());
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut expired = Claims::new("u1", "t1", vec![Role::Buyer], Duration::from_secs(1));
+    (expired.iat, expired.exp) = (now - 3600, now - 600);
+    let forged = Keys::from_secret(&[1u8; 32]).mint(&Claims::new("u1", "t1", vec![Role::Buyer], Duration::from_secs(60)));
+    let case = |name, token: &Option<String>, key: &Option<String>, body: &str, status, problem| Case {
+        name,
+        token: token.clone(),
+        key: key.clone(),
+        content_type: "application/json",
+        body: body.to_owned(),
+        status,
+        problem,
+    };
+    let line = |json: &str| format!(r#"{{"currency":"EUR","lines":[{json}]}}"#);
+    let mut cases = vec![
+        case("malformed json", &buyer, &key, r#"{"currency":"EUR","lines":["#, 400, "malformed-json"),
+        case("not json at all", &buyer, &key, "currency=EUR", 400, "malformed-json"),
+        case("missing key", &buyer, &None, VALID, 400, "idempotency-key-missing"),
+        case("empty key", &buyer, &Some(String::new()), VALID, 400, "idempotency-key-invalid"),
+        case("oversize key", &buyer, &Some("k".repeat(256)), VALID, 400, "idempotency-key-invalid"),
+        case("key with spaces", &buyer, &Some("a b".into()), VALID, 400, "idempotency-key-invalid"),
+        case("oversize body", &buyer, &key, &format!("{}{}", " ".repeat(70_000), VALID), 413, "body-too-large"),
+        case(
+            "unknown field",
+            &buyer,
+            &key,
+            r#"{"currency":"EUR","lines":[],"coupon":"FREE"}"#,
+            422,
+            "invalid-body",
+        ),
+        case(
+            "unknown line field",
+            &buyer,
+            &key,
+            &line(r#"{"sku":"A","quantity":1,"unit_price_minor":1,"discount":5}"#),
+            422,
+            "invalid-body",
+        ),
+        case("zero quantity", &buyer, &key, &line(r#"{"sku":"A","quantity":0,"unit_price_minor":1}"#), 422, "validation"),
+        case(
+            "negative quantity",
+            &buyer,
+            &key,
+            &line(r#"{"sku":"A","quantity":-2,"unit_price_minor":1}"#),
+            422,
+            "validation",
+        ),
+        case(
+            "fractional quantity",
+            &buyer,
+            &key,
+            &line(r#"{"sku":"A","quantity":1.5,"unit_price_minor":1}"#),
+            422,
+            "invalid-body",
+        ),
+        case(
+            "money as float",
+            &buyer,
+            &key,
+            &line(r#"{"sku":"A","quantity":1,"unit_price_minor":12.99}"#),
+            422,
+            "invalid-body",
+        ),
+        case(
+            "negative price",
+            &buyer,
+            &key,
+            &line(r#"{"sku":"A","quantity":1,"unit_price_minor":-1}"#),
+            422,
+            "validation",
+        ),
+        case("no lines", &buyer, &key, r#"{"currency":"EUR","lines":[]}"#, 422, "validation"),
+        case(
+            "lowercase currency",
+            &buyer,
+            &key,
+            r#"{"currency":"eur","lines":[{"sku":"A","quantity":1,"unit_price_minor":1}]}"#,
+            422,
+            "invalid-body",
+        ),
+        case(
+            "unknown currency",
+            &buyer,
+            &key,
+            r#"{"currency":"XQQ","lines":[{"sku":"A","quantity":1,"unit_price_minor":1}]}"#,
+            422,
+            "invalid-body",
+        ),
+        case(
+            "overflowing total",
+            &buyer,
+            &key,
+            &line(&format!(r#"{{"sku":"A","quantity":10000,"unit_price_minor":{}}}"#, i64::MAX / 2)),
+            422,
+            "validation",
+        ),
+        case("missing token", &None, &key, VALID, 401, "unauthorized"),
+        case("garbage token", &Some("not.a.jwt".into()), &key, VALID, 401, "unauthorized"),
+        case("expired token", &Some(env.keys.mint(&expired)), &key, VALID, 401, "unauthorized"),
+        case("forged token", &Some(forged), &key, VALID, 401, "unauthorized"),
+        case("wrong role", &Some(env.token(&[Role::Seller])), &key, VALID, 403, "forbidden"),
+    ];
+    let mut wrong_type = case("wrong content type", &buyer, &key, VALID, 415, "unsupported-media-type");
+    wrong_type.content_type = "text/plain";
+    cases.push(wrong_type);
+
+    for c in cases {
+        let mut request = Request::post("/v1/orders").header("content-type", c.content_type);
+        if let Some(t) = &c.token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(k) = &c.key {
+            request = request.header("idempotency-key", k);
+        }
+        let (status, content_type, problem) = send(env.router(), request.body(Body::from(c.body))?).await?;
+        assert_eq!(status, c.status, "{}: {problem}", c.name);
+        assert_eq!(content_type, "application/problem+json", "{}", c.name);
+        assert_eq!(problem["type"], format!("https://souk.dev/problems/{}", c.problem), "{}: {problem}", c.name);
+        assert_eq!(problem["status"], c.status, "{}", c.name);
+    }
+    assert_eq!(env.commands_published().await?, 0, "no bad request published anything");
+    assert_eq!(env.keys_claimed().await?, 0, "no bad request claimed a key");
+
+    // Validation errors name every offending field.
+    let request = Request::post("/v1/orders")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", env.token(&[Role::Buyer])))
+        .header("idempotency-key", "k-2")
+        .body(Body::from(line(r#"{"sku":"","quantity":0,"unit_price_minor":-1}"#)))?;
+    let (_, _, problem) = send(env.router(), request).await?;
+    let fields: Vec<_> = problem["errors"].as_array().into_iter().flatten().map(|e| e["field"].clone()).collect();
+    assert_eq!(fields, ["lines[0].sku", "lines[0].quantity", "lines[0].unit_price_minor"]);
+
+    // And a good request after all that is accepted (the matrix did not break anything).
+    let request = Request::post("/v1/orders")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", env.token(&[Role::Buyer])))
+        .header("idempotency-key", "k-good")
+        .body(Body::from(VALID))?;
+    let (status, _, body) = send(env.router(), request).await?;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(env.commands_published().await?, 1);
+    Ok(())
+}
