@@ -129,7 +129,9 @@ pub fn nats_url(config: &Config) -> anyhow::Result<String> {
     let ports = config.data_dir.join("nats/ports");
     let port = std::fs::read_dir(&ports)
         .ok()
-        .and_then(|mut d| d.find_map(|e| e.ok().filter(|e| e.path().extension().is_some_and(|x| x == "ports"))))
+        .and_then(|mut d| {
+            d.find_map(|e| e.ok().filter(|e| e.path().extension().is_some_and(|x| x == "ports")))
+        })
         .and_then(|e| std::fs::read_to_string(e.path()).ok())
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v["nats"][0].as_str().map(str::to_owned));
@@ -151,7 +153,9 @@ async fn start_local_nats(config: &Config) -> anyhow::Result<(Child, String)> {
     let cwd = std::env::current_dir()?;
     let bin = local_server::find_binary(&cwd)
         .or_else(|| local_server::find_binary(&std::fs::canonicalize(&config.data_dir).ok()?))
-        .context("nats-server 2.15.x not found: run scripts/dev (it installs it), or set SOUK_NATS_SERVER_BIN")?;
+        .context(
+            "nats-server 2.15.x not found: run scripts/dev (it installs it), or set SOUK_NATS_SERVER_BIN",
+        )?;
     let dir = config.data_dir.join("nats");
     std::fs::create_dir_all(&dir)?;
     let (child, port) = local_server::spawn(&bin, &dir, None).await?;
@@ -190,7 +194,8 @@ async fn wait_for_signal() {
 }
 
 fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys) {
-    let token = keys.mint(&Claims::new("dev-buyer", "dev", vec![AuthRole::Buyer], Duration::from_secs(24 * 3600)));
+    let token =
+        keys.mint(&Claims::new("dev-buyer", "dev", vec![AuthRole::Buyer], Duration::from_secs(24 * 3600)));
     let api = format!("http://{addr}");
     println!(
         "\nsouk is running (Ctrl-C to stop)\n\

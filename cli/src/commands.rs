@@ -11,7 +11,13 @@ use std::{process::ExitCode, time::Duration};
 
 use crate::{app, config::Config};
 
-pub fn token(config: &Config, sub: &str, roles: &[String], tenant: &str, ttl: Duration) -> anyhow::Result<ExitCode> {
+pub fn token(
+    config: &Config,
+    sub: &str,
+    roles: &[String],
+    tenant: &str,
+    ttl: Duration,
+) -> anyhow::Result<ExitCode> {
     let roles = roles
         .iter()
         .map(|r| {
@@ -41,7 +47,15 @@ pub fn topology_show(config: &Config) -> anyhow::Result<ExitCode> {
     for s in &t.streams {
         println!(
             "stream {:<4} subjects={:?} retention={:?} storage={:?} max-age={:?} max-bytes={} dup-window={:?} replicas={} atomic={}",
-            s.name, s.subjects, s.retention, s.storage, s.max_age, s.max_bytes, s.duplicate_window, s.replicas, s.allow_atomic
+            s.name,
+            s.subjects,
+            s.retention,
+            s.storage,
+            s.max_age,
+            s.max_bytes,
+            s.duplicate_window,
+            s.replicas,
+            s.allow_atomic
         );
     }
     for c in &t.consumers {
@@ -72,7 +86,10 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let pipeline = status::read(&app::jetstream(&nats), &topology).await?;
     let pool = pg::connect(&app::pg_options(config))?;
     let outbox_pending: Option<i64> =
-        sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(&pool).await.ok();
+        sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(&pool)
+            .await
+            .ok();
     if json {
         let v = serde_json::json!({"pipeline": pipeline, "outbox_pending": outbox_pending});
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -82,7 +99,10 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     for s in &pipeline.streams {
         println!("{:<10} {:>12} {:>14} {:>12}", s.name, s.messages, s.bytes, s.last_seq);
     }
-    println!("\n{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}", "CONSUMER", "STREAM", "LAG", "ACK PENDING", "REDELIVERED", "WAITING");
+    println!(
+        "\n{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}",
+        "CONSUMER", "STREAM", "LAG", "ACK PENDING", "REDELIVERED", "WAITING"
+    );
     for c in &pipeline.consumers {
         println!(
             "{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}",

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// `SOUK_*` variables read by other parts (scripts, tests), not by the config tree.
-const NOT_CONFIG: &[&str] = &["nats_server_bin", "test_database_url", "scylla_uri", "opensearch_url", "config"];
+const NOT_CONFIG: &[&str] =
+    &["nats_server_bin", "test_database_url", "scylla_uri", "opensearch_url", "config"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,7 +63,7 @@ pub struct Overrides {
 
 impl Config {
     /// Load from `file` (if it exists), the environment and `overrides`.
-    pub fn load(file: &std::path::Path, overrides: &Overrides) -> Result<Config, figment::Error> {
+    pub fn load(file: &std::path::Path, overrides: &Overrides) -> Result<Config, Box<figment::Error>> {
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(file))
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database-url".into()))
@@ -72,8 +73,9 @@ impl Config {
                     .map(|k| k.as_str().replace('_', "-").into()),
             )
             .merge(Serialized::defaults(overrides))
-            .extract()?;
-        config.validate().map_err(figment::Error::from)?;
+            .extract()
+            .map_err(Box::new)?;
+        config.validate().map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(config)
     }
 

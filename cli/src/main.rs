@@ -100,9 +100,15 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dev => app::run(config, app::Role::Dev).await,
         Command::Ingress => app::run(config, app::Role::Ingress).await,
-        Command::Worker { pools, no_relay } => app::run(config, app::Role::Worker { pools, relay: !no_relay }).await,
-        Command::Token { sub, roles, tenant, ttl } => commands::token(&config, &sub, &roles, &tenant, ttl.into()),
-        Command::Topology { action: TopologyAction::Apply { check } } => commands::topology_apply(&config, check).await,
+        Command::Worker { pools, no_relay } => {
+            app::run(config, app::Role::Worker { pools, relay: !no_relay }).await
+        }
+        Command::Token { sub, roles, tenant, ttl } => {
+            commands::token(&config, &sub, &roles, &tenant, ttl.into())
+        }
+        Command::Topology { action: TopologyAction::Apply { check } } => {
+            commands::topology_apply(&config, check).await
+        }
         Command::Topology { action: TopologyAction::Show } => commands::topology_show(&config),
         Command::Migrate => commands::migrate(&config).await,
         Command::Status { json } => commands::status(&config, json).await,

@@ -14,8 +14,8 @@ pub mod auth;
 mod intake;
 mod metrics_layer;
 mod orders;
-mod problem;
 mod probes;
+mod problem;
 
 pub use auth::{Claims, Keys, Role};
 pub use intake::IntakeOptions;
@@ -108,7 +108,11 @@ impl Ingress {
 
     /// Serve on `listener` until `cancel`; then finish in-flight requests and flush the
     /// batchers before returning.
-    pub async fn serve(self, listener: tokio::net::TcpListener, cancel: CancellationToken) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
         let addr: Option<SocketAddr> = listener.local_addr().ok();
         tracing::info!(?addr, "ingress listening");
         let shutdown = cancel.clone();

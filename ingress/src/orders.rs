@@ -34,41 +34,47 @@ pub async fn place(
         return Err(Problem::forbidden("placing orders needs the buyer role"));
     }
     let key = idempotency_key(&request_headers)?;
-    let is_json = request_headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    let is_json = request_headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
     if !is_json {
-        return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
-            .detail("send Content-Type: application/json"));
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+        )
+        .detail("send Content-Type: application/json"));
     }
     let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large")
-            .detail(format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES)),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large")
+                .detail(format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES))
+        }
         status => Problem::new(status, "unreadable-body", "Unreadable body").detail(rejection.body_text()),
     })?;
     let request: PlaceOrderRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Problem::unprocessable("invalid-body", e.to_string()),
         _ => Problem::bad_request("malformed-json", e.to_string()),
     })?;
-    let total = request.validate().map_err(|errors| {
-        Problem::unprocessable("validation", "the order is invalid").errors(errors)
-    })?;
+    let total = request
+        .validate()
+        .map_err(|errors| Problem::unprocessable("validation", "the order is invalid").errors(errors))?;
 
-    let accepted = state.intake.place(&claims, key, &request, total.amount_minor).await.map_err(|e| match e {
-        IntakeError::KeyReused => {
-            metrics::counter!("souk_ingress_orders_total", "outcome" => "key_reused").increment(1);
-            Problem::unprocessable(
-                "idempotency-key-reused",
-                "this Idempotency-Key was already used with a different request body",
-            )
-        }
-        IntakeError::Unavailable(detail) => {
-            tracing::warn!(error = %detail, "order not accepted");
-            metrics::counter!("souk_ingress_orders_total", "outcome" => "unavailable").increment(1);
-            Problem::unavailable("the order was not accepted; retry with the same Idempotency-Key")
-        }
-    })?;
+    let accepted =
+        state.intake.place(&claims, key, &request, total.amount_minor).await.map_err(|e| match e {
+            IntakeError::KeyReused => {
+                metrics::counter!("souk_ingress_orders_total", "outcome" => "key_reused").increment(1);
+                Problem::unprocessable(
+                    "idempotency-key-reused",
+                    "this Idempotency-Key was already used with a different request body",
+                )
+            }
+            IntakeError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "order not accepted");
+                metrics::counter!("souk_ingress_orders_total", "outcome" => "unavailable").increment(1);
+                Problem::unavailable("the order was not accepted; retry with the same Idempotency-Key")
+            }
+        })?;
     let outcome = if accepted.replay { "replayed" } else { "accepted" };
     metrics::counter!("souk_ingress_orders_total", "outcome" => outcome).increment(1);
     let status_url = format!("/v1/orders/{}", accepted.order_id);
@@ -84,12 +90,12 @@ pub async fn place(
 }
 
 fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
-    let raw = h
-        .get("idempotency-key")
-        .ok_or_else(|| Problem::bad_request("idempotency-key-missing", "the Idempotency-Key header is required"))?;
-    let key = raw
-        .to_str()
-        .map_err(|_| Problem::bad_request("idempotency-key-invalid", "Idempotency-Key must be visible ASCII"))?;
+    let raw = h.get("idempotency-key").ok_or_else(|| {
+        Problem::bad_request("idempotency-key-missing", "the Idempotency-Key header is required")
+    })?;
+    let key = raw.to_str().map_err(|_| {
+        Problem::bad_request("idempotency-key-invalid", "Idempotency-Key must be visible ASCII")
+    })?;
     if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Problem::bad_request(
             "idempotency-key-invalid",

@@ -51,7 +51,8 @@ impl Problem {
 
     /// 401 with a `WWW-Authenticate: Bearer` challenge.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        let mut p = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required").detail(detail);
+        let mut p =
+            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required").detail(detail);
         p.www_authenticate = true;
         p
     }
@@ -70,7 +71,8 @@ impl Problem {
 
     /// 503 with `Retry-After`: the request was not accepted; try again.
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable").detail(detail);
+        let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+            .detail(detail);
         p.retry_after = Some(1);
         p
     }

@@ -68,8 +68,7 @@ impl Money {
     /// Sum of amounts in one currency, checked.
     pub fn checked_add(self, other: Money) -> Result<Money, MoneyError> {
         debug_assert_eq!(self.currency, other.currency);
-        let amount_minor =
-            self.amount_minor.checked_add(other.amount_minor).ok_or(MoneyError::Overflow)?;
+        let amount_minor = self.amount_minor.checked_add(other.amount_minor).ok_or(MoneyError::Overflow)?;
         Ok(Money { amount_minor, currency: self.currency })
     }
 }

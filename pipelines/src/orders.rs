@@ -41,9 +41,8 @@ impl PlaceOrderRequest {
     /// Check every business rule; returns all violations, not just the first.
     pub fn validate(&self) -> Result<Money, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let mut err = |field: String, message: &str| {
-            errors.push(FieldError { field, message: message.to_owned() })
-        };
+        let mut err =
+            |field: String, message: &str| errors.push(FieldError { field, message: message.to_owned() });
         if self.lines.is_empty() {
             err("lines".into(), "an order needs at least one line");
         }
@@ -71,10 +70,9 @@ impl PlaceOrderRequest {
         }
         match (errors.is_empty(), total) {
             (true, Some(total)) => Ok(total),
-            (true, None) => Err(vec![FieldError {
-                field: "lines".into(),
-                message: MoneyError::Overflow.to_string(),
-            }]),
+            (true, None) => {
+                Err(vec![FieldError { field: "lines".into(), message: MoneyError::Overflow.to_string() }])
+            }
             (false, _) => Err(errors),
         }
     }
@@ -150,8 +148,9 @@ mod tests {
 
     #[test]
     fn overflow_is_an_error_not_a_wrap() {
-        let r = request(serde_json::json!([{"sku": "A", "quantity": 10000, "unit_price_minor": i64::MAX / 2}]))
-            .expect("parses");
+        let r =
+            request(serde_json::json!([{"sku": "A", "quantity": 10000, "unit_price_minor": i64::MAX / 2}]))
+                .expect("parses");
         assert!(r.validate().is_err());
     }
 

@@ -70,4 +70,3 @@ impl NatsServer {
         Ok(())
     }
 }
-

@@ -122,7 +122,12 @@ impl Stack {
     }
 
     /// POST /v1/orders; returns status and JSON body.
-    pub async fn place(&self, token: &str, key: &str, body: &serde_json::Value) -> anyhow::Result<(u16, serde_json::Value)> {
+    pub async fn place(
+        &self,
+        token: &str,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
         let r = self
             .http
             .post(format!("{}/v1/orders", self.base))

@@ -148,10 +148,7 @@ async fn apply_consumer(js: &jetstream::Context, spec: &ConsumerSpec, mode: Mode
         return Ok(change(Action::Unchanged));
     }
     if mode == Mode::Apply {
-        stream
-            .update_consumer(declared)
-            .await
-            .map_err(|e| api_error("update consumer", &spec.name, e))?;
+        stream.update_consumer(declared).await.map_err(|e| api_error("update consumer", &spec.name, e))?;
     }
     Ok(change(Action::Drifted(drift)))
 }
@@ -228,11 +225,7 @@ fn stream_drift(live: &stream::Config, declared: &stream::Config) -> Vec<Drift> 
     check("max-bytes", live.max_bytes.to_string(), declared.max_bytes.to_string());
     check("duplicate-window", dur(live.duplicate_window), dur(declared.duplicate_window));
     check("replicas", live.num_replicas.to_string(), declared.num_replicas.to_string());
-    check(
-        "allow-atomic",
-        live.allow_atomic_publish.to_string(),
-        declared.allow_atomic_publish.to_string(),
-    );
+    check("allow-atomic", live.allow_atomic_publish.to_string(), declared.allow_atomic_publish.to_string());
     drift
 }
 

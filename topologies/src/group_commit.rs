@@ -25,7 +25,11 @@ pub struct GroupCommitter {
 
 impl GroupCommitter {
     /// Start the collector; see [`Batcher::spawn`] for shutdown.
-    pub fn spawn(publisher: Publisher, mut options: BatchOptions, cancel: CancellationToken) -> (Self, TaskTracker) {
+    pub fn spawn(
+        publisher: Publisher,
+        mut options: BatchOptions,
+        cancel: CancellationToken,
+    ) -> (Self, TaskTracker) {
         options.max_batch = options.max_batch.clamp(1, MAX_ATOMIC_BATCH);
         let (batcher, tracker) = Batcher::spawn(
             options,

@@ -139,14 +139,12 @@ impl Publisher {
                 .headers(h)
                 .payload(last.payload.clone())
                 .timeout(Some(self.ack_timeout));
-            let reply = self
-                .client
-                .send_request(last.subject.clone(), request)
-                .await
-                .map_err(|e| match e.kind() {
-                    async_nats::RequestErrorKind::TimedOut => Error::AckTimeout(self.ack_timeout),
-                    _ => Error::nats(e),
-                })?;
+            let reply = self.client.send_request(last.subject.clone(), request).await.map_err(|e| match e
+                .kind()
+            {
+                async_nats::RequestErrorKind::TimedOut => Error::AckTimeout(self.ack_timeout),
+                _ => Error::nats(e),
+            })?;
             let ack: ApiAck = serde_json::from_slice(&reply.payload)
                 .map_err(|e| Error::Nats(format!("unreadable batch ack: {e}")))?;
             if let Some(err) = ack.error {
@@ -229,6 +227,5 @@ fn record<T>(mode: &'static str, messages: usize, started: Instant, result: &Res
     let outcome = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!("souk_publisher_messages_total", "mode" => mode, "outcome" => outcome)
         .increment(messages as u64);
-    metrics::histogram!("souk_publisher_ack_seconds", "mode" => mode)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("souk_publisher_ack_seconds", "mode" => mode).record(started.elapsed().as_secs_f64());
 }

@@ -246,7 +246,7 @@ mod tests {
         let typo = MINIMAL.replace("max-deliver", "max-delivery");
         assert!(Topology::parse(&typo).is_err());
         let dangling = MINIMAL.replace("stream = \"CMD\"", "stream = \"NOPE\"");
-        assert!(Topology::parse(&dangling).unwrap_err().to_string().contains("unknown stream"));
+        assert!(Topology::parse(&dangling).expect_err("dangling").to_string().contains("unknown stream"));
         let backoff = MINIMAL.replace("max-deliver = 3", "max-deliver = 1");
         assert!(Topology::parse(&backoff).is_err());
     }

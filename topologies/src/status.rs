@@ -54,7 +54,8 @@ pub async fn read(js: &jetstream::Context, topology: &Topology) -> Result<Pipeli
     let mut consumers = Vec::new();
     for c in &topology.consumers {
         let stream = js.get_stream(&c.stream).await.map_err(|e| Error::Nats(format!("{}: {e}", c.stream)))?;
-        let info = stream.consumer_info(&c.name).await.map_err(|e| Error::Nats(format!("{}: {e}", c.name)))?;
+        let info =
+            stream.consumer_info(&c.name).await.map_err(|e| Error::Nats(format!("{}: {e}", c.name)))?;
         metrics::gauge!("souk_consumer_pending_messages", "consumer" => c.name.clone())
             .set(info.num_pending as f64);
         consumers.push(ConsumerStatus {

@@ -45,9 +45,7 @@ pub fn inject_current(headers: &mut HeaderMap) {
 pub fn current_context_pairs() -> Vec<(String, String)> {
     let mut map = HeaderMap::new();
     inject_current(&mut map);
-    map.iter()
-        .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_owned())))
-        .collect()
+    map.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_owned()))).collect()
 }
 
 /// Make the trace context carried in `headers` the parent of `span`.

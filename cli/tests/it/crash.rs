@@ -52,7 +52,8 @@ async fn orders_that_got_202_survive_a_nats_server_kill_and_restart() -> anyhow:
         .collect();
 
     // Kill the server (SIGKILL, no flush) once some orders are in, then bring it back.
-    eventually(Duration::from_secs(30), || async { (accepted.lock().ok()?.len() >= 200).then_some(()) }).await?;
+    eventually(Duration::from_secs(30), || async { (accepted.lock().ok()?.len() >= 200).then_some(()) })
+        .await?;
     stack.nats.kill().await?;
     let during_outage = accepted.lock().expect("lock").len();
     stack.nats.restart().await?;
@@ -68,7 +69,8 @@ async fn orders_that_got_202_survive_a_nats_server_kill_and_restart() -> anyhow:
         (stack.count("select 1 from orders").await.ok()? == 1000).then_some(())
     })
     .await?;
-    let stored: Vec<uuid::Uuid> = sqlx::query_scalar("select order_id from orders").fetch_all(&stack.db.pool).await?;
+    let stored: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select order_id from orders").fetch_all(&stack.db.pool).await?;
     let stored: HashSet<String> = stored.into_iter().map(|u| u.to_string()).collect();
     assert_eq!(stored, accepted);
     // And exactly one OrderAccepted event each.
@@ -82,7 +84,8 @@ async fn orders_that_got_202_survive_a_nats_server_kill_and_restart() -> anyhow:
 
 #[tokio::test]
 async fn with_jetstream_unreachable_orders_get_503_within_two_seconds() -> anyhow::Result<()> {
-    let mut stack = Stack::start_with(StackOptions { pools: false, relay: false, ..Default::default() }).await?;
+    let mut stack =
+        Stack::start_with(StackOptions { pools: false, relay: false, ..Default::default() }).await?;
     let token = stack.token("erin", &[Role::Buyer]);
     stack.nats.kill().await?;
     let started = Instant::now();

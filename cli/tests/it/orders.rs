@@ -33,8 +33,10 @@ async fn an_order_flows_from_http_to_postgres_and_its_event_to_jetstream() -> an
     assert_eq!(order["lines"].as_array().map(Vec::len), Some(2));
 
     // The OrderAccepted event reaches the EVT stream through the outbox relay.
-    eventually(Duration::from_secs(10), || async { (stack.stream_messages("EVT").await.ok()? == 1).then_some(()) })
-        .await?;
+    eventually(Duration::from_secs(10), || async {
+        (stack.stream_messages("EVT").await.ok()? == 1).then_some(())
+    })
+    .await?;
     let evt = stack.js.get_stream("EVT").await?.get_raw_message(1).await?;
     assert_eq!(evt.subject.as_str(), "souk.evt.orders.accepted");
     let event: serde_json::Value = serde_json::from_slice(&evt.payload)?;
@@ -60,7 +62,7 @@ async fn fifty_concurrent_posts_with_one_key_make_one_order() -> anyhow::Result<
     let order_id = ids.into_iter().next().expect("one id");
     wait_persisted(&stack, &token, &order_id).await?;
     assert_eq!(stack.count("select 1 from orders").await?, 1);
-    assert_eq!(stack.stream_messages("CMD").await? , 0, "the command was consumed");
+    assert_eq!(stack.stream_messages("CMD").await?, 0, "the command was consumed");
 
     // Same key, same body, later: same answer. Different body: 422, nothing new.
     let (status, again) = stack.place(&token, "same-key", &body).await?;
@@ -78,8 +80,10 @@ async fn fifty_concurrent_posts_with_one_key_make_one_order() -> anyhow::Result<
     })
     .await?;
     // Exactly one event per order.
-    eventually(Duration::from_secs(10), || async { (stack.stream_messages("EVT").await.ok()? == 2).then_some(()) })
-        .await?;
+    eventually(Duration::from_secs(10), || async {
+        (stack.stream_messages("EVT").await.ok()? == 2).then_some(())
+    })
+    .await?;
     Ok(())
 }
 

@@ -26,7 +26,12 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
     let now = jsonwebtoken::get_current_timestamp();
     let mut expired = Claims::new("u1", "t1", vec![Role::Buyer], Duration::from_secs(1));
     (expired.iat, expired.exp) = (now - 3600, now - 600);
-    let forged = Keys::from_secret(&[1u8; 32]).mint(&Claims::new("u1", "t1", vec![Role::Buyer], Duration::from_secs(60)));
+    let forged = Keys::from_secret(&[1u8; 32]).mint(&Claims::new(
+        "u1",
+        "t1",
+        vec![Role::Buyer],
+        Duration::from_secs(60),
+    ));
     let case = |name, token: &Option<String>, key: &Option<String>, body: &str, status, problem| Case {
         name,
         token: token.clone(),
@@ -44,7 +49,14 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
         case("empty key", &buyer, &Some(String::new()), VALID, 400, "idempotency-key-invalid"),
         case("oversize key", &buyer, &Some("k".repeat(256)), VALID, 400, "idempotency-key-invalid"),
         case("key with spaces", &buyer, &Some("a b".into()), VALID, 400, "idempotency-key-invalid"),
-        case("oversize body", &buyer, &key, &format!("{}{}", " ".repeat(70_000), VALID), 413, "body-too-large"),
+        case(
+            "oversize body",
+            &buyer,
+            &key,
+            &format!("{}{}", " ".repeat(70_000), VALID),
+            413,
+            "body-too-large",
+        ),
         case(
             "unknown field",
             &buyer,
@@ -61,7 +73,14 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
             422,
             "invalid-body",
         ),
-        case("zero quantity", &buyer, &key, &line(r#"{"sku":"A","quantity":0,"unit_price_minor":1}"#), 422, "validation"),
+        case(
+            "zero quantity",
+            &buyer,
+            &key,
+            &line(r#"{"sku":"A","quantity":0,"unit_price_minor":1}"#),
+            422,
+            "validation",
+        ),
         case(
             "negative quantity",
             &buyer,
@@ -140,7 +159,12 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
         let (status, content_type, problem) = send(env.router(), request.body(Body::from(c.body))?).await?;
         assert_eq!(status, c.status, "{}: {problem}", c.name);
         assert_eq!(content_type, "application/problem+json", "{}", c.name);
-        assert_eq!(problem["type"], format!("https://souk.dev/problems/{}", c.problem), "{}: {problem}", c.name);
+        assert_eq!(
+            problem["type"],
+            format!("https://souk.dev/problems/{}", c.problem),
+            "{}: {problem}",
+            c.name
+        );
         assert_eq!(problem["status"], c.status, "{}", c.name);
     }
     assert_eq!(env.commands_published().await?, 0, "no bad request published anything");
@@ -153,7 +177,8 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
         .header("idempotency-key", "k-2")
         .body(Body::from(line(r#"{"sku":"","quantity":0,"unit_price_minor":-1}"#)))?;
     let (_, _, problem) = send(env.router(), request).await?;
-    let fields: Vec<_> = problem["errors"].as_array().into_iter().flatten().map(|e| e["field"].clone()).collect();
+    let fields: Vec<_> =
+        problem["errors"].as_array().into_iter().flatten().map(|e| e["field"].clone()).collect();
     assert_eq!(fields, ["lines[0].sku", "lines[0].quantity", "lines[0].unit_price_minor"]);
 
     // And a good request after all that is accepted (the matrix did not break anything).

@@ -56,15 +56,14 @@ impl Env {
 }
 
 /// Send one request; returns status, content type and body.
-pub async fn send(router: Router, request: Request<Body>) -> anyhow::Result<(u16, String, serde_json::Value)> {
+pub async fn send(
+    router: Router,
+    request: Request<Body>,
+) -> anyhow::Result<(u16, String, serde_json::Value)> {
     let response = router.oneshot(request).await?;
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await?;
     Ok((status, content_type, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
 }

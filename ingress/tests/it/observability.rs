@@ -38,10 +38,14 @@ async fn metrics_count_requests_and_outcomes() -> anyhow::Result<()> {
         .header("idempotency-key", "k-metrics")
         .body(Body::from(r#"{"currency":"EUR","lines":[{"sku":"A","quantity":1,"unit_price_minor":1}]}"#))?;
     assert_eq!(send(env.router(), request).await?.0, 202);
-    let response = tower::ServiceExt::oneshot(env.router(), Request::get("/metrics").body(Body::empty())?).await?;
+    let response =
+        tower::ServiceExt::oneshot(env.router(), Request::get("/metrics").body(Body::empty())?).await?;
     let text = String::from_utf8(axum::body::to_bytes(response.into_body(), 1 << 20).await?.to_vec())?;
     assert!(text.contains(r#"souk_ingress_orders_total{outcome="accepted"} 1"#), "{text}");
-    assert!(text.contains(r#"souk_http_requests_total{method="POST",route="/v1/orders",status="202"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"souk_http_requests_total{method="POST",route="/v1/orders",status="202"} 1"#),
+        "{text}"
+    );
     assert!(text.contains("souk_publisher_messages_total"), "{text}");
     Ok(())
 }

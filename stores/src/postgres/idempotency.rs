@@ -63,10 +63,8 @@ pub async fn claim(pool: &PgPool, claims: &[Claim]) -> Result<Vec<Record>, Error
     .bind(&keys)
     .fetch_all(pool)
     .await?;
-    let stored: std::collections::HashMap<_, _> = stored
-        .into_iter()
-        .map(|(t, p, k, h, o)| ((t, p, k), (h, o)))
-        .collect();
+    let stored: std::collections::HashMap<_, _> =
+        stored.into_iter().map(|(t, p, k, h, o)| ((t, p, k), (h, o))).collect();
 
     // Within one call, only the first claim of a repeated key may be "fresh".
     let mut seen = HashSet::new();

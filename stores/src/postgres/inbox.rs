@@ -10,13 +10,12 @@ use super::Error;
 /// A concurrent duplicate blocks on the primary key until the first transaction ends,
 /// then sees the conflict, so two deliveries racing each other still apply once.
 pub async fn record(tx: &mut PgConnection, consumer: &str, message_id: &str) -> Result<bool, Error> {
-    let inserted = sqlx::query(
-        "insert into inbox (consumer, message_id) values ($1, $2) on conflict do nothing",
-    )
-    .bind(consumer)
-    .bind(message_id)
-    .execute(tx)
-    .await?
-    .rows_affected();
+    let inserted =
+        sqlx::query("insert into inbox (consumer, message_id) values ($1, $2) on conflict do nothing")
+            .bind(consumer)
+            .bind(message_id)
+            .execute(tx)
+            .await?
+            .rows_affected();
     Ok(inserted == 1)
 }

@@ -59,12 +59,7 @@ impl PgOutbox {
     /// An outbox over `pool`; `url` is used for the two long-lived connections the
     /// relay needs outside the pool (the lease and LISTEN).
     pub fn new(pool: PgPool, url: impl Into<String>) -> Self {
-        PgOutbox {
-            pool,
-            url: url.into(),
-            listener: Arc::default(),
-            lease: Arc::default(),
-        }
+        PgOutbox { pool, url: url.into(), listener: Arc::default(), lease: Arc::default() }
     }
 
     async fn pending_rows(&self, limit: i64) -> Result<Vec<OutboxMessage>, Error> {

@@ -31,7 +31,8 @@ fn claim(principal: &str, key: &str, hash: &[u8]) -> Claim {
 async fn the_first_claim_of_a_key_wins_and_fixes_its_order() -> anyhow::Result<()> {
     let db = db().await?;
     let first = claim("u", "k", b"A");
-    let records = idempotency::claim(&db.pool, &[first.clone(), claim("u", "k", b"B"), claim("v", "k", b"B")]).await?;
+    let records =
+        idempotency::claim(&db.pool, &[first.clone(), claim("u", "k", b"B"), claim("v", "k", b"B")]).await?;
     assert!(records[0].fresh && !records[1].fresh && records[2].fresh);
     assert_eq!(records[0].order_id, first.order_id);
     assert_eq!(records[1].order_id, first.order_id, "a repeat in the same batch shares the record");
@@ -110,8 +111,10 @@ async fn only_one_relay_holds_the_lease_until_it_lets_go() -> anyhow::Result<()>
     assert!(first.try_lease().await?, "held leases stay held");
     assert!(!second.try_lease().await?);
     drop(first); // its lease connection closes with it
-    souk_testkit::eventually(Duration::from_secs(10), || async { second.try_lease().await.ok().filter(|&l| l) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async {
+        second.try_lease().await.ok().filter(|&l| l)
+    })
+    .await?;
     Ok(())
 }
 

@@ -46,8 +46,7 @@ pub async fn dead_letter(
             payload: delivery.payload.clone(),
         })
         .await?;
-    metrics::counter!("souk_worker_dead_letters_total", "consumer" => delivery.consumer.clone())
-        .increment(1);
+    metrics::counter!("souk_worker_dead_letters_total", "consumer" => delivery.consumer.clone()).increment(1);
     // If the term is lost, the redelivery finds the copy already stored (same id).
     if let Err(e) = msg.ack_with(jetstream::AckKind::Term).await {
         tracing::warn!(error = %e, "dead letter stored but terminating the original failed");
@@ -64,4 +63,3 @@ fn header_safe(text: &str) -> String {
     }
     s
 }
-

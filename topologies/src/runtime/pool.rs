@@ -63,15 +63,12 @@ impl Pool {
         let handler = registry
             .get(&spec.handler)
             .ok_or_else(|| spec_err(format!("pool {name}: no handler registered as {}", spec.handler)))?;
-        let stream = publisher
-            .jetstream()
-            .get_stream(&consumer_spec.stream)
-            .await
-            .map_err(|e| Error::Nats(format!("stream {}: {e} (run `souk topology apply`)", consumer_spec.stream)))?;
-        let consumer: PullConsumer = stream
-            .get_consumer(&consumer_spec.name)
-            .await
-            .map_err(|e| Error::Nats(format!("consumer {}: {e} (run `souk topology apply`)", consumer_spec.name)))?;
+        let stream = publisher.jetstream().get_stream(&consumer_spec.stream).await.map_err(|e| {
+            Error::Nats(format!("stream {}: {e} (run `souk topology apply`)", consumer_spec.stream))
+        })?;
+        let consumer: PullConsumer = stream.get_consumer(&consumer_spec.name).await.map_err(|e| {
+            Error::Nats(format!("consumer {}: {e} (run `souk topology apply`)", consumer_spec.name))
+        })?;
         Ok(Pool { spec, consumer_spec, consumer, handler, publisher: publisher.clone() })
     }
 

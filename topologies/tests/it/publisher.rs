@@ -1,10 +1,5 @@
 use futures::future::join_all;
-use souk_topologies::{
-    Error,
-    batcher::BatchOptions,
-    group_commit::GroupCommitter,
-    publisher::Publisher,
-};
+use souk_topologies::{Error, batcher::BatchOptions, group_commit::GroupCommitter, publisher::Publisher};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +44,8 @@ async fn a_batch_with_a_seen_id_falls_back_to_single_publishes_and_dedupes() -> 
 async fn group_commit_coalesces_concurrent_callers_and_equal_ids() -> anyhow::Result<()> {
     let env = env().await?;
     let cancel = CancellationToken::new();
-    let (committer, tasks) = GroupCommitter::spawn(env.publisher.clone(), BatchOptions::default(), cancel.clone());
+    let (committer, tasks) =
+        GroupCommitter::spawn(env.publisher.clone(), BatchOptions::default(), cancel.clone());
     // 150 distinct ids plus 50 retries of one id, all at once.
     let calls = (0..200).map(|i| {
         let committer = committer.clone();

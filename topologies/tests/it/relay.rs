@@ -74,7 +74,10 @@ impl Outbox for MemOutbox {
     }
 }
 
-async fn read_all(js: &async_nats::jetstream::Context, stream: &str) -> anyhow::Result<Vec<(String, String)>> {
+async fn read_all(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
     let stream = js.get_stream(stream).await?;
     let last = stream.get_info().await?.state.last_sequence;
     let mut out = Vec::new();

@@ -44,7 +44,10 @@ impl Handler for Scripted {
             let body = String::from_utf8_lossy(&d.payload).to_string();
             self.seen.lock().expect("lock").push((body.clone(), d.attempt));
             let outcome = match body.split_once(':').map_or(body.as_str(), |(k, _)| k) {
-                "retry" => Outcome::Retry { after: Some(Duration::from_millis(20)), error: "boom: downstream 500".into() },
+                "retry" => Outcome::Retry {
+                    after: Some(Duration::from_millis(20)),
+                    error: "boom: downstream 500".into(),
+                },
                 "fail" => Outcome::fail("unparseable order"),
                 "panic" => panic!("handler bug"),
                 "slow" => {
@@ -73,12 +76,20 @@ async fn publish(env: &Env, id: &str, body: &str) -> anyhow::Result<()> {
     h.insert(headers::TRACEPARENT, TRACEPARENT);
     h.insert("x-custom", "kept");
     env.publisher
-        .publish(OutgoingMessage { subject: SUBJECT.into(), msg_id: id.into(), headers: h, payload: body.to_owned().into() })
+        .publish(OutgoingMessage {
+            subject: SUBJECT.into(),
+            msg_id: id.into(),
+            headers: h,
+            payload: body.to_owned().into(),
+        })
         .await?;
     Ok(())
 }
 
-async fn start_pool(env: &Env, handler: Scripted) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+async fn start_pool(
+    env: &Env,
+    handler: Scripted,
+) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
     let mut registry = Registry::default();
     registry.register("test", handler);
     let pool = Pool::build(&env.publisher, &env.topology, "work", &registry).await?;
@@ -103,7 +114,9 @@ fn header<'a>(m: &'a jetstream::message::StreamMessage, name: &str) -> Option<&'
 
 async fn consumer_idle(env: &Env) -> bool {
     match env.js.get_stream("CMD").await {
-        Ok(s) => matches!(s.consumer_info("work").await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0),
+        Ok(s) => {
+            matches!(s.consumer_info("work").await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0)
+        }
         Err(_) => false,
     }
 }
@@ -122,12 +135,14 @@ async fn poison_message_is_dead_lettered_after_max_deliver_without_blocking_othe
         dead_letters(&env).await.ok().filter(|d| !d.is_empty())
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) }).await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) })
+        .await?;
     cancel.cancel();
     run.await?;
 
     assert_eq!(handler.done.lock().expect("lock").len(), 20, "every good message handled");
-    let attempts: Vec<u64> = handler.seen.lock().expect("lock").iter().filter(|(b, _)| b == "retry").map(|(_, a)| *a).collect();
+    let attempts: Vec<u64> =
+        handler.seen.lock().expect("lock").iter().filter(|(b, _)| b == "retry").map(|(_, a)| *a).collect();
     assert_eq!(attempts, [1, 2, 3], "max-deliver is 3");
     assert_eq!(dlq.len(), 1);
     let d = &dlq[0];
@@ -170,20 +185,16 @@ async fn fail_dead_letters_at_once_and_panics_are_retried_then_dead_lettered() -
 #[tokio::test]
 async fn a_delivery_past_max_deliver_is_dead_lettered_without_running_the_handler() -> anyhow::Result<()> {
     // max-deliver 1: a worker that takes the message and dies uses up its only attempt.
-    let env = env_with(&crate::TEST_TOPOLOGY.replace("max-deliver = 3", "max-deliver = 1").replace(
-        r#"backoff = ["50ms", "50ms", "50ms"]"#,
-        r#"backoff = ["50ms"]"#,
-    ))
+    let env = env_with(
+        &crate::TEST_TOPOLOGY
+            .replace("max-deliver = 3", "max-deliver = 1")
+            .replace(r#"backoff = ["50ms", "50ms", "50ms"]"#, r#"backoff = ["50ms"]"#),
+    )
     .await?;
     publish(&env, "crashy", "ok:crashy").await?;
     // The "crashed worker": fetch without ever acking.
-    let consumer: jetstream::consumer::PullConsumer = env
-        .js
-        .get_stream("CMD")
-        .await?
-        .get_consumer("work")
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let consumer: jetstream::consumer::PullConsumer =
+        env.js.get_stream("CMD").await?.get_consumer("work").await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut taken = consumer.fetch().max_messages(1).messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     assert!(taken.next().await.is_some());
     drop(taken);
@@ -212,7 +223,8 @@ async fn long_handlers_keep_their_message_with_progress_acks() -> anyhow::Result
         (!handler.done.lock().expect("lock").is_empty()).then_some(())
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(5), || async { consumer_idle(&env).await.then_some(()) }).await?;
+    souk_testkit::eventually(Duration::from_secs(5), || async { consumer_idle(&env).await.then_some(()) })
+        .await?;
     cancel.cancel();
     run.await?;
     assert_eq!(*handler.seen.lock().expect("lock"), [("slow:2500".to_owned(), 1)], "never redelivered");
@@ -231,11 +243,15 @@ async fn shutdown_drains_in_flight_handlers_before_returning() -> anyhow::Result
     let _started = handler.started.acquire_many(4).await?;
     cancel.cancel();
     // The pool must still be waiting for them.
-    assert!(tokio::time::timeout(Duration::from_millis(300), &mut run).await.is_err(), "returned before draining");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut run).await.is_err(),
+        "returned before draining"
+    );
     handler.gate.add_permits(4);
     run.await?;
     assert_eq!(handler.done.lock().expect("lock").len(), 4, "every in-flight handler finished");
     // Acks are asynchronous: the server sees them shortly after the pool returns.
-    souk_testkit::eventually(Duration::from_secs(5), || async { consumer_idle(&env).await.then_some(()) }).await?;
+    souk_testkit::eventually(Duration::from_secs(5), || async { consumer_idle(&env).await.then_some(()) })
+        .await?;
     Ok(())
 }

@@ -46,7 +46,11 @@ async fn env() -> anyhow::Result<Env> {
 }
 
 impl Env {
-    fn start(&self, handler: impl Handler) -> impl std::future::Future<Output = anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)>> + '_ {
+    fn start(
+        &self,
+        handler: impl Handler,
+    ) -> impl std::future::Future<Output = anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)>> + '_
+    {
         let mut registry = Registry::default();
         registry.register(PLACE_HANDLER, handler);
         async move {
@@ -64,7 +68,12 @@ impl Env {
         let mut h = HeaderMap::new();
         h.insert(headers::SCHEMA, schema.as_str());
         self.publisher
-            .publish(OutgoingMessage { subject: PlaceOrder::SUBJECT.into(), msg_id: msg_id.into(), headers: h, payload: payload.into() })
+            .publish(OutgoingMessage {
+                subject: PlaceOrder::SUBJECT.into(),
+                msg_id: msg_id.into(),
+                headers: h,
+                payload: payload.into(),
+            })
             .await?;
         Ok(())
     }
@@ -85,7 +94,9 @@ impl Env {
 
     async fn idle(&self) -> bool {
         match self.js.get_stream("CMD").await {
-            Ok(s) => matches!(s.consumer_info(PLACE_CONSUMER).await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0),
+            Ok(s) => {
+                matches!(s.consumer_info(PLACE_CONSUMER).await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0)
+            }
             Err(_) => false,
         }
     }
@@ -141,18 +152,28 @@ async fn a_worker_killed_between_commit_and_ack_leaves_one_order_and_one_event()
     env.send("place-1", &cmd).await?;
 
     let commits = Arc::new(AtomicU32::new(0));
-    let dying = DiesAfterCommit { inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER), commits: commits.clone() };
+    let dying = DiesAfterCommit {
+        inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER),
+        commits: commits.clone(),
+    };
     let (kill, first) = env.start(dying).await?;
-    eventually(Duration::from_secs(10), || async { (commits.load(Ordering::SeqCst) == 1).then_some(()) }).await?;
+    eventually(Duration::from_secs(10), || async { (commits.load(Ordering::SeqCst) == 1).then_some(()) })
+        .await?;
     kill.cancel(); // drain deadline passes; the message is abandoned unacked
     first.await?;
     assert_eq!(env.count("orders").await, 1, "the commit happened");
 
     let attempts = Arc::new(AtomicU32::new(0));
-    let healthy = Counting { inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER), attempts: attempts.clone() };
+    let healthy = Counting {
+        inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER),
+        attempts: attempts.clone(),
+    };
     let (stop, second) = env.start(healthy).await?;
     // Redelivered after the ack wait, recognised by the inbox, acked.
-    eventually(Duration::from_secs(15), || async { (attempts.load(Ordering::SeqCst) >= 1 && env.idle().await).then_some(()) }).await?;
+    eventually(Duration::from_secs(15), || async {
+        (attempts.load(Ordering::SeqCst) >= 1 && env.idle().await).then_some(())
+    })
+    .await?;
     stop.cancel();
     second.await?;
     assert_eq!(env.count("orders").await, 1);
@@ -194,7 +215,10 @@ async fn poison_commands_are_dead_lettered_and_write_nothing() -> anyhow::Result
     env.send("good", &good).await?;
 
     let (stop, run) = env.start(PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER)).await?;
-    eventually(Duration::from_secs(10), || async { (env.dead_letters().await == 4 && env.idle().await).then_some(()) }).await?;
+    eventually(Duration::from_secs(10), || async {
+        (env.dead_letters().await == 4 && env.idle().await).then_some(())
+    })
+    .await?;
     stop.cancel();
     run.await?;
     assert_eq!(env.count("orders").await, 1, "only the good order");
@@ -206,7 +230,11 @@ async fn poison_commands_are_dead_lettered_and_write_nothing() -> anyhow::Result
 #[tokio::test]
 async fn a_database_outage_is_retried_not_dead_lettered() -> anyhow::Result<()> {
     let env = env().await?;
-    let admin = sqlx::PgPool::connect(&std::env::var("SOUK_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())).await?;
+    let admin = sqlx::PgPool::connect(
+        &std::env::var("SOUK_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+    )
+    .await?;
     let db_name: String = sqlx::query_scalar("select current_database()").fetch_one(&env.db.pool).await?;
     let outage = |allow: bool| {
         let (admin, db_name) = (admin.clone(), db_name.clone());
@@ -232,9 +260,13 @@ async fn a_database_outage_is_retried_not_dead_lettered() -> anyhow::Result<()> 
     outage(false).await?;
     env.send("during-outage", &command()).await?;
     let attempts = Arc::new(AtomicU32::new(0));
-    let handler = Counting { inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER), attempts: attempts.clone() };
+    let handler = Counting {
+        inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER),
+        attempts: attempts.clone(),
+    };
     let (stop, run) = env.start(handler).await?;
-    eventually(Duration::from_secs(10), || async { (attempts.load(Ordering::SeqCst) >= 3).then_some(()) }).await?;
+    eventually(Duration::from_secs(10), || async { (attempts.load(Ordering::SeqCst) >= 3).then_some(()) })
+        .await?;
     outage(true).await?;
     eventually(Duration::from_secs(15), || async { (env.count("orders").await == 1).then_some(()) }).await?;
     stop.cancel();
