@@ -69,7 +69,7 @@ impl Config {
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database-url".into()))
             .merge(
                 Env::prefixed("SOUK_")
-                    .filter(|k| !NOT_CONFIG.contains(&k.as_str()))
+                    .filter(|k| !NOT_CONFIG.contains(&k.as_str().to_ascii_lowercase().as_str()))
                     .map(|k| k.as_str().replace('_', "-").into()),
             )
             .merge(Serialized::defaults(overrides))

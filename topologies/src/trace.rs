@@ -65,7 +65,7 @@ pub fn trace_id(headers: Option<&HeaderMap>) -> Option<String> {
 }
 
 /// Install the global `tracing` subscriber: env-filtered (`RUST_LOG`, default `info`),
-/// text or JSON lines, with an OpenTelemetry layer so spans carry W3C trace ids that
+/// text or JSON lines on stderr (stdout stays for command output), with an OpenTelemetry layer so spans carry W3C trace ids that
 /// propagate across NATS. Returns the provider; keep it alive for the process.
 pub fn install_subscriber(json: bool) -> SdkTracerProvider {
     let provider = SdkTracerProvider::builder().build();
@@ -73,9 +73,13 @@ pub fn install_subscriber(json: bool) -> SdkTracerProvider {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = if json {
-        registry.with(tracing_subscriber::fmt::layer().json().with_current_span(true)).try_init()
+        registry
+            .with(
+                tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr),
+            )
+            .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
     };
     // A subscriber is already installed (e.g. by a test harness): keep it.
     drop(result);

@@ -1,0 +1,93 @@
+//! The `souk` binary itself: `souk dev` against this test's servers, then SIGTERM.
+
+use souk_testkit::{NatsServer, TestDb, eventually, order_body};
+use std::{process::Stdio, time::Duration};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
+
+fn souk(data_dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_souk"));
+    c.arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("SOUK_CONFIG")
+        .env("SOUK_LOG_JSON", "true")
+        .kill_on_drop(true);
+    c
+}
+
+#[tokio::test]
+async fn souk_dev_serves_orders_and_exits_cleanly_on_sigterm() -> anyhow::Result<()> {
+    let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
+    let data = tempfile::tempdir()?;
+    let mut child = souk(data.path())
+        .args(["dev", "--http-addr", "127.0.0.1:0"])
+        .env("SOUK_NATS_URL", nats.url())
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let api = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.trim().strip_prefix("API") {
+                return anyhow::Ok(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+        }
+        anyhow::bail!("souk dev exited before printing its address")
+    })
+    .await??;
+    assert!(api.starts_with("http://127.0.0.1:"), "{api}");
+
+    // `souk token` signs with the key `souk dev` generated in the data dir.
+    let token = souk(data.path()).args(["token", "--sub", "zoe", "--role", "buyer"]).output().await?;
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let key_mode = std::fs::metadata(data.path().join("jwt.key"))?;
+    assert!(key_mode.len() >= 32);
+
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{api}/v1/orders"))
+        .bearer_auth(&token)
+        .header("idempotency-key", "bin-1")
+        .json(&order_body("BIN-1", 1))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 202);
+    eventually(Duration::from_secs(15), || async {
+        let n: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&db.pool).await.ok()?;
+        (n == 1).then_some(())
+    })
+    .await?;
+
+    let pid = child.id().expect("running");
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    assert!(status.success(), "exit status {status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let bad = souk(data.path()).arg("config").env("SOUK_WRITE_TIMEOUT", "1h").output().await?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8(bad.stderr)?.contains("write-timeout"));
+    let typo = data.path().join("souk.toml");
+    std::fs::write(&typo, "htp-addr = \"127.0.0.1:1\"\n")?;
+    let bad =
+        souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8(bad.stderr)?.contains("htp-addr"));
+    let role = souk(data.path()).args(["token", "--sub", "x", "--role", "king"]).output().await?;
+    assert!(!role.status.success());
+    assert!(String::from_utf8(role.stderr)?.contains("unknown role"));
+    let good =
+        souk(data.path()).arg("config").env("DATABASE_URL", "postgres://u:secret@h/db").output().await?;
+    assert!(good.status.success());
+    let shown = String::from_utf8(good.stdout)?;
+    assert!(shown.contains("u:***@h/db") && !shown.contains("secret"), "{shown}");
+    Ok(())
+}
