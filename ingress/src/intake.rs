@@ -97,7 +97,8 @@ impl Intake {
         (Intake { claims, commits, timeout }, tracker)
     }
 
-    /// Accept `request` from `principal` under idempotency `key`.
+    /// Accept `request` from `principal` under idempotency `key`, within the write
+    /// timeout.
     pub async fn place(
         &self,
         principal: &Claims,
@@ -105,14 +106,14 @@ impl Intake {
         request: &PlaceOrderRequest,
         total_minor: i64,
     ) -> Result<Accepted, IntakeError> {
-        let work = self.place_inner(principal, key, request, total_minor);
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(IntakeError::Unavailable(format!("no acknowledgement within {:?}", self.timeout))),
-        }
+        tokio::time::timeout(self.timeout, self.claim_and_publish(principal, key, request, total_minor))
+            .await
+            .unwrap_or_else(|_| {
+                Err(IntakeError::Unavailable(format!("no acknowledgement within {:?}", self.timeout)))
+            })
     }
 
-    async fn place_inner(
+    async fn claim_and_publish(
         &self,
         principal: &Claims,
         key: &str,

@@ -122,9 +122,13 @@ impl Pool {
                     }
                 };
                 if cancel.is_cancelled() {
-                    // Fetched but not started: hand it back at once.
+                    // Fetched but not started: hand them back at once rather than let
+                    // them wait out the ack wait.
                     let _ = msg.ack_with(AckKind::Nak(None)).await;
-                    continue 'fetch;
+                    while let Some(Some(Ok(buffered))) = batch.next().now_or_never() {
+                        let _ = buffered.ack_with(AckKind::Nak(None)).await;
+                    }
+                    break 'fetch;
                 }
                 let slot = match permit.take() {
                     Some(p) => p,
