@@ -131,3 +131,30 @@ async fn probes_and_metrics_answer() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn one_trace_spans_http_the_command_the_worker_and_the_event() -> anyhow::Result<()> {
+    // Each nextest test is its own process: the global subscriber is this test's alone.
+    let _provider = souk_topologies::trace::install_subscriber(false);
+    let stack = Stack::start().await?;
+    let token = stack.token("tess", &[Role::Buyer]);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = stack
+        .http
+        .post(format!("{}/v1/orders", stack.base))
+        .bearer_auth(&token)
+        .header("idempotency-key", "traced")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&order_body("T-1", 1))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 202);
+    eventually(Duration::from_secs(10), || async {
+        (stack.stream_messages("EVT").await.ok()? == 1).then_some(())
+    })
+    .await?;
+    let event = stack.js.get_stream("EVT").await?.get_raw_message(1).await?;
+    let traceparent = event.headers.get("traceparent").map(|v| v.as_str().to_owned()).unwrap_or_default();
+    assert!(traceparent.starts_with(&format!("00-{trace_id}-")), "event traceparent {traceparent:?}");
+    Ok(())
+}
