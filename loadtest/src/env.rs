@@ -46,7 +46,8 @@ impl Nats {
         if let Some(pid) = self.child.id() {
             // Signals our own child by its pid; no libc dependency needed for one signal.
             let term = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-            if term.is_ok() && tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_ok() {
+            if term.is_ok() && tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_ok()
+            {
                 return;
             }
         }

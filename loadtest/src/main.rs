@@ -1,1 +1,191 @@
-fn main() {}
+//! # souk-loadtest — souk's throughput, as ratios against this machine's own ceilings
+//!
+//! One command, one run, one machine: it starts its own nats-server (file storage,
+//! `sync_interval: always`, the durable profile) and creates its own Postgres database,
+//! then measures, each for the same duration, with the same ~300-byte order and the
+//! same concurrency:
+//!
+//! | | measurement | why it is the baseline |
+//! |---|---|---|
+//! | a | raw JetStream single publishes (publish, await PubAck) | what the ingress would reach publishing each order alone: one fsync per message |
+//! | b | raw JetStream atomic batches of 100 (souk's `Publisher::publish_atomic`) | the ceiling of group commit: one fsync per batch |
+//! | c | raw Postgres single-row INSERT, autocommit, as many connections as souk's pool | what the orders pool could reach if a handler cost one commit |
+//! | d | a no-op axum handler answering 202, same client and requests as (e) | the cost of HTTP and of the load generator itself |
+//! | e | souk's ingress, `POST /v1/orders` (real stack, wired as `souk dev`) | the figure being judged: 202s per second, latency |
+//! | f | rows appearing in `orders` while (e) runs and until the backlog drains | the figure being judged: orders persisted per second |
+//!
+//! and prints the ratios the project targets — (e)÷(a) ≥ 3, (e)÷(b) ≥ 0.5, (f)÷(c) ≥ 0.5 —
+//! plus the p99 accept latency and (e)÷(d), marking each target met or not. It reports;
+//! it never fails on a target. Figures are only ever compared within one run: an
+//! absolute rate from another machine, disk or day means little (DESIGN.md §5).
+//!
+//! (b) keeps as many batches in flight as the ingress's group committer may
+//! (`BatchOptions::default().max_in_flight`, 4), so it is the ceiling the ingress is
+//! built on; `--batch-size` and `--batch-in-flight` show it at other shapes (at 64
+//! messages in flight, one batch of 64, it is lower). (c) uses `--pg-connections`
+//! connections, the size of souk's pool, and a table made `like orders` (same columns,
+//! checks and indexes).
+//!
+//! The load generator runs in the same process as souk and the baselines, so it takes
+//! CPU from every phase alike; (d) shows how much. Closed loop by default (`--concurrency`
+//! tasks, each sending its next request when answered); `--rate` switches the HTTP
+//! phases to open loop (scheduled arrivals, latency counted from the scheduled time,
+//! `--concurrency` in flight at most). Every loop stops by itself (duration, `--max-requests`,
+//! per-operation timeout); only 127.0.0.1 is used; the nats-server and the database are
+//! removed at the end, also after an error or Ctrl-C.
+
+mod baselines;
+mod bench;
+mod diag;
+mod env;
+mod http;
+mod load;
+mod payload;
+mod report;
+mod souk;
+
+use clap::{Parser, ValueEnum};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+/// Benchmark souk against raw JetStream, Postgres and HTTP baselines measured in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "souk-loadtest", version)]
+pub struct Args {
+    /// Measured time per phase: 10, 10s, 500ms, 1m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured lead-in before each phase (connections open, batches reach steady size).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Requests or publishes in flight (closed loop: this many tasks; open loop: the cap).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Postgres connections: the raw-commit baseline's, and souk's pool (`souk dev`'s default).
+    #[arg(long, default_value_t = 32)]
+    pub pg_connections: u32,
+    /// Messages per atomic batch in the raw atomic baseline.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Atomic batches in flight in the raw atomic baseline [default: as many as the
+    /// ingress's group committer allows, so (b) is the ceiling (e) is built on].
+    #[arg(long)]
+    pub batch_in_flight: Option<usize>,
+    /// Open loop: offered requests per second in the HTTP phases (default: closed loop).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open-loop arrival process.
+    #[arg(long, value_enum, default_value_t = Arrivals::Poisson)]
+    pub arrivals: Arrivals,
+    /// Stop a phase after this many measured operations.
+    #[arg(long)]
+    pub max_requests: Option<u64>,
+    /// Longest wait for souk's backlog to drain once the load stops.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// How long the ingress waits for Postgres and JetStream before a 503 (`souk dev`'s default).
+    #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// Postgres server; its database part is ignored (a fresh `souk_bench_*` one is
+    /// created and dropped) [default: $SOUK_TEST_DATABASE_URL, $DATABASE_URL, or
+    /// postgres://postgres@127.0.0.1:5432].
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// nats-server binary [default: $SOUK_NATS_SERVER_BIN or .souk/bin/nats-server].
+    #[arg(long)]
+    pub nats_server: Option<PathBuf>,
+    /// Directory for the nats-server store (a temporary one is made inside it): put it
+    /// on the disk whose fsyncs you mean to measure [default: the system temp dir].
+    #[arg(long)]
+    pub store_dir: Option<PathBuf>,
+    /// Topology file [default: the built-in topologies/marketplace.toml].
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
+    /// Phases to run (ratios needing a skipped one show n/a).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "single,atomic,postgres,noop,souk")]
+    pub phases: Vec<Phase>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Arrivals {
+    /// Exponential gaps (independent clients).
+    Poisson,
+    /// Evenly spaced.
+    Fixed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    Single,
+    Atomic,
+    Postgres,
+    Noop,
+    Souk,
+}
+
+/// `10`, `10s`, `1.5s`, `500ms`, `2m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 =
+        number.trim().parse().map_err(|_| format!("{s:?} is not a duration (10, 10s, 500ms, 2m)"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    // souk logs each refused request at warn; only errors by default, or the log drowns
+    // the report. RUST_LOG=souk_ingress=warn shows why requests were refused.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
+        )
+        .init();
+    match bench::run(&args).await {
+        Ok(report) => {
+            if args.json {
+                match report.json() {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("souk-loadtest: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", report.table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("souk-loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+}

@@ -46,7 +46,8 @@ impl Sample {
             .map_err(|e| anyhow::anyhow!("the sample order is invalid: {e:?}"))?
             .amount_minor;
         let body = Bytes::from(serde_json::to_vec(&request)?);
-        let command = Bytes::from(encode(&Self::command_for(&request, total_minor, Uuid::now_v7(), &buyer(0))));
+        let command =
+            Bytes::from(encode(&Self::command_for(&request, total_minor, Uuid::now_v7(), &buyer(0))));
         Ok(Sample { request, body, total_minor, command })
     }
 
@@ -55,7 +56,12 @@ impl Sample {
         Self::command_for(&self.request, self.total_minor, order_id, buyer_id)
     }
 
-    fn command_for(request: &PlaceOrderRequest, total_minor: i64, order_id: Uuid, buyer_id: &str) -> PlaceOrder {
+    fn command_for(
+        request: &PlaceOrderRequest,
+        total_minor: i64,
+        order_id: Uuid,
+        buyer_id: &str,
+    ) -> PlaceOrder {
         PlaceOrder {
             order_id,
             tenant: TENANT.into(),
