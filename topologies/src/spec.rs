@@ -99,6 +99,13 @@ pub struct PoolSpec {
     /// Messages asked for per pull request (capped by free concurrency).
     #[serde(default = "sixty_four")]
     pub fetch_batch: usize,
+    /// Most messages handed to the handler's `handle_batch` at once (1: one at a time).
+    /// Messages that are ready together are grouped; none waits for others.
+    #[serde(default = "one")]
+    pub max_batch: usize,
+    /// Batches being handled at once (with `max-batch` > 1).
+    #[serde(default = "two")]
+    pub batches_in_flight: usize,
     /// A handler running longer than this is abandoned and its message retried.
     #[serde(with = "humantime_serde")]
     pub handler_timeout: Duration,
@@ -123,6 +130,9 @@ fn two_minutes() -> Duration {
 }
 fn one() -> usize {
     1
+}
+fn two() -> usize {
+    2
 }
 fn sixty_four() -> usize {
     64
@@ -195,8 +205,11 @@ impl Topology {
             if self.consumer(&p.consumer).is_none() {
                 return Err(format!("pool {} drains unknown consumer {}", p.name, p.consumer));
             }
-            if p.concurrency == 0 || p.fetch_batch == 0 {
-                return Err(format!("pool {}: concurrency and fetch-batch must be positive", p.name));
+            if p.concurrency == 0 || p.fetch_batch == 0 || p.max_batch == 0 || p.batches_in_flight == 0 {
+                return Err(format!(
+                    "pool {}: concurrency, fetch-batch, max-batch and batches-in-flight must be positive",
+                    p.name
+                ));
             }
         }
         Ok(())

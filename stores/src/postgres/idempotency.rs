@@ -31,11 +31,16 @@ pub struct Record {
 /// Claim many keys in one round trip (the ingress batches concurrent requests).
 /// Returns one record per claim, in order. Claims repeating a key share one record.
 pub async fn claim(pool: &PgPool, claims: &[Claim]) -> Result<Vec<Record>, Error> {
-    let col = |f: fn(&Claim) -> String| claims.iter().map(f).collect::<Vec<_>>();
+    // Only the first claim of a repeated key is offered to the database, so which one
+    // wins never depends on the order Postgres processes rows in.
+    let mut offered = HashSet::new();
+    let firsts: Vec<&Claim> =
+        claims.iter().filter(|c| offered.insert((&c.tenant, &c.principal, &c.key))).collect();
+    let col = |f: fn(&Claim) -> String| firsts.iter().map(|c| f(c)).collect::<Vec<_>>();
     let (tenants, principals, keys) =
         (col(|c| c.tenant.clone()), col(|c| c.principal.clone()), col(|c| c.key.clone()));
-    let hashes: Vec<Vec<u8>> = claims.iter().map(|c| c.request_hash.clone()).collect();
-    let order_ids: Vec<Uuid> = claims.iter().map(|c| c.order_id).collect();
+    let hashes: Vec<Vec<u8>> = firsts.iter().map(|c| c.request_hash.clone()).collect();
+    let order_ids: Vec<Uuid> = firsts.iter().map(|c| c.order_id).collect();
 
     let inserted: Vec<(String, String, String)> = sqlx::query_as(
         "insert into idempotency_keys (tenant, principal, key, request_hash, order_id)
@@ -51,6 +56,22 @@ pub async fn claim(pool: &PgPool, claims: &[Claim]) -> Result<Vec<Record>, Error
     .fetch_all(pool)
     .await?;
     let fresh: HashSet<(String, String, String)> = inserted.into_iter().collect();
+    if fresh.len() == firsts.len() {
+        // The common case: every key is new, so every claim's record is its own (the
+        // first of a repeated key wins). No second round trip.
+        let mut first = std::collections::HashMap::new();
+        return Ok(claims
+            .iter()
+            .map(|c| {
+                let winner = *first.entry((&c.tenant, &c.principal, &c.key)).or_insert(c);
+                Record {
+                    request_hash: winner.request_hash.clone(),
+                    order_id: winner.order_id,
+                    fresh: std::ptr::eq(winner, c),
+                }
+            })
+            .collect());
+    }
 
     let stored: Vec<(String, String, String, Vec<u8>, Uuid)> = sqlx::query_as(
         "select k.tenant, k.principal, k.key, k.request_hash, k.order_id

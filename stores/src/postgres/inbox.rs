@@ -19,3 +19,21 @@ pub async fn record(tx: &mut PgConnection, consumer: &str, message_id: &str) -> 
             .rows_affected();
     Ok(inserted == 1)
 }
+
+/// [`record`] for many messages in one statement. Returns the ids that were new (each
+/// once, even if repeated in `message_ids`).
+pub async fn record_many(
+    tx: &mut PgConnection,
+    consumer: &str,
+    message_ids: &[String],
+) -> Result<std::collections::HashSet<String>, Error> {
+    let new: Vec<String> = sqlx::query_scalar(
+        "insert into inbox (consumer, message_id) select $1, unnest($2::text[])
+         on conflict do nothing returning message_id",
+    )
+    .bind(consumer)
+    .bind(message_ids)
+    .fetch_all(tx)
+    .await?;
+    Ok(new.into_iter().collect())
+}

@@ -46,6 +46,37 @@ pub async fn insert_accepted(tx: &mut PgConnection, cmd: &PlaceOrder) -> Result<
     Ok(inserted == 1)
 }
 
+/// [`insert_accepted`] for many orders in one statement. Returns the ids inserted (not
+/// those that already existed).
+pub async fn insert_accepted_many(
+    tx: &mut PgConnection,
+    cmds: &[&PlaceOrder],
+) -> Result<std::collections::HashSet<Uuid>, Error> {
+    let lines = cmds
+        .iter()
+        .map(|c| serde_json::to_value(&c.lines))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "insert into orders (order_id, tenant, buyer_id, status, currency, total_minor, lines, placed_at)
+         select o, t, b, 'accepted', c, tm, l, p
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::jsonb[], $7::timestamptz[])
+              as x(o, t, b, c, tm, l, p)
+         on conflict (order_id) do nothing
+         returning order_id",
+    )
+    .bind(cmds.iter().map(|c| c.order_id).collect::<Vec<_>>())
+    .bind(cmds.iter().map(|c| c.tenant.clone()).collect::<Vec<_>>())
+    .bind(cmds.iter().map(|c| c.buyer_id.clone()).collect::<Vec<_>>())
+    .bind(cmds.iter().map(|c| c.currency.code().to_owned()).collect::<Vec<_>>())
+    .bind(cmds.iter().map(|c| c.total_minor).collect::<Vec<_>>())
+    .bind(&lines)
+    .bind(cmds.iter().map(|c| c.placed_at).collect::<Vec<_>>())
+    .fetch_all(tx)
+    .await?;
+    Ok(inserted.into_iter().collect())
+}
+
 /// One order by id.
 pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, Error> {
     let row = sqlx::query(

@@ -40,6 +40,34 @@ pub async fn enqueue(tx: &mut PgConnection, message: NewMessage) -> Result<Uuid,
     Ok(id)
 }
 
+/// [`enqueue`] for many messages in one statement, in order. Returns their ids.
+pub async fn enqueue_many(tx: &mut PgConnection, messages: &[NewMessage]) -> Result<Vec<Uuid>, Error> {
+    let ids: Vec<Uuid> = messages.iter().map(|_| Uuid::now_v7()).collect();
+    let headers = messages
+        .iter()
+        .map(|m| serde_json::to_value(&m.headers))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let column = |f: fn(&NewMessage) -> &String| messages.iter().map(f).cloned().collect::<Vec<_>>();
+    let payloads: Vec<Vec<u8>> = messages.iter().map(|m| m.payload.clone()).collect();
+    // `with ordinality` keeps seq order equal to the order given.
+    sqlx::query(
+        "insert into outbox (id, aggregate_id, subject, headers, payload)
+         select id, aggregate_id, subject, headers, payload
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[])
+              with ordinality as m(id, aggregate_id, subject, headers, payload, n)
+         order by n",
+    )
+    .bind(&ids)
+    .bind(column(|m| &m.aggregate_id))
+    .bind(column(|m| &m.subject))
+    .bind(&headers)
+    .bind(&payloads)
+    .execute(tx)
+    .await?;
+    Ok(ids)
+}
+
 /// The outbox table, as the relay drains it.
 #[derive(Clone)]
 pub struct PgOutbox {

@@ -71,6 +71,21 @@ impl Outcome {
 /// after its effects were committed (e.g. the worker died before acking).
 pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome>;
+
+    /// Handle several deliveries at once, returning one outcome per delivery, in order.
+    /// Pools with `max-batch` > 1 call this with whatever messages are ready together,
+    /// so a handler can commit many messages in one transaction (one fsync): each
+    /// message's state, inbox record and outbox rows still commit together. The
+    /// default handles them one by one.
+    fn handle_batch<'a>(&'a self, deliveries: &'a [Delivery]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                outcomes.push(self.handle(d).await);
+            }
+            outcomes
+        })
+    }
 }
 
 /// Handlers by the name pools refer to them with in the topology.

@@ -14,6 +14,7 @@ use tracing::Instrument;
 use super::{Delivery, Handler, Outcome, Registry, dead_letter};
 use crate::{
     Error, Result,
+    batcher::{BatchFn, BatchOptions, Batcher},
     publisher::Publisher,
     spec::{ConsumerSpec, PoolSpec, Topology},
     trace,
@@ -41,6 +42,8 @@ struct Ctx {
     pool: String,
     consumer: ConsumerSpec,
     handler: Arc<dyn Handler>,
+    /// Groups deliveries for `handle_batch` when the pool's `max-batch` > 1.
+    batcher: Option<Batcher<Delivery, Outcome>>,
     handler_timeout: Duration,
     publisher: Publisher,
 }
@@ -75,10 +78,26 @@ impl Pool {
     /// Run until `cancel` fires, then drain (see the module docs).
     pub async fn run(self, cancel: CancellationToken) {
         let Pool { spec, consumer_spec, consumer, handler, publisher } = self;
+        // The batcher outlives the fetch loop: draining handlers still need it.
+        let stop_batcher = CancellationToken::new();
+        let (batcher, batch_tasks) = match spec.max_batch {
+            0 | 1 => (None, None),
+            max_batch => {
+                let options = BatchOptions {
+                    max_batch,
+                    max_wait: Duration::ZERO,
+                    max_in_flight: spec.batches_in_flight,
+                    queue_capacity: spec.concurrency,
+                };
+                let (b, t) = Batcher::spawn(options, stop_batcher.clone(), batch_fn(handler.clone()));
+                (Some(b), Some(t))
+            }
+        };
         let ctx = Arc::new(Ctx {
             pool: spec.name.clone(),
             consumer: consumer_spec,
             handler,
+            batcher,
             handler_timeout: spec.handler_timeout,
             publisher,
         });
@@ -160,6 +179,11 @@ impl Pool {
             abandon.cancel();
             tracker.wait().await;
         }
+        stop_batcher.cancel();
+        if let Some(tasks) = batch_tasks {
+            // Abandoned handlers may leave a batch running; it is not waited for.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
+        }
         tracing::info!(pool = %spec.name, "pool stopped");
     }
 }
@@ -229,10 +253,13 @@ async fn process(ctx: &Ctx, msg: jetstream::Message) {
 
 /// Run the handler with a timeout, catching panics, sending progress acks meanwhile.
 async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -> Outcome {
-    let work = tokio::time::timeout(
-        ctx.handler_timeout,
-        AssertUnwindSafe(ctx.handler.handle(delivery)).catch_unwind(),
-    );
+    let handle = async {
+        match &ctx.batcher {
+            Some(batcher) => batcher.call(delivery.clone()).await.unwrap_or_else(Outcome::retry),
+            None => ctx.handler.handle(delivery).await,
+        }
+    };
+    let work = tokio::time::timeout(ctx.handler_timeout, AssertUnwindSafe(handle).catch_unwind());
     tokio::pin!(work);
     let mut progress = tokio::time::interval((ctx.consumer.ack_wait / 3).max(Duration::from_millis(100)));
     progress.tick().await;
@@ -248,16 +275,45 @@ async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -
     };
     match result {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(panic)) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Outcome::retry(format!("handler panicked: {what}"))
-        }
+        Ok(Err(panic)) => panicked(panic.as_ref()),
         Err(_) => Outcome::retry(format!("handler timed out after {:?}", ctx.handler_timeout)),
     }
+}
+
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    Outcome::retry(format!("handler panicked: {what}"))
+}
+
+/// The batch function for a pool's batcher: `handle_batch`, with panics caught and one
+/// outcome guaranteed per delivery.
+fn batch_fn(handler: Arc<dyn Handler>) -> BatchFn<Delivery, Outcome> {
+    Arc::new(move |deliveries: Vec<Delivery>| {
+        let handler = handler.clone();
+        async move {
+            let n = deliveries.len();
+            metrics::histogram!("souk_worker_batch_size").record(n as f64);
+            let mut outcomes = match AssertUnwindSafe(handler.handle_batch(&deliveries)).catch_unwind().await
+            {
+                Ok(outcomes) => outcomes,
+                Err(panic) => vec![panicked(panic.as_ref()); n],
+            };
+            if outcomes.len() != n {
+                tracing::error!(
+                    expected = n,
+                    got = outcomes.len(),
+                    "handle_batch returned a wrong count; retrying all"
+                );
+                outcomes = vec![Outcome::retry("handle_batch returned a wrong number of outcomes"); n];
+            }
+            outcomes
+        }
+        .boxed()
+    })
 }
 
 /// Map an outcome to JetStream. Returns the metrics label.

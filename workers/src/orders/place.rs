@@ -1,5 +1,6 @@
 //! `PlaceOrder` → order row (status `accepted`) + inbox record + `OrderAccepted`
-//! outbox row, in one transaction.
+//! outbox row, in one transaction — for one message, or for a batch of messages that
+//! arrived together (one commit, one fsync, for all of them).
 
 use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::{
@@ -40,41 +41,82 @@ impl PlaceOrderHandler {
             return Ok(Applied::AlreadyHandled);
         }
         if !orders::insert_accepted(&mut tx, cmd).await? {
-            // The order exists though this message id is new to the inbox (its record
-            // was purged): keep the inbox record, add nothing else.
+            // The order exists though this message id is new to the inbox (a replay
+            // with another message id): keep the inbox record, add nothing else.
             tx.commit().await?;
             return Ok(Applied::AlreadyHandled);
         }
-        let event = OrderAccepted {
-            order_id: cmd.order_id,
-            tenant: cmd.tenant.clone(),
-            buyer_id: cmd.buyer_id.clone(),
-            currency: cmd.currency,
-            total_minor: cmd.total_minor,
-            accepted_at: chrono::Utc::now(),
-        };
-        let mut event_headers = trace::current_context_pairs();
-        event_headers.push((headers::SCHEMA.into(), OrderAccepted::schema_header()));
-        event_headers.push((headers::TENANT.into(), cmd.tenant.clone()));
-        event_headers.push((headers::CAUSATION_ID.into(), message_id));
-        outbox::enqueue(
-            &mut tx,
-            outbox::NewMessage {
-                aggregate_id: cmd.order_id.to_string(),
-                subject: OrderAccepted::SUBJECT.into(),
-                headers: event_headers,
-                payload: encode(&event),
-            },
-        )
-        .await?;
+        outbox::enqueue(&mut tx, accepted_event(cmd, message_id, trace::current_context_pairs())).await?;
         tx.commit().await?;
         Ok(Applied::Accepted)
     }
+
+    /// The same as [`apply`](Self::apply) for many commands, in one transaction and a
+    /// handful of statements.
+    async fn apply_batch(&self, batch: &[(&PlaceOrder, &Delivery)]) -> Result<(), pg::Error> {
+        let ids: Vec<String> = batch.iter().map(|(_, d)| d.dedupe_id()).collect();
+        let mut tx = pg::begin(&self.pool).await?;
+        let mut new_ids = inbox::record_many(&mut tx, &self.consumer, &ids).await?;
+        // Each new message id once (a message repeated in one batch is handled once).
+        let fresh: Vec<(&PlaceOrder, &Delivery, String)> = batch
+            .iter()
+            .zip(ids)
+            .filter_map(|((cmd, d), id)| new_ids.remove(&id).then_some((*cmd, *d, id)))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let cmds: Vec<&PlaceOrder> = fresh.iter().map(|(c, _, _)| *c).collect();
+        let mut inserted = orders::insert_accepted_many(&mut tx, &cmds).await?;
+        let events: Vec<_> = fresh
+            .into_iter()
+            .filter(|(cmd, _, _)| inserted.remove(&cmd.order_id))
+            .map(|(cmd, d, id)| accepted_event(cmd, id, trace_headers(d)))
+            .collect();
+        outbox::enqueue_many(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
-/// The command must be internally consistent; the ingress guarantees it, but a worker
-/// does not trust the bus.
-fn check(cmd: &PlaceOrder) -> Result<(), String> {
+/// The `OrderAccepted` outbox row for `cmd`, caused by message `causation_id`.
+fn accepted_event(
+    cmd: &PlaceOrder,
+    causation_id: String,
+    mut h: Vec<(String, String)>,
+) -> outbox::NewMessage {
+    let event = OrderAccepted {
+        order_id: cmd.order_id,
+        tenant: cmd.tenant.clone(),
+        buyer_id: cmd.buyer_id.clone(),
+        currency: cmd.currency,
+        total_minor: cmd.total_minor,
+        accepted_at: chrono::Utc::now(),
+    };
+    h.push((headers::SCHEMA.into(), OrderAccepted::schema_header()));
+    h.push((headers::TENANT.into(), cmd.tenant.clone()));
+    h.push((headers::CAUSATION_ID.into(), causation_id));
+    outbox::NewMessage {
+        aggregate_id: cmd.order_id.to_string(),
+        subject: OrderAccepted::SUBJECT.into(),
+        headers: h,
+        payload: encode(&event),
+    }
+}
+
+/// The command's own trace context, for events written by a batch (which runs outside
+/// any one message's span): the event stays in the trace of the request that caused it.
+fn trace_headers(d: &Delivery) -> Vec<(String, String)> {
+    [headers::TRACEPARENT, headers::TRACESTATE]
+        .into_iter()
+        .filter_map(|k| d.header(k).map(|v| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+/// Decode and check a delivery. The command must be internally consistent; the ingress
+/// guarantees it, but a worker does not trust the bus.
+fn command(delivery: &Delivery) -> Result<PlaceOrder, String> {
+    let cmd: PlaceOrder = delivery.decode().map_err(|e| e.to_string())?;
     let request = PlaceOrderRequest { currency: cmd.currency, lines: cmd.lines.clone() };
     let total = request.validate().map_err(|errors| {
         let fields: Vec<_> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
@@ -86,27 +128,58 @@ fn check(cmd: &PlaceOrder) -> Result<(), String> {
     if cmd.tenant.is_empty() || cmd.buyer_id.is_empty() {
         return Err("tenant and buyer are required".into());
     }
-    Ok(())
+    Ok(cmd)
+}
+
+fn outcome(result: Result<(), pg::Error>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Ack,
+        Err(e) if e.is_retryable() => Outcome::retry(e),
+        Err(e) => Outcome::fail(e),
+    }
 }
 
 impl Handler for PlaceOrderHandler {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
         async move {
-            let cmd: PlaceOrder = match delivery.decode() {
+            let cmd = match command(delivery) {
                 Ok(cmd) => cmd,
-                Err(e) => return Outcome::fail(e),
+                Err(reason) => return Outcome::fail(reason),
             };
-            if let Err(reason) = check(&cmd) {
-                return Outcome::fail(reason);
-            }
-            match self.apply(&cmd, delivery).await {
-                Ok(applied) => {
-                    tracing::debug!(order_id = %cmd.order_id, ?applied, "order intake");
-                    Outcome::Ack
+            outcome(self.apply(&cmd, delivery).await.map(|applied| {
+                tracing::debug!(order_id = %cmd.order_id, ?applied, "order intake");
+            }))
+        }
+        .boxed()
+    }
+
+    fn handle_batch<'a>(&'a self, deliveries: &'a [Delivery]) -> BoxFuture<'a, Vec<Outcome>> {
+        async move {
+            let mut outcomes = vec![Outcome::Ack; deliveries.len()];
+            let mut valid = Vec::with_capacity(deliveries.len());
+            for (i, d) in deliveries.iter().enumerate() {
+                match command(d) {
+                    Ok(cmd) => valid.push((i, cmd)),
+                    Err(reason) => outcomes[i] = Outcome::fail(reason),
                 }
-                Err(e) if e.is_retryable() => Outcome::retry(e),
-                Err(e) => Outcome::fail(e),
             }
+            let batch: Vec<_> = valid.iter().map(|(i, cmd)| (cmd, &deliveries[*i])).collect();
+            match self.apply_batch(&batch).await {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => {
+                    for (i, _) in &valid {
+                        outcomes[*i] = Outcome::retry(&e);
+                    }
+                }
+                // Something in the batch is refused: find out which, one by one.
+                Err(e) => {
+                    tracing::warn!(error = %e, "batch refused; handling its messages one by one");
+                    for (i, _) in &valid {
+                        outcomes[*i] = self.handle(&deliveries[*i]).await;
+                    }
+                }
+            }
+            outcomes
         }
         .boxed()
     }

@@ -32,6 +32,11 @@ struct Env {
 }
 
 async fn env() -> anyhow::Result<Env> {
+    env_batched(None).await
+}
+
+/// `max_batch`: override the shipped pool's `max-batch` (1 = one message at a time).
+async fn env_batched(max_batch: Option<usize>) -> anyhow::Result<Env> {
     let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
     souk_stores::postgres::migrate(&db.pool).await?;
     let client = nats.client().await?;
@@ -40,6 +45,7 @@ async fn env() -> anyhow::Result<Env> {
     // Abandon quickly when a test kills a pool.
     for p in &mut topology.pools {
         p.drain_timeout = Duration::from_millis(100);
+        p.max_batch = max_batch.unwrap_or(p.max_batch);
     }
     souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
     Ok(Env { _nats: nats, db, js, publisher: Publisher::new(client, Duration::from_secs(2)), topology })
@@ -185,7 +191,14 @@ async fn a_worker_killed_between_commit_and_ack_leaves_one_order_and_one_event()
 
 #[tokio::test]
 async fn a_replay_with_a_new_message_id_changes_nothing() -> anyhow::Result<()> {
-    let env = env().await?;
+    for max_batch in [1, 64] {
+        replay(max_batch).await?;
+    }
+    Ok(())
+}
+
+async fn replay(max_batch: usize) -> anyhow::Result<()> {
+    let env = env_batched(Some(max_batch)).await?;
     let cmd = command();
     env.send("first", &cmd).await?;
     env.send("replayed-after-the-dedupe-window", &cmd).await?;
@@ -201,7 +214,14 @@ async fn a_replay_with_a_new_message_id_changes_nothing() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn poison_commands_are_dead_lettered_and_write_nothing() -> anyhow::Result<()> {
-    let env = env().await?;
+    for max_batch in [1, 64] {
+        poison(max_batch).await?;
+    }
+    Ok(())
+}
+
+async fn poison(max_batch: usize) -> anyhow::Result<()> {
+    let env = env_batched(Some(max_batch)).await?;
     env.send_raw("garbage", b"{not json".to_vec(), PlaceOrder::schema_header()).await?;
     env.send_raw("future", encode(&command()), "orders.place/v9".into()).await?;
     let mut wrong_total = command();
@@ -211,12 +231,17 @@ async fn poison_commands_are_dead_lettered_and_write_nothing() -> anyhow::Result
     bad_line.lines[0].quantity = 0;
     bad_line.total_minor = 0;
     env.send("bad-line", &bad_line).await?;
+    // Passes every check but Postgres refuses it (NUL in text): in a batch, the batch
+    // fails and its messages are retried one by one, so only this one is lost to the DLQ.
+    let mut refused = command();
+    refused.buyer_id = "u\u{0}1".into();
+    env.send("refused-by-postgres", &refused).await?;
     let good = command();
     env.send("good", &good).await?;
 
     let (stop, run) = env.start(PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER)).await?;
     eventually(Duration::from_secs(10), || async {
-        (env.dead_letters().await == 4 && env.idle().await).then_some(())
+        (env.dead_letters().await == 5 && env.idle().await).then_some(())
     })
     .await?;
     stop.cancel();
