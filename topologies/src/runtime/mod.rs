@@ -12,6 +12,11 @@
 //! | `Fail { reason }` | dead letter at once |
 //! | panic / timeout | treated as `Retry` with the consumer's backoff |
 //!
+//! With `max-batch` > 1 a pool groups the messages that are ready together (none waits
+//! for others) and hands them to [`Handler::handle_batch`], so a handler can commit
+//! many messages in one transaction; each message still gets its own outcome and is
+//! settled on its own.
+//!
 //! Long handlers send progress acks every third of the ack wait. On shutdown a pool
 //! stops fetching, naks what it fetched but did not start, and waits up to its drain
 //! timeout for running handlers; whatever is still running then is abandoned unacked
