@@ -43,6 +43,14 @@ impl<'de> Deserialize<'de> for Currency {
 }
 
 /// An amount in minor units (cents for EUR) of one currency.
+///
+/// ```
+/// use souk_pipelines::{Money, MoneyError};
+/// let price = Money { amount_minor: 1299, currency: "EUR".parse()? };
+/// assert_eq!(price.times(3)?.amount_minor, 3897);
+/// assert_eq!(price.times(i64::MAX), Err(MoneyError::Overflow));
+/// # Ok::<(), MoneyError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Money {
     pub amount_minor: i64,

@@ -152,6 +152,18 @@ impl Topology {
     }
 
     /// Parse and validate topology text.
+    ///
+    /// ```
+    /// let t = souk_topologies::Topology::parse(r#"
+    ///     [[stream]]
+    ///     name = "CMD"
+    ///     subjects = ["souk.cmd.>"]
+    ///     retention = "work-queue"
+    /// "#)?;
+    /// assert_eq!(t.streams[0].replicas, 1);
+    /// assert!(souk_topologies::Topology::parse("[[stream]]\nname = 1").is_err());
+    /// # Ok::<(), souk_topologies::Error>(())
+    /// ```
     pub fn parse(text: &str) -> Result<Self> {
         let topology: Topology = toml::from_str(text).map_err(|e| spec_error("<text>", e))?;
         topology.validate().map_err(|m| spec_error("<text>", m))?;

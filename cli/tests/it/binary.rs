@@ -91,3 +91,33 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
     assert!(shown.contains("u:***@h/db") && !shown.contains("secret"), "{shown}");
     Ok(())
 }
+
+#[tokio::test]
+async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyhow::Result<()> {
+    let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
+    let data = tempfile::tempdir()?;
+    let run = |args: &'static [&'static str]| {
+        let mut c = souk(data.path());
+        c.args(args).env("SOUK_NATS_URL", nats.url()).env("DATABASE_URL", &db.url);
+        async move { c.output().await }
+    };
+    let check = run(&["topology", "apply", "--check"]).await?;
+    assert_eq!(check.status.code(), Some(2), "out of sync before apply");
+    assert!(String::from_utf8(check.stdout)?.contains("stream CMD: missing"));
+    let apply = run(&["topology", "apply"]).await?;
+    assert!(apply.status.success());
+    assert!(String::from_utf8(apply.stdout)?.contains("consumer orders-place: created"));
+    let check = run(&["topology", "apply", "--check"]).await?;
+    assert_eq!(check.status.code(), Some(0), "in sync after apply");
+
+    let migrate = run(&["migrate"]).await?;
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    let status = run(&["status", "--json"]).await?;
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(json["pipeline"]["consumers"][0]["name"], "orders-place");
+    assert_eq!(json["outbox_pending"], 0);
+    let show = run(&["topology", "show"]).await?;
+    assert!(String::from_utf8(show.stdout)?.contains("pool orders consumer=orders-place"));
+    Ok(())
+}
