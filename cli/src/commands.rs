@@ -1,10 +1,12 @@
-//! One-shot commands: token, topology, migrate, status, config.
+//! One-shot commands: token, topology, migrate, status, dlq, config.
 
 use anyhow::{Context, bail};
 use souk_ingress::{Claims, Keys, Role};
 use souk_stores::postgres as pg;
 use souk_topologies::{
     apply::{self, Mode},
+    dead_letters,
+    publisher::Publisher,
     status,
 };
 use std::{process::ExitCode, time::Duration};
@@ -123,4 +125,43 @@ pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {
     print!("{}", toml::to_string(&shown)?);
     println!("# configuration and topology are valid");
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn dlq_list(config: &Config, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
+    let nats = app::connect_nats(&app::nats_url(config)?).await?;
+    let letters = dead_letters::list(&app::jetstream(&nats), limit).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&letters)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if letters.is_empty() {
+        println!("no dead letters");
+    }
+    for d in &letters {
+        println!(
+            "#{} {} consumer={} subject={} attempts={} trace={} bytes={}\n    {}",
+            d.seq, d.time, d.consumer, d.subject, d.attempts, d.trace_id, d.payload_bytes, d.error
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn dlq_replay(config: &Config, seqs: &[u64], all: bool) -> anyhow::Result<ExitCode> {
+    let nats = app::connect_nats(&app::nats_url(config)?).await?;
+    let publisher = Publisher::new(nats.clone(), config.write_timeout);
+    let seqs: Vec<u64> = match all {
+        true => dead_letters::list(&app::jetstream(&nats), usize::MAX).await?.iter().map(|d| d.seq).collect(),
+        false => seqs.to_vec(),
+    };
+    let mut failed = 0;
+    for seq in seqs {
+        match dead_letters::replay(&publisher, seq).await {
+            Ok(ack) => println!("#{seq} replayed as {} seq {}", ack.stream, ack.sequence),
+            Err(e) => {
+                failed += 1;
+                eprintln!("#{seq} not replayed: {e}");
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -75,8 +75,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dead letters: list them with why they failed, replay them once fixed.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Check the configuration and print it (secrets redacted).
     Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// List dead letters, oldest first.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Republish dead letters to their original subjects and remove them from the DLQ.
+    Replay {
+        /// DLQ sequence numbers (from `souk dlq list`).
+        #[arg(required_unless_present = "all")]
+        seqs: Vec<u64>,
+        /// Replay every dead letter.
+        #[arg(long, conflicts_with = "seqs")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +142,12 @@ async fn main() -> ExitCode {
         Command::Topology { action: TopologyAction::Show } => commands::topology_show(&config),
         Command::Migrate => commands::migrate(&config).await,
         Command::Status { json } => commands::status(&config, json).await,
+        Command::Dlq { action: DlqAction::List { json, limit } } => {
+            commands::dlq_list(&config, json, limit).await
+        }
+        Command::Dlq { action: DlqAction::Replay { seqs, all } } => {
+            commands::dlq_replay(&config, &seqs, all).await
+        }
         Command::Config => commands::config_check(&config),
     };
     match result {

@@ -13,12 +13,14 @@
 //!   callers into those batches (over the generic [`batcher`]);
 //! - [`relay`] drains a transactional [`souk_pipelines::outbox::Outbox`] into JetStream;
 //! - [`status`] reads streams and consumer lag back from JetStream;
+//! - [`dead_letters`] lists dead letters and replays them to their original subject;
 //! - [`trace`] carries W3C trace context in message headers.
 //!
 //! It knows nothing of marketplaces, nor of Postgres.
 
 pub mod apply;
 pub mod batcher;
+pub mod dead_letters;
 pub mod error;
 pub mod group_commit;
 pub mod local_server;

@@ -117,6 +117,31 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     assert_eq!(json["pipeline"]["consumers"][0]["name"], "orders-place");
     assert_eq!(json["outbox_pending"], 0);
+    // A dead letter as the runtime writes it; list it, replay it to its subject.
+    let client = nats.client().await?;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("souk-dlq-consumer", "orders-place");
+    h.insert("souk-dlq-subject", "souk.cmd.orders.place");
+    h.insert("souk-dlq-attempts", "5");
+    h.insert("souk-dlq-error", "boom");
+    h.insert("souk-schema", "orders.place/v1");
+    async_nats::jetstream::new(client.clone())
+        .publish_with_headers("souk.dlq.orders-place", h, "{}".into())
+        .await?
+        .await?;
+    let list = run(&["dlq", "list", "--json"]).await?;
+    let letters: serde_json::Value = serde_json::from_slice(&list.stdout)?;
+    assert_eq!(letters[0]["error"], "boom");
+    assert_eq!(letters[0]["subject"], "souk.cmd.orders.place");
+    let replay = run(&["dlq", "replay", "--all"]).await?;
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let list = run(&["dlq", "list"]).await?;
+    assert!(String::from_utf8(list.stdout)?.contains("no dead letters"));
+    let cmd = async_nats::jetstream::new(client).get_stream("CMD").await?.get_raw_message(1).await?;
+    assert_eq!(cmd.subject.as_str(), "souk.cmd.orders.place");
+    assert_eq!(cmd.headers.get("souk-schema").map(|v| v.as_str()), Some("orders.place/v1"));
+    assert!(cmd.headers.get("souk-dlq-error").is_none(), "dead-letter metadata is not replayed");
+
     let show = run(&["topology", "show"]).await?;
     assert!(String::from_utf8(show.stdout)?.contains("pool orders consumer=orders-place"));
     Ok(())
