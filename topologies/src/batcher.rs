@@ -137,3 +137,68 @@ async fn collect<I: Send + 'static, O: Send + 'static>(
     }
     tracker.close();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use std::sync::Mutex;
+
+    fn spawn_recording(
+        options: BatchOptions,
+        poison: u32,
+    ) -> (Batcher<u32, Result<u32, String>>, Arc<Mutex<Vec<Vec<u32>>>>, CancellationToken) {
+        let batches: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+        let seen = batches.clone();
+        let cancel = CancellationToken::new();
+        let (batcher, _) = Batcher::spawn(
+            options,
+            cancel.clone(),
+            Arc::new(move |items: Vec<u32>| {
+                seen.lock().expect("lock").push(items.clone());
+                let failed = items.contains(&poison);
+                async move {
+                    tokio::task::yield_now().await;
+                    items
+                        .into_iter()
+                        .map(|i| if failed { Err(format!("batch with {poison}")) } else { Ok(i) })
+                        .collect()
+                }
+                .boxed()
+            }),
+        );
+        (batcher, batches, cancel)
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_only_its_own_callers() {
+        let options = BatchOptions { max_batch: 3, max_in_flight: 1, ..BatchOptions::default() };
+        let (batcher, batches, cancel) = spawn_recording(options, 7);
+        let results = futures::future::join_all((0..20).map(|i| batcher.call(i))).await;
+        let poisoned =
+            batches.lock().expect("lock").iter().find(|b| b.contains(&7)).cloned().expect("7 was sent");
+        for (i, r) in (0..20).zip(results) {
+            match r.expect("answered") {
+                Ok(v) => assert!(v == i && !poisoned.contains(&i)),
+                Err(_) => assert!(poisoned.contains(&i), "{i} failed outside the bad batch"),
+            }
+        }
+        assert!(batches.lock().expect("lock").iter().all(|b| b.len() <= 3));
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_idle_batcher_sends_at_once_and_a_full_queue_sheds_load() {
+        let (batcher, batches, cancel) = spawn_recording(BatchOptions::default(), u32::MAX);
+        assert_eq!(batcher.call(1).await.expect("answered"), Ok(1));
+        assert_eq!(*batches.lock().expect("lock"), [vec![1]]);
+        cancel.cancel();
+
+        let options = BatchOptions { queue_capacity: 1, ..BatchOptions::default() };
+        let (tx, _rx) = mpsc::channel::<Pending<u32, u32>>(options.queue_capacity);
+        let full = Batcher { tx };
+        let (reply, _) = oneshot::channel();
+        full.tx.try_send((0, reply)).expect("room for one");
+        assert!(matches!(full.call(1).await, Err(Error::Overloaded(_))));
+    }
+}
