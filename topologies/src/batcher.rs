@@ -144,11 +144,14 @@ mod tests {
     use futures::FutureExt;
     use std::sync::Mutex;
 
+    type Recorded = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// A batcher whose batches are recorded and fail whole when they hold `poison`.
     fn spawn_recording(
         options: BatchOptions,
         poison: u32,
-    ) -> (Batcher<u32, Result<u32, String>>, Arc<Mutex<Vec<Vec<u32>>>>, CancellationToken) {
-        let batches: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+    ) -> (Batcher<u32, Result<u32, String>>, Recorded, CancellationToken) {
+        let batches: Recorded = Arc::default();
         let seen = batches.clone();
         let cancel = CancellationToken::new();
         let (batcher, _) = Batcher::spawn(
