@@ -79,7 +79,10 @@ impl Intake {
                 async move {
                     let n = batch.len();
                     metrics::histogram!("souk_ingress_claim_batch_size").record(n as f64);
-                    match idempotency::claim(&pool, &batch).await {
+                    let started = std::time::Instant::now();
+                    let claimed = idempotency::claim(&pool, &batch).await;
+                    metrics::histogram!("souk_ingress_claim_seconds").record(started.elapsed().as_secs_f64());
+                    match claimed {
                         Ok(records) => records.into_iter().map(Ok).collect(),
                         Err(e) => vec![Err(e.to_string()); n],
                     }

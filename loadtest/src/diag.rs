@@ -60,6 +60,8 @@ pub struct Diagnostics {
     /// Idempotency-claim statements and their mean size.
     pub claim_batches: f64,
     pub claim_mean_size: Option<f64>,
+    /// Mean duration of one claim statement, commit included (seconds).
+    pub claim_mean_s: Option<f64>,
     /// Ingress outcomes (accepted, replayed, unavailable, key_reused).
     pub ingress_outcomes: BTreeMap<String, f64>,
     /// Orders-pool outcomes (ack, retry, dead_letter, …) and mean handler time (seconds).
@@ -98,6 +100,7 @@ impl Diagnostics {
             batch_fallbacks: d("souk_publisher_batch_fallbacks_total", &[]),
             claim_batches: d("souk_ingress_claim_batch_size_count", &[]),
             claim_mean_size: mean("souk_ingress_claim_batch_size", &[]),
+            claim_mean_s: mean("souk_ingress_claim_seconds", &[]),
             ingress_outcomes: by_label("souk_ingress_orders_total", "outcome"),
             worker_outcomes: by_label("souk_worker_messages_total", "outcome"),
             worker_handle_mean_s: mean("souk_worker_handle_seconds", &[]),

@@ -259,13 +259,14 @@ impl Report {
             let _ = writeln!(
                 out,
                 "\nsouk internals over (e)+(f): group commit {} batches of {} msgs on average (PubAck {}), \
-                 {} fallbacks; idempotency claims {} per statement; ingress [{}]; orders pool [{}], \
+                 {} fallbacks; idempotency claims {} per statement ({} each); ingress [{}]; orders pool [{}], \
                  handler {}; dead letters {}; relay published {}",
                 thousands(d.group_commit_batches),
                 mean(d.group_commit_mean_size, 1.0, ""),
                 mean(d.atomic_ack_mean_s, 1000.0, " ms"),
                 thousands(d.batch_fallbacks),
                 mean(d.claim_mean_size, 1.0, ""),
+                mean(d.claim_mean_s, 1000.0, " ms"),
                 outcomes(&d.ingress_outcomes),
                 outcomes(&d.worker_outcomes),
                 mean(d.worker_handle_mean_s, 1000.0, " ms"),
