@@ -1,5 +1,6 @@
 //! A souk node: the long-running parts of one process, built from options and run
-//! until cancelled — the HTTP ingress, worker pools, the outbox relay and housekeeping.
+//! until cancelled — the HTTP ingress, worker pools, the outbox relay, housekeeping and
+//! the pipeline gauges.
 //! `souk dev`/`ingress`/`worker` start one; so do the end-to-end tests and the
 //! benchmark, so all three run exactly the same wiring.
 
@@ -19,6 +20,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 /// How often old inbox, outbox and idempotency rows are purged, and how old they must be.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often stream and consumer gauges are refreshed from JetStream.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// What to run and with what.
 pub struct NodeOptions {
@@ -63,6 +66,12 @@ impl Node {
             let outbox = PgOutbox::new(options.pool.clone(), &options.database_url);
             tasks.spawn(Relay::new(outbox, publisher.clone(), RelayOptions::default()).run(cancel.clone()));
         }
+        tasks.spawn(souk_topologies::status::export_gauges(
+            publisher.jetstream().clone(),
+            options.topology.clone(),
+            STATUS_EVERY,
+            cancel.clone(),
+        ));
         let mut http_addr = None;
         if let Some((listener, keys)) = options.ingress {
             http_addr = listener.local_addr().ok();

@@ -99,8 +99,8 @@ impl Publisher {
                 .js
                 .publish_with_headers(msg.subject, headers, msg.payload)
                 .await
-                .map_err(publish_error)?;
-            let ack = fut.await.map_err(publish_error)?;
+                .map_err(|e| self.publish_error(e))?;
+            let ack = fut.await.map_err(|e| self.publish_error(e))?;
             Ok(Ack { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
         };
         let result = tokio::time::timeout(self.ack_timeout, result)
@@ -184,6 +184,13 @@ impl Publisher {
         }
     }
 
+    fn publish_error(&self, e: jetstream::context::PublishError) -> Error {
+        match e.kind() {
+            jetstream::context::PublishErrorKind::TimedOut => Error::AckTimeout(self.ack_timeout),
+            _ => Error::nats(e),
+        }
+    }
+
     /// Publish one message at a time, pipelined: send all, then collect the acks.
     pub async fn publish_each(&self, msgs: &[OutgoingMessage]) -> Vec<Result<Ack>> {
         let started = Instant::now();
@@ -195,7 +202,7 @@ impl Publisher {
                 self.js
                     .publish_with_headers(m.subject.clone(), headers, m.payload.clone())
                     .await
-                    .map_err(publish_error),
+                    .map_err(|e| self.publish_error(e)),
             );
         }
         let mut results = Vec::with_capacity(msgs.len());
@@ -204,7 +211,7 @@ impl Publisher {
                 Ok(fut) => fut
                     .await
                     .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
-                    .map_err(publish_error),
+                    .map_err(|e| self.publish_error(e)),
                 Err(e) => Err(e),
             });
         }
@@ -212,14 +219,6 @@ impl Publisher {
             record("single", 1, started, r);
         }
         results
-    }
-}
-
-fn publish_error(e: jetstream::context::PublishError) -> Error {
-    use jetstream::context::PublishErrorKind;
-    match e.kind() {
-        PublishErrorKind::TimedOut => Error::AckTimeout(Duration::ZERO),
-        _ => Error::nats(e),
     }
 }
 

@@ -37,12 +37,34 @@ pub struct PipelineStatus {
     pub consumers: Vec<ConsumerStatus>,
 }
 
-/// Read the state of every stream and consumer in `topology`.
+/// Keep the pipeline gauges (`souk_stream_messages`, `souk_consumer_pending_messages`,
+/// `souk_consumer_ack_pending_messages`) current: read JetStream every `every` until
+/// `cancel`. Every process that serves `/metrics` runs one, so lag and dead letters
+/// are visible without running `souk status`.
+pub async fn export_gauges(
+    js: jetstream::Context,
+    topology: Topology,
+    every: std::time::Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        if let Err(e) = read(&js, &topology).await {
+            tracing::debug!(error = %e, "pipeline status unavailable");
+        }
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Read the state of every stream and consumer in `topology` (and update the gauges).
 pub async fn read(js: &jetstream::Context, topology: &Topology) -> Result<PipelineStatus> {
     let mut streams = Vec::new();
     for s in &topology.streams {
         let mut stream = js.get_stream(&s.name).await.map_err(|e| Error::Nats(format!("{}: {e}", s.name)))?;
         let info = stream.info().await.map_err(|e| Error::Nats(format!("{}: {e}", s.name)))?;
+        metrics::gauge!("souk_stream_messages", "stream" => s.name.clone()).set(info.state.messages as f64);
         streams.push(StreamStatus {
             name: s.name.clone(),
             messages: info.state.messages,
@@ -58,6 +80,8 @@ pub async fn read(js: &jetstream::Context, topology: &Topology) -> Result<Pipeli
             stream.consumer_info(&c.name).await.map_err(|e| Error::Nats(format!("{}: {e}", c.name)))?;
         metrics::gauge!("souk_consumer_pending_messages", "consumer" => c.name.clone())
             .set(info.num_pending as f64);
+        metrics::gauge!("souk_consumer_ack_pending_messages", "consumer" => c.name.clone())
+            .set(info.num_ack_pending as f64);
         consumers.push(ConsumerStatus {
             stream: c.stream.clone(),
             name: c.name.clone(),

@@ -158,3 +158,18 @@ async fn one_trace_spans_http_the_command_the_worker_and_the_event() -> anyhow::
     assert!(traceparent.starts_with(&format!("00-{trace_id}-")), "event traceparent {traceparent:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_running_node_exports_pipeline_gauges_from_jetstream() -> anyhow::Result<()> {
+    // Each nextest test is its own process: this recorder is this test's alone.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let _stack = Stack::start().await?;
+    let text = eventually(Duration::from_secs(10), || async {
+        let text = metrics.render();
+        text.contains("souk_consumer_pending_messages").then_some(text)
+    })
+    .await?;
+    assert!(text.contains(r#"souk_consumer_pending_messages{consumer="orders-place"} 0"#), "{text}");
+    assert!(text.contains(r#"souk_stream_messages{stream="DLQ"} 0"#), "{text}");
+    Ok(())
+}
