@@ -77,9 +77,12 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
         intake: IntakeOptions::default(),
         pools,
         relay,
-        metrics: Some(metrics),
+        metrics: Some(metrics.clone()),
     })
     .await?;
+    if let Some(addr) = config.metrics_addr {
+        serve_metrics(addr, metrics, node.cancel_token()).await?;
+    }
     if let (true, Some(addr), Some(keys)) = (dev, node.http_addr, keys) {
         print_banner(&config, &addr.to_string(), &nats_url, &keys);
     }
@@ -93,6 +96,26 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `/metrics` on its own address, for processes without the ingress (`souk worker`).
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: PrometheusHandle,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())))
+        .route("/healthz", axum::routing::get(|| std::future::ready("ok")));
+    tracing::info!(%addr, "metrics listening");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(())
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {

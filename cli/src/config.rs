@@ -21,6 +21,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
+    /// Serve `/metrics` here too (for `souk worker`, which has no HTTP API).
+    pub metrics_addr: Option<SocketAddr>,
     /// An existing NATS server; unset, `souk dev` starts its own under the data dir.
     pub nats_url: Option<String>,
     /// Postgres, the system of record.
@@ -41,6 +43,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from(".souk/dev"),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_addr: None,
             nats_url: None,
             database_url: "postgres://postgres@127.0.0.1:5432/souk".into(),
             database_max_connections: 32,

@@ -146,3 +146,36 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     assert!(String::from_utf8(show.stdout)?.contains("pool orders consumer=orders-place"));
     Ok(())
 }
+
+#[tokio::test]
+async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> anyhow::Result<()> {
+    let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
+    souk_stores::postgres::migrate(&db.pool).await?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    souk_topologies::apply::apply(&js, &souk_testkit::test_topology()?, souk_topologies::apply::Mode::Apply)
+        .await?;
+    // A free port for the metrics listener (the worker has no API to report it on).
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let data = tempfile::tempdir()?;
+    let mut worker = souk(data.path())
+        .arg("worker")
+        .env("SOUK_NATS_URL", nats.url())
+        .env("DATABASE_URL", &db.url)
+        .env("SOUK_METRICS_ADDR", addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let text = eventually(Duration::from_secs(30), || async {
+        let r = http.get(format!("http://{addr}/metrics")).send().await.ok()?;
+        let text = r.text().await.ok()?;
+        text.contains("souk_consumer_pending_messages").then_some(text)
+    })
+    .await?;
+    assert!(text.contains(r#"consumer="orders-place""#), "{text}");
+    let pid = worker.id().expect("running");
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await??;
+    assert!(status.success(), "exit status {status}");
+    Ok(())
+}
