@@ -12,6 +12,7 @@ pub mod headers;
 pub mod money;
 pub mod orders;
 pub mod outbox;
+pub mod pan;
 pub mod subjects;
 
 pub use envelope::{DecodeError, Message, decode, encode};

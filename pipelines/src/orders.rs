@@ -56,6 +56,8 @@ impl PlaceOrderRequest {
                 && line.sku.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !sku_ok {
                 err(format!("lines[{i}].sku"), "1-64 characters of A-Z a-z 0-9 - _ .");
+            } else if crate::pan::looks_like_pan(&line.sku) {
+                err(format!("lines[{i}].sku"), "looks like a card number: souk accepts payment tokens only");
             }
             if line.quantity <= 0 {
                 err(format!("lines[{i}].quantity"), "must be a positive integer");
@@ -144,6 +146,21 @@ mod tests {
             fields,
             ["lines[0].sku", "lines[0].quantity", "lines[0].unit_price_minor", "lines[1].quantity"]
         );
+    }
+
+    #[test]
+    fn card_numbers_are_refused_wherever_text_is_accepted() {
+        let r = request(
+            serde_json::json!([{"sku": "4111-1111-1111-1111", "quantity": 1, "unit_price_minor": 1}]),
+        )
+        .expect("parses");
+        let errors = r.validate().expect_err("a PAN");
+        assert!(errors[0].message.contains("card number"));
+        let ok = request(
+            serde_json::json!([{"sku": "4111-1111-1111-1112", "quantity": 1, "unit_price_minor": 1}]),
+        )
+        .expect("parses");
+        assert!(ok.validate().is_ok(), "fails the Luhn check: not a PAN");
     }
 
     #[test]

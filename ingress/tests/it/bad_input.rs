@@ -115,6 +115,14 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
         ),
         case("no lines", &buyer, &key, r#"{"currency":"EUR","lines":[]}"#, 422, "validation"),
         case(
+            "card number as sku",
+            &buyer,
+            &key,
+            &line(r#"{"sku":"4111111111111111","quantity":1,"unit_price_minor":1}"#),
+            422,
+            "validation",
+        ),
+        case(
             "lowercase currency",
             &buyer,
             &key,
