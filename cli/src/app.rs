@@ -75,6 +75,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
         write_timeout: config.write_timeout,
         ingress,
         intake: IntakeOptions::default(),
+        rate_limit: config.rate_limit(),
         pools,
         relay,
         metrics: Some(metrics.clone()),

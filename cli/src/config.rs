@@ -34,6 +34,11 @@ pub struct Config {
     /// Longest an order write waits for Postgres and JetStream before a 503.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Order writes per second per principal (tenant + subject) at the ingress; 0 turns
+    /// the limit off.
+    pub rate_limit_per_second: u32,
+    /// Writes a principal may send at once above the sustained rate.
+    pub rate_limit_burst: u32,
     /// Log JSON lines instead of text.
     pub log_json: bool,
 }
@@ -49,6 +54,8 @@ impl Default for Config {
             database_max_connections: 32,
             topology: None,
             write_timeout: Duration::from_millis(1500),
+            rate_limit_per_second: souk_cli::node::DEFAULT_RATE_PER_SECOND,
+            rate_limit_burst: souk_cli::node::DEFAULT_RATE_BURST,
             log_json: false,
         }
     }
@@ -93,6 +100,13 @@ impl Config {
             return Err("database-url must be a postgres:// URL".into());
         }
         Ok(())
+    }
+
+    /// The ingress rate limit, if on.
+    pub fn rate_limit(&self) -> Option<souk_ingress::RateLimit> {
+        let per_second = std::num::NonZeroU32::new(self.rate_limit_per_second)?;
+        let burst = std::num::NonZeroU32::new(self.rate_limit_burst).unwrap_or(per_second);
+        Some(souk_ingress::RateLimit { per_second, burst })
     }
 
     /// The dev JWT signing key.

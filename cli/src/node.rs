@@ -5,7 +5,7 @@
 //! benchmark, so all three run exactly the same wiring.
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use souk_ingress::{Ingress, IngressOptions, IntakeOptions, Keys};
+use souk_ingress::{Ingress, IngressOptions, IntakeOptions, Keys, RateLimit};
 use souk_stores::postgres::{self as pg, outbox::PgOutbox};
 use souk_topologies::{
     Topology,
@@ -35,6 +35,8 @@ pub struct NodeOptions {
     /// Serve the HTTP ingress on this listener with these keys.
     pub ingress: Option<(tokio::net::TcpListener, Keys)>,
     pub intake: IntakeOptions,
+    /// Writes per principal at the ingress; `None` for no limit.
+    pub rate_limit: Option<RateLimit>,
     /// Worker pools to run: `Some(vec![])` runs every pool, `None` none.
     pub pools: Option<Vec<String>>,
     pub relay: bool,
@@ -81,6 +83,7 @@ impl Node {
                 nats: options.nats.clone(),
                 write_timeout: options.write_timeout,
                 intake: options.intake,
+                rate_limit: options.rate_limit,
                 metrics: options.metrics,
             });
             let stop = cancel.clone();
@@ -129,4 +132,16 @@ async fn housekeeping(pool: PgPool, stop: CancellationToken) {
 /// The built-in marketplace topology (`topologies/marketplace.toml`).
 pub fn builtin_topology() -> souk_topologies::Result<Topology> {
     Topology::parse(include_str!("../../topologies/marketplace.toml"))
+}
+
+/// The ingress's default per-principal write limit: 100/s sustained, bursts of 200 —
+/// far above what a person or a well-behaved client sends, low enough that one
+/// runaway client cannot take the ingress from everyone else.
+pub const DEFAULT_RATE_PER_SECOND: u32 = 100;
+pub const DEFAULT_RATE_BURST: u32 = 200;
+
+/// [`DEFAULT_RATE_PER_SECOND`] and [`DEFAULT_RATE_BURST`] as a [`RateLimit`].
+pub fn default_rate_limit() -> RateLimit {
+    let n = |v| std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN);
+    RateLimit { per_second: n(DEFAULT_RATE_PER_SECOND), burst: n(DEFAULT_RATE_BURST) }
 }

@@ -12,6 +12,7 @@
 
 pub mod auth;
 mod intake;
+mod limits;
 mod metrics_layer;
 mod orders;
 mod probes;
@@ -19,6 +20,7 @@ mod problem;
 
 pub use auth::{Claims, Keys, Role};
 pub use intake::IntakeOptions;
+pub use limits::RateLimit;
 pub use problem::Problem;
 
 use axum::{Router, extract::DefaultBodyLimit, routing::get};
@@ -39,6 +41,8 @@ pub struct IngressOptions {
     /// Longest a write waits for Postgres and JetStream before answering 503.
     pub write_timeout: Duration,
     pub intake: IntakeOptions,
+    /// Writes per principal (tenant + subject); `None` for no limit.
+    pub rate_limit: Option<RateLimit>,
     /// Renders `/metrics`; `None` serves an empty page.
     pub metrics: Option<PrometheusHandle>,
 }
@@ -54,6 +58,7 @@ pub(crate) struct AppState {
     pool: PgPool,
     nats: async_nats::Client,
     intake: intake::Intake,
+    limiter: Option<limits::Limiter>,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -81,11 +86,14 @@ impl Ingress {
             options.write_timeout,
             stop_background.clone(),
         );
+        let limiter =
+            options.rate_limit.map(|limit| limits::Limiter::spawn(limit, &background, &stop_background));
         let state = Arc::new(AppState {
             keys: options.keys,
             pool: options.pool,
             nats: options.nats,
             intake,
+            limiter,
             metrics: options.metrics,
         });
         let router = Router::new()

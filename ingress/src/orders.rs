@@ -33,6 +33,9 @@ pub async fn place(
     if !claims.has(Role::Buyer) {
         return Err(Problem::forbidden("placing orders needs the buyer role"));
     }
+    if let Some(limiter) = &state.limiter {
+        limiter.check(&claims)?;
+    }
     let key = idempotency_key(&request_headers)?;
     let is_json = request_headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
         v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))

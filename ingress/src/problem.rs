@@ -69,6 +69,14 @@ impl Problem {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, slug, "Unprocessable request").detail(detail)
     }
 
+    /// 429 with `Retry-After`: this principal is over its rate limit.
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
+            .detail("too many writes from this principal; retry after the Retry-After delay");
+        p.retry_after = Some(retry_after_secs);
+        p
+    }
+
     /// 503 with `Retry-After`: the request was not accepted; try again.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")

@@ -86,6 +86,7 @@ impl Stack {
             write_timeout: options.write_timeout,
             ingress: Some((listener, keys)),
             intake: IntakeOptions::default(),
+            rate_limit: Some(souk_cli::node::default_rate_limit()),
             pools: Some(Vec::new()),
             relay: true,
             metrics: None,

@@ -25,11 +25,19 @@ pub struct StackOptions {
     pub pools: bool,
     pub relay: bool,
     pub write_timeout: Duration,
+    /// The ingress's per-principal limit (the shipped default unless changed).
+    pub rate_limit: Option<souk_ingress::RateLimit>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { ingress: true, pools: true, relay: true, write_timeout: Duration::from_millis(1500) }
+        StackOptions {
+            ingress: true,
+            pools: true,
+            relay: true,
+            write_timeout: Duration::from_millis(1500),
+            rate_limit: Some(souk_cli::node::default_rate_limit()),
+        }
     }
 }
 
@@ -97,6 +105,7 @@ impl Stack {
             write_timeout: o.write_timeout,
             ingress,
             intake: IntakeOptions::default(),
+            rate_limit: o.rate_limit,
             pools: o.pools.then(Vec::new),
             relay: o.relay,
             metrics: None,

@@ -200,3 +200,27 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
     assert_eq!(env.commands_published().await?, 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_principal_over_its_rate_limit_gets_429_and_others_do_not() -> anyhow::Result<()> {
+    let one = std::num::NonZeroU32::MIN;
+    let limit = souk_ingress::RateLimit { per_second: one, burst: one.saturating_add(1) };
+    let env = crate::env_limited(None, Some(limit)).await?;
+    let post = |sub: &str, key: &str| {
+        let token = env.keys.mint(&Claims::new(sub, "t1", vec![Role::Buyer], Duration::from_secs(60)));
+        Request::post("/v1/orders")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .header("idempotency-key", key)
+            .body(Body::from(VALID))
+    };
+    assert_eq!(send(env.router(), post("greedy", "a")?).await?.0, 202);
+    assert_eq!(send(env.router(), post("greedy", "b")?).await?.0, 202);
+    let response = tower::ServiceExt::oneshot(env.router(), post("greedy", "c")?).await?;
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(send(env.router(), post("patient", "a")?).await?.0, 202, "others are not limited");
+    assert_eq!(env.commands_published().await?, 3, "the limited request published nothing");
+    assert_eq!(env.keys_claimed().await?, 3);
+    Ok(())
+}

@@ -20,6 +20,13 @@ pub struct Env {
 }
 
 pub async fn env(metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> anyhow::Result<Env> {
+    env_limited(metrics, None).await
+}
+
+pub async fn env_limited(
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    rate_limit: Option<souk_ingress::RateLimit>,
+) -> anyhow::Result<Env> {
     let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
     souk_stores::postgres::migrate(&db.pool).await?;
     let client = nats.client().await?;
@@ -32,6 +39,7 @@ pub async fn env(metrics: Option<metrics_exporter_prometheus::PrometheusHandle>)
         nats: client,
         write_timeout: Duration::from_millis(1500),
         intake: IntakeOptions::default(),
+        rate_limit,
         metrics,
     });
     Ok(Env { _nats: nats, db, js, keys, ingress })
