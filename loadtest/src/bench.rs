@@ -89,10 +89,23 @@ impl Ctx<'_> {
         self.args.batch_in_flight.unwrap_or_else(|| BatchOptions::default().max_in_flight)
     }
 
+    fn batch_size(&self) -> usize {
+        self.args.batch_size.unwrap_or_else(|| {
+            self.args
+                .concurrency
+                .div_ceil(self.batch_in_flight())
+                .clamp(1, souk_topologies::publisher::MAX_ATOMIC_BATCH)
+        })
+    }
+
     fn runs(&self, phase: Phase) -> bool {
         self.args.phases.contains(&phase)
     }
 }
+
+/// The largest batch the ingress's group committer sends (`BatchOptions::default()`),
+/// measured as (b′) whatever the concurrency: the ceiling of group commit.
+const CEILING_BATCH: usize = 100;
 
 async fn setup(ctx: &Ctx<'_>, bin: &std::path::Path, server_url: &str) -> Setup {
     let version = tokio::process::Command::new(bin)
@@ -109,7 +122,7 @@ async fn setup(ctx: &Ctx<'_>, bin: &std::path::Path, server_url: &str) -> Setup 
         warmup_s: ctx.args.warmup.as_secs_f64(),
         concurrency: ctx.args.concurrency,
         pg_connections: ctx.args.pg_connections,
-        batch_size: ctx.args.batch_size,
+        batch_size: ctx.batch_size(),
         batch_in_flight: ctx.batch_in_flight(),
         command_bytes: ctx.sample.command.len(),
         body_bytes: ctx.sample.body.len(),
@@ -152,13 +165,14 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
         }
         if ctx.runs(Phase::Atomic) {
             progress("(b) raw JetStream atomic batches");
+            let batch_size = ctx.batch_size();
             anyhow::ensure!(
-                (1..=souk_topologies::publisher::MAX_ATOMIC_BATCH).contains(&args.batch_size),
+                (1..=souk_topologies::publisher::MAX_ATOMIC_BATCH).contains(&batch_size),
                 "--batch-size must be 1..={}",
                 souk_topologies::publisher::MAX_ATOMIC_BATCH
             );
             let mode = Mode::Closed { concurrency: ctx.batch_in_flight() };
-            let t = baselines::raw_atomic(&client, ctx.sample, ctx.plan(mode), args.batch_size).await?;
+            let t = baselines::raw_atomic(&client, ctx.sample, ctx.plan(mode), batch_size).await?;
             report.measurements.push(Measurement::new(
                 "raw_atomic",
                 "(b) raw JetStream atomic batch",
@@ -166,6 +180,17 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
                 "batch",
                 &t,
             ));
+            if batch_size != CEILING_BATCH {
+                progress("(b') raw JetStream atomic batches of 100");
+                let t = baselines::raw_atomic(&client, ctx.sample, ctx.plan(mode), CEILING_BATCH).await?;
+                report.measurements.push(Measurement::new(
+                    "raw_atomic_100",
+                    "(b') raw atomic, batches of 100",
+                    "msg",
+                    "batch",
+                    &t,
+                ));
+            }
         }
         // Free its disk space and file handles before souk runs on the same server.
         baselines::delete_stream(&client).await?;

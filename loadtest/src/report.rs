@@ -29,7 +29,7 @@ pub struct Setup {
 /// One measurement.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
-    /// `raw_single`, `raw_atomic`, `raw_postgres`, `noop_http`, `souk_ingress`.
+    /// `raw_single`, `raw_atomic`, `raw_atomic_100`, `raw_postgres`, `noop_http`, `souk_ingress`.
     pub key: &'static str,
     pub name: &'static str,
     /// What `rate_per_s` counts: `msg`, `row`, `req`.
@@ -160,6 +160,12 @@ impl Report {
                 over(self.persisted.as_ref().map(|p| p.rate_per_s), self.rate("raw_postgres")),
                 "x",
                 Some(0.5),
+            ),
+            ratio(
+                "ingress accepted/s ÷ atomic batches of 100 (b')",
+                over(ingress, self.rate("raw_atomic_100")),
+                "x",
+                None,
             ),
             ratio("ingress p99 accept latency", p99, "ms", None),
             ratio("ingress accepted/s ÷ no-op HTTP req/s", over(ingress, self.rate("noop_http")), "x", None),
