@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -22,6 +22,8 @@ use crate::{
 
 /// How long one pull request waits for messages before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Longest a pool waits for more free slots before a pull (see `gather_slots`).
+const GATHER_WAIT: Duration = Duration::from_millis(2);
 
 /// A pool ready to run.
 pub struct Pool {
@@ -112,7 +114,8 @@ impl Pool {
                 () = cancel.cancelled() => break,
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
-            let wanted = (slots.available_permits() + 1).min(spec.fetch_batch);
+            let first = gather_slots(&slots, first, spec.fetch_batch).await;
+            let wanted = first.num_permits();
             let pull = consumer.batch().max_messages(wanted).expires(PULL_EXPIRES).messages();
             let mut batch = tokio::select! {
                 () = cancel.cancelled() => break,
@@ -149,7 +152,8 @@ impl Pool {
                     }
                     break 'fetch;
                 }
-                let slot = match permit.take() {
+                // Each message takes one of the slots reserved for this pull.
+                let slot = match permit.as_mut().filter(|p| p.num_permits() > 0).and_then(|p| p.split(1)) {
                     Some(p) => p,
                     None => match slots.clone().acquire_owned().await {
                         Ok(p) => p,
@@ -186,6 +190,30 @@ impl Pool {
         }
         tracing::info!(pool = %spec.name, "pool stopped");
     }
+}
+
+/// Reserve the slots for one pull. Pulling as soon as one slot frees up makes many
+/// one-message pulls under load (measured: a quarter of all pulls asked for one
+/// message), each a request and a response for nats-server. So wait — at most
+/// [`GATHER_WAIT`] — until a quarter of `fetch_batch` slots are free, then take every free
+/// slot up to `fetch_batch`. Messages are still only pulled for slots that can run them.
+async fn gather_slots(
+    slots: &Arc<Semaphore>,
+    mut first: OwnedSemaphorePermit,
+    fetch_batch: usize,
+) -> OwnedSemaphorePermit {
+    let enough = (fetch_batch / 4).max(1);
+    if slots.available_permits() + 1 < enough {
+        let more = u32::try_from(enough - 1).unwrap_or(u32::MAX);
+        if let Ok(Ok(p)) = tokio::time::timeout(GATHER_WAIT, slots.clone().acquire_many_owned(more)).await {
+            first.merge(p);
+        }
+    }
+    let free = slots.available_permits().min(fetch_batch.saturating_sub(first.num_permits()));
+    if let Ok(p) = slots.clone().try_acquire_many_owned(u32::try_from(free).unwrap_or(0)) {
+        first.merge(p);
+    }
+    first
 }
 
 async fn pause(cancel: &CancellationToken, d: Duration) {

@@ -289,3 +289,26 @@ async fn dead_letters_are_listed_with_their_cause_and_can_be_replayed() -> anyho
     assert_eq!(seen, ["fail", "fail"], "the replay reached the handler");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pool_pulls_only_what_its_free_slots_can_run() -> anyhow::Result<()> {
+    let env = env().await?; // concurrency 4, fetch-batch 8
+    let handler = Scripted::default();
+    for i in 0..12 {
+        publish(&env, &format!("b{i}"), &format!("block:{i}")).await?;
+    }
+    let (cancel, run) = start_pool(&env, handler.clone()).await?;
+    let _started = handler.started.acquire_many(4).await?;
+    // Four running, none buffered: JetStream has delivered exactly four.
+    let info = env.js.get_stream("CMD").await?.consumer_info("work").await?;
+    assert_eq!(info.num_ack_pending, 4, "pulled more than the pool can run");
+    assert_eq!(handler.started.available_permits(), 0);
+    handler.gate.add_permits(12);
+    souk_testkit::eventually(Duration::from_secs(10), || async {
+        (handler.done.lock().expect("lock").len() == 12).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    run.await?;
+    Ok(())
+}
