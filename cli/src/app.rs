@@ -93,7 +93,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     node.stop().await;
     nats.flush().await.ok();
     if let Some(child) = local_nats {
-        stop_child(child).await;
+        local_server::stop(child).await;
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -150,16 +150,8 @@ pub fn nats_url(config: &Config) -> anyhow::Result<String> {
     if let Some(url) = &config.nats_url {
         return Ok(url.clone());
     }
-    let ports = config.data_dir.join("nats/ports");
-    let port = std::fs::read_dir(&ports)
-        .ok()
-        .and_then(|mut d| {
-            d.find_map(|e| e.ok().filter(|e| e.path().extension().is_some_and(|x| x == "ports")))
-        })
-        .and_then(|e| std::fs::read_to_string(e.path()).ok())
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["nats"][0].as_str().map(str::to_owned));
-    port.context("no NATS server: set SOUK_NATS_URL, or start `souk dev` with the same --data-dir")
+    local_server::running_url(&config.data_dir.join("nats"))
+        .context("no NATS server: set SOUK_NATS_URL, or start `souk dev` with the same --data-dir")
 }
 
 pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
@@ -184,17 +176,6 @@ async fn start_local_nats(config: &Config) -> anyhow::Result<(Child, String)> {
     std::fs::create_dir_all(&dir)?;
     let (child, port) = local_server::spawn(&bin, &dir, None).await?;
     Ok((child, format!("nats://127.0.0.1:{port}")))
-}
-
-/// SIGTERM lets nats-server flush and close its store cleanly.
-async fn stop_child(mut child: Child) {
-    if let Some(pid) = child.id() {
-        let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_ok() {
-            return;
-        }
-    }
-    let _ = child.kill().await;
 }
 
 async fn wait_for_signal() {
@@ -235,21 +216,7 @@ fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys) {
          \x20 -d '{{\"currency\":\"EUR\",\"lines\":[{{\"sku\":\"MUG-1\",\"quantity\":2,\"unit_price_minor\":1299}}]}}'\n\n\
          Then follow its status_url with the same Authorization header:\n\
          \x20 curl -sS {api}/v1/orders/<order_id> -H 'Authorization: Bearer {token}'\n",
-        db = redact(&config.database_url),
+        db = pg::redact(&config.database_url),
         data = config.data_dir.display(),
     );
-}
-
-/// A URL with its password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -78,7 +78,7 @@ pub fn topology_show(config: &Config) -> anyhow::Result<ExitCode> {
 pub async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     pg::ensure_database(&config.database_url).await?;
     pg::migrate(&pg::connect(&app::pg_options(config))?).await?;
-    println!("migrations applied to {}", app::redact(&config.database_url));
+    println!("migrations applied to {}", pg::redact(&config.database_url));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -121,7 +121,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
 pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {
     app::load_topology(config)?;
     let mut shown = config.clone();
-    shown.database_url = app::redact(&shown.database_url);
+    shown.database_url = pg::redact(&shown.database_url);
     print!("{}", toml::to_string(&shown)?);
     println!("# configuration and topology are valid");
     Ok(ExitCode::SUCCESS)

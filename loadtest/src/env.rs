@@ -7,7 +7,6 @@ use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
 use std::{
     path::{Path, PathBuf},
     str::FromStr,
-    time::Duration,
 };
 use tokio::process::Child;
 
@@ -41,17 +40,9 @@ impl Nats {
         self.dir.path().to_path_buf()
     }
 
-    /// SIGTERM (nats-server closes its store cleanly), then SIGKILL after 10 s.
-    pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // Signals our own child by its pid; no libc dependency needed for one signal.
-            let term = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-            if term.is_ok() && tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_ok()
-            {
-                return;
-            }
-        }
-        let _ = self.child.kill().await;
+    /// Stop it as `souk dev` does: SIGTERM, then SIGKILL after 10 s.
+    pub async fn stop(self) {
+        souk_topologies::local_server::stop(self.child).await;
     }
 }
 
@@ -121,16 +112,7 @@ pub fn with_database(url: &str, name: &str) -> String {
     out
 }
 
-/// `url` with its password hidden, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
+pub use souk_stores::postgres::redact;
 
 #[cfg(test)]
 mod tests {
@@ -144,11 +126,5 @@ mod tests {
             with_database("postgresql://u:p@h/db?sslmode=disable", "x"),
             "postgresql://u:p@h/x?sslmode=disable"
         );
-    }
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

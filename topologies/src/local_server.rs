@@ -73,11 +73,33 @@ pub async fn spawn(bin: &Path, dir: &Path, port: Option<u16>) -> Result<(Child, 
 
 /// The client port from the `<name>_<pid>.ports` file nats-server writes once it listens.
 fn read_port(dir: &Path) -> Option<u16> {
-    let entry = std::fs::read_dir(dir)
+    read_url(dir)?.rsplit(':').next()?.parse().ok()
+}
+
+/// The client URL (`nats://host:port`) a nats-server started by [`spawn`] in `dir`
+/// reported, if it is listening: how other commands find a running `souk dev`.
+pub fn running_url(dir: &Path) -> Option<String> {
+    read_url(&dir.join("ports"))
+}
+
+fn read_url(ports_dir: &Path) -> Option<String> {
+    let entry = std::fs::read_dir(ports_dir)
         .ok()?
         .flatten()
         .find(|e| e.path().extension().is_some_and(|x| x == "ports"))?;
     let ports: Value = serde_json::from_str(&std::fs::read_to_string(entry.path()).ok()?).ok()?;
-    let url = ports.get("nats")?.get(0)?.as_str()?;
-    url.rsplit(':').next()?.parse().ok()
+    Some(ports.get("nats")?.get(0)?.as_str()?.to_owned())
+}
+
+/// Stop a server started by [`spawn`]: SIGTERM, so it closes its store cleanly, then
+/// SIGKILL if it has not exited within 10 s.
+pub async fn stop(mut child: Child) {
+    if let Some(pid) = child.id() {
+        // Our own child, by pid; the `kill` command saves a libc dependency for one signal.
+        let term = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        if term.is_ok() && tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
 }

@@ -7,5 +7,5 @@ pub mod orders;
 pub mod outbox;
 mod store;
 
-pub use config::PgOptions;
+pub use config::{PgOptions, redact};
 pub use store::{Error, begin, connect, ensure_database, housekeeping, migrate};
