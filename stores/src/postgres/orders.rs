@@ -23,31 +23,9 @@ pub struct Order {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Insert an accepted order in the current transaction. Returns false if an order with
-/// this id already exists (a replay that outlived the inbox): the caller then writes
-/// nothing else.
-pub async fn insert_accepted(tx: &mut PgConnection, cmd: &PlaceOrder) -> Result<bool, Error> {
-    let lines = serde_json::to_value(&cmd.lines).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let inserted = sqlx::query(
-        "insert into orders (order_id, tenant, buyer_id, status, currency, total_minor, lines, placed_at)
-         values ($1, $2, $3, 'accepted', $4, $5, $6, $7)
-         on conflict (order_id) do nothing",
-    )
-    .bind(cmd.order_id)
-    .bind(&cmd.tenant)
-    .bind(&cmd.buyer_id)
-    .bind(cmd.currency.code())
-    .bind(cmd.total_minor)
-    .bind(lines)
-    .bind(cmd.placed_at)
-    .execute(tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
-}
-
-/// [`insert_accepted`] for many orders in one statement. Returns the ids inserted (not
-/// those that already existed).
+/// Insert accepted orders in the current transaction, in one statement. Returns the ids
+/// inserted; an order that already exists (a replay that outlived the inbox) is left as
+/// it is.
 pub async fn insert_accepted_many(
     tx: &mut PgConnection,
     cmds: &[&PlaceOrder],

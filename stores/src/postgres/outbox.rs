@@ -25,19 +25,8 @@ pub struct NewMessage {
 /// Append `message` to the outbox in the current transaction. Returns its id (which
 /// becomes its `Nats-Msg-Id`).
 pub async fn enqueue(tx: &mut PgConnection, message: NewMessage) -> Result<Uuid, Error> {
-    let id = Uuid::now_v7();
-    let headers = serde_json::to_value(&message.headers).map_err(|e| Error::Corrupt(e.to_string()))?;
-    sqlx::query(
-        "insert into outbox (id, aggregate_id, subject, headers, payload) values ($1, $2, $3, $4, $5)",
-    )
-    .bind(id)
-    .bind(&message.aggregate_id)
-    .bind(&message.subject)
-    .bind(headers)
-    .bind(&message.payload)
-    .execute(tx)
-    .await?;
-    Ok(id)
+    let ids = enqueue_many(tx, std::slice::from_ref(&message)).await?;
+    ids.into_iter().next().ok_or_else(|| Error::Corrupt("outbox insert returned no id".into()))
 }
 
 /// [`enqueue`] for many messages in one statement, in order. Returns their ids.

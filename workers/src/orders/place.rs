@@ -21,39 +21,21 @@ pub struct PlaceOrderHandler {
     consumer: String,
 }
 
-/// What one delivery did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Applied {
-    Accepted,
-    AlreadyHandled,
-}
-
 impl PlaceOrderHandler {
     /// A handler writing to `pool`, recording its inbox under `consumer`.
     pub fn new(pool: PgPool, consumer: impl Into<String>) -> Self {
         PlaceOrderHandler { pool, consumer: consumer.into() }
     }
 
-    async fn apply(&self, cmd: &PlaceOrder, delivery: &Delivery) -> Result<Applied, pg::Error> {
-        let message_id = delivery.dedupe_id();
-        let mut tx = pg::begin(&self.pool).await?;
-        if !inbox::record(&mut tx, &self.consumer, &message_id).await? {
-            return Ok(Applied::AlreadyHandled);
-        }
-        if !orders::insert_accepted(&mut tx, cmd).await? {
-            // The order exists though this message id is new to the inbox (a replay
-            // with another message id): keep the inbox record, add nothing else.
-            tx.commit().await?;
-            return Ok(Applied::AlreadyHandled);
-        }
-        outbox::enqueue(&mut tx, accepted_event(cmd, message_id, trace::current_context_pairs())).await?;
-        tx.commit().await?;
-        Ok(Applied::Accepted)
-    }
-
-    /// The same as [`apply`](Self::apply) for many commands, in one transaction and a
-    /// handful of statements.
-    async fn apply_batch(&self, batch: &[(&PlaceOrder, &Delivery)]) -> Result<(), pg::Error> {
+    /// Apply commands in one transaction and a handful of statements, whatever their
+    /// number: inbox records for new message ids, orders for new order ids (a replay
+    /// with another message id keeps its inbox record and adds nothing else), and one
+    /// `OrderAccepted` outbox row per new order, whose trace context `trace` gives.
+    async fn apply(
+        &self,
+        batch: &[(&PlaceOrder, &Delivery)],
+        trace: fn(&Delivery) -> Vec<(String, String)>,
+    ) -> Result<(), pg::Error> {
         let ids: Vec<String> = batch.iter().map(|(_, d)| d.dedupe_id()).collect();
         let mut tx = pg::begin(&self.pool).await?;
         let mut new_ids = inbox::record_many(&mut tx, &self.consumer, &ids).await?;
@@ -71,9 +53,11 @@ impl PlaceOrderHandler {
         let events: Vec<_> = fresh
             .into_iter()
             .filter(|(cmd, _, _)| inserted.remove(&cmd.order_id))
-            .map(|(cmd, d, id)| accepted_event(cmd, id, trace_headers(d)))
+            .map(|(cmd, d, id)| accepted_event(cmd, id, trace(d)))
             .collect();
-        outbox::enqueue_many(&mut tx, &events).await?;
+        if !events.is_empty() {
+            outbox::enqueue_many(&mut tx, &events).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -104,9 +88,14 @@ fn accepted_event(
     }
 }
 
+/// One message, handled in its own span: the event is a child of the handler's span.
+fn handler_span_context(_: &Delivery) -> Vec<(String, String)> {
+    trace::current_context_pairs()
+}
+
 /// The command's own trace context, for events written by a batch (which runs outside
 /// any one message's span): the event stays in the trace of the request that caused it.
-fn trace_headers(d: &Delivery) -> Vec<(String, String)> {
+fn command_context(d: &Delivery) -> Vec<(String, String)> {
     [headers::TRACEPARENT, headers::TRACESTATE]
         .into_iter()
         .filter_map(|k| d.header(k).map(|v| (k.to_owned(), v.to_owned())))
@@ -146,9 +135,7 @@ impl Handler for PlaceOrderHandler {
                 Ok(cmd) => cmd,
                 Err(reason) => return Outcome::fail(reason),
             };
-            outcome(self.apply(&cmd, delivery).await.map(|applied| {
-                tracing::debug!(order_id = %cmd.order_id, ?applied, "order intake");
-            }))
+            outcome(self.apply(&[(&cmd, delivery)], handler_span_context).await)
         }
         .boxed()
     }
@@ -164,7 +151,7 @@ impl Handler for PlaceOrderHandler {
                 }
             }
             let batch: Vec<_> = valid.iter().map(|(i, cmd)| (cmd, &deliveries[*i])).collect();
-            match self.apply_batch(&batch).await {
+            match self.apply(&batch, command_context).await {
                 Ok(()) => {}
                 Err(e) if e.is_retryable() => {
                     for (i, _) in &valid {
