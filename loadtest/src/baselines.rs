@@ -31,7 +31,7 @@ use crate::{
 const STREAM: &str = "BENCH";
 const SUBJECT: &str = "bench.orders.place";
 
-/// A stream configured exactly like souk's `CMD` (file storage, work-queue retention,
+/// A stream configured exactly like souk's `CMD` (file storage, retention, discard,
 /// duplicate window, `allow_atomic`), under another name, so the raw publishes pay
 /// what the ingress's publishes pay.
 pub async fn create_stream(client: &async_nats::Client, topology: &Topology) -> anyhow::Result<()> {

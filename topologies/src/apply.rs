@@ -13,7 +13,7 @@ use std::{fmt, time::Duration};
 
 use crate::{
     Error, Result,
-    spec::{ConsumerSpec, Retention, Storage, StreamSpec, Topology},
+    spec::{ConsumerSpec, Discard, Retention, Storage, StreamSpec, Topology},
 };
 
 /// Whether to change anything.
@@ -184,6 +184,10 @@ pub fn stream_config(spec: &StreamSpec) -> stream::Config {
         duplicate_window: spec.duplicate_window,
         num_replicas: spec.replicas,
         allow_atomic_publish: spec.allow_atomic,
+        discard: match spec.discard {
+            Discard::Old => stream::DiscardPolicy::Old,
+            Discard::New => stream::DiscardPolicy::New,
+        },
         ..Default::default()
     }
 }
@@ -226,6 +230,7 @@ fn stream_drift(live: &stream::Config, declared: &stream::Config) -> Vec<Drift> 
     check("duplicate-window", dur(live.duplicate_window), dur(declared.duplicate_window));
     check("replicas", live.num_replicas.to_string(), declared.num_replicas.to_string());
     check("allow-atomic", live.allow_atomic_publish.to_string(), declared.allow_atomic_publish.to_string());
+    check("discard", format!("{:?}", live.discard), format!("{:?}", declared.discard));
     drift
 }
 

@@ -11,6 +11,7 @@
 //! - [`publisher`] publishes with a `Nats-Msg-Id` and waits for the PubAck, one message
 //!   at a time or as JetStream atomic batches; [`group_commit`] coalesces concurrent
 //!   callers into those batches (over the generic [`batcher`]);
+//! - [`purge`] removes acknowledged commands in bulk (`purge-acked` streams);
 //! - [`relay`] drains a transactional [`souk_pipelines::outbox::Outbox`] into JetStream;
 //! - [`status`] reads streams and consumer lag back from JetStream;
 //! - [`dead_letters`] lists dead letters and replays them to their original subject;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod group_commit;
 pub mod local_server;
 pub mod publisher;
+pub mod purge;
 pub mod relay;
 pub mod runtime;
 pub mod spec;

@@ -26,10 +26,21 @@ pub struct Topology {
 pub enum Retention {
     /// Kept until limits are hit (events: replayable).
     Limits,
-    /// Removed once acknowledged (commands).
+    /// Removed once acknowledged, one removal (and, with `sync_interval: always`, one
+    /// fsync) per message. souk's commands use `limits` with `purge-acked` instead.
     WorkQueue,
     /// Removed once every consumer has acknowledged.
     Interest,
+}
+
+/// What a full stream does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Discard {
+    /// Drop the oldest messages to make room (JetStream's default).
+    Old,
+    /// Refuse the new message: the publisher gets an error (back-pressure).
+    New,
 }
 
 /// Where a stream keeps its messages.
@@ -62,6 +73,14 @@ pub struct StreamSpec {
     /// Allow JetStream atomic batch publishes (nats-server ≥ 2.12).
     #[serde(default)]
     pub allow_atomic: bool,
+    #[serde(default = "discard_old")]
+    pub discard: Discard,
+    /// Work-queue semantics at one fsync per round instead of one per message: the
+    /// worker runtime purges, every second, whatever every consumer of the stream has
+    /// acknowledged (see `purge`). Needs `retention = "limits"`, and the stream's
+    /// consumers must not overlap (as a work queue's must not).
+    #[serde(default)]
+    pub purge_acked: bool,
 }
 
 /// One durable pull consumer.
@@ -119,6 +138,9 @@ fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<
     Ok(steps.into_iter().map(humantime_serde::Serde::into_inner).collect())
 }
 
+fn discard_old() -> Discard {
+    Discard::Old
+}
 fn file() -> Storage {
     Storage::File
 }
@@ -192,6 +214,9 @@ impl Topology {
             if s.replicas == 0 || s.replicas > 5 {
                 return Err(format!("stream {}: replicas must be 1..=5", s.name));
             }
+            if s.purge_acked && s.retention != Retention::Limits {
+                return Err(format!("stream {}: purge-acked needs retention = \"limits\"", s.name));
+            }
         }
         for c in &self.consumers {
             if !names.insert(("consumer", c.name.as_str())) {
@@ -210,6 +235,7 @@ impl Topology {
                 return Err(format!("consumer {}: ack-wait below 1s", c.name));
             }
         }
+        self.check_exclusive_consumers()?;
         for p in &self.pools {
             if !names.insert(("pool", p.name.as_str())) {
                 return Err(format!("pool {} declared twice", p.name));
@@ -225,6 +251,54 @@ impl Topology {
             }
         }
         Ok(())
+    }
+}
+
+impl Topology {
+    /// On a work-queue or purge-acked stream a message is handled by one consumer, so no
+    /// two consumers of the stream may share a subject. (JetStream enforces this for
+    /// work queues when creating the consumer; for purge-acked streams only this does.)
+    fn check_exclusive_consumers(&self) -> std::result::Result<(), String> {
+        for (i, a) in self.consumers.iter().enumerate() {
+            let Some(stream) = self.streams.iter().find(|s| s.name == a.stream) else { continue };
+            if !(stream.purge_acked || stream.retention == Retention::WorkQueue) {
+                continue;
+            }
+            for b in self.consumers[i + 1..].iter().filter(|b| b.stream == a.stream) {
+                for (fa, fb) in
+                    a.filter_subjects.iter().flat_map(|fa| b.filter_subjects.iter().map(move |fb| (fa, fb)))
+                {
+                    if subjects_overlap(fa, fb) {
+                        return Err(format!(
+                            "consumers {} and {} of stream {} both take {fa} / {fb}: a command must have one handler",
+                            a.name, b.name, stream.name
+                        ));
+                    }
+                }
+            }
+            if a.filter_subjects.is_empty()
+                && self.consumers.iter().filter(|b| b.stream == a.stream).count() > 1
+            {
+                return Err(format!(
+                    "consumer {} takes all of stream {} but is not its only consumer",
+                    a.name, stream.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether some subject matches both NATS subject filters (`*` one token, `>` the rest).
+pub fn subjects_overlap(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == y || x == "*" || y == "*" => continue,
+            (None, None) => return true,
+            _ => return false,
+        }
     }
 }
 
@@ -281,5 +355,17 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("marketplace.toml");
         let t = Topology::load(&path).expect("shipped topology parses");
         assert!(t.pool("orders").is_some());
+    }
+
+    #[test]
+    fn subject_filters_overlap_as_nats_matches_them() {
+        for (a, b) in
+            [("a.b", "a.b"), ("a.*", "a.b"), ("a.>", "a.b.c"), ("*.b", "a.*"), (">", "a"), ("a.*.c", "a.b.*")]
+        {
+            assert!(subjects_overlap(a, b) && subjects_overlap(b, a), "{a} / {b}");
+        }
+        for (a, b) in [("a.b", "a.c"), ("a.*", "a.b.c"), ("a.b", "a.b.c"), ("a.>", "a"), ("b.>", "a.>")] {
+            assert!(!subjects_overlap(a, b) && !subjects_overlap(b, a), "{a} / {b}");
+        }
     }
 }

@@ -16,6 +16,7 @@ use crate::{
     Error, Result,
     batcher::{BatchFn, BatchOptions, Batcher},
     publisher::Publisher,
+    purge,
     spec::{ConsumerSpec, PoolSpec, Topology},
     trace,
 };
@@ -390,6 +391,9 @@ fn backoff(consumer: &ConsumerSpec, attempt: u64) -> Duration {
 #[derive(Debug)]
 pub struct Runtime {
     pools: Vec<Pool>,
+    /// `purge-acked` streams read by these pools.
+    purged_streams: Vec<String>,
+    js: jetstream::Context,
 }
 
 impl Runtime {
@@ -411,11 +415,23 @@ impl Runtime {
                 return Err(Error::Spec { path: "<topology>".into(), message: format!("no pool {name}") });
             }
         }
-        Ok(Runtime { pools })
+        let mut purged_streams: Vec<String> = Vec::new();
+        for pool in &pools {
+            let stream = &pool.consumer_spec.stream;
+            let purged = topology.streams.iter().any(|s| &s.name == stream && s.purge_acked);
+            if purged && !purged_streams.contains(stream) {
+                purged_streams.push(stream.clone());
+            }
+        }
+        Ok(Runtime { pools, purged_streams, js: publisher.jetstream().clone() })
     }
 
-    /// Run every pool until `cancel`; returns when all have drained.
+    /// Run every pool, and the purger of the `purge-acked` streams they read, until
+    /// `cancel`; returns when all pools have drained.
     pub async fn run(self, cancel: CancellationToken) {
+        let purger =
+            tokio::spawn(purge::run(self.js, self.purged_streams, purge::DEFAULT_EVERY, cancel.clone()));
         futures::future::join_all(self.pools.into_iter().map(|p| p.run(cancel.clone()))).await;
+        purger.await.ok();
     }
 }

@@ -2,6 +2,7 @@
 
 mod apply;
 mod publisher;
+mod purge;
 mod relay;
 mod runtime;
 

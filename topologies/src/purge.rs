@@ -1,0 +1,108 @@
+//! Bulk removal of acknowledged commands (`purge-acked` streams).
+//!
+//! A work-queue stream removes each message when it is acknowledged. With
+//! `sync_interval: always`, nats-server writes a delete tombstone for every removal and
+//! fsyncs it, under the stream's lock: one fsync per handled command, as many as the
+//! publishes that atomic batches were meant to save (see ARCHITECTURE.md, "Commands are
+//! purged in bulk"). A `purge-acked` stream is instead a limits stream whose consumers
+//! only move their ack floors, and a purger removes, every second or so, everything
+//! below the lowest ack floor with one purge request: the work queue's bounded storage
+//! at one fsync per round instead of one per message.
+//!
+//! The floor is computed so that it never passes a message some consumer still needs:
+//! - for a consumer with work outstanding, its ack floor (every message of its filter up
+//!   to there is acknowledged or terminated);
+//! - for a consumer with nothing pending, nothing unacknowledged and its delivered
+//!   sequence equal to its ack floor, the stream's last sequence *read before* the
+//!   consumer's state: every message that existed then has been handled;
+//! - the lowest of those over every consumer the server has on the stream, including
+//!   ones the topology does not declare (a purge must not take messages from under them).
+//!
+//! A stream with no consumer is never purged. Several processes may run purgers on one
+//! stream: each purge is to a floor that was safe when computed, and a lower one later
+//! is a no-op.
+
+use async_nats::jetstream::{self, consumer};
+use futures::TryStreamExt;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result};
+
+/// How often a purger runs when `run` is not told otherwise.
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(1);
+
+/// The sequence below which every message of `stream` has been handled by every
+/// consumer of the stream, or `None` when nothing can be removed (no consumers, or
+/// one of them has handled nothing yet).
+pub async fn safe_floor(js: &jetstream::Context, stream: &str) -> Result<Option<u64>> {
+    let mut handle = js.get_stream(stream).await.map_err(|e| Error::Nats(format!("stream {stream}: {e}")))?;
+    // Read before the consumers: see the module docs on idle consumers.
+    let last =
+        handle.info().await.map_err(|e| Error::Nats(format!("stream {stream}: {e}")))?.state.last_sequence;
+    let consumers: Vec<consumer::Info> = handle
+        .consumers()
+        .try_collect()
+        .await
+        .map_err(|e| Error::Nats(format!("consumers of {stream}: {e}")))?;
+    Ok(consumers.iter().map(|c| consumer_floor(c, last)).min().flatten())
+}
+
+/// The highest stream sequence up to which `c` has handled everything, given the
+/// stream's last sequence read before `c`.
+fn consumer_floor(c: &consumer::Info, stream_last: u64) -> Option<u64> {
+    let idle = c.num_pending == 0
+        && c.num_ack_pending == 0
+        && c.delivered.stream_sequence == c.ack_floor.stream_sequence;
+    let floor = if idle { stream_last } else { c.ack_floor.stream_sequence };
+    (floor > 0).then_some(floor)
+}
+
+/// One round: remove every message of `stream` at or below its safe floor. Returns how
+/// many were removed.
+pub async fn purge_acked(js: &jetstream::Context, stream: &str) -> Result<u64> {
+    let Some(floor) = safe_floor(js, stream).await? else { return Ok(0) };
+    let handle = js.get_stream(stream).await.map_err(|e| Error::Nats(format!("stream {stream}: {e}")))?;
+    // `sequence(n)` removes everything below n.
+    let response = handle
+        .purge()
+        .sequence(floor + 1)
+        .await
+        .map_err(|e| Error::Nats(format!("purging {stream} below {}: {e}", floor + 1)))?;
+    if response.purged > 0 {
+        metrics::counter!("souk_stream_purged_messages_total", "stream" => stream.to_owned())
+            .increment(response.purged);
+    }
+    Ok(response.purged)
+}
+
+/// Purge `streams` every `every` until `cancel`. A failed round (NATS unreachable) is
+/// logged once per outage and retried on the next tick; nothing is lost by skipping one.
+pub async fn run(js: jetstream::Context, streams: Vec<String>, every: Duration, cancel: CancellationToken) {
+    if streams.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for stream in &streams {
+            match purge_acked(&js, stream).await {
+                Ok(_) if failing => {
+                    tracing::info!(stream, "purging acknowledged commands again");
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(stream, error = %e, "could not purge acknowledged commands; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}

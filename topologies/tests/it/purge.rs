@@ -1,0 +1,230 @@
+//! `purge-acked` streams: handled commands are removed in bulk, never one still needed.
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use souk_topologies::{
+    Topology,
+    purge::{purge_acked, safe_floor},
+    runtime::{Delivery, Handler, Outcome, Registry, Runtime},
+};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Env, env_with, msg, stream_messages};
+
+/// The shipped shape: limits retention, purge-acked, discard new.
+const PURGED: &str = r#"
+[[stream]]
+name = "CMD"
+subjects = ["souk.cmd.>"]
+retention = "limits"
+purge-acked = true
+discard = "new"
+allow-atomic = true
+
+[[stream]]
+name = "DLQ"
+subjects = ["souk.dlq.>"]
+retention = "limits"
+
+[[consumer]]
+name = "work"
+stream = "CMD"
+filter-subjects = ["souk.cmd.test.work"]
+ack-wait = "30s"
+max-deliver = 3
+max-ack-pending = 1000
+
+[[consumer]]
+name = "other"
+stream = "CMD"
+filter-subjects = ["souk.cmd.test.other"]
+ack-wait = "30s"
+max-deliver = 3
+max-ack-pending = 1000
+
+[[pool]]
+name = "work"
+consumer = "work"
+handler = "ack"
+concurrency = 8
+fetch-batch = 8
+handler-timeout = "10s"
+"#;
+
+const WORK: &str = "souk.cmd.test.work";
+const OTHER: &str = "souk.cmd.test.other";
+
+async fn publish_n(env: &Env, subject: &str, prefix: &str, n: usize) -> anyhow::Result<()> {
+    for i in 0..n {
+        env.publisher.publish(msg(subject, &format!("{prefix}-{i}"), "x")).await?;
+    }
+    Ok(())
+}
+
+async fn consumer(env: &Env, name: &str) -> anyhow::Result<PullConsumer> {
+    env.js.get_stream("CMD").await?.get_consumer(name).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn fetch(c: &PullConsumer, n: usize) -> anyhow::Result<Vec<jetstream::Message>> {
+    let mut batch = c.fetch().max_messages(n).expires(Duration::from_secs(2)).messages().await?;
+    let mut out = Vec::new();
+    while let Some(m) = batch.next().await {
+        out.push(m.map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    anyhow::ensure!(out.len() == n, "fetched {} of {n}", out.len());
+    Ok(out)
+}
+
+async fn ack_all(msgs: &[jetstream::Message]) -> anyhow::Result<()> {
+    for m in msgs {
+        m.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn purges_only_below_every_consumers_ack_floor() -> anyhow::Result<()> {
+    let env = env_with(PURGED).await?;
+    publish_n(&env, WORK, "w", 6).await?; // seqs 1..=6
+    publish_n(&env, OTHER, "o", 2).await?; // seqs 7, 8
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0, "nothing handled yet");
+
+    let work = consumer(&env, "work").await?;
+    let taken = fetch(&work, 6).await?;
+    // 1, 2, 3 acked; 5 acked out of order; 4 still running; 6 retried later.
+    ack_all(&taken[..3]).await?;
+    taken[4].double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    taken[5]
+        .ack_with(AckKind::Nak(Some(Duration::from_secs(60))))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // "other" has handled nothing: its floor (0) holds everything back.
+    assert_eq!(safe_floor(&env.js, "CMD").await?, None);
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
+
+    let other = consumer(&env, "other").await?;
+    ack_all(&fetch(&other, 2).await?).await?;
+    // "other" is idle, so its floor is the stream's end; "work" holds the floor at 3.
+    assert_eq!(safe_floor(&env.js, "CMD").await?, Some(3));
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 3);
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 5, "4 (running), 5, 6 (retrying), 7, 8 kept");
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0, "a second round removes nothing more");
+
+    // 4 finishes: the floor moves to 5; 6 is still waiting for its retry.
+    taken[3].double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 2);
+    let info = env.js.get_stream("CMD").await?.info().await?.state.clone();
+    assert_eq!((info.first_sequence, info.messages), (6, 3), "the retried command is still there");
+
+    // The retried command is handled too: "work" is idle, and so everything goes.
+    taken[5].double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 3);
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_consumer_outside_the_topology_also_holds_the_floor() -> anyhow::Result<()> {
+    let env = env_with(PURGED).await?;
+    publish_n(&env, WORK, "w", 4).await?;
+    let stream = env.js.get_stream("CMD").await?;
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("audit".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    ack_all(&fetch(&consumer(&env, "work").await?, 4).await?).await?;
+    // "other" is idle (nothing of its subject exists) but "audit" has read nothing.
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
+    ack_all(&fetch(&consumer(&env, "audit").await?, 2).await?).await?;
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 2);
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_without_consumers_is_never_purged() -> anyhow::Result<()> {
+    let env = env_with(
+        r#"
+        [[stream]]
+        name = "CMD"
+        subjects = ["souk.cmd.>"]
+        retention = "limits"
+        purge-acked = true
+        "#,
+    )
+    .await?;
+    publish_n(&env, WORK, "w", 3).await?;
+    assert_eq!(safe_floor(&env.js, "CMD").await?, None);
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 3);
+    Ok(())
+}
+
+struct AckAll;
+
+impl Handler for AckAll {
+    fn handle<'a>(&'a self, _: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        async { Outcome::Ack }.boxed()
+    }
+}
+
+#[tokio::test]
+async fn the_runtime_purges_what_its_pools_handled() -> anyhow::Result<()> {
+    let env = env_with(PURGED).await?;
+    let mut registry = Registry::default();
+    registry.register("ack", AckAll);
+    let runtime = Runtime::build(&env.publisher, &env.topology, &registry, &[]).await?;
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(runtime.run(cancel.clone()));
+    // "other" must not hold the floor back: it has nothing to do, so it is idle.
+    publish_n(&env, WORK, "w", 50).await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async {
+        (stream_messages(&env.js, "CMD").await.ok()? == 0).then_some(())
+    })
+    .await?;
+    let state = env.js.get_stream("CMD").await?.info().await?.state.clone();
+    assert_eq!(state.last_sequence, 50, "all 50 were stored, then purged");
+    cancel.cancel();
+    running.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_stream_refuses_new_commands_instead_of_dropping_old_ones() -> anyhow::Result<()> {
+    let env = env_with(&PURGED.replace("discard = \"new\"", "discard = \"new\"\nmax-bytes = 1024")).await?;
+    let mut refused = None;
+    for i in 0..100 {
+        if let Err(e) = env.publisher.publish(msg(WORK, &format!("w-{i}"), &"x".repeat(100))).await {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (stored, error) = refused.ok_or_else(|| anyhow::anyhow!("a 1 KiB stream took 100 messages"))?;
+    assert!(stored > 0, "{error}");
+    let state = env.js.get_stream("CMD").await?.info().await?.state.clone();
+    assert_eq!((state.first_sequence, state.messages), (1, stored as u64), "the oldest is still there");
+    Ok(())
+}
+
+#[test]
+fn validation_keeps_commands_to_one_handler() {
+    let overlapping = PURGED
+        .replace(r#"filter-subjects = ["souk.cmd.test.other"]"#, r#"filter-subjects = ["souk.cmd.test.*"]"#);
+    let e = Topology::parse(&overlapping).expect_err("overlap").to_string();
+    assert!(e.contains("both take"), "{e}");
+    let unfiltered = PURGED.replace(r#"filter-subjects = ["souk.cmd.test.other"]"#, "filter-subjects = []");
+    let e = Topology::parse(&unfiltered).expect_err("takes all").to_string();
+    assert!(e.contains("not its only consumer"), "{e}");
+    let on_work_queue = PURGED.replace(
+        r#"retention = "limits"
+purge-acked"#,
+        r#"retention = "work-queue"
+purge-acked"#,
+    );
+    let e = Topology::parse(&on_work_queue).expect_err("purge needs limits").to_string();
+    assert!(e.contains("purge-acked needs"), "{e}");
+}
