@@ -202,7 +202,10 @@ fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys) {
     let token =
         keys.mint(&Claims::new("dev-buyer", "dev", vec![AuthRole::Buyer], Duration::from_secs(24 * 3600)));
     let api = format!("http://{addr}");
-    println!(
+    // A server keeps running if nobody reads its banner (stdout closed): no `out!` here.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stdout().lock(),
         "\nsouk is running (Ctrl-C to stop)\n\
          \x20 API       {api}   (/healthz, /readyz, /metrics)\n\
          \x20 NATS      {nats_url}   (JetStream, file store, sync_interval always)\n\

@@ -31,7 +31,7 @@ pub fn token(
         bail!("--sub and --tenant must not be empty");
     }
     let keys = Keys::load_or_generate(&config.jwt_key_path())?;
-    println!("{}", keys.mint(&Claims::new(sub, tenant, roles, ttl)));
+    out!("{}", keys.mint(&Claims::new(sub, tenant, roles, ttl)));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -40,14 +40,14 @@ pub async fn topology_apply(config: &Config, check: bool) -> anyhow::Result<Exit
     let nats = app::connect_nats(&app::nats_url(config)?).await?;
     let mode = if check { Mode::Check } else { Mode::Apply };
     let report = apply::apply(&app::jetstream(&nats), &topology, mode).await?;
-    print!("{report}");
+    out_raw!("{report}");
     Ok(if check && !report.in_sync() { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
 pub fn topology_show(config: &Config) -> anyhow::Result<ExitCode> {
     let t = app::load_topology(config)?;
     for s in &t.streams {
-        println!(
+        out!(
             "stream {:<4} subjects={:?} retention={:?} storage={:?} max-age={:?} max-bytes={} dup-window={:?} replicas={} atomic={}",
             s.name,
             s.subjects,
@@ -61,15 +61,27 @@ pub fn topology_show(config: &Config) -> anyhow::Result<ExitCode> {
         );
     }
     for c in &t.consumers {
-        println!(
+        out!(
             "consumer {} on {} filter={:?} ack-wait={:?} max-deliver={} backoff={:?} max-ack-pending={}",
-            c.name, c.stream, c.filter_subjects, c.ack_wait, c.max_deliver, c.backoff, c.max_ack_pending
+            c.name,
+            c.stream,
+            c.filter_subjects,
+            c.ack_wait,
+            c.max_deliver,
+            c.backoff,
+            c.max_ack_pending
         );
     }
     for p in &t.pools {
-        println!(
+        out!(
             "pool {} consumer={} handler={} concurrency={} fetch-batch={} handler-timeout={:?} drain-timeout={:?}",
-            p.name, p.consumer, p.handler, p.concurrency, p.fetch_batch, p.handler_timeout, p.drain_timeout
+            p.name,
+            p.consumer,
+            p.handler,
+            p.concurrency,
+            p.fetch_batch,
+            p.handler_timeout,
+            p.drain_timeout
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -78,7 +90,7 @@ pub fn topology_show(config: &Config) -> anyhow::Result<ExitCode> {
 pub async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     pg::ensure_database(&config.database_url).await?;
     pg::migrate(&pg::connect(&app::pg_options(config))?).await?;
-    println!("migrations applied to {}", pg::redact(&config.database_url));
+    out!("migrations applied to {}", pg::redact(&config.database_url));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -94,26 +106,36 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             .ok();
     if json {
         let v = serde_json::json!({"pipeline": pipeline, "outbox_pending": outbox_pending});
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<10} {:>12} {:>14} {:>12}", "STREAM", "MESSAGES", "BYTES", "LAST SEQ");
+    out!("{:<10} {:>12} {:>14} {:>12}", "STREAM", "MESSAGES", "BYTES", "LAST SEQ");
     for s in &pipeline.streams {
-        println!("{:<10} {:>12} {:>14} {:>12}", s.name, s.messages, s.bytes, s.last_seq);
+        out!("{:<10} {:>12} {:>14} {:>12}", s.name, s.messages, s.bytes, s.last_seq);
     }
-    println!(
+    out!(
         "\n{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}",
-        "CONSUMER", "STREAM", "LAG", "ACK PENDING", "REDELIVERED", "WAITING"
+        "CONSUMER",
+        "STREAM",
+        "LAG",
+        "ACK PENDING",
+        "REDELIVERED",
+        "WAITING"
     );
     for c in &pipeline.consumers {
-        println!(
+        out!(
             "{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}",
-            c.name, c.stream, c.pending, c.ack_pending, c.redelivered, c.waiting
+            c.name,
+            c.stream,
+            c.pending,
+            c.ack_pending,
+            c.redelivered,
+            c.waiting
         );
     }
     match outbox_pending {
-        Some(n) => println!("\noutbox: {n} unpublished"),
-        None => println!("\noutbox: unknown (Postgres unreachable)"),
+        Some(n) => out!("\noutbox: {n} unpublished"),
+        None => out!("\noutbox: unknown (Postgres unreachable)"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -122,8 +144,8 @@ pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {
     app::load_topology(config)?;
     let mut shown = config.clone();
     shown.database_url = pg::redact(&shown.database_url);
-    print!("{}", toml::to_string(&shown)?);
-    println!("# configuration and topology are valid");
+    out_raw!("{}", toml::to_string(&shown)?);
+    out!("# configuration and topology are valid");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -131,16 +153,23 @@ pub async fn dlq_list(config: &Config, json: bool, limit: usize) -> anyhow::Resu
     let nats = app::connect_nats(&app::nats_url(config)?).await?;
     let letters = dead_letters::list(&app::jetstream(&nats), limit).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&letters)?);
+        out!("{}", serde_json::to_string_pretty(&letters)?);
         return Ok(ExitCode::SUCCESS);
     }
     if letters.is_empty() {
-        println!("no dead letters");
+        out!("no dead letters");
     }
     for d in &letters {
-        println!(
+        out!(
             "#{} {} consumer={} subject={} attempts={} trace={} bytes={}\n    {}",
-            d.seq, d.time, d.consumer, d.subject, d.attempts, d.trace_id, d.payload_bytes, d.error
+            d.seq,
+            d.time,
+            d.consumer,
+            d.subject,
+            d.attempts,
+            d.trace_id,
+            d.payload_bytes,
+            d.error
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -156,7 +185,7 @@ pub async fn dlq_replay(config: &Config, seqs: &[u64], all: bool) -> anyhow::Res
     let mut failed = 0;
     for seq in seqs {
         match dead_letters::replay(&publisher, seq).await {
-            Ok(ack) => println!("#{seq} replayed as {} seq {}", ack.stream, ack.sequence),
+            Ok(ack) => out!("#{seq} replayed as {} seq {}", ack.stream, ack.sequence),
             Err(e) => {
                 failed += 1;
                 eprintln!("#{seq} not replayed: {e}");

@@ -5,9 +5,40 @@
 //! `souk dev` runs everything in one process; `souk ingress` and `souk worker` run the
 //! parts separately for horizontal scale.
 
+/// `println!` for command output that ends the process quietly (exit 0) when stdout is
+/// closed, as in `souk status | head -1`. Rust ignores SIGPIPE, so a plain `println!`
+/// panics there; the command has nothing left to do once its reader has gone.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(e);
+        }
+    }};
+}
+
+/// `print!` counterpart of [`out!`].
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::stdout_failed(e);
+        }
+    }};
+}
+
 mod app;
 mod commands;
 mod config;
+
+/// Stdout failed: its reader is gone (exit quietly) or something is badly wrong.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("souk: writing to stdout: {e}");
+    std::process::exit(1);
+}
 
 use clap::{Parser, Subcommand};
 

@@ -92,6 +92,21 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
     Ok(())
 }
 
+/// `souk config | head -1`: the reader goes away; souk must stop quietly, not panic.
+#[tokio::test]
+async fn a_closed_stdout_ends_a_command_quietly() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader); // closed before souk writes a byte: its first write fails with EPIPE
+    // spawn, not output(): output() would replace stdout with its own pipe.
+    let child = souk(data.path()).arg("config").stdout(Stdio::from(writer)).stderr(Stdio::piped()).spawn()?;
+    let closed = child.wait_with_output().await?;
+    let stderr = String::from_utf8(closed.stderr)?;
+    assert!(closed.status.success(), "{:?}: {stderr}", closed.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyhow::Result<()> {
     let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
