@@ -29,6 +29,9 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let dev = matches!(role, Role::Dev);
+    // One `souk dev` per data dir: a second would start a second nats-server on the
+    // same store. Held (and released by the OS) for the life of the process.
+    let _dev_lock = if dev { Some(lock_data_dir(&config)?) } else { None };
 
     // NATS: the configured server, or (dev) our own under the data dir.
     let mut local_nats: Option<Child> = None;
@@ -163,6 +166,36 @@ pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
         .await
         .context("connecting to NATS timed out")?
         .with_context(|| format!("connecting to NATS at {url}"))
+}
+
+/// Lock `<data dir>/dev.lock`, or say which process holds it.
+fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
+    let path = config.data_dir.join("dev.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            use std::io::{Seek, Write};
+            file.set_len(0)?;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another `souk dev` (pid {}) is running with data dir {}; stop it, or give this one its own --data-dir and --http-addr",
+                holder.trim(),
+                config.data_dir.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 async fn start_local_nats(config: &Config) -> anyhow::Result<(Child, String)> {

@@ -58,14 +58,31 @@ impl<O: Outbox> Relay<O> {
     /// Run until `cancel`; a round in progress finishes first.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut leased = false;
+        // Rounds failing since (and how many): logged when an outage starts and ends,
+        // not every retry pause.
+        let mut failing: Option<(std::time::Instant, u64)> = None;
         while !cancel.is_cancelled() {
-            let wait = match self.round(&mut leased).await {
+            let result = self.round(&mut leased).await;
+            match (&result, &mut failing) {
+                (Ok(_), Some((since, rounds))) => {
+                    tracing::info!(after = ?since.elapsed(), failed_rounds = *rounds, "outbox relay publishing again");
+                    failing = None;
+                }
+                (Err(e), None) => {
+                    tracing::warn!(error = %e, "outbox relay round failed; retrying until it succeeds");
+                    failing = Some((std::time::Instant::now(), 1));
+                }
+                (Err(e), Some((_, rounds))) => {
+                    *rounds += 1;
+                    tracing::debug!(error = %e, "outbox relay round failed again");
+                }
+                (Ok(_), None) => {}
+            }
+            metrics::gauge!("souk_relay_failing").set(if failing.is_some() { 1.0 } else { 0.0 });
+            let wait = match result {
                 Ok(n) if n as i64 >= self.options.batch => Duration::ZERO,
                 Ok(_) => self.options.poll_interval,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox relay round failed");
-                    self.options.retry_pause
-                }
+                Err(_) => self.options.retry_pause,
             };
             if wait.is_zero() {
                 continue;

@@ -62,6 +62,18 @@ async fn souk_dev_serves_orders_and_exits_cleanly_on_sigterm() -> anyhow::Result
     })
     .await?;
 
+    // A second `souk dev` on the same data dir refuses to start (it would start a second
+    // nats-server on the same store), and says why.
+    let second = souk(data.path())
+        .args(["dev", "--http-addr", "127.0.0.1:0"])
+        .env("SOUK_NATS_URL", nats.url())
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await?;
+    assert!(!second.status.success());
+    let stderr = String::from_utf8(second.stderr)?;
+    assert!(stderr.contains("another `souk dev`"), "{stderr}");
+
     let pid = child.id().expect("running");
     Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
