@@ -223,8 +223,14 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
     }
     if ctx.runs(Phase::Souk) {
         progress("(e)+(f) souk: starting the stack");
-        let options = StackOptions { pg_connections: args.pg_connections, write_timeout: args.write_timeout };
-        let stack = Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys, tokens).await?;
+        let options = StackOptions {
+            pg_connections: args.pg_connections,
+            write_timeout: args.write_timeout,
+            workers: true,
+        };
+        let stack =
+            Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys.clone(), tokens.clone())
+                .await?;
         progress("(e)+(f) souk: ingress load, then waiting for the backlog to drain");
         let run = souk::measure(
             &stack,
@@ -246,6 +252,25 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
         ));
         report.persisted = Some(run.persisted);
         report.diagnostics = Some(run.diagnostics);
+    }
+    // Last: the commands it accepts are never handled.
+    if ctx.runs(Phase::IngressAlone) {
+        progress("(e0) souk ingress alone: no pools, no relay");
+        let options = StackOptions {
+            pg_connections: args.pg_connections,
+            write_timeout: args.write_timeout,
+            workers: false,
+        };
+        let stack = Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys, tokens).await?;
+        let t = souk::measure_ingress_alone(&stack, ctx.sample, ctx.plan(ctx.http_mode())).await;
+        stack.stop().await;
+        report.measurements.push(Measurement::new(
+            "souk_ingress_alone",
+            "(e0) ingress alone, no workers",
+            "req",
+            "request",
+            &t?,
+        ));
     }
     report.finish();
     Ok(report)

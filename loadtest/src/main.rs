@@ -13,6 +13,7 @@
 //! | d | a no-op axum handler answering 202, same client and requests as (e) | the cost of HTTP and of the load generator itself |
 //! | e | souk's ingress, `POST /v1/orders` (real stack, wired as `souk dev`) | the figure being judged: 202s per second, latency |
 //! | f | rows appearing in `orders` while (e) runs and until the backlog drains | the figure being judged: orders persisted per second |
+//! | e₀ | the same ingress with no worker pools and no relay (runs last; its commands are left unhandled) | a diagnostic: what the intake stage reaches when it has the machine to itself, as each baseline does |
 //!
 //! and prints the ratios the project targets — (e)÷(a) ≥ 3, (e)÷(b) ≥ 0.5, (f)÷(c) ≥ 0.5 —
 //! plus the p99 accept latency and (e)÷(d), marking each target met or not. It reports;
@@ -109,7 +110,12 @@ pub struct Args {
     #[arg(long)]
     pub topology: Option<PathBuf>,
     /// Phases to run (ratios needing a skipped one show n/a).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "single,atomic,postgres,noop,souk")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "single,atomic,postgres,noop,souk,ingress-alone"
+    )]
     pub phases: Vec<Phase>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
@@ -131,6 +137,8 @@ pub enum Phase {
     Postgres,
     Noop,
     Souk,
+    /// (e₀) the ingress with no pools and no relay: what the intake stage alone reaches.
+    IngressAlone,
 }
 
 /// `10`, `10s`, `1.5s`, `500ms`, `2m`.

@@ -29,7 +29,7 @@ pub struct Setup {
 /// One measurement.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
-    /// `raw_single`, `raw_atomic`, `raw_atomic_100`, `raw_postgres`, `noop_http`, `souk_ingress`.
+    /// `raw_single`, `raw_atomic`, `raw_atomic_100`, `raw_postgres`, `noop_http`, `souk_ingress`, `souk_ingress_alone`.
     pub key: &'static str,
     pub name: &'static str,
     /// What `rate_per_s` counts: `msg`, `row`, `req`.
@@ -168,6 +168,18 @@ impl Report {
                 None,
             ),
             ratio("ingress p99 accept latency", p99, "ms", None),
+            ratio(
+                "ingress alone (e0) ÷ raw single publish/s",
+                over(self.rate("souk_ingress_alone"), self.rate("raw_single")),
+                "x",
+                None,
+            ),
+            ratio(
+                "ingress alone (e0) ÷ raw atomic-batch msg/s",
+                over(self.rate("souk_ingress_alone"), self.rate("raw_atomic")),
+                "x",
+                None,
+            ),
             ratio("ingress accepted/s ÷ no-op HTTP req/s", over(ingress, self.rate("noop_http")), "x", None),
         ];
     }

@@ -43,6 +43,8 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 pub struct StackOptions {
     pub pg_connections: u32,
     pub write_timeout: Duration,
+    /// Run the worker pools and the outbox relay (false: the ingress alone).
+    pub workers: bool,
 }
 
 /// A running stack.
@@ -68,9 +70,13 @@ impl Stack {
     ) -> anyhow::Result<Stack> {
         let nats = connect(nats_url, "souk").await?;
         let report = apply::apply(&async_nats::jetstream::new(nats.clone()), topology, Mode::Apply).await?;
+        // Created by this run, or by its earlier souk phase: never someone else's.
         anyhow::ensure!(
-            report.changes.iter().all(|c| c.action == apply::Action::Created),
-            "the topology was applied to a server that already had it:\n{report}"
+            report
+                .changes
+                .iter()
+                .all(|c| matches!(c.action, apply::Action::Created | apply::Action::Unchanged)),
+            "the topology was applied to a server that had another one:\n{report}"
         );
         let mut pg_options = PgOptions::new(db_url);
         pg_options.max_connections = options.pg_connections;
@@ -87,8 +93,8 @@ impl Stack {
             ingress: Some((listener, keys)),
             intake: IntakeOptions::default(),
             rate_limit: Some(souk_cli::node::default_rate_limit()),
-            pools: Some(Vec::new()),
-            relay: true,
+            pools: options.workers.then(Vec::new),
+            relay: options.workers,
             metrics: None,
         })
         .await?;
@@ -227,6 +233,22 @@ pub async fn measure(
         timeline: per_second(&samples, base),
     };
     Ok(SoukRun { ingress, persisted, diagnostics: Diagnostics::between(&before, &after) })
+}
+
+/// (e₀) Load the ingress of a stack started without workers, after a warm-up; the
+/// commands it accepts stay in CMD.
+pub async fn measure_ingress_alone(stack: &Stack, sample: &Sample, plan: Plan) -> anyhow::Result<Tally> {
+    let connections = match plan.mode {
+        load::Mode::Closed { concurrency } => concurrency,
+        load::Mode::Open { max_in_flight, .. } => max_in_flight,
+    };
+    let op = http::place_order(
+        http::client(connections)?,
+        format!("http://{}/v1/orders", stack.addr),
+        stack.tokens.clone(),
+        sample.body.clone(),
+    );
+    load::run(plan, op).await
 }
 
 async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
