@@ -167,8 +167,9 @@ async fn a_stream_without_consumers_is_never_purged() -> anyhow::Result<()> {
 struct AckAll;
 
 impl Handler for AckAll {
-    fn handle<'a>(&'a self, _: &'a Delivery) -> BoxFuture<'a, Outcome> {
-        async { Outcome::Ack }.boxed()
+    /// Acks everything but a `fail` body, which is dead-lettered (and so terminated).
+    fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        async move { if &d.payload[..] == b"fail" { Outcome::fail("poison") } else { Outcome::Ack } }.boxed()
     }
 }
 
@@ -181,13 +182,17 @@ async fn the_runtime_purges_what_its_pools_handled() -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let running = tokio::spawn(runtime.run(cancel.clone()));
     // "other" must not hold the floor back: it has nothing to do, so it is idle.
-    publish_n(&env, WORK, "w", 50).await?;
+    publish_n(&env, WORK, "w", 25).await?;
+    // A dead-lettered command is terminated: settled like an acked one, so purged too.
+    env.publisher.publish(msg(WORK, "poison", "fail")).await?;
+    publish_n(&env, WORK, "v", 24).await?;
     souk_testkit::eventually(Duration::from_secs(10), || async {
         (stream_messages(&env.js, "CMD").await.ok()? == 0).then_some(())
     })
     .await?;
     let state = env.js.get_stream("CMD").await?.info().await?.state.clone();
     assert_eq!(state.last_sequence, 50, "all 50 were stored, then purged");
+    assert_eq!(stream_messages(&env.js, "DLQ").await?, 1, "the poison command is kept as a dead letter");
     cancel.cancel();
     running.await?;
     Ok(())
