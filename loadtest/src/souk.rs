@@ -173,16 +173,7 @@ pub async fn measure(
     drain_timeout: Duration,
     metrics: &PrometheusHandle,
 ) -> anyhow::Result<SoukRun> {
-    let connections = match plan.mode {
-        load::Mode::Closed { concurrency } => concurrency,
-        load::Mode::Open { max_in_flight, .. } => max_in_flight,
-    };
-    let op = http::place_order(
-        http::client(connections)?,
-        format!("http://{}/v1/orders", stack.addr),
-        stack.tokens.clone(),
-        sample.body.clone(),
-    );
+    let op = place_orders(stack, sample, &plan)?;
     // The observer has its own connection: it must not take one from souk's pool.
     let observer = PgPoolOptions::new().max_connections(1).connect(db_url).await?;
     let js = async_nats::jetstream::new(stack.nats.clone());
@@ -235,19 +226,25 @@ pub async fn measure(
     Ok(SoukRun { ingress, persisted, diagnostics: Diagnostics::between(&before, &after) })
 }
 
-/// (e₀) Load the ingress of a stack started without workers, after a warm-up; the
-/// commands it accepts stay in CMD.
-pub async fn measure_ingress_alone(stack: &Stack, sample: &Sample, plan: Plan) -> anyhow::Result<Tally> {
+/// `POST /v1/orders` to `stack`, with as many client connections as `plan` has requests
+/// in flight.
+fn place_orders(stack: &Stack, sample: &Sample, plan: &Plan) -> anyhow::Result<load::Op> {
     let connections = match plan.mode {
         load::Mode::Closed { concurrency } => concurrency,
         load::Mode::Open { max_in_flight, .. } => max_in_flight,
     };
-    let op = http::place_order(
+    Ok(http::place_order(
         http::client(connections)?,
         format!("http://{}/v1/orders", stack.addr),
         stack.tokens.clone(),
         sample.body.clone(),
-    );
+    ))
+}
+
+/// (e₀) Load the ingress of a stack started without workers, after a warm-up; the
+/// commands it accepts stay in CMD.
+pub async fn measure_ingress_alone(stack: &Stack, sample: &Sample, plan: Plan) -> anyhow::Result<Tally> {
+    let op = place_orders(stack, sample, &plan)?;
     load::run(plan, op).await
 }
 
