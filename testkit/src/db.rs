@@ -28,9 +28,15 @@ impl std::fmt::Debug for TestDb {
 }
 
 impl TestDb {
-    /// Create `souk_test_<random>`.
+    /// Create `souk_test_<random>` on the shared test server.
     pub async fn create() -> anyhow::Result<Self> {
-        let admin = PgConnectOptions::from_str(&admin_url())?;
+        Self::create_on(&admin_url()).await
+    }
+
+    /// Create `souk_test_<random>` on the server `admin_url` points at (for example a
+    /// [`crate::PgServer`]).
+    pub async fn create_on(admin_url: &str) -> anyhow::Result<Self> {
+        let admin = PgConnectOptions::from_str(admin_url)?;
         let name = format!("souk_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::connect_with(&admin.clone().database("postgres")).await?;
         conn.execute(sqlx::AssertSqlSafe(format!("create database {name}"))).await?;

@@ -7,13 +7,16 @@
 //! afterwards. Both find their servers the way `scripts/prepare` left them (see
 //! `SOUK_NATS_SERVER_BIN` and `SOUK_TEST_DATABASE_URL`). [`Stack`] puts a whole souk
 //! node (ingress, pools, relay) on top of both, wired exactly as `souk dev` wires it.
+//! [`PgServer`] is a whole private Postgres server, for the tests that crash it.
 
 mod db;
 mod nats;
+mod pg_server;
 mod stack;
 
 pub use db::TestDb;
 pub use nats::{NatsServer, nats_server_bin};
+pub use pg_server::PgServer;
 pub use stack::{Stack, StackOptions, order_body, test_topology};
 
 /// Wait until `check` returns `Some`, polling every 20 ms, for at most `timeout`.

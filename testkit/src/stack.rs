@@ -27,6 +27,9 @@ pub struct StackOptions {
     pub write_timeout: Duration,
     /// The ingress's per-principal limit (the shipped default unless changed).
     pub rate_limit: Option<souk_ingress::RateLimit>,
+    /// Postgres server for the stack's database (admin URL); the shared test server
+    /// when `None`.
+    pub postgres: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -37,6 +40,7 @@ impl Default for StackOptions {
             relay: true,
             write_timeout: Duration::from_millis(1500),
             rate_limit: Some(souk_cli::node::default_rate_limit()),
+            postgres: None,
         }
     }
 }
@@ -68,7 +72,13 @@ impl Stack {
     }
 
     pub async fn start_with(options: StackOptions) -> anyhow::Result<Stack> {
-        let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
+        let db = async {
+            match &options.postgres {
+                Some(url) => TestDb::create_on(url).await,
+                None => TestDb::create().await,
+            }
+        };
+        let (nats, db) = tokio::try_join!(NatsServer::start(), db)?;
         souk_stores::postgres::migrate(&db.pool).await?;
         let client = nats.client().await?;
         let js = jetstream::new(client.clone());

@@ -1,28 +1,34 @@
-//! Failure is a feature: the server dies, workers die, and the invariants hold.
+//! Failure is a feature: nats-server dies, Postgres crashes, workers die, and the
+//! invariants hold.
 
 use souk_ingress::Role;
-use souk_testkit::{Stack, StackOptions, eventually, order_body};
+use souk_testkit::{PgServer, Stack, StackOptions, eventually, order_body};
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+use tokio::task::JoinHandle;
 
-#[tokio::test]
-async fn orders_that_got_202_survive_a_nats_server_kill_and_restart() -> anyhow::Result<()> {
-    // One buyer sending as fast as 20 clients can: not what the rate limit is for here.
-    let mut stack = Stack::start_with(StackOptions { rate_limit: None, ..Default::default() }).await?;
-    let token = Arc::new(stack.token("dora", &[Role::Buyer]));
-    let accepted: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let (base, http) = (stack.base.clone(), stack.http.clone());
+type Accepted = Arc<Mutex<HashSet<String>>>;
 
-    // 1,000 orders from 20 clients, each retrying its current order (same key) until
-    // it gets a definite answer, while the server is killed and restarted underneath.
-    let clients: Vec<_> = (0..20)
+/// `clients` buyers placing `each` orders, each retrying its current order (same key)
+/// until it gets a definite answer: 202, or 503 while a server is down (any other
+/// answer fails the test). Accepted order ids are collected in `accepted`.
+fn buyers(
+    stack: &Stack,
+    token: &str,
+    clients: usize,
+    each: usize,
+    accepted: &Accepted,
+) -> Vec<JoinHandle<()>> {
+    let token = Arc::new(token.to_owned());
+    (0..clients)
         .map(|c| {
-            let (token, accepted, base, http) = (token.clone(), accepted.clone(), base.clone(), http.clone());
+            let (token, accepted) = (token.clone(), accepted.clone());
+            let (base, http) = (stack.base.clone(), stack.http.clone());
             tokio::spawn(async move {
-                for i in 0..50 {
+                for i in 0..each {
                     let key = format!("c{c}-o{i}");
                     let deadline = Instant::now() + Duration::from_secs(60);
                     loop {
@@ -42,15 +48,46 @@ async fn orders_that_got_202_survive_a_nats_server_kill_and_restart() -> anyhow:
                                 accepted.lock().expect("lock").insert(id);
                                 break;
                             }
-                            assert_eq!(status, 503, "only 202 or 503 while NATS restarts");
+                            assert_eq!(status, 503, "only 202 or 503 while a server restarts");
                         }
                         assert!(Instant::now() < deadline, "order {key} never accepted");
+                        // Client back-off between retries, not synchronisation.
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Every accepted order is in Postgres exactly once, with exactly one OrderAccepted
+/// event, and nothing was dead-lettered.
+async fn every_accepted_order_exactly_once(stack: &Stack, accepted: &HashSet<String>) -> anyhow::Result<()> {
+    let n = accepted.len() as i64;
+    eventually(Duration::from_secs(60), || async {
+        (stack.count("select 1 from orders").await.ok()? == n).then_some(())
+    })
+    .await?;
+    let stored: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select order_id from orders").fetch_all(&stack.db.pool).await?;
+    let stored: HashSet<String> = stored.into_iter().map(|u| u.to_string()).collect();
+    assert_eq!(&stored, accepted);
+    eventually(Duration::from_secs(30), || async {
+        (stack.stream_messages("EVT").await.ok()? == n as u64).then_some(())
+    })
+    .await?;
+    assert_eq!(stack.stream_messages("DLQ").await?, 0, "nothing dead-lettered");
+    Ok(())
+}
+
+#[tokio::test]
+async fn orders_that_got_202_survive_a_nats_server_kill_and_restart() -> anyhow::Result<()> {
+    // One buyer sending as fast as 20 clients can: not what the rate limit is for here.
+    let mut stack = Stack::start_with(StackOptions { rate_limit: None, ..Default::default() }).await?;
+    let token = stack.token("dora", &[Role::Buyer]);
+    let accepted = Accepted::default();
+    // 1,000 orders from 20 clients while the server is killed and restarted underneath.
+    let clients = buyers(&stack, &token, 20, 50, &accepted);
 
     // Kill the server (SIGKILL, no flush) once some orders are in, then bring it back.
     eventually(Duration::from_secs(30), || async { (accepted.lock().ok()?.len() >= 200).then_some(()) })
@@ -64,19 +101,46 @@ async fn orders_that_got_202_survive_a_nats_server_kill_and_restart() -> anyhow:
     let accepted = accepted.lock().expect("lock").clone();
     assert_eq!(accepted.len(), 1000, "every client order eventually accepted once");
     assert!(during_outage < 1000, "the kill happened mid-stream");
+    every_accepted_order_exactly_once(&stack, &accepted).await?;
+    stack.stop_node().await;
+    Ok(())
+}
 
-    // Every order that got a 202 is in Postgres, exactly once.
-    eventually(Duration::from_secs(60), || async {
-        (stack.count("select 1 from orders").await.ok()? == 1000).then_some(())
-    })
-    .await?;
-    let stored: Vec<uuid::Uuid> =
-        sqlx::query_scalar("select order_id from orders").fetch_all(&stack.db.pool).await?;
-    let stored: HashSet<String> = stored.into_iter().map(|u| u.to_string()).collect();
-    assert_eq!(stored, accepted);
-    // And exactly one OrderAccepted event each.
+/// Postgres crashes (immediate shutdown: connections cut, no checkpoint) and comes back
+/// through crash recovery while orders stream in: the ingress answers 503 meanwhile,
+/// handlers retry instead of dead-lettering, the relay retakes its lease and LISTEN.
+#[tokio::test]
+async fn orders_that_got_202_survive_a_postgres_crash_and_restart() -> anyhow::Result<()> {
+    let mut pg = PgServer::start().await?;
+    let mut stack =
+        Stack::start_with(StackOptions { rate_limit: None, postgres: Some(pg.url()), ..Default::default() })
+            .await?;
+    // Production's retry schedule spans minutes; the test topology's spans under a
+    // second, shorter than a restart with recovery. Give it room, as production has.
+    stack.stop_node().await;
+    for c in &mut stack.topology.consumers {
+        c.max_deliver = 50;
+        c.backoff = vec![Duration::from_millis(100), Duration::from_millis(200)];
+    }
+    stack.start_node().await?;
+    let token = stack.token("pia", &[Role::Buyer]);
+    let accepted = Accepted::default();
+    let clients = buyers(&stack, &token, 20, 30, &accepted);
+
+    eventually(Duration::from_secs(30), || async { (accepted.lock().ok()?.len() >= 150).then_some(()) })
+        .await?;
+    pg.crash().await?;
+    let during_outage = accepted.lock().expect("lock").len();
+    pg.restart().await?;
+    for c in clients {
+        c.await?;
+    }
+    let accepted = accepted.lock().expect("lock").clone();
+    assert_eq!(accepted.len(), 600, "every client order eventually accepted once");
+    assert!(during_outage < 600, "the crash happened mid-stream");
+    every_accepted_order_exactly_once(&stack, &accepted).await?;
     eventually(Duration::from_secs(30), || async {
-        (stack.stream_messages("EVT").await.ok()? == 1000).then_some(())
+        (stack.count("select 1 from outbox where published_at is null").await.ok()? == 0).then_some(())
     })
     .await?;
     stack.stop_node().await;
