@@ -48,10 +48,12 @@ pub fn topology_show(config: &Config) -> anyhow::Result<ExitCode> {
     let t = app::load_topology(config)?;
     for s in &t.streams {
         out!(
-            "stream {:<4} subjects={:?} retention={:?} storage={:?} max-age={:?} max-bytes={} dup-window={:?} replicas={} atomic={}",
+            "stream {:<4} subjects={:?} retention={:?} purge-acked={} discard={:?} storage={:?} max-age={:?} max-bytes={} dup-window={:?} replicas={} atomic={}",
             s.name,
             s.subjects,
             s.retention,
+            s.purge_acked,
+            s.discard,
             s.storage,
             s.max_age,
             s.max_bytes,
