@@ -153,6 +153,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
         baselines::create_stream(&client, ctx.topology).await?;
         if ctx.runs(Phase::Single) {
             progress("(a) raw JetStream single publishes");
+            let cpu0 = crate::cpu::sample();
             let mode = Mode::Closed { concurrency: args.concurrency };
             let t = baselines::raw_single(&client, ctx.sample, ctx.plan(mode)).await?;
             report.measurements.push(Measurement::new(
@@ -162,9 +163,11 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
                 "publish",
                 &t,
             ));
+            report.cpu_since(cpu0.as_ref());
         }
         if ctx.runs(Phase::Atomic) {
             progress("(b) raw JetStream atomic batches");
+            let cpu0 = crate::cpu::sample();
             let batch_size = ctx.batch_size();
             anyhow::ensure!(
                 (1..=souk_topologies::publisher::MAX_ATOMIC_BATCH).contains(&batch_size),
@@ -180,8 +183,10 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
                 "batch",
                 &t,
             ));
+            report.cpu_since(cpu0.as_ref());
             if batch_size != CEILING_BATCH {
                 progress("(b') raw JetStream atomic batches of 100");
+                let cpu0 = crate::cpu::sample();
                 let t = baselines::raw_atomic(&client, ctx.sample, ctx.plan(mode), CEILING_BATCH).await?;
                 report.measurements.push(Measurement::new(
                     "raw_atomic_100",
@@ -190,6 +195,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
                     "batch",
                     &t,
                 ));
+                report.cpu_since(cpu0.as_ref());
             }
         }
         // Free its disk space and file handles before souk runs on the same server.
@@ -198,6 +204,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
     }
     if ctx.runs(Phase::Postgres) {
         progress("(c) raw Postgres single-row commits");
+        let cpu0 = crate::cpu::sample();
         let concurrency = usize::try_from(args.pg_connections)?;
         let t =
             baselines::raw_postgres(&ctx.db.url, ctx.sample, ctx.plan(Mode::Closed { concurrency })).await?;
@@ -208,9 +215,11 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             "insert",
             &t,
         ));
+        report.cpu_since(cpu0.as_ref());
     }
     if ctx.runs(Phase::Noop) {
         progress("(d) no-op HTTP");
+        let cpu0 = crate::cpu::sample();
         let t = baselines::noop_http(ctx.sample, ctx.plan(ctx.http_mode()), args.concurrency, tokens.clone())
             .await?;
         report.measurements.push(Measurement::new(
@@ -220,6 +229,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             "request",
             &t,
         ));
+        report.cpu_since(cpu0.as_ref());
     }
     if ctx.runs(Phase::Souk) {
         progress("(e)+(f) souk: starting the stack");
@@ -232,6 +242,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys.clone(), tokens.clone())
                 .await?;
         progress("(e)+(f) souk: ingress load, then waiting for the backlog to drain");
+        let cpu0 = crate::cpu::sample();
         let run = souk::measure(
             &stack,
             &ctx.db.url,
@@ -250,12 +261,14 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             "request",
             &run.ingress,
         ));
+        report.cpu_since(cpu0.as_ref());
         report.persisted = Some(run.persisted);
         report.diagnostics = Some(run.diagnostics);
     }
     // Last: the commands it accepts are never handled.
     if ctx.runs(Phase::IngressAlone) {
         progress("(e0) souk ingress alone: no pools, no relay");
+        let cpu0 = crate::cpu::sample();
         let options = StackOptions {
             pg_connections: args.pg_connections,
             write_timeout: args.write_timeout,
@@ -271,6 +284,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             "request",
             &t?,
         ));
+        report.cpu_since(cpu0.as_ref());
     }
     report.finish();
     Ok(report)

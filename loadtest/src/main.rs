@@ -38,6 +38,7 @@
 
 mod baselines;
 mod bench;
+mod cpu;
 mod diag;
 mod env;
 mod http;

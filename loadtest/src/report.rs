@@ -44,6 +44,10 @@ pub struct Measurement {
     pub elapsed_s: f64,
     /// Open loop only: scheduled but never sent (the generator fell behind).
     pub unsent: u64,
+    /// Where the machine's CPU went over the whole phase (warm-up and, for souk, the
+    /// drain included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<crate::cpu::Share>,
 }
 
 impl Measurement {
@@ -66,6 +70,7 @@ impl Measurement {
             errors: t.errors.clone(),
             elapsed_s: t.elapsed.as_secs_f64(),
             unsent: t.unsent,
+            cpu: None,
         }
     }
 }
@@ -121,6 +126,14 @@ pub struct Report {
 impl Report {
     pub fn new(setup: Setup) -> Report {
         Report { setup, measurements: Vec::new(), persisted: None, ratios: Vec::new(), diagnostics: None }
+    }
+
+    /// Record the CPU shares since `before` on the measurement pushed last.
+    pub fn cpu_since(&mut self, before: Option<&crate::cpu::Sample>) {
+        let now = crate::cpu::sample();
+        if let Some(m) = self.measurements.last_mut() {
+            m.cpu = crate::cpu::share(before, now.as_ref());
+        }
     }
 
     fn rate(&self, key: &str) -> Option<f64> {
@@ -266,6 +279,15 @@ impl Report {
                 None => "reported",
             };
             let _ = writeln!(out, "{:<46} {:>10}  {:>8}  {}", r.name, value, target, verdict);
+        }
+        if self.measurements.iter().any(|m| m.cpu.is_some()) {
+            let _ =
+                writeln!(out, "\nCPU, as shares of the whole machine over each phase (warm-up included):");
+            for m in &self.measurements {
+                if let Some(cpu) = &m.cpu {
+                    let _ = writeln!(out, "{:<38} {cpu}", m.name);
+                }
+            }
         }
         if let Some(d) = &self.diagnostics {
             let mean = |v: Option<f64>, scale: f64, unit: &str| {

@@ -1,0 +1,134 @@
+//! Where the machine's CPU went during a phase, read from `/proc`: how busy the machine
+//! was, and the shares of this process (souk, when it runs, and the load generator),
+//! of nats-server and of Postgres. A rate means little without it: a baseline that had
+//! the machine to itself and a pipeline that shared it are not the same experiment.
+//!
+//! All figures are fractions of the whole machine (all CPUs): 0.5 on two CPUs is one
+//! CPU's worth. Processes are found by name (`nats-server`, `postgres`), so an idle
+//! server of the same name elsewhere on the machine is counted too. Each process counts
+//! its own time plus that of its children it has reaped, so a Postgres backend that
+//! exits before the second sample is still counted, through the postmaster, less what
+//! it had used before the first sample; a process started between the samples counts
+//! whole. Linux only; elsewhere there is
+//! simply no CPU line.
+
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// Counters at one moment, in the kernel's clock ticks.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    total: u64,
+    idle: u64,
+    /// pid → (process name, CPU ticks).
+    processes: HashMap<u32, (String, u64)>,
+    this: u32,
+}
+
+/// Shares of the machine between two samples.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Share {
+    pub busy: f64,
+    pub this_process: f64,
+    pub nats_server: f64,
+    pub postgres: f64,
+}
+
+/// Read the counters now; `None` where `/proc` is not there to read.
+pub fn sample() -> Option<Sample> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
+    if cpu.len() < 5 {
+        return None;
+    }
+    let processes = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, process_ticks(pid)?)))
+        .collect();
+    Some(Sample { total: cpu.iter().sum(), idle: cpu[3] + cpu[4], processes, this: std::process::id() })
+}
+
+/// `(name, utime + stime + cutime + cstime)` of one process, all its threads and its
+/// reaped children included.
+fn process_ticks(pid: u32) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (name) state ...`: the name may hold spaces and parentheses, so cut at the last ')'.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name come fields 3.. of proc(5): utime, stime, cutime, cstime are 14–17.
+    let ticks = fields.get(11..15)?.iter().map(|f| f.parse::<u64>().ok()).sum::<Option<u64>>()?;
+    Some((name, ticks))
+}
+
+/// The shares from `before` to `after`; `None` if either is missing or no time passed.
+pub fn share(before: Option<&Sample>, after: Option<&Sample>) -> Option<Share> {
+    let (a, b) = (before?, after?);
+    let total = b.total.checked_sub(a.total).filter(|t| *t > 0)? as f64;
+    let used = |pick: &dyn Fn(u32, &str) -> bool| -> f64 {
+        let grown: u64 = b
+            .processes
+            .iter()
+            .filter(|(pid, (name, _))| pick(**pid, name))
+            .map(|(pid, (_, ticks))| ticks.saturating_sub(a.processes.get(pid).map_or(0, |(_, t)| *t)))
+            .sum();
+        // A process gone by the second sample reappears whole in its parent's reaped
+        // time; what it had used before the first sample was not in this window.
+        let gone: u64 = a
+            .processes
+            .iter()
+            .filter(|(pid, (name, _))| pick(**pid, name) && !b.processes.contains_key(pid))
+            .map(|(_, (_, ticks))| ticks)
+            .sum();
+        grown.saturating_sub(gone) as f64 / total
+    };
+    let idle = b.idle.saturating_sub(a.idle) as f64 / total;
+    Some(Share {
+        busy: (1.0 - idle).clamp(0.0, 1.0),
+        this_process: used(&|pid, _| pid == b.this),
+        nats_server: used(&|_, name| name == "nats-server"),
+        postgres: used(&|_, name| name == "postgres"),
+    })
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pct = |v: f64| format!("{:.0}%", v * 100.0);
+        write!(
+            f,
+            "busy {:>4}: this process {:>4}, nats-server {:>4}, postgres {:>4}",
+            pct(self.busy),
+            pct(self.this_process),
+            pct(self.nats_server),
+            pct(self.postgres)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_loop_shows_up_as_this_process() {
+        let before = sample();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        let mut x = 0u64;
+        while std::time::Instant::now() < deadline {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let Some(share) = share(before.as_ref(), sample().as_ref()) else {
+            assert!(!std::path::Path::new("/proc/stat").exists(), "no CPU figures on Linux");
+            return;
+        };
+        // One thread spinning is one CPU's worth of the machine, give or take the
+        // tick resolution and the rest of the machine.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(share.this_process > 0.5 / cpus, "{share}");
+        assert!(share.this_process <= share.busy + 0.05, "{share}");
+    }
+}
