@@ -77,6 +77,11 @@ impl PgServer {
         Ok(server)
     }
 
+    /// The server's stderr (outside the data dir, so `initdb` finds that empty).
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -111,20 +116,21 @@ impl PgServer {
             // Durable as the real thing: crash recovery is what the tests exercise.
             .args(["-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "max_connections=100"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?);
         let mut child = postgres.spawn().context("starting postgres")?;
+        let log = || std::fs::read_to_string(self.log_path()).unwrap_or_default();
         // Ready when it accepts connections (recovery, if any, is done by then).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait()? {
-                bail!("postgres exited at start with {status}");
+                bail!("postgres exited at start with {status}; its log:\n{}", log());
             }
             if let Ok(conn) = PgConnection::connect(&self.url()).await {
                 conn.close().await.ok();
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("postgres did not accept connections within 30 s");
+                bail!("postgres did not accept connections within 30 s; its log:\n{}", log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
