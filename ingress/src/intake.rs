@@ -20,7 +20,7 @@ use souk_pipelines::{
 use souk_stores::postgres::idempotency::{self, Claim, Record};
 use souk_topologies::{
     batcher::{BatchOptions, Batcher},
-    group_commit::GroupCommitter,
+    group_commit::{GroupCommitOptions, GroupCommitter},
     publisher::{OutgoingMessage, Publisher},
     trace,
 };
@@ -36,8 +36,8 @@ use crate::auth::Claims;
 pub struct IntakeOptions {
     /// Idempotency claims per Postgres statement.
     pub claims: BatchOptions,
-    /// Commands per JetStream atomic batch.
-    pub publishes: BatchOptions,
+    /// Commands per JetStream atomic batch (small batches go as single publishes).
+    pub publishes: GroupCommitOptions,
 }
 
 /// Why an order was not accepted.

@@ -1,5 +1,10 @@
 use futures::future::join_all;
-use souk_topologies::{Error, batcher::BatchOptions, group_commit::GroupCommitter, publisher::Publisher};
+use souk_topologies::{
+    Error,
+    batcher::BatchOptions,
+    group_commit::{GroupCommitOptions, GroupCommitter},
+    publisher::Publisher,
+};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -40,12 +45,57 @@ async fn a_batch_with_a_seen_id_falls_back_to_single_publishes_and_dedupes() -> 
     Ok(())
 }
 
+/// How many of 50 concurrent calls through a committer with `singles_below` were
+/// stored as part of an atomic batch. (JetStream keeps the batch headers on every
+/// message of a batch but its last, the commit.)
+async fn batched_of_fifty(env: &crate::Env, singles_below: usize, prefix: &str) -> anyhow::Result<usize> {
+    let cancel = CancellationToken::new();
+    let batch = BatchOptions { max_in_flight: 1, ..Default::default() };
+    let (committer, tasks) = GroupCommitter::spawn(
+        env.publisher.clone(),
+        GroupCommitOptions { singles_below, batch },
+        cancel.clone(),
+    );
+    let calls = (0..50).map(|i| {
+        let committer = committer.clone();
+        async move { committer.publish(msg("souk.cmd.test.other", &format!("{prefix}-{i}"), "x")).await }
+    });
+    let acks: Vec<_> = join_all(calls).await.into_iter().collect::<Result<_, _>>()?;
+    let stream = env.js.get_stream("CMD").await?;
+    let mut batched = 0;
+    for a in &acks {
+        batched +=
+            usize::from(stream.get_raw_message(a.sequence).await?.headers.get("Nats-Batch-Id").is_some());
+    }
+    cancel.cancel();
+    tasks.wait().await;
+    Ok(batched)
+}
+
+#[tokio::test]
+async fn small_group_commits_go_as_single_publishes_and_large_ones_as_atomic_batches() -> anyhow::Result<()> {
+    let env = env().await?;
+    // 50 calls at once queue together: at most 50 per batch, and most of them in one.
+    assert_eq!(batched_of_fifty(&env, 100, "small").await?, 0, "batches below 100: single publishes");
+    assert!(batched_of_fifty(&env, 5, "large").await? >= 5, "batches of 5 or more: atomic");
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 100);
+    Ok(())
+}
+
 #[tokio::test]
 async fn group_commit_coalesces_concurrent_callers_and_equal_ids() -> anyhow::Result<()> {
+    for singles_below in [0, usize::MAX] {
+        coalesces(singles_below).await?;
+    }
+    Ok(())
+}
+
+/// With every batch atomic (0), or every batch as single publishes (`usize::MAX`).
+async fn coalesces(singles_below: usize) -> anyhow::Result<()> {
     let env = env().await?;
     let cancel = CancellationToken::new();
-    let (committer, tasks) =
-        GroupCommitter::spawn(env.publisher.clone(), BatchOptions::default(), cancel.clone());
+    let options = GroupCommitOptions { singles_below, ..Default::default() };
+    let (committer, tasks) = GroupCommitter::spawn(env.publisher.clone(), options, cancel.clone());
     // 150 distinct ids plus 50 retries of one id, all at once.
     let calls = (0..200).map(|i| {
         let committer = committer.clone();
