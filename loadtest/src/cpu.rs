@@ -112,23 +112,63 @@ impl std::fmt::Display for Share {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_busy_loop_shows_up_as_this_process() {
-        let before = sample();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
-        let mut x = 0u64;
-        while std::time::Instant::now() < deadline {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+    fn at(total: u64, idle: u64, processes: &[(u32, &str, u64)]) -> Sample {
+        Sample {
+            total,
+            idle,
+            processes: processes.iter().map(|(pid, name, t)| (*pid, ((*name).to_owned(), *t))).collect(),
+            this: 1,
         }
-        std::hint::black_box(x);
-        let Some(share) = share(before.as_ref(), sample().as_ref()) else {
+    }
+
+    #[test]
+    fn shares_count_growth_new_processes_and_exited_children() {
+        let before = at(
+            1_000,
+            600,
+            &[(1, "souk-loadtest", 100), (2, "nats-server", 50), (3, "postgres", 10), (4, "postgres", 30)],
+        );
+        // Over 200 ticks: 50 idle; this process +40; nats +60; the postmaster (3) reaped
+        // backend 4 (30 before, 45 at exit) and gained 5 of its own; backend 5 is new.
+        let after = at(
+            1_200,
+            650,
+            &[(1, "souk-loadtest", 140), (2, "nats-server", 110), (3, "postgres", 60), (5, "postgres", 20)],
+        );
+        let s = share(Some(&before), Some(&after)).expect("share");
+        assert_eq!(s.busy, 0.75);
+        assert_eq!(s.this_process, 0.2);
+        assert_eq!(s.nats_server, 0.3);
+        // 50 (postmaster, incl. the reaped 45) − 30 (backend 4 before) + 20 (new) = 40.
+        assert_eq!(s.postgres, 0.2);
+        assert!(share(Some(&before), Some(&before)).is_none(), "no time passed");
+        assert!(share(None, Some(&after)).is_none());
+    }
+
+    #[test]
+    fn this_process_is_read_from_proc() {
+        let Some(first) = sample() else {
             assert!(!std::path::Path::new("/proc/stat").exists(), "no CPU figures on Linux");
             return;
         };
-        // One thread spinning is one CPU's worth of the machine, give or take the
-        // tick resolution and the rest of the machine.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        assert!(share.this_process > 0.5 / cpus, "{share}");
-        assert!(share.this_process <= share.busy + 0.05, "{share}");
+        let own = |s: &Sample| s.processes.get(&s.this).map(|(_, t)| *t);
+        let start = own(&first).expect("this process is listed");
+        // Spin until the kernel has charged us CPU time: waits on CPU, not on the clock,
+        // so a busy machine only makes it slower.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut x = 0u64;
+        let later = loop {
+            for _ in 0..1_000_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            let now = sample().expect("sample");
+            if own(&now).is_some_and(|t| t > start) {
+                break now;
+            }
+            assert!(std::time::Instant::now() < deadline, "no CPU time charged in 60 s");
+        };
+        std::hint::black_box(x);
+        let s = share(Some(&first), Some(&later)).expect("share");
+        assert!(s.this_process > 0.0 && s.this_process <= 1.0, "{s}");
     }
 }
