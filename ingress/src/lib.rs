@@ -4,7 +4,9 @@
 //! idempotency, publish the command to JetStream and answer `202 Accepted` only once
 //! JetStream has acknowledged it (DESIGN.md invariant 1). Concurrent requests share
 //! Postgres round trips (idempotency claims) and JetStream atomic batches (group
-//! commit), so one fsync serves many requests. Reads go to Postgres.
+//! commit), so one fsync serves many requests; a handful of requests go as single
+//! publishes instead, which is faster below ~20 (see `souk_topologies::group_commit`).
+//! Reads go to Postgres.
 //! Every error is `application/problem+json`.
 //!
 //! Build with [`Ingress::build`], serve with [`Ingress::serve`] (or take
