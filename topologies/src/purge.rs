@@ -36,15 +36,24 @@ pub const DEFAULT_EVERY: Duration = Duration::from_secs(1);
 /// consumer of the stream, or `None` when nothing can be removed (no consumers, or
 /// one of them has handled nothing yet).
 pub async fn safe_floor(js: &jetstream::Context, stream: &str) -> Result<Option<u64>> {
-    let mut handle = js.get_stream(stream).await.map_err(|e| Error::Nats(format!("stream {stream}: {e}")))?;
-    // Read before the consumers: see the module docs on idle consumers.
-    let last =
-        handle.info().await.map_err(|e| Error::Nats(format!("stream {stream}: {e}")))?.state.last_sequence;
+    floor_of(&open(js, stream).await?).await
+}
+
+/// `stream`, with its info as of now.
+async fn open(js: &jetstream::Context, stream: &str) -> Result<jetstream::stream::Stream> {
+    js.get_stream(stream).await.map_err(|e| Error::Nats(format!("stream {stream}: {e}")))
+}
+
+/// [`safe_floor`] of a stream just opened: its cached info is the last sequence read
+/// before the consumers (see the module docs on idle consumers).
+async fn floor_of(handle: &jetstream::stream::Stream) -> Result<Option<u64>> {
+    let info = handle.cached_info();
+    let last = info.state.last_sequence;
     let consumers: Vec<consumer::Info> = handle
         .consumers()
         .try_collect()
         .await
-        .map_err(|e| Error::Nats(format!("consumers of {stream}: {e}")))?;
+        .map_err(|e| Error::Nats(format!("consumers of {}: {e}", info.config.name)))?;
     Ok(consumers.iter().map(|c| consumer_floor(c, last)).min().flatten())
 }
 
@@ -61,8 +70,8 @@ fn consumer_floor(c: &consumer::Info, stream_last: u64) -> Option<u64> {
 /// One round: remove every message of `stream` at or below its safe floor. Returns how
 /// many were removed.
 pub async fn purge_acked(js: &jetstream::Context, stream: &str) -> Result<u64> {
-    let Some(floor) = safe_floor(js, stream).await? else { return Ok(0) };
-    let handle = js.get_stream(stream).await.map_err(|e| Error::Nats(format!("stream {stream}: {e}")))?;
+    let handle = open(js, stream).await?;
+    let Some(floor) = floor_of(&handle).await? else { return Ok(0) };
     // `sequence(n)` removes everything below n.
     let response = handle
         .purge()
