@@ -3,11 +3,7 @@
 //! removed at the end — also when the run fails (best effort).
 
 use anyhow::Context;
-use sqlx::{Connection, Executor, PgConnection, postgres::PgConnectOptions};
-use std::{
-    path::{Path, PathBuf},
-    str::FromStr,
-};
+use std::path::{Path, PathBuf};
 use tokio::process::Child;
 
 /// Where the Postgres server is when nothing says otherwise.
@@ -61,8 +57,6 @@ pub fn nats_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// A database created for this run.
 #[derive(Debug)]
 pub struct Database {
-    /// The server's maintenance database, from which the run's database is dropped.
-    admin: PgConnectOptions,
     pub name: String,
     /// URL of the run's database.
     pub url: String,
@@ -72,27 +66,17 @@ impl Database {
     /// Create `souk_bench_<uuid>` on the server of `server_url` (whatever database that
     /// URL names is not touched).
     pub async fn create(server_url: &str) -> anyhow::Result<Database> {
-        let admin = PgConnectOptions::from_str(server_url)
-            .with_context(|| format!("parsing the Postgres URL {}", redact(server_url)))?
-            .database("postgres");
         let name = format!("souk_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect_with(&admin)
-            .await
-            .with_context(|| format!("connecting to Postgres at {}", redact(server_url)))?;
-        // The name is ours (hex only), so formatting it into DDL is safe.
-        conn.execute(sqlx::AssertSqlSafe(format!("create database \"{name}\""))).await?;
-        conn.close().await.ok();
         let url = with_database(server_url, &name);
-        Ok(Database { admin, name, url })
+        souk_stores::postgres::ensure_database(&url)
+            .await
+            .with_context(|| format!("creating a database on Postgres at {}", redact(server_url)))?;
+        Ok(Database { name, url })
     }
 
     /// Drop the database, disconnecting whatever still uses it.
     pub async fn drop(self) -> anyhow::Result<()> {
-        let mut conn = PgConnection::connect_with(&self.admin).await?;
-        conn.execute(sqlx::AssertSqlSafe(format!("drop database if exists \"{}\" with (force)", self.name)))
-            .await?;
-        conn.close().await.ok();
-        Ok(())
+        Ok(souk_stores::postgres::drop_database(&self.url).await?)
     }
 }
 

@@ -1,6 +1,6 @@
 //! A private Postgres database per test.
 
-use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool, postgres::PgConnectOptions};
+use sqlx::{ConnectOptions, PgPool, postgres::PgConnectOptions};
 use std::str::FromStr;
 
 /// The server tests create their databases on: `SOUK_TEST_DATABASE_URL`, else
@@ -18,7 +18,6 @@ pub struct TestDb {
     /// A pool on it.
     pub pool: PgPool,
     name: String,
-    admin: PgConnectOptions,
 }
 
 impl std::fmt::Debug for TestDb {
@@ -36,30 +35,22 @@ impl TestDb {
     /// Create `souk_test_<random>` on the server `admin_url` points at (for example a
     /// [`crate::PgServer`]).
     pub async fn create_on(admin_url: &str) -> anyhow::Result<Self> {
-        let admin = PgConnectOptions::from_str(admin_url)?;
         let name = format!("souk_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = PgConnection::connect_with(&admin.clone().database("postgres")).await?;
-        conn.execute(sqlx::AssertSqlSafe(format!("create database {name}"))).await?;
-        conn.close().await?;
-        let options = admin.clone().database(&name);
+        let options = PgConnectOptions::from_str(admin_url)?.database(&name);
         let url = options.to_url_lossy().to_string();
+        souk_stores::postgres::ensure_database(&url).await?;
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect_with(options).await?;
-        Ok(TestDb { url, pool, name, admin })
+        Ok(TestDb { url, pool, name })
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (name, admin) = (self.name.clone(), self.admin.clone());
+        let url = self.url.clone();
         // Drop runs outside async context; use a short-lived runtime on its own thread.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async move {
-                let mut conn = PgConnection::connect_with(&admin.database("postgres")).await.ok()?;
-                conn.execute(sqlx::AssertSqlSafe(format!("drop database if exists {name} with (force)")))
-                    .await
-                    .ok()
-            })
+            rt.block_on(souk_stores::postgres::drop_database(&url)).ok()
         })
         .join();
     }

@@ -8,4 +8,4 @@ pub mod outbox;
 mod store;
 
 pub use config::{PgOptions, redact};
-pub use store::{Error, begin, connect, ensure_database, housekeeping, migrate};
+pub use store::{Error, begin, connect, drop_database, ensure_database, housekeeping, migrate};

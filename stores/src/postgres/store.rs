@@ -86,8 +86,7 @@ pub async fn ensure_database(url: &str) -> Result<(), Error> {
         .fetch_one(&mut admin)
         .await?;
     if !exists {
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        match admin.execute(sqlx::AssertSqlSafe(format!("create database {quoted}"))).await {
+        match admin.execute(sqlx::AssertSqlSafe(format!("create database {}", quote_ident(&name)))).await {
             Ok(_) => {}
             // Another process created it between our check and our create.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
@@ -96,6 +95,24 @@ pub async fn ensure_database(url: &str) -> Result<(), Error> {
     }
     admin.close().await?;
     Ok(())
+}
+
+/// Drop the database named in `url`, disconnecting whatever still uses it (from the
+/// `postgres` maintenance database of the same server). Dropping one that does not
+/// exist is not an error.
+pub async fn drop_database(url: &str) -> Result<(), Error> {
+    let target = PgConnectOptions::from_str(url)?;
+    let name = target.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = sqlx::PgConnection::connect_with(&target.database("postgres")).await?;
+    let sql = format!("drop database if exists {} with (force)", quote_ident(&name));
+    admin.execute(sqlx::AssertSqlSafe(sql)).await?;
+    admin.close().await?;
+    Ok(())
+}
+
+/// `name` as a quoted SQL identifier (DDL cannot take it as a bind parameter).
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Delete what no longer serves a purpose: published outbox rows, inbox records and
