@@ -92,16 +92,23 @@ impl PgServer {
     }
 
     /// A server command, as the `postgres` user when we are root.
-    fn command(&self, program: &str) -> Command {
+    fn std_command(&self, program: &str) -> std::process::Command {
         let path = self.bin.join(program);
         let mut c = if self.as_postgres {
-            let mut c = Command::new("runuser");
+            let mut c = std::process::Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(path);
             c
         } else {
-            Command::new(path)
+            std::process::Command::new(path)
         };
-        c.stdin(Stdio::null()).kill_on_drop(true);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// [`std_command`](Self::std_command) for tokio, killed if dropped.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::from(self.std_command(program));
+        c.kill_on_drop(true);
         c
     }
 
@@ -163,15 +170,8 @@ impl Drop for PgServer {
         if self.child.is_some() {
             // An immediate stop, so no postgres outlives its test (killing `runuser`
             // would not reach it).
-            let pg_ctl = self.bin.join("pg_ctl");
-            let mut stop = if self.as_postgres {
-                let mut c = std::process::Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(pg_ctl);
-                c
-            } else {
-                std::process::Command::new(pg_ctl)
-            };
-            let _ = stop
+            let _ = self
+                .std_command("pg_ctl")
                 .arg("-D")
                 .arg(self.data_dir())
                 .args(["stop", "-m", "immediate"])
