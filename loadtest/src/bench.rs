@@ -156,14 +156,10 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             let cpu0 = crate::cpu::sample();
             let mode = Mode::Closed { concurrency: args.concurrency };
             let t = baselines::raw_single(&client, ctx.sample, ctx.plan(mode)).await?;
-            report.measurements.push(Measurement::new(
-                "raw_single",
-                "(a) raw JetStream publish",
-                "msg",
-                "publish",
-                &t,
-            ));
-            report.cpu_since(cpu0.as_ref());
+            report.push(
+                Measurement::new("raw_single", "(a) raw JetStream publish", "msg", "publish", &t),
+                cpu0.as_ref(),
+            );
         }
         if ctx.runs(Phase::Atomic) {
             progress("(b) raw JetStream atomic batches");
@@ -176,26 +172,18 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             );
             let mode = Mode::Closed { concurrency: ctx.batch_in_flight() };
             let t = baselines::raw_atomic(&client, ctx.sample, ctx.plan(mode), batch_size).await?;
-            report.measurements.push(Measurement::new(
-                "raw_atomic",
-                "(b) raw JetStream atomic batch",
-                "msg",
-                "batch",
-                &t,
-            ));
-            report.cpu_since(cpu0.as_ref());
+            report.push(
+                Measurement::new("raw_atomic", "(b) raw JetStream atomic batch", "msg", "batch", &t),
+                cpu0.as_ref(),
+            );
             if batch_size != CEILING_BATCH {
                 progress("(b') raw JetStream atomic batches of 100");
                 let cpu0 = crate::cpu::sample();
                 let t = baselines::raw_atomic(&client, ctx.sample, ctx.plan(mode), CEILING_BATCH).await?;
-                report.measurements.push(Measurement::new(
-                    "raw_atomic_100",
-                    "(b') raw atomic, batches of 100",
-                    "msg",
-                    "batch",
-                    &t,
-                ));
-                report.cpu_since(cpu0.as_ref());
+                report.push(
+                    Measurement::new("raw_atomic_100", "(b') raw atomic, batches of 100", "msg", "batch", &t),
+                    cpu0.as_ref(),
+                );
             }
         }
         // Free its disk space and file handles before souk runs on the same server.
@@ -208,28 +196,20 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
         let concurrency = usize::try_from(args.pg_connections)?;
         let t =
             baselines::raw_postgres(&ctx.db.url, ctx.sample, ctx.plan(Mode::Closed { concurrency })).await?;
-        report.measurements.push(Measurement::new(
-            "raw_postgres",
-            "(c) raw Postgres insert+commit",
-            "row",
-            "insert",
-            &t,
-        ));
-        report.cpu_since(cpu0.as_ref());
+        report.push(
+            Measurement::new("raw_postgres", "(c) raw Postgres insert+commit", "row", "insert", &t),
+            cpu0.as_ref(),
+        );
     }
     if ctx.runs(Phase::Noop) {
         progress("(d) no-op HTTP");
         let cpu0 = crate::cpu::sample();
         let t = baselines::noop_http(ctx.sample, ctx.plan(ctx.http_mode()), args.concurrency, tokens.clone())
             .await?;
-        report.measurements.push(Measurement::new(
-            "noop_http",
-            "(d) no-op HTTP (axum, 202)",
-            "req",
-            "request",
-            &t,
-        ));
-        report.cpu_since(cpu0.as_ref());
+        report.push(
+            Measurement::new("noop_http", "(d) no-op HTTP (axum, 202)", "req", "request", &t),
+            cpu0.as_ref(),
+        );
     }
     if ctx.runs(Phase::Souk) {
         progress("(e)+(f) souk: starting the stack");
@@ -254,14 +234,10 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
         .await;
         stack.stop().await;
         let run = run?;
-        report.measurements.push(Measurement::new(
-            "souk_ingress",
-            "(e) souk ingress accepted",
-            "req",
-            "request",
-            &run.ingress,
-        ));
-        report.cpu_since(cpu0.as_ref());
+        report.push(
+            Measurement::new("souk_ingress", "(e) souk ingress accepted", "req", "request", &run.ingress),
+            cpu0.as_ref(),
+        );
         report.persisted = Some(run.persisted);
         report.diagnostics = Some(run.diagnostics);
     }
@@ -277,14 +253,10 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
         let stack = Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys, tokens).await?;
         let t = souk::measure_ingress_alone(&stack, ctx.sample, ctx.plan(ctx.http_mode())).await;
         stack.stop().await;
-        report.measurements.push(Measurement::new(
-            "souk_ingress_alone",
-            "(e0) ingress alone, no workers",
-            "req",
-            "request",
-            &t?,
-        ));
-        report.cpu_since(cpu0.as_ref());
+        report.push(
+            Measurement::new("souk_ingress_alone", "(e0) ingress alone, no workers", "req", "request", &t?),
+            cpu0.as_ref(),
+        );
     }
     report.finish();
     Ok(report)

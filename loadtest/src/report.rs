@@ -128,12 +128,10 @@ impl Report {
         Report { setup, measurements: Vec::new(), persisted: None, ratios: Vec::new(), diagnostics: None }
     }
 
-    /// Record the CPU shares since `before` on the measurement pushed last.
-    pub fn cpu_since(&mut self, before: Option<&crate::cpu::Sample>) {
-        let now = crate::cpu::sample();
-        if let Some(m) = self.measurements.last_mut() {
-            m.cpu = crate::cpu::share(before, now.as_ref());
-        }
+    /// Add a phase's measurement, with the CPU shares since `phase_start`.
+    pub fn push(&mut self, mut m: Measurement, phase_start: Option<&crate::cpu::Sample>) {
+        m.cpu = crate::cpu::share(phase_start, crate::cpu::sample().as_ref());
+        self.measurements.push(m);
     }
 
     fn rate(&self, key: &str) -> Option<f64> {
