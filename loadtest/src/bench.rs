@@ -153,17 +153,17 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
         baselines::create_stream(&client, ctx.topology).await?;
         if ctx.runs(Phase::Single) {
             progress("(a) raw JetStream single publishes");
-            let cpu0 = crate::cpu::sample();
+            let cpu = crate::cpu::Window::open();
             let mode = Mode::Closed { concurrency: args.concurrency };
             let t = baselines::raw_single(&client, ctx.sample, ctx.plan(mode)).await?;
             report.push(
                 Measurement::new("raw_single", "(a) raw JetStream publish", "msg", "publish", &t),
-                cpu0.as_ref(),
+                cpu.close(),
             );
         }
         if ctx.runs(Phase::Atomic) {
             progress("(b) raw JetStream atomic batches");
-            let cpu0 = crate::cpu::sample();
+            let cpu = crate::cpu::Window::open();
             let batch_size = ctx.batch_size();
             anyhow::ensure!(
                 (1..=souk_topologies::publisher::MAX_ATOMIC_BATCH).contains(&batch_size),
@@ -174,15 +174,15 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             let t = baselines::raw_atomic(&client, ctx.sample, ctx.plan(mode), batch_size).await?;
             report.push(
                 Measurement::new("raw_atomic", "(b) raw JetStream atomic batch", "msg", "batch", &t),
-                cpu0.as_ref(),
+                cpu.close(),
             );
             if batch_size != CEILING_BATCH {
                 progress("(b') raw JetStream atomic batches of 100");
-                let cpu0 = crate::cpu::sample();
+                let cpu = crate::cpu::Window::open();
                 let t = baselines::raw_atomic(&client, ctx.sample, ctx.plan(mode), CEILING_BATCH).await?;
                 report.push(
                     Measurement::new("raw_atomic_100", "(b') raw atomic, batches of 100", "msg", "batch", &t),
-                    cpu0.as_ref(),
+                    cpu.close(),
                 );
             }
         }
@@ -192,23 +192,23 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
     }
     if ctx.runs(Phase::Postgres) {
         progress("(c) raw Postgres single-row commits");
-        let cpu0 = crate::cpu::sample();
+        let cpu = crate::cpu::Window::open();
         let concurrency = usize::try_from(args.pg_connections)?;
         let t =
             baselines::raw_postgres(&ctx.db.url, ctx.sample, ctx.plan(Mode::Closed { concurrency })).await?;
         report.push(
             Measurement::new("raw_postgres", "(c) raw Postgres insert+commit", "row", "insert", &t),
-            cpu0.as_ref(),
+            cpu.close(),
         );
     }
     if ctx.runs(Phase::Noop) {
         progress("(d) no-op HTTP");
-        let cpu0 = crate::cpu::sample();
+        let cpu = crate::cpu::Window::open();
         let t = baselines::noop_http(ctx.sample, ctx.plan(ctx.http_mode()), args.concurrency, tokens.clone())
             .await?;
         report.push(
             Measurement::new("noop_http", "(d) no-op HTTP (axum, 202)", "req", "request", &t),
-            cpu0.as_ref(),
+            cpu.close(),
         );
     }
     if ctx.runs(Phase::Souk) {
@@ -222,7 +222,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys.clone(), tokens.clone())
                 .await?;
         progress("(e)+(f) souk: ingress load, then waiting for the backlog to drain");
-        let cpu0 = crate::cpu::sample();
+        let cpu = crate::cpu::Window::open();
         let run = souk::measure(
             &stack,
             &ctx.db.url,
@@ -232,11 +232,12 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             ctx.metrics,
         )
         .await;
+        let usage = cpu.close();
         stack.stop().await;
         let run = run?;
         report.push(
             Measurement::new("souk_ingress", "(e) souk ingress accepted", "req", "request", &run.ingress),
-            cpu0.as_ref(),
+            usage,
         );
         report.persisted = Some(run.persisted);
         report.diagnostics = Some(run.diagnostics);
@@ -244,7 +245,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
     // Last: the commands it accepts are never handled.
     if ctx.runs(Phase::IngressAlone) {
         progress("(e0) souk ingress alone: no pools, no relay");
-        let cpu0 = crate::cpu::sample();
+        let cpu = crate::cpu::Window::open();
         let options = StackOptions {
             pg_connections: args.pg_connections,
             write_timeout: args.write_timeout,
@@ -252,10 +253,11 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
         };
         let stack = Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys, tokens).await?;
         let t = souk::measure_ingress_alone(&stack, ctx.sample, ctx.plan(ctx.http_mode())).await;
+        let usage = cpu.close();
         stack.stop().await;
         report.push(
             Measurement::new("souk_ingress_alone", "(e0) ingress alone, no workers", "req", "request", &t?),
-            cpu0.as_ref(),
+            usage,
         );
     }
     report.finish();

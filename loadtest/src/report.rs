@@ -128,9 +128,9 @@ impl Report {
         Report { setup, measurements: Vec::new(), persisted: None, ratios: Vec::new(), diagnostics: None }
     }
 
-    /// Add a phase's measurement, with the CPU shares since `phase_start`.
-    pub fn push(&mut self, mut m: Measurement, phase_start: Option<&crate::cpu::Sample>) {
-        m.cpu = crate::cpu::share(phase_start, crate::cpu::sample().as_ref());
+    /// Add a phase's measurement, with the CPU shares of its window.
+    pub fn push(&mut self, mut m: Measurement, cpu: Option<crate::cpu::Share>) {
+        m.cpu = cpu;
         self.measurements.push(m);
     }
 
