@@ -116,7 +116,7 @@ async fn apply_stream(js: &jetstream::Context, spec: &StreamSpec, mode: Mode) ->
         return Ok(change(Action::Unchanged));
     }
     if mode == Mode::Apply {
-        js.update_stream(declared).await.map_err(|e| api_error("update stream", &spec.name, e))?;
+        js.update_stream(declared).await.map_err(|e| refused_update(&spec.name, &drift, e))?;
     }
     Ok(change(Action::Drifted(drift)))
 }
@@ -163,6 +163,20 @@ fn is_not_found(kind: ConsumerInfoErrorKind) -> bool {
 
 fn api_error(what: &str, name: &str, e: impl fmt::Display) -> Error {
     Error::Nats(format!("{what} {name}: {e}"))
+}
+
+/// JetStream refused to update a drifted stream. Some fields (retention to or from work
+/// queue, storage) cannot change in place, so say which fields differ and the way out,
+/// which only an operator may take: removing a stream drops what it holds.
+fn refused_update(name: &str, drift: &[Drift], e: impl fmt::Display) -> Error {
+    let fields: Vec<String> =
+        drift.iter().map(|d| format!("{} (live {}, declared {})", d.field, d.live, d.declared)).collect();
+    Error::Nats(format!(
+        "update stream {name}: {e}. It differs in {}. A change JetStream cannot make in place \
+         needs the stream created anew: let its consumers drain it, remove it \
+         (with the nats CLI: `nats stream rm {name}`; for `souk dev`, a fresh --data-dir does it), then apply again",
+        fields.join(", ")
+    ))
 }
 
 /// The JetStream stream config a spec declares.

@@ -64,3 +64,27 @@ async fn drift_is_reported_then_repaired() -> anyhow::Result<()> {
     assert!(apply(&js, &topology, Mode::Check).await?.in_sync());
     Ok(())
 }
+
+/// A field JetStream cannot change in place (here: a work-queue stream declared as a
+/// limits one, as in a data dir from before CMD was purged in bulk) fails the apply
+/// with the drift spelled out and a way forward; nothing is changed or lost.
+#[tokio::test]
+async fn a_change_jetstream_cannot_make_in_place_fails_clearly_and_changes_nothing() -> anyhow::Result<()> {
+    let nats = souk_testkit::NatsServer::start().await?;
+    let client = nats.client().await?;
+    let js = async_nats::jetstream::new(client);
+    apply(&js, &Topology::parse(TEST_TOPOLOGY)?, Mode::Apply).await?;
+    js.publish("souk.cmd.test.work", "unhandled".into()).await?.await?;
+
+    let limits = TEST_TOPOLOGY.replacen(r#"retention = "work-queue""#, r#"retention = "limits""#, 1);
+    let err = apply(&js, &Topology::parse(&limits)?, Mode::Apply).await.expect_err("must fail");
+    let text = err.to_string();
+    assert!(text.contains("update stream CMD"), "{text}");
+    assert!(text.contains("retention (live WorkQueue, declared Limits)"), "{text}");
+    assert!(text.contains("nats stream rm CMD"), "{text}");
+    let mut cmd = js.get_stream("CMD").await?;
+    let info = cmd.info().await?;
+    assert_eq!(info.config.retention, async_nats::jetstream::stream::RetentionPolicy::WorkQueue);
+    assert_eq!(info.state.messages, 1, "the unhandled command is still there");
+    Ok(())
+}
