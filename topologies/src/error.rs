@@ -24,6 +24,9 @@ pub enum Error {
     /// Too much work queued: shed load instead of queueing without bound. Retryable.
     #[error("overloaded: {0}")]
     Overloaded(&'static str),
+    /// Not done because it would lose data; possible again once what it names changes.
+    #[error("{0}")]
+    Refused(String),
     /// The component was asked to stop.
     #[error("shutting down")]
     ShuttingDown,

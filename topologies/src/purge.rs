@@ -18,23 +18,25 @@
 //! - the lowest of those over every consumer the server has on the stream, including
 //!   ones the topology does not declare (a purge must not take messages from under them).
 //!
-//! A stream with no consumer is never purged. Several processes may run purgers on one
-//! stream: each purge is to a floor that was safe when computed, and a lower one later
-//! is a no-op.
+//! A stream is not purged at all while one of its subjects is taken by no consumer (none
+//! at all, or one deleted by hand): every floor would pass the commands there, which
+//! nobody has handled. The topology loader rejects such a purge-acked stream up front;
+//! this covers the live state. Several processes may run purgers on one stream: each
+//! purge is to a floor that was safe when computed, and a lower one later is a no-op.
 
 use async_nats::jetstream::{self, consumer};
 use futures::TryStreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, Result};
+use crate::{Error, Result, spec::first_uncovered};
 
 /// How often a purger runs when `run` is not told otherwise.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(1);
 
 /// The sequence below which every message of `stream` has been handled by every
-/// consumer of the stream, or `None` when nothing can be removed (no consumers, or
-/// one of them has handled nothing yet).
+/// consumer of the stream, or `None` when one of them has handled nothing yet.
+/// [`Error::Refused`] when a subject of the stream is taken by no consumer.
 pub async fn safe_floor(js: &jetstream::Context, stream: &str) -> Result<Option<u64>> {
     floor_of(&open(js, stream).await?).await
 }
@@ -54,7 +56,25 @@ async fn floor_of(handle: &jetstream::stream::Stream) -> Result<Option<u64>> {
         .try_collect()
         .await
         .map_err(|e| Error::Nats(format!("consumers of {}: {e}", info.config.name)))?;
+    // A consumer's floor says nothing of subjects outside its filter: a command that no
+    // consumer takes would be passed by every floor and purged unhandled.
+    let filters: Vec<Vec<String>> = consumers.iter().map(|c| filters_of(&c.config)).collect();
+    if let Some(subject) = first_uncovered(&info.config.subjects, &filters) {
+        return Err(Error::Refused(format!(
+            "not purging stream {}: no consumer takes {subject}, so its commands would be removed unhandled",
+            info.config.name
+        )));
+    }
     Ok(consumers.iter().map(|c| consumer_floor(c, last)).min().flatten())
+}
+
+/// A consumer's filter subjects (none: it takes every subject of its stream).
+fn filters_of(c: &consumer::Config) -> Vec<String> {
+    let mut filters = c.filter_subjects.clone();
+    if !c.filter_subject.is_empty() {
+        filters.push(c.filter_subject.clone());
+    }
+    filters
 }
 
 /// The highest stream sequence up to which `c` has handled everything, given the

@@ -236,6 +236,7 @@ impl Topology {
             }
         }
         self.check_exclusive_consumers()?;
+        self.check_purged_subjects_are_taken()?;
         for p in &self.pools {
             if !names.insert(("pool", p.name.as_str())) {
                 return Err(format!("pool {} declared twice", p.name));
@@ -287,6 +288,58 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+impl Topology {
+    /// A purge-acked stream removes what its consumers have handled, so a command that no
+    /// consumer takes would never be handled and must never be stored: every subject of
+    /// such a stream must be taken by one of its consumers. (The purger also checks the
+    /// live consumers, for those deleted by hand.)
+    fn check_purged_subjects_are_taken(&self) -> std::result::Result<(), String> {
+        for s in self.streams.iter().filter(|s| s.purge_acked) {
+            let filters: Vec<Vec<String>> = self
+                .consumers
+                .iter()
+                .filter(|c| c.stream == s.name)
+                .map(|c| c.filter_subjects.clone())
+                .collect();
+            if let Some(subject) = first_uncovered(&s.subjects, &filters) {
+                return Err(format!(
+                    "stream {} is purge-acked but no consumer takes {subject}: commands there would \
+                     never be handled; list only subjects its consumers take",
+                    s.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether every subject `pattern` matches is also matched by `filter` (NATS
+/// wildcards on both: `*` one token, `>` one or more).
+pub fn subject_covers(filter: &str, pattern: &str) -> bool {
+    let (mut f, mut p) = (filter.split('.'), pattern.split('.'));
+    loop {
+        match (f.next(), p.next()) {
+            (Some(">"), Some(_)) | (None, None) => return true,
+            (Some("*"), Some(t)) if t != ">" => continue,
+            (Some(x), Some(y)) if x == y && x != ">" => continue,
+            _ => return false,
+        }
+    }
+}
+
+/// The first of `subjects` that no consumer with these filters takes (a consumer with
+/// no filter takes everything).
+pub fn first_uncovered<'a>(subjects: &'a [String], consumer_filters: &[Vec<String>]) -> Option<&'a str> {
+    subjects
+        .iter()
+        .find(|s| {
+            !consumer_filters
+                .iter()
+                .any(|filters| filters.is_empty() || filters.iter().any(|f| subject_covers(f, s)))
+        })
+        .map(String::as_str)
 }
 
 /// Whether some subject matches both NATS subject filters (`*` one token, `>` the rest).
@@ -367,5 +420,38 @@ mod tests {
         for (a, b) in [("a.b", "a.c"), ("a.*", "a.b.c"), ("a.b", "a.b.c"), ("a.>", "a"), ("b.>", "a.>")] {
             assert!(!subjects_overlap(a, b) && !subjects_overlap(b, a), "{a} / {b}");
         }
+    }
+
+    #[test]
+    fn a_filter_covers_a_pattern_only_if_it_takes_every_subject_of_it() {
+        for (filter, pattern) in [
+            ("a.b", "a.b"),
+            ("a.*", "a.b"),
+            ("a.*", "a.*"),
+            ("a.>", "a.b.c"),
+            ("a.>", "a.*"),
+            ("a.>", "a.>"),
+            (">", "a.>"),
+            ("*.b.>", "a.b.*"),
+        ] {
+            assert!(subject_covers(filter, pattern), "{filter} covers {pattern}");
+        }
+        for (filter, pattern) in [
+            ("a.b", "a.*"),
+            ("a.b", "a.>"),
+            ("a.*", "a.>"),
+            ("a.*", "a.b.c"),
+            ("a.b", "a.b.c"),
+            ("a.b.c", "a.b"),
+            ("a.>", "a"),
+            ("a.*.c", "a.b.*"),
+        ] {
+            assert!(!subject_covers(filter, pattern), "{filter} does not cover {pattern}");
+        }
+        let subjects = ["a.x".to_owned(), "a.y".to_owned()];
+        assert_eq!(first_uncovered(&subjects, &[vec!["a.x".into()]]), Some("a.y"));
+        assert_eq!(first_uncovered(&subjects, &[vec!["a.x".into()], vec!["a.*".into()]]), None);
+        assert_eq!(first_uncovered(&subjects, &[vec![]]), None, "no filter takes everything");
+        assert_eq!(first_uncovered(&subjects, &[]), Some("a.x"), "no consumer takes nothing");
     }
 }

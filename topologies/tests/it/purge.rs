@@ -16,7 +16,7 @@ use crate::{Env, env_with, msg, stream_messages};
 const PURGED: &str = r#"
 [[stream]]
 name = "CMD"
-subjects = ["souk.cmd.>"]
+subjects = ["souk.cmd.test.work", "souk.cmd.test.other"]
 retention = "limits"
 purge-acked = true
 discard = "new"
@@ -145,21 +145,38 @@ async fn a_consumer_outside_the_topology_also_holds_the_floor() -> anyhow::Resul
     Ok(())
 }
 
+/// A command no consumer takes (here its consumer was deleted by hand) has been handled
+/// by nobody, so no purge may remove it, however far the other consumers have got.
+#[tokio::test]
+async fn a_command_no_consumer_takes_is_never_purged() -> anyhow::Result<()> {
+    let env = env_with(PURGED).await?;
+    env.js.get_stream("CMD").await?.delete_consumer("other").await?;
+    publish_n(&env, WORK, "a", 2).await?; // 1, 2
+    publish_n(&env, OTHER, "o", 1).await?; // 3: nobody takes it now
+    publish_n(&env, WORK, "b", 2).await?; // 4, 5
+    ack_all(&fetch(&consumer(&env, "work").await?, 4).await?).await?;
+    // "work" is idle at the stream's end, but 3 is unhandled.
+    let refused = purge_acked(&env.js, "CMD").await.expect_err("must refuse").to_string();
+    assert!(refused.contains("souk.cmd.test.other"), "{refused}");
+    assert!(safe_floor(&env.js, "CMD").await.is_err());
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 5, "nothing removed");
+
+    // Once the consumer is back (apply recreates it) and has handled 3, all 5 can go.
+    souk_topologies::apply::apply(&env.js, &env.topology, souk_topologies::apply::Mode::Apply).await?;
+    ack_all(&fetch(&consumer(&env, "other").await?, 1).await?).await?;
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 5);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_stream_without_consumers_is_never_purged() -> anyhow::Result<()> {
-    let env = env_with(
-        r#"
-        [[stream]]
-        name = "CMD"
-        subjects = ["souk.cmd.>"]
-        retention = "limits"
-        purge-acked = true
-        "#,
-    )
-    .await?;
+    let env = env_with(PURGED).await?;
+    let stream = env.js.get_stream("CMD").await?;
+    stream.delete_consumer("work").await?;
+    stream.delete_consumer("other").await?;
     publish_n(&env, WORK, "w", 3).await?;
-    assert_eq!(safe_floor(&env.js, "CMD").await?, None);
-    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
+    assert!(safe_floor(&env.js, "CMD").await.is_err());
+    assert!(purge_acked(&env.js, "CMD").await.is_err());
     assert_eq!(stream_messages(&env.js, "CMD").await?, 3);
     Ok(())
 }
@@ -232,4 +249,10 @@ purge-acked"#,
     );
     let e = Topology::parse(&on_work_queue).expect_err("purge needs limits").to_string();
     assert!(e.contains("purge-acked needs"), "{e}");
+    let wider_than_its_consumers = PURGED.replace(
+        r#"subjects = ["souk.cmd.test.work", "souk.cmd.test.other"]"#,
+        r#"subjects = ["souk.cmd.>"]"#,
+    );
+    let e = Topology::parse(&wider_than_its_consumers).expect_err("untaken subject").to_string();
+    assert!(e.contains("no consumer takes souk.cmd.>"), "{e}");
 }
