@@ -85,9 +85,9 @@ pub async fn replay(publisher: &Publisher, seq: u64) -> Result<Ack> {
         return Err(Error::Nats(format!("{STREAM} seq {seq} has no {} header", headers::DLQ_SUBJECT)));
     }
     let mut original = HeaderMap::new();
-    for (name, values) in letter.headers.iter() {
+    for (name, values) in copyable_headers(&letter.headers).iter() {
         let name: &str = name.as_ref();
-        if name.starts_with("souk-dlq-") || name == headers::MSG_ID {
+        if name.starts_with("souk-dlq-") {
             continue;
         }
         for v in values {
@@ -105,4 +105,25 @@ pub async fn replay(publisher: &Publisher, seq: u64) -> Result<Ack> {
     stream.delete_message(seq).await.map_err(|e| Error::Nats(format!("removing {STREAM} seq {seq}: {e}")))?;
     metrics::counter!("souk_dlq_replayed_total", "consumer" => letter.consumer).increment(1);
     Ok(ack)
+}
+
+/// The headers of a stored message that may go on a copy of it: all but JetStream's own
+/// (`Nats-*`). Those are directives to the server, not data — and some stay on stored
+/// messages: an atomic batch keeps `Nats-Batch-Id`/`-Sequence` on every message but its
+/// last, and a copy carrying them would be a batch fragment, refused by a stream without
+/// `allow-atomic` and never committed by one with it. Others (`Nats-Rollup`,
+/// `Nats-Expected-*`, `Nats-TTL`) would act again on the copy's stream. The message id
+/// is kept apart by the callers (`souk-dlq-msg-id`).
+pub fn copyable_headers(stored: &HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::new();
+    for (name, values) in stored.iter() {
+        let name: &str = name.as_ref();
+        if name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-") {
+            continue;
+        }
+        for v in values {
+            copy.append(name, v.as_str());
+        }
+    }
+    copy
 }

@@ -23,7 +23,7 @@ pub async fn dead_letter(
     delivery: &Delivery,
     error: &str,
 ) -> Result<()> {
-    let mut h = delivery.headers.clone().unwrap_or_default();
+    let mut h = delivery.headers.as_ref().map(crate::dead_letters::copyable_headers).unwrap_or_default();
     // The copy gets its own id, stable for this original, so dead-lettering twice
     // (a crash between the copy and the term) stores one copy.
     let dlq_id = format!("dlq:{}:{}", delivery.consumer, delivery.stream_sequence);

@@ -312,3 +312,53 @@ async fn a_pool_pulls_only_what_its_free_slots_can_run() -> anyhow::Result<()> {
     run.await?;
     Ok(())
 }
+
+/// Under load the ingress stores commands as atomic batches, and JetStream keeps
+/// `Nats-Batch-Id`/`Nats-Batch-Sequence` on every message of a batch but the last. A dead
+/// letter (or a replay) that copied those would itself be a batch fragment: refused by a
+/// stream without `allow-atomic`, never committed by one with it. So batched commands
+/// must dead-letter and replay like any other.
+#[tokio::test]
+async fn commands_stored_by_an_atomic_batch_are_dead_lettered_and_replayed() -> anyhow::Result<()> {
+    use souk_topologies::dead_letters;
+    let env = env().await?;
+    let batch: Vec<_> = ["fail", "fail", "ok"]
+        .iter()
+        .enumerate()
+        .map(|(i, body)| OutgoingMessage {
+            subject: SUBJECT.into(),
+            msg_id: format!("batched-{i}"),
+            headers: HeaderMap::new(),
+            payload: body.to_string().into(),
+        })
+        .collect();
+    env.publisher.publish_atomic(&batch).await?;
+    let stored = env.js.get_stream("CMD").await?.get_raw_message(1).await?;
+    assert!(header(&stored, "Nats-Batch-Id").is_some(), "the premise: batch headers are kept");
+
+    let handler = Scripted::default();
+    let (cancel, run) = start_pool(&env, handler.clone()).await?;
+    let listed = souk_testkit::eventually(Duration::from_secs(10), || async {
+        dead_letters::list(&env.js, 10).await.ok().filter(|l| l.len() == 2)
+    })
+    .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) })
+        .await?;
+    for letter in dead_letters(&env).await? {
+        assert!(
+            !letter.headers.iter().any(|(k, _)| {
+                let k: &str = k.as_ref();
+                k.starts_with("Nats-Batch")
+            }),
+            "{letter:?}"
+        );
+    }
+    dead_letters::replay(&env.publisher, listed[0].seq).await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async {
+        (handler.seen.lock().ok()?.iter().filter(|(b, _)| b == "fail").count() == 3).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    run.await?;
+    Ok(())
+}
