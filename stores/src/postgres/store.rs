@@ -35,22 +35,28 @@ impl Error {
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Protocol(_)
                 | sqlx::Error::Tls(_) => true,
-                sqlx::Error::Database(db) => {
-                    let code = db.code().unwrap_or_default();
-                    // 40001 serialization, 40P01 deadlock, 08* connection, 57P* shutdown,
-                    // 53* insufficient resources.
-                    code == "40001"
-                        || code == "40P01"
-                        || code.starts_with("08")
-                        || code.starts_with("57P")
-                        || code.starts_with("53")
-                }
+                sqlx::Error::Database(db) => transient_sqlstate(&db.code().unwrap_or_default()),
                 _ => false,
             },
             Error::Unavailable(_) => true,
             Error::Migrate(_) | Error::Corrupt(_) => false,
         }
     }
+}
+
+/// SQLSTATEs that describe the server's moment, not the request: the same statement
+/// may well succeed later, so a handler retries instead of dead-lettering.
+fn transient_sqlstate(code: &str) -> bool {
+    matches!(
+        code,
+        "40001" // serialization failure
+        | "40P01" // deadlock
+        | "57014" // statement timeout or cancel
+        | "55P03" // lock not available (lock_timeout)
+        | "25006" // read-only transaction: a standby, or a primary being demoted in a failover
+    ) || code.starts_with("08") // connection
+        || code.starts_with("57P") // shutdown, crash recovery
+        || code.starts_with("53") // insufficient resources
 }
 
 /// Begin a transaction. Failing to get one at all means Postgres is unavailable, which
@@ -129,4 +135,20 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<u64, Err
         deleted += sqlx::query(sql).bind(secs).execute(pool).await?.rows_affected();
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_sqlstate;
+
+    #[test]
+    fn transient_sqlstates_are_retried_and_request_errors_are_not() {
+        for code in ["40001", "40P01", "57014", "55P03", "25006", "08006", "57P01", "57P03", "53300"] {
+            assert!(transient_sqlstate(code), "{code} is transient");
+        }
+        // unique violation, check violation, undefined table, invalid text, division by zero
+        for code in ["23505", "23514", "42P01", "22P02", "22012", ""] {
+            assert!(!transient_sqlstate(code), "{code} is not transient");
+        }
+    }
 }
