@@ -9,7 +9,9 @@
 //! An atomic batch holding any message id that is already in the stream's dedupe
 //! window (or the same id twice) is rejected whole with err_code 10201 and does not say
 //! which id; [`Publisher::publish_all`] then republishes that batch one message at a time,
-//! where JetStream dedupes per message and acks the duplicates.
+//! pipelined, where JetStream dedupes per message and acks the duplicates, and
+//! [`Publisher::publish_in_order`] does the same one after the other, for callers whose
+//! order must survive a failure (the outbox relay).
 
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
@@ -153,7 +155,9 @@ impl Publisher {
             let (Some(stream), Some(last_seq)) = (ack.stream, ack.seq) else {
                 return Err(Error::Nats("batch ack without stream or sequence".into()));
             };
-            let count = ack.count.unwrap_or(msgs.len() as u64);
+            // A batch commit is acked with its count; a plain ack would mean the server
+            // took the commit as a lone message and the rest went who knows where.
+            let count = ack.count.ok_or_else(|| Error::Nats("batch ack without a count".into()))?;
             if count != msgs.len() as u64 {
                 return Err(Error::Nats(format!("batch of {} acked with count {count}", msgs.len())));
             }
@@ -184,6 +188,33 @@ impl Publisher {
         }
     }
 
+    /// Publish `msgs` (all to subjects of one stream) keeping their order in the stream
+    /// whatever fails: as one atomic batch, or — when JetStream rejects it for holding an
+    /// id it has already seen — one at a time, each waiting for the ack of the one before,
+    /// stopping at the first failure. Returns the results of what was attempted: `Ok`s
+    /// for a prefix, then at most one `Err`. The outbox relay publishes this way, since
+    /// pipelined publishes could store a later event of an aggregate before an earlier
+    /// one that failed.
+    pub async fn publish_in_order(&self, msgs: &[OutgoingMessage]) -> Vec<Result<Ack>> {
+        match self.publish_atomic(msgs).await {
+            Ok(acks) => acks.into_iter().map(Ok).collect(),
+            Err(Error::JetStream { code: BATCH_DUPLICATE_MESSAGE_ID, .. }) => {
+                metrics::counter!("souk_publisher_batch_fallbacks_total").increment(1);
+                let mut results = Vec::with_capacity(msgs.len());
+                for m in msgs {
+                    let result = self.publish(m.clone()).await;
+                    let failed = result.is_err();
+                    results.push(result);
+                    if failed {
+                        break;
+                    }
+                }
+                results
+            }
+            Err(e) => vec![Err(e)],
+        }
+    }
+
     fn publish_error(&self, e: jetstream::context::PublishError) -> Error {
         match e.kind() {
             jetstream::context::PublishErrorKind::TimedOut => Error::AckTimeout(self.ack_timeout),
@@ -191,27 +222,31 @@ impl Publisher {
         }
     }
 
-    /// Publish one message at a time, pipelined: send all, then collect the acks.
+    /// Publish one message at a time, pipelined: send all, then collect the acks. The
+    /// whole call is bounded by the ack timeout (each ack's own timer only starts when
+    /// it is awaited, so per-message timeouts would add up on an unresponsive server).
     pub async fn publish_each(&self, msgs: &[OutgoingMessage]) -> Vec<Result<Ack>> {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started) + self.ack_timeout;
         let mut pending = Vec::with_capacity(msgs.len());
         for m in msgs {
             let mut headers = m.headers.clone();
             headers.insert(MSG_ID, m.msg_id.as_str());
-            pending.push(
-                self.js
-                    .publish_with_headers(m.subject.clone(), headers, m.payload.clone())
-                    .await
-                    .map_err(|e| self.publish_error(e)),
-            );
+            let send = self.js.publish_with_headers(m.subject.clone(), headers, m.payload.clone());
+            pending.push(match tokio::time::timeout_at(deadline, send).await {
+                Ok(sent) => sent.map_err(|e| self.publish_error(e)),
+                Err(_) => Err(Error::AckTimeout(self.ack_timeout)),
+            });
         }
         let mut results = Vec::with_capacity(msgs.len());
         for p in pending {
             results.push(match p {
-                Ok(fut) => fut
-                    .await
-                    .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
-                    .map_err(|e| self.publish_error(e)),
+                Ok(fut) => match tokio::time::timeout_at(deadline, fut).await {
+                    Ok(acked) => acked
+                        .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
+                        .map_err(|e| self.publish_error(e)),
+                    Err(_) => Err(Error::AckTimeout(self.ack_timeout)),
+                },
                 Err(e) => Err(e),
             });
         }

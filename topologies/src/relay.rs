@@ -109,7 +109,7 @@ impl<O: Outbox> Relay<O> {
         let mut published = 0;
         for run in self.runs_by_stream(&rows).await? {
             let messages: Vec<_> = run.iter().map(to_outgoing).collect();
-            let results = self.publisher.publish_all(&messages).await;
+            let results = self.publisher.publish_in_order(&messages).await;
             // Mark the acknowledged prefix; stop at the first failure to keep order.
             let ok = results.iter().take_while(|r| r.is_ok()).count();
             let ids: Vec<_> = run[..ok].iter().map(|m| m.id).collect();

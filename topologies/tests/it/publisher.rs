@@ -125,3 +125,42 @@ async fn publishing_with_the_server_down_fails_fast() -> anyhow::Result<()> {
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     Ok(())
 }
+
+/// The relay's order: when a batch falls back to one-by-one publishing (it held an id
+/// JetStream had seen), each message waits for the one before, and the first failure
+/// stops the rest, so nothing later is stored before it (it is retried, then the rest).
+#[tokio::test]
+async fn the_in_order_fallback_stops_at_the_first_failure() -> anyhow::Result<()> {
+    let env = env().await?;
+    env.publisher.publish(msg("souk.cmd.test.other", "seen", "x")).await?;
+    let mut failing = msg("souk.cmd.test.other", "new-1", "x");
+    failing.headers.insert("Nats-Expected-Last-Sequence", "999");
+    let batch =
+        vec![msg("souk.cmd.test.other", "seen", "x"), failing, msg("souk.cmd.test.other", "new-2", "x")];
+    let results = env.publisher.publish_in_order(&batch).await;
+    assert!(results[0].as_ref().is_ok_and(|a| a.duplicate), "fell back: {results:?}");
+    assert!(results[1].is_err(), "{results:?}");
+    assert_eq!(results.len(), 2, "the third was not sent: {results:?}");
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 1, "nothing stored past the failure");
+    Ok(())
+}
+
+/// One-by-one publishing is bounded as a whole by the ack timeout, not per message: an
+/// unresponsive server costs one timeout, not one per message.
+#[tokio::test]
+async fn publishing_one_by_one_gives_up_after_one_ack_timeout_in_all() -> anyhow::Result<()> {
+    let env = env().await?;
+    // A subscriber that swallows the publishes: JetStream never acks them.
+    let _black_hole = env.client.subscribe("souk.hole.>").await?;
+    env.client.flush().await?;
+    let timeout = Duration::from_millis(400);
+    let publisher = Publisher::new(env.client.clone(), timeout);
+    let msgs: Vec<_> = (0..20).map(|i| msg("souk.hole.x", &format!("h-{i}"), "x")).collect();
+    let started = Instant::now();
+    let results = publisher.publish_each(&msgs).await;
+    let took = started.elapsed();
+    assert!(results.iter().all(|r| matches!(r, Err(Error::AckTimeout(_)))), "{results:?}");
+    // Per-message timeouts would take 20 × 400 ms = 8 s.
+    assert!(took < timeout * 8, "took {took:?}");
+    Ok(())
+}
