@@ -28,6 +28,9 @@ pub struct RelayOptions {
     pub poll_interval: Duration,
     /// Pause after a failed round.
     pub retry_pause: Duration,
+    /// Longest round (reading, publishing, marking). A round cut short is retried:
+    /// what it published and did not mark is published again, and deduplicated.
+    pub round_timeout: Duration,
 }
 
 impl Default for RelayOptions {
@@ -36,6 +39,7 @@ impl Default for RelayOptions {
             batch: 200,
             poll_interval: Duration::from_millis(500),
             retry_pause: Duration::from_millis(500),
+            round_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -62,7 +66,11 @@ impl<O: Outbox> Relay<O> {
         // not every retry pause.
         let mut failing: Option<(std::time::Instant, u64)> = None;
         while !cancel.is_cancelled() {
-            let result = self.round(&mut leased).await;
+            let result = tokio::time::timeout(self.options.round_timeout, self.round(&mut leased))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Nats(format!("relay round took longer than {:?}", self.options.round_timeout)))
+                });
             match (&result, &mut failing) {
                 (Ok(_), Some((since, rounds))) => {
                     tracing::info!(after = ?since.elapsed(), failed_rounds = *rounds, "outbox relay publishing again");
@@ -85,6 +93,15 @@ impl<O: Outbox> Relay<O> {
                 Err(_) => self.options.retry_pause,
             };
             if wait.is_zero() {
+                continue;
+            }
+            if !leased {
+                // A standby retries the lease on a clock: waking on every outbox
+                // notification would try (and connect) hundreds of times a second.
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(self.options.poll_interval) => {},
+                }
                 continue;
             }
             tokio::select! {

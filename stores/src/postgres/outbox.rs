@@ -12,6 +12,8 @@ use super::Error;
 /// Advisory-lock key of the relay lease (any constant unique to this use).
 const RELAY_LOCK_KEY: i64 = 0x50_55_4b_5f_52_4c_59; // "SOUK_RLY"
 const CHANNEL: &str = "souk_outbox";
+/// Longest wait for Postgres when checking or taking the relay lease.
+const LEASE_CHECK: Duration = Duration::from_secs(5);
 
 /// A message for the outbox, written inside the handler's transaction.
 #[derive(Debug, Clone)]
@@ -105,20 +107,30 @@ impl PgOutbox {
     async fn lease_held(&self) -> Result<bool, Error> {
         let mut lease = self.lease.lock().await;
         if let Some(conn) = lease.as_mut() {
-            if conn.ping().await.is_ok() {
+            // A half-open connection would hang the ping for the kernel's retransmission
+            // timeout; an unanswered ping within LEASE_CHECK counts as a lost lease.
+            if matches!(tokio::time::timeout(LEASE_CHECK, conn.ping()).await, Ok(Ok(()))) {
                 return Ok(true);
             }
             // The connection (and with it the advisory lock) is gone.
             *lease = None;
         }
-        let mut conn = PgConnection::connect(&self.url).await?;
-        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
-            .bind(RELAY_LOCK_KEY)
-            .fetch_one(&mut conn)
-            .await?;
-        if got {
-            *lease = Some(conn);
-        }
+        let attempt = async {
+            let mut conn = PgConnection::connect(&self.url).await?;
+            let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+                .bind(RELAY_LOCK_KEY)
+                .fetch_one(&mut conn)
+                .await?;
+            Ok::<_, Error>(got.then_some(conn))
+        };
+        let conn = tokio::time::timeout(LEASE_CHECK, attempt).await.map_err(|_| {
+            Error::Unavailable(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no lease answer from Postgres within {LEASE_CHECK:?}"),
+            )))
+        })??;
+        let got = conn.is_some();
+        *lease = conn;
         Ok(got)
     }
 
@@ -134,11 +146,13 @@ impl PgOutbox {
             }
         }
         match guard.as_mut() {
-            Some(l) => {
-                if let Ok(Err(_)) = tokio::time::timeout(timeout, l.recv()).await {
-                    *guard = None;
-                }
-            }
+            Some(l) => match tokio::time::timeout(timeout, l.recv()).await {
+                // Every committed insert notifies: take the ones already here too, so a
+                // burst wakes one round, not one round each.
+                Ok(Ok(_)) => while l.next_buffered().is_some() {},
+                Ok(Err(_)) => *guard = None,
+                Err(_) => {}
+            },
             None => tokio::time::sleep(timeout).await,
         }
     }

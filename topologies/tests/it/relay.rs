@@ -4,9 +4,13 @@ use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::outbox::{Outbox, OutboxMessage};
 use souk_topologies::relay::{Relay, RelayOptions};
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::env;
 
@@ -19,6 +23,13 @@ struct MemOutbox {
     rows: Arc<Mutex<Vec<(OutboxMessage, bool)>>>,
     /// Fail this many mark_published calls (a crash between publish and mark).
     fail_marks: Arc<Mutex<u32>>,
+    /// Another relay holds the lease.
+    standby: Arc<AtomicBool>,
+    lease_tries: Arc<AtomicUsize>,
+    waits: Arc<AtomicUsize>,
+    /// `pending` never answers (a hung connection).
+    hang: Arc<AtomicBool>,
+    reads: Arc<AtomicUsize>,
 }
 
 impl MemOutbox {
@@ -45,6 +56,10 @@ impl MemOutbox {
 impl Outbox for MemOutbox {
     type Error = Down;
     fn pending(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxMessage>, Down>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if self.hang.load(Ordering::SeqCst) {
+            return futures::future::pending().boxed();
+        }
         let rows = self.rows.lock().expect("lock");
         let out = rows.iter().filter(|(_, p)| !p).take(limit as usize).map(|(m, _)| m.clone()).collect();
         async move { Ok(out) }.boxed()
@@ -67,10 +82,13 @@ impl Outbox for MemOutbox {
         async move { result }.boxed()
     }
     fn wait_for_new(&self, timeout: Duration) -> BoxFuture<'_, ()> {
+        self.waits.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(timeout.min(Duration::from_millis(20))).boxed()
     }
     fn try_lease(&self) -> BoxFuture<'_, Result<bool, Down>> {
-        async { Ok(true) }.boxed()
+        self.lease_tries.fetch_add(1, Ordering::SeqCst);
+        let leased = !self.standby.load(Ordering::SeqCst);
+        async move { Ok(leased) }.boxed()
     }
 }
 
@@ -112,5 +130,54 @@ async fn relay_publishes_in_outbox_order_across_streams_and_survives_a_failed_ma
     assert_eq!(evt, ["a1", "b1", "a3"], "per-stream order is outbox order, no duplicates");
     let cmd: Vec<_> = read_all(&env.js, "CMD").await?.into_iter().map(|(_, b)| b).collect();
     assert_eq!(cmd, ["a2"]);
+    Ok(())
+}
+
+/// A standby (another process holds the lease) retries the lease on a clock, never on
+/// outbox notifications: under load those come hundreds of times a second, and every
+/// lease try opens a Postgres connection.
+#[tokio::test]
+async fn a_standby_retries_the_lease_on_a_clock_not_on_notifications() -> anyhow::Result<()> {
+    let env = env().await?;
+    let outbox = MemOutbox::default();
+    outbox.standby.store(true, Ordering::SeqCst);
+    let options = RelayOptions { poll_interval: Duration::from_millis(5), ..Default::default() };
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(Relay::new(outbox.clone(), env.publisher.clone(), options).run(cancel.clone()));
+    souk_testkit::eventually(Duration::from_secs(5), || async {
+        (outbox.lease_tries.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    run.await?;
+    assert_eq!(outbox.waits.load(Ordering::SeqCst), 0, "a standby never waits on notifications");
+    Ok(())
+}
+
+/// A round that hangs (a half-open connection, a stuck server) is cut off and retried,
+/// so the relay neither stalls for good nor keeps shutdown waiting.
+#[tokio::test]
+async fn a_hung_round_is_cut_off_and_retried() -> anyhow::Result<()> {
+    let env = env().await?;
+    let outbox = MemOutbox::default();
+    outbox.hang.store(true, Ordering::SeqCst);
+    let options = RelayOptions {
+        round_timeout: Duration::from_millis(50),
+        retry_pause: Duration::from_millis(5),
+        ..Default::default()
+    };
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(Relay::new(outbox.clone(), env.publisher.clone(), options).run(cancel.clone()));
+    souk_testkit::eventually(Duration::from_secs(5), || async {
+        (outbox.reads.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await?;
+    // Unstuck, it publishes what is waiting.
+    outbox.push("a", "souk.evt.test.one", "a1");
+    outbox.hang.store(false, Ordering::SeqCst);
+    souk_testkit::eventually(Duration::from_secs(5), || async { (outbox.unpublished() == 0).then_some(()) })
+        .await?;
+    cancel.cancel();
+    run.await?;
     Ok(())
 }
