@@ -75,7 +75,10 @@ pub async fn place(
             IntakeError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "order not accepted");
                 metrics::counter!("souk_ingress_orders_total", "outcome" => "unavailable").increment(1);
-                Problem::unavailable("the order was not accepted; retry with the same Idempotency-Key")
+                Problem::unavailable(
+                    "the order could not be confirmed; retry with the same Idempotency-Key \
+                     (a retry never creates a second order)",
+                )
             }
         })?;
     let outcome = if accepted.replay { "replayed" } else { "accepted" };

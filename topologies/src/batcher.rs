@@ -123,6 +123,13 @@ async fn collect<I: Send + 'static, O: Send + 'static>(
                 },
             }
         };
+        // The point of no return: a caller that gave up while queued (its request timed
+        // out and was answered 503) is dropped here rather than acted on after the fact.
+        // One that gives up later cannot be told apart from one whose batch failed.
+        batch.retain(|(_, reply)| !reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let f = f.clone();
         tracker.spawn(async move {
             let (items, replies): (Vec<I>, Vec<oneshot::Sender<O>>) = batch.into_iter().unzip();
@@ -187,6 +194,47 @@ mod tests {
             }
         }
         assert!(batches.lock().expect("lock").iter().all(|b| b.len() <= 3));
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn callers_that_gave_up_while_queued_are_not_sent() {
+        let (gate, started) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+        let batches: Recorded = Arc::default();
+        let (g, st, seen) = (gate.clone(), started.clone(), batches.clone());
+        let cancel = CancellationToken::new();
+        let options = BatchOptions { max_in_flight: 1, ..BatchOptions::default() };
+        let (batcher, _) = Batcher::spawn(
+            options,
+            cancel.clone(),
+            Arc::new(move |items: Vec<u32>| {
+                seen.lock().expect("lock").push(items.clone());
+                st.add_permits(1);
+                let g = g.clone();
+                async move {
+                    let _open = g.acquire().await;
+                    items
+                }
+                .boxed()
+            }),
+        );
+        let first = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.call(1).await }
+        });
+        let _running = started.acquire().await.expect("first batch started");
+        // 2 queues behind the running batch, and its caller gives up (a request timeout).
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), batcher.call(2)).await;
+        assert!(gave_up.is_err());
+        let third = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.call(3).await }
+        });
+        gate.add_permits(10);
+        assert_eq!(first.await.expect("join").expect("answered"), 1);
+        assert_eq!(third.await.expect("join").expect("answered"), 3);
+        let sent: Vec<u32> = batches.lock().expect("lock").concat();
+        assert_eq!(sent, [1, 3], "2 was dropped, not sent after its caller had been answered");
         cancel.cancel();
     }
 
