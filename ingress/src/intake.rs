@@ -4,9 +4,10 @@
 //! 1. The request's key is claimed (`idempotency_keys`, first writer wins). The claim
 //!    fixes the order id and the hash of the canonical body.
 //! 2. Same key, other body → conflict (422). Same key, same body → the same order id,
-//!    and the command is published again with the same `Nats-Msg-Id`: if the first
-//!    attempt reached JetStream this is a de-duplicated no-op, if it did not (its
-//!    client got a 503) this is the publish that counts. Either way one order.
+//!    and the command is published again with the same `Nats-Msg-Id` (derived from the
+//!    order id): if the first attempt reached JetStream this is a de-duplicated no-op,
+//!    if it did not (its client got a 503) this is the publish that counts. Either way
+//!    one order.
 //! 3. The answer waits for the PubAck; nothing is acknowledged to the client before
 //!    JetStream stored the command.
 
@@ -154,7 +155,7 @@ impl Intake {
         trace::inject_current(&mut h);
         h.insert(headers::SCHEMA, PlaceOrder::schema_header().as_str());
         h.insert(headers::TENANT, principal.tenant.as_str());
-        let msg_id = message_id(&principal.tenant, &principal.sub, key);
+        let msg_id = message_id(&principal.tenant, record.order_id);
         h.insert(headers::CAUSATION_ID, msg_id.as_str());
         let ack = self
             .commits
@@ -171,11 +172,12 @@ impl Intake {
     }
 }
 
-/// `Nats-Msg-Id` of an order command: stable per (tenant, principal, key), bounded in
-/// length and free of characters a header cannot carry, whatever the key holds.
-fn message_id(tenant: &str, principal: &str, key: &str) -> String {
-    let digest = sha256(format!("{principal}\0{key}").as_bytes());
-    format!("orders.place:{tenant}:{}", hex::encode(&digest[..16]))
+/// `Nats-Msg-Id` of an order command: the order id the key's claim fixed. Every retry
+/// under one claim carries the same id (JetStream and the worker's inbox deduplicate
+/// it), and a key used again after its claim expired gets a new order and so a new id,
+/// which neither JetStream nor the inbox can mistake for the old command.
+fn message_id(tenant: &str, order_id: Uuid) -> String {
+    format!("orders.place:{tenant}:{order_id}")
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {

@@ -181,3 +181,27 @@ async fn a_running_node_exports_pipeline_gauges_from_jetstream() -> anyhow::Resu
     assert!(text.contains(r#"souk_stream_messages{stream="DLQ"} 0"#), "{text}");
     Ok(())
 }
+
+/// Idempotency keys are kept for a retention period (housekeeping), inbox records for as
+/// long or a little longer. A key used again after its claim expired is a new request:
+/// it must make a new order, not a command the inbox (or JetStream's dedupe window)
+/// mistakes for the old one, leaving the new order "pending" for ever.
+#[tokio::test]
+async fn a_key_reused_after_its_claim_expired_makes_a_new_order() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let token = stack.token("erin", &[Role::Buyer]);
+    let (status, first) = stack.place(&token, "reused-key", &order_body("SKU-1", 1)).await?;
+    assert_eq!(status, 202, "{first}");
+    let first_id = first["order_id"].as_str().expect("order id").to_owned();
+    wait_persisted(&stack, &token, &first_id).await?;
+    // Housekeeping removed the claim; the inbox record is still there.
+    sqlx::query("delete from idempotency_keys").execute(&stack.db.pool).await?;
+
+    let (status, second) = stack.place(&token, "reused-key", &order_body("SKU-2", 2)).await?;
+    assert_eq!(status, 202, "{second}");
+    let second_id = second["order_id"].as_str().expect("order id").to_owned();
+    assert_ne!(first_id, second_id);
+    let order = wait_persisted(&stack, &token, &second_id).await?;
+    assert_eq!(order["lines"][0]["sku"], "SKU-2");
+    Ok(())
+}
