@@ -10,19 +10,23 @@
 //! at one fsync per round instead of one per message.
 //!
 //! The floor is computed so that it never passes a message some consumer still needs:
-//! - for a consumer with work outstanding, its ack floor (every message of its filter up
-//!   to there is acknowledged or terminated);
-//! - for a consumer with nothing pending, nothing unacknowledged and its delivered
-//!   sequence equal to its ack floor, the stream's last sequence *read before* the
-//!   consumer's state: every message that existed then has been handled;
+//! - for a consumer with deliveries unacknowledged, its ack floor (every message of its
+//!   filter up to there is acknowledged or terminated);
+//! - for a consumer with none, everything it was delivered is settled, so its floor is
+//!   just below the first message of its filter after its delivered position, asked of
+//!   the stream's store, or the stream's last sequence read *before* asking when there
+//!   is none. (Not its `num_pending`: nats-server stores a message before it tells the
+//!   consumers, so a consumer can show nothing pending while a message for it is
+//!   already stored. The store itself has no such lag.)
 //! - the lowest of those over every consumer the server has on the stream, including
 //!   ones the topology does not declare (a purge must not take messages from under them).
 //!
-//! A stream is not purged at all while one of its subjects is taken by no consumer (none
-//! at all, or one deleted by hand): every floor would pass the commands there, which
-//! nobody has handled. The topology loader rejects such a purge-acked stream up front;
-//! this covers the live state. Several processes may run purgers on one stream: each
-//! purge is to a floor that was safe when computed, and a lower one later is a no-op.
+//! A stream is not purged at all while one of its subjects is taken by no consumer that
+//! acknowledges what it handles (none at all, one deleted by hand, or only a viewer
+//! without acks): every floor would pass the commands there, which nobody has handled.
+//! The topology loader rejects such a purge-acked stream up front; this covers the live
+//! state. Several processes may run purgers on one stream: each purge is to a floor
+//! that was safe when computed, and a lower one later is a no-op.
 
 use async_nats::jetstream::{self, consumer};
 use futures::TryStreamExt;
@@ -46,8 +50,8 @@ async fn open(js: &jetstream::Context, stream: &str) -> Result<jetstream::stream
     js.get_stream(stream).await.map_err(|e| Error::Nats(format!("stream {stream}: {e}")))
 }
 
-/// [`safe_floor`] of a stream just opened: its cached info is the last sequence read
-/// before the consumers (see the module docs on idle consumers).
+/// [`safe_floor`] of a stream just opened: its cached info holds the last sequence read
+/// before the consumers and the store are asked.
 async fn floor_of(handle: &jetstream::stream::Stream) -> Result<Option<u64>> {
     let info = handle.cached_info();
     let last = info.state.last_sequence;
@@ -57,15 +61,26 @@ async fn floor_of(handle: &jetstream::stream::Stream) -> Result<Option<u64>> {
         .await
         .map_err(|e| Error::Nats(format!("consumers of {}: {e}", info.config.name)))?;
     // A consumer's floor says nothing of subjects outside its filter: a command that no
-    // consumer takes would be passed by every floor and purged unhandled.
-    let filters: Vec<Vec<String>> = consumers.iter().map(|c| filters_of(&c.config)).collect();
+    // consumer takes would be passed by every floor and purged unhandled. Only a consumer
+    // that acknowledges takes anything; one without acks (a viewer, an ordered consumer)
+    // has "handled" whatever it was shown.
+    let filters: Vec<Vec<String>> = consumers
+        .iter()
+        .filter(|c| c.config.ack_policy != consumer::AckPolicy::None)
+        .map(|c| filters_of(&c.config))
+        .collect();
     if let Some(subject) = first_uncovered(&info.config.subjects, &filters) {
         return Err(Error::Refused(format!(
             "not purging stream {}: no consumer takes {subject}, so its commands would be removed unhandled",
             info.config.name
         )));
     }
-    Ok(consumers.iter().map(|c| consumer_floor(c, last)).min().flatten())
+    let mut floor: Option<u64> = None;
+    for c in &consumers {
+        let Some(f) = consumer_floor(handle, c, last).await? else { return Ok(None) };
+        floor = Some(floor.map_or(f, |lowest| lowest.min(f)));
+    }
+    Ok(floor)
 }
 
 /// A consumer's filter subjects (none: it takes every subject of its stream).
@@ -77,14 +92,45 @@ fn filters_of(c: &consumer::Config) -> Vec<String> {
     filters
 }
 
-/// The highest stream sequence up to which `c` has handled everything, given the
-/// stream's last sequence read before `c`.
-fn consumer_floor(c: &consumer::Info, stream_last: u64) -> Option<u64> {
-    let idle = c.num_pending == 0
-        && c.num_ack_pending == 0
-        && c.delivered.stream_sequence == c.ack_floor.stream_sequence;
-    let floor = if idle { stream_last } else { c.ack_floor.stream_sequence };
-    (floor > 0).then_some(floor)
+/// The highest stream sequence up to which `c` has handled everything of its filter,
+/// given the stream's last sequence read before; `None` if it has handled nothing.
+async fn consumer_floor(
+    handle: &jetstream::stream::Stream,
+    c: &consumer::Info,
+    stream_last: u64,
+) -> Result<Option<u64>> {
+    let floor = if c.num_ack_pending > 0 {
+        c.ack_floor.stream_sequence
+    } else {
+        // Everything delivered is settled: the floor is just below the next message of
+        // its filter the store holds, if any (delivered or not, signalled or not).
+        let mut next = None;
+        let filters = filters_of(&c.config);
+        let whole_stream = [">".to_owned()];
+        for subject in if filters.is_empty() { &whole_stream[..] } else { &filters[..] } {
+            if let Some(seq) = first_at_or_after(handle, subject, c.delivered.stream_sequence + 1).await? {
+                next = Some(next.map_or(seq, |n: u64| n.min(seq)));
+            }
+        }
+        match next {
+            Some(seq) => seq - 1,
+            None => stream_last,
+        }
+    };
+    Ok((floor > 0).then_some(floor))
+}
+
+/// The sequence of the first message at or after `from` on `subject`, if any.
+async fn first_at_or_after(
+    handle: &jetstream::stream::Stream,
+    subject: &str,
+    from: u64,
+) -> Result<Option<u64>> {
+    match handle.get_first_raw_message_by_subject(subject, from).await {
+        Ok(m) => Ok(Some(m.sequence)),
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(Error::Nats(format!("next {subject} from {from}: {e}"))),
+    }
 }
 
 /// One round: remove every message of `stream` at or below its safe floor. Returns how

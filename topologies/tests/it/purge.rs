@@ -99,17 +99,17 @@ async fn purges_only_below_every_consumers_ack_floor() -> anyhow::Result<()> {
         .ack_with(AckKind::Nak(Some(Duration::from_secs(60))))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // "other" has handled nothing: its floor (0) holds everything back.
-    assert_eq!(safe_floor(&env.js, "CMD").await?, None);
-    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
-
-    let other = consumer(&env, "other").await?;
-    ack_all(&fetch(&other, 2).await?).await?;
-    // "other" is idle, so its floor is the stream's end; "work" holds the floor at 3.
+    // "other" has handled nothing, but its first command is 7, so it holds the floor at
+    // 6; "work" holds it at 3.
     assert_eq!(safe_floor(&env.js, "CMD").await?, Some(3));
     assert_eq!(purge_acked(&env.js, "CMD").await?, 3);
     assert_eq!(stream_messages(&env.js, "CMD").await?, 5, "4 (running), 5, 6 (retrying), 7, 8 kept");
     assert_eq!(purge_acked(&env.js, "CMD").await?, 0, "a second round removes nothing more");
+
+    let other = consumer(&env, "other").await?;
+    ack_all(&fetch(&other, 2).await?).await?;
+    // "other" has handled all of its own; "work" still holds the floor at 3.
+    assert_eq!(safe_floor(&env.js, "CMD").await?, Some(3));
 
     // 4 finishes: the floor moves to 5; 6 is still waiting for its retry.
     taken[3].double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -117,7 +117,8 @@ async fn purges_only_below_every_consumers_ack_floor() -> anyhow::Result<()> {
     let info = env.js.get_stream("CMD").await?.info().await?.state.clone();
     assert_eq!((info.first_sequence, info.messages), (6, 3), "the retried command is still there");
 
-    // The retried command is handled too: "work" is idle, and so everything goes.
+    // The retried command is handled too: nothing of either filter is left, so
+    // everything goes.
     taken[5].double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(purge_acked(&env.js, "CMD").await?, 3);
     assert_eq!(stream_messages(&env.js, "CMD").await?, 0);
@@ -137,7 +138,7 @@ async fn a_consumer_outside_the_topology_also_holds_the_floor() -> anyhow::Resul
         })
         .await?;
     ack_all(&fetch(&consumer(&env, "work").await?, 4).await?).await?;
-    // "other" is idle (nothing of its subject exists) but "audit" has read nothing.
+    // "other" has nothing to do (nothing of its subject exists) but "audit" has read nothing.
     assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
     ack_all(&fetch(&consumer(&env, "audit").await?, 2).await?).await?;
     assert_eq!(purge_acked(&env.js, "CMD").await?, 2);
@@ -163,8 +164,31 @@ async fn a_command_no_consumer_takes_is_never_purged() -> anyhow::Result<()> {
 
     // Once the consumer is back (apply recreates it) and has handled 3, all 5 can go.
     souk_topologies::apply::apply(&env.js, &env.topology, souk_topologies::apply::Mode::Apply).await?;
-    ack_all(&fetch(&consumer(&env, "other").await?, 1).await?).await?;
+    let other = consumer(&env, "other").await?;
+    ack_all(&fetch(&other, 1).await?).await?;
     assert_eq!(purge_acked(&env.js, "CMD").await?, 5);
+    Ok(())
+}
+
+/// A consumer without acks (a viewer, `nats stream view`'s ordered consumer) has not
+/// handled anything, so it takes no subject: with the real consumer gone, nothing goes.
+#[tokio::test]
+async fn a_viewer_without_acks_does_not_count_as_taking_commands() -> anyhow::Result<()> {
+    let env = env_with(PURGED).await?;
+    publish_n(&env, OTHER, "o", 2).await?;
+    let stream = env.js.get_stream("CMD").await?;
+    stream.delete_consumer("other").await?;
+    let viewer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("viewer".into()),
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await?;
+    fetch(&viewer, 2).await?;
+    let refused = purge_acked(&env.js, "CMD").await.expect_err("must refuse").to_string();
+    assert!(refused.contains("souk.cmd.test.other"), "{refused}");
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 2);
     Ok(())
 }
 
