@@ -92,7 +92,11 @@ impl Pool {
                     max_in_flight: spec.batches_in_flight,
                     queue_capacity: spec.concurrency,
                 };
-                let (b, t) = Batcher::spawn(options, stop_batcher.clone(), batch_fn(handler.clone()));
+                let (b, t) = Batcher::spawn(
+                    options,
+                    stop_batcher.clone(),
+                    batch_fn(handler.clone(), spec.handler_timeout),
+                );
                 (Some(b), Some(t))
             }
         };
@@ -281,14 +285,24 @@ async fn process(ctx: &Ctx, msg: jetstream::Message) {
 }
 
 /// Run the handler with a timeout, catching panics, sending progress acks meanwhile.
+///
+/// A batched delivery waits for its batch however long it queues (progress acks keep
+/// the message meanwhile): the batch itself is cut at the handler timeout, inside the
+/// batcher, which drops (rolls back) its work. Timing out here instead would settle the
+/// message (retry, or dead letter on the last attempt) while its batch might still
+/// commit it.
 async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -> Outcome {
+    let limit = match &ctx.batcher {
+        Some(_) => Duration::MAX,
+        None => ctx.handler_timeout,
+    };
     let handle = async {
         match &ctx.batcher {
             Some(batcher) => batcher.call(delivery.clone()).await.unwrap_or_else(Outcome::retry),
             None => ctx.handler.handle(delivery).await,
         }
     };
-    let work = tokio::time::timeout(ctx.handler_timeout, AssertUnwindSafe(handle).catch_unwind());
+    let work = tokio::time::timeout(limit, AssertUnwindSafe(handle).catch_unwind());
     tokio::pin!(work);
     let mut progress = tokio::time::interval((ctx.consumer.ack_wait / 3).max(Duration::from_millis(100)));
     progress.tick().await;
@@ -318,18 +332,20 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
     Outcome::retry(format!("handler panicked: {what}"))
 }
 
-/// The batch function for a pool's batcher: `handle_batch`, with panics caught and one
-/// outcome guaranteed per delivery.
-fn batch_fn(handler: Arc<dyn Handler>) -> BatchFn<Delivery, Outcome> {
+/// The batch function for a pool's batcher: `handle_batch`, cut at `timeout` (its future
+/// dropped, so an open transaction rolls back), with panics caught and one outcome
+/// guaranteed per delivery.
+fn batch_fn(handler: Arc<dyn Handler>, timeout: Duration) -> BatchFn<Delivery, Outcome> {
     Arc::new(move |deliveries: Vec<Delivery>| {
         let handler = handler.clone();
         async move {
             let n = deliveries.len();
             metrics::histogram!("souk_worker_batch_size").record(n as f64);
-            let mut outcomes = match AssertUnwindSafe(handler.handle_batch(&deliveries)).catch_unwind().await
-            {
-                Ok(outcomes) => outcomes,
-                Err(panic) => vec![panicked(panic.as_ref()); n],
+            let run = AssertUnwindSafe(handler.handle_batch(&deliveries)).catch_unwind();
+            let mut outcomes = match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(outcomes)) => outcomes,
+                Ok(Err(panic)) => vec![panicked(panic.as_ref()); n],
+                Err(_) => vec![Outcome::retry(format!("handler timed out after {timeout:?}")); n],
             };
             if outcomes.len() != n {
                 tracing::error!(

@@ -362,3 +362,66 @@ async fn commands_stored_by_an_atomic_batch_are_dead_lettered_and_replayed() -> 
     run.await?;
     Ok(())
 }
+
+/// Records when each attempt's batch starts and when its work is dropped; the first
+/// attempt never finishes on its own (a batch stuck on a lock).
+#[derive(Clone, Default)]
+struct StuckFirstBatch {
+    events: Arc<Mutex<Vec<String>>>,
+}
+
+struct OnDrop(Arc<Mutex<Vec<String>>>, String);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        self.0.lock().expect("lock").push(self.1.clone());
+    }
+}
+
+impl Handler for StuckFirstBatch {
+    fn handle<'a>(&'a self, _: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        async { Outcome::Ack }.boxed()
+    }
+    fn handle_batch<'a>(&'a self, deliveries: &'a [Delivery]) -> BoxFuture<'a, Vec<Outcome>> {
+        async move {
+            let attempt = deliveries[0].attempt;
+            self.events.lock().expect("lock").push(format!("start {attempt}"));
+            let _guard = OnDrop(self.events.clone(), format!("dropped {attempt}"));
+            if attempt == 1 {
+                futures::future::pending::<()>().await;
+            }
+            vec![Outcome::Ack; deliveries.len()]
+        }
+        .boxed()
+    }
+}
+
+/// A batch that outlives the handler timeout is cut (its work dropped, so its
+/// transaction rolls back) before its message is retried: no batch can commit a message
+/// that has meanwhile been redelivered, or dead-lettered on its last attempt.
+#[tokio::test]
+async fn a_timed_out_batch_is_dropped_before_its_message_is_retried() -> anyhow::Result<()> {
+    let env = env_with(&crate::TEST_TOPOLOGY.replace(
+        r#"handler-timeout = "10s""#,
+        "handler-timeout = \"300ms\"\nmax-batch = 4\nbatches-in-flight = 2",
+    ))
+    .await?;
+    publish(&env, "stuck", "x").await?;
+    let handler = StuckFirstBatch::default();
+    let mut registry = Registry::default();
+    registry.register("test", handler.clone());
+    let pool = Pool::build(&env.publisher, &env.topology, "work", &registry).await?;
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(pool.run(cancel.clone()));
+    souk_testkit::eventually(Duration::from_secs(10), || async {
+        handler.events.lock().ok()?.iter().any(|e| e == "start 2").then_some(())
+    })
+    .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) })
+        .await?;
+    cancel.cancel();
+    run.await?;
+    let events = handler.events.lock().expect("lock").clone();
+    assert_eq!(events[..3], ["start 1", "dropped 1", "start 2"], "{events:?}");
+    Ok(())
+}
