@@ -51,6 +51,10 @@ pub async fn spawn(bin: &Path, dir: &Path, port: Option<u16>) -> Result<(Child, 
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
+        // Its own process group: Ctrl-C in a terminal signals the whole foreground group,
+        // and the server must outlive souk's drain (acks, relay, last publishes), then
+        // be stopped by `stop`, not die with everyone else at the first signal.
+        .process_group(0)
         .spawn()
         .map_err(|e| Error::Nats(format!("starting {}: {e}", bin.display())))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

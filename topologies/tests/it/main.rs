@@ -82,3 +82,25 @@ pub fn msg(subject: &str, id: &str, body: &str) -> souk_topologies::publisher::O
 pub async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> anyhow::Result<u64> {
     Ok(js.get_stream(stream).await?.info().await?.state.messages)
 }
+
+/// `souk dev`'s nats-server does not share souk's process group, so the Ctrl-C a
+/// terminal sends to the foreground group reaches souk (which drains, then stops the
+/// server) and not the server itself.
+#[tokio::test]
+async fn the_local_nats_server_runs_in_its_own_process_group() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bin = souk_testkit::nats_server_bin()?;
+    let (child, _port) = souk_topologies::local_server::spawn(&bin, dir.path(), None).await?;
+    let pgrp = |stat: String| -> anyhow::Result<String> {
+        // `pid (name) state ppid pgrp ...`
+        let rest = stat.rsplit_once(')').map(|(_, r)| r.to_owned()).unwrap_or_default();
+        rest.split_whitespace().nth(2).map(str::to_owned).ok_or_else(|| anyhow::anyhow!("no pgrp in {stat}"))
+    };
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let server = pgrp(std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?;
+    let ours = pgrp(std::fs::read_to_string("/proc/self/stat")?)?;
+    assert_eq!(server, pid.to_string(), "it leads a group of its own");
+    assert_ne!(server, ours);
+    souk_topologies::local_server::stop(child).await;
+    Ok(())
+}
