@@ -105,6 +105,7 @@ impl Ingress {
             .route("/readyz", get(probes::readyz))
             .route("/metrics", get(probes::metrics))
             .fallback(problem::not_found)
+            .layer(axum::middleware::from_fn(problem::framework_errors_as_problems))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn(metrics_layer::observe))
             .with_state(state);

@@ -107,3 +107,40 @@ impl IntoResponse for Problem {
 pub async fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such route")
 }
+
+/// Errors axum makes itself — 405 for a known path with the wrong method (with its
+/// `Allow` header), 400 for a path it cannot decode — come as plain text or empty. This
+/// gives them the problem+json shape every other error has, keeping status and headers.
+pub async fn framework_errors_as_problems(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let slug = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::BAD_REQUEST => "bad-request",
+        _ => "error",
+    };
+    let mut problem = Problem::new(status, slug, status.canonical_reason().unwrap_or("Error"));
+    let detail = String::from_utf8_lossy(&text).trim().to_owned();
+    if !detail.is_empty() {
+        problem = problem.detail(detail);
+    }
+    let mut out = problem.into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().entry(name).or_insert(value.clone());
+        }
+    }
+    out
+}

@@ -178,6 +178,22 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
     assert_eq!(env.commands_published().await?, 0, "no bad request published anything");
     assert_eq!(env.keys_claimed().await?, 0, "no bad request claimed a key");
 
+    // Errors axum makes itself get the same shape: a wrong method (keeping `Allow`), an
+    // undecodable path.
+    let request = Request::get("/v1/orders").body(Body::empty())?;
+    let response = tower::ServiceExt::oneshot(env.router(), request).await?;
+    assert_eq!(response.headers().get("allow").map(|v| v.to_str().unwrap_or("")), Some("POST"));
+    let (status, content_type, problem) =
+        send(env.router(), Request::get("/v1/orders").body(Body::empty())?).await?;
+    assert_eq!((status, content_type.as_str()), (405, "application/problem+json"), "{problem}");
+    assert_eq!(problem["type"], "https://souk.dev/problems/method-not-allowed");
+    let request = Request::get("/v1/orders/%FF")
+        .header("authorization", format!("Bearer {}", env.token(&[Role::Buyer])))
+        .body(Body::empty())?;
+    let (status, content_type, problem) = send(env.router(), request).await?;
+    assert_eq!((status, content_type.as_str()), (400, "application/problem+json"), "{problem}");
+    assert_eq!(problem["status"], 400);
+
     // Validation errors name every offending field.
     let request = Request::post("/v1/orders")
         .header("content-type", "application/json")
