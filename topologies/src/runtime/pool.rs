@@ -135,9 +135,17 @@ impl Pool {
                 },
             };
             let mut permit = Some(first);
+            let mut pull_failed = false;
             loop {
                 let next = tokio::select! {
-                    () = cancel.cancelled() => None,
+                    () = cancel.cancelled() => {
+                        // Fetched but not started: hand them back at once rather than let
+                        // them wait out the ack wait.
+                        while let Some(Some(Ok(buffered))) = batch.next().now_or_never() {
+                            let _ = buffered.ack_with(AckKind::Nak(None)).await;
+                        }
+                        break 'fetch;
+                    }
                     m = batch.next() => m,
                 };
                 let msg = match next {
@@ -145,12 +153,11 @@ impl Pool {
                     Some(Ok(msg)) => msg,
                     Some(Err(e)) => {
                         tracing::debug!(pool = %spec.name, error = %e, "pull batch ended with an error");
+                        pull_failed = true;
                         break;
                     }
                 };
                 if cancel.is_cancelled() {
-                    // Fetched but not started: hand them back at once rather than let
-                    // them wait out the ack wait.
                     let _ = msg.ack_with(AckKind::Nak(None)).await;
                     while let Some(Some(Ok(buffered))) = batch.next().now_or_never() {
                         let _ = buffered.ack_with(AckKind::Nak(None)).await;
@@ -178,6 +185,12 @@ impl Pool {
                     metrics::gauge!("souk_worker_in_flight", "pool" => ctx.pool.clone()).decrement(1.0);
                     drop(slot);
                 });
+            }
+            if pull_failed {
+                // The server ended the pull at once (consumer deleted, leader change,
+                // too many waiting pulls): pulling again at once would spin against it.
+                drop(permit);
+                pause(&cancel, Duration::from_millis(500)).await;
             }
         }
 
