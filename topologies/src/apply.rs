@@ -91,7 +91,12 @@ pub async fn apply(js: &jetstream::Context, topology: &Topology, mode: Mode) -> 
         report.changes.push(apply_stream(js, spec, mode).await?);
     }
     for spec in &topology.consumers {
-        report.changes.push(apply_consumer(js, spec, mode).await?);
+        let handled_once = topology
+            .streams
+            .iter()
+            .find(|s| s.name == spec.stream)
+            .is_some_and(|s| s.purge_acked || s.retention == Retention::WorkQueue);
+        report.changes.push(apply_consumer(js, spec, handled_once, mode).await?);
     }
     Ok(report)
 }
@@ -121,7 +126,12 @@ async fn apply_stream(js: &jetstream::Context, spec: &StreamSpec, mode: Mode) ->
     Ok(change(Action::Drifted(drift)))
 }
 
-async fn apply_consumer(js: &jetstream::Context, spec: &ConsumerSpec, mode: Mode) -> Result<Change> {
+async fn apply_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    handled_once: bool,
+    mode: Mode,
+) -> Result<Change> {
     let declared = consumer_config(spec);
     let change = |action| Change { kind: "consumer", name: spec.name.clone(), action };
     let stream = match js.get_stream(&spec.stream).await {
@@ -148,9 +158,63 @@ async fn apply_consumer(js: &jetstream::Context, spec: &ConsumerSpec, mode: Mode
         return Ok(change(Action::Unchanged));
     }
     if mode == Mode::Apply {
+        if let Some(reason) = unsafe_consumer_change(&live, &declared, handled_once) {
+            return Err(Error::Nats(format!("consumer {}: {reason}", spec.name)));
+        }
         stream.update_consumer(declared).await.map_err(|e| api_error("update consumer", &spec.name, e))?;
     }
     Ok(change(Action::Drifted(drift)))
+}
+
+/// Why updating `live` to `declared` in place would lose commands or cannot be done, if
+/// it would.
+fn unsafe_consumer_change(
+    live: &consumer::Config,
+    declared: &consumer::pull::Config,
+    handled_once: bool,
+) -> Option<String> {
+    if live.ack_policy != declared.ack_policy || live.deliver_policy != declared.deliver_policy {
+        return Some(format!(
+            "it was made with ack policy {:?} and deliver policy {:?}, which JetStream cannot \
+             change in place; remove it (commands it has not handled stay in the stream) and \
+             apply again",
+            live.ack_policy, live.deliver_policy
+        ));
+    }
+    if !handled_once {
+        return None;
+    }
+    let live_filters = filters_of(live);
+    if live_filters.is_empty() {
+        return None;
+    }
+    let widened: Vec<&str> = if declared.filter_subjects.is_empty() {
+        vec![">"]
+    } else {
+        declared
+            .filter_subjects
+            .iter()
+            .filter(|f| !live_filters.iter().any(|l| crate::spec::subject_covers(l, f)))
+            .map(String::as_str)
+            .collect()
+    };
+    (!widened.is_empty()).then(|| {
+        format!(
+            "it would also take {}; a consumer keeps its place in the stream when its filter \
+             widens, so commands on those subjects stored before the change would never be \
+             delivered (and would be purged). Declare a new consumer for them instead",
+            widened.join(", ")
+        )
+    })
+}
+
+/// A consumer's filter subjects (none: the whole stream).
+pub(crate) fn filters_of(c: &consumer::Config) -> Vec<String> {
+    let mut filters = c.filter_subjects.clone();
+    if !c.filter_subject.is_empty() {
+        filters.push(c.filter_subject.clone());
+    }
+    filters
 }
 
 fn is_not_found(kind: ConsumerInfoErrorKind) -> bool {
@@ -255,11 +319,9 @@ fn consumer_drift(live: &consumer::Config, declared: &consumer::pull::Config) ->
             drift.push(Drift { field, live, declared });
         }
     };
-    let mut live_filters = live.filter_subjects.clone();
-    if !live.filter_subject.is_empty() {
-        live_filters.push(live.filter_subject.clone());
-    }
-    check("filter-subjects", format!("{live_filters:?}"), format!("{:?}", declared.filter_subjects));
+    check("filter-subjects", format!("{:?}", filters_of(live)), format!("{:?}", declared.filter_subjects));
+    check("ack-policy", format!("{:?}", live.ack_policy), format!("{:?}", declared.ack_policy));
+    check("deliver-policy", format!("{:?}", live.deliver_policy), format!("{:?}", declared.deliver_policy));
     check("ack-wait", dur(live.ack_wait), dur(declared.ack_wait));
     // Server-side values (see consumer_config): unlimited deliveries, no backoff list.
     check("max-deliver (server)", live.max_deliver.to_string(), declared.max_deliver.to_string());

@@ -33,7 +33,7 @@ use futures::TryStreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, Result, spec::first_uncovered};
+use crate::{Error, Result, apply::filters_of, spec::first_uncovered};
 
 /// How often a purger runs when `run` is not told otherwise.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(1);
@@ -81,15 +81,6 @@ async fn floor_of(handle: &jetstream::stream::Stream) -> Result<Option<u64>> {
         floor = Some(floor.map_or(f, |lowest| lowest.min(f)));
     }
     Ok(floor)
-}
-
-/// A consumer's filter subjects (none: it takes every subject of its stream).
-fn filters_of(c: &consumer::Config) -> Vec<String> {
-    let mut filters = c.filter_subjects.clone();
-    if !c.filter_subject.is_empty() {
-        filters.push(c.filter_subject.clone());
-    }
-    filters
 }
 
 /// The highest stream sequence up to which `c` has handled everything of its filter,

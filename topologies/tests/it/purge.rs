@@ -280,3 +280,56 @@ purge-acked"#,
     let e = Topology::parse(&wider_than_its_consumers).expect_err("untaken subject").to_string();
     assert!(e.contains("no consumer takes souk.cmd.>"), "{e}");
 }
+
+/// A consumer keeps its place in the stream when its filter widens, so commands on a
+/// new subject stored before the change would never reach it. Apply refuses, and says
+/// to declare a new consumer; nothing is changed.
+#[tokio::test]
+async fn apply_refuses_to_widen_a_consumer_of_commands() -> anyhow::Result<()> {
+    let env = env_with(PURGED).await?;
+    let widened = PURGED
+        .replace(
+            r#"subjects = ["souk.cmd.test.work", "souk.cmd.test.other"]"#,
+            r#"subjects = ["souk.cmd.test.work", "souk.cmd.test.other", "souk.cmd.test.extra"]"#,
+        )
+        .replace(
+            r#"filter-subjects = ["souk.cmd.test.work"]"#,
+            r#"filter-subjects = ["souk.cmd.test.work", "souk.cmd.test.extra"]"#,
+        );
+    let topology = Topology::parse(&widened)?;
+    let err = souk_topologies::apply::apply(&env.js, &topology, souk_topologies::apply::Mode::Apply)
+        .await
+        .expect_err("must refuse")
+        .to_string();
+    assert!(err.contains("consumer work") && err.contains("souk.cmd.test.extra"), "{err}");
+    assert!(err.contains("new consumer"), "{err}");
+    let live = consumer(&env, "work").await?.cached_info().config.filter_subjects.clone();
+    assert_eq!(live, ["souk.cmd.test.work"], "unchanged");
+    Ok(())
+}
+
+/// A consumer made by hand without acks cannot become the declared one in place: apply
+/// says so instead of reporting it unchanged (its floor would pass what it never handled).
+#[tokio::test]
+async fn apply_refuses_a_consumer_without_acks_in_place_of_a_declared_one() -> anyhow::Result<()> {
+    let env = env_with(PURGED).await?;
+    let stream = env.js.get_stream("CMD").await?;
+    stream.delete_consumer("other").await?;
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("other".into()),
+            filter_subject: OTHER.into(),
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await?;
+    let report =
+        souk_topologies::apply::apply(&env.js, &env.topology, souk_topologies::apply::Mode::Check).await?;
+    assert!(!report.in_sync(), "{report}");
+    let err = souk_topologies::apply::apply(&env.js, &env.topology, souk_topologies::apply::Mode::Apply)
+        .await
+        .expect_err("must refuse")
+        .to_string();
+    assert!(err.contains("ack policy"), "{err}");
+    Ok(())
+}
