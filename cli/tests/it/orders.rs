@@ -129,6 +129,8 @@ async fn probes_and_metrics_answer() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let ready = stack.http.get(format!("{}/readyz", stack.base)).send().await?;
     assert_eq!(ready.status().as_u16(), 200);
+    let checks: serde_json::Value = ready.json().await?;
+    assert_eq!(checks, serde_json::json!({"nats": true, "jetstream": true, "postgres": true}));
     let health = stack.http.get(format!("{}/healthz", stack.base)).send().await?;
     assert_eq!(health.status().as_u16(), 200);
     let missing = stack.http.get(format!("{}/nope", stack.base)).send().await?;
