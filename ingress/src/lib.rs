@@ -34,6 +34,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 /// Largest request body accepted (orders are small; this bounds memory per request).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Time a request gets to send its body, on top of the write timeout: a request taking
+/// longer is answered 408.
+pub const BODY_ALLOWANCE: Duration = Duration::from_secs(5);
+
 /// Everything the ingress needs.
 #[derive(Clone)]
 pub struct IngressOptions {
@@ -69,6 +73,8 @@ pub struct Ingress {
     router: Router,
     background: TaskTracker,
     stop_background: CancellationToken,
+    /// Longest one request may take (see `BODY_ALLOWANCE`).
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -98,6 +104,10 @@ impl Ingress {
             limiter,
             metrics: options.metrics,
         });
+        // A request, body upload included, gets its write timeout plus time to send
+        // the body: a client trickling a body must not hold a connection (or, at
+        // shutdown, the drain) for ever.
+        let request_timeout = options.write_timeout + BODY_ALLOWANCE;
         let router = Router::new()
             .route("/v1/orders", axum::routing::post(orders::place))
             .route("/v1/orders/{order_id}", get(orders::get))
@@ -106,10 +116,13 @@ impl Ingress {
             .route("/metrics", get(probes::metrics))
             .fallback(problem::not_found)
             .layer(axum::middleware::from_fn(problem::framework_errors_as_problems))
+            .layer(axum::middleware::from_fn(move |request, next| {
+                problem::within(request_timeout, request, next)
+            }))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn(metrics_layer::observe))
             .with_state(state);
-        Ingress { router, background, stop_background }
+        Ingress { router, background, stop_background, request_timeout }
     }
 
     /// The router, for in-process tests (`tower::ServiceExt::oneshot`).
@@ -127,9 +140,18 @@ impl Ingress {
         let addr: Option<SocketAddr> = listener.local_addr().ok();
         tracing::info!(?addr, "ingress listening");
         let shutdown = cancel.clone();
-        let served = axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let serve = axum::serve(listener, self.router.clone())
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        // Graceful shutdown waits for every open request; none may take longer than the
+        // request timeout, so past that (and a second) stop waiting.
+        let grace = self.request_timeout + Duration::from_secs(1);
+        let served = tokio::select! {
+            served = serve => served,
+            () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "requests still open after the shutdown grace; closing");
+                Ok(())
+            }
+        };
         self.shutdown().await;
         served
     }

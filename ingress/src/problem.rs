@@ -144,3 +144,18 @@ pub async fn framework_errors_as_problems(
     }
     out
 }
+
+/// Run a request with a deadline: past it, 408 problem+json (and the handler's work is
+/// dropped; an order not yet handed to the group committer is not placed).
+pub async fn within(
+    timeout: std::time::Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request timeout")
+            .detail(format!("the request took longer than {timeout:?}; send it again"))
+            .into_response(),
+    }
+}

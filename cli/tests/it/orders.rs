@@ -207,3 +207,44 @@ async fn a_key_reused_after_its_claim_expired_makes_a_new_order() -> anyhow::Res
     assert_eq!(order["lines"][0]["sku"], "SKU-2");
     Ok(())
 }
+
+/// A client that trickles its body holds its connection only so long: it gets 408
+/// problem+json after the write timeout plus the body allowance, and nothing is placed.
+#[tokio::test]
+async fn a_request_whose_body_never_finishes_gets_408() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = souk_testkit::Stack::start_with(souk_testkit::StackOptions {
+        write_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await?;
+    let token = stack.token("slow", &[Role::Buyer]);
+    let addr = stack.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await?;
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         idempotency-key: slow-1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"curr"
+    );
+    socket.write_all(head.as_bytes()).await?;
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let limit = Duration::from_millis(300) + souk_ingress::BODY_ALLOWANCE + Duration::from_secs(10);
+    tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await??;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("content-type: application/problem+json"), "{text}");
+    assert!(started.elapsed() >= souk_ingress::BODY_ALLOWANCE, "not before the allowance");
+    assert_eq!(stack.count("select 1 from idempotency_keys").await?, 0, "nothing claimed");
+    Ok(())
+}
