@@ -1,35 +1,60 @@
 //! PCI-DSS: souk stores payment tokens, never card numbers. Free-text fields are
-//! checked for primary account numbers (13–19 digits, optionally separated by spaces or
-//! dashes, passing the Luhn check) so one pasted by mistake is refused at the door.
+//! checked for primary account numbers (13–19 digits passing the Luhn check, written
+//! plain or in groups separated by single spaces, dashes, dots or underscores) so one
+//! pasted by mistake is refused at the door.
+
+/// Characters that may separate the digit groups of a written card number.
+fn is_separator(c: char) -> bool {
+    matches!(c, ' ' | '-' | '.' | '_')
+}
 
 /// Whether `text` holds a card number.
 pub fn looks_like_pan(text: &str) -> bool {
-    // Digits of each run of digits joined by at most single separators.
-    let mut digits = Vec::with_capacity(19);
+    // Each run of digit groups joined by single separators, as its groups.
+    let mut groups: Vec<Vec<u8>> = Vec::new();
     let mut previous_separator = false;
     for c in text.chars() {
         match c {
             '0'..='9' => {
-                digits.push(c as u8 - b'0');
+                if previous_separator || groups.is_empty() {
+                    groups.push(Vec::new());
+                }
+                if let Some(group) = groups.last_mut() {
+                    group.push(c as u8 - b'0');
+                }
                 previous_separator = false;
             }
-            ' ' | '-' if !digits.is_empty() && !previous_separator => previous_separator = true,
+            c if is_separator(c) && !groups.is_empty() && !previous_separator => previous_separator = true,
             _ => {
-                if contains_pan(&digits) {
+                if contains_pan(&groups) {
                     return true;
                 }
-                digits.clear();
+                groups.clear();
                 previous_separator = false;
             }
         }
     }
-    contains_pan(&digits)
+    contains_pan(&groups)
 }
 
-/// A run of 13–19 digits that passes Luhn. (Windows inside longer runs are not
-/// checked: one in ten of them passes Luhn by chance.)
-fn contains_pan(digits: &[u8]) -> bool {
-    (13..=19).contains(&digits.len()) && luhn(digits)
+/// Whether some consecutive groups of a run (the whole run, or a card number with a
+/// group before or after it: `1-5500-0000-0000-0004`) make 13–19 digits passing Luhn.
+/// Windows that cut through a group are not checked: inside a long plain run of digits,
+/// one window in ten passes Luhn by chance.
+fn contains_pan(groups: &[Vec<u8>]) -> bool {
+    (0..groups.len()).any(|first| {
+        let mut digits: Vec<u8> = Vec::with_capacity(19);
+        for group in &groups[first..] {
+            digits.extend_from_slice(group);
+            if digits.len() > 19 {
+                return false;
+            }
+            if digits.len() >= 13 && luhn(&digits) {
+                return true;
+            }
+        }
+        false
+    })
 }
 
 fn luhn(digits: &[u8]) -> bool {
@@ -51,14 +76,33 @@ mod tests {
 
     #[test]
     fn test_card_numbers_are_found_in_any_formatting() {
-        for pan in ["4111111111111111", "4111 1111 1111 1111", "SKU-5500-0000-0000-0004", "378282246310005"] {
+        for pan in [
+            "4111111111111111",
+            "4111 1111 1111 1111",
+            "SKU-5500-0000-0000-0004",
+            "378282246310005",
+            "4111.1111.1111.1111",
+            "4111_1111_1111_1111",
+            // A group after or before the card number does not hide it.
+            "4111-1111-1111-1111-1",
+            "1-5500-0000-0000-0004",
+            "4111-1111-1111-1111-01",
+        ] {
             assert!(looks_like_pan(pan), "{pan}");
         }
     }
 
     #[test]
     fn ordinary_text_and_short_or_invalid_numbers_pass() {
-        for text in ["MUG-1", "4111111111111112", "123456789012", "2026-11-25", "41111111111111110000"] {
+        for text in [
+            "MUG-1",
+            "4111111111111112",
+            "123456789012",
+            "2026-11-25",
+            "41111111111111110000",
+            "v1.2.3",
+            "BOX_12_PACK-4",
+        ] {
             assert!(!looks_like_pan(text), "{text}");
         }
     }
