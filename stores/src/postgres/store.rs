@@ -20,6 +20,9 @@ pub enum Error {
     Unavailable(sqlx::Error),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// The connection settings cannot work (e.g. no database named).
+    #[error("postgres configuration: {0}")]
+    Config(String),
 }
 
 impl Error {
@@ -39,7 +42,7 @@ impl Error {
                 _ => false,
             },
             Error::Unavailable(_) => true,
-            Error::Migrate(_) | Error::Corrupt(_) => false,
+            Error::Migrate(_) | Error::Corrupt(_) | Error::Config(_) => false,
         }
     }
 }
@@ -85,7 +88,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 /// `postgres` maintenance database of the same server).
 pub async fn ensure_database(url: &str) -> Result<(), Error> {
     let target = PgConnectOptions::from_str(url)?;
-    let name = target.get_database().unwrap_or("postgres").to_owned();
+    let name = database_name(&target)?;
     let mut admin = sqlx::PgConnection::connect_with(&target.clone().database("postgres")).await?;
     let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
         .bind(&name)
@@ -108,12 +111,26 @@ pub async fn ensure_database(url: &str) -> Result<(), Error> {
 /// exist is not an error.
 pub async fn drop_database(url: &str) -> Result<(), Error> {
     let target = PgConnectOptions::from_str(url)?;
-    let name = target.get_database().unwrap_or("postgres").to_owned();
+    let name = database_name(&target)?;
     let mut admin = sqlx::PgConnection::connect_with(&target.database("postgres")).await?;
     let sql = format!("drop database if exists {} with (force)", quote_ident(&name));
     admin.execute(sqlx::AssertSqlSafe(sql)).await?;
     admin.close().await?;
     Ok(())
+}
+
+/// The database a URL names. It must name one: without it Postgres picks the user's
+/// name, which these functions would not know. And it must fit Postgres' 63-byte
+/// identifiers, which it would silently cut, so two long names could mean one database
+/// (and dropping one would drop the other).
+fn database_name(target: &PgConnectOptions) -> Result<String, Error> {
+    match target.get_database() {
+        Some(name) if !name.is_empty() && name.len() <= 63 => Ok(name.to_owned()),
+        Some(name) if !name.is_empty() => {
+            Err(Error::Config(format!("database name longer than 63 bytes: {name}")))
+        }
+        _ => Err(Error::Config("the Postgres URL names no database".into())),
+    }
 }
 
 /// `name` as a quoted SQL identifier (DDL cannot take it as a bind parameter).
@@ -140,6 +157,17 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<u64, Err
 #[cfg(test)]
 mod tests {
     use super::transient_sqlstate;
+
+    #[test]
+    fn database_names_must_be_given_and_fit_postgres_identifiers() {
+        use sqlx::postgres::PgConnectOptions;
+        use std::str::FromStr;
+        let named = |url: &str| super::database_name(&PgConnectOptions::from_str(url).expect("url"));
+        assert_eq!(named("postgres://u@h/souk_1").expect("named"), "souk_1");
+        assert!(named("postgres://u@h").is_err(), "no name");
+        assert!(named(&format!("postgres://u@h/{}", "a".repeat(63))).is_ok());
+        assert!(named(&format!("postgres://u@h/{}", "a".repeat(64))).is_err(), "would be cut");
+    }
 
     #[test]
     fn transient_sqlstates_are_retried_and_request_errors_are_not() {
