@@ -24,6 +24,10 @@ pub enum Role {
 }
 
 pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
+    // Caught from the very start: a signal during start-up then ends it cleanly once it
+    // is done, instead of killing the process and orphaning the nats-server it started
+    // (which runs in its own process group).
+    let mut signals = Signals::install()?;
     let _tracer = souk_topologies::trace::install_subscriber(config.log_json);
     let metrics = install_metrics()?;
     std::fs::create_dir_all(&config.data_dir)
@@ -91,7 +95,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
         print_banner(&config, &addr.to_string(), &nats_url, &keys);
     }
 
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down: draining in-flight work");
     node.stop().await;
     nats.flush().await.ok();
@@ -211,24 +215,28 @@ async fn start_local_nats(config: &Config) -> anyhow::Result<(Child, String)> {
     Ok((child, format!("nats://127.0.0.1:{port}")))
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from the moment they are installed.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// Until either arrives (or has arrived since `install`).
+    async fn wait(&mut self) {
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys) {

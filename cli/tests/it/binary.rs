@@ -206,3 +206,45 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
     assert!(status.success(), "exit status {status}");
     Ok(())
 }
+
+/// Pids of nats-server processes whose command line mentions `dir`.
+fn nats_servers_under(dir: &std::path::Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("nats-server") && c.contains(&needle)
+            })
+        })
+        .collect()
+}
+
+/// Ctrl-C while `souk dev` is still starting (its own nats-server already up, in a
+/// process group of its own) ends it cleanly once start-up is done: the server is
+/// stopped, not orphaned.
+#[tokio::test]
+async fn ctrl_c_during_start_up_stops_souk_dev_and_its_nats_server() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let data = tempfile::tempdir()?;
+    let mut child = souk(data.path())
+        .args(["dev", "--http-addr", "127.0.0.1:0"])
+        .env_remove("SOUK_NATS_URL")
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let server =
+        eventually(Duration::from_secs(30), || async { nats_servers_under(data.path()).first().copied() })
+            .await?;
+    let pid = child.id().expect("running");
+    Command::new("kill").args(["-INT", &pid.to_string()]).status().await?;
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await??;
+    assert!(status.success(), "exit status {status}");
+    assert!(!std::path::Path::new(&format!("/proc/{server}")).exists(), "nats-server {server} left running");
+    Ok(())
+}
