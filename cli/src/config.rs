@@ -11,7 +11,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// `SOUK_*` variables read by other parts (scripts, tests), not by the config tree.
 const NOT_CONFIG: &[&str] =
-    &["nats_server_bin", "test_database_url", "scylla_uri", "opensearch_url", "config"];
+    &["nats_server_bin", "test_database_url", "pg_bin_dir", "scylla_uri", "opensearch_url", "config"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,6 +13,8 @@ fn souk(data_dir: &std::path::Path) -> Command {
         .arg(data_dir)
         .env_remove("SOUK_CONFIG")
         .env("SOUK_LOG_JSON", "true")
+        // Read by scripts/prepare and the test kit, not a config key: must not break it.
+        .env("SOUK_PG_BIN_DIR", "/usr/lib/postgresql/15/bin")
         .kill_on_drop(true);
     c
 }
