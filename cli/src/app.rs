@@ -92,7 +92,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
         serve_metrics(addr, metrics, node.cancel_token()).await?;
     }
     if let (true, Some(addr), Some(keys)) = (dev, node.http_addr, keys) {
-        print_banner(&config, &addr.to_string(), &nats_url, &keys);
+        print_banner(&config, &addr.to_string(), &redact_nats(&nats_url), &keys);
     }
 
     signals.wait().await;
@@ -169,7 +169,16 @@ pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
     tokio::time::timeout(Duration::from_secs(5), connect)
         .await
         .context("connecting to NATS timed out")?
-        .with_context(|| format!("connecting to NATS at {url}"))
+        .with_context(|| format!("connecting to NATS at {}", redact_nats(url)))
+}
+
+/// A NATS URL fit to print: its user info (`user:password@` or a bare token `token@`)
+/// hidden.
+pub fn redact_nats(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
 }
 
 /// Lock `<data dir>/dev.lock`, or say which process holds it.

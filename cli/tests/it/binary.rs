@@ -98,11 +98,22 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
     let role = souk(data.path()).args(["token", "--sub", "x", "--role", "king"]).output().await?;
     assert!(!role.status.success());
     assert!(String::from_utf8(role.stderr)?.contains("unknown role"));
-    let good =
-        souk(data.path()).arg("config").env("DATABASE_URL", "postgres://u:secret@h/db").output().await?;
+    let good = souk(data.path())
+        .arg("config")
+        .env("DATABASE_URL", "postgres://u:secret@h/db?password=secret2")
+        .env("SOUK_NATS_URL", "nats://natsuser:secret3@127.0.0.1:1")
+        .output()
+        .await?;
     assert!(good.status.success());
     let shown = String::from_utf8(good.stdout)?;
-    assert!(shown.contains("u:***@h/db") && !shown.contains("secret"), "{shown}");
+    assert!(shown.contains("u:***@h/db") && shown.contains("nats://***@127.0.0.1:1"), "{shown}");
+    assert!(!shown.contains("secret"), "{shown}");
+    // Nor does an error show them: a token in a NATS URL nobody listens at.
+    let unreachable =
+        souk(data.path()).arg("status").env("SOUK_NATS_URL", "nats://secret4@127.0.0.1:1").output().await?;
+    assert!(!unreachable.status.success());
+    let said = String::from_utf8(unreachable.stderr)?;
+    assert!(said.contains("connecting to NATS") && !said.contains("secret4"), "{said}");
     Ok(())
 }
 

@@ -35,15 +35,28 @@ impl PgOptions {
     }
 }
 
-/// `url` with its password replaced by `***`, for messages and printed config.
+/// `url` with its password replaced by `***`, for messages and printed config: in the
+/// user info (`user:secret@`) and as a `password=` query parameter, which libpq and
+/// sqlx accept too.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let mut out = match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
             Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
             None => url.to_owned(),
         },
         _ => url.to_owned(),
+    };
+    if let Some(q) = out.find('?') {
+        let query: Vec<String> = out[q + 1..]
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..q], query.join("&"));
     }
+    out
 }
 
 #[cfg(test)]
@@ -54,5 +67,9 @@ mod tests {
     fn passwords_are_hidden() {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=require&password=secret&x=1"),
+            "postgres://u@h/db?sslmode=require&password=***&x=1"
+        );
     }
 }
