@@ -13,6 +13,9 @@ use std::{process::ExitCode, time::Duration};
 
 use crate::{app, config::Config};
 
+/// Longest life `souk token` mints.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 pub fn token(
     config: &Config,
     sub: &str,
@@ -29,6 +32,13 @@ pub fn token(
         .collect::<anyhow::Result<Vec<_>>>()?;
     if sub.is_empty() || tenant.is_empty() {
         bail!("--sub and --tenant must not be empty");
+    }
+    // A dev token; a longer life is a mistake (and a huge one would overflow the expiry).
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        bail!(
+            "--ttl must be between 1s and {}",
+            humantime_serde::re::humantime::format_duration(MAX_TOKEN_TTL)
+        );
     }
     let keys = Keys::load_or_generate(&config.jwt_key_path())?;
     out!("{}", keys.mint(&Claims::new(sub, tenant, roles, ttl)));

@@ -95,6 +95,12 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
         souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("htp-addr"));
+    let forever = souk(data.path())
+        .args(["token", "--sub", "x", "--role", "buyer", "--ttl", "584542046090y"])
+        .output()
+        .await?;
+    assert!(!forever.status.success());
+    assert!(String::from_utf8(forever.stderr)?.contains("--ttl must be between"));
     let role = souk(data.path()).args(["token", "--sub", "x", "--role", "king"]).output().await?;
     assert!(!role.status.success());
     assert!(String::from_utf8(role.stderr)?.contains("unknown role"));
