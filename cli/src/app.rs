@@ -95,15 +95,31 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
         print_banner(&config, &addr.to_string(), &redact_nats(&nats_url), &keys);
     }
 
-    signals.wait().await;
+    // Until a signal, or until the nats-server this process started dies under it:
+    // without it nothing can be accepted or handled, so souk stops (non-zero) rather
+    // than stay up answering 503 with nobody to restart the server.
+    let server_died = match local_nats.as_mut() {
+        Some(child) => tokio::select! {
+            () = signals.wait() => None,
+            status = child.wait() => Some(status),
+        },
+        None => {
+            signals.wait().await;
+            None
+        }
+    };
+    if let Some(status) = &server_died {
+        tracing::error!(?status, "the local nats-server exited; stopping");
+    }
     tracing::info!("shutting down: draining in-flight work");
     node.stop().await;
-    nats.flush().await.ok();
+    // Push out buffered acks; a flush waits for a connection, so not for ever.
+    let _ = tokio::time::timeout(Duration::from_secs(5), nats.flush()).await;
     if let Some(child) = local_nats {
         local_server::stop(child).await;
     }
     tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    Ok(if server_died.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// `/metrics` on its own address, for processes without the ingress (`souk worker`).

@@ -267,3 +267,33 @@ async fn ctrl_c_during_start_up_stops_souk_dev_and_its_nats_server() -> anyhow::
     assert!(!std::path::Path::new(&format!("/proc/{server}")).exists(), "nats-server {server} left running");
     Ok(())
 }
+
+/// If the nats-server `souk dev` started dies under it, souk stops with a failure
+/// rather than stay up answering 503 with nobody to restart the server.
+#[tokio::test]
+async fn souk_dev_stops_with_a_failure_when_its_nats_server_dies() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let data = tempfile::tempdir()?;
+    let mut child = souk(data.path())
+        .args(["dev", "--http-addr", "127.0.0.1:0"])
+        .env_remove("SOUK_NATS_URL")
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.trim().starts_with("API") {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("souk dev exited before printing its address")
+    })
+    .await??;
+    let server = *nats_servers_under(data.path()).first().expect("its nats-server runs");
+    Command::new("kill").args(["-KILL", &server.to_string()]).status().await?;
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await??;
+    assert!(!status.success(), "exit status {status}");
+    Ok(())
+}
