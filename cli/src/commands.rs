@@ -198,7 +198,16 @@ pub async fn dlq_replay(config: &Config, seqs: &[u64], all: bool) -> anyhow::Res
     let mut failed = 0;
     for seq in seqs {
         match dead_letters::replay(&publisher, seq).await {
-            Ok(ack) => out!("#{seq} replayed as {} seq {}", ack.stream, ack.sequence),
+            // Not `out!`: a closed stdout (`| head`) must not stop the replay halfway.
+            Ok(ack) => {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "#{seq} replayed as {} seq {}",
+                    ack.stream,
+                    ack.sequence
+                );
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("#{seq} not replayed: {e}");

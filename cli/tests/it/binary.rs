@@ -171,18 +171,33 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     h.insert("souk-dlq-attempts", "5");
     h.insert("souk-dlq-error", "boom");
     h.insert("souk-schema", "orders.place/v1");
-    async_nats::jetstream::new(client.clone())
-        .publish_with_headers("souk.dlq.orders-place", h, "{}".into())
-        .await?
-        .await?;
+    for _ in 0..3 {
+        async_nats::jetstream::new(client.clone())
+            .publish_with_headers("souk.dlq.orders-place", h.clone(), "{}".into())
+            .await?
+            .await?;
+    }
     let list = run(&["dlq", "list", "--json"]).await?;
     let letters: serde_json::Value = serde_json::from_slice(&list.stdout)?;
     assert_eq!(letters[0]["error"], "boom");
     assert_eq!(letters[0]["subject"], "souk.cmd.orders.place");
-    let replay = run(&["dlq", "replay", "--all"]).await?;
+    // `souk dlq replay --all | head -1`: a closed stdout must not stop the replay halfway.
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let replay = souk(data.path())
+        .args(["dlq", "replay", "--all"])
+        .env("SOUK_NATS_URL", nats.url())
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .spawn()?
+        .wait_with_output()
+        .await?;
     assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
     let list = run(&["dlq", "list"]).await?;
-    assert!(String::from_utf8(list.stdout)?.contains("no dead letters"));
+    assert!(String::from_utf8(list.stdout)?.contains("no dead letters"), "all three replayed");
+    let replayed = async_nats::jetstream::new(client.clone()).get_stream("CMD").await?.get_info().await?;
+    assert_eq!(replayed.state.messages, 3);
     let cmd = async_nats::jetstream::new(client).get_stream("CMD").await?.get_raw_message(1).await?;
     assert_eq!(cmd.subject.as_str(), "souk.cmd.orders.place");
     assert_eq!(cmd.headers.get("souk-schema").map(|v| v.as_str()), Some("orders.place/v1"));
