@@ -111,15 +111,19 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let nats = app::connect_nats(&app::nats_url(config)?).await?;
     let pipeline = status::read(&app::jetstream(&nats), &topology).await?;
     let pool = pg::connect(&app::pg_options(config))?;
-    let outbox_pending: Option<i64> =
-        sqlx::query_scalar("select count(*) from outbox where published_at is null")
-            .fetch_one(&pool)
-            .await
-            .ok();
+    let outbox: Result<i64, sqlx::Error> =
+        sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(&pool).await;
+    // The pipeline part is still shown when Postgres cannot be read, but the exit code
+    // says the status is incomplete (scripts and probes check it).
+    let code = if outbox.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    if let Err(e) = &outbox {
+        eprintln!("outbox: cannot read Postgres: {e}");
+    }
+    let outbox_pending = outbox.ok();
     if json {
         let v = serde_json::json!({"pipeline": pipeline, "outbox_pending": outbox_pending});
         out!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     out!("{:<10} {:>12} {:>14} {:>12}", "STREAM", "MESSAGES", "BYTES", "LAST SEQ");
     for s in &pipeline.streams {
@@ -149,7 +153,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         Some(n) => out!("\noutbox: {n} unpublished"),
         None => out!("\noutbox: unknown (Postgres unreachable)"),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {

@@ -163,6 +163,17 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     assert_eq!(json["pipeline"]["consumers"][0]["name"], "orders-place");
     assert_eq!(json["outbox_pending"], 0);
+    // Postgres unreachable: the pipeline is still shown, but the exit code says the
+    // status is incomplete.
+    let partial = souk(data.path())
+        .args(["status"])
+        .env("SOUK_NATS_URL", nats.url())
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing")
+        .output()
+        .await?;
+    assert_eq!(partial.status.code(), Some(1));
+    let shown = String::from_utf8(partial.stdout)?;
+    assert!(shown.contains("orders-place") && shown.contains("outbox: unknown"), "{shown}");
     // A dead letter as the runtime writes it; list it, replay it to its subject.
     let client = nats.client().await?;
     let mut h = async_nats::HeaderMap::new();
