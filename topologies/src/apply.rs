@@ -91,11 +91,8 @@ pub async fn apply(js: &jetstream::Context, topology: &Topology, mode: Mode) -> 
         report.changes.push(apply_stream(js, spec, mode).await?);
     }
     for spec in &topology.consumers {
-        let handled_once = topology
-            .streams
-            .iter()
-            .find(|s| s.name == spec.stream)
-            .is_some_and(|s| s.purge_acked || s.retention == Retention::WorkQueue);
+        let handled_once =
+            topology.streams.iter().find(|s| s.name == spec.stream).is_some_and(StreamSpec::handled_once);
         report.changes.push(apply_consumer(js, spec, handled_once, mode).await?);
     }
     Ok(report)

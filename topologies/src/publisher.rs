@@ -38,6 +38,15 @@ pub struct OutgoingMessage {
     pub payload: Bytes,
 }
 
+/// How [`Publisher::atomic_or_singles`] falls back to single publishes.
+#[derive(Clone, Copy)]
+enum Singles {
+    /// Send all, then collect the acks.
+    Pipelined,
+    /// Each after the previous ack, stopping at the first failure.
+    InOrder,
+}
+
 /// JetStream's acknowledgement of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
@@ -178,40 +187,42 @@ impl Publisher {
     /// has already seen — one message at a time, pipelined. Results are per message, in
     /// order. Message ids must be distinct within `msgs`.
     pub async fn publish_all(&self, msgs: &[OutgoingMessage]) -> Vec<Result<Ack>> {
-        match self.publish_atomic(msgs).await {
-            Ok(acks) => acks.into_iter().map(Ok).collect(),
-            Err(Error::JetStream { code: BATCH_DUPLICATE_MESSAGE_ID, .. }) => {
-                metrics::counter!("souk_publisher_batch_fallbacks_total").increment(1);
-                self.publish_each(msgs).await
-            }
-            Err(e) => msgs.iter().map(|_| Err(e.clone())).collect(),
-        }
+        self.atomic_or_singles(msgs, Singles::Pipelined).await
     }
 
-    /// Publish `msgs` (all to subjects of one stream) keeping their order in the stream
-    /// whatever fails: as one atomic batch, or — when JetStream rejects it for holding an
-    /// id it has already seen — one at a time, each waiting for the ack of the one before,
-    /// stopping at the first failure. Returns the results of what was attempted: `Ok`s
-    /// for a prefix, then at most one `Err`. The outbox relay publishes this way, since
-    /// pipelined publishes could store a later event of an aggregate before an earlier
-    /// one that failed.
+    /// Like [`Publisher::publish_all`], but keeping their order in the stream whatever
+    /// fails: the one-at-a-time fallback waits for each ack before the next message and
+    /// stops at the first failure, so the results of a fallback are `Ok`s for a prefix,
+    /// then at most one `Err`. The outbox relay publishes this way, since pipelined
+    /// publishes could store a later event of an aggregate before an earlier one that
+    /// failed.
     pub async fn publish_in_order(&self, msgs: &[OutgoingMessage]) -> Vec<Result<Ack>> {
+        self.atomic_or_singles(msgs, Singles::InOrder).await
+    }
+
+    /// One atomic batch, or on err 10201 the messages one at a time as `singles` says.
+    async fn atomic_or_singles(&self, msgs: &[OutgoingMessage], singles: Singles) -> Vec<Result<Ack>> {
         match self.publish_atomic(msgs).await {
             Ok(acks) => acks.into_iter().map(Ok).collect(),
             Err(Error::JetStream { code: BATCH_DUPLICATE_MESSAGE_ID, .. }) => {
                 metrics::counter!("souk_publisher_batch_fallbacks_total").increment(1);
-                let mut results = Vec::with_capacity(msgs.len());
-                for m in msgs {
-                    let result = self.publish(m.clone()).await;
-                    let failed = result.is_err();
-                    results.push(result);
-                    if failed {
-                        break;
+                match singles {
+                    Singles::Pipelined => self.publish_each(msgs).await,
+                    Singles::InOrder => {
+                        let mut results = Vec::with_capacity(msgs.len());
+                        for m in msgs {
+                            let result = self.publish(m.clone()).await;
+                            let failed = result.is_err();
+                            results.push(result);
+                            if failed {
+                                break;
+                            }
+                        }
+                        results
                     }
                 }
-                results
             }
-            Err(e) => vec![Err(e)],
+            Err(e) => msgs.iter().map(|_| Err(e.clone())).collect(),
         }
     }
 

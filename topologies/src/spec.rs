@@ -83,6 +83,14 @@ pub struct StreamSpec {
     pub purge_acked: bool,
 }
 
+impl StreamSpec {
+    /// Whether each message is handled by one consumer and then removed: a work queue,
+    /// or a purge-acked stream (a work queue purged in bulk).
+    pub fn handled_once(&self) -> bool {
+        self.purge_acked || self.retention == Retention::WorkQueue
+    }
+}
+
 /// One durable pull consumer.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -253,16 +261,14 @@ impl Topology {
         }
         Ok(())
     }
-}
 
-impl Topology {
     /// On a work-queue or purge-acked stream a message is handled by one consumer, so no
     /// two consumers of the stream may share a subject. (JetStream enforces this for
     /// work queues when creating the consumer; for purge-acked streams only this does.)
     fn check_exclusive_consumers(&self) -> std::result::Result<(), String> {
         for (i, a) in self.consumers.iter().enumerate() {
             let Some(stream) = self.streams.iter().find(|s| s.name == a.stream) else { continue };
-            if !(stream.purge_acked || stream.retention == Retention::WorkQueue) {
+            if !stream.handled_once() {
                 continue;
             }
             for b in self.consumers[i + 1..].iter().filter(|b| b.stream == a.stream) {
@@ -288,9 +294,7 @@ impl Topology {
         }
         Ok(())
     }
-}
 
-impl Topology {
     /// A purge-acked stream removes what its consumers have handled, so a command that no
     /// consumer takes would never be handled and must never be stored: every subject of
     /// such a stream must be taken by one of its consumers. (The purger also checks the

@@ -139,11 +139,7 @@ impl Pool {
             loop {
                 let next = tokio::select! {
                     () = cancel.cancelled() => {
-                        // Fetched but not started: hand them back at once rather than let
-                        // them wait out the ack wait.
-                        while let Some(Some(Ok(buffered))) = batch.next().now_or_never() {
-                            let _ = buffered.ack_with(AckKind::Nak(None)).await;
-                        }
+                        hand_back(None, &mut batch).await;
                         break 'fetch;
                     }
                     m = batch.next() => m,
@@ -158,10 +154,7 @@ impl Pool {
                     }
                 };
                 if cancel.is_cancelled() {
-                    let _ = msg.ack_with(AckKind::Nak(None)).await;
-                    while let Some(Some(Ok(buffered))) = batch.next().now_or_never() {
-                        let _ = buffered.ack_with(AckKind::Nak(None)).await;
-                    }
+                    hand_back(Some(msg), &mut batch).await;
                     break 'fetch;
                 }
                 // Each message takes one of the slots reserved for this pull.
@@ -207,6 +200,18 @@ impl Pool {
             let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
         }
         tracing::info!(pool = %spec.name, "pool stopped");
+    }
+}
+
+/// At shutdown, nak what a pull fetched but the pool will not start (`fetched`, and
+/// whatever the pull has already buffered): handed back at once rather than left to
+/// wait out the ack wait.
+async fn hand_back(fetched: Option<jetstream::Message>, batch: &mut jetstream::consumer::pull::Batch) {
+    if let Some(msg) = fetched {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+    }
+    while let Some(Some(Ok(buffered))) = batch.next().now_or_never() {
+        let _ = buffered.ack_with(AckKind::Nak(None)).await;
     }
 }
 
