@@ -7,6 +7,35 @@ use tokio::{
     process::Command,
 };
 
+/// The API address `souk dev` prints in its banner (its stdout must be piped).
+async fn api_address(child: &mut tokio::process::Child) -> anyhow::Result<String> {
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.trim().strip_prefix("API") {
+                return anyhow::Ok(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+        }
+        anyhow::bail!("souk dev exited before printing its address")
+    })
+    .await?
+}
+
+/// `souk dev` on `data` with its own nats-server (no `SOUK_NATS_URL`).
+fn souk_dev_with_own_nats(
+    data: &std::path::Path,
+    database_url: &str,
+    stdout: Stdio,
+) -> std::io::Result<tokio::process::Child> {
+    souk(data)
+        .args(["dev", "--http-addr", "127.0.0.1:0"])
+        .env_remove("SOUK_NATS_URL")
+        .env("DATABASE_URL", database_url)
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+}
+
 fn souk(data_dir: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_souk"));
     c.arg("--data-dir")
@@ -30,16 +59,7 @@ async fn souk_dev_serves_orders_and_exits_cleanly_on_sigterm() -> anyhow::Result
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let api = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(rest) = line.trim().strip_prefix("API") {
-                return anyhow::Ok(rest.split_whitespace().next().unwrap_or_default().to_owned());
-            }
-        }
-        anyhow::bail!("souk dev exited before printing its address")
-    })
-    .await??;
+    let api = api_address(&mut child).await?;
     assert!(api.starts_with("http://127.0.0.1:"), "{api}");
 
     // `souk token` signs with the key `souk dev` generated in the data dir.
@@ -276,13 +296,7 @@ fn nats_servers_under(dir: &std::path::Path) -> Vec<u32> {
 async fn ctrl_c_during_start_up_stops_souk_dev_and_its_nats_server() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
     let data = tempfile::tempdir()?;
-    let mut child = souk(data.path())
-        .args(["dev", "--http-addr", "127.0.0.1:0"])
-        .env_remove("SOUK_NATS_URL")
-        .env("DATABASE_URL", &db.url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = souk_dev_with_own_nats(data.path(), &db.url, Stdio::null())?;
     let server =
         eventually(Duration::from_secs(30), || async { nats_servers_under(data.path()).first().copied() })
             .await?;
@@ -300,23 +314,8 @@ async fn ctrl_c_during_start_up_stops_souk_dev_and_its_nats_server() -> anyhow::
 async fn souk_dev_stops_with_a_failure_when_its_nats_server_dies() -> anyhow::Result<()> {
     let db = TestDb::create().await?;
     let data = tempfile::tempdir()?;
-    let mut child = souk(data.path())
-        .args(["dev", "--http-addr", "127.0.0.1:0"])
-        .env_remove("SOUK_NATS_URL")
-        .env("DATABASE_URL", &db.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await? {
-            if line.trim().starts_with("API") {
-                return anyhow::Ok(());
-            }
-        }
-        anyhow::bail!("souk dev exited before printing its address")
-    })
-    .await??;
+    let mut child = souk_dev_with_own_nats(data.path(), &db.url, Stdio::piped())?;
+    api_address(&mut child).await?;
     let server = *nats_servers_under(data.path()).first().expect("its nats-server runs");
     Command::new("kill").args(["-KILL", &server.to_string()]).status().await?;
     let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await??;
