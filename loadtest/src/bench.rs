@@ -212,35 +212,21 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
         );
     }
     if ctx.runs(Phase::Souk) {
-        progress("(e)+(f) souk: starting the stack");
-        let options = StackOptions {
-            pg_connections: args.pg_connections,
-            write_timeout: args.write_timeout,
-            workers: true,
-        };
-        let stack =
-            Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys.clone(), tokens.clone())
-                .await?;
-        progress("(e)+(f) souk: ingress load, then waiting for the backlog to drain");
-        let cpu = crate::cpu::Window::open();
-        let run = souk::measure(
-            &stack,
-            &ctx.db.url,
-            ctx.sample,
-            ctx.plan(ctx.http_mode()),
-            args.drain_timeout,
-            ctx.metrics,
-        )
-        .await;
-        let usage = cpu.close();
-        stack.stop().await;
-        let run = run?;
-        report.push(
-            Measurement::new("souk_ingress", "(e) souk ingress accepted", "req", "request", &run.ingress),
-            usage,
-        );
-        report.persisted = Some(run.persisted);
-        report.diagnostics = Some(run.diagnostics);
+        let run = souk_phase(ctx, &keys, &tokens, ctx.http_mode()).await?;
+        let (measurement, usage) = run.0;
+        report.push(measurement, usage);
+        report.persisted = Some(run.1.persisted);
+        report.diagnostics = Some(run.1.diagnostics);
+    }
+    // (e½): the same pipeline, open loop at half the rate (e) reached: the latency a
+    // client sees when souk has headroom. Only after a closed-loop (e).
+    let half = report.measurements.iter().find(|m| m.key == "souk_ingress").map(|m| m.rate_per_s / 2.0);
+    if let Some(rate) = half.filter(|_| ctx.runs(Phase::SoukHalf) && args.rate.is_none()) {
+        let mode = Mode::Open { rate, max_in_flight: args.concurrency.max(1024), poisson: true };
+        let ((mut measurement, usage), _) = souk_phase(ctx, &keys, &tokens, mode).await?;
+        measurement.key = "souk_half";
+        measurement.name = "(e½) souk, open loop at half of (e)";
+        report.push(measurement, usage);
     }
     // Last: the commands it accepts are never handled.
     if ctx.runs(Phase::IngressAlone) {
@@ -262,6 +248,34 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
     }
     report.finish();
     Ok(report)
+}
+
+/// One run of the whole pipeline (e)+(f) on a fresh stack under `mode`.
+async fn souk_phase(
+    ctx: &Ctx<'_>,
+    keys: &souk_ingress::Keys,
+    tokens: &Arc<Vec<String>>,
+    mode: Mode,
+) -> anyhow::Result<((Measurement, Option<crate::cpu::Share>), souk::SoukRun)> {
+    let args = ctx.args;
+    progress(&format!("(e)+(f) souk, {}: starting the stack", mode.describe()));
+    let options = StackOptions {
+        pg_connections: args.pg_connections,
+        write_timeout: args.write_timeout,
+        workers: true,
+    };
+    let stack =
+        Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys.clone(), tokens.clone())
+            .await?;
+    progress("(e)+(f) souk: ingress load, then waiting for the backlog to drain");
+    let cpu = crate::cpu::Window::open();
+    let run =
+        souk::measure(&stack, &ctx.db.url, ctx.sample, ctx.plan(mode), args.drain_timeout, ctx.metrics).await;
+    let usage = cpu.close();
+    stack.stop().await;
+    let run = run?;
+    let m = Measurement::new("souk_ingress", "(e) souk ingress accepted", "req", "request", &run.ingress);
+    Ok(((m, usage), run))
 }
 
 fn progress(what: &str) {

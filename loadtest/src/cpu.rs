@@ -15,6 +15,10 @@
 use serde::Serialize;
 use std::collections::HashMap;
 
+/// Clock ticks per second of `/proc/stat` and `/proc/<pid>/stat` (USER_HZ: 100 on
+/// every Linux architecture souk runs on).
+const USER_HZ: f64 = 100.0;
+
 /// Counters at one moment, in the kernel's clock ticks.
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -29,6 +33,8 @@ pub struct Sample {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Share {
     pub busy: f64,
+    /// CPU time the whole machine spent busy over the window, in seconds (all CPUs).
+    pub busy_cpu_s: f64,
     pub this_process: f64,
     pub nats_server: f64,
     pub postgres: f64,
@@ -105,8 +111,11 @@ pub fn share(before: Option<&Sample>, after: Option<&Sample>) -> Option<Share> {
         grown.saturating_sub(gone) as f64 / total
     };
     let idle = b.idle.saturating_sub(a.idle) as f64 / total;
+    let busy = (1.0 - idle).clamp(0.0, 1.0);
     Some(Share {
-        busy: (1.0 - idle).clamp(0.0, 1.0),
+        busy,
+        // /proc/stat counts in USER_HZ, which Linux fixes at 100 for user space.
+        busy_cpu_s: busy * total / USER_HZ,
         this_process: used(&|pid, _| pid == b.this),
         nats_server: used(&|_, name| name == "nats-server"),
         postgres: used(&|_, name| name == "postgres"),
@@ -156,6 +165,7 @@ mod tests {
         );
         let s = share(Some(&before), Some(&after)).expect("share");
         assert_eq!(s.busy, 0.75);
+        assert_eq!(s.busy_cpu_s, 1.5, "150 busy ticks of 200");
         assert_eq!(s.this_process, 0.2);
         assert_eq!(s.nats_server, 0.3);
         // 50 (postmaster, incl. the reaped 45) − 30 (backend 4 before) + 20 (new) = 40.

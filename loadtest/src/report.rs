@@ -108,8 +108,10 @@ pub struct Ratio {
     pub value: Option<f64>,
     /// `x` (a ratio) or `ms`.
     pub unit: &'static str,
-    /// The value must be at least this; `None`: reported only.
+    /// The value must be at least this.
     pub target_min: Option<f64>,
+    /// The value must be at most this (costs, latencies). Neither bound: reported only.
+    pub target_max: Option<f64>,
     pub met: Option<bool>,
 }
 
@@ -138,60 +140,117 @@ impl Report {
         self.measurements.iter().find(|m| m.key == key).map(|m| m.rate_per_s)
     }
 
-    /// Work out the ratios from the measurements (call once every phase has run).
+    /// Machine CPU per unit of a phase, in microseconds: everything the machine did
+    /// over the phase's CPU window (warm-up, and for (e) the drain, included) divided
+    /// by the units of that window. The warm-up is counted at the measured rate; for
+    /// (e) the units are the orders persisted (each one went the whole way).
+    fn cpu_per_unit_us(&self, key: &str) -> Option<f64> {
+        let m = self.measurements.iter().find(|m| m.key == key)?;
+        let cpu = m.cpu?;
+        let units = match (key, &self.persisted) {
+            ("souk_ingress", Some(p)) => {
+                p.orders as f64 * (1.0 + self.setup.warmup_s / m.elapsed_s.max(1e-9))
+            }
+            _ => m.units as f64 * (1.0 + self.setup.warmup_s / m.elapsed_s.max(1e-9)),
+        };
+        (units > 0.0).then(|| cpu.busy_cpu_s / units * 1e6)
+    }
+
+    /// Work out the figures from the measurements (call once every phase has run).
+    ///
+    /// The throughput targets (e) ≥ 3 × (a) and (e) ≥ 0.5 × (b) are retired (issue 8): on
+    /// two cores shared by the load generator and every server, (a) and (b) are bound by
+    /// nats-server's serial fsyncs with the machine mostly idle while souk is bound by
+    /// CPU, so those ratios measure the machine. They are still printed, as reported
+    /// figures. The targets are cost per order through the whole pipeline and latency
+    /// at half of saturation, and (f) ≥ 0.5 × (c).
     pub fn finish(&mut self) {
         let ingress = self.rate("souk_ingress");
         let over = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
             _ => None,
         };
-        let ratio = |name, value: Option<f64>, unit, target_min: Option<f64>| Ratio {
-            name,
-            value,
-            unit,
-            target_min,
-            met: target_min.and_then(|t| value.map(|v| v >= t)),
-        };
-        let p99 = self.measurements.iter().find(|m| m.key == "souk_ingress").map(|m| m.latency.p99_ms);
+        let figure =
+            |name, value: Option<f64>, unit, target_min: Option<f64>, target_max: Option<f64>| Ratio {
+                name,
+                value,
+                unit,
+                target_min,
+                target_max,
+                met: match (value, target_min, target_max) {
+                    (Some(v), Some(min), _) => Some(v >= min),
+                    (Some(v), None, Some(max)) => Some(v <= max),
+                    _ => None,
+                },
+            };
+        let p99 = |key: &str| self.measurements.iter().find(|m| m.key == key).map(|m| m.latency.p99_ms);
         self.ratios = vec![
-            ratio(
-                "ingress accepted/s ÷ raw single publish/s",
-                over(ingress, self.rate("raw_single")),
-                "x",
-                Some(3.0),
-            ),
-            ratio(
-                "ingress accepted/s ÷ raw atomic-batch msg/s",
-                over(ingress, self.rate("raw_atomic")),
-                "x",
-                Some(0.5),
-            ),
-            ratio(
+            figure(
                 "orders persisted/s ÷ raw Postgres commit/s",
                 over(self.persisted.as_ref().map(|p| p.rate_per_s), self.rate("raw_postgres")),
                 "x",
                 Some(0.5),
+                None,
             ),
-            ratio(
+            figure(
+                "CPU per order through the pipeline (e)",
+                self.cpu_per_unit_us("souk_ingress"),
+                "us",
+                None,
+                Some(250.0),
+            ),
+            figure("p99 accept latency at half saturation (e½)", p99("souk_half"), "ms", None, None),
+            figure(
+                "CPU per accepted order, ingress alone (e0)",
+                self.cpu_per_unit_us("souk_ingress_alone"),
+                "us",
+                None,
+                None,
+            ),
+            figure("CPU per request, no-op HTTP (d)", self.cpu_per_unit_us("noop_http"), "us", None, None),
+            figure("ingress p99 accept latency (closed loop)", p99("souk_ingress"), "ms", None, None),
+            figure(
+                "ingress accepted/s ÷ raw single publish/s",
+                over(ingress, self.rate("raw_single")),
+                "x",
+                None,
+                None,
+            ),
+            figure(
+                "ingress accepted/s ÷ raw atomic-batch msg/s",
+                over(ingress, self.rate("raw_atomic")),
+                "x",
+                None,
+                None,
+            ),
+            figure(
                 "ingress accepted/s ÷ atomic batches of 100 (b')",
                 over(ingress, self.rate("raw_atomic_100")),
                 "x",
                 None,
+                None,
             ),
-            ratio("ingress p99 accept latency", p99, "ms", None),
-            ratio(
+            figure(
                 "ingress alone (e0) ÷ raw single publish/s",
                 over(self.rate("souk_ingress_alone"), self.rate("raw_single")),
                 "x",
                 None,
+                None,
             ),
-            ratio(
+            figure(
                 "ingress alone (e0) ÷ raw atomic-batch msg/s",
                 over(self.rate("souk_ingress_alone"), self.rate("raw_atomic")),
                 "x",
                 None,
+                None,
             ),
-            ratio("ingress accepted/s ÷ no-op HTTP req/s", over(ingress, self.rate("noop_http")), "x", None),
+            figure(
+                "ingress accepted/s ÷ no-op HTTP req/s",
+                over(ingress, self.rate("noop_http")),
+                "x",
+                None,
+                None,
+            ),
         ];
     }
 
@@ -266,14 +325,19 @@ impl Report {
         for r in &self.ratios {
             let value = match (r.value, r.unit) {
                 (Some(v), "ms") => ms(v),
+                (Some(v), "us") => format!("{v:.0} µs"),
                 (Some(v), _) => format!("{v:.2}×"),
                 (None, _) => "n/a".into(),
             };
-            let target = r.target_min.map_or_else(|| "—".into(), |t| format!("≥ {t}"));
+            let target = match (r.target_min, r.target_max) {
+                (Some(t), _) => format!("≥ {t}"),
+                (None, Some(t)) => format!("≤ {t}"),
+                (None, None) => "—".into(),
+            };
             let verdict = match r.met {
                 Some(true) => "met",
                 Some(false) => "NOT MET",
-                None if r.target_min.is_some() => "not measured",
+                None if r.target_min.is_some() || r.target_max.is_some() => "not measured",
                 None => "reported",
             };
             let _ = writeln!(out, "{:<46} {:>10}  {:>8}  {}", r.name, value, target, verdict);
