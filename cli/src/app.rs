@@ -29,6 +29,9 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     // (which runs in its own process group).
     let mut signals = Signals::install()?;
     let _tracer = souk_topologies::trace::install_subscriber(config.log_json);
+    // Before anything is started: a production process without configured keys must
+    // not come up at all (it would accept no token, or one nobody can rotate).
+    let keys = signing_keys(&config, matches!(role, Role::Dev))?;
     let metrics = install_metrics()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -65,15 +68,20 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     };
     let ingress = match ingress {
         true => {
-            let keys = Keys::load_or_generate(&config.jwt_key_path())?;
             let listener = tokio::net::TcpListener::bind(config.http_addr)
                 .await
                 .with_context(|| format!("binding {}", config.http_addr))?;
-            Some((listener, keys))
+            Some((listener, keys.clone()))
         }
         false => None,
     };
-    let keys = ingress.as_ref().map(|(_, k)| k.clone());
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some((
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?,
+            metrics,
+        )),
+        None => None,
+    };
     let node = Node::start(NodeOptions {
         nats: nats.clone(),
         pool,
@@ -85,13 +93,10 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
         rate_limit: config.rate_limit(),
         pools,
         relay,
-        metrics: Some(metrics.clone()),
+        metrics: metrics_listener,
     })
     .await?;
-    if let Some(addr) = config.metrics_addr {
-        serve_metrics(addr, metrics, node.cancel_token()).await?;
-    }
-    if let (true, Some(addr), Some(keys)) = (dev, node.http_addr, keys) {
+    if let (true, Some(addr)) = (dev, node.http_addr) {
         print_banner(&config, &addr.to_string(), &redact_nats(&nats_url), &keys);
     }
 
@@ -122,24 +127,22 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     Ok(if server_died.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-/// `/metrics` on its own address, for processes without the ingress (`souk worker`).
-async fn serve_metrics(
-    addr: std::net::SocketAddr,
-    metrics: PrometheusHandle,
-    stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    let router = axum::Router::new()
-        .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())))
-        .route("/healthz", axum::routing::get(|| std::future::ready("ok")));
-    tracing::info!(%addr, "metrics listening");
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
-    Ok(())
+/// The JWT keys of this process: the configured `jwt-keys`; for `souk dev` without any,
+/// its development key in the data dir (generated on first start). Nothing else ever
+/// generates a key.
+pub fn signing_keys(config: &Config, dev: bool) -> anyhow::Result<Keys> {
+    if !config.jwt_keys.is_empty() {
+        let files: Vec<_> = config.jwt_keys.iter().map(|k| (k.kid.clone(), k.file.clone())).collect();
+        return Keys::from_files(&files).context("loading jwt-keys");
+    }
+    if dev {
+        return Keys::load_or_generate_dev(&config.dev_key_path()).context("the development JWT key");
+    }
+    bail!(
+        "no JWT signing keys configured: set jwt-keys in souk.toml \
+         (jwt-keys = [{{ kid = \"2026-11\", file = \"/etc/souk/jwt-2026-11.key\" }}]) or SOUK_JWT_KEYS; \
+         only `souk dev` generates a development key"
+    )
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -273,7 +276,7 @@ fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys) {
     let _ = writeln!(
         std::io::stdout().lock(),
         "\nsouk is running (Ctrl-C to stop)\n\
-         \x20 API       {api}   (/healthz, /readyz, /metrics)\n\
+         \x20 API       {api}   (/healthz, /readyz; /metrics on metrics-addr when set)\n\
          \x20 NATS      {nats_url}   (JetStream, file store, sync_interval always)\n\
          \x20 Postgres  {db}\n\
          \x20 Data dir  {data}\n\n\

@@ -1,7 +1,7 @@
 //! One-shot commands: token, topology, migrate, status, dlq, config.
 
 use anyhow::{Context, bail};
-use souk_ingress::{Claims, Keys, Role};
+use souk_ingress::{Claims, Role};
 use souk_stores::postgres as pg;
 use souk_topologies::{
     apply::{self, Mode},
@@ -30,8 +30,12 @@ pub fn token(
                 .with_context(|| format!("unknown role {r:?}: use buyer, seller, support or admin"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if sub.is_empty() || tenant.is_empty() {
-        bail!("--sub and --tenant must not be empty");
+    let claims = Claims::new(sub, tenant, Vec::new(), ttl);
+    if let Err(why) = claims.check_identity() {
+        bail!(
+            "--sub and --tenant must be 1-{} characters without control characters: {why}",
+            souk_ingress::auth::MAX_CLAIM_LEN
+        );
     }
     // A dev token; a longer life is a mistake (and a huge one would overflow the expiry).
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
@@ -40,7 +44,19 @@ pub fn token(
             humantime_serde::re::humantime::format_duration(MAX_TOKEN_TTL)
         );
     }
-    let keys = Keys::load_or_generate(&config.jwt_key_path())?;
+    // The configured keys, or the one `souk dev` generated: never a new one (a token
+    // signed with a key nobody verifies with is no use).
+    let keys = match config.jwt_keys.is_empty() {
+        false => app::signing_keys(config, false)?,
+        true if config.dev_key_path().exists() => app::signing_keys(config, true)?,
+        true => bail!(
+            "no signing key: configure jwt-keys, or start `souk dev` once with this --data-dir (it generates its development key)"
+        ),
+    };
+    eprintln!(
+        "souk token: a DEVELOPMENT token, signed with key {:?}; production tokens come from your identity provider",
+        keys.kids().first().copied().unwrap_or_default()
+    );
     out!("{}", keys.mint(&Claims::new(sub, tenant, roles, ttl)));
     Ok(ExitCode::SUCCESS)
 }

@@ -21,8 +21,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where the HTTP API listens.
     pub http_addr: SocketAddr,
-    /// Serve `/metrics` here too (for `souk worker`, which has no HTTP API).
+    /// The internal listener serving `/metrics` (never served on the public API).
     pub metrics_addr: Option<SocketAddr>,
+    /// JWT signing keys, `[{ kid = "...", file = "..." }]`: every one verifies, the
+    /// first signs (`souk token`). `souk ingress` and `souk worker` refuse to start
+    /// without; only `souk dev` generates a key (into its data dir) when none is set.
+    pub jwt_keys: Vec<JwtKey>,
     /// An existing NATS server; unset, `souk dev` starts its own under the data dir.
     pub nats_url: Option<String>,
     /// Postgres, the system of record.
@@ -39,6 +43,10 @@ pub struct Config {
     pub rate_limit_per_second: u32,
     /// Writes a principal may send at once above the sustained rate.
     pub rate_limit_burst: u32,
+    /// Order reads per second per principal: a budget separate from writes.
+    pub read_rate_limit_per_second: u32,
+    /// Reads a principal may send at once above the sustained rate.
+    pub read_rate_limit_burst: u32,
     /// Log JSON lines instead of text.
     pub log_json: bool,
 }
@@ -49,6 +57,7 @@ impl Default for Config {
             data_dir: PathBuf::from(".souk/dev"),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             metrics_addr: None,
+            jwt_keys: Vec::new(),
             nats_url: None,
             database_url: "postgres://postgres@127.0.0.1:5432/souk".into(),
             database_max_connections: 32,
@@ -56,9 +65,20 @@ impl Default for Config {
             write_timeout: Duration::from_millis(1500),
             rate_limit_per_second: souk_cli::node::DEFAULT_RATE_PER_SECOND,
             rate_limit_burst: souk_cli::node::DEFAULT_RATE_BURST,
+            read_rate_limit_per_second: souk_cli::node::DEFAULT_READ_RATE_PER_SECOND,
+            read_rate_limit_burst: souk_cli::node::DEFAULT_READ_RATE_BURST,
             log_json: false,
         }
     }
+}
+
+/// One JWT key: its id (the `kid` tokens name) and the file holding its secret (at
+/// least 32 bytes; a final newline is ignored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct JwtKey {
+    pub kid: String,
+    pub file: PathBuf,
 }
 
 /// Values given on the command line (they win over everything else).
@@ -99,18 +119,24 @@ impl Config {
         if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
             return Err("database-url must be a postgres:// URL".into());
         }
+        if self.rate_limit_per_second > 0 && self.read_rate_limit_per_second == 0 {
+            return Err("read-rate-limit-per-second must be positive (rate-limit-per-second = 0 turns both limits off)".into());
+        }
         Ok(())
     }
 
-    /// The ingress rate limit, if on.
+    /// The ingress rate limits (writes and reads), if on.
     pub fn rate_limit(&self) -> Option<souk_ingress::RateLimit> {
-        let per_second = std::num::NonZeroU32::new(self.rate_limit_per_second)?;
-        let burst = std::num::NonZeroU32::new(self.rate_limit_burst).unwrap_or(per_second);
-        Some(souk_ingress::RateLimit { per_second, burst })
+        use std::num::NonZeroU32;
+        let per_second = NonZeroU32::new(self.rate_limit_per_second)?;
+        let burst = NonZeroU32::new(self.rate_limit_burst).unwrap_or(per_second);
+        let reads_per_second = NonZeroU32::new(self.read_rate_limit_per_second)?;
+        let reads_burst = NonZeroU32::new(self.read_rate_limit_burst).unwrap_or(reads_per_second);
+        Some(souk_ingress::RateLimit { per_second, burst, reads_per_second, reads_burst })
     }
 
-    /// The dev JWT signing key.
-    pub fn jwt_key_path(&self) -> PathBuf {
+    /// The key `souk dev` generates when no `jwt-keys` are configured.
+    pub fn dev_key_path(&self) -> PathBuf {
         self.data_dir.join("jwt.key")
     }
 }

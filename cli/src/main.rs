@@ -80,7 +80,9 @@ enum Command {
         #[arg(long)]
         no_relay: bool,
     },
-    /// Mint a development token signed with the data dir's key.
+    /// Mint a DEVELOPMENT token, signed with the first configured jwt-keys key or the
+    /// key `souk dev` generated in the data dir. Production tokens come from your
+    /// identity provider.
     Token {
         #[arg(long)]
         sub: String,

@@ -5,7 +5,7 @@
 //! benchmark, so all three run exactly the same wiring.
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use souk_ingress::{Ingress, IngressOptions, IntakeOptions, Keys, RateLimit};
+use souk_ingress::{ConnectionLimits, Ingress, IngressOptions, IntakeOptions, Keys, RateLimit};
 use souk_stores::postgres::{self as pg, outbox::PgOutbox};
 use souk_topologies::{
     Topology,
@@ -35,12 +35,13 @@ pub struct NodeOptions {
     /// Serve the HTTP ingress on this listener with these keys.
     pub ingress: Option<(tokio::net::TcpListener, Keys)>,
     pub intake: IntakeOptions,
-    /// Writes per principal at the ingress; `None` for no limit.
+    /// Writes and reads per principal at the ingress; `None` for no limit.
     pub rate_limit: Option<RateLimit>,
     /// Worker pools to run: `Some(vec![])` runs every pool, `None` none.
     pub pools: Option<Vec<String>>,
     pub relay: bool,
-    pub metrics: Option<PrometheusHandle>,
+    /// Serve `/metrics` of this handle on this (internal) listener.
+    pub metrics: Option<(tokio::net::TcpListener, PrometheusHandle)>,
 }
 
 /// A running node.
@@ -84,12 +85,20 @@ impl Node {
                 write_timeout: options.write_timeout,
                 intake: options.intake,
                 rate_limit: options.rate_limit,
-                metrics: options.metrics,
+                connections: ConnectionLimits::default(),
             });
             let stop = cancel.clone();
             tasks.spawn(async move {
                 if let Err(e) = ingress.serve(listener, stop).await {
                     tracing::error!(error = %e, "ingress stopped");
+                }
+            });
+        }
+        if let Some((listener, handle)) = options.metrics {
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(e) = souk_ingress::serve_internal(listener, handle, stop).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
                 }
             });
         }
@@ -140,8 +149,18 @@ pub fn builtin_topology() -> souk_topologies::Result<Topology> {
 pub const DEFAULT_RATE_PER_SECOND: u32 = 100;
 pub const DEFAULT_RATE_BURST: u32 = 200;
 
-/// [`DEFAULT_RATE_PER_SECOND`] and [`DEFAULT_RATE_BURST`] as a [`RateLimit`].
+/// The default per-principal read limit, a budget of its own: a client polling its
+/// orders' status does not use up its writes, and cannot flood Postgres with reads.
+pub const DEFAULT_READ_RATE_PER_SECOND: u32 = 200;
+pub const DEFAULT_READ_RATE_BURST: u32 = 400;
+
+/// The default write and read limits as a [`RateLimit`].
 pub fn default_rate_limit() -> RateLimit {
     let n = |v| std::num::NonZeroU32::new(v).unwrap_or(std::num::NonZeroU32::MIN);
-    RateLimit { per_second: n(DEFAULT_RATE_PER_SECOND), burst: n(DEFAULT_RATE_BURST) }
+    RateLimit {
+        per_second: n(DEFAULT_RATE_PER_SECOND),
+        burst: n(DEFAULT_RATE_BURST),
+        reads_per_second: n(DEFAULT_READ_RATE_PER_SECOND),
+        reads_burst: n(DEFAULT_READ_RATE_BURST),
+    }
 }

@@ -1,7 +1,17 @@
 //! Authentication: HS256 JWT bearer tokens with a tenant and roles.
 //!
-//! The signing key is 32 random bytes generated at first start into the data dir
-//! (never committed, never printed); `souk token` mints tokens with it for development.
+//! Keys carry a `kid`. Several keys verify at once (a token names its key in its
+//! header), so a new key can be rolled out to every verifier before issuers sign with
+//! it, and the old one removed once its tokens have expired: rotation without downtime.
+//! The first key signs (`souk token`). Production processes load their keys from
+//! configured files; only `souk dev` generates one (32 random bytes in its data dir,
+//! never committed, never printed).
+//!
+//! Verification refuses what it does not understand: unknown `crit` header parameters
+//! (RFC 7515 §4.1.11), a token without a `kid` or with an unknown one, `nbf` in the
+//! future, and claims the rest of the system cannot carry — an empty, overlong or
+//! control-character `sub` or `tenant` would otherwise fail a shared Postgres batch or
+//! a NATS header after the request was accepted.
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -12,6 +22,16 @@ use crate::{AppState, Problem};
 
 const ISSUER: &str = "souk";
 const AUDIENCE: &str = "souk-api";
+
+/// Longest `sub` and `tenant` accepted, in bytes. Both end up in primary keys, message
+/// ids and NATS headers.
+pub const MAX_CLAIM_LEN: usize = 128;
+
+/// Shortest signing secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// The `kid` of the key `souk dev` generates.
+pub const DEV_KID: &str = "dev";
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +53,9 @@ pub struct Claims {
     pub aud: String,
     pub iat: u64,
     pub exp: u64,
+    /// Not valid before (seconds since the epoch), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 impl Claims {
@@ -47,24 +70,66 @@ impl Claims {
             aud: AUDIENCE.into(),
             iat: now,
             exp: now.saturating_add(ttl.as_secs()),
+            nbf: None,
         }
     }
 
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }
+
+    /// `sub` and `tenant` are fit to become key columns, message ids and headers.
+    pub fn check_identity(&self) -> Result<(), &'static str> {
+        check_identifier(&self.sub).map_err(|why| match why {
+            Bad::Empty => "token subject is empty",
+            Bad::Long => "token subject is too long",
+            Bad::Control => "token subject contains control characters",
+        })?;
+        check_identifier(&self.tenant).map_err(|why| match why {
+            Bad::Empty => "token tenant is empty",
+            Bad::Long => "token tenant is too long",
+            Bad::Control => "token tenant contains control characters",
+        })
+    }
 }
 
-/// The signing and verification keys.
+enum Bad {
+    Empty,
+    Long,
+    Control,
+}
+
+fn check_identifier(value: &str) -> Result<(), Bad> {
+    if value.trim().is_empty() {
+        return Err(Bad::Empty);
+    }
+    if value.len() > MAX_CLAIM_LEN {
+        return Err(Bad::Long);
+    }
+    // NUL cannot be stored in a Postgres text column, CR/LF cannot be in a NATS header,
+    // and no other control character belongs in an identifier.
+    if value.chars().any(char::is_control) {
+        return Err(Bad::Control);
+    }
+    Ok(())
+}
+
+/// One verification key (and, for the first of a set, the signing key).
 #[derive(Clone)]
-pub struct Keys {
+struct Key {
+    kid: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
 }
 
+/// The signing and verification keys: the first signs, all verify.
+#[derive(Clone)]
+pub struct Keys(Arc<Vec<Key>>);
+
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Keys(..)")
+        // Key ids only: never the secrets.
+        f.debug_tuple("Keys").field(&self.kids()).finish()
     }
 }
 
@@ -73,51 +138,141 @@ impl std::fmt::Debug for Keys {
 pub enum KeyError {
     #[error("JWT key file {path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("JWT key file {0} must hold at least 32 bytes")]
+    #[error("JWT key {0} must hold at least {MIN_SECRET_LEN} bytes")]
     TooShort(String),
+    #[error("JWT key id {0:?} must be 1-64 characters of A-Z a-z 0-9 . _ -")]
+    BadKid(String),
+    #[error("JWT key id {0:?} is given twice")]
+    DuplicateKid(String),
+    #[error("no JWT signing keys configured")]
+    None,
     #[error("generating a JWT key: {0}")]
     Random(String),
 }
 
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("token has no key id (kid)")]
+    NoKid,
+    #[error("token signed with an unknown key")]
+    UnknownKid,
+    #[error("token has critical header parameters this API does not understand")]
+    UnknownCritical,
+    #[error("{0}")]
+    Jwt(#[from] jsonwebtoken::errors::Error),
+    #[error("{0}")]
+    Claims(&'static str),
+}
+
 impl Keys {
-    /// Keys from a shared secret (at least 32 bytes).
-    pub fn from_secret(secret: &[u8]) -> Self {
-        Keys { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret) }
+    /// Keys from `(kid, secret)` pairs: the first signs, all verify.
+    pub fn new(keys: Vec<(String, Vec<u8>)>) -> Result<Self, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::None);
+        }
+        let mut out: Vec<Key> = Vec::with_capacity(keys.len());
+        for (kid, secret) in keys {
+            let kid_ok = !kid.is_empty()
+                && kid.len() <= 64
+                && kid.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !kid_ok {
+                return Err(KeyError::BadKid(kid));
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(KeyError::TooShort(kid));
+            }
+            if out.iter().any(|k| k.kid == kid) {
+                return Err(KeyError::DuplicateKid(kid));
+            }
+            out.push(Key {
+                encoding: EncodingKey::from_secret(&secret),
+                decoding: DecodingKey::from_secret(&secret),
+                kid,
+            });
+        }
+        Ok(Keys(Arc::new(out)))
     }
 
-    /// Load the key at `path`, generating it (mode 0600) on first start.
-    pub fn load_or_generate(path: &Path) -> Result<Self, KeyError> {
+    /// One key (`kid` "default") from a shared secret of at least 32 bytes. For tests
+    /// and the benchmark.
+    pub fn from_secret(secret: &[u8]) -> Self {
+        let key = Key {
+            kid: "default".into(),
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        };
+        Keys(Arc::new(vec![key]))
+    }
+
+    /// Keys read from files, `(kid, path)`: the first signs, all verify.
+    pub fn from_files(files: &[(String, std::path::PathBuf)]) -> Result<Self, KeyError> {
+        let mut keys = Vec::with_capacity(files.len());
+        for (kid, path) in files {
+            let secret = std::fs::read(path)
+                .map_err(|source| KeyError::Io { path: path.display().to_string(), source })?;
+            keys.push((kid.clone(), trim_line_end(secret)));
+        }
+        Keys::new(keys)
+    }
+
+    /// The development key at `path` (`kid` "dev"), generated (mode 0600) if missing.
+    /// Only `souk dev` calls this.
+    pub fn load_or_generate_dev(path: &Path) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io { path: path.display().to_string(), source };
         if !path.exists() {
-            let mut secret = [0u8; 32];
+            let mut secret = [0u8; MIN_SECRET_LEN];
             aws_lc_rs::rand::fill(&mut secret).map_err(|e| KeyError::Random(e.to_string()))?;
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
             write_private(path, &secret).map_err(io)?;
         }
-        let secret = std::fs::read(path).map_err(io)?;
-        if secret.len() < 32 {
-            return Err(KeyError::TooShort(path.display().to_string()));
-        }
-        Ok(Keys::from_secret(&secret))
+        Keys::from_files(&[(DEV_KID.into(), path.to_owned())])
     }
 
-    /// A signed token for `claims`.
+    /// The key ids, signing key first.
+    pub fn kids(&self) -> Vec<&str> {
+        self.0.iter().map(|k| k.kid.as_str()).collect()
+    }
+
+    /// A signed token for `claims`, its header naming the signing key.
     pub fn mint(&self, claims: &Claims) -> String {
+        let Some(key) = self.0.first() else { return String::new() };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(key.kid.clone());
         // HS256 signing with a valid key cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding).unwrap_or_default()
+        jsonwebtoken::encode(&header, claims, &key.encoding).unwrap_or_default()
     }
 
-    /// Verify signature, expiry, issuer and audience.
-    pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+    /// Verify header, signature, expiry, not-before, issuer, audience and identity.
+    pub fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+        let header = jsonwebtoken::decode_header(token)?;
+        // We understand no extension header parameter, so any listed as critical must
+        // make the token invalid (RFC 7515 §4.1.11).
+        if header.crit.is_some() {
+            return Err(VerifyError::UnknownCritical);
+        }
+        let kid = header.kid.ok_or(VerifyError::NoKid)?;
+        let key = self.0.iter().find(|k| k.kid == kid).ok_or(VerifyError::UnknownKid)?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = 5;
-        Ok(jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)?.claims)
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)?.claims;
+        claims.check_identity().map_err(VerifyError::Claims)?;
+        Ok(claims)
     }
+}
+
+/// A key file written by `echo` ends with a newline that is not part of the secret.
+fn trim_line_end(mut secret: Vec<u8>) -> Vec<u8> {
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    secret
 }
 
 #[cfg(unix)]
@@ -132,7 +287,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
-/// An authenticated caller (extractor): a valid bearer token or a 401.
+/// An authenticated caller (extractor): a valid bearer token or a 401 (400 when the
+/// request carries more than one `Authorization` header: which one counts would be a
+/// guess, and a proxy and souk guessing differently is how requests get smuggled).
 #[derive(Debug, Clone)]
 pub struct Principal(pub Claims);
 
@@ -140,9 +297,7 @@ impl FromRequestParts<Arc<AppState>> for Principal {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
+        let header = crate::problem::single_header(&parts.headers, axum::http::header::AUTHORIZATION)?
             .ok_or_else(|| Problem::unauthorized("missing Authorization: Bearer token"))?;
         let token = header
             .to_str()
@@ -151,11 +306,18 @@ impl FromRequestParts<Arc<AppState>> for Principal {
             .ok_or_else(|| Problem::unauthorized("Authorization must be a Bearer token"))?;
         let claims = state.keys.verify(token.trim()).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
-            Problem::unauthorized(match e.kind() {
-                ErrorKind::ExpiredSignature => "token expired",
-                ErrorKind::InvalidSignature => "token signature invalid",
-                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => "token not issued for this API",
-                _ => "token invalid",
+            Problem::unauthorized(match &e {
+                VerifyError::Jwt(e) => match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::ImmatureSignature => "token not valid yet (nbf)",
+                    ErrorKind::InvalidSignature => "token signature invalid",
+                    ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => "token not issued for this API",
+                    _ => "token invalid",
+                },
+                VerifyError::NoKid => "token has no key id (kid)",
+                VerifyError::UnknownKid => "token signed with an unknown key",
+                VerifyError::UnknownCritical => "token has unsupported critical header parameters",
+                VerifyError::Claims(why) => why,
             })
         })?;
         Ok(Principal(claims))
@@ -167,10 +329,14 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn claims() -> Claims {
+        Claims::new("u1", "t1", vec![Role::Buyer], Duration::from_secs(60))
+    }
+
     #[test]
     fn tokens_round_trip_and_forgeries_fail() {
         let keys = Keys::from_secret(&[7u8; 32]);
-        let claims = Claims::new("u1", "t1", vec![Role::Buyer], Duration::from_secs(60));
+        let claims = claims();
         assert_eq!(keys.verify(&keys.mint(&claims)).ok(), Some(claims.clone()));
         let other = Keys::from_secret(&[8u8; 32]);
         assert!(keys.verify(&other.mint(&claims)).is_err());
@@ -180,18 +346,44 @@ mod tests {
     }
 
     #[test]
-    fn key_file_is_generated_once_and_private() {
+    fn dev_key_file_is_generated_once_and_private() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("keys/jwt.key");
-        let a = Keys::load_or_generate(&path).expect("generated");
-        let b = Keys::load_or_generate(&path).expect("loaded");
-        let claims = Claims::new("u", "t", vec![Role::Admin], Duration::from_secs(60));
-        assert!(b.verify(&a.mint(&claims)).is_ok());
+        let a = Keys::load_or_generate_dev(&path).expect("generated");
+        let b = Keys::load_or_generate_dev(&path).expect("loaded");
+        assert_eq!(b.kids(), vec![DEV_KID]);
+        assert!(b.verify(&a.mint(&claims())).is_ok());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    /// Rotation: verifiers take the new key beside the old one, issuers then sign with
+    /// the new one; tokens of both verify until the old key is removed.
+    #[test]
+    fn several_keys_verify_at_once_and_the_kid_picks_the_key() {
+        let old = Keys::new(vec![("k1".into(), vec![1u8; 32])]).expect("old");
+        let both = Keys::new(vec![("k2".into(), vec![2u8; 32]), ("k1".into(), vec![1u8; 32])]).expect("both");
+        let new = Keys::new(vec![("k2".into(), vec![2u8; 32])]).expect("new");
+        let (old_token, new_token) = (old.mint(&claims()), both.mint(&claims()));
+        assert!(both.verify(&old_token).is_ok());
+        assert!(both.verify(&new_token).is_ok());
+        assert!(new.verify(&new_token).is_ok());
+        assert!(matches!(new.verify(&old_token), Err(VerifyError::UnknownKid)));
+        // A token naming k1 but signed with k2's secret is a forgery.
+        let impostor = Keys::new(vec![("k1".into(), vec![2u8; 32])]).expect("impostor");
+        assert!(matches!(both.verify(&impostor.mint(&claims())), Err(VerifyError::Jwt(_))));
+    }
+
+    #[test]
+    fn bad_key_sets_are_refused() {
+        assert!(matches!(Keys::new(vec![]), Err(KeyError::None)));
+        assert!(matches!(Keys::new(vec![("a".into(), vec![1u8; 31])]), Err(KeyError::TooShort(_))));
+        assert!(matches!(Keys::new(vec![("a b".into(), vec![1u8; 32])]), Err(KeyError::BadKid(_))));
+        let twice = vec![("a".into(), vec![1u8; 32]), ("a".into(), vec![2u8; 32])];
+        assert!(matches!(Keys::new(twice), Err(KeyError::DuplicateKid(_))));
     }
 }

@@ -81,10 +81,11 @@ impl Intake {
                     let n = batch.len();
                     metrics::histogram!("souk_ingress_claim_batch_size").record(n as f64);
                     let started = std::time::Instant::now();
-                    let claimed = idempotency::claim(&pool, &batch).await;
+                    // A batch refused because of one claim is retried without it.
+                    let claimed = idempotency::claim_isolating(&pool, &batch).await;
                     metrics::histogram!("souk_ingress_claim_seconds").record(started.elapsed().as_secs_f64());
                     match claimed {
-                        Ok(records) => records.into_iter().map(Ok).collect(),
+                        Ok(records) => records.into_iter().map(|r| r.map_err(|e| e.to_string())).collect(),
                         Err(e) => vec![Err(e.to_string()); n],
                     }
                 }

@@ -10,7 +10,9 @@
 //! Every error is `application/problem+json`.
 //!
 //! Build with [`Ingress::build`], serve with [`Ingress::serve`] (or take
-//! [`Ingress::router`] for in-process tests).
+//! [`Ingress::router`] for in-process tests). The listener has a header-read timeout
+//! and a connection cap ([`ConnectionLimits`]); `/metrics` is served on a separate,
+//! internal listener ([`serve_internal`]), never on the public one.
 
 pub mod auth;
 mod intake;
@@ -19,11 +21,14 @@ mod metrics_layer;
 mod orders;
 mod probes;
 mod problem;
+mod server;
+mod throttle;
 
-pub use auth::{Claims, Keys, Role};
+pub use auth::{Claims, KeyError, Keys, Role};
 pub use intake::IntakeOptions;
 pub use limits::RateLimit;
 pub use problem::Problem;
+pub use server::ConnectionLimits;
 
 use axum::{Router, extract::DefaultBodyLimit, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -47,10 +52,10 @@ pub struct IngressOptions {
     /// Longest a write waits for Postgres and JetStream before answering 503.
     pub write_timeout: Duration,
     pub intake: IntakeOptions,
-    /// Writes per principal (tenant + subject); `None` for no limit.
+    /// Writes and reads per principal (tenant + subject); `None` for no limit.
     pub rate_limit: Option<RateLimit>,
-    /// Renders `/metrics`; `None` serves an empty page.
-    pub metrics: Option<PrometheusHandle>,
+    /// Header-read timeout and connection cap of the listener.
+    pub connections: ConnectionLimits,
 }
 
 impl std::fmt::Debug for IngressOptions {
@@ -65,7 +70,9 @@ pub(crate) struct AppState {
     nats: async_nats::Client,
     intake: intake::Intake,
     limiter: Option<limits::Limiter>,
-    metrics: Option<PrometheusHandle>,
+    readiness: probes::ReadinessCache,
+    /// One "not accepted" line per second during a storm of 503s.
+    unavailable_log: throttle::LogThrottle,
 }
 
 /// A built ingress: its router and the background batchers behind it.
@@ -75,6 +82,7 @@ pub struct Ingress {
     stop_background: CancellationToken,
     /// Longest one request may take (see `BODY_ALLOWANCE`).
     request_timeout: Duration,
+    connections: ConnectionLimits,
 }
 
 impl std::fmt::Debug for Ingress {
@@ -102,7 +110,8 @@ impl Ingress {
             nats: options.nats,
             intake,
             limiter,
-            metrics: options.metrics,
+            readiness: probes::ReadinessCache::default(),
+            unavailable_log: throttle::LogThrottle::new(Duration::from_secs(1)),
         });
         // A request, body upload included, gets its write timeout plus time to send
         // the body: a client trickling a body must not hold a connection (or, at
@@ -113,7 +122,6 @@ impl Ingress {
             .route("/v1/orders/{order_id}", get(orders::get))
             .route("/healthz", get(probes::healthz))
             .route("/readyz", get(probes::readyz))
-            .route("/metrics", get(probes::metrics))
             .fallback(problem::not_found)
             .layer(axum::middleware::from_fn(problem::framework_errors_as_problems))
             .layer(axum::middleware::from_fn(move |request, next| {
@@ -122,7 +130,7 @@ impl Ingress {
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn(metrics_layer::observe))
             .with_state(state);
-        Ingress { router, background, stop_background, request_timeout }
+        Ingress { router, background, stop_background, request_timeout, connections: options.connections }
     }
 
     /// The router, for in-process tests (`tower::ServiceExt::oneshot`).
@@ -139,19 +147,10 @@ impl Ingress {
     ) -> std::io::Result<()> {
         let addr: Option<SocketAddr> = listener.local_addr().ok();
         tracing::info!(?addr, "ingress listening");
-        let shutdown = cancel.clone();
-        let serve = axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(async move { shutdown.cancelled().await });
         // Graceful shutdown waits for every open request; none may take longer than the
         // request timeout, so past that (and a second) stop waiting.
         let grace = self.request_timeout + Duration::from_secs(1);
-        let served = tokio::select! {
-            served = serve => served,
-            () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "requests still open after the shutdown grace; closing");
-                Ok(())
-            }
-        };
+        let served = server::serve(listener, self.router.clone(), self.connections, cancel, grace).await;
         self.shutdown().await;
         served
     }
@@ -162,4 +161,16 @@ impl Ingress {
         self.background.close();
         self.background.wait().await;
     }
+}
+
+/// Serve `/metrics` (and `/healthz`) of `metrics` on `listener`, the internal listener,
+/// until `cancel`.
+pub async fn serve_internal(
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    tracing::info!(addr = ?listener.local_addr().ok(), "metrics listening");
+    let router = probes::internal_router(metrics);
+    server::serve(listener, router, ConnectionLimits::default(), cancel, Duration::from_secs(1)).await
 }

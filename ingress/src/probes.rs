@@ -1,33 +1,84 @@
-//! Health, readiness and metrics.
+//! Health and readiness on the public listener; `/metrics` on the internal one.
 
-use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::AppState;
+
+/// How long a readiness answer is reused: probes (and anyone else) may call `/readyz`
+/// as often as they like; NATS and Postgres see at most one check per interval.
+pub const READINESS_TTL: Duration = Duration::from_secs(1);
 
 /// Liveness: the process answers.
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: NATS connected, JetStream answering (a connected server can still have
-/// JetStream disabled or unavailable, and then every order gets 503) and Postgres
-/// answering, each checked with a short timeout.
-pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let limit = Duration::from_secs(1);
-    let nats_ok = state.nats.connection_state() == async_nats::connection::State::Connected;
-    let js = async_nats::jetstream::new(state.nats.clone());
-    let jetstream_ok = nats_ok && matches!(tokio::time::timeout(limit, js.query_account()).await, Ok(Ok(_)));
-    let pg_ok =
-        matches!(tokio::time::timeout(limit, sqlx::query("select 1").execute(&state.pool)).await, Ok(Ok(_)));
-    let ready = nats_ok && jetstream_ok && pg_ok;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"nats": nats_ok, "jetstream": jetstream_ok, "postgres": pg_ok})))
+#[derive(Debug, Clone, Copy)]
+struct Readiness {
+    nats: bool,
+    jetstream: bool,
+    postgres: bool,
 }
 
-/// Prometheus text exposition.
-pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+/// The last readiness check and when it finished.
+#[derive(Debug, Default)]
+pub(crate) struct ReadinessCache(tokio::sync::Mutex<Option<(Instant, Readiness)>>);
+
+impl ReadinessCache {
+    /// The cached answer if fresh; otherwise one check, shared by everyone waiting
+    /// (the lock is held across it, so a burst makes one check, not one each).
+    async fn get(&self, state: &AppState) -> Readiness {
+        let mut cached = self.0.lock().await;
+        if let Some((at, readiness)) = *cached
+            && at.elapsed() < READINESS_TTL
+        {
+            return readiness;
+        }
+        let readiness = check(state).await;
+        *cached = Some((Instant::now(), readiness));
+        readiness
+    }
+}
+
+/// NATS connected, JetStream answering (a connected server can still have JetStream
+/// disabled or unavailable, and then every order gets 503) and Postgres answering,
+/// each checked with a short timeout.
+async fn check(state: &AppState) -> Readiness {
+    let limit = Duration::from_secs(1);
+    metrics::counter!("souk_ingress_readiness_checks_total").increment(1);
+    let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
+    let js = async_nats::jetstream::new(state.nats.clone());
+    let jetstream = nats && matches!(tokio::time::timeout(limit, js.query_account()).await, Ok(Ok(_)));
+    let postgres =
+        matches!(tokio::time::timeout(limit, sqlx::query("select 1").execute(&state.pool)).await, Ok(Ok(_)));
+    Readiness { nats, jetstream, postgres }
+}
+
+/// Readiness, from a check at most [`READINESS_TTL`] old.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let r = state.readiness.get(&state).await;
+    let ready = r.nats && r.jetstream && r.postgres;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"nats": r.nats, "jetstream": r.jetstream, "postgres": r.postgres})))
+}
+
+/// The internal listener's routes: Prometheus text at `/metrics`, and `/healthz`. Not
+/// on the public listener: metrics tell an outsider about load, errors and tenants'
+/// traffic, and rendering them is not free.
+pub fn internal_router(metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.render();
+                std::future::ready(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
+            }),
+        )
+        .route("/healthz", get(healthz))
 }

@@ -70,9 +70,9 @@ impl Problem {
     }
 
     /// 429 with `Retry-After`: this principal is over its rate limit.
-    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+    pub fn too_many_requests(kind: &str, retry_after_secs: u64) -> Self {
         let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
-            .detail("too many writes from this principal; retry after the Retry-After delay");
+            .detail(format!("too many {kind}s from this principal; retry after the Retry-After delay"));
         p.retry_after = Some(retry_after_secs);
         p
     }
@@ -101,6 +101,24 @@ impl IntoResponse for Problem {
         }
         response
     }
+}
+
+/// The one value of header `name`, `None` when absent, 400 when repeated: with two
+/// values, which one counts would be a guess (and a proxy in front guessing otherwise
+/// is how one request is read as another).
+pub fn single_header(
+    headers: &axum::http::HeaderMap,
+    name: header::HeaderName,
+) -> Result<Option<&HeaderValue>, Problem> {
+    let mut values = headers.get_all(&name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Problem::bad_request(
+            "duplicate-header",
+            format!("the {name} header is given more than once"),
+        ));
+    }
+    Ok(first)
 }
 
 /// Fallback for unknown routes.

@@ -254,6 +254,7 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
         .env("SOUK_NATS_URL", nats.url())
         .env("DATABASE_URL", &db.url)
         .env("SOUK_METRICS_ADDR", addr.to_string())
+        .env("SOUK_JWT_KEYS", jwt_keys(data.path(), &[("k1", &[1u8; 32])])?)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -320,5 +321,114 @@ async fn souk_dev_stops_with_a_failure_when_its_nats_server_dies() -> anyhow::Re
     Command::new("kill").args(["-KILL", &server.to_string()]).status().await?;
     let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await??;
     assert!(!status.success(), "exit status {status}");
+    Ok(())
+}
+
+/// Key files under `dir` for `(kid, secret)` pairs, as the `SOUK_JWT_KEYS` value naming
+/// them (first signs).
+fn jwt_keys(dir: &std::path::Path, keys: &[(&str, &[u8])]) -> anyhow::Result<String> {
+    let mut entries = Vec::new();
+    for (kid, secret) in keys {
+        let file = dir.join(format!("{kid}.key"));
+        std::fs::write(&file, secret)?;
+        entries.push(format!("{{kid = \"{kid}\", file = \"{}\"}}", file.display()));
+    }
+    Ok(format!("[{}]", entries.join(", ")))
+}
+
+/// A migrated database and a NATS server with the topology applied.
+async fn servers() -> anyhow::Result<(NatsServer, TestDb)> {
+    let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
+    souk_stores::postgres::migrate(&db.pool).await?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    souk_topologies::apply::apply(&js, &souk_testkit::test_topology()?, souk_topologies::apply::Mode::Apply)
+        .await?;
+    Ok((nats, db))
+}
+
+/// `souk ingress` and `souk worker` without configured keys stop at once, saying what
+/// to configure, and generate nothing; only `souk dev` makes a key. (Before, both
+/// generated a key into the data dir and ran.)
+#[tokio::test]
+async fn production_processes_refuse_to_start_without_signing_keys() -> anyhow::Result<()> {
+    let (nats, db) = servers().await?;
+    let data = tempfile::tempdir()?;
+    for role in ["ingress", "worker"] {
+        let run = souk(data.path())
+            .args([role, "--http-addr", "127.0.0.1:0"])
+            .env("SOUK_NATS_URL", nats.url())
+            .env("DATABASE_URL", &db.url)
+            .env_remove("SOUK_JWT_KEYS")
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .map_err(|_| anyhow::anyhow!("souk {role} started without signing keys"))??;
+        assert!(!out.status.success(), "souk {role}");
+        let said = String::from_utf8(out.stderr)?;
+        assert!(said.contains("no JWT signing keys configured") && said.contains("jwt-keys"), "{said}");
+    }
+    assert!(!data.path().join("jwt.key").exists(), "no key was generated");
+    // Nor does `souk token` make one up: it would sign with a key nobody verifies.
+    let token = souk(data.path()).args(["token", "--sub", "zoe", "--role", "buyer"]).output().await?;
+    assert!(!token.status.success());
+    assert!(String::from_utf8(token.stderr)?.contains("no signing key"));
+    assert!(!data.path().join("jwt.key").exists(), "no key was generated");
+    Ok(())
+}
+
+/// Rotation without downtime: `souk ingress` with two keys accepts tokens of both (and
+/// of no other); `souk token` signs with the first and says it is for development.
+/// `/metrics` is not on the public API.
+#[tokio::test]
+async fn souk_ingress_verifies_tokens_of_every_configured_key() -> anyhow::Result<()> {
+    let (nats, db) = servers().await?;
+    let data = tempfile::tempdir()?;
+    let keys = jwt_keys(data.path(), &[("k2", &[2u8; 32]), ("k1", &[1u8; 32])])?;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let _ingress = souk(data.path())
+        .args(["ingress", "--http-addr", &addr.to_string()])
+        .env("SOUK_NATS_URL", nats.url())
+        .env("DATABASE_URL", &db.url)
+        .env("SOUK_JWT_KEYS", &keys)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let api = format!("http://{addr}");
+    eventually(Duration::from_secs(30), || async {
+        let r = http.get(format!("{api}/healthz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await?;
+    assert_eq!(http.get(format!("{api}/metrics")).send().await?.status().as_u16(), 404);
+
+    let minted = souk(data.path())
+        .args(["token", "--sub", "zoe", "--role", "buyer"])
+        .env("SOUK_JWT_KEYS", &keys)
+        .output()
+        .await?;
+    assert!(minted.status.success());
+    assert!(String::from_utf8(minted.stderr)?.contains("DEVELOPMENT token"));
+    let by_souk_token = String::from_utf8(minted.stdout)?.trim().to_owned();
+    let key = |kid: &str, byte: u8| souk_ingress::Keys::new(vec![(kid.to_owned(), vec![byte; 32])]);
+    let claims =
+        souk_ingress::Claims::new("zoe", "dev", vec![souk_ingress::Role::Buyer], Duration::from_secs(60));
+    let cases = [
+        ("souk token (k2)", by_souk_token, 202),
+        ("old key k1", key("k1", 1)?.mint(&claims), 202),
+        ("new key k2", key("k2", 2)?.mint(&claims), 202),
+        ("unknown key k3", key("k3", 3)?.mint(&claims), 401),
+        ("k1's id, k3's secret", key("k1", 3)?.mint(&claims), 401),
+    ];
+    for (i, (name, token, status)) in cases.into_iter().enumerate() {
+        let r = http
+            .post(format!("{api}/v1/orders"))
+            .bearer_auth(&token)
+            .header("idempotency-key", format!("rot-{i}"))
+            .json(&order_body("ROT-1", 1))
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), status, "{name}");
+    }
     Ok(())
 }

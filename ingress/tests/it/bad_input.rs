@@ -20,7 +20,7 @@ struct Case {
 
 #[tokio::test]
 async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result<()> {
-    let env = env(None).await?;
+    let env = env().await?;
     let buyer = Some(env.token(&[Role::Buyer]));
     let key = Some("k-1".to_owned());
     let now = jsonwebtoken::get_current_timestamp();
@@ -220,8 +220,13 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
 #[tokio::test]
 async fn a_principal_over_its_rate_limit_gets_429_and_others_do_not() -> anyhow::Result<()> {
     let one = std::num::NonZeroU32::MIN;
-    let limit = souk_ingress::RateLimit { per_second: one, burst: one.saturating_add(1) };
-    let env = crate::env_limited(None, Some(limit)).await?;
+    let limit = souk_ingress::RateLimit {
+        per_second: one,
+        burst: one.saturating_add(1),
+        reads_per_second: one,
+        reads_burst: one.saturating_add(1),
+    };
+    let env = crate::env_with(Some(limit), souk_ingress::ConnectionLimits::default()).await?;
     let post = |sub: &str, key: &str| {
         let token = env.keys.mint(&Claims::new(sub, "t1", vec![Role::Buyer], Duration::from_secs(60)));
         Request::post("/v1/orders")
@@ -238,5 +243,19 @@ async fn a_principal_over_its_rate_limit_gets_429_and_others_do_not() -> anyhow:
     assert_eq!(send(env.router(), post("patient", "a")?).await?.0, 202, "others are not limited");
     assert_eq!(env.commands_published().await?, 3, "the limited request published nothing");
     assert_eq!(env.keys_claimed().await?, 3);
+
+    // Reads have a budget of their own: the greedy writer can still read, twice (the
+    // burst), and then is limited on reads too, while others are not.
+    let get = |sub: &str| {
+        let token = env.keys.mint(&Claims::new(sub, "t1", vec![Role::Buyer], Duration::from_secs(60)));
+        Request::get(format!("/v1/orders/{}", uuid::Uuid::now_v7()))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+    };
+    assert_eq!(send(env.router(), get("greedy")?).await?.0, 404);
+    assert_eq!(send(env.router(), get("greedy")?).await?.0, 404);
+    let (status, _, problem) = send(env.router(), get("greedy")?).await?;
+    assert_eq!(status, 429, "{problem}");
+    assert_eq!(send(env.router(), get("patient")?).await?.0, 404, "others are not limited");
     Ok(())
 }

@@ -2,30 +2,43 @@
 //! reaches JetStream is exactly what a request caused.
 
 mod bad_input;
+mod edge;
+mod identity;
 mod observability;
 
 use axum::{Router, body::Body, http::Request};
-use souk_ingress::{Claims, Ingress, IngressOptions, IntakeOptions, Keys, Role};
+use souk_ingress::{Claims, ConnectionLimits, Ingress, IngressOptions, IntakeOptions, Keys, Role};
 use souk_testkit::{NatsServer, TestDb, test_topology};
 use souk_topologies::apply::Mode;
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 pub struct Env {
-    pub _nats: NatsServer,
+    pub nats: NatsServer,
     pub db: TestDb,
+    pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub keys: Keys,
-    pub ingress: Ingress,
+    router: Router,
+    ingress: Option<Ingress>,
+    stop: CancellationToken,
 }
 
-pub async fn env(metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> anyhow::Result<Env> {
-    env_limited(metrics, None).await
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
-pub async fn env_limited(
-    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+pub async fn env() -> anyhow::Result<Env> {
+    env_with(None, ConnectionLimits::default()).await
+}
+
+pub async fn env_with(
     rate_limit: Option<souk_ingress::RateLimit>,
+    connections: ConnectionLimits,
 ) -> anyhow::Result<Env> {
     let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
     souk_stores::postgres::migrate(&db.pool).await?;
@@ -36,18 +49,28 @@ pub async fn env_limited(
     let ingress = Ingress::build(IngressOptions {
         keys: keys.clone(),
         pool: db.pool.clone(),
-        nats: client,
+        nats: client.clone(),
         write_timeout: Duration::from_millis(1500),
         intake: IntakeOptions::default(),
         rate_limit,
-        metrics,
+        connections,
     });
-    Ok(Env { _nats: nats, db, js, keys, ingress })
+    let router = ingress.router();
+    Ok(Env { nats, db, client, js, keys, router, ingress: Some(ingress), stop: CancellationToken::new() })
 }
 
 impl Env {
     pub fn router(&self) -> Router {
-        self.ingress.router()
+        self.router.clone()
+    }
+
+    /// Serve the ingress on a socket (127.0.0.1, a free port) until the env is dropped.
+    pub async fn listen(&mut self) -> anyhow::Result<SocketAddr> {
+        let ingress = self.ingress.take().ok_or_else(|| anyhow::anyhow!("already listening"))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(ingress.serve(listener, self.stop.clone()));
+        Ok(addr)
     }
 
     pub fn token(&self, roles: &[Role]) -> String {
@@ -74,4 +97,26 @@ pub async fn send(
         response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await?;
     Ok((status, content_type, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+}
+
+/// `GET path` over a raw socket (`Connection: close`); returns the status and body.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: souk\r\nconnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(30), socket.read_to_string(&mut response)).await??;
+    parse_response(&response)
+}
+
+/// Status and body of a raw HTTP/1.1 response.
+pub fn parse_response(response: &str) -> anyhow::Result<(u16, String)> {
+    let status = response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {response:?}"))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
 }

@@ -9,7 +9,7 @@ use crate::{env, send};
 async fn the_callers_trace_continues_into_the_published_command() -> anyhow::Result<()> {
     // Each nextest test is its own process: installing the global subscriber is local.
     let _provider = souk_topologies::trace::install_subscriber(false);
-    let env = env(None).await?;
+    let env = env().await?;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let request = Request::post("/v1/orders")
         .header("content-type", "application/json")
@@ -31,16 +31,14 @@ async fn the_callers_trace_continues_into_the_published_command() -> anyhow::Res
 #[tokio::test]
 async fn metrics_count_requests_and_outcomes() -> anyhow::Result<()> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-    let env = env(Some(handle)).await?;
+    let env = env().await?;
     let request = Request::post("/v1/orders")
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {}", env.token(&[Role::Buyer])))
         .header("idempotency-key", "k-metrics")
         .body(Body::from(r#"{"currency":"EUR","lines":[{"sku":"A","quantity":1,"unit_price_minor":1}]}"#))?;
     assert_eq!(send(env.router(), request).await?.0, 202);
-    let response =
-        tower::ServiceExt::oneshot(env.router(), Request::get("/metrics").body(Body::empty())?).await?;
-    let text = String::from_utf8(axum::body::to_bytes(response.into_body(), 1 << 20).await?.to_vec())?;
+    let text = handle.render();
     assert!(text.contains(r#"souk_ingress_orders_total{outcome="accepted"} 1"#), "{text}");
     assert!(
         text.contains(r#"souk_http_requests_total{method="POST",route="/v1/orders",status="202"} 1"#),

@@ -103,6 +103,28 @@ pub async fn claim(pool: &PgPool, claims: &[Claim]) -> Result<Vec<Record>, Error
         .collect()
 }
 
+/// [`claim`], but a batch Postgres refuses as a whole (a value it cannot store in one
+/// claim fails the one statement for all) is retried claim by claim, so only the
+/// claims that fail on their own get an error: one poison request cannot fail the
+/// innocent ones batched with it. A failure that is not the batch's fault (Postgres
+/// unreachable, read-only, overloaded: [`Error::is_retryable`]) is returned as is —
+/// singles would fail alike, one round trip each.
+pub async fn claim_isolating(pool: &PgPool, claims: &[Claim]) -> Result<Vec<Result<Record, Error>>, Error> {
+    let batch_error = match claim(pool, claims).await {
+        Ok(records) => return Ok(records.into_iter().map(Ok).collect()),
+        Err(e) if claims.len() < 2 || e.is_retryable() => return Err(e),
+        Err(e) => e,
+    };
+    tracing::debug!(claims = claims.len(), error = %batch_error, "claim batch refused; claiming one by one");
+    // Concurrently: repeated keys stay correct (the first insert wins, the others read
+    // its record), as with concurrent batches.
+    let singles = claims.iter().map(|c| async move {
+        let mut records = claim(pool, std::slice::from_ref(c)).await?;
+        records.pop().ok_or_else(|| Error::Corrupt("a claim returned no record".into()))
+    });
+    Ok(futures::future::join_all(singles).await)
+}
+
 /// Who placed `order_id` (tenant, principal), if an ingress accepted it — the order
 /// itself may not be written yet.
 pub async fn owner_of(pool: &PgPool, order_id: Uuid) -> Result<Option<(String, String)>, Error> {
