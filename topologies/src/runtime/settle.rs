@@ -1,0 +1,84 @@
+//! Settling: map a handler's outcome to JetStream (ack, nak with delay, dead letter)
+//! and decide when deliveries are used up.
+
+use async_nats::jetstream::{self, AckKind};
+use std::time::Duration;
+
+use super::{Delivery, ErrorClass, HandlerError, Outcome, dead_letter, pool::Ctx};
+use crate::spec::ConsumerSpec;
+
+/// A delivery past `max_deliver` is dead-lettered without running the handler: the
+/// previous (last allowed) attempt never reported — the worker died or the ack was
+/// lost mid-handling — so it is not run again.
+pub(super) fn past_max_deliver(attempt: u64, max_deliver: u64) -> Option<Outcome> {
+    (attempt > max_deliver).then(|| {
+        Outcome::fail(
+            "max_deliver_exceeded",
+            format!("delivered {attempt} times (max {max_deliver}); the last attempt did not finish"),
+        )
+    })
+}
+
+/// Map an outcome to JetStream. Returns the metrics label.
+pub(super) async fn settle(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    delivery: &Delivery,
+    outcome: Outcome,
+    max_deliver: u64,
+) -> &'static str {
+    let error = match outcome {
+        Outcome::Ack => {
+            // A lost ack means a redelivery, which the handler's inbox turns into a no-op.
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+            }
+            return "ack";
+        }
+        Outcome::Error(error) => error,
+    };
+    match error.class {
+        ErrorClass::Retryable if delivery.attempt < max_deliver => {
+            return retry(msg, &error, backoff(&ctx.consumer, delivery.attempt)).await;
+        }
+        // Never reached from a running pool (it holds such a delivery until its breaker
+        // closes); should it be, a dependency failure is never dead-lettered.
+        ErrorClass::Dependency => {
+            return retry(msg, &error, backoff(&ctx.consumer, delivery.attempt)).await;
+        }
+        ErrorClass::Retryable | ErrorClass::Poison => {}
+    }
+    let reason = error.to_string();
+    tracing::error!(error = %reason, "dead-lettering message");
+    if let Err(e) = dead_letter(&ctx.publisher, msg, delivery, &reason).await {
+        tracing::error!(error = %e, "dead-letter publish failed; leaving the message for redelivery");
+        let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+        return "dead_letter_failed";
+    }
+    "dead_letter"
+}
+
+/// Nak for a later redelivery (after the error's own delay, else `step`).
+async fn retry(msg: &jetstream::Message, error: &HandlerError, step: Duration) -> &'static str {
+    let after = error.retry_after.unwrap_or(step);
+    tracing::warn!(code = error.code, error = %error.message, retry_in = ?after, "handler failed; will retry");
+    if let Err(e) = msg.ack_with(AckKind::Nak(Some(after))).await {
+        tracing::warn!(error = %e, "nak failed; redelivery waits for the ack timeout");
+    }
+    "retry"
+}
+
+/// The pool shuts down while `msg` is held for an open breaker: hand it back now
+/// (JetStream redelivers it, to this or another process, as a new delivery).
+pub(super) async fn hand_back_held(msg: &jetstream::Message) -> &'static str {
+    if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+        tracing::debug!(error = %e, "nak of a held message failed; redelivery waits for the ack timeout");
+    }
+    "held_at_shutdown"
+}
+
+/// The consumer's backoff step for this attempt (the last step repeats).
+fn backoff(consumer: &ConsumerSpec, attempt: u64) -> Duration {
+    let i = (attempt.saturating_sub(1) as usize).min(consumer.backoff.len().saturating_sub(1));
+    consumer.backoff.get(i).copied().unwrap_or(Duration::from_secs(1))
+}
