@@ -41,6 +41,8 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// Log JSON lines instead of text.
     pub log_json: bool,
+    /// Export spans to this OTLP/HTTP collector (`http://host:4318`); unset, none leave.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             rate_limit_per_second: souk_cli::node::DEFAULT_RATE_PER_SECOND,
             rate_limit_burst: souk_cli::node::DEFAULT_RATE_BURST,
             log_json: false,
+            otlp_endpoint: None,
         }
     }
 }
