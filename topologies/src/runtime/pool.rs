@@ -316,7 +316,9 @@ async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -
     };
     let handle = async {
         match &ctx.batcher {
-            Some(batcher) => batcher.call(delivery.clone()).await.unwrap_or_else(Outcome::retry),
+            Some(batcher) => {
+                batcher.call(trace::carrying_current(delivery)).await.unwrap_or_else(Outcome::retry)
+            }
             None => ctx.handler.handle(delivery).await,
         }
     };
