@@ -106,8 +106,8 @@ pub struct TelemetryOptions {
     pub otlp_endpoint: Option<String>,
 }
 
-/// Spans held for export at most: beyond it new spans are dropped (the SDK counts
-/// them), never buffered without bound or waited for.
+/// Spans held for export at most (unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise):
+/// beyond it new spans are dropped, never buffered without bound or waited for.
 pub const EXPORT_QUEUE: usize = 8192;
 
 /// The OTLP exporter could not be set up (a malformed endpoint).
@@ -153,7 +153,11 @@ pub fn tracer_provider(options: &TelemetryOptions) -> Result<SdkTracerProvider, 
             .with_timeout(std::time::Duration::from_secs(5))
             .build()
             .map_err(|source| TelemetryError { endpoint: endpoint.clone(), source })?;
-        let config = BatchConfigBuilder::default().with_max_queue_size(EXPORT_QUEUE).build();
+        let mut config = BatchConfigBuilder::default(); // reads `OTEL_BSP_*`
+        if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+            config = config.with_max_queue_size(EXPORT_QUEUE);
+        }
+        let config = config.build();
         builder = builder
             .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(config).build());
     }
