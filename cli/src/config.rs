@@ -102,6 +102,11 @@ impl Config {
         if !self.database_url.starts_with("postgres://") && !self.database_url.starts_with("postgresql://") {
             return Err("database-url must be a postgres:// URL".into());
         }
+        if self.otlp_endpoint.as_deref().is_some_and(|e| !e.starts_with("http://")) {
+            // The exporter is built without a TLS client: an https:// collector would
+            // fail every export, silently.
+            return Err("otlp-endpoint must be an http:// URL (OTLP/HTTP, no TLS)".into());
+        }
         Ok(())
     }
 

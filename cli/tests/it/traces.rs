@@ -193,3 +193,23 @@ async fn one_order_is_one_exported_trace_from_request_to_relay() -> anyhow::Resu
     assert!(chain(&collector.of_trace(&second[0]), "").is_some(), "{:#?}", collector.of_trace(&second[0]));
     Ok(())
 }
+
+#[tokio::test]
+async fn an_otlp_endpoint_that_cannot_work_is_refused_at_start() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    for endpoint in ["https://collector:4318", "collector:4318"] {
+        let bad = souk(data.path()).arg("config").env("SOUK_OTLP_ENDPOINT", endpoint).output().await?;
+        assert!(!bad.status.success(), "{endpoint} accepted");
+        let stderr = String::from_utf8(bad.stderr)?;
+        assert!(stderr.contains("otlp-endpoint must be an http:// URL"), "{stderr}");
+    }
+    let good = souk(data.path())
+        .arg("config")
+        .env("SOUK_OTLP_ENDPOINT", "http://otel:secret@collector:4318")
+        .output()
+        .await?;
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let shown = String::from_utf8(good.stdout)?;
+    assert!(shown.contains("collector:4318") && !shown.contains("secret"), "{shown}");
+    Ok(())
+}
