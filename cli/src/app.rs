@@ -28,7 +28,10 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     // is done, instead of killing the process and orphaning the nats-server it started
     // (which runs in its own process group).
     let mut signals = Signals::install()?;
-    let _tracer = souk_topologies::trace::install_subscriber(config.log_json);
+    let telemetry = souk_topologies::trace::install_subscriber(
+        config.log_json,
+        &souk_topologies::trace::TelemetryOptions { otlp_endpoint: config.otlp_endpoint.clone() },
+    )?;
     // Before anything is started: a production process without configured keys must
     // not come up at all (it would accept no token, or one nobody can rotate).
     let keys = signing_keys(&config, matches!(role, Role::Dev))?;
@@ -124,6 +127,8 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
         local_server::stop(child).await;
     }
     tracing::info!("stopped");
+    // Last: the spans of the drain above are exported too.
+    telemetry.shutdown().await;
     Ok(if server_died.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 

@@ -49,6 +49,8 @@ pub struct Config {
     pub read_rate_limit_burst: u32,
     /// Log JSON lines instead of text.
     pub log_json: bool,
+    /// Export spans to this OTLP/HTTP collector (`http://host:4318`); unset, none leave.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             read_rate_limit_per_second: souk_cli::node::DEFAULT_READ_RATE_PER_SECOND,
             read_rate_limit_burst: souk_cli::node::DEFAULT_READ_RATE_BURST,
             log_json: false,
+            otlp_endpoint: None,
         }
     }
 }
@@ -121,6 +124,11 @@ impl Config {
         }
         if self.rate_limit_per_second > 0 && self.read_rate_limit_per_second == 0 {
             return Err("read-rate-limit-per-second must be positive (rate-limit-per-second = 0 turns both limits off)".into());
+        }
+        if self.otlp_endpoint.as_deref().is_some_and(|e| !e.starts_with("http://")) {
+            // The exporter is built without a TLS client: an https:// collector would
+            // fail every export, silently.
+            return Err("otlp-endpoint must be an http:// URL (OTLP/HTTP, no TLS)".into());
         }
         Ok(())
     }

@@ -28,6 +28,7 @@ use souk_topologies::{
 use sqlx::PgPool;
 use std::{sync::Arc, time::Duration};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::auth::Claims;
@@ -153,7 +154,9 @@ impl Intake {
             placed_at: chrono::Utc::now(),
         };
         let mut h = HeaderMap::new();
-        trace::inject_current(&mut h);
+        // The command continues the trace from its own span, which lasts until the PubAck.
+        let publish = tracing::info_span!("publish", subject = PlaceOrder::SUBJECT);
+        publish.in_scope(|| trace::inject_current(&mut h));
         h.insert(headers::SCHEMA, PlaceOrder::schema_header().as_str());
         h.insert(headers::TENANT, principal.tenant.as_str());
         let msg_id = message_id(&principal.tenant, record.order_id);
@@ -166,6 +169,7 @@ impl Intake {
                 headers: h,
                 payload: Bytes::from(encode(&command)),
             })
+            .instrument(publish)
             .await
             .map_err(|e| IntakeError::Unavailable(format!("JetStream: {e}")))?;
         tracing::debug!(order_id = %record.order_id, seq = ack.sequence, duplicate = ack.duplicate, "order command stored");

@@ -125,7 +125,8 @@ impl<O: Outbox> Relay<O> {
         metrics::gauge!("souk_relay_pending_rows").set(rows.len() as f64);
         let mut published = 0;
         for run in self.runs_by_stream(&rows).await? {
-            let messages: Vec<_> = run.iter().map(to_outgoing).collect();
+            // The rows' spans stay open until their publish is acknowledged and marked.
+            let (messages, _spans): (Vec<_>, Vec<_>) = run.iter().map(to_outgoing).unzip();
             let results = self.publisher.publish_in_order(&messages).await;
             // Mark the acknowledged prefix; stop at the first failure to keep order.
             let ok = results.iter().take_while(|r| r.is_ok()).count();
@@ -176,17 +177,23 @@ impl<O: Outbox> Relay<O> {
     }
 }
 
-fn to_outgoing(m: &OutboxMessage) -> OutgoingMessage {
+/// The message for row `m`, and its `relay.publish` span: a child of the trace context
+/// stored on the row, whose own context the event carries on.
+fn to_outgoing(m: &OutboxMessage) -> (OutgoingMessage, tracing::Span) {
     let mut headers = HeaderMap::new();
     for (k, v) in &m.headers {
         headers.insert(k.as_str(), v.as_str());
     }
-    OutgoingMessage {
+    let span = tracing::info_span!("relay.publish", subject = %m.subject, row = %m.id);
+    crate::trace::set_parent_from(&span, Some(&headers));
+    span.in_scope(|| crate::trace::inject_current(&mut headers));
+    let message = OutgoingMessage {
         subject: m.subject.clone(),
         msg_id: m.id.to_string(),
         headers,
         payload: Bytes::from(m.payload.clone()),
-    }
+    };
+    (message, span)
 }
 
 fn store_error(e: impl std::fmt::Display) -> Error {

@@ -8,7 +8,7 @@ use tokio::{
 };
 
 /// The API address `souk dev` prints in its banner (its stdout must be piped).
-async fn api_address(child: &mut tokio::process::Child) -> anyhow::Result<String> {
+pub(crate) async fn api_address(child: &mut tokio::process::Child) -> anyhow::Result<String> {
     let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
     tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await? {
@@ -36,7 +36,7 @@ fn souk_dev_with_own_nats(
         .spawn()
 }
 
-fn souk(data_dir: &std::path::Path) -> Command {
+pub(crate) fn souk(data_dir: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_souk"));
     c.arg("--data-dir")
         .arg(data_dir)

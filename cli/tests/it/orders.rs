@@ -145,7 +145,7 @@ async fn probes_and_metrics_answer() -> anyhow::Result<()> {
 #[tokio::test]
 async fn one_trace_spans_http_the_command_the_worker_and_the_event() -> anyhow::Result<()> {
     // Each nextest test is its own process: the global subscriber is this test's alone.
-    let _provider = souk_topologies::trace::install_subscriber(false);
+    let _telemetry = souk_topologies::trace::install_subscriber(false, &Default::default())?;
     let stack = Stack::start().await?;
     let token = stack.token("tess", &[Role::Buyer]);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";

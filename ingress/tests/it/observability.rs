@@ -8,7 +8,7 @@ use crate::{env, send};
 #[tokio::test]
 async fn the_callers_trace_continues_into_the_published_command() -> anyhow::Result<()> {
     // Each nextest test is its own process: installing the global subscriber is local.
-    let _provider = souk_topologies::trace::install_subscriber(false);
+    let _telemetry = souk_topologies::trace::install_subscriber(false, &Default::default())?;
     let env = env().await?;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let request = Request::post("/v1/orders")

@@ -67,8 +67,10 @@ impl PlaceOrderHandler {
 fn accepted_event(
     cmd: &PlaceOrder,
     causation_id: String,
-    mut h: Vec<(String, String)>,
+    trace_context: Vec<(String, String)>,
 ) -> outbox::NewMessage {
+    // The row's own span, in the handler's trace: the relay continues it.
+    let mut h = trace::outbox_context(&trace_context, OrderAccepted::SUBJECT);
     let event = OrderAccepted {
         order_id: cmd.order_id,
         tenant: cmd.tenant.clone(),
@@ -93,8 +95,9 @@ fn handler_span_context(_: &Delivery) -> Vec<(String, String)> {
     trace::current_context_pairs()
 }
 
-/// The command's own trace context, for events written by a batch (which runs outside
-/// any one message's span): the event stays in the trace of the request that caused it.
+/// The trace context a batched delivery carries, for events written by a batch (which
+/// runs outside any one message's span): the runtime puts its handler span's there, so
+/// the event stays in the trace of the request that caused it.
 fn command_context(d: &Delivery) -> Vec<(String, String)> {
     [headers::TRACEPARENT, headers::TRACESTATE]
         .into_iter()
