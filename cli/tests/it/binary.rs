@@ -8,7 +8,7 @@ use tokio::{
 };
 
 /// The API address `souk dev` prints in its banner (its stdout must be piped).
-async fn api_address(child: &mut tokio::process::Child) -> anyhow::Result<String> {
+pub(super) async fn api_address(child: &mut tokio::process::Child) -> anyhow::Result<String> {
     let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
     tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await? {
@@ -22,7 +22,7 @@ async fn api_address(child: &mut tokio::process::Child) -> anyhow::Result<String
 }
 
 /// `souk dev` on `data` with its own nats-server (no `SOUK_NATS_URL`).
-fn souk_dev_with_own_nats(
+pub(super) fn souk_dev_with_own_nats(
     data: &std::path::Path,
     database_url: &str,
     stdout: Stdio,
@@ -36,7 +36,7 @@ fn souk_dev_with_own_nats(
         .spawn()
 }
 
-fn souk(data_dir: &std::path::Path) -> Command {
+pub(super) fn souk(data_dir: &std::path::Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_souk"));
     c.arg("--data-dir")
         .arg(data_dir)
@@ -273,7 +273,7 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
 }
 
 /// Pids of nats-server processes whose command line mentions `dir`.
-fn nats_servers_under(dir: &std::path::Path) -> Vec<u32> {
+pub(super) fn nats_servers_under(dir: &std::path::Path) -> Vec<u32> {
     let needle = dir.display().to_string();
     std::fs::read_dir("/proc")
         .into_iter()
