@@ -21,7 +21,8 @@ pub(super) async fn api_address(child: &mut tokio::process::Child) -> anyhow::Re
     .await?
 }
 
-/// `souk dev` on `data` with its own nats-server (no `SOUK_NATS_URL`).
+/// `souk dev` on `data` with its own nats-server (no `SOUK_NATS_URL`), on the database
+/// `database_url` names (`SOUK_DATABASE_URL`: as named, not one per data dir).
 pub(super) fn souk_dev_with_own_nats(
     data: &std::path::Path,
     database_url: &str,
@@ -30,7 +31,7 @@ pub(super) fn souk_dev_with_own_nats(
     souk(data)
         .args(["dev", "--http-addr", "127.0.0.1:0"])
         .env_remove("SOUK_NATS_URL")
-        .env("DATABASE_URL", database_url)
+        .env("SOUK_DATABASE_URL", database_url)
         .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()

@@ -1,5 +1,7 @@
 //! `souk dev` after a crash: a SIGKILLed `souk dev` leaves no nats-server behind, and a
 //! start stops one left on its data dir before it opens the store (issue 8, item 10).
+//! Two `souk dev` side by side: each data dir has its own database, and a database
+//! serves one deployment only (item 11).
 
 use super::binary::{api_address, nats_servers_under, souk, souk_dev_with_own_nats};
 use souk_testkit::{TestDb, eventually, order_body};
@@ -157,4 +159,111 @@ async fn souk_dev_stops_a_nats_server_left_on_its_data_dir_before_opening_the_st
     second.start_kill()?;
     second.wait().await?;
     Ok(())
+}
+
+/// `souk dev` on `data` with its own nats-server and `DATABASE_URL` (the conventional
+/// variable, as `.souk/env` sets it): the data dir's own database on that server.
+fn souk_dev_on_database_server(
+    data: &std::path::Path,
+    database_url: &str,
+) -> std::io::Result<tokio::process::Child> {
+    souk(data)
+        .args(["dev", "--http-addr", "127.0.0.1:0"])
+        .env_remove("SOUK_NATS_URL")
+        .env_remove("SOUK_DATABASE_URL")
+        .env("DATABASE_URL", database_url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
+/// Messages in the EVT stream of the `souk dev` running on `data`.
+async fn evt_messages(data: &std::path::Path) -> anyhow::Result<u64> {
+    let url =
+        souk_topologies::local_server::running_url(&data.join("nats")).ok_or(anyhow::anyhow!("no server"))?;
+    let client = async_nats::connect(url).await?;
+    Ok(async_nats::jetstream::new(client).get_stream("EVT").await?.get_info().await?.state.messages)
+}
+
+/// Two instances with different data dirs on one `DATABASE_URL` (each with its own
+/// nats-server): each one's events land in its own EVT. Before, both used the one
+/// database, and the relay holding its lease published every outbox row — the other
+/// instance's too — into its own EVT. And a deployment refuses a database that
+/// another deployment has claimed, even when it is named explicitly.
+#[tokio::test]
+async fn two_souk_devs_on_one_database_url_keep_their_events_apart() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let databases: Vec<String> = [&a, &b]
+        .iter()
+        .map(|d| Ok(souk_stores::postgres::database_for_dir(&db.url, &std::fs::canonicalize(d.path())?)))
+        .collect::<anyhow::Result<_>>()?;
+    let result = async {
+        let mut instances = Vec::new();
+        let http = reqwest::Client::new();
+        let mut placed = Vec::new();
+        for (data, orders) in [(&a, 3), (&b, 2)] {
+            let mut child = souk_dev_on_database_server(data.path(), &db.url)?;
+            let api = api_address(&mut child).await?;
+            let token = token(data.path()).await?;
+            for i in 0..orders {
+                let id = place(&http, &api, &token, &format!("side-{i}")).await.expect("202");
+                placed.push((api.clone(), token.clone(), id));
+            }
+            instances.push(child);
+        }
+        // Every order stored, as its own instance says.
+        for (api, token, id) in &placed {
+            eventually(Duration::from_secs(60), || async {
+                let r = http.get(format!("{api}/v1/orders/{id}")).bearer_auth(token).send().await.ok()?;
+                let body: serde_json::Value = r.json().await.ok()?;
+                (body["status"] != "pending").then_some(())
+            })
+            .await?;
+        }
+        // Each instance's events in its own EVT (before: 5 in one, 0 in the other).
+        eventually(Duration::from_secs(60), || async {
+            (evt_messages(a.path()).await.ok()? == 3 && evt_messages(b.path()).await.ok()? == 2).then_some(())
+        })
+        .await?;
+        // Quiescent: each database holds its own orders and has nothing left to publish;
+        // the counts are still exact.
+        for (url, orders) in databases.iter().zip([3, 2]) {
+            let pool = sqlx::PgPool::connect(url).await?;
+            let stored: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&pool).await?;
+            let unpublished: i64 =
+                sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                    .fetch_one(&pool)
+                    .await?;
+            assert_eq!((stored, unpublished), (orders, 0), "{}", souk_stores::postgres::redact(url));
+            pool.close().await;
+        }
+        assert_eq!((evt_messages(a.path()).await?, evt_messages(b.path()).await?), (3, 2));
+
+        // A third deployment told to use the first one's database by name is refused.
+        let c = tempfile::tempdir()?;
+        let refused = souk(c.path())
+            .args(["dev", "--http-addr", "127.0.0.1:0"])
+            .env_remove("SOUK_NATS_URL")
+            .env("SOUK_DATABASE_URL", &databases[0])
+            .output();
+        // Bounded: before the check it started and ran (killed on drop).
+        let refused = tokio::time::timeout(Duration::from_secs(60), refused).await??;
+        let stderr = String::from_utf8(refused.stderr)?;
+        assert!(!refused.status.success(), "{stderr}");
+        assert!(stderr.contains("belongs to another souk deployment"), "{stderr}");
+
+        for mut child in instances {
+            let pid = child.id().expect("running");
+            tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+            let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+            assert!(status.success(), "exit status {status}");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    for url in &databases {
+        souk_stores::postgres::drop_database(url).await?;
+    }
+    result
 }
