@@ -34,11 +34,16 @@ pub async fn claim(pool: &PgPool, id: &str, take_over: bool) -> Result<Claim, Er
         Claim::Claimed
     } else {
         let (owner, claimed_at): (String, String) =
-            sqlx::query_as("select id, claimed_at::text from deployment for update").fetch_one(&mut *tx).await?;
+            sqlx::query_as("select id, claimed_at::text from deployment for update")
+                .fetch_one(&mut *tx)
+                .await?;
         if owner == id {
             Claim::Ours
         } else if take_over {
-            sqlx::query("update deployment set id = $1, claimed_at = now()").bind(id).execute(&mut *tx).await?;
+            sqlx::query("update deployment set id = $1, claimed_at = now()")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             Claim::TakenOver { previous: owner }
         } else {
             Claim::Foreign { owner, claimed_at }
