@@ -57,7 +57,12 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
     let topology = load_topology(&config)?;
     let pool = pg::connect(&pg_options(&config))?;
     if dev {
-        pg::ensure_database(&config.database_url).await.context("creating the database")?;
+        pg::ensure_database(&config.database_url).await.with_context(|| {
+            format!(
+                "creating the database {} (the role needs CREATEDB; or name an existing one with SOUK_DATABASE_URL)",
+                pg::redact(&config.database_url)
+            )
+        })?;
         pg::migrate(&pool).await.context("migrating the database")?;
         let report = apply::apply(&jetstream(&nats), &topology, Mode::Apply).await?;
         tracing::info!(in_sync = report.in_sync(), "topology applied\n{report}");

@@ -267,3 +267,28 @@ async fn two_souk_devs_on_one_database_url_keep_their_events_apart() -> anyhow::
     }
     result
 }
+
+/// A data dir whose JetStream store was removed (its `nats/` directory) starts again on
+/// its own database: nobody else can be using it (the data dir is locked), so the new
+/// JetStream takes it over instead of being refused as another deployment.
+#[tokio::test]
+async fn a_data_dir_whose_jetstream_was_removed_takes_its_own_database_back() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let data = tempfile::tempdir()?;
+    let database = souk_stores::postgres::database_for_dir(&db.url, &std::fs::canonicalize(data.path())?);
+    let result = async {
+        for round in 0..2 {
+            let mut child = souk_dev_on_database_server(data.path(), &db.url)?;
+            api_address(&mut child).await.map_err(|e| e.context(format!("start {round}")))?;
+            let pid = child.id().expect("running");
+            tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+            let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+            assert!(status.success(), "exit status {status}");
+            std::fs::remove_dir_all(data.path().join("nats"))?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    souk_stores::postgres::drop_database(&database).await?;
+    result
+}
