@@ -240,6 +240,18 @@ async fn two_souk_devs_on_one_database_url_keep_their_events_apart() -> anyhow::
         }
         assert_eq!((evt_messages(a.path()).await?, evt_messages(b.path()).await?), (3, 2));
 
+        // `souk status` finds the instance through its data dir, and reads its database
+        // (`DATABASE_URL`'s own is not even migrated).
+        let status = souk(a.path())
+            .args(["status", "--json"])
+            .env_remove("SOUK_NATS_URL")
+            .env_remove("SOUK_DATABASE_URL")
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .await?;
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&status.stdout)?["outbox_pending"], 0);
+
         // A third deployment told to use the first one's database by name is refused.
         let c = tempfile::tempdir()?;
         let refused = souk(c.path())
