@@ -23,7 +23,7 @@ pub enum Role {
     Worker { pools: Vec<String>, relay: bool },
 }
 
-pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
+pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
     // Caught from the very start: a signal during start-up then ends it cleanly once it
     // is done, instead of killing the process and orphaning the nats-server it started
     // (which runs in its own process group).
@@ -42,6 +42,11 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     // One `souk dev` per data dir: a second would start a second nats-server on the
     // same store. Held (and released by the OS) for the life of the process.
     let _dev_lock = if dev { Some(lock_data_dir(&config)?) } else { None };
+    // A data dir with its own nats-server is a deployment of its own: its database too.
+    let private_database = dev && config.nats_url.is_none() && !config.database_named;
+    if private_database {
+        config.database_url = data_dir_database(&config)?;
+    }
 
     // NATS: the configured server, or (dev) our own under the data dir.
     let mut local_nats: Option<Child> = None;
@@ -58,11 +63,17 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<ExitCode> {
     let topology = load_topology(&config)?;
     let pool = pg::connect(&pg_options(&config))?;
     if dev {
-        pg::ensure_database(&config.database_url).await.context("creating the database")?;
+        pg::ensure_database(&config.database_url).await.with_context(|| {
+            format!(
+                "creating the database {} (the role needs CREATEDB; or name an existing one with SOUK_DATABASE_URL)",
+                pg::redact(&config.database_url)
+            )
+        })?;
         pg::migrate(&pool).await.context("migrating the database")?;
         let report = apply::apply(&jetstream(&nats), &topology, Mode::Apply).await?;
         tracing::info!(in_sync = report.in_sync(), "topology applied\n{report}");
     }
+    claim_database(&config, &nats, &pool, &topology, private_database).await?;
 
     let (ingress, pools, relay) = match role {
         Role::Dev => (true, Some(Vec::new()), true),
@@ -157,6 +168,55 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)?
         .set_buckets_for_metric(Matcher::Suffix("_size".into()), &sizes)?
         .install_recorder()?)
+}
+
+/// The database of `config`'s data dir: `DATABASE_URL`'s (or the default's) server and
+/// database name, suffixed with a hash of the canonical data dir
+/// ([`pg::database_for_dir`]). Used when a `souk dev` runs its own nats-server, and by
+/// the commands that find that server through the data dir.
+pub fn data_dir_database(config: &Config) -> anyhow::Result<String> {
+    let dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("data dir {}", config.data_dir.display()))?;
+    Ok(pg::database_for_dir(&config.database_url, &dir))
+}
+
+/// Claim the database for this process's deployment, or refuse to run: a database
+/// shared by two deployments (two JetStreams) has one outbox and one relay lease, so one
+/// deployment's relay would publish the other's events into its own EVT, and the
+/// other's event consumers would starve. `take_over` for a data dir's own database,
+/// which no other deployment can use (the data dir is locked): its JetStream was
+/// re-created (a wiped `nats/` directory), and what is in the outbox goes to the new one.
+async fn claim_database(
+    config: &Config,
+    nats: &async_nats::Client,
+    pool: &sqlx::PgPool,
+    topology: &Topology,
+    take_over: bool,
+) -> anyhow::Result<()> {
+    let replicas = topology.streams.iter().map(|s| s.replicas).max().unwrap_or(1);
+    let id = souk_cli::node::deployment_id(&jetstream(nats), replicas).await?;
+    let db = pg::redact(&config.database_url);
+    let claim = pg::deployment::claim(pool, &id, take_over).await.with_context(|| {
+        format!("claiming {db} for deployment {id} (are its migrations applied? `souk migrate`)")
+    })?;
+    match claim {
+        pg::deployment::Claim::Claimed => {
+            tracing::info!(deployment = %id, "database claimed for this deployment")
+        }
+        pg::deployment::Claim::Ours => {}
+        pg::deployment::Claim::TakenOver { previous } => tracing::warn!(
+            deployment = %id, %previous,
+            "the data dir's JetStream is new (its store was removed); its database now belongs to it"
+        ),
+        pg::deployment::Claim::Foreign { owner, claimed_at } => bail!(
+            "database {db} belongs to another souk deployment ({owner}, since {claimed_at}), not to the one \
+             behind this NATS server ({id}): sharing it, one deployment's relay would publish the other's \
+             events. Give this deployment its own database (SOUK_DATABASE_URL; a `souk dev` with its own \
+             nats-server gets one per data dir unless SOUK_DATABASE_URL or database-url in souk.toml names \
+             one). If deployment {owner} is gone for good, release the database: `delete from deployment;`"
+        ),
+    }
+    Ok(())
 }
 
 pub fn pg_options(config: &Config) -> PgOptions {

@@ -135,7 +135,12 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         Ok(pools) => pipeline.set_pools(pools),
         Err(e) => eprintln!("pools: cannot ask the worker processes: {e}"),
     }
-    let pool = pg::connect(&app::pg_options(config))?;
+    // The `souk dev` of the data dir (found through it): its own database, as it uses.
+    let mut config = config.clone();
+    if config.nats_url.is_none() && !config.database_named {
+        config.database_url = app::data_dir_database(&config)?;
+    }
+    let pool = pg::connect(&app::pg_options(&config))?;
     let outbox: Result<i64, sqlx::Error> =
         sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(&pool).await;
     // The pipeline part is still shown when Postgres cannot be read, but the exit code

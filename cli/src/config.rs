@@ -29,8 +29,15 @@ pub struct Config {
     pub jwt_keys: Vec<JwtKey>,
     /// An existing NATS server; unset, `souk dev` starts its own under the data dir.
     pub nats_url: Option<String>,
-    /// Postgres, the system of record.
+    /// Postgres, the system of record. From `DATABASE_URL` or the default, it names the
+    /// server (and the base name) only for `souk dev` with its own nats-server: each
+    /// data dir gets a database of its own (see [`Config::database_named`]).
     pub database_url: String,
+    /// Whether `database-url` was given as souk's own setting (`SOUK_DATABASE_URL`, or
+    /// `database-url` in the config file), not taken from the conventional
+    /// `DATABASE_URL` or the default: then it is used as named, whatever the command.
+    #[serde(skip)]
+    pub database_named: bool,
     /// Connections per process.
     pub database_max_connections: u32,
     /// A topology file; unset, the built-in `topologies/marketplace.toml`.
@@ -62,6 +69,7 @@ impl Default for Config {
             jwt_keys: Vec::new(),
             nats_url: None,
             database_url: "postgres://postgres@127.0.0.1:5432/souk".into(),
+            database_named: false,
             database_max_connections: 32,
             topology: None,
             write_timeout: Duration::from_millis(1500),
@@ -97,17 +105,23 @@ pub struct Overrides {
 impl Config {
     /// Load from `file` (if it exists), the environment and `overrides`.
     pub fn load(file: &std::path::Path, overrides: &Overrides) -> Result<Config, Box<figment::Error>> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        let souk_env = || {
+            Env::prefixed("SOUK_")
+                .filter(|k| !NOT_CONFIG.contains(&k.as_str().to_ascii_lowercase().as_str()))
+                .map(|k| k.as_str().replace('_', "-").into())
+        };
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(file))
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database-url".into()))
-            .merge(
-                Env::prefixed("SOUK_")
-                    .filter(|k| !NOT_CONFIG.contains(&k.as_str().to_ascii_lowercase().as_str()))
-                    .map(|k| k.as_str().replace('_', "-").into()),
-            )
+            .merge(souk_env())
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)?;
+        // Named by souk's own settings if they alone give the URL in effect (the file's
+        // value is overridden by DATABASE_URL, so it only counts when it wins).
+        let named: Option<String> =
+            Figment::from(Toml::file(file)).merge(souk_env()).extract_inner("database-url").ok();
+        config.database_named = named.as_deref() == Some(config.database_url.as_str());
         config.validate().map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(config)
     }

@@ -138,6 +138,46 @@ async fn housekeeping(pool: PgPool, stop: CancellationToken) {
     }
 }
 
+/// The JetStream key-value bucket holding the deployment's id.
+pub const DEPLOYMENT_BUCKET: &str = "souk-deployment";
+
+/// This deployment's id: generated once and kept in its JetStream (key `id` of
+/// [`DEPLOYMENT_BUCKET`], created with `replicas` replicas if missing), so every process
+/// of one deployment reads the same id, for as long as its JetStream lives — through
+/// restarts and re-created streams. A database is claimed with it
+/// (`souk_stores::postgres::deployment`), so one database serves one deployment.
+pub async fn deployment_id(
+    js: &async_nats::jetstream::Context,
+    replicas: usize,
+) -> souk_topologies::Result<String> {
+    use async_nats::jetstream::kv;
+    let failed = |e: &dyn std::fmt::Display| souk_topologies::Error::Nats(format!("deployment id: {e}"));
+    let bucket = match js.get_key_value(DEPLOYMENT_BUCKET).await {
+        Ok(bucket) => bucket,
+        // Identical configs make concurrent creates agree (JetStream's create is idempotent).
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: DEPLOYMENT_BUCKET.into(),
+                description: "souk: this deployment's id, which its database is claimed with".into(),
+                history: 1,
+                num_replicas: replicas.max(1),
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(&e))?,
+    };
+    let fresh = uuid::Uuid::new_v4().to_string();
+    match bucket.create("id", fresh.clone().into()).await {
+        Ok(_) => Ok(fresh),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let id = bucket.get("id").await.map_err(|e| failed(&e))?.ok_or_else(|| failed(&"missing"))?;
+            String::from_utf8(id.to_vec()).map_err(|e| failed(&e))
+        }
+        Err(e) => Err(failed(&e)),
+    }
+}
+
 /// The built-in marketplace topology (`topologies/marketplace.toml`).
 pub fn builtin_topology() -> souk_topologies::Result<Topology> {
     Topology::parse(include_str!("../../topologies/marketplace.toml"))

@@ -21,8 +21,9 @@ pub(crate) async fn api_address(child: &mut tokio::process::Child) -> anyhow::Re
     .await?
 }
 
-/// `souk dev` on `data` with its own nats-server (no `SOUK_NATS_URL`).
-fn souk_dev_with_own_nats(
+/// `souk dev` on `data` with its own nats-server (no `SOUK_NATS_URL`), on the database
+/// `database_url` names (`SOUK_DATABASE_URL`: as named, not one per data dir).
+pub(super) fn souk_dev_with_own_nats(
     data: &std::path::Path,
     database_url: &str,
     stdout: Stdio,
@@ -30,7 +31,7 @@ fn souk_dev_with_own_nats(
     souk(data)
         .args(["dev", "--http-addr", "127.0.0.1:0"])
         .env_remove("SOUK_NATS_URL")
-        .env("DATABASE_URL", database_url)
+        .env("SOUK_DATABASE_URL", database_url)
         .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
@@ -286,7 +287,7 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
 }
 
 /// Pids of nats-server processes whose command line mentions `dir`.
-fn nats_servers_under(dir: &std::path::Path) -> Vec<u32> {
+pub(super) fn nats_servers_under(dir: &std::path::Path) -> Vec<u32> {
     let needle = dir.display().to_string();
     std::fs::read_dir("/proc")
         .into_iter()

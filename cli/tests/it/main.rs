@@ -3,6 +3,7 @@
 
 mod binary;
 mod crash;
+mod dev;
 mod orders;
 mod outage;
 mod traces;

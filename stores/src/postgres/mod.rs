@@ -1,11 +1,12 @@
 //! Postgres: connection, migrations, and the repositories of the system of record.
 
 mod config;
+pub mod deployment;
 pub mod idempotency;
 pub mod inbox;
 pub mod orders;
 pub mod outbox;
 mod store;
 
-pub use config::{PgOptions, redact};
+pub use config::{PgOptions, database_for_dir, redact};
 pub use store::{Error, begin, connect, drop_database, ensure_database, housekeeping, migrate};

@@ -1,5 +1,7 @@
 //! The Postgres store against a real database (one per test).
 
+mod deployment;
+
 use souk_pipelines::outbox::Outbox;
 use souk_stores::postgres::{
     self as pg,
