@@ -23,6 +23,10 @@ pub enum Error {
     /// The connection settings cannot work (e.g. no database named).
     #[error("postgres configuration: {0}")]
     Config(String),
+    /// The outbox relay lease was taken over by another relay (its epoch is no longer
+    /// current): this relay must not mark rows.
+    #[error("the outbox relay lease was taken over (epoch {0} is no longer current)")]
+    LeaseLost(i64),
 }
 
 impl Error {
@@ -42,7 +46,7 @@ impl Error {
                 _ => false,
             },
             Error::Unavailable(_) => true,
-            Error::Migrate(_) | Error::Corrupt(_) | Error::Config(_) => false,
+            Error::Migrate(_) | Error::Corrupt(_) | Error::Config(_) | Error::LeaseLost(_) => false,
         }
     }
 }
