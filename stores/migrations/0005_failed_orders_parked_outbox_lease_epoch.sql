@@ -2,7 +2,7 @@
 -- intake command); a redrive that succeeds later moves them on to `accepted`.
 alter table orders drop constraint orders_status_check;
 alter table orders add constraint orders_status_check check (status in ('accepted', 'failed'));
-alter table orders add column failure_reason text;
+alter table orders add column reason text;
 
 -- Outbox rows that can never be published (no stream for the subject, too large, a
 -- refused header) are parked after a few tries, with their error, instead of blocking

@@ -3,5 +3,6 @@
 
 mod binary;
 mod crash;
+mod failed_orders;
 mod orders;
 mod relay;

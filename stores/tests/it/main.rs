@@ -198,3 +198,40 @@ async fn a_parked_row_holds_back_its_aggregate_only_until_requeued() -> anyhow::
     assert_eq!(outbox.parked_count().await?, 0);
     Ok(())
 }
+
+/// A dead letter marks its order failed (writing the row if there is none), never an
+/// order that got further; a later successful command accepts a failed order.
+#[tokio::test]
+async fn failed_orders_are_written_once_never_over_an_accepted_one_and_can_be_accepted() -> anyhow::Result<()>
+{
+    use souk_pipelines::orders::{OrderLine, PlaceOrder};
+    use souk_stores::postgres::orders;
+    let db = db().await?;
+    let cmd = PlaceOrder {
+        order_id: Uuid::now_v7(),
+        tenant: "t".into(),
+        buyer_id: "u".into(),
+        currency: "EUR".parse().map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        lines: vec![OrderLine { sku: "A".into(), quantity: 1, unit_price_minor: 5 }],
+        total_minor: 5,
+        placed_at: chrono::Utc::now(),
+    };
+    let mut tx = db.pool.begin().await?;
+    assert!(orders::mark_failed(&mut tx, &cmd, "first").await?);
+    assert!(orders::mark_failed(&mut tx, &cmd, "second").await?);
+    tx.commit().await?;
+    let order = orders::get(&db.pool, cmd.order_id).await?.ok_or_else(|| anyhow::anyhow!("no row"))?;
+    assert_eq!((order.status.as_str(), order.reason.as_deref()), ("failed", Some("second")));
+
+    let mut tx = db.pool.begin().await?;
+    assert!(
+        orders::insert_accepted_many(&mut tx, &[&cmd]).await?.contains(&cmd.order_id),
+        "accepted at last"
+    );
+    assert!(!orders::mark_failed(&mut tx, &cmd, "late dead letter").await?);
+    assert!(orders::insert_accepted_many(&mut tx, &[&cmd]).await?.is_empty(), "accepted once");
+    tx.commit().await?;
+    let order = orders::get(&db.pool, cmd.order_id).await?.ok_or_else(|| anyhow::anyhow!("no row"))?;
+    assert_eq!((order.status.as_str(), order.reason), ("accepted", None));
+    Ok(())
+}
