@@ -111,17 +111,22 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let nats = app::connect_nats(&app::nats_url(config)?).await?;
     let pipeline = status::read(&app::jetstream(&nats), &topology).await?;
     let pool = pg::connect(&app::pg_options(config))?;
-    let outbox: Result<i64, sqlx::Error> =
-        sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(&pool).await;
+    // Parked rows (they can never be published as they are) are counted apart.
+    let outbox: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
+        "select count(*) filter (where parked_at is null), count(*) filter (where parked_at is not null)
+         from outbox where published_at is null",
+    )
+    .fetch_one(&pool)
+    .await;
     // The pipeline part is still shown when Postgres cannot be read, but the exit code
     // says the status is incomplete (scripts and probes check it).
     let code = if outbox.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     if let Err(e) = &outbox {
         eprintln!("outbox: cannot read Postgres: {e}");
     }
-    let outbox_pending = outbox.ok();
+    let (outbox_pending, outbox_parked) = (outbox.as_ref().ok().map(|o| o.0), outbox.ok().map(|o| o.1));
     if json {
-        let v = serde_json::json!({"pipeline": pipeline, "outbox_pending": outbox_pending});
+        let v = serde_json::json!({"pipeline": pipeline, "outbox_pending": outbox_pending, "outbox_parked": outbox_parked});
         out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(code);
     }
@@ -150,7 +155,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     match outbox_pending {
-        Some(n) => out!("\noutbox: {n} unpublished"),
+        Some(n) => out!("\noutbox: {n} unpublished, {} parked", outbox_parked.unwrap_or(0)),
         None => out!("\noutbox: unknown (Postgres unreachable)"),
     }
     Ok(code)
