@@ -25,7 +25,7 @@ pub enum Error {
     Config(String),
     /// The outbox relay lease was taken over by another relay (its epoch is no longer
     /// current): this relay must not mark rows.
-    #[error("the outbox relay lease was taken over (epoch {0} is no longer current)")]
+    #[error("this relay does not hold the outbox lease (epoch {0} is not the current one)")]
     LeaseLost(i64),
 }
 
