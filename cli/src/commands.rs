@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use souk_ingress::{Claims, Keys, Role};
-use souk_stores::postgres as pg;
+use souk_stores::postgres::{self as pg, outbox::PgOutbox};
 use souk_topologies::{
     apply::{self, Mode},
     dead_letters,
@@ -159,6 +159,38 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         None => out!("\noutbox: unknown (Postgres unreachable)"),
     }
     Ok(code)
+}
+
+pub async fn outbox_parked(config: &Config, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
+    let outbox = PgOutbox::new(pg::connect(&app::pg_options(config))?, &config.database_url);
+    let parked = outbox.parked(i64::try_from(limit).unwrap_or(i64::MAX)).await?;
+    if json {
+        out!("{}", serde_json::to_string_pretty(&parked)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if parked.is_empty() {
+        out!("no parked outbox rows");
+    }
+    for p in &parked {
+        out!(
+            "#{} {} aggregate={} subject={} tries={} id={}\n    {}",
+            p.seq,
+            p.parked_at,
+            p.aggregate_id,
+            p.subject,
+            p.tries,
+            p.id,
+            p.last_error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn outbox_requeue(config: &Config, aggregate: Option<&str>) -> anyhow::Result<ExitCode> {
+    let outbox = PgOutbox::new(pg::connect(&app::pg_options(config))?, &config.database_url);
+    let n = outbox.requeue(aggregate).await?;
+    out!("{n} outbox rows requeued");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {

@@ -88,7 +88,25 @@ async fn unpublishable_rows_are_parked_and_the_rows_behind_them_go_on() -> anyho
             ..Default::default()
         })
         .await?;
-    assert_eq!(outbox.requeue(Some("a")).await?, 2);
+    let data = tempfile::tempdir()?;
+    let souk = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_souk"));
+        c.arg("--data-dir")
+            .arg(data.path())
+            .args(args)
+            .env_remove("SOUK_CONFIG")
+            .env("SOUK_NATS_URL", stack.nats.url())
+            .env("DATABASE_URL", &stack.db.url)
+            .kill_on_drop(true);
+        c.output()
+    };
+    let listed = souk(&["outbox", "parked", "--json"]).await?;
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    let requeued = souk(&["outbox", "requeue", "--aggregate", "a"]).await?;
+    assert!(requeued.status.success(), "{}", String::from_utf8_lossy(&requeued.stderr));
+    assert_eq!(String::from_utf8(requeued.stdout)?.trim(), "2 outbox rows requeued");
     eventually(Duration::from_secs(30), || async {
         (subjects(&stack, "EVT").await.ok()?.len() == 5
             && subjects(&stack, "ELSEWHERE").await.ok()?.len() == 1)
