@@ -11,10 +11,20 @@ async fn enqueue(
     subject: &str,
     payload: Vec<u8>,
 ) -> anyhow::Result<uuid::Uuid> {
+    enqueue_with(stack, aggregate, subject, vec![], payload).await
+}
+
+async fn enqueue_with(
+    stack: &Stack,
+    aggregate: &str,
+    subject: &str,
+    headers: Vec<(String, String)>,
+    payload: Vec<u8>,
+) -> anyhow::Result<uuid::Uuid> {
     let mut tx = stack.db.pool.begin().await?;
     let id = outbox::enqueue(
         &mut tx,
-        NewMessage { aggregate_id: aggregate.into(), subject: subject.into(), headers: vec![], payload },
+        NewMessage { aggregate_id: aggregate.into(), subject: subject.into(), headers, payload },
     )
     .await?;
     tx.commit().await?;
@@ -33,7 +43,8 @@ async fn subjects(stack: &Stack, stream: &str) -> anyhow::Result<Vec<String>> {
 }
 
 /// One row that can never be published used to stop the relay for ever. Now a row for a
-/// subject no stream takes and a row over the server's max_payload are parked, with
+/// subject no stream takes, a row over the server's max_payload and a row with a header
+/// NATS refuses are parked, with
 /// their errors, after a few tries; the rows of other aggregates behind them are
 /// published; the later rows of a parked row's aggregate wait behind it — also those
 /// written after it was parked — and follow it, in order, once it is requeued.
@@ -47,20 +58,24 @@ async fn unpublishable_rows_are_parked_and_the_rows_behind_them_go_on() -> anyho
     let c1 = enqueue(&stack, "c", "souk.evt.test.c1", too_large).await?;
     let a2 = enqueue(&stack, "a", "souk.evt.test.a2", b"a2".to_vec()).await?;
     enqueue(&stack, "b", "souk.evt.test.b2", b"b2".to_vec()).await?;
+    // A header NATS cannot carry (the client would panic on it).
+    let bad_header = vec![("souk-note".to_owned(), "two\r\nlines".to_owned())];
+    let e1 = enqueue_with(&stack, "e", "souk.evt.test.e1", bad_header, b"e1".to_vec()).await?;
 
     let outbox = PgOutbox::new(stack.db.pool.clone(), &stack.db.url);
     eventually(Duration::from_secs(60), || async {
         let published = subjects(&stack, "EVT").await.ok()?.len();
-        (published == 2 && outbox.parked(10).await.ok()?.len() == 3).then_some(())
+        (published == 2 && outbox.parked(10).await.ok()?.len() == 4).then_some(())
     })
     .await?;
     assert_eq!(subjects(&stack, "EVT").await?, ["souk.evt.test.b1", "souk.evt.test.b2"]);
     let parked = outbox.parked(10).await?;
-    assert_eq!(parked.iter().map(|p| p.id).collect::<Vec<_>>(), [a1, c1, a2]);
+    assert_eq!(parked.iter().map(|p| p.id).collect::<Vec<_>>(), [a1, c1, a2, e1]);
     let error = |i: usize| parked[i].last_error.clone().unwrap_or_default();
     assert!(error(0).contains("no stream takes subject souk.nowhere.a1"), "{}", error(0));
     assert!(error(1).contains("max_payload"), "{}", error(1));
     assert!(error(2).contains(&a1.to_string()), "waits behind a1: {}", error(2));
+    assert!(error(3).contains("header refused"), "{}", error(3));
     assert_eq!(parked[0].tries, 5, "parked after the shipped number of tries");
 
     // A row of the parked aggregate written later waits too; other aggregates do not.
@@ -103,7 +118,7 @@ async fn unpublishable_rows_are_parked_and_the_rows_behind_them_go_on() -> anyho
     let listed = souk(&["outbox", "parked", "--json"]).await?;
     assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
-    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    assert_eq!(listed.as_array().map(Vec::len), Some(4));
     let requeued = souk(&["outbox", "requeue", "--aggregate", "a"]).await?;
     assert!(requeued.status.success(), "{}", String::from_utf8_lossy(&requeued.stderr));
     assert_eq!(String::from_utf8(requeued.stdout)?.trim(), "2 outbox rows requeued");
@@ -117,6 +132,10 @@ async fn unpublishable_rows_are_parked_and_the_rows_behind_them_go_on() -> anyho
         subjects(&stack, "EVT").await?,
         ["souk.evt.test.b1", "souk.evt.test.b2", "souk.evt.test.d1", "souk.evt.test.a2", "souk.evt.test.a3"]
     );
-    assert_eq!(outbox.parked(10).await?.iter().map(|p| p.id).collect::<Vec<_>>(), [c1], "c1 stays parked");
+    assert_eq!(
+        outbox.parked(10).await?.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [c1, e1],
+        "the others stay parked"
+    );
     Ok(())
 }
