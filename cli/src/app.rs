@@ -174,6 +174,17 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 /// database name, suffixed with a hash of the canonical data dir
 /// ([`pg::database_for_dir`]). Used when a `souk dev` runs its own nats-server, and by
 /// the commands that find that server through the data dir.
+/// The database the operator commands (`status`, `outbox`) read: the one the `souk dev`
+/// of the data dir uses (found through it) unless a NATS URL or a named database says
+/// the deployment is another one.
+pub fn operated_database(config: &Config) -> anyhow::Result<Config> {
+    let mut config = config.clone();
+    if config.nats_url.is_none() && !config.database_named {
+        config.database_url = data_dir_database(&config)?;
+    }
+    Ok(config)
+}
+
 pub fn data_dir_database(config: &Config) -> anyhow::Result<String> {
     let dir = std::fs::canonicalize(&config.data_dir)
         .with_context(|| format!("data dir {}", config.data_dir.display()))?;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use souk_ingress::{Claims, Role};
-use souk_stores::postgres as pg;
+use souk_stores::postgres::{self as pg, outbox::PgOutbox};
 use souk_topologies::{
     apply::{self, Mode},
     dead_letters,
@@ -135,23 +135,22 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         Ok(pools) => pipeline.set_pools(pools),
         Err(e) => eprintln!("pools: cannot ask the worker processes: {e}"),
     }
-    // The `souk dev` of the data dir (found through it): its own database, as it uses.
-    let mut config = config.clone();
-    if config.nats_url.is_none() && !config.database_named {
-        config.database_url = app::data_dir_database(&config)?;
-    }
-    let pool = pg::connect(&app::pg_options(&config))?;
-    let outbox: Result<i64, sqlx::Error> =
-        sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(&pool).await;
+    let pool = pg::connect(&app::pg_options(&app::operated_database(config)?))?;
+    let outbox: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
+        "select count(*) filter (where parked_at is null), count(*) filter (where parked_at is not null)
+         from outbox where published_at is null",
+    )
+    .fetch_one(&pool)
+    .await;
     // The pipeline part is still shown when Postgres cannot be read, but the exit code
     // says the status is incomplete (scripts and probes check it).
     let code = if outbox.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     if let Err(e) = &outbox {
         eprintln!("outbox: cannot read Postgres: {e}");
     }
-    let outbox_pending = outbox.ok();
+    let (outbox_pending, outbox_parked) = (outbox.as_ref().ok().map(|o| o.0), outbox.ok().map(|o| o.1));
     if json {
-        let v = serde_json::json!({"pipeline": pipeline, "outbox_pending": outbox_pending});
+        let v = serde_json::json!({"pipeline": pipeline, "outbox_pending": outbox_pending, "outbox_parked": outbox_parked});
         out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(code);
     }
@@ -190,10 +189,44 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     match outbox_pending {
-        Some(n) => out!("\noutbox: {n} unpublished"),
+        Some(n) => out!("\noutbox: {n} unpublished, {} parked", outbox_parked.unwrap_or(0)),
         None => out!("\noutbox: unknown (Postgres unreachable)"),
     }
     Ok(code)
+}
+
+pub async fn outbox_parked(config: &Config, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
+    let config = app::operated_database(config)?;
+    let outbox = PgOutbox::new(pg::connect(&app::pg_options(&config))?, &config.database_url);
+    let parked = outbox.parked(i64::try_from(limit).unwrap_or(i64::MAX)).await?;
+    if json {
+        out!("{}", serde_json::to_string_pretty(&parked)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if parked.is_empty() {
+        out!("no parked outbox rows");
+    }
+    for p in &parked {
+        out!(
+            "#{} {} aggregate={} subject={} tries={} id={}\n    {}",
+            p.seq,
+            p.parked_at,
+            p.aggregate_id,
+            p.subject,
+            p.tries,
+            p.id,
+            p.last_error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn outbox_requeue(config: &Config, aggregate: Option<&str>) -> anyhow::Result<ExitCode> {
+    let config = app::operated_database(config)?;
+    let outbox = PgOutbox::new(pg::connect(&app::pg_options(&config))?, &config.database_url);
+    let n = outbox.requeue(aggregate).await?;
+    out!("{n} outbox rows requeued");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {

@@ -113,8 +113,33 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Outbox rows the relay parked (they could not be published): list, requeue.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Check the configuration and print it (secrets redacted).
     Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxAction {
+    /// List parked rows, oldest first, with their errors.
+    Parked {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put parked rows back in line once their cause is fixed (an aggregate's, or all).
+    Requeue {
+        /// The aggregate (e.g. an order id) whose rows to requeue.
+        #[arg(long, required_unless_present = "all")]
+        aggregate: Option<String>,
+        /// Requeue every parked row.
+        #[arg(long, conflicts_with = "aggregate")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +205,12 @@ async fn main() -> ExitCode {
         }
         Command::Dlq { action: DlqAction::Replay { seqs, all } } => {
             commands::dlq_replay(&config, &seqs, all).await
+        }
+        Command::Outbox { action: OutboxAction::Parked { json, limit } } => {
+            commands::outbox_parked(&config, json, limit).await
+        }
+        Command::Outbox { action: OutboxAction::Requeue { aggregate, .. } } => {
+            commands::outbox_requeue(&config, aggregate.as_deref()).await
         }
         Command::Config => commands::config_check(&config),
     };

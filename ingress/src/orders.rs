@@ -114,7 +114,9 @@ fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
     Ok(key)
 }
 
-/// Read an order: its stored state, or `pending` while the command is in flight.
+/// Read an order: its stored state — `accepted`, or `failed` with the `reason` (its
+/// command was dead-lettered; a redrive that succeeds moves it on to `accepted`) — or
+/// `pending` while the command is in flight.
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Principal(claims): Principal,

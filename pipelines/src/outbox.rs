@@ -26,11 +26,30 @@ pub struct OutboxMessage {
 pub trait Outbox: Send + Sync + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Up to `limit` unpublished messages, oldest first.
+    /// Up to `limit` unpublished messages, oldest first — except parked ones, and the
+    /// later messages of a parked message's aggregate (they wait behind it, in order).
     fn pending(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxMessage>, Self::Error>>;
 
-    /// Record that these messages were acknowledged by JetStream.
+    /// Record that these messages were acknowledged by JetStream. Fails, marking
+    /// nothing, when this outbox no longer holds the lease it last took with
+    /// [`Outbox::try_lease`] (another relay has taken over).
     fn mark_published<'a>(&'a self, ids: &'a [uuid::Uuid]) -> BoxFuture<'a, Result<(), Self::Error>>;
+
+    /// Record that publishing message `id` failed with a permanent error (one the same
+    /// message gets every time). Returns how many times that has happened to it.
+    fn record_failure<'a>(
+        &'a self,
+        id: uuid::Uuid,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<u32, Self::Error>>;
+
+    /// Set message `id` aside with `error`: it and the later unpublished messages of its
+    /// aggregate are no longer pending until an operator requeues them. Returns how many
+    /// messages are parked in all afterwards.
+    fn park<'a>(&'a self, id: uuid::Uuid, error: &'a str) -> BoxFuture<'a, Result<u64, Self::Error>>;
+
+    /// How many messages are parked (for the relay's gauge).
+    fn parked_count(&self) -> BoxFuture<'_, Result<u64, Self::Error>>;
 
     /// Wait until new messages may be pending, or `timeout` passes (a hint; the relay
     /// polls anyway).

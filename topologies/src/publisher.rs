@@ -95,6 +95,11 @@ impl Publisher {
         Publisher { client, js, ack_timeout }
     }
 
+    /// The largest message (headers and payload) the server takes, as it announced.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
     /// The JetStream context this publisher uses.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
@@ -106,12 +111,13 @@ impl Publisher {
         let mut headers = msg.headers;
         headers.insert(MSG_ID, msg.msg_id.as_str());
         let result = async {
+            let subject = msg.subject;
             let fut = self
                 .js
-                .publish_with_headers(msg.subject, headers, msg.payload)
+                .publish_with_headers(subject.clone(), headers, msg.payload)
                 .await
-                .map_err(|e| self.publish_error(e))?;
-            let ack = fut.await.map_err(|e| self.publish_error(e))?;
+                .map_err(|e| self.publish_error(e, &subject))?;
+            let ack = fut.await.map_err(|e| self.publish_error(e, &subject))?;
             Ok(Ack { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
         };
         let result = tokio::time::timeout(self.ack_timeout, result)
@@ -142,7 +148,7 @@ impl Publisher {
                 self.client
                     .publish_with_headers(m.subject.clone(), batch_headers(m, i + 1), m.payload.clone())
                     .await
-                    .map_err(Error::nats)?;
+                    .map_err(core_publish_error)?;
             }
             let mut h = batch_headers(last, msgs.len());
             h.insert("Nats-Batch-Commit", "1");
@@ -154,6 +160,8 @@ impl Publisher {
                 .kind()
             {
                 async_nats::RequestErrorKind::TimedOut => Error::AckTimeout(self.ack_timeout),
+                async_nats::RequestErrorKind::NoResponders => Error::NoStream(last.subject.clone()),
+                async_nats::RequestErrorKind::MaxPayloadExceeded => Error::TooLarge(e.to_string()),
                 _ => Error::nats(e),
             })?;
             let ack: ApiAck = serde_json::from_slice(&reply.payload)
@@ -226,10 +234,19 @@ impl Publisher {
         }
     }
 
-    fn publish_error(&self, e: jetstream::context::PublishError) -> Error {
+    /// A typed error for a failed JetStream publish to `subject`, so that callers can
+    /// tell a message that can never be stored ([`Error::is_permanent`]) from an outage.
+    fn publish_error(&self, e: jetstream::context::PublishError, subject: &str) -> Error {
+        use jetstream::context::PublishErrorKind as Kind;
         match e.kind() {
-            jetstream::context::PublishErrorKind::TimedOut => Error::AckTimeout(self.ack_timeout),
-            _ => Error::nats(e),
+            Kind::TimedOut => Error::AckTimeout(self.ack_timeout),
+            // A JetStream publish nobody answers: no stream takes the subject.
+            Kind::StreamNotFound => Error::NoStream(subject.to_owned()),
+            Kind::MaxPayloadExceeded => Error::TooLarge(e.to_string()),
+            _ => match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<jetstream::Error>()) {
+                Some(api) => Error::JetStream { code: api.error_code().0, description: api.to_string() },
+                None => Error::nats(e),
+            },
         }
     }
 
@@ -245,17 +262,17 @@ impl Publisher {
             headers.insert(MSG_ID, m.msg_id.as_str());
             let send = self.js.publish_with_headers(m.subject.clone(), headers, m.payload.clone());
             pending.push(match tokio::time::timeout_at(deadline, send).await {
-                Ok(sent) => sent.map_err(|e| self.publish_error(e)),
+                Ok(sent) => sent.map_err(|e| self.publish_error(e, &m.subject)),
                 Err(_) => Err(Error::AckTimeout(self.ack_timeout)),
             });
         }
         let mut results = Vec::with_capacity(msgs.len());
-        for p in pending {
+        for (p, m) in pending.into_iter().zip(msgs) {
             results.push(match p {
                 Ok(fut) => match tokio::time::timeout_at(deadline, fut).await {
                     Ok(acked) => acked
                         .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
-                        .map_err(|e| self.publish_error(e)),
+                        .map_err(|e| self.publish_error(e, &m.subject)),
                     Err(_) => Err(Error::AckTimeout(self.ack_timeout)),
                 },
                 Err(e) => Err(e),
@@ -265,6 +282,14 @@ impl Publisher {
             record("single", 1, started, r);
         }
         results
+    }
+}
+
+/// A typed error for a failed core NATS publish (a fragment of an atomic batch).
+fn core_publish_error(e: async_nats::PublishError) -> Error {
+    match e.kind() {
+        async_nats::PublishErrorKind::MaxPayloadExceeded => Error::TooLarge(e.to_string()),
+        _ => Error::nats(e),
     }
 }
 

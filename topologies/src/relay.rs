@@ -7,17 +7,38 @@
 //! between publish and mark republishes the same ids, which JetStream drops as
 //! duplicates. Failed publishes stop the round (nothing later is published before
 //! it), and the round is retried after a pause.
+//!
+//! A row that can never be published as it is — no stream takes its subject, it is
+//! larger than the server's `max_payload`, a header is refused ([`Error::is_permanent`])
+//! — would stop every round for ever. After [`RelayOptions::park_after`] such failures
+//! it is parked with its error ([`Outbox::park`]), together with the later rows of its
+//! aggregate (so that they keep their order), an error is logged and
+//! `souk_relay_parked_total` counted, and the relay goes on with the other rows.
+//!
+//! Marks are fenced on the lease ([`Outbox::mark_published`] fails once another relay
+//! has taken it over), so a relay that lost its lease mid-round stops at its next mark.
+//! What it published before that is in JetStream twice at worst (after the dedupe
+//! window): event consumers deduplicate by message id (the outbox id) in their inbox.
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use souk_pipelines::outbox::{Outbox, OutboxMessage};
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     Error, Result,
     publisher::{OutgoingMessage, Publisher},
 };
+use async_nats::jetstream::context::GetStreamByNameErrorKind;
+
+/// err_code of an atomic batch sent to a stream without `allow-atomic`.
+const ATOMIC_DISABLED: u64 = 10174;
+/// How often the gauge of parked rows is read from the outbox.
+const PARKED_GAUGE_EVERY: Duration = Duration::from_secs(10);
 
 /// Tuning of the relay.
 #[derive(Debug, Clone)]
@@ -31,6 +52,10 @@ pub struct RelayOptions {
     /// Longest round (reading, publishing, marking). A round cut short is retried:
     /// what it published and did not mark is published again, and deduplicated.
     pub round_timeout: Duration,
+    /// Failed publishes with a permanent error after which a row is parked. More than
+    /// one, so that a stream being re-created by an operator does not park what is
+    /// published to it meanwhile (each try is a round, `retry_pause` apart).
+    pub park_after: u32,
 }
 
 impl Default for RelayOptions {
@@ -40,6 +65,7 @@ impl Default for RelayOptions {
             poll_interval: Duration::from_millis(500),
             retry_pause: Duration::from_millis(500),
             round_timeout: Duration::from_secs(30),
+            park_after: 5,
         }
     }
 }
@@ -62,6 +88,7 @@ impl<O: Outbox> Relay<O> {
     /// Run until `cancel`; a round in progress finishes first.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut leased = false;
+        let mut parked_gauge_at: Option<Instant> = None;
         // Rounds failing since (and how many): logged when an outage starts and ends,
         // not every retry pause.
         let mut failing: Option<(std::time::Instant, u64)> = None;
@@ -87,6 +114,13 @@ impl<O: Outbox> Relay<O> {
                 (Ok(_), None) => {}
             }
             metrics::gauge!("souk_relay_failing").set(if failing.is_some() { 1.0 } else { 0.0 });
+            if leased && parked_gauge_at.is_none_or(|at| at.elapsed() >= PARKED_GAUGE_EVERY) {
+                // Rows are requeued by operators, out of the relay's sight: read the count.
+                if let Ok(n) = self.outbox.parked_count().await {
+                    metrics::gauge!("souk_relay_parked_rows").set(n as f64);
+                    parked_gauge_at = Some(Instant::now());
+                }
+            }
             let wait = match result {
                 Ok(n) if n as i64 >= self.options.batch => Duration::ZERO,
                 Ok(_) => self.options.poll_interval,
@@ -124,76 +158,175 @@ impl<O: Outbox> Relay<O> {
         let rows = self.outbox.pending(self.options.batch).await.map_err(store_error)?;
         metrics::gauge!("souk_relay_pending_rows").set(rows.len() as f64);
         let mut published = 0;
-        for run in self.runs_by_stream(&rows).await? {
-            // The rows' spans stay open until their publish is acknowledged and marked.
-            let (messages, _spans): (Vec<_>, Vec<_>) = run.iter().map(to_outgoing).unzip();
-            let results = self.publisher.publish_in_order(&messages).await;
-            // Mark the acknowledged prefix; stop at the first failure to keep order.
+        // Aggregates with a row parked in this round: their later rows wait behind it.
+        let mut parked = HashSet::new();
+        let mut run: Vec<(&OutboxMessage, OutgoingMessage)> = Vec::new();
+        let mut run_stream: Option<String> = None;
+        // The rows' `relay.publish` spans stay open until the round has published and
+        // marked them.
+        let mut spans = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if parked.contains(&row.aggregate_id) {
+                continue;
+            }
+            let checked = match self.stream_of(&row.subject).await {
+                Ok(stream) => self.to_outgoing(row).map(|(m, span)| {
+                    spans.push(span);
+                    (stream, m)
+                }),
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok((stream, message)) => {
+                    if run_stream.as_ref().is_some_and(|s| *s != stream) {
+                        published += self.flush(std::mem::take(&mut run), &mut parked).await?;
+                    }
+                    run_stream = Some(stream);
+                    run.push((row, message));
+                }
+                Err(e) if e.is_permanent() => {
+                    published += self.flush(std::mem::take(&mut run), &mut parked).await?;
+                    run_stream = None;
+                    self.failed(row, &e).await?;
+                    parked.insert(row.aggregate_id.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        published += self.flush(run, &mut parked).await?;
+        Ok(published)
+    }
+
+    /// Publish a run of rows bound for one stream, in order, marking what JetStream
+    /// acknowledged. A row refused for good is handed to [`Relay::failed`] (which
+    /// stops the round until it is parked) and the rest of the run goes on without its
+    /// aggregate; any other failure stops the round.
+    async fn flush(
+        &mut self,
+        mut run: Vec<(&OutboxMessage, OutgoingMessage)>,
+        parked: &mut HashSet<String>,
+    ) -> Result<usize> {
+        let mut published = 0;
+        while !run.is_empty() {
+            let messages: Vec<_> = run.iter().map(|(_, m)| m.clone()).collect();
+            let mut results = self.publisher.publish_in_order(&messages).await;
+            let refused_whole = results.len() == run.len()
+                && matches!(&results[0], Err(e) if e.is_permanent())
+                && (run.len() > 1
+                    || matches!(&results[0], Err(Error::JetStream { code: ATOMIC_DISABLED, .. })));
+            if refused_whole {
+                // An atomic batch refused as a whole does not say which message it
+                // refused: find it one at a time. (So is a batch to a stream without
+                // `allow-atomic`, which takes single publishes.)
+                results = self.one_by_one(&messages).await;
+            }
             let ok = results.iter().take_while(|r| r.is_ok()).count();
-            let ids: Vec<_> = run[..ok].iter().map(|m| m.id).collect();
+            let ids: Vec<_> = run[..ok].iter().map(|(m, _)| m.id).collect();
             if !ids.is_empty() {
                 self.outbox.mark_published(&ids).await.map_err(store_error)?;
                 published += ids.len();
                 metrics::counter!("souk_relay_published_total").increment(ids.len() as u64);
             }
-            if let Some(Err(e)) = results.into_iter().nth(ok) {
+            let Some(Err(e)) = results.into_iter().nth(ok) else { break };
+            if !e.is_permanent() {
                 return Err(e);
             }
+            let (row, _) = run[ok];
+            self.failed(row, &e).await?;
+            parked.insert(row.aggregate_id.clone());
+            run = run.into_iter().skip(ok + 1).filter(|(m, _)| !parked.contains(&m.aggregate_id)).collect();
         }
         Ok(published)
     }
 
-    /// Cut `rows` into maximal consecutive runs bound for the same stream.
-    async fn runs_by_stream<'r>(&mut self, rows: &'r [OutboxMessage]) -> Result<Vec<&'r [OutboxMessage]>> {
-        let mut runs = Vec::new();
-        let mut start = 0;
-        let mut current: Option<String> = None;
-        for (i, row) in rows.iter().enumerate() {
-            let stream = self.stream_of(&row.subject).await?;
-            if current.as_ref().is_some_and(|c| *c != stream) {
-                runs.push(&rows[start..i]);
-                start = i;
+    /// Publish `messages` one at a time, each after the previous ack, stopping at the
+    /// first failure.
+    async fn one_by_one(&self, messages: &[OutgoingMessage]) -> Vec<Result<crate::publisher::Ack>> {
+        let mut results = Vec::with_capacity(messages.len());
+        for m in messages {
+            let result = self.publisher.publish(m.clone()).await;
+            let failed = result.is_err();
+            results.push(result);
+            if failed {
+                break;
             }
-            current = Some(stream);
         }
-        if start < rows.len() {
-            runs.push(&rows[start..]);
+        results
+    }
+
+    /// `row` failed with permanent error `e`: count it, and park it once it has failed
+    /// [`RelayOptions::park_after`] times (then the round goes on). Until then the
+    /// round stops with `e`, as for any failure.
+    async fn failed(&self, row: &OutboxMessage, e: &Error) -> Result<()> {
+        let error = e.to_string();
+        let tries = self.outbox.record_failure(row.id, &error).await.map_err(store_error)?;
+        if tries < self.options.park_after {
+            return Err(e.clone());
         }
-        Ok(runs)
+        let parked = self.outbox.park(row.id, &error).await.map_err(store_error)?;
+        metrics::counter!("souk_relay_parked_total").increment(1);
+        metrics::gauge!("souk_relay_parked_rows").set(parked as f64);
+        tracing::error!(
+            outbox_id = %row.id,
+            aggregate_id = %row.aggregate_id,
+            subject = %row.subject,
+            tries,
+            error = %error,
+            "outbox row parked: it cannot be published as it is; the later rows of its aggregate wait \
+             behind it until it is requeued"
+        );
+        Ok(())
     }
 
     async fn stream_of(&mut self, subject: &str) -> Result<String> {
         if let Some(s) = self.streams.get(subject) {
             return Ok(s.clone());
         }
-        let stream = self
-            .publisher
-            .jetstream()
-            .stream_by_subject(subject)
-            .await
-            .map_err(|e| Error::Nats(format!("no stream for {subject}: {e}")))?;
+        let stream =
+            self.publisher.jetstream().stream_by_subject(subject).await.map_err(|e| match e.kind() {
+                GetStreamByNameErrorKind::NotFound | GetStreamByNameErrorKind::InvalidSubject => {
+                    Error::NoStream(subject.to_owned())
+                }
+                _ => Error::Nats(format!("no stream for {subject}: {e}")),
+            })?;
         self.streams.insert(subject.to_owned(), stream.clone());
         Ok(stream)
     }
 }
 
-/// The message for row `m`, and its `relay.publish` span: a child of the trace context
-/// stored on the row, whose own context the event carries on.
-fn to_outgoing(m: &OutboxMessage) -> (OutgoingMessage, tracing::Span) {
-    let mut headers = HeaderMap::new();
-    for (k, v) in &m.headers {
-        headers.insert(k.as_str(), v.as_str());
+impl<O: Outbox> Relay<O> {
+    /// The message for `m`, or why NATS could never carry it: a header it refuses (the
+    /// client would panic on one), or a payload larger than the server's `max_payload`.
+    ///
+    /// With it comes the row's `relay.publish` span: a child of the trace context stored
+    /// on the row, whose own context the event carries on.
+    fn to_outgoing(&self, m: &OutboxMessage) -> Result<(OutgoingMessage, tracing::Span)> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in &m.headers {
+            let name =
+                HeaderName::try_from(k.as_str()).map_err(|_| Error::BadHeader(format!("name {k:?}")))?;
+            let value =
+                v.parse::<HeaderValue>().map_err(|_| Error::BadHeader(format!("value of {k}: {v:?}")))?;
+            headers.insert(name, value);
+        }
+        let max = self.publisher.max_payload();
+        if m.payload.len() > max {
+            return Err(Error::TooLarge(format!(
+                "payload of {} bytes, server max_payload {max} bytes",
+                m.payload.len()
+            )));
+        }
+        let span = tracing::info_span!("relay.publish", subject = %m.subject, row = %m.id);
+        crate::trace::set_parent_from(&span, Some(&headers));
+        span.in_scope(|| crate::trace::inject_current(&mut headers));
+        let message = OutgoingMessage {
+            subject: m.subject.clone(),
+            msg_id: m.id.to_string(),
+            headers,
+            payload: Bytes::from(m.payload.clone()),
+        };
+        Ok((message, span))
     }
-    let span = tracing::info_span!("relay.publish", subject = %m.subject, row = %m.id);
-    crate::trace::set_parent_from(&span, Some(&headers));
-    span.in_scope(|| crate::trace::inject_current(&mut headers));
-    let message = OutgoingMessage {
-        subject: m.subject.clone(),
-        msg_id: m.id.to_string(),
-        headers,
-        payload: Bytes::from(m.payload.clone()),
-    };
-    (message, span)
 }
 
 fn store_error(e: impl std::fmt::Display) -> Error {

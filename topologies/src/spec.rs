@@ -225,6 +225,14 @@ impl Topology {
             if s.purge_acked && s.retention != Retention::Limits {
                 return Err(format!("stream {}: purge-acked needs retention = \"limits\"", s.name));
             }
+            // Consumers of dead letters (marking what they failed) must not remove them.
+            if s.name == crate::dead_letters::STREAM && (s.retention != Retention::Limits || s.purge_acked) {
+                return Err(format!(
+                    "stream {}: dead letters stay until an operator replays or purges them, so its \
+                     retention must be \"limits\", without purge-acked",
+                    s.name
+                ));
+            }
         }
         for c in &self.consumers {
             if !names.insert(("consumer", c.name.as_str())) {
@@ -412,6 +420,19 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("marketplace.toml");
         let t = Topology::load(&path).expect("shipped topology parses");
         assert!(t.pool("orders").is_some());
+    }
+
+    #[test]
+    fn the_dead_letter_stream_never_removes_what_its_consumers_ack() {
+        let dlq = |retention: &str, purge_acked: bool| {
+            format!(
+                "[[stream]]\nname = \"DLQ\"\nsubjects = [\"souk.dlq.>\"]\nretention = \"{retention}\"\npurge-acked = {purge_acked}\n"
+            )
+        };
+        assert!(Topology::parse(&dlq("limits", false)).is_ok());
+        assert!(Topology::parse(&dlq("limits", true)).is_err());
+        assert!(Topology::parse(&dlq("work-queue", false)).is_err());
+        assert!(Topology::parse(&dlq("interest", false)).is_err());
     }
 
     #[test]

@@ -5,9 +5,14 @@
 //! with an [`Outcome`](souk_topologies::runtime::Outcome). Handlers never publish:
 //! the outbox relay does, after commit.
 //!
+//! Handlers that are not keyed by their own aggregate — every event handler — wrap
+//! their changes in [`dedupe::Deduplicated`], which applies each message id once.
+//!
 //! [`registry`] names every handler the way topology pools refer to them.
 
+pub mod dedupe;
 pub mod orders;
+mod store;
 
 use souk_topologies::runtime::Registry;
 use sqlx::PgPool;
@@ -15,6 +20,13 @@ use sqlx::PgPool;
 /// Every handler, under the names the topology's pools use.
 pub fn registry(pool: PgPool) -> Registry {
     let mut registry = Registry::default();
-    registry.register(orders::PLACE_HANDLER, orders::PlaceOrderHandler::new(pool, orders::PLACE_CONSUMER));
+    registry.register(
+        orders::PLACE_HANDLER,
+        orders::PlaceOrderHandler::new(pool.clone(), orders::PLACE_CONSUMER),
+    );
+    registry.register(
+        orders::DEAD_LETTERED_HANDLER,
+        dedupe::Deduplicated::new(pool, orders::DEAD_LETTERED_CONSUMER, orders::OrderDeadLettered),
+    );
     registry
 }

@@ -184,6 +184,7 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     assert_eq!(json["pipeline"]["consumers"][0]["name"], "orders-place");
     assert_eq!(json["outbox_pending"], 0);
+    assert_eq!(json["outbox_parked"], 0);
     // Postgres unreachable: the pipeline is still shown, but the exit code says the
     // status is incomplete.
     let partial = souk(data.path())

@@ -4,6 +4,8 @@
 mod binary;
 mod crash;
 mod dev;
+mod failed_orders;
 mod orders;
 mod outage;
+mod relay;
 mod traces;

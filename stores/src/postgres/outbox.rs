@@ -1,9 +1,20 @@
 //! The transactional outbox in Postgres, and its [`Outbox`] implementation for the relay.
+//!
+//! The relay lease is a Postgres advisory lock held on a dedicated connection, plus an
+//! epoch in `outbox_lease` that each new holder increments: marks check, in their own
+//! statement, that the epoch is still the one this relay took, so a relay that lost
+//! the lease mid-round (its connection dropped, another took over) cannot mark rows.
+//!
+//! Rows that can never be published are parked ([`Outbox::park`]): they, and the later
+//! rows of their aggregate, stop being pending until [`PgOutbox::requeue`].
 
 use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::outbox::{Outbox, OutboxMessage};
-use sqlx::{Connection, PgConnection, PgPool, Row, postgres::PgListener};
-use std::{sync::Arc, time::Duration};
+use sqlx::{
+    ConnectOptions, Connection, PgConnection, PgPool, Row,
+    postgres::{PgConnectOptions, PgListener},
+};
+use std::{str::FromStr, sync::Arc, time::Duration};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -14,6 +25,8 @@ const RELAY_LOCK_KEY: i64 = 0x50_55_4b_5f_52_4c_59; // "SOUK_RLY"
 const CHANNEL: &str = "souk_outbox";
 /// Longest wait for Postgres when checking or taking the relay lease.
 const LEASE_CHECK: Duration = Duration::from_secs(5);
+/// `application_name` of the lease connection (operators can find the holder by it).
+pub const LEASE_APPLICATION_NAME: &str = "souk-relay-lease";
 
 /// A message for the outbox, written inside the handler's transaction.
 #[derive(Debug, Clone)]
@@ -65,7 +78,20 @@ pub struct PgOutbox {
     pool: PgPool,
     url: String,
     listener: Arc<Mutex<Option<PgListener>>>,
-    lease: Arc<Mutex<Option<PgConnection>>>,
+    /// The lease connection (holding the advisory lock) and the epoch taken with it.
+    lease: Arc<Mutex<Option<(PgConnection, i64)>>>,
+}
+
+/// A parked outbox row, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParkedRow {
+    pub seq: i64,
+    pub id: Uuid,
+    pub aggregate_id: String,
+    pub subject: String,
+    pub tries: i32,
+    pub last_error: Option<String>,
+    pub parked_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl std::fmt::Debug for PgOutbox {
@@ -82,9 +108,15 @@ impl PgOutbox {
     }
 
     async fn pending_rows(&self, limit: i64) -> Result<Vec<OutboxMessage>, Error> {
+        // A row behind a parked row of its aggregate waits with it: publishing it would
+        // put a later event of the aggregate before an earlier one.
         let rows = sqlx::query(
-            "select seq, id, aggregate_id, subject, headers, payload from outbox
-             where published_at is null order by seq limit $1",
+            "select seq, id, aggregate_id, subject, headers, payload from outbox o
+             where published_at is null and parked_at is null
+               and not exists (select 1 from outbox p
+                               where p.parked_at is not null and p.aggregate_id = o.aggregate_id
+                                 and p.seq < o.seq)
+             order by seq limit $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -106,7 +138,7 @@ impl PgOutbox {
 
     async fn lease_held(&self) -> Result<bool, Error> {
         let mut lease = self.lease.lock().await;
-        if let Some(conn) = lease.as_mut() {
+        if let Some((conn, _)) = lease.as_mut() {
             // A half-open connection would hang the ping for the kernel's retransmission
             // timeout; an unanswered ping within LEASE_CHECK counts as a lost lease.
             if matches!(tokio::time::timeout(LEASE_CHECK, conn.ping()).await, Ok(Ok(()))) {
@@ -116,12 +148,23 @@ impl PgOutbox {
             *lease = None;
         }
         let attempt = async {
-            let mut conn = PgConnection::connect(&self.url).await?;
+            let mut conn = PgConnectOptions::from_str(&self.url)?
+                .application_name(LEASE_APPLICATION_NAME)
+                .connect()
+                .await?;
             let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
                 .bind(RELAY_LOCK_KEY)
                 .fetch_one(&mut conn)
                 .await?;
-            Ok::<_, Error>(got.then_some(conn))
+            if !got {
+                return Ok::<_, Error>(None);
+            }
+            // A new epoch fences the marks of whoever held the lease before: this waits
+            // for a mark of theirs in flight, and every later one of theirs fails.
+            let epoch: i64 = sqlx::query_scalar("update outbox_lease set epoch = epoch + 1 returning epoch")
+                .fetch_one(&mut conn)
+                .await?;
+            Ok(Some((conn, epoch)))
         };
         let conn = tokio::time::timeout(LEASE_CHECK, attempt).await.map_err(|_| {
             Error::Unavailable(sqlx::Error::Io(std::io::Error::new(
@@ -132,6 +175,69 @@ impl PgOutbox {
         let got = conn.is_some();
         *lease = conn;
         Ok(got)
+    }
+
+    /// Mark `ids` published if the lease epoch this outbox took is still current — in
+    /// one statement: the lease row is locked (shared) while the rows are marked, so a
+    /// takeover's epoch increment either waits for this mark or makes it mark nothing.
+    async fn mark(&self, ids: &[Uuid]) -> Result<(), Error> {
+        let epoch = self.lease.lock().await.as_ref().map(|(_, e)| *e);
+        let Some(epoch) = epoch else { return Err(Error::LeaseLost(0)) };
+        let ours: bool = sqlx::query_scalar(
+            "with lease as (select epoch from outbox_lease where epoch = $2 for share),
+                  marked as (update outbox set published_at = now()
+                             where id = any($1) and exists (select 1 from lease))
+             select exists (select 1 from lease)",
+        )
+        .bind(ids)
+        .bind(epoch)
+        .fetch_one(&self.pool)
+        .await?;
+        if !ours {
+            // Another relay holds the lease: let go of ours (if anything is left of it).
+            *self.lease.lock().await = None;
+            tracing::warn!(epoch, "outbox relay lease taken over; not marking");
+            return Err(Error::LeaseLost(epoch));
+        }
+        Ok(())
+    }
+
+    /// Put parked rows back in line: those of `aggregate`, or all when `None`. Their
+    /// tries start again from zero. Returns how many rows were requeued.
+    pub async fn requeue(&self, aggregate: Option<&str>) -> Result<u64, Error> {
+        let done = sqlx::query(
+            "update outbox set parked_at = null, tries = 0
+             where parked_at is not null and published_at is null
+               and ($1::text is null or aggregate_id = $1)",
+        )
+        .bind(aggregate)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Up to `limit` parked rows, oldest first.
+    pub async fn parked(&self, limit: i64) -> Result<Vec<ParkedRow>, Error> {
+        let rows = sqlx::query(
+            "select seq, id, aggregate_id, subject, tries, last_error, parked_at from outbox
+             where parked_at is not null order by seq limit $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ParkedRow {
+                    seq: r.try_get("seq")?,
+                    id: r.try_get("id")?,
+                    aggregate_id: r.try_get("aggregate_id")?,
+                    subject: r.try_get("subject")?,
+                    tries: r.try_get("tries")?,
+                    last_error: r.try_get("last_error")?,
+                    parked_at: r.try_get("parked_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn wait(&self, timeout: Duration) {
@@ -166,12 +272,54 @@ impl Outbox for PgOutbox {
     }
 
     fn mark_published<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<(), Error>> {
+        self.mark(ids).boxed()
+    }
+
+    fn record_failure<'a>(&'a self, id: Uuid, error: &'a str) -> BoxFuture<'a, Result<u32, Error>> {
         async move {
-            sqlx::query("update outbox set published_at = now() where id = any($1)")
-                .bind(ids)
-                .execute(&self.pool)
+            let tries: i32 = sqlx::query_scalar(
+                "update outbox set tries = tries + 1, last_error = $2 where id = $1 returning tries",
+            )
+            .bind(id)
+            .bind(error)
+            .fetch_optional(&self.pool)
+            .await?
+            .unwrap_or(0);
+            Ok(u32::try_from(tries).unwrap_or(0))
+        }
+        .boxed()
+    }
+
+    fn park<'a>(&'a self, id: Uuid, error: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
+        async move {
+            let mut tx = super::begin(&self.pool).await?;
+            sqlx::query(
+                "update outbox o
+                 set parked_at = now(),
+                     last_error = case when o.id = $1 then $2 else 'behind parked row ' || $1::text end
+                 from outbox t
+                 where t.id = $1 and o.aggregate_id = t.aggregate_id and o.seq >= t.seq
+                   and o.published_at is null and o.parked_at is null",
+            )
+            .bind(id)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+            let parked: i64 = sqlx::query_scalar("select count(*) from outbox where parked_at is not null")
+                .fetch_one(&mut *tx)
                 .await?;
-            Ok(())
+            tx.commit().await?;
+            Ok(u64::try_from(parked).unwrap_or(0))
+        }
+        .boxed()
+    }
+
+    fn parked_count(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        async move {
+            let n: i64 = sqlx::query_scalar("select count(*) from outbox where parked_at is not null")
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(u64::try_from(n).unwrap_or(0))
         }
         .boxed()
     }

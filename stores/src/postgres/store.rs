@@ -23,6 +23,10 @@ pub enum Error {
     /// The connection settings cannot work (e.g. no database named).
     #[error("postgres configuration: {0}")]
     Config(String),
+    /// The outbox relay lease was taken over by another relay (its epoch is no longer
+    /// current): this relay must not mark rows.
+    #[error("this relay does not hold the outbox lease (epoch {0} is not the current one)")]
+    LeaseLost(i64),
 }
 
 impl Error {
@@ -52,7 +56,7 @@ impl Error {
                 _ => false,
             },
             Error::Unavailable(_) => true,
-            Error::Migrate(_) | Error::Corrupt(_) | Error::Config(_) => false,
+            Error::Migrate(_) | Error::Corrupt(_) | Error::Config(_) | Error::LeaseLost(_) => false,
         }
     }
 
@@ -63,6 +67,7 @@ impl Error {
             Error::Migrate(_) => "pg_migration",
             Error::Corrupt(_) => "pg_corrupt_data",
             Error::Config(_) => "pg_config",
+            Error::LeaseLost(_) => "outbox_lease_lost",
             Error::Database(sqlx::Error::PoolTimedOut) => "pg_pool_timeout",
             Error::Database(sqlx::Error::Database(_)) => match self.sqlstate().as_deref().unwrap_or_default()
             {

@@ -96,6 +96,7 @@ async fn the_outbox_yields_committed_rows_in_order_until_published() -> anyhow::
     assert_eq!(pending[0].headers, [("souk-schema".to_owned(), "x/v1".to_owned())]);
     open.rollback().await?;
 
+    assert!(outbox.try_lease().await?, "marks are for the lease holder");
     outbox.mark_published(&[a]).await?;
     assert_eq!(outbox.pending(10).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [b]);
     // Published rows are kept (audit) until housekeeping removes old ones.
@@ -136,5 +137,103 @@ async fn a_notification_wakes_the_relay_before_its_poll_interval() -> anyhow::Re
     enqueue(&db, "a").await?;
     let waited = tokio::time::timeout(Duration::from_secs(10), waiter).await??;
     assert!(waited < Duration::from_secs(10));
+    Ok(())
+}
+
+/// A relay that lost its lease mid-round — its lease connection dropped and another
+/// relay took the lease — cannot mark the rows it read: the mark fails and marks nothing,
+/// and the new holder publishes (and marks) them.
+#[tokio::test]
+async fn a_relay_whose_lease_was_taken_over_mid_round_cannot_mark() -> anyhow::Result<()> {
+    let db = db().await?;
+    let old = PgOutbox::new(db.pool.clone(), &db.url);
+    let new = PgOutbox::new(db.pool.clone(), &db.url);
+    let a = enqueue(&db, "a").await?;
+    assert!(old.try_lease().await?);
+    let read = old.pending(10).await?;
+    assert_eq!(read.iter().map(|m| m.id).collect::<Vec<_>>(), [a]);
+    // Mid-round, the old holder's lease connection is cut (a partition, a killed
+    // backend): the advisory lock goes with it, and the other relay takes the lease.
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+         where application_name = $1 and datname = current_database()",
+    )
+    .bind(outbox::LEASE_APPLICATION_NAME)
+    .execute(&db.pool)
+    .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async { new.try_lease().await.ok().filter(|&l| l) })
+        .await?;
+
+    assert!(old.mark_published(&[a]).await.is_err(), "the old holder's mark is fenced off");
+    assert_eq!(new.pending(10).await?.len(), 1, "and marked nothing");
+    assert!(!old.try_lease().await?, "the old holder is a standby now");
+    new.mark_published(&[a]).await?;
+    assert!(new.pending(10).await?.is_empty());
+    Ok(())
+}
+
+/// A parked row leaves the line with every later row of its aggregate — also those
+/// written after it was parked — and comes back, in order, when requeued.
+#[tokio::test]
+async fn a_parked_row_holds_back_its_aggregate_only_until_requeued() -> anyhow::Result<()> {
+    let db = db().await?;
+    let outbox = PgOutbox::new(db.pool.clone(), &db.url);
+    let a1 = enqueue(&db, "a").await?;
+    let b1 = enqueue(&db, "b").await?;
+    let a2 = enqueue(&db, "a").await?;
+    assert_eq!(outbox.record_failure(a1, "no stream").await?, 1);
+    assert_eq!(outbox.record_failure(a1, "no stream").await?, 2);
+    assert_eq!(outbox.park(a1, "no stream takes subject x").await?, 2, "a1 and a2 behind it");
+    let a3 = enqueue(&db, "a").await?;
+    let b2 = enqueue(&db, "b").await?;
+    let ids =
+        |rows: Vec<souk_pipelines::outbox::OutboxMessage>| rows.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(ids(outbox.pending(10).await?), [b1, b2], "a3 waits behind the parked a1");
+    let parked = outbox.parked(10).await?;
+    assert_eq!(parked.iter().map(|p| p.id).collect::<Vec<_>>(), [a1, a2]);
+    assert_eq!(parked[0].tries, 2);
+    assert_eq!(parked[0].last_error.as_deref(), Some("no stream takes subject x"));
+    assert_eq!(outbox.parked_count().await?, 2);
+
+    assert_eq!(outbox.requeue(Some("a")).await?, 2);
+    assert_eq!(ids(outbox.pending(10).await?), [a1, b1, a2, a3, b2]);
+    assert_eq!(outbox.parked_count().await?, 0);
+    Ok(())
+}
+
+/// A dead letter marks its order failed (writing the row if there is none), never an
+/// order that got further; a later successful command accepts a failed order.
+#[tokio::test]
+async fn failed_orders_are_written_once_never_over_an_accepted_one_and_can_be_accepted() -> anyhow::Result<()>
+{
+    use souk_pipelines::orders::{OrderLine, PlaceOrder};
+    use souk_stores::postgres::orders;
+    let db = db().await?;
+    let cmd = PlaceOrder {
+        order_id: Uuid::now_v7(),
+        tenant: "t".into(),
+        buyer_id: "u".into(),
+        currency: "EUR".parse().map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        lines: vec![OrderLine { sku: "A".into(), quantity: 1, unit_price_minor: 5 }],
+        total_minor: 5,
+        placed_at: chrono::Utc::now(),
+    };
+    let mut tx = db.pool.begin().await?;
+    assert!(orders::mark_failed(&mut tx, &cmd, "first").await?);
+    assert!(orders::mark_failed(&mut tx, &cmd, "second").await?);
+    tx.commit().await?;
+    let order = orders::get(&db.pool, cmd.order_id).await?.ok_or_else(|| anyhow::anyhow!("no row"))?;
+    assert_eq!((order.status.as_str(), order.reason.as_deref()), ("failed", Some("second")));
+
+    let mut tx = db.pool.begin().await?;
+    assert!(
+        orders::insert_accepted_many(&mut tx, &[&cmd]).await?.contains(&cmd.order_id),
+        "accepted at last"
+    );
+    assert!(!orders::mark_failed(&mut tx, &cmd, "late dead letter").await?);
+    assert!(orders::insert_accepted_many(&mut tx, &[&cmd]).await?.is_empty(), "accepted once");
+    tx.commit().await?;
+    let order = orders::get(&db.pool, cmd.order_id).await?.ok_or_else(|| anyhow::anyhow!("no row"))?;
+    assert_eq!((order.status.as_str(), order.reason), ("accepted", None));
     Ok(())
 }

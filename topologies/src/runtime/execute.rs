@@ -135,9 +135,10 @@ async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -
     };
     let handle = async {
         match &ctx.batcher {
-            Some(batcher) => {
-                batcher.call(trace::carrying_current(delivery)).await.unwrap_or_else(|e| Outcome::retry("runtime_batcher", e))
-            }
+            Some(batcher) => batcher
+                .call(trace::carrying_current(delivery))
+                .await
+                .unwrap_or_else(|e| Outcome::retry("runtime_batcher", e)),
             None => ctx.handler.handle(delivery).await,
         }
     };

@@ -85,6 +85,16 @@ impl Outbox for MemOutbox {
         self.waits.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(timeout.min(Duration::from_millis(20))).boxed()
     }
+    fn record_failure<'a>(&'a self, _id: uuid::Uuid, _error: &'a str) -> BoxFuture<'a, Result<u32, Down>> {
+        // Never parks: these tests are about order and failures that pass.
+        async move { Ok(1) }.boxed()
+    }
+    fn park<'a>(&'a self, _id: uuid::Uuid, _error: &'a str) -> BoxFuture<'a, Result<u64, Down>> {
+        async move { Ok(0) }.boxed()
+    }
+    fn parked_count(&self) -> BoxFuture<'_, Result<u64, Down>> {
+        async move { Ok(0) }.boxed()
+    }
     fn try_lease(&self) -> BoxFuture<'_, Result<bool, Down>> {
         self.lease_tries.fetch_add(1, Ordering::SeqCst);
         let leased = !self.standby.load(Ordering::SeqCst);

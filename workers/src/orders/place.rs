@@ -2,6 +2,7 @@
 //! outbox row, in one transaction — for one message, or for a batch of messages that
 //! arrived together (one commit, one fsync, for all of them).
 
+use crate::store::store_error;
 use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::{
     Message, encode, headers,
@@ -127,19 +128,6 @@ fn command(delivery: &Delivery) -> Result<PlaceOrder, HandlerError> {
     Ok(cmd)
 }
 
-/// A store error, classified: an outage is Postgres' fault (the pool's breaker opens
-/// and the message waits, its attempts untouched), contention is retried on the
-/// backoff schedule, anything else is refused for good.
-fn store_error(e: &pg::Error) -> HandlerError {
-    if e.is_outage() {
-        HandlerError::dependency(e.code(), e)
-    } else if e.is_retryable() {
-        HandlerError::retryable(e.code(), e)
-    } else {
-        HandlerError::poison(e.code(), e)
-    }
-}
-
 fn outcome(result: Result<(), pg::Error>) -> Outcome {
     match result {
         Ok(()) => Outcome::Ack,
@@ -151,19 +139,7 @@ impl Handler for PlaceOrderHandler {
     /// Postgres answers and takes writes (a standby, or a primary demoted in a
     /// failover, answers `select 1` but refuses every write).
     fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {
-        async move {
-            let read_only: bool = sqlx::query_scalar(
-                "select pg_is_in_recovery() or current_setting('transaction_read_only') = 'on'",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| store_error(&pg::Error::Unavailable(e)))?;
-            match read_only {
-                true => Err(HandlerError::dependency("pg_read_only", "postgres is read-only (a standby?)")),
-                false => Ok(()),
-            }
-        }
-        .boxed()
+        crate::store::probe_writable(&self.pool).boxed()
     }
 
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {

@@ -1,5 +1,7 @@
 //! Order intake under failure: worker crashes, replays, poison, a database outage.
 
+mod events;
+
 use async_nats::HeaderMap;
 use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::{

@@ -1,0 +1,71 @@
+//! Orders never stay `pending`: the order of a dead-lettered intake command reads
+//! `failed`, with the reason, and a redrive that succeeds later accepts it.
+
+use souk_ingress::Role;
+use souk_testkit::{Stack, eventually, order_body};
+use souk_topologies::{dead_letters, publisher::Publisher};
+use std::time::Duration;
+
+async fn status_of(
+    stack: &Stack,
+    token: &str,
+    path: &str,
+    wanted: &str,
+) -> anyhow::Result<serde_json::Value> {
+    eventually(Duration::from_secs(30), || async {
+        match stack.get(token, path).await {
+            Ok((200, body)) if body["status"] == wanted => Some(body),
+            _ => None,
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_dead_lettered_order_reads_failed_with_its_reason_and_a_redrive_accepts_it() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    // A rule the store enforces (a non-transient error) refuses one product: the
+    // handler fails the command, and the runtime dead-letters it at once.
+    sqlx::raw_sql(
+        r#"create function refuse_banned() returns trigger language plpgsql as $$
+           begin
+               if new.status = 'accepted' and new.lines @> '[{"sku": "BANNED"}]' then
+                   raise exception 'BANNED is not sold here' using errcode = 'check_violation';
+               end if;
+               return new;
+           end $$;
+           create trigger refuse_banned before insert or update on orders
+               for each row execute function refuse_banned();"#,
+    )
+    .execute(&stack.db.pool)
+    .await?;
+    let token = stack.token("fay", &[Role::Buyer]);
+    let (status, placed) = stack.place(&token, "banned-1", &order_body("BANNED", 1)).await?;
+    assert_eq!(status, 202, "{placed}");
+    let path = format!("/v1/orders/{}", placed["order_id"].as_str().unwrap_or_default());
+    let (status, ok) = stack.place(&token, "fine-1", &order_body("MUG-1", 1)).await?;
+    assert_eq!(status, 202, "{ok}");
+
+    let failed = status_of(&stack, &token, &path, "failed").await?;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("BANNED is not sold here"), "{failed}");
+    assert_eq!(failed["lines"][0]["sku"], "BANNED");
+    let fine = format!("/v1/orders/{}", ok["order_id"].as_str().unwrap_or_default());
+    assert_eq!(status_of(&stack, &token, &fine, "accepted").await?["reason"], serde_json::Value::Null);
+    // Marking the order failed consumed nothing: the dead letter is still there to redrive.
+    let letters = dead_letters::list(&stack.js, 10).await?;
+    assert_eq!(letters.len(), 1);
+
+    // The cause fixed, the redrive accepts the order, and its event follows.
+    sqlx::query("drop trigger refuse_banned on orders").execute(&stack.db.pool).await?;
+    let publisher = Publisher::new(stack.client.clone(), Duration::from_secs(2));
+    dead_letters::replay(&publisher, letters[0].seq).await?;
+    let accepted = status_of(&stack, &token, &path, "accepted").await?;
+    assert_eq!(accepted["reason"], serde_json::Value::Null, "{accepted}");
+    eventually(Duration::from_secs(10), || async {
+        (stack.stream_messages("EVT").await.ok()? == 2).then_some(())
+    })
+    .await?;
+    assert_eq!(stack.count("select 1 from orders").await?, 2);
+    Ok(())
+}

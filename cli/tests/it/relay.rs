@@ -1,0 +1,141 @@
+//! The outbox relay on shipped settings, over the real Postgres outbox.
+
+use anyhow::Context;
+use souk_stores::postgres::outbox::{self, NewMessage, PgOutbox};
+use souk_testkit::{Stack, StackOptions, eventually};
+use std::time::Duration;
+
+async fn enqueue(
+    stack: &Stack,
+    aggregate: &str,
+    subject: &str,
+    payload: Vec<u8>,
+) -> anyhow::Result<uuid::Uuid> {
+    enqueue_with(stack, aggregate, subject, vec![], payload).await
+}
+
+async fn enqueue_with(
+    stack: &Stack,
+    aggregate: &str,
+    subject: &str,
+    headers: Vec<(String, String)>,
+    payload: Vec<u8>,
+) -> anyhow::Result<uuid::Uuid> {
+    let mut tx = stack.db.pool.begin().await?;
+    let id = outbox::enqueue(
+        &mut tx,
+        NewMessage { aggregate_id: aggregate.into(), subject: subject.into(), headers, payload },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Subjects of a stream's messages, in stream order.
+async fn subjects(stack: &Stack, stream: &str) -> anyhow::Result<Vec<String>> {
+    let stream = stack.js.get_stream(stream).await?;
+    let last = stream.get_info().await?.state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        out.push(stream.get_raw_message(seq).await?.subject.to_string());
+    }
+    Ok(out)
+}
+
+/// One row that can never be published used to stop the relay for ever. Now a row for a
+/// subject no stream takes, a row over the server's max_payload and a row with a header
+/// NATS refuses are parked, with
+/// their errors, after a few tries; the rows of other aggregates behind them are
+/// published; the later rows of a parked row's aggregate wait behind it — also those
+/// written after it was parked — and follow it, in order, once it is requeued.
+#[tokio::test]
+async fn unpublishable_rows_are_parked_and_the_rows_behind_them_go_on() -> anyhow::Result<()> {
+    let stack =
+        Stack::start_with(StackOptions { ingress: false, pools: false, ..Default::default() }).await?;
+    let too_large = vec![b'x'; stack.client.server_info().max_payload + 1];
+    let a1 = enqueue(&stack, "a", "souk.nowhere.a1", b"a1".to_vec()).await?;
+    enqueue(&stack, "b", "souk.evt.test.b1", b"b1".to_vec()).await?;
+    let c1 = enqueue(&stack, "c", "souk.evt.test.c1", too_large).await?;
+    let a2 = enqueue(&stack, "a", "souk.evt.test.a2", b"a2".to_vec()).await?;
+    enqueue(&stack, "b", "souk.evt.test.b2", b"b2".to_vec()).await?;
+    // A header NATS cannot carry (the client would panic on it).
+    let bad_header = vec![("souk-note".to_owned(), "two\r\nlines".to_owned())];
+    let e1 = enqueue_with(&stack, "e", "souk.evt.test.e1", bad_header, b"e1".to_vec()).await?;
+
+    let outbox = PgOutbox::new(stack.db.pool.clone(), &stack.db.url);
+    eventually(Duration::from_secs(60), || async {
+        let published = subjects(&stack, "EVT").await.ok()?.len();
+        (published == 2 && outbox.parked(10).await.ok()?.len() == 4).then_some(())
+    })
+    .await?;
+    assert_eq!(subjects(&stack, "EVT").await?, ["souk.evt.test.b1", "souk.evt.test.b2"]);
+    let parked = outbox.parked(10).await?;
+    assert_eq!(parked.iter().map(|p| p.id).collect::<Vec<_>>(), [a1, c1, a2, e1]);
+    let error = |i: usize| parked[i].last_error.clone().unwrap_or_default();
+    assert!(error(0).contains("no stream takes subject souk.nowhere.a1"), "{}", error(0));
+    assert!(error(1).contains("max_payload"), "{}", error(1));
+    assert!(error(2).contains(&a1.to_string()), "waits behind a1: {}", error(2));
+    assert!(error(3).contains("header refused"), "{}", error(3));
+    assert_eq!(parked[0].tries, 5, "parked after the shipped number of tries");
+
+    // A row of the parked aggregate written later waits too; other aggregates do not.
+    let a3 = enqueue(&stack, "a", "souk.evt.test.a3", b"a3".to_vec()).await?;
+    enqueue(&stack, "d", "souk.evt.test.d1", b"d1".to_vec()).await?;
+    eventually(Duration::from_secs(30), || async {
+        (subjects(&stack, "EVT").await.ok()?.len() == 3).then_some(())
+    })
+    .await
+    .context("d1 is published")?;
+    let unpublished: bool = sqlx::query_scalar("select published_at is null from outbox where id = $1")
+        .bind(a3)
+        .fetch_one(&stack.db.pool)
+        .await?;
+    assert!(unpublished, "a3 waits behind a1");
+
+    // The cause fixed (a stream now takes the subject; one without atomic batches, which
+    // the relay then publishes to one message at a time) and the aggregate requeued: it
+    // is published in its order.
+    stack
+        .js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "ELSEWHERE".into(),
+            subjects: vec!["souk.nowhere.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    let data = tempfile::tempdir()?;
+    let souk = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_souk"));
+        c.arg("--data-dir")
+            .arg(data.path())
+            .args(args)
+            .env_remove("SOUK_CONFIG")
+            .env("SOUK_NATS_URL", stack.nats.url())
+            .env("DATABASE_URL", &stack.db.url)
+            .kill_on_drop(true);
+        c.output()
+    };
+    let listed = souk(&["outbox", "parked", "--json"]).await?;
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(4));
+    let requeued = souk(&["outbox", "requeue", "--aggregate", "a"]).await?;
+    assert!(requeued.status.success(), "{}", String::from_utf8_lossy(&requeued.stderr));
+    assert_eq!(String::from_utf8(requeued.stdout)?.trim(), "2 outbox rows requeued");
+    eventually(Duration::from_secs(30), || async {
+        (subjects(&stack, "EVT").await.ok()?.len() == 5
+            && subjects(&stack, "ELSEWHERE").await.ok()?.len() == 1)
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(
+        subjects(&stack, "EVT").await?,
+        ["souk.evt.test.b1", "souk.evt.test.b2", "souk.evt.test.d1", "souk.evt.test.a2", "souk.evt.test.a3"]
+    );
+    assert_eq!(
+        outbox.parked(10).await?.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [c1, e1],
+        "the others stay parked"
+    );
+    Ok(())
+}
