@@ -24,8 +24,11 @@
 //! and JetStream redelivers it.
 
 mod dead_letter;
+mod execute;
+mod fetch;
 mod handler;
 mod pool;
+mod settle;
 
 pub use dead_letter::dead_letter;
 pub use handler::{Delivery, Handler, Outcome, Registry};

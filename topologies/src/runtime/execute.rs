@@ -1,0 +1,141 @@
+//! Executing one delivery: its span, the handler call (directly or through the pool's
+//! batcher), the handler timeout, panics, and progress acks while it runs.
+
+use async_nats::jetstream::{self, AckKind};
+use futures::FutureExt;
+use std::{
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tracing::Instrument;
+
+use super::{Delivery, Handler, Outcome, pool::Ctx, settle};
+use crate::{batcher::BatchFn, trace};
+
+/// Run one fetched message through the handler and settle it.
+pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
+    let (stream_sequence, attempt) = match msg.info() {
+        Ok(info) => (info.stream_sequence, info.delivered.max(1) as u64),
+        Err(e) => {
+            tracing::error!(pool = %ctx.pool, error = %e, "message without JetStream metadata; leaving it");
+            return;
+        }
+    };
+    let delivery = Delivery {
+        subject: msg.subject.to_string(),
+        headers: msg.headers.clone(),
+        payload: msg.payload.clone(),
+        message_id: msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(souk_pipelines::headers::MSG_ID))
+            .map(|v| v.as_str().to_owned()),
+        stream_sequence,
+        attempt,
+        consumer: ctx.consumer.name.clone(),
+    };
+    let span = tracing::info_span!(
+        "handle",
+        pool = %ctx.pool,
+        subject = %delivery.subject,
+        message_id = delivery.message_id.as_deref().unwrap_or(""),
+        stream_seq = stream_sequence,
+        attempt,
+        outcome = tracing::field::Empty,
+    );
+    trace::set_parent_from(&span, delivery.headers.as_ref());
+    async {
+        let started = Instant::now();
+        let max_deliver = ctx.consumer.max_deliver.max(1) as u64;
+        let outcome = match settle::past_max_deliver(attempt, max_deliver) {
+            Some(fail) => fail,
+            None => run_handler(ctx, &msg, &delivery).await,
+        };
+        let label = settle::settle(ctx, &msg, &delivery, outcome, max_deliver).await;
+        tracing::Span::current().record("outcome", label);
+        metrics::counter!("souk_worker_messages_total", "pool" => ctx.pool.clone(), "outcome" => label)
+            .increment(1);
+        metrics::histogram!("souk_worker_handle_seconds", "pool" => ctx.pool.clone())
+            .record(started.elapsed().as_secs_f64());
+    }
+    .instrument(span)
+    .await
+}
+
+/// Run the handler with a timeout, catching panics, sending progress acks meanwhile.
+///
+/// A batched delivery waits for its batch however long it queues (progress acks keep
+/// the message meanwhile): the batch itself is cut at the handler timeout, inside the
+/// batcher, which drops (rolls back) its work. Timing out here instead would settle the
+/// message (retry, or dead letter on the last attempt) while its batch might still
+/// commit it.
+async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -> Outcome {
+    let limit = match &ctx.batcher {
+        Some(_) => Duration::MAX,
+        None => ctx.handler_timeout,
+    };
+    let handle = async {
+        match &ctx.batcher {
+            Some(batcher) => batcher.call(delivery.clone()).await.unwrap_or_else(Outcome::retry),
+            None => ctx.handler.handle(delivery).await,
+        }
+    };
+    let work = tokio::time::timeout(limit, AssertUnwindSafe(handle).catch_unwind());
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval((ctx.consumer.ack_wait / 3).max(Duration::from_millis(100)));
+    progress.tick().await;
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = progress.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "progress ack failed");
+                }
+            }
+        }
+    };
+    match result {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(panic)) => panicked(panic.as_ref()),
+        Err(_) => Outcome::retry(format!("handler timed out after {:?}", ctx.handler_timeout)),
+    }
+}
+
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    Outcome::retry(format!("handler panicked: {what}"))
+}
+
+/// The batch function for a pool's batcher: `handle_batch`, cut at `timeout` (its future
+/// dropped, so an open transaction rolls back), with panics caught and one outcome
+/// guaranteed per delivery.
+pub(super) fn batch_fn(handler: Arc<dyn Handler>, timeout: Duration) -> BatchFn<Delivery, Outcome> {
+    Arc::new(move |deliveries: Vec<Delivery>| {
+        let handler = handler.clone();
+        async move {
+            let n = deliveries.len();
+            metrics::histogram!("souk_worker_batch_size").record(n as f64);
+            let run = AssertUnwindSafe(handler.handle_batch(&deliveries)).catch_unwind();
+            let mut outcomes = match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(outcomes)) => outcomes,
+                Ok(Err(panic)) => vec![panicked(panic.as_ref()); n],
+                Err(_) => vec![Outcome::retry(format!("handler timed out after {timeout:?}")); n],
+            };
+            if outcomes.len() != n {
+                tracing::error!(
+                    expected = n,
+                    got = outcomes.len(),
+                    "handle_batch returned a wrong count; retrying all"
+                );
+                outcomes = vec![Outcome::retry("handle_batch returned a wrong number of outcomes"); n];
+            }
+            outcomes
+        }
+        .boxed()
+    })
+}
