@@ -16,7 +16,8 @@ pub struct Delivery {
     pub message_id: Option<String>,
     /// Position in the stream: unique per message, stable across redeliveries.
     pub stream_sequence: u64,
-    /// 1 on first delivery.
+    /// 1 on the first attempt. Deliveries deferred by this pool because the handler
+    /// could not read the message yet ([`Handler::too_new`]) are not counted.
     pub attempt: u64,
     /// The durable consumer that delivered it.
     pub consumer: String,
@@ -31,6 +32,12 @@ impl Delivery {
     /// Decode the payload as `M`, checking the `souk-schema` header.
     pub fn decode<M: Message>(&self) -> Result<M, DecodeError> {
         souk_pipelines::decode(self.header(headers::SCHEMA), &self.payload)
+    }
+
+    /// `Some(version)` when the `souk-schema` header names `M` at a version newer than
+    /// this release reads (see [`Handler::too_new`]).
+    pub fn newer_version<M: Message>(&self) -> Option<u16> {
+        souk_pipelines::newer_version::<M>(self.header(headers::SCHEMA))
     }
 
     /// An id that identifies this message for inbox de-duplication: the `Nats-Msg-Id`
@@ -53,6 +60,10 @@ pub enum Outcome {
     Retry { after: Option<Duration>, error: String },
     /// Can never succeed (bad payload, broken invariant): dead-letter it now.
     Fail { reason: String },
+    /// Not readable by this release yet (a newer schema version: a writer was upgraded
+    /// before this reader): retried after a long delay, never dead-lettered, and not
+    /// counted toward max-deliver. The pool alerts (`souk_worker_unknown_schema_total`).
+    Defer { reason: String },
 }
 
 impl Outcome {
@@ -65,12 +76,27 @@ impl Outcome {
     pub fn fail(reason: impl std::fmt::Display) -> Self {
         Outcome::Fail { reason: reason.to_string() }
     }
+
+    /// Wait for a release that can read it.
+    pub fn defer(reason: impl std::fmt::Display) -> Self {
+        Outcome::Defer { reason: reason.to_string() }
+    }
 }
 
 /// Handles messages of one pool. Must be idempotent: a message can be delivered again
 /// after its effects were committed (e.g. the worker died before acking).
 pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome>;
+
+    /// `Some(reason)` when this release cannot read `delivery` yet: its schema version
+    /// is newer than the handler knows (see [`Delivery::newer_version`]). Asked first,
+    /// on every delivery — also one past max-deliver, whose earlier deliveries may have
+    /// been deferrals by a process that has since gone — so such a message is deferred
+    /// ([`Outcome::Defer`]) and never dead-lettered for its delivery count. Must only
+    /// look at the delivery (no I/O). The default: every schema is readable.
+    fn too_new(&self, _delivery: &Delivery) -> Option<String> {
+        None
+    }
 
     /// Handle several deliveries at once, returning one outcome per delivery, in order.
     /// Pools with `max-batch` > 1 call this with whatever messages are ready together,

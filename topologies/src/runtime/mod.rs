@@ -11,6 +11,7 @@
 //! | `Ack` | ack (after the handler committed) |
 //! | `Retry { after }` | nak with delay `after`; on the last allowed delivery: dead letter |
 //! | `Fail { reason }` | dead letter at once |
+//! | `Defer { reason }` (or `Handler::too_new`) | nak with a 60 s delay; never dead-lettered, not counted toward max-deliver |
 //! | panic / timeout | treated as `Retry` with the consumer's backoff |
 //!
 //! With `max-batch` > 1 a pool groups the messages that are ready together (none waits
@@ -27,6 +28,7 @@ mod dead_letter;
 mod execute;
 mod fetch;
 mod handler;
+mod ledger;
 mod pool;
 mod settle;
 

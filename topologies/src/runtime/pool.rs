@@ -8,7 +8,12 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{Delivery, Handler, Outcome, Registry, execute::batch_fn, fetch};
+use super::{
+    Delivery, Handler, Outcome, Registry,
+    execute::batch_fn,
+    fetch,
+    ledger::{Ledger, RateLimitedWarning},
+};
 use crate::{
     Error, Result,
     batcher::{BatchOptions, Batcher},
@@ -41,6 +46,10 @@ pub(super) struct Ctx {
     pub(super) batcher: Option<Batcher<Delivery, Outcome>>,
     pub(super) handler_timeout: Duration,
     pub(super) publisher: Publisher,
+    /// Deferrals and last errors of messages not yet done with (see `ledger`).
+    pub(super) ledger: Ledger,
+    /// The warning for messages of a newer schema, at most once a minute.
+    pub(super) too_new_warning: RateLimitedWarning,
 }
 
 impl Pool {
@@ -99,6 +108,8 @@ impl Pool {
             batcher,
             handler_timeout: spec.handler_timeout,
             publisher,
+            ledger: Ledger::default(),
+            too_new_warning: RateLimitedWarning::new(Duration::from_secs(60)),
         });
         let slots = Arc::new(Semaphore::new(spec.concurrency));
         let tracker = TaskTracker::new();

@@ -102,20 +102,45 @@ fn command_context(d: &Delivery) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Why a delivery is not a command this release can apply.
+enum Refusal {
+    /// Written by a newer release: wait for this reader's upgrade.
+    TooNew(String),
+    /// Undecodable or inconsistent: never will be.
+    Invalid(String),
+}
+
+impl Refusal {
+    fn outcome(self) -> Outcome {
+        match self {
+            Refusal::TooNew(reason) => Outcome::defer(reason),
+            Refusal::Invalid(reason) => Outcome::fail(reason),
+        }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Refusal::Invalid(reason)
+    }
+}
+
 /// Decode and check a delivery. The command must be internally consistent; the ingress
 /// guarantees it, but a worker does not trust the bus.
-fn command(delivery: &Delivery) -> Result<PlaceOrder, String> {
-    let cmd: PlaceOrder = delivery.decode().map_err(|e| e.to_string())?;
+fn command(delivery: &Delivery) -> Result<PlaceOrder, Refusal> {
+    let cmd: PlaceOrder = delivery.decode().map_err(|e| {
+        if e.is_newer_version() { Refusal::TooNew(e.to_string()) } else { Refusal::Invalid(e.to_string()) }
+    })?;
     let request = PlaceOrderRequest { currency: cmd.currency, lines: cmd.lines.clone() };
     let total = request.validate().map_err(|errors| {
         let fields: Vec<_> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
         format!("invalid order: {}", fields.join("; "))
     })?;
     if total.amount_minor != cmd.total_minor {
-        return Err(format!("total {} does not match lines ({})", cmd.total_minor, total.amount_minor));
+        return Err(format!("total {} does not match lines ({})", cmd.total_minor, total.amount_minor).into());
     }
     if cmd.tenant.is_empty() || cmd.buyer_id.is_empty() {
-        return Err("tenant and buyer are required".into());
+        return Err(String::from("tenant and buyer are required").into());
     }
     Ok(cmd)
 }
@@ -129,11 +154,18 @@ fn outcome(result: Result<(), pg::Error>) -> Outcome {
 }
 
 impl Handler for PlaceOrderHandler {
+    /// A `PlaceOrder` of a newer version than this release reads waits for the upgrade.
+    fn too_new(&self, delivery: &Delivery) -> Option<String> {
+        delivery.newer_version::<PlaceOrder>().map(|v| {
+            format!("{} v{v} is newer than this release reads (v{})", PlaceOrder::SCHEMA, PlaceOrder::VERSION)
+        })
+    }
+
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
         async move {
             let cmd = match command(delivery) {
                 Ok(cmd) => cmd,
-                Err(reason) => return Outcome::fail(reason),
+                Err(refusal) => return refusal.outcome(),
             };
             outcome(self.apply(&[(&cmd, delivery)], handler_span_context).await)
         }
@@ -147,7 +179,7 @@ impl Handler for PlaceOrderHandler {
             for (i, d) in deliveries.iter().enumerate() {
                 match command(d) {
                     Ok(cmd) => valid.push((i, cmd)),
-                    Err(reason) => outcomes[i] = Outcome::fail(reason),
+                    Err(refusal) => outcomes[i] = refusal.outcome(),
                 }
             }
             let batch: Vec<_> = valid.iter().map(|(i, cmd)| (cmd, &deliveries[*i])).collect();
