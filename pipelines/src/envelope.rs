@@ -71,7 +71,11 @@ pub fn decode<M: Message>(schema: Option<&str>, payload: &[u8]) -> Result<M, Dec
     let schema = schema.ok_or(DecodeError::MissingSchema)?;
     let min = M::VERSION.saturating_sub(1).max(1);
     if newer_version::<M>(Some(schema)).is_some() {
-        return Err(DecodeError::NewerVersion { found: schema.to_owned(), expected: M::SCHEMA, max: M::VERSION });
+        return Err(DecodeError::NewerVersion {
+            found: schema.to_owned(),
+            expected: M::SCHEMA,
+            max: M::VERSION,
+        });
     }
     let accepted = version_of::<M>(schema).is_some_and(|v| (min..=M::VERSION).contains(&v));
     if !accepted {

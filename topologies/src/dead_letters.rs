@@ -118,7 +118,12 @@ pub async fn replay(publisher: &Publisher, seq: u64) -> Result<Ack> {
 
 /// A duplicate ack for a replay: the message it names (unless since handled and purged)
 /// must be this dead letter's earlier replay, or the dead letter is kept.
-async fn check_earlier_replay(js: &jetstream::Context, ack: &Ack, msg_id: &str, payload: &[u8]) -> Result<()> {
+async fn check_earlier_replay(
+    js: &jetstream::Context,
+    ack: &Ack,
+    msg_id: &str,
+    payload: &[u8],
+) -> Result<()> {
     let target =
         js.get_stream(&ack.stream).await.map_err(|e| Error::Nats(format!("stream {}: {e}", ack.stream)))?;
     match target.get_raw_message(ack.sequence).await {

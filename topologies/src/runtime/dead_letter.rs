@@ -109,7 +109,8 @@ async fn store_copy(
         h.insert(headers::DLQ_TRACE_ID, trace_id.as_str());
     }
     let by_origin = format!("dlq:{}:{origin}", delivery.consumer);
-    let ids = delivery.message_id.iter().map(|id| format!("dlq:{}:{id}", delivery.consumer)).chain([by_origin]);
+    let ids =
+        delivery.message_id.iter().map(|id| format!("dlq:{}:{id}", delivery.consumer)).chain([by_origin]);
     for id in ids {
         let ack = publisher
             .publish(OutgoingMessage {
@@ -151,7 +152,8 @@ async fn is_copy_of(publisher: &Publisher, ack: &Ack, consumer: &str, origin: &s
     match stream.get_raw_message(ack.sequence).await {
         Ok(stored) => {
             let h = |name: &str| stored.headers.get(name).map(|v| v.as_str().to_owned());
-            Ok(h(headers::DLQ_ORIGIN).as_deref() == Some(origin) && h(headers::DLQ_CONSUMER).as_deref() == Some(consumer))
+            Ok(h(headers::DLQ_ORIGIN).as_deref() == Some(origin)
+                && h(headers::DLQ_CONSUMER).as_deref() == Some(consumer))
         }
         // Replayed (removed) since: the id is taken, but no copy of this message is kept.
         Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(false),

@@ -152,7 +152,10 @@ mod tests {
         ledger.deferred(key);
         ledger.failed(key, 1, "connection refused");
         ledger.failed(key, 2, "read-only transaction");
-        assert_eq!(ledger.get(key), History { deferrals: 2, last_error: Some(("read-only transaction".into(), 2)) });
+        assert_eq!(
+            ledger.get(key),
+            History { deferrals: 2, last_error: Some(("read-only transaction".into(), 2)) }
+        );
         assert_eq!(ledger.get((7, 2)), History::default(), "same sequence, another stream: not this message");
         ledger.forget(key);
         assert_eq!(ledger.get(key), History::default());
@@ -170,7 +173,12 @@ mod tests {
         let inner = ledger.lock();
         assert!(inner.entries.len() <= CAPACITY);
         assert!(inner.order.len() <= 2 * CAPACITY + 1);
-        assert!(inner.entries.values().all(|h| h.last_error.as_ref().is_some_and(|(e, _)| e.len() == MAX_ERROR_LEN)));
+        assert!(
+            inner
+                .entries
+                .values()
+                .all(|h| h.last_error.as_ref().is_some_and(|(e, _)| e.len() == MAX_ERROR_LEN))
+        );
         drop(inner);
         let last = 3 * CAPACITY as u64 - 1;
         assert!(ledger.get((last, 0)).last_error.is_some(), "the newest is kept");

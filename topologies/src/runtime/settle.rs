@@ -27,7 +27,9 @@ pub(super) fn past_max_deliver(attempt: u64, max_deliver: u64, history: &History
         reason: match &history.last_error {
             // The last allowed attempt failed with it (then its dead letter could not be stored).
             Some((error, at)) if *at >= max_deliver => error.clone(),
-            Some((error, at)) => format!("{error} (attempt {at}; the last attempt, {max_deliver}, did not finish)"),
+            Some((error, at)) => {
+                format!("{error} (attempt {at}; the last attempt, {max_deliver}, did not finish)")
+            }
             None => format!("delivered {attempt} times (max {max_deliver}); the last attempt did not finish"),
         },
     })

@@ -3,7 +3,8 @@
 //! dead letter keeps the real last error.
 
 use async_nats::{HeaderMap, jetstream};
-use futures::{FutureExt, future::BoxFuture};
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use souk_pipelines::headers;
 use souk_topologies::{
     Topology,
     apply::Mode,
@@ -26,6 +27,7 @@ fn shipped() -> anyhow::Result<Topology> {
 
 struct Shipped {
     _nats: souk_testkit::NatsServer,
+    client: async_nats::Client,
     js: jetstream::Context,
     publisher: Publisher,
     topology: Topology,
@@ -38,11 +40,14 @@ async fn shipped_env() -> anyhow::Result<Shipped> {
     let topology = shipped()?;
     souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
     let publisher = Publisher::new(client.clone(), Duration::from_secs(2));
-    Ok(Shipped { _nats: nats, js, publisher, topology })
+    Ok(Shipped { _nats: nats, client, js, publisher, topology })
 }
 
 impl Shipped {
-    async fn start(&self, handler: impl Handler) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    async fn start(
+        &self,
+        handler: impl Handler,
+    ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
         let mut registry = Registry::default();
         registry.register("orders.place", handler);
         let pool = Pool::build(&self.publisher, &self.topology, "orders", &registry).await?;
@@ -113,7 +118,11 @@ impl Handler for FailOnce {
             let mut seen = self.seen.lock().expect("lock");
             let first = !seen.iter().any(|(b, _)| *b == body);
             seen.push((body.clone(), d.attempt));
-            if first && body.starts_with("fail") { Outcome::fail(format!("cannot take {body}")) } else { Outcome::Ack }
+            if first && body.starts_with("fail") {
+                Outcome::fail(format!("cannot take {body}"))
+            } else {
+                Outcome::Ack
+            }
         }
         .boxed()
     }
@@ -195,5 +204,138 @@ async fn a_replay_is_not_swallowed_after_the_dead_letter_stream_is_re_created() 
     souk_testkit::eventually(Duration::from_secs(20), || async { env.idle().await.then_some(()) }).await?;
     stop(pool).await?;
     assert!(env.dead_letter_bodies().await?.is_empty());
+    Ok(())
+}
+
+/// Always refuses: `fail…` bodies as bad (dead letter at once), `down…` bodies as a
+/// dependency failure (retried until max-deliver).
+#[derive(Clone, Default)]
+struct Refusing {
+    seen: Arc<Mutex<Vec<(String, u64)>>>,
+}
+
+const DOWN: &str = "database unavailable: connection refused";
+
+impl Handler for Refusing {
+    fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        async move {
+            let body = String::from_utf8_lossy(&d.payload).into_owned();
+            self.seen.lock().expect("lock").push((body.clone(), d.attempt));
+            if body.starts_with("down") {
+                Outcome::retry(DOWN)
+            } else {
+                Outcome::fail(format!("cannot take {body}"))
+            }
+        }
+        .boxed()
+    }
+}
+
+impl Shipped {
+    /// DLQ gone, and a subscriber in its place that sees every dead-letter publish but
+    /// never acknowledges one: each publish fails after the publisher's ack timeout.
+    async fn dead_letter_stream_unavailable(&self) -> anyhow::Result<async_nats::Subscriber> {
+        self.js.delete_stream(dead_letters::STREAM).await?;
+        Ok(self.client.subscribe("souk.dlq.>").await?)
+    }
+
+    /// The dead-letter stream back (the subscriber gone).
+    async fn dead_letter_stream_back(&self, tries: async_nats::Subscriber) -> anyhow::Result<()> {
+        drop(tries);
+        souk_topologies::apply::apply(&self.js, &self.topology, Mode::Apply).await?;
+        Ok(())
+    }
+
+    /// Deliver the next message `n` times without handling it (naked at once), as
+    /// workers that have since gone did.
+    async fn use_up_deliveries(&self, n: i64) -> anyhow::Result<()> {
+        let consumer: jetstream::consumer::PullConsumer = self
+            .js
+            .get_stream("CMD")
+            .await?
+            .get_consumer(CONSUMER)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for _ in 0..n {
+            let mut batch =
+                consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages().await?;
+            let msg = batch
+                .next()
+                .await
+                .ok_or_else(|| anyhow::anyhow!("not delivered"))?
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            msg.ack_with(jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(())
+    }
+
+    async fn only_dead_letter(&self) -> anyhow::Result<jetstream::message::StreamMessage> {
+        let listed = dead_letters::list(&self.js, 10).await?;
+        anyhow::ensure!(listed.len() == 1, "dead letters: {listed:?}");
+        Ok(self.js.get_stream(dead_letters::STREAM).await?.get_raw_message(listed[0].seq).await?)
+    }
+}
+
+async fn next_try(tries: &mut async_nats::Subscriber) -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(60), tries.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("subscription closed"))?;
+    Ok(())
+}
+
+fn header<'a>(m: &'a jetstream::message::StreamMessage, name: &str) -> Option<&'a str> {
+    m.headers.get(name).map(|v| v.as_str())
+}
+
+/// Invariant 6: when the dead-letter publish fails, it is retried in place before the
+/// message is handed back. Handing it back at once meant a redelivery that ran the
+/// handler again (and, on a last attempt, one past max-deliver that lost the error).
+#[tokio::test]
+async fn a_failed_dead_letter_publish_is_retried_in_place() -> anyhow::Result<()> {
+    let env = shipped_env().await?;
+    let mut tries = env.dead_letter_stream_unavailable().await?;
+    let handler = Refusing::default();
+    let pool = env.start(handler.clone()).await?;
+    env.send(Some("x"), "fail:x").await?;
+    next_try(&mut tries).await?; // failed: nothing stores it
+    env.dead_letter_stream_back(tries).await?;
+    souk_testkit::eventually(Duration::from_secs(30), || async { env.idle().await.then_some(()) }).await?;
+    stop(pool).await?;
+
+    let d = env.only_dead_letter().await?;
+    assert_eq!(header(&d, headers::DLQ_ERROR), Some("cannot take fail:x"));
+    assert_eq!(header(&d, headers::DLQ_ATTEMPTS), Some("1"));
+    assert_eq!(*handler.seen.lock().expect("lock"), [("fail:x".to_owned(), 1)], "handled once");
+    Ok(())
+}
+
+/// Invariant 6: a dead letter carries the real last error. The last allowed attempt
+/// failed, its dead letter could not be stored (even after the in-place retries), and the
+/// message came back past max-deliver: its dead letter said "the last attempt did not
+/// finish" instead of why it failed.
+#[tokio::test]
+async fn a_dead_letter_keeps_the_last_real_error_when_its_publish_failed() -> anyhow::Result<()> {
+    let env = shipped_env().await?;
+    let max_deliver = env.topology.consumers[0].max_deliver;
+    let mut tries = env.dead_letter_stream_unavailable().await?;
+    env.send(Some("y"), "down:y").await?;
+    env.use_up_deliveries(max_deliver - 1).await?;
+    let handler = Refusing::default();
+    let pool = env.start(handler.clone()).await?;
+    // Every in-place try of the last attempt's dead letter fails.
+    for _ in 0..5 {
+        next_try(&mut tries).await?;
+    }
+    env.dead_letter_stream_back(tries).await?;
+    souk_testkit::eventually(Duration::from_secs(60), || async { env.idle().await.then_some(()) }).await?;
+    stop(pool).await?;
+
+    let d = env.only_dead_letter().await?;
+    assert_eq!(header(&d, headers::DLQ_ERROR), Some(DOWN), "the real last error");
+    assert_eq!(
+        *handler.seen.lock().expect("lock"),
+        [("down:y".to_owned(), max_deliver as u64)],
+        "run once, on the last allowed attempt; not again past it"
+    );
     Ok(())
 }

@@ -326,16 +326,26 @@ impl Handler for Delegating {
 /// dead-lettered, not even once its delivery count is past max-deliver (deliveries by
 /// readers that deferred it and have since been replaced) — while current commands flow.
 #[tokio::test]
-async fn a_command_of_a_newer_schema_waits_for_the_upgrade_instead_of_being_dead_lettered() -> anyhow::Result<()> {
+async fn a_command_of_a_newer_schema_waits_for_the_upgrade_instead_of_being_dead_lettered()
+-> anyhow::Result<()> {
     let env = env_shipped().await?;
     let max_deliver = env.topology.consumers[0].max_deliver;
     env.send_raw("from-a-newer-release", encode(&command()), "orders.place/v2".into()).await?;
     // Earlier deliveries, by readers that are gone: the count is used up.
-    let consumer: async_nats::jetstream::consumer::PullConsumer =
-        env.js.get_stream("CMD").await?.get_consumer(PLACE_CONSUMER).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let consumer: async_nats::jetstream::consumer::PullConsumer = env
+        .js
+        .get_stream("CMD")
+        .await?
+        .get_consumer(PLACE_CONSUMER)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     for _ in 0..max_deliver {
         let mut batch = consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages().await?;
-        let msg = batch.next().await.ok_or_else(|| anyhow::anyhow!("not delivered"))?.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let msg = batch
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("not delivered"))?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         msg.ack_with(async_nats::jetstream::AckKind::Nak(None)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     env.send("current", &command()).await?;
