@@ -339,3 +339,59 @@ async fn a_dead_letter_keeps_the_last_real_error_when_its_publish_failed() -> an
     );
     Ok(())
 }
+
+/// Reads nothing until `upgraded`: a reader of an older release that is then upgraded
+/// in place (the same pool, as far as the test can tell).
+#[derive(Clone, Default)]
+struct UpgradedLater {
+    upgraded: Arc<std::sync::atomic::AtomicBool>,
+    deferred: Arc<std::sync::atomic::AtomicU32>,
+    handled: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Handler for UpgradedLater {
+    fn too_new(&self, _: &Delivery) -> Option<String> {
+        use std::sync::atomic::Ordering;
+        if self.upgraded.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.deferred.fetch_add(1, Ordering::SeqCst);
+        Some("orders.place v2 is newer than this release reads (v1)".into())
+    }
+    fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        self.handled.lock().expect("lock").push(d.attempt);
+        async { Outcome::Ack }.boxed()
+    }
+}
+
+/// Rolling deploys: deliveries deferred for a schema this release cannot read yet are not
+/// attempts. A message on its last allowed delivery that is deferred and then becomes
+/// readable is handled — not dead-lettered as "delivered past max-deliver". (Waits out
+/// one shipped deferral delay, a minute.)
+#[tokio::test]
+async fn deferrals_do_not_count_toward_max_deliver() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let env = shipped_env().await?;
+    let max_deliver = env.topology.consumers[0].max_deliver;
+    env.send(Some("z"), "from-a-newer-release").await?;
+    env.use_up_deliveries(max_deliver - 1).await?;
+    let handler = UpgradedLater::default();
+    let pool = env.start(handler.clone()).await?;
+    // Deferred on its last allowed delivery; then this reader is upgraded.
+    souk_testkit::eventually(Duration::from_secs(20), || async {
+        (handler.deferred.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await?;
+    handler.upgraded.store(true, Ordering::SeqCst);
+    // Settled either way: handled, or dead-lettered for its delivery count.
+    souk_testkit::eventually(Duration::from_secs(150), || async {
+        let handled = !handler.handled.lock().expect("lock").is_empty();
+        let dead = !dead_letters::list(&env.js, 10).await.ok()?.is_empty();
+        ((handled || dead) && env.idle().await).then_some(())
+    })
+    .await?;
+    stop(pool).await?;
+    assert_eq!(*handler.handled.lock().expect("lock"), [max_deliver as u64], "its last allowed attempt");
+    assert!(dead_letters::list(&env.js, 10).await?.is_empty(), "not dead-lettered");
+    Ok(())
+}
