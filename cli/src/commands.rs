@@ -7,9 +7,13 @@ use souk_topologies::{
     apply::{self, Mode},
     dead_letters,
     publisher::Publisher,
+    runtime::BreakerState,
     status,
 };
 use std::{process::ExitCode, time::Duration};
+
+/// How long `souk status` waits for worker processes to report their pools.
+const POOL_STATUS_WAIT: Duration = Duration::from_millis(500);
 
 use crate::{app, config::Config};
 
@@ -109,7 +113,12 @@ pub async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let topology = app::load_topology(config)?;
     let nats = app::connect_nats(&app::nats_url(config)?).await?;
-    let pipeline = status::read(&app::jetstream(&nats), &topology).await?;
+    let mut pipeline = status::read(&app::jetstream(&nats), &topology).await?;
+    // Breakers live in the worker processes: whichever answer within the wait.
+    match status::read_pools(&nats, POOL_STATUS_WAIT).await {
+        Ok(pools) => pipeline.set_pools(pools),
+        Err(e) => eprintln!("pools: cannot ask the worker processes: {e}"),
+    }
     let pool = pg::connect(&app::pg_options(config))?;
     let outbox: Result<i64, sqlx::Error> =
         sqlx::query_scalar("select count(*) from outbox where published_at is null").fetch_one(&pool).await;
@@ -130,23 +139,33 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         out!("{:<10} {:>12} {:>14} {:>12}", s.name, s.messages, s.bytes, s.last_seq);
     }
     out!(
-        "\n{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}",
+        "\n{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}  {}",
         "CONSUMER",
         "STREAM",
         "LAG",
         "ACK PENDING",
         "REDELIVERED",
-        "WAITING"
+        "WAITING",
+        "BREAKER"
     );
     for c in &pipeline.consumers {
         out!(
-            "{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}",
+            "{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}  {}",
             c.name,
             c.stream,
             c.pending,
             c.ack_pending,
             c.redelivered,
-            c.waiting
+            c.waiting,
+            c.breaker.map_or("- (no worker answered)", |b| b.as_str())
+        );
+    }
+    for p in pipeline.pools.iter().filter(|p| p.breaker != BreakerState::Closed) {
+        out!(
+            "pool {}: breaker {}: {}",
+            p.name,
+            p.breaker,
+            p.last_error.as_deref().unwrap_or("unknown error")
         );
     }
     match outbox_pending {

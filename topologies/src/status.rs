@@ -1,10 +1,28 @@
 //! Pipeline status read back from JetStream: streams and consumer lag.
 //! Lag is JetStream's own count of undelivered messages, never counted by hand.
+//! Pool breakers live in the worker processes: each answers a core NATS request on
+//! [`POOLS_SUBJECT`] with its pools' state, and [`read_pools`] gathers the answers.
 
 use async_nats::jetstream;
-use serde::Serialize;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
-use crate::{Error, Result, spec::Topology};
+use crate::{Error, Result, runtime::BreakerState, spec::Topology};
+
+/// Every worker process answers a request here with its pools' [`PoolStatus`]es (a
+/// JSON array). No stream captures it: it is a question to live processes.
+pub const POOLS_SUBJECT: &str = "souk.status.pools";
+
+/// One pool of one worker process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub consumer: String,
+    pub breaker: BreakerState,
+    /// The dependency failure that opened the breaker (while it is not closed).
+    pub last_error: Option<String>,
+}
 
 /// One stream's state.
 #[derive(Debug, Clone, Serialize)]
@@ -28,6 +46,9 @@ pub struct ConsumerStatus {
     pub redelivered: usize,
     /// Pull requests waiting (≈ idle workers).
     pub waiting: usize,
+    /// The worst breaker state among the pools reading this consumer that answered
+    /// (`None`: no worker process answered).
+    pub breaker: Option<BreakerState>,
 }
 
 /// The whole pipeline.
@@ -35,6 +56,39 @@ pub struct ConsumerStatus {
 pub struct PipelineStatus {
     pub streams: Vec<StreamStatus>,
     pub consumers: Vec<ConsumerStatus>,
+    /// Every pool of every worker process that answered [`read_pools`].
+    pub pools: Vec<PoolStatus>,
+}
+
+impl PipelineStatus {
+    /// Add the pools' states (and each consumer's worst breaker state).
+    pub fn set_pools(&mut self, pools: Vec<PoolStatus>) {
+        for c in &mut self.consumers {
+            c.breaker = pools.iter().filter(|p| p.consumer == c.name).map(|p| p.breaker).max();
+        }
+        self.pools = pools;
+    }
+}
+
+/// Ask every worker process for its pools' state: the answers that arrive within
+/// `wait` of the request (each further answer extends it by a short quiet period).
+pub async fn read_pools(client: &async_nats::Client, wait: Duration) -> Result<Vec<PoolStatus>> {
+    let nats = |e: &dyn std::fmt::Display| Error::Nats(format!("{POOLS_SUBJECT}: {e}"));
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.map_err(|e| nats(&e))?;
+    client.publish_with_reply(POOLS_SUBJECT, inbox, "".into()).await.map_err(|e| nats(&e))?;
+    client.flush().await.map_err(|e| nats(&e))?;
+    let mut pools = Vec::new();
+    let mut deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        match serde_json::from_slice::<Vec<PoolStatus>>(&answer.payload) {
+            Ok(more) => pools.extend(more),
+            Err(e) => tracing::warn!(error = %e, "unreadable pool status answer"),
+        }
+        deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(200));
+    }
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(pools)
 }
 
 /// Keep the pipeline gauges (`souk_stream_messages`, `souk_consumer_pending_messages`,
@@ -89,7 +143,8 @@ pub async fn read(js: &jetstream::Context, topology: &Topology) -> Result<Pipeli
             ack_pending: info.num_ack_pending,
             redelivered: info.num_redelivered,
             waiting: info.num_waiting,
+            breaker: None,
         });
     }
-    Ok(PipelineStatus { streams, consumers })
+    Ok(PipelineStatus { streams, consumers, pools: Vec::new() })
 }

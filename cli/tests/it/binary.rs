@@ -261,10 +261,22 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
     let text = eventually(Duration::from_secs(30), || async {
         let r = http.get(format!("http://{addr}/metrics")).send().await.ok()?;
         let text = r.text().await.ok()?;
-        text.contains("souk_consumer_pending_messages").then_some(text)
+        (text.contains("souk_consumer_pending_messages") && text.contains("souk_worker_pool_breaker_state"))
+            .then_some(text)
     })
     .await?;
     assert!(text.contains(r#"consumer="orders-place""#), "{text}");
+    assert!(text.contains(r#"souk_worker_pool_breaker_state{pool="orders"} 0"#), "closed: {text}");
+    // `souk status` asks the running worker for its pools' breakers.
+    let status = souk(data.path())
+        .args(["status", "--json"])
+        .env("SOUK_NATS_URL", nats.url())
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .await?;
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(json["pipeline"]["consumers"][0]["breaker"], "closed", "{json}");
+    assert_eq!(json["pipeline"]["pools"][0]["name"], "orders", "{json}");
     let pid = worker.id().expect("running");
     Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await??;

@@ -4,3 +4,4 @@
 mod binary;
 mod crash;
 mod orders;
+mod outage;

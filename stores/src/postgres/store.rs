@@ -26,10 +26,20 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether trying again may succeed: connection trouble, pool exhaustion,
-    /// serialization failures and deadlocks are transient; constraint violations and
-    /// bad data are not.
+    /// Whether trying again may succeed: an outage (see [`is_outage`](Self::is_outage)),
+    /// or contention — serialization failures, deadlocks, lock timeouts — that another
+    /// attempt of the same statement may not meet. Constraint violations and bad data are
+    /// not retryable.
     pub fn is_retryable(&self) -> bool {
+        self.is_outage() || matches!(self.sqlstate().as_deref(), Some(code) if contention_sqlstate(code))
+    }
+
+    /// Whether the server (or the way to it) is failing, whatever the request: no
+    /// connection, connection lost, pool exhausted, shutting down or recovering, a
+    /// read-only standby, too many connections, out of resources, a statement timeout.
+    /// The caller is not at fault: a worker holds its message and waits for the store
+    /// rather than spending the message's delivery attempts.
+    pub fn is_outage(&self) -> bool {
         match self {
             Error::Database(e) => match e {
                 sqlx::Error::Io(_)
@@ -38,28 +48,76 @@ impl Error {
                 | sqlx::Error::WorkerCrashed
                 | sqlx::Error::Protocol(_)
                 | sqlx::Error::Tls(_) => true,
-                sqlx::Error::Database(db) => transient_sqlstate(&db.code().unwrap_or_default()),
+                sqlx::Error::Database(db) => outage_sqlstate(&db.code().unwrap_or_default()),
                 _ => false,
             },
             Error::Unavailable(_) => true,
             Error::Migrate(_) | Error::Corrupt(_) | Error::Config(_) => false,
         }
     }
+
+    /// A stable code for logs, metrics and dead letters.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Unavailable(_) => "pg_unavailable",
+            Error::Migrate(_) => "pg_migration",
+            Error::Corrupt(_) => "pg_corrupt_data",
+            Error::Config(_) => "pg_config",
+            Error::Database(sqlx::Error::PoolTimedOut) => "pg_pool_timeout",
+            Error::Database(sqlx::Error::Database(_)) => match self.sqlstate().as_deref().unwrap_or_default()
+            {
+                "25006" => "pg_read_only",
+                "53300" => "pg_too_many_connections",
+                "57014" => "pg_statement_timeout",
+                "40001" => "pg_serialization_failure",
+                "40P01" => "pg_deadlock",
+                "55P03" => "pg_lock_timeout",
+                code if code.starts_with("08") => "pg_connection",
+                code if code.starts_with("57P") => "pg_shutting_down",
+                code if code.starts_with("53") => "pg_insufficient_resources",
+                code if code.starts_with("23") => "pg_constraint_violation",
+                code if code.starts_with("22") => "pg_data_exception",
+                _ => "pg_statement",
+            },
+            Error::Database(_) if self.is_outage() => "pg_connection",
+            Error::Database(_) => "pg_client",
+        }
+    }
+
+    fn sqlstate(&self) -> Option<String> {
+        match self {
+            Error::Database(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
 }
 
-/// SQLSTATEs that describe the server's moment, not the request: the same statement
-/// may well succeed later, so a handler retries instead of dead-lettering.
-fn transient_sqlstate(code: &str) -> bool {
+/// SQLSTATEs that describe the server's state, not the request: any statement would
+/// fail now, and the same statement may well succeed once the server is back.
+fn outage_sqlstate(code: &str) -> bool {
+    matches!(
+        code,
+        "57014" // statement timeout or cancel
+        | "25006" // read-only transaction: a standby, or a primary being demoted in a failover
+    ) || code.starts_with("08") // connection
+        || code.starts_with("57P") // shutdown, crash recovery
+        || code.starts_with("53") // insufficient resources, too many connections
+}
+
+/// SQLSTATEs of contention between transactions: this attempt lost, another may win.
+fn contention_sqlstate(code: &str) -> bool {
     matches!(
         code,
         "40001" // serialization failure
         | "40P01" // deadlock
-        | "57014" // statement timeout or cancel
         | "55P03" // lock not available (lock_timeout)
-        | "25006" // read-only transaction: a standby, or a primary being demoted in a failover
-    ) || code.starts_with("08") // connection
-        || code.starts_with("57P") // shutdown, crash recovery
-        || code.starts_with("53") // insufficient resources
+    )
+}
+
+/// Whether a SQLSTATE is worth retrying (an outage or contention).
+#[cfg(test)]
+fn transient_sqlstate(code: &str) -> bool {
+    outage_sqlstate(code) || contention_sqlstate(code)
 }
 
 /// Begin a transaction. Failing to get one at all means Postgres is unavailable, which
@@ -167,6 +225,21 @@ mod tests {
         assert!(named("postgres://u@h").is_err(), "no name");
         assert!(named(&format!("postgres://u@h/{}", "a".repeat(63))).is_ok());
         assert!(named(&format!("postgres://u@h/{}", "a".repeat(64))).is_err(), "would be cut");
+    }
+
+    #[test]
+    fn outages_are_told_from_contention_and_request_errors() {
+        for code in ["57014", "25006", "08006", "57P01", "57P03", "53300"] {
+            assert!(super::outage_sqlstate(code), "{code} is an outage");
+        }
+        for code in ["40001", "40P01", "55P03", "23505", "22P02", ""] {
+            assert!(!super::outage_sqlstate(code), "{code} is not an outage");
+        }
+        let refused = super::Error::Unavailable(sqlx::Error::PoolTimedOut);
+        assert!(refused.is_outage() && refused.is_retryable());
+        assert_eq!(refused.code(), "pg_unavailable");
+        let corrupt = super::Error::Corrupt("x".into());
+        assert!(!corrupt.is_outage() && !corrupt.is_retryable());
     }
 
     #[test]

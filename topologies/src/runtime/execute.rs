@@ -1,5 +1,6 @@
 //! Executing one delivery: its span, the handler call (directly or through the pool's
-//! batcher), the handler timeout, panics, and progress acks while it runs.
+//! batcher), the handler timeout, panics, progress acks while it runs, and holding it
+//! while the pool's breaker is open.
 
 use async_nats::jetstream::{self, AckKind};
 use futures::FutureExt;
@@ -10,7 +11,9 @@ use std::{
 };
 use tracing::Instrument;
 
-use super::{Delivery, Handler, Outcome, pool::Ctx, settle};
+use super::{
+    Delivery, ErrorClass, Handler, HandlerError, Outcome, breaker::PROBE_TIMEOUT, pool::Ctx, settle,
+};
 use crate::{batcher::BatchFn, trace};
 
 /// Run one fetched message through the handler and settle it.
@@ -57,14 +60,17 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
         let max_deliver = ctx.consumer.max_deliver.max(1) as u64;
         // A message this release cannot read yet waits for the upgrade, whatever its
         // delivery count: earlier deferrals may have been another process's.
-        let outcome = match ctx.handler.too_new(&delivery) {
-            Some(reason) => Outcome::Defer { reason },
-            None => match settle::past_max_deliver(attempt, max_deliver, &history) {
-                Some(fail) => fail,
-                None => run_handler(ctx, &msg, &delivery).await,
+        let first = match ctx.handler.too_new(&delivery) {
+            Some(reason) => Some(Outcome::defer("schema_too_new", reason)),
+            None => settle::past_max_deliver(attempt, max_deliver, &history),
+        };
+        let label = match first {
+            Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver).await,
+            None => match run_until_not_dependency(ctx, &msg, &delivery).await {
+                Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver).await,
+                None => settle::hand_back_held(&msg).await,
             },
         };
-        let label = settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver).await;
         tracing::Span::current().record("outcome", label);
         metrics::counter!("souk_worker_messages_total", "pool" => ctx.pool.clone(), "outcome" => label)
             .increment(1);
@@ -73,6 +79,59 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
     }
     .instrument(span)
     .await
+}
+
+/// Run the handler until its outcome is not a dependency failure. A dependency failure
+/// trips the pool's breaker and the delivery is held — kept with progress acks, never
+/// settled, so the outage costs it no delivery attempt — until the breaker closes, then
+/// run again. `None` when the pool shuts down while the delivery is held.
+async fn run_until_not_dependency(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    delivery: &Delivery,
+) -> Option<Outcome> {
+    loop {
+        if ctx.breaker.state() != super::BreakerState::Closed && !hold(ctx, msg).await {
+            return None;
+        }
+        match run_handler(ctx, msg, delivery).await {
+            Outcome::Error(e) if e.class == ErrorClass::Dependency => {
+                tracing::debug!(code = e.code, error = %e.message, "dependency failed; holding the message");
+                ctx.breaker.trip(&e);
+            }
+            Outcome::Ack => {
+                ctx.breaker.handled();
+                return Some(Outcome::Ack);
+            }
+            outcome => return Some(outcome),
+        }
+    }
+}
+
+/// Keep `msg` (progress acks) until the breaker closes: `false` if the pool shuts down.
+async fn hold(ctx: &Ctx, msg: &jetstream::Message) -> bool {
+    let held = metrics::gauge!("souk_worker_held_messages", "pool" => ctx.pool.clone());
+    held.increment(1.0);
+    let closed = ctx.breaker.closed(&ctx.cancel);
+    tokio::pin!(closed);
+    let mut progress = tokio::time::interval(progress_every(ctx));
+    progress.tick().await;
+    let resumed = loop {
+        tokio::select! {
+            c = &mut closed => break c,
+            _ = progress.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "progress ack of a held message failed");
+                }
+            }
+        }
+    };
+    held.decrement(1.0);
+    resumed
+}
+
+fn progress_every(ctx: &Ctx) -> Duration {
+    (ctx.consumer.ack_wait / 3).max(Duration::from_millis(100))
 }
 
 /// Run the handler with a timeout, catching panics, sending progress acks meanwhile.
@@ -89,13 +148,15 @@ async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -
     };
     let handle = async {
         match &ctx.batcher {
-            Some(batcher) => batcher.call(delivery.clone()).await.unwrap_or_else(Outcome::retry),
+            Some(batcher) => {
+                batcher.call(delivery.clone()).await.unwrap_or_else(|e| Outcome::retry("runtime_batcher", e))
+            }
             None => ctx.handler.handle(delivery).await,
         }
     };
     let work = tokio::time::timeout(limit, AssertUnwindSafe(handle).catch_unwind());
     tokio::pin!(work);
-    let mut progress = tokio::time::interval((ctx.consumer.ack_wait / 3).max(Duration::from_millis(100)));
+    let mut progress = tokio::time::interval(progress_every(ctx));
     progress.tick().await;
     let result = loop {
         tokio::select! {
@@ -110,7 +171,23 @@ async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -
     match result {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(panic)) => panicked(panic.as_ref()),
-        Err(_) => Outcome::retry(format!("handler timed out after {:?}", ctx.handler_timeout)),
+        Err(_) => timed_out(ctx.handler.as_ref(), ctx.handler_timeout).await,
+    }
+}
+
+/// A handler timed out: the dependency's fault if its probe fails too (a hung store),
+/// else the message's (it may loop or be too big), which counts toward max-deliver.
+async fn timed_out(handler: &dyn Handler, limit: Duration) -> Outcome {
+    match tokio::time::timeout(PROBE_TIMEOUT, handler.probe()).await {
+        Ok(Ok(())) => Outcome::retry("handler_timeout", format!("handler timed out after {limit:?}")),
+        Ok(Err(e)) => Outcome::Error(HandlerError::dependency(
+            "handler_timeout",
+            format!("handler timed out after {limit:?}; probe: {e}"),
+        )),
+        Err(_) => Outcome::unavailable(
+            "handler_timeout",
+            format!("handler timed out after {limit:?} and so did its probe"),
+        ),
     }
 }
 
@@ -120,7 +197,7 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    Outcome::retry(format!("handler panicked: {what}"))
+    Outcome::retry("handler_panic", format!("handler panicked: {what}"))
 }
 
 /// The batch function for a pool's batcher: `handle_batch`, cut at `timeout` (its future
@@ -136,7 +213,7 @@ pub(super) fn batch_fn(handler: Arc<dyn Handler>, timeout: Duration) -> BatchFn<
             let mut outcomes = match tokio::time::timeout(timeout, run).await {
                 Ok(Ok(outcomes)) => outcomes,
                 Ok(Err(panic)) => vec![panicked(panic.as_ref()); n],
-                Err(_) => vec![Outcome::retry(format!("handler timed out after {timeout:?}")); n],
+                Err(_) => vec![timed_out(handler.as_ref(), timeout).await; n],
             };
             if outcomes.len() != n {
                 tracing::error!(
@@ -144,7 +221,11 @@ pub(super) fn batch_fn(handler: Arc<dyn Handler>, timeout: Duration) -> BatchFn<
                     got = outcomes.len(),
                     "handle_batch returned a wrong count; retrying all"
                 );
-                outcomes = vec![Outcome::retry("handle_batch returned a wrong number of outcomes"); n];
+                outcomes =
+                    vec![
+                        Outcome::retry("handler_bug", "handle_batch returned a wrong number of outcomes");
+                        n
+                    ];
             }
             outcomes
         }

@@ -27,6 +27,10 @@ pub(super) async fn fetch_loop(
     cancel: &CancellationToken,
 ) {
     'fetch: while !cancel.is_cancelled() {
+        // A dependency is down: fetch nothing until the breaker's probe passes.
+        if !ctx.breaker.closed(cancel).await {
+            break;
+        }
         let first = tokio::select! {
             () = cancel.cancelled() => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },

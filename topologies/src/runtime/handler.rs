@@ -50,41 +50,140 @@ impl Delivery {
     }
 }
 
+/// Whose fault a failure is, which decides what the runtime does with the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The message failed and may pass on a later attempt (a conflict, a race, a panic,
+    /// a handler timeout while the dependency answers its probe): retried after the
+    /// consumer's backoff step. Counts toward max-deliver; the last failed attempt is
+    /// dead-lettered.
+    Retryable,
+    /// The message can never succeed (undecodable payload, a broken business rule):
+    /// dead-lettered at once.
+    Poison,
+    /// A dependency failed (store or broker unavailable, timed out, read-only, out of
+    /// connections): the message is not at fault. It never counts toward max-deliver
+    /// and is never dead-lettered: the pool's breaker opens, the pool stops fetching,
+    /// the message is kept (progress acks) and runs again once the dependency answers
+    /// [`Handler::probe`].
+    Dependency,
+    /// The message is of a newer schema version than this release reads (a writer was
+    /// upgraded before this reader): not malformed, readable after the upgrade. Retried
+    /// after a long delay (60 s), never dead-lettered, not counted toward max-deliver;
+    /// the pool alerts (`souk_worker_unknown_schema_total`, a warning a minute).
+    TooNew,
+}
+
+impl ErrorClass {
+    /// A metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Poison => "poison",
+            ErrorClass::Dependency => "dependency",
+            ErrorClass::TooNew => "too_new",
+        }
+    }
+}
+
+/// A classified handler failure: its class, a stable code (snake_case, from a fixed
+/// set per handler: fit for alerts and metrics labels) and the details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct HandlerError {
+    pub class: ErrorClass,
+    pub code: &'static str,
+    pub message: String,
+    /// For a `Retryable` error: wait this long instead of the consumer's backoff step.
+    pub retry_after: Option<Duration>,
+}
+
+impl HandlerError {
+    fn new(class: ErrorClass, code: &'static str, message: impl std::fmt::Display) -> Self {
+        HandlerError { class, code, message: message.to_string(), retry_after: None }
+    }
+
+    /// The message failed; a later attempt may pass (counts toward max-deliver).
+    pub fn retryable(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorClass::Retryable, code, message)
+    }
+
+    /// The message can never succeed: dead-letter it now.
+    pub fn poison(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorClass::Poison, code, message)
+    }
+
+    /// A dependency failed, not the message.
+    pub fn dependency(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorClass::Dependency, code, message)
+    }
+
+    /// Written by a newer release than this reader: wait for the upgrade.
+    pub fn too_new(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorClass::TooNew, code, message)
+    }
+
+    /// Retry after `after` rather than the consumer's backoff step.
+    pub fn after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+}
+
 /// A handler's verdict on one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Handled and committed: ack it.
     Ack,
-    /// A transient failure: try again after `after`, or after the consumer's backoff
-    /// step when `None` (unless deliveries are used up).
-    Retry { after: Option<Duration>, error: String },
-    /// Can never succeed (bad payload, broken invariant): dead-letter it now.
-    Fail { reason: String },
-    /// Not readable by this release yet (a newer schema version: a writer was upgraded
-    /// before this reader): retried after a long delay, never dead-lettered, and not
-    /// counted toward max-deliver. The pool alerts (`souk_worker_unknown_schema_total`).
-    Defer { reason: String },
+    /// Not handled: the error's [`ErrorClass`] decides what happens to the message.
+    Error(HandlerError),
 }
 
 impl Outcome {
-    /// Retry on the consumer's backoff schedule.
-    pub fn retry(error: impl std::fmt::Display) -> Self {
-        Outcome::Retry { after: None, error: error.to_string() }
+    /// A retryable failure of the message (see [`HandlerError::retryable`]).
+    pub fn retry(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Outcome::Error(HandlerError::retryable(code, message))
     }
 
-    /// Dead-letter now.
-    pub fn fail(reason: impl std::fmt::Display) -> Self {
-        Outcome::Fail { reason: reason.to_string() }
+    /// The message is poison: dead-letter it now.
+    pub fn fail(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Outcome::Error(HandlerError::poison(code, message))
     }
 
-    /// Wait for a release that can read it.
-    pub fn defer(reason: impl std::fmt::Display) -> Self {
-        Outcome::Defer { reason: reason.to_string() }
+    /// A dependency failed (see [`HandlerError::dependency`]).
+    pub fn unavailable(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Outcome::Error(HandlerError::dependency(code, message))
+    }
+
+    /// Not readable by this release yet (see [`HandlerError::too_new`]).
+    pub fn defer(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Outcome::Error(HandlerError::too_new(code, message))
+    }
+
+    /// The error, unless acked.
+    pub fn error(&self) -> Option<&HandlerError> {
+        match self {
+            Outcome::Ack => None,
+            Outcome::Error(e) => Some(e),
+        }
+    }
+}
+
+impl From<HandlerError> for Outcome {
+    fn from(e: HandlerError) -> Self {
+        Outcome::Error(e)
     }
 }
 
 /// Handles messages of one pool. Must be idempotent: a message can be delivered again
 /// after its effects were committed (e.g. the worker died before acking).
+///
+/// The contract on failures: classify every error by whose fault it is
+/// ([`ErrorClass`]). A failure of the message (bad payload, business rule, a conflict)
+/// counts toward max-deliver and ends in the dead-letter stream; a failure of a
+/// dependency (store or broker unavailable, timeout, read-only standby, too many
+/// connections) never does: the pool's breaker opens and [`probe`](Handler::probe)
+/// tells when to resume.
 pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome>;
 
@@ -92,10 +191,18 @@ pub trait Handler: Send + Sync + 'static {
     /// is newer than the handler knows (see [`Delivery::newer_version`]). Asked first,
     /// on every delivery — also one past max-deliver, whose earlier deliveries may have
     /// been deferrals by a process that has since gone — so such a message is deferred
-    /// ([`Outcome::Defer`]) and never dead-lettered for its delivery count. Must only
+    /// (class [`ErrorClass::TooNew`]) and never dead-lettered for its delivery count. Must only
     /// look at the delivery (no I/O). The default: every schema is readable.
     fn too_new(&self, _delivery: &Delivery) -> Option<String> {
         None
+    }
+
+    /// A cheap health check of the handler's dependencies (e.g. `select 1`), run while
+    /// the pool's breaker is open, so probing costs no message a delivery. Also asked
+    /// after a handler timeout: a timeout is the dependency's fault only if the probe
+    /// fails too. The default has no dependency to check.
+    fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Handle several deliveries at once, returning one outcome per delivery, in order.

@@ -13,6 +13,7 @@
 //! message is still deferred, whatever its count: the check runs first), and a
 //! delivery past max-deliver carries the generic reason.
 
+use super::HandlerError;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
@@ -38,7 +39,7 @@ pub(super) struct History {
     /// Deliveries deferred because the handler cannot read the message yet.
     pub(super) deferrals: u64,
     /// The last real error, and the (counted) attempt that reported it.
-    pub(super) last_error: Option<(String, u64)>,
+    pub(super) last_error: Option<(HandlerError, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -65,8 +66,11 @@ impl Ledger {
     }
 
     /// `key`'s attempt `attempt` failed with `error`.
-    pub(super) fn failed(&self, key: Key, attempt: u64, error: &str) {
-        let error: String = error.chars().take(MAX_ERROR_LEN).collect();
+    pub(super) fn failed(&self, key: Key, attempt: u64, error: &HandlerError) {
+        let mut error = error.clone();
+        if error.message.len() > MAX_ERROR_LEN {
+            error.message = error.message.chars().take(MAX_ERROR_LEN).collect();
+        }
         self.update(key, |h| h.last_error = Some((error, attempt)));
     }
 
@@ -150,12 +154,10 @@ mod tests {
         assert_eq!(ledger.get(key), History::default());
         ledger.deferred(key);
         ledger.deferred(key);
-        ledger.failed(key, 1, "connection refused");
-        ledger.failed(key, 2, "read-only transaction");
-        assert_eq!(
-            ledger.get(key),
-            History { deferrals: 2, last_error: Some(("read-only transaction".into(), 2)) }
-        );
+        ledger.failed(key, 1, &HandlerError::retryable("conflict", "serialization failure"));
+        let last = HandlerError::retryable("conflict", "deadlock detected");
+        ledger.failed(key, 2, &last);
+        assert_eq!(ledger.get(key), History { deferrals: 2, last_error: Some((last, 2)) });
         assert_eq!(ledger.get((7, 2)), History::default(), "same sequence, another stream: not this message");
         ledger.forget(key);
         assert_eq!(ledger.get(key), History::default());
@@ -165,7 +167,7 @@ mod tests {
     fn stays_bounded_dropping_the_oldest() {
         let ledger = Ledger::default();
         for seq in 0..(3 * CAPACITY as u64) {
-            ledger.failed((seq, 0), 1, &"x".repeat(2 * MAX_ERROR_LEN));
+            ledger.failed((seq, 0), 1, &HandlerError::retryable("x", "x".repeat(2 * MAX_ERROR_LEN)));
             if seq % 2 == 0 {
                 ledger.forget((seq, 0));
             }
@@ -177,7 +179,7 @@ mod tests {
             inner
                 .entries
                 .values()
-                .all(|h| h.last_error.as_ref().is_some_and(|(e, _)| e.len() == MAX_ERROR_LEN))
+                .all(|h| h.last_error.as_ref().is_some_and(|(e, _)| e.message.len() == MAX_ERROR_LEN))
         );
         drop(inner);
         let last = 3 * CAPACITY as u64 - 1;

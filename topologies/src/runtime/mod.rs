@@ -9,10 +9,16 @@
 //! | outcome | JetStream |
 //! |---|---|
 //! | `Ack` | ack (after the handler committed) |
-//! | `Retry { after }` | nak with delay `after`; on the last allowed delivery: dead letter |
-//! | `Fail { reason }` | dead letter at once |
-//! | `Defer { reason }` (or `Handler::too_new`) | nak with a 60 s delay; never dead-lettered, not counted toward max-deliver |
-//! | panic / timeout | treated as `Retry` with the consumer's backoff |
+//! | `Error`, class `Retryable` | nak with the error's delay, else the backoff step; on the last allowed delivery: dead letter |
+//! | `Error`, class `Poison` | dead letter at once |
+//! | `Error`, class `Dependency` | nothing: the pool's breaker opens, the delivery is held (progress acks) and runs again when the breaker closes; nak'd at shutdown |
+//! | `Error`, class `TooNew` (or [`Handler::too_new`]) | nak with a 60 s delay; never dead-lettered, not counted toward max-deliver |
+//! | panic | `Retryable` |
+//! | timeout | `Dependency` if the handler's probe fails too, else `Retryable` |
+//!
+//! A dependency failure never counts toward max-deliver and never dead-letters: while a
+//! pool's breaker is open the pool fetches nothing and probes its handler's dependency
+//! ([`Handler::probe`]) with growing waits; see [`BreakerState`].
 //!
 //! With `max-batch` > 1 a pool groups the messages that are ready together (none waits
 //! for others) and hands them to [`Handler::handle_batch`], so a handler can commit
@@ -24,6 +30,7 @@
 //! timeout for running handlers; whatever is still running then is abandoned unacked
 //! and JetStream redelivers it.
 
+mod breaker;
 mod dead_letter;
 mod execute;
 mod fetch;
@@ -32,6 +39,7 @@ mod ledger;
 mod pool;
 mod settle;
 
+pub use breaker::BreakerState;
 pub use dead_letter::dead_letter;
-pub use handler::{Delivery, Handler, Outcome, Registry};
+pub use handler::{Delivery, ErrorClass, Handler, HandlerError, Outcome, Registry};
 pub use pool::{Pool, Runtime};

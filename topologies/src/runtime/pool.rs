@@ -1,15 +1,19 @@
 //! Pools: build, run (fetch → execute → settle), drain. The three stages live in
 //! their own files: [`super::fetch`] (pulls, slots), [`super::execute`] (the handler
-//! call, its batcher, timeout and progress acks) and [`super::settle`] (ack, nak,
-//! dead letter, the max-deliver decision).
+//! call, its batcher, timeout and progress acks, holding a delivery while the breaker
+//! is open) and [`super::settle`] (ack, nak, dead letter, the max-deliver decision);
+//! [`super::breaker`] stops and resumes a pool whose dependency fails.
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use futures::StreamExt;
+
 use super::{
-    Delivery, Handler, Outcome, Registry,
+    BreakerState, Delivery, Handler, Outcome, Registry,
+    breaker::Breaker,
     execute::batch_fn,
     fetch,
     ledger::{Ledger, RateLimitedWarning},
@@ -20,6 +24,7 @@ use crate::{
     publisher::Publisher,
     purge,
     spec::{ConsumerSpec, PoolSpec, Topology},
+    status,
 };
 
 /// A pool ready to run.
@@ -46,6 +51,9 @@ pub(super) struct Ctx {
     pub(super) batcher: Option<Batcher<Delivery, Outcome>>,
     pub(super) handler_timeout: Duration,
     pub(super) publisher: Publisher,
+    pub(super) breaker: Arc<Breaker>,
+    /// The pool's shutdown: held deliveries are handed back when it fires.
+    pub(super) cancel: CancellationToken,
     /// Deferrals and last errors of messages not yet done with (see `ledger`).
     pub(super) ledger: Ledger,
     /// The warning for messages of a newer schema, at most once a minute.
@@ -81,6 +89,11 @@ impl Pool {
 
     /// Run until `cancel` fires, then drain (see the module docs).
     pub async fn run(self, cancel: CancellationToken) {
+        let breaker = Breaker::new(&self.spec.name);
+        self.run_with(cancel, breaker).await;
+    }
+
+    pub(super) async fn run_with(self, cancel: CancellationToken, breaker: Arc<Breaker>) {
         let Pool { spec, consumer_spec, consumer, handler, publisher } = self;
         // The batcher outlives the fetch loop: draining handlers still need it.
         let stop_batcher = CancellationToken::new();
@@ -110,6 +123,13 @@ impl Pool {
             publisher,
             ledger: Ledger::default(),
             too_new_warning: RateLimitedWarning::new(Duration::from_secs(60)),
+            breaker: breaker.clone(),
+            cancel: cancel.clone(),
+        });
+        let stop_prober = CancellationToken::new();
+        let prober = tokio::spawn({
+            let (handler, stop) = (ctx.handler.clone(), stop_prober.clone());
+            async move { breaker.run_prober(handler, stop).await }
         });
         let slots = Arc::new(Semaphore::new(spec.concurrency));
         let tracker = TaskTracker::new();
@@ -126,6 +146,8 @@ impl Pool {
             abandon.cancel();
             tracker.wait().await;
         }
+        stop_prober.cancel();
+        prober.await.ok();
         stop_batcher.cancel();
         if let Some(tasks) = batch_tasks {
             // Abandoned handlers may leave a batch running; it is not waited for.
@@ -175,11 +197,68 @@ impl Runtime {
     }
 
     /// Run every pool, and the purger of the `purge-acked` streams they read, until
-    /// `cancel`; returns when all pools have drained.
+    /// `cancel`; returns when all pools have drained. Meanwhile the process answers
+    /// `souk status` with its pools' breaker states (see [`status::read_pools`]).
     pub async fn run(self, cancel: CancellationToken) {
-        let purger =
-            tokio::spawn(purge::run(self.js, self.purged_streams, purge::DEFAULT_EVERY, cancel.clone()));
-        futures::future::join_all(self.pools.into_iter().map(|p| p.run(cancel.clone()))).await;
+        let purger = tokio::spawn(purge::run(
+            self.js.clone(),
+            self.purged_streams,
+            purge::DEFAULT_EVERY,
+            cancel.clone(),
+        ));
+        let pools: Vec<(Pool, Arc<Breaker>)> = self
+            .pools
+            .into_iter()
+            .map(|p| {
+                let b = Breaker::new(&p.spec.name);
+                (p, b)
+            })
+            .collect();
+        let known: Vec<(String, String, Arc<Breaker>)> =
+            pools.iter().map(|(p, b)| (p.spec.name.clone(), p.spec.consumer.clone(), b.clone())).collect();
+        let answer = tokio::spawn(answer_status(self.js.client(), known, cancel.clone()));
+        futures::future::join_all(pools.into_iter().map(|(p, b)| p.run_with(cancel.clone(), b))).await;
+        answer.await.ok();
         purger.await.ok();
+    }
+}
+
+/// Answer [`status::POOLS_SUBJECT`] requests with these pools' states until `cancel`.
+async fn answer_status(
+    client: async_nats::Client,
+    pools: Vec<(String, String, Arc<Breaker>)>,
+    cancel: CancellationToken,
+) {
+    let mut requests = match client.subscribe(status::POOLS_SUBJECT).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot answer pool status requests");
+            return;
+        }
+    };
+    loop {
+        let request = tokio::select! {
+            () = cancel.cancelled() => break,
+            r = requests.next() => match r { Some(r) => r, None => break },
+        };
+        let Some(reply) = request.reply else { continue };
+        let states: Vec<status::PoolStatus> = pools
+            .iter()
+            .map(|(name, consumer, b)| {
+                let breaker = b.state();
+                status::PoolStatus {
+                    name: name.clone(),
+                    consumer: consumer.clone(),
+                    breaker,
+                    last_error: (breaker != BreakerState::Closed)
+                        .then(|| b.last_error().map(|e| e.to_string()))
+                        .flatten(),
+                }
+            })
+            .collect();
+        let body = serde_json::to_vec(&states).unwrap_or_default();
+        if let Err(e) = client.publish(reply, body.into()).await {
+            tracing::debug!(error = %e, "pool status answer failed");
+        }
     }
 }

@@ -5,7 +5,7 @@ use async_nats::jetstream::{self, AckKind};
 use std::time::Duration;
 
 use super::{
-    Delivery, Outcome, dead_letter,
+    Delivery, ErrorClass, HandlerError, Outcome, dead_letter,
     ledger::{History, Key},
     pool::Ctx,
 };
@@ -23,15 +23,19 @@ pub(super) const TOO_NEW_DELAY: Duration = Duration::from_secs(60);
 /// the last real error this pool saw for it (`history`); only a message whose history
 /// this process does not know (another process, a restart) gets the generic reason.
 pub(super) fn past_max_deliver(attempt: u64, max_deliver: u64, history: &History) -> Option<Outcome> {
-    (attempt > max_deliver).then(|| Outcome::Fail {
-        reason: match &history.last_error {
+    (attempt > max_deliver).then(|| {
+        Outcome::Error(match &history.last_error {
             // The last allowed attempt failed with it (then its dead letter could not be stored).
-            Some((error, at)) if *at >= max_deliver => error.clone(),
-            Some((error, at)) => {
-                format!("{error} (attempt {at}; the last attempt, {max_deliver}, did not finish)")
-            }
-            None => format!("delivered {attempt} times (max {max_deliver}); the last attempt did not finish"),
-        },
+            Some((error, at)) if *at >= max_deliver => HandlerError::poison(error.code, &error.message),
+            Some((error, at)) => HandlerError::poison(
+                error.code,
+                format!("{} (attempt {at}; the last attempt, {max_deliver}, did not finish)", error.message),
+            ),
+            None => HandlerError::poison(
+                "max_deliver_exceeded",
+                format!("delivered {attempt} times (max {max_deliver}); the last attempt did not finish"),
+            ),
+        })
     })
 }
 
@@ -44,7 +48,7 @@ pub(super) async fn settle(
     outcome: Outcome,
     max_deliver: u64,
 ) -> &'static str {
-    let reason = match outcome {
+    let error = match outcome {
         Outcome::Ack => {
             ctx.ledger.forget(key);
             // A lost ack means a redelivery, which the handler's inbox turns into a no-op.
@@ -53,12 +57,16 @@ pub(super) async fn settle(
             }
             return "ack";
         }
-        Outcome::Defer { reason } => {
+        Outcome::Error(error) => error,
+    };
+    match error.class {
+        ErrorClass::TooNew => {
             ctx.ledger.deferred(key);
             metrics::counter!("souk_worker_unknown_schema_total", "pool" => ctx.pool.clone()).increment(1);
             if let Some(suppressed) = ctx.too_new_warning.due() {
                 tracing::warn!(
-                    error = %reason,
+                    code = error.code,
+                    error = %error.message,
                     retry_in = ?TOO_NEW_DELAY,
                     suppressed,
                     "message too new for this release; deferred until the reader is upgraded (readers deploy before writers)"
@@ -69,29 +77,48 @@ pub(super) async fn settle(
             }
             return "deferred";
         }
-        Outcome::Retry { after, error } if delivery.attempt < max_deliver => {
+        ErrorClass::Retryable if delivery.attempt < max_deliver => {
             ctx.ledger.failed(key, delivery.attempt, &error);
-            let after = after.unwrap_or_else(|| backoff(&ctx.consumer, delivery.attempt));
-            tracing::warn!(error = %error, retry_in = ?after, "handler failed; will retry");
-            if let Err(e) = msg.ack_with(AckKind::Nak(Some(after))).await {
-                tracing::warn!(error = %e, "nak failed; redelivery waits for the ack timeout");
-            }
-            return "retry";
+            return retry(msg, &error, backoff(&ctx.consumer, delivery.attempt)).await;
         }
-        Outcome::Retry { error, .. } => error,
-        Outcome::Fail { reason } => reason,
-    };
+        // Never reached from a running pool (it holds such a delivery until its breaker
+        // closes); should it be, a dependency failure is never dead-lettered.
+        ErrorClass::Dependency => {
+            return retry(msg, &error, backoff(&ctx.consumer, delivery.attempt)).await;
+        }
+        ErrorClass::Retryable | ErrorClass::Poison => {}
+    }
+    let reason = error.to_string();
     tracing::error!(error = %reason, "dead-lettering message");
     if let Err(e) = dead_letter(&ctx.publisher, msg, delivery, &reason).await {
         tracing::error!(error = %e, "dead-letter publish failed; leaving the message for redelivery");
         // The redelivery may come past max-deliver: it must still say why. Recorded as
         // the last allowed attempt's error: the decision to dead-letter stands.
-        ctx.ledger.failed(key, delivery.attempt.max(max_deliver), &reason);
+        ctx.ledger.failed(key, delivery.attempt.max(max_deliver), &error);
         let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
         return "dead_letter_failed";
     }
     ctx.ledger.forget(key);
     "dead_letter"
+}
+
+/// Nak for a later redelivery (after the error's own delay, else `step`).
+async fn retry(msg: &jetstream::Message, error: &HandlerError, step: Duration) -> &'static str {
+    let after = error.retry_after.unwrap_or(step);
+    tracing::warn!(code = error.code, error = %error.message, retry_in = ?after, "handler failed; will retry");
+    if let Err(e) = msg.ack_with(AckKind::Nak(Some(after))).await {
+        tracing::warn!(error = %e, "nak failed; redelivery waits for the ack timeout");
+    }
+    "retry"
+}
+
+/// The pool shuts down while `msg` is held for an open breaker: hand it back now
+/// (JetStream redelivers it, to this or another process, as a new delivery).
+pub(super) async fn hand_back_held(msg: &jetstream::Message) -> &'static str {
+    if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+        tracing::debug!(error = %e, "nak of a held message failed; redelivery waits for the ack timeout");
+    }
+    "held_at_shutdown"
 }
 
 /// The consumer's backoff step for this attempt (the last step repeats).

@@ -119,7 +119,7 @@ impl Handler for FailOnce {
             let first = !seen.iter().any(|(b, _)| *b == body);
             seen.push((body.clone(), d.attempt));
             if first && body.starts_with("fail") {
-                Outcome::fail(format!("cannot take {body}"))
+                Outcome::fail("refused", format!("cannot take {body}"))
             } else {
                 Outcome::Ack
             }
@@ -207,14 +207,14 @@ async fn a_replay_is_not_swallowed_after_the_dead_letter_stream_is_re_created() 
     Ok(())
 }
 
-/// Always refuses: `fail…` bodies as bad (dead letter at once), `down…` bodies as a
-/// dependency failure (retried until max-deliver).
+/// Always refuses: `fail…` bodies as poison (dead letter at once), `down…` bodies as a
+/// retryable failure of the message (retried until max-deliver).
 #[derive(Clone, Default)]
 struct Refusing {
     seen: Arc<Mutex<Vec<(String, u64)>>>,
 }
 
-const DOWN: &str = "database unavailable: connection refused";
+const DOWN: &str = "could not serialize access due to concurrent update";
 
 impl Handler for Refusing {
     fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
@@ -222,9 +222,9 @@ impl Handler for Refusing {
             let body = String::from_utf8_lossy(&d.payload).into_owned();
             self.seen.lock().expect("lock").push((body.clone(), d.attempt));
             if body.starts_with("down") {
-                Outcome::retry(DOWN)
+                Outcome::retry("conflict", DOWN)
             } else {
-                Outcome::fail(format!("cannot take {body}"))
+                Outcome::fail("refused", format!("cannot take {body}"))
             }
         }
         .boxed()
@@ -303,7 +303,7 @@ async fn a_failed_dead_letter_publish_is_retried_in_place() -> anyhow::Result<()
     stop(pool).await?;
 
     let d = env.only_dead_letter().await?;
-    assert_eq!(header(&d, headers::DLQ_ERROR), Some("cannot take fail:x"));
+    assert_eq!(header(&d, headers::DLQ_ERROR), Some("refused: cannot take fail:x"));
     assert_eq!(header(&d, headers::DLQ_ATTEMPTS), Some("1"));
     assert_eq!(*handler.seen.lock().expect("lock"), [("fail:x".to_owned(), 1)], "handled once");
     Ok(())
@@ -331,7 +331,11 @@ async fn a_dead_letter_keeps_the_last_real_error_when_its_publish_failed() -> an
     stop(pool).await?;
 
     let d = env.only_dead_letter().await?;
-    assert_eq!(header(&d, headers::DLQ_ERROR), Some(DOWN), "the real last error");
+    assert_eq!(
+        header(&d, headers::DLQ_ERROR),
+        Some(format!("conflict: {DOWN}").as_str()),
+        "the real last error"
+    );
     assert_eq!(
         *handler.seen.lock().expect("lock"),
         [("down:y".to_owned(), max_deliver as u64)],

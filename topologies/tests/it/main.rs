@@ -1,6 +1,7 @@
 //! Integration tests of the engine against a real nats-server (one per test).
 
 mod apply;
+mod breaker;
 mod dead_letters;
 mod publisher;
 mod purge;

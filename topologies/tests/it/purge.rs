@@ -210,7 +210,7 @@ struct AckAll;
 impl Handler for AckAll {
     /// Acks everything but a `fail` body, which is dead-lettered (and so terminated).
     fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
-        async move { if &d.payload[..] == b"fail" { Outcome::fail("poison") } else { Outcome::Ack } }.boxed()
+        async move { if &d.payload[..] == b"fail" { Outcome::fail("poison", "poison") } else { Outcome::Ack } }.boxed()
     }
 }
 

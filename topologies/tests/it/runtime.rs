@@ -3,7 +3,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use souk_pipelines::headers;
 use souk_topologies::{
     publisher::OutgoingMessage,
-    runtime::{Delivery, Handler, Outcome, Pool, Registry},
+    runtime::{Delivery, Handler, HandlerError, Outcome, Pool, Registry},
 };
 use std::{
     sync::{Arc, Mutex},
@@ -44,11 +44,10 @@ impl Handler for Scripted {
             let body = String::from_utf8_lossy(&d.payload).to_string();
             self.seen.lock().expect("lock").push((body.clone(), d.attempt));
             let outcome = match body.split_once(':').map_or(body.as_str(), |(k, _)| k) {
-                "retry" => Outcome::Retry {
-                    after: Some(Duration::from_millis(20)),
-                    error: "boom: downstream 500".into(),
-                },
-                "fail" => Outcome::fail("unparseable order"),
+                "retry" => HandlerError::retryable("downstream", "boom: downstream 500")
+                    .after(Duration::from_millis(20))
+                    .into(),
+                "fail" => Outcome::fail("unparseable", "unparseable order"),
                 "panic" => panic!("handler bug"),
                 "slow" => {
                     let ms: u64 = body[5..].parse().unwrap_or(0);
@@ -150,7 +149,7 @@ async fn poison_message_is_dead_lettered_after_max_deliver_without_blocking_othe
     assert_eq!(&d.payload[..], b"retry", "original body");
     assert_eq!(header(d, "x-custom"), Some("kept"), "original headers");
     assert_eq!(header(d, headers::DLQ_ATTEMPTS), Some("3"));
-    assert_eq!(header(d, headers::DLQ_ERROR), Some("boom: downstream 500"));
+    assert_eq!(header(d, headers::DLQ_ERROR), Some("downstream: boom: downstream 500"));
     assert_eq!(header(d, headers::DLQ_SUBJECT), Some(SUBJECT));
     assert_eq!(header(d, headers::DLQ_CONSUMER), Some("work"));
     assert_eq!(header(d, headers::DLQ_TRACE_ID), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
@@ -175,10 +174,10 @@ async fn fail_dead_letters_at_once_and_panics_are_retried_then_dead_lettered() -
     let by_body = |b: &[u8]| dlq.iter().find(|m| &m.payload[..] == b).expect("dead letter present");
     let fail = by_body(b"fail");
     assert_eq!(header(fail, headers::DLQ_ATTEMPTS), Some("1"));
-    assert_eq!(header(fail, headers::DLQ_ERROR), Some("unparseable order"));
+    assert_eq!(header(fail, headers::DLQ_ERROR), Some("unparseable: unparseable order"));
     let panic = by_body(b"panic");
     assert_eq!(header(panic, headers::DLQ_ATTEMPTS), Some("3"));
-    assert_eq!(header(panic, headers::DLQ_ERROR), Some("handler panicked: handler bug"));
+    assert_eq!(header(panic, headers::DLQ_ERROR), Some("handler_panic: handler panicked: handler bug"));
     Ok(())
 }
 
@@ -269,7 +268,7 @@ async fn dead_letters_are_listed_with_their_cause_and_can_be_replayed() -> anyho
     .await?;
     let d = &listed[0];
     assert_eq!((d.consumer.as_str(), d.subject.as_str(), d.attempts.as_str()), ("work", SUBJECT, "1"));
-    assert_eq!(d.error, "unparseable order");
+    assert_eq!(d.error, "unparseable: unparseable order");
     assert_eq!(d.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
 
     // Replay: the original body and headers go back to the original subject, the dead
@@ -282,7 +281,7 @@ async fn dead_letters_are_listed_with_their_cause_and_can_be_replayed() -> anyho
         dead_letters::list(&env.js, 10).await.ok().filter(|l| l.len() == 1 && l[0].seq != d.seq)
     })
     .await?;
-    assert_eq!(again[0].error, "unparseable order");
+    assert_eq!(again[0].error, "unparseable: unparseable order");
     cancel.cancel();
     run.await?;
     let seen: Vec<_> = handler.seen.lock().expect("lock").iter().map(|(b, _)| b.clone()).collect();

@@ -9,7 +9,7 @@ use souk_pipelines::{
 };
 use souk_stores::postgres::{self as pg, inbox, orders, outbox};
 use souk_topologies::{
-    runtime::{Delivery, Handler, Outcome},
+    runtime::{Delivery, Handler, HandlerError, Outcome},
     trace,
 };
 use sqlx::PgPool;
@@ -102,54 +102,52 @@ fn command_context(d: &Delivery) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Why a delivery is not a command this release can apply.
-enum Refusal {
-    /// Written by a newer release: wait for this reader's upgrade.
-    TooNew(String),
-    /// Undecodable or inconsistent: never will be.
-    Invalid(String),
-}
-
-impl Refusal {
-    fn outcome(self) -> Outcome {
-        match self {
-            Refusal::TooNew(reason) => Outcome::defer(reason),
-            Refusal::Invalid(reason) => Outcome::fail(reason),
-        }
-    }
-}
-
-impl From<String> for Refusal {
-    fn from(reason: String) -> Self {
-        Refusal::Invalid(reason)
-    }
-}
-
 /// Decode and check a delivery. The command must be internally consistent; the ingress
 /// guarantees it, but a worker does not trust the bus.
-fn command(delivery: &Delivery) -> Result<PlaceOrder, Refusal> {
+/// Every refusal is the message's fault (poison): no later attempt can pass — except a
+/// newer schema version, which this reader's next release will read (too new: it waits).
+fn command(delivery: &Delivery) -> Result<PlaceOrder, HandlerError> {
     let cmd: PlaceOrder = delivery.decode().map_err(|e| {
-        if e.is_newer_version() { Refusal::TooNew(e.to_string()) } else { Refusal::Invalid(e.to_string()) }
+        if e.is_newer_version() {
+            HandlerError::too_new("schema_too_new", e)
+        } else {
+            HandlerError::poison("undecodable", e)
+        }
     })?;
     let request = PlaceOrderRequest { currency: cmd.currency, lines: cmd.lines.clone() };
     let total = request.validate().map_err(|errors| {
         let fields: Vec<_> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
-        format!("invalid order: {}", fields.join("; "))
+        HandlerError::poison("invalid_order", format!("invalid order: {}", fields.join("; ")))
     })?;
     if total.amount_minor != cmd.total_minor {
-        return Err(format!("total {} does not match lines ({})", cmd.total_minor, total.amount_minor).into());
+        return Err(HandlerError::poison(
+            "total_mismatch",
+            format!("total {} does not match lines ({})", cmd.total_minor, total.amount_minor),
+        ));
     }
     if cmd.tenant.is_empty() || cmd.buyer_id.is_empty() {
-        return Err(String::from("tenant and buyer are required").into());
+        return Err(HandlerError::poison("missing_party", "tenant and buyer are required"));
     }
     Ok(cmd)
+}
+
+/// A store error, classified: an outage is Postgres' fault (the pool's breaker opens
+/// and the message waits, its attempts untouched), contention is retried on the
+/// backoff schedule, anything else is refused for good.
+fn store_error(e: &pg::Error) -> HandlerError {
+    if e.is_outage() {
+        HandlerError::dependency(e.code(), e)
+    } else if e.is_retryable() {
+        HandlerError::retryable(e.code(), e)
+    } else {
+        HandlerError::poison(e.code(), e)
+    }
 }
 
 fn outcome(result: Result<(), pg::Error>) -> Outcome {
     match result {
         Ok(()) => Outcome::Ack,
-        Err(e) if e.is_retryable() => Outcome::retry(e),
-        Err(e) => Outcome::fail(e),
+        Err(e) => store_error(&e).into(),
     }
 }
 
@@ -161,11 +159,29 @@ impl Handler for PlaceOrderHandler {
         })
     }
 
+    /// Postgres answers and takes writes (a standby, or a primary demoted in a
+    /// failover, answers `select 1` but refuses every write).
+    fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {
+        async move {
+            let read_only: bool = sqlx::query_scalar(
+                "select pg_is_in_recovery() or current_setting('transaction_read_only') = 'on'",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| store_error(&pg::Error::Unavailable(e)))?;
+            match read_only {
+                true => Err(HandlerError::dependency("pg_read_only", "postgres is read-only (a standby?)")),
+                false => Ok(()),
+            }
+        }
+        .boxed()
+    }
+
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
         async move {
             let cmd = match command(delivery) {
                 Ok(cmd) => cmd,
-                Err(refusal) => return refusal.outcome(),
+                Err(refused) => return refused.into(),
             };
             outcome(self.apply(&[(&cmd, delivery)], handler_span_context).await)
         }
@@ -179,15 +195,16 @@ impl Handler for PlaceOrderHandler {
             for (i, d) in deliveries.iter().enumerate() {
                 match command(d) {
                     Ok(cmd) => valid.push((i, cmd)),
-                    Err(refusal) => outcomes[i] = refusal.outcome(),
+                    Err(refused) => outcomes[i] = refused.into(),
                 }
             }
             let batch: Vec<_> = valid.iter().map(|(i, cmd)| (cmd, &deliveries[*i])).collect();
             match self.apply(&batch, command_context).await {
                 Ok(()) => {}
                 Err(e) if e.is_retryable() => {
+                    let error = store_error(&e);
                     for (i, _) in &valid {
-                        outcomes[*i] = Outcome::retry(&e);
+                        outcomes[*i] = error.clone().into();
                     }
                 }
                 // Something in the batch is refused: find out which, one by one.

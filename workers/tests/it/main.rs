@@ -11,7 +11,7 @@ use souk_topologies::{
     Topology,
     apply::Mode,
     publisher::{OutgoingMessage, Publisher},
-    runtime::{Delivery, Handler, Outcome, Pool, Registry},
+    runtime::{Delivery, Handler, HandlerError, Outcome, Pool, Registry},
 };
 use souk_workers::orders::{PLACE_CONSUMER, PLACE_HANDLER, PlaceOrderHandler};
 use std::{
@@ -151,12 +151,18 @@ impl Handler for DiesAfterCommit {
 struct Counting {
     inner: PlaceOrderHandler,
     attempts: Arc<AtomicU32>,
+    probes: Arc<AtomicU32>,
 }
 
 impl Handler for Counting {
     fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         self.inner.handle(d)
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        self.inner.probe()
     }
 }
 
@@ -182,6 +188,7 @@ async fn a_worker_killed_between_commit_and_ack_leaves_one_order_and_one_event()
     let healthy = Counting {
         inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER),
         attempts: attempts.clone(),
+        probes: Arc::default(),
     };
     let (stop, second) = env.start(healthy).await?;
     // Redelivered after the ack wait, recognised by the inbox, acked.
@@ -284,24 +291,76 @@ async fn a_database_outage_is_retried_not_dead_lettered() -> anyhow::Result<()> 
             anyhow::Ok(())
         }
     };
-    // A generous schedule so the outage fits in the retries.
-    let mut env = env;
-    for c in &mut env.topology.consumers {
-        c.max_deliver = 20;
-        c.backoff = vec![Duration::from_millis(100)];
-    }
+    // The test topology's schedule (max-deliver 5 over 50–400 ms) is far shorter than
+    // the outage: a dependency failure must not spend it.
     outage(false).await?;
     env.send("during-outage", &command()).await?;
-    let attempts = Arc::new(AtomicU32::new(0));
+    let (attempts, probes) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let handler = Counting {
         inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER),
         attempts: attempts.clone(),
+        probes: probes.clone(),
     };
     let (stop, run) = env.start(handler).await?;
-    eventually(Duration::from_secs(10), || async { (attempts.load(Ordering::SeqCst) >= 3).then_some(()) })
+    // Three failed probes: 0.5 + 1 + 2 s, well past the whole retry schedule.
+    eventually(Duration::from_secs(20), || async { (probes.load(Ordering::SeqCst) >= 3).then_some(()) })
         .await?;
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "held, not retried, while the store is down");
+    assert_eq!(env.dead_letters().await, 0);
     outage(true).await?;
-    eventually(Duration::from_secs(15), || async { (env.count("orders").await == 1).then_some(()) }).await?;
+    eventually(Duration::from_secs(30), || async { (env.count("orders").await == 1).then_some(()) }).await?;
+    stop.cancel();
+    run.await?;
+    assert_eq!(env.dead_letters().await, 0);
+    Ok(())
+}
+
+/// A read-only server (a standby, or a primary demoted in a failover) answers queries
+/// but refuses writes: that is the store's state, not the message's fault.
+#[tokio::test]
+async fn a_read_only_database_holds_commands_until_it_takes_writes_again() -> anyhow::Result<()> {
+    let env = env().await?;
+    let admin = sqlx::PgPool::connect(
+        &std::env::var("SOUK_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+    )
+    .await?;
+    let db_name: String = sqlx::query_scalar("select current_database()").fetch_one(&env.db.pool).await?;
+    let read_only = |on: bool| {
+        let (admin, db_name) = (admin.clone(), db_name.clone());
+        async move {
+            let set = if on {
+                "set default_transaction_read_only = on"
+            } else {
+                "reset default_transaction_read_only"
+            };
+            sqlx::query(sqlx::AssertSqlSafe(format!("alter database {db_name} {set}")))
+                .execute(&admin)
+                .await?;
+            // Sessions keep the setting they started with: make every one start again.
+            sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1")
+                .bind(&db_name)
+                .execute(&admin)
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    read_only(true).await?;
+    env.send("while-read-only", &command()).await?;
+    let (attempts, probes) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let handler = Counting {
+        inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER),
+        attempts: attempts.clone(),
+        probes: probes.clone(),
+    };
+    let (stop, run) = env.start(handler).await?;
+    // The probe sees the read-only server too (a bare `select 1` would pass).
+    eventually(Duration::from_secs(20), || async { (probes.load(Ordering::SeqCst) >= 3).then_some(()) })
+        .await?;
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "held, not retried, while read-only");
+    assert_eq!(env.dead_letters().await, 0);
+    read_only(false).await?;
+    eventually(Duration::from_secs(30), || async { (env.count("orders").await == 1).then_some(()) }).await?;
     stop.cancel();
     run.await?;
     assert_eq!(env.dead_letters().await, 0);
