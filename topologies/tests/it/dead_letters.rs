@@ -399,3 +399,43 @@ async fn deferrals_do_not_count_toward_max_deliver() -> anyhow::Result<()> {
     assert!(dead_letters::list(&env.js, 10).await?.is_empty(), "not dead-lettered");
     Ok(())
 }
+
+/// A dead letter stored but whose original was not terminated (a lost term, a crash
+/// between the two) is dead-lettered again on redelivery: the duplicate PubAck names its
+/// own stored copy, which is recognised, so one copy is kept and the original terminated.
+#[tokio::test]
+async fn dead_lettering_twice_keeps_one_copy() -> anyhow::Result<()> {
+    let env = shipped_env().await?;
+    env.send(Some("twice"), "fail:twice").await?;
+    env.send(None, "fail:twice-without-id").await?;
+    let consumer: jetstream::consumer::PullConsumer =
+        env.js.get_stream("CMD").await?.get_consumer(CONSUMER).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut batch = consumer.batch().max_messages(2).expires(Duration::from_secs(5)).messages().await?;
+    for _ in 0..2 {
+        let msg = batch
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("not delivered"))?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let delivery = Delivery {
+            subject: msg.subject.to_string(),
+            headers: msg.headers.clone(),
+            payload: msg.payload.clone(),
+            message_id: msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::MSG_ID))
+                .map(|v| v.as_str().to_owned()),
+            stream_sequence: info.stream_sequence,
+            attempt: 1,
+            consumer: CONSUMER.into(),
+        };
+        for _ in 0..2 {
+            souk_topologies::runtime::dead_letter(&env.publisher, &msg, &delivery, "refused: bad").await?;
+        }
+    }
+    souk_testkit::eventually(Duration::from_secs(10), || async { env.idle().await.then_some(()) }).await?;
+    assert_eq!(env.dead_letter_bodies().await?, ["fail:twice", "fail:twice-without-id"]);
+    Ok(())
+}
