@@ -25,3 +25,8 @@ pub const DLQ_ATTEMPTS: &str = "souk-dlq-attempts";
 pub const DLQ_ERROR: &str = "souk-dlq-error";
 /// Dead letters: the trace id of the original message (from its `traceparent`).
 pub const DLQ_TRACE_ID: &str = "souk-dlq-trace-id";
+/// Dead letters: the stored original, `<stream>/<stream creation, unix ns>/<sequence>`,
+/// unique across re-created streams (a re-created stream numbers from 1 again).
+pub const DLQ_ORIGIN: &str = "souk-dlq-origin";
+/// Dead letters: the original's `Nats-Msg-Id` (JetStream's own header is not copied).
+pub const DLQ_MSG_ID: &str = "souk-dlq-msg-id";

@@ -15,5 +15,5 @@ pub mod outbox;
 pub mod pan;
 pub mod subjects;
 
-pub use envelope::{DecodeError, Message, decode, encode};
+pub use envelope::{DecodeError, Message, decode, encode, newer_version};
 pub use money::{Currency, Money, MoneyError};

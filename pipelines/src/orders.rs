@@ -118,7 +118,7 @@ impl Message for OrderAccepted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{decode, encode};
+    use crate::{decode, encode, newer_version};
 
     fn request(lines: serde_json::Value) -> Result<PlaceOrderRequest, serde_json::Error> {
         serde_json::from_value(serde_json::json!({"currency": "EUR", "lines": lines}))
@@ -191,8 +191,18 @@ mod tests {
         };
         let bytes = encode(&cmd);
         assert_eq!(decode::<OrderAccepted>(Some("orders.accepted/v1"), &bytes).ok(), Some(cmd));
-        assert!(decode::<OrderAccepted>(Some("orders.accepted/v2"), &bytes).is_err());
-        assert!(decode::<OrderAccepted>(Some("orders.place/v1"), &bytes).is_err());
-        assert!(decode::<OrderAccepted>(None, &bytes).is_err());
+        // Newer than this reader: not malformed, a later release reads it.
+        let newer = decode::<OrderAccepted>(Some("orders.accepted/v2"), &bytes).expect_err("v2 is unknown");
+        assert!(newer.is_newer_version(), "{newer}");
+        assert_eq!(newer_version::<OrderAccepted>(Some("orders.accepted/v2")), Some(2));
+        assert_eq!(newer_version::<OrderAccepted>(Some("orders.accepted/v1")), None);
+        assert_eq!(newer_version::<OrderAccepted>(Some("orders.place/v9")), None, "another schema");
+        // Everything else is fatal.
+        for fatal in [Some("orders.place/v1"), Some("orders.accepted/v0"), Some("orders.accepted/vx"), None] {
+            let e = decode::<OrderAccepted>(fatal, &bytes).expect_err("refused");
+            assert!(!e.is_newer_version(), "{fatal:?}: {e}");
+        }
+        let garbage = decode::<OrderAccepted>(Some("orders.accepted/v1"), b"{not json").expect_err("garbage");
+        assert!(!garbage.is_newer_version());
     }
 }

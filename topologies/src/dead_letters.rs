@@ -72,9 +72,13 @@ fn describe(m: jetstream::message::StreamMessage) -> DeadLetter {
 
 /// Publish dead letter `seq` again, with its original body and headers, to its original
 /// subject, then remove it from the dead-letter stream. The republished message gets
-/// the id `replay:<seq>`, so replaying twice (or crashing between the publish and the
-/// removal) publishes once; handlers see a new message and must rely on their own
-/// idempotency (they do: the inbox and the aggregate's own keys).
+/// the id `replay:<DLQ creation time, unix ns>:<seq>`, so replaying twice (or crashing
+/// between the publish and the removal) publishes once, while a DLQ removed and
+/// re-created — which numbers from 1 again — never repeats an id the target stream may
+/// still hold in its dedupe window (a bare `replay:<seq>` did: the replay was acked as a
+/// duplicate, never stored, and the dead letter removed). A duplicate ack is checked
+/// against the stored message when it is still there. Handlers see a new message and
+/// must rely on their own idempotency (they do: the inbox and the aggregate's own keys).
 pub async fn replay(publisher: &Publisher, seq: u64) -> Result<Ack> {
     let js = publisher.jetstream();
     let stream = js.get_stream(STREAM).await.map_err(|e| Error::Nats(format!("stream {STREAM}: {e}")))?;
@@ -94,17 +98,49 @@ pub async fn replay(publisher: &Publisher, seq: u64) -> Result<Ack> {
             original.append(name, v.as_str());
         }
     }
+    let created = stream.cached_info().created.unix_timestamp_nanos();
+    let msg_id = format!("replay:{created}:{seq}");
     let ack = publisher
         .publish(OutgoingMessage {
             subject: letter.subject.clone(),
-            msg_id: format!("replay:{seq}"),
+            msg_id: msg_id.clone(),
             headers: original,
             payload: letter.payload.clone(),
         })
         .await?;
+    if ack.duplicate {
+        check_earlier_replay(js, &ack, &msg_id, &letter.payload).await?;
+    }
     stream.delete_message(seq).await.map_err(|e| Error::Nats(format!("removing {STREAM} seq {seq}: {e}")))?;
     metrics::counter!("souk_dlq_replayed_total", "consumer" => letter.consumer).increment(1);
     Ok(ack)
+}
+
+/// A duplicate ack for a replay: the message it names (unless since handled and purged)
+/// must be this dead letter's earlier replay, or the dead letter is kept.
+async fn check_earlier_replay(
+    js: &jetstream::Context,
+    ack: &Ack,
+    msg_id: &str,
+    payload: &[u8],
+) -> Result<()> {
+    let target =
+        js.get_stream(&ack.stream).await.map_err(|e| Error::Nats(format!("stream {}: {e}", ack.stream)))?;
+    match target.get_raw_message(ack.sequence).await {
+        Ok(stored) => {
+            let id = stored.headers.get(headers::MSG_ID).map(|v| v.as_str().to_owned());
+            if id.as_deref() == Some(msg_id) && stored.payload[..] == *payload {
+                Ok(())
+            } else {
+                Err(Error::Refused(format!(
+                    "replay {msg_id} acked as a duplicate of {} seq {}, which is another message; dead letter kept",
+                    ack.stream, ack.sequence
+                )))
+            }
+        }
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(()),
+        Err(e) => Err(Error::Nats(format!("{} seq {}: {e}", ack.stream, ack.sequence))),
+    }
 }
 
 /// The headers of a stored message that may go on a copy of it: all but JetStream's own

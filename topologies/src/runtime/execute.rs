@@ -18,13 +18,20 @@ use crate::{batcher::BatchFn, trace};
 
 /// Run one fetched message through the handler and settle it.
 pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
-    let (stream_sequence, attempt) = match msg.info() {
-        Ok(info) => (info.stream_sequence, info.delivered.max(1) as u64),
+    let (stream_sequence, delivered, key) = match msg.info() {
+        Ok(info) => (
+            info.stream_sequence,
+            info.delivered.max(1) as u64,
+            (info.stream_sequence, info.published.unix_timestamp_nanos()),
+        ),
         Err(e) => {
             tracing::error!(pool = %ctx.pool, error = %e, "message without JetStream metadata; leaving it");
             return;
         }
     };
+    // Deferred deliveries (a schema too new for this release) are not attempts.
+    let history = ctx.ledger.get(key);
+    let attempt = delivered.saturating_sub(history.deferrals).max(1);
     let delivery = Delivery {
         subject: msg.subject.to_string(),
         headers: msg.headers.clone(),
@@ -51,10 +58,16 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
     async {
         let started = Instant::now();
         let max_deliver = ctx.consumer.max_deliver.max(1) as u64;
-        let label = match settle::past_max_deliver(attempt, max_deliver) {
-            Some(fail) => settle::settle(ctx, &msg, &delivery, fail, max_deliver).await,
+        // A message this release cannot read yet waits for the upgrade, whatever its
+        // delivery count: earlier deferrals may have been another process's.
+        let first = match ctx.handler.too_new(&delivery) {
+            Some(reason) => Some(Outcome::defer("schema_too_new", reason)),
+            None => settle::past_max_deliver(attempt, max_deliver, &history),
+        };
+        let label = match first {
+            Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver).await,
             None => match run_until_not_dependency(ctx, &msg, &delivery).await {
-                Some(outcome) => settle::settle(ctx, &msg, &delivery, outcome, max_deliver).await,
+                Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver).await,
                 None => settle::hand_back_held(&msg).await,
             },
         };

@@ -16,7 +16,8 @@ pub struct Delivery {
     pub message_id: Option<String>,
     /// Position in the stream: unique per message, stable across redeliveries.
     pub stream_sequence: u64,
-    /// 1 on first delivery.
+    /// 1 on the first attempt. Deliveries deferred by this pool because the handler
+    /// could not read the message yet ([`Handler::too_new`]) are not counted.
     pub attempt: u64,
     /// The durable consumer that delivered it.
     pub consumer: String,
@@ -31,6 +32,12 @@ impl Delivery {
     /// Decode the payload as `M`, checking the `souk-schema` header.
     pub fn decode<M: Message>(&self) -> Result<M, DecodeError> {
         souk_pipelines::decode(self.header(headers::SCHEMA), &self.payload)
+    }
+
+    /// `Some(version)` when the `souk-schema` header names `M` at a version newer than
+    /// this release reads (see [`Handler::too_new`]).
+    pub fn newer_version<M: Message>(&self) -> Option<u16> {
+        souk_pipelines::newer_version::<M>(self.header(headers::SCHEMA))
     }
 
     /// An id that identifies this message for inbox de-duplication: the `Nats-Msg-Id`
@@ -60,6 +67,11 @@ pub enum ErrorClass {
     /// the message is kept (progress acks) and runs again once the dependency answers
     /// [`Handler::probe`].
     Dependency,
+    /// The message is of a newer schema version than this release reads (a writer was
+    /// upgraded before this reader): not malformed, readable after the upgrade. Retried
+    /// after a long delay (60 s), never dead-lettered, not counted toward max-deliver;
+    /// the pool alerts (`souk_worker_unknown_schema_total`, a warning a minute).
+    TooNew,
 }
 
 impl ErrorClass {
@@ -69,6 +81,7 @@ impl ErrorClass {
             ErrorClass::Retryable => "retryable",
             ErrorClass::Poison => "poison",
             ErrorClass::Dependency => "dependency",
+            ErrorClass::TooNew => "too_new",
         }
     }
 }
@@ -105,6 +118,11 @@ impl HandlerError {
         Self::new(ErrorClass::Dependency, code, message)
     }
 
+    /// Written by a newer release than this reader: wait for the upgrade.
+    pub fn too_new(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorClass::TooNew, code, message)
+    }
+
     /// Retry after `after` rather than the consumer's backoff step.
     pub fn after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
@@ -137,6 +155,11 @@ impl Outcome {
         Outcome::Error(HandlerError::dependency(code, message))
     }
 
+    /// Not readable by this release yet (see [`HandlerError::too_new`]).
+    pub fn defer(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Outcome::Error(HandlerError::too_new(code, message))
+    }
+
     /// The error, unless acked.
     pub fn error(&self) -> Option<&HandlerError> {
         match self {
@@ -163,6 +186,16 @@ impl From<HandlerError> for Outcome {
 /// tells when to resume.
 pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome>;
+
+    /// `Some(reason)` when this release cannot read `delivery` yet: its schema version
+    /// is newer than the handler knows (see [`Delivery::newer_version`]). Asked first,
+    /// on every delivery — also one past max-deliver, whose earlier deliveries may have
+    /// been deferrals by a process that has since gone — so such a message is deferred
+    /// (class [`ErrorClass::TooNew`]) and never dead-lettered for its delivery count. Must only
+    /// look at the delivery (no I/O). The default: every schema is readable.
+    fn too_new(&self, _delivery: &Delivery) -> Option<String> {
+        None
+    }
 
     /// A cheap health check of the handler's dependencies (e.g. `select 1`), run while
     /// the pool's breaker is open, so probing costs no message a delivery. Also asked

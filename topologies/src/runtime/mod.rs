@@ -12,6 +12,7 @@
 //! | `Error`, class `Retryable` | nak with the error's delay, else the backoff step; on the last allowed delivery: dead letter |
 //! | `Error`, class `Poison` | dead letter at once |
 //! | `Error`, class `Dependency` | nothing: the pool's breaker opens, the delivery is held (progress acks) and runs again when the breaker closes; nak'd at shutdown |
+//! | `Error`, class `TooNew` (or [`Handler::too_new`]) | nak with a 60 s delay; never dead-lettered, not counted toward max-deliver |
 //! | panic | `Retryable` |
 //! | timeout | `Dependency` if the handler's probe fails too, else `Retryable` |
 //!
@@ -34,6 +35,7 @@ mod dead_letter;
 mod execute;
 mod fetch;
 mod handler;
+mod ledger;
 mod pool;
 mod settle;
 

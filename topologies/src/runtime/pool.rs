@@ -11,7 +11,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use futures::StreamExt;
 
-use super::{BreakerState, Delivery, Handler, Outcome, Registry, breaker::Breaker, execute::batch_fn, fetch};
+use super::{
+    BreakerState, Delivery, Handler, Outcome, Registry,
+    breaker::Breaker,
+    execute::batch_fn,
+    fetch,
+    ledger::{Ledger, RateLimitedWarning},
+};
 use crate::{
     Error, Result,
     batcher::{BatchOptions, Batcher},
@@ -48,6 +54,10 @@ pub(super) struct Ctx {
     pub(super) breaker: Arc<Breaker>,
     /// The pool's shutdown: held deliveries are handed back when it fires.
     pub(super) cancel: CancellationToken,
+    /// Deferrals and last errors of messages not yet done with (see `ledger`).
+    pub(super) ledger: Ledger,
+    /// The warning for messages of a newer schema, at most once a minute.
+    pub(super) too_new_warning: RateLimitedWarning,
 }
 
 impl Pool {
@@ -111,6 +121,8 @@ impl Pool {
             batcher,
             handler_timeout: spec.handler_timeout,
             publisher,
+            ledger: Ledger::default(),
+            too_new_warning: RateLimitedWarning::new(Duration::from_secs(60)),
             breaker: breaker.clone(),
             cancel: cancel.clone(),
         });

@@ -4,18 +4,38 @@
 use async_nats::jetstream::{self, AckKind};
 use std::time::Duration;
 
-use super::{Delivery, ErrorClass, HandlerError, Outcome, dead_letter, pool::Ctx};
+use super::{
+    Delivery, ErrorClass, HandlerError, Outcome, dead_letter,
+    ledger::{History, Key},
+    pool::Ctx,
+};
 use crate::spec::ConsumerSpec;
 
+/// How long a message of a newer schema than the handler reads waits before it is
+/// offered again: a rolling deploy replaces the readers within minutes, and until then
+/// each offer costs a delivery and a header check. Such a message holds one of the
+/// consumer's `max-ack-pending` slots while it waits.
+pub(super) const TOO_NEW_DELAY: Duration = Duration::from_secs(60);
+
 /// A delivery past `max_deliver` is dead-lettered without running the handler: the
-/// previous (last allowed) attempt never reported — the worker died or the ack was
-/// lost mid-handling — so it is not run again.
-pub(super) fn past_max_deliver(attempt: u64, max_deliver: u64) -> Option<Outcome> {
+/// previous (last allowed) attempt did not settle — its dead-letter publish failed, the
+/// worker died, or the ack was lost mid-handling — so it is not run again. It carries
+/// the last real error this pool saw for it (`history`); only a message whose history
+/// this process does not know (another process, a restart) gets the generic reason.
+pub(super) fn past_max_deliver(attempt: u64, max_deliver: u64, history: &History) -> Option<Outcome> {
     (attempt > max_deliver).then(|| {
-        Outcome::fail(
-            "max_deliver_exceeded",
-            format!("delivered {attempt} times (max {max_deliver}); the last attempt did not finish"),
-        )
+        Outcome::Error(match &history.last_error {
+            // The last allowed attempt failed with it (then its dead letter could not be stored).
+            Some((error, at)) if *at >= max_deliver => HandlerError::poison(error.code, &error.message),
+            Some((error, at)) => HandlerError::poison(
+                error.code,
+                format!("{} (attempt {at}; the last attempt, {max_deliver}, did not finish)", error.message),
+            ),
+            None => HandlerError::poison(
+                "max_deliver_exceeded",
+                format!("delivered {attempt} times (max {max_deliver}); the last attempt did not finish"),
+            ),
+        })
     })
 }
 
@@ -24,11 +44,13 @@ pub(super) async fn settle(
     ctx: &Ctx,
     msg: &jetstream::Message,
     delivery: &Delivery,
+    key: Key,
     outcome: Outcome,
     max_deliver: u64,
 ) -> &'static str {
     let error = match outcome {
         Outcome::Ack => {
+            ctx.ledger.forget(key);
             // A lost ack means a redelivery, which the handler's inbox turns into a no-op.
             if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, "ack failed; the message will be redelivered");
@@ -38,7 +60,25 @@ pub(super) async fn settle(
         Outcome::Error(error) => error,
     };
     match error.class {
+        ErrorClass::TooNew => {
+            ctx.ledger.deferred(key);
+            metrics::counter!("souk_worker_unknown_schema_total", "pool" => ctx.pool.clone()).increment(1);
+            if let Some(suppressed) = ctx.too_new_warning.due() {
+                tracing::warn!(
+                    code = error.code,
+                    error = %error.message,
+                    retry_in = ?TOO_NEW_DELAY,
+                    suppressed,
+                    "message too new for this release; deferred until the reader is upgraded (readers deploy before writers)"
+                );
+            }
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(TOO_NEW_DELAY))).await {
+                tracing::warn!(error = %e, "nak failed; redelivery waits for the ack timeout");
+            }
+            return "deferred";
+        }
         ErrorClass::Retryable if delivery.attempt < max_deliver => {
+            ctx.ledger.failed(key, delivery.attempt, &error);
             return retry(msg, &error, backoff(&ctx.consumer, delivery.attempt)).await;
         }
         // Never reached from a running pool (it holds such a delivery until its breaker
@@ -52,9 +92,13 @@ pub(super) async fn settle(
     tracing::error!(error = %reason, "dead-lettering message");
     if let Err(e) = dead_letter(&ctx.publisher, msg, delivery, &reason).await {
         tracing::error!(error = %e, "dead-letter publish failed; leaving the message for redelivery");
+        // The redelivery may come past max-deliver: it must still say why. Recorded as
+        // the last allowed attempt's error: the decision to dead-letter stands.
+        ctx.ledger.failed(key, delivery.attempt.max(max_deliver), &error);
         let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
         return "dead_letter_failed";
     }
+    ctx.ledger.forget(key);
     "dead_letter"
 }
 

@@ -2,6 +2,7 @@
 
 mod apply;
 mod breaker;
+mod dead_letters;
 mod publisher;
 mod purge;
 mod relay;

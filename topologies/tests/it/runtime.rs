@@ -153,7 +153,7 @@ async fn poison_message_is_dead_lettered_after_max_deliver_without_blocking_othe
     assert_eq!(header(d, headers::DLQ_SUBJECT), Some(SUBJECT));
     assert_eq!(header(d, headers::DLQ_CONSUMER), Some("work"));
     assert_eq!(header(d, headers::DLQ_TRACE_ID), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-    assert_eq!(header(d, "souk-dlq-msg-id"), Some("poison"));
+    assert_eq!(header(d, headers::DLQ_MSG_ID), Some("poison"));
     assert_eq!(stream_messages(&env.js, "CMD").await?, 0, "terminated, not left behind");
     Ok(())
 }

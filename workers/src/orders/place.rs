@@ -108,9 +108,16 @@ fn command_context(d: &Delivery) -> Vec<(String, String)> {
 
 /// Decode and check a delivery. The command must be internally consistent; the ingress
 /// guarantees it, but a worker does not trust the bus.
-/// Every refusal is the message's fault (poison): no later attempt can pass.
+/// Every refusal is the message's fault (poison): no later attempt can pass — except a
+/// newer schema version, which this reader's next release will read (too new: it waits).
 fn command(delivery: &Delivery) -> Result<PlaceOrder, HandlerError> {
-    let cmd: PlaceOrder = delivery.decode().map_err(|e| HandlerError::poison("undecodable", e))?;
+    let cmd: PlaceOrder = delivery.decode().map_err(|e| {
+        if e.is_newer_version() {
+            HandlerError::too_new("schema_too_new", e)
+        } else {
+            HandlerError::poison("undecodable", e)
+        }
+    })?;
     let request = PlaceOrderRequest { currency: cmd.currency, lines: cmd.lines.clone() };
     let total = request.validate().map_err(|errors| {
         let fields: Vec<_> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
@@ -136,6 +143,13 @@ fn outcome(result: Result<(), pg::Error>) -> Outcome {
 }
 
 impl Handler for PlaceOrderHandler {
+    /// A `PlaceOrder` of a newer version than this release reads waits for the upgrade.
+    fn too_new(&self, delivery: &Delivery) -> Option<String> {
+        delivery.newer_version::<PlaceOrder>().map(|v| {
+            format!("{} v{v} is newer than this release reads (v{})", PlaceOrder::SCHEMA, PlaceOrder::VERSION)
+        })
+    }
+
     /// Postgres answers and takes writes (a standby, or a primary demoted in a
     /// failover, answers `select 1` but refuses every write).
     fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {
