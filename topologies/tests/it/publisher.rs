@@ -53,7 +53,7 @@ async fn batched_of_fifty(env: &crate::Env, singles_below: usize, prefix: &str) 
     let batch = BatchOptions { max_in_flight: 1, ..Default::default() };
     let (committer, tasks) = GroupCommitter::spawn(
         env.publisher.clone(),
-        GroupCommitOptions { singles_below, batch },
+        GroupCommitOptions { singles_below, batch, ..GroupCommitOptions::default() },
         cancel.clone(),
     );
     let calls = (0..50).map(|i| {
