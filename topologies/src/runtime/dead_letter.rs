@@ -25,8 +25,12 @@ pub async fn dead_letter(
 ) -> Result<()> {
     let mut h = delivery.headers.as_ref().map(crate::dead_letters::copyable_headers).unwrap_or_default();
     // The copy gets its own id, stable for this original, so dead-lettering twice
-    // (a crash between the copy and the term) stores one copy.
-    let dlq_id = format!("dlq:{}:{}", delivery.consumer, delivery.stream_sequence);
+    // (a crash between the copy and the term) stores one copy. The sequence alone is
+    // not: a re-created stream counts from 1 again, and a copy of a new original would
+    // be dropped as a duplicate of an old one (and skipped by the inboxes of DLQ
+    // consumers). The time the original was stored tells the two apart.
+    let stored_at = msg.info().map(|i| i.published.unix_timestamp_nanos()).unwrap_or_default();
+    let dlq_id = format!("dlq:{}:{}:{stored_at}", delivery.consumer, delivery.stream_sequence);
     if let Some(original) = &delivery.message_id {
         h.insert("souk-dlq-msg-id", original.as_str());
     }

@@ -1,5 +1,6 @@
 //! Order intake under failure: worker crashes, replays, poison, a database outage.
 
+mod dead_lettered;
 mod events;
 
 use async_nats::HeaderMap;
