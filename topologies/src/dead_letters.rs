@@ -72,15 +72,20 @@ fn describe(m: jetstream::message::StreamMessage) -> DeadLetter {
 
 /// Publish dead letter `seq` again, with its original body and headers, to its original
 /// subject, then remove it from the dead-letter stream. The republished message gets
-/// the id `replay:<seq>`, so replaying twice (or crashing between the publish and the
-/// removal) publishes once; handlers see a new message and must rely on their own
-/// idempotency (they do: the inbox and the aggregate's own keys).
+/// the id `replay:<seq>:<stored at, ns>`, so replaying twice (or crashing between the
+/// publish and the removal) publishes once; handlers see a new message and must rely on
+/// their own idempotency (they do: the inbox and the aggregate's own keys).
 pub async fn replay(publisher: &Publisher, seq: u64) -> Result<Ack> {
     let js = publisher.jetstream();
     let stream = js.get_stream(STREAM).await.map_err(|e| Error::Nats(format!("stream {STREAM}: {e}")))?;
-    let letter = describe(
-        stream.get_raw_message(seq).await.map_err(|e| Error::Nats(format!("{STREAM} seq {seq}: {e}")))?,
-    );
+    let raw =
+        stream.get_raw_message(seq).await.map_err(|e| Error::Nats(format!("{STREAM} seq {seq}: {e}")))?;
+    // With the sequence alone, a re-created DLQ (sequences from 1 again) would replay
+    // under the id of an earlier replay, which CMD's dedupe window or the handler's
+    // inbox takes for that one: the redrive would vanish. The time it was stored
+    // tells them apart.
+    let stored_at = raw.time.unix_timestamp_nanos();
+    let letter = describe(raw);
     if letter.subject.is_empty() {
         return Err(Error::Nats(format!("{STREAM} seq {seq} has no {} header", headers::DLQ_SUBJECT)));
     }
@@ -97,7 +102,7 @@ pub async fn replay(publisher: &Publisher, seq: u64) -> Result<Ack> {
     let ack = publisher
         .publish(OutgoingMessage {
             subject: letter.subject.clone(),
-            msg_id: format!("replay:{seq}"),
+            msg_id: format!("replay:{seq}:{stored_at}"),
             headers: original,
             payload: letter.payload.clone(),
         })
