@@ -2,6 +2,7 @@
 
 mod dead_lettered;
 mod events;
+mod outage;
 
 use async_nats::HeaderMap;
 use futures::{FutureExt, future::BoxFuture};
