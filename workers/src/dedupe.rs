@@ -38,6 +38,12 @@ pub trait Apply: Send + Sync + 'static {
         tx: &'a mut PgConnection,
         delivery: &'a Delivery,
     ) -> BoxFuture<'a, Result<(), ApplyError>>;
+
+    /// The tables `apply` writes: the breaker's probe checks they take writes now
+    /// (see `store::probe_writable`), besides the inbox.
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// A [`Handler`] that applies each message id once per consumer (see the module docs).
@@ -80,6 +86,11 @@ impl<A: Apply> Handler for Deduplicated<A> {
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {
-        crate::store::probe_writable(&self.pool).boxed()
+        async move {
+            let mut tables = vec!["inbox"];
+            tables.extend_from_slice(self.apply.tables());
+            crate::store::probe_writable(&self.pool, &tables).await
+        }
+        .boxed()
     }
 }

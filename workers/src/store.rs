@@ -19,17 +19,37 @@ pub(crate) fn store_error(e: &pg::Error) -> HandlerError {
     }
 }
 
-/// The breaker's probe for handlers that write to Postgres: it answers and takes writes
+/// The breaker's probe for handlers that write to Postgres: it answers, takes writes
 /// (a standby, or a primary demoted in a failover, answers `select 1` but refuses every
-/// write).
-pub(crate) async fn probe_writable(pool: &PgPool) -> Result<(), HandlerError> {
+/// write), and would let this handler write to `tables` now. A migration (`alter
+/// table`, a non-concurrent `create index`, `vacuum full`) that holds or waits for a lock
+/// blocking inserts leaves handlers hanging until their timeout: without this check
+/// the probe passed, so each timeout counted as the message's fault and spent its
+/// attempts. `row exclusive` is what insert and update take; `nowait` answers at once.
+pub(crate) async fn probe_writable(pool: &PgPool, tables: &[&str]) -> Result<(), HandlerError> {
+    let unavailable = |e: sqlx::Error| store_error(&pg::Error::Unavailable(e));
+    let mut tx = pool.begin().await.map_err(unavailable)?;
     let read_only: bool =
         sqlx::query_scalar("select pg_is_in_recovery() or current_setting('transaction_read_only') = 'on'")
-            .fetch_one(pool)
+            .fetch_one(&mut *tx)
             .await
-            .map_err(|e| store_error(&pg::Error::Unavailable(e)))?;
-    match read_only {
-        true => Err(HandlerError::dependency("pg_read_only", "postgres is read-only (a standby?)")),
-        false => Ok(()),
+            .map_err(unavailable)?;
+    if read_only {
+        return Err(HandlerError::dependency("pg_read_only", "postgres is read-only (a standby?)"));
     }
+    if !tables.is_empty() {
+        let lock = format!("lock table {} in row exclusive mode nowait", tables.join(", "));
+        match sqlx::query(sqlx::AssertSqlSafe(lock)).execute(&mut *tx).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                return Err(HandlerError::dependency(
+                    "pg_locked",
+                    format!("{} locked against writes (a migration?): {e}", tables.join(", ")),
+                ));
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    tx.rollback().await.map_err(unavailable)?;
+    Ok(())
 }

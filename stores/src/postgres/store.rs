@@ -40,7 +40,8 @@ impl Error {
 
     /// Whether the server (or the way to it) is failing, whatever the request: no
     /// connection, connection lost, pool exhausted, shutting down or recovering, a
-    /// read-only standby, too many connections, out of resources, a statement timeout.
+    /// read-only standby, too many connections, out of resources, a statement timeout,
+    /// a failing disk (I/O errors).
     /// The caller is not at fault: a worker holds its message and waits for the store
     /// rather than spending the message's delivery attempts.
     pub fn is_outage(&self) -> bool {
@@ -80,6 +81,7 @@ impl Error {
                 code if code.starts_with("08") => "pg_connection",
                 code if code.starts_with("57P") => "pg_shutting_down",
                 code if code.starts_with("53") => "pg_insufficient_resources",
+                code if code.starts_with("58") => "pg_system_error",
                 code if code.starts_with("23") => "pg_constraint_violation",
                 code if code.starts_with("22") => "pg_data_exception",
                 _ => "pg_statement",
@@ -107,6 +109,7 @@ fn outage_sqlstate(code: &str) -> bool {
     ) || code.starts_with("08") // connection
         || code.starts_with("57P") // shutdown, crash recovery
         || code.starts_with("53") // insufficient resources, too many connections
+        || code.starts_with("58") // system error: I/O errors, files gone (external to Postgres)
 }
 
 /// SQLSTATEs of contention between transactions: this attempt lost, another may win.
@@ -234,7 +237,7 @@ mod tests {
 
     #[test]
     fn outages_are_told_from_contention_and_request_errors() {
-        for code in ["57014", "25006", "08006", "57P01", "57P03", "53300"] {
+        for code in ["57014", "25006", "08006", "57P01", "57P03", "53300", "58030"] {
             assert!(super::outage_sqlstate(code), "{code} is an outage");
         }
         for code in ["40001", "40P01", "55P03", "23505", "22P02", ""] {

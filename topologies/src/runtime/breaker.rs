@@ -10,8 +10,10 @@
 //! handled, so a dependency that passes its probe but fails real work (a probe that
 //! checks too little) is retried ever more slowly, never in a tight loop.
 
+use futures::FutureExt;
 use serde::Serialize;
 use std::{
+    panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering},
@@ -28,7 +30,7 @@ const PROBE_FIRST_WAIT: Duration = Duration::from_millis(500);
 /// Longest wait between probes: a dependency that came back is noticed within this.
 const PROBE_MAX_WAIT: Duration = Duration::from_secs(15);
 /// A probe that has not answered by then failed.
-pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a pool's breaker stands (ordered from best to worst).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -154,20 +156,12 @@ impl Breaker {
                 () = cancel.cancelled() => return,
             }
             self.set(BreakerState::HalfOpen);
-            let probe = tokio::time::timeout(PROBE_TIMEOUT, handler.probe()).await;
-            match probe {
-                Ok(Ok(())) => {
+            match probe(handler.as_ref()).await {
+                Ok(()) => {
                     tracing::info!(pool = %self.pool, "probe passed: breaker closed, pool resumes");
                     self.set(BreakerState::Closed);
                 }
-                Ok(Err(e)) => self.probe_failed(e, wait),
-                Err(_) => self.probe_failed(
-                    HandlerError::dependency(
-                        "probe_timeout",
-                        format!("probe timed out after {PROBE_TIMEOUT:?}"),
-                    ),
-                    wait,
-                ),
+                Err(e) => self.probe_failed(e, wait),
             }
         }
     }
@@ -179,5 +173,20 @@ impl Breaker {
             *last = Some(error);
         }
         self.set(BreakerState::Open);
+    }
+}
+
+/// Run `handler`'s probe, cut at [`PROBE_TIMEOUT`]. A panicking probe failed: uncaught,
+/// it would end the prober with the breaker half-open, and the pool would neither
+/// fetch nor re-run what it holds until the process restarts.
+pub(super) async fn probe(handler: &dyn Handler) -> Result<(), HandlerError> {
+    // The call is inside the async block so that a panic in `probe()` itself is caught too.
+    let run = AssertUnwindSafe(async { handler.probe().await }).catch_unwind();
+    match tokio::time::timeout(PROBE_TIMEOUT, run).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(HandlerError::dependency("probe_panic", "probe panicked")),
+        Err(_) => {
+            Err(HandlerError::dependency("probe_timeout", format!("probe timed out after {PROBE_TIMEOUT:?}")))
+        }
     }
 }

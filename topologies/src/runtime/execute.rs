@@ -11,9 +11,7 @@ use std::{
 };
 use tracing::Instrument;
 
-use super::{
-    Delivery, ErrorClass, Handler, HandlerError, Outcome, breaker::PROBE_TIMEOUT, pool::Ctx, settle,
-};
+use super::{Delivery, ErrorClass, Handler, HandlerError, Outcome, breaker, pool::Ctx, settle};
 use crate::{batcher::BatchFn, trace};
 
 /// Run one fetched message through the handler and settle it.
@@ -179,16 +177,12 @@ async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -
 /// A handler timed out: the dependency's fault if its probe fails too (a hung store),
 /// else the message's (it may loop or be too big), which counts toward max-deliver.
 async fn timed_out(handler: &dyn Handler, limit: Duration) -> Outcome {
-    match tokio::time::timeout(PROBE_TIMEOUT, handler.probe()).await {
-        Ok(Ok(())) => Outcome::retry("handler_timeout", format!("handler timed out after {limit:?}")),
-        Ok(Err(e)) => Outcome::Error(HandlerError::dependency(
+    match breaker::probe(handler).await {
+        Ok(()) => Outcome::retry("handler_timeout", format!("handler timed out after {limit:?}")),
+        Err(e) => Outcome::Error(HandlerError::dependency(
             "handler_timeout",
             format!("handler timed out after {limit:?}; probe: {e}"),
         )),
-        Err(_) => Outcome::unavailable(
-            "handler_timeout",
-            format!("handler timed out after {limit:?} and so did its probe"),
-        ),
     }
 }
 

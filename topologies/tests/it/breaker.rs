@@ -166,3 +166,52 @@ async fn held_messages_are_handed_back_at_shutdown_not_dead_lettered() -> anyhow
     assert_eq!(dead_lettered(&env).await?, 0);
     Ok(())
 }
+
+/// [`OverStore`] whose first probe panics (a bug in a probe, a library's `unwrap`).
+#[derive(Clone, Default)]
+struct PanickyProbe {
+    inner: OverStore,
+    panicked: Arc<AtomicBool>,
+}
+
+impl Handler for PanickyProbe {
+    fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        self.inner.handle(d)
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {
+        if !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("probe bug");
+        }
+        self.inner.probe()
+    }
+}
+
+/// A handler's panic is caught (a retry); a probe's was not: it killed the prober with
+/// the breaker half-open, and the pool neither fetched nor re-ran what it held until
+/// the process restarted. A panicking probe is now a failed probe.
+#[tokio::test]
+async fn a_panicking_probe_fails_the_probe_instead_of_wedging_the_pool() -> anyhow::Result<()> {
+    let env = env().await?;
+    let handler = PanickyProbe::default();
+    publish_n(&env, 3).await?;
+    let mut registry = Registry::default();
+    registry.register("test", handler.clone());
+    let runtime = Runtime::build(&env.publisher, &env.topology, &registry, &[]).await?;
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(runtime.run(cancel.clone()));
+    souk_testkit::eventually(Duration::from_secs(10), || async {
+        handler.panicked.load(Ordering::SeqCst).then_some(())
+    })
+    .await?;
+    handler.inner.up.store(true, Ordering::SeqCst);
+    let handled = souk_testkit::eventually(Duration::from_secs(20), || async {
+        (handler.inner.handled.lock().ok()?.len() == 3).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    run.await?;
+    handled?;
+    assert_eq!(dead_lettered(&env).await?, 0);
+    Ok(())
+}

@@ -27,6 +27,10 @@ const ORIGINAL_MSG_ID: &str = "souk-dlq-msg-id";
 pub struct OrderDeadLettered;
 
 impl Apply for OrderDeadLettered {
+    fn tables(&self) -> &'static [&'static str] {
+        &["orders"]
+    }
+
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,

@@ -151,9 +151,9 @@ impl Handler for PlaceOrderHandler {
     }
 
     /// Postgres answers and takes writes (a standby, or a primary demoted in a
-    /// failover, answers `select 1` but refuses every write).
+    /// failover, answers `select 1` but refuses every write), to this handler's tables.
     fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {
-        crate::store::probe_writable(&self.pool).boxed()
+        crate::store::probe_writable(&self.pool, &["inbox", "orders", "outbox"]).boxed()
     }
 
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {

@@ -1,6 +1,8 @@
 //! Order intake under failure: worker crashes, replays, poison, a database outage.
 
+mod dead_lettered;
 mod events;
+mod outage;
 
 use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt, future::BoxFuture};

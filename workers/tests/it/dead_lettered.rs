@@ -1,0 +1,142 @@
+//! Orders of dead-lettered commands read `failed`, whatever happened to the streams.
+
+use souk_stores::postgres::orders;
+use souk_testkit::eventually;
+use souk_topologies::{apply::Mode, dead_letters, runtime::Runtime};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Env, command, env};
+
+/// Both order pools (intake and its dead letters), with the real handlers.
+async fn start_both(env: &Env) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    let registry = souk_workers::registry(env.db.pool.clone());
+    let only = ["orders".to_owned(), "orders-dead-lettered".to_owned()];
+    let runtime = Runtime::build(&env.publisher, &env.topology, &registry, &only).await?;
+    let cancel = CancellationToken::new();
+    Ok((cancel.clone(), tokio::spawn(runtime.run(cancel))))
+}
+
+async fn status(env: &Env, order_id: uuid::Uuid) -> Option<String> {
+    orders::get(&env.db.pool, order_id).await.ok().flatten().map(|o| o.status)
+}
+
+/// A poison command (its total does not match its lines), sent as the ingress does.
+async fn send_poison(env: &Env) -> anyhow::Result<uuid::Uuid> {
+    let mut cmd = command();
+    cmd.total_minor = 1;
+    env.send(&format!("orders.place:{}:{}", cmd.tenant, cmd.order_id), &cmd).await?;
+    Ok(cmd.order_id)
+}
+
+/// An operator deletes `CMD` and applies the topology again (say, to change a setting
+/// only a new stream takes): its sequences start at 1 again. A dead letter's id was
+/// `dlq:<consumer>:<stream sequence>`, so the first command dead-lettered from the new
+/// stream got the id of one dead-lettered from the old: DLQ's one-day dedupe window
+/// dropped it (and the dead-lettered pool's inbox had its id already), and its order
+/// stayed `pending` for ever.
+#[tokio::test]
+async fn a_command_dead_lettered_after_its_stream_was_recreated_still_fails_its_order() -> anyhow::Result<()>
+{
+    let env = env().await?;
+    let (stop, run) = start_both(&env).await?;
+    let first = send_poison(&env).await?;
+    eventually(Duration::from_secs(15), || async {
+        (status(&env, first).await.as_deref() == Some("failed")).then_some(())
+    })
+    .await?;
+    stop.cancel();
+    run.await?;
+
+    env.js.delete_stream("CMD").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    souk_topologies::apply::apply(&env.js, &env.topology, Mode::Apply).await?;
+
+    let (stop, run) = start_both(&env).await?;
+    let second = send_poison(&env).await?;
+    let read = eventually(Duration::from_secs(15), || async {
+        (env.dead_letters().await == 2 && status(&env, second).await.as_deref() == Some("failed"))
+            .then_some(())
+    })
+    .await;
+    stop.cancel();
+    run.await?;
+    assert!(
+        read.is_ok(),
+        "dead letters: {} (want 2); second order: {:?} (want failed)",
+        env.dead_letters().await,
+        status(&env, second).await
+    );
+    Ok(())
+}
+
+/// A rule the store enforces refuses accepted orders until the test lifts it: the
+/// command is dead-lettered at once, its order marked failed; lifted, a redrive passes.
+async fn ban(env: &Env, banned: bool) -> anyhow::Result<()> {
+    let sql = match banned {
+        true => {
+            r#"create or replace function refuse_all() returns trigger language plpgsql as $$
+               begin
+                   if new.status = 'accepted' then
+                       raise exception 'not sold here' using errcode = 'check_violation';
+                   end if;
+                   return new;
+               end $$;
+               create trigger refuse_all before insert or update on orders
+                   for each row execute function refuse_all();"#
+        }
+        false => "drop trigger refuse_all on orders",
+    };
+    sqlx::raw_sql(sql).execute(&env.db.pool).await?;
+    Ok(())
+}
+
+/// Place an order while the rule refuses it, wait until it reads `failed`, lift the
+/// rule and redrive its dead letter (the only one in `DLQ`).
+async fn fail_then_redrive(env: &Env) -> anyhow::Result<uuid::Uuid> {
+    ban(env, true).await?;
+    let cmd = command();
+    env.send(&format!("orders.place:{}:{}", cmd.tenant, cmd.order_id), &cmd).await?;
+    eventually(Duration::from_secs(15), || async {
+        (status(env, cmd.order_id).await.as_deref() == Some("failed")).then_some(())
+    })
+    .await?;
+    ban(env, false).await?;
+    let letters = dead_letters::list(&env.js, 10).await?;
+    anyhow::ensure!(letters.len() == 1, "one dead letter: {letters:?}");
+    dead_letters::replay(&env.publisher, letters[0].seq).await?;
+    Ok(cmd.order_id)
+}
+
+/// An operator re-creates `DLQ` (a setting only a new stream takes): its sequences
+/// start at 1 again. A redrive published its command with the id `replay:<DLQ
+/// sequence>`, so redriving the first dead letter of the new stream reused the id of a
+/// command redriven from the old one: `CMD`'s dedupe window (or the intake's inbox,
+/// later) took it for that command, the redrive reported success, removed the dead
+/// letter, and the order stayed `failed` for ever.
+#[tokio::test]
+async fn a_redrive_after_the_dead_letter_stream_was_recreated_accepts_its_order() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (stop, run) = start_both(&env).await?;
+    let first = fail_then_redrive(&env).await?;
+    eventually(Duration::from_secs(15), || async {
+        (status(&env, first).await.as_deref() == Some("accepted")).then_some(())
+    })
+    .await?;
+    stop.cancel();
+    run.await?;
+
+    env.js.delete_stream("DLQ").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    souk_topologies::apply::apply(&env.js, &env.topology, Mode::Apply).await?;
+
+    let (stop, run) = start_both(&env).await?;
+    let second = fail_then_redrive(&env).await?;
+    let accepted = eventually(Duration::from_secs(15), || async {
+        (status(&env, second).await.as_deref() == Some("accepted")).then_some(())
+    })
+    .await;
+    stop.cancel();
+    run.await?;
+    assert!(accepted.is_ok(), "the redriven order reads {:?}, not accepted", status(&env, second).await);
+    assert_eq!(env.count("outbox").await, 2, "one OrderAccepted per order");
+    Ok(())
+}
