@@ -25,6 +25,12 @@ const RELAY_LOCK_KEY: i64 = 0x50_55_4b_5f_52_4c_59; // "SOUK_RLY"
 const CHANNEL: &str = "souk_outbox";
 /// Longest wait for Postgres when checking or taking the relay lease.
 const LEASE_CHECK: Duration = Duration::from_secs(5);
+/// Longest the lease connection may sit idle before Postgres ends its session (and so
+/// releases the lock). A holder pings it at the start of every round, so a healthy one
+/// is never idle for longer than a round (cut at 30 s) and the pause after it; one that
+/// went silent (its host died, a partition) leaves a session Postgres would otherwise
+/// keep — with the lease — until TCP keepalive gives up, two hours by default.
+const SET_LEASE_IDLE_TIMEOUT: &str = "set idle_session_timeout = '60s'";
 /// `application_name` of the lease connection (operators can find the holder by it).
 pub const LEASE_APPLICATION_NAME: &str = "souk-relay-lease";
 
@@ -152,6 +158,11 @@ impl PgOutbox {
                 .application_name(LEASE_APPLICATION_NAME)
                 .connect()
                 .await?;
+            // Postgres before 14 has no idle_session_timeout: the lease still works,
+            // only without the bound on a silent holder.
+            if let Err(e) = sqlx::query(SET_LEASE_IDLE_TIMEOUT).execute(&mut conn).await {
+                tracing::warn!(error = %e, "no idle_session_timeout on the relay lease connection");
+            }
             let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
                 .bind(RELAY_LOCK_KEY)
                 .fetch_one(&mut conn)
