@@ -86,8 +86,9 @@ pub struct Relay<O> {
     options: RelayOptions,
     /// Subject → stream, learned from JetStream, to cut rows into per-stream batches.
     streams: HashMap<String, String>,
-    /// Rows failing with permanent errors, since when (as this relay saw them).
-    failing_since: HashMap<uuid::Uuid, Instant>,
+    /// Rows failing with permanent errors: since when (as this relay saw them), and
+    /// when their last failure was recorded.
+    failing_since: HashMap<uuid::Uuid, (Instant, Instant)>,
 }
 
 impl<O: Outbox> Relay<O> {
@@ -291,12 +292,20 @@ impl<O: Outbox> Relay<O> {
     /// [`RelayOptions::park_after`] times over at least [`RelayOptions::park_grace`].
     /// Either way the caller holds back the row's aggregate and goes on with the others.
     async fn failed(&mut self, row: &OutboxMessage, e: &Error) -> Result<()> {
+        let now = Instant::now();
+        let seen = self.failing_since.get(&row.id).copied();
+        // Rounds come on every outbox notification: a try is counted (and written) at
+        // most once per retry pause, so a missing stream does not cost a write per
+        // held-back row per round.
+        if seen.is_some_and(|(_, last)| now.duration_since(last) < self.options.retry_pause) {
+            return Ok(());
+        }
         let error = e.to_string();
         let tries = self.outbox.record_failure(row.id, &error).await.map_err(store_error)?;
-        let now = Instant::now();
-        let since = *self.failing_since.entry(row.id).or_insert(now);
+        let since = seen.map_or(now, |(since, _)| since);
+        self.failing_since.insert(row.id, (since, now));
         if tries < self.options.park_after || since.elapsed() < self.options.park_grace {
-            if since == now {
+            if seen.is_none() {
                 tracing::warn!(
                     outbox_id = %row.id,
                     aggregate_id = %row.aggregate_id,

@@ -167,18 +167,24 @@ async fn rows_wait_for_a_stream_being_re_created_instead_of_being_parked() -> an
     assert!(!parked, "a row was parked after {tries} tries while its stream was being re-created");
 
     souk_topologies::apply::apply(&stack.js, &stack.topology, souk_topologies::apply::Mode::Apply).await?;
-    eventually(Duration::from_secs(30), || async {
-        (subjects(&stack, "EVT").await.ok()? == ["souk.evt.test.a1", "souk.evt.test.a2"]).then_some(())
-    })
-    .await
-    .context("both rows are published, in order, once the stream is back")?;
+    let unmarked = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from outbox where id = any($1) and published_at is null",
+        )
+        .bind([a1, a2].as_slice())
+        .fetch_one(&stack.db.pool)
+        .await
+        .ok()
+    };
+    eventually(Duration::from_secs(30), || async { (unmarked().await? == 0).then_some(()) })
+        .await
+        .context("both rows are published and marked once the stream is back")?;
+    assert_eq!(
+        subjects(&stack, "EVT").await?,
+        ["souk.evt.test.a1", "souk.evt.test.a2"],
+        "once each, in order"
+    );
     let outbox = PgOutbox::new(stack.db.pool.clone(), &stack.db.url);
     assert!(outbox.parked(10).await?.is_empty());
-    let unpublished: i64 =
-        sqlx::query_scalar("select count(*) from outbox where id = any($1) and published_at is null")
-            .bind([a1, a2].as_slice())
-            .fetch_one(&stack.db.pool)
-            .await?;
-    assert_eq!(unpublished, 0);
     Ok(())
 }

@@ -252,7 +252,9 @@ async fn silent_proxy(
     let accept_cut = cut.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect((target.0.as_str(), target.1)).await else { return };
+            let Ok(server) = tokio::net::TcpStream::connect((target.0.as_str(), target.1)).await else {
+                return;
+            };
             let cut = accept_cut.clone();
             tokio::spawn(async move {
                 let (cr, cw) = client.into_split();
@@ -301,8 +303,10 @@ async fn a_lease_whose_connection_went_silent_is_taken_over() -> anyhow::Result<
     assert!(old.try_lease().await?);
     assert!(!new.try_lease().await?);
     cut.store(true, std::sync::atomic::Ordering::SeqCst);
-    souk_testkit::eventually(Duration::from_secs(150), || async { new.try_lease().await.ok().filter(|&l| l) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(150), || async {
+        new.try_lease().await.ok().filter(|&l| l)
+    })
+    .await?;
     let a = enqueue(&db, "a").await?;
     assert!(old.mark_published(&[a]).await.is_err(), "the silent holder's marks are fenced off");
     new.mark_published(&[a]).await?;
