@@ -73,6 +73,33 @@ async fn connections_over_the_cap_get_503_and_are_closed() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A client that sends requests and never reads the answers (pipelined, so the server
+/// keeps writing until both socket buffers are full) leaves the server blocked in a
+/// write: the header-read timeout does not apply there, so the connection — and its
+/// place under the cap — was held for ever. Enough such clients lock everyone out.
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_disconnected() -> anyhow::Result<()> {
+    // One place, so that the held one is visible; the timers are the shipped ones.
+    let limits = ConnectionLimits { max_connections: 1, ..ConnectionLimits::default() };
+    let mut env = env_with(None, limits).await?;
+    let addr = env.listen().await?;
+    let (unread, mut write) = tokio::net::TcpStream::connect(addr).await?.into_split();
+    // Far more answers than the kernel buffers of both ends hold.
+    let requests = b"GET /healthz HTTP/1.1\r\nhost: souk\r\n\r\n".repeat(100_000);
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&requests).await;
+        write // kept open: no FIN
+    });
+    let served = souk_testkit::eventually(Duration::from_secs(90), || async {
+        raw_get(addr, "/healthz").await.ok().filter(|(status, _)| *status == 200)
+    })
+    .await;
+    assert!(served.is_ok(), "a client that never reads keeps its connection (and the only place) for ever");
+    drop(unread);
+    writer.abort();
+    Ok(())
+}
+
 /// `/metrics` is not served to the public; the internal listener serves it.
 #[tokio::test]
 async fn metrics_are_served_on_the_internal_listener_only() -> anyhow::Result<()> {
