@@ -5,8 +5,9 @@
 //! statement, that the epoch is still the one this relay took, so a relay that lost
 //! the lease mid-round (its connection dropped, another took over) cannot mark rows.
 //!
-//! Rows that can never be published are parked ([`Outbox::park`]): they, and the later
-//! rows of their aggregate, stop being pending until [`PgOutbox::requeue`].
+//! Rows that can never be published are parked ([`Outbox::park`], fenced on the epoch
+//! like marks): they, and the later rows of their aggregate, stop being pending until
+//! [`PgOutbox::requeue`].
 
 use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::outbox::{Outbox, OutboxMessage};
@@ -303,7 +304,23 @@ impl Outbox for PgOutbox {
 
     fn park<'a>(&'a self, id: Uuid, error: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
         async move {
+            // Fenced like a mark: a relay that lost the lease must not park a row the new
+            // holder may be publishing (it would end published and parked, holding back
+            // its aggregate where `requeue` cannot reach it).
+            let epoch = self.lease.lock().await.as_ref().map(|(_, e)| *e);
+            let Some(epoch) = epoch else { return Err(Error::LeaseLost(0)) };
             let mut tx = super::begin(&self.pool).await?;
+            let ours: Option<i64> =
+                sqlx::query_scalar("select epoch from outbox_lease where epoch = $1 for share")
+                    .bind(epoch)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if ours.is_none() {
+                drop(tx);
+                *self.lease.lock().await = None;
+                tracing::warn!(epoch, "outbox relay lease taken over; not parking");
+                return Err(Error::LeaseLost(epoch));
+            }
             sqlx::query(
                 "update outbox o
                  set parked_at = now(),

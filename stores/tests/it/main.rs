@@ -181,6 +181,7 @@ async fn a_parked_row_holds_back_its_aggregate_only_until_requeued() -> anyhow::
     let a1 = enqueue(&db, "a").await?;
     let b1 = enqueue(&db, "b").await?;
     let a2 = enqueue(&db, "a").await?;
+    assert!(outbox.try_lease().await?, "parking is for the lease holder");
     assert_eq!(outbox.record_failure(a1, "no stream").await?, 1);
     assert_eq!(outbox.record_failure(a1, "no stream").await?, 2);
     assert_eq!(outbox.park(a1, "no stream takes subject x").await?, 2, "a1 and a2 behind it");
@@ -310,5 +311,36 @@ async fn a_lease_whose_connection_went_silent_is_taken_over() -> anyhow::Result<
     let a = enqueue(&db, "a").await?;
     assert!(old.mark_published(&[a]).await.is_err(), "the silent holder's marks are fenced off");
     new.mark_published(&[a]).await?;
+    Ok(())
+}
+
+/// A relay that lost its lease mid-round cannot park rows either. It used to: a row it
+/// parked while the new holder published it ended published *and* parked, which holds
+/// back every later row of its aggregate for good — `requeue` only takes unpublished
+/// rows, so not even an operator could put the aggregate back in line.
+#[tokio::test]
+async fn a_relay_whose_lease_was_taken_over_cannot_park() -> anyhow::Result<()> {
+    let db = db().await?;
+    let old = PgOutbox::new(db.pool.clone(), &db.url);
+    let new = PgOutbox::new(db.pool.clone(), &db.url);
+    let a1 = enqueue(&db, "a").await?;
+    let a2 = enqueue(&db, "a").await?;
+    assert!(old.try_lease().await?);
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+         where application_name = $1 and datname = current_database()",
+    )
+    .bind(outbox::LEASE_APPLICATION_NAME)
+    .execute(&db.pool)
+    .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async { new.try_lease().await.ok().filter(|&l| l) })
+        .await?;
+    // Mid-round, the old holder gives up on a1 while the new one publishes it.
+    let parked_by_old = old.park(a1, "no stream takes subject souk.evt.test.x").await;
+    new.mark_published(&[a1]).await?;
+    assert!(parked_by_old.is_err(), "the old holder's park is fenced off");
+    let pending: Vec<_> = new.pending(10).await?.into_iter().map(|m| m.id).collect();
+    assert_eq!(pending, [a2], "a2 is not held back behind a row the old holder parked");
+    assert!(new.parked(10).await?.is_empty());
     Ok(())
 }
