@@ -325,3 +325,32 @@ impl std::io::Write for Capture {
         Ok(())
     }
 }
+
+/// Shutdown drains: a request whose handler is running when the server is told to stop
+/// (here: reading its body, as `100 Continue` shows) is still answered, and stored.
+#[tokio::test]
+async fn a_request_in_flight_at_shutdown_is_answered() -> anyhow::Result<()> {
+    let mut env = env().await?;
+    let addr = env.listen().await?;
+    let token = env.token(&[Role::Buyer]);
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nhost: souk\r\nauthorization: Bearer {token}\r\n\
+         idempotency-key: drain-1\r\ncontent-type: application/json\r\nexpect: 100-continue\r\n\
+         content-length: {}\r\n\r\n",
+        VALID.len()
+    );
+    c.write_all(head.as_bytes()).await?;
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await??;
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"), "no 100 Continue");
+    env.stop.cancel();
+    c.write_all(VALID.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(30), c.read_to_string(&mut answer)).await??;
+    let (status, body) = crate::parse_response(&answer)?;
+    assert_eq!(status, 202, "{answer}");
+    assert!(body.contains("order_id"), "{body}");
+    assert_eq!(env.commands_published().await?, 1);
+    Ok(())
+}
