@@ -3,6 +3,11 @@
 //! client sending its headers one byte a minute held its socket (and a task) for ever,
 //! and enough of them used up the process's file descriptors.
 //!
+//! A response the client does not read (a client pipelining requests and never reading
+//! the answers fills both socket buffers) blocks the server in a write, where no
+//! header timeout applies: a write that makes no progress for
+//! [`ConnectionLimits::write_stall_timeout`] ends the connection.
+//!
 //! Over the cap, a new connection is answered `503` and closed at once rather than left
 //! in the accept queue, so a client learns to back off instead of timing out.
 
@@ -12,8 +17,19 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use std::{sync::Arc, time::Duration};
-use tokio::{net::TcpListener, sync::Semaphore};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    sync::Semaphore,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Connection-level limits of a listener.
@@ -25,11 +41,18 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// Connections open at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Longest a write to the client may make no progress (the client does not read)
+    /// before the connection is closed.
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        ConnectionLimits { header_read_timeout: Duration::from_secs(5), max_connections: 4096 }
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(5),
+            max_connections: 4096,
+            write_stall_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -82,8 +105,10 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        let connection = builder.serve_connection(
+            TokioIo::new(StallGuard::new(stream, limits.write_stall_timeout)),
+            TowerToHyperService::new(router.clone()),
+        );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -100,4 +125,87 @@ pub(crate) async fn serve(
         }
     }
     Ok(())
+}
+
+/// A socket whose writes fail (`TimedOut`) once they have made no progress for `limit`:
+/// hyper then closes the connection, which a client that never reads would otherwise
+/// hold for ever.
+struct StallGuard<S> {
+    inner: S,
+    limit: Duration,
+    /// Armed when a write is first refused (the socket's buffer is full), disarmed by
+    /// any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> StallGuard<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        StallGuard { inner, limit, stalled: None }
+    }
+
+    /// After a write returned `Pending`: `Pending` too, until the stall lasted `limit`.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.limit;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                metrics::counter!("souk_http_write_stalls_total").increment(1);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the client read nothing of the response for {limit:?}"),
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => self.stall(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progress(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.progress(cx, polled)
+    }
 }

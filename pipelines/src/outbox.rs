@@ -45,7 +45,8 @@ pub trait Outbox: Send + Sync + 'static {
 
     /// Set message `id` aside with `error`: it and the later unpublished messages of its
     /// aggregate are no longer pending until an operator requeues them. Returns how many
-    /// messages are parked in all afterwards.
+    /// messages are parked in all afterwards. Fails, parking nothing, when this outbox no
+    /// longer holds the lease (as [`Outbox::mark_published`]).
     fn park<'a>(&'a self, id: uuid::Uuid, error: &'a str) -> BoxFuture<'a, Result<u64, Self::Error>>;
 
     /// How many messages are parked (for the relay's gauge).

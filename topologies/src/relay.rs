@@ -10,10 +10,14 @@
 //!
 //! A row that can never be published as it is — no stream takes its subject, it is
 //! larger than the server's `max_payload`, a header is refused ([`Error::is_permanent`])
-//! — would stop every round for ever. After [`RelayOptions::park_after`] such failures
-//! it is parked with its error ([`Outbox::park`]), together with the later rows of its
+//! — would stop every round for ever. Such a row holds back only its own aggregate
+//! (the round goes on with the other rows), and once it has failed so
+//! [`RelayOptions::park_after`] times over at least [`RelayOptions::park_grace`] it is
+//! parked with its error ([`Outbox::park`]), together with the later rows of its
 //! aggregate (so that they keep their order), an error is logged and
-//! `souk_relay_parked_total` counted, and the relay goes on with the other rows.
+//! `souk_relay_parked_total` counted. The grace is what keeps a stream that an operator
+//! removes and re-creates from parking good rows: "no stream" is permanent only until
+//! the topology changes, and a re-creation takes longer than a few rounds.
 //!
 //! Marks are fenced on the lease ([`Outbox::mark_published`] fails once another relay
 //! has taken it over), so a relay that lost its lease mid-round stops at its next mark.
@@ -52,10 +56,13 @@ pub struct RelayOptions {
     /// Longest round (reading, publishing, marking). A round cut short is retried:
     /// what it published and did not mark is published again, and deduplicated.
     pub round_timeout: Duration,
-    /// Failed publishes with a permanent error after which a row is parked. More than
-    /// one, so that a stream being re-created by an operator does not park what is
-    /// published to it meanwhile (each try is a round, `retry_pause` apart).
+    /// Failed publishes with a permanent error after which a row is parked (once
+    /// `park_grace` has passed too).
     pub park_after: u32,
+    /// How long a row must have been failing with permanent errors before it is
+    /// parked: long enough for an operator to remove and re-create a stream (meanwhile
+    /// only the row's aggregate waits; the other rows are published).
+    pub park_grace: Duration,
 }
 
 impl Default for RelayOptions {
@@ -66,6 +73,7 @@ impl Default for RelayOptions {
             retry_pause: Duration::from_millis(500),
             round_timeout: Duration::from_secs(30),
             park_after: 5,
+            park_grace: Duration::from_secs(60),
         }
     }
 }
@@ -78,11 +86,14 @@ pub struct Relay<O> {
     options: RelayOptions,
     /// Subject → stream, learned from JetStream, to cut rows into per-stream batches.
     streams: HashMap<String, String>,
+    /// Rows failing with permanent errors: since when (as this relay saw them), and
+    /// when their last failure was recorded.
+    failing_since: HashMap<uuid::Uuid, (Instant, Instant)>,
 }
 
 impl<O: Outbox> Relay<O> {
     pub fn new(outbox: O, publisher: Publisher, options: RelayOptions) -> Self {
-        Relay { outbox, publisher, options, streams: HashMap::new() }
+        Relay { outbox, publisher, options, streams: HashMap::new(), failing_since: HashMap::new() }
     }
 
     /// Run until `cancel`; a round in progress finishes first.
@@ -157,9 +168,16 @@ impl<O: Outbox> Relay<O> {
         }
         let rows = self.outbox.pending(self.options.batch).await.map_err(store_error)?;
         metrics::gauge!("souk_relay_pending_rows").set(rows.len() as f64);
+        // A row no longer pending (published, parked, requeued out of sight) starts
+        // afresh should it fail again.
+        let pending: HashSet<_> = rows.iter().map(|r| r.id).collect();
+        self.failing_since.retain(|id, _| pending.contains(id));
         let mut published = 0;
-        // Aggregates with a row parked in this round: their later rows wait behind it.
+        // Aggregates with a row parked or held back in this round: their later rows
+        // wait behind it.
         let mut parked = HashSet::new();
+        // Subjects no stream took in this round: asked once, not once per row.
+        let mut missing: HashMap<String, Error> = HashMap::new();
         let mut run: Vec<(&OutboxMessage, OutgoingMessage)> = Vec::new();
         let mut run_stream: Option<String> = None;
         // The rows' `relay.publish` spans stay open until the round has published and
@@ -169,7 +187,14 @@ impl<O: Outbox> Relay<O> {
             if parked.contains(&row.aggregate_id) {
                 continue;
             }
-            let checked = match self.stream_of(&row.subject).await {
+            let stream = match missing.get(&row.subject) {
+                Some(e) => Err(e.clone()),
+                None => self.stream_of(&row.subject).await,
+            };
+            if let Err(e @ Error::NoStream(_)) = &stream {
+                missing.insert(row.subject.clone(), e.clone());
+            }
+            let checked = match stream {
                 Ok(stream) => self.to_outgoing(row).map(|(m, span)| {
                     spans.push(span);
                     (stream, m)
@@ -198,9 +223,8 @@ impl<O: Outbox> Relay<O> {
     }
 
     /// Publish a run of rows bound for one stream, in order, marking what JetStream
-    /// acknowledged. A row refused for good is handed to [`Relay::failed`] (which
-    /// stops the round until it is parked) and the rest of the run goes on without its
-    /// aggregate; any other failure stops the round.
+    /// acknowledged. A row refused for good is handed to [`Relay::failed`] and the rest
+    /// of the run goes on without its aggregate; any other failure stops the round.
     async fn flush(
         &mut self,
         mut run: Vec<(&OutboxMessage, OutgoingMessage)>,
@@ -234,6 +258,16 @@ impl<O: Outbox> Relay<O> {
             let (row, _) = run[ok];
             self.failed(row, &e).await?;
             parked.insert(row.aggregate_id.clone());
+            if matches!(e, Error::NoStream(_)) {
+                // The stream went away after it was looked up: the rest of the run would
+                // fail alike, one publish each. Hold it back; the next round looks the
+                // stream up again.
+                self.streams.clear();
+                for (m, _) in &run[ok + 1..] {
+                    parked.insert(m.aggregate_id.clone());
+                }
+                break;
+            }
             run = run.into_iter().skip(ok + 1).filter(|(m, _)| !parked.contains(&m.aggregate_id)).collect();
         }
         Ok(published)
@@ -255,14 +289,35 @@ impl<O: Outbox> Relay<O> {
     }
 
     /// `row` failed with permanent error `e`: count it, and park it once it has failed
-    /// [`RelayOptions::park_after`] times (then the round goes on). Until then the
-    /// round stops with `e`, as for any failure.
-    async fn failed(&self, row: &OutboxMessage, e: &Error) -> Result<()> {
+    /// [`RelayOptions::park_after`] times over at least [`RelayOptions::park_grace`].
+    /// Either way the caller holds back the row's aggregate and goes on with the others.
+    async fn failed(&mut self, row: &OutboxMessage, e: &Error) -> Result<()> {
+        let now = Instant::now();
+        let seen = self.failing_since.get(&row.id).copied();
+        // Rounds come on every outbox notification: a try is counted (and written) at
+        // most once per retry pause, so a missing stream does not cost a write per
+        // held-back row per round.
+        if seen.is_some_and(|(_, last)| now.duration_since(last) < self.options.retry_pause) {
+            return Ok(());
+        }
         let error = e.to_string();
         let tries = self.outbox.record_failure(row.id, &error).await.map_err(store_error)?;
-        if tries < self.options.park_after {
-            return Err(e.clone());
+        let since = seen.map_or(now, |(since, _)| since);
+        self.failing_since.insert(row.id, (since, now));
+        if tries < self.options.park_after || since.elapsed() < self.options.park_grace {
+            if seen.is_none() {
+                tracing::warn!(
+                    outbox_id = %row.id,
+                    aggregate_id = %row.aggregate_id,
+                    subject = %row.subject,
+                    error = %error,
+                    grace = ?self.options.park_grace,
+                    "outbox row cannot be published; its aggregate waits, and it is parked if this lasts"
+                );
+            }
+            return Ok(());
         }
+        self.failing_since.remove(&row.id);
         let parked = self.outbox.park(row.id, &error).await.map_err(store_error)?;
         metrics::counter!("souk_relay_parked_total").increment(1);
         metrics::gauge!("souk_relay_parked_rows").set(parked as f64);

@@ -73,6 +73,33 @@ async fn connections_over_the_cap_get_503_and_are_closed() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A client that sends requests and never reads the answers (pipelined, so the server
+/// keeps writing until both socket buffers are full) leaves the server blocked in a
+/// write: the header-read timeout does not apply there, so the connection — and its
+/// place under the cap — was held for ever. Enough such clients lock everyone out.
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_disconnected() -> anyhow::Result<()> {
+    // One place, so that the held one is visible; the timers are the shipped ones.
+    let limits = ConnectionLimits { max_connections: 1, ..ConnectionLimits::default() };
+    let mut env = env_with(None, limits).await?;
+    let addr = env.listen().await?;
+    let (unread, mut write) = tokio::net::TcpStream::connect(addr).await?.into_split();
+    // Far more answers than the kernel buffers of both ends hold.
+    let requests = b"GET /healthz HTTP/1.1\r\nhost: souk\r\n\r\n".repeat(100_000);
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&requests).await;
+        write // kept open: no FIN
+    });
+    let served = souk_testkit::eventually(Duration::from_secs(90), || async {
+        raw_get(addr, "/healthz").await.ok().filter(|(status, _)| *status == 200)
+    })
+    .await;
+    assert!(served.is_ok(), "a client that never reads keeps its connection (and the only place) for ever");
+    drop(unread);
+    writer.abort();
+    Ok(())
+}
+
 /// `/metrics` is not served to the public; the internal listener serves it.
 #[tokio::test]
 async fn metrics_are_served_on_the_internal_listener_only() -> anyhow::Result<()> {
@@ -297,4 +324,33 @@ impl std::io::Write for Capture {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Shutdown drains: a request whose handler is running when the server is told to stop
+/// (here: reading its body, as `100 Continue` shows) is still answered, and stored.
+#[tokio::test]
+async fn a_request_in_flight_at_shutdown_is_answered() -> anyhow::Result<()> {
+    let mut env = env().await?;
+    let addr = env.listen().await?;
+    let token = env.token(&[Role::Buyer]);
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nhost: souk\r\nauthorization: Bearer {token}\r\n\
+         idempotency-key: drain-1\r\ncontent-type: application/json\r\nexpect: 100-continue\r\n\
+         content-length: {}\r\n\r\n",
+        VALID.len()
+    );
+    c.write_all(head.as_bytes()).await?;
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await??;
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"), "no 100 Continue");
+    env.stop.cancel();
+    c.write_all(VALID.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(30), c.read_to_string(&mut answer)).await??;
+    let (status, body) = crate::parse_response(&answer)?;
+    assert_eq!(status, 202, "{answer}");
+    assert!(body.contains("order_id"), "{body}");
+    assert_eq!(env.commands_published().await?, 1);
+    Ok(())
 }

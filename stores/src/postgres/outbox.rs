@@ -5,8 +5,9 @@
 //! statement, that the epoch is still the one this relay took, so a relay that lost
 //! the lease mid-round (its connection dropped, another took over) cannot mark rows.
 //!
-//! Rows that can never be published are parked ([`Outbox::park`]): they, and the later
-//! rows of their aggregate, stop being pending until [`PgOutbox::requeue`].
+//! Rows that can never be published are parked ([`Outbox::park`], fenced on the epoch
+//! like marks): they, and the later rows of their aggregate, stop being pending until
+//! [`PgOutbox::requeue`].
 
 use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::outbox::{Outbox, OutboxMessage};
@@ -25,6 +26,12 @@ const RELAY_LOCK_KEY: i64 = 0x50_55_4b_5f_52_4c_59; // "SOUK_RLY"
 const CHANNEL: &str = "souk_outbox";
 /// Longest wait for Postgres when checking or taking the relay lease.
 const LEASE_CHECK: Duration = Duration::from_secs(5);
+/// Longest the lease connection may sit idle before Postgres ends its session (and so
+/// releases the lock). A holder pings it at the start of every round, so a healthy one
+/// is never idle for longer than a round (cut at 30 s) and the pause after it; one that
+/// went silent (its host died, a partition) leaves a session Postgres would otherwise
+/// keep — with the lease — until TCP keepalive gives up, two hours by default.
+const SET_LEASE_IDLE_TIMEOUT: &str = "set idle_session_timeout = '60s'";
 /// `application_name` of the lease connection (operators can find the holder by it).
 pub const LEASE_APPLICATION_NAME: &str = "souk-relay-lease";
 
@@ -152,6 +159,11 @@ impl PgOutbox {
                 .application_name(LEASE_APPLICATION_NAME)
                 .connect()
                 .await?;
+            // Postgres before 14 has no idle_session_timeout: the lease still works,
+            // only without the bound on a silent holder.
+            if let Err(e) = sqlx::query(SET_LEASE_IDLE_TIMEOUT).execute(&mut conn).await {
+                tracing::warn!(error = %e, "no idle_session_timeout on the relay lease connection");
+            }
             let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
                 .bind(RELAY_LOCK_KEY)
                 .fetch_one(&mut conn)
@@ -292,7 +304,23 @@ impl Outbox for PgOutbox {
 
     fn park<'a>(&'a self, id: Uuid, error: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
         async move {
+            // Fenced like a mark: a relay that lost the lease must not park a row the new
+            // holder may be publishing (it would end published and parked, holding back
+            // its aggregate where `requeue` cannot reach it).
+            let epoch = self.lease.lock().await.as_ref().map(|(_, e)| *e);
+            let Some(epoch) = epoch else { return Err(Error::LeaseLost(0)) };
             let mut tx = super::begin(&self.pool).await?;
+            let ours: Option<i64> =
+                sqlx::query_scalar("select epoch from outbox_lease where epoch = $1 for share")
+                    .bind(epoch)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if ours.is_none() {
+                drop(tx);
+                *self.lease.lock().await = None;
+                tracing::warn!(epoch, "outbox relay lease taken over; not parking");
+                return Err(Error::LeaseLost(epoch));
+            }
             sqlx::query(
                 "update outbox o
                  set parked_at = now(),

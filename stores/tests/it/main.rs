@@ -181,6 +181,7 @@ async fn a_parked_row_holds_back_its_aggregate_only_until_requeued() -> anyhow::
     let a1 = enqueue(&db, "a").await?;
     let b1 = enqueue(&db, "b").await?;
     let a2 = enqueue(&db, "a").await?;
+    assert!(outbox.try_lease().await?, "parking is for the lease holder");
     assert_eq!(outbox.record_failure(a1, "no stream").await?, 1);
     assert_eq!(outbox.record_failure(a1, "no stream").await?, 2);
     assert_eq!(outbox.park(a1, "no stream takes subject x").await?, 2, "a1 and a2 behind it");
@@ -235,5 +236,111 @@ async fn failed_orders_are_written_once_never_over_an_accepted_one_and_can_be_ac
     tx.commit().await?;
     let order = orders::get(&db.pool, cmd.order_id).await?.ok_or_else(|| anyhow::anyhow!("no row"))?;
     assert_eq!((order.status.as_str(), order.reason), ("accepted", None));
+    Ok(())
+}
+
+/// A TCP proxy to Postgres that can go silent: once `cut`, it forwards nothing in either
+/// direction but keeps both sockets open — a partition, or a relay host that died
+/// without closing its connections, as the server sees it.
+async fn silent_proxy(
+    target: (String, u16),
+) -> anyhow::Result<(u16, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
+    use std::sync::{Arc, atomic::AtomicBool};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let cut = Arc::new(AtomicBool::new(false));
+    let accept_cut = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect((target.0.as_str(), target.1)).await else {
+                return;
+            };
+            let cut = accept_cut.clone();
+            tokio::spawn(async move {
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let pump = |mut from: tokio::net::tcp::OwnedReadHalf,
+                            mut to: tokio::net::tcp::OwnedWriteHalf,
+                            cut: Arc<AtomicBool>| async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                            continue; // swallowed: the other side never hears of it
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Keep the other side's socket open (no FIN): silence, not a close.
+                    futures::future::pending::<()>().await;
+                    drop(to);
+                };
+                tokio::join!(pump(cr, sw, cut.clone()), pump(sr, cw, cut));
+            });
+        }
+    });
+    Ok((port, cut))
+}
+
+/// The relay holding the lease loses its lease connection silently (its host dies, a
+/// partition): Postgres sees an idle session, not a closed one, and keeps its advisory
+/// lock until TCP keepalive gives up on it — two hours by default. Another relay must
+/// take the lease over well before that, or the outbox waits for those hours.
+#[tokio::test]
+async fn a_lease_whose_connection_went_silent_is_taken_over() -> anyhow::Result<()> {
+    use sqlx::{ConnectOptions, postgres::PgConnectOptions};
+    use std::str::FromStr;
+    let db = db().await?;
+    let direct = PgConnectOptions::from_str(&db.url)?;
+    let (port, cut) = silent_proxy((direct.get_host().to_owned(), direct.get_port())).await?;
+    let via_proxy = direct.clone().host("127.0.0.1").port(port).to_url_lossy().to_string();
+    let old = PgOutbox::new(db.pool.clone(), &via_proxy);
+    let new = PgOutbox::new(db.pool.clone(), &db.url);
+    assert!(old.try_lease().await?);
+    assert!(!new.try_lease().await?);
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    souk_testkit::eventually(Duration::from_secs(150), || async {
+        new.try_lease().await.ok().filter(|&l| l)
+    })
+    .await?;
+    let a = enqueue(&db, "a").await?;
+    assert!(old.mark_published(&[a]).await.is_err(), "the silent holder's marks are fenced off");
+    new.mark_published(&[a]).await?;
+    Ok(())
+}
+
+/// A relay that lost its lease mid-round cannot park rows either. It used to: a row it
+/// parked while the new holder published it ended published *and* parked, which holds
+/// back every later row of its aggregate for good — `requeue` only takes unpublished
+/// rows, so not even an operator could put the aggregate back in line.
+#[tokio::test]
+async fn a_relay_whose_lease_was_taken_over_cannot_park() -> anyhow::Result<()> {
+    let db = db().await?;
+    let old = PgOutbox::new(db.pool.clone(), &db.url);
+    let new = PgOutbox::new(db.pool.clone(), &db.url);
+    let a1 = enqueue(&db, "a").await?;
+    let a2 = enqueue(&db, "a").await?;
+    assert!(old.try_lease().await?);
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+         where application_name = $1 and datname = current_database()",
+    )
+    .bind(outbox::LEASE_APPLICATION_NAME)
+    .execute(&db.pool)
+    .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async { new.try_lease().await.ok().filter(|&l| l) })
+        .await?;
+    // Mid-round, the old holder gives up on a1 while the new one publishes it.
+    let parked_by_old = old.park(a1, "no stream takes subject souk.evt.test.x").await;
+    new.mark_published(&[a1]).await?;
+    assert!(parked_by_old.is_err(), "the old holder's park is fenced off");
+    let pending: Vec<_> = new.pending(10).await?.into_iter().map(|m| m.id).collect();
+    assert_eq!(pending, [a2], "a2 is not held back behind a row the old holder parked");
+    assert!(new.parked(10).await?.is_empty());
     Ok(())
 }
