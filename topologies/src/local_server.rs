@@ -29,6 +29,16 @@ pub fn find_binary(root: &Path) -> Option<PathBuf> {
     root.ancestors().map(|d| d.join(".souk/bin/nats-server")).find(|p| p.exists())
 }
 
+/// The local server's JetStream file-store limit (1 TiB). Without one, nats-server
+/// allows 75% of the disk's free space, and a stream reserves its `max-bytes` at
+/// creation: the shipped topology (4 GiB CMD + 8 GiB EVT) was refused (err 10047,
+/// insufficient storage) on a disk with less than ~17 GB free — a developer's laptop, or
+/// a test machine crowded by build directories — whatever it would really hold. The
+/// local server (`souk dev`, tests, the benchmark) writes far less than that; a disk
+/// that really fills shows as failed writes. Production servers are configured by their
+/// operators.
+const MAX_FILE_STORE: u64 = 1 << 40;
+
 /// Start nats-server with its store in `dir`, on `port` (or a free one), and wait until
 /// it listens. Returns the child (killed when dropped) and its port.
 ///
@@ -49,7 +59,7 @@ pub async fn spawn(bin: &Path, dir: &Path, port: Option<u16>) -> Result<(Child, 
         &config,
         format!(
             "listen: \"127.0.0.1:{port}\"\nports_file_dir: {ports:?}\n\
-             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n",
+             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n  max_file_store: {MAX_FILE_STORE}\n}}\n",
             port = port.map_or(-1, i32::from),
             ports = ports_dir.display().to_string(),
             store = dir.join("jetstream").display().to_string(),
