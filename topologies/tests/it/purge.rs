@@ -1,10 +1,14 @@
 //! `purge-acked` streams: handled commands are removed in bulk, never one still needed.
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::PullConsumer,
+    stream::{RawMessageError, RawMessageErrorKind, Stream},
+};
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use souk_topologies::{
     Topology,
-    purge::{purge_acked, safe_floor},
+    purge::{NextMessage, Store, purge_acked, purge_acked_with, safe_floor},
     runtime::{Delivery, Handler, Outcome, Registry, Runtime},
 };
 use std::time::Duration;
@@ -202,6 +206,57 @@ async fn a_stream_without_consumers_is_never_purged() -> anyhow::Result<()> {
     assert!(safe_floor(&env.js, "CMD").await.is_err());
     assert!(purge_acked(&env.js, "CMD").await.is_err());
     assert_eq!(stream_messages(&env.js, "CMD").await?, 3);
+    Ok(())
+}
+
+/// The real store, except that lookups on `subject` fail with `error` (what async-nats
+/// returns for a request that timed out or a JetStream error answer).
+struct FailingOn {
+    subject: &'static str,
+    error: fn() -> RawMessageError,
+}
+
+impl NextMessage for FailingOn {
+    fn first_at_or_after<'a>(
+        &'a self,
+        stream: &'a Stream,
+        subject: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, Result<u64, RawMessageError>> {
+        if subject == self.subject {
+            let error = (self.error)();
+            return async move { Err(error) }.boxed();
+        }
+        Store.first_at_or_after(stream, subject, from)
+    }
+}
+
+/// A lookup that fails (a timeout, JetStream temporarily unavailable) is not "no message
+/// there": taken as such, the idle consumer's floor would be the stream's end and its
+/// undelivered commands would be purged. The round fails instead and removes nothing.
+#[tokio::test]
+async fn a_failed_next_message_lookup_purges_nothing() -> anyhow::Result<()> {
+    let env = env_with(PURGED).await?;
+    publish_n(&env, WORK, "w", 5).await?; // 1..=5, never delivered
+    publish_n(&env, OTHER, "o", 1).await?; // 6
+    let timed_out: fn() -> RawMessageError = || RawMessageError::new(RawMessageErrorKind::Other);
+    let unavailable: fn() -> RawMessageError = || {
+        let answer =
+            r#"{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}"#;
+        RawMessageError::new(RawMessageErrorKind::JetStream(
+            serde_json::from_str(answer).expect("error json"),
+        ))
+    };
+    for error in [timed_out, unavailable] {
+        let failing = FailingOn { subject: WORK, error };
+        let e =
+            purge_acked_with(&env.js, "CMD", &failing).await.expect_err("the round must fail").to_string();
+        assert!(e.contains(WORK), "{e}");
+        assert_eq!(stream_messages(&env.js, "CMD").await?, 6, "nothing removed");
+    }
+    // The same round with the store answering: "work" has handled nothing, nothing goes.
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 6);
     Ok(())
 }
 
