@@ -112,13 +112,11 @@ fn header<'a>(m: &'a jetstream::message::StreamMessage, name: &str) -> Option<&'
     m.headers.get(name).map(|v| v.as_str())
 }
 
-async fn consumer_idle(env: &Env) -> bool {
-    match env.js.get_stream("CMD").await {
-        Ok(s) => {
-            matches!(s.consumer_info("work").await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0)
-        }
-        Err(_) => false,
-    }
+/// Whether "work" has nothing pending and nothing unacknowledged; an error when it
+/// cannot be read.
+async fn consumer_idle(env: &Env) -> anyhow::Result<Option<()>> {
+    let info = env.js.get_stream("CMD").await?.consumer_info("work").await?;
+    Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
 }
 
 #[tokio::test]
@@ -132,11 +130,10 @@ async fn poison_message_is_dead_lettered_after_max_deliver_without_blocking_othe
     let (cancel, run) = start_pool(&env, handler.clone()).await?;
 
     let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
-        dead_letters(&env).await.ok().filter(|d| !d.is_empty())
+        anyhow::Ok(Some(dead_letters(&env).await?).filter(|d| !d.is_empty()))
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
     cancel.cancel();
     run.await?;
 
@@ -167,7 +164,7 @@ async fn fail_dead_letters_at_once_and_panics_are_retried_then_dead_lettered() -
     publish(&env, "p", "panic").await?;
     let (cancel, run) = start_pool(&env, handler.clone()).await?;
     let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
-        dead_letters(&env).await.ok().filter(|d| d.len() == 2)
+        anyhow::Ok(Some(dead_letters(&env).await?).filter(|d| d.len() == 2))
     })
     .await?;
     cancel.cancel();
@@ -202,7 +199,7 @@ async fn a_delivery_past_max_deliver_is_dead_lettered_without_running_the_handle
     let handler = Scripted::default();
     let (cancel, run) = start_pool(&env, handler.clone()).await?;
     let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
-        dead_letters(&env).await.ok().filter(|d| !d.is_empty())
+        anyhow::Ok(Some(dead_letters(&env).await?).filter(|d| !d.is_empty()))
     })
     .await?;
     cancel.cancel();
@@ -223,8 +220,7 @@ async fn long_handlers_keep_their_message_with_progress_acks() -> anyhow::Result
         (!handler.done.lock().expect("lock").is_empty()).then_some(())
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(5), || async { consumer_idle(&env).await.then_some(()) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(5), || consumer_idle(&env)).await?;
     cancel.cancel();
     run.await?;
     assert_eq!(*handler.seen.lock().expect("lock"), [("slow:2500".to_owned(), 1)], "never redelivered");
@@ -251,8 +247,7 @@ async fn shutdown_drains_in_flight_handlers_before_returning() -> anyhow::Result
     run.await?;
     assert_eq!(handler.done.lock().expect("lock").len(), 4, "every in-flight handler finished");
     // Acks are asynchronous: the server sees them shortly after the pool returns.
-    souk_testkit::eventually(Duration::from_secs(5), || async { consumer_idle(&env).await.then_some(()) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(5), || consumer_idle(&env)).await?;
     Ok(())
 }
 
@@ -342,8 +337,7 @@ async fn commands_stored_by_an_atomic_batch_are_dead_lettered_and_replayed() -> 
         dead_letters::list(&env.js, 10).await.ok().filter(|l| l.len() == 2)
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
     for letter in dead_letters(&env).await? {
         assert!(
             !letter.headers.iter().any(|(k, _)| {
@@ -417,8 +411,7 @@ async fn a_timed_out_batch_is_dropped_before_its_message_is_retried() -> anyhow:
         handler.events.lock().ok()?.iter().any(|e| e == "start 2").then_some(())
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
     cancel.cancel();
     run.await?;
     let events = handler.events.lock().expect("lock").clone();

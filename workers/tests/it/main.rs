@@ -84,27 +84,22 @@ impl Env {
         Ok(())
     }
 
-    async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
+    /// Rows in `table`; an error when it cannot be read (never a stand-in count).
+    async fn count(&self, table: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
             .fetch_one(&self.db.pool)
-            .await
-            .unwrap_or(-1)
+            .await?)
     }
 
-    async fn dead_letters(&self) -> u64 {
-        match self.js.get_stream("DLQ").await {
-            Ok(s) => s.get_info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        }
+    /// Messages in DLQ; an error when it cannot be read (not "0 dead letters").
+    async fn dead_letters(&self) -> anyhow::Result<u64> {
+        Ok(self.js.get_stream("DLQ").await?.get_info().await?.state.messages)
     }
 
-    async fn idle(&self) -> bool {
-        match self.js.get_stream("CMD").await {
-            Ok(s) => {
-                matches!(s.consumer_info(PLACE_CONSUMER).await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0)
-            }
-            Err(_) => false,
-        }
+    /// Whether the orders consumer has nothing pending and nothing unacknowledged.
+    async fn idle(&self) -> anyhow::Result<bool> {
+        let info = self.js.get_stream("CMD").await?.consumer_info(PLACE_CONSUMER).await?;
+        Ok(info.num_pending == 0 && info.num_ack_pending == 0)
     }
 }
 
@@ -167,7 +162,7 @@ async fn a_worker_killed_between_commit_and_ack_leaves_one_order_and_one_event()
         .await?;
     kill.cancel(); // drain deadline passes; the message is abandoned unacked
     first.await?;
-    assert_eq!(env.count("orders").await, 1, "the commit happened");
+    assert_eq!(env.count("orders").await?, 1, "the commit happened");
 
     let attempts = Arc::new(AtomicU32::new(0));
     let healthy = Counting {
@@ -177,15 +172,15 @@ async fn a_worker_killed_between_commit_and_ack_leaves_one_order_and_one_event()
     let (stop, second) = env.start(healthy).await?;
     // Redelivered after the ack wait, recognised by the inbox, acked.
     eventually(Duration::from_secs(15), || async {
-        (attempts.load(Ordering::SeqCst) >= 1 && env.idle().await).then_some(())
+        anyhow::Ok((attempts.load(Ordering::SeqCst) >= 1 && env.idle().await?).then_some(()))
     })
     .await?;
     stop.cancel();
     second.await?;
-    assert_eq!(env.count("orders").await, 1);
-    assert_eq!(env.count("outbox").await, 1, "one OrderAccepted");
-    assert_eq!(env.count("inbox").await, 1);
-    assert_eq!(env.dead_letters().await, 0);
+    assert_eq!(env.count("orders").await?, 1);
+    assert_eq!(env.count("outbox").await?, 1, "one OrderAccepted");
+    assert_eq!(env.count("inbox").await?, 1);
+    assert_eq!(env.dead_letters().await?, 0);
     Ok(())
 }
 
@@ -204,11 +199,11 @@ async fn replay(max_batch: usize) -> anyhow::Result<()> {
     env.send("replayed-after-the-dedupe-window", &cmd).await?;
     env.send("first", &cmd).await?; // inside the window: JetStream drops it
     let (stop, run) = env.start(PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER)).await?;
-    eventually(Duration::from_secs(10), || async { env.idle().await.then_some(()) }).await?;
+    eventually(Duration::from_secs(10), || async { anyhow::Ok(env.idle().await?.then_some(())) }).await?;
     stop.cancel();
     run.await?;
-    assert_eq!(env.count("orders").await, 1);
-    assert_eq!(env.count("outbox").await, 1);
+    assert_eq!(env.count("orders").await?, 1);
+    assert_eq!(env.count("outbox").await?, 1);
     Ok(())
 }
 
@@ -241,14 +236,14 @@ async fn poison(max_batch: usize) -> anyhow::Result<()> {
 
     let (stop, run) = env.start(PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER)).await?;
     eventually(Duration::from_secs(10), || async {
-        (env.dead_letters().await == 5 && env.idle().await).then_some(())
+        anyhow::Ok((env.dead_letters().await? == 5 && env.idle().await?).then_some(()))
     })
     .await?;
     stop.cancel();
     run.await?;
-    assert_eq!(env.count("orders").await, 1, "only the good order");
-    assert_eq!(env.count("outbox").await, 1);
-    assert_eq!(env.count("inbox").await, 1, "poison leaves no inbox record");
+    assert_eq!(env.count("orders").await?, 1, "only the good order");
+    assert_eq!(env.count("outbox").await?, 1);
+    assert_eq!(env.count("inbox").await?, 1, "poison leaves no inbox record");
     Ok(())
 }
 
@@ -293,9 +288,12 @@ async fn a_database_outage_is_retried_not_dead_lettered() -> anyhow::Result<()> 
     eventually(Duration::from_secs(10), || async { (attempts.load(Ordering::SeqCst) >= 3).then_some(()) })
         .await?;
     outage(true).await?;
-    eventually(Duration::from_secs(15), || async { (env.count("orders").await == 1).then_some(()) }).await?;
+    eventually(Duration::from_secs(15), || async {
+        anyhow::Ok((env.count("orders").await? == 1).then_some(()))
+    })
+    .await?;
     stop.cancel();
     run.await?;
-    assert_eq!(env.dead_letters().await, 0);
+    assert_eq!(env.dead_letters().await?, 0);
     Ok(())
 }
