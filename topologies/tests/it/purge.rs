@@ -14,7 +14,7 @@ use souk_topologies::{
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Env, env_with, msg, stream_messages};
+use crate::{Env, edited, env_of, env_with, msg, stream_messages};
 
 /// The shipped shape: limits retention, purge-acked, discard new.
 const PURGED: &str = r#"
@@ -296,7 +296,9 @@ async fn the_runtime_purges_what_its_pools_handled() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_full_stream_refuses_new_commands_instead_of_dropping_old_ones() -> anyhow::Result<()> {
-    let env = env_with(&PURGED.replace("discard = \"new\"", "discard = \"new\"\nmax-bytes = 1024")).await?;
+    let mut topology = Topology::parse(PURGED)?;
+    topology.streams[0].max_bytes = 1024;
+    let env = env_of(topology).await?;
     let mut refused = None;
     for i in 0..100 {
         if let Err(e) = env.publisher.publish(msg(WORK, &format!("w-{i}"), &"x".repeat(100))).await {
@@ -313,14 +315,18 @@ async fn a_full_stream_refuses_new_commands_instead_of_dropping_old_ones() -> an
 
 #[test]
 fn validation_keeps_commands_to_one_handler() {
-    let overlapping = PURGED
-        .replace(r#"filter-subjects = ["souk.cmd.test.other"]"#, r#"filter-subjects = ["souk.cmd.test.*"]"#);
+    let overlapping = edited(
+        PURGED,
+        r#"filter-subjects = ["souk.cmd.test.other"]"#,
+        r#"filter-subjects = ["souk.cmd.test.*"]"#,
+    );
     let e = Topology::parse(&overlapping).expect_err("overlap").to_string();
     assert!(e.contains("both take"), "{e}");
-    let unfiltered = PURGED.replace(r#"filter-subjects = ["souk.cmd.test.other"]"#, "filter-subjects = []");
+    let unfiltered = edited(PURGED, r#"filter-subjects = ["souk.cmd.test.other"]"#, "filter-subjects = []");
     let e = Topology::parse(&unfiltered).expect_err("takes all").to_string();
     assert!(e.contains("not its only consumer"), "{e}");
-    let on_work_queue = PURGED.replace(
+    let on_work_queue = edited(
+        PURGED,
         r#"retention = "limits"
 purge-acked"#,
         r#"retention = "work-queue"
@@ -328,7 +334,8 @@ purge-acked"#,
     );
     let e = Topology::parse(&on_work_queue).expect_err("purge needs limits").to_string();
     assert!(e.contains("purge-acked needs"), "{e}");
-    let wider_than_its_consumers = PURGED.replace(
+    let wider_than_its_consumers = edited(
+        PURGED,
         r#"subjects = ["souk.cmd.test.work", "souk.cmd.test.other"]"#,
         r#"subjects = ["souk.cmd.>"]"#,
     );
@@ -342,16 +349,9 @@ purge-acked"#,
 #[tokio::test]
 async fn apply_refuses_to_widen_a_consumer_of_commands() -> anyhow::Result<()> {
     let env = env_with(PURGED).await?;
-    let widened = PURGED
-        .replace(
-            r#"subjects = ["souk.cmd.test.work", "souk.cmd.test.other"]"#,
-            r#"subjects = ["souk.cmd.test.work", "souk.cmd.test.other", "souk.cmd.test.extra"]"#,
-        )
-        .replace(
-            r#"filter-subjects = ["souk.cmd.test.work"]"#,
-            r#"filter-subjects = ["souk.cmd.test.work", "souk.cmd.test.extra"]"#,
-        );
-    let topology = Topology::parse(&widened)?;
+    let mut topology = env.topology.clone();
+    topology.streams[0].subjects.push("souk.cmd.test.extra".into());
+    topology.consumers[0].filter_subjects.push("souk.cmd.test.extra".into());
     let err = souk_topologies::apply::apply(&env.js, &topology, souk_topologies::apply::Mode::Apply)
         .await
         .expect_err("must refuse")

@@ -12,7 +12,7 @@ use std::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Env, env, env_with, stream_messages};
+use crate::{Env, env, stream_messages};
 
 const SUBJECT: &str = "souk.cmd.test.work";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -182,12 +182,10 @@ async fn fail_dead_letters_at_once_and_panics_are_retried_then_dead_lettered() -
 #[tokio::test]
 async fn a_delivery_past_max_deliver_is_dead_lettered_without_running_the_handler() -> anyhow::Result<()> {
     // max-deliver 1: a worker that takes the message and dies uses up its only attempt.
-    let env = env_with(
-        &crate::TEST_TOPOLOGY
-            .replace("max-deliver = 3", "max-deliver = 1")
-            .replace(r#"backoff = ["50ms", "50ms", "50ms"]"#, r#"backoff = ["50ms"]"#),
-    )
-    .await?;
+    let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
+    topology.consumers[0].max_deliver = 1;
+    topology.consumers[0].backoff.truncate(1);
+    let env = crate::env_of(topology).await?;
     publish(&env, "crashy", "ok:crashy").await?;
     // The "crashed worker": fetch without ever acking.
     let consumer: jetstream::consumer::PullConsumer =
@@ -395,11 +393,10 @@ impl Handler for StuckFirstBatch {
 /// that has meanwhile been redelivered, or dead-lettered on its last attempt.
 #[tokio::test]
 async fn a_timed_out_batch_is_dropped_before_its_message_is_retried() -> anyhow::Result<()> {
-    let env = env_with(&crate::TEST_TOPOLOGY.replace(
-        r#"handler-timeout = "10s""#,
-        "handler-timeout = \"300ms\"\nmax-batch = 4\nbatches-in-flight = 2",
-    ))
-    .await?;
+    let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
+    let pool = &mut topology.pools[0];
+    (pool.handler_timeout, pool.max_batch, pool.batches_in_flight) = (Duration::from_millis(300), 4, 2);
+    let env = crate::env_of(topology).await?;
     publish(&env, "stuck", "x").await?;
     let handler = StuckFirstBatch::default();
     let mut registry = Registry::default();
