@@ -183,10 +183,9 @@ pub async fn purge_acked_with(
         .sequence(floor + 1)
         .await
         .map_err(|e| Error::Nats(format!("purging {stream} below {}: {e}", floor + 1)))?;
-    if response.purged > 0 {
-        metrics::counter!("souk_stream_purged_messages_total", "stream" => stream.to_owned())
-            .increment(response.purged);
-    }
+    // Incremented by 0 too: the series exists from the first round, not the first purge.
+    metrics::counter!("souk_stream_purged_messages_total", "stream" => stream.to_owned())
+        .increment(response.purged);
     Ok(response.purged)
 }
 

@@ -92,7 +92,8 @@ async fn purges_only_below_every_consumers_ack_floor() -> anyhow::Result<()> {
     let env = env_with(PURGED).await?;
     publish_n(&env, WORK, "w", 6).await?; // seqs 1..=6
     publish_n(&env, OTHER, "o", 2).await?; // seqs 7, 8
-    assert_eq!(purge_acked(&env.js, "CMD").await?, 0, "nothing handled yet");
+    assert_eq!(safe_floor(&env.js, "CMD").await?, None, "nothing handled yet");
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
 
     let work = consumer(&env, "work").await?;
     let taken = fetch(&work, 6).await?;
@@ -126,6 +127,23 @@ async fn purges_only_below_every_consumers_ack_floor() -> anyhow::Result<()> {
     taken[5].double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(purge_acked(&env.js, "CMD").await?, 3);
     assert_eq!(stream_messages(&env.js, "CMD").await?, 0);
+    Ok(())
+}
+
+/// `souk_stream_purged_messages_total` counts what the purges removed, per stream.
+#[tokio::test]
+async fn a_purge_counts_what_it_removed() -> anyhow::Result<()> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    // The test runs on one thread, the purge's own included.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let env = env_with(PURGED).await?;
+    publish_n(&env, WORK, "w", 3).await?;
+    ack_all(&fetch(&consumer(&env, "work").await?, 3).await?).await?;
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 3);
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
+    let text = metrics.render();
+    assert!(text.contains(r#"souk_stream_purged_messages_total{stream="CMD"} 3"#), "{text}");
     Ok(())
 }
 
