@@ -79,9 +79,16 @@ impl NextMessage for Store {
         subject: &'a str,
         from: u64,
     ) -> BoxFuture<'a, std::result::Result<u64, RawMessageError>> {
-        async move { stream.get_first_raw_message_by_subject(subject, from).await.map(|m| m.sequence) }
-            .boxed()
+        next_in_store(stream, subject, from).boxed()
     }
+}
+
+async fn next_in_store(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    from: u64,
+) -> std::result::Result<u64, RawMessageError> {
+    stream.get_first_raw_message_by_subject(subject, from).await.map(|m| m.sequence)
 }
 
 /// `stream`, with its info as of now.
