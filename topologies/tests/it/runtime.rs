@@ -129,13 +129,15 @@ async fn poison_message_is_dead_lettered_after_max_deliver_without_blocking_othe
     }
     let (cancel, run) = start_pool(&env, handler.clone()).await?;
 
-    let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
+    souk_testkit::eventually(Duration::from_secs(20), || async {
         anyhow::Ok(Some(dead_letters(&env).await?).filter(|d| !d.is_empty()))
     })
     .await?;
     souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
     cancel.cancel();
     run.await?;
+    // Read once nothing is in flight: a second copy would show here.
+    let dlq = dead_letters(&env).await?;
 
     assert_eq!(handler.done.lock().expect("lock").len(), 20, "every good message handled");
     let attempts: Vec<u64> =
@@ -163,12 +165,15 @@ async fn fail_dead_letters_at_once_and_panics_are_retried_then_dead_lettered() -
     publish(&env, "f", "fail").await?;
     publish(&env, "p", "panic").await?;
     let (cancel, run) = start_pool(&env, handler.clone()).await?;
-    let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
-        anyhow::Ok(Some(dead_letters(&env).await?).filter(|d| d.len() == 2))
+    souk_testkit::eventually(Duration::from_secs(20), || async {
+        anyhow::Ok(Some(dead_letters(&env).await?).filter(|d| d.len() >= 2))
     })
     .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
     cancel.cancel();
     run.await?;
+    let dlq = dead_letters(&env).await?;
+    assert_eq!(dlq.len(), 2, "one copy each, read once nothing is in flight");
     let by_body = |b: &[u8]| dlq.iter().find(|m| &m.payload[..] == b).expect("dead letter present");
     let fail = by_body(b"fail");
     assert_eq!(header(fail, headers::DLQ_ATTEMPTS), Some("1"));
