@@ -91,8 +91,10 @@ async fn orders_that_got_202_survive_a_nats_server_kill_and_restart() -> anyhow:
     let clients = buyers(&stack, &token, 20, 50, &accepted);
 
     // Kill the server (SIGKILL, no flush) once some orders are in, then bring it back.
-    eventually(Duration::from_secs(30), || async { (accepted.lock().ok()?.len() >= 200).then_some(()) })
-        .await?;
+    eventually(Duration::from_secs(30), || async {
+        (accepted.lock().expect("lock").len() >= 200).then_some(())
+    })
+    .await?;
     stack.nats.kill().await?;
     let during_outage = accepted.lock().expect("lock").len();
     stack.nats.restart().await?;
@@ -128,8 +130,10 @@ async fn orders_that_got_202_survive_a_postgres_crash_and_restart() -> anyhow::R
     let accepted = Accepted::default();
     let clients = buyers(&stack, &token, 20, 30, &accepted);
 
-    eventually(Duration::from_secs(30), || async { (accepted.lock().ok()?.len() >= 150).then_some(()) })
-        .await?;
+    eventually(Duration::from_secs(30), || async {
+        (accepted.lock().expect("lock").len() >= 150).then_some(())
+    })
+    .await?;
     pg.crash().await?;
     let during_outage = accepted.lock().expect("lock").len();
     pg.restart().await?;
