@@ -1,6 +1,7 @@
 //! A whole souk node for end-to-end tests: its own nats-server and database, the
 //! topology applied, and the same [`Node`] wiring `souk dev` runs.
 
+use anyhow::Context;
 use async_nats::jetstream;
 use souk_cli::node::{Node, NodeOptions};
 use souk_ingress::{Claims, IntakeOptions, Keys, Role};
@@ -9,13 +10,25 @@ use std::time::Duration;
 
 use crate::{NatsServer, TestDb};
 
-/// The shipped topology with timers shortened for tests (ack wait, backoff, drain).
+/// The shipped topology (`topologies/marketplace.toml`), as `souk` loads it.
+pub fn shipped_topology() -> anyhow::Result<Topology> {
+    Ok(Topology::parse(include_str!("../../topologies/marketplace.toml"))?)
+}
+
+/// The shipped topology with timers shortened for tests, set on the typed values (so a
+/// change to the shipped file cannot make the shortening silently miss): every
+/// consumer's ack wait is 2 s and its backoff as many steps as shipped, from 50 ms
+/// doubling; every pool drains for at most 5 s. Everything else is as shipped.
 pub fn test_topology() -> anyhow::Result<Topology> {
-    let text = include_str!("../../topologies/marketplace.toml")
-        .replace(r#"ack-wait = "30s""#, r#"ack-wait = "2s""#)
-        .replace(r#"backoff = ["1s", "5s", "30s", "2m"]"#, r#"backoff = ["50ms", "100ms", "200ms", "400ms"]"#)
-        .replace(r#"drain-timeout = "15s""#, r#"drain-timeout = "5s""#);
-    Ok(Topology::parse(&text)?)
+    let mut topology = shipped_topology()?;
+    for c in &mut topology.consumers {
+        c.ack_wait = Duration::from_secs(2);
+        c.backoff = (0..c.backoff.len()).map(|i| Duration::from_millis(50 << i)).collect();
+    }
+    for p in &mut topology.pools {
+        p.drain_timeout = Duration::from_secs(5);
+    }
+    Ok(topology)
 }
 
 /// What to run.
@@ -155,15 +168,18 @@ impl Stack {
             .json(body)
             .send()
             .await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(serde_json::Value::Null)))
+        read_body(r).await
     }
 
-    /// GET a path with a token; returns status and JSON body.
+    /// GET a path with a token; returns status and body (see [`read_body`]).
     pub async fn get(&self, token: &str, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
-        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(token).send().await?;
-        let status = r.status().as_u16();
-        Ok((status, r.json().await.unwrap_or(serde_json::Value::Null)))
+        read_body(self.http.get(format!("{}{path}", self.base)).bearer_auth(token).send().await?).await
+    }
+
+    /// Wait until the node has nothing left to do (see [`crate::quiescent`]): every
+    /// consumer caught up and, when the relay runs, the outbox published.
+    pub async fn quiescent(&self, timeout: Duration) -> anyhow::Result<()> {
+        crate::quiescent(&self.js, self.options.relay.then_some(&self.db.pool), timeout).await
     }
 
     /// `select count(*)` of a query's rows.
@@ -177,6 +193,29 @@ impl Stack {
     pub async fn stream_messages(&self, stream: &str) -> anyhow::Result<u64> {
         Ok(self.js.get_stream(stream).await?.get_info().await?.state.messages)
     }
+}
+
+/// A response's status and body: `Null` when empty, the parsed JSON for a JSON content
+/// type (an error when it does not parse: a test must not read a broken body as
+/// "no field there"), the text otherwise.
+pub async fn read_body(r: reqwest::Response) -> anyhow::Result<(u16, serde_json::Value)> {
+    let status = r.status().as_u16();
+    let json = r
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("application/problem+json"));
+    let bytes = r.bytes().await?;
+    let value = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else if json {
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!("a {status} response's JSON body does not parse: {}", String::from_utf8_lossy(&bytes))
+        })?
+    } else {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    Ok((status, value))
 }
 
 /// A valid order body.

@@ -27,9 +27,18 @@
 //! The topology loader rejects such a purge-acked stream up front; this covers the live
 //! state. Several processes may run purgers on one stream: each purge is to a floor
 //! that was safe when computed, and a lower one later is a no-op.
+//!
+//! Only the store's own "no message found" answer means a consumer has nothing more to
+//! do: any other failure of that lookup (a timeout, a lost connection, JetStream
+//! temporarily unavailable) fails the round, which is retried on the next tick. Taken
+//! as "nothing there", it would put the floor at the stream's end and purge commands
+//! never delivered. The lookup goes through [`NextMessage`] so tests can make it fail.
 
-use async_nats::jetstream::{self, consumer};
-use futures::TryStreamExt;
+use async_nats::jetstream::{
+    self, consumer,
+    stream::{RawMessageError, RawMessageErrorKind},
+};
+use futures::{FutureExt, TryStreamExt, future::BoxFuture};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +51,44 @@ pub const DEFAULT_EVERY: Duration = Duration::from_secs(1);
 /// consumer of the stream, or `None` when one of them has handled nothing yet.
 /// [`Error::Refused`] when a subject of the stream is taken by no consumer.
 pub async fn safe_floor(js: &jetstream::Context, stream: &str) -> Result<Option<u64>> {
-    floor_of(&open(js, stream).await?).await
+    floor_of(&open(js, stream).await?, &Store).await
+}
+
+/// How the purger finds the first message of a subject at or after a sequence.
+/// Production asks the stream's store ([`Store`]); the seam exists so that tests can
+/// make the lookup fail the way a server or a network does.
+pub trait NextMessage: Send + Sync {
+    /// The sequence of the first message of `stream` on `subject` at or after `from`,
+    /// or the server's answer: `NoMessageFound` when there is none.
+    fn first_at_or_after<'a>(
+        &'a self,
+        stream: &'a jetstream::stream::Stream,
+        subject: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, std::result::Result<u64, RawMessageError>>;
+}
+
+/// The stream's store, asked directly (not a consumer's view, which lags it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Store;
+
+impl NextMessage for Store {
+    fn first_at_or_after<'a>(
+        &'a self,
+        stream: &'a jetstream::stream::Stream,
+        subject: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, std::result::Result<u64, RawMessageError>> {
+        next_in_store(stream, subject, from).boxed()
+    }
+}
+
+async fn next_in_store(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    from: u64,
+) -> std::result::Result<u64, RawMessageError> {
+    stream.get_first_raw_message_by_subject(subject, from).await.map(|m| m.sequence)
 }
 
 /// `stream`, with its info as of now.
@@ -52,7 +98,7 @@ async fn open(js: &jetstream::Context, stream: &str) -> Result<jetstream::stream
 
 /// [`safe_floor`] of a stream just opened: its cached info holds the last sequence read
 /// before the consumers and the store are asked.
-async fn floor_of(handle: &jetstream::stream::Stream) -> Result<Option<u64>> {
+async fn floor_of(handle: &jetstream::stream::Stream, lookup: &dyn NextMessage) -> Result<Option<u64>> {
     let info = handle.cached_info();
     let last = info.state.last_sequence;
     let consumers: Vec<consumer::Info> = handle
@@ -77,7 +123,7 @@ async fn floor_of(handle: &jetstream::stream::Stream) -> Result<Option<u64>> {
     }
     let mut floor: Option<u64> = None;
     for c in &consumers {
-        let Some(f) = consumer_floor(handle, c, last).await? else { return Ok(None) };
+        let Some(f) = consumer_floor(handle, lookup, c, last).await? else { return Ok(None) };
         floor = Some(floor.map_or(f, |lowest| lowest.min(f)));
     }
     Ok(floor)
@@ -87,6 +133,7 @@ async fn floor_of(handle: &jetstream::stream::Stream) -> Result<Option<u64>> {
 /// given the stream's last sequence read before; `None` if it has handled nothing.
 async fn consumer_floor(
     handle: &jetstream::stream::Stream,
+    lookup: &dyn NextMessage,
     c: &consumer::Info,
     stream_last: u64,
 ) -> Result<Option<u64>> {
@@ -99,7 +146,8 @@ async fn consumer_floor(
         let filters = filters_of(&c.config);
         let whole_stream = [">".to_owned()];
         for subject in if filters.is_empty() { &whole_stream[..] } else { &filters[..] } {
-            if let Some(seq) = first_at_or_after(handle, subject, c.delivered.stream_sequence + 1).await? {
+            let from = c.delivered.stream_sequence + 1;
+            if let Some(seq) = found(lookup.first_at_or_after(handle, subject, from).await, subject, from)? {
                 next = Some(next.map_or(seq, |n: u64| n.min(seq)));
             }
         }
@@ -111,15 +159,13 @@ async fn consumer_floor(
     Ok((floor > 0).then_some(floor))
 }
 
-/// The sequence of the first message at or after `from` on `subject`, if any.
-async fn first_at_or_after(
-    handle: &jetstream::stream::Stream,
-    subject: &str,
-    from: u64,
-) -> Result<Option<u64>> {
-    match handle.get_first_raw_message_by_subject(subject, from).await {
-        Ok(m) => Ok(Some(m.sequence)),
-        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+/// A lookup's answer: the sequence found, `None` only when the server said there is no
+/// such message. Every other failure is an error, never "nothing there" (see the module
+/// doc: that would purge up to the stream's end).
+fn found(answer: std::result::Result<u64, RawMessageError>, subject: &str, from: u64) -> Result<Option<u64>> {
+    match answer {
+        Ok(seq) => Ok(Some(seq)),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(Error::Nats(format!("next {subject} from {from}: {e}"))),
     }
 }
@@ -127,18 +173,26 @@ async fn first_at_or_after(
 /// One round: remove every message of `stream` at or below its safe floor. Returns how
 /// many were removed.
 pub async fn purge_acked(js: &jetstream::Context, stream: &str) -> Result<u64> {
+    purge_acked_with(js, stream, &Store).await
+}
+
+/// [`purge_acked`], finding next messages through `lookup`.
+pub async fn purge_acked_with(
+    js: &jetstream::Context,
+    stream: &str,
+    lookup: &dyn NextMessage,
+) -> Result<u64> {
     let handle = open(js, stream).await?;
-    let Some(floor) = floor_of(&handle).await? else { return Ok(0) };
+    let Some(floor) = floor_of(&handle, lookup).await? else { return Ok(0) };
     // `sequence(n)` removes everything below n.
     let response = handle
         .purge()
         .sequence(floor + 1)
         .await
         .map_err(|e| Error::Nats(format!("purging {stream} below {}: {e}", floor + 1)))?;
-    if response.purged > 0 {
-        metrics::counter!("souk_stream_purged_messages_total", "stream" => stream.to_owned())
-            .increment(response.purged);
-    }
+    // Incremented by 0 too: the series exists from the first round, not the first purge.
+    metrics::counter!("souk_stream_purged_messages_total", "stream" => stream.to_owned())
+        .increment(response.purged);
     Ok(response.purged)
 }
 

@@ -13,7 +13,8 @@ pub(crate) async fn api_address(child: &mut tokio::process::Child) -> anyhow::Re
     tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await? {
             if let Some(rest) = line.trim().strip_prefix("API") {
-                return anyhow::Ok(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                let address = rest.split_whitespace().next();
+                return address.map(str::to_owned).ok_or_else(|| anyhow::anyhow!("no address in {line:?}"));
             }
         }
         anyhow::bail!("souk dev exited before printing its address")
@@ -287,12 +288,13 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
     Ok(())
 }
 
-/// Pids of nats-server processes whose command line mentions `dir`.
+/// Pids of nats-server processes whose command line mentions `dir`. Panics when /proc
+/// cannot be listed: "none found" must mean none runs, not that nothing was read.
 pub(super) fn nats_servers_under(dir: &std::path::Path) -> Vec<u32> {
     let needle = dir.display().to_string();
     std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
+        .expect("listing /proc")
+        // A process that exits while listed is skipped, as one that never ran.
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {

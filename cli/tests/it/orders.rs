@@ -83,15 +83,10 @@ async fn fifty_concurrent_posts_with_one_key_make_one_order() -> anyhow::Result<
     let (status, other) = stack.place(&carol, "same-key", &body).await?;
     assert_eq!(status, 202);
     assert_ne!(other["order_id"].as_str(), Some(order_id.as_str()));
-    eventually(Duration::from_secs(10), || async {
-        (stack.count("select 1 from orders").await.ok()? == 2).then_some(())
-    })
-    .await?;
-    // Exactly one event per order.
-    eventually(Duration::from_secs(10), || async {
-        (stack.stream_messages("EVT").await.ok()? == 2).then_some(())
-    })
-    .await?;
+    // Once nothing is in flight: two orders, exactly one event each.
+    stack.quiescent(Duration::from_secs(10)).await?;
+    assert_eq!(stack.count("select 1 from orders").await?, 2);
+    assert_eq!(stack.stream_messages("EVT").await?, 2);
     Ok(())
 }
 

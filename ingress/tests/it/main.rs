@@ -86,17 +86,35 @@ impl Env {
     }
 }
 
-/// Send one request; returns status, content type and body.
+/// Send one request; returns status, content type (empty when there is none) and body:
+/// `Null` when empty, parsed for a JSON content type (an error if it does not parse: a
+/// broken body must not read as "no such field"), the text otherwise.
 pub async fn send(
     router: Router,
     request: Request<Body>,
 ) -> anyhow::Result<(u16, String, serde_json::Value)> {
     let response = router.oneshot(request).await?;
     let status = response.status().as_u16();
-    let content_type =
-        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let content_type = match response.headers().get("content-type") {
+        Some(v) => v.to_str()?.to_owned(),
+        None => String::new(),
+    };
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await?;
-    Ok((status, content_type, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+    let body = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else if content_type.starts_with("application/json")
+        || content_type.starts_with("application/problem+json")
+    {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "a {status} response's JSON body does not parse ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })?
+    } else {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    Ok((status, content_type, body))
 }
 
 /// `GET path` over a raw socket (`Connection: close`); returns the status and body.

@@ -115,7 +115,7 @@ async fn only_one_relay_holds_the_lease_until_it_lets_go() -> anyhow::Result<()>
     assert!(!second.try_lease().await?);
     drop(first); // its lease connection closes with it
     souk_testkit::eventually(Duration::from_secs(10), || async {
-        second.try_lease().await.ok().filter(|&l| l)
+        anyhow::Ok(second.try_lease().await?.then_some(()))
     })
     .await?;
     Ok(())

@@ -63,13 +63,25 @@ pub async fn env() -> anyhow::Result<Env> {
 }
 
 pub async fn env_with(topology: &str) -> anyhow::Result<Env> {
+    env_of(Topology::parse(topology)?).await
+}
+
+/// A nats-server with `topology` applied (built or changed as typed values).
+pub async fn env_of(topology: Topology) -> anyhow::Result<Env> {
     let nats = souk_testkit::NatsServer::start().await?;
     let client = nats.client().await?;
     let js = async_nats::jetstream::new(client.clone());
-    let topology = Topology::parse(topology)?;
     souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
     let publisher = Publisher::new(client.clone(), Duration::from_secs(2));
     Ok(Env { nats, client, js, publisher, topology })
+}
+
+/// `text` with `from` replaced by `to`, for tests of what the topology loader refuses
+/// (typed values cannot express an invalid file): fails unless `from` is there, so an
+/// edit that no longer matches cannot leave the text valid and the test vacuous.
+pub fn edited(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "the text to edit has no {from:?}");
+    text.replace(from, to)
 }
 
 pub fn msg(subject: &str, id: &str, body: &str) -> souk_topologies::publisher::OutgoingMessage {

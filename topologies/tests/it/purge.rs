@@ -1,16 +1,20 @@
 //! `purge-acked` streams: handled commands are removed in bulk, never one still needed.
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::PullConsumer,
+    stream::{RawMessageError, RawMessageErrorKind, Stream},
+};
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use souk_topologies::{
     Topology,
-    purge::{purge_acked, safe_floor},
+    purge::{NextMessage, Store, purge_acked, purge_acked_with, safe_floor},
     runtime::{Delivery, Handler, Outcome, Registry, Runtime},
 };
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Env, env_with, msg, stream_messages};
+use crate::{Env, edited, env_of, env_with, msg, stream_messages};
 
 /// The shipped shape: limits retention, purge-acked, discard new.
 const PURGED: &str = r#"
@@ -88,7 +92,8 @@ async fn purges_only_below_every_consumers_ack_floor() -> anyhow::Result<()> {
     let env = env_with(PURGED).await?;
     publish_n(&env, WORK, "w", 6).await?; // seqs 1..=6
     publish_n(&env, OTHER, "o", 2).await?; // seqs 7, 8
-    assert_eq!(purge_acked(&env.js, "CMD").await?, 0, "nothing handled yet");
+    assert_eq!(safe_floor(&env.js, "CMD").await?, None, "nothing handled yet");
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
 
     let work = consumer(&env, "work").await?;
     let taken = fetch(&work, 6).await?;
@@ -122,6 +127,23 @@ async fn purges_only_below_every_consumers_ack_floor() -> anyhow::Result<()> {
     taken[5].double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(purge_acked(&env.js, "CMD").await?, 3);
     assert_eq!(stream_messages(&env.js, "CMD").await?, 0);
+    Ok(())
+}
+
+/// `souk_stream_purged_messages_total` counts what the purges removed, per stream.
+#[tokio::test]
+async fn a_purge_counts_what_it_removed() -> anyhow::Result<()> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    // The test runs on one thread, the purge's own included.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let env = env_with(PURGED).await?;
+    publish_n(&env, WORK, "w", 3).await?;
+    ack_all(&fetch(&consumer(&env, "work").await?, 3).await?).await?;
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 3);
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
+    let text = metrics.render();
+    assert!(text.contains(r#"souk_stream_purged_messages_total{stream="CMD"} 3"#), "{text}");
     Ok(())
 }
 
@@ -205,6 +227,57 @@ async fn a_stream_without_consumers_is_never_purged() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The real store, except that lookups on `subject` fail with `error` (what async-nats
+/// returns for a request that timed out or a JetStream error answer).
+struct FailingOn {
+    subject: &'static str,
+    error: fn() -> RawMessageError,
+}
+
+impl NextMessage for FailingOn {
+    fn first_at_or_after<'a>(
+        &'a self,
+        stream: &'a Stream,
+        subject: &'a str,
+        from: u64,
+    ) -> BoxFuture<'a, Result<u64, RawMessageError>> {
+        if subject == self.subject {
+            let error = (self.error)();
+            return async move { Err(error) }.boxed();
+        }
+        Store.first_at_or_after(stream, subject, from)
+    }
+}
+
+/// A lookup that fails (a timeout, JetStream temporarily unavailable) is not "no message
+/// there": taken as such, the idle consumer's floor would be the stream's end and its
+/// undelivered commands would be purged. The round fails instead and removes nothing.
+#[tokio::test]
+async fn a_failed_next_message_lookup_purges_nothing() -> anyhow::Result<()> {
+    let env = env_with(PURGED).await?;
+    publish_n(&env, WORK, "w", 5).await?; // 1..=5, never delivered
+    publish_n(&env, OTHER, "o", 1).await?; // 6
+    let timed_out: fn() -> RawMessageError = || RawMessageError::new(RawMessageErrorKind::Other);
+    let unavailable: fn() -> RawMessageError = || {
+        let answer =
+            r#"{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}"#;
+        RawMessageError::new(RawMessageErrorKind::JetStream(
+            serde_json::from_str(answer).expect("error json"),
+        ))
+    };
+    for error in [timed_out, unavailable] {
+        let failing = FailingOn { subject: WORK, error };
+        let e =
+            purge_acked_with(&env.js, "CMD", &failing).await.expect_err("the round must fail").to_string();
+        assert!(e.contains(WORK), "{e}");
+        assert_eq!(stream_messages(&env.js, "CMD").await?, 6, "nothing removed");
+    }
+    // The same round with the store answering: "work" has handled nothing, nothing goes.
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 0);
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 6);
+    Ok(())
+}
+
 struct AckAll;
 
 impl Handler for AckAll {
@@ -241,7 +314,9 @@ async fn the_runtime_purges_what_its_pools_handled() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_full_stream_refuses_new_commands_instead_of_dropping_old_ones() -> anyhow::Result<()> {
-    let env = env_with(&PURGED.replace("discard = \"new\"", "discard = \"new\"\nmax-bytes = 1024")).await?;
+    let mut topology = Topology::parse(PURGED)?;
+    topology.streams[0].max_bytes = 1024;
+    let env = env_of(topology).await?;
     let mut refused = None;
     for i in 0..100 {
         if let Err(e) = env.publisher.publish(msg(WORK, &format!("w-{i}"), &"x".repeat(100))).await {
@@ -258,14 +333,18 @@ async fn a_full_stream_refuses_new_commands_instead_of_dropping_old_ones() -> an
 
 #[test]
 fn validation_keeps_commands_to_one_handler() {
-    let overlapping = PURGED
-        .replace(r#"filter-subjects = ["souk.cmd.test.other"]"#, r#"filter-subjects = ["souk.cmd.test.*"]"#);
+    let overlapping = edited(
+        PURGED,
+        r#"filter-subjects = ["souk.cmd.test.other"]"#,
+        r#"filter-subjects = ["souk.cmd.test.*"]"#,
+    );
     let e = Topology::parse(&overlapping).expect_err("overlap").to_string();
     assert!(e.contains("both take"), "{e}");
-    let unfiltered = PURGED.replace(r#"filter-subjects = ["souk.cmd.test.other"]"#, "filter-subjects = []");
+    let unfiltered = edited(PURGED, r#"filter-subjects = ["souk.cmd.test.other"]"#, "filter-subjects = []");
     let e = Topology::parse(&unfiltered).expect_err("takes all").to_string();
     assert!(e.contains("not its only consumer"), "{e}");
-    let on_work_queue = PURGED.replace(
+    let on_work_queue = edited(
+        PURGED,
         r#"retention = "limits"
 purge-acked"#,
         r#"retention = "work-queue"
@@ -273,7 +352,8 @@ purge-acked"#,
     );
     let e = Topology::parse(&on_work_queue).expect_err("purge needs limits").to_string();
     assert!(e.contains("purge-acked needs"), "{e}");
-    let wider_than_its_consumers = PURGED.replace(
+    let wider_than_its_consumers = edited(
+        PURGED,
         r#"subjects = ["souk.cmd.test.work", "souk.cmd.test.other"]"#,
         r#"subjects = ["souk.cmd.>"]"#,
     );
@@ -287,16 +367,9 @@ purge-acked"#,
 #[tokio::test]
 async fn apply_refuses_to_widen_a_consumer_of_commands() -> anyhow::Result<()> {
     let env = env_with(PURGED).await?;
-    let widened = PURGED
-        .replace(
-            r#"subjects = ["souk.cmd.test.work", "souk.cmd.test.other"]"#,
-            r#"subjects = ["souk.cmd.test.work", "souk.cmd.test.other", "souk.cmd.test.extra"]"#,
-        )
-        .replace(
-            r#"filter-subjects = ["souk.cmd.test.work"]"#,
-            r#"filter-subjects = ["souk.cmd.test.work", "souk.cmd.test.extra"]"#,
-        );
-    let topology = Topology::parse(&widened)?;
+    let mut topology = env.topology.clone();
+    topology.streams[0].subjects.push("souk.cmd.test.extra".into());
+    topology.consumers[0].filter_subjects.push("souk.cmd.test.extra".into());
     let err = souk_topologies::apply::apply(&env.js, &topology, souk_topologies::apply::Mode::Apply)
         .await
         .expect_err("must refuse")

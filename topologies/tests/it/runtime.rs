@@ -12,7 +12,7 @@ use std::{
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Env, env, env_with, stream_messages};
+use crate::{Env, env, stream_messages};
 
 const SUBJECT: &str = "souk.cmd.test.work";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -111,13 +111,11 @@ fn header<'a>(m: &'a jetstream::message::StreamMessage, name: &str) -> Option<&'
     m.headers.get(name).map(|v| v.as_str())
 }
 
-async fn consumer_idle(env: &Env) -> bool {
-    match env.js.get_stream("CMD").await {
-        Ok(s) => {
-            matches!(s.consumer_info("work").await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0)
-        }
-        Err(_) => false,
-    }
+/// Whether "work" has nothing pending and nothing unacknowledged; an error when it
+/// cannot be read.
+async fn consumer_idle(env: &Env) -> anyhow::Result<Option<()>> {
+    let info = env.js.get_stream("CMD").await?.consumer_info("work").await?;
+    Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
 }
 
 #[tokio::test]
@@ -130,14 +128,15 @@ async fn poison_message_is_dead_lettered_after_max_deliver_without_blocking_othe
     }
     let (cancel, run) = start_pool(&env, handler.clone()).await?;
 
-    let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
-        dead_letters(&env).await.ok().filter(|d| !d.is_empty())
+    souk_testkit::eventually(Duration::from_secs(20), || async {
+        anyhow::Ok(Some(dead_letters(&env).await?).filter(|d| !d.is_empty()))
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
     cancel.cancel();
     run.await?;
+    // Read once nothing is in flight: a second copy would show here.
+    let dlq = dead_letters(&env).await?;
 
     assert_eq!(handler.done.lock().expect("lock").len(), 20, "every good message handled");
     let attempts: Vec<u64> =
@@ -165,12 +164,15 @@ async fn fail_dead_letters_at_once_and_panics_are_retried_then_dead_lettered() -
     publish(&env, "f", "fail").await?;
     publish(&env, "p", "panic").await?;
     let (cancel, run) = start_pool(&env, handler.clone()).await?;
-    let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
-        dead_letters(&env).await.ok().filter(|d| d.len() == 2)
+    souk_testkit::eventually(Duration::from_secs(20), || async {
+        anyhow::Ok(Some(dead_letters(&env).await?).filter(|d| d.len() >= 2))
     })
     .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
     cancel.cancel();
     run.await?;
+    let dlq = dead_letters(&env).await?;
+    assert_eq!(dlq.len(), 2, "one copy each, read once nothing is in flight");
     let by_body = |b: &[u8]| dlq.iter().find(|m| &m.payload[..] == b).expect("dead letter present");
     let fail = by_body(b"fail");
     assert_eq!(header(fail, headers::DLQ_ATTEMPTS), Some("1"));
@@ -184,12 +186,10 @@ async fn fail_dead_letters_at_once_and_panics_are_retried_then_dead_lettered() -
 #[tokio::test]
 async fn a_delivery_past_max_deliver_is_dead_lettered_without_running_the_handler() -> anyhow::Result<()> {
     // max-deliver 1: a worker that takes the message and dies uses up its only attempt.
-    let env = env_with(
-        &crate::TEST_TOPOLOGY
-            .replace("max-deliver = 3", "max-deliver = 1")
-            .replace(r#"backoff = ["50ms", "50ms", "50ms"]"#, r#"backoff = ["50ms"]"#),
-    )
-    .await?;
+    let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
+    topology.consumers[0].max_deliver = 1;
+    topology.consumers[0].backoff.truncate(1);
+    let env = crate::env_of(topology).await?;
     publish(&env, "crashy", "ok:crashy").await?;
     // The "crashed worker": fetch without ever acking.
     let consumer: jetstream::consumer::PullConsumer =
@@ -201,7 +201,7 @@ async fn a_delivery_past_max_deliver_is_dead_lettered_without_running_the_handle
     let handler = Scripted::default();
     let (cancel, run) = start_pool(&env, handler.clone()).await?;
     let dlq = souk_testkit::eventually(Duration::from_secs(20), || async {
-        dead_letters(&env).await.ok().filter(|d| !d.is_empty())
+        anyhow::Ok(Some(dead_letters(&env).await?).filter(|d| !d.is_empty()))
     })
     .await?;
     cancel.cancel();
@@ -222,8 +222,7 @@ async fn long_handlers_keep_their_message_with_progress_acks() -> anyhow::Result
         (!handler.done.lock().expect("lock").is_empty()).then_some(())
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(5), || async { consumer_idle(&env).await.then_some(()) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(5), || consumer_idle(&env)).await?;
     cancel.cancel();
     run.await?;
     assert_eq!(*handler.seen.lock().expect("lock"), [("slow:2500".to_owned(), 1)], "never redelivered");
@@ -250,8 +249,7 @@ async fn shutdown_drains_in_flight_handlers_before_returning() -> anyhow::Result
     run.await?;
     assert_eq!(handler.done.lock().expect("lock").len(), 4, "every in-flight handler finished");
     // Acks are asynchronous: the server sees them shortly after the pool returns.
-    souk_testkit::eventually(Duration::from_secs(5), || async { consumer_idle(&env).await.then_some(()) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(5), || consumer_idle(&env)).await?;
     Ok(())
 }
 
@@ -341,8 +339,7 @@ async fn commands_stored_by_an_atomic_batch_are_dead_lettered_and_replayed() -> 
         dead_letters::list(&env.js, 10).await.ok().filter(|l| l.len() == 2)
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
     for letter in dead_letters(&env).await? {
         assert!(
             !letter.headers.iter().any(|(k, _)| {
@@ -400,11 +397,10 @@ impl Handler for StuckFirstBatch {
 /// that has meanwhile been redelivered, or dead-lettered on its last attempt.
 #[tokio::test]
 async fn a_timed_out_batch_is_dropped_before_its_message_is_retried() -> anyhow::Result<()> {
-    let env = env_with(&crate::TEST_TOPOLOGY.replace(
-        r#"handler-timeout = "10s""#,
-        "handler-timeout = \"300ms\"\nmax-batch = 4\nbatches-in-flight = 2",
-    ))
-    .await?;
+    let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
+    let pool = &mut topology.pools[0];
+    (pool.handler_timeout, pool.max_batch, pool.batches_in_flight) = (Duration::from_millis(300), 4, 2);
+    let env = crate::env_of(topology).await?;
     publish(&env, "stuck", "x").await?;
     let handler = StuckFirstBatch::default();
     let mut registry = Registry::default();
@@ -416,8 +412,7 @@ async fn a_timed_out_batch_is_dropped_before_its_message_is_retried() -> anyhow:
         handler.events.lock().ok()?.iter().any(|e| e == "start 2").then_some(())
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(10), || async { consumer_idle(&env).await.then_some(()) })
-        .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
     cancel.cancel();
     run.await?;
     let events = handler.events.lock().expect("lock").clone();

@@ -54,8 +54,10 @@ async fn a_command_dead_lettered_after_its_stream_was_recreated_still_fails_its_
     let (stop, run) = start_both(&env).await?;
     let second = send_poison(&env).await?;
     let read = eventually(Duration::from_secs(15), || async {
-        (env.dead_letters().await == 2 && status(&env, second).await.as_deref() == Some("failed"))
-            .then_some(())
+        anyhow::Ok(
+            (env.dead_letters().await? == 2 && status(&env, second).await.as_deref() == Some("failed"))
+                .then_some(()),
+        )
     })
     .await;
     stop.cancel();
@@ -63,7 +65,7 @@ async fn a_command_dead_lettered_after_its_stream_was_recreated_still_fails_its_
     assert!(
         read.is_ok(),
         "dead letters: {} (want 2); second order: {:?} (want failed)",
-        env.dead_letters().await,
+        env.dead_letters().await?,
         status(&env, second).await
     );
     Ok(())
@@ -137,6 +139,6 @@ async fn a_redrive_after_the_dead_letter_stream_was_recreated_accepts_its_order(
     stop.cancel();
     run.await?;
     assert!(accepted.is_ok(), "the redriven order reads {:?}, not accepted", status(&env, second).await);
-    assert_eq!(env.count("outbox").await, 2, "one OrderAccepted per order");
+    assert_eq!(env.count("outbox").await?, 2, "one OrderAccepted per order");
     Ok(())
 }

@@ -97,27 +97,22 @@ impl Env {
         Ok(())
     }
 
-    async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
+    /// Rows in `table`; an error when it cannot be read (never a stand-in count).
+    async fn count(&self, table: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from {table}")))
             .fetch_one(&self.db.pool)
-            .await
-            .unwrap_or(-1)
+            .await?)
     }
 
-    async fn dead_letters(&self) -> u64 {
-        match self.js.get_stream("DLQ").await {
-            Ok(s) => s.get_info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        }
+    /// Messages in DLQ; an error when it cannot be read (not "0 dead letters").
+    async fn dead_letters(&self) -> anyhow::Result<u64> {
+        Ok(self.js.get_stream("DLQ").await?.get_info().await?.state.messages)
     }
 
-    async fn idle(&self) -> bool {
-        match self.js.get_stream("CMD").await {
-            Ok(s) => {
-                matches!(s.consumer_info(PLACE_CONSUMER).await, Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0)
-            }
-            Err(_) => false,
-        }
+    /// Whether the orders consumer has nothing pending and nothing unacknowledged.
+    async fn idle(&self) -> anyhow::Result<bool> {
+        let info = self.js.get_stream("CMD").await?.consumer_info(PLACE_CONSUMER).await?;
+        Ok(info.num_pending == 0 && info.num_ack_pending == 0)
     }
 }
 
@@ -186,7 +181,7 @@ async fn a_worker_killed_between_commit_and_ack_leaves_one_order_and_one_event()
         .await?;
     kill.cancel(); // drain deadline passes; the message is abandoned unacked
     first.await?;
-    assert_eq!(env.count("orders").await, 1, "the commit happened");
+    assert_eq!(env.count("orders").await?, 1, "the commit happened");
 
     let attempts = Arc::new(AtomicU32::new(0));
     let healthy = Counting {
@@ -197,15 +192,15 @@ async fn a_worker_killed_between_commit_and_ack_leaves_one_order_and_one_event()
     let (stop, second) = env.start(healthy).await?;
     // Redelivered after the ack wait, recognised by the inbox, acked.
     eventually(Duration::from_secs(15), || async {
-        (attempts.load(Ordering::SeqCst) >= 1 && env.idle().await).then_some(())
+        anyhow::Ok((attempts.load(Ordering::SeqCst) >= 1 && env.idle().await?).then_some(()))
     })
     .await?;
     stop.cancel();
     second.await?;
-    assert_eq!(env.count("orders").await, 1);
-    assert_eq!(env.count("outbox").await, 1, "one OrderAccepted");
-    assert_eq!(env.count("inbox").await, 1);
-    assert_eq!(env.dead_letters().await, 0);
+    assert_eq!(env.count("orders").await?, 1);
+    assert_eq!(env.count("outbox").await?, 1, "one OrderAccepted");
+    assert_eq!(env.count("inbox").await?, 1);
+    assert_eq!(env.dead_letters().await?, 0);
     Ok(())
 }
 
@@ -224,11 +219,11 @@ async fn replay(max_batch: usize) -> anyhow::Result<()> {
     env.send("replayed-after-the-dedupe-window", &cmd).await?;
     env.send("first", &cmd).await?; // inside the window: JetStream drops it
     let (stop, run) = env.start(PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER)).await?;
-    eventually(Duration::from_secs(10), || async { env.idle().await.then_some(()) }).await?;
+    eventually(Duration::from_secs(10), || async { anyhow::Ok(env.idle().await?.then_some(())) }).await?;
     stop.cancel();
     run.await?;
-    assert_eq!(env.count("orders").await, 1);
-    assert_eq!(env.count("outbox").await, 1);
+    assert_eq!(env.count("orders").await?, 1);
+    assert_eq!(env.count("outbox").await?, 1);
     Ok(())
 }
 
@@ -260,14 +255,14 @@ async fn poison(max_batch: usize) -> anyhow::Result<()> {
 
     let (stop, run) = env.start(PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER)).await?;
     eventually(Duration::from_secs(10), || async {
-        (env.dead_letters().await == 4 && env.idle().await).then_some(())
+        anyhow::Ok((env.dead_letters().await? == 4 && env.idle().await?).then_some(()))
     })
     .await?;
     stop.cancel();
     run.await?;
-    assert_eq!(env.count("orders").await, 1, "only the good order");
-    assert_eq!(env.count("outbox").await, 1);
-    assert_eq!(env.count("inbox").await, 1, "poison leaves no inbox record");
+    assert_eq!(env.count("orders").await?, 1, "only the good order");
+    assert_eq!(env.count("outbox").await?, 1);
+    assert_eq!(env.count("inbox").await?, 1, "poison leaves no inbox record");
     Ok(())
 }
 
@@ -310,12 +305,15 @@ async fn a_database_outage_is_retried_not_dead_lettered() -> anyhow::Result<()> 
     eventually(Duration::from_secs(20), || async { (probes.load(Ordering::SeqCst) >= 3).then_some(()) })
         .await?;
     assert_eq!(attempts.load(Ordering::SeqCst), 1, "held, not retried, while the store is down");
-    assert_eq!(env.dead_letters().await, 0);
+    assert_eq!(env.dead_letters().await?, 0);
     outage(true).await?;
-    eventually(Duration::from_secs(30), || async { (env.count("orders").await == 1).then_some(()) }).await?;
+    eventually(Duration::from_secs(30), || async {
+        anyhow::Ok((env.count("orders").await? == 1).then_some(()))
+    })
+    .await?;
     stop.cancel();
     run.await?;
-    assert_eq!(env.dead_letters().await, 0);
+    assert_eq!(env.dead_letters().await?, 0);
     Ok(())
 }
 
@@ -362,12 +360,15 @@ async fn a_read_only_database_holds_commands_until_it_takes_writes_again() -> an
     eventually(Duration::from_secs(20), || async { (probes.load(Ordering::SeqCst) >= 3).then_some(()) })
         .await?;
     assert_eq!(attempts.load(Ordering::SeqCst), 1, "held, not retried, while read-only");
-    assert_eq!(env.dead_letters().await, 0);
+    assert_eq!(env.dead_letters().await?, 0);
     read_only(false).await?;
-    eventually(Duration::from_secs(30), || async { (env.count("orders").await == 1).then_some(()) }).await?;
+    eventually(Duration::from_secs(30), || async {
+        anyhow::Ok((env.count("orders").await? == 1).then_some(()))
+    })
+    .await?;
     stop.cancel();
     run.await?;
-    assert_eq!(env.dead_letters().await, 0);
+    assert_eq!(env.dead_letters().await?, 0);
     Ok(())
 }
 
@@ -422,7 +423,10 @@ async fn a_command_of_a_newer_schema_waits_for_the_upgrade_instead_of_being_dead
         (info.delivered.consumer_sequence > max_deliver as u64 + 1).then_some(())
     };
     eventually(Duration::from_secs(10), delivered).await?;
-    eventually(Duration::from_secs(10), || async { (env.count("orders").await == 1).then_some(()) }).await?;
+    eventually(Duration::from_secs(10), || async {
+        anyhow::Ok((env.count("orders").await? == 1).then_some(()))
+    })
+    .await?;
     // Stopping drains: every delivery is settled when the pool returns.
     stop.cancel();
     run.await?;
@@ -434,6 +438,6 @@ async fn a_command_of_a_newer_schema_waits_for_the_upgrade_instead_of_being_dead
     let info = env.js.get_stream("CMD").await?.consumer_info(PLACE_CONSUMER).await?;
     assert_eq!(info.ack_floor.stream_sequence, 0, "the newer command is neither acked nor terminated");
     assert_eq!(info.num_ack_pending, 1, "it waits for redelivery");
-    assert_eq!(env.count("orders").await, 1);
+    assert_eq!(env.count("orders").await?, 1);
     Ok(())
 }

@@ -49,13 +49,13 @@ async fn an_io_error_in_postgres_holds_commands_instead_of_dead_lettering_them()
     env.send(&format!("orders.place:{}:{}", cmd.tenant, cmd.order_id), &cmd).await?;
     // Either the pool holds it (breaker open) or it was dead-lettered: whichever first.
     let held = eventually(Duration::from_secs(15), || async {
-        let pools = status::read_pools(&client, Duration::from_secs(2)).await.ok()?;
+        let pools = status::read_pools(&client, Duration::from_secs(2)).await?;
         let open = pools.iter().any(|p| p.name == "orders" && p.breaker != BreakerState::Closed);
-        (open || env.dead_letters().await > 0).then_some(())
+        anyhow::Ok((open || env.dead_letters().await? > 0).then_some(()))
     })
     .await;
     held?;
-    assert_eq!(env.dead_letters().await, 0, "dead-lettered during the disk failure");
+    assert_eq!(env.dead_letters().await?, 0, "dead-lettered during the disk failure");
     disk(&env, false).await?;
     let accepted = eventually(Duration::from_secs(30), || async {
         let order = orders::get(&env.db.pool, cmd.order_id).await.ok()??;
@@ -65,7 +65,7 @@ async fn an_io_error_in_postgres_holds_commands_instead_of_dead_lettering_them()
     cancel.cancel();
     run.await?;
     accepted?;
-    assert_eq!(env.dead_letters().await, 0);
+    assert_eq!(env.dead_letters().await?, 0);
     Ok(())
 }
 
@@ -120,6 +120,6 @@ async fn a_table_locked_by_a_migration_holds_commands_instead_of_spending_their_
     cancel.cancel();
     run.await?;
     assert_eq!(deliveries(&env).await?, 1, "held, never redelivered");
-    assert_eq!(env.dead_letters().await, 0);
+    assert_eq!(env.dead_letters().await?, 0);
     Ok(())
 }
