@@ -250,16 +250,36 @@ async fn poison(max_batch: usize) -> anyhow::Result<()> {
     let mut refused = command();
     refused.buyer_id = "u\u{0}1".into();
     env.send("refused-by-postgres", &refused).await?;
+    // Either party missing is enough to refuse it.
+    let mut no_tenant = command();
+    no_tenant.tenant = String::new();
+    env.send("no-tenant", &no_tenant).await?;
+    let mut no_buyer = command();
+    no_buyer.buyer_id = String::new();
+    env.send("no-buyer", &no_buyer).await?;
     let good = command();
     env.send("good", &good).await?;
 
     let (stop, run) = env.start(PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER)).await?;
     eventually(Duration::from_secs(10), || async {
-        anyhow::Ok((env.dead_letters().await? == 4 && env.idle().await?).then_some(()))
+        anyhow::Ok((env.dead_letters().await? == 6 && env.idle().await?).then_some(()))
     })
     .await?;
     stop.cancel();
     run.await?;
+    // Poison is dead-lettered on its first delivery, never retried: retries are for
+    // failures a later attempt may not meet.
+    let dlq = env.js.get_stream("DLQ").await?;
+    for seq in 1..=6 {
+        let letter = dlq.get_raw_message(seq).await?;
+        let header = |name| letter.headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        assert_eq!(
+            header(souk_pipelines::headers::DLQ_ATTEMPTS),
+            "1",
+            "{}",
+            header(souk_pipelines::headers::DLQ_ERROR)
+        );
+    }
     assert_eq!(env.count("orders").await?, 1, "only the good order");
     assert_eq!(env.count("outbox").await?, 1);
     assert_eq!(env.count("inbox").await?, 1, "poison leaves no inbox record");
