@@ -41,14 +41,18 @@ impl Apply for OrderDeadLettered {
             let failed = match d.decode::<PlaceOrder>() {
                 Ok(cmd) => orders::mark_failed(tx, &cmd, &reason).await?,
                 // Unreadable: the order id is the last part of the ingress's message
-                // id (`orders.place:<tenant>:<order id>`), its owner in its claim.
-                Err(e) => match d.header(ORIGINAL_MSG_ID).and_then(|id| id.rsplit(':').next()) {
-                    Some(id) => match Uuid::parse_str(id) {
-                        Ok(order_id) => {
-                            orders::mark_failed_unreadable(tx, order_id, &format!("{reason} ({e})")).await?
-                        }
-                        Err(_) => false,
-                    },
+                // id (`orders.place:<tenant>:<order id>`), its owner in its claim. A
+                // redriven command was published under a `replay:…` id, so its dead
+                // letter names that one: the ingress's causation id (the same
+                // `orders.place:…`, kept by a redrive) still names the order.
+                Err(e) => match [ORIGINAL_MSG_ID, headers::CAUSATION_ID]
+                    .into_iter()
+                    .filter_map(|name| d.header(name)?.rsplit(':').next())
+                    .find_map(|id| Uuid::parse_str(id).ok())
+                {
+                    Some(order_id) => {
+                        orders::mark_failed_unreadable(tx, order_id, &format!("{reason} ({e})")).await?
+                    }
                     None => false,
                 },
             };

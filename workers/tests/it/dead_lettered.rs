@@ -140,3 +140,78 @@ async fn a_redrive_after_the_dead_letter_stream_was_recreated_accepts_its_order(
     assert_eq!(env.count("outbox").await, 2, "one OrderAccepted per order");
     Ok(())
 }
+
+/// Only the pools named, with the real handlers.
+async fn start_only(
+    env: &Env,
+    pools: &[&str],
+) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    let registry = souk_workers::registry(env.db.pool.clone());
+    let only: Vec<String> = pools.iter().map(|p| (*p).to_owned()).collect();
+    let runtime = Runtime::build(&env.publisher, &env.topology, &registry, &only).await?;
+    let cancel = CancellationToken::new();
+    Ok((cancel.clone(), tokio::spawn(runtime.run(cancel))))
+}
+
+/// An unreadable command is dead-lettered and redriven (say, in the hope a fix reads
+/// it) before the dead-lettered pool saw its first dead letter, and is dead-lettered
+/// again. The second dead letter names the redrive's id (`replay:…`) as the original
+/// message id, not the ingress's `orders.place:<tenant>:<order id>`: the order could
+/// not be found and stayed `pending` for ever. The ingress's causation id, which a
+/// redrive keeps, still names the order.
+#[tokio::test]
+async fn an_unreadable_command_dead_lettered_again_after_a_redrive_still_fails_its_order()
+-> anyhow::Result<()> {
+    use async_nats::HeaderMap;
+    use souk_pipelines::{Message, headers, orders::PlaceOrder};
+    use souk_stores::postgres::idempotency::{self, Claim};
+    use souk_topologies::publisher::OutgoingMessage;
+
+    let env = env().await?;
+    let order_id = uuid::Uuid::now_v7();
+    let claim = Claim {
+        tenant: "t1".into(),
+        principal: "u1".into(),
+        key: "k-unreadable".into(),
+        request_hash: vec![1],
+        order_id,
+    };
+    idempotency::claim(&env.db.pool, &[claim]).await?;
+    // As the ingress sends it, but with a body no release reads.
+    let msg_id = format!("orders.place:t1:{order_id}");
+    let mut h = HeaderMap::new();
+    h.insert(headers::SCHEMA, PlaceOrder::schema_header().as_str());
+    h.insert(headers::TENANT, "t1");
+    h.insert(headers::CAUSATION_ID, msg_id.as_str());
+    env.publisher
+        .publish(OutgoingMessage {
+            subject: PlaceOrder::SUBJECT.into(),
+            msg_id,
+            headers: h,
+            payload: "not an order".into(),
+        })
+        .await?;
+
+    let (stop, run) = start_only(&env, &["orders"]).await?;
+    eventually(Duration::from_secs(15), || async { (env.dead_letters().await == 1).then_some(()) }).await?;
+    let letters = dead_letters::list(&env.js, 10).await?;
+    dead_letters::replay(&env.publisher, letters[0].seq).await?;
+    // Dead-lettered again: one dead letter, not the first.
+    eventually(Duration::from_secs(15), || async {
+        let letters = dead_letters::list(&env.js, 10).await.ok()?;
+        (letters.len() == 1 && letters[0].seq > 1).then_some(())
+    })
+    .await?;
+    stop.cancel();
+    run.await?;
+
+    let (stop, run) = start_only(&env, &["orders-dead-lettered"]).await?;
+    let failed = eventually(Duration::from_secs(15), || async {
+        (status(&env, order_id).await.as_deref() == Some("failed")).then_some(())
+    })
+    .await;
+    stop.cancel();
+    run.await?;
+    assert!(failed.is_ok(), "the order reads {:?}, not failed", status(&env, order_id).await);
+    Ok(())
+}
