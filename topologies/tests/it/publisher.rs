@@ -164,3 +164,45 @@ async fn publishing_one_by_one_gives_up_after_one_ack_timeout_in_all() -> anyhow
     assert!(took < timeout * 8, "took {took:?}");
     Ok(())
 }
+
+/// Group commit with the server down: every caller is answered within its ack timeout
+/// (a single publish waits for an ack that never comes, bounded by its deadline, and
+/// gives its in-flight permit back), and once the server is back the committer
+/// publishes again — no permit is lost to the outage. One caller at a time: each call
+/// is a batch of one, a single publish, and more of them than may be in flight (32).
+#[tokio::test]
+async fn group_commit_with_the_server_down_fails_fast_and_recovers() -> anyhow::Result<()> {
+    let mut env = env().await?;
+    let timeout = Duration::from_millis(500);
+    let cancel = CancellationToken::new();
+    let (committer, tasks) = GroupCommitter::spawn(
+        Publisher::new(env.client.clone(), timeout),
+        GroupCommitOptions::default(),
+        cancel.clone(),
+    );
+    let publish = |id: String| {
+        let committer = committer.clone();
+        async move {
+            tokio::time::timeout(timeout * 4, committer.publish(msg("souk.cmd.test.other", &id, "x")))
+                .await
+                .map_err(|_| anyhow::anyhow!("{id}: not answered within its ack timeout"))
+        }
+    };
+    env.nats.kill().await?;
+    for i in 0..40 {
+        let result = publish(format!("down-{i}")).await?;
+        assert!(result.is_err(), "stored with the server down: {result:?}");
+    }
+    env.nats.restart().await?;
+    souk_testkit::eventually(Duration::from_secs(20), || {
+        let publish = publish.clone();
+        async move { publish("up-0".into()).await.ok()?.ok() }
+    })
+    .await?;
+    for i in 1..40 {
+        publish(format!("up-{i}")).await??;
+    }
+    cancel.cancel();
+    tasks.wait().await;
+    Ok(())
+}
