@@ -194,10 +194,10 @@ async fn group_commit_with_the_server_down_fails_fast_and_recovers() -> anyhow::
         assert!(result.is_err(), "stored with the server down: {result:?}");
     }
     env.nats.restart().await?;
-    souk_testkit::eventually(Duration::from_secs(20), || {
-        let publish = publish.clone();
-        async move { publish("up-0".into()).await.ok()?.ok() }
-    })
+    souk_testkit::eventually(
+        Duration::from_secs(20),
+        || async move { publish("up-0".into()).await.ok()?.ok() },
+    )
     .await?;
     for i in 1..40 {
         publish(format!("up-{i}")).await??;
