@@ -12,7 +12,7 @@
 //! this consumer's floor and remove nothing; dead letters stay for `souk dlq`.
 
 use futures::{FutureExt, future::BoxFuture};
-use souk_pipelines::{headers, orders::PlaceOrder};
+use souk_pipelines::{Message, headers, orders::PlaceOrder};
 use souk_stores::postgres::orders;
 use souk_topologies::runtime::Delivery;
 use sqlx::{PgConnection, types::Uuid};
@@ -29,6 +29,15 @@ pub struct OrderDeadLettered;
 impl Apply for OrderDeadLettered {
     fn tables(&self) -> &'static [&'static str] {
         &["orders"]
+    }
+
+    /// The dead letter of a command in a newer schema (a new release dead-lettered it,
+    /// this one cannot read it) waits for the upgrade: taken as unreadable, its order
+    /// would be written with no lines and the dead letter recorded as done.
+    fn too_new(&self, d: &Delivery) -> Option<String> {
+        d.newer_version::<PlaceOrder>().map(|v| {
+            format!("{} v{v} is newer than this release reads (v{})", PlaceOrder::SCHEMA, PlaceOrder::VERSION)
+        })
     }
 
     fn apply<'a>(

@@ -215,3 +215,79 @@ async fn an_unreadable_command_dead_lettered_again_after_a_redrive_still_fails_i
     assert!(failed.is_ok(), "the order reads {:?}, not failed", status(&env, order_id).await);
     Ok(())
 }
+
+/// Rolling deploys: a new release dead-letters a command it wrote in a newer schema
+/// (here: refused by a business rule), and a process not yet upgraded takes the dead
+/// letter. It cannot read the command, which is not the dead letter's fault: it must
+/// wait for the upgrade, as the intake pool waits with such a command. It took the
+/// "unreadable" path instead: the order was written `failed` with no lines, total 0 and
+/// currency `XXX`, and the dead letter recorded as done, so the upgraded reader never
+/// wrote the real order.
+#[tokio::test]
+async fn a_dead_letter_of_a_newer_schema_waits_for_the_upgrade() -> anyhow::Result<()> {
+    use async_nats::HeaderMap;
+    use futures::StreamExt;
+    use souk_pipelines::{Message, encode, headers, orders::PlaceOrder};
+    use souk_stores::postgres::idempotency::{self, Claim};
+    use souk_topologies::publisher::OutgoingMessage;
+    use souk_workers::orders::DEAD_LETTERED_CONSUMER;
+
+    let env = env().await?;
+    let cmd = command();
+    let claim = Claim {
+        tenant: cmd.tenant.clone(),
+        principal: cmd.buyer_id.clone(),
+        key: "k-newer".into(),
+        request_hash: vec![1],
+        order_id: cmd.order_id,
+    };
+    idempotency::claim(&env.db.pool, &[claim]).await?;
+    let original = format!("orders.place:{}:{}", cmd.tenant, cmd.order_id);
+    // The dead letter as the newer release's intake pool stores it.
+    let mut h = HeaderMap::new();
+    h.insert(headers::SCHEMA, format!("{}/v{}", PlaceOrder::SCHEMA, PlaceOrder::VERSION + 1).as_str());
+    h.insert(headers::TENANT, cmd.tenant.as_str());
+    h.insert(headers::CAUSATION_ID, original.as_str());
+    h.insert(headers::DLQ_MSG_ID, original.as_str());
+    h.insert(headers::DLQ_CONSUMER, "orders-place");
+    h.insert(headers::DLQ_SUBJECT, PlaceOrder::SUBJECT);
+    h.insert(headers::DLQ_ERROR, "invalid_order: not sold here");
+    let client = env._nats.client().await?;
+    let mut naks = client
+        .subscribe(format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_NAKED.DLQ.{DEAD_LETTERED_CONSUMER}"))
+        .await?;
+    client.flush().await?;
+    env.publisher
+        .publish(OutgoingMessage {
+            subject: "souk.dlq.orders-place".into(),
+            msg_id: format!("dlq:orders-place:{original}"),
+            headers: h,
+            payload: encode(&cmd).into(),
+        })
+        .await?;
+
+    let naked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let naked = naked.clone();
+        tokio::spawn(async move {
+            if naks.next().await.is_some() {
+                naked.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let (stop, run) = start_only(&env, &["orders-dead-lettered"]).await?;
+    // Settled either way: deferred (naked), or applied (its order written).
+    let deferred = eventually(Duration::from_secs(15), || async {
+        if status(&env, cmd.order_id).await.is_some() {
+            return Some(false);
+        }
+        naked.load(std::sync::atomic::Ordering::SeqCst).then_some(true)
+    })
+    .await;
+    watch.abort();
+    stop.cancel();
+    run.await?;
+    assert_eq!(status(&env, cmd.order_id).await, None, "written by a reader that cannot read it");
+    assert!(matches!(deferred, Ok(true)), "not deferred: {deferred:?}");
+    Ok(())
+}
