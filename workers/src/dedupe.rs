@@ -44,6 +44,13 @@ pub trait Apply: Send + Sync + 'static {
     fn tables(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// `Some(why)` when this release cannot read `delivery` yet (a newer schema): the
+    /// runtime defers it until the upgrade instead of applying it (see
+    /// [`Handler::too_new`]).
+    fn too_new(&self, _delivery: &Delivery) -> Option<String> {
+        None
+    }
 }
 
 /// A [`Handler`] that applies each message id once per consumer (see the module docs).
@@ -83,6 +90,10 @@ impl<A: Apply> Handler for Deduplicated<A> {
             }
         }
         .boxed()
+    }
+
+    fn too_new(&self, delivery: &Delivery) -> Option<String> {
+        self.apply.too_new(delivery)
     }
 
     fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {

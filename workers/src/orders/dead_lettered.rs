@@ -12,7 +12,7 @@
 //! this consumer's floor and remove nothing; dead letters stay for `souk dlq`.
 
 use futures::{FutureExt, future::BoxFuture};
-use souk_pipelines::{headers, orders::PlaceOrder};
+use souk_pipelines::{Message, headers, orders::PlaceOrder};
 use souk_stores::postgres::orders;
 use souk_topologies::runtime::Delivery;
 use sqlx::{PgConnection, types::Uuid};
@@ -31,6 +31,15 @@ impl Apply for OrderDeadLettered {
         &["orders"]
     }
 
+    /// The dead letter of a command in a newer schema (a new release dead-lettered it,
+    /// this one cannot read it) waits for the upgrade: taken as unreadable, its order
+    /// would be written with no lines and the dead letter recorded as done.
+    fn too_new(&self, d: &Delivery) -> Option<String> {
+        d.newer_version::<PlaceOrder>().map(|v| {
+            format!("{} v{v} is newer than this release reads (v{})", PlaceOrder::SCHEMA, PlaceOrder::VERSION)
+        })
+    }
+
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -41,14 +50,18 @@ impl Apply for OrderDeadLettered {
             let failed = match d.decode::<PlaceOrder>() {
                 Ok(cmd) => orders::mark_failed(tx, &cmd, &reason).await?,
                 // Unreadable: the order id is the last part of the ingress's message
-                // id (`orders.place:<tenant>:<order id>`), its owner in its claim.
-                Err(e) => match d.header(ORIGINAL_MSG_ID).and_then(|id| id.rsplit(':').next()) {
-                    Some(id) => match Uuid::parse_str(id) {
-                        Ok(order_id) => {
-                            orders::mark_failed_unreadable(tx, order_id, &format!("{reason} ({e})")).await?
-                        }
-                        Err(_) => false,
-                    },
+                // id (`orders.place:<tenant>:<order id>`), its owner in its claim. A
+                // redriven command was published under a `replay:…` id, so its dead
+                // letter names that one: the ingress's causation id (the same
+                // `orders.place:…`, kept by a redrive) still names the order.
+                Err(e) => match [ORIGINAL_MSG_ID, headers::CAUSATION_ID]
+                    .into_iter()
+                    .filter_map(|name| d.header(name)?.rsplit(':').next())
+                    .find_map(|id| Uuid::parse_str(id).ok())
+                {
+                    Some(order_id) => {
+                        orders::mark_failed_unreadable(tx, order_id, &format!("{reason} ({e})")).await?
+                    }
                     None => false,
                 },
             };
