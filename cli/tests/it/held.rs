@@ -189,3 +189,100 @@ async fn held_deliveries_survive_worker_restarts_during_a_postgres_outage() -> a
     stack.stop_node().await;
     Ok(())
 }
+
+/// A dead letter reaches the pool that marks its order failed while Postgres is down:
+/// the pool holds it behind its breaker (it does not dead-letter the dead letter), and
+/// marks the order failed once Postgres is back.
+#[tokio::test]
+async fn the_dead_lettered_order_pool_holds_its_dead_letters_through_a_postgres_outage() -> anyhow::Result<()>
+{
+    let mut pg_server = PgServer::start().await?;
+    let mut stack = Stack::start_with(StackOptions {
+        rate_limit: None,
+        postgres: Some(pg_server.url()),
+        pools: false,
+        ..Default::default()
+    })
+    .await?;
+    stack.stop_node().await;
+    let topology = shipped_topology()?;
+    souk_topologies::apply::apply(&stack.js, &topology, Mode::Apply).await?;
+    stack.topology = topology.clone();
+    stack.start_node().await?;
+    let publisher = Publisher::new(stack.client.clone(), Duration::from_millis(1500));
+    // A rule the store enforces refuses one product: its command is dead-lettered at once.
+    sqlx::raw_sql(
+        r#"create function refuse_banned() returns trigger language plpgsql as $$
+           begin
+               if new.status = 'accepted' and new.lines @> '[{"sku": "BANNED"}]' then
+                   raise exception 'BANNED is not sold here' using errcode = 'check_violation';
+               end if;
+               return new;
+           end $$;
+           create trigger refuse_banned before insert or update on orders
+               for each row execute function refuse_banned();"#,
+    )
+    .execute(&stack.db.pool)
+    .await?;
+    let token = stack.token("ines", &[Role::Buyer]);
+    let (status, placed) = stack.place(&token, "banned", &order_body("BANNED", 1)).await?;
+    assert_eq!(status, 202, "{placed}");
+    let order_id = placed["order_id"].as_str().unwrap_or_default().to_owned();
+
+    // Only the orders pool: the command is dead-lettered, nobody marks the order yet.
+    let only = |name: &str| -> anyhow::Result<(CancellationToken, JoinHandle<()>)> {
+        let registry = souk_workers::registry(pg::connect(&PgOptions::new(&stack.db.url))?);
+        let (publisher, topology, only) = (publisher.clone(), topology.clone(), vec![name.to_owned()]);
+        let cancel = CancellationToken::new();
+        let run = cancel.clone();
+        Ok((
+            cancel,
+            tokio::spawn(async move {
+                let runtime = Runtime::build(&publisher, &topology, &registry, &only).await.expect("runtime");
+                runtime.run(run).await;
+            }),
+        ))
+    };
+    let (orders, orders_task) = only("orders")?;
+    eventually(Duration::from_secs(30), || async {
+        (stack.stream_messages("DLQ").await.ok()? == 1).then_some(())
+    })
+    .await?;
+    orders.cancel();
+    orders_task.await?;
+
+    pg_server.crash().await?;
+    let (marker, marker_task) = only("orders-dead-lettered")?;
+    let consumer =
+        || async { stack.js.get_stream("DLQ").await.ok()?.consumer_info("orders-dead-lettered").await.ok() };
+    eventually(Duration::from_secs(30), || async {
+        let pools = status::read_pools(&stack.client, Duration::from_millis(500)).await.ok()?;
+        let open =
+            pools.iter().any(|p| p.name == "orders-dead-lettered" && p.breaker != BreakerState::Closed);
+        (open && consumer().await?.num_ack_pending == 1).then_some(())
+    })
+    .await?;
+    // The outage outlasts the ack wait (30 s) and the first backoff steps.
+    tokio::time::sleep(Duration::from_secs(40)).await; // the outage itself, not synchronisation
+    assert_eq!(stack.stream_messages("DLQ").await?, 1, "the dead letter was not dead-lettered");
+    pg_server.restart().await?;
+
+    eventually(Duration::from_secs(60), || async {
+        let info = consumer().await?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await?;
+    let (status, reason): (String, Option<String>) =
+        sqlx::query_as("select status, reason from orders where order_id = $1::uuid")
+            .bind(&order_id)
+            .fetch_one(&stack.db.pool)
+            .await?;
+    assert_eq!(status, "failed");
+    assert!(reason.is_some_and(|r| r.contains("BANNED is not sold here")));
+    let dlq = stack.js.get_stream("DLQ").await?.get_info().await?.state;
+    assert_eq!((dlq.messages, dlq.last_sequence), (1, 1), "one dead letter, none of it");
+    marker.cancel();
+    marker_task.await?;
+    stack.stop_node().await;
+    Ok(())
+}
