@@ -157,6 +157,30 @@ async fn held_deliveries_survive_a_nats_server_kill_during_a_postgres_outage() -
     Ok(())
 }
 
+/// nats-server is killed while the whole backlog is held behind the open breaker, and
+/// Postgres comes back while it is down: the held deliveries are stored (their acks
+/// cannot reach the server), then nats-server restarts on its store and redelivers what
+/// it never saw acknowledged.
+#[tokio::test]
+async fn held_deliveries_stored_while_nats_server_is_down_are_stored_once() -> anyhow::Result<()> {
+    let (mut pg_server, mut stack, publisher, topology, accepted) = backlog().await?;
+    pg_server.crash().await?;
+    let (worker, worker_task) = start_worker(&publisher, &topology, &stack.db.url)?;
+    all_held(&stack, 1).await?;
+    stack.nats.kill().await?;
+    pg_server.restart().await?;
+    eventually(Duration::from_secs(60), || async {
+        (stack.count("select 1 from orders").await.ok()? == BACKLOG as i64).then_some(())
+    })
+    .await?;
+    stack.nats.restart().await?;
+    exactly_once(&stack, &accepted).await?;
+    worker.cancel();
+    worker_task.await?;
+    stack.stop_node().await;
+    Ok(())
+}
+
 /// The worker is stopped (as on SIGTERM: it hands its held deliveries back) while the
 /// whole backlog is held behind the open breaker, and started again — as many times as
 /// the consumer's max-deliver (a rolling deploy, a restarting node): each hand-back is a
