@@ -5,6 +5,7 @@ mod binary;
 mod crash;
 mod dev;
 mod failed_orders;
+mod held;
 mod orders;
 mod outage;
 mod relay;

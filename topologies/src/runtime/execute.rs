@@ -60,7 +60,18 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
         // delivery count: earlier deferrals may have been another process's.
         let first = match ctx.handler.too_new(&delivery) {
             Some(reason) => Some(Outcome::defer("schema_too_new", reason)),
-            None => settle::past_max_deliver(attempt, max_deliver, &history),
+            None => match settle::past_max_deliver(attempt, max_deliver, &history) {
+                // Deliveries this process does not know of may have been holds handed back
+                // at shutdown (each a delivery, none an attempt): a worker restarted
+                // max-deliver times during an outage would otherwise dead-letter every
+                // message it held. While the dependency is down such a delivery is held
+                // too, then run once more (its last attempt) when the breaker closes.
+                Some(outcome) if history.last_error.is_none() => match in_outage(ctx).await {
+                    true => None,
+                    false => Some(outcome),
+                },
+                decided => decided,
+            },
         };
         let label = match first {
             Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver).await,
@@ -102,6 +113,21 @@ async fn run_until_not_dependency(
                 return Some(Outcome::Ack);
             }
             outcome => return Some(outcome),
+        }
+    }
+}
+
+/// Whether the pool's dependency is down now: its breaker is not closed, or its probe
+/// fails (which trips the breaker, so the delivery is held like a failed one).
+async fn in_outage(ctx: &Ctx) -> bool {
+    if ctx.breaker.state() != super::BreakerState::Closed {
+        return true;
+    }
+    match breaker::probe(ctx.handler.as_ref()).await {
+        Ok(()) => false,
+        Err(e) => {
+            ctx.breaker.trip(&e);
+            true
         }
     }
 }
