@@ -14,24 +14,15 @@
 //! message queued behind it. Below about 20 messages the singles are faster. Callers
 //! lose nothing by it: each message still gets its own PubAck after its fsync, and the
 //! messages of one batch are independent (an atomic batch was never a promise to them).
-//!
-//! Singles free their batch slot as soon as they are sent, and each caller is answered
-//! on its own PubAck, not on the slowest of its batch: under moderate load every request
-//! is then on its way to JetStream at once instead of queueing behind two in-flight
-//! batches (measured at 16 concurrent: README, Performance). They are bounded all the
-//! same — at most [`GroupCommitOptions::singles_in_flight`] unacknowledged — so under
-//! heavy load the next batch waits for acks while the queue behind it grows into an
-//! atomic batch, as before.
 
 use futures::FutureExt;
 use std::{collections::HashMap, sync::Arc};
-use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    Error, Result,
+    Result,
     batcher::{BatchOptions, Batcher},
-    publisher::{Ack, MAX_ATOMIC_BATCH, OutgoingMessage, PendingAck, Publisher},
+    publisher::{Ack, MAX_ATOMIC_BATCH, OutgoingMessage, Publisher},
 };
 
 /// Tuning of a group committer.
@@ -41,14 +32,11 @@ pub struct GroupCommitOptions {
     /// Batches of fewer messages than this are published one message at a time,
     /// pipelined, rather than as an atomic batch (see the module docs); 0 never does.
     pub singles_below: usize,
-    /// Most single publishes sent and not yet acknowledged. A batch of singles that
-    /// would exceed it waits (holding its batch slot) for acks to come back.
-    pub singles_in_flight: usize,
 }
 
 impl Default for GroupCommitOptions {
     fn default() -> Self {
-        GroupCommitOptions { batch: BatchOptions::default(), singles_below: 20, singles_in_flight: 32 }
+        GroupCommitOptions { batch: BatchOptions::default(), singles_below: 20 }
     }
 }
 
@@ -56,7 +44,7 @@ impl Default for GroupCommitOptions {
 /// subjects of one stream (an atomic batch is per stream).
 #[derive(Clone, Debug)]
 pub struct GroupCommitter {
-    batcher: Batcher<OutgoingMessage, PendingAck>,
+    batcher: Batcher<OutgoingMessage, Result<Ack>>,
 }
 
 impl GroupCommitter {
@@ -68,19 +56,13 @@ impl GroupCommitter {
     ) -> (Self, TaskTracker) {
         let mut batch_options = options.batch;
         batch_options.max_batch = batch_options.max_batch.clamp(1, MAX_ATOMIC_BATCH);
-        let singles = Singles {
-            below: options.singles_below,
-            // Room for at least one whole batch of singles, so one can always be sent.
-            in_flight: Arc::new(Semaphore::new(
-                options.singles_in_flight.max(options.singles_below.min(batch_options.max_batch)).max(1),
-            )),
-        };
+        let singles_below = options.singles_below;
         let (batcher, tracker) = Batcher::spawn(
             batch_options,
             cancel,
             Arc::new(move |batch| {
-                let (publisher, singles) = (publisher.clone(), singles.clone());
-                async move { commit(&publisher, batch, &singles).await }.boxed()
+                let publisher = publisher.clone();
+                async move { commit(&publisher, batch, singles_below).await }.boxed()
             }),
         );
         (GroupCommitter { batcher }, tracker)
@@ -88,19 +70,15 @@ impl GroupCommitter {
 
     /// Publish one message as part of the next batch and wait for its ack.
     pub async fn publish(&self, msg: OutgoingMessage) -> Result<Ack> {
-        self.batcher.call(msg).await?.await
+        self.batcher.call(msg).await?
     }
 }
 
-/// How small batches go as single publishes.
-#[derive(Clone)]
-struct Singles {
-    below: usize,
-    /// One permit per single publish sent and not yet acknowledged.
-    in_flight: Arc<Semaphore>,
-}
-
-async fn commit(publisher: &Publisher, batch: Vec<OutgoingMessage>, singles: &Singles) -> Vec<PendingAck> {
+async fn commit(
+    publisher: &Publisher,
+    batch: Vec<OutgoingMessage>,
+    singles_below: usize,
+) -> Vec<Result<Ack>> {
     metrics::histogram!("souk_publisher_group_commit_size").record(batch.len() as f64);
     // Coalesce equal message ids: one message, many waiters.
     let mut index: HashMap<String, usize> = HashMap::with_capacity(batch.len());
@@ -114,33 +92,10 @@ async fn commit(publisher: &Publisher, batch: Vec<OutgoingMessage>, singles: &Si
             })
         })
         .collect();
-    let acks: Vec<futures::future::Shared<PendingAck>> = if messages.len() < singles.below {
-        let n = u32::try_from(messages.len()).unwrap_or(u32::MAX);
-        match singles.in_flight.clone().acquire_many_owned(n).await {
-            Ok(mut permits) => publisher
-                .send_each(&messages)
-                .await
-                .into_iter()
-                .map(|ack| {
-                    // Each ack gives its permit back as it arrives.
-                    let permit = permits.split(1);
-                    let ack: PendingAck = Box::pin(async move {
-                        let result = ack.await;
-                        drop(permit);
-                        result
-                    });
-                    ack.shared()
-                })
-                .collect(),
-            Err(_) => messages.iter().map(|_| ready(Err(Error::ShuttingDown))).collect(),
-        }
+    let results = if messages.len() < singles_below {
+        publisher.publish_each(&messages).await
     } else {
-        publisher.publish_all(&messages).await.into_iter().map(ready).collect()
+        publisher.publish_all(&messages).await
     };
-    slots.into_iter().map(|i| Box::pin(acks[i].clone()) as PendingAck).collect()
-}
-
-fn ready(result: Result<Ack>) -> futures::future::Shared<PendingAck> {
-    let ack: PendingAck = Box::pin(futures::future::ready(result));
-    ack.shared()
+    slots.into_iter().map(|i| results[i].clone()).collect()
 }

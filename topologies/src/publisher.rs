@@ -254,46 +254,36 @@ impl Publisher {
     /// whole call is bounded by the ack timeout (each ack's own timer only starts when
     /// it is awaited, so per-message timeouts would add up on an unresponsive server).
     pub async fn publish_each(&self, msgs: &[OutgoingMessage]) -> Vec<Result<Ack>> {
-        futures::future::join_all(self.send_each(msgs).await).await
-    }
-
-    /// Send each message now, pipelined, and hand back one future per message that
-    /// resolves to its own acknowledgement — so a caller waits for its own fsync, not
-    /// for the slowest of the messages sent with it. Every send and ack is bounded by
-    /// one deadline, the ack timeout from now.
-    pub async fn send_each(&self, msgs: &[OutgoingMessage]) -> Vec<PendingAck> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::from_std(started) + self.ack_timeout;
-        let mut pending: Vec<PendingAck> = Vec::with_capacity(msgs.len());
+        let mut pending = Vec::with_capacity(msgs.len());
         for m in msgs {
             let mut headers = m.headers.clone();
             headers.insert(MSG_ID, m.msg_id.as_str());
             let send = self.js.publish_with_headers(m.subject.clone(), headers, m.payload.clone());
-            let sent = match tokio::time::timeout_at(deadline, send).await {
+            pending.push(match tokio::time::timeout_at(deadline, send).await {
                 Ok(sent) => sent.map_err(|e| self.publish_error(e, &m.subject)),
                 Err(_) => Err(Error::AckTimeout(self.ack_timeout)),
-            };
-            let (publisher, subject) = (self.clone(), m.subject.clone());
-            pending.push(Box::pin(async move {
-                let result = match sent {
-                    Ok(fut) => match tokio::time::timeout_at(deadline, fut).await {
-                        Ok(acked) => acked
-                            .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
-                            .map_err(|e| publisher.publish_error(e, &subject)),
-                        Err(_) => Err(Error::AckTimeout(publisher.ack_timeout)),
-                    },
-                    Err(e) => Err(e),
-                };
-                record("single", 1, started, &result);
-                result
-            }));
+            });
         }
-        pending
+        let mut results = Vec::with_capacity(msgs.len());
+        for (p, m) in pending.into_iter().zip(msgs) {
+            results.push(match p {
+                Ok(fut) => match tokio::time::timeout_at(deadline, fut).await {
+                    Ok(acked) => acked
+                        .map(|a| Ack { stream: a.stream, sequence: a.sequence, duplicate: a.duplicate })
+                        .map_err(|e| self.publish_error(e, &m.subject)),
+                    Err(_) => Err(Error::AckTimeout(self.ack_timeout)),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        for r in &results {
+            record("single", 1, started, r);
+        }
+        results
     }
 }
-
-/// A PubAck still to come (see [`Publisher::send_each`]).
-pub type PendingAck = futures::future::BoxFuture<'static, Result<Ack>>;
 
 /// A typed error for a failed core NATS publish (a fragment of an atomic batch).
 fn core_publish_error(e: async_nats::PublishError) -> Error {
