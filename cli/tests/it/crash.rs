@@ -10,6 +10,8 @@ use std::{
 };
 use tokio::task::JoinHandle;
 
+use crate::support::place_until_accepted;
+
 type Accepted = Arc<Mutex<HashSet<String>>>;
 
 /// `clients` buyers placing `each` orders, each retrying its current order (same key)
@@ -31,32 +33,9 @@ fn buyers(
                 for i in 0..each {
                     let key = format!("c{c}-o{i}");
                     let deadline = Instant::now() + Duration::from_secs(60);
-                    loop {
-                        let sent = http
-                            .post(format!("{base}/v1/orders"))
-                            .bearer_auth(token.as_str())
-                            .header("idempotency-key", &key)
-                            .json(&order_body("SKU-9", 1))
-                            .timeout(Duration::from_secs(5))
-                            .send()
-                            .await;
-                        if let Ok(r) = sent {
-                            let status = r.status().as_u16();
-                            if status == 202 {
-                                let json: serde_json::Value = r.json().await.expect("a 202's body is JSON");
-                                let id = json["order_id"].as_str().expect("a 202 names its order").to_owned();
-                                assert!(
-                                    accepted.lock().expect("lock").insert(id),
-                                    "two keys got one order id"
-                                );
-                                break;
-                            }
-                            assert_eq!(status, 503, "only 202 or 503 while a server restarts");
-                        }
-                        assert!(Instant::now() < deadline, "order {key} never accepted");
-                        // Client back-off between retries, not synchronisation.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    let pause = Duration::from_millis(50);
+                    let id = place_until_accepted(&http, &base, &token, &key, "SKU-9", deadline, pause).await;
+                    assert!(accepted.lock().expect("lock").insert(id), "two keys got one order id");
                 }
             })
         })

@@ -19,30 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 const BACKLOG: usize = 100;
 
-/// The topology as shipped: no test timers.
-fn shipped_topology() -> anyhow::Result<Topology> {
-    Ok(Topology::parse(include_str!("../../../topologies/marketplace.toml"))?)
-}
-
-/// Every pool of the shipped topology, apart from the stack's node, on a connection
-/// pool with production settings.
-fn start_worker(
-    publisher: &Publisher,
-    topology: &Topology,
-    url: &str,
-) -> anyhow::Result<(CancellationToken, JoinHandle<()>)> {
-    let pool = pg::connect(&PgOptions::new(url))?;
-    let registry = souk_workers::registry(pool);
-    let (publisher, topology) = (publisher.clone(), topology.clone());
-    let cancel = CancellationToken::new();
-    let run = cancel.clone();
-    let task = tokio::spawn(async move {
-        let runtime = Runtime::build(&publisher, &topology, &registry, &[]).await.expect("runtime");
-        runtime.run(run).await;
-    });
-    Ok((cancel, task))
-}
-
 /// A stack on a private Postgres with the shipped topology, no pools in its node, and
 /// `BACKLOG` accepted orders waiting in CMD.
 async fn backlog() -> anyhow::Result<(PgServer, Stack, Publisher, Topology, HashSet<String>)> {
@@ -55,7 +31,7 @@ async fn backlog() -> anyhow::Result<(PgServer, Stack, Publisher, Topology, Hash
     })
     .await?;
     stack.stop_node().await;
-    let topology = shipped_topology()?;
+    let topology = souk_testkit::shipped_topology()?;
     souk_topologies::apply::apply(&stack.js, &topology, Mode::Apply).await?;
     stack.topology = topology.clone();
     stack.start_node().await?;
@@ -137,7 +113,7 @@ async fn exactly_once(stack: &Stack, accepted: &HashSet<String>) -> anyhow::Resu
 async fn held_deliveries_survive_a_nats_server_kill_during_a_postgres_outage() -> anyhow::Result<()> {
     let (mut pg_server, mut stack, publisher, topology, accepted) = backlog().await?;
     pg_server.crash().await?;
-    let (worker, worker_task) = start_worker(&publisher, &topology, &stack.db.url)?;
+    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
     all_held(&stack, 1).await?;
     stack.nats.kill().await?;
     // The outage itself, longer than the ack wait: not synchronisation.
@@ -165,7 +141,7 @@ async fn held_deliveries_survive_a_nats_server_kill_during_a_postgres_outage() -
 async fn held_deliveries_stored_while_nats_server_is_down_are_stored_once() -> anyhow::Result<()> {
     let (mut pg_server, mut stack, publisher, topology, accepted) = backlog().await?;
     pg_server.crash().await?;
-    let (worker, worker_task) = start_worker(&publisher, &topology, &stack.db.url)?;
+    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
     all_held(&stack, 1).await?;
     stack.nats.kill().await?;
     pg_server.restart().await?;
@@ -190,12 +166,12 @@ async fn held_deliveries_survive_worker_restarts_during_a_postgres_outage() -> a
     let (mut pg_server, mut stack, publisher, topology, accepted) = backlog().await?;
     pg_server.crash().await?;
     let max_deliver = topology.consumer("orders-place").map_or(0, |c| c.max_deliver);
-    let (mut worker, mut worker_task) = start_worker(&publisher, &topology, &stack.db.url)?;
+    let (mut worker, mut worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
     for restarts in 0..max_deliver as usize {
         all_held(&stack, restarts + 1).await?;
         worker.cancel();
         worker_task.await?;
-        (worker, worker_task) = start_worker(&publisher, &topology, &stack.db.url)?;
+        (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
     }
     // Held again, not dead-lettered, while Postgres is still down: delivered, and the
     // orders pool's breaker open (the deliveries' checks of Postgres failed).
@@ -229,7 +205,7 @@ async fn the_dead_lettered_order_pool_holds_its_dead_letters_through_a_postgres_
     })
     .await?;
     stack.stop_node().await;
-    let topology = shipped_topology()?;
+    let topology = souk_testkit::shipped_topology()?;
     souk_topologies::apply::apply(&stack.js, &topology, Mode::Apply).await?;
     stack.topology = topology.clone();
     stack.start_node().await?;

@@ -9,4 +9,5 @@ mod held;
 mod orders;
 mod outage;
 mod relay;
+mod support;
 mod traces;

@@ -3,9 +3,8 @@
 //! the attempts themselves) must not dead-letter a single accepted order.
 
 use souk_ingress::Role;
-use souk_stores::postgres::{self as pg, PgOptions};
-use souk_testkit::{PgServer, Stack, StackOptions, eventually, order_body};
-use souk_topologies::{Topology, apply::Mode, publisher::Publisher, runtime::Runtime};
+use souk_testkit::{PgServer, Stack, StackOptions, eventually};
+use souk_topologies::{apply::Mode, publisher::Publisher};
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
@@ -14,16 +13,13 @@ use std::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::place_until_accepted;
+
 /// Longer than the shipped schedule (1 + 5 + 30 + 120 s of backoff, five attempts of up
 /// to a 2 s connection wait each, plus batches queued behind each other).
 const OUTAGE: Duration = Duration::from_secs(190);
 
 type Accepted = Arc<Mutex<HashSet<String>>>;
-
-/// The topology as shipped: no test timers.
-fn shipped_topology() -> anyhow::Result<Topology> {
-    Ok(Topology::parse(include_str!("../../../topologies/marketplace.toml"))?)
-}
 
 /// `clients` buyers placing orders one after another until `stop`, each retrying its
 /// current order (same key) on 503 until it gets its 202; any other answer fails the
@@ -46,52 +42,13 @@ fn load(
                     }
                     let key = format!("c{c}-o{i}");
                     let deadline = Instant::now() + OUTAGE + Duration::from_secs(60);
-                    loop {
-                        let sent = http
-                            .post(format!("{base}/v1/orders"))
-                            .bearer_auth(&token)
-                            .header("idempotency-key", &key)
-                            .json(&order_body("SKU-7", 1))
-                            .timeout(Duration::from_secs(5))
-                            .send()
-                            .await;
-                        if let Ok(r) = sent {
-                            let status = r.status().as_u16();
-                            if status == 202 {
-                                let json: serde_json::Value = r.json().await.unwrap_or_default();
-                                let id = json["order_id"].as_str().unwrap_or_default().to_owned();
-                                accepted.lock().expect("lock").insert(id);
-                                break;
-                            }
-                            assert_eq!(status, 503, "only 202 or 503 while Postgres is down");
-                        }
-                        assert!(Instant::now() < deadline, "order {key} never accepted");
-                        // Client back-off between retries, not synchronisation.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    let pause = Duration::from_millis(200);
+                    let id = place_until_accepted(&http, &base, &token, &key, "SKU-7", deadline, pause).await;
+                    assert!(accepted.lock().expect("lock").insert(id), "two keys got one order id");
                 }
             })
         })
         .collect()
-}
-
-/// The orders pool, run apart from the stack's node so the test can stop it to build a
-/// backlog, on a connection pool with production settings (`PgOptions` defaults).
-fn start_worker(
-    publisher: &Publisher,
-    topology: &Topology,
-    url: &str,
-) -> anyhow::Result<(CancellationToken, JoinHandle<()>)> {
-    let pool = pg::connect(&PgOptions::new(url))?;
-    let registry = souk_workers::registry(pool);
-    let (publisher, topology) = (publisher.clone(), topology.clone());
-    let cancel = CancellationToken::new();
-    let run = cancel.clone();
-    let task = tokio::spawn(async move {
-        let runtime = Runtime::build(&publisher, &topology, &registry, &[]).await.expect("runtime");
-        runtime.run(run).await;
-    });
-    Ok((cancel, task))
 }
 
 /// Postgres stops (immediate shutdown) with a backlog of accepted orders in CMD and
@@ -111,11 +68,11 @@ async fn a_postgres_outage_longer_than_the_retry_schedule_dead_letters_nothing()
     })
     .await?;
     // Production settings: the shipped topology, applied over the test one.
-    let topology = shipped_topology()?;
+    let topology = souk_testkit::shipped_topology()?;
     souk_topologies::apply::apply(&stack.js, &topology, Mode::Apply).await?;
     stack.topology = topology.clone();
     let publisher = Publisher::new(stack.client.clone(), Duration::from_millis(1500));
-    let (worker, worker_task) = start_worker(&publisher, &topology, &stack.db.url)?;
+    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
 
     let token = stack.token("quinn", &[Role::Buyer]);
     let accepted = Accepted::default();
@@ -137,7 +94,7 @@ async fn a_postgres_outage_longer_than_the_retry_schedule_dead_letters_nothing()
     pg_server.crash().await?;
     step("postgres stopped");
     let backlog = accepted.lock().expect("lock").len() - before;
-    let (worker, worker_task) = start_worker(&publisher, &topology, &stack.db.url)?;
+    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
     // The backlog is fetched and fails against the dead store: every message of it is
     // delivered at least once during the outage.
     eventually(Duration::from_secs(30), || async {

@@ -30,19 +30,7 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
     // Deferred deliveries (a schema too new for this release) are not attempts.
     let history = ctx.ledger.get(key);
     let attempt = delivered.saturating_sub(history.deferrals).max(1);
-    let delivery = Delivery {
-        subject: msg.subject.to_string(),
-        headers: msg.headers.clone(),
-        payload: msg.payload.clone(),
-        message_id: msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(souk_pipelines::headers::MSG_ID))
-            .map(|v| v.as_str().to_owned()),
-        stream_sequence,
-        attempt,
-        consumer: ctx.consumer.name.clone(),
-    };
+    let delivery = Delivery::of(&msg, stream_sequence, attempt, ctx.consumer.name.clone());
     let span = tracing::info_span!(
         "handle",
         pool = %ctx.pool,

@@ -24,6 +24,29 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The delivery of `msg`, a message at `stream_sequence` of its stream, as attempt
+    /// `attempt` by `consumer`.
+    pub fn of(
+        msg: &async_nats::jetstream::Message,
+        stream_sequence: u64,
+        attempt: u64,
+        consumer: impl Into<String>,
+    ) -> Delivery {
+        Delivery {
+            subject: msg.subject.to_string(),
+            headers: msg.headers.clone(),
+            payload: msg.payload.clone(),
+            message_id: msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::MSG_ID))
+                .map(|v| v.as_str().to_owned()),
+            stream_sequence,
+            attempt,
+            consumer: consumer.into(),
+        }
+    }
+
     /// A header value.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.as_ref()?.get(name).map(|v| v.as_str())

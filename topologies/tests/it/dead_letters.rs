@@ -418,19 +418,7 @@ async fn dead_lettering_twice_keeps_one_copy() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("not delivered"))?
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let delivery = Delivery {
-            subject: msg.subject.to_string(),
-            headers: msg.headers.clone(),
-            payload: msg.payload.clone(),
-            message_id: msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(headers::MSG_ID))
-                .map(|v| v.as_str().to_owned()),
-            stream_sequence: info.stream_sequence,
-            attempt: 1,
-            consumer: CONSUMER.into(),
-        };
+        let delivery = Delivery::of(&msg, info.stream_sequence, 1, CONSUMER);
         for _ in 0..2 {
             souk_topologies::runtime::dead_letter(&env.publisher, &msg, &delivery, "refused: bad").await?;
         }
