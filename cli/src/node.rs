@@ -127,8 +127,16 @@ impl Node {
 async fn housekeeping(pool: PgPool, stop: CancellationToken) {
     loop {
         match pg::housekeeping(&pool, RETENTION).await {
-            Ok(n) if n > 0 => tracing::info!(deleted = n, "housekeeping"),
-            Ok(_) => {}
+            Ok(done) => {
+                if done.lost > 0 {
+                    // Accepted orders whose commands were never handled: worth a look.
+                    tracing::error!(orders = done.lost, "housekeeping: orders lost, marked failed");
+                    metrics::counter!("souk_housekeeping_lost_orders_total").increment(done.lost);
+                }
+                if done.deleted > 0 {
+                    tracing::info!(deleted = done.deleted, "housekeeping");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
         }
         tokio::select! {

@@ -9,4 +9,6 @@ pub mod outbox;
 mod store;
 
 pub use config::{PgOptions, database_for_dir, redact};
-pub use store::{Error, begin, connect, drop_database, ensure_database, housekeeping, migrate};
+pub use store::{
+    Error, Housekeeping, LOST_REASON, begin, connect, drop_database, ensure_database, housekeeping, migrate,
+};

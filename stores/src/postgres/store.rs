@@ -204,20 +204,55 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// What one housekeeping round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Housekeeping {
+    /// Published outbox rows, inbox records and idempotency keys deleted.
+    pub deleted: u64,
+    /// Orders written `failed` because their command was never handled (see below).
+    pub lost: u64,
+}
+
+/// The reason a lost order reads.
+pub const LOST_REASON: &str =
+    "lost: its command was not handled within the retention period (CMD keeps commands as long)";
+
 /// Delete what no longer serves a purpose: published outbox rows, inbox records and
 /// idempotency keys older than `retention` (which must exceed JetStream's duplicate
-/// window and any redelivery horizon). Returns rows deleted.
-pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<u64, Error> {
+/// window and any redelivery horizon).
+///
+/// A claim that expires with no order row means its command was accepted (202) but
+/// never handled — the stream dropped it by age (CMD's max-age equals souk's retention),
+/// or it was purged or lost with a re-created stream. Before the claim goes, its order is
+/// written `failed` with [`LOST_REASON`], from the claim (no lines, zero total, currency
+/// `XXX`, as for an unreadable dead letter), so it never reads `pending` for ever and then
+/// vanishes; a command that does turn up later (a redrive) still moves it to `accepted`.
+pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekeeping, Error> {
     let secs = retention.as_secs_f64();
+    let mut tx = pool.begin().await?;
+    let lost = sqlx::query(
+        "insert into orders (order_id, tenant, buyer_id, status, reason, currency, total_minor, lines, placed_at)
+         select k.order_id, k.tenant, k.principal, 'failed', $2, 'XXX', 0, '[]', k.created_at
+         from idempotency_keys k
+         where k.created_at < now() - make_interval(secs => $1)
+           and not exists (select 1 from orders o where o.order_id = k.order_id)
+         on conflict (order_id) do nothing",
+    )
+    .bind(secs)
+    .bind(LOST_REASON)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     let mut deleted = 0;
     for sql in [
         "delete from outbox where published_at < now() - make_interval(secs => $1)",
         "delete from inbox where handled_at < now() - make_interval(secs => $1)",
         "delete from idempotency_keys where created_at < now() - make_interval(secs => $1)",
     ] {
-        deleted += sqlx::query(sql).bind(secs).execute(pool).await?.rows_affected();
+        deleted += sqlx::query(sql).bind(secs).execute(&mut *tx).await?.rows_affected();
     }
-    Ok(deleted)
+    tx.commit().await?;
+    Ok(Housekeeping { deleted, lost })
 }
 
 #[cfg(test)]

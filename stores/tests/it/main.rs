@@ -100,8 +100,8 @@ async fn the_outbox_yields_committed_rows_in_order_until_published() -> anyhow::
     outbox.mark_published(&[a]).await?;
     assert_eq!(outbox.pending(10).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [b]);
     // Published rows are kept (audit) until housekeeping removes old ones.
-    assert_eq!(pg::housekeeping(&db.pool, Duration::from_secs(3600)).await?, 0);
-    assert_eq!(pg::housekeeping(&db.pool, Duration::ZERO).await?, 1);
+    assert_eq!(pg::housekeeping(&db.pool, Duration::from_secs(3600)).await?.deleted, 0);
+    assert_eq!(pg::housekeeping(&db.pool, Duration::ZERO).await?.deleted, 1);
     Ok(())
 }
 
@@ -236,6 +236,66 @@ async fn failed_orders_are_written_once_never_over_an_accepted_one_and_can_be_ac
     tx.commit().await?;
     let order = orders::get(&db.pool, cmd.order_id).await?.ok_or_else(|| anyhow::anyhow!("no row"))?;
     assert_eq!((order.status.as_str(), order.reason), ("accepted", None));
+    Ok(())
+}
+
+/// An accepted order whose command was never handled (dropped by CMD's max-age, purged,
+/// lost with a re-created stream) does not read `pending` until its claim expires and
+/// then vanish: housekeeping writes it `failed` as lost before deleting the claim, and
+/// leaves orders that have a row alone. A command that turns up after all still moves it
+/// on to `accepted`.
+#[tokio::test]
+async fn an_order_whose_command_never_arrived_is_failed_as_lost_when_its_claim_expires() -> anyhow::Result<()>
+{
+    use souk_pipelines::orders::{OrderLine, PlaceOrder};
+    use souk_stores::postgres::{idempotency, orders};
+    let db = db().await?;
+    let claim = |key: &str| idempotency::Claim {
+        tenant: "t".into(),
+        principal: "u".into(),
+        key: key.into(),
+        request_hash: vec![1],
+        order_id: Uuid::now_v7(),
+    };
+    let (lost, handled, fresh) = (claim("lost"), claim("handled"), claim("fresh"));
+    idempotency::claim(&db.pool, &[lost.clone(), handled.clone(), fresh.clone()]).await?;
+    let cmd = |order_id| PlaceOrder {
+        order_id,
+        tenant: "t".into(),
+        buyer_id: "u".into(),
+        currency: "EUR".parse().expect("EUR"),
+        lines: vec![OrderLine { sku: "A".into(), quantity: 1, unit_price_minor: 5 }],
+        total_minor: 5,
+        placed_at: chrono::Utc::now(),
+    };
+    let mut tx = db.pool.begin().await?;
+    orders::insert_accepted_many(&mut tx, &[&cmd(handled.order_id)]).await?;
+    tx.commit().await?;
+    sqlx::query("update idempotency_keys set created_at = now() - interval '8 days' where key <> 'fresh'")
+        .execute(&db.pool)
+        .await?;
+
+    let done = pg::housekeeping(&db.pool, Duration::from_secs(7 * 24 * 3600)).await?;
+    assert_eq!((done.lost, done.deleted), (1, 2), "one lost order; two expired claims");
+    let status = |id| {
+        let pool = db.pool.clone();
+        async move {
+            let o = orders::get(&pool, id).await?.ok_or_else(|| anyhow::anyhow!("no row for {id}"))?;
+            anyhow::Ok((o.status, o.reason))
+        }
+    };
+    assert_eq!(status(lost.order_id).await?, ("failed".into(), Some(pg::LOST_REASON.into())));
+    assert_eq!(status(handled.order_id).await?, ("accepted".into(), None));
+    assert!(orders::get(&db.pool, fresh.order_id).await?.is_none(), "a live claim is left alone");
+    assert_eq!(
+        pg::housekeeping(&db.pool, Duration::from_secs(7 * 24 * 3600)).await?,
+        pg::Housekeeping::default()
+    );
+
+    let mut tx = db.pool.begin().await?;
+    orders::insert_accepted_many(&mut tx, &[&cmd(lost.order_id)]).await?;
+    tx.commit().await?;
+    assert_eq!(status(lost.order_id).await?, ("accepted".into(), None), "a late command still counts");
     Ok(())
 }
 
