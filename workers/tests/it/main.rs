@@ -286,8 +286,34 @@ async fn poison(max_batch: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_database_outage_is_retried_not_dead_lettered() -> anyhow::Result<()> {
+/// Set `setting` on database `db_name` from an admin connection (`alter database
+/// <db> <setting>`), then, with `end_sessions`, end every session of it: sessions keep
+/// what they started with, and a database closed to connections keeps those it has.
+async fn alter_database(
+    admin: &sqlx::PgPool,
+    db_name: &str,
+    setting: &str,
+    end_sessions: bool,
+) -> anyhow::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!("alter database {db_name} {setting}"))).execute(admin).await?;
+    if end_sessions {
+        sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1")
+            .bind(db_name)
+            .execute(admin)
+            .await?;
+    }
+    Ok(())
+}
+
+/// With the store put in a failing state by `fail`, a command is handled once, then
+/// held — not retried, not dead-lettered — while the breaker's probe keeps failing
+/// (three probes: 0.5 + 1 + 2 s, well past the test topology's whole retry schedule of
+/// max-deliver 5 over 50–400 ms); once `repair` runs, it is stored.
+async fn a_command_is_held_while_the_store_fails(
+    fail: (&str, bool),
+    repair: (&str, bool),
+    what: &str,
+) -> anyhow::Result<()> {
     let env = env().await?;
     let admin = sqlx::PgPool::connect(
         &std::env::var("SOUK_TEST_DATABASE_URL")
@@ -295,25 +321,8 @@ async fn a_database_outage_is_retried_not_dead_lettered() -> anyhow::Result<()> 
     )
     .await?;
     let db_name: String = sqlx::query_scalar("select current_database()").fetch_one(&env.db.pool).await?;
-    let outage = |allow: bool| {
-        let (admin, db_name) = (admin.clone(), db_name.clone());
-        async move {
-            sqlx::query(sqlx::AssertSqlSafe(format!("alter database {db_name} allow_connections {allow}")))
-                .execute(&admin)
-                .await?;
-            if !allow {
-                sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1")
-                    .bind(&db_name)
-                    .execute(&admin)
-                    .await?;
-            }
-            anyhow::Ok(())
-        }
-    };
-    // The test topology's schedule (max-deliver 5 over 50–400 ms) is far shorter than
-    // the outage: a dependency failure must not spend it.
-    outage(false).await?;
-    env.send("during-outage", &command()).await?;
+    alter_database(&admin, &db_name, fail.0, fail.1).await?;
+    env.send("while-failing", &command()).await?;
     let (attempts, probes) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let handler = Counting {
         inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER),
@@ -321,12 +330,11 @@ async fn a_database_outage_is_retried_not_dead_lettered() -> anyhow::Result<()> 
         probes: probes.clone(),
     };
     let (stop, run) = env.start(handler).await?;
-    // Three failed probes: 0.5 + 1 + 2 s, well past the whole retry schedule.
     eventually(Duration::from_secs(20), || async { (probes.load(Ordering::SeqCst) >= 3).then_some(()) })
         .await?;
-    assert_eq!(attempts.load(Ordering::SeqCst), 1, "held, not retried, while the store is down");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "held, not retried, while {what}");
     assert_eq!(env.dead_letters().await?, 0);
-    outage(true).await?;
+    alter_database(&admin, &db_name, repair.0, repair.1).await?;
     eventually(Duration::from_secs(30), || async {
         anyhow::Ok((env.count("orders").await? == 1).then_some(()))
     })
@@ -337,59 +345,29 @@ async fn a_database_outage_is_retried_not_dead_lettered() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A database refusing connections is the store's failure: a dependency failure must
+/// not spend the message's attempts.
+#[tokio::test]
+async fn a_database_outage_is_retried_not_dead_lettered() -> anyhow::Result<()> {
+    a_command_is_held_while_the_store_fails(
+        ("allow_connections false", true),
+        ("allow_connections true", false),
+        "the store is down",
+    )
+    .await
+}
+
 /// A read-only server (a standby, or a primary demoted in a failover) answers queries
-/// but refuses writes: that is the store's state, not the message's fault.
+/// but refuses writes: that is the store's state, not the message's fault. The probe
+/// sees it too (a bare `select 1` would pass).
 #[tokio::test]
 async fn a_read_only_database_holds_commands_until_it_takes_writes_again() -> anyhow::Result<()> {
-    let env = env().await?;
-    let admin = sqlx::PgPool::connect(
-        &std::env::var("SOUK_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+    a_command_is_held_while_the_store_fails(
+        ("set default_transaction_read_only = on", true),
+        ("reset default_transaction_read_only", true),
+        "read-only",
     )
-    .await?;
-    let db_name: String = sqlx::query_scalar("select current_database()").fetch_one(&env.db.pool).await?;
-    let read_only = |on: bool| {
-        let (admin, db_name) = (admin.clone(), db_name.clone());
-        async move {
-            let set = if on {
-                "set default_transaction_read_only = on"
-            } else {
-                "reset default_transaction_read_only"
-            };
-            sqlx::query(sqlx::AssertSqlSafe(format!("alter database {db_name} {set}")))
-                .execute(&admin)
-                .await?;
-            // Sessions keep the setting they started with: make every one start again.
-            sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1")
-                .bind(&db_name)
-                .execute(&admin)
-                .await?;
-            anyhow::Ok(())
-        }
-    };
-    read_only(true).await?;
-    env.send("while-read-only", &command()).await?;
-    let (attempts, probes) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-    let handler = Counting {
-        inner: PlaceOrderHandler::new(env.db.pool.clone(), PLACE_CONSUMER),
-        attempts: attempts.clone(),
-        probes: probes.clone(),
-    };
-    let (stop, run) = env.start(handler).await?;
-    // The probe sees the read-only server too (a bare `select 1` would pass).
-    eventually(Duration::from_secs(20), || async { (probes.load(Ordering::SeqCst) >= 3).then_some(()) })
-        .await?;
-    assert_eq!(attempts.load(Ordering::SeqCst), 1, "held, not retried, while read-only");
-    assert_eq!(env.dead_letters().await?, 0);
-    read_only(false).await?;
-    eventually(Duration::from_secs(30), || async {
-        anyhow::Ok((env.count("orders").await? == 1).then_some(()))
-    })
-    .await?;
-    stop.cancel();
-    run.await?;
-    assert_eq!(env.dead_letters().await?, 0);
-    Ok(())
+    .await
 }
 
 /// Delegates to the real handler, counting deliveries it handles.
