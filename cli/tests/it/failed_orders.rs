@@ -24,21 +24,7 @@ async fn status_of(
 #[tokio::test]
 async fn a_dead_lettered_order_reads_failed_with_its_reason_and_a_redrive_accepts_it() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    // A rule the store enforces (a non-transient error) refuses one product: the
-    // handler fails the command, and the runtime dead-letters it at once.
-    sqlx::raw_sql(
-        r#"create function refuse_banned() returns trigger language plpgsql as $$
-           begin
-               if new.status = 'accepted' and new.lines @> '[{"sku": "BANNED"}]' then
-                   raise exception 'BANNED is not sold here' using errcode = 'check_violation';
-               end if;
-               return new;
-           end $$;
-           create trigger refuse_banned before insert or update on orders
-               for each row execute function refuse_banned();"#,
-    )
-    .execute(&stack.db.pool)
-    .await?;
+    crate::support::refuse_banned_product(&stack.db.pool).await?;
     let token = stack.token("fay", &[Role::Buyer]);
     let (status, placed) = stack.place(&token, "banned-1", &order_body("BANNED", 1)).await?;
     assert_eq!(status, 202, "{placed}");

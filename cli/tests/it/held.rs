@@ -5,10 +5,9 @@
 
 use souk_ingress::Role;
 use souk_stores::postgres::{self as pg, PgOptions};
-use souk_testkit::{PgServer, Stack, StackOptions, eventually, order_body};
+use souk_testkit::{PgServer, Stack, eventually, order_body};
 use souk_topologies::{
     Topology,
-    apply::Mode,
     publisher::Publisher,
     runtime::{BreakerState, Runtime},
     status,
@@ -23,19 +22,7 @@ const BACKLOG: usize = 100;
 /// `BACKLOG` accepted orders waiting in CMD.
 async fn backlog() -> anyhow::Result<(PgServer, Stack, Publisher, Topology, HashSet<String>)> {
     let pg_server = PgServer::start().await?;
-    let mut stack = Stack::start_with(StackOptions {
-        rate_limit: None,
-        postgres: Some(pg_server.url()),
-        pools: false,
-        ..Default::default()
-    })
-    .await?;
-    stack.stop_node().await;
-    let topology = souk_testkit::shipped_topology()?;
-    souk_topologies::apply::apply(&stack.js, &topology, Mode::Apply).await?;
-    stack.topology = topology.clone();
-    stack.start_node().await?;
-    let publisher = Publisher::new(stack.client.clone(), Duration::from_millis(1500));
+    let (stack, topology, publisher) = crate::support::shipped_stack(&pg_server).await?;
     let token = stack.token("hana", &[Role::Buyer]);
     let mut accepted = HashSet::new();
     for i in 0..BACKLOG {
@@ -197,33 +184,9 @@ async fn held_deliveries_survive_worker_restarts_during_a_postgres_outage() -> a
 async fn the_dead_lettered_order_pool_holds_its_dead_letters_through_a_postgres_outage() -> anyhow::Result<()>
 {
     let mut pg_server = PgServer::start().await?;
-    let mut stack = Stack::start_with(StackOptions {
-        rate_limit: None,
-        postgres: Some(pg_server.url()),
-        pools: false,
-        ..Default::default()
-    })
-    .await?;
-    stack.stop_node().await;
-    let topology = souk_testkit::shipped_topology()?;
-    souk_topologies::apply::apply(&stack.js, &topology, Mode::Apply).await?;
-    stack.topology = topology.clone();
-    stack.start_node().await?;
-    let publisher = Publisher::new(stack.client.clone(), Duration::from_millis(1500));
+    let (mut stack, topology, publisher) = crate::support::shipped_stack(&pg_server).await?;
     // A rule the store enforces refuses one product: its command is dead-lettered at once.
-    sqlx::raw_sql(
-        r#"create function refuse_banned() returns trigger language plpgsql as $$
-           begin
-               if new.status = 'accepted' and new.lines @> '[{"sku": "BANNED"}]' then
-                   raise exception 'BANNED is not sold here' using errcode = 'check_violation';
-               end if;
-               return new;
-           end $$;
-           create trigger refuse_banned before insert or update on orders
-               for each row execute function refuse_banned();"#,
-    )
-    .execute(&stack.db.pool)
-    .await?;
+    crate::support::refuse_banned_product(&stack.db.pool).await?;
     let token = stack.token("ines", &[Role::Buyer]);
     let (status, placed) = stack.place(&token, "banned", &order_body("BANNED", 1)).await?;
     assert_eq!(status, 202, "{placed}");

@@ -1,9 +1,10 @@
 //! What the end-to-end failure tests share: a buyer that retries one order until it is
-//! accepted, and a worker process's pools run apart from the stack's node.
+//! accepted, a node on a private Postgres with the shipped topology, a product the
+//! store refuses, and a worker process's pools run apart from the stack's node.
 
 use souk_stores::postgres::{self as pg, PgOptions};
-use souk_testkit::order_body;
-use souk_topologies::{Topology, publisher::Publisher, runtime::Runtime};
+use souk_testkit::{PgServer, Stack, StackOptions, order_body};
+use souk_topologies::{Topology, apply::Mode, publisher::Publisher, runtime::Runtime};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -60,4 +61,43 @@ pub(crate) fn start_worker(
         runtime.run(run).await;
     });
     Ok((cancel, task))
+}
+
+/// A node (ingress and relay, no pools) on `pg_server`, with the topology as shipped —
+/// production timers — applied over the test one; and a publisher for workers the test
+/// starts itself with [`start_worker`].
+pub(crate) async fn shipped_stack(pg_server: &PgServer) -> anyhow::Result<(Stack, Topology, Publisher)> {
+    let mut stack = Stack::start_with(StackOptions {
+        rate_limit: None,
+        postgres: Some(pg_server.url()),
+        pools: false,
+        ..Default::default()
+    })
+    .await?;
+    stack.stop_node().await;
+    let topology = souk_testkit::shipped_topology()?;
+    souk_topologies::apply::apply(&stack.js, &topology, Mode::Apply).await?;
+    stack.topology = topology.clone();
+    stack.start_node().await?;
+    let publisher = Publisher::new(stack.client.clone(), Duration::from_millis(1500));
+    Ok((stack, topology, publisher))
+}
+
+/// A rule the store enforces (a non-transient error) refuses orders of product
+/// `BANNED`: the handler fails such a command, and the runtime dead-letters it at once.
+pub(crate) async fn refuse_banned_product(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        r#"create function refuse_banned() returns trigger language plpgsql as $$
+           begin
+               if new.status = 'accepted' and new.lines @> '[{"sku": "BANNED"}]' then
+                   raise exception 'BANNED is not sold here' using errcode = 'check_violation';
+               end if;
+               return new;
+           end $$;
+           create trigger refuse_banned before insert or update on orders
+               for each row execute function refuse_banned();"#,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
