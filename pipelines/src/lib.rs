@@ -7,6 +7,7 @@
 //! This crate does no I/O. Everything here is plain data plus validation, so that the
 //! ingress, the workers and the tests agree on one definition of every message.
 
+pub mod catalog;
 pub mod envelope;
 pub mod headers;
 pub mod money;

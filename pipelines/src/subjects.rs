@@ -13,6 +13,11 @@ pub const ORDERS_PLACE: &str = "souk.cmd.orders.place";
 /// An order was accepted into the system of record.
 pub const ORDERS_ACCEPTED: &str = "souk.evt.orders.accepted";
 
+/// Create, replace, patch or delete a product (ingress, import job, seed → catalog pool).
+pub const CATALOG_WRITE: &str = "souk.cmd.catalog.write";
+/// A product changed (catalog pool → indexer and any other reader of the catalog).
+pub const CATALOG_PRODUCT_CHANGED: &str = "souk.evt.catalog.product-changed";
+
 /// The dead-letter subject of one durable consumer.
 pub fn dead_letter(consumer: &str) -> String {
     format!("{DEAD_LETTERS}.{consumer}")

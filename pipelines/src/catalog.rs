@@ -1,0 +1,131 @@
+//! Catalog: the `WriteProduct` command and the `ProductChanged` event.
+//!
+//! Sellers write products through the ingress (and `souk jobs submit catalog-import`,
+//! and `souk seed catalog`, all through the same command). The catalog pool applies a
+//! write to Postgres, where a product's `version` only grows (every applied write, a
+//! delete included, takes the next one), and emits `ProductChanged` with the whole
+//! product through the outbox, so the indexer never reads Postgres.
+//!
+//! Validation of a product against the shipped category schema lives in
+//! [`crate::categories`] (added with the write path).
+
+use crate::{Currency, Message, subjects};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// A typed attribute value. Which type a key takes is decided per category by the
+/// category schema shipped with souk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AttrValue {
+    Bool(bool),
+    Int(i64),
+    Number(f64),
+    Text(String),
+}
+
+/// A product as a seller describes it: the body of `PUT /v1/sellers/{seller}/products/{sku}`
+/// and one row of an import file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductFields {
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    /// Category path, e.g. `home/kitchen/mugs`.
+    pub category: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, AttrValue>,
+    /// Price of one unit in minor units of `currency`.
+    pub price_minor: i64,
+    pub currency: Currency,
+    /// Units on hand.
+    pub stock: i64,
+    /// Absolute https URLs; validated, never fetched.
+    #[serde(default)]
+    pub images: Vec<String>,
+}
+
+/// The body of `PATCH /v1/sellers/{seller}/products/{sku}`: only what changes.
+/// An attribute set to `null` is removed.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_minor: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<Currency>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<BTreeMap<String, Option<AttrValue>>>,
+}
+
+/// What a write does to the product.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum ProductChange {
+    /// Create or replace.
+    Put { fields: ProductFields },
+    /// Change some fields of an existing (not deleted) product.
+    Patch { patch: ProductPatch },
+    /// Soft delete: gone from search and reads, kept for past orders.
+    Delete,
+}
+
+/// Command: change one product. Published by the ingress (and the import job, and
+/// `souk seed`) once the request is authorised and validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteProduct {
+    /// Fixed by the idempotency claim: a retried request republishes the same write.
+    pub write_id: Uuid,
+    pub tenant: String,
+    pub seller: String,
+    pub sku: String,
+    /// `If-Match`: apply only if the stored version is still this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<i64>,
+    pub change: ProductChange,
+    /// The principal (`sub`) that asked.
+    pub actor: String,
+    pub requested_at: DateTime<Utc>,
+}
+
+impl Message for WriteProduct {
+    const SUBJECT: &'static str = subjects::CATALOG_WRITE;
+    const SCHEMA: &'static str = "catalog.write";
+    const VERSION: u16 = 1;
+}
+
+/// A product as stored, with its version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Product {
+    pub sku: String,
+    pub seller: String,
+    #[serde(flatten)]
+    pub fields: ProductFields,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Event: a product changed. Carries the whole product (or none: deleted), so a
+/// consumer needs nothing else; `version` orders the changes of one SKU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductChanged {
+    pub tenant: String,
+    pub sku: String,
+    pub seller: String,
+    pub version: i64,
+    /// `None`: the product was deleted at `version`.
+    pub product: Option<Product>,
+    pub changed_at: DateTime<Utc>,
+}
+
+impl Message for ProductChanged {
+    const SUBJECT: &'static str = subjects::CATALOG_PRODUCT_CHANGED;
+    const SCHEMA: &'static str = "catalog.product-changed";
+    const VERSION: u16 = 1;
+}
