@@ -10,6 +10,7 @@
 //!
 //! [`registry`] names every handler the way topology pools refer to them.
 
+pub mod catalog;
 pub mod dedupe;
 pub mod orders;
 mod store;
@@ -26,7 +27,11 @@ pub fn registry(pool: PgPool) -> Registry {
     );
     registry.register(
         orders::DEAD_LETTERED_HANDLER,
-        dedupe::Deduplicated::new(pool, orders::DEAD_LETTERED_CONSUMER, orders::OrderDeadLettered),
+        dedupe::Deduplicated::new(pool.clone(), orders::DEAD_LETTERED_CONSUMER, orders::OrderDeadLettered),
+    );
+    registry.register(
+        catalog::WRITE_HANDLER,
+        dedupe::Deduplicated::new(pool, catalog::WRITE_CONSUMER, catalog::WriteProductHandler),
     );
     registry
 }
