@@ -108,6 +108,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         pools,
         relay,
         metrics: metrics_listener,
+        public_tenant: config.public_tenant.clone(),
     })
     .await?;
     if let (true, Some(addr)) = (dev, node.http_addr) {

@@ -42,6 +42,8 @@ pub struct NodeOptions {
     pub relay: bool,
     /// Serve `/metrics` of this handle on this (internal) listener.
     pub metrics: Option<(tokio::net::TcpListener, PrometheusHandle)>,
+    /// The tenant anonymous product reads read (`souk_ingress::DEFAULT_PUBLIC_TENANT`).
+    pub public_tenant: String,
 }
 
 /// A running node.
@@ -86,6 +88,7 @@ impl Node {
                 intake: options.intake,
                 rate_limit: options.rate_limit,
                 connections: ConnectionLimits::default(),
+                public_tenant: options.public_tenant,
             });
             let stop = cancel.clone();
             tasks.spawn(async move {

@@ -98,6 +98,7 @@ impl Stack {
             pools: options.workers.then(Vec::new),
             relay: options.workers,
             metrics: None,
+            public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
         })
         .await?;
         let cancel = node.cancel_token();

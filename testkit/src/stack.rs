@@ -132,6 +132,7 @@ impl Stack {
             pools: o.pools.then(Vec::new),
             relay: o.relay,
             metrics: None,
+            public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
         })
         .await?;
         if let Some(addr) = node.http_addr {
