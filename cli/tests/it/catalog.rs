@@ -496,3 +496,30 @@ async fn seller_listings_page_with_a_cursor_and_name_bad_parameters() -> anyhow:
     assert_eq!(fields, ["per_page", "cursor", "sort"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unreadable_catalog_command_is_dead_lettered_and_writes_nothing() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(souk_pipelines::headers::SCHEMA, "catalog.write/v1");
+    headers.insert(souk_pipelines::headers::MSG_ID, "garbage-1");
+    stack
+        .js
+        .publish_with_headers(souk_pipelines::subjects::CATALOG_WRITE, headers, "{not json".into())
+        .await?
+        .await?;
+    eventually(WAIT, || async {
+        let dead = stack.js.get_stream("DLQ").await.ok()?.info().await.ok()?.state.messages;
+        (dead == 1).then_some(())
+    })
+    .await?;
+    let dlq = stack.js.get_stream("DLQ").await?.get_raw_message(1).await?;
+    assert_eq!(dlq.subject.as_str(), "souk.dlq.catalog-write");
+    assert_eq!(&dlq.payload[..], b"{not json", "the original body");
+    stack.quiescent(WAIT).await?;
+    assert_eq!(
+        stack.count("select 1 from catalog_writes").await? + stack.count("select 1 from products").await?,
+        0
+    );
+    Ok(())
+}
