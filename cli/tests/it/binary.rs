@@ -284,7 +284,8 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
         .await?;
     let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     assert_eq!(json["pipeline"]["consumers"][0]["breaker"], "closed", "{json}");
-    assert_eq!(json["pipeline"]["pools"][0]["name"], "orders", "{json}");
+    let pools = json["pipeline"]["pools"].as_array().cloned().unwrap_or_default();
+    assert!(pools.iter().any(|p| p["name"] == "orders" && p["breaker"] == "closed"), "{json}");
     let pid = worker.id().expect("running");
     Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await??;
