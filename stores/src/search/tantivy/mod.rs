@@ -1,0 +1,1 @@
+//! The embedded tantivy store (in progress).
