@@ -82,3 +82,33 @@ pub fn shuffled<T>(mut items: Vec<T>, seed: u64) -> Vec<T> {
     }
     items
 }
+
+/// The event that makes the index hold `doc` (the store's document as a catalog
+/// product at its version).
+pub fn changed_of(doc: &souk_stores::search::SearchDoc) -> ProductChanged {
+    let product = Product {
+        sku: doc.sku.clone(),
+        seller: doc.seller.clone(),
+        fields: ProductFields {
+            title: doc.title.clone(),
+            description: doc.description.clone(),
+            category: doc.category.clone(),
+            attributes: doc.attributes.clone(),
+            price_minor: doc.price_minor,
+            currency: doc.currency,
+            stock: doc.stock,
+            images: Vec::new(),
+        },
+        version: doc.version,
+        created_at: doc.updated_at,
+        updated_at: doc.updated_at,
+    };
+    ProductChanged {
+        tenant: doc.tenant.clone(),
+        sku: doc.sku.clone(),
+        seller: doc.seller.clone(),
+        version: doc.version,
+        changed_at: doc.updated_at,
+        product: Some(product),
+    }
+}
