@@ -11,6 +11,8 @@ pub mod catalog;
 pub mod envelope;
 pub mod headers;
 pub mod money;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod orders;
 pub mod outbox;
 pub mod pan;

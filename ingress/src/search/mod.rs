@@ -19,7 +19,7 @@ use souk_pipelines::orders::FieldError;
 use souk_stores::search::{AttrFilter, SearchError, SearchRequest, SearchStore};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::{AppState, Problem, auth::OptionalPrincipal};
+use crate::{AppState, Problem, auth::OptionalPrincipal, openapi};
 
 pub use params::{MAX_PER_PAGE, SearchParams};
 
@@ -39,6 +39,26 @@ impl std::fmt::Debug for SearchOptions {
     }
 }
 
+/// Search products
+///
+/// Public: with a token, the token's tenant; without one, the public tenant. Every
+/// bad parameter is named in one 400 problem. Also takes `attr.<key>=<value>` filters
+/// (at most 16, one value per key; every one must hold).
+#[utoipa::path(
+    get,
+    path = "/v1/search",
+    operation_id = "search_products",
+    tag = "search",
+    params(params::SearchQuery),
+    responses(
+        (status = 200, description = "A page of hits with facets over the whole result.", body = response::Page),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 408, response = openapi::RequestTimeout),
+        (status = 429, response = openapi::RateLimited),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
 pub(crate) async fn search(
     State(state): State<Arc<AppState>>,
     OptionalPrincipal(claims): OptionalPrincipal,

@@ -33,6 +33,38 @@ pub struct SearchParams {
     pub cursor: Option<String>,
 }
 
+/// The parameters of `GET /v1/search`, for the API document ([`parse`] reads the raw
+/// pairs, `attr.<key>` included, which OpenAPI cannot name).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // a description for the document, never built
+pub struct SearchQuery {
+    /// Words to find in titles (weighted) and descriptions: one typo allowed in words
+    /// of 5-8 letters, two from 9 (two swapped neighbours count as one), the last word
+    /// also as a prefix. At most 512 bytes and 16 words.
+    q: Option<String>,
+    /// A category path; matches it and everything below (`home/kitchen`).
+    category: Option<String>,
+    seller: Option<String>,
+    /// Inclusive, in minor units (1299 for 12.99); a non-negative integer.
+    #[param(minimum = 0)]
+    min_price: Option<i64>,
+    /// Inclusive, in minor units; not below `min_price`.
+    #[param(minimum = 0)]
+    max_price: Option<i64>,
+    /// `true`: only products in stock; `false`: only those out of stock.
+    in_stock: Option<bool>,
+    /// `relevance` (default), `price_asc`, `price_desc` or `newest`; ties by SKU.
+    #[param(pattern = "^(relevance|price_asc|price_desc|newest)$")]
+    sort: Option<String>,
+    /// Hits per page, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    per_page: Option<u32>,
+    /// The previous page's `next_cursor`, with the same other parameters. Also
+    /// `attr.<key>=<value>` (at most 16, one value per key): the attribute has the value.
+    cursor: Option<String>,
+}
+
 /// Parse the decoded `(name, value)` pairs of a query string.
 pub fn parse(pairs: &[(String, String)]) -> Result<SearchParams, Vec<FieldError>> {
     let mut errors = Vec::new();

@@ -1,11 +1,13 @@
-//! The JSON of a search answer.
+//! The JSON of a search answer: the API's own types (documented in the OpenAPI
+//! document), mapped from the store's, so the contract does not move with the store.
 
 use serde::Serialize;
 use souk_pipelines::Currency;
-use souk_stores::search::{FacetCount, Highlights, PriceBucket, SearchHit, SearchResults};
+use souk_stores::search::{self as store, SearchHit, SearchResults};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Serialize)]
+/// One page of hits, with facets and price buckets over the whole filtered result.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page {
     pub hits: Vec<Hit>,
     /// Hits of the whole filtered result, every page.
@@ -16,7 +18,8 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One product found.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Hit {
     pub sku: String,
     pub title: String,
@@ -27,22 +30,52 @@ pub struct Hit {
     pub highlights: Highlights,
 }
 
-#[derive(Debug, Serialize)]
+/// A price in minor units of its currency.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Price {
     pub amount_minor: i64,
     pub currency: Currency,
 }
 
-#[derive(Debug, Serialize)]
+/// Counts over the whole filtered result.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FacetsOut {
     /// The category paths of the result as a tree: each node counts the hits in it and
     /// below.
     pub categories: Vec<CategoryNode>,
+    /// By count, then value.
     pub sellers: Vec<FacetCount>,
+    /// Per attribute key, its values by count.
     pub attributes: BTreeMap<String, Vec<FacetCount>>,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// A facet value and the hits that have it.
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct FacetCount {
+    pub value: String,
+    pub count: u64,
+}
+
+/// Hits priced in `[from, to)` minor units (`to` null: no upper bound).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PriceBucket {
+    pub from: i64,
+    pub to: Option<i64>,
+    pub count: u64,
+}
+
+/// Matched words wrapped in `<mark>…</mark>`, everything else HTML-escaped.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Highlights {
+    /// The whole title.
+    pub title: String,
+    /// A window of the description around the first match.
+    pub description: String,
+}
+
+/// A category path with the hits in it and below.
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(no_recursion)]
 pub struct CategoryNode {
     /// The whole path (`home/kitchen`): what `category=` takes.
     pub path: String,
@@ -60,10 +93,15 @@ impl Page {
             total: r.total,
             facets: FacetsOut {
                 categories: tree(&r.facets.categories),
-                sellers: r.facets.sellers,
-                attributes: r.facets.attributes,
+                sellers: counts(r.facets.sellers),
+                attributes: r.facets.attributes.into_iter().map(|(k, v)| (k, counts(v))).collect(),
             },
-            price_buckets: r.facets.price_buckets,
+            price_buckets: r
+                .facets
+                .price_buckets
+                .into_iter()
+                .map(|b| PriceBucket { from: b.from, to: b.to, count: b.count })
+                .collect(),
             next_cursor: r.next_cursor,
         }
     }
@@ -78,15 +116,19 @@ impl Hit {
             category: h.category,
             price: Price { amount_minor: h.price_minor, currency: h.currency },
             stock: h.stock,
-            highlights: h.highlights,
+            highlights: Highlights { title: h.highlights.title, description: h.highlights.description },
         }
     }
 }
 
+fn counts(c: Vec<store::FacetCount>) -> Vec<FacetCount> {
+    c.into_iter().map(|c| FacetCount { value: c.value, count: c.count }).collect()
+}
+
 /// Flat path counts (every prefix of every hit's category: `home`, `home/kitchen`, …)
 /// as a tree, children in path order.
-fn tree(flat: &[FacetCount]) -> Vec<CategoryNode> {
-    let mut sorted: Vec<&FacetCount> = flat.iter().collect();
+fn tree(flat: &[store::FacetCount]) -> Vec<CategoryNode> {
+    let mut sorted: Vec<&store::FacetCount> = flat.iter().collect();
     sorted.sort_by(|a, b| a.value.cmp(&b.value));
     let mut roots: Vec<CategoryNode> = Vec::new();
     for c in sorted {
@@ -119,7 +161,7 @@ mod tests {
 
     #[test]
     fn category_counts_become_a_tree() {
-        let flat = |v: &str, count| FacetCount { value: v.into(), count };
+        let flat = |v: &str, count| store::FacetCount { value: v.into(), count };
         let t = tree(&[
             flat("home/kitchen", 3),
             flat("home", 4),
