@@ -190,7 +190,9 @@ async fn search_through_http_gives_the_known_answers() -> anyhow::Result<()> {
     assert_eq!(sorted(&env.ok("q=ketlte").await?), kettles, "transposition");
     assert_eq!(sorted(&env.ok("q=kettke").await?), kettles, "substitution");
     assert_eq!(total(&env.ok("q=ktetel").await?), 0, "two edits in six letters");
-    assert_eq!(sorted(&env.ok("q=tsainlses").await?), ["MUG-003"], "9 letters, two edits");
+    let stainless = sorted(&env.ok("q=stainless").await?);
+    assert!(stainless.contains(&"MUG-003".to_owned()), "{stainless:?}");
+    assert_eq!(sorted(&env.ok("q=tsainlses").await?), stainless, "9 letters, two edits");
     assert_eq!(sorted(&env.ok("q=head").await?), ["HDP-001", "HDP-002", "HDP-004"]);
 
     // Highlighting, escaped.
