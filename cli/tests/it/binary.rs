@@ -186,6 +186,11 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     assert_eq!(json["pipeline"]["consumers"][0]["name"], "orders-place");
     assert_eq!(json["outbox_pending"], 0);
     assert_eq!(json["outbox_parked"], 0);
+    // The search index's lag, per index: nothing behind yet.
+    assert_eq!(
+        json["search_indexes"],
+        serde_json::json!([{"index": "products", "consumer": "catalog-index", "events": 0, "seconds": 0.0}])
+    );
     // Postgres unreachable: the pipeline is still shown, but the exit code says the
     // status is incomplete.
     let partial = souk(data.path())
@@ -197,6 +202,7 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     assert_eq!(partial.status.code(), Some(1));
     let shown = String::from_utf8(partial.stdout)?;
     assert!(shown.contains("orders-place") && shown.contains("outbox: unknown"), "{shown}");
+    assert!(shown.contains("INDEX") && shown.lines().any(|l| l.starts_with("products ")), "{shown}");
     // A dead letter as the runtime writes it; list it, replay it to its subject.
     let client = nats.client().await?;
     let mut h = async_nats::HeaderMap::new();
