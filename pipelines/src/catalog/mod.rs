@@ -6,8 +6,18 @@
 //! delete included, takes the next one), and emits `ProductChanged` with the whole
 //! product through the outbox, so the indexer never reads Postgres.
 //!
-//! Validation of a product against the shipped category schema lives in
-//! [`crate::categories`] (added with the write path).
+//! Validation ([`validate`]): every rule of a product, its patch and its command,
+//! against the category schema shipped with souk ([`crate::categories`]), returning
+//! every field error at once. The ingress, the import job and the catalog pool all call
+//! the same functions.
+
+mod validate;
+
+pub use crate::orders::FieldError;
+pub use validate::{
+    MAX_ATTRIBUTES, MAX_DESCRIPTION_CHARS, MAX_IMAGE_URL_BYTES, MAX_IMAGES, MAX_PRICE_MINOR,
+    MAX_SELLER_ID_LEN, MAX_STOCK, MAX_TITLE_CHARS, check_seller_id, check_sku, check_text,
+};
 
 use crate::{Currency, Message, subjects};
 use chrono::{DateTime, Utc};
@@ -97,6 +107,16 @@ pub struct WriteProduct {
     pub requested_at: DateTime<Utc>,
 }
 
+impl WriteProduct {
+    /// Its `Nats-Msg-Id`, from the write id: a retried request (same idempotency claim,
+    /// same write id) or a re-run import row is deduplicated by JetStream and by the
+    /// catalog pool's inbox. Publish with
+    /// `OutgoingMessage::command(&cmd, cmd.message_id(), &cmd.tenant)`.
+    pub fn message_id(&self) -> String {
+        format!("{}:{}:{}", Self::SCHEMA, self.tenant, self.write_id)
+    }
+}
+
 impl Message for WriteProduct {
     const SUBJECT: &'static str = subjects::CATALOG_WRITE;
     const SCHEMA: &'static str = "catalog.write";
@@ -134,3 +154,6 @@ impl Message for ProductChanged {
     const SCHEMA: &'static str = "catalog.product-changed";
     const VERSION: u16 = 1;
 }
+
+#[cfg(test)]
+mod tests;
