@@ -333,3 +333,78 @@ async fn bad_search_parameters_get_one_problem_naming_each() -> anyhow::Result<(
     assert_eq!(r.status().as_u16(), 401);
     Ok(())
 }
+
+/// A product write goes the whole way — the write command, the catalog pool (Postgres,
+/// outbox), the relay, EVT, the indexer — and becomes searchable through HTTP
+/// (anonymously: the stack's public tenant); a patch reprices it, a delete removes it.
+#[tokio::test]
+async fn a_written_product_becomes_searchable_and_a_delete_removes_it() -> anyhow::Result<()> {
+    use souk_pipelines::catalog::{AttrValue, ProductChange, ProductFields, ProductPatch, WriteProduct};
+    use souk_topologies::publisher::OutgoingMessage;
+    let stack = Stack::start().await?;
+    let publisher = Publisher::new(stack.client.clone(), Duration::from_secs(5));
+    let write = |change: ProductChange| WriteProduct {
+        write_id: uuid::Uuid::now_v7(),
+        tenant: souk_testkit::PUBLIC_TENANT.into(),
+        seller: "s1".into(),
+        sku: "E2E-MUG".into(),
+        expected_version: None,
+        change,
+        actor: "seller-1".into(),
+        requested_at: chrono::Utc::now(),
+    };
+    let send = |cmd: WriteProduct| {
+        let publisher = publisher.clone();
+        async move {
+            let msg = OutgoingMessage::command(&cmd, cmd.message_id(), &cmd.tenant);
+            publisher.publish(msg).await?;
+            anyhow::Ok(())
+        }
+    };
+    let search = |query: &'static str| {
+        let (http, base) = (stack.http.clone(), stack.base.clone());
+        async move { read_body(http.get(format!("{base}/v1/search?{query}")).send().await?).await }
+    };
+    let fields = ProductFields {
+        title: "Stoneware Espresso Mug".into(),
+        description: "Hand-thrown, holds a double shot.".into(),
+        category: "home/kitchen/mugs".into(),
+        attributes: [
+            ("capacity_ml".to_owned(), AttrValue::Int(120)),
+            ("material".to_owned(), AttrValue::Text("stoneware".into())),
+        ]
+        .into(),
+        price_minor: 1450,
+        currency: "EUR".parse()?,
+        stock: 3,
+        images: Vec::new(),
+    };
+    send(write(ProductChange::Put { fields })).await?;
+    let hit = eventually(WAIT, || async {
+        let (status, page) = search("q=stonewar").await?;
+        anyhow::ensure!(status == 200, "{status} {page}");
+        anyhow::Ok(page["hits"].as_array().and_then(|h| h.first()).cloned())
+    })
+    .await?;
+    assert_eq!(hit["sku"], "E2E-MUG");
+    assert_eq!(hit["seller"], "s1");
+    assert_eq!(hit["price"], serde_json::json!({"amount_minor": 1450, "currency": "EUR"}));
+
+    let patch = ProductPatch { price_minor: Some(990), ..Default::default() };
+    send(write(ProductChange::Patch { patch })).await?;
+    eventually(WAIT, || async {
+        let (_, page) = search("q=espresso&max_price=1000").await?;
+        anyhow::Ok((page["hits"][0]["sku"] == "E2E-MUG").then_some(()))
+    })
+    .await?;
+
+    send(write(ProductChange::Delete)).await?;
+    eventually(WAIT, || async {
+        let (_, page) = search("q=espresso").await?;
+        anyhow::Ok((page["total"] == 0).then_some(()))
+    })
+    .await?;
+    stack.quiescent(WAIT).await?;
+    assert_eq!(total(&search("q=espresso").await?.1), 0, "still gone once everything settled");
+    Ok(())
+}
