@@ -408,3 +408,18 @@ async fn a_written_product_becomes_searchable_and_a_delete_removes_it() -> anyho
     assert_eq!(total(&search("q=espresso").await?.1), 0, "still gone once everything settled");
     Ok(())
 }
+
+/// One process per embedded index: a second opener of the same directory is refused,
+/// naming the directory, and may open it once the first has closed it.
+#[tokio::test]
+async fn a_second_process_cannot_open_the_same_embedded_index() -> anyhow::Result<()> {
+    use souk_cli::node::{SearchBackend, open_search};
+    let dir = tempfile::tempdir()?;
+    let backend = SearchBackend::Tantivy(dir.path().join("search"));
+    let first = open_search(&backend).await?;
+    let refused = open_search(&backend).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(refused.contains("is open in another process") && refused.contains("search"), "{refused}");
+    drop(first);
+    open_search(&backend).await?;
+    Ok(())
+}
