@@ -57,10 +57,10 @@ pub struct Config {
     pub log_json: bool,
     /// Export spans to this OTLP/HTTP collector (`http://host:4318`); unset, none leave.
     pub otlp_endpoint: Option<String>,
-    /// The search index.
-    pub search: SearchConfig,
     /// The tenant whose catalog anonymous reads (no token) see.
     pub public_tenant: String,
+    /// The search index.
+    pub search: SearchConfig,
 }
 
 /// Where the search index lives: embedded tantivy under the data dir unless an
@@ -95,8 +95,8 @@ impl Default for Config {
             read_rate_limit_burst: souk_cli::node::DEFAULT_READ_RATE_BURST,
             log_json: false,
             otlp_endpoint: None,
-            search: SearchConfig::default(),
             public_tenant: "public".into(),
+            search: SearchConfig::default(),
         }
     }
 }
@@ -126,7 +126,7 @@ impl Config {
         let souk_env = || {
             Env::prefixed("SOUK_")
                 .filter(|k| !NOT_CONFIG.contains(&k.as_str().to_ascii_lowercase().as_str()))
-                .map(|k| match k.as_str().replace('_', "-").as_str() {
+                .map(|k| match k.as_str().to_ascii_lowercase().replace('_', "-").as_str() {
                     // The one nested key read from the environment, by the name the
                     // OpenSearch tests use too.
                     "opensearch-url" => "search.opensearch-url".into(),

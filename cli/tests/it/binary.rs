@@ -111,6 +111,9 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
     let bad = souk(data.path()).arg("config").env("SOUK_WRITE_TIMEOUT", "1h").output().await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("write-timeout"));
+    let bad = souk(data.path()).arg("config").env("SOUK_OPENSEARCH_URL", "ftp://search:9200").output().await?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8(bad.stderr)?.contains("search.opensearch-url"));
     let typo = data.path().join("souk.toml");
     std::fs::write(&typo, "htp-addr = \"127.0.0.1:1\"\n")?;
     let bad =
@@ -130,11 +133,13 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
         .arg("config")
         .env("DATABASE_URL", "postgres://u:secret@h/db?password=secret2")
         .env("SOUK_NATS_URL", "nats://natsuser:secret3@127.0.0.1:1")
+        .env("SOUK_OPENSEARCH_URL", "https://admin:secret5@search:9200")
         .output()
         .await?;
     assert!(good.status.success());
     let shown = String::from_utf8(good.stdout)?;
     assert!(shown.contains("u:***@h/db") && shown.contains("nats://***@127.0.0.1:1"), "{shown}");
+    assert!(shown.contains("opensearch-url = \"https://***@search:9200\""), "{shown}");
     assert!(!shown.contains("secret"), "{shown}");
     // Nor does an error show them: a token in a NATS URL nobody listens at.
     let unreachable =
