@@ -106,7 +106,7 @@ impl Stack {
             relay: options.workers,
             metrics: None,
             search: Some(search),
-            public_tenant: "public".into(),
+            public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
         })
         .await?;
         let cancel = node.cancel_token();

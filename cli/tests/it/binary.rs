@@ -111,7 +111,8 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
     let bad = souk(data.path()).arg("config").env("SOUK_WRITE_TIMEOUT", "1h").output().await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("write-timeout"));
-    let bad = souk(data.path()).arg("config").env("SOUK_OPENSEARCH_URL", "ftp://search:9200").output().await?;
+    let bad =
+        souk(data.path()).arg("config").env("SOUK_OPENSEARCH_URL", "ftp://search:9200").output().await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("search.opensearch-url"));
     let typo = data.path().join("souk.toml");
@@ -291,7 +292,10 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
         .await?;
     let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     assert_eq!(json["pipeline"]["consumers"][0]["breaker"], "closed", "{json}");
-    assert_eq!(json["pipeline"]["pools"][0]["name"], "orders", "{json}");
+    let pools: Vec<&str> =
+        json["pipeline"]["pools"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+    // Every pool, the search indexer's too (its index under the data dir).
+    assert!(pools.contains(&"orders") && pools.contains(&"catalog-index"), "{json}");
     let pid = worker.id().expect("running");
     Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await??;

@@ -334,52 +334,39 @@ async fn bad_search_parameters_get_one_problem_naming_each() -> anyhow::Result<(
     Ok(())
 }
 
-/// A product write goes the whole way — the write command, the catalog pool (Postgres,
-/// outbox), the relay, EVT, the indexer — and becomes searchable through HTTP
-/// (anonymously: the stack's public tenant); a patch reprices it, a delete removes it.
+/// A product written through the API goes the whole way — PUT (202), the catalog pool
+/// (Postgres, outbox), the relay, EVT, the indexer — and becomes searchable through HTTP
+/// (anonymously: the stack's public tenant); a PATCH reprices it, a DELETE removes it.
 #[tokio::test]
-async fn a_written_product_becomes_searchable_and_a_delete_removes_it() -> anyhow::Result<()> {
-    use souk_pipelines::catalog::{AttrValue, ProductChange, ProductFields, ProductPatch, WriteProduct};
-    use souk_topologies::publisher::OutgoingMessage;
+async fn a_product_put_through_the_api_becomes_searchable_and_a_delete_removes_it() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    let publisher = Publisher::new(stack.client.clone(), Duration::from_secs(5));
-    let write = |change: ProductChange| WriteProduct {
-        write_id: uuid::Uuid::now_v7(),
-        tenant: souk_testkit::PUBLIC_TENANT.into(),
-        seller: "s1".into(),
-        sku: "E2E-MUG".into(),
-        expected_version: None,
-        change,
-        actor: "seller-1".into(),
-        requested_at: chrono::Utc::now(),
-    };
-    let send = |cmd: WriteProduct| {
-        let publisher = publisher.clone();
-        async move {
-            let msg = OutgoingMessage::command(&cmd, cmd.message_id(), &cmd.tenant);
-            publisher.publish(msg).await?;
-            anyhow::Ok(())
+    let seller = stack.keys.mint(
+        &Claims::new("seller-1", souk_testkit::PUBLIC_TENANT, vec![Role::Seller], Duration::from_secs(600))
+            .with_sellers(vec!["s1".into()]),
+    );
+    let url = format!("{}/v1/sellers/s1/products/E2E-MUG", stack.base);
+    let write = |method: reqwest::Method, key: &'static str, body: Option<Value>| {
+        let mut r = stack.http.request(method, &url).bearer_auth(&seller).header("idempotency-key", key);
+        if let Some(body) = body {
+            r = r.json(&body);
         }
+        async move { read_body(r.send().await?).await }
     };
     let search = |query: &'static str| {
         let (http, base) = (stack.http.clone(), stack.base.clone());
         async move { read_body(http.get(format!("{base}/v1/search?{query}")).send().await?).await }
     };
-    let fields = ProductFields {
-        title: "Stoneware Espresso Mug".into(),
-        description: "Hand-thrown, holds a double shot.".into(),
-        category: "home/kitchen/mugs".into(),
-        attributes: [
-            ("capacity_ml".to_owned(), AttrValue::Int(120)),
-            ("material".to_owned(), AttrValue::Text("stoneware".into())),
-        ]
-        .into(),
-        price_minor: 1450,
-        currency: "EUR".parse()?,
-        stock: 3,
-        images: Vec::new(),
-    };
-    send(write(ProductChange::Put { fields })).await?;
+    let product = serde_json::json!({
+        "title": "Stoneware Espresso Mug",
+        "description": "Hand-thrown, holds a double shot.",
+        "category": "home/kitchen/mugs",
+        "attributes": {"capacity_ml": 120, "material": "stoneware"},
+        "price_minor": 1450,
+        "currency": "EUR",
+        "stock": 3
+    });
+    let (status, body) = write(reqwest::Method::PUT, "put-1", Some(product)).await?;
+    assert_eq!(status, 202, "{body}");
     let hit = eventually(WAIT, || async {
         let (status, page) = search("q=stonewar").await?;
         anyhow::ensure!(status == 200, "{status} {page}");
@@ -389,16 +376,19 @@ async fn a_written_product_becomes_searchable_and_a_delete_removes_it() -> anyho
     assert_eq!(hit["sku"], "E2E-MUG");
     assert_eq!(hit["seller"], "s1");
     assert_eq!(hit["price"], serde_json::json!({"amount_minor": 1450, "currency": "EUR"}));
+    assert_eq!(hit["highlights"]["title"], "<mark>Stoneware</mark> Espresso Mug");
 
-    let patch = ProductPatch { price_minor: Some(990), ..Default::default() };
-    send(write(ProductChange::Patch { patch })).await?;
+    let (status, body) =
+        write(reqwest::Method::PATCH, "patch-1", Some(serde_json::json!({"price_minor": 990}))).await?;
+    assert_eq!(status, 202, "{body}");
     eventually(WAIT, || async {
         let (_, page) = search("q=espresso&max_price=1000").await?;
         anyhow::Ok((page["hits"][0]["sku"] == "E2E-MUG").then_some(()))
     })
     .await?;
 
-    send(write(ProductChange::Delete)).await?;
+    let (status, body) = write(reqwest::Method::DELETE, "delete-1", None).await?;
+    assert_eq!(status, 202, "{body}");
     eventually(WAIT, || async {
         let (_, page) = search("q=espresso").await?;
         anyhow::Ok((page["total"] == 0).then_some(()))

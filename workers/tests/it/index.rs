@@ -336,7 +336,7 @@ async fn a_product_change_of_a_newer_schema_waits_instead_of_being_dead_lettered
     publish_raw(&env.publisher, "newer", encode(&newer), &v2).await?;
     publish(&env.publisher, "after", &changed("NOW", "s1", 1, Some(product("NOW", "s1", 1, "present mug"))))
         .await?;
-    eventually(WAIT, || async { Ok(stored(ix.store.as_ref(), "NOW").await?) }).await?;
+    eventually(WAIT, || async { stored(ix.store.as_ref(), "NOW").await }).await?;
     let info = env.js.get_stream("EVT").await?.consumer_info(INDEX_CONSUMER).await?;
     assert_eq!(info.ack_floor.stream_sequence, 0, "the newer event is not acknowledged");
     assert_eq!(stored(ix.store.as_ref(), "NEXT").await?, None);
