@@ -277,11 +277,16 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
     let text = eventually(Duration::from_secs(30), || async {
         let r = http.get(format!("http://{addr}/metrics")).send().await.ok()?;
         let text = r.text().await.ok()?;
-        (text.contains("souk_consumer_pending_messages") && text.contains("souk_worker_pool_breaker_state"))
-            .then_some(text)
+        (text.contains("souk_consumer_pending_messages")
+            && text.contains("souk_worker_pool_breaker_state")
+            && text.contains("souk_search_index_lag_seconds"))
+        .then_some(text)
     })
     .await?;
     assert!(text.contains(r#"consumer="orders-place""#), "{text}");
+    // The search index's lag, with the other pipeline gauges.
+    assert!(text.contains(r#"souk_search_index_lag_events{index="products"} 0"#), "{text}");
+    assert!(text.contains(r#"souk_search_index_lag_seconds{index="products"} 0"#), "{text}");
     assert!(text.contains(r#"souk_worker_pool_breaker_state{pool="orders"} 0"#), "closed: {text}");
     // `souk status` asks the running worker for its pools' breakers.
     let status = souk(data.path())
