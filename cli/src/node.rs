@@ -354,3 +354,20 @@ pub fn default_rate_limit() -> RateLimit {
         reads_burst: n(DEFAULT_READ_RATE_BURST),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_running_the_indexer_pool_is_the_one_that_opens_the_index()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let t = builtin_topology()?;
+        let pools = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        assert!(runs_indexer(&t, Some(&[])), "every pool (souk dev, souk worker)");
+        assert!(runs_indexer(&t, Some(&pools(&["catalog-index"]))), "souk ingress --pool catalog-index");
+        assert!(!runs_indexer(&t, Some(&pools(&["orders", "catalog"]))));
+        assert!(!runs_indexer(&t, None), "souk ingress");
+        Ok(())
+    }
+}
