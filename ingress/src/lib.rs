@@ -29,6 +29,7 @@ mod probes;
 mod problem;
 mod products;
 mod routes;
+pub mod search;
 mod server;
 mod throttle;
 
@@ -37,6 +38,7 @@ pub use intake::IntakeOptions;
 pub use limits::RateLimit;
 pub use problem::Problem;
 pub use routes::openapi;
+pub use search::SearchOptions;
 pub use server::ConnectionLimits;
 
 use axum::{Router, extract::DefaultBodyLimit};
@@ -65,6 +67,9 @@ pub struct IngressOptions {
     pub rate_limit: Option<RateLimit>,
     /// Header-read timeout and connection cap of the listener.
     pub connections: ConnectionLimits,
+    /// The search index for `GET /v1/search`; `None`: this process does not serve
+    /// search (503).
+    pub search: Option<SearchOptions>,
     /// The tenant public reads (no token) read: [`DEFAULT_PUBLIC_TENANT`] unless configured.
     pub public_tenant: String,
 }
@@ -90,6 +95,7 @@ pub(crate) struct AppState {
     public_tenant: String,
     /// One "not accepted" line per second during a storm of 503s.
     unavailable_log: throttle::LogThrottle,
+    search: Option<SearchOptions>,
 }
 
 /// A built ingress: its router and the background batchers behind it.
@@ -130,6 +136,7 @@ impl Ingress {
             readiness: probes::ReadinessCache::default(),
             public_tenant: options.public_tenant,
             unavailable_log: throttle::LogThrottle::new(Duration::from_secs(1)),
+            search: options.search,
         });
         // A request, body upload included, gets its write timeout plus time to send
         // the body: a client trickling a body must not hold a connection (or, at

@@ -6,6 +6,7 @@ mod edge;
 mod identity;
 mod observability;
 mod openapi;
+mod search;
 
 use axum::{Router, body::Body, http::Request};
 use souk_ingress::{Claims, ConnectionLimits, Ingress, IngressOptions, IntakeOptions, Keys, Role};
@@ -55,6 +56,7 @@ pub async fn env_with(
         intake: IntakeOptions::default(),
         rate_limit,
         connections,
+        search: None,
         public_tenant: "t1".into(),
     });
     let router = ingress.router();
