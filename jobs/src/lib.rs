@@ -24,6 +24,7 @@ pub mod import;
 pub mod parse;
 pub mod record;
 pub mod reindex;
+pub mod seed;
 pub mod submit;
 pub mod validate;
 pub mod worker;
