@@ -47,6 +47,8 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("unexpected data: {0}")]
     Corrupt(String),
+    #[error("search store: {0}")]
+    Search(String),
     #[error("the worker is stopping; the job will resume")]
     Stopping,
 }

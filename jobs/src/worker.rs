@@ -17,6 +17,7 @@
 use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use apalis_postgres::{Config, PostgresStorage};
 use serde::{Deserialize, Serialize};
+use souk_stores::search::SearchStore;
 use souk_topologies::publisher::Publisher;
 use sqlx::PgPool;
 use std::{sync::Arc, time::Duration};
@@ -53,7 +54,7 @@ pub struct WorkerOptions {
     pub pool: PgPool,
     pub publisher: Publisher,
     /// The search index a reindex rebuilds; `None`: reindex jobs fail saying so.
-    pub search: Option<Arc<dyn reindex::Target>>,
+    pub search: Option<Arc<dyn SearchStore>>,
     /// Jobs run at once by this process.
     pub concurrency: usize,
     /// Rows per JetStream batch and checkpoint.
