@@ -31,7 +31,7 @@ pub mod worker;
 
 pub use record::{Job, JobKind, JobState, Progress, RowError};
 pub use submit::{Submission, submit};
-pub use worker::{WorkerOptions, run};
+pub use worker::{Tuning, WorkerOptions, run};
 
 /// The apalis queue (its `job_type`) souk's jobs go through.
 pub const QUEUE: &str = "souk-jobs";

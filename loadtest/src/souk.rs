@@ -97,6 +97,7 @@ impl Stack {
             rate_limit: None,
             pools: options.workers.then(Vec::new),
             relay: options.workers,
+            jobs: None,
             metrics: None,
         })
         .await?;
