@@ -5,7 +5,9 @@
 //! relay) and the ingress idempotency keys. Schema changes are sqlx migrations in
 //! `stores/migrations`, applied by `souk migrate` (and by `souk dev` at start).
 //!
-//! The wide-column timeline sink and the search index join here as `widecolumn/` and
-//! `search/`, each with a shared conformance suite.
+//! [`search`] is the search index behind one trait ([`search::SearchStore`]): tantivy
+//! embedded by default, OpenSearch in production, one conformance suite for both. The
+//! wide-column timeline sink joins here as `widecolumn/`.
 
 pub mod postgres;
+pub mod search;

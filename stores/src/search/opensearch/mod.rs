@@ -1,0 +1,1 @@
+//! The OpenSearch adapter (in progress).

@@ -1,0 +1,190 @@
+//! One tantivy index directory: its single writer, its reader, and version-safe batches.
+//!
+//! Commit and reload policy: each [`IndexHandle::apply`] batch is one commit (tantivy
+//! fsyncs the segment files and `meta.json`), followed by a manual reader reload, so the
+//! batch is durable and searchable when `apply` returns. The reader never reloads on its
+//! own ([`ReloadPolicy::Manual`]): every visible state is a whole batch. The writer's
+//! memory budget ([`super::TantivyOptions::writer_memory_bytes`]) only bounds one batch's
+//! in-memory segment; batches are committed long before it fills.
+
+use super::schema::{F_LIVE, F_VERSION, Fields, doc_key};
+use crate::search::doc::newest_per_key;
+use crate::search::{ApplyOutcome, IndexOp, SearchError, StoredVersion};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use tantivy::directory::MmapDirectory;
+use tantivy::query::TermQuery;
+use tantivy::schema::IndexRecordOption;
+use tantivy::{
+    DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TERMINATED, TantivyError, Term,
+};
+
+pub struct IndexHandle {
+    pub dir: PathBuf,
+    pub fields: Fields,
+    reader: IndexReader,
+    writer: Mutex<WriterState>,
+}
+
+struct WriterState {
+    writer: IndexWriter,
+    /// Versions known to be committed, so most lookups skip the index. Filled by commits
+    /// and lookups; the index (tombstones included) stays the source of truth.
+    versions: HashMap<String, StoredVersion>,
+    last_commit: Option<DateTime<Utc>>,
+}
+
+impl IndexHandle {
+    /// Opens the index in `dir`, creating it if empty.
+    pub fn open(dir: &Path, writer_memory_bytes: usize) -> Result<IndexHandle, SearchError> {
+        std::fs::create_dir_all(dir).map_err(io_error)?;
+        let (schema, fields) = Fields::schema();
+        let directory = MmapDirectory::open(dir).map_err(|e| SearchError::Unavailable(e.to_string()))?;
+        let index = Index::open_or_create(directory, schema).map_err(tantivy_error)?;
+        Fields::register_analyzer(&index);
+        // One indexing thread: the node shares its cores with the pools and the ingress,
+        // and batches are small; the budget per thread must be at least 15 MB.
+        let writer =
+            index.writer_with_num_threads(1, writer_memory_bytes.max(15_000_000)).map_err(tantivy_error)?;
+        let reader =
+            index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(tantivy_error)?;
+        Ok(IndexHandle {
+            dir: dir.to_owned(),
+            fields,
+            reader,
+            writer: Mutex::new(WriterState { writer, versions: HashMap::new(), last_commit: None }),
+        })
+    }
+
+    /// The current searchable state.
+    pub fn searcher(&self) -> Searcher {
+        self.reader.searcher()
+    }
+
+    pub fn last_commit(&self) -> Option<DateTime<Utc>> {
+        self.lock().last_commit
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        // A panic while holding the lock leaves the cache possibly ahead of the index
+        // only if a commit half-happened; the cache is only updated after a commit, so
+        // the state is still consistent.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a batch version-safely and commits it; returns when it is searchable.
+    /// Blocking: call it from a blocking thread.
+    pub fn apply(&self, ops: Vec<IndexOp>) -> Result<ApplyOutcome, SearchError> {
+        for op in &ops {
+            op.validate().map_err(|reason| SearchError::BadDocument { sku: op.sku().to_owned(), reason })?;
+        }
+        let (ops, duplicates) = newest_per_key(ops);
+        let mut outcome = ApplyOutcome { applied: 0, stale: duplicates };
+        let mut state = self.lock();
+        let searcher = self.reader.searcher();
+        let mut written: Vec<(String, StoredVersion)> = Vec::new();
+        for op in &ops {
+            let key = doc_key(op.tenant(), op.sku());
+            let stored = match state.versions.get(&key) {
+                Some(v) => Some(*v),
+                None => lookup(&searcher, &self.fields, op.tenant(), op.sku())?,
+            };
+            if stored.is_some_and(|s| s.version >= op.version()) {
+                outcome.stale += 1;
+                continue;
+            }
+            state.writer.delete_term(self.fields.key_term(op.tenant(), op.sku()));
+            let (doc, deleted) = match op {
+                IndexOp::Upsert(doc) => (self.fields.product(doc), false),
+                IndexOp::Delete { tenant, sku, version } => {
+                    (self.fields.tombstone(tenant, sku, *version), true)
+                }
+            };
+            state.writer.add_document(doc).map_err(tantivy_error)?;
+            written.push((key, StoredVersion { version: op.version(), deleted }));
+            outcome.applied += 1;
+        }
+        if written.is_empty() {
+            return Ok(outcome);
+        }
+        if let Err(e) = state.writer.commit() {
+            // Drop the uncommitted ops so the next batch starts from the last commit.
+            let _ = state.writer.rollback();
+            return Err(tantivy_error(e));
+        }
+        self.reader.reload().map_err(tantivy_error)?;
+        state.versions.extend(written);
+        state.last_commit = Some(Utc::now());
+        Ok(outcome)
+    }
+
+    /// The stored version of `(tenant, sku)`.
+    pub fn version(&self, tenant: &str, sku: &str) -> Result<Option<StoredVersion>, SearchError> {
+        if let Some(v) = self.lock().versions.get(&doc_key(tenant, sku)) {
+            return Ok(Some(*v));
+        }
+        lookup(&self.reader.searcher(), &self.fields, tenant, sku)
+    }
+
+    /// Documents and tombstones in the current state.
+    pub fn counts(&self) -> Result<(u64, u64), SearchError> {
+        let searcher = self.reader.searcher();
+        let count = |live: u64| -> Result<u64, SearchError> {
+            let q = TermQuery::new(Term::from_field_u64(self.fields.live, live), IndexRecordOption::Basic);
+            let n = searcher.search(&q, &tantivy::collector::Count).map_err(tantivy_error)?;
+            Ok(n as u64)
+        };
+        Ok((count(1)?, count(0)?))
+    }
+}
+
+/// Reads the version of `(tenant, sku)` from the index: the one alive document with its
+/// key, through the term dictionary and the `version` fast field.
+fn lookup(
+    searcher: &Searcher,
+    fields: &Fields,
+    tenant: &str,
+    sku: &str,
+) -> Result<Option<StoredVersion>, SearchError> {
+    let term = fields.key_term(tenant, sku);
+    for segment in searcher.segment_readers() {
+        let inverted = segment.inverted_index(fields.key).map_err(tantivy_error)?;
+        let Some(mut postings) = inverted.read_postings(&term, IndexRecordOption::Basic).map_err(io_error)?
+        else {
+            continue;
+        };
+        let fast = segment.fast_fields();
+        let versions = fast.i64(F_VERSION).map_err(tantivy_error)?;
+        let lives = fast.u64(F_LIVE).map_err(tantivy_error)?;
+        let mut doc = postings.doc();
+        while doc != TERMINATED {
+            if !segment.is_deleted(doc)
+                && let Some(version) = versions.first(doc)
+            {
+                let deleted = lives.first(doc) == Some(0);
+                return Ok(Some(StoredVersion { version, deleted }));
+            }
+            doc = postings.advance();
+        }
+    }
+    Ok(None)
+}
+
+pub fn io_error(e: std::io::Error) -> SearchError {
+    SearchError::Unavailable(e.to_string())
+}
+
+/// I/O failures (disk full, permissions, a vanished directory) are outages; so is
+/// everything else tantivy reports, as none of it is caused by one document.
+pub fn tantivy_error(e: TantivyError) -> SearchError {
+    match e {
+        TantivyError::IoError(_)
+        | TantivyError::OpenDirectoryError(_)
+        | TantivyError::OpenWriteError(_)
+        | TantivyError::OpenReadError(_)
+        | TantivyError::LockFailure(..) => SearchError::Unavailable(e.to_string()),
+        other => SearchError::Internal(other.to_string()),
+    }
+}

@@ -1,0 +1,155 @@
+//! The text rules both stores implement, and the analyzer that defines a "word".
+//!
+//! A word is a run of letters or digits, lowercased and folded to ASCII (`Café` →
+//! `cafe`). A query word of fewer than 5 letters must match a word exactly; 5–8 letters
+//! within one edit; 9 or more within two. An edit is an insertion, a deletion, a
+//! substitution or a swap of two adjacent letters (optimal string alignment distance).
+//! The last query word also matches any word it is a prefix of (exactly, no edits), so
+//! typing `cera` finds `ceramic`. Every query word must match a word of the title or
+//! of the description.
+
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, TokenStream,
+};
+
+/// The analyzer name registered in the tantivy index.
+pub const ANALYZER: &str = "souk_text";
+
+/// Longest token kept (bytes); longer ones are not indexed (nor matched).
+pub const MAX_TOKEN_BYTES: usize = 40;
+
+/// The analyzer: simple word split, drop over-long tokens, lowercase, ASCII folding.
+pub fn analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .build()
+}
+
+/// One analysed word with its byte offsets in the original text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Word {
+    pub text: String,
+    pub from: usize,
+    pub to: usize,
+}
+
+/// The analysed words of `text`, with offsets.
+pub fn tokens(text: &str) -> Vec<Word> {
+    let mut analyzer = analyzer();
+    let mut stream = analyzer.token_stream(text);
+    let mut out = Vec::new();
+    while stream.advance() {
+        let t = stream.token();
+        out.push(Word { text: t.text.clone(), from: t.offset_from, to: t.offset_to });
+    }
+    out
+}
+
+/// The analysed words of a query, in order.
+pub fn words(query: &str) -> Vec<String> {
+    tokens(query).into_iter().map(|w| w.text).collect()
+}
+
+/// Edits a query word may be away from an indexed word.
+pub fn max_edits(word: &str) -> u8 {
+    match word.chars().count() {
+        0..=4 => 0,
+        5..=8 => 1,
+        _ => 2,
+    }
+}
+
+/// One query word, ready to match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryWord {
+    pub text: String,
+    pub max_edits: u8,
+    /// The last word also matches as a prefix.
+    pub prefix: bool,
+}
+
+/// The query words of `query` with their rules.
+pub fn query_words(query: &str) -> Vec<QueryWord> {
+    let words = words(query);
+    let last = words.len().saturating_sub(1);
+    words
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| QueryWord { max_edits: max_edits(&text), prefix: i == last, text })
+        .collect()
+}
+
+impl QueryWord {
+    /// Whether an analysed document word matches this query word.
+    pub fn matches(&self, word: &str) -> bool {
+        (self.prefix && word.starts_with(self.text.as_str()))
+            || osa_distance(&self.text, word, self.max_edits).is_some()
+    }
+}
+
+/// Optimal string alignment distance between `a` and `b` if it is at most `max`.
+pub fn osa_distance(a: &str, b: &str, max: u8) -> Option<u8> {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let max = usize::from(max);
+    if a.len().abs_diff(b.len()) > max {
+        return None;
+    }
+    // Three rows: two back for transpositions.
+    let mut prev2: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur: Vec<usize> = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(prev2[j - 2] + 1);
+            }
+            cur[j] = d;
+        }
+        std::mem::swap(&mut prev2, &mut prev);
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    let d = prev[b.len()];
+    (d <= max).then(|| u8::try_from(d).unwrap_or(u8::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_lowercased_and_folded() {
+        assert_eq!(words("Café CRÈME, mug-350ml"), ["cafe", "creme", "mug", "350ml"]);
+    }
+
+    #[test]
+    fn edit_budget_follows_word_length() {
+        assert_eq!(max_edits("mugs"), 0);
+        assert_eq!(max_edits("kettle"), 1);
+        assert_eq!(max_edits("chocolate"), 2);
+        assert_eq!(max_edits("teapots"), 1);
+        assert_eq!(max_edits("stainless"), 2);
+    }
+
+    #[test]
+    fn transposition_is_one_edit() {
+        assert_eq!(osa_distance("ketlte", "kettle", 1), Some(1));
+        assert_eq!(osa_distance("kettle", "kettle", 0), Some(0));
+        assert_eq!(osa_distance("kettel", "kettle", 1), Some(1));
+        assert_eq!(osa_distance("ktetel", "kettle", 1), None);
+        assert_eq!(osa_distance("ktetel", "kettle", 2), Some(2));
+    }
+
+    #[test]
+    fn last_word_is_a_prefix() {
+        let q = query_words("blue cera");
+        assert!(!q[0].prefix && q[1].prefix);
+        assert!(q[1].matches("ceramic"));
+        assert!(!q[0].matches("bluest"));
+    }
+}
