@@ -8,6 +8,7 @@
 //! ingress, the workers and the tests agree on one definition of every message.
 
 pub mod catalog;
+pub mod categories;
 pub mod envelope;
 pub mod headers;
 pub mod money;

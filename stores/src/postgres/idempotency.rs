@@ -7,6 +7,12 @@ use uuid::Uuid;
 
 use super::Error;
 
+/// Prefix of the keys of catalog write claims (`catalog.write <key>`). Clients' keys are
+/// visible ASCII without spaces, so a catalog write key never equals an order key of
+/// the same principal, and housekeeping tells the two apart (an expired order claim
+/// without its order marks the order lost; a catalog claim has no order).
+pub const CATALOG_WRITE_PREFIX: &str = "catalog.write ";
+
 /// A key to claim (a request that wants to be first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {

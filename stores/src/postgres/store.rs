@@ -227,6 +227,9 @@ pub const LOST_REASON: &str =
 /// written `failed` with [`LOST_REASON`], from the claim (no lines, zero total, currency
 /// `XXX`, as for an unreadable dead letter), so it never reads `pending` for ever and then
 /// vanishes; a command that does turn up later (a redrive) still moves it to `accepted`.
+/// Catalog write claims (keys stored as `catalog.write <key>`, see
+/// `idempotency::CATALOG_WRITE_PREFIX`) have no order: they expire with nothing written.
+/// Catalog write outcomes expire with the rest.
 pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekeeping, Error> {
     let secs = retention.as_secs_f64();
     let mut tx = pool.begin().await?;
@@ -236,6 +239,7 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekee
          from idempotency_keys k
          where k.created_at < now() - make_interval(secs => $1)
            and not exists (select 1 from orders o where o.order_id = k.order_id)
+           and k.key not like 'catalog.write %'
          on conflict (order_id) do nothing",
     )
     .bind(secs)
@@ -248,6 +252,7 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekee
         "delete from outbox where published_at < now() - make_interval(secs => $1)",
         "delete from inbox where handled_at < now() - make_interval(secs => $1)",
         "delete from idempotency_keys where created_at < now() - make_interval(secs => $1)",
+        "delete from catalog_writes where decided_at < now() - make_interval(secs => $1)",
     ] {
         deleted += sqlx::query(sql).bind(secs).execute(&mut *tx).await?.rows_affected();
     }

@@ -6,8 +6,18 @@
 //! delete included, takes the next one), and emits `ProductChanged` with the whole
 //! product through the outbox, so the indexer never reads Postgres.
 //!
-//! Validation of a product against the shipped category schema lives in
-//! [`crate::categories`] (added with the write path).
+//! Validation ([`validate`]): every rule of a product, its patch and its command,
+//! against the category schema shipped with souk ([`crate::categories`]), returning
+//! every field error at once. The ingress, the import job and the catalog pool all call
+//! the same functions.
+
+mod validate;
+
+pub use crate::orders::FieldError;
+pub use validate::{
+    MAX_ATTRIBUTES, MAX_DESCRIPTION_CHARS, MAX_IMAGE_URL_BYTES, MAX_IMAGES, MAX_PRICE_MINOR,
+    MAX_SELLER_ID_LEN, MAX_STOCK, MAX_TITLE_CHARS, check_seller_id, check_sku, check_text,
+};
 
 use crate::{Currency, Message, subjects};
 use chrono::{DateTime, Utc};
@@ -134,3 +144,6 @@ impl Message for ProductChanged {
     const SCHEMA: &'static str = "catalog.product-changed";
     const VERSION: u16 = 1;
 }
+
+#[cfg(test)]
+mod tests;
