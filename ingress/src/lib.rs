@@ -13,14 +13,20 @@
 //! [`Ingress::router`] for in-process tests). The listener has a header-read timeout
 //! and a connection cap ([`ConnectionLimits`]); `/metrics` is served on a separate,
 //! internal listener ([`serve_internal`]), never on the public one.
+//!
+//! Every public route is registered in `routes.rs` (one table) from handlers that carry
+//! `#[utoipa::path]`, so the OpenAPI 3.1 document ([`openapi`], served at
+//! `GET /v1/openapi.json`) lists exactly what is routed.
 
 pub mod auth;
 mod intake;
 mod limits;
 mod metrics_layer;
+mod openapi;
 mod orders;
 mod probes;
 mod problem;
+mod routes;
 mod server;
 mod throttle;
 
@@ -28,9 +34,10 @@ pub use auth::{Claims, KeyError, Keys, Role};
 pub use intake::IntakeOptions;
 pub use limits::RateLimit;
 pub use problem::Problem;
+pub use routes::openapi;
 pub use server::ConnectionLimits;
 
-use axum::{Router, extract::DefaultBodyLimit, routing::get};
+use axum::{Router, extract::DefaultBodyLimit};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -117,12 +124,7 @@ impl Ingress {
         // the body: a client trickling a body must not hold a connection (or, at
         // shutdown, the drain) for ever.
         let request_timeout = options.write_timeout + BODY_ALLOWANCE;
-        let router = Router::new()
-            .route("/v1/orders", axum::routing::post(orders::place))
-            .route("/v1/orders/{order_id}", get(orders::get))
-            .route("/healthz", get(probes::healthz))
-            .route("/readyz", get(probes::readyz))
-            .fallback(problem::not_found)
+        let router = routes::router()
             .layer(axum::middleware::from_fn(problem::framework_errors_as_problems))
             .layer(axum::middleware::from_fn(move |request, next| {
                 problem::within(request_timeout, request, next)
@@ -161,6 +163,11 @@ impl Ingress {
         self.background.close();
         self.background.wait().await;
     }
+}
+
+/// The API document as served at `GET /v1/openapi.json` (pretty-printed JSON).
+pub fn openapi_json() -> String {
+    openapi().to_pretty_json().unwrap_or_default()
 }
 
 /// Serve `/metrics` (and `/healthz`) of `metrics` on `listener`, the internal listener,

@@ -8,22 +8,85 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
 use souk_pipelines::orders::PlaceOrderRequest;
 use souk_stores::postgres::{idempotency, orders};
 use std::sync::Arc;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
     AppState, Problem,
     auth::{Principal, Role},
     intake::IntakeError,
+    openapi::{self, IdempotencyKey},
 };
 
 /// Longest idempotency key accepted.
 pub const MAX_KEY_LEN: usize = 255;
 
-/// Place an order: 202 once JetStream stored the command.
+/// The answer to an accepted order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderAccepted {
+    pub order_id: Uuid,
+    pub status: AcceptedStatus,
+    /// Where to read the order: `/v1/orders/{order_id}`.
+    pub status_url: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptedStatus {
+    Accepted,
+}
+
+/// An order whose command is accepted but not yet handled.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PendingOrder {
+    pub order_id: Uuid,
+    pub status: PendingStatus,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PendingStatus {
+    Pending,
+}
+
+/// `GET /v1/orders/{order_id}`: the stored order, or pending.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OrderState {
+    Stored(orders::Order),
+    Pending(PendingOrder),
+}
+
+/// Place an order
+///
+/// 202 once JetStream has stored the command. Retry with the same `Idempotency-Key`
+/// after a 503 or a lost answer: a retry never creates a second order.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    operation_id = "place_order",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(IdempotencyKey),
+    request_body(content = PlaceOrderRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the command is stored.", body = OrderAccepted,
+            headers(("Location" = String, description = "the order's status URL"))),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 408, response = openapi::RequestTimeout),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 429, response = openapi::RateLimited),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
 pub async fn place(
     State(state): State<Arc<AppState>>,
     Principal(claims): Principal,
@@ -86,11 +149,12 @@ pub async fn place(
     let outcome = if accepted.replay { "replayed" } else { "accepted" };
     metrics::counter!("souk_ingress_orders_total", "outcome" => outcome).increment(1);
     let status_url = format!("/v1/orders/{}", accepted.order_id);
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({"order_id": accepted.order_id, "status": "accepted", "status_url": status_url})),
-    )
-        .into_response();
+    let body = OrderAccepted {
+        order_id: accepted.order_id,
+        status: AcceptedStatus::Accepted,
+        status_url: status_url.clone(),
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Ok(v) = status_url.parse() {
         response.headers_mut().insert(header::LOCATION, v);
     }
@@ -114,9 +178,30 @@ fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
     Ok(key)
 }
 
-/// Read an order: its stored state — `accepted`, or `failed` with the `reason` (its
-/// command was dead-lettered; a redrive that succeeds moves it on to `accepted`) — or
-/// `pending` while the command is in flight.
+/// Read an order
+///
+/// Its stored state — `accepted`, or `failed` with the `reason` (its command was
+/// dead-lettered; a redrive that succeeds moves it on to `accepted`) — or `pending`
+/// while the command is in flight. Buyers read their own orders; `support` and
+/// `admin` read any order of their tenant.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_id}",
+    operation_id = "get_order",
+    tag = "orders",
+    security(("bearer" = [])),
+    params(("order_id" = Uuid, Path, description = "the id from the 202 answer")),
+    responses(
+        (status = 200, description = "The order.", body = OrderState),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 408, response = openapi::RequestTimeout),
+        (status = 429, response = openapi::RateLimited),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Principal(claims): Principal,
@@ -152,12 +237,13 @@ pub async fn get(
             .map_err(unavailable)?;
     if let Some(order) = order {
         may_read(&order.tenant, &order.buyer_id)?;
-        return Ok(Json(order).into_response());
+        return Ok(Json(OrderState::Stored(order)).into_response());
     }
     match owner {
         Some((tenant, owner)) => {
             may_read(&tenant, &owner)?;
-            Ok(Json(json!({"order_id": order_id, "status": "pending"})).into_response())
+            let pending = PendingOrder { order_id, status: PendingStatus::Pending };
+            Ok(Json(OrderState::Pending(pending)).into_response())
         }
         None => Err(not_found()),
     }

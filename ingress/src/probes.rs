@@ -2,7 +2,7 @@
 
 use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::json;
+use serde::Serialize;
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -15,12 +15,26 @@ use crate::AppState;
 pub const READINESS_TTL: Duration = Duration::from_secs(1);
 
 /// Liveness: the process answers.
-pub async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Readiness {
+/// Liveness
+///
+/// The process answers; nothing else is checked.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "probes", responses(
+    (status = 200, description = "Alive.", body = Health),
+    (status = 408, response = crate::openapi::RequestTimeout),
+))]
+pub async fn healthz() -> impl IntoResponse {
+    Json(Health { status: "ok" })
+}
+
+/// Whether each dependency answered the last check.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct Readiness {
     nats: bool,
     jetstream: bool,
     postgres: bool,
@@ -60,12 +74,20 @@ async fn check(state: &AppState) -> Readiness {
     Readiness { nats, jetstream, postgres }
 }
 
-/// Readiness, from a check at most [`READINESS_TTL`] old.
+/// Readiness
+///
+/// NATS, JetStream and Postgres answered a check at most a second old (checks are
+/// shared: a burst of probes makes one).
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "probes", responses(
+    (status = 200, description = "Ready.", body = Readiness),
+    (status = 408, response = crate::openapi::RequestTimeout),
+    (status = 503, description = "Not ready: the false fields say why.", body = Readiness),
+))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let r = state.readiness.get(&state).await;
     let ready = r.nats && r.jetstream && r.postgres;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"nats": r.nats, "jetstream": r.jetstream, "postgres": r.postgres})))
+    (status, Json(r))
 }
 
 /// The internal listener's routes: Prometheus text at `/metrics`, and `/healthz`. Not

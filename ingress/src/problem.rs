@@ -7,17 +7,21 @@ use axum::{
 use serde::Serialize;
 use souk_pipelines::orders::FieldError;
 
-/// An error response (`application/problem+json`).
-#[derive(Debug, Clone, Serialize)]
+/// An error response (`application/problem+json`, RFC 9457).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `https://souk.dev/problems/<slug>`: what went wrong, stable for clients to match.
     #[serde(rename = "type")]
+    #[schema(format = "uri", example = "https://souk.dev/problems/validation")]
     pub kind: String,
     pub title: String,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     pub detail: Option<String>,
-    /// Field-level validation errors.
+    /// Field-level validation errors: every bad field, not just the first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
     pub errors: Vec<FieldError>,
     #[serde(skip)]
     retry_after: Option<u64>,
@@ -121,9 +125,11 @@ pub fn single_header(
     Ok(first)
 }
 
-/// Fallback for unknown routes.
+/// Fallback for unknown routes. Its own type (`not-found-route`), so a client (and the
+/// route test) can tell "no such route" from "no such resource".
 pub async fn not_found() -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such route")
+    Problem::new(StatusCode::NOT_FOUND, "not-found-route", "No such route")
+        .detail("no such route; GET /v1/openapi.json lists every route")
 }
 
 /// Errors axum makes itself — 405 for a known path with the wrong method (with its

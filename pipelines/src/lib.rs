@@ -12,6 +12,8 @@ pub mod categories;
 pub mod envelope;
 pub mod headers;
 pub mod money;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod orders;
 pub mod outbox;
 pub mod pan;

@@ -5,6 +5,11 @@ use std::{fmt, str::FromStr};
 
 /// An ISO 4217 currency code such as `EUR`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, pattern = "^[A-Z]{3}$", example = "EUR")
+)]
 pub struct Currency(iso_currency::Currency);
 
 impl Currency {

@@ -148,3 +148,51 @@ pub async fn read(js: &jetstream::Context, topology: &Topology) -> Result<Pipeli
     }
     Ok(PipelineStatus { streams, consumers, pools: Vec::new() })
 }
+
+/// How far one consumer is behind the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ConsumerLag {
+    /// Messages of its filter not yet handled: undelivered (`num_pending`) plus
+    /// delivered and not yet acknowledged (`num_ack_pending`).
+    pub messages: u64,
+    /// How long ago the oldest of them was stored: the first message of its filter
+    /// past its ack floor. Zero when nothing is behind.
+    pub oldest: Duration,
+}
+
+/// [`ConsumerLag`] of `consumer` on `stream`, read from JetStream: the consumer's
+/// counts and floor, and the stored time of the message just past the floor.
+pub async fn consumer_lag(js: &jetstream::Context, stream: &str, consumer: &str) -> Result<ConsumerLag> {
+    let nats = |e: &dyn std::fmt::Display| Error::Nats(format!("{stream}/{consumer}: {e}"));
+    let handle = js.get_stream(stream).await.map_err(|e| nats(&e))?;
+    let info = handle.consumer_info(consumer).await.map_err(|e| nats(&e))?;
+    let messages = info.num_pending + info.num_ack_pending as u64;
+    if messages == 0 {
+        return Ok(ConsumerLag { messages, oldest: Duration::ZERO });
+    }
+    let config = &info.config;
+    let filters: Vec<&str> = match (config.filter_subject.as_str(), config.filter_subjects.as_slice()) {
+        ("", []) => vec![">"],
+        ("", many) => many.iter().map(String::as_str).collect(),
+        (one, _) => vec![one],
+    };
+    let from = info.ack_floor.stream_sequence + 1;
+    let mut stored: Option<i128> = None;
+    for subject in filters {
+        match handle.get_first_raw_message_by_subject(subject, from).await {
+            Ok(m) => {
+                let at = m.time.unix_timestamp_nanos();
+                stored = Some(stored.map_or(at, |s| s.min(at)));
+            }
+            // Handled between the two reads (or purged): not behind any more.
+            Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(nats(&e)),
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    // A clock behind the server's reads as no age, not a negative one.
+    let oldest = stored.map_or(Duration::ZERO, |at| Duration::from_nanos((now - at).max(0) as u64));
+    Ok(ConsumerLag { messages, oldest })
+}

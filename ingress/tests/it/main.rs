@@ -5,6 +5,7 @@ mod bad_input;
 mod edge;
 mod identity;
 mod observability;
+mod openapi;
 
 use axum::{Router, body::Body, http::Request};
 use souk_ingress::{Claims, ConnectionLimits, Ingress, IngressOptions, IntakeOptions, Keys, Role};

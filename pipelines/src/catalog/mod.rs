@@ -28,6 +28,7 @@ use uuid::Uuid;
 /// A typed attribute value. Which type a key takes is decided per category by the
 /// category schema shipped with souk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum AttrValue {
     Bool(bool),
@@ -39,6 +40,7 @@ pub enum AttrValue {
 /// A product as a seller describes it: the body of `PUT /v1/sellers/{seller}/products/{sku}`
 /// and one row of an import file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProductFields {
     pub title: String,
@@ -61,6 +63,7 @@ pub struct ProductFields {
 /// The body of `PATCH /v1/sellers/{seller}/products/{sku}`: only what changes.
 /// An attribute set to `null` is removed.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +73,7 @@ pub struct ProductPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stock: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::attribute_patch))]
     pub attributes: Option<BTreeMap<String, Option<AttrValue>>>,
 }
 
@@ -111,6 +115,7 @@ impl Message for WriteProduct {
 
 /// A product as stored, with its version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Product {
     pub sku: String,
     pub seller: String,

@@ -10,6 +10,7 @@ use super::Error;
 
 /// An order as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Order {
     pub order_id: Uuid,
     pub tenant: String,

@@ -1,0 +1,38 @@
+//! The one table of public routes.
+//!
+//! Every route is a handler carrying `#[utoipa::path(...)]`, registered below with
+//! `routes!`: one line routes it and adds it to the API document, so what is routed
+//! and what is documented cannot drift. Nothing else in this crate adds routes to the
+//! public router (`tests/it/openapi.rs` checks the sources for it, and sends a request
+//! to every documented operation). How to add one: `/work/wt/brief/OPENAPI.md` and
+//! ARCHITECTURE.md.
+
+use axum::Router;
+use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{AppState, orders, probes, problem};
+
+/// Every public route with its documentation. One `routes!` per path: the handlers in
+/// one `routes!` must share their path (they become the methods of that path).
+fn table() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(orders::place))
+        .routes(routes!(orders::get))
+        .routes(routes!(probes::healthz))
+        .routes(routes!(probes::readyz))
+        .routes(routes!(crate::openapi::document))
+}
+
+/// The public router: the table, and a fallback whose problem type (`not-found-route`)
+/// tells "no such route" apart from "no such resource".
+pub(crate) fn router() -> Router<Arc<AppState>> {
+    let (router, _) = table().split_for_parts();
+    router.fallback(problem::not_found)
+}
+
+/// The API document of every public route (served at `GET /v1/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    table().into_openapi()
+}
