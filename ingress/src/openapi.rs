@@ -54,7 +54,8 @@ pub const BEARER: &str = "bearer";
     tags(
         (name = "orders", description = "Place and read orders."),
         (name = "probes", description = "Liveness and readiness."),
-        (name = "meta", description = "This document.")
+        (name = "meta", description = "This document."),
+        (name = "jobs", description = "Jobs for internal teams (role staff): catalog imports and reindexes.")
     )
 )]
 pub struct ApiDoc;
