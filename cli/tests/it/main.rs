@@ -10,5 +10,6 @@ mod jobs;
 mod orders;
 mod outage;
 mod relay;
+mod search;
 mod support;
 mod traces;
