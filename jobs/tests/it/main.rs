@@ -3,4 +3,5 @@
 
 mod http;
 mod import;
+mod reindex;
 mod support;
