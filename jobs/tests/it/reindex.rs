@@ -63,7 +63,7 @@ const QUERIES: [&str; 5] = [
 async fn answers(stack: &Stack) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut all = Vec::new();
     for q in QUERIES {
-        let (status, mut body) = search(&stack, q).await?;
+        let (status, mut body) = search(stack, q).await?;
         anyhow::ensure!(status == 200, "{q}: {status} {body}");
         if let Some(o) = body.as_object_mut() {
             o.remove("next_cursor");
