@@ -9,7 +9,7 @@ use crate::support::{good_row, post};
 async fn jobs_over_http_are_for_staff_of_the_tenant_and_bad_requests_get_problems() -> anyhow::Result<()> {
     // No job worker: submitted jobs stay queued (what is checked here is the surface).
     let stack = Stack::start_with(StackOptions { jobs: None, ..StackOptions::default() }).await?;
-    let staff = stack.token("ops-1", &[Role::Admin]);
+    let staff = stack.token("ops-1", &[Role::Staff]);
     let reindex = serde_json::json!({"kind": "reindex"});
 
     let (status, body) = post(&stack, "", "/v1/jobs", &reindex).await?;
@@ -36,6 +36,9 @@ async fn jobs_over_http_are_for_staff_of_the_tenant_and_bad_requests_get_problem
     assert_eq!((status, &read["state"], &read["errors"][0]["line"]), (200, &"queued".into(), &2.into()));
     let (status, list) = stack.get(&staff, "/v1/jobs").await?;
     assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(1)));
+    // Admins may too.
+    let admin = stack.token("root", &[Role::Admin]);
+    assert_eq!(stack.get(&admin, &format!("/v1/jobs/{id}")).await?.0, 200);
 
     // Another tenant's staff: the job does not exist for them.
     let other = stack.keys.mint(&souk_ingress::Claims::new(

@@ -19,7 +19,7 @@ async fn an_import_of_10000_rows_with_37_bad_ones_writes_exactly_the_good_ones_a
 -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let (file, bad_lines) = import_file(10_000, 37);
-    let staff = stack.token("ops-1", &[Role::Admin]);
+    let staff = stack.token("ops-1", &[Role::Staff]);
     let body =
         serde_json::json!({"kind": "catalog-import", "seller": "s1", "format": "jsonl", "content": file});
     let (status, job) = post(&stack, &staff, "/v1/jobs", &body).await?;

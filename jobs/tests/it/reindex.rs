@@ -74,7 +74,7 @@ async fn answers(stack: &Stack) -> anyhow::Result<Vec<serde_json::Value>> {
 }
 
 async fn reindex(stack: &Stack) -> anyhow::Result<souk_jobs::Job> {
-    let staff = stack.token("ops-1", &[Role::Admin]);
+    let staff = stack.token("ops-1", &[Role::Staff]);
     let (status, job) = post(stack, &staff, "/v1/jobs", &serde_json::json!({"kind": "reindex"})).await?;
     anyhow::ensure!(status == 202, "{job}");
     finished(stack, job["id"].as_str().unwrap_or_default().parse()?, Duration::from_secs(180)).await
