@@ -126,7 +126,7 @@ impl Config {
         let souk_env = || {
             Env::prefixed("SOUK_")
                 .filter(|k| !NOT_CONFIG.contains(&k.as_str().to_ascii_lowercase().as_str()))
-                .map(|k| match k.as_str().replace('_', "-").as_str() {
+                .map(|k| match k.as_str().to_ascii_lowercase().replace('_', "-").as_str() {
                     // The one nested key read from the environment, by the name the
                     // OpenSearch tests use too.
                     "opensearch-url" => "search.opensearch-url".into(),

@@ -71,7 +71,7 @@ pub struct IngressOptions {
     /// The search index for `GET /v1/search`; `None`: this process does not serve
     /// search (503).
     pub search: Option<SearchOptions>,
-    /// The tenant of public reads (requests without a token).
+    /// The tenant public reads (no token) read: [`DEFAULT_PUBLIC_TENANT`] unless configured.
     pub public_tenant: String,
 }
 

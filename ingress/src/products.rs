@@ -34,8 +34,8 @@ const CACHE_CONTROL: &str = "public, max-age=5";
 pub const DEFAULT_PER_PAGE: i64 = 20;
 pub const MAX_PER_PAGE: i64 = 100;
 
-/// The caller, if a token was sent.
-pub struct MaybePrincipal(Option<Claims>);
+/// The caller, if a token was sent (also the caller of `GET /v1/search`).
+pub struct MaybePrincipal(pub Option<Claims>);
 
 impl FromRequestParts<Arc<AppState>> for MaybePrincipal {
     type Rejection = Problem;

@@ -19,7 +19,7 @@ use souk_pipelines::orders::FieldError;
 use souk_stores::search::{AttrFilter, SearchError, SearchRequest, SearchStore};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::{AppState, Problem, auth::OptionalPrincipal, openapi};
+use crate::{AppState, Problem, openapi, products::MaybePrincipal};
 
 pub use params::{MAX_PER_PAGE, SearchParams};
 
@@ -61,7 +61,7 @@ impl std::fmt::Debug for SearchOptions {
 )]
 pub(crate) async fn search(
     State(state): State<Arc<AppState>>,
-    OptionalPrincipal(claims): OptionalPrincipal,
+    MaybePrincipal(claims): MaybePrincipal,
     Peer(peer): Peer,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
@@ -82,12 +82,15 @@ pub(crate) async fn search(
     let params = params::parse(&pairs).map_err(invalid)?;
     let request = request_of(tenant, params);
     // The store's own bounds (e.g. words in `q`), named the same way.
-    request.validate().map_err(|e| match e {
-        SearchError::InvalidRequest { field, reason } => {
-            invalid(vec![FieldError { field: field.to_owned(), message: reason }])
-        }
-        other => unavailable(&state, &other),
-    })?;
+    let problems = request.problems();
+    if !problems.is_empty() {
+        return Err(invalid(
+            problems
+                .into_iter()
+                .map(|(field, message)| FieldError { field: field.to_owned(), message })
+                .collect(),
+        ));
+    }
     let Some(search) = &state.search else {
         return Err(Problem::unavailable("search is not served by this process"));
     };
