@@ -20,7 +20,12 @@ pub fn write_message(command: &WriteProduct) -> OutgoingMessage {
     h.insert(headers::SCHEMA, WriteProduct::schema_header().as_str());
     h.insert(headers::TENANT, command.tenant.as_str());
     h.insert(headers::CAUSATION_ID, msg_id.as_str());
-    OutgoingMessage { subject: WriteProduct::SUBJECT.into(), msg_id, headers: h, payload: Bytes::from(encode(command)) }
+    OutgoingMessage {
+        subject: WriteProduct::SUBJECT.into(),
+        msg_id,
+        headers: h,
+        payload: Bytes::from(encode(command)),
+    }
 }
 
 /// A name-based (version 5) UUID: the same `name` under `namespace` always gives the

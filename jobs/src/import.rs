@@ -99,10 +99,12 @@ impl Import<'_> {
 
     /// The job's checkpoint and whether it was asked to stop; `None` once it is final.
     async fn position(&self, id: Uuid) -> Result<Option<(i64, bool)>, Error> {
-        Ok(sqlx::query_as("select checkpoint, cancel_requested from jobs where id = $1 and state = 'running'")
-            .bind(id)
-            .fetch_optional(self.pool)
-            .await?)
+        Ok(sqlx::query_as(
+            "select checkpoint, cancel_requested from jobs where id = $1 and state = 'running'",
+        )
+        .bind(id)
+        .fetch_optional(self.pool)
+        .await?)
     }
 
     /// Record `done` more rows up to `last`, if nobody else moved the checkpoint.

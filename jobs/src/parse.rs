@@ -234,7 +234,8 @@ fn csv_row(
             attributes.insert(key.to_owned(), attr_value(raw));
         }
     }
-    let images = cell("images").split('|').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    let images =
+        cell("images").split('|').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
     let (Some(currency), true) = (currency, bad.is_empty()) else { return Err(bad.join("; ")) };
     let sku = cell("sku").trim().to_owned();
     let fields = ProductFields {
@@ -272,9 +273,10 @@ fn refuse_duplicate_skus(parsed: &mut Parsed) {
     let mut kept = Vec::with_capacity(parsed.rows.len());
     for row in std::mem::take(&mut parsed.rows) {
         match first.get(&row.sku) {
-            Some(line) => parsed
-                .errors
-                .push(RowError { line: row.line, reason: format!("sku {:?} already on line {line}", row.sku) }),
+            Some(line) => parsed.errors.push(RowError {
+                line: row.line,
+                reason: format!("sku {:?} already on line {line}", row.sku),
+            }),
             None => {
                 first.insert(row.sku.clone(), row.line);
                 kept.push(row);

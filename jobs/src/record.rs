@@ -263,7 +263,12 @@ pub(crate) async fn start(pool: &PgPool, id: Uuid) -> Result<Option<Job>, Error>
 }
 
 /// End a job in `state` (unless it already ended).
-pub(crate) async fn finish(pool: &PgPool, id: Uuid, state: JobState, error: Option<&str>) -> Result<(), Error> {
+pub(crate) async fn finish(
+    pool: &PgPool,
+    id: Uuid,
+    state: JobState,
+    error: Option<&str>,
+) -> Result<(), Error> {
     sqlx::query(
         "update jobs set state = $2, error = $3, finished_at = now(), updated_at = now()
          where id = $1 and state in ('queued', 'running')",

@@ -79,9 +79,12 @@ pub struct CategoryGen {
     pub attributes: &'static [(&'static str, AttrGen)],
 }
 
-const COLORS: &[&str] = &["black", "white", "red", "blue", "green", "grey", "yellow", "navy", "beige", "pink"];
-const MATERIALS: &[&str] = &["ceramic", "stoneware", "porcelain", "glass", "steel", "bamboo", "cotton", "oak"];
-const BRANDS: &[&str] = &["Nordlys", "Atelier Sud", "Kobo", "Umami Works", "Larkspur", "Fjell", "Ostra", "Marlowe"];
+const COLORS: &[&str] =
+    &["black", "white", "red", "blue", "green", "grey", "yellow", "navy", "beige", "pink"];
+const MATERIALS: &[&str] =
+    &["ceramic", "stoneware", "porcelain", "glass", "steel", "bamboo", "cotton", "oak"];
+const BRANDS: &[&str] =
+    &["Nordlys", "Atelier Sud", "Kobo", "Umami Works", "Larkspur", "Fjell", "Ostra", "Marlowe"];
 
 /// The categories seeded, with words and attributes per category.
 pub const CATEGORIES: &[CategoryGen] = &[
@@ -102,7 +105,10 @@ pub const CATEGORIES: &[CategoryGen] = &[
         median_price: 4900.0,
         nouns: &["Chef Knife", "Paring Knife", "Bread Knife", "Santoku", "Knife Set"],
         adjectives: &["Forged", "Damascus", "Japanese", "Professional", "Ergonomic"],
-        attributes: &[("blade_length_cm", AttrGen::Number(7.0, 30.0)), ("material", AttrGen::Text(MATERIALS))],
+        attributes: &[
+            ("blade_length_cm", AttrGen::Number(7.0, 30.0)),
+            ("material", AttrGen::Text(MATERIALS)),
+        ],
     },
     CategoryGen {
         path: "home/decor/lamps",
@@ -149,7 +155,10 @@ pub const CATEGORIES: &[CategoryGen] = &[
         median_price: 1600.0,
         nouns: &["Novel", "Short Stories", "Collected Poems", "Saga", "Mystery"],
         adjectives: &["Illustrated", "Hardcover", "Paperback", "Annotated", "First Edition"],
-        attributes: &[("pages", AttrGen::Int(90, 1200)), ("language", AttrGen::Text(&["en", "de", "fr", "es", "nl"]))],
+        attributes: &[
+            ("pages", AttrGen::Int(90, 1200)),
+            ("language", AttrGen::Text(&["en", "de", "fr", "es", "nl"])),
+        ],
     },
 ];
 
@@ -179,7 +188,9 @@ pub fn listing(seed: u64, sellers: usize, i: usize) -> Listing {
         let value = match *generator {
             AttrGen::Text(words) => AttrValue::Text((*rng.pick(words)).to_owned()),
             AttrGen::Int(lo, hi) => AttrValue::Int(lo + rng.below((hi - lo + 1) as usize) as i64),
-            AttrGen::Number(lo, hi) => AttrValue::Number(((lo + rng.unit() * (hi - lo)) * 10.0).round() / 10.0),
+            AttrGen::Number(lo, hi) => {
+                AttrValue::Number(((lo + rng.unit() * (hi - lo)) * 10.0).round() / 10.0)
+            }
             AttrGen::Bool => AttrValue::Bool(rng.below(2) == 1),
         };
         attributes.insert((*key).to_owned(), value);
@@ -259,7 +270,13 @@ pub async fn publish(
         .map(|start| async move {
             let end = (start + batch).min(options.products);
             let messages: Vec<_> = (start..end)
-                .map(|i| write_message(&command(options.seed, &options.tenant, &listing(options.seed, options.sellers, i))))
+                .map(|i| {
+                    write_message(&command(
+                        options.seed,
+                        &options.tenant,
+                        &listing(options.seed, options.sellers, i),
+                    ))
+                })
                 .collect();
             // A failed batch is retried (its stored messages are deduplicated).
             let mut tries = 0;

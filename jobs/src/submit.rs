@@ -34,7 +34,12 @@ impl Submission {
 const ROWS_PER_INSERT: usize = 2000;
 
 /// Store the job for `tenant`, asked by `submitted_by`, and queue it.
-pub async fn submit(pool: &PgPool, tenant: &str, submitted_by: &str, submission: Submission) -> Result<Job, Error> {
+pub async fn submit(
+    pool: &PgPool,
+    tenant: &str,
+    submitted_by: &str,
+    submission: Submission,
+) -> Result<Job, Error> {
     let id = Uuid::now_v7();
     let kind = submission.kind();
     let mut tx = pool.begin().await?;
