@@ -19,8 +19,14 @@ use crate::config::Config;
 #[derive(Debug)]
 pub enum Role {
     Dev,
-    Ingress,
-    Worker { pools: Vec<String>, relay: bool },
+    /// The ingress, and these pools (none if empty).
+    Ingress {
+        pools: Vec<String>,
+    },
+    Worker {
+        pools: Vec<String>,
+        relay: bool,
+    },
 }
 
 pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
@@ -77,7 +83,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
 
     let (ingress, pools, relay) = match role {
         Role::Dev => (true, Some(Vec::new()), true),
-        Role::Ingress => (true, None, false),
+        Role::Ingress { pools } => (true, (!pools.is_empty()).then_some(pools), false),
         Role::Worker { pools, relay } => (false, Some(pools), relay),
     };
     let ingress = match ingress {
@@ -87,6 +93,16 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("binding {}", config.http_addr))?;
             Some((listener, keys.clone()))
         }
+        false => None,
+    };
+    // The search index. Embedded (tantivy): opened by the one process running the
+    // indexer pool, which also serves search from it; an ingress without that pool
+    // answers /v1/search with 503. OpenSearch: by every process that indexes or serves.
+    let backend = config.search_backend();
+    let indexes = souk_cli::node::runs_indexer(&topology, pools.as_deref());
+    let serves = ingress.is_some() && matches!(backend, souk_cli::node::SearchBackend::OpenSearch(_));
+    let search = match indexes || serves {
+        true => Some(souk_cli::node::open_search(&backend).await?),
         false => None,
     };
     let metrics_listener = match config.metrics_addr {
@@ -108,6 +124,8 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         pools,
         relay,
         metrics: metrics_listener,
+        search,
+        public_tenant: config.public_tenant.clone(),
     })
     .await?;
     if let (true, Some(addr)) = (dev, node.http_addr) {

@@ -130,6 +130,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let topology = app::load_topology(config)?;
     let nats = app::connect_nats(&app::nats_url(config)?).await?;
     let mut pipeline = status::read(&app::jetstream(&nats), &topology).await?;
+    let indexes = souk_workers::catalog::lag::read(&app::jetstream(&nats), &topology).await?;
     // Breakers live in the worker processes: whichever answer within the wait.
     match status::read_pools(&nats, POOL_STATUS_WAIT).await {
         Ok(pools) => pipeline.set_pools(pools),
@@ -150,7 +151,12 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     }
     let (outbox_pending, outbox_parked) = (outbox.as_ref().ok().map(|o| o.0), outbox.ok().map(|o| o.1));
     if json {
-        let v = serde_json::json!({"pipeline": pipeline, "outbox_pending": outbox_pending, "outbox_parked": outbox_parked});
+        let v = serde_json::json!({
+            "pipeline": pipeline,
+            "search_indexes": indexes,
+            "outbox_pending": outbox_pending,
+            "outbox_parked": outbox_parked,
+        });
         out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(code);
     }
@@ -187,6 +193,12 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             p.breaker,
             p.last_error.as_deref().unwrap_or("unknown error")
         );
+    }
+    if !indexes.is_empty() {
+        out!("\n{:<10} {:<18} {:>12} {:>12}", "INDEX", "CONSUMER", "LAG EVENTS", "LAG SECONDS");
+        for i in &indexes {
+            out!("{:<10} {:<18} {:>12} {:>12.1}", i.index, i.consumer, i.events, i.seconds);
+        }
     }
     match outbox_pending {
         Some(n) => out!("\noutbox: {n} unpublished, {} parked", outbox_parked.unwrap_or(0)),

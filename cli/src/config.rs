@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// `SOUK_*` variables read by other parts (scripts, tests), not by the config tree.
-const NOT_CONFIG: &[&str] =
-    &["nats_server_bin", "test_database_url", "pg_bin_dir", "scylla_uri", "opensearch_url", "config"];
+const NOT_CONFIG: &[&str] = &["nats_server_bin", "test_database_url", "pg_bin_dir", "scylla_uri", "config"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +57,23 @@ pub struct Config {
     pub log_json: bool,
     /// Export spans to this OTLP/HTTP collector (`http://host:4318`); unset, none leave.
     pub otlp_endpoint: Option<String>,
+    /// The search index.
+    pub search: SearchConfig,
+    /// The tenant whose catalog anonymous reads (no token) see.
+    pub public_tenant: String,
+}
+
+/// Where the search index lives: embedded tantivy under the data dir unless an
+/// OpenSearch cluster is named (`[search] opensearch-url`, or `SOUK_OPENSEARCH_URL`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SearchConfig {
+    /// An OpenSearch cluster (`https://user:pass@host:9200`); unset, tantivy.
+    pub opensearch_url: Option<String>,
+    /// The tantivy index directory; unset, `<data-dir>/search`. One process per host
+    /// writes it (the one running the `catalog-index` pool); others on the same host
+    /// read it (see ARCHITECTURE.md, "Search: one writer").
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -79,6 +95,8 @@ impl Default for Config {
             read_rate_limit_burst: souk_cli::node::DEFAULT_READ_RATE_BURST,
             log_json: false,
             otlp_endpoint: None,
+            search: SearchConfig::default(),
+            public_tenant: "public".into(),
         }
     }
 }
@@ -108,7 +126,12 @@ impl Config {
         let souk_env = || {
             Env::prefixed("SOUK_")
                 .filter(|k| !NOT_CONFIG.contains(&k.as_str().to_ascii_lowercase().as_str()))
-                .map(|k| k.as_str().replace('_', "-").into())
+                .map(|k| match k.as_str().replace('_', "-").as_str() {
+                    // The one nested key read from the environment, by the name the
+                    // OpenSearch tests use too.
+                    "opensearch-url" => "search.opensearch-url".into(),
+                    other => other.to_owned().into(),
+                })
         };
         let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(file))
@@ -139,6 +162,12 @@ impl Config {
         if self.rate_limit_per_second > 0 && self.read_rate_limit_per_second == 0 {
             return Err("read-rate-limit-per-second must be positive (rate-limit-per-second = 0 turns both limits off)".into());
         }
+        if let Some(url) = &self.search.opensearch_url
+            && !url.starts_with("http://")
+            && !url.starts_with("https://")
+        {
+            return Err("search.opensearch-url must be an http:// or https:// URL".into());
+        }
         if self.otlp_endpoint.as_deref().is_some_and(|e| !e.starts_with("http://")) {
             // The exporter is built without a TLS client: an https:// collector would
             // fail every export, silently.
@@ -155,6 +184,16 @@ impl Config {
         let reads_per_second = NonZeroU32::new(self.read_rate_limit_per_second)?;
         let reads_burst = NonZeroU32::new(self.read_rate_limit_burst).unwrap_or(reads_per_second);
         Some(souk_ingress::RateLimit { per_second, burst, reads_per_second, reads_burst })
+    }
+
+    /// Where the search index is.
+    pub fn search_backend(&self) -> souk_cli::node::SearchBackend {
+        match &self.search.opensearch_url {
+            Some(url) => souk_cli::node::SearchBackend::OpenSearch(url.clone()),
+            None => souk_cli::node::SearchBackend::Tantivy(
+                self.search.dir.clone().unwrap_or_else(|| self.data_dir.join("search")),
+            ),
+        }
     }
 
     /// The key `souk dev` generates when no `jwt-keys` are configured.

@@ -69,8 +69,14 @@ enum Command {
     /// Run everything in one process: a local nats-server (unless SOUK_NATS_URL is
     /// set), migrations, topology, the HTTP ingress, every worker pool and the relay.
     Dev,
-    /// Run the HTTP ingress only.
-    Ingress,
+    /// Run the HTTP ingress (and the pools given with --pool: with the embedded search
+    /// index, `--pool catalog-index` makes this process write the index and serve
+    /// `/v1/search` from it).
+    Ingress {
+        /// A pool to run in this process too (repeatable).
+        #[arg(long = "pool")]
+        pools: Vec<String>,
+    },
     /// Run worker pools (all unless --pool is given) and the outbox relay.
     Worker {
         /// A pool to run (repeatable).
@@ -187,7 +193,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Dev => app::run(config, app::Role::Dev).await,
-        Command::Ingress => app::run(config, app::Role::Ingress).await,
+        Command::Ingress { pools } => app::run(config, app::Role::Ingress { pools }).await,
         Command::Worker { pools, no_relay } => {
             app::run(config, app::Role::Worker { pools, relay: !no_relay }).await
         }

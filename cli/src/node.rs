@@ -4,9 +4,18 @@
 //! `souk dev`/`ingress`/`worker` start one; so do the end-to-end tests and the
 //! benchmark, so all three run exactly the same wiring.
 
+use futures::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
-use souk_ingress::{ConnectionLimits, Ingress, IngressOptions, IntakeOptions, Keys, RateLimit};
-use souk_stores::postgres::{self as pg, outbox::PgOutbox};
+use souk_ingress::{
+    ConnectionLimits, Ingress, IngressOptions, IntakeOptions, Keys, RateLimit, SearchOptions,
+};
+use souk_stores::{
+    postgres::{self as pg, outbox::PgOutbox},
+    search::{
+        ApplyOutcome, IndexOp, Rebuild, SearchError, SearchRequest, SearchResults, SearchStore, StoreStats,
+        StoredVersion, tantivy::TantivyStore,
+    },
+};
 use souk_topologies::{
     Topology,
     publisher::Publisher,
@@ -14,7 +23,7 @@ use souk_topologies::{
     runtime::Runtime,
 };
 use sqlx::PgPool;
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How often old inbox, outbox and idempotency rows are purged, and how old they must be.
@@ -42,6 +51,11 @@ pub struct NodeOptions {
     pub relay: bool,
     /// Serve `/metrics` of this handle on this (internal) listener.
     pub metrics: Option<(tokio::net::TcpListener, PrometheusHandle)>,
+    /// The search index (see [`open_search`]): written by the `catalog-index` pool,
+    /// read by `/v1/search`. Needed when either runs.
+    pub search: Option<Arc<dyn SearchStore>>,
+    /// The tenant of public reads (requests without a token).
+    pub public_tenant: String,
 }
 
 /// A running node.
@@ -60,7 +74,8 @@ impl Node {
         let tasks = TaskTracker::new();
         let publisher = Publisher::new(options.nats.clone(), options.write_timeout);
         if let Some(only) = &options.pools {
-            let registry = souk_workers::registry(options.pool.clone());
+            let dependencies = souk_workers::Dependencies { search: options.search.clone() };
+            let registry = souk_workers::registry_with(options.pool.clone(), &dependencies);
             let runtime = Runtime::build(&publisher, &options.topology, &registry, only).await?;
             tasks.spawn(runtime.run(cancel.clone()));
             tasks.spawn(housekeeping(options.pool.clone(), cancel.clone()));
@@ -70,6 +85,12 @@ impl Node {
             tasks.spawn(Relay::new(outbox, publisher.clone(), RelayOptions::default()).run(cancel.clone()));
         }
         tasks.spawn(souk_topologies::status::export_gauges(
+            publisher.jetstream().clone(),
+            options.topology.clone(),
+            STATUS_EVERY,
+            cancel.clone(),
+        ));
+        tasks.spawn(souk_workers::catalog::lag::export_gauges(
             publisher.jetstream().clone(),
             options.topology.clone(),
             STATUS_EVERY,
@@ -86,6 +107,8 @@ impl Node {
                 intake: options.intake,
                 rate_limit: options.rate_limit,
                 connections: ConnectionLimits::default(),
+                search: options.search.clone().map(|store| SearchOptions { store }),
+                public_tenant: options.public_tenant.clone(),
             });
             let stop = cancel.clone();
             tasks.spawn(async move {
@@ -121,6 +144,118 @@ impl Node {
     /// Wait until the node stops (after its cancel token fires).
     pub async fn wait(&self) {
         self.tasks.wait().await;
+    }
+}
+
+/// Where the search index lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchBackend {
+    /// An embedded tantivy index in this directory.
+    Tantivy(std::path::PathBuf),
+    /// An OpenSearch cluster at this URL.
+    OpenSearch(String),
+}
+
+/// Whether a process running `pools` (`Some(vec![])`: all; `None`: none) of `topology`
+/// runs a `catalog.index` pool, i.e. writes the search index.
+pub fn runs_indexer(topology: &Topology, pools: Option<&[String]>) -> bool {
+    let Some(only) = pools else { return false };
+    topology.pools.iter().any(|p| {
+        p.handler == souk_workers::catalog::INDEX_HANDLER && (only.is_empty() || only.contains(&p.name))
+    })
+}
+
+/// Open the search index.
+///
+/// tantivy: ONE process opens an index directory — the one running the
+/// `catalog-index` pool, which writes it and also serves `/v1/search` from it
+/// (tantivy allows one writer per index, a rebuild swaps the live index inside that
+/// process, and search cursors pin snapshots in its memory). A lock file in the
+/// directory enforces it: a second process fails here, naming the directory and the
+/// holder. OpenSearch has no such limit: every process that needs it connects.
+pub async fn open_search(backend: &SearchBackend) -> anyhow::Result<Arc<dyn SearchStore>> {
+    use anyhow::Context;
+    match backend {
+        SearchBackend::Tantivy(dir) => {
+            let dir = dir.clone();
+            let store = tokio::task::spawn_blocking(move || -> anyhow::Result<LockedTantivy> {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                let lock = lock_index_dir(&dir)?;
+                let store = TantivyStore::open(&dir, Default::default())
+                    .with_context(|| format!("opening the search index {}", dir.display()))?;
+                Ok(LockedTantivy { store, _lock: lock })
+            })
+            .await??;
+            Ok(Arc::new(store))
+        }
+        SearchBackend::OpenSearch(_) => anyhow::bail!(
+            "search.opensearch-url is set, but this build has no OpenSearch adapter yet; unset it to use the embedded index"
+        ),
+    }
+}
+
+/// Lock `<dir>/souk.lock` for this process, or say who holds it.
+fn lock_index_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    use std::io::{Seek, Write};
+    let path = dir.join("souk.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "the search index {} is open in another process (pid {}): one process per index runs the \
+                 catalog-index pool and serves search from it; give this one another search.dir, or use OpenSearch",
+                dir.display(),
+                holder.trim()
+            )
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+/// A tantivy store and the lock that makes this process its only user (released when
+/// the store is dropped, or by the OS when the process dies).
+struct LockedTantivy {
+    store: TantivyStore,
+    _lock: std::fs::File,
+}
+
+impl SearchStore for LockedTantivy {
+    fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
+        self.store.apply(ops)
+    }
+
+    fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<SearchResults, SearchError>> {
+        self.store.search(request)
+    }
+
+    fn version<'a>(
+        &'a self,
+        tenant: &'a str,
+        sku: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredVersion>, SearchError>> {
+        self.store.version(tenant, sku)
+    }
+
+    fn begin_rebuild(&self) -> BoxFuture<'_, Result<Box<dyn Rebuild>, SearchError>> {
+        self.store.begin_rebuild()
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<StoreStats, SearchError>> {
+        self.store.stats()
     }
 }
 

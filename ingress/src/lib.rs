@@ -27,6 +27,7 @@ mod orders;
 mod probes;
 mod problem;
 mod routes;
+pub mod search;
 mod server;
 mod throttle;
 
@@ -35,6 +36,7 @@ pub use intake::IntakeOptions;
 pub use limits::RateLimit;
 pub use problem::Problem;
 pub use routes::openapi;
+pub use search::SearchOptions;
 pub use server::ConnectionLimits;
 
 use axum::{Router, extract::DefaultBodyLimit};
@@ -63,6 +65,11 @@ pub struct IngressOptions {
     pub rate_limit: Option<RateLimit>,
     /// Header-read timeout and connection cap of the listener.
     pub connections: ConnectionLimits,
+    /// The search index for `GET /v1/search`; `None`: this process does not serve
+    /// search (503).
+    pub search: Option<SearchOptions>,
+    /// The tenant of public reads (requests without a token).
+    pub public_tenant: String,
 }
 
 impl std::fmt::Debug for IngressOptions {
@@ -80,6 +87,8 @@ pub(crate) struct AppState {
     readiness: probes::ReadinessCache,
     /// One "not accepted" line per second during a storm of 503s.
     unavailable_log: throttle::LogThrottle,
+    search: Option<SearchOptions>,
+    public_tenant: String,
 }
 
 /// A built ingress: its router and the background batchers behind it.
@@ -119,6 +128,8 @@ impl Ingress {
             limiter,
             readiness: probes::ReadinessCache::default(),
             unavailable_log: throttle::LogThrottle::new(Duration::from_secs(1)),
+            search: options.search,
+            public_tenant: options.public_tenant,
         });
         // A request, body upload included, gets its write timeout plus time to send
         // the body: a client trickling a body must not hold a connection (or, at

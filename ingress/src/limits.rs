@@ -61,6 +61,12 @@ impl Limiter {
         check(&self.writes, principal, "write")
     }
 
+    /// Take one read of a caller without a token (a public read) from the read bucket
+    /// of its address, or say when to come back.
+    pub fn check_anonymous_read(&self, tenant: &str, peer: std::net::IpAddr) -> Result<(), Problem> {
+        check_key(&self.reads, format!("{tenant}\u{1}{peer}"), "read")
+    }
+
     /// Take one read from `principal`'s read bucket, or say when to come back.
     pub fn check_read(&self, principal: &Claims) -> Result<(), Problem> {
         check(&self.reads, principal, "read")
@@ -68,7 +74,12 @@ impl Limiter {
 }
 
 fn check(buckets: &Buckets, principal: &Claims, kind: &'static str) -> Result<(), Problem> {
-    let key = format!("{}\0{}", principal.tenant, principal.sub);
+    check_key(buckets, format!("{}\0{}", principal.tenant, principal.sub), kind)
+}
+
+/// Principals' keys are `tenant NUL sub`, anonymous ones `tenant SOH address`: tenants
+/// and subjects hold no control characters, so the two kinds never meet.
+fn check_key(buckets: &Buckets, key: String, kind: &'static str) -> Result<(), Problem> {
     buckets.check_key(&key).map_err(|not_until| {
         let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
         metrics::counter!("souk_ingress_rate_limited_total", "kind" => kind).increment(1);

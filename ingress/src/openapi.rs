@@ -54,6 +54,7 @@ pub const BEARER: &str = "bearer";
     tags(
         (name = "orders", description = "Place and read orders."),
         (name = "probes", description = "Liveness and readiness."),
+        (name = "search", description = "Search the catalog: text with typos, filters, facets, cursors."),
         (name = "meta", description = "This document.")
     )
 )]

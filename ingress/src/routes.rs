@@ -12,7 +12,7 @@ use std::sync::Arc;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{AppState, orders, probes, problem};
+use crate::{AppState, orders, probes, problem, search};
 
 /// Every public route with its documentation. One `routes!` per path: the handlers in
 /// one `routes!` must share their path (they become the methods of that path).
@@ -23,6 +23,8 @@ fn table() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(probes::healthz))
         .routes(routes!(probes::readyz))
         .routes(routes!(crate::openapi::document))
+        // search
+        .routes(routes!(search::search))
 }
 
 /// The public router: the table, and a fallback whose problem type (`not-found-route`)

@@ -82,10 +82,10 @@ pub(crate) async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, or a connection reset before it was
                     // accepted: wait a little rather than spin.
@@ -107,7 +107,15 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let connection = builder.serve_connection(
             TokioIo::new(StallGuard::new(stream, limits.write_stall_timeout)),
-            TowerToHyperService::new(router.clone()),
+            // The peer's address, for limits on requests without a principal (public
+            // reads); behind a proxy it is the proxy's.
+            TowerToHyperService::new(tower::ServiceExt::map_request(
+                router.clone(),
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    request
+                },
+            )),
         );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -56,6 +56,8 @@ pub struct Stack {
     pool: PgPool,
     cancel: CancellationToken,
     node: Option<Node>,
+    /// The embedded search index of this run (removed with the stack).
+    _search_dir: tempfile::TempDir,
 }
 
 impl Stack {
@@ -84,6 +86,11 @@ impl Stack {
 
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        let search_dir = tempfile::tempdir()?;
+        let search = souk_cli::node::open_search(&souk_cli::node::SearchBackend::Tantivy(
+            search_dir.path().join("search"),
+        ))
+        .await?;
         let node = Node::start(NodeOptions {
             nats: nats.clone(),
             pool: pool.clone(),
@@ -98,10 +105,12 @@ impl Stack {
             pools: options.workers.then(Vec::new),
             relay: options.workers,
             metrics: None,
+            search: Some(search),
+            public_tenant: "public".into(),
         })
         .await?;
         let cancel = node.cancel_token();
-        Ok(Stack { addr, tokens, nats, pool, cancel, node: Some(node) })
+        Ok(Stack { addr, tokens, nats, pool, cancel, node: Some(node), _search_dir: search_dir })
     }
 
     /// Drain and stop, as `souk dev` does on SIGTERM (bounded: pools drain for at most

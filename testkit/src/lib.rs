@@ -13,6 +13,7 @@
 //! empty body): they return the error, and [`eventually`] reports the last one when it
 //! gives up. Crash tests assert exact counts once the system is [`quiescent`].
 
+pub mod catalog;
 mod db;
 mod nats;
 mod pg_server;
@@ -23,7 +24,7 @@ pub use db::TestDb;
 pub use nats::{NatsServer, nats_server_bin};
 pub use pg_server::PgServer;
 pub use quiescent::quiescent;
-pub use stack::{Stack, StackOptions, order_body, read_body, shipped_topology, test_topology};
+pub use stack::{PUBLIC_TENANT, Stack, StackOptions, order_body, read_body, shipped_topology, test_topology};
 
 /// What an [`eventually`] check answers: `Option<T>` (`None`: not yet), or
 /// `anyhow::Result<Option<T>>` when reading the state can fail.

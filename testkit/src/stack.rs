@@ -3,10 +3,11 @@
 
 use anyhow::Context;
 use async_nats::jetstream;
-use souk_cli::node::{Node, NodeOptions};
+use souk_cli::node::{Node, NodeOptions, SearchBackend};
 use souk_ingress::{Claims, IntakeOptions, Keys, Role};
+use souk_stores::search::SearchStore;
 use souk_topologies::{Topology, apply::Mode};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use crate::{NatsServer, TestDb};
 
@@ -30,6 +31,10 @@ pub fn test_topology() -> anyhow::Result<Topology> {
     }
     Ok(topology)
 }
+
+/// The tenant of the stack's public reads: the tenant of its tokens ([`Stack::token`]),
+/// so what a test's seller writes, an anonymous search finds.
+pub const PUBLIC_TENANT: &str = "t1";
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -69,6 +74,11 @@ pub struct Stack {
     pub http: reqwest::Client,
     /// `http://127.0.0.1:<port>` when the ingress runs.
     pub base: String,
+    /// The node's search index: tantivy in [`Stack::search_dir`], opened the way `souk
+    /// dev` opens it (the writer: the stack's node runs the indexer pool), kept across
+    /// node restarts as a process keeps it.
+    pub search: Arc<dyn SearchStore>,
+    pub search_dir: tempfile::TempDir,
     node: Option<Node>,
     options: StackOptions,
 }
@@ -97,6 +107,9 @@ impl Stack {
         let js = jetstream::new(client.clone());
         let topology = test_topology()?;
         souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
+        let search_dir = tempfile::tempdir()?;
+        let search =
+            souk_cli::node::open_search(&SearchBackend::Tantivy(search_dir.path().join("search"))).await?;
         let mut stack = Stack {
             nats,
             db,
@@ -106,6 +119,8 @@ impl Stack {
             keys: Keys::from_secret(uuid::Uuid::new_v4().as_bytes().repeat(2).as_slice()),
             http: reqwest::Client::new(),
             base: String::new(),
+            search,
+            search_dir,
             node: None,
             options,
         };
@@ -132,6 +147,8 @@ impl Stack {
             pools: o.pools.then(Vec::new),
             relay: o.relay,
             metrics: None,
+            search: Some(self.search.clone()),
+            public_tenant: PUBLIC_TENANT.into(),
         })
         .await?;
         if let Some(addr) = node.http_addr {

@@ -10,16 +10,35 @@
 //!
 //! [`registry`] names every handler the way topology pools refer to them.
 
+pub mod catalog;
 pub mod dedupe;
 pub mod orders;
 mod store;
 
+use souk_stores::search::SearchStore;
 use souk_topologies::runtime::Registry;
 use sqlx::PgPool;
+use std::sync::Arc;
+
+/// What handlers need besides Postgres. A handler whose dependency is missing is not
+/// registered (a pool asking for it fails at start, naming it).
+#[derive(Clone, Default)]
+pub struct Dependencies {
+    /// The search index, for `catalog.index`.
+    pub search: Option<Arc<dyn SearchStore>>,
+}
+
+/// Every handler that needs only Postgres, under the names the topology's pools use.
+pub fn registry(pool: PgPool) -> Registry {
+    registry_with(pool, &Dependencies::default())
+}
 
 /// Every handler, under the names the topology's pools use.
-pub fn registry(pool: PgPool) -> Registry {
+pub fn registry_with(pool: PgPool, dependencies: &Dependencies) -> Registry {
     let mut registry = Registry::default();
+    if let Some(store) = &dependencies.search {
+        registry.register(catalog::INDEX_HANDLER, catalog::IndexProducts::new(store.clone()));
+    }
     registry.register(
         orders::PLACE_HANDLER,
         orders::PlaceOrderHandler::new(pool.clone(), orders::PLACE_CONSUMER),

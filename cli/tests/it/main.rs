@@ -9,5 +9,6 @@ mod held;
 mod orders;
 mod outage;
 mod relay;
+mod search;
 mod support;
 mod traces;

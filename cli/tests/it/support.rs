@@ -44,8 +44,9 @@ pub(crate) async fn place_until_accepted(
     }
 }
 
-/// Every pool of `topology`, apart from the stack's node, on a connection pool with
-/// production settings: a worker process the test can stop and start.
+/// Every Postgres pool of `topology` (all but the search indexer, whose index the stack
+/// holds), apart from the stack's node, on a connection pool with production settings:
+/// a worker process the test can stop and start.
 pub(crate) fn start_worker(
     publisher: &Publisher,
     topology: &Topology,
@@ -57,7 +58,13 @@ pub(crate) fn start_worker(
     let cancel = CancellationToken::new();
     let run = cancel.clone();
     let task = tokio::spawn(async move {
-        let runtime = Runtime::build(&publisher, &topology, &registry, &[]).await.expect("runtime");
+        let only: Vec<String> = topology
+            .pools
+            .iter()
+            .filter(|p| p.handler != souk_workers::catalog::INDEX_HANDLER)
+            .map(|p| p.name.clone())
+            .collect();
+        let runtime = Runtime::build(&publisher, &topology, &registry, &only).await.expect("runtime");
         runtime.run(run).await;
     });
     Ok((cancel, task))

@@ -55,6 +55,8 @@ pub async fn env_with(
         intake: IntakeOptions::default(),
         rate_limit,
         connections,
+        search: None,
+        public_tenant: "t1".into(),
     });
     let router = ingress.router();
     Ok(Env { nats, db, client, js, keys, router, ingress: Some(ingress), stop: CancellationToken::new() })

@@ -2,6 +2,7 @@
 
 mod dead_lettered;
 mod events;
+mod index;
 mod outage;
 
 use async_nats::HeaderMap;

@@ -1,0 +1,95 @@
+//! Rebuild and swap while searching: no query fails, writes during the rebuild are kept,
+//! results after the swap equal those before.
+
+use super::{Harness, conformance, delete, req, skus, text, upsert};
+use souk_stores::search::{IndexOp, SearchError, SearchRequest, fixture};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+conformance!(a_rebuild_swaps_in_while_searches_keep_answering, an_abandoned_rebuild_changes_nothing);
+
+fn queries() -> Vec<SearchRequest> {
+    let mut by_price = req();
+    by_price.sort = souk_stores::search::Sort::PriceAsc;
+    let mut kitchen = text("mug");
+    kitchen.category = Some("home/kitchen".into());
+    vec![req(), by_price, kitchen, text("walnut"), text("bluetoth")]
+}
+
+async fn a_rebuild_swaps_in_while_searches_keep_answering(h: &Harness) -> anyhow::Result<()> {
+    let store = h.with_fixture().await?;
+    let before: Vec<_> = {
+        let mut out = Vec::new();
+        for q in queries() {
+            out.push(skus(&store.search(&q).await?));
+        }
+        out
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (store, stop, answered) = (store.clone(), stop.clone(), answered.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                for q in queries() {
+                    let r = store.search(&q).await?;
+                    anyhow::ensure!(r.total > 0, "an empty answer during the rebuild");
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let rebuild = store.begin_rebuild().await?;
+    assert!(matches!(store.begin_rebuild().await, Err(SearchError::RebuildRunning)));
+    assert!(store.stats().await?.rebuilding);
+    // Live writes during the rebuild: newer than what the rebuild reads.
+    store.apply(vec![upsert("KET-001", 5, 4242), delete("RUG-003", 5)]).await?;
+    // The rebuild feeds the catalog as of its read: older versions, so stale there.
+    let (a, b): (Vec<IndexOp>, Vec<IndexOp>) = fixture::ops().into_iter().partition(|op| op.sku() < "M");
+    let first = rebuild.apply(a).await?;
+    let second = rebuild.apply(b).await?;
+    assert_eq!(first.stale + second.stale, 2, "the live writes won in the new index");
+    rebuild.finish().await?;
+    assert!(!store.stats().await?.rebuilding);
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await??;
+    }
+    assert!(answered.load(Ordering::Relaxed) > 0);
+    // After the swap: the same answers, plus the live writes.
+    let kettle = store.search(&text("electric kettle")).await?;
+    assert_eq!(kettle.hits[0].price_minor, 4242);
+    assert_eq!(store.search(&req()).await?.total, 37);
+    store.apply(vec![upsert("RUG-003", 6, 25000), upsert("KET-001", 6, 3999)]).await?;
+    for (q, expected) in queries().iter().zip(before) {
+        assert_eq!(skus(&store.search(q).await?), expected, "{q:?}");
+    }
+    // Writes after the swap go to the new index, and survive a restart.
+    drop(store);
+    let store = h.open().await?;
+    assert_eq!(store.search(&req()).await?.total, 38);
+    assert_eq!(store.apply(vec![upsert("KET-001", 5, 1)]).await?.stale, 1);
+    if let Harness::Tantivy { dir, .. } = h {
+        let indexes = std::fs::read_dir(dir.path().join("search"))?
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))
+            .count();
+        assert_eq!(indexes, 1, "the old index is removed");
+    }
+    Ok(())
+}
+
+async fn an_abandoned_rebuild_changes_nothing(h: &Harness) -> anyhow::Result<()> {
+    let store = h.with_fixture().await?;
+    let rebuild = store.begin_rebuild().await?;
+    rebuild.apply(vec![upsert("KET-001", 9, 9)]).await?;
+    rebuild.abort().await?;
+    assert_eq!(store.search(&req()).await?.total, 38);
+    assert_eq!(store.version(fixture::TENANT, "KET-001").await?.map(|v| v.version), Some(1));
+    // A new one may start, and dropping it abandons it too.
+    drop(store.begin_rebuild().await?);
+    let again = store.begin_rebuild().await?;
+    again.abort().await?;
+    Ok(())
+}
