@@ -20,6 +20,7 @@
 
 pub mod auth;
 mod intake;
+mod jobs;
 mod limits;
 mod metrics_layer;
 mod openapi;

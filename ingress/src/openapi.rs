@@ -55,7 +55,8 @@ pub const BEARER: &str = "bearer";
         (name = "orders", description = "Place and read orders."),
         (name = "probes", description = "Liveness and readiness."),
         (name = "search", description = "Search the catalog: text with typos, filters, facets, cursors."),
-        (name = "meta", description = "This document.")
+        (name = "meta", description = "This document."),
+        (name = "jobs", description = "Jobs for internal teams (role staff): catalog imports and reindexes.")
     )
 )]
 pub struct ApiDoc;

@@ -31,7 +31,7 @@ pub mod worker;
 
 pub use record::{Job, JobKind, JobState, Progress, RowError};
 pub use submit::{Submission, submit};
-pub use worker::{WorkerOptions, run};
+pub use worker::{Tuning, WorkerOptions, run};
 
 /// The apalis queue (its `job_type`) souk's jobs go through.
 pub const QUEUE: &str = "souk-jobs";
@@ -47,6 +47,8 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("unexpected data: {0}")]
     Corrupt(String),
+    #[error("search store: {0}")]
+    Search(String),
     #[error("the worker is stopping; the job will resume")]
     Stopping,
 }

@@ -7,9 +7,10 @@
 //! **CSV**: a header row, then one product per row. Columns: `sku`, `title`,
 //! `category`, `price_minor`, `currency`, `stock` (required), `description`, `images`
 //! (URLs separated by `|`) and `attr.<key>` for each attribute (optional). An empty
-//! attribute cell means "no such attribute"; a cell is read as a boolean
-//! (`true`/`false`), an integer, a number, or else text, and then checked against the
-//! category schema like any other value. Any other column refuses the whole file.
+//! attribute cell means "no such attribute"; a cell is read as the type the category
+//! schema gives that key in the row's category (`true`/`false`, an integer, a number,
+//! text) and then validated like any other value. Any other column refuses the whole
+//! file.
 //!
 //! A file that cannot be read as a whole (not UTF-8, a CSV header without the required
 //! columns or with unknown ones, over the size or row limit) is refused with a
@@ -17,7 +18,10 @@
 //! by line and reason, and the other rows go on.
 
 use serde_json::{Map, Value};
-use souk_pipelines::catalog::{AttrValue, ProductFields};
+use souk_pipelines::{
+    catalog::{AttrValue, ProductFields},
+    categories::{self, AttrKind},
+};
 use std::collections::{BTreeMap, HashMap};
 
 use crate::{record::RowError, validate};
@@ -136,8 +140,7 @@ fn jsonl_row(line: &str) -> Result<(String, ProductFields), String> {
         Some(_) => return Err("sku: must be a string".into()),
         None => return Err("sku: missing".into()),
     };
-    let fields: ProductFields = serde_json::from_value(Value::Object(object)).map_err(|e| e.to_string())?;
-    validate::row(&sku, &fields)?;
+    let fields = validate::json_row(&sku, &Value::Object(object))?;
     Ok((sku, fields))
 }
 
@@ -226,12 +229,20 @@ fn csv_row(
             None
         }
     };
+    let category = cell("category").trim();
+    let leaf = categories::schema().leaf(category);
     let mut attributes = BTreeMap::new();
     for (name, i) in columns {
         let Some(key) = name.strip_prefix(ATTR) else { continue };
         let raw = record.get(*i).unwrap_or("").trim();
-        if !raw.is_empty() {
-            attributes.insert(key.to_owned(), attr_value(raw));
+        if raw.is_empty() {
+            continue;
+        }
+        match attr_value(raw, leaf.and_then(|l| l.attribute(key)).map(|s| &s.kind)) {
+            Ok(v) => {
+                attributes.insert(key.to_owned(), v);
+            }
+            Err(why) => bad.push(format!("attributes.{key}: {raw:?} {why}")),
         }
     }
     let images =
@@ -241,7 +252,7 @@ fn csv_row(
     let fields = ProductFields {
         title: cell("title").trim().to_owned(),
         description: cell("description").to_owned(),
-        category: cell("category").trim().to_owned(),
+        category: category.to_owned(),
         attributes,
         price_minor,
         currency,
@@ -252,18 +263,15 @@ fn csv_row(
     Ok((sku, fields))
 }
 
-/// A CSV cell as a typed attribute value: the category schema then says whether that
-/// type is the right one for the key.
-fn attr_value(raw: &str) -> AttrValue {
-    match raw {
-        "true" => AttrValue::Bool(true),
-        "false" => AttrValue::Bool(false),
-        _ => match (raw.parse::<i64>(), raw.parse::<f64>()) {
-            (Ok(i), _) => AttrValue::Int(i),
-            (_, Ok(f)) if f.is_finite() => AttrValue::Number(f),
-            _ => AttrValue::Text(raw.to_owned()),
-        },
-    }
+/// A CSV cell as the type the category schema gives its key; a key the category does
+/// not take (or an unknown category) is read as text, and validation then names it.
+fn attr_value(raw: &str, kind: Option<&AttrKind>) -> Result<AttrValue, &'static str> {
+    Ok(match kind {
+        Some(AttrKind::Integer { .. }) => AttrValue::Int(raw.parse().map_err(|_| "is not an integer")?),
+        Some(AttrKind::Number { .. }) => AttrValue::Number(raw.parse().map_err(|_| "is not a number")?),
+        Some(AttrKind::Bool) => AttrValue::Bool(raw.parse().map_err(|_| "is not true or false")?),
+        Some(AttrKind::Text { .. } | AttrKind::Enum { .. }) | None => AttrValue::Text(raw.to_owned()),
+    })
 }
 
 /// A SKU may appear once per file: a later row for it would silently replace the
@@ -291,7 +299,7 @@ fn refuse_duplicate_skus(parsed: &mut Parsed) {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"{"sku":"a1","title":"Mug","category":"home/kitchen/mugs","price_minor":1299,"currency":"EUR","stock":3}"#;
+    const GOOD: &str = r#"{"sku":"a1","title":"Mug","category":"home/kitchen/mugs","attributes":{"capacity_ml":350,"material":"ceramic"},"price_minor":1299,"currency":"EUR","stock":3}"#;
 
     #[test]
     fn jsonl_rows_are_numbered_by_line_and_bad_ones_reported() {
@@ -304,8 +312,8 @@ mod tests {
 
     #[test]
     fn csv_reads_attributes_and_images() {
-        let file = "sku,title,category,price_minor,currency,stock,images,attr.capacity_ml,attr.color\n\
-                    m1,Mug,home/kitchen/mugs,1299,EUR,3,https://x.test/a.jpg|https://x.test/b.jpg,350,blue\n";
+        let file = "sku,title,category,price_minor,currency,stock,images,attr.capacity_ml,attr.material,attr.color\n\
+                    m1,Mug,home/kitchen/mugs,1299,EUR,3,https://x.test/a.jpg|https://x.test/b.jpg,350,ceramic,blue\n";
         let p = parse(file.as_bytes(), Format::Csv).expect("parses");
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         let row = &p.rows[0];

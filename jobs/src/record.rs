@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::Error;
 
 /// What a job does.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobKind {
@@ -45,6 +46,7 @@ impl fmt::Display for JobKind {
 }
 
 /// Where a job is. `done`, `failed` and `cancelled` are final.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobState {
@@ -89,6 +91,7 @@ impl fmt::Display for JobState {
 }
 
 /// A row refused at submission.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowError {
     /// 1-based line of the file (a CSV header is line 1).
@@ -97,6 +100,7 @@ pub struct RowError {
 }
 
 /// A job as operators see it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: Uuid,
@@ -122,6 +126,7 @@ pub struct Job {
 }
 
 /// Rows of a job: `done + failed == total` once it is done.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     /// Every row of the file (import) or every product to index (reindex).

@@ -12,6 +12,7 @@ use futures::{StreamExt, stream};
 use souk_pipelines::{
     Currency,
     catalog::{AttrValue, ProductChange, ProductFields, WriteProduct},
+    categories::{self, AttrKind, AttrSpec, Category},
 };
 use souk_topologies::publisher::{MAX_ATOMIC_BATCH, Publisher};
 use std::collections::BTreeMap;
@@ -59,108 +60,99 @@ impl Rng {
     }
 }
 
-/// How an attribute's values are made.
-#[derive(Debug, Clone, Copy)]
-pub enum AttrGen {
-    Text(&'static [&'static str]),
-    Int(i64, i64),
-    Number(f64, f64),
-    Bool,
-}
-
-/// A category the generator writes into: its path, words for titles, attributes.
-#[derive(Debug, Clone, Copy)]
-pub struct CategoryGen {
-    pub path: &'static str,
-    /// Median price in minor units.
-    pub median_price: f64,
-    pub nouns: &'static [&'static str],
-    pub adjectives: &'static [&'static str],
-    pub attributes: &'static [(&'static str, AttrGen)],
-}
-
-const COLORS: &[&str] =
-    &["black", "white", "red", "blue", "green", "grey", "yellow", "navy", "beige", "pink"];
-const MATERIALS: &[&str] =
-    &["ceramic", "stoneware", "porcelain", "glass", "steel", "bamboo", "cotton", "oak"];
+const ADJECTIVES: &[&str] = &[
+    "Classic",
+    "Handmade",
+    "Compact",
+    "Premium",
+    "Everyday",
+    "Vintage",
+    "Minimal",
+    "Rugged",
+    "Lightweight",
+    "Organic",
+    "Deluxe",
+    "Modern",
+    "Rustic",
+    "Essential",
+    "Signature",
+    "Studio",
+    "Travel",
+    "Heritage",
+];
 const BRANDS: &[&str] =
     &["Nordlys", "Atelier Sud", "Kobo", "Umami Works", "Larkspur", "Fjell", "Ostra", "Marlowe"];
+const WORDS: &[&str] =
+    &["oak", "linen", "matte", "satin", "carbon", "walnut", "slate", "amber", "coral", "pine"];
 
-/// The categories seeded, with words and attributes per category.
-pub const CATEGORIES: &[CategoryGen] = &[
-    CategoryGen {
-        path: "home/kitchen/mugs",
-        median_price: 1400.0,
-        nouns: &["Mug", "Cup", "Tumbler", "Espresso Cup", "Travel Mug"],
-        adjectives: &["Speckled", "Glazed", "Handmade", "Classic", "Stackable", "Matte", "Rustic"],
-        attributes: &[
-            ("color", AttrGen::Text(COLORS)),
-            ("material", AttrGen::Text(MATERIALS)),
-            ("capacity_ml", AttrGen::Int(80, 600)),
-            ("dishwasher_safe", AttrGen::Bool),
-        ],
-    },
-    CategoryGen {
-        path: "home/kitchen/knives",
-        median_price: 4900.0,
-        nouns: &["Chef Knife", "Paring Knife", "Bread Knife", "Santoku", "Knife Set"],
-        adjectives: &["Forged", "Damascus", "Japanese", "Professional", "Ergonomic"],
-        attributes: &[
-            ("blade_length_cm", AttrGen::Number(7.0, 30.0)),
-            ("material", AttrGen::Text(MATERIALS)),
-        ],
-    },
-    CategoryGen {
-        path: "home/decor/lamps",
-        median_price: 6900.0,
-        nouns: &["Table Lamp", "Floor Lamp", "Pendant Light", "Desk Lamp"],
-        adjectives: &["Scandinavian", "Industrial", "Dimmable", "Vintage", "Minimal"],
-        attributes: &[("color", AttrGen::Text(COLORS)), ("wattage", AttrGen::Int(3, 100))],
-    },
-    CategoryGen {
-        path: "fashion/shoes/sneakers",
-        median_price: 8900.0,
-        nouns: &["Sneakers", "Running Shoes", "High Tops", "Trainers", "Slip-ons"],
-        adjectives: &["Lightweight", "Breathable", "Retro", "Waterproof", "Everyday"],
-        attributes: &[
-            ("color", AttrGen::Text(COLORS)),
-            ("size_eu", AttrGen::Int(35, 48)),
-            ("brand", AttrGen::Text(BRANDS)),
-        ],
-    },
-    CategoryGen {
-        path: "fashion/clothing/shirts",
-        median_price: 3500.0,
-        nouns: &["Shirt", "Oxford Shirt", "Linen Shirt", "Polo", "T-Shirt"],
-        adjectives: &["Slim Fit", "Organic", "Relaxed", "Striped", "Brushed"],
-        attributes: &[
-            ("color", AttrGen::Text(COLORS)),
-            ("size", AttrGen::Text(&["XS", "S", "M", "L", "XL", "XXL"])),
-            ("material", AttrGen::Text(MATERIALS)),
-        ],
-    },
-    CategoryGen {
-        path: "electronics/audio/headphones",
-        median_price: 12900.0,
-        nouns: &["Headphones", "Earbuds", "Headset", "Studio Monitors"],
-        adjectives: &["Wireless", "Noise Cancelling", "Over-Ear", "Bluetooth", "Compact"],
-        attributes: &[
-            ("brand", AttrGen::Text(BRANDS)),
-            ("wireless", AttrGen::Bool),
-            ("battery_hours", AttrGen::Int(4, 60)),
-        ],
-    },
-    CategoryGen {
-        path: "books/fiction",
-        median_price: 1600.0,
-        nouns: &["Novel", "Short Stories", "Collected Poems", "Saga", "Mystery"],
-        adjectives: &["Illustrated", "Hardcover", "Paperback", "Annotated", "First Edition"],
-        attributes: &[
-            ("pages", AttrGen::Int(90, 1200)),
-            ("language", AttrGen::Text(&["en", "de", "fr", "es", "nl"])),
-        ],
-    },
+/// Nouns for titles by leaf category name; others use the name itself.
+const NOUNS: &[(&str, &[&str])] = &[
+    ("mugs", &["Mug", "Cup", "Tumbler", "Espresso Cup", "Travel Mug"]),
+    ("cookware", &["Frying Pan", "Saucepan", "Dutch Oven", "Wok", "Skillet"]),
+    ("knives", &["Chef Knife", "Paring Knife", "Bread Knife", "Santoku"]),
+    ("chairs", &["Dining Chair", "Armchair", "Bar Stool", "Rocking Chair"]),
+    ("lamps", &["Table Lamp", "Floor Lamp", "Pendant Light", "Desk Lamp"]),
+    ("headphones", &["Headphones", "Earbuds", "Headset"]),
+    ("speakers", &["Speaker", "Soundbar", "Bookshelf Speakers"]),
+    ("phones", &["Smartphone", "Phone"]),
+    ("laptops", &["Laptop", "Notebook", "Ultrabook"]),
+    ("cameras", &["Camera", "Mirrorless Camera", "Action Cam"]),
+    ("sneakers", &["Sneakers", "Trainers", "High Tops"]),
+    ("boots", &["Boots", "Chelsea Boots", "Hiking Boots"]),
+    ("t-shirts", &["T-Shirt", "Tee", "Long Sleeve Tee"]),
+    ("jackets", &["Jacket", "Parka", "Rain Jacket", "Bomber"]),
+    ("watches", &["Watch", "Chronograph", "Diver Watch"]),
+    ("fiction", &["Novel", "Mystery", "Saga", "Short Stories"]),
+    ("non-fiction", &["Biography", "History", "Field Guide", "Essays"]),
+    ("children", &["Picture Book", "Bedtime Stories", "Activity Book"]),
+    ("bikes", &["Road Bike", "Gravel Bike", "City Bike", "Mountain Bike"]),
+    ("running", &["Running Vest", "Running Belt", "Shorts"]),
+    ("weights", &["Dumbbell", "Kettlebell", "Weight Plate"]),
+    ("building", &["Building Set", "Brick Kit", "Construction Set"]),
+    ("board-games", &["Board Game", "Strategy Game", "Party Game"]),
+    ("skincare", &["Face Cream", "Serum", "Cleanser", "Moisturiser"]),
+    ("coffee", &["Coffee Beans", "Espresso Roast", "Filter Coffee"]),
 ];
+
+/// Median price (minor units) by top-level category.
+fn median_price(path: &str) -> f64 {
+    match path.split('/').next().unwrap_or("") {
+        "electronics" => 24_900.0,
+        "sports" => 9_900.0,
+        "fashion" => 6_900.0,
+        "home" => 3_900.0,
+        "beauty" | "books" | "toys" => 1_900.0,
+        _ => 1_500.0,
+    }
+}
+
+fn nouns(path: &str) -> Vec<String> {
+    let leaf = path.rsplit('/').next().unwrap_or(path);
+    match NOUNS.iter().find(|(name, _)| *name == leaf) {
+        Some((_, nouns)) => nouns.iter().map(|n| (*n).to_owned()).collect(),
+        None => vec![leaf.replace('-', " ")],
+    }
+}
+
+/// A value of the type and within the bounds `spec` gives.
+fn attr_value(rng: &mut Rng, spec: &AttrSpec) -> AttrValue {
+    match &spec.kind {
+        AttrKind::Text { max_len } => {
+            let word = if spec.key == "brand" { *rng.pick(BRANDS) } else { *rng.pick(WORDS) };
+            AttrValue::Text(word.chars().take(*max_len).collect())
+        }
+        AttrKind::Enum { values } => AttrValue::Text(rng.pick(values).clone()),
+        AttrKind::Integer { min, max } => {
+            let span = (max.saturating_sub(*min)).clamp(0, 1_000_000) as usize;
+            AttrValue::Int(min + rng.below(span + 1) as i64)
+        }
+        AttrKind::Number { min, max } => {
+            let v = ((min + rng.unit() * (max - min)) * 10.0).floor() / 10.0;
+            AttrValue::Number(v.clamp(*min, *max))
+        }
+        AttrKind::Bool => AttrValue::Bool(rng.below(2) == 1),
+    }
+}
 
 /// One generated listing.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,22 +173,18 @@ pub fn listing(seed: u64, sellers: usize, i: usize) -> Listing {
     let mut rng = Rng::new(seed.wrapping_mul(0x100_0000_01B3).wrapping_add(i as u64));
     // A few sellers list much more than most (a long tail, like real marketplaces).
     let s = ((rng.unit().powi(2)) * sellers.max(1) as f64) as usize;
-    let c = rng.pick(CATEGORIES);
-    let title = format!("{} {} {}", rng.pick(BRANDS), rng.pick(c.adjectives), rng.pick(c.nouns));
+    let leaves: Vec<&Category> = categories::schema().leaves().collect();
+    let c = *rng.pick(&leaves);
+    let title = format!("{} {} {}", rng.pick(BRANDS), rng.pick(ADJECTIVES), rng.pick(&nouns(&c.path)));
     let mut attributes = BTreeMap::new();
-    for (key, generator) in c.attributes {
-        let value = match *generator {
-            AttrGen::Text(words) => AttrValue::Text((*rng.pick(words)).to_owned()),
-            AttrGen::Int(lo, hi) => AttrValue::Int(lo + rng.below((hi - lo + 1) as usize) as i64),
-            AttrGen::Number(lo, hi) => {
-                AttrValue::Number(((lo + rng.unit() * (hi - lo)) * 10.0).round() / 10.0)
-            }
-            AttrGen::Bool => AttrValue::Bool(rng.below(2) == 1),
-        };
-        attributes.insert((*key).to_owned(), value);
+    for spec in &c.attributes {
+        // Every required attribute, most optional ones.
+        if spec.required || rng.below(10) < 7 {
+            attributes.insert(spec.key.clone(), attr_value(&mut rng, spec));
+        }
     }
     // Log-normal around the category's median: most near it, a few far above.
-    let price = (c.median_price * (0.8 * rng.normal()).exp()).round().clamp(99.0, 5_000_000.0);
+    let price = (median_price(&c.path) * (0.8 * rng.normal()).exp()).round().clamp(99.0, 5_000_000.0);
     let stock = match rng.below(10) {
         0 => 0,
         1 => 1 + rng.below(3) as i64,
@@ -215,7 +203,7 @@ pub fn listing(seed: u64, sellers: usize, i: usize) -> Listing {
         fields: ProductFields {
             title,
             description,
-            category: c.path.to_owned(),
+            category: c.path.clone(),
             attributes,
             price_minor: price as i64,
             currency: "EUR".parse::<Currency>().unwrap_or_else(|_| unreachable!("EUR is ISO 4217")),

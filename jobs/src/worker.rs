@@ -17,6 +17,7 @@
 use apalis::prelude::{BoxDynError, Data, WorkerBuilder, WorkerBuilderExt};
 use apalis_postgres::{Config, PostgresStorage};
 use serde::{Deserialize, Serialize};
+use souk_stores::search::SearchStore;
 use souk_topologies::publisher::Publisher;
 use sqlx::PgPool;
 use std::{sync::Arc, time::Duration};
@@ -47,13 +48,25 @@ pub(crate) enum Outcome {
     Stopped,
 }
 
-/// Worker settings.
+/// What a job worker runs with.
 #[derive(Clone)]
 pub struct WorkerOptions {
     pub pool: PgPool,
     pub publisher: Publisher,
     /// The search index a reindex rebuilds; `None`: reindex jobs fail saying so.
-    pub search: Option<Arc<dyn reindex::Target>>,
+    pub search: Option<Arc<dyn SearchStore>>,
+    pub tuning: Tuning,
+}
+
+impl std::fmt::Debug for WorkerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOptions").field("tuning", &self.tuning).finish_non_exhaustive()
+    }
+}
+
+/// How a job worker runs.
+#[derive(Debug, Clone)]
+pub struct Tuning {
     /// Jobs run at once by this process.
     pub concurrency: usize,
     /// Rows per JetStream batch and checkpoint.
@@ -63,29 +76,11 @@ pub struct WorkerOptions {
     pub missed_heartbeats: usize,
 }
 
-impl std::fmt::Debug for WorkerOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerOptions")
-            .field("concurrency", &self.concurrency)
-            .field("chunk", &self.chunk)
-            .field("heartbeat", &self.heartbeat)
-            .finish_non_exhaustive()
-    }
-}
-
-impl WorkerOptions {
-    /// Shipped defaults: 2 jobs at once, chunks of 500 rows, a heartbeat every 5 s, a
-    /// worker silent for 30 s is dead.
-    pub fn new(pool: PgPool, publisher: Publisher) -> Self {
-        WorkerOptions {
-            pool,
-            publisher,
-            search: None,
-            concurrency: 2,
-            chunk: 500,
-            heartbeat: Duration::from_secs(5),
-            missed_heartbeats: 6,
-        }
+impl Default for Tuning {
+    /// 2 jobs at once, chunks of 500 rows, a heartbeat every 5 s; a worker silent for
+    /// 30 s is dead and its jobs resume elsewhere.
+    fn default() -> Self {
+        Tuning { concurrency: 2, chunk: 500, heartbeat: Duration::from_secs(5), missed_heartbeats: 6 }
     }
 }
 
@@ -102,16 +97,15 @@ pub async fn run(options: WorkerOptions, stop: CancellationToken) {
         let name = format!("souk-jobs-{}", Uuid::now_v7().simple());
         let config = Config::default()
             .queue(QUEUE)
-            .batch_size(options.concurrency.max(1))
-            .heartbeat_interval(options.heartbeat)
-            .missed_heartbeats(options.missed_heartbeats);
+            .batch_size(options.tuning.concurrency.max(1))
+            .heartbeat_interval(options.tuning.heartbeat)
+            .missed_heartbeats(options.tuning.missed_heartbeats);
         let storage = PostgresStorage::<JobTask>::new(&options.pool).with_config(config).with_pubsub();
         let deps = Deps { options: options.clone(), stop: stop.clone() };
         let worker = WorkerBuilder::new(name.as_str())
             .backend(storage)
             .data(deps)
-            .concurrency(options.concurrency.max(1))
-            .catch_panic()
+            .concurrency(options.tuning.concurrency.max(1))
             .build(handle);
         let signal = stop.clone();
         tracing::info!(worker = %name, "job worker started");
@@ -137,7 +131,28 @@ pub async fn run(options: WorkerOptions, stop: CancellationToken) {
 }
 
 /// Run one job (first start or resume). An `Err` makes apalis deliver the task again.
+/// A panic is caught here (apalis's catch-panic layer makes the worker future
+/// non-`Send` for tokio) and ends the job failed: it would panic again.
 async fn handle(task: JobTask, deps: Data<Deps>) -> Result<(), BoxDynError> {
+    use futures::FutureExt;
+    let job_id = task.job_id;
+    let pool = deps.options.pool.clone();
+    match std::panic::AssertUnwindSafe(run_job(task, deps)).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panicked".into());
+            tracing::error!(job = %job_id, error = %why, "job panicked");
+            record::finish(&pool, job_id, JobState::Failed, Some(&format!("internal error: {why}"))).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn run_job(task: JobTask, deps: Data<Deps>) -> Result<(), BoxDynError> {
     let pool = &deps.options.pool;
     let Some(job) = record::start(pool, task.job_id).await? else {
         return Ok(()); // cancelled while queued, or already final
@@ -148,7 +163,7 @@ async fn handle(task: JobTask, deps: Data<Deps>) -> Result<(), BoxDynError> {
             let import = Import {
                 pool,
                 publisher: &deps.options.publisher,
-                chunk: deps.options.chunk.max(1),
+                chunk: deps.options.tuning.chunk.max(1),
                 stop: &deps.stop,
             };
             import.run(&job).await

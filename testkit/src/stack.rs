@@ -36,6 +36,17 @@ pub fn test_topology() -> anyhow::Result<Topology> {
 /// so what a test's seller writes, an anonymous search finds.
 pub const PUBLIC_TENANT: &str = "t1";
 
+/// Job workers for tests: chunks of 100 rows, and a worker silent for 2 s is dead (a
+/// heartbeat a second), so a killed worker's job resumes within seconds.
+pub fn test_job_tuning() -> souk_jobs::Tuning {
+    souk_jobs::Tuning {
+        chunk: 100,
+        heartbeat: Duration::from_secs(1),
+        missed_heartbeats: 2,
+        ..souk_jobs::Tuning::default()
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -48,6 +59,8 @@ pub struct StackOptions {
     /// Postgres server for the stack's database (admin URL); the shared test server
     /// when `None`.
     pub postgres: Option<String>,
+    /// Run a job worker in the node (with pools), tuned like this.
+    pub jobs: Option<souk_jobs::Tuning>,
 }
 
 impl Default for StackOptions {
@@ -59,6 +72,7 @@ impl Default for StackOptions {
             write_timeout: Duration::from_millis(1500),
             rate_limit: Some(souk_cli::node::default_rate_limit()),
             postgres: None,
+            jobs: Some(test_job_tuning()),
         }
     }
 }
@@ -144,6 +158,7 @@ impl Stack {
             ingress,
             intake: IntakeOptions::default(),
             rate_limit: o.rate_limit,
+            jobs: if o.pools { o.jobs.clone() } else { None },
             pools: o.pools.then(Vec::new),
             relay: o.relay,
             metrics: None,

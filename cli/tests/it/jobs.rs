@@ -1,0 +1,144 @@
+//! `souk jobs …` through the binary: submit, show, list, cancel, follow, `--json`, and
+//! the documented exit codes; files refused as a whole. No job worker runs here, so a
+//! submitted job stays queued until the test moves it.
+
+use super::binary::souk;
+use souk_testkit::TestDb;
+use std::path::Path;
+
+/// `souk jobs <args>` on the test's database; (exit code, stdout, stderr).
+async fn jobs(data: &Path, database_url: &str, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let out = souk(data)
+        .arg("jobs")
+        .args(args)
+        .env("SOUK_DATABASE_URL", database_url)
+        // Never used by `souk jobs`; set so that no local `souk dev` is looked for.
+        .env("SOUK_NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .await?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn row(sku: &str, price: i64) -> String {
+    serde_json::json!({"sku": sku, "title": "Speckled mug", "category": "home/kitchen/mugs",
+        "attributes": {"capacity_ml": 350, "material": "stoneware"},
+        "price_minor": price, "currency": "EUR", "stock": 4})
+    .to_string()
+}
+
+#[tokio::test]
+async fn souk_jobs_submits_shows_lists_cancels_and_follows_with_meaningful_exit_codes() -> anyhow::Result<()>
+{
+    let db = TestDb::create().await?;
+    souk_stores::postgres::migrate(&db.pool).await?;
+    let data = tempfile::tempdir()?;
+    let file = data.path().join("products.jsonl");
+    std::fs::write(&file, [row("m-1", 1299), row("m-2", 1499), row("m-3", -5), row("m-4", 999)].join("\n"))?;
+    let file = file.to_str().expect("utf-8 path");
+
+    let (code, out, err) =
+        jobs(data.path(), &db.url, &["submit", "catalog-import", "--seller", "s1", "--file", file, "--json"])
+            .await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("products.jsonl:3: price_minor"), "bad row reported by line on stderr: {err}");
+    let job: serde_json::Value = serde_json::from_str(&out)?;
+    let id = job["id"].as_str().expect("submit --json prints the id").to_owned();
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["progress"], serde_json::json!({"total": 4, "done": 0, "failed": 1}));
+    assert_eq!(job["errors"][0]["line"], 3);
+
+    let (code, out, _) = jobs(data.path(), &db.url, &["show", &id, "--json"]).await?;
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!((shown["state"].as_str(), shown["kind"].as_str()), (Some("queued"), Some("catalog-import")));
+    assert_eq!(shown["submitted_by"].as_str().map(|s| s.starts_with("cli:")), Some(true));
+
+    let (code, out, _) = jobs(data.path(), &db.url, &["list", "--json"]).await?;
+    assert_eq!(code, 0);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    assert_eq!(listed.iter().filter(|j| j["id"] == id.as_str()).count(), 1);
+
+    // Cancelled while queued: at once; following it then says "cancelled" (4).
+    let (code, _, err) = jobs(data.path(), &db.url, &["cancel", &id]).await?;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = jobs(data.path(), &db.url, &["show", &id, "--json"]).await?;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out)?["state"], "cancelled");
+    assert_eq!(jobs(data.path(), &db.url, &["follow", &id]).await?.0, 4);
+
+    // follow's exit code is the job's end: done 0, failed 1.
+    for (state, expected) in [("done", 0), ("failed", 1)] {
+        let (_, out, _) = jobs(data.path(), &db.url, &["submit", "reindex", "--json"]).await?;
+        let id: serde_json::Value = serde_json::from_str(&out)?;
+        sqlx::query("update jobs set state = $2, finished_at = now() where id = $1::uuid")
+            .bind(id["id"].as_str())
+            .bind(state)
+            .execute(&db.pool)
+            .await?;
+        let (code, out, _) =
+            jobs(data.path(), &db.url, &["follow", id["id"].as_str().unwrap_or(""), "--json"]).await?;
+        assert_eq!(code, expected, "follow of a {state} job");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&out)?["state"], state);
+    }
+
+    // Not found: 3, also for something that is not an id at all.
+    let missing = uuid::Uuid::now_v7().to_string();
+    assert_eq!(jobs(data.path(), &db.url, &["show", &missing]).await?.0, 3);
+    assert_eq!(jobs(data.path(), &db.url, &["cancel", "not-a-job"]).await?.0, 3);
+
+    // Unavailable: 5 (a database that does not exist stands for a stopped deployment).
+    let gone = db.url.rsplit_once('/').map(|(server, _)| format!("{server}/souk_no_such_db")).expect("url");
+    let (code, _, err) = jobs(data.path(), &gone, &["list"]).await?;
+    assert_eq!(code, 5, "{err}");
+
+    let (code, out, _) = jobs(data.path(), &db.url, &["--help"]).await?;
+    assert_eq!(code, 0);
+    assert!(out.contains("Exit codes") && out.contains("3  no such job"), "{out}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn files_that_cannot_be_read_as_a_whole_are_refused_with_exit_code_2_and_nothing_is_submitted()
+-> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    souk_stores::postgres::migrate(&db.pool).await?;
+    let data = tempfile::tempdir()?;
+    let d = data.path();
+    std::fs::write(
+        d.join("latin1.jsonl"),
+        [row("m-1", 100).as_bytes(), b"\n{\"title\": \"Caf\xe9\"}\n"].concat(),
+    )?;
+    std::fs::write(d.join("columns.csv"), "sku,name,price\nm-1,Mug,100\n")?;
+    std::fs::write(d.join("empty.csv"), "sku,title,category,price_minor,currency,stock\n")?;
+    std::fs::write(d.join("products.txt"), row("m-1", 100))?;
+    std::fs::write(d.join("all-bad.jsonl"), "not json\n[]\n")?;
+    let huge = std::fs::File::create(d.join("huge.jsonl"))?;
+    huge.set_len(souk_jobs::parse::MAX_FILE_BYTES as u64 + 1)?; // sparse: no disk used
+    for (file, says) in [
+        ("latin1.jsonl", "not UTF-8 (line 2"),
+        (
+            "columns.csv",
+            "missing required columns title, category, price_minor, currency, stock; unknown columns \"name\", \"price\"",
+        ),
+        ("empty.csv", "no rows"),
+        ("products.txt", "cannot tell the format"),
+        ("all-bad.jsonl", "no valid rows"),
+        ("huge.jsonl", "imported at once"),
+        ("missing.jsonl", "reading"),
+    ] {
+        let path = d.join(file);
+        let args = ["submit", "catalog-import", "--seller", "s1", "--file", path.to_str().expect("path")];
+        let (code, _, err) = jobs(d, &db.url, &args).await?;
+        assert_eq!(code, 2, "{file}: {err}");
+        assert!(err.contains(says), "{file}: expected {says:?} in {err:?}");
+    }
+    let (code, _, _) =
+        jobs(d, &db.url, &["submit", "catalog-import", "--seller", "", "--file", "x.jsonl"]).await?;
+    assert_eq!(code, 2, "an empty seller id is refused");
+    let submitted: i64 = sqlx::query_scalar("select count(*) from jobs").fetch_one(&db.pool).await?;
+    assert_eq!(submitted, 0, "nothing submitted");
+    Ok(())
+}
