@@ -100,7 +100,7 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
 
     progress("(r) raw tantivy indexing");
     let now = chrono::Utc::now();
-    let docs = listings.iter().map(|l| l.doc(TENANT, 1, now)).collect();
+    let docs = listings.iter().map(|l| products::doc(l, TENANT, 1, now)).collect();
     let cpu = Window::open();
     let raw = raw::index(docs, c.raw_batch).await?;
     let name = "(r) raw tantivy indexing, in process";
@@ -241,7 +241,8 @@ impl Souk<'_> {
         let usage = cpu.close();
         report.searchable = count;
         let name = "(p) pipeline: PUT → searchable";
-        report.pipeline = searchable_at.map(|at| {
+        // Nothing accepted: no pipeline figure (rather than a rate of zero).
+        report.pipeline = searchable_at.filter(|_| writes.ops > 0).map(|at| {
             Throughput::new(name, writes.ops, at.saturating_duration_since(started).as_secs_f64(), usage)
         });
         if searchable_at.is_none() {

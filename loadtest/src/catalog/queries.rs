@@ -21,7 +21,7 @@ pub struct Query {
 
 /// `n` queries over `listings` for `tenant`.
 pub fn mix(listings: &[Listing], n: usize, seed: u64, tenant: &str) -> Vec<Query> {
-    let mut rng = Rng(seed ^ 0x5EA2_C400);
+    let mut rng = Rng::new(seed ^ 0x5EA2_C400);
     (0..n)
         .map(|i| {
             let l = &listings[rng.below(listings.len())];
