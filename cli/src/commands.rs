@@ -24,6 +24,7 @@ pub fn token(
     config: &Config,
     sub: &str,
     roles: &[String],
+    sellers: &[String],
     tenant: &str,
     ttl: Duration,
 ) -> anyhow::Result<ExitCode> {
@@ -31,15 +32,19 @@ pub fn token(
         .iter()
         .map(|r| {
             serde_json::from_value::<Role>(serde_json::Value::String(r.clone()))
-                .with_context(|| format!("unknown role {r:?}: use buyer, seller, support or admin"))
+                .with_context(|| format!("unknown role {r:?}: use buyer, seller, support, admin or staff"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let claims = Claims::new(sub, tenant, Vec::new(), ttl);
+    let claims = Claims::new(sub, tenant, Vec::new(), ttl).with_sellers(sellers.to_vec());
     if let Err(why) = claims.check_identity() {
         bail!(
-            "--sub and --tenant must be 1-{} characters without control characters: {why}",
-            souk_ingress::auth::MAX_CLAIM_LEN
+            "--sub, --tenant and --seller must be 1-{} characters without control characters (at most {} sellers): {why}",
+            souk_ingress::auth::MAX_CLAIM_LEN,
+            souk_ingress::auth::MAX_SELLERS
         );
+    }
+    if !sellers.is_empty() && !roles.contains(&Role::Seller) {
+        bail!("--seller needs --role seller (an admin acts for every seller without one)");
     }
     // A dev token; a longer life is a mistake (and a huge one would overflow the expiry).
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
@@ -61,7 +66,7 @@ pub fn token(
         "souk token: a DEVELOPMENT token, signed with key {:?}; production tokens come from your identity provider",
         keys.kids().first().copied().unwrap_or_default()
     );
-    out!("{}", keys.mint(&Claims::new(sub, tenant, roles, ttl)));
+    out!("{}", keys.mint(&Claims::new(sub, tenant, roles, ttl).with_sellers(sellers.to_vec())));
     Ok(ExitCode::SUCCESS)
 }
 

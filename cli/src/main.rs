@@ -93,9 +93,12 @@ enum Command {
     Token {
         #[arg(long)]
         sub: String,
-        /// Role (repeatable): buyer, seller, support, admin.
+        /// Role (repeatable): buyer, seller, support, admin, staff.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
+        /// A seller id the token may act for (repeatable; with --role seller).
+        #[arg(long = "seller")]
+        sellers: Vec<String>,
         #[arg(long, default_value = "dev")]
         tenant: String,
         /// Lifetime, e.g. 1h, 30m.
@@ -332,8 +335,8 @@ async fn main() -> ExitCode {
         Command::Worker { pools, no_relay } => {
             app::run(config, app::Role::Worker { pools, relay: !no_relay }).await
         }
-        Command::Token { sub, roles, tenant, ttl } => {
-            commands::token(&config, &sub, &roles, &tenant, ttl.into())
+        Command::Token { sub, roles, sellers, tenant, ttl } => {
+            commands::token(&config, &sub, &roles, &sellers, &tenant, ttl.into())
         }
         Command::Topology { action: TopologyAction::Apply { check } } => {
             commands::topology_apply(&config, check).await

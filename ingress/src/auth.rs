@@ -12,6 +12,10 @@
 //! future, and claims the rest of the system cannot carry — an empty, overlong or
 //! control-character `sub` or `tenant` would otherwise fail a shared Postgres batch or
 //! a NATS header after the request was accepted.
+//!
+//! A seller principal carries the seller ids it may act for (`sellers`, checked like
+//! `sub`, at most [`MAX_SELLERS`]); an admin may act for any seller. `staff` is the role
+//! internal teams use for jobs.
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -27,6 +31,9 @@ const AUDIENCE: &str = "souk-api";
 /// ids and NATS headers.
 pub const MAX_CLAIM_LEN: usize = 128;
 
+/// Most seller ids one token may carry.
+pub const MAX_SELLERS: usize = 64;
+
 /// Shortest signing secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -41,6 +48,8 @@ pub enum Role {
     Seller,
     Support,
     Admin,
+    /// Internal teams: jobs (imports, reindex).
+    Staff,
 }
 
 /// The claims souk issues and accepts.
@@ -56,6 +65,9 @@ pub struct Claims {
     /// Not valid before (seconds since the epoch), if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// The sellers this principal may act for (with the `seller` role).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sellers: Vec<String>,
 }
 
 impl Claims {
@@ -71,7 +83,20 @@ impl Claims {
             iat: now,
             exp: now.saturating_add(ttl.as_secs()),
             nbf: None,
+            sellers: Vec::new(),
         }
+    }
+
+    /// The same claims, acting for `sellers`.
+    pub fn with_sellers(mut self, sellers: Vec<String>) -> Self {
+        self.sellers = sellers;
+        self
+    }
+
+    /// Whether this principal may write the listings of `seller`: a seller acting for
+    /// it, or an admin (any seller).
+    pub fn may_act_for(&self, seller: &str) -> bool {
+        self.has(Role::Admin) || (self.has(Role::Seller) && self.sellers.iter().any(|s| s == seller))
     }
 
     pub fn has(&self, role: Role) -> bool {
@@ -89,7 +114,18 @@ impl Claims {
             Bad::Empty => "token tenant is empty",
             Bad::Long => "token tenant is too long",
             Bad::Control => "token tenant contains control characters",
-        })
+        })?;
+        if self.sellers.len() > MAX_SELLERS {
+            return Err("token carries too many sellers");
+        }
+        for seller in &self.sellers {
+            check_identifier(seller).map_err(|why| match why {
+                Bad::Empty => "token seller id is empty",
+                Bad::Long => "token seller id is too long",
+                Bad::Control => "token seller id contains control characters",
+            })?;
+        }
+        Ok(())
     }
 }
 

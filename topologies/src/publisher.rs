@@ -38,6 +38,26 @@ pub struct OutgoingMessage {
     pub payload: Bytes,
 }
 
+impl OutgoingMessage {
+    /// A command as every publisher of commands sends it: `souk-schema`, `souk-tenant`,
+    /// its message id as `souk-causation-id` too, the current span's trace context,
+    /// and the encoded payload. One way to build a command, whoever publishes it (the
+    /// ingress, import jobs, the seed generator).
+    pub fn command<M: souk_pipelines::Message>(message: &M, msg_id: String, tenant: &str) -> Self {
+        let mut headers = HeaderMap::new();
+        crate::trace::inject_current(&mut headers);
+        headers.insert(souk_pipelines::headers::SCHEMA, M::schema_header().as_str());
+        headers.insert(souk_pipelines::headers::TENANT, tenant);
+        headers.insert(souk_pipelines::headers::CAUSATION_ID, msg_id.as_str());
+        OutgoingMessage {
+            subject: M::SUBJECT.into(),
+            msg_id,
+            headers,
+            payload: Bytes::from(souk_pipelines::encode(message)),
+        }
+    }
+}
+
 /// How [`Publisher::atomic_or_singles`] falls back to single publishes.
 #[derive(Clone, Copy)]
 enum Singles {

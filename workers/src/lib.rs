@@ -45,7 +45,11 @@ pub fn registry_with(pool: PgPool, dependencies: &Dependencies) -> Registry {
     );
     registry.register(
         orders::DEAD_LETTERED_HANDLER,
-        dedupe::Deduplicated::new(pool, orders::DEAD_LETTERED_CONSUMER, orders::OrderDeadLettered),
+        dedupe::Deduplicated::new(pool.clone(), orders::DEAD_LETTERED_CONSUMER, orders::OrderDeadLettered),
+    );
+    registry.register(
+        catalog::WRITE_HANDLER,
+        dedupe::Deduplicated::new(pool, catalog::WRITE_CONSUMER, catalog::WriteProductHandler),
     );
     registry
 }

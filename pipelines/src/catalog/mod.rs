@@ -107,6 +107,16 @@ pub struct WriteProduct {
     pub requested_at: DateTime<Utc>,
 }
 
+impl WriteProduct {
+    /// Its `Nats-Msg-Id`, from the write id: a retried request (same idempotency claim,
+    /// same write id) or a re-run import row is deduplicated by JetStream and by the
+    /// catalog pool's inbox. Publish with
+    /// `OutgoingMessage::command(&cmd, cmd.message_id(), &cmd.tenant)`.
+    pub fn message_id(&self) -> String {
+        format!("{}:{}:{}", Self::SCHEMA, self.tenant, self.write_id)
+    }
+}
+
 impl Message for WriteProduct {
     const SUBJECT: &'static str = subjects::CATALOG_WRITE;
     const SCHEMA: &'static str = "catalog.write";

@@ -6,6 +6,7 @@ pub mod idempotency;
 pub mod inbox;
 pub mod orders;
 pub mod outbox;
+pub mod products;
 mod store;
 
 pub use config::{PgOptions, database_for_dir, redact};
