@@ -54,9 +54,8 @@ impl Tokens {
 
 /// A token that may write `seller`'s listings.
 fn seller_token(keys: &Keys, tenant: &str, seller: &str, ttl: Duration) -> String {
-    let claims = Claims::new(&format!("{seller}-owner"), tenant, vec![Role::Seller], ttl);
-    // The seller ids a principal may act for are a claim of the catalog write path
-    // (`souk token --role seller --seller S`); set it here when `Claims` carries it.
+    let claims = Claims::new(&format!("{seller}-owner"), tenant, vec![Role::Seller], ttl)
+        .with_sellers(vec![seller.to_owned()]);
     keys.mint(&claims)
 }
 
