@@ -252,6 +252,7 @@ pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {
     shown.database_url = pg::redact(&shown.database_url);
     shown.nats_url = shown.nats_url.as_deref().map(app::redact_nats);
     shown.otlp_endpoint = shown.otlp_endpoint.as_deref().map(app::redact_nats);
+    shown.search.opensearch_url = shown.search.opensearch_url.as_deref().map(app::redact_nats);
     out_raw!("{}", toml::to_string(&shown)?);
     out!("# configuration and topology are valid");
     Ok(ExitCode::SUCCESS)

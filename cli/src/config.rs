@@ -53,14 +53,14 @@ pub struct Config {
     pub read_rate_limit_per_second: u32,
     /// Reads a principal may send at once above the sustained rate.
     pub read_rate_limit_burst: u32,
+    /// The tenant of public product reads sent without a token (with one, the token's).
+    pub public_tenant: String,
     /// Log JSON lines instead of text.
     pub log_json: bool,
     /// Export spans to this OTLP/HTTP collector (`http://host:4318`); unset, none leave.
     pub otlp_endpoint: Option<String>,
     /// The search index.
     pub search: SearchConfig,
-    /// The tenant whose catalog anonymous reads (no token) see.
-    pub public_tenant: String,
 }
 
 /// Where the search index lives: embedded tantivy under the data dir unless an
@@ -93,10 +93,10 @@ impl Default for Config {
             rate_limit_burst: souk_cli::node::DEFAULT_RATE_BURST,
             read_rate_limit_per_second: souk_cli::node::DEFAULT_READ_RATE_PER_SECOND,
             read_rate_limit_burst: souk_cli::node::DEFAULT_READ_RATE_BURST,
+            public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
             log_json: false,
             otlp_endpoint: None,
             search: SearchConfig::default(),
-            public_tenant: "public".into(),
         }
     }
 }
@@ -126,7 +126,7 @@ impl Config {
         let souk_env = || {
             Env::prefixed("SOUK_")
                 .filter(|k| !NOT_CONFIG.contains(&k.as_str().to_ascii_lowercase().as_str()))
-                .map(|k| match k.as_str().replace('_', "-").as_str() {
+                .map(|k| match k.as_str().to_ascii_lowercase().replace('_', "-").as_str() {
                     // The one nested key read from the environment, by the name the
                     // OpenSearch tests use too.
                     "opensearch-url" => "search.opensearch-url".into(),

@@ -56,7 +56,7 @@ pub struct NodeOptions {
     /// The search index (see [`open_search`]): written by the `catalog-index` pool,
     /// read by `/v1/search`. Needed when either runs.
     pub search: Option<Arc<dyn SearchStore>>,
-    /// The tenant of public reads (requests without a token).
+    /// The tenant anonymous product reads read (`souk_ingress::DEFAULT_PUBLIC_TENANT`).
     pub public_tenant: String,
 }
 

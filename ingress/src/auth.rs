@@ -360,23 +360,6 @@ impl FromRequestParts<Arc<AppState>> for Principal {
     }
 }
 
-/// A caller that may be anonymous (extractor, for public reads): no `Authorization`
-/// header is `None`; a header that is there must hold a valid token (401 otherwise: a
-/// client whose token expired learns it, instead of silently reading as nobody).
-#[derive(Debug, Clone)]
-pub struct OptionalPrincipal(pub Option<Claims>);
-
-impl FromRequestParts<Arc<AppState>> for OptionalPrincipal {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Problem> {
-        if !parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
-            return Ok(OptionalPrincipal(None));
-        }
-        Ok(OptionalPrincipal(Some(Principal::from_request_parts(parts, state).await?.0)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::FutureExt;
 use souk_pipelines::{
-    Message, encode, headers,
+    Message,
+    catalog::WriteProduct,
+    encode, headers,
     orders::{PlaceOrder, PlaceOrderRequest},
 };
 use souk_stores::postgres::idempotency::{self, Claim, Record};
@@ -175,6 +177,66 @@ impl Intake {
         tracing::debug!(order_id = %record.order_id, seq = ack.sequence, duplicate = ack.duplicate, "order command stored");
         Ok(Accepted { order_id: record.order_id, replay: !record.fresh })
     }
+}
+
+/// A catalog write the ingress accepted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AcceptedWrite {
+    pub write_id: Uuid,
+    /// A repeat of an earlier request with the same key and body.
+    pub replay: bool,
+}
+
+impl Intake {
+    /// Accept a catalog write from `principal` under idempotency `key`: claim the key
+    /// (its record fixes the write id; keys live apart from order keys, see
+    /// `idempotency::CATALOG_WRITE_PREFIX`), build the command with that id, publish it
+    /// through the same group committer as orders and wait for its PubAck.
+    pub async fn write_product(
+        &self,
+        principal: &Claims,
+        key: &str,
+        request_hash: Vec<u8>,
+        command: impl FnOnce(Uuid) -> WriteProduct,
+    ) -> Result<AcceptedWrite, IntakeError> {
+        let work = async {
+            let claim = Claim {
+                tenant: principal.tenant.clone(),
+                principal: principal.sub.clone(),
+                key: format!("{}{key}", idempotency::CATALOG_WRITE_PREFIX),
+                request_hash: request_hash.clone(),
+                order_id: Uuid::now_v7(),
+            };
+            let record = self
+                .claims
+                .call(claim)
+                .await
+                .map_err(|e| IntakeError::Unavailable(e.to_string()))?
+                .map_err(|e| IntakeError::Unavailable(format!("idempotency store: {e}")))?;
+            if record.request_hash != request_hash {
+                return Err(IntakeError::KeyReused);
+            }
+            let cmd = command(record.order_id);
+            let publish = tracing::info_span!("publish", subject = WriteProduct::SUBJECT);
+            let msg = publish.in_scope(|| OutgoingMessage::command(&cmd, cmd.message_id(), &cmd.tenant));
+            let ack = self
+                .commits
+                .publish(msg)
+                .instrument(publish)
+                .await
+                .map_err(|e| IntakeError::Unavailable(format!("JetStream: {e}")))?;
+            tracing::debug!(write_id = %cmd.write_id, seq = ack.sequence, duplicate = ack.duplicate, "catalog write stored");
+            Ok(AcceptedWrite { write_id: record.order_id, replay: !record.fresh })
+        };
+        tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| {
+            Err(IntakeError::Unavailable(format!("no acknowledgement within {:?}", self.timeout)))
+        })
+    }
+}
+
+/// SHA-256 of `bytes` (the canonical form of a request, for its idempotency claim).
+pub(crate) fn request_hash(bytes: &[u8]) -> Vec<u8> {
+    sha256(bytes)
 }
 
 /// `Nats-Msg-Id` of an order command: the order id the key's claim fixed. Every retry

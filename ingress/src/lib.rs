@@ -19,6 +19,7 @@
 //! `GET /v1/openapi.json`) lists exactly what is routed.
 
 pub mod auth;
+mod catalog;
 mod intake;
 mod jobs;
 mod limits;
@@ -27,6 +28,7 @@ mod openapi;
 mod orders;
 mod probes;
 mod problem;
+mod products;
 mod routes;
 pub mod search;
 mod server;
@@ -69,9 +71,13 @@ pub struct IngressOptions {
     /// The search index for `GET /v1/search`; `None`: this process does not serve
     /// search (503).
     pub search: Option<SearchOptions>,
-    /// The tenant of public reads (requests without a token).
+    /// The tenant public reads (no token) read: [`DEFAULT_PUBLIC_TENANT`] unless configured.
     pub public_tenant: String,
 }
+
+/// The tenant public product reads use when no token is sent, unless configured: the
+/// one `souk token` mints for by default.
+pub const DEFAULT_PUBLIC_TENANT: &str = "dev";
 
 impl std::fmt::Debug for IngressOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,10 +92,11 @@ pub(crate) struct AppState {
     intake: intake::Intake,
     limiter: Option<limits::Limiter>,
     readiness: probes::ReadinessCache,
+    /// The tenant of anonymous product reads.
+    public_tenant: String,
     /// One "not accepted" line per second during a storm of 503s.
     unavailable_log: throttle::LogThrottle,
     search: Option<SearchOptions>,
-    public_tenant: String,
 }
 
 /// A built ingress: its router and the background batchers behind it.
@@ -128,9 +135,9 @@ impl Ingress {
             intake,
             limiter,
             readiness: probes::ReadinessCache::default(),
+            public_tenant: options.public_tenant,
             unavailable_log: throttle::LogThrottle::new(Duration::from_secs(1)),
             search: options.search,
-            public_tenant: options.public_tenant,
         });
         // A request, body upload included, gets its write timeout plus time to send
         // the body: a client trickling a body must not hold a connection (or, at

@@ -53,6 +53,7 @@ pub const BEARER: &str = "bearer";
     ),
     tags(
         (name = "orders", description = "Place and read orders."),
+        (name = "catalog", description = "Sellers write their products (202, applied by the catalog pool); anyone reads them."),
         (name = "probes", description = "Liveness and readiness."),
         (name = "search", description = "Search the catalog: text with typos, filters, facets, cursors."),
         (name = "meta", description = "This document."),

@@ -161,7 +161,7 @@ pub async fn place(
     Ok(response)
 }
 
-fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
+pub(crate) fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
     let raw = crate::problem::single_header(h, header::HeaderName::from_static("idempotency-key"))?
         .ok_or_else(|| {
             Problem::bad_request("idempotency-key-missing", "the Idempotency-Key header is required")

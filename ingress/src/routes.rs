@@ -12,7 +12,7 @@ use std::sync::Arc;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{AppState, jobs, orders, probes, problem, search};
+use crate::{AppState, catalog, jobs, orders, probes, problem, products, search};
 
 /// Every public route with its documentation. One `routes!` per path: the handlers in
 /// one `routes!` must share their path (they become the methods of that path).
@@ -20,6 +20,11 @@ fn table() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(orders::place))
         .routes(routes!(orders::get))
+        // catalog
+        .routes(routes!(catalog::put_product, catalog::patch_product, catalog::delete_product))
+        .routes(routes!(catalog::get_write))
+        .routes(routes!(products::get_product))
+        .routes(routes!(products::list_seller_products))
         .routes(routes!(probes::healthz))
         .routes(routes!(probes::readyz))
         .routes(routes!(crate::openapi::document))

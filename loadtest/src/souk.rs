@@ -107,7 +107,7 @@ impl Stack {
             jobs: None,
             metrics: None,
             search: Some(search),
-            public_tenant: "public".into(),
+            public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
         })
         .await?;
         let cancel = node.cancel_token();

@@ -32,9 +32,8 @@ pub fn test_topology() -> anyhow::Result<Topology> {
     Ok(topology)
 }
 
-/// The tenant of the stack's public reads: the tenant of its tokens ([`Stack::token`]),
-/// so what a test's seller writes, an anonymous search finds.
-pub const PUBLIC_TENANT: &str = "t1";
+/// The tenant of the stack's public reads (anonymous product reads and searches).
+pub const PUBLIC_TENANT: &str = souk_ingress::DEFAULT_PUBLIC_TENANT;
 
 /// Job workers for tests: chunks of 100 rows, and a worker silent for 2 s is dead (a
 /// heartbeat a second), so a killed worker's job resumes within seconds.

@@ -111,6 +111,10 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
     let bad = souk(data.path()).arg("config").env("SOUK_WRITE_TIMEOUT", "1h").output().await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("write-timeout"));
+    let bad =
+        souk(data.path()).arg("config").env("SOUK_OPENSEARCH_URL", "ftp://search:9200").output().await?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8(bad.stderr)?.contains("search.opensearch-url"));
     let typo = data.path().join("souk.toml");
     std::fs::write(&typo, "htp-addr = \"127.0.0.1:1\"\n")?;
     let bad =
@@ -130,11 +134,13 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
         .arg("config")
         .env("DATABASE_URL", "postgres://u:secret@h/db?password=secret2")
         .env("SOUK_NATS_URL", "nats://natsuser:secret3@127.0.0.1:1")
+        .env("SOUK_OPENSEARCH_URL", "https://admin:secret5@search:9200")
         .output()
         .await?;
     assert!(good.status.success());
     let shown = String::from_utf8(good.stdout)?;
     assert!(shown.contains("u:***@h/db") && shown.contains("nats://***@127.0.0.1:1"), "{shown}");
+    assert!(shown.contains("opensearch-url = \"https://***@search:9200\""), "{shown}");
     assert!(!shown.contains("secret"), "{shown}");
     // Nor does an error show them: a token in a NATS URL nobody listens at.
     let unreachable =
@@ -186,6 +192,11 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     assert_eq!(json["pipeline"]["consumers"][0]["name"], "orders-place");
     assert_eq!(json["outbox_pending"], 0);
     assert_eq!(json["outbox_parked"], 0);
+    // The search index's lag, per index: nothing behind yet.
+    assert_eq!(
+        json["search_indexes"],
+        serde_json::json!([{"index": "products", "consumer": "catalog-index", "events": 0, "seconds": 0.0}])
+    );
     // Postgres unreachable: the pipeline is still shown, but the exit code says the
     // status is incomplete.
     let partial = souk(data.path())
@@ -197,6 +208,7 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     assert_eq!(partial.status.code(), Some(1));
     let shown = String::from_utf8(partial.stdout)?;
     assert!(shown.contains("orders-place") && shown.contains("outbox: unknown"), "{shown}");
+    assert!(shown.contains("INDEX") && shown.lines().any(|l| l.starts_with("products ")), "{shown}");
     // A dead letter as the runtime writes it; list it, replay it to its subject.
     let client = nats.client().await?;
     let mut h = async_nats::HeaderMap::new();
@@ -280,7 +292,10 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
         .await?;
     let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     assert_eq!(json["pipeline"]["consumers"][0]["breaker"], "closed", "{json}");
-    assert_eq!(json["pipeline"]["pools"][0]["name"], "orders", "{json}");
+    let pools: Vec<&str> =
+        json["pipeline"]["pools"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+    // Every pool, the search indexer's too (its index under the data dir).
+    assert!(pools.contains(&"orders") && pools.contains(&"catalog-index"), "{json}");
     let pid = worker.id().expect("running");
     Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await??;

@@ -19,7 +19,7 @@ use souk_pipelines::orders::FieldError;
 use souk_stores::search::{AttrFilter, SearchError, SearchRequest, SearchStore};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use crate::{AppState, Problem, auth::OptionalPrincipal, openapi};
+use crate::{AppState, Problem, openapi, products::MaybePrincipal};
 
 pub use params::{MAX_PER_PAGE, SearchParams};
 
@@ -61,7 +61,7 @@ impl std::fmt::Debug for SearchOptions {
 )]
 pub(crate) async fn search(
     State(state): State<Arc<AppState>>,
-    OptionalPrincipal(claims): OptionalPrincipal,
+    MaybePrincipal(claims): MaybePrincipal,
     Peer(peer): Peer,
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {

@@ -6,6 +6,7 @@ mod edge;
 mod identity;
 mod observability;
 mod openapi;
+mod search;
 
 use axum::{Router, body::Body, http::Request};
 use souk_ingress::{Claims, ConnectionLimits, Ingress, IngressOptions, IntakeOptions, Keys, Role};

@@ -139,3 +139,22 @@ pub async fn owner_of(pool: &PgPool, order_id: Uuid) -> Result<Option<(String, S
         .fetch_optional(pool)
         .await?)
 }
+
+/// The record of `key`, if it was claimed (and has not expired): read-only, for a
+/// request that wants to know whether it repeats an accepted one before claiming.
+pub async fn existing(
+    pool: &PgPool,
+    tenant: &str,
+    principal: &str,
+    key: &str,
+) -> Result<Option<Record>, Error> {
+    let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(
+        "select request_hash, order_id from idempotency_keys where tenant = $1 and principal = $2 and key = $3",
+    )
+    .bind(tenant)
+    .bind(principal)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(request_hash, order_id)| Record { request_hash, order_id, fresh: false }))
+}

@@ -203,6 +203,49 @@ mod tests {
     }
 
     #[test]
+    fn events_map_to_upserts_and_deletes() {
+        use chrono::Utc;
+        use souk_pipelines::catalog::ProductFields;
+        let now = Utc::now();
+        let product = Product {
+            sku: "S1".into(),
+            seller: "north".into(),
+            fields: ProductFields {
+                title: "Mug".into(),
+                description: String::new(),
+                category: "home/kitchen/mugs".into(),
+                attributes: BTreeMap::new(),
+                price_minor: 1299,
+                currency: "EUR".parse().expect("a currency"),
+                stock: 3,
+                images: vec!["https://example.com/a.jpg".into()],
+            },
+            version: 4,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut event = ProductChanged {
+            tenant: "acme".into(),
+            sku: "S1".into(),
+            seller: "north".into(),
+            version: 4,
+            product: Some(product),
+            changed_at: now,
+        };
+        let IndexOp::Upsert(doc) = IndexOp::from_event(&event) else {
+            panic!("an upsert");
+        };
+        assert_eq!((doc.tenant.as_str(), doc.sku.as_str(), doc.version), ("acme", "S1", 4));
+        assert_eq!((doc.price_minor, doc.stock, doc.updated_at), (1299, 3, now));
+        event.product = None;
+        event.version = 5;
+        assert_eq!(
+            IndexOp::from_event(&event),
+            IndexOp::Delete { tenant: "acme".into(), sku: "S1".into(), version: 5 }
+        );
+    }
+
+    #[test]
     fn attribute_values_read_the_same_across_types() {
         assert_eq!(attr_value_string(&AttrValue::Int(350)), "350");
         assert_eq!(attr_value_string(&AttrValue::Number(350.0)), "350");

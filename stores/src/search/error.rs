@@ -56,8 +56,4 @@ impl SearchError {
     pub fn is_bad_request(&self) -> bool {
         matches!(self, SearchError::InvalidRequest { .. } | SearchError::BadCursor(_))
     }
-
-    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> SearchError {
-        SearchError::InvalidRequest { field, reason: reason.into() }
-    }
 }

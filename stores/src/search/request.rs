@@ -121,39 +121,55 @@ impl SearchRequest {
         }
     }
 
-    /// Checks the bounds every store relies on; the API checks the same and names each
-    /// bad field, this is the backstop.
+    /// Checks the bounds every store relies on: the first problem found. The API checks
+    /// with [`SearchRequest::problems`] to name every bad field at once.
     pub fn validate(&self) -> Result<(), SearchError> {
+        match self.problems().into_iter().next() {
+            Some((field, reason)) => Err(SearchError::InvalidRequest { field, reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every bad field with its reason (empty when the request is valid).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
         if self.tenant.is_empty() {
-            return Err(SearchError::invalid("tenant", "empty"));
+            out.push(("tenant", "empty".to_owned()));
         }
         if !(1..=MAX_PER_PAGE).contains(&self.per_page) {
-            return Err(SearchError::invalid("per_page", format!("must be 1..={MAX_PER_PAGE}")));
+            out.push(("per_page", format!("must be 1..={MAX_PER_PAGE}")));
         }
         if let Some(q) = &self.q {
             if q.len() > MAX_QUERY_BYTES {
-                return Err(SearchError::invalid("q", format!("longer than {MAX_QUERY_BYTES} bytes")));
-            }
-            if super::text::words(q).len() > MAX_QUERY_WORDS {
-                return Err(SearchError::invalid("q", format!("more than {MAX_QUERY_WORDS} words")));
+                out.push(("q", format!("longer than {MAX_QUERY_BYTES} bytes")));
+            } else if super::text::words(q).len() > MAX_QUERY_WORDS {
+                out.push(("q", format!("more than {MAX_QUERY_WORDS} words")));
             }
         }
         if let Some(c) = &self.category
             && category_prefixes(c).is_empty()
         {
-            return Err(SearchError::invalid("category", "empty path"));
+            out.push(("category", "empty path".to_owned()));
         }
         for (field, price) in [("min_price", self.min_price), ("max_price", self.max_price)] {
             if price.is_some_and(|p| p < 0) {
-                return Err(SearchError::invalid(field, "must not be negative"));
+                out.push((field, "must not be negative".to_owned()));
             }
         }
         if let (Some(min), Some(max)) = (self.min_price, self.max_price)
             && min > max
         {
-            return Err(SearchError::invalid("min_price", "greater than max_price"));
+            out.push(("min_price", "greater than max_price".to_owned()));
         }
-        Ok(())
+        for attr in &self.attributes {
+            if attr.key.is_empty() || attr.key.contains('\u{1f}') {
+                out.push(("attr", format!("bad attribute key {:?}", attr.key)));
+            }
+        }
+        if self.cursor.as_ref().is_some_and(|c| c.len() > super::cursor::MAX_CURSOR_BYTES) {
+            out.push(("cursor", "too long".to_owned()));
+        }
+        out
     }
 
     /// The normalised category filter (`home/kitchen`), if any.
@@ -271,4 +287,41 @@ pub fn top_counts(mut counts: Vec<FacetCount>, limit: usize) -> Vec<FacetCount> 
     counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
     counts.truncate(limit);
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let mut r = SearchRequest::new("t");
+        r.per_page = 0;
+        r.min_price = Some(-1);
+        r.max_price = Some(-5);
+        r.category = Some("//".into());
+        let fields: Vec<_> = r.problems().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["per_page", "category", "min_price", "max_price", "min_price"]);
+        assert!(SearchRequest::new("t").problems().is_empty());
+    }
+
+    #[test]
+    fn price_buckets_have_their_edges() {
+        assert_eq!(price_bucket(0), 0);
+        assert_eq!(price_bucket(999), 0);
+        assert_eq!(price_bucket(1_000), 1);
+        assert_eq!(price_bucket(49_999), 5);
+        assert_eq!(price_bucket(50_000), 6);
+        assert_eq!(empty_price_buckets().last().map(|b| b.to), Some(None));
+    }
+
+    #[test]
+    fn a_fingerprint_ignores_the_cursor_only() {
+        let a = SearchRequest::new("t");
+        let mut b = a.clone();
+        b.cursor = Some("x".into());
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        b.sort = Sort::Newest;
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
 }

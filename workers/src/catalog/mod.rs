@@ -1,6 +1,6 @@
 //! Catalog: applies `souk.cmd.catalog.write` (product writes from the ingress, import
 //! jobs and the seed generator) to Postgres, emitting `ProductChanged`; and the search
-//! indexer (`catalog.index`, from `souk.evt.catalog.product-changed`) and its lag.
+//! indexer (`catalog.index`, from `souk.evt.catalog.product-changed`) with its lag.
 
 mod index;
 pub mod lag;
@@ -9,7 +9,7 @@ mod write;
 pub use index::IndexProducts;
 pub use write::{WriteProductHandler, aggregate_id, apply};
 
-/// Handler name of the write pool in the topology.
+/// Handler name in the topology.
 pub const WRITE_HANDLER: &str = "catalog.write";
 /// The durable consumer it drains (its inbox records are keyed by this name).
 pub const WRITE_CONSUMER: &str = "catalog-write";

@@ -269,7 +269,6 @@ async fn poison_events_are_dead_lettered_with_the_reason_and_the_rest_is_indexed
     let mut reasons = std::collections::BTreeMap::new();
     for seq in 1..=dlq.get_info().await?.state.last_sequence {
         let m = dlq.get_raw_message(seq).await?;
-        let m: async_nats::jetstream::message::StreamMessage = m.try_into()?;
         let id = m.headers.get(headers::DLQ_MSG_ID).map(|v| v.to_string()).unwrap_or_default();
         let error = m.headers.get(headers::DLQ_ERROR).map(|v| v.to_string()).unwrap_or_default();
         reasons.insert(id, error);
@@ -320,6 +319,28 @@ async fn index_lag_moves_and_returns_to_zero() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(search(ix.store.as_ref(), "jug").await?.total, 12);
+    stop.cancel();
+    run.await?;
+    Ok(())
+}
+
+/// An event of a newer schema (a catalog upgraded before its indexer) waits for the
+/// upgrade: delivered, never acked, never dead-lettered; the events behind it go on.
+#[tokio::test]
+async fn a_product_change_of_a_newer_schema_waits_instead_of_being_dead_lettered() -> anyhow::Result<()> {
+    let env = env().await?;
+    let ix = indexer()?;
+    let (stop, run) = env.index_with(ix.store.clone()).await?;
+    let v2 = format!("{}/v{}", ProductChanged::SCHEMA, ProductChanged::VERSION + 1);
+    let newer = changed("NEXT", "s1", 1, Some(product("NEXT", "s1", 1, "future mug")));
+    publish_raw(&env.publisher, "newer", encode(&newer), &v2).await?;
+    publish(&env.publisher, "after", &changed("NOW", "s1", 1, Some(product("NOW", "s1", 1, "present mug"))))
+        .await?;
+    eventually(WAIT, || async { stored(ix.store.as_ref(), "NOW").await }).await?;
+    let info = env.js.get_stream("EVT").await?.consumer_info(INDEX_CONSUMER).await?;
+    assert_eq!(info.ack_floor.stream_sequence, 0, "the newer event is not acknowledged");
+    assert_eq!(stored(ix.store.as_ref(), "NEXT").await?, None);
+    assert_eq!(env.dead_letters().await?, 0);
     stop.cancel();
     run.await?;
     Ok(())

@@ -2,7 +2,8 @@
 //! order with the sku as tie-break, after the cursor's position) and [`FacetCollector`]
 //! (the total and every facet count over the whole filtered result).
 
-use super::schema::{F_ATTRS, F_CATEGORY, F_PRICE, F_SELLER, F_SKU, F_UPDATED, SEP};
+use super::schema::{F_ATTRS, F_CATEGORY_LEAF, F_PRICE, F_SELLER, F_SKU, F_UPDATED, SEP};
+use crate::search::doc::category_prefixes;
 use crate::search::request::{
     FACET_LIMIT, FacetCount, Facets, Sort, empty_price_buckets, price_bucket, top_counts,
 };
@@ -181,7 +182,7 @@ impl Collector for FacetCollector {
 
     fn for_segment(&self, _: SegmentOrdinal, segment: &SegmentReader) -> tantivy::Result<FacetSegment> {
         let fast = segment.fast_fields();
-        let category = fast.str(F_CATEGORY)?;
+        let category = fast.str(F_CATEGORY_LEAF)?;
         let seller = fast.str(F_SELLER)?;
         let attrs = fast.str(F_ATTRS)?;
         let size = |c: &Option<StrColumn>| c.as_ref().map_or(0, |c| c.num_terms());
@@ -271,6 +272,17 @@ fn ords_to_strings(col: &Option<StrColumn>, counts: Vec<u64>) -> HashMap<String,
     out
 }
 
+/// Leaf counts to counts per path prefix.
+fn expand_prefixes(leaves: HashMap<String, u64>) -> HashMap<String, u64> {
+    let mut out: HashMap<String, u64> = HashMap::new();
+    for (leaf, n) in leaves {
+        for prefix in category_prefixes(&leaf) {
+            *out.entry(prefix).or_default() += n;
+        }
+    }
+    out
+}
+
 impl SegmentCollector for FacetSegment {
     type Fruit = FacetFruit;
 
@@ -287,7 +299,7 @@ impl SegmentCollector for FacetSegment {
     fn harvest(self) -> FacetFruit {
         FacetFruit {
             total: self.total,
-            categories: ords_to_strings(&self.category, self.category_counts),
+            categories: expand_prefixes(ords_to_strings(&self.category, self.category_counts)),
             sellers: ords_to_strings(&self.seller, self.seller_counts),
             attrs: ords_to_strings(&self.attrs, self.attr_counts),
             buckets: self.buckets,

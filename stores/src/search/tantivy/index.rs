@@ -21,6 +21,9 @@ use tantivy::{
     DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TERMINATED, TantivyError, Term,
 };
 
+/// Most versions kept in memory (about 100 bytes each).
+const VERSION_CACHE_ENTRIES: usize = 1_000_000;
+
 pub struct IndexHandle {
     pub dir: PathBuf,
     pub fields: Fields,
@@ -115,6 +118,11 @@ impl IndexHandle {
             return Err(tantivy_error(e));
         }
         self.reader.reload().map_err(tantivy_error)?;
+        // The cache only saves lookups; past its bound it starts over rather than grow
+        // with the catalog.
+        if state.versions.len() + written.len() > VERSION_CACHE_ENTRIES {
+            state.versions.clear();
+        }
         state.versions.extend(written);
         state.last_commit = Some(Utc::now());
         Ok(outcome)

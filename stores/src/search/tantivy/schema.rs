@@ -21,6 +21,7 @@ pub const F_KEY: &str = "key";
 pub const F_SKU: &str = "sku";
 pub const F_SELLER: &str = "seller";
 pub const F_CATEGORY: &str = "category";
+pub const F_CATEGORY_LEAF: &str = "category_leaf";
 pub const F_ATTRS: &str = "attrs";
 pub const F_PRICE: &str = "price";
 pub const F_STOCK: &str = "stock";
@@ -38,6 +39,9 @@ pub struct Fields {
     pub seller: Field,
     /// Every path prefix of the category (multi-valued), so a prefix filter is one term.
     pub category: Field,
+    /// The whole (normalised) path, single-valued: facets count per leaf and expand to
+    /// prefixes once per distinct leaf, not once per document.
+    pub category_leaf: Field,
     /// `key SEP value` per attribute (multi-valued).
     pub attrs: Field,
     pub price: Field,
@@ -66,7 +70,8 @@ impl Fields {
             tenant: b.add_text_field("tenant", STRING),
             sku: b.add_text_field(F_SKU, STRING | FAST),
             seller: b.add_text_field(F_SELLER, STRING | FAST),
-            category: b.add_text_field(F_CATEGORY, STRING | FAST),
+            category: b.add_text_field(F_CATEGORY, STRING),
+            category_leaf: b.add_text_field(F_CATEGORY_LEAF, FAST),
             attrs: b.add_text_field(F_ATTRS, STRING | FAST),
             price: b.add_i64_field(F_PRICE, INDEXED | FAST),
             stock: b.add_i64_field(F_STOCK, INDEXED | FAST),
@@ -95,7 +100,11 @@ impl Fields {
         d.add_text(self.tenant, &doc.tenant);
         d.add_text(self.sku, &doc.sku);
         d.add_text(self.seller, &doc.seller);
-        for prefix in doc.category_prefixes() {
+        let prefixes = doc.category_prefixes();
+        if let Some(leaf) = prefixes.last() {
+            d.add_text(self.category_leaf, leaf);
+        }
+        for prefix in prefixes {
             d.add_text(self.category, prefix);
         }
         for (key, value) in &doc.attributes {

@@ -343,3 +343,17 @@ async fn page_size_is_bounded(h: &Harness) -> anyhow::Result<()> {
     assert!(matches!(err, SearchError::InvalidRequest { field: "min_price", .. }));
     Ok(())
 }
+
+conformance!(the_shared_known_answers_hold);
+
+/// The answers `souk_stores::search::fixture::known_answers` gives the API tests.
+async fn the_shared_known_answers_hold(h: &Harness) -> anyhow::Result<()> {
+    let store = h.with_fixture().await?;
+    for answer in souk_stores::search::fixture::known_answers() {
+        let results = store.search(&answer.request).await?;
+        let got = if answer.ordered { skus(&results) } else { sorted(&results) };
+        assert_eq!(got, answer.skus, "{}", answer.name);
+        assert_eq!(results.total, answer.skus.len() as u64, "{}", answer.name);
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //! bad documents; tenant isolation.
 
 use super::{Harness, conformance, delete, doc, req, skus, text, upsert};
-use souk_stores::search::{ApplyOutcome, IndexOp, SearchError, StoredVersion, fixture};
+use souk_stores::search::{ApplyOutcome, IndexOp, SearchError, SearchStore, StoredVersion, fixture};
 
 conformance!(
     out_of_order_updates_converge_to_the_newest,
@@ -143,5 +143,22 @@ async fn tenants_are_isolated(h: &Harness) -> anyhow::Result<()> {
         Some(StoredVersion { version: 1, deleted: false })
     );
     assert!(store.search(&text("ceramic coffee mug")).await?.hits.is_empty());
+    Ok(())
+}
+
+/// tantivy only: an index whose files vanish under it fails as an outage (hold and
+/// retry), not as a bad message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_is_an_outage_not_a_bad_document() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = souk_stores::search::tantivy::TantivyStore::open(
+        dir.path(),
+        souk_stores::search::tantivy::TantivyOptions::default(),
+    )?;
+    store.apply(fixture::ops()).await?;
+    std::fs::remove_dir_all(store.live_dir())?;
+    let err = store.apply(vec![upsert("KET-001", 2, 200)]).await.expect_err("the index directory is gone");
+    assert!(err.is_outage(), "{err}");
+    assert!(!matches!(err, SearchError::BadDocument { .. }));
     Ok(())
 }
