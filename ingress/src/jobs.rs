@@ -56,7 +56,7 @@ pub struct ListQuery {
 }
 
 fn staff(claims: &Claims) -> Result<(), Problem> {
-    if claims.has(Role::Admin) {
+    if claims.has(Role::Staff) || claims.has(Role::Admin) {
         return Ok(());
     }
     Err(Problem::forbidden("jobs need the staff role"))

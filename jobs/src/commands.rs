@@ -1,31 +1,16 @@
-//! `WriteProduct` commands as the job and the seeder publish them: the same subject,
-//! headers and message id scheme as the ingress's product writes, so the catalog pool
-//! (and its inbox) cannot tell them apart.
+//! `WriteProduct` commands as the job and the seeder publish them: through
+//! `OutgoingMessage::command` with `WriteProduct::message_id`, as the ingress's product
+//! writes, so the catalog pool (and its inbox) cannot tell them apart; and the v5 UUIDs
+//! that make their write ids deterministic.
 
-use async_nats::HeaderMap;
-use bytes::Bytes;
-use souk_pipelines::{Message, catalog::WriteProduct, encode, headers};
+use souk_pipelines::catalog::WriteProduct;
 use souk_topologies::publisher::OutgoingMessage;
 use uuid::Uuid;
 
-/// `Nats-Msg-Id` of a product write: its write id, which a retry keeps.
-pub fn message_id(tenant: &str, write_id: Uuid) -> String {
-    format!("catalog.write:{tenant}:{write_id}")
-}
-
-/// The message for `command`.
+/// The message for `command`: headers and `Nats-Msg-Id` (from its write id, which a
+/// retry keeps) as every command publisher sends them.
 pub fn write_message(command: &WriteProduct) -> OutgoingMessage {
-    let msg_id = message_id(&command.tenant, command.write_id);
-    let mut h = HeaderMap::new();
-    h.insert(headers::SCHEMA, WriteProduct::schema_header().as_str());
-    h.insert(headers::TENANT, command.tenant.as_str());
-    h.insert(headers::CAUSATION_ID, msg_id.as_str());
-    OutgoingMessage {
-        subject: WriteProduct::SUBJECT.into(),
-        msg_id,
-        headers: h,
-        payload: Bytes::from(encode(command)),
-    }
+    OutgoingMessage::command(command, command.message_id(), &command.tenant)
 }
 
 /// A name-based (version 5) UUID: the same `name` under `namespace` always gives the

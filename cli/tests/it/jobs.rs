@@ -142,3 +142,59 @@ async fn files_that_cannot_be_read_as_a_whole_are_refused_with_exit_code_2_and_n
     assert_eq!(submitted, 0, "nothing submitted");
     Ok(())
 }
+
+#[tokio::test]
+async fn souk_seed_catalog_publishes_valid_varied_products_once_per_seed() -> anyhow::Result<()> {
+    let stack = souk_testkit::Stack::start().await?;
+    let data = tempfile::tempdir()?;
+    let seed = || {
+        souk(data.path())
+            .args([
+                "seed",
+                "catalog",
+                "--products",
+                "700",
+                "--sellers",
+                "5",
+                "--seed",
+                "3",
+                "--tenant",
+                "t1",
+                "--json",
+            ])
+            .env("SOUK_NATS_URL", stack.nats.url())
+            .env("SOUK_DATABASE_URL", &stack.db.url)
+            .output()
+    };
+    let out = seed().await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["products"], 700);
+    stack.quiescent(std::time::Duration::from_secs(120)).await?;
+    let counts = || async {
+        let c: (i64, i64, i64, i64, i64) = sqlx::query_as(
+            "select count(*), count(*) filter (where version <> 1), count(distinct category),
+                    count(distinct seller), count(*) filter (where stock = 0)
+             from products where tenant = 't1'",
+        )
+        .fetch_one(&stack.db.pool)
+        .await?;
+        anyhow::Ok(c)
+    };
+    let (products, not_v1, categories, sellers, out_of_stock) = counts().await?;
+    assert_eq!((products, not_v1), (700, 0), "every generated product was valid and written once");
+    assert!(
+        categories >= 15 && sellers == 5 && out_of_stock > 20,
+        "varied: {categories} categories, {sellers} sellers, {out_of_stock} out of stock"
+    );
+    let rejected: i64 = sqlx::query_scalar("select count(*) from catalog_writes where outcome = 'rejected'")
+        .fetch_one(&stack.db.pool)
+        .await?;
+    assert_eq!(rejected, 0);
+    // The same seed again writes nothing new: the same write ids.
+    assert!(seed().await?.status.success());
+    stack.quiescent(std::time::Duration::from_secs(120)).await?;
+    let (products, not_v1, ..) = counts().await?;
+    assert_eq!((products, not_v1), (700, 0), "seeding again changed nothing");
+    Ok(())
+}
