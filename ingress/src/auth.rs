@@ -382,6 +382,33 @@ mod tests {
     }
 
     #[test]
+    fn seller_tokens_carry_checked_seller_ids_and_admins_act_for_any_seller() {
+        let keys = Keys::from_secret(&[7u8; 32]);
+        let seller = Claims::new("u1", "t1", vec![Role::Seller], Duration::from_secs(60))
+            .with_sellers(vec!["s1".into(), "s2".into()]);
+        let verified = keys.verify(&keys.mint(&seller)).expect("valid");
+        assert_eq!(verified.sellers, ["s1", "s2"]);
+        assert!(verified.may_act_for("s2") && !verified.may_act_for("s3"));
+        let admin = Claims::new("root", "t1", vec![Role::Admin], Duration::from_secs(60));
+        assert!(admin.may_act_for("anyone"));
+        let buyer = claims().with_sellers(vec!["s1".into()]);
+        assert!(!buyer.may_act_for("s1"), "sellers count with the seller role only");
+        // Old tokens (no sellers) still verify; an empty list is not written.
+        assert!(!keys.mint(&claims()).is_empty());
+        assert!(serde_json::to_value(claims()).is_ok_and(|v| v.get("sellers").is_none()));
+        for (sellers, why) in [
+            (vec![String::new()], "empty"),
+            (vec!["x".repeat(MAX_CLAIM_LEN + 1)], "too long"),
+            (vec!["s\n1".into()], "control"),
+            (vec!["s".into(); MAX_SELLERS + 1], "too many"),
+        ] {
+            let bad = seller.clone().with_sellers(sellers);
+            let e = keys.verify(&keys.mint(&bad)).expect_err(why);
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
+    }
+
+    #[test]
     fn dev_key_file_is_generated_once_and_private() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("keys/jwt.key");

@@ -2,6 +2,7 @@
 //! relay → JetStream), each test with its own nats-server and database.
 
 mod binary;
+mod catalog;
 mod crash;
 mod dev;
 mod failed_orders;

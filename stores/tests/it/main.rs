@@ -405,3 +405,36 @@ async fn a_relay_whose_lease_was_taken_over_cannot_park() -> anyhow::Result<()> 
     assert!(new.parked(10).await?.is_empty());
     Ok(())
 }
+
+/// A catalog write's claim (keys `catalog.write <key>`) has no order: when it expires,
+/// housekeeping deletes it and writes no lost order; old write outcomes go too.
+#[tokio::test]
+async fn an_expired_catalog_write_claim_makes_no_lost_order() -> anyhow::Result<()> {
+    use souk_stores::postgres::{idempotency, products};
+    let db = db().await?;
+    let claim = idempotency::Claim {
+        tenant: "t".into(),
+        principal: "u".into(),
+        key: format!("{}k1", idempotency::CATALOG_WRITE_PREFIX),
+        request_hash: vec![1],
+        order_id: Uuid::now_v7(),
+    };
+    idempotency::claim(&db.pool, std::slice::from_ref(&claim)).await?;
+    let mut tx = db.pool.begin().await?;
+    let outcome = products::Outcome::Rejected { reason: "version conflict".into() };
+    products::record_outcome(&mut tx, "t", claim.order_id, "s1", "MUG-1", "u", &outcome).await?;
+    tx.commit().await?;
+    assert_eq!(
+        products::write_outcome(&db.pool, "t", claim.order_id).await?.map(|w| w.outcome),
+        Some(outcome)
+    );
+    sqlx::query("update idempotency_keys set created_at = now() - interval '8 days'")
+        .execute(&db.pool)
+        .await?;
+    sqlx::query("update catalog_writes set decided_at = now() - interval '8 days'").execute(&db.pool).await?;
+    let done = pg::housekeeping(&db.pool, Duration::from_secs(7 * 24 * 3600)).await?;
+    assert_eq!((done.lost, done.deleted), (0, 2), "the claim and the outcome, no order");
+    let orders: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&db.pool).await?;
+    assert_eq!(orders, 0);
+    Ok(())
+}

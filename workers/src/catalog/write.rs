@@ -113,7 +113,9 @@ fn decide(cmd: &WriteProduct, stored: Option<&StoredProduct>) -> Decision {
         return Decision::Reject(format!("sku {} is owned by another seller", cmd.sku));
     }
     if let Some(expected) = cmd.expected_version {
-        let found = stored.map(|s| s.product.version);
+        // A deleted product is no product to a condition, as at the ingress (its GET is
+        // 404, so no client holds its version as a current ETag).
+        let found = stored.filter(|s| !s.is_deleted()).map(|s| s.product.version);
         if found != Some(expected) {
             let found = found.map_or("no product".to_owned(), |v| format!("version {v}"));
             return Decision::Reject(format!("version conflict: expected version {expected}, found {found}"));
