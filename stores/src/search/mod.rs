@@ -24,6 +24,7 @@
 //!   keeps answering and keeps receiving every `apply` (written to both), then swaps it in
 //!   atomically.
 
+pub mod config;
 pub mod cursor;
 pub mod doc;
 pub mod error;

@@ -31,7 +31,7 @@ pub use store::OpenSearchStore;
 
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OpenSearchOptions {
     /// e.g. `https://user:pass@search.internal:9200`.
     pub url: String,
@@ -44,6 +44,17 @@ pub struct OpenSearchOptions {
     /// Shards of a new index (1 suits a catalog of millions of products).
     pub shards: u32,
     pub replicas: u32,
+}
+
+impl std::fmt::Debug for OpenSearchOptions {
+    /// The URL may carry credentials: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenSearchOptions")
+            .field("url", &"<hidden>")
+            .field("index_prefix", &self.index_prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OpenSearchOptions {

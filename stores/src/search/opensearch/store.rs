@@ -20,6 +20,7 @@ use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use opensearch::http::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The adapter. Cheap to clone.
@@ -32,6 +33,8 @@ struct Inner {
     client: OpenSearch,
     options: OpenSearchOptions,
     last_commit: Mutex<Option<DateTime<Utc>>>,
+    /// A rebuild of this process is running.
+    rebuilding: AtomicBool,
 }
 
 /// What an OpenSearch cursor holds.
@@ -49,26 +52,27 @@ impl OpenSearchStore {
     /// Connects and makes sure the alias points at an index (creating the first one).
     pub async fn connect(options: OpenSearchOptions) -> Result<OpenSearchStore, SearchError> {
         let client = client(&options.url, options.timeout)?;
-        let store =
-            OpenSearchStore { inner: Arc::new(Inner { client, options, last_commit: Mutex::new(None) }) };
+        let store = OpenSearchStore {
+            inner: Arc::new(Inner {
+                client,
+                options,
+                last_commit: Mutex::new(None),
+                rebuilding: AtomicBool::new(false),
+            }),
+        };
         store.inner.ensure_alias().await?;
         Ok(store)
-    }
-
-    /// Removes a rebuild a crashed process left behind (its `-next` index), so a new one
-    /// may start.
-    pub async fn abandon_rebuild(&self) -> Result<(), SearchError> {
-        for index in self.inner.alias_targets(&self.inner.options.next_alias()).await? {
-            self.inner.call(Method::Delete, &format!("/{index}"), &[], None).await?;
-        }
-        Ok(())
     }
 
     /// Deletes every index of `prefix` (tests).
     pub async fn delete_all(url: &str, prefix: &str) -> Result<(), SearchError> {
         let client = client(url, std::time::Duration::from_secs(10))?;
-        let inner =
-            Inner { client, options: OpenSearchOptions::new(url, prefix), last_commit: Mutex::new(None) };
+        let inner = Inner {
+            client,
+            options: OpenSearchOptions::new(url, prefix),
+            last_commit: Mutex::new(None),
+            rebuilding: AtomicBool::new(false),
+        };
         let path = format!("/{prefix}-products-*");
         inner.call(Method::Delete, &path, &[], None).await.map(|_| ())
     }
@@ -130,6 +134,16 @@ impl Inner {
         let bytes = body.map(|b| serde_json::to_vec(&b).unwrap_or_default());
         let (status, value) = self.send(method, path, query, bytes, false).await?;
         if status.is_success() { Ok(value) } else { Err(status_error(status, &value)) }
+    }
+
+    /// Deletes an index; one already gone is fine.
+    async fn delete_index(&self, index: &str) -> Result<(), SearchError> {
+        let (status, value) = self.send(Method::Delete, &format!("/{index}"), &[], None, false).await?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(status_error(status, &value))
+        }
     }
 
     /// The indexes an alias points at (none if it does not exist).
@@ -327,10 +341,25 @@ impl Inner {
         Ok(value["count"].as_u64().unwrap_or(0))
     }
 
+    /// One rebuild per process at a time; a `-next` index left by another process is a
+    /// rebuild that died with it (the reindex job runs one at a time), so it is deleted
+    /// and the new rebuild starts from scratch.
     async fn begin_rebuild(self: &Arc<Self>) -> Result<Box<dyn Rebuild>, SearchError> {
-        let next_alias = self.options.next_alias();
-        if !self.alias_targets(&next_alias).await?.is_empty() {
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
             return Err(SearchError::RebuildRunning);
+        }
+        let started = self.start_rebuild().await;
+        if started.is_err() {
+            self.rebuilding.store(false, Ordering::Release);
+        }
+        started
+    }
+
+    async fn start_rebuild(self: &Arc<Self>) -> Result<Box<dyn Rebuild>, SearchError> {
+        let next_alias = self.options.next_alias();
+        for stale in self.alias_targets(&next_alias).await? {
+            tracing::warn!(index = %stale, "deleting an unfinished search index rebuild");
+            self.delete_index(&stale).await?;
         }
         let index = self.options.new_index_name();
         let body = create_index_body(&self.options, json!({ next_alias: {} }));
@@ -350,7 +379,7 @@ impl Inner {
         actions.push(json!({ "remove": { "index": index, "alias": self.options.next_alias() } }));
         self.call(Method::Post, "/_aliases", &[], Some(json!({ "actions": actions }))).await?;
         for i in old {
-            if let Err(e) = self.call(Method::Delete, &format!("/{i}"), &[], None).await {
+            if let Err(e) = self.delete_index(&i).await {
                 tracing::warn!(index = %i, error = %e, "could not delete the replaced search index");
             }
         }
@@ -439,16 +468,16 @@ struct OpenSearchRebuild {
 
 impl Drop for OpenSearchRebuild {
     /// Dropped unfinished: delete the new index (with its `-next` alias) in the
-    /// background, so the next rebuild may start. A crashed process leaves it behind;
-    /// [`OpenSearchStore::abandon_rebuild`] removes it.
+    /// background (the next rebuild would delete it anyway).
     fn drop(&mut self) {
+        self.inner.rebuilding.store(false, Ordering::Release);
         if self.done {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let (inner, index) = (self.inner.clone(), self.index.clone());
             rt.spawn(async move {
-                let _ = inner.call(Method::Delete, &format!("/{index}"), &[], None).await;
+                let _ = inner.delete_index(&index).await;
             });
         }
     }
@@ -476,12 +505,6 @@ impl Rebuild for OpenSearchRebuild {
 
     fn abort(mut self: Box<Self>) -> BoxFuture<'static, Result<(), SearchError>> {
         self.done = true;
-        async move {
-            self.inner
-                .call(Method::Delete, &format!("/{}", self.index), &[], None)
-                .await
-                .map(|_| ())
-        }
-        .boxed()
+        async move { self.inner.delete_index(&self.index).await }.boxed()
     }
 }
