@@ -86,7 +86,7 @@ impl Node {
             let jobs = souk_jobs::WorkerOptions {
                 pool: options.pool.clone(),
                 publisher: publisher.clone(),
-                search: None,
+                search: options.search.clone(),
                 tuning,
             };
             tasks.spawn(souk_jobs::run(jobs, cancel.clone()));

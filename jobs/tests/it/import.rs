@@ -52,10 +52,7 @@ async fn an_import_of_10000_rows_with_37_bad_ones_writes_exactly_the_good_ones_a
         .await?;
     assert_eq!(written_bad, 0, "no bad row became a product");
     // And searchable: the indexer took every ProductChanged into the index.
-    let (status, found) = souk_testkit::read_body(
-        stack.http.get(format!("{}/v1/search?seller=s1&per_page=1", stack.base)).send().await?,
-    )
-    .await?;
+    let (status, found) = stack.get(&staff, "/v1/search?seller=s1&per_page=1").await?;
     assert_eq!((status, &found["total"]), (200, &9_963.into()), "exactly the good rows are searchable");
     Ok(())
 }

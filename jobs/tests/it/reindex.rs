@@ -46,9 +46,9 @@ async fn store_products(stack: &Stack, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An anonymous GET (search is public).
+/// A search of tenant `t1` (a buyer's: a token's tenant is the one searched).
 async fn search(stack: &Stack, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
-    souk_testkit::read_body(stack.http.get(format!("{}{path}", stack.base)).send().await?).await
+    stack.get(&stack.token("buyer-1", &[Role::Buyer]), path).await
 }
 
 const QUERIES: [&str; 5] = [
