@@ -275,3 +275,70 @@ async fn souk_jobs_and_seed_work_against_a_running_souk_dev_found_by_its_data_di
     assert!(status.success(), "souk dev exit status {status}");
     Ok(())
 }
+
+/// `souk worker` (its job worker, catalog pool and relay) killed with SIGKILL halfway
+/// through an import; a second `souk worker` takes the job over once the first misses
+/// its heartbeats (shipped tuning: 30 s) and finishes it from its checkpoint: every row
+/// applied once.
+#[tokio::test]
+async fn a_souk_worker_process_killed_mid_import_is_taken_over_and_each_row_is_applied_once()
+-> anyhow::Result<()> {
+    use std::time::Duration;
+    let (nats, db) = tokio::try_join!(souk_testkit::NatsServer::start(), TestDb::create())?;
+    souk_stores::postgres::migrate(&db.pool).await?;
+    let js = async_nats::jetstream::new(nats.client().await?);
+    souk_topologies::apply::apply(&js, &souk_testkit::test_topology()?, souk_topologies::apply::Mode::Apply)
+        .await?;
+    let rows = 20_000;
+    let file: String = (1..=rows).map(|i| row(&format!("w-{i}"), 1000 + i) + "\n").collect();
+    let parsed = souk_jobs::parse::parse(file.as_bytes(), souk_jobs::parse::Format::Jsonl)?;
+    let submission = souk_jobs::Submission::CatalogImport { seller: "s1".into(), parsed };
+    let job = souk_jobs::submit(&db.pool, "t1", "ops", submission).await?;
+
+    let worker = |data: &Path| -> anyhow::Result<tokio::process::Child> {
+        let key = data.join("k1.key");
+        std::fs::write(&key, [7u8; 32])?;
+        Ok(souk(data)
+            .arg("worker")
+            .env("SOUK_NATS_URL", nats.url())
+            .env("SOUK_DATABASE_URL", &db.url)
+            .env("SOUK_JWT_KEYS", format!("[{{kid = \"k1\", file = \"{}\"}}]", key.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?)
+    };
+    let (first_dir, second_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut first = worker(first_dir.path())?;
+    let progress = || async {
+        let job = souk_jobs::record::get(&db.pool, None, job.id).await?.expect("job");
+        anyhow::Ok(job)
+    };
+    souk_testkit::eventually(Duration::from_secs(120), || async {
+        anyhow::Ok((progress().await?.progress.done >= 2_000).then_some(()))
+    })
+    .await?;
+    first.start_kill()?; // SIGKILL
+    first.wait().await?;
+    let at_kill = progress().await?;
+    assert_eq!(at_kill.state, souk_jobs::JobState::Running);
+    assert!(at_kill.progress.done < rows, "killed mid-job: {:?}", at_kill.progress);
+
+    let mut second = worker(second_dir.path())?;
+    let done = souk_testkit::eventually(Duration::from_secs(180), || async {
+        let job = progress().await?;
+        anyhow::Ok(job.state.is_final().then_some(job))
+    })
+    .await?;
+    assert_eq!((done.state, done.progress.done), (souk_jobs::JobState::Done, rows));
+    souk_testkit::quiescent(&js, Some(&db.pool), Duration::from_secs(120)).await?;
+    let (products, not_v1, events): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from products), (select count(*) from products where version <> 1),
+                (select count(*) from outbox where subject = 'souk.evt.catalog.product-changed')",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!((products, not_v1, events), (rows, 0, rows), "each row applied once, one event each");
+    second.start_kill()?;
+    second.wait().await?;
+    Ok(())
+}
