@@ -67,8 +67,15 @@ impl Collector for TopCollector {
             after: self.after.clone(),
             segment: ord,
             sku: fast.str(F_SKU)?,
-            price: fast.column_opt::<i64>(F_PRICE)?,
-            updated: fast.column_opt::<i64>(F_UPDATED)?,
+            // Only the column the order needs is read per document.
+            price: match self.sort {
+                Sort::PriceAsc | Sort::PriceDesc => fast.column_opt::<i64>(F_PRICE)?,
+                _ => None,
+            },
+            updated: match self.sort {
+                Sort::Newest => fast.column_opt::<i64>(F_UPDATED)?,
+                _ => None,
+            },
             heap: BinaryHeap::new(),
         })
     }
