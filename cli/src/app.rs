@@ -105,6 +105,12 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         true => Some(souk_cli::node::open_search(&backend).await?),
         false => None,
     };
+    if ingress.is_some() && search.is_none() {
+        tracing::warn!(
+            "GET /v1/search answers 503 from this process: the embedded index is served by the process running \
+             the catalog-index pool (`souk ingress --pool catalog-index`), or set search.opensearch-url"
+        );
+    }
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some((
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?,

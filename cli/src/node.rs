@@ -203,11 +203,13 @@ pub async fn open_search(backend: &SearchBackend) -> anyhow::Result<Arc<dyn Sear
             Ok(Arc::new(store))
         }
         SearchBackend::OpenSearch(url) => {
-            use souk_stores::search::opensearch::{OpenSearchOptions, OpenSearchStore};
-            let store = OpenSearchStore::connect(OpenSearchOptions::new(url, OPENSEARCH_PREFIX))
+            // The store crate's one way of opening a configured store.
+            use souk_stores::search::config::{SearchConfig, open};
+            let config =
+                SearchConfig::OpenSearch { url: url.clone(), index_prefix: OPENSEARCH_PREFIX.into() };
+            open(&config, std::path::Path::new(""))
                 .await
-                .context("connecting to OpenSearch (search.opensearch-url)")?;
-            Ok(Arc::new(store))
+                .context("connecting to OpenSearch (search.opensearch-url)")
         }
     }
 }
@@ -363,5 +365,22 @@ pub fn default_rate_limit() -> RateLimit {
         burst: n(DEFAULT_RATE_BURST),
         reads_per_second: n(DEFAULT_READ_RATE_PER_SECOND),
         reads_burst: n(DEFAULT_READ_RATE_BURST),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_running_the_indexer_pool_is_the_one_that_opens_the_index()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let t = builtin_topology()?;
+        let pools = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        assert!(runs_indexer(&t, Some(&[])), "every pool (souk dev, souk worker)");
+        assert!(runs_indexer(&t, Some(&pools(&["catalog-index"]))), "souk ingress --pool catalog-index");
+        assert!(!runs_indexer(&t, Some(&pools(&["orders", "catalog"]))));
+        assert!(!runs_indexer(&t, None), "souk ingress");
+        Ok(())
     }
 }

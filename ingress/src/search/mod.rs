@@ -3,8 +3,8 @@
 //! Public: with a bearer token the search runs in the token's tenant (an invalid token
 //! is a 401, not an anonymous search); without one, in the configured public tenant.
 //! Rate limited as a read (per principal, or per client address without a token).
-//! Parameters are parsed strictly ([`params`]): one 400 names every bad one. The
-//! store answers within its own deadline; when it cannot, 503 with `Retry-After`.
+//! Parameters are parsed strictly ([`params`]): one 400 names every bad one. A store
+//! that fails, or does not answer within [`SEARCH_TIMEOUT`], is a 503 with `Retry-After`.
 
 mod params;
 mod response;
@@ -23,9 +23,10 @@ use crate::{AppState, Problem, openapi, products::MaybePrincipal};
 
 pub use params::{MAX_PER_PAGE, SearchParams};
 
-/// Longest a search may take before the caller gets a 503: reads are sub-second, and a
-/// store slower than this is in trouble (more waiting would only pile requests up).
-pub const SEARCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a search may take before the caller gets a 503: reads are sub-second (the
+/// store answers in milliseconds), and a store slower than this is in trouble — more
+/// waiting would only pile requests up.
+pub const SEARCH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the ingress searches with.
 #[derive(Clone)]
