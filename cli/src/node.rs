@@ -167,6 +167,9 @@ pub enum SearchBackend {
     OpenSearch(String),
 }
 
+/// The prefix of souk's OpenSearch alias and indexes (`souk-products`).
+pub const OPENSEARCH_PREFIX: &str = "souk";
+
 /// Whether a process running `pools` (`Some(vec![])`: all; `None`: none) of `topology`
 /// runs a `catalog.index` pool, i.e. writes the search index.
 pub fn runs_indexer(topology: &Topology, pools: Option<&[String]>) -> bool {
@@ -199,9 +202,13 @@ pub async fn open_search(backend: &SearchBackend) -> anyhow::Result<Arc<dyn Sear
             .await??;
             Ok(Arc::new(store))
         }
-        SearchBackend::OpenSearch(_) => anyhow::bail!(
-            "search.opensearch-url is set, but this build has no OpenSearch adapter yet; unset it to use the embedded index"
-        ),
+        SearchBackend::OpenSearch(url) => {
+            use souk_stores::search::opensearch::{OpenSearchOptions, OpenSearchStore};
+            let store = OpenSearchStore::connect(OpenSearchOptions::new(url, OPENSEARCH_PREFIX))
+                .await
+                .context("connecting to OpenSearch (search.opensearch-url)")?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -82,12 +82,15 @@ pub(crate) async fn search(
     let params = params::parse(&pairs).map_err(invalid)?;
     let request = request_of(tenant, params);
     // The store's own bounds (e.g. words in `q`), named the same way.
-    request.validate().map_err(|e| match e {
-        SearchError::InvalidRequest { field, reason } => {
-            invalid(vec![FieldError { field: field.to_owned(), message: reason }])
-        }
-        other => unavailable(&state, &other),
-    })?;
+    let problems = request.problems();
+    if !problems.is_empty() {
+        return Err(invalid(
+            problems
+                .into_iter()
+                .map(|(field, message)| FieldError { field: field.to_owned(), message })
+                .collect(),
+        ));
+    }
     let Some(search) = &state.search else {
         return Err(Problem::unavailable("search is not served by this process"));
     };

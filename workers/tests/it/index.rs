@@ -345,3 +345,45 @@ async fn a_product_change_of_a_newer_schema_waits_instead_of_being_dead_lettered
     run.await?;
     Ok(())
 }
+
+/// The same through a real condition: the index directory vanishes (an unmounted
+/// volume) while events arrive, and comes back. Nothing is acked or dead-lettered
+/// meanwhile, and afterwards every product is indexed exactly once.
+#[tokio::test]
+async fn a_vanished_index_directory_holds_the_batch_until_it_returns() -> anyhow::Result<()> {
+    let env = env().await?;
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(TantivyStore::open(dir.path().join("search"), Default::default())?);
+    let live = store.live_dir();
+    let away = dir.path().join("away");
+    let (stop, run) = env.index_with(store.clone()).await?;
+    publish(&env.publisher, "first", &changed("F0", "s1", 1, Some(product("F0", "s1", 1, "teapot")))).await?;
+    eventually(WAIT, || env.indexed_all()).await?;
+
+    std::fs::rename(&live, &away)?;
+    for n in 1..=20 {
+        let sku = format!("F{n}");
+        publish(
+            &env.publisher,
+            &format!("e:{sku}"),
+            &changed(&sku, "s1", 1, Some(product(&sku, "s1", 1, "teapot"))),
+        )
+        .await?;
+    }
+    // Delivered and held: every one outstanding, none acked, none dead-lettered.
+    eventually(WAIT, || async {
+        let info = env.js.get_stream("EVT").await?.consumer_info(INDEX_CONSUMER).await?;
+        anyhow::Ok((info.num_pending == 0 && info.num_ack_pending == 20).then_some(()))
+    })
+    .await?;
+    assert_eq!(env.dead_letters().await?, 0);
+
+    std::fs::rename(&away, &live)?;
+    eventually(WAIT, || env.indexed_all()).await?;
+    assert_eq!(search(store.as_ref(), "teapot").await?.total, 21);
+    assert_eq!(store.stats().await?.docs, 21);
+    assert_eq!(env.dead_letters().await?, 0);
+    stop.cancel();
+    run.await?;
+    Ok(())
+}

@@ -29,10 +29,16 @@ pub struct IndexHandle {
     pub fields: Fields,
     reader: IndexReader,
     writer: Mutex<WriterState>,
+    /// To make a new writer when a failed commit could not be rolled back.
+    index: Index,
+    writer_memory_bytes: usize,
 }
 
 struct WriterState {
-    writer: IndexWriter,
+    /// `None` after a failed commit whose rollback failed too (the directory vanished:
+    /// tantivy's writer has then lost its lock and panics on its next use); the next
+    /// batch makes a new one, which fails as an outage until the directory is back.
+    writer: Option<IndexWriter>,
     /// Versions known to be committed, so most lookups skip the index. Filled by commits
     /// and lookups; the index (tombstones included) stays the source of truth.
     versions: HashMap<String, StoredVersion>,
@@ -49,15 +55,21 @@ impl IndexHandle {
         Fields::register_analyzer(&index);
         // One indexing thread: the node shares its cores with the pools and the ingress,
         // and batches are small; the budget per thread must be at least 15 MB.
-        let writer =
-            index.writer_with_num_threads(1, writer_memory_bytes.max(15_000_000)).map_err(tantivy_error)?;
+        let writer_memory_bytes = writer_memory_bytes.max(15_000_000);
+        let writer = index.writer_with_num_threads(1, writer_memory_bytes).map_err(tantivy_error)?;
         let reader =
             index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(tantivy_error)?;
         Ok(IndexHandle {
             dir: dir.to_owned(),
             fields,
             reader,
-            writer: Mutex::new(WriterState { writer, versions: HashMap::new(), last_commit: None }),
+            writer: Mutex::new(WriterState {
+                writer: Some(writer),
+                versions: HashMap::new(),
+                last_commit: None,
+            }),
+            index,
+            writer_memory_bytes,
         })
     }
 
@@ -85,7 +97,16 @@ impl IndexHandle {
         }
         let (ops, duplicates) = newest_per_key(ops);
         let mut outcome = ApplyOutcome { applied: 0, stale: duplicates };
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state.writer.is_none() {
+            let writer =
+                self.index.writer_with_num_threads(1, self.writer_memory_bytes).map_err(tantivy_error)?;
+            state.writer = Some(writer);
+        }
+        let Some(writer) = state.writer.as_mut() else {
+            return Err(SearchError::Internal("no index writer".into()));
+        };
         let searcher = self.reader.searcher();
         let mut written: Vec<(String, StoredVersion)> = Vec::new();
         for op in &ops {
@@ -98,23 +119,26 @@ impl IndexHandle {
                 outcome.stale += 1;
                 continue;
             }
-            state.writer.delete_term(self.fields.key_term(op.tenant(), op.sku()));
+            writer.delete_term(self.fields.key_term(op.tenant(), op.sku()));
             let (doc, deleted) = match op {
                 IndexOp::Upsert(doc) => (self.fields.product(doc), false),
                 IndexOp::Delete { tenant, sku, version } => {
                     (self.fields.tombstone(tenant, sku, *version), true)
                 }
             };
-            state.writer.add_document(doc).map_err(tantivy_error)?;
+            writer.add_document(doc).map_err(tantivy_error)?;
             written.push((key, StoredVersion { version: op.version(), deleted }));
             outcome.applied += 1;
         }
         if written.is_empty() {
             return Ok(outcome);
         }
-        if let Err(e) = state.writer.commit() {
-            // Drop the uncommitted ops so the next batch starts from the last commit.
-            let _ = state.writer.rollback();
+        if let Err(e) = writer.commit() {
+            // Drop the uncommitted ops so the next batch starts from the last commit; a
+            // writer that cannot even roll back is replaced by the next batch.
+            if writer.rollback().is_err() {
+                state.writer = None;
+            }
             return Err(tantivy_error(e));
         }
         self.reader.reload().map_err(tantivy_error)?;
