@@ -3,6 +3,19 @@
 //! The indexer maps each `ProductChanged` with [`IndexOp::from_event`]; the reindex job
 //! maps each stored product with [`SearchDoc::from_product`] (or a deleted one with
 //! [`IndexOp::Delete`]). Nothing else is needed: the event carries the whole product.
+//!
+//! | contract (`pipelines::catalog`) | index |
+//! |---|---|
+//! | `ProductChanged.tenant`, `.sku`, `.version` | identity `(tenant, sku)`, `version` (orders the changes) |
+//! | `ProductChanged.product: None` | [`IndexOp::Delete`] → a tombstone at `version` |
+//! | `Product.seller` | `seller` (filter, facet) |
+//! | `fields.title`, `fields.description` | text (title weighted), highlights |
+//! | `fields.category` | every path prefix (filter, category tree facet) |
+//! | `fields.attributes` | `key` = [`attr_value_string`] (filters ANDed, facet per key) |
+//! | `fields.price_minor`, `fields.currency` | price (range filter, sort, buckets), currency |
+//! | `fields.stock` | stock (`in_stock` filter) |
+//! | `Product.updated_at` | `newest` sort |
+//! | `fields.images`, `created_at` | not indexed |
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
