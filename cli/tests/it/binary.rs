@@ -296,14 +296,10 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
         .await?;
     let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     assert_eq!(json["pipeline"]["consumers"][0]["breaker"], "closed", "{json}");
-    let pools: Vec<&str> = json["pipeline"]["pools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
+    let pools = json["pipeline"]["pools"].as_array().cloned().unwrap_or_default();
+    assert!(pools.iter().any(|p| p["name"] == "orders" && p["breaker"] == "closed"), "{json}");
     // Every pool, the search indexer's too (its index under the data dir).
-    assert!(pools.contains(&"orders") && pools.contains(&"catalog-index"), "{json}");
+    assert!(pools.iter().any(|p| p["name"] == "catalog-index"), "{json}");
     let pid = worker.id().expect("running");
     Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await??;
