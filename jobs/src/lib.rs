@@ -33,8 +33,10 @@ pub use record::{Job, JobKind, JobState, Progress, RowError};
 pub use submit::{Submission, submit};
 pub use worker::{Tuning, WorkerOptions, run};
 
-/// The apalis queue (its `job_type`) souk's jobs go through.
+/// The apalis queue (its `job_type`) catalog imports go through: any job worker.
 pub const QUEUE: &str = "souk-jobs";
+/// The queue of reindex jobs: only workers that hold the search store take them.
+pub const REINDEX_QUEUE: &str = "souk-jobs-reindex";
 
 /// Why a job operation failed.
 #[derive(Debug, thiserror::Error)]

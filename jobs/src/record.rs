@@ -246,12 +246,16 @@ pub async fn cancel(pool: &PgPool, tenant: Option<&str>, id: Uuid) -> Result<Can
     .fetch_optional(pool)
     .await?;
     // `returning` sees the new row; the subselect the old one (same snapshot).
-    Ok(match state.as_deref().and_then(JobState::parse) {
+    let outcome = match state.as_deref().and_then(JobState::parse) {
         None => Cancelled::NotFound,
         Some(JobState::Queued) => Cancelled::Now,
         Some(JobState::Running) => Cancelled::Requested,
         Some(s) => Cancelled::AlreadyFinal(s),
-    })
+    };
+    if outcome == Cancelled::Now {
+        sqlx::query("delete from job_rows where job_id = $1").bind(id).execute(pool).await?;
+    }
+    Ok(outcome)
 }
 
 /// Mark a job running (first start or resume) and return it; `None` if it is final
@@ -267,13 +271,15 @@ pub(crate) async fn start(pool: &PgPool, id: Uuid) -> Result<Option<Job>, Error>
     row.map(from_row).transpose()
 }
 
-/// End a job in `state` (unless it already ended).
+/// End a job in `state` (unless it already ended). Its stored rows go with it: an
+/// ended job never reads them again (its row errors stay, for operators).
 pub(crate) async fn finish(
     pool: &PgPool,
     id: Uuid,
     state: JobState,
     error: Option<&str>,
 ) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "update jobs set state = $2, error = $3, finished_at = now(), updated_at = now()
          where id = $1 and state in ('queued', 'running')",
@@ -281,8 +287,10 @@ pub(crate) async fn finish(
     .bind(id)
     .bind(state.as_str())
     .bind(error)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    sqlx::query("delete from job_rows where job_id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{
-    Error, QUEUE,
+    Error, QUEUE, REINDEX_QUEUE,
     parse::Parsed,
     record::{self, Job, JobKind},
     worker::JobTask,
@@ -99,7 +99,11 @@ pub async fn submit(
         // Each crash or stop of a worker counts an attempt; a job must outlive many.
         .max_attempts(10_000)
         .build();
-    apalis_postgres::queries::push_tasks(&mut *tx, QUEUE, vec![task]).await?;
+    let queue = match kind {
+        JobKind::CatalogImport => QUEUE,
+        JobKind::Reindex => REINDEX_QUEUE,
+    };
+    apalis_postgres::queries::push_tasks(&mut *tx, queue, vec![task]).await?;
     tx.commit().await?;
     record::get(pool, None, id).await?.ok_or_else(|| Error::Corrupt("job vanished after submit".into()))
 }

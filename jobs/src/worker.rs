@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    Error, QUEUE,
+    Error, QUEUE, REINDEX_QUEUE,
     import::Import,
     record::{self, JobKind, JobState},
     reindex,
@@ -90,13 +90,28 @@ struct Deps {
     stop: CancellationToken,
 }
 
-/// Run job workers until `stop` is cancelled; running jobs are handed back.
+/// Run job workers until `stop` is cancelled; running jobs are handed back. Imports
+/// run anywhere; reindexes only in a process holding the search store (with one
+/// tantivy index per node, a worker process without it must not take them), so they
+/// have a queue of their own.
 pub async fn run(options: WorkerOptions, stop: CancellationToken) {
+    let reindex = options.search.is_some().then(|| supervise(REINDEX_QUEUE, options.clone(), stop.clone()));
+    let imports = supervise(QUEUE, options, stop);
+    match reindex {
+        Some(reindex) => {
+            tokio::join!(imports, reindex);
+        }
+        None => imports.await,
+    }
+}
+
+/// One apalis worker on `queue`, started again whenever it ends, until `stop`.
+async fn supervise(queue: &'static str, options: WorkerOptions, stop: CancellationToken) {
     let mut pause = Duration::from_millis(500);
     loop {
-        let name = format!("souk-jobs-{}", Uuid::now_v7().simple());
+        let name = format!("{queue}-{}", Uuid::now_v7().simple());
         let config = Config::default()
-            .queue(QUEUE)
+            .queue(queue)
             .batch_size(options.tuning.concurrency.max(1))
             .heartbeat_interval(options.tuning.heartbeat)
             .missed_heartbeats(options.tuning.missed_heartbeats);

@@ -198,3 +198,80 @@ async fn souk_seed_catalog_publishes_valid_varied_products_once_per_seed() -> an
     assert_eq!((products, not_v1), (700, 0), "seeding again changed nothing");
     Ok(())
 }
+
+/// `souk dev` runs the job worker; `souk seed` and `souk jobs` find it by its data
+/// dir; `follow` waits for a live job and exits 0 once it is done.
+#[tokio::test]
+async fn souk_jobs_and_seed_work_against_a_running_souk_dev_found_by_its_data_dir() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    let data = tempfile::tempdir()?;
+    let mut dev = super::binary::souk_dev_with_own_nats(data.path(), &db.url, std::process::Stdio::piped())?;
+    super::binary::api_address(&mut dev).await?;
+    let d = data.path();
+    let run = |args: &[&str]| {
+        let mut c = souk(d);
+        c.args(args).env_remove("SOUK_NATS_URL").env("SOUK_DATABASE_URL", &db.url);
+        c.output()
+    };
+
+    let out = run(&["seed", "catalog", "--products", "200", "--sellers", "3"]).await?;
+    assert!(out.status.success(), "seed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let file = d.join("mugs.csv");
+    let mut csv =
+        String::from("sku,title,category,price_minor,currency,stock,images,attr.capacity_ml,attr.material\n");
+    for i in 1..=50 {
+        csv.push_str(&format!("mug-{i},Speckled mug {i},home/kitchen/mugs,{},EUR,{i},https://img.example/{i}.jpg,350,stoneware\n", 900 + i));
+    }
+    csv.push_str("mug-51,Broken mug,home/kitchen/mugs,100,EUR,1,,lots,stoneware\n");
+    std::fs::write(&file, csv)?;
+    let out = run(&[
+        "jobs",
+        "submit",
+        "catalog-import",
+        "--seller",
+        "s9",
+        "--file",
+        file.to_str().expect("path"),
+        "--json",
+    ])
+    .await?;
+    assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = job["id"].as_str().expect("id").to_owned();
+    assert_eq!(job["errors"][0]["line"], 52, "{job}");
+
+    let out = run(&["jobs", "follow", &id, "--json"]).await?;
+    assert_eq!(out.status.code(), Some(0), "follow: {}", String::from_utf8_lossy(&out.stderr));
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        (&job["state"], &job["progress"]),
+        (&"done".into(), &serde_json::json!({"total": 51, "done": 50, "failed": 1}))
+    );
+    souk_testkit::eventually(std::time::Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("select count(*) from products where tenant = 'dev'")
+            .fetch_one(&db.pool)
+            .await?;
+        anyhow::Ok((n == 250).then_some(()))
+    })
+    .await?;
+
+    let out = run(&["jobs", "submit", "reindex", "--json"]).await?;
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let out = run(&["jobs", "follow", job["id"].as_str().unwrap_or_default()]).await?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "reindex: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    tokio::process::Command::new("kill")
+        .args(["-TERM", &dev.id().unwrap_or_default().to_string()])
+        .status()
+        .await?;
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), dev.wait()).await??;
+    assert!(status.success(), "souk dev exit status {status}");
+    Ok(())
+}

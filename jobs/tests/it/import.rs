@@ -107,6 +107,8 @@ async fn a_job_worker_killed_halfway_through_an_import_resumes_and_applies_each_
         "each row applied once: every product at version 1"
     );
     assert_eq!(product_events(&stack).await?, rows as i64, "one ProductChanged per row");
+    let kept: i64 = sqlx::query_scalar("select count(*) from job_rows").fetch_one(&stack.db.pool).await?;
+    assert_eq!(kept, 0, "an ended job's rows are removed");
     stop.cancel();
     second.await?;
     Ok(())
