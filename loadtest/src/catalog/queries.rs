@@ -120,3 +120,35 @@ pub fn query_string(r: &SearchRequest) -> String {
     }
     s.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_becomes_the_query_string_the_api_parses() {
+        let mut r = SearchRequest::new("bench");
+        r.q = Some("blue mug".into());
+        r.category = Some("home/kitchen".into());
+        r.min_price = Some(100);
+        r.in_stock = Some(true);
+        r.sort = Sort::PriceDesc;
+        r.attributes = vec![AttrFilter { key: "capacity_ml".into(), value: AttrValue::Int(330) }];
+        assert_eq!(
+            query_string(&r),
+            "sort=price_desc&per_page=20&q=blue+mug&category=home%2Fkitchen&min_price=100&in_stock=true\
+             &attr.capacity_ml=330"
+        );
+    }
+
+    #[test]
+    fn the_mix_is_the_same_for_the_same_seed_and_has_every_kind() {
+        let listings: Vec<Listing> = (0..50).map(|i| super::super::products::listing(3, 5, i)).collect();
+        let a = mix(&listings, 16, 3, "bench");
+        let b = mix(&listings, 16, 3, "bench");
+        let strings = |m: &[Query]| m.iter().map(|q| q.query_string.clone()).collect::<Vec<_>>();
+        assert_eq!(strings(&a), strings(&b));
+        let kinds: std::collections::BTreeSet<_> = a.iter().map(|q| q.kind).collect();
+        assert_eq!(kinds.len(), 8, "{kinds:?}");
+    }
+}

@@ -134,7 +134,11 @@ impl CatalogReport {
                 us(t.cpu_per_item_us)
             );
         }
-        let _ = writeln!(out, "searchable at the end: {} of {}", self.searchable, self.products);
+        let _ = writeln!(
+            out,
+            "searchable at the end: {} (of {} products, plus the freshness probe's one)",
+            self.searchable, self.products
+        );
         if !self.write_errors.is_empty() {
             let _ = writeln!(out, "write errors: {:?}", self.write_errors);
         }
