@@ -127,6 +127,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         ingress,
         intake: IntakeOptions::default(),
         rate_limit: config.rate_limit(),
+        jobs: pools.is_some().then(souk_jobs::Tuning::default),
         pools,
         relay,
         metrics: metrics_listener,

@@ -30,6 +30,7 @@ macro_rules! out_raw {
 mod app;
 mod commands;
 mod config;
+mod jobs;
 
 /// Stdout failed: its reader is gone (exit quietly) or something is badly wrong.
 fn stdout_failed(e: std::io::Error) -> ! {
@@ -129,6 +130,113 @@ enum Command {
     },
     /// Check the configuration and print it (secrets redacted).
     Config,
+    /// Jobs for internal teams: submit, list, show, cancel and follow catalog imports
+    /// and reindexes.
+    #[command(after_help = jobs::EXIT_CODES_HELP)]
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
+    /// Generated data for demos and the benchmark.
+    #[command(after_help = jobs::EXIT_CODES_HELP)]
+    Seed {
+        #[command(subcommand)]
+        what: SeedWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsAction {
+    /// Submit a job; prints it (with its id).
+    Submit {
+        #[command(subcommand)]
+        kind: SubmitKind,
+    },
+    /// The newest jobs, newest first.
+    List {
+        /// Only this tenant's jobs.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job: state, progress, refused rows by line.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: a queued one at once, a running one between chunks.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw the job's progress until it ends; the exit code says how it ended.
+    Follow {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubmitKind {
+    /// Import a seller's products from a file, validated row by row here first. JSONL:
+    /// one object per line with `sku` and the product fields. CSV: a header row with
+    /// sku,title,category,price_minor,currency,stock (required), description, images
+    /// (URLs separated by |) and attr.<key> per attribute.
+    CatalogImport {
+        #[arg(long)]
+        seller: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// jsonl or csv (default: from the file's extension).
+        #[arg(long, value_parser = parse_format)]
+        format: Option<souk_jobs::parse::Format>,
+        #[arg(long, default_value = "dev")]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a fresh search index from Postgres and swap it in.
+    Reindex {
+        #[arg(long, default_value = "dev")]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_format(s: &str) -> Result<souk_jobs::parse::Format, String> {
+    match s {
+        "jsonl" | "ndjson" => Ok(souk_jobs::parse::Format::Jsonl),
+        "csv" => Ok(souk_jobs::parse::Format::Csv),
+        _ => Err("jsonl or csv".into()),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum SeedWhat {
+    /// Publish generated products (the same for the same --seed) through the catalog's
+    /// write commands, as API writes are.
+    Catalog {
+        #[arg(long, default_value_t = 1000)]
+        products: usize,
+        #[arg(long, default_value_t = 20)]
+        sellers: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "dev")]
+        tenant: String,
+        /// Atomic batches of 500 in flight at once.
+        #[arg(long, default_value_t = 4)]
+        in_flight: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +291,33 @@ enum TopologyAction {
     Show,
 }
 
+async fn jobs_command(config: &config::Config, action: JobsAction) -> ExitCode {
+    let result = match action {
+        JobsAction::Submit { kind: SubmitKind::CatalogImport { seller, file, format, tenant, json } } => {
+            jobs::submit_import(config, &tenant, &seller, &file, format, json).await
+        }
+        JobsAction::Submit { kind: SubmitKind::Reindex { tenant, json } } => {
+            jobs::submit_reindex(config, &tenant, json).await
+        }
+        JobsAction::List { tenant, limit, json } => jobs::list(config, tenant.as_deref(), limit, json).await,
+        JobsAction::Show { id, json } => jobs::show(config, &id, json).await,
+        JobsAction::Cancel { id, json } => jobs::cancel(config, &id, json).await,
+        JobsAction::Follow { id, json } => jobs::follow(config, &id, json).await,
+    };
+    exit(result)
+}
+
+/// The exit code of a jobs or seed command; its error on stderr.
+fn exit(result: Result<ExitCode, jobs::Exit>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(jobs::Exit(code, e)) => {
+            eprintln!("souk: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -222,6 +357,11 @@ async fn main() -> ExitCode {
             commands::outbox_requeue(&config, aggregate.as_deref()).await
         }
         Command::Config => commands::config_check(&config),
+        Command::Jobs { action } => return jobs_command(&config, action).await,
+        Command::Seed { what: SeedWhat::Catalog { products, sellers, seed, tenant, in_flight, json } } => {
+            let options = souk_jobs::seed::SeedOptions { tenant, products, sellers, seed, in_flight };
+            return exit(jobs::seed_catalog(&config, options, json).await);
+        }
     };
     match result {
         Ok(code) => code,

@@ -49,6 +49,8 @@ pub struct NodeOptions {
     /// Worker pools to run: `Some(vec![])` runs every pool, `None` none.
     pub pools: Option<Vec<String>>,
     pub relay: bool,
+    /// Run a job worker (`souk jobs`: catalog imports, reindex) with this tuning.
+    pub jobs: Option<souk_jobs::Tuning>,
     /// Serve `/metrics` of this handle on this (internal) listener.
     pub metrics: Option<(tokio::net::TcpListener, PrometheusHandle)>,
     /// The search index (see [`open_search`]): written by the `catalog-index` pool,
@@ -79,6 +81,15 @@ impl Node {
             let runtime = Runtime::build(&publisher, &options.topology, &registry, only).await?;
             tasks.spawn(runtime.run(cancel.clone()));
             tasks.spawn(housekeeping(options.pool.clone(), cancel.clone()));
+        }
+        if let Some(tuning) = options.jobs {
+            let jobs = souk_jobs::WorkerOptions {
+                pool: options.pool.clone(),
+                publisher: publisher.clone(),
+                search: options.search.clone(),
+                tuning,
+            };
+            tasks.spawn(souk_jobs::run(jobs, cancel.clone()));
         }
         if options.relay {
             let outbox = PgOutbox::new(options.pool.clone(), &options.database_url);

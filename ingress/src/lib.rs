@@ -21,6 +21,7 @@
 pub mod auth;
 mod catalog;
 mod intake;
+mod jobs;
 mod limits;
 mod metrics_layer;
 mod openapi;

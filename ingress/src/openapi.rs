@@ -56,7 +56,8 @@ pub const BEARER: &str = "bearer";
         (name = "catalog", description = "Sellers write their products (202, applied by the catalog pool); anyone reads them."),
         (name = "probes", description = "Liveness and readiness."),
         (name = "search", description = "Search the catalog: text with typos, filters, facets, cursors."),
-        (name = "meta", description = "This document.")
+        (name = "meta", description = "This document."),
+        (name = "jobs", description = "Jobs for internal teams (role staff): catalog imports and reindexes.")
     )
 )]
 pub struct ApiDoc;

@@ -43,6 +43,7 @@
 
 mod baselines;
 mod bench;
+mod catalog;
 mod cpu;
 mod diag;
 mod env;
@@ -52,7 +53,7 @@ mod payload;
 mod report;
 mod souk;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// glibc's malloc took about a fifth of souk's CPU under load (perf); mimalloc is the
 /// usual fix for allocation-heavy async servers.
@@ -64,17 +65,20 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 #[derive(Debug, Parser)]
 #[command(name = "souk-loadtest", version)]
 pub struct Args {
+    /// What to benchmark: the order pipeline (no subcommand) or the catalog.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Measured time per phase: 10, 10s, 500ms, 1m.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Unmeasured lead-in before each phase (connections open, batches reach steady size).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_duration, global = true)]
     pub warmup: Duration,
     /// Requests or publishes in flight (closed loop: this many tasks; open loop: the cap).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Postgres connections: the raw-commit baseline's, and souk's pool (`souk dev`'s default).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, global = true)]
     pub pg_connections: u32,
     /// Messages per atomic batch in the raw atomic baseline [default: concurrency ÷
     /// batches in flight, so (b) has as many messages in flight as (a) and (e) — the
@@ -92,28 +96,28 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Arrivals::Poisson)]
     pub arrivals: Arrivals,
     /// Stop a phase after this many measured operations.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub max_requests: Option<u64>,
     /// Longest wait for souk's backlog to drain once the load stops.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// How long the ingress waits for Postgres and JetStream before a 503 (`souk dev`'s default).
-    #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "1500ms", value_parser = parse_duration, global = true)]
     pub write_timeout: Duration,
     /// Postgres server; its database part is ignored (a fresh `souk_bench_*` one is
     /// created and dropped) [default: $SOUK_TEST_DATABASE_URL, $DATABASE_URL, or
     /// postgres://postgres@127.0.0.1:5432].
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub database_url: Option<String>,
     /// nats-server binary [default: $SOUK_NATS_SERVER_BIN or .souk/bin/nats-server].
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub nats_server: Option<PathBuf>,
     /// Directory for the nats-server store (a temporary one is made inside it): put it
     /// on the disk whose fsyncs you mean to measure [default: the system temp dir].
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub store_dir: Option<PathBuf>,
     /// Topology file [default: the built-in topologies/marketplace.toml].
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub topology: Option<PathBuf>,
     /// Phases to run (ratios needing a skipped one show n/a).
     #[arg(
@@ -124,8 +128,15 @@ pub struct Args {
     )]
     pub phases: Vec<Phase>,
     /// Print one JSON object instead of the table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Products through the whole pipeline beside raw tantivy indexing, freshness
+    /// (202 → searchable), and search through HTTP beside the same queries in process.
+    Catalog(catalog::CatalogArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,6 +188,28 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
         )
         .init();
+    if let Some(Command::Catalog(c)) = &args.command {
+        return match catalog::run(&args, c).await {
+            Ok(report) => {
+                if args.json {
+                    match report.json() {
+                        Ok(j) => println!("{j}"),
+                        Err(e) => {
+                            eprintln!("souk-loadtest: {e:#}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                } else {
+                    print!("{}", report.table());
+                }
+                if report.error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            }
+            Err(e) => {
+                eprintln!("souk-loadtest: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match bench::run(&args).await {
         Ok(report) => {
             if args.json {

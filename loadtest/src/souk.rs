@@ -104,6 +104,7 @@ impl Stack {
             rate_limit: None,
             pools: options.workers.then(Vec::new),
             relay: options.workers,
+            jobs: None,
             metrics: None,
             search: Some(search),
             public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),

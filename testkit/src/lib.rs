@@ -24,7 +24,10 @@ pub use db::TestDb;
 pub use nats::{NatsServer, nats_server_bin};
 pub use pg_server::PgServer;
 pub use quiescent::quiescent;
-pub use stack::{PUBLIC_TENANT, Stack, StackOptions, order_body, read_body, shipped_topology, test_topology};
+pub use stack::{
+    PUBLIC_TENANT, Stack, StackOptions, order_body, read_body, shipped_topology, test_job_tuning,
+    test_topology,
+};
 
 /// What an [`eventually`] check answers: `Option<T>` (`None`: not yet), or
 /// `anyhow::Result<Option<T>>` when reading the state can fail.

@@ -35,6 +35,17 @@ pub fn test_topology() -> anyhow::Result<Topology> {
 /// The tenant of the stack's public reads (anonymous product reads and searches).
 pub const PUBLIC_TENANT: &str = souk_ingress::DEFAULT_PUBLIC_TENANT;
 
+/// Job workers for tests: chunks of 100 rows, and a worker silent for 2 s is dead (a
+/// heartbeat a second), so a killed worker's job resumes within seconds.
+pub fn test_job_tuning() -> souk_jobs::Tuning {
+    souk_jobs::Tuning {
+        chunk: 100,
+        heartbeat: Duration::from_secs(1),
+        missed_heartbeats: 2,
+        ..souk_jobs::Tuning::default()
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -47,6 +58,8 @@ pub struct StackOptions {
     /// Postgres server for the stack's database (admin URL); the shared test server
     /// when `None`.
     pub postgres: Option<String>,
+    /// Run a job worker in the node (with pools), tuned like this.
+    pub jobs: Option<souk_jobs::Tuning>,
 }
 
 impl Default for StackOptions {
@@ -58,6 +71,7 @@ impl Default for StackOptions {
             write_timeout: Duration::from_millis(1500),
             rate_limit: Some(souk_cli::node::default_rate_limit()),
             postgres: None,
+            jobs: Some(test_job_tuning()),
         }
     }
 }
@@ -143,6 +157,7 @@ impl Stack {
             ingress,
             intake: IntakeOptions::default(),
             rate_limit: o.rate_limit,
+            jobs: if o.pools { o.jobs.clone() } else { None },
             pools: o.pools.then(Vec::new),
             relay: o.relay,
             metrics: None,

@@ -7,6 +7,7 @@ mod crash;
 mod dev;
 mod failed_orders;
 mod held;
+mod jobs;
 mod orders;
 mod outage;
 mod relay;

@@ -40,6 +40,8 @@ async fn the_api_document_is_valid_openapi_3_1_and_served_cached() -> anyhow::Re
     check_refs(&doc, &doc, "#", &mut problems);
     let schemes: HashSet<&String> =
         doc["components"]["securitySchemes"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
+    let tags: HashSet<&str> =
+        doc["tags"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str()).collect();
     let mut operation_ids = HashSet::new();
     for (path, item, method, op) in operations(&doc) {
         let at = format!("{} {path}", method.to_uppercase());
@@ -47,6 +49,14 @@ async fn the_api_document_is_valid_openapi_3_1_and_served_cached() -> anyhow::Re
             Some(id) if operation_ids.insert(id.to_owned()) => {}
             Some(id) => problems.push(format!("{at}: operationId {id:?} used twice")),
             None => problems.push(format!("{at}: no operationId")),
+        }
+        if op["summary"].as_str().is_none_or(str::is_empty) {
+            problems.push(format!("{at}: no summary (the first line of the handler's doc comment)"));
+        }
+        for tag in op["tags"].as_array().into_iter().flatten() {
+            if !tag.as_str().is_some_and(|t| tags.contains(t)) {
+                problems.push(format!("{at}: tag {tag} is not declared in ApiDoc's tags"));
+            }
         }
         // Path templates and path parameters name each other exactly.
         let templated: BTreeSet<String> = path_params(path);

@@ -144,9 +144,13 @@ pub fn connect(options: &PgOptions) -> Result<PgPool, Error> {
         .connect_lazy_with(connect))
 }
 
-/// Apply the migrations in `stores/migrations` (idempotent).
+/// Apply the migrations in `stores/migrations`, then apalis-postgres's (the job queue
+/// of souk-jobs) — idempotent. apalis keeps its tables and its migration history in its
+/// own schema (`apalis._sqlx_migrations`), so the two migrators never see each other's
+/// versions (ours would refuse a database holding versions it does not know).
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     sqlx::migrate!("./migrations").run(pool).await?;
+    apalis_postgres::PostgresStorage::migrations().run(pool).await?;
     Ok(())
 }
 

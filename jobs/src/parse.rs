@@ -1,0 +1,341 @@
+//! Import files: JSONL and CSV, read and validated row by row before a job exists.
+//!
+//! **JSONL**: one product per line, a JSON object with `sku` and the fields of
+//! [`ProductFields`] (`title`, `description`, `category`, `attributes`, `price_minor`,
+//! `currency`, `stock`, `images`); unknown keys are refused. Blank lines are skipped.
+//!
+//! **CSV**: a header row, then one product per row. Columns: `sku`, `title`,
+//! `category`, `price_minor`, `currency`, `stock` (required), `description`, `images`
+//! (URLs separated by `|`) and `attr.<key>` for each attribute (optional). An empty
+//! attribute cell means "no such attribute"; a cell is read as the type the category
+//! schema gives that key in the row's category (`true`/`false`, an integer, a number,
+//! text) and then validated like any other value. Any other column refuses the whole
+//! file.
+//!
+//! A file that cannot be read as a whole (not UTF-8, a CSV header without the required
+//! columns or with unknown ones, over the size or row limit) is refused with a
+//! [`FileError`] and nothing is submitted; a row that is wrong on its own is reported
+//! by line and reason, and the other rows go on.
+
+use serde_json::{Map, Value};
+use souk_pipelines::{
+    catalog::{AttrValue, ProductFields},
+    categories::{self, AttrKind},
+};
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{record::RowError, validate};
+
+/// Largest import file: 64 MiB.
+pub const MAX_FILE_BYTES: usize = 64 << 20;
+/// Most rows in one import file.
+pub const MAX_ROWS: usize = 200_000;
+/// Longest line (one row) of a file: 64 KiB.
+pub const MAX_ROW_BYTES: usize = 64 << 10;
+
+/// How the file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+impl Format {
+    /// From a file name's extension: `.jsonl`/`.ndjson` or `.csv`.
+    pub fn from_path(path: &std::path::Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "jsonl" | "ndjson" => Some(Format::Jsonl),
+            "csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+}
+
+/// A file refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileError {
+    #[error("the file is {size} bytes; at most {MAX_FILE_BYTES} bytes may be imported at once (split it)")]
+    TooLarge { size: usize },
+    #[error("the file has more than {MAX_ROWS} rows (split it)")]
+    TooManyRows,
+    #[error("the file is not UTF-8 (line {line}: invalid byte sequence)")]
+    NotUtf8 { line: u64 },
+    #[error("the file has no rows")]
+    Empty,
+    #[error("CSV header: {0}")]
+    Header(String),
+}
+
+/// A valid row, ready to become a `WriteProduct`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub line: u64,
+    pub sku: String,
+    pub fields: ProductFields,
+}
+
+/// What a file holds: its valid rows and the refused ones, both by line.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    pub rows: Vec<Row>,
+    pub errors: Vec<RowError>,
+}
+
+impl Parsed {
+    /// Rows in the file, valid or not.
+    pub fn total(&self) -> usize {
+        self.rows.len() + self.errors.len()
+    }
+}
+
+/// Read and validate a whole file.
+pub fn parse(bytes: &[u8], format: Format) -> Result<Parsed, FileError> {
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(FileError::TooLarge { size: bytes.len() });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| FileError::NotUtf8 {
+        line: 1 + bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() as u64,
+    })?;
+    let mut parsed = match format {
+        Format::Jsonl => jsonl(text)?,
+        Format::Csv => csv_rows(text)?,
+    };
+    if parsed.total() == 0 {
+        return Err(FileError::Empty);
+    }
+    refuse_duplicate_skus(&mut parsed);
+    Ok(parsed)
+}
+
+fn jsonl(text: &str) -> Result<Parsed, FileError> {
+    let mut parsed = Parsed::default();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if parsed.total() >= MAX_ROWS {
+            return Err(FileError::TooManyRows);
+        }
+        match jsonl_row(line) {
+            Ok((sku, fields)) => parsed.rows.push(Row { line: line_no, sku, fields }),
+            Err(reason) => parsed.errors.push(RowError { line: line_no, reason }),
+        }
+    }
+    Ok(parsed)
+}
+
+fn jsonl_row(line: &str) -> Result<(String, ProductFields), String> {
+    if line.len() > MAX_ROW_BYTES {
+        return Err(format!("the row is {} bytes, over the limit of {MAX_ROW_BYTES}", line.len()));
+    }
+    let mut object: Map<String, Value> = match serde_json::from_str(line) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return Err("not a JSON object".into()),
+        Err(e) => return Err(format!("not JSON: {e}")),
+    };
+    let sku = match object.remove("sku") {
+        Some(Value::String(s)) => s,
+        Some(_) => return Err("sku: must be a string".into()),
+        None => return Err("sku: missing".into()),
+    };
+    let fields = validate::json_row(&sku, &Value::Object(object))?;
+    Ok((sku, fields))
+}
+
+const REQUIRED: [&str; 6] = ["sku", "title", "category", "price_minor", "currency", "stock"];
+const OPTIONAL: [&str; 2] = ["description", "images"];
+const ATTR: &str = "attr.";
+
+fn csv_rows(text: &str) -> Result<Parsed, FileError> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let header = reader.headers().map_err(|e| FileError::Header(e.to_string()))?.clone();
+    let mut columns = HashMap::new();
+    let mut unknown = Vec::new();
+    for (i, name) in header.iter().enumerate() {
+        let name = name.trim();
+        let known = REQUIRED.contains(&name)
+            || OPTIONAL.contains(&name)
+            || name.strip_prefix(ATTR).is_some_and(|k| !k.is_empty());
+        if !known {
+            unknown.push(format!("{name:?}"));
+        } else if columns.insert(name.to_owned(), i).is_some() {
+            return Err(FileError::Header(format!("column {name:?} appears twice")));
+        }
+    }
+    let missing: Vec<&str> = REQUIRED.iter().copied().filter(|c| !columns.contains_key(*c)).collect();
+    if !missing.is_empty() || !unknown.is_empty() {
+        let mut why = Vec::new();
+        if !missing.is_empty() {
+            why.push(format!("missing required columns {}", missing.join(", ")));
+        }
+        if !unknown.is_empty() {
+            why.push(format!("unknown columns {}", unknown.join(", ")));
+        }
+        return Err(FileError::Header(format!(
+            "{} (columns: {}, optional {}, and attr.<key> per attribute)",
+            why.join("; "),
+            REQUIRED.join(", "),
+            OPTIONAL.join(", ")
+        )));
+    }
+    let mut parsed = Parsed::default();
+    for record in reader.records() {
+        if parsed.total() >= MAX_ROWS {
+            return Err(FileError::TooManyRows);
+        }
+        let (line, result) = match record {
+            Ok(r) => {
+                let line = r.position().map_or(0, |p| p.line());
+                (line, csv_row(&r, &columns, header.len()))
+            }
+            Err(e) => (e.position().map_or(0, |p| p.line()), Err(format!("unreadable CSV: {e}"))),
+        };
+        match result {
+            Ok((sku, fields)) => parsed.rows.push(Row { line, sku, fields }),
+            Err(reason) => parsed.errors.push(RowError { line, reason }),
+        }
+    }
+    Ok(parsed)
+}
+
+fn csv_row(
+    record: &csv::StringRecord,
+    columns: &HashMap<String, usize>,
+    width: usize,
+) -> Result<(String, ProductFields), String> {
+    if record.len() != width {
+        return Err(format!("{} cells where the header has {width}", record.len()));
+    }
+    if record.as_slice().len() > MAX_ROW_BYTES {
+        return Err(format!("the row is over the limit of {MAX_ROW_BYTES} bytes"));
+    }
+    let cell = |name: &str| columns.get(name).and_then(|i| record.get(*i)).unwrap_or("");
+    let mut bad = Vec::new();
+    let int = |name: &str, bad: &mut Vec<String>| match cell(name).trim().parse::<i64>() {
+        Ok(v) => v,
+        Err(_) => {
+            bad.push(format!("{name}: {:?} is not an integer", cell(name)));
+            0
+        }
+    };
+    let price_minor = int("price_minor", &mut bad);
+    let stock = int("stock", &mut bad);
+    let currency = match cell("currency").trim().parse() {
+        Ok(c) => Some(c),
+        Err(_) => {
+            bad.push(format!("currency: {:?} is not an ISO 4217 code", cell("currency")));
+            None
+        }
+    };
+    let category = cell("category").trim();
+    let leaf = categories::schema().leaf(category);
+    let mut attributes = BTreeMap::new();
+    for (name, i) in columns {
+        let Some(key) = name.strip_prefix(ATTR) else { continue };
+        let raw = record.get(*i).unwrap_or("").trim();
+        if raw.is_empty() {
+            continue;
+        }
+        match attr_value(raw, leaf.and_then(|l| l.attribute(key)).map(|s| &s.kind)) {
+            Ok(v) => {
+                attributes.insert(key.to_owned(), v);
+            }
+            Err(why) => bad.push(format!("attributes.{key}: {raw:?} {why}")),
+        }
+    }
+    let images =
+        cell("images").split('|').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    let (Some(currency), true) = (currency, bad.is_empty()) else { return Err(bad.join("; ")) };
+    let sku = cell("sku").trim().to_owned();
+    let fields = ProductFields {
+        title: cell("title").trim().to_owned(),
+        description: cell("description").to_owned(),
+        category: category.to_owned(),
+        attributes,
+        price_minor,
+        currency,
+        stock,
+        images,
+    };
+    validate::row(&sku, &fields)?;
+    Ok((sku, fields))
+}
+
+/// A CSV cell as the type the category schema gives its key; a key the category does
+/// not take (or an unknown category) is read as text, and validation then names it.
+fn attr_value(raw: &str, kind: Option<&AttrKind>) -> Result<AttrValue, &'static str> {
+    Ok(match kind {
+        Some(AttrKind::Integer { .. }) => AttrValue::Int(raw.parse().map_err(|_| "is not an integer")?),
+        Some(AttrKind::Number { .. }) => AttrValue::Number(raw.parse().map_err(|_| "is not a number")?),
+        Some(AttrKind::Bool) => AttrValue::Bool(raw.parse().map_err(|_| "is not true or false")?),
+        Some(AttrKind::Text { .. } | AttrKind::Enum { .. }) | None => AttrValue::Text(raw.to_owned()),
+    })
+}
+
+/// A SKU may appear once per file: a later row for it would silently replace the
+/// earlier one, which is almost certainly a mistake in the file.
+fn refuse_duplicate_skus(parsed: &mut Parsed) {
+    let mut first: HashMap<String, u64> = HashMap::new();
+    let mut kept = Vec::with_capacity(parsed.rows.len());
+    for row in std::mem::take(&mut parsed.rows) {
+        match first.get(&row.sku) {
+            Some(line) => parsed.errors.push(RowError {
+                line: row.line,
+                reason: format!("sku {:?} already on line {line}", row.sku),
+            }),
+            None => {
+                first.insert(row.sku.clone(), row.line);
+                kept.push(row);
+            }
+        }
+    }
+    parsed.rows = kept;
+    parsed.errors.sort_by_key(|e| e.line);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"sku":"a1","title":"Mug","category":"home/kitchen/mugs","attributes":{"capacity_ml":350,"material":"ceramic"},"price_minor":1299,"currency":"EUR","stock":3}"#;
+
+    #[test]
+    fn jsonl_rows_are_numbered_by_line_and_bad_ones_reported() {
+        let file = format!("{GOOD}\n\nnot json\n{}\n", GOOD.replace("a1", "a2").replace("1299", "-1"));
+        let p = parse(file.as_bytes(), Format::Jsonl).expect("parses");
+        assert_eq!(p.rows.len(), 1);
+        assert_eq!(p.rows[0].line, 1);
+        assert_eq!(p.errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![3, 4]);
+    }
+
+    #[test]
+    fn csv_reads_attributes_and_images() {
+        let file = "sku,title,category,price_minor,currency,stock,images,attr.capacity_ml,attr.material,attr.color\n\
+                    m1,Mug,home/kitchen/mugs,1299,EUR,3,https://x.test/a.jpg|https://x.test/b.jpg,350,ceramic,blue\n";
+        let p = parse(file.as_bytes(), Format::Csv).expect("parses");
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let row = &p.rows[0];
+        assert_eq!(row.line, 2);
+        assert_eq!(row.fields.images.len(), 2);
+        assert_eq!(row.fields.attributes.get("capacity_ml"), Some(&AttrValue::Int(350)));
+    }
+
+    #[test]
+    fn files_that_cannot_be_read_as_a_whole_are_refused() {
+        assert!(matches!(parse(b"ok\n\xff\xfe\n", Format::Jsonl), Err(FileError::NotUtf8 { line: 2 })));
+        assert!(matches!(parse(b"sku,name\n", Format::Csv), Err(FileError::Header(_))));
+        assert!(matches!(parse(b"\n\n", Format::Jsonl), Err(FileError::Empty)));
+        let huge = vec![b' '; MAX_FILE_BYTES + 1];
+        assert!(matches!(parse(&huge, Format::Jsonl), Err(FileError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_sku_twice_is_refused_on_its_second_line() {
+        let file = format!("{GOOD}\n{GOOD}\n");
+        let p = parse(file.as_bytes(), Format::Jsonl).expect("parses");
+        assert_eq!(p.rows.len(), 1);
+        assert_eq!(p.errors, vec![RowError { line: 2, reason: "sku \"a1\" already on line 1".into() }]);
+    }
+}

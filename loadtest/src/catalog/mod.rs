@@ -1,0 +1,273 @@
+//! # The catalog benchmark (`souk-loadtest catalog --products N`)
+//!
+//! One run, one machine, the same generated products everywhere:
+//!
+//! | | measurement | baseline it is judged against |
+//! |---|---|---|
+//! | r | raw tantivy indexing: the documents straight into souk's tantivy store in this process, `--raw-batch` per commit | — |
+//! | q | the mixed query set on that index in this process, `--clients` tasks | — |
+//! | w, p | every product `PUT` through the API (`--writers` in flight) until all are searchable: command → JetStream → catalog pool → Postgres → outbox → EVT → indexer → tantivy | p ÷ r ≥ 0.5 |
+//! | fresh | beside (w): one product rewritten again and again, time from its 202 to a search finding the new title | p99 ≤ 1 s |
+//! | s | the same query set through `GET /v1/search`, `--clients` HTTP clients | p99 ≤ 20 ms and ≤ 3 × q's p99 |
+//!
+//! with the CPU per document, product and query from `/proc` (the whole machine's busy
+//! time over the phase ÷ its items). The raw phases run first, before the servers
+//! start, so each baseline has the machine to itself. The run reports; it never fails
+//! on a target. Figures compare only within one run (DESIGN.md §5).
+
+mod pipeline;
+mod products;
+mod queries;
+mod raw;
+mod report;
+
+pub use report::CatalogReport;
+
+use anyhow::Context;
+use souk_stores::postgres as pg;
+use souk_topologies::Topology;
+use sqlx::postgres::PgPoolOptions;
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Args,
+    cpu::Window,
+    env::{self, Database, Nats},
+    load::{Mode, Plan},
+    payload::TENANT,
+    souk::{self, Stack, StackOptions},
+};
+use pipeline::Tokens;
+use products::Listing;
+use queries::Query;
+use report::{Searching, Throughput};
+
+/// `souk-loadtest catalog`: products through the pipeline, freshness, and search.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CatalogArgs {
+    /// Generated products written (and indexed raw).
+    #[arg(long, default_value_t = 200_000)]
+    pub products: usize,
+    /// Sellers the products are spread over (a few list far more than most).
+    #[arg(long, default_value_t = 50)]
+    pub sellers: usize,
+    /// Generator seed: the same seed makes the same products and queries.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Product writes in flight through the API.
+    #[arg(long, default_value_t = 64)]
+    pub writers: usize,
+    /// Concurrent search clients (HTTP and in-process alike).
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Measured time of each search phase.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    pub search_duration: Duration,
+    /// Distinct queries in the mixed set.
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    /// Documents per commit when indexing raw.
+    #[arg(long, default_value_t = 5_000)]
+    pub raw_batch: usize,
+    /// Longest wait for every written product to become searchable.
+    #[arg(long, default_value = "900s", value_parser = crate::parse_duration)]
+    pub index_timeout: Duration,
+}
+
+/// Run the catalog benchmark. The nats-server and the database are removed whatever
+/// happens, Ctrl-C included.
+pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> {
+    anyhow::ensure!(
+        c.products > 0 && c.sellers > 0 && c.writers > 0 && c.clients > 0 && c.queries > 0,
+        "--products, --sellers, --writers, --clients and --queries must be positive"
+    );
+    let mut report = CatalogReport {
+        products: c.products,
+        sellers: c.sellers,
+        seed: c.seed,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..CatalogReport::default()
+    };
+    progress(&format!("generating {} products for {} sellers", c.products, c.sellers));
+    let listings: Arc<Vec<Listing>> =
+        Arc::new((0..c.products).map(|i| products::listing(c.seed, c.sellers, i)).collect());
+    let queries = Arc::new(queries::mix(&listings, c.queries, c.seed, TENANT));
+    for q in queries.iter() {
+        *report.query_mix.entry(q.kind).or_default() += 1;
+    }
+
+    progress("(r) raw tantivy indexing");
+    let now = chrono::Utc::now();
+    let docs = listings.iter().map(|l| products::doc(l, TENANT, 1, now)).collect();
+    let cpu = Window::open();
+    let raw = raw::index(docs, c.raw_batch).await?;
+    let name = "(r) raw tantivy indexing, in process";
+    report.raw_index = Some(Throughput::new(name, raw.docs, raw.elapsed.as_secs_f64(), cpu.close()));
+
+    progress("(q) raw tantivy search");
+    let cpu = Window::open();
+    let tally = raw::search(raw.store.clone(), queries.clone(), search_plan(args, c)).await?;
+    report.raw_search = Some(Searching::new("(q) raw tantivy search, in process", &tally, cpu.close()));
+
+    progress("starting nats-server and creating the database");
+    let bin = env::nats_binary(args.nats_server.as_deref())?;
+    let nats = Nats::start(&bin, args.store_dir.as_deref()).await?;
+    let db = match Database::create(&server_url(args)).await {
+        Ok(db) => db,
+        Err(e) => {
+            nats.stop().await;
+            return Err(e);
+        }
+    };
+    let souk = Souk { args, c, nats: &nats, db: &db, listings, queries, raw: &raw };
+    let result = tokio::select! {
+        r = souk.run(&mut report) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    progress("cleaning up");
+    let name = db.name.clone();
+    if let Err(e) = db.drop().await {
+        eprintln!("warning: could not drop database {name}: {e:#}");
+    }
+    nats.stop().await;
+    // The figures measured before a failure still print, with the failure.
+    if let Err(e) = result {
+        report.error = Some(format!("{e:#}"));
+    }
+    report.finish();
+    Ok(report)
+}
+
+/// The Postgres server: `--database-url`, else the test or dev variables.
+fn server_url(args: &Args) -> String {
+    args.database_url
+        .clone()
+        .or_else(|| std::env::var("SOUK_TEST_DATABASE_URL").ok())
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .unwrap_or_else(|| env::DEFAULT_DATABASE_URL.into())
+}
+
+fn search_plan(args: &Args, c: &CatalogArgs) -> Plan {
+    Plan {
+        mode: Mode::Closed { concurrency: c.clients },
+        warmup: args.warmup,
+        duration: c.search_duration,
+        max_ops: args.max_requests,
+    }
+}
+
+/// The phases that run through souk.
+struct Souk<'a> {
+    args: &'a Args,
+    c: &'a CatalogArgs,
+    nats: &'a Nats,
+    db: &'a Database,
+    listings: Arc<Vec<Listing>>,
+    queries: Arc<Vec<Query>>,
+    raw: &'a raw::RawIndex,
+}
+
+impl Souk<'_> {
+    async fn run(&self, report: &mut CatalogReport) -> anyhow::Result<()> {
+        let (args, c) = (self.args, self.c);
+        {
+            let pool = PgPoolOptions::new().max_connections(1).connect(&self.db.url).await?;
+            pg::migrate(&pool).await.context("migrating the benchmark database")?;
+            pool.close().await;
+        }
+        let topology = match &args.topology {
+            Some(path) => Topology::load(path)?,
+            None => Topology::parse(include_str!("../../../topologies/marketplace.toml"))?,
+        };
+        let keys = souk::keys();
+        let ttl = c.index_timeout * 2 + c.search_duration * 4 + Duration::from_secs(3600);
+        let sellers: BTreeSet<String> = self.listings.iter().map(|l| l.seller.clone()).collect();
+        let sellers = sellers.into_iter().chain([pipeline::PROBE_SELLER.to_owned()]);
+        let tokens = Arc::new(Tokens::mint(&keys, TENANT, sellers, ttl));
+        let options = StackOptions {
+            pg_connections: args.pg_connections,
+            write_timeout: args.write_timeout,
+            workers: true,
+        };
+        progress("(w)+(p) souk: starting the stack");
+        let stack =
+            Stack::start(&self.nats.url, &self.db.url, &topology, &options, keys, Arc::new(Vec::new()))
+                .await?;
+        let result = self.measure(&stack, &tokens, report).await;
+        stack.stop().await;
+        result
+    }
+
+    async fn measure(
+        &self,
+        stack: &Stack,
+        tokens: &Arc<Tokens>,
+        report: &mut CatalogReport,
+    ) -> anyhow::Result<()> {
+        let c = self.c;
+        let client = crate::http::client(c.writers + c.clients + 2)?;
+        let addr = stack.addr;
+
+        progress("(w)+(p) souk: writing every product, probing freshness beside");
+        let stop_probing = CancellationToken::new();
+        let template = products::listing(c.seed.wrapping_add(1), 1, 0);
+        let prober = tokio::spawn(pipeline::probe_freshness(
+            client.clone(),
+            addr,
+            tokens.clone(),
+            template,
+            stop_probing.clone(),
+        ));
+        let cpu = Window::open();
+        let started = Instant::now();
+        let writes =
+            pipeline::write_all(client.clone(), addr, self.listings.clone(), tokens.clone(), c.writers).await;
+        stop_probing.cancel();
+        let freshness = prober.await?;
+        let writes = writes?;
+        let freshness = freshness?;
+        report.write_errors = writes.errors.clone();
+        let written_s = writes.last_done.map_or(0.0, |t| t.saturating_duration_since(started).as_secs_f64());
+        report.pipeline_writes =
+            Some(Throughput::new("(w) product writes accepted (202)", writes.ops, written_s, None));
+        // Every accepted product, and the probe's one product if any probe was accepted.
+        let expected = writes.ops + u64::from(freshness.probes > freshness.refused);
+        report.freshness = Some(freshness);
+        progress("(p) souk: waiting until every accepted product is searchable");
+        let (searchable_at, count) =
+            pipeline::wait_searchable(&client, addr, &tokens.buyer, expected, c.index_timeout).await?;
+        let usage = cpu.close();
+        report.searchable = count;
+        let name = "(p) pipeline: PUT → searchable";
+        // Nothing accepted: no pipeline figure (rather than a rate of zero).
+        report.pipeline = searchable_at.filter(|_| writes.ops > 0).map(|at| {
+            Throughput::new(name, writes.ops, at.saturating_duration_since(started).as_secs_f64(), usage)
+        });
+        if searchable_at.is_none() {
+            eprintln!("warning: only {count} of {expected} products searchable after {:?}", c.index_timeout);
+        }
+
+        report.totals_differ = Some(
+            pipeline::compare_totals(&client, addr, &tokens.buyer, &self.queries, self.raw.store.as_ref())
+                .await?,
+        );
+        progress("(s) search through HTTP");
+        let cpu = Window::open();
+        let tally = pipeline::search(
+            client.clone(),
+            addr,
+            tokens.buyer.clone(),
+            self.queries.clone(),
+            search_plan(self.args, c),
+        )
+        .await?;
+        report.http_search = Some(Searching::new("(s) search through HTTP", &tally, cpu.close()));
+        Ok(())
+    }
+}
+
+fn progress(what: &str) {
+    eprintln!("souk-loadtest catalog: {what} …");
+}

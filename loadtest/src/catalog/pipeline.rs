@@ -1,0 +1,262 @@
+//! Through souk, over HTTP: product writes (`PUT /v1/sellers/{seller}/products/{sku}`)
+//! until every product is searchable, the freshness prober running beside them, and the
+//! query set through `GET /v1/search`.
+
+use futures::FutureExt;
+use hdrhistogram::Histogram;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use serde::Serialize;
+use souk_ingress::{Claims, Keys, Role};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{products::Listing, queries::Query};
+use crate::load::{self, Mode, Op, Plan, Tally};
+
+/// The seller the freshness prober writes as, and its one product.
+pub const PROBE_SELLER: &str = "bench-probe";
+const PROBE_SKU: &str = "probe-0001";
+/// How often the prober asks whether its write is searchable yet (the resolution of
+/// the freshness figure).
+const PROBE_POLL: Duration = Duration::from_millis(5);
+/// A probe not searchable after this long counts as timed out.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the searchable count is read while waiting for the whole set.
+const COUNT_POLL: Duration = Duration::from_millis(200);
+
+/// Bearer tokens: one per seller, and one buyer's (searches run in its tenant).
+pub struct Tokens {
+    pub sellers: HashMap<String, String>,
+    pub buyer: String,
+}
+
+impl Tokens {
+    pub fn mint(
+        keys: &Keys,
+        tenant: &str,
+        sellers: impl IntoIterator<Item = String>,
+        ttl: Duration,
+    ) -> Tokens {
+        let sellers = sellers.into_iter().map(|s| (s.clone(), seller_token(keys, tenant, &s, ttl))).collect();
+        let buyer = keys.mint(&Claims::new("bench-searcher", tenant, vec![Role::Buyer], ttl));
+        Tokens { sellers, buyer }
+    }
+}
+
+/// A token that may write `seller`'s listings.
+fn seller_token(keys: &Keys, tenant: &str, seller: &str, ttl: Duration) -> String {
+    let claims = Claims::new(&format!("{seller}-owner"), tenant, vec![Role::Seller], ttl)
+        .with_sellers(vec![seller.to_owned()]);
+    keys.mint(&claims)
+}
+
+fn product_url(addr: SocketAddr, seller: &str, sku: &str) -> String {
+    format!("http://{addr}/v1/sellers/{seller}/products/{sku}")
+}
+
+/// PUT every listing once, `writers` in flight; each success is a 2xx (202).
+pub async fn write_all(
+    client: reqwest::Client,
+    addr: SocketAddr,
+    listings: Arc<Vec<Listing>>,
+    tokens: Arc<Tokens>,
+    writers: usize,
+) -> anyhow::Result<Tally> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let next = Arc::new(AtomicUsize::new(0));
+    let n = listings.len();
+    let op: Op = Arc::new(move || {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let request = listings.get(i).map(|l| {
+            let token = tokens.sellers.get(&l.seller).cloned().unwrap_or_default();
+            client
+                .put(product_url(addr, &l.seller, &l.sku))
+                .header(AUTHORIZATION, format!("Bearer {token}"))
+                .header("idempotency-key", format!("bench-{run}-{i}"))
+                .header(CONTENT_TYPE, "application/json")
+                .json(&l.fields)
+        });
+        async move { send(request.ok_or_else(|| "no more products".to_owned())?).await }.boxed()
+    });
+    // `max_ops` stops the loop after exactly one write per listing; the duration only
+    // bounds a run that stalls.
+    let plan = Plan {
+        mode: Mode::Closed { concurrency: writers },
+        warmup: Duration::ZERO,
+        duration: Duration::from_secs(24 * 3600),
+        max_ops: Some(n as u64),
+    };
+    load::run(plan, op).await
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<u64, String> {
+    let response = request.send().await.map_err(|e| if e.is_timeout() { "timeout" } else { "transport" })?;
+    let status = response.status();
+    response.bytes().await.map_err(|_| "transport".to_owned())?;
+    if status.is_success() { Ok(1) } else { Err(status.as_u16().to_string()) }
+}
+
+/// `GET /v1/search?…` as the buyer; the parsed answer.
+async fn search_json(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+    query_string: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let response = client
+        .get(format!("http://{addr}/v1/search?{query_string}"))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "GET /v1/search?{query_string}: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// The number of searchable products (the `total` of a query matching everything).
+pub async fn searchable(client: &reqwest::Client, addr: SocketAddr, token: &str) -> anyhow::Result<u64> {
+    let page = search_json(client, addr, token, "per_page=1").await?;
+    page["total"].as_u64().ok_or_else(|| anyhow::anyhow!("a search answer without total: {page}"))
+}
+
+/// Wait until at least `expected` products are searchable; when that was first seen
+/// (`None`: not within `timeout`) and the last count read.
+pub async fn wait_searchable(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+    expected: u64,
+    timeout: Duration,
+) -> anyhow::Result<(Option<Instant>, u64)> {
+    let deadline = Instant::now() + timeout;
+    let mut tick = tokio::time::interval(COUNT_POLL);
+    loop {
+        tick.tick().await;
+        let count = searchable(client, addr, token).await?;
+        if count >= expected {
+            return Ok((Some(Instant::now()), count));
+        }
+        if Instant::now() >= deadline {
+            return Ok((None, count));
+        }
+    }
+}
+
+/// Time from a write's 202 to the change being searchable.
+#[derive(Debug, Clone, Serialize)]
+pub struct Freshness {
+    pub probes: u64,
+    pub timed_out: u64,
+    /// Writes refused (not 2xx): not probed.
+    pub refused: u64,
+    pub latency: crate::report::Latency,
+}
+
+/// Write the probe product again and again, each time with a new title, and time how
+/// long after its 202 a search for that title finds it; until `stop`.
+pub async fn probe_freshness(
+    client: reqwest::Client,
+    addr: SocketAddr,
+    tokens: Arc<Tokens>,
+    template: Listing,
+    stop: CancellationToken,
+) -> anyhow::Result<Freshness> {
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let (mut probes, mut timed_out, mut refused) = (0u64, 0u64, 0u64);
+    let token = tokens.sellers.get(PROBE_SELLER).cloned().unwrap_or_default();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    while !stop.is_cancelled() {
+        probes += 1;
+        // A word no generated title has, new for every probe: found means this write.
+        let word = format!("pk{probes:07}");
+        let mut fields = template.fields.clone();
+        fields.title = format!("Probe {word}");
+        let request = client
+            .put(product_url(addr, PROBE_SELLER, PROBE_SKU))
+            .header(AUTHORIZATION, format!("Bearer {token}"))
+            .header("idempotency-key", format!("probe-{run}-{probes}"))
+            .json(&fields);
+        if send(request).await.is_err() {
+            refused += 1;
+            // Do not spin on a refusing server.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let accepted = Instant::now();
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("q", &word)
+            .append_pair("seller", PROBE_SELLER)
+            .finish();
+        loop {
+            let found = search_json(&client, addr, &tokens.buyer, &query).await.is_ok_and(|page| {
+                page["hits"].as_array().into_iter().flatten().any(|h| h["title"] == fields.title.as_str())
+            });
+            if found {
+                let micros = u64::try_from(accepted.elapsed().as_micros()).unwrap_or(u64::MAX);
+                histogram.saturating_record(micros.max(1));
+                break;
+            }
+            if accepted.elapsed() >= PROBE_TIMEOUT {
+                timed_out += 1;
+                break;
+            }
+            tokio::time::sleep(PROBE_POLL).await;
+        }
+    }
+    Ok(Freshness { probes, timed_out, refused, latency: crate::report::Latency::of(&histogram) })
+}
+
+/// Run `queries` round robin through `GET /v1/search` per `plan`.
+pub async fn search(
+    client: reqwest::Client,
+    addr: SocketAddr,
+    token: String,
+    queries: Arc<Vec<Query>>,
+    plan: Plan,
+) -> anyhow::Result<Tally> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let op: Op = Arc::new(move || {
+        let i = next.fetch_add(1, Ordering::Relaxed) % queries.len().max(1);
+        let request = queries.get(i).map(|q| {
+            client
+                .get(format!("http://{addr}/v1/search?{}", q.query_string))
+                .header(AUTHORIZATION, format!("Bearer {token}"))
+        });
+        async move { send(request.ok_or_else(|| "no queries".to_owned())?).await }.boxed()
+    });
+    load::run(plan, op).await
+}
+
+/// Queries whose `total` differs between the HTTP answer and the in-process one (both
+/// indexes hold the same products; the probe product adds one to queries it matches).
+pub async fn compare_totals(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+    queries: &[Query],
+    raw: &dyn souk_stores::search::SearchStore,
+) -> anyhow::Result<u64> {
+    let mut differ = 0;
+    for q in queries {
+        let http = search_json(client, addr, token, &q.query_string).await?["total"].as_u64();
+        let local = raw.search(&q.request).await?.total;
+        if http.is_none_or(|t| t.abs_diff(local) > 1) {
+            differ += 1;
+        }
+    }
+    Ok(differ)
+}

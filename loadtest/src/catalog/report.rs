@@ -1,0 +1,216 @@
+//! The catalog run's figures, the ratios against the targets, and how they
+//! print (a table, or one JSON object).
+
+use serde::Serialize;
+use std::fmt::Write;
+
+use super::pipeline::Freshness;
+use crate::{cpu::Share, report::Latency};
+
+/// A throughput figure with its CPU cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub name: &'static str,
+    pub items: u64,
+    pub elapsed_s: f64,
+    pub rate_per_s: f64,
+    /// Busy CPU time of the whole machine ÷ items, in µs.
+    pub cpu_per_item_us: Option<f64>,
+    pub cpu: Option<Share>,
+}
+
+impl Throughput {
+    pub fn new(name: &'static str, items: u64, elapsed_s: f64, cpu: Option<Share>) -> Throughput {
+        let rate_per_s = if elapsed_s > 0.0 { items as f64 / elapsed_s } else { 0.0 };
+        Throughput { name, items, elapsed_s, rate_per_s, cpu_per_item_us: per_item(cpu, items), cpu }
+    }
+}
+
+/// A search phase: latency, rate and CPU per query.
+#[derive(Debug, Clone, Serialize)]
+pub struct Searching {
+    pub name: &'static str,
+    pub queries: u64,
+    pub rate_per_s: f64,
+    pub latency: Latency,
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub cpu_per_query_us: Option<f64>,
+    pub cpu: Option<Share>,
+}
+
+fn per_item(cpu: Option<Share>, items: u64) -> Option<f64> {
+    cpu.filter(|_| items > 0).map(|c| c.busy_cpu_s * 1e6 / items as f64)
+}
+
+impl Searching {
+    pub fn new(name: &'static str, t: &crate::load::Tally, cpu: Option<Share>) -> Searching {
+        Searching {
+            name,
+            queries: t.ops,
+            rate_per_s: t.rate(),
+            latency: Latency::of(&t.latency),
+            errors: t.errors.clone(),
+            cpu_per_query_us: per_item(cpu, t.ops),
+            cpu,
+        }
+    }
+}
+
+/// One figure against its target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub figure: &'static str,
+    pub value: Option<f64>,
+    pub unit: &'static str,
+    pub target: &'static str,
+    pub met: Option<bool>,
+}
+
+/// Everything one catalog run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CatalogReport {
+    pub products: usize,
+    pub sellers: usize,
+    pub seed: u64,
+    pub cpus: usize,
+    pub raw_index: Option<Throughput>,
+    pub pipeline_writes: Option<Throughput>,
+    pub pipeline: Option<Throughput>,
+    /// Products searchable when the wait ended (all of them unless it timed out).
+    pub searchable: u64,
+    pub write_errors: std::collections::BTreeMap<String, u64>,
+    pub freshness: Option<Freshness>,
+    /// Queries of each kind in the set (text, typo, prefix, category, …).
+    pub query_mix: std::collections::BTreeMap<&'static str, usize>,
+    pub raw_search: Option<Searching>,
+    pub http_search: Option<Searching>,
+    /// Queries whose HTTP and in-process totals differ (should be 0).
+    pub totals_differ: Option<u64>,
+    pub targets: Vec<Target>,
+    /// Why the run stopped early, if it did (the figures before it are kept).
+    pub error: Option<String>,
+}
+
+impl CatalogReport {
+    /// Judge the figures against the targets.
+    pub fn finish(&mut self) {
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
+        let pipeline = ratio(
+            self.pipeline.as_ref().map(|p| p.rate_per_s),
+            self.raw_index.as_ref().map(|r| r.rate_per_s),
+        );
+        let http_p99 = self.http_search.as_ref().map(|s| s.latency.p99_ms);
+        let raw_p99 = self.raw_search.as_ref().map(|s| s.latency.p99_ms);
+        let fresh_p99 = self.freshness.as_ref().filter(|f| f.latency.count > 0).map(|f| f.latency.p99_ms);
+        self.targets = vec![
+            target("pipeline products/s ÷ raw tantivy docs/s", pipeline, "×", "≥ 0.5", |v| v >= 0.5),
+            target("freshness p99, 202 → searchable", fresh_p99, "ms", "≤ 1000 ms", |v| v <= 1000.0),
+            target("HTTP search p99", http_p99, "ms", "≤ 20 ms", |v| v <= 20.0),
+            target("HTTP search p99 ÷ raw tantivy p99", ratio(http_p99, raw_p99), "×", "≤ 3", |v| {
+                v <= 3.0
+            }),
+        ];
+    }
+
+    pub fn json(&self) -> anyhow::Result<String> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "catalog: {} products, {} sellers, seed {}, {} CPUs\n",
+            self.products, self.sellers, self.seed, self.cpus
+        );
+        let _ = writeln!(out, "{:<48} {:>14} {:>12} {:>16}", "throughput", "rate", "elapsed", "CPU per item");
+        for t in [&self.raw_index, &self.pipeline_writes, &self.pipeline].into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{:<48} {:>10.0} /s {:>10.1} s {:>16}",
+                t.name,
+                t.rate_per_s,
+                t.elapsed_s,
+                us(t.cpu_per_item_us)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "searchable at the end: {} (of {} products, plus the freshness probe's one)",
+            self.searchable, self.products
+        );
+        if !self.write_errors.is_empty() {
+            let _ = writeln!(out, "write errors: {:?}", self.write_errors);
+        }
+        if let Some(f) = &self.freshness {
+            let _ = writeln!(
+                out,
+                "\nfreshness, 202 → searchable: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes, {} timed out, {} refused)",
+                f.latency.p50_ms, f.latency.p99_ms, f.latency.max_ms, f.probes, f.timed_out, f.refused
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<48} {:>10} {:>9} {:>9} {:>9} {:>14}",
+            "search", "queries/s", "p50", "p99", "max", "CPU per query"
+        );
+        for s in [&self.raw_search, &self.http_search].into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{:<48} {:>10.0} {:>6.2} ms {:>6.2} ms {:>6.1} ms {:>14}{}",
+                s.name,
+                s.rate_per_s,
+                s.latency.p50_ms,
+                s.latency.p99_ms,
+                s.latency.max_ms,
+                us(s.cpu_per_query_us),
+                if s.errors.is_empty() { String::new() } else { format!("  errors {:?}", s.errors) }
+            );
+        }
+        let mix: Vec<String> = self.query_mix.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(out, "query set: {}", mix.join(", "));
+        if let Some(d) = self.totals_differ {
+            let _ = writeln!(out, "queries whose HTTP and in-process totals differ: {d}");
+        }
+        let _ = writeln!(out, "\n{:<48} {:>10} {:>12}  verdict", "figure", "value", "target");
+        for t in &self.targets {
+            let value = t.value.map_or("n/a".to_owned(), |v| format!("{v:.2} {}", t.unit));
+            let verdict = match t.met {
+                Some(true) => "met",
+                Some(false) => "NOT MET",
+                None => "n/a",
+            };
+            let _ = writeln!(out, "{:<48} {:>10} {:>12}  {verdict}", t.figure, value, t.target);
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "\nSTOPPED EARLY: {e}");
+        }
+        let _ = writeln!(out, "\nCPU, as shares of the whole machine over each phase:");
+        let phases = [
+            self.raw_index.as_ref().map(|t| (t.name, t.cpu)),
+            self.pipeline.as_ref().map(|t| (t.name, t.cpu)),
+            self.raw_search.as_ref().map(|s| (s.name, s.cpu)),
+            self.http_search.as_ref().map(|s| (s.name, s.cpu)),
+        ];
+        for (name, cpu) in phases.into_iter().flatten() {
+            if let Some(cpu) = cpu {
+                let _ = writeln!(out, "{name:<48} {cpu}");
+            }
+        }
+        out
+    }
+}
+
+fn target(
+    figure: &'static str,
+    value: Option<f64>,
+    unit: &'static str,
+    goal: &'static str,
+    ok: fn(f64) -> bool,
+) -> Target {
+    Target { figure, value, unit, target: goal, met: value.map(ok) }
+}
+
+fn us(v: Option<f64>) -> String {
+    v.map_or("n/a".to_owned(), |v| format!("{v:.0} µs"))
+}
