@@ -100,7 +100,7 @@ async fn exactly_once(stack: &Stack, accepted: &HashSet<String>) -> anyhow::Resu
 async fn held_deliveries_survive_a_nats_server_kill_during_a_postgres_outage() -> anyhow::Result<()> {
     let (mut pg_server, mut stack, publisher, topology, accepted) = backlog().await?;
     pg_server.crash().await?;
-    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
+    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
     all_held(&stack, 1).await?;
     stack.nats.kill().await?;
     // The outage itself, longer than the ack wait: not synchronisation.
@@ -128,7 +128,7 @@ async fn held_deliveries_survive_a_nats_server_kill_during_a_postgres_outage() -
 async fn held_deliveries_stored_while_nats_server_is_down_are_stored_once() -> anyhow::Result<()> {
     let (mut pg_server, mut stack, publisher, topology, accepted) = backlog().await?;
     pg_server.crash().await?;
-    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
+    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
     all_held(&stack, 1).await?;
     stack.nats.kill().await?;
     pg_server.restart().await?;
@@ -153,12 +153,13 @@ async fn held_deliveries_survive_worker_restarts_during_a_postgres_outage() -> a
     let (mut pg_server, mut stack, publisher, topology, accepted) = backlog().await?;
     pg_server.crash().await?;
     let max_deliver = topology.consumer("orders-place").map_or(0, |c| c.max_deliver);
-    let (mut worker, mut worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
+    let (mut worker, mut worker_task) =
+        crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
     for restarts in 0..max_deliver as usize {
         all_held(&stack, restarts + 1).await?;
         worker.cancel();
         worker_task.await?;
-        (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
+        (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
     }
     // Held again, not dead-lettered, while Postgres is still down: delivered, and the
     // orders pool's breaker open (the deliveries' checks of Postgres failed).

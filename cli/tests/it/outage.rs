@@ -72,7 +72,7 @@ async fn a_postgres_outage_longer_than_the_retry_schedule_dead_letters_nothing()
     souk_topologies::apply::apply(&stack.js, &topology, Mode::Apply).await?;
     stack.topology = topology.clone();
     let publisher = Publisher::new(stack.client.clone(), Duration::from_millis(1500));
-    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
+    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
 
     let token = stack.token("quinn", &[Role::Buyer]);
     let accepted = Accepted::default();
@@ -94,7 +94,7 @@ async fn a_postgres_outage_longer_than_the_retry_schedule_dead_letters_nothing()
     pg_server.crash().await?;
     step("postgres stopped");
     let backlog = accepted.lock().expect("lock").len() - before;
-    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url)?;
+    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
     // The backlog is fetched and fails against the dead store: every message of it is
     // delivered at least once during the outage.
     eventually(Duration::from_secs(30), || async {
@@ -129,7 +129,11 @@ async fn a_postgres_outage_longer_than_the_retry_schedule_dead_letters_nothing()
     assert_eq!(consumer["name"], "orders-place", "{json}");
     assert!(consumer["pending"].is_u64() && consumer["ack_pending"].is_u64(), "{json}");
     assert!(
-        json["pipeline"]["pools"][0]["last_error"].as_str().is_some_and(|e| e.starts_with("pg_")),
+        json["pipeline"]["pools"]
+            .as_array()
+            .and_then(|pools| pools.iter().find(|p| p["name"] == "orders"))
+            .and_then(|orders| orders["last_error"].as_str())
+            .is_some_and(|e| e.starts_with("pg_")),
         "{json}"
     );
     assert_eq!(code, Some(1), "Postgres is down: the status is incomplete");

@@ -2,10 +2,16 @@
 //! accepted, a node on a private Postgres with the shipped topology, a product the
 //! store refuses, and a worker process's pools run apart from the stack's node.
 
-use souk_stores::postgres::{self as pg, PgOptions};
+use souk_stores::{
+    postgres::{self as pg, PgOptions},
+    search::SearchStore,
+};
 use souk_testkit::{PgServer, Stack, StackOptions, order_body};
 use souk_topologies::{Topology, apply::Mode, publisher::Publisher, runtime::Runtime};
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -44,16 +50,19 @@ pub(crate) async fn place_until_accepted(
     }
 }
 
-/// Every Postgres pool of `topology` (all but the search indexer, whose index the stack
-/// holds), apart from the stack's node, on a connection pool with production settings:
-/// a worker process the test can stop and start.
+/// Every Postgres pool of `topology`, apart from the stack's node, on a connection pool
+/// with production settings: a worker process the test can stop and start. The search
+/// indexer runs too when given the index (`Some(stack.search.clone())`: the stack holds
+/// it, and tantivy has one writer); without it, nothing indexes product events.
 pub(crate) fn start_worker(
     publisher: &Publisher,
     topology: &Topology,
     url: &str,
+    search: Option<Arc<dyn SearchStore>>,
 ) -> anyhow::Result<(CancellationToken, JoinHandle<()>)> {
     let pool = pg::connect(&PgOptions::new(url))?;
-    let registry = souk_workers::registry(pool);
+    let indexes = search.is_some();
+    let registry = souk_workers::registry_with(pool, &souk_workers::Dependencies { search });
     let (publisher, topology) = (publisher.clone(), topology.clone());
     let cancel = CancellationToken::new();
     let run = cancel.clone();
@@ -61,7 +70,7 @@ pub(crate) fn start_worker(
         let only: Vec<String> = topology
             .pools
             .iter()
-            .filter(|p| p.handler != souk_workers::catalog::INDEX_HANDLER)
+            .filter(|p| indexes || p.handler != souk_workers::catalog::INDEX_HANDLER)
             .map(|p| p.name.clone())
             .collect();
         let runtime = Runtime::build(&publisher, &topology, &registry, &only).await.expect("runtime");
