@@ -135,3 +135,110 @@ async fn a_reindex_swaps_in_a_fresh_index_while_8_clients_query_and_no_query_fai
     assert_eq!(answers(&stack).await?, before, "results after the swap equal those before");
     Ok(())
 }
+
+/// One search index shared by several processes (as an OpenSearch cluster is): counts
+/// the rebuilds running at once. A rebuild's writes wait a little for a rival, so two
+/// rebuilds that may overlap do.
+#[derive(Default)]
+struct SharedIndex {
+    running: std::sync::atomic::AtomicUsize,
+    most_at_once: std::sync::atomic::AtomicUsize,
+    rival: tokio::sync::Notify,
+}
+
+/// This process's handle on the shared index; only rebuilds are used.
+struct Node(Arc<SharedIndex>);
+
+struct NodeRebuild(Arc<SharedIndex>);
+
+use futures::{FutureExt, future::BoxFuture};
+use souk_stores::search::{
+    ApplyOutcome, IndexOp, Rebuild, SearchError, SearchRequest, SearchResults, SearchStore, StoreStats,
+    StoredVersion,
+};
+
+impl SearchStore for Node {
+    fn apply(&self, _: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
+        async { Ok(ApplyOutcome::default()) }.boxed()
+    }
+    fn search<'a>(&'a self, _: &'a SearchRequest) -> BoxFuture<'a, Result<SearchResults, SearchError>> {
+        async { Err(SearchError::Internal("not in this test".into())) }.boxed()
+    }
+    fn version<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredVersion>, SearchError>> {
+        async { Ok(None) }.boxed()
+    }
+    fn begin_rebuild(&self) -> BoxFuture<'_, Result<Box<dyn Rebuild>, SearchError>> {
+        let shared = self.0.clone();
+        async move {
+            let now = shared.running.fetch_add(1, Ordering::SeqCst) + 1;
+            shared.most_at_once.fetch_max(now, Ordering::SeqCst);
+            shared.rival.notify_waiters();
+            Ok(Box::new(NodeRebuild(shared)) as Box<dyn Rebuild>)
+        }
+        .boxed()
+    }
+    fn stats(&self) -> BoxFuture<'_, Result<StoreStats, SearchError>> {
+        async { Ok(StoreStats::default()) }.boxed()
+    }
+}
+
+impl Rebuild for NodeRebuild {
+    fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
+        async move {
+            let _ = tokio::time::timeout(Duration::from_secs(3), self.0.rival.notified()).await;
+            Ok(ApplyOutcome { applied: ops.len(), stale: 0 })
+        }
+        .boxed()
+    }
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), SearchError>> {
+        async move {
+            self.0.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+        .boxed()
+    }
+    fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), SearchError>> {
+        self.finish()
+    }
+}
+
+#[tokio::test]
+async fn two_reindexes_on_two_processes_never_rebuild_a_shared_index_at_once() -> anyhow::Result<()> {
+    use souk_jobs::{Submission, WorkerOptions};
+    use souk_testkit::{StackOptions, test_job_tuning};
+    use souk_topologies::publisher::Publisher;
+    use tokio_util::sync::CancellationToken;
+
+    let stack = Stack::start_with(StackOptions { jobs: None, ..StackOptions::default() }).await?;
+    store_products(&stack, 10).await?;
+    let index = Arc::new(SharedIndex::default());
+    let stop = CancellationToken::new();
+    // Two worker processes, each with its own handle on the one index.
+    let processes: Vec<_> = (0..2)
+        .map(|_| {
+            let options = WorkerOptions {
+                pool: stack.db.pool.clone(),
+                publisher: Publisher::new(stack.client.clone(), Duration::from_secs(2)),
+                search: Some(Arc::new(Node(index.clone())) as Arc<dyn SearchStore>),
+                tuning: test_job_tuning(),
+            };
+            tokio::spawn(souk_jobs::run(options, stop.clone()))
+        })
+        .collect();
+    let first = souk_jobs::submit(&stack.db.pool, "t1", "ops-1", Submission::Reindex).await?;
+    let second = souk_jobs::submit(&stack.db.pool, "t2", "ops-2", Submission::Reindex).await?;
+    for id in [first.id, second.id] {
+        let job = finished(&stack, id, Duration::from_secs(60)).await?;
+        assert_eq!(job.state, JobState::Done, "{:?}", job.error);
+    }
+    assert_eq!(index.most_at_once.load(Ordering::SeqCst), 1, "one rebuild of the shared index at a time");
+    stop.cancel();
+    for p in processes {
+        p.await?;
+    }
+    Ok(())
+}
