@@ -121,3 +121,28 @@ async fn a_stored_row_the_worker_cannot_read_fails_the_job_naming_its_line() -> 
     run.await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_same_file_submitted_as_two_jobs_is_written_twice_and_each_job_once() -> anyhow::Result<()> {
+    // Decided: a job is one request; its write ids are its own (v5 of job id and line),
+    // so a second job of the same file writes every row again (version 2, a second
+    // event), while a row re-published by one job is applied once.
+    let stack = Stack::start_with(StackOptions { jobs: None, ..StackOptions::default() }).await?;
+    let first = submitted(&stack, 25).await?;
+    let second = submitted(&stack, 25).await?;
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(souk_jobs::run(worker(&stack, 10), stop.clone()));
+    for id in [first.id, second.id] {
+        let job = finished(&stack, id, Duration::from_secs(60)).await?;
+        assert_eq!((job.state, job.progress.done), (JobState::Done, 25));
+    }
+    stack.quiescent(Duration::from_secs(60)).await?;
+    let versions: Vec<i64> = sqlx::query_scalar("select distinct version from products where seller = 's1'")
+        .fetch_all(&stack.db.pool)
+        .await?;
+    assert_eq!(versions, vec![2], "each job wrote each row once");
+    assert_eq!(crate::support::product_events(&stack).await?, 50, "one event per row per job");
+    stop.cancel();
+    run.await?;
+    Ok(())
+}
