@@ -81,11 +81,28 @@ async fn exclusive(
             .bind(REINDEX_LOCK)
             .fetch_one(&mut *conn)
             .await?;
-        if got {
-            return Ok(Ok(conn));
-        }
-        if record::cancel_requested(pool, job.id).await? {
-            return Ok(Err(Outcome::Final(JobState::Cancelled, None)));
+        // Read after the lock is taken: a run of this job elsewhere (one declared dead
+        // while only paused) may have ended it meanwhile, and must not be redone.
+        let (running, cancel): (bool, bool) =
+            sqlx::query_as("select state = 'running', cancel_requested from jobs where id = $1")
+                .bind(job.id)
+                .fetch_optional(pool)
+                .await?
+                .unwrap_or((false, false));
+        let ended = if !running {
+            Some(Outcome::Ended)
+        } else if cancel {
+            Some(Outcome::Final(JobState::Cancelled, None))
+        } else {
+            None
+        };
+        match (got, ended) {
+            (true, None) => return Ok(Ok(conn)),
+            (_, Some(outcome)) => {
+                let _ = conn.close().await; // and the lock with it
+                return Ok(Err(outcome));
+            }
+            (false, None) => {}
         }
         if !said {
             tracing::info!(job = %job.id, "another reindex is running; this one waits for it");
@@ -105,7 +122,7 @@ async fn rebuild(
     stop: &CancellationToken,
 ) -> Result<Outcome, Error> {
     let total: i64 = sqlx::query_scalar("select count(*) from products").fetch_one(pool).await?;
-    sqlx::query("update jobs set rows_total = $2, rows_done = 0, updated_at = now() where id = $1")
+    sqlx::query("update jobs set rows_total = $2, rows_done = 0, updated_at = now() where id = $1 and state = 'running'")
         .bind(job.id)
         .bind(total)
         .execute(pool)
@@ -168,7 +185,7 @@ async fn fill(
         let n = rows.len() as i64;
         let ops = rows.into_iter().map(op).collect::<Result<Vec<_>, Error>>()?;
         rebuild.apply(ops).await.map_err(|e| Error::Search(e.to_string()))?;
-        sqlx::query("update jobs set rows_done = rows_done + $2, updated_at = now() where id = $1")
+        sqlx::query("update jobs set rows_done = rows_done + $2, updated_at = now() where id = $1 and state = 'running'")
             .bind(job.id)
             .bind(n)
             .execute(pool)

@@ -242,3 +242,63 @@ async fn two_reindexes_on_two_processes_never_rebuild_a_shared_index_at_once() -
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reindex_waiting_for_another_does_not_rebuild_again_once_its_job_ended_elsewhere()
+-> anyhow::Result<()> {
+    use souk_jobs::{Submission, WorkerOptions, record};
+    use souk_testkit::{StackOptions, eventually, test_job_tuning};
+    use souk_topologies::publisher::Publisher;
+    use tokio_util::sync::CancellationToken;
+
+    let stack = Stack::start_with(StackOptions { jobs: None, ..StackOptions::default() }).await?;
+    store_products(&stack, 10).await?;
+    // A run of this job elsewhere (declared dead while only paused) holds the reindex.
+    let mut rival = stack.db.pool.acquire().await?;
+    // The key of `souk_jobs::reindex`'s lock.
+    const REINDEX_LOCK: i64 = 0x736f_756b_2d72_6978;
+    sqlx::query("select pg_advisory_lock($1)").bind(REINDEX_LOCK).execute(&mut *rival).await?;
+    let index = Arc::new(SharedIndex::default());
+    let options = WorkerOptions {
+        pool: stack.db.pool.clone(),
+        publisher: Publisher::new(stack.client.clone(), Duration::from_secs(2)),
+        search: Some(Arc::new(Node(index.clone())) as Arc<dyn SearchStore>),
+        tuning: test_job_tuning(),
+    };
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(souk_jobs::run(options, stop.clone()));
+    let job = souk_jobs::submit(&stack.db.pool, "t1", "ops-1", Submission::Reindex).await?;
+    let pool = stack.db.pool.clone();
+    eventually(Duration::from_secs(30), || async {
+        let j = record::get(&pool, None, job.id).await?.expect("job");
+        anyhow::Ok((j.state == JobState::Running).then_some(()))
+    })
+    .await?;
+    // The rival run finishes the job, then lets go.
+    sqlx::query(
+        "update jobs set state = 'done', rows_total = 10, rows_done = 10, finished_at = now() where id = $1",
+    )
+    .bind(job.id)
+    .execute(&stack.db.pool)
+    .await?;
+    sqlx::query("select pg_advisory_unlock($1)").bind(REINDEX_LOCK).execute(&mut *rival).await?;
+    // The waiting run takes the lock and ends its apalis task.
+    eventually(Duration::from_secs(30), || async {
+        let status: Option<String> =
+            sqlx::query_scalar("select status from apalis.jobs where idempotency_key = $1")
+                .bind(job.id.to_string())
+                .fetch_optional(&pool)
+                .await?;
+        anyhow::Ok(status.filter(|s| s == "Done"))
+    })
+    .await?;
+    let after = record::get(&stack.db.pool, None, job.id).await?.expect("job");
+    assert_eq!(
+        (after.state, after.progress.done, index.most_at_once.load(Ordering::SeqCst)),
+        (JobState::Done, 10, 0),
+        "an ended job is not rebuilt again, nor its progress rewritten"
+    );
+    stop.cancel();
+    worker.await?;
+    Ok(())
+}
