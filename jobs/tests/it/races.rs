@@ -146,3 +146,66 @@ async fn the_same_file_submitted_as_two_jobs_is_written_twice_and_each_job_once(
     run.await?;
     Ok(())
 }
+
+/// Wait until job `id` has stored at least `rows` rows.
+async fn progressed(stack: &Stack, id: uuid::Uuid, rows: i64) -> anyhow::Result<()> {
+    let pool = stack.db.pool.clone();
+    eventually(Duration::from_secs(60), || async {
+        let job = record::get(&pool, None, id).await?.expect("job");
+        anyhow::Ok((job.progress.done >= rows).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_import_across_a_nats_server_kill_applies_each_row_once() -> anyhow::Result<()> {
+    let mut stack = Stack::start_with(StackOptions {
+        jobs: Some(souk_jobs::Tuning { chunk: 50, ..test_job_tuning() }),
+        ..StackOptions::default()
+    })
+    .await?;
+    let job = submitted(&stack, 4_000).await?;
+    progressed(&stack, job.id, 500).await?;
+    stack.nats.kill().await?;
+    let at_kill = record::get(&stack.db.pool, None, job.id).await?.expect("job");
+    stack.nats.restart().await?;
+    let ended = finished(&stack, job.id, Duration::from_secs(120)).await?;
+    assert!(at_kill.progress.done < 4_000, "killed mid-job: {:?}", at_kill.progress);
+    assert_eq!((ended.state, ended.progress.done), (JobState::Done, 4_000), "{:?}", ended.error);
+    stack.quiescent(Duration::from_secs(120)).await?;
+    assert_eq!(products(&stack, "s1").await?, (4_000, 0), "each row once, at version 1");
+    assert_eq!(crate::support::product_events(&stack).await?, 4_000, "one event per row");
+    stack.stop_node().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_import_across_a_postgres_crash_resumes_and_applies_each_row_once() -> anyhow::Result<()> {
+    let mut pg = souk_testkit::PgServer::start().await?;
+    let mut stack = Stack::start_with(StackOptions {
+        postgres: Some(pg.url()),
+        jobs: Some(souk_jobs::Tuning { chunk: 50, ..test_job_tuning() }),
+        ..StackOptions::default()
+    })
+    .await?;
+    // The test topology's retry schedule is shorter than a restart with recovery.
+    stack.stop_node().await;
+    for c in &mut stack.topology.consumers {
+        c.max_deliver = 50;
+        c.backoff = vec![Duration::from_millis(100), Duration::from_millis(200)];
+    }
+    stack.start_node().await?;
+    let job = submitted(&stack, 4_000).await?;
+    progressed(&stack, job.id, 500).await?;
+    let before_crash = record::get(&stack.db.pool, None, job.id).await?.expect("job");
+    pg.crash().await?;
+    pg.restart().await?;
+    let ended = finished(&stack, job.id, Duration::from_secs(180)).await?;
+    assert!(before_crash.progress.done < 4_000, "crashed mid-job: {:?}", before_crash.progress);
+    assert_eq!((ended.state, ended.progress.done), (JobState::Done, 4_000), "{:?}", ended.error);
+    stack.quiescent(Duration::from_secs(120)).await?;
+    assert_eq!(products(&stack, "s1").await?, (4_000, 0), "each row once, at version 1");
+    assert_eq!(crate::support::product_events(&stack).await?, 4_000, "one event per row");
+    stack.stop_node().await;
+    Ok(())
+}
