@@ -108,7 +108,22 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Parsed, FileError> {
         return Err(FileError::Empty);
     }
     refuse_duplicate_skus(&mut parsed);
+    for e in &mut parsed.errors {
+        e.reason = printable(&e.reason);
+    }
     Ok(parsed)
+}
+
+/// A reason quotes what it refuses (a key, a cell): control characters are escaped, so
+/// a reason can be stored (Postgres text holds no NUL) and printed on a terminal.
+fn printable(reason: &str) -> String {
+    if !reason.chars().any(char::is_control) {
+        return reason.to_owned();
+    }
+    reason
+        .chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 fn jsonl(text: &str) -> Result<Parsed, FileError> {
