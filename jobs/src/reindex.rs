@@ -14,7 +14,7 @@
 use chrono::{DateTime, Utc};
 use souk_pipelines::{Currency, catalog::AttrValue};
 use souk_stores::search::{IndexOp, Rebuild, SearchDoc, SearchStore};
-use sqlx::{PgPool, Postgres, pool::PoolConnection};
+use sqlx::{Connection, PgConnection, PgPool};
 use std::{collections::BTreeMap, time::Duration};
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +57,7 @@ pub(crate) async fn run(
         Err(outcome) => return Ok(outcome),
     };
     let outcome = rebuild(pool, store, job, stop).await;
-    // Closing the session releases the lock (also when the unlock could not be sent).
+    // Closing the session releases the lock.
     let _ = lock.close().await;
     outcome
 }
@@ -73,13 +73,16 @@ async fn exclusive(
     pool: &PgPool,
     job: &Job,
     stop: &CancellationToken,
-) -> Result<Result<PoolConnection<Postgres>, Outcome>, Error> {
-    let mut conn = pool.acquire().await?;
+) -> Result<Result<PgConnection, Outcome>, Error> {
+    // Detached from the pool: a run that panics or is aborted drops the connection,
+    // which closes the session and so releases the lock; a pooled one would go back
+    // to the pool still holding it, and every later reindex would wait for ever.
+    let mut conn = pool.acquire().await?.detach();
     let mut said = false;
     loop {
         let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
             .bind(REINDEX_LOCK)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await?;
         // Read after the lock is taken: a run of this job elsewhere (one declared dead
         // while only paused) may have ended it meanwhile, and must not be redone.

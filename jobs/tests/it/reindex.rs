@@ -302,3 +302,39 @@ async fn a_reindex_waiting_for_another_does_not_rebuild_again_once_its_job_ended
     worker.await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reindex_whose_worker_was_aborted_mid_rebuild_does_not_keep_the_lock_in_the_pool()
+-> anyhow::Result<()> {
+    use souk_jobs::{Submission, WorkerOptions};
+    use souk_testkit::{StackOptions, test_job_tuning};
+    use souk_topologies::publisher::Publisher;
+    use tokio_util::sync::CancellationToken;
+
+    let stack = Stack::start_with(StackOptions { jobs: None, ..StackOptions::default() }).await?;
+    store_products(&stack, 10).await?;
+    let index = Arc::new(SharedIndex::default());
+    let options = || WorkerOptions {
+        pool: stack.db.pool.clone(),
+        publisher: Publisher::new(stack.client.clone(), Duration::from_secs(2)),
+        search: Some(Arc::new(Node(index.clone())) as Arc<dyn SearchStore>),
+        tuning: test_job_tuning(),
+    };
+    let first = tokio::spawn(souk_jobs::run(options(), CancellationToken::new()));
+    let job = souk_jobs::submit(&stack.db.pool, "t1", "ops-1", Submission::Reindex).await?;
+    // Killed while rebuilding (its rebuild's writes wait for a rival for 3 s).
+    souk_testkit::eventually(Duration::from_secs(30), || async {
+        anyhow::Ok((index.running.load(Ordering::SeqCst) > 0).then_some(()))
+    })
+    .await?;
+    first.abort();
+    let _ = first.await;
+    // The same pool (the same process) runs the job again after the orphan timeout.
+    let stop = CancellationToken::new();
+    let second = tokio::spawn(souk_jobs::run(options(), stop.clone()));
+    let ended = finished(&stack, job.id, Duration::from_secs(60)).await?;
+    assert_eq!(ended.state, JobState::Done, "{:?}", ended.error);
+    stop.cancel();
+    second.await?;
+    Ok(())
+}
