@@ -47,12 +47,6 @@ impl Import<'_> {
             let Some((checkpoint, cancel)) = self.position(job.id).await? else {
                 return Ok(Outcome::Ended); // finished or cancelled elsewhere
             };
-            if cancel {
-                return Ok(Outcome::Final(JobState::Cancelled, None));
-            }
-            if self.stop.is_cancelled() {
-                return Ok(Outcome::Stopped);
-            }
             let rows: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(
                 "select line, sku, fields from job_rows where job_id = $1 and line > $2 order by line limit $3",
             )
@@ -61,12 +55,24 @@ impl Import<'_> {
             .bind(self.chunk as i64)
             .fetch_all(self.pool)
             .await?;
+            // Every row stored: the job is done, even if a cancel came after its last
+            // chunk (reporting it cancelled would say rows were left out).
             let Some(last) = rows.last().map(|r| r.0) else {
                 return Ok(Outcome::Final(JobState::Done, None));
             };
+            if cancel {
+                return Ok(Outcome::Final(JobState::Cancelled, None));
+            }
+            if self.stop.is_cancelled() {
+                return Ok(Outcome::Stopped);
+            }
             let mut commands = Vec::with_capacity(rows.len());
             for (line, sku, fields) in rows {
-                let fields: ProductFields = serde_json::from_value(fields)?;
+                // Unreadable by this release (a row stored by a newer one, or damaged):
+                // retrying cannot help, so the job fails naming the line.
+                let fields: ProductFields = serde_json::from_value(fields).map_err(|e| {
+                    Error::Unreadable(format!("line {line}: the stored row cannot be read: {e}"))
+                })?;
                 commands.push(WriteProduct {
                     write_id: write_id(job.id, line as u64),
                     tenant: job.tenant.clone(),

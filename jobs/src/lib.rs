@@ -49,8 +49,18 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("unexpected data: {0}")]
     Corrupt(String),
+    /// Stored data this release cannot read: the job fails (a retry reads the same).
+    #[error("{0}")]
+    Unreadable(String),
     #[error("search store: {0}")]
     Search(String),
     #[error("the worker is stopping; the job will resume")]
     Stopping,
+}
+
+impl Error {
+    /// Whether running the job again reads the same thing and fails the same way.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Corrupt(_) | Error::Unreadable(_) | Error::Json(_))
+    }
 }

@@ -97,6 +97,9 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Parsed, FileError> {
     let text = std::str::from_utf8(bytes).map_err(|e| FileError::NotUtf8 {
         line: 1 + bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count() as u64,
     })?;
+    // A byte order mark (spreadsheets and Windows editors write one) is not part of
+    // the first row.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut parsed = match format {
         Format::Jsonl => jsonl(text)?,
         Format::Csv => csv_rows(text)?,
@@ -105,7 +108,22 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Parsed, FileError> {
         return Err(FileError::Empty);
     }
     refuse_duplicate_skus(&mut parsed);
+    for e in &mut parsed.errors {
+        e.reason = printable(&e.reason);
+    }
     Ok(parsed)
+}
+
+/// A reason quotes what it refuses (a key, a cell): control characters are escaped, so
+/// a reason can be stored (Postgres text holds no NUL) and printed on a terminal.
+fn printable(reason: &str) -> String {
+    if !reason.chars().any(char::is_control) {
+        return reason.to_owned();
+    }
+    reason
+        .chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 fn jsonl(text: &str) -> Result<Parsed, FileError> {
@@ -181,16 +199,17 @@ fn csv_rows(text: &str) -> Result<Parsed, FileError> {
         )));
     }
     let mut parsed = Parsed::default();
+    let mut lines = LineCounter::new(text);
     for record in reader.records() {
         if parsed.total() >= MAX_ROWS {
             return Err(FileError::TooManyRows);
         }
+        // The line from the record's byte offset: the csv crate's own line count is
+        // one short after a CRLF header, which would name the wrong line of every
+        // row of a Windows file.
         let (line, result) = match record {
-            Ok(r) => {
-                let line = r.position().map_or(0, |p| p.line());
-                (line, csv_row(&r, &columns, header.len()))
-            }
-            Err(e) => (e.position().map_or(0, |p| p.line()), Err(format!("unreadable CSV: {e}"))),
+            Ok(r) => (lines.at(r.position()), csv_row(&r, &columns, header.len())),
+            Err(e) => (lines.at(e.position()), Err(format!("unreadable CSV: {e}"))),
         };
         match result {
             Ok((sku, fields)) => parsed.rows.push(Row { line, sku, fields }),
@@ -198,6 +217,32 @@ fn csv_rows(text: &str) -> Result<Parsed, FileError> {
         }
     }
     Ok(parsed)
+}
+
+/// 1-based line numbers of byte offsets that only grow (records in file order).
+struct LineCounter<'a> {
+    text: &'a str,
+    byte: usize,
+    line: u64,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(text: &'a str) -> Self {
+        LineCounter { text, byte: 0, line: 1 }
+    }
+
+    fn at(&mut self, position: Option<&csv::Position>) -> u64 {
+        let Some(byte) = position.and_then(|p| usize::try_from(p.byte()).ok()) else { return 0 };
+        // After a CRLF the csv crate places a record at the `\n`: skip line ends.
+        let bytes = self.text.as_bytes();
+        let mut byte = byte.min(bytes.len()).max(self.byte);
+        while bytes.get(byte).is_some_and(|b| *b == b'\r' || *b == b'\n') {
+            byte += 1;
+        }
+        self.line += bytes[self.byte..byte].iter().filter(|b| **b == b'\n').count() as u64;
+        self.byte = byte;
+        self.line
+    }
 }
 
 fn csv_row(
@@ -337,5 +382,39 @@ mod tests {
         let p = parse(file.as_bytes(), Format::Jsonl).expect("parses");
         assert_eq!(p.rows.len(), 1);
         assert_eq!(p.errors, vec![RowError { line: 2, reason: "sku \"a1\" already on line 1".into() }]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_row() {
+        // Spreadsheet programs and Windows editors start UTF-8 files with U+FEFF.
+        let jsonl = format!("\u{feff}{GOOD}\r\n");
+        let p = parse(jsonl.as_bytes(), Format::Jsonl).expect("parses");
+        assert_eq!((p.rows.len(), &p.errors), (1, &vec![]), "JSONL with a BOM");
+        let csv = "\u{feff}sku,title,category,price_minor,currency,stock,attr.capacity_ml,attr.material\r\n\
+                   m1,Mug,home/kitchen/mugs,1299,EUR,3,350,ceramic\r\n";
+        let p = parse(csv.as_bytes(), Format::Csv).expect("CSV with a BOM parses");
+        assert_eq!((p.rows.len(), &p.errors), (1, &vec![]), "CSV with a BOM");
+    }
+
+    #[test]
+    fn csv_rows_with_quoted_newlines_and_crlf_are_numbered_by_their_first_line() {
+        let csv = "sku,title,description,category,price_minor,currency,stock,attr.capacity_ml,attr.material\r\n\
+                   m1,\"Mug, \"\"big\"\"\",\"two\r\nlines\",home/kitchen/mugs,1299,EUR,3,350,ceramic\r\n\
+                   m2,Mug,,home/kitchen/mugs,-5,EUR,3,350,ceramic\r\n";
+        let p = parse(csv.as_bytes(), Format::Csv).expect("parses");
+        assert_eq!(p.rows.len(), 1, "{:?}", p.errors);
+        assert_eq!((p.rows[0].line, p.rows[0].fields.title.as_str()), (2, "Mug, \"big\""));
+        assert_eq!(p.rows[0].fields.description, "two\r\nlines");
+        assert_eq!(p.errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![4], "{:?}", p.errors);
+    }
+
+    #[test]
+    fn a_file_of_200_000_rows_is_taken_and_one_more_refused() {
+        let row = |i: usize| GOOD.replace("\"a1\"", &format!("\"a{i}\""));
+        let mut file: String = (0..MAX_ROWS).map(|i| row(i) + "\n").collect();
+        let p = parse(file.as_bytes(), Format::Jsonl).expect("200,000 rows parse");
+        assert_eq!((p.rows.len(), p.errors.len()), (MAX_ROWS, 0));
+        file.push_str(&row(MAX_ROWS));
+        assert!(matches!(parse(file.as_bytes(), Format::Jsonl), Err(FileError::TooManyRows)));
     }
 }

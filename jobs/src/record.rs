@@ -231,30 +231,44 @@ pub enum Cancelled {
 }
 
 /// Cancel a job: a queued one at once, a running one between chunks.
+///
+/// The row is locked first and its state read under the lock: a state read in the
+/// statement's snapshot could be `queued` for a job a worker had just started, and
+/// its rows would be deleted under the running job.
 pub async fn cancel(pool: &PgPool, tenant: Option<&str>, id: Uuid) -> Result<Cancelled, Error> {
+    let mut tx = pool.begin().await?;
     let state: Option<String> = sqlx::query_scalar(
+        "select state from jobs where id = $1 and ($2::text is null or tenant = $2) for update",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let outcome = match state
+        .as_deref()
+        .map(|s| JobState::parse(s).ok_or_else(|| Error::Corrupt(format!("job state {s:?}"))))
+    {
+        None => return Ok(Cancelled::NotFound),
+        Some(Err(e)) => return Err(e),
+        Some(Ok(JobState::Queued)) => Cancelled::Now,
+        Some(Ok(JobState::Running)) => Cancelled::Requested,
+        Some(Ok(s)) => return Ok(Cancelled::AlreadyFinal(s)),
+    };
+    sqlx::query(
         "update jobs set
              cancel_requested = true,
              state = case when state = 'queued' then 'cancelled' else state end,
              finished_at = case when state = 'queued' then now() else finished_at end,
              updated_at = now()
-         where id = $1 and ($2::text is null or tenant = $2)
-         returning (select state from jobs where id = $1)",
+         where id = $1",
     )
     .bind(id)
-    .bind(tenant)
-    .fetch_optional(pool)
+    .execute(&mut *tx)
     .await?;
-    // `returning` sees the new row; the subselect the old one (same snapshot).
-    let outcome = match state.as_deref().and_then(JobState::parse) {
-        None => Cancelled::NotFound,
-        Some(JobState::Queued) => Cancelled::Now,
-        Some(JobState::Running) => Cancelled::Requested,
-        Some(s) => Cancelled::AlreadyFinal(s),
-    };
     if outcome == Cancelled::Now {
-        sqlx::query("delete from job_rows where job_id = $1").bind(id).execute(pool).await?;
+        sqlx::query("delete from job_rows where job_id = $1").bind(id).execute(&mut *tx).await?;
     }
+    tx.commit().await?;
     Ok(outcome)
 }
 

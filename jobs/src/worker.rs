@@ -31,6 +31,9 @@ use crate::{
     reindex,
 };
 
+/// How long a job interrupted by an outage waits before apalis runs it again.
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
 /// An apalis task: which job to run. Everything else is in the job's record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobTask {
@@ -193,9 +196,21 @@ async fn run_job(task: JobTask, deps: Data<Deps>) -> Result<(), BoxDynError> {
         }
         Ok(Outcome::Ended) => Ok(()),
         Ok(Outcome::Stopped) => Err(Box::new(Error::Stopping)),
-        // Postgres (or the record) failing: apalis runs the job again, from its checkpoint.
+        // Data no run can read: retrying would loop (apalis retries at once, up to the
+        // task's attempts, and then leaves the record `running` for ever).
+        Err(e) if e.is_permanent() => {
+            tracing::error!(job = %job.id, error = %e, "job failed");
+            record::finish(pool, job.id, JobState::Failed, Some(&e.to_string())).await?;
+            Ok(())
+        }
+        // Postgres (or the search store) failing: apalis runs the job again, from its
+        // checkpoint, after a pause (it has no backoff of its own).
         Err(e) => {
             tracing::warn!(job = %job.id, error = %e, "job interrupted; it will resume");
+            tokio::select! {
+                () = deps.stop.cancelled() => {}
+                () = tokio::time::sleep(RETRY_PAUSE) => {}
+            }
             Err(Box::new(e))
         }
     }

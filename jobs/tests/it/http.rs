@@ -84,3 +84,21 @@ async fn jobs_over_http_are_for_staff_of_the_tenant_and_bad_requests_get_problem
     assert_eq!(jobs, 1, "refused requests submitted nothing");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_row_whose_field_names_hold_control_characters_is_reported_not_a_503() -> anyhow::Result<()> {
+    let stack = Stack::start_with(StackOptions { jobs: None, ..StackOptions::default() }).await?;
+    let staff = stack.token("ops-1", &[Role::Staff]);
+    // A row error names the bad key; Postgres text cannot hold NUL.
+    let mut hostile = good_row(1, "n-1");
+    hostile["a\u{0}b"] = 1.into();
+    let content = format!("{}\n{}", good_row(2, "n-2"), hostile);
+    let body =
+        serde_json::json!({"kind": "catalog-import", "seller": "s1", "format": "jsonl", "content": content});
+    let (status, job) = post(&stack, &staff, "/v1/jobs", &body).await?;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["errors"][0]["line"], 2, "{job}");
+    let reason = job["errors"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("unknown field") && !reason.contains('\0'), "{reason:?}");
+    Ok(())
+}

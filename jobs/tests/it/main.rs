@@ -3,5 +3,6 @@
 
 mod http;
 mod import;
+mod races;
 mod reindex;
 mod support;

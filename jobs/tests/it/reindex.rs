@@ -135,3 +135,206 @@ async fn a_reindex_swaps_in_a_fresh_index_while_8_clients_query_and_no_query_fai
     assert_eq!(answers(&stack).await?, before, "results after the swap equal those before");
     Ok(())
 }
+
+/// One search index shared by several processes (as an OpenSearch cluster is): counts
+/// the rebuilds running at once. A rebuild's writes wait a little for a rival, so two
+/// rebuilds that may overlap do.
+#[derive(Default)]
+struct SharedIndex {
+    running: std::sync::atomic::AtomicUsize,
+    most_at_once: std::sync::atomic::AtomicUsize,
+    rival: tokio::sync::Notify,
+}
+
+/// This process's handle on the shared index; only rebuilds are used.
+struct Node(Arc<SharedIndex>);
+
+struct NodeRebuild(Arc<SharedIndex>);
+
+use futures::{FutureExt, future::BoxFuture};
+use souk_stores::search::{
+    ApplyOutcome, IndexOp, Rebuild, SearchError, SearchRequest, SearchResults, SearchStore, StoreStats,
+    StoredVersion,
+};
+
+impl SearchStore for Node {
+    fn apply(&self, _: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
+        async { Ok(ApplyOutcome::default()) }.boxed()
+    }
+    fn search<'a>(&'a self, _: &'a SearchRequest) -> BoxFuture<'a, Result<SearchResults, SearchError>> {
+        async { Err(SearchError::Internal("not in this test".into())) }.boxed()
+    }
+    fn version<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredVersion>, SearchError>> {
+        async { Ok(None) }.boxed()
+    }
+    fn begin_rebuild(&self) -> BoxFuture<'_, Result<Box<dyn Rebuild>, SearchError>> {
+        let shared = self.0.clone();
+        async move {
+            let now = shared.running.fetch_add(1, Ordering::SeqCst) + 1;
+            shared.most_at_once.fetch_max(now, Ordering::SeqCst);
+            shared.rival.notify_waiters();
+            Ok(Box::new(NodeRebuild(shared)) as Box<dyn Rebuild>)
+        }
+        .boxed()
+    }
+    fn stats(&self) -> BoxFuture<'_, Result<StoreStats, SearchError>> {
+        async { Ok(StoreStats::default()) }.boxed()
+    }
+}
+
+impl Rebuild for NodeRebuild {
+    fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
+        async move {
+            let _ = tokio::time::timeout(Duration::from_secs(3), self.0.rival.notified()).await;
+            Ok(ApplyOutcome { applied: ops.len(), stale: 0 })
+        }
+        .boxed()
+    }
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), SearchError>> {
+        async move {
+            self.0.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+        .boxed()
+    }
+    fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), SearchError>> {
+        self.finish()
+    }
+}
+
+#[tokio::test]
+async fn two_reindexes_on_two_processes_never_rebuild_a_shared_index_at_once() -> anyhow::Result<()> {
+    use souk_jobs::{Submission, WorkerOptions};
+    use souk_testkit::{StackOptions, test_job_tuning};
+    use souk_topologies::publisher::Publisher;
+    use tokio_util::sync::CancellationToken;
+
+    let stack = Stack::start_with(StackOptions { jobs: None, ..StackOptions::default() }).await?;
+    store_products(&stack, 10).await?;
+    let index = Arc::new(SharedIndex::default());
+    let stop = CancellationToken::new();
+    // Two worker processes, each with its own handle on the one index.
+    let processes: Vec<_> = (0..2)
+        .map(|_| {
+            let options = WorkerOptions {
+                pool: stack.db.pool.clone(),
+                publisher: Publisher::new(stack.client.clone(), Duration::from_secs(2)),
+                search: Some(Arc::new(Node(index.clone())) as Arc<dyn SearchStore>),
+                tuning: test_job_tuning(),
+            };
+            tokio::spawn(souk_jobs::run(options, stop.clone()))
+        })
+        .collect();
+    let first = souk_jobs::submit(&stack.db.pool, "t1", "ops-1", Submission::Reindex).await?;
+    let second = souk_jobs::submit(&stack.db.pool, "t2", "ops-2", Submission::Reindex).await?;
+    for id in [first.id, second.id] {
+        let job = finished(&stack, id, Duration::from_secs(60)).await?;
+        assert_eq!(job.state, JobState::Done, "{:?}", job.error);
+    }
+    assert_eq!(index.most_at_once.load(Ordering::SeqCst), 1, "one rebuild of the shared index at a time");
+    stop.cancel();
+    for p in processes {
+        p.await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reindex_waiting_for_another_does_not_rebuild_again_once_its_job_ended_elsewhere()
+-> anyhow::Result<()> {
+    use souk_jobs::{Submission, WorkerOptions, record};
+    use souk_testkit::{StackOptions, eventually, test_job_tuning};
+    use souk_topologies::publisher::Publisher;
+    use tokio_util::sync::CancellationToken;
+
+    let stack = Stack::start_with(StackOptions { jobs: None, ..StackOptions::default() }).await?;
+    store_products(&stack, 10).await?;
+    // A run of this job elsewhere (declared dead while only paused) holds the reindex.
+    let mut rival = stack.db.pool.acquire().await?;
+    // The key of `souk_jobs::reindex`'s lock.
+    const REINDEX_LOCK: i64 = 0x736f_756b_2d72_6978;
+    sqlx::query("select pg_advisory_lock($1)").bind(REINDEX_LOCK).execute(&mut *rival).await?;
+    let index = Arc::new(SharedIndex::default());
+    let options = WorkerOptions {
+        pool: stack.db.pool.clone(),
+        publisher: Publisher::new(stack.client.clone(), Duration::from_secs(2)),
+        search: Some(Arc::new(Node(index.clone())) as Arc<dyn SearchStore>),
+        tuning: test_job_tuning(),
+    };
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(souk_jobs::run(options, stop.clone()));
+    let job = souk_jobs::submit(&stack.db.pool, "t1", "ops-1", Submission::Reindex).await?;
+    let pool = stack.db.pool.clone();
+    eventually(Duration::from_secs(30), || async {
+        let j = record::get(&pool, None, job.id).await?.expect("job");
+        anyhow::Ok((j.state == JobState::Running).then_some(()))
+    })
+    .await?;
+    // The rival run finishes the job, then lets go.
+    sqlx::query(
+        "update jobs set state = 'done', rows_total = 10, rows_done = 10, finished_at = now() where id = $1",
+    )
+    .bind(job.id)
+    .execute(&stack.db.pool)
+    .await?;
+    sqlx::query("select pg_advisory_unlock($1)").bind(REINDEX_LOCK).execute(&mut *rival).await?;
+    // The waiting run takes the lock and ends its apalis task.
+    eventually(Duration::from_secs(30), || async {
+        let status: Option<String> =
+            sqlx::query_scalar("select status from apalis.jobs where idempotency_key = $1")
+                .bind(job.id.to_string())
+                .fetch_optional(&pool)
+                .await?;
+        anyhow::Ok(status.filter(|s| s == "Done"))
+    })
+    .await?;
+    let after = record::get(&stack.db.pool, None, job.id).await?.expect("job");
+    assert_eq!(
+        (after.state, after.progress.done, index.most_at_once.load(Ordering::SeqCst)),
+        (JobState::Done, 10, 0),
+        "an ended job is not rebuilt again, nor its progress rewritten"
+    );
+    stop.cancel();
+    worker.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reindex_whose_worker_was_aborted_mid_rebuild_does_not_keep_the_lock_in_the_pool()
+-> anyhow::Result<()> {
+    use souk_jobs::{Submission, WorkerOptions};
+    use souk_testkit::{StackOptions, test_job_tuning};
+    use souk_topologies::publisher::Publisher;
+    use tokio_util::sync::CancellationToken;
+
+    let stack = Stack::start_with(StackOptions { jobs: None, ..StackOptions::default() }).await?;
+    store_products(&stack, 10).await?;
+    let index = Arc::new(SharedIndex::default());
+    let options = || WorkerOptions {
+        pool: stack.db.pool.clone(),
+        publisher: Publisher::new(stack.client.clone(), Duration::from_secs(2)),
+        search: Some(Arc::new(Node(index.clone())) as Arc<dyn SearchStore>),
+        tuning: test_job_tuning(),
+    };
+    let first = tokio::spawn(souk_jobs::run(options(), CancellationToken::new()));
+    let job = souk_jobs::submit(&stack.db.pool, "t1", "ops-1", Submission::Reindex).await?;
+    // Killed while rebuilding (its rebuild's writes wait for a rival for 3 s).
+    souk_testkit::eventually(Duration::from_secs(30), || async {
+        anyhow::Ok((index.running.load(Ordering::SeqCst) > 0).then_some(()))
+    })
+    .await?;
+    first.abort();
+    let _ = first.await;
+    // The same pool (the same process) runs the job again after the orphan timeout.
+    let stop = CancellationToken::new();
+    let second = tokio::spawn(souk_jobs::run(options(), stop.clone()));
+    let ended = finished(&stack, job.id, Duration::from_secs(60)).await?;
+    assert_eq!(ended.state, JobState::Done, "{:?}", ended.error);
+    stop.cancel();
+    second.await?;
+    Ok(())
+}
