@@ -555,3 +555,52 @@ async fn a_write_published_twice_under_different_message_ids_is_applied_once() -
     assert_eq!((&outcome["status"], &outcome["version"]), (&json!("applied"), &json!(1)));
     Ok(())
 }
+
+/// A write the catalog pool cannot apply (here a rule the store enforces refuses its
+/// SKU) is dead-lettered; its status then reads `failed` with the reason — not
+/// `pending` for ever, as orders read `failed` — and a redrive after the cause is fixed
+/// applies it.
+#[tokio::test]
+async fn a_dead_lettered_catalog_write_reads_failed_and_a_redrive_applies_it() -> anyhow::Result<()> {
+    use souk_topologies::dead_letters;
+    let stack = Stack::start().await?;
+    sqlx::raw_sql(
+        r#"create function refuse_banned_sku() returns trigger language plpgsql as $$
+           begin
+               if new.sku = 'BANNED-1' then
+                   raise exception 'BANNED-1 is not sold here' using errcode = 'check_violation';
+               end if;
+               return new;
+           end $$;
+           create trigger refuse_banned_sku before insert or update on products
+               for each row execute function refuse_banned_sku();"#,
+    )
+    .execute(&stack.db.pool)
+    .await?;
+    let token = seller_token(&stack, "sam", &[Role::Seller], &["s1"]);
+    let (status, accepted) = send(&stack, &token, put("s1", "BANNED-1", "b1", mug("Banned mug"))).await?;
+    assert_eq!(status, 202, "{accepted}");
+    let write_id = accepted["write_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(put_applied(&stack, &token, "s1", "FINE-1", "f1", mug("Fine mug")).await?, 1);
+    eventually(WAIT, || async { (stack.stream_messages("DLQ").await.ok()? == 1).then_some(()) }).await?;
+
+    let failed = decided(&stack, &token, &write_id).await?;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!((&failed["sku"], &failed["seller"]), (&json!("BANNED-1"), &json!("s1")), "{failed}");
+    assert!(failed["reason"].as_str().unwrap_or_default().contains("not sold here"), "{failed}");
+    assert!(product_events(&stack, "BANNED-1").await?.is_empty());
+
+    // The cause fixed, a redrive applies the write, once.
+    sqlx::query("drop trigger refuse_banned_sku on products").execute(&stack.db.pool).await?;
+    let letters = dead_letters::list(&stack.js, 10).await?;
+    assert_eq!(letters.len(), 1, "marking the write failed consumed no dead letter");
+    let publisher = Publisher::new(stack.client.clone(), Duration::from_secs(2));
+    dead_letters::replay(&publisher, letters[0].seq).await?;
+    eventually(WAIT, || async {
+        let (status, body) = stack.get(&token, &format!("/v1/catalog/writes/{write_id}")).await.ok()?;
+        (status == 200 && body["status"] == "applied").then_some(body)
+    })
+    .await?;
+    assert_eq!(product_events(&stack, "BANNED-1").await?, [(1, true)]);
+    Ok(())
+}

@@ -201,6 +201,9 @@ pub enum Outcome {
     Applied { version: i64 },
     /// Not stored, for `reason`.
     Rejected { reason: String },
+    /// Not applied: its command was dead-lettered, or never handled before its claim
+    /// expired (`reason`). Not final: a redrive that applies it replaces this.
+    Failed { reason: String },
 }
 
 /// A decided catalog write, as stored.
@@ -216,17 +219,21 @@ pub struct WriteRecord {
     pub decided_at: DateTime<Utc>,
 }
 
-/// Whether `write_id` was decided already (a replay under another message id).
+/// Whether `write_id` was decided already (a replay under another message id). A write
+/// recorded `failed` is not decided: a redrive may still apply it.
 pub async fn write_decided(tx: &mut PgConnection, tenant: &str, write_id: Uuid) -> Result<bool, Error> {
-    Ok(sqlx::query_scalar::<_, i32>("select 1 from catalog_writes where tenant = $1 and write_id = $2")
-        .bind(tenant)
-        .bind(write_id)
-        .fetch_optional(tx)
-        .await?
-        .is_some())
+    Ok(sqlx::query_scalar::<_, i32>(
+        "select 1 from catalog_writes where tenant = $1 and write_id = $2 and outcome <> 'failed'",
+    )
+    .bind(tenant)
+    .bind(write_id)
+    .fetch_optional(tx)
+    .await?
+    .is_some())
 }
 
-/// Record the outcome of a write, in its transaction.
+/// Record the outcome of a write, in its transaction (replacing a `failed` record: a
+/// redrive that got further than the dead letter).
 pub async fn record_outcome(
     tx: &mut PgConnection,
     tenant: &str,
@@ -239,10 +246,16 @@ pub async fn record_outcome(
     let (kind, version, reason) = match outcome {
         Outcome::Applied { version } => ("applied", Some(*version), None),
         Outcome::Rejected { reason } => ("rejected", None, Some(reason.as_str())),
+        Outcome::Failed { reason } => ("failed", None, Some(reason.as_str())),
     };
-    sqlx::query(
+    let done = sqlx::query(
         "insert into catalog_writes (tenant, write_id, seller, sku, actor, outcome, version, reason)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
+         on conflict (tenant, write_id) do update set
+             seller = excluded.seller, sku = excluded.sku, actor = excluded.actor,
+             outcome = excluded.outcome, version = excluded.version, reason = excluded.reason,
+             decided_at = now()
+             where catalog_writes.outcome = 'failed'",
     )
     .bind(tenant)
     .bind(write_id)
@@ -253,8 +266,69 @@ pub async fn record_outcome(
     .bind(version)
     .bind(reason)
     .execute(tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    if done == 1 {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!("catalog write {write_id} was decided already")))
+    }
+}
+
+/// A catalog write as its dead letter names it.
+#[derive(Debug, Clone, Copy)]
+pub struct FailedWrite<'a> {
+    pub tenant: &'a str,
+    pub write_id: Uuid,
+    pub seller: &'a str,
+    pub sku: &'a str,
+    pub actor: &'a str,
+}
+
+/// Record `write` `failed` for `reason` unless it has an outcome already. Returns
+/// whether it was recorded.
+pub async fn mark_failed(
+    tx: &mut PgConnection,
+    write: &FailedWrite<'_>,
+    reason: &str,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "insert into catalog_writes (tenant, write_id, seller, sku, actor, outcome, reason)
+         values ($1, $2, $3, $4, $5, 'failed', $6)
+         on conflict (tenant, write_id) do nothing",
+    )
+    .bind(write.tenant)
+    .bind(write.write_id)
+    .bind(write.seller)
+    .bind(write.sku)
+    .bind(write.actor)
+    .bind(reason)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(done == 1)
+}
+
+/// Record the write of a catalog claim (`write_id`, the claim's id) `failed` for
+/// `reason` unless it has an outcome: an unreadable dead letter, whose seller and SKU
+/// are unknown (stored empty); its sender, the claim's principal, can read it.
+pub async fn mark_failed_from_claim(
+    tx: &mut PgConnection,
+    write_id: Uuid,
+    reason: &str,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "insert into catalog_writes (tenant, write_id, seller, sku, actor, outcome, reason)
+         select k.tenant, k.order_id, '', '', k.principal, 'failed', $2
+         from idempotency_keys k where k.order_id = $1 and k.key like 'catalog.write %'
+         on conflict (tenant, write_id) do nothing",
+    )
+    .bind(write_id)
+    .bind(reason)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(done >= 1)
 }
 
 /// The outcome of `write_id` of `tenant`, once the catalog pool decided it.
@@ -279,6 +353,7 @@ pub async fn write_outcome(
     ) {
         ("applied", Some(version), _) => Outcome::Applied { version },
         ("rejected", _, Some(reason)) => Outcome::Rejected { reason },
+        ("failed", _, Some(reason)) => Outcome::Failed { reason },
         (other, ..) => return Err(Error::Corrupt(format!("catalog_writes.outcome {other:?}"))),
     };
     Ok(Some(WriteRecord {
