@@ -14,3 +14,9 @@ alter table catalog_writes add constraint catalog_writes_version_check
     check ((outcome = 'applied') = (version is not null));
 alter table catalog_writes add constraint catalog_writes_reason_check
     check ((outcome <> 'applied') = (reason is not null));
+
+-- When the write that made a product's current version was requested (`WriteProduct.
+-- requested_at`). A write requested earlier that reaches the catalog pool later (a
+-- retry after a transient error, a redelivery, a redrive) is superseded: applying it
+-- would put an older intent over a newer one. Null for rows written before this.
+alter table products add column requested_at timestamptz;

@@ -318,7 +318,12 @@ async fn a_resubmitted_write_is_applied_once_and_another_body_under_its_key_is_r
 async fn if_match_conflicts_get_412_and_a_lost_race_is_recorded_rejected() -> anyhow::Result<()> {
     let stack = Stack::start_with(StackOptions { pools: false, ..Default::default() }).await?;
     let publisher = Publisher::new(stack.client.clone(), Duration::from_millis(1500));
-    let (worker, task) = crate::support::start_worker(&publisher, &stack.topology, &stack.db.url)?;
+    let (worker, task) = crate::support::start_worker_with(
+        &publisher,
+        &stack.topology,
+        &stack.db.url,
+        Some(stack.search.clone()),
+    )?;
     let alice = seller_token(&stack, "alice", &[Role::Seller], &["s1"]);
     assert_eq!(put_applied(&stack, &alice, "s1", "MUG-1", "k1", mug("Mug")).await?, 1);
     let mut stale = put("s1", "MUG-1", "k2", mug("Mug v5"));
@@ -341,7 +346,12 @@ async fn if_match_conflicts_get_412_and_a_lost_race_is_recorded_rejected() -> an
         assert_eq!(status, 202, "{accepted}");
         ids.push(accepted["write_id"].as_str().unwrap_or_default().to_owned());
     }
-    let (worker, task) = crate::support::start_worker(&publisher, &stack.topology, &stack.db.url)?;
+    let (worker, task) = crate::support::start_worker_with(
+        &publisher,
+        &stack.topology,
+        &stack.db.url,
+        Some(stack.search.clone()),
+    )?;
     let mut outcomes = Vec::new();
     for id in &ids {
         outcomes.push(decided(&stack, &alice, id).await?);
@@ -602,5 +612,46 @@ async fn a_dead_lettered_catalog_write_reads_failed_and_a_redrive_applies_it() -
     })
     .await?;
     assert_eq!(product_events(&stack, "BANNED-1").await?, [(1, true)]);
+    Ok(())
+}
+
+/// Two writes of one SKU sent one after the other (the second after the first's 202)
+/// must not end with the first: here the first fails once (a transient error, retried
+/// after a backoff) while the second is applied. The retried first write is older than
+/// what the product holds, so it is rejected as superseded, and the product keeps the
+/// second.
+#[tokio::test]
+async fn a_retried_older_write_does_not_overwrite_a_later_one() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    // "Mug A" fails while the product does not hold "Mug B" yet.
+    sqlx::raw_sql(
+        r#"create function hold_a() returns trigger language plpgsql as $$
+           begin
+               if new.title = 'Mug A' and not exists
+                   (select 1 from products where sku = new.sku and title = 'Mug B') then
+                   raise exception 'try again' using errcode = 'serialization_failure';
+               end if;
+               return new;
+           end $$;
+           create trigger hold_a before insert or update on products
+               for each row execute function hold_a();"#,
+    )
+    .execute(&stack.db.pool)
+    .await?;
+    let token = seller_token(&stack, "sam", &[Role::Seller], &["s1"]);
+    let mut ids = Vec::new();
+    for (key, title) in [("a", "Mug A"), ("b", "Mug B")] {
+        let (status, accepted) = send(&stack, &token, put("s1", "MUG-1", key, mug(title))).await?;
+        assert_eq!(status, 202, "{accepted}");
+        ids.push(accepted["write_id"].as_str().unwrap_or_default().to_owned());
+    }
+    let first = decided(&stack, &token, &ids[0]).await?;
+    let second = decided(&stack, &token, &ids[1]).await?;
+    assert_eq!((&second["status"], &second["version"]), (&json!("applied"), &json!(1)), "{second}");
+    assert_eq!(first["status"], "rejected", "{first}");
+    assert!(first["reason"].as_str().unwrap_or_default().contains("superseded"), "{first}");
+    let (status, product) = stack.get(&token, "/v1/products/MUG-1").await?;
+    assert_eq!((status, &product["title"]), (200, &json!("Mug B")), "{product}");
+    assert_eq!(product_events(&stack, "MUG-1").await?, [(1, true)]);
     Ok(())
 }

@@ -52,8 +52,20 @@ pub(crate) fn start_worker(
     topology: &Topology,
     url: &str,
 ) -> anyhow::Result<(CancellationToken, JoinHandle<()>)> {
+    start_worker_with(publisher, topology, url, None)
+}
+
+/// [`start_worker`], also running the search indexer into `search` when given (a test
+/// that writes products and waits for quiescence needs EVT's `catalog-index` drained).
+pub(crate) fn start_worker_with(
+    publisher: &Publisher,
+    topology: &Topology,
+    url: &str,
+    search: Option<std::sync::Arc<dyn souk_stores::search::SearchStore>>,
+) -> anyhow::Result<(CancellationToken, JoinHandle<()>)> {
     let pool = pg::connect(&PgOptions::new(url))?;
-    let registry = souk_workers::registry(pool);
+    let indexes = search.is_some();
+    let registry = souk_workers::registry_with(pool, &souk_workers::Dependencies { search });
     let (publisher, topology) = (publisher.clone(), topology.clone());
     let cancel = CancellationToken::new();
     let run = cancel.clone();
@@ -61,7 +73,7 @@ pub(crate) fn start_worker(
         let only: Vec<String> = topology
             .pools
             .iter()
-            .filter(|p| p.handler != souk_workers::catalog::INDEX_HANDLER)
+            .filter(|p| indexes || p.handler != souk_workers::catalog::INDEX_HANDLER)
             .map(|p| p.name.clone())
             .collect();
         let runtime = Runtime::build(&publisher, &topology, &registry, &only).await.expect("runtime");

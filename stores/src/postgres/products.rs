@@ -23,6 +23,9 @@ const SKU_LOCK_CLASS: i32 = 0x0053_4b55; // "SKU"
 pub struct StoredProduct {
     pub product: Product,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// When the write that made this version was requested (`None` for rows written
+    /// before migration 0015): an earlier-requested write arriving later is superseded.
+    pub requested_at: Option<DateTime<Utc>>,
 }
 
 impl StoredProduct {
@@ -32,7 +35,7 @@ impl StoredProduct {
 }
 
 const COLUMNS: &str = "sku, seller, title, description, category, attributes, price_minor, currency, stock, \
-                       images, version, deleted_at, created_at, updated_at";
+                       images, version, deleted_at, created_at, updated_at, requested_at";
 
 fn from_row(row: &PgRow) -> Result<StoredProduct, Error> {
     let corrupt = |what: &str, e: &dyn std::fmt::Display| Error::Corrupt(format!("products.{what}: {e}"));
@@ -62,6 +65,7 @@ fn from_row(row: &PgRow) -> Result<StoredProduct, Error> {
             updated_at: row.try_get("updated_at")?,
         },
         deleted_at: row.try_get("deleted_at")?,
+        requested_at: row.try_get("requested_at")?,
     })
 }
 
@@ -131,7 +135,9 @@ pub async fn lock(tx: &mut PgConnection, tenant: &str, sku: &str) -> Result<Opti
 }
 
 /// Write `fields` as `sku` at `version`, live (a deleted product is revived; its
-/// `created_at` kept). Call under [`lock`]. Returns the stored product.
+/// `created_at` kept), by a write requested at `requested_at`. Call under [`lock`].
+/// Returns the stored product.
+#[allow(clippy::too_many_arguments)] // the row's key, owner, content and write
 pub async fn put(
     tx: &mut PgConnection,
     tenant: &str,
@@ -139,17 +145,19 @@ pub async fn put(
     seller: &str,
     fields: &ProductFields,
     version: i64,
+    requested_at: DateTime<Utc>,
 ) -> Result<Product, Error> {
     let json = |v: serde_json::Result<serde_json::Value>| v.map_err(|e| Error::Corrupt(e.to_string()));
     let sql = format!(
         "insert into products (tenant, sku, seller, title, description, category, attributes, price_minor,
-                               currency, stock, images, version)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                               currency, stock, images, version, requested_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          on conflict (tenant, sku) do update set
              seller = excluded.seller, title = excluded.title, description = excluded.description,
              category = excluded.category, attributes = excluded.attributes,
              price_minor = excluded.price_minor, currency = excluded.currency, stock = excluded.stock,
-             images = excluded.images, version = excluded.version, deleted_at = null, updated_at = now()
+             images = excluded.images, version = excluded.version, deleted_at = null, updated_at = now(),
+             requested_at = excluded.requested_at
              where products.version < excluded.version
          returning {COLUMNS}"
     );
@@ -166,6 +174,7 @@ pub async fn put(
         .bind(fields.stock)
         .bind(json(serde_json::to_value(&fields.images))?)
         .bind(version)
+        .bind(requested_at)
         .fetch_optional(tx)
         .await?
         .ok_or_else(|| {
@@ -174,15 +183,23 @@ pub async fn put(
     Ok(from_row(&row)?.product)
 }
 
-/// Soft-delete `sku` at `version` (the row stays). Call under [`lock`].
-pub async fn mark_deleted(tx: &mut PgConnection, tenant: &str, sku: &str, version: i64) -> Result<(), Error> {
+/// Soft-delete `sku` at `version` (the row stays), by a write requested at
+/// `requested_at`. Call under [`lock`].
+pub async fn mark_deleted(
+    tx: &mut PgConnection,
+    tenant: &str,
+    sku: &str,
+    version: i64,
+    requested_at: DateTime<Utc>,
+) -> Result<(), Error> {
     let done = sqlx::query(
-        "update products set deleted_at = now(), updated_at = now(), version = $3
+        "update products set deleted_at = now(), updated_at = now(), version = $3, requested_at = $4
          where tenant = $1 and sku = $2 and deleted_at is null and version < $3",
     )
     .bind(tenant)
     .bind(sku)
     .bind(version)
+    .bind(requested_at)
     .execute(tx)
     .await?
     .rows_affected();
