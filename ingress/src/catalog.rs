@@ -379,7 +379,9 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
         }
         status => Problem::new(status, "unreadable-body", "Unreadable body").detail(rejection.body_text()),
     })?;
-    serde_json::from_slice(&body).map_err(|e| Problem::bad_request("malformed-json", e.to_string()))
+    // Strict: a key twice is refused (another parser could read the other value).
+    souk_pipelines::catalog::parse_json(&body)
+        .map_err(|e| Problem::bad_request("malformed-json", e.to_string()))
 }
 
 fn invalid(detail: &str, errors: Vec<FieldError>) -> Problem {

@@ -655,3 +655,32 @@ async fn a_retried_older_write_does_not_overwrite_a_later_one() -> anyhow::Resul
     assert_eq!(product_events(&stack, "MUG-1").await?, [(1, true)]);
     Ok(())
 }
+
+/// A body with a key twice is ambiguous (a proxy or another parser may read the other
+/// value): it is refused, as order bodies are, and nothing is published.
+#[tokio::test]
+async fn a_product_body_with_a_duplicate_key_is_refused() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let token = seller_token(&stack, "sam", &[Role::Seller], &["s1"]);
+    let body = mug("Mug").to_string();
+    let doubled = body.replacen("\"price_minor\":1299", "\"price_minor\":1,\"price_minor\":1299", 1);
+    let nested =
+        body.replacen("\"material\":\"stoneware\"", "\"material\":\"glass\",\"material\":\"stoneware\"", 1);
+    for (key, raw) in [("d1", doubled), ("d2", nested)] {
+        assert_ne!(raw, body, "the test doubles a key");
+        let response = stack
+            .http
+            .put(format!("{}/v1/sellers/s1/products/MUG-1", stack.base))
+            .bearer_auth(&token)
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await?;
+        let (status, problem) = read_body(response).await?;
+        assert_eq!(status, 400, "{problem}");
+        assert!(problem["detail"].as_str().unwrap_or_default().contains("duplicate"), "{problem}");
+    }
+    assert_eq!(commands_stored(&stack).await?, 0);
+    Ok(())
+}
