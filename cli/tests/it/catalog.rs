@@ -684,3 +684,60 @@ async fn a_product_body_with_a_duplicate_key_is_refused() -> anyhow::Result<()> 
     assert_eq!(commands_stored(&stack).await?, 0);
     Ok(())
 }
+
+/// A deleted SKU still belongs to its seller: another seller can neither re-create it
+/// nor patch or delete it, and its owner revives it at the next version.
+#[tokio::test]
+async fn a_deleted_sku_stays_its_sellers_and_another_cannot_recreate_it() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let carol = seller_token(&stack, "carol", &[Role::Seller], &["s2"]);
+    let alice = seller_token(&stack, "alice", &[Role::Seller], &["s1"]);
+    assert_eq!(put_applied(&stack, &carol, "s2", "MUG-1", "c1", mug("Mug")).await?, 1);
+    let delete = Write {
+        method: reqwest::Method::DELETE,
+        seller: "s2",
+        sku: "MUG-1",
+        key: "c2",
+        body: None,
+        if_match: None,
+    };
+    let (status, accepted) = send(&stack, &carol, delete).await?;
+    assert_eq!(status, 202, "{accepted}");
+    let deleted = decided(&stack, &carol, accepted["write_id"].as_str().unwrap_or_default()).await?;
+    assert_eq!((&deleted["status"], &deleted["version"]), (&json!("applied"), &json!(2)));
+    let patch = json!({"price_minor": 1});
+    for w in [
+        put("s1", "MUG-1", "a1", mug("Taken")),
+        Write {
+            method: reqwest::Method::PATCH,
+            seller: "s1",
+            sku: "MUG-1",
+            key: "a2",
+            body: Some(patch),
+            if_match: None,
+        },
+        Write {
+            method: reqwest::Method::DELETE,
+            seller: "s1",
+            sku: "MUG-1",
+            key: "a3",
+            body: None,
+            if_match: None,
+        },
+    ] {
+        let (status, accepted) = send(&stack, &alice, w).await?;
+        assert_eq!(status, 202, "{accepted}");
+        let outcome = decided(&stack, &alice, accepted["write_id"].as_str().unwrap_or_default()).await?;
+        assert_eq!(outcome["status"], "rejected", "{outcome}");
+        assert!(outcome["reason"].as_str().is_some_and(|r| r.contains("another seller")), "{outcome}");
+    }
+    assert_eq!(put_applied(&stack, &carol, "s2", "MUG-1", "c3", mug("Mug again")).await?, 3);
+    let (status, product) = stack.get(&carol, "/v1/products/MUG-1").await?;
+    assert_eq!(
+        (status, &product["seller"], &product["version"]),
+        (200, &json!("s2"), &json!(3)),
+        "{product}"
+    );
+    assert_eq!(product_events(&stack, "MUG-1").await?, [(1, true), (2, false), (3, true)]);
+    Ok(())
+}
