@@ -55,12 +55,13 @@ pub struct WriteStatus {
     pub sku: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seller: Option<String>,
-    /// `pending` (not applied yet), `applied` or `rejected`.
+    /// `pending` (not applied yet), `applied`, `rejected`, or `failed` (its command was
+    /// dead-lettered or lost; an operator's redrive may still apply it).
     pub status: String,
     /// The product's version this write made (`applied`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
-    /// Why it was not applied (`rejected`).
+    /// Why it was not applied (`rejected`, `failed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -378,7 +379,9 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
         }
         status => Problem::new(status, "unreadable-body", "Unreadable body").detail(rejection.body_text()),
     })?;
-    serde_json::from_slice(&body).map_err(|e| Problem::bad_request("malformed-json", e.to_string()))
+    // Strict: a key twice is refused (another parser could read the other value).
+    souk_pipelines::catalog::parse_json(&body)
+        .map_err(|e| Problem::bad_request("malformed-json", e.to_string()))
 }
 
 fn invalid(detail: &str, errors: Vec<FieldError>) -> Problem {
@@ -404,7 +407,9 @@ pub(crate) fn unavailable(state: &AppState, e: souk_stores::postgres::Error) -> 
 ///
 /// `pending` until the catalog pool has applied it, then `applied` with the product's
 /// version or `rejected` with the reason (version conflict, SKU owned by another
-/// seller, patch or delete of a missing product, invalid after a patch). Readable by
+/// seller, patch or delete of a missing product, invalid after a patch); `failed` with
+/// the reason when its command was dead-lettered or never handled (lost), never
+/// `pending` for ever. Readable by
 /// the principal that sent it, by sellers it was written for, and by admins.
 #[utoipa::path(
     get,
@@ -450,11 +455,14 @@ pub async fn get_write(
         let (status, version, reason) = match record.outcome {
             products::Outcome::Applied { version } => ("applied", Some(version), None),
             products::Outcome::Rejected { reason } => ("rejected", None, Some(reason)),
+            products::Outcome::Failed { reason } => ("failed", None, Some(reason)),
         };
+        // A write lost with an unreadable command is known by its claim only.
+        let known = |s: String| Some(s).filter(|s| !s.is_empty());
         return Ok(Json(WriteStatus {
             write_id,
-            sku: Some(record.sku),
-            seller: Some(record.seller),
+            sku: known(record.sku),
+            seller: known(record.seller),
             status: status.into(),
             version,
             reason,

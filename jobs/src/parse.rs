@@ -148,7 +148,7 @@ fn jsonl_row(line: &str) -> Result<(String, ProductFields), String> {
     if line.len() > MAX_ROW_BYTES {
         return Err(format!("the row is {} bytes, over the limit of {MAX_ROW_BYTES}", line.len()));
     }
-    let mut object: Map<String, Value> = match serde_json::from_str(line) {
+    let mut object: Map<String, Value> = match souk_pipelines::catalog::parse_json(line.as_bytes()) {
         Ok(Value::Object(o)) => o,
         Ok(_) => return Err("not a JSON object".into()),
         Err(e) => return Err(format!("not JSON: {e}")),

@@ -48,6 +48,10 @@ pub fn registry_with(pool: PgPool, dependencies: &Dependencies) -> Registry {
         dedupe::Deduplicated::new(pool.clone(), orders::DEAD_LETTERED_CONSUMER, orders::OrderDeadLettered),
     );
     registry.register(
+        catalog::DEAD_LETTERED_HANDLER,
+        dedupe::Deduplicated::new(pool.clone(), catalog::DEAD_LETTERED_CONSUMER, catalog::WriteDeadLettered),
+    );
+    registry.register(
         catalog::WRITE_HANDLER,
         dedupe::Deduplicated::new(pool, catalog::WRITE_CONSUMER, catalog::WriteProductHandler),
     );

@@ -557,3 +557,179 @@ async fn a_write_published_twice_under_different_message_ids_is_applied_once() -
     assert_eq!((&outcome["status"], &outcome["version"]), (&json!("applied"), &json!(1)));
     Ok(())
 }
+
+/// A write the catalog pool cannot apply (here a rule the store enforces refuses its
+/// SKU) is dead-lettered; its status then reads `failed` with the reason — not
+/// `pending` for ever, as orders read `failed` — and a redrive after the cause is fixed
+/// applies it.
+#[tokio::test]
+async fn a_dead_lettered_catalog_write_reads_failed_and_a_redrive_applies_it() -> anyhow::Result<()> {
+    use souk_topologies::dead_letters;
+    let stack = Stack::start().await?;
+    sqlx::raw_sql(
+        r#"create function refuse_banned_sku() returns trigger language plpgsql as $$
+           begin
+               if new.sku = 'BANNED-1' then
+                   raise exception 'BANNED-1 is not sold here' using errcode = 'check_violation';
+               end if;
+               return new;
+           end $$;
+           create trigger refuse_banned_sku before insert or update on products
+               for each row execute function refuse_banned_sku();"#,
+    )
+    .execute(&stack.db.pool)
+    .await?;
+    let token = seller_token(&stack, "sam", &[Role::Seller], &["s1"]);
+    let (status, accepted) = send(&stack, &token, put("s1", "BANNED-1", "b1", mug("Banned mug"))).await?;
+    assert_eq!(status, 202, "{accepted}");
+    let write_id = accepted["write_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(put_applied(&stack, &token, "s1", "FINE-1", "f1", mug("Fine mug")).await?, 1);
+    eventually(WAIT, || async { (stack.stream_messages("DLQ").await.ok()? == 1).then_some(()) }).await?;
+
+    let failed = decided(&stack, &token, &write_id).await?;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!((&failed["sku"], &failed["seller"]), (&json!("BANNED-1"), &json!("s1")), "{failed}");
+    assert!(failed["reason"].as_str().unwrap_or_default().contains("not sold here"), "{failed}");
+    assert!(product_events(&stack, "BANNED-1").await?.is_empty());
+
+    // The cause fixed, a redrive applies the write, once.
+    sqlx::query("drop trigger refuse_banned_sku on products").execute(&stack.db.pool).await?;
+    let letters = dead_letters::list(&stack.js, 10).await?;
+    assert_eq!(letters.len(), 1, "marking the write failed consumed no dead letter");
+    let publisher = Publisher::new(stack.client.clone(), Duration::from_secs(2));
+    dead_letters::replay(&publisher, letters[0].seq).await?;
+    eventually(WAIT, || async {
+        let (status, body) = stack.get(&token, &format!("/v1/catalog/writes/{write_id}")).await.ok()?;
+        (status == 200 && body["status"] == "applied").then_some(body)
+    })
+    .await?;
+    assert_eq!(product_events(&stack, "BANNED-1").await?, [(1, true)]);
+    Ok(())
+}
+
+/// Two writes of one SKU sent one after the other (the second after the first's 202)
+/// must not end with the first: here the first fails once (a transient error, retried
+/// after a backoff) while the second is applied. The retried first write is older than
+/// what the product holds, so it is rejected as superseded, and the product keeps the
+/// second.
+#[tokio::test]
+async fn a_retried_older_write_does_not_overwrite_a_later_one() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    // "Mug A" fails while the product does not hold "Mug B" yet.
+    sqlx::raw_sql(
+        r#"create function hold_a() returns trigger language plpgsql as $$
+           begin
+               if new.title = 'Mug A' and not exists
+                   (select 1 from products where sku = new.sku and title = 'Mug B') then
+                   raise exception 'try again' using errcode = 'serialization_failure';
+               end if;
+               return new;
+           end $$;
+           create trigger hold_a before insert or update on products
+               for each row execute function hold_a();"#,
+    )
+    .execute(&stack.db.pool)
+    .await?;
+    let token = seller_token(&stack, "sam", &[Role::Seller], &["s1"]);
+    let mut ids = Vec::new();
+    for (key, title) in [("a", "Mug A"), ("b", "Mug B")] {
+        let (status, accepted) = send(&stack, &token, put("s1", "MUG-1", key, mug(title))).await?;
+        assert_eq!(status, 202, "{accepted}");
+        ids.push(accepted["write_id"].as_str().unwrap_or_default().to_owned());
+    }
+    let first = decided(&stack, &token, &ids[0]).await?;
+    let second = decided(&stack, &token, &ids[1]).await?;
+    assert_eq!((&second["status"], &second["version"]), (&json!("applied"), &json!(1)), "{second}");
+    assert_eq!(first["status"], "rejected", "{first}");
+    assert!(first["reason"].as_str().unwrap_or_default().contains("superseded"), "{first}");
+    let (status, product) = stack.get(&token, "/v1/products/MUG-1").await?;
+    assert_eq!((status, &product["title"]), (200, &json!("Mug B")), "{product}");
+    assert_eq!(product_events(&stack, "MUG-1").await?, [(1, true)]);
+    Ok(())
+}
+
+/// A body with a key twice is ambiguous (a proxy or another parser may read the other
+/// value): it is refused, as order bodies are, and nothing is published.
+#[tokio::test]
+async fn a_product_body_with_a_duplicate_key_is_refused() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let token = seller_token(&stack, "sam", &[Role::Seller], &["s1"]);
+    let body = mug("Mug").to_string();
+    let doubled = body.replacen("\"price_minor\":1299", "\"price_minor\":1,\"price_minor\":1299", 1);
+    let nested =
+        body.replacen("\"material\":\"stoneware\"", "\"material\":\"glass\",\"material\":\"stoneware\"", 1);
+    for (key, raw) in [("d1", doubled), ("d2", nested)] {
+        assert_ne!(raw, body, "the test doubles a key");
+        let response = stack
+            .http
+            .put(format!("{}/v1/sellers/s1/products/MUG-1", stack.base))
+            .bearer_auth(&token)
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await?;
+        let (status, problem) = read_body(response).await?;
+        assert_eq!(status, 400, "{problem}");
+        assert!(problem["detail"].as_str().unwrap_or_default().contains("duplicate"), "{problem}");
+    }
+    assert_eq!(commands_stored(&stack).await?, 0);
+    Ok(())
+}
+
+/// A deleted SKU still belongs to its seller: another seller can neither re-create it
+/// nor patch or delete it, and its owner revives it at the next version.
+#[tokio::test]
+async fn a_deleted_sku_stays_its_sellers_and_another_cannot_recreate_it() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let carol = seller_token(&stack, "carol", &[Role::Seller], &["s2"]);
+    let alice = seller_token(&stack, "alice", &[Role::Seller], &["s1"]);
+    assert_eq!(put_applied(&stack, &carol, "s2", "MUG-1", "c1", mug("Mug")).await?, 1);
+    let delete = Write {
+        method: reqwest::Method::DELETE,
+        seller: "s2",
+        sku: "MUG-1",
+        key: "c2",
+        body: None,
+        if_match: None,
+    };
+    let (status, accepted) = send(&stack, &carol, delete).await?;
+    assert_eq!(status, 202, "{accepted}");
+    let deleted = decided(&stack, &carol, accepted["write_id"].as_str().unwrap_or_default()).await?;
+    assert_eq!((&deleted["status"], &deleted["version"]), (&json!("applied"), &json!(2)));
+    let patch = json!({"price_minor": 1});
+    for w in [
+        put("s1", "MUG-1", "a1", mug("Taken")),
+        Write {
+            method: reqwest::Method::PATCH,
+            seller: "s1",
+            sku: "MUG-1",
+            key: "a2",
+            body: Some(patch),
+            if_match: None,
+        },
+        Write {
+            method: reqwest::Method::DELETE,
+            seller: "s1",
+            sku: "MUG-1",
+            key: "a3",
+            body: None,
+            if_match: None,
+        },
+    ] {
+        let (status, accepted) = send(&stack, &alice, w).await?;
+        assert_eq!(status, 202, "{accepted}");
+        let outcome = decided(&stack, &alice, accepted["write_id"].as_str().unwrap_or_default()).await?;
+        assert_eq!(outcome["status"], "rejected", "{outcome}");
+        assert!(outcome["reason"].as_str().is_some_and(|r| r.contains("another seller")), "{outcome}");
+    }
+    assert_eq!(put_applied(&stack, &carol, "s2", "MUG-1", "c3", mug("Mug again")).await?, 3);
+    let (status, product) = stack.get(&carol, "/v1/products/MUG-1").await?;
+    assert_eq!(
+        (status, &product["seller"], &product["version"]),
+        (200, &json!("s2"), &json!(3)),
+        "{product}"
+    );
+    assert_eq!(product_events(&stack, "MUG-1").await?, [(1, true), (2, false), (3, true)]);
+    Ok(())
+}

@@ -11,9 +11,11 @@
 //! every field error at once. The ingress, the import job and the catalog pool all call
 //! the same functions.
 
+mod json;
 mod validate;
 
 pub use crate::orders::FieldError;
+pub use json::parse_json;
 pub use validate::{
     MAX_ATTRIBUTES, MAX_DESCRIPTION_CHARS, MAX_IMAGE_URL_BYTES, MAX_IMAGES, MAX_PRICE_MINOR,
     MAX_SELLER_ID_LEN, MAX_STOCK, MAX_TITLE_CHARS, check_seller_id, check_sku, check_text,

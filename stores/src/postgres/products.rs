@@ -23,6 +23,9 @@ const SKU_LOCK_CLASS: i32 = 0x0053_4b55; // "SKU"
 pub struct StoredProduct {
     pub product: Product,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// When the write that made this version was requested (`None` for rows written
+    /// before migration 0015): an earlier-requested write arriving later is superseded.
+    pub requested_at: Option<DateTime<Utc>>,
 }
 
 impl StoredProduct {
@@ -32,7 +35,7 @@ impl StoredProduct {
 }
 
 const COLUMNS: &str = "sku, seller, title, description, category, attributes, price_minor, currency, stock, \
-                       images, version, deleted_at, created_at, updated_at";
+                       images, version, deleted_at, created_at, updated_at, requested_at";
 
 fn from_row(row: &PgRow) -> Result<StoredProduct, Error> {
     let corrupt = |what: &str, e: &dyn std::fmt::Display| Error::Corrupt(format!("products.{what}: {e}"));
@@ -62,6 +65,7 @@ fn from_row(row: &PgRow) -> Result<StoredProduct, Error> {
             updated_at: row.try_get("updated_at")?,
         },
         deleted_at: row.try_get("deleted_at")?,
+        requested_at: row.try_get("requested_at")?,
     })
 }
 
@@ -131,7 +135,9 @@ pub async fn lock(tx: &mut PgConnection, tenant: &str, sku: &str) -> Result<Opti
 }
 
 /// Write `fields` as `sku` at `version`, live (a deleted product is revived; its
-/// `created_at` kept). Call under [`lock`]. Returns the stored product.
+/// `created_at` kept), by a write requested at `requested_at`. Call under [`lock`].
+/// Returns the stored product.
+#[allow(clippy::too_many_arguments)] // the row's key, owner, content and write
 pub async fn put(
     tx: &mut PgConnection,
     tenant: &str,
@@ -139,17 +145,19 @@ pub async fn put(
     seller: &str,
     fields: &ProductFields,
     version: i64,
+    requested_at: DateTime<Utc>,
 ) -> Result<Product, Error> {
     let json = |v: serde_json::Result<serde_json::Value>| v.map_err(|e| Error::Corrupt(e.to_string()));
     let sql = format!(
         "insert into products (tenant, sku, seller, title, description, category, attributes, price_minor,
-                               currency, stock, images, version)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                               currency, stock, images, version, requested_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          on conflict (tenant, sku) do update set
              seller = excluded.seller, title = excluded.title, description = excluded.description,
              category = excluded.category, attributes = excluded.attributes,
              price_minor = excluded.price_minor, currency = excluded.currency, stock = excluded.stock,
-             images = excluded.images, version = excluded.version, deleted_at = null, updated_at = now()
+             images = excluded.images, version = excluded.version, deleted_at = null, updated_at = now(),
+             requested_at = excluded.requested_at
              where products.version < excluded.version
          returning {COLUMNS}"
     );
@@ -166,6 +174,7 @@ pub async fn put(
         .bind(fields.stock)
         .bind(json(serde_json::to_value(&fields.images))?)
         .bind(version)
+        .bind(requested_at)
         .fetch_optional(tx)
         .await?
         .ok_or_else(|| {
@@ -174,15 +183,23 @@ pub async fn put(
     Ok(from_row(&row)?.product)
 }
 
-/// Soft-delete `sku` at `version` (the row stays). Call under [`lock`].
-pub async fn mark_deleted(tx: &mut PgConnection, tenant: &str, sku: &str, version: i64) -> Result<(), Error> {
+/// Soft-delete `sku` at `version` (the row stays), by a write requested at
+/// `requested_at`. Call under [`lock`].
+pub async fn mark_deleted(
+    tx: &mut PgConnection,
+    tenant: &str,
+    sku: &str,
+    version: i64,
+    requested_at: DateTime<Utc>,
+) -> Result<(), Error> {
     let done = sqlx::query(
-        "update products set deleted_at = now(), updated_at = now(), version = $3
+        "update products set deleted_at = now(), updated_at = now(), version = $3, requested_at = $4
          where tenant = $1 and sku = $2 and deleted_at is null and version < $3",
     )
     .bind(tenant)
     .bind(sku)
     .bind(version)
+    .bind(requested_at)
     .execute(tx)
     .await?
     .rows_affected();
@@ -201,6 +218,9 @@ pub enum Outcome {
     Applied { version: i64 },
     /// Not stored, for `reason`.
     Rejected { reason: String },
+    /// Not applied: its command was dead-lettered, or never handled before its claim
+    /// expired (`reason`). Not final: a redrive that applies it replaces this.
+    Failed { reason: String },
 }
 
 /// A decided catalog write, as stored.
@@ -216,17 +236,21 @@ pub struct WriteRecord {
     pub decided_at: DateTime<Utc>,
 }
 
-/// Whether `write_id` was decided already (a replay under another message id).
+/// Whether `write_id` was decided already (a replay under another message id). A write
+/// recorded `failed` is not decided: a redrive may still apply it.
 pub async fn write_decided(tx: &mut PgConnection, tenant: &str, write_id: Uuid) -> Result<bool, Error> {
-    Ok(sqlx::query_scalar::<_, i32>("select 1 from catalog_writes where tenant = $1 and write_id = $2")
-        .bind(tenant)
-        .bind(write_id)
-        .fetch_optional(tx)
-        .await?
-        .is_some())
+    Ok(sqlx::query_scalar::<_, i32>(
+        "select 1 from catalog_writes where tenant = $1 and write_id = $2 and outcome <> 'failed'",
+    )
+    .bind(tenant)
+    .bind(write_id)
+    .fetch_optional(tx)
+    .await?
+    .is_some())
 }
 
-/// Record the outcome of a write, in its transaction.
+/// Record the outcome of a write, in its transaction (replacing a `failed` record: a
+/// redrive that got further than the dead letter).
 pub async fn record_outcome(
     tx: &mut PgConnection,
     tenant: &str,
@@ -239,10 +263,16 @@ pub async fn record_outcome(
     let (kind, version, reason) = match outcome {
         Outcome::Applied { version } => ("applied", Some(*version), None),
         Outcome::Rejected { reason } => ("rejected", None, Some(reason.as_str())),
+        Outcome::Failed { reason } => ("failed", None, Some(reason.as_str())),
     };
-    sqlx::query(
+    let done = sqlx::query(
         "insert into catalog_writes (tenant, write_id, seller, sku, actor, outcome, version, reason)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
+         on conflict (tenant, write_id) do update set
+             seller = excluded.seller, sku = excluded.sku, actor = excluded.actor,
+             outcome = excluded.outcome, version = excluded.version, reason = excluded.reason,
+             decided_at = now()
+             where catalog_writes.outcome = 'failed'",
     )
     .bind(tenant)
     .bind(write_id)
@@ -253,8 +283,69 @@ pub async fn record_outcome(
     .bind(version)
     .bind(reason)
     .execute(tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    if done == 1 {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!("catalog write {write_id} was decided already")))
+    }
+}
+
+/// A catalog write as its dead letter names it.
+#[derive(Debug, Clone, Copy)]
+pub struct FailedWrite<'a> {
+    pub tenant: &'a str,
+    pub write_id: Uuid,
+    pub seller: &'a str,
+    pub sku: &'a str,
+    pub actor: &'a str,
+}
+
+/// Record `write` `failed` for `reason` unless it has an outcome already. Returns
+/// whether it was recorded.
+pub async fn mark_failed(
+    tx: &mut PgConnection,
+    write: &FailedWrite<'_>,
+    reason: &str,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "insert into catalog_writes (tenant, write_id, seller, sku, actor, outcome, reason)
+         values ($1, $2, $3, $4, $5, 'failed', $6)
+         on conflict (tenant, write_id) do nothing",
+    )
+    .bind(write.tenant)
+    .bind(write.write_id)
+    .bind(write.seller)
+    .bind(write.sku)
+    .bind(write.actor)
+    .bind(reason)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(done == 1)
+}
+
+/// Record the write of a catalog claim (`write_id`, the claim's id) `failed` for
+/// `reason` unless it has an outcome: an unreadable dead letter, whose seller and SKU
+/// are unknown (stored empty); its sender, the claim's principal, can read it.
+pub async fn mark_failed_from_claim(
+    tx: &mut PgConnection,
+    write_id: Uuid,
+    reason: &str,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "insert into catalog_writes (tenant, write_id, seller, sku, actor, outcome, reason)
+         select k.tenant, k.order_id, '', '', k.principal, 'failed', $2
+         from idempotency_keys k where k.order_id = $1 and k.key like 'catalog.write %'
+         on conflict (tenant, write_id) do nothing",
+    )
+    .bind(write_id)
+    .bind(reason)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(done >= 1)
 }
 
 /// The outcome of `write_id` of `tenant`, once the catalog pool decided it.
@@ -279,6 +370,7 @@ pub async fn write_outcome(
     ) {
         ("applied", Some(version), _) => Outcome::Applied { version },
         ("rejected", _, Some(reason)) => Outcome::Rejected { reason },
+        ("failed", _, Some(reason)) => Outcome::Failed { reason },
         (other, ..) => return Err(Error::Corrupt(format!("catalog_writes.outcome {other:?}"))),
     };
     Ok(Some(WriteRecord {

@@ -213,7 +213,8 @@ fn quote_ident(name: &str) -> String {
 pub struct Housekeeping {
     /// Published outbox rows, inbox records and idempotency keys deleted.
     pub deleted: u64,
-    /// Orders written `failed` because their command was never handled (see below).
+    /// Orders and catalog writes written `failed` because their command was never
+    /// handled (see below).
     pub lost: u64,
 }
 
@@ -232,8 +233,10 @@ pub const LOST_REASON: &str =
 /// `XXX`, as for an unreadable dead letter), so it never reads `pending` for ever and then
 /// vanishes; a command that does turn up later (a redrive) still moves it to `accepted`.
 /// Catalog write claims (keys stored as `catalog.write <key>`, see
-/// `idempotency::CATALOG_WRITE_PREFIX`) have no order: they expire with nothing written.
-/// Catalog write outcomes expire with the rest.
+/// `idempotency::CATALOG_WRITE_PREFIX`) have no order: one that expires with no write
+/// outcome makes its write `failed` with [`LOST_REASON`] (`catalog_writes`, readable by
+/// its sender; seller and SKU unknown, stored empty), for the same reason. Catalog
+/// write outcomes expire with the rest.
 pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekeeping, Error> {
     let secs = retention.as_secs_f64();
     let mut tx = pool.begin().await?;
@@ -251,6 +254,19 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekee
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let lost_writes = sqlx::query(
+        "insert into catalog_writes (tenant, write_id, seller, sku, actor, outcome, reason)
+         select k.tenant, k.order_id, '', '', k.principal, 'failed', $2
+         from idempotency_keys k
+         where k.created_at < now() - make_interval(secs => $1)
+           and k.key like 'catalog.write %'
+         on conflict (tenant, write_id) do nothing",
+    )
+    .bind(secs)
+    .bind(LOST_REASON)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     let mut deleted = 0;
     for sql in [
         "delete from outbox where published_at < now() - make_interval(secs => $1)",
@@ -261,7 +277,7 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekee
         deleted += sqlx::query(sql).bind(secs).execute(&mut *tx).await?.rows_affected();
     }
     tx.commit().await?;
-    Ok(Housekeeping { deleted, lost })
+    Ok(Housekeeping { deleted, lost: lost + lost_writes })
 }
 
 #[cfg(test)]

@@ -438,3 +438,34 @@ async fn an_expired_catalog_write_claim_makes_no_lost_order() -> anyhow::Result<
     assert_eq!(orders, 0);
     Ok(())
 }
+
+/// A catalog write claim that expires with no outcome is a write accepted (202) and never
+/// handled (its command dropped by CMD's max-age, purged, lost with a re-created stream):
+/// housekeeping records it `failed`, readable by its sender, instead of letting it read
+/// `pending` for ever and then vanish.
+#[tokio::test]
+async fn an_expired_catalog_write_claim_with_no_outcome_reads_failed_as_lost() -> anyhow::Result<()> {
+    use souk_stores::postgres::{idempotency, products};
+    let db = db().await?;
+    let claim = idempotency::Claim {
+        tenant: "t".into(),
+        principal: "u".into(),
+        key: format!("{}k1", idempotency::CATALOG_WRITE_PREFIX),
+        request_hash: vec![1],
+        order_id: Uuid::now_v7(),
+    };
+    idempotency::claim(&db.pool, std::slice::from_ref(&claim)).await?;
+    sqlx::query("update idempotency_keys set created_at = now() - interval '8 days'")
+        .execute(&db.pool)
+        .await?;
+    let done = pg::housekeeping(&db.pool, Duration::from_secs(7 * 24 * 3600)).await?;
+    assert_eq!((done.lost, done.deleted), (1, 1), "one lost write, its claim deleted");
+    let record = products::write_outcome(&db.pool, "t", claim.order_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no outcome for a lost write"))?;
+    assert_eq!(record.actor, "u");
+    assert_eq!(record.outcome, products::Outcome::Failed { reason: pg::LOST_REASON.into() });
+    let orders: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&db.pool).await?;
+    assert_eq!(orders, 0, "a catalog claim makes no order");
+    Ok(())
+}

@@ -5,7 +5,8 @@
 //! command's message id in the same transaction. Writes of one SKU serialise on its
 //! lock (`products::lock`), so each decides on what the previous one committed:
 //!
-//! - a SKU owned by another seller, an `expected_version` (`If-Match`) that is not the
+//! - a SKU owned by another seller, a write requested before the one the product holds
+//!   (superseded: it arrived late, after a retry or redelivery), an `expected_version` (`If-Match`) that is not the
 //!   stored version, a patch or delete of a missing or deleted product, or a patch that
 //!   leaves the product invalid is **rejected**: the outcome is recorded with the
 //!   reason, nothing else changes, and the command is acked (a business answer, not a
@@ -89,11 +90,13 @@ pub async fn apply(tx: &mut PgConnection, cmd: &WriteProduct) -> Result<(), pg::
             (Outcome::Rejected { reason }, None)
         }
         Decision::Store(fields) => {
-            let product = products::put(tx, &cmd.tenant, &cmd.sku, &cmd.seller, &fields, version).await?;
+            let product =
+                products::put(tx, &cmd.tenant, &cmd.sku, &cmd.seller, &fields, version, cmd.requested_at)
+                    .await?;
             (Outcome::Applied { version }, Some(Some(product)))
         }
         Decision::Delete => {
-            products::mark_deleted(tx, &cmd.tenant, &cmd.sku, version).await?;
+            products::mark_deleted(tx, &cmd.tenant, &cmd.sku, version, cmd.requested_at).await?;
             (Outcome::Applied { version }, Some(None))
         }
     };
@@ -120,6 +123,19 @@ fn decide(cmd: &WriteProduct, stored: Option<&StoredProduct>) -> Decision {
             let found = found.map_or("no product".to_owned(), |v| format!("version {v}"));
             return Decision::Reject(format!("version conflict: expected version {expected}, found {found}"));
         }
+    }
+    // Writes of one SKU can reach the pool out of the order they were sent (a retry
+    // after a transient error or a redelivery runs after a later write): one requested
+    // before the write the product holds would put an older intent over a newer one.
+    // Equal times (the rows of one import) apply in arrival order.
+    if let Some(last) = stored.and_then(|s| s.requested_at)
+        && cmd.requested_at < last
+    {
+        return Decision::Reject(format!(
+            "superseded: a write of sku {} requested later ({}) was applied first",
+            cmd.sku,
+            last.to_rfc3339()
+        ));
     }
     if let Err(errors) = cmd.validate() {
         return Decision::Reject(format!("invalid: {}", describe(&errors)));
