@@ -2,7 +2,7 @@
 //! results after the swap equal those before.
 
 use super::{Harness, conformance, delete, req, skus, text, upsert};
-use souk_stores::search::{IndexOp, SearchError, SearchRequest, fixture};
+use souk_stores::search::{IndexOp, SearchError, SearchRequest, SearchStore, fixture};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -91,5 +91,45 @@ async fn an_abandoned_rebuild_changes_nothing(h: &Harness) -> anyhow::Result<()>
     drop(store.begin_rebuild().await?);
     let again = store.begin_rebuild().await?;
     again.abort().await?;
+    Ok(())
+}
+
+/// tantivy only: a swap that fails before `CURRENT` names the new index (here: its
+/// temporary file cannot be created) leaves the live index as it was, and the rebuild
+/// is over — not left running, which made every later `apply` write to an orphan index
+/// and every later reindex fail with `RebuildRunning` until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_swap_ends_the_rebuild_and_a_new_one_can_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("search");
+    let open = || {
+        souk_stores::search::tantivy::TantivyStore::open(
+            &root,
+            souk_stores::search::tantivy::TantivyOptions::default(),
+        )
+    };
+    let store = open()?;
+    store.apply(fixture::ops()).await?;
+    let live = store.live_dir();
+    let rebuild = store.begin_rebuild().await?;
+    rebuild.apply(vec![upsert("KET-001", 9, 9)]).await?;
+    // `CURRENT.tmp` as a directory: the pointer cannot be written.
+    std::fs::create_dir(root.join("CURRENT.tmp"))?;
+    let err = rebuild.finish().await.expect_err("the pointer cannot be written");
+    assert!(err.is_outage(), "{err}");
+    std::fs::remove_dir(root.join("CURRENT.tmp"))?;
+    assert_eq!(store.live_dir(), live, "the live index stays");
+    assert!(!store.stats().await?.rebuilding, "the failed rebuild is over");
+    let indexes = std::fs::read_dir(&root)?.filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir())).count();
+    assert_eq!(indexes, 1, "the failed rebuild's index is removed");
+    assert_eq!(store.version(fixture::TENANT, "KET-001").await?.map(|v| v.version), Some(1));
+    // A new rebuild starts and swaps in.
+    let again = store.begin_rebuild().await?;
+    again.apply(fixture::ops()).await?;
+    again.finish().await?;
+    assert_ne!(store.live_dir(), live);
+    assert_eq!(store.search(&req()).await?.total, 38);
+    drop(store);
+    assert_eq!(open()?.search(&req()).await?.total, 38, "and survives a restart");
     Ok(())
 }
