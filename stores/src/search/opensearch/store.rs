@@ -215,6 +215,7 @@ impl Inner {
                 409 => outcome.stale += 1,
                 400 => {
                     return Err(SearchError::BadDocument {
+                        tenant: op.tenant().to_owned(),
                         sku: op.sku().to_owned(),
                         reason: item["error"]["reason"].as_str().unwrap_or("rejected").to_owned(),
                     });
@@ -231,7 +232,11 @@ impl Inner {
 
     async fn apply(&self, ops: Vec<IndexOp>) -> Result<ApplyOutcome, SearchError> {
         for op in &ops {
-            op.validate().map_err(|reason| SearchError::BadDocument { sku: op.sku().to_owned(), reason })?;
+            op.validate().map_err(|reason| SearchError::BadDocument {
+                tenant: op.tenant().to_owned(),
+                sku: op.sku().to_owned(),
+                reason,
+            })?;
         }
         let (ops, duplicates) = newest_per_key(ops);
         let mut outcome = self.bulk(&self.options.alias(), &ops, true).await?;
@@ -487,8 +492,11 @@ impl Rebuild for OpenSearchRebuild {
     fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
         async move {
             for op in &ops {
-                op.validate()
-                    .map_err(|reason| SearchError::BadDocument { sku: op.sku().to_owned(), reason })?;
+                op.validate().map_err(|reason| SearchError::BadDocument {
+                    tenant: op.tenant().to_owned(),
+                    sku: op.sku().to_owned(),
+                    reason,
+                })?;
             }
             let (ops, duplicates) = newest_per_key(ops);
             let mut outcome = self.inner.bulk(&self.index, &ops, false).await?;

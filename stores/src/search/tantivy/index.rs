@@ -93,7 +93,11 @@ impl IndexHandle {
     /// Blocking: call it from a blocking thread.
     pub fn apply(&self, ops: Vec<IndexOp>) -> Result<ApplyOutcome, SearchError> {
         for op in &ops {
-            op.validate().map_err(|reason| SearchError::BadDocument { sku: op.sku().to_owned(), reason })?;
+            op.validate().map_err(|reason| SearchError::BadDocument {
+                tenant: op.tenant().to_owned(),
+                sku: op.sku().to_owned(),
+                reason,
+            })?;
         }
         let (ops, duplicates) = newest_per_key(ops);
         let mut outcome = ApplyOutcome { applied: 0, stale: duplicates };
