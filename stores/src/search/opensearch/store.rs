@@ -239,10 +239,15 @@ impl Inner {
             })?;
         }
         let (ops, duplicates) = newest_per_key(ops);
+        // A rebuild in progress (started by any node) gets every batch too. Its index is
+        // read BEFORE the live write: read after, a swap in between (alias moved, `-next`
+        // removed, the old index deleted) would leave this batch only in the deleted
+        // index, acked and lost. A rebuild begun after this read reads the catalog after
+        // it, so it holds this batch's changes already.
+        let rebuilding = self.alias_targets(&self.options.next_alias()).await?;
         let mut outcome = self.bulk(&self.options.alias(), &ops, true).await?;
         outcome.stale += duplicates;
-        // A rebuild in progress (started by any node) gets every batch too.
-        for next in self.alias_targets(&self.options.next_alias()).await? {
+        for next in rebuilding {
             self.bulk(&next, &ops, false).await?;
         }
         *self.last_commit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Utc::now());
