@@ -455,3 +455,31 @@ async fn a_refused_document_dead_letters_only_its_own_tenants_event() -> anyhow:
     assert_eq!(ids, ["t2:same"]);
     Ok(())
 }
+
+/// Without its consumer (deleted, or EVT re-created without it) nothing indexes: the lag
+/// reads what a re-created consumer would have to index — every stored event and the age
+/// of the first — instead of failing and leaving the gauges at their last value (0: a
+/// stalled index shown as caught up).
+#[tokio::test]
+async fn index_lag_without_its_consumer_counts_every_stored_event() -> anyhow::Result<()> {
+    let env = env().await?;
+    for n in 0..3 {
+        let sku = format!("M{n}");
+        publish(
+            &env.publisher,
+            &format!("m:{n}"),
+            &changed(&sku, "s1", 1, Some(product(&sku, "s1", 1, "jug"))),
+        )
+        .await?;
+    }
+    let evt = env.js.get_stream("EVT").await?;
+    evt.delete_consumer(INDEX_CONSUMER).await?;
+    let lag = lag::read(&env.js, &env.topology).await?;
+    assert_eq!(lag[0].events, 3);
+    eventually(WAIT, || async {
+        let later = lag::read(&env.js, &env.topology).await?;
+        anyhow::Ok((later[0].seconds > 0.0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
