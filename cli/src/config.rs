@@ -70,9 +70,10 @@ pub struct Config {
 pub struct SearchConfig {
     /// An OpenSearch cluster (`https://user:pass@host:9200`); unset, tantivy.
     pub opensearch_url: Option<String>,
-    /// The tantivy index directory; unset, `<data-dir>/search`. One process per host
-    /// writes it (the one running the `catalog-index` pool); others on the same host
-    /// read it (see ARCHITECTURE.md, "Search: one writer").
+    /// The tantivy index directory; unset, `<data-dir>/search`. One process opens it
+    /// (the one running the `catalog-index` pool: it indexes and serves `/v1/search`;
+    /// a lock file refuses a second; see ARCHITECTURE.md, "One process per embedded
+    /// (tantivy) index"). Ignored with `opensearch-url`.
     pub dir: Option<PathBuf>,
 }
 

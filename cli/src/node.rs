@@ -203,13 +203,11 @@ pub async fn open_search(backend: &SearchBackend) -> anyhow::Result<Arc<dyn Sear
             Ok(Arc::new(store))
         }
         SearchBackend::OpenSearch(url) => {
-            // The store crate's one way of opening a configured store.
-            use souk_stores::search::config::{SearchConfig, open};
-            let config =
-                SearchConfig::OpenSearch { url: url.clone(), index_prefix: OPENSEARCH_PREFIX.into() };
-            open(&config, std::path::Path::new(""))
+            use souk_stores::search::opensearch::{OpenSearchOptions, OpenSearchStore};
+            let store = OpenSearchStore::connect(OpenSearchOptions::new(url, OPENSEARCH_PREFIX))
                 .await
-                .context("connecting to OpenSearch (search.opensearch-url)")
+                .context("connecting to OpenSearch (search.opensearch-url)")?;
+            Ok(Arc::new(store))
         }
     }
 }

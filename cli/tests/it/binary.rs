@@ -121,6 +121,12 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
         souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("htp-addr"));
+    // One search configuration: `[search] opensearch-url` / `dir`; no `backend` key.
+    std::fs::write(&typo, "[search]\nbackend = \"opensearch\"\n")?;
+    let bad =
+        souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8(bad.stderr)?.contains("backend"));
     let forever = souk(data.path())
         .args(["token", "--sub", "x", "--role", "buyer", "--ttl", "584542046090y"])
         .output()

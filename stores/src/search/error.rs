@@ -31,9 +31,10 @@ pub enum SearchError {
     /// A cursor the store refuses (a 400 naming `cursor`).
     #[error("{0}")]
     BadCursor(CursorProblem),
-    /// A document the index cannot hold: a failure of the message (dead letter).
-    #[error("bad document {sku}: {reason}")]
-    BadDocument { sku: String, reason: String },
+    /// A document the index cannot hold: a failure of the message (dead letter). Named
+    /// by tenant and sku: the same sku of another tenant is another product.
+    #[error("bad document {tenant}/{sku}: {reason}")]
+    BadDocument { tenant: String, sku: String, reason: String },
     /// The index is unavailable: disk full, I/O error, server down or timed out. A failure
     /// of the dependency (back off, retry; never dead-letter).
     #[error("search store unavailable: {0}")]

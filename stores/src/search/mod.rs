@@ -24,7 +24,6 @@
 //!   keeps answering and keeps receiving every `apply` (written to both), then swaps it in
 //!   atomically.
 
-pub mod config;
 pub mod cursor;
 pub mod doc;
 pub mod error;

@@ -15,7 +15,8 @@ use tantivy::tokenizer::{
 /// The analyzer name registered in the tantivy index.
 pub const ANALYZER: &str = "souk_text";
 
-/// Longest token kept (bytes); longer ones are not indexed (nor matched).
+/// Tokens of this many bytes or more (before folding) are not indexed, so a query word
+/// that long can never match: [`has_unindexed_word`].
 pub const MAX_TOKEN_BYTES: usize = 40;
 
 /// The analyzer: simple word split, drop over-long tokens, lowercase, ASCII folding.
@@ -50,6 +51,21 @@ pub fn tokens(text: &str) -> Vec<Word> {
 /// The analysed words of a query, in order.
 pub fn words(query: &str) -> Vec<String> {
     tokens(query).into_iter().map(|w| w.text).collect()
+}
+
+/// Whether `query` has a word the analyzer drops for its length. Every query word must
+/// match, and such a word is in no document (dropped there too), so the query matches
+/// nothing — without this check, the word would just vanish and a query of only such
+/// words would match everything, like a blank one.
+pub fn has_unindexed_word(query: &str) -> bool {
+    let mut split = TextAnalyzer::from(SimpleTokenizer::default());
+    let mut stream = split.token_stream(query);
+    while stream.advance() {
+        if stream.token().text.len() >= MAX_TOKEN_BYTES {
+            return true;
+        }
+    }
+    false
 }
 
 /// Edits a query word may be away from an indexed word.

@@ -65,10 +65,12 @@ impl IndexProducts {
                     }
                     return;
                 }
-                Err(SearchError::BadDocument { sku, reason }) => {
+                Err(SearchError::BadDocument { tenant, sku, reason }) => {
                     let before = ops.len();
                     ops.retain(|(i, op)| {
-                        let refused = op.sku() == sku;
+                        // By (tenant, sku): another tenant's product of the same sku is
+                        // another document, not refused with this one.
+                        let refused = op.tenant() == tenant && op.sku() == sku;
                         if refused {
                             outcomes[*i] = Outcome::fail("invalid_document", format!("{sku}: {reason}"));
                         }

@@ -387,3 +387,99 @@ async fn a_vanished_index_directory_holds_the_batch_until_it_returns() -> anyhow
     run.await?;
     Ok(())
 }
+
+/// A store that refuses one tenant's document as OpenSearch refuses a bulk item its
+/// mapping cannot take (`BadDocument`), and is a real tantivy store for the rest.
+struct RefusingOne {
+    inner: TantivyStore,
+    tenant: &'static str,
+    sku: &'static str,
+}
+
+impl SearchStore for RefusingOne {
+    fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
+        if ops.iter().any(|op| op.tenant() == self.tenant && op.sku() == self.sku) {
+            let e = SearchError::BadDocument {
+                tenant: self.tenant.into(),
+                sku: self.sku.into(),
+                reason: "mapper_parsing_exception".into(),
+            };
+            return async move { Err(e) }.boxed();
+        }
+        self.inner.apply(ops)
+    }
+    fn search<'a>(&'a self, r: &'a SearchRequest) -> BoxFuture<'a, Result<SearchResults, SearchError>> {
+        self.inner.search(r)
+    }
+    fn version<'a>(
+        &'a self,
+        t: &'a str,
+        s: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredVersion>, SearchError>> {
+        self.inner.version(t, s)
+    }
+    fn begin_rebuild(&self) -> BoxFuture<'_, Result<Box<dyn Rebuild>, SearchError>> {
+        self.inner.begin_rebuild()
+    }
+    fn stats(&self) -> BoxFuture<'_, Result<StoreStats, SearchError>> {
+        self.inner.stats()
+    }
+}
+
+/// A document the store refuses dead-letters its own event only: another tenant's
+/// product with the same SKU in the same batch is indexed, not dead-lettered with it.
+#[tokio::test]
+async fn a_refused_document_dead_letters_only_its_own_tenants_event() -> anyhow::Result<()> {
+    let env = env().await?;
+    let dir = tempfile::tempdir()?;
+    let inner = TantivyStore::open(dir.path().join("search"), Default::default())?;
+    let store = Arc::new(RefusingOne { inner, tenant: "t2", sku: "SAME" });
+    // Stored before the indexer starts, so they are fetched (and batched) together.
+    publish(&env.publisher, "t1:same", &changed("SAME", "s1", 1, Some(product("SAME", "s1", 1, "kettle"))))
+        .await?;
+    let mut other = changed("SAME", "s1", 1, Some(product("SAME", "s1", 1, "kettle")));
+    other.tenant = "t2".into();
+    publish(&env.publisher, "t2:same", &other).await?;
+    publish(&env.publisher, "t1:ok", &changed("OK", "s1", 1, Some(product("OK", "s1", 1, "kettle")))).await?;
+    let (stop, run) = env.index_with(store.clone()).await?;
+    eventually(WAIT, || env.indexed_all()).await?;
+    stop.cancel();
+    run.await?;
+    assert_eq!(search(store.as_ref(), "kettle").await?.total, 2, "t1's SAME and OK are indexed");
+    let dlq = env.js.get_stream("DLQ").await?;
+    let mut ids = Vec::new();
+    for seq in 1..=dlq.get_info().await?.state.last_sequence {
+        let m = dlq.get_raw_message(seq).await?;
+        ids.push(m.headers.get(headers::DLQ_MSG_ID).map(|v| v.to_string()).unwrap_or_default());
+    }
+    assert_eq!(ids, ["t2:same"]);
+    Ok(())
+}
+
+/// Without its consumer (deleted, or EVT re-created without it) nothing indexes: the lag
+/// reads what a re-created consumer would have to index — every stored event and the age
+/// of the first — instead of failing and leaving the gauges at their last value (0: a
+/// stalled index shown as caught up).
+#[tokio::test]
+async fn index_lag_without_its_consumer_counts_every_stored_event() -> anyhow::Result<()> {
+    let env = env().await?;
+    for n in 0..3 {
+        let sku = format!("M{n}");
+        publish(
+            &env.publisher,
+            &format!("m:{n}"),
+            &changed(&sku, "s1", 1, Some(product(&sku, "s1", 1, "jug"))),
+        )
+        .await?;
+    }
+    let evt = env.js.get_stream("EVT").await?;
+    evt.delete_consumer(INDEX_CONSUMER).await?;
+    let lag = lag::read(&env.js, &env.topology).await?;
+    assert_eq!(lag[0].events, 3);
+    eventually(WAIT, || async {
+        let later = lag::read(&env.js, &env.topology).await?;
+        anyhow::Ok((later[0].seconds > 0.0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

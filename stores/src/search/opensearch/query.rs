@@ -9,7 +9,7 @@ use crate::search::SearchRequest;
 use crate::search::request::{
     FACET_LIMIT, FacetCount, Facets, PRICE_BUCKET_EDGES, Sort, empty_price_buckets, top_counts,
 };
-use crate::search::text::{QueryWord, query_words};
+use crate::search::text::{QueryWord, has_unindexed_word, query_words};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -45,7 +45,11 @@ pub fn query(request: &SearchRequest) -> Value {
         Some(false) => filter.push(json!({ "range": { "stock": { "lte": 0 } } })),
         None => {}
     }
-    let must: Vec<Value> = request.text().map(query_words).unwrap_or_default().iter().map(word).collect();
+    let mut must: Vec<Value> = request.text().map(query_words).unwrap_or_default().iter().map(word).collect();
+    if request.text().is_some_and(has_unindexed_word) {
+        // A word no document holds: nothing matches (see `has_unindexed_word`).
+        must.push(json!({ "match_none": {} }));
+    }
     json!({ "bool": { "filter": filter, "must": must } })
 }
 

@@ -215,6 +215,7 @@ impl Inner {
                 409 => outcome.stale += 1,
                 400 => {
                     return Err(SearchError::BadDocument {
+                        tenant: op.tenant().to_owned(),
                         sku: op.sku().to_owned(),
                         reason: item["error"]["reason"].as_str().unwrap_or("rejected").to_owned(),
                     });
@@ -231,13 +232,22 @@ impl Inner {
 
     async fn apply(&self, ops: Vec<IndexOp>) -> Result<ApplyOutcome, SearchError> {
         for op in &ops {
-            op.validate().map_err(|reason| SearchError::BadDocument { sku: op.sku().to_owned(), reason })?;
+            op.validate().map_err(|reason| SearchError::BadDocument {
+                tenant: op.tenant().to_owned(),
+                sku: op.sku().to_owned(),
+                reason,
+            })?;
         }
         let (ops, duplicates) = newest_per_key(ops);
+        // A rebuild in progress (started by any node) gets every batch too. Its index is
+        // read BEFORE the live write: read after, a swap in between (alias moved, `-next`
+        // removed, the old index deleted) would leave this batch only in the deleted
+        // index, acked and lost. A rebuild begun after this read reads the catalog after
+        // it, so it holds this batch's changes already.
+        let rebuilding = self.alias_targets(&self.options.next_alias()).await?;
         let mut outcome = self.bulk(&self.options.alias(), &ops, true).await?;
         outcome.stale += duplicates;
-        // A rebuild in progress (started by any node) gets every batch too.
-        for next in self.alias_targets(&self.options.next_alias()).await? {
+        for next in rebuilding {
             self.bulk(&next, &ops, false).await?;
         }
         *self.last_commit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Utc::now());
@@ -487,8 +497,11 @@ impl Rebuild for OpenSearchRebuild {
     fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
         async move {
             for op in &ops {
-                op.validate()
-                    .map_err(|reason| SearchError::BadDocument { sku: op.sku().to_owned(), reason })?;
+                op.validate().map_err(|reason| SearchError::BadDocument {
+                    tenant: op.tenant().to_owned(),
+                    sku: op.sku().to_owned(),
+                    reason,
+                })?;
             }
             let (ops, duplicates) = newest_per_key(ops);
             let mut outcome = self.inner.bulk(&self.index, &ops, false).await?;

@@ -43,6 +43,9 @@ struct WriterState {
     /// and lookups; the index (tombstones included) stays the source of truth.
     versions: HashMap<String, StoredVersion>,
     last_commit: Option<DateTime<Utc>>,
+    /// A commit whose reader reload failed: the reader (and lookups through it) lag the
+    /// index until a reload succeeds, so every batch reloads first.
+    reload_pending: bool,
 }
 
 impl IndexHandle {
@@ -67,6 +70,7 @@ impl IndexHandle {
                 writer: Some(writer),
                 versions: HashMap::new(),
                 last_commit: None,
+                reload_pending: false,
             }),
             index,
             writer_memory_bytes,
@@ -93,7 +97,11 @@ impl IndexHandle {
     /// Blocking: call it from a blocking thread.
     pub fn apply(&self, ops: Vec<IndexOp>) -> Result<ApplyOutcome, SearchError> {
         for op in &ops {
-            op.validate().map_err(|reason| SearchError::BadDocument { sku: op.sku().to_owned(), reason })?;
+            op.validate().map_err(|reason| SearchError::BadDocument {
+                tenant: op.tenant().to_owned(),
+                sku: op.sku().to_owned(),
+                reason,
+            })?;
         }
         let (ops, duplicates) = newest_per_key(ops);
         let mut outcome = ApplyOutcome { applied: 0, stale: duplicates };
@@ -107,6 +115,12 @@ impl IndexHandle {
         let Some(writer) = state.writer.as_mut() else {
             return Err(SearchError::Internal("no index writer".into()));
         };
+        if state.reload_pending {
+            // Lookups must see the last commit, and a batch that writes nothing new must
+            // still be searchable when this returns.
+            self.reader.reload().map_err(tantivy_error)?;
+            state.reload_pending = false;
+        }
         let searcher = self.reader.searcher();
         let mut written: Vec<(String, StoredVersion)> = Vec::new();
         for op in &ops {
@@ -141,7 +155,9 @@ impl IndexHandle {
             }
             return Err(tantivy_error(e));
         }
-        self.reader.reload().map_err(tantivy_error)?;
+        // Committed: the cache follows the index now, before the reload, which may fail —
+        // a cache left behind the index would let a stale op overwrite what this batch
+        // wrote (its lookup falling back to a reader that has not seen the commit).
         // The cache only saves lookups; past its bound it starts over rather than grow
         // with the catalog.
         if state.versions.len() + written.len() > VERSION_CACHE_ENTRIES {
@@ -149,6 +165,9 @@ impl IndexHandle {
         }
         state.versions.extend(written);
         state.last_commit = Some(Utc::now());
+        state.reload_pending = true;
+        self.reader.reload().map_err(tantivy_error)?;
+        state.reload_pending = false;
         Ok(outcome)
     }
 

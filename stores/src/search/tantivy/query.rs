@@ -7,11 +7,12 @@
 
 use super::schema::{Fields, attr_term};
 use crate::search::SearchRequest;
-use crate::search::text::{QueryWord, query_words};
+use crate::search::text::{QueryWord, has_unindexed_word, query_words};
 use std::ops::Bound;
 use tantivy::Term;
 use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery,
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, FuzzyTermQuery, Occur, Query,
+    RangeQuery, TermQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 
@@ -58,6 +59,9 @@ pub fn build(fields: &Fields, request: &SearchRequest) -> Box<dyn Query> {
         clauses.push(filter(Box::new(RangeQuery::new(term(lower), term(upper)))));
     }
     if let Some(text) = request.text() {
+        if has_unindexed_word(text) {
+            return Box::new(EmptyQuery);
+        }
         for word in query_words(text) {
             clauses.push((Occur::Must, word_query(fields, &word)));
         }

@@ -215,7 +215,18 @@ impl Inner {
             .and_then(|n| n.to_str())
             .ok_or_else(|| SearchError::Internal("rebuild directory has no name".into()))?
             .to_owned();
-        write_pointer(&self.root, &name)?;
+        if let Err(e) = write_pointer(&self.root, &name) {
+            // Only when `CURRENT` already names the new index (the rename happened, a
+            // later fsync failed) is it the one a restart opens: then the swap goes on.
+            // Otherwise the rebuild is over, failed: left in its slot it would take every
+            // later `apply` and refuse every later rebuild until a restart.
+            let named = std::fs::read_to_string(self.root.join(POINTER)).is_ok_and(|n| n.trim() == name);
+            if !named {
+                self.discard(handle);
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "the search index pointer was replaced but not synced");
+        }
         let old = {
             let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
             std::mem::replace(&mut *live, handle.clone())

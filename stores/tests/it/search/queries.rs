@@ -357,3 +357,59 @@ async fn the_shared_known_answers_hold(h: &Harness) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// tantivy only: the most expensive texts the bounds allow — 16 words of two-edit fuzzy
+/// matching, one 512-byte word, a one-letter prefix, regex and query-syntax characters —
+/// over a 20,000-word dictionary answer quickly and match nothing they should not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_query_texts_stay_cheap() -> anyhow::Result<()> {
+    use souk_stores::search::IndexOp;
+    let h = Harness::tantivy()?;
+    let store = h.with_fixture().await?;
+    // A large dictionary: 2,000 documents of 10 pseudo-random 9-letter words.
+    let mut seed: u64 = 7;
+    let mut word = || {
+        (0..9)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                char::from(b'a' + ((seed >> 33) % 26) as u8)
+            })
+            .collect::<String>()
+    };
+    let ops: Vec<IndexOp> = (0..2000)
+        .map(|n| {
+            let mut d = super::doc("MUG-005");
+            d.sku = format!("GEN-{n:05}");
+            d.title = (0..5).map(|_| word()).collect::<Vec<_>>().join(" ");
+            d.description = (0..5).map(|_| word()).collect::<Vec<_>>().join(" ");
+            IndexOp::Upsert(d)
+        })
+        .collect();
+    store.apply(ops).await?;
+    let sixteen =
+        (0..16).map(|i| format!("{}{}", "abcdefghijklmnopqrstuvwxyz", i)).collect::<Vec<_>>().join(" ");
+    let regexy = ".*.*.*.*(a|b)+[^x]* \\ \" ' ~2 ^3 AND OR NOT *:* title:x";
+    let (long, long_folded) = ("a".repeat(512), "é".repeat(256));
+    for q in [
+        sixteen.as_str(),
+        long.as_str(),
+        "a",
+        regexy,
+        long_folded.as_str(),
+        "mug aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ] {
+        let started = std::time::Instant::now();
+        let results = store.search(&text(q)).await?;
+        let took = started.elapsed();
+        // Generous: a debug build on shared cores; a blow-up takes seconds to minutes.
+        assert!(took < std::time::Duration::from_secs(2), "{took:?} for {q:?}");
+        assert!(results.hits.len() <= 100);
+    }
+    // A word too long to be indexed can never match, so a query with one matches
+    // nothing (every word must match) — not everything, as if it were blank.
+    for q in [long.as_str(), long_folded.as_str(), "mug aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"] {
+        assert_eq!(store.search(&text(q)).await?.total, 0, "{q:?}");
+    }
+    assert_eq!(store.search(&text(regexy)).await?.total, 0, "query syntax is plain words");
+    Ok(())
+}
