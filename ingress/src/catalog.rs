@@ -233,9 +233,7 @@ impl WriteRequest {
         if !claims.may_act_for(seller) {
             return Err(Problem::forbidden("this token does not act for this seller"));
         }
-        if let Some(limiter) = &state.limiter {
-            limiter.check_write(claims)?;
-        }
+        state.check_write(claims)?;
         let mut errors = Vec::new();
         if let Err(why) = check_seller_id(seller) {
             errors.push(FieldError { field: "seller".into(), message: why.into() });
@@ -361,24 +359,8 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
 
 /// The body as JSON: 415 unless `application/json`, 413 over the limit, 400 unparseable.
 fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<serde_json::Value, Problem> {
-    let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if !is_json {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-        )
-        .detail("send Content-Type: application/json"));
-    }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large")
-                .detail(format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES))
-        }
-        status => Problem::new(status, "unreadable-body", "Unreadable body").detail(rejection.body_text()),
-    })?;
+    crate::problem::require_json(headers)?;
+    let body = crate::problem::body_bytes(body)?;
     // Strict: a key twice is refused (another parser could read the other value).
     souk_pipelines::catalog::parse_json(&body)
         .map_err(|e| Problem::bad_request("malformed-json", e.to_string()))
@@ -434,9 +416,7 @@ pub async fn get_write(
     Principal(claims): Principal,
     Path(write_id): Path<String>,
 ) -> Result<Response, Problem> {
-    if let Some(limiter) = &state.limiter {
-        limiter.check_read(&claims)?;
-    }
+    state.check_read(&claims)?;
     let write_id = Uuid::parse_str(&write_id)
         .map_err(|_| Problem::bad_request("invalid-write-id", "write ids are UUIDs"))?;
     let not_found = || Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such write");

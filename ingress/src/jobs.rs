@@ -103,20 +103,8 @@ pub async fn submit(
     body: Body,
 ) -> Result<Response, Problem> {
     staff(&claims)?;
-    if let Some(limiter) = &state.limiter {
-        limiter.check_write(&claims)?;
-    }
-    let is_json = request_headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if !is_json {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-        )
-        .detail("send Content-Type: application/json"));
-    }
+    state.check_write(&claims)?;
+    crate::problem::require_json(&request_headers)?;
     let body = axum::body::to_bytes(body, MAX_JOB_BODY_BYTES).await.map_err(|_| {
         Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large").detail(format!(
             "job requests are limited to {MAX_JOB_BODY_BYTES} bytes; submit larger files with `souk jobs submit`"
@@ -192,9 +180,7 @@ pub async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<Job>>, Problem> {
     staff(&claims)?;
-    if let Some(limiter) = &state.limiter {
-        limiter.check_read(&claims)?;
-    }
+    state.check_read(&claims)?;
     let Query(query) = query.map_err(|e| Problem::bad_request("invalid-query", e.body_text()))?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
@@ -233,9 +219,7 @@ pub async fn get(
     id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Job>, Problem> {
     staff(&claims)?;
-    if let Some(limiter) = &state.limiter {
-        limiter.check_read(&claims)?;
-    }
+    state.check_read(&claims)?;
     let Path(id) = id.map_err(|_| Problem::bad_request("invalid-path", "id: not a job id (a UUID)"))?;
     record::get_with_errors(&state.pool, Some(&claims.tenant), id)
         .await

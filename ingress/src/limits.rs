@@ -7,7 +7,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{Problem, auth::Claims};
+use crate::{AppState, Problem, auth::Claims};
 
 /// Sustained rates with burst allowances, per principal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,4 +85,16 @@ fn check_key(buckets: &Buckets, key: String, kind: &'static str) -> Result<(), P
         metrics::counter!("souk_ingress_rate_limited_total", "kind" => kind).increment(1);
         Problem::too_many_requests(kind, wait.as_secs().max(1))
     })
+}
+
+impl AppState {
+    /// One write from `claims`' budget (429 over it), when rate limits are on.
+    pub(crate) fn check_write(&self, claims: &Claims) -> Result<(), Problem> {
+        self.limiter.as_ref().map_or(Ok(()), |limiter| limiter.check_write(claims))
+    }
+
+    /// One read from `claims`' read budget (429 over it), when rate limits are on.
+    pub(crate) fn check_read(&self, claims: &Claims) -> Result<(), Problem> {
+        self.limiter.as_ref().map_or(Ok(()), |limiter| limiter.check_read(claims))
+    }
 }

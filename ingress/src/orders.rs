@@ -96,28 +96,10 @@ pub async fn place(
     if !claims.has(Role::Buyer) {
         return Err(Problem::forbidden("placing orders needs the buyer role"));
     }
-    if let Some(limiter) = &state.limiter {
-        limiter.check_write(&claims)?;
-    }
+    state.check_write(&claims)?;
     let key = idempotency_key(&request_headers)?;
-    let is_json = request_headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if !is_json {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-        )
-        .detail("send Content-Type: application/json"));
-    }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large")
-                .detail(format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES))
-        }
-        status => Problem::new(status, "unreadable-body", "Unreadable body").detail(rejection.body_text()),
-    })?;
+    crate::problem::require_json(&request_headers)?;
+    let body = crate::problem::body_bytes(body)?;
     let request: PlaceOrderRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Problem::unprocessable("invalid-body", e.to_string()),
         _ => Problem::bad_request("malformed-json", e.to_string()),
@@ -207,9 +189,7 @@ pub async fn get(
     Principal(claims): Principal,
     Path(order_id): Path<String>,
 ) -> Result<Response, Problem> {
-    if let Some(limiter) = &state.limiter {
-        limiter.check_read(&claims)?;
-    }
+    state.check_read(&claims)?;
     let order_id = Uuid::parse_str(&order_id)
         .map_err(|_| Problem::bad_request("invalid-order-id", "order ids are UUIDs"))?;
     let not_found = || Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such order");

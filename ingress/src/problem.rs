@@ -125,6 +125,36 @@ pub fn single_header(
     Ok(first)
 }
 
+/// 415 unless the request says `Content-Type: application/json` (parameters allowed).
+pub(crate) fn require_json(headers: &axum::http::HeaderMap) -> Result<(), Problem> {
+    let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !is_json {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+        )
+        .detail("send Content-Type: application/json"));
+    }
+    Ok(())
+}
+
+/// The body read under the router's limit: 413 over [`crate::MAX_BODY_BYTES`], the
+/// rejection's own status otherwise.
+pub(crate) fn body_bytes(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, Problem> {
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Body too large")
+                .detail(format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES))
+        }
+        status => Problem::new(status, "unreadable-body", "Unreadable body").detail(rejection.body_text()),
+    })
+}
+
 /// Fallback for unknown routes. Its own type (`not-found-route`), so a client (and the
 /// route test) can tell "no such route" from "no such resource".
 pub async fn not_found() -> Problem {

@@ -55,9 +55,7 @@ impl MaybePrincipal {
     fn tenant(&self, state: &AppState) -> Result<String, Problem> {
         match &self.0 {
             Some(claims) => {
-                if let Some(limiter) = &state.limiter {
-                    limiter.check_read(claims)?;
-                }
+                state.check_read(claims)?;
                 Ok(claims.tenant.clone())
             }
             None => Ok(state.public_tenant.clone()),

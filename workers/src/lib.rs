@@ -11,8 +11,10 @@
 //! [`registry`] names every handler the way topology pools refer to them.
 
 pub mod catalog;
+mod dead_letter;
 pub mod dedupe;
 pub mod orders;
+mod schema;
 mod store;
 
 use souk_stores::search::SearchStore;

@@ -12,15 +12,15 @@
 //! this consumer's floor and remove nothing; dead letters stay for `souk dlq`.
 
 use futures::{FutureExt, future::BoxFuture};
-use souk_pipelines::{Message, catalog::WriteProduct, headers};
+use souk_pipelines::catalog::WriteProduct;
 use souk_stores::postgres::products;
 use souk_topologies::runtime::Delivery;
-use sqlx::{PgConnection, types::Uuid};
+use sqlx::PgConnection;
 
-use crate::dedupe::{Apply, ApplyError};
-
-/// The dead letter's copy of the original `Nats-Msg-Id`.
-const ORIGINAL_MSG_ID: &str = "souk-dlq-msg-id";
+use crate::{
+    dead_letter,
+    dedupe::{Apply, ApplyError},
+};
 
 /// Records dead-lettered `catalog.write` commands as failed writes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,13 +34,7 @@ impl Apply for WriteDeadLettered {
     /// The dead letter of a command in a newer schema waits for the upgrade: taken as
     /// unreadable, it would lose its seller and SKU.
     fn too_new(&self, d: &Delivery) -> Option<String> {
-        d.newer_version::<WriteProduct>().map(|v| {
-            format!(
-                "{} v{v} is newer than this release reads (v{})",
-                WriteProduct::SCHEMA,
-                WriteProduct::VERSION
-            )
-        })
+        crate::schema::too_new::<WriteProduct>(d)
     }
 
     fn apply<'a>(
@@ -49,7 +43,7 @@ impl Apply for WriteDeadLettered {
         d: &'a Delivery,
     ) -> BoxFuture<'a, Result<(), ApplyError>> {
         async move {
-            let reason = d.header(headers::DLQ_ERROR).unwrap_or("dead-lettered").to_owned();
+            let reason = dead_letter::reason(d);
             let failed = match d.decode::<WriteProduct>() {
                 Ok(cmd) => {
                     let write = products::FailedWrite {
@@ -64,11 +58,7 @@ impl Apply for WriteDeadLettered {
                 // Unreadable: the write id is the last part of its message id
                 // (`catalog.write:<tenant>:<write id>`; a redrive keeps it as the
                 // causation id), its sender in its claim.
-                Err(e) => match [ORIGINAL_MSG_ID, headers::CAUSATION_ID]
-                    .into_iter()
-                    .filter_map(|name| d.header(name)?.rsplit(':').next())
-                    .find_map(|id| Uuid::parse_str(id).ok())
-                {
+                Err(e) => match dead_letter::original_id(d) {
                     Some(write_id) => {
                         products::mark_failed_from_claim(tx, write_id, &format!("{reason} ({e})")).await?
                     }

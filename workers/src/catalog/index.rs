@@ -21,7 +21,7 @@
 //! lost — and anything else is retried as a failure of the batch.
 
 use futures::{FutureExt, future::BoxFuture};
-use souk_pipelines::{Message, catalog::ProductChanged};
+use souk_pipelines::catalog::ProductChanged;
 use souk_stores::search::{IndexOp, SearchError, SearchStore};
 use souk_topologies::runtime::{Delivery, Handler, HandlerError, Outcome};
 use std::sync::Arc;
@@ -159,13 +159,7 @@ impl Handler for IndexProducts {
     }
 
     fn too_new(&self, d: &Delivery) -> Option<String> {
-        d.newer_version::<ProductChanged>().map(|v| {
-            format!(
-                "{} v{v} is newer than this release reads (v{})",
-                ProductChanged::SCHEMA,
-                ProductChanged::VERSION
-            )
-        })
+        crate::schema::too_new::<ProductChanged>(d)
     }
 
     /// The index takes writes: a real write (a tombstone of the probe tenant, at a

@@ -53,13 +53,7 @@ impl Apply for WriteProductHandler {
 
     /// A command of a newer schema waits for the upgrade instead of being dead-lettered.
     fn too_new(&self, d: &Delivery) -> Option<String> {
-        d.newer_version::<WriteProduct>().map(|v| {
-            format!(
-                "{} v{v} is newer than this release reads (v{})",
-                WriteProduct::SCHEMA,
-                WriteProduct::VERSION
-            )
-        })
+        crate::schema::too_new::<WriteProduct>(d)
     }
 
     fn apply<'a>(

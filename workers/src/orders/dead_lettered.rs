@@ -12,15 +12,15 @@
 //! this consumer's floor and remove nothing; dead letters stay for `souk dlq`.
 
 use futures::{FutureExt, future::BoxFuture};
-use souk_pipelines::{Message, headers, orders::PlaceOrder};
+use souk_pipelines::orders::PlaceOrder;
 use souk_stores::postgres::orders;
 use souk_topologies::runtime::Delivery;
-use sqlx::{PgConnection, types::Uuid};
+use sqlx::PgConnection;
 
-use crate::dedupe::{Apply, ApplyError};
-
-/// The dead letter's copy of the original `Nats-Msg-Id`.
-const ORIGINAL_MSG_ID: &str = "souk-dlq-msg-id";
+use crate::{
+    dead_letter,
+    dedupe::{Apply, ApplyError},
+};
 
 /// Marks the orders of dead-lettered `orders.place` commands failed.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,9 +35,7 @@ impl Apply for OrderDeadLettered {
     /// this one cannot read it) waits for the upgrade: taken as unreadable, its order
     /// would be written with no lines and the dead letter recorded as done.
     fn too_new(&self, d: &Delivery) -> Option<String> {
-        d.newer_version::<PlaceOrder>().map(|v| {
-            format!("{} v{v} is newer than this release reads (v{})", PlaceOrder::SCHEMA, PlaceOrder::VERSION)
-        })
+        crate::schema::too_new::<PlaceOrder>(d)
     }
 
     fn apply<'a>(
@@ -46,19 +44,12 @@ impl Apply for OrderDeadLettered {
         d: &'a Delivery,
     ) -> BoxFuture<'a, Result<(), ApplyError>> {
         async move {
-            let reason = d.header(headers::DLQ_ERROR).unwrap_or("dead-lettered").to_owned();
+            let reason = dead_letter::reason(d);
             let failed = match d.decode::<PlaceOrder>() {
                 Ok(cmd) => orders::mark_failed(tx, &cmd, &reason).await?,
                 // Unreadable: the order id is the last part of the ingress's message
-                // id (`orders.place:<tenant>:<order id>`), its owner in its claim. A
-                // redriven command was published under a `replay:…` id, so its dead
-                // letter names that one: the ingress's causation id (the same
-                // `orders.place:…`, kept by a redrive) still names the order.
-                Err(e) => match [ORIGINAL_MSG_ID, headers::CAUSATION_ID]
-                    .into_iter()
-                    .filter_map(|name| d.header(name)?.rsplit(':').next())
-                    .find_map(|id| Uuid::parse_str(id).ok())
-                {
+                // id (`orders.place:<tenant>:<order id>`), its owner in its claim.
+                Err(e) => match dead_letter::original_id(d) {
                     Some(order_id) => {
                         orders::mark_failed_unreadable(tx, order_id, &format!("{reason} ({e})")).await?
                     }

@@ -145,9 +145,7 @@ fn outcome(result: Result<(), pg::Error>) -> Outcome {
 impl Handler for PlaceOrderHandler {
     /// A `PlaceOrder` of a newer version than this release reads waits for the upgrade.
     fn too_new(&self, delivery: &Delivery) -> Option<String> {
-        delivery.newer_version::<PlaceOrder>().map(|v| {
-            format!("{} v{v} is newer than this release reads (v{})", PlaceOrder::SCHEMA, PlaceOrder::VERSION)
-        })
+        crate::schema::too_new::<PlaceOrder>(delivery)
     }
 
     /// Postgres answers and takes writes (a standby, or a primary demoted in a
