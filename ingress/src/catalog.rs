@@ -419,7 +419,7 @@ pub async fn get_write(
     state.check_read(&claims)?;
     let write_id = Uuid::parse_str(&write_id)
         .map_err(|_| Problem::bad_request("invalid-write-id", "write ids are UUIDs"))?;
-    let not_found = || Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such write");
+    let not_found = || Problem::not_found("no such write");
     let (outcome, owner) = tokio::try_join!(
         products::write_outcome(&state.pool, &claims.tenant, write_id),
         idempotency::owner_of(&state.pool, write_id)

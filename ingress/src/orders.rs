@@ -192,7 +192,7 @@ pub async fn get(
     state.check_read(&claims)?;
     let order_id = Uuid::parse_str(&order_id)
         .map_err(|_| Problem::bad_request("invalid-order-id", "order ids are UUIDs"))?;
-    let not_found = || Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such order");
+    let not_found = || Problem::not_found("no such order");
     let unavailable = |e: souk_stores::postgres::Error| {
         if let Some(held_back) = state.unavailable_log.admit() {
             tracing::warn!(error = %e, held_back, "order read failed (503); similar lines held back for a second");

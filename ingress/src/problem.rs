@@ -65,6 +65,11 @@ impl Problem {
         Problem::new(StatusCode::FORBIDDEN, "forbidden", "Not allowed").detail(detail)
     }
 
+    /// 404 for a resource that does not exist (or that the caller may not know of).
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail(detail)
+    }
+
     pub fn bad_request(slug: &str, detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::BAD_REQUEST, slug, "Bad request").detail(detail)
     }

@@ -64,7 +64,7 @@ impl MaybePrincipal {
 }
 
 fn not_found() -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail("no such product")
+    Problem::not_found("no such product")
 }
 
 /// Read a product
