@@ -303,32 +303,12 @@ pub fn redact_nats(url: &str) -> String {
 
 /// Lock `<data dir>/dev.lock`, or say which process holds it.
 fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
-    let path = config.data_dir.join("dev.lock");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {
-            use std::io::{Seek, Write};
-            file.set_len(0)?;
-            file.seek(std::io::SeekFrom::Start(0))?;
-            writeln!(file, "{}", std::process::id())?;
-            Ok(file)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "another `souk dev` (pid {}) is running with data dir {}; stop it, or give this one its own --data-dir and --http-addr",
-                holder.trim(),
-                config.data_dir.display()
-            )
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
-    }
+    souk_cli::pid_lock::lock(&config.data_dir.join("dev.lock"))?.map_err(|holder| {
+        anyhow::anyhow!(
+            "another `souk dev` (pid {holder}) is running with data dir {}; stop it, or give this one its own --data-dir and --http-addr",
+            config.data_dir.display()
+        )
+    })
 }
 
 async fn start_local_nats(config: &Config) -> anyhow::Result<(Child, String)> {

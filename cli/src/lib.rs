@@ -5,3 +5,4 @@
 //! binary, the end-to-end tests and the benchmark all start exactly the same thing.
 
 pub mod node;
+pub mod pid_lock;

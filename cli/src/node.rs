@@ -214,34 +214,13 @@ pub async fn open_search(backend: &SearchBackend) -> anyhow::Result<Arc<dyn Sear
 
 /// Lock `<dir>/souk.lock` for this process, or say who holds it.
 fn lock_index_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use anyhow::Context;
-    use std::io::{Seek, Write};
-    let path = dir.join("souk.lock");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {
-            file.set_len(0)?;
-            file.seek(std::io::SeekFrom::Start(0))?;
-            writeln!(file, "{}", std::process::id())?;
-            Ok(file)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            anyhow::bail!(
-                "the search index {} is open in another process (pid {}): one process per index runs the \
-                 catalog-index pool and serves search from it; give this one another search.dir, or use OpenSearch",
-                dir.display(),
-                holder.trim()
-            )
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
-    }
+    crate::pid_lock::lock(&dir.join("souk.lock"))?.map_err(|holder| {
+        anyhow::anyhow!(
+            "the search index {} is open in another process (pid {holder}): one process per index runs the \
+             catalog-index pool and serves search from it; give this one another search.dir, or use OpenSearch",
+            dir.display(),
+        )
+    })
 }
 
 /// A tantivy store and the lock that makes this process its only user (released when
