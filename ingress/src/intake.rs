@@ -130,22 +130,7 @@ impl Intake {
     ) -> Result<Accepted, IntakeError> {
         // Canonical body: the parsed request re-serialised, so formatting never matters.
         let request_hash = sha256(&serde_json::to_vec(request).unwrap_or_default());
-        let claim = Claim {
-            tenant: principal.tenant.clone(),
-            principal: principal.sub.clone(),
-            key: key.to_owned(),
-            request_hash: request_hash.clone(),
-            order_id: Uuid::now_v7(),
-        };
-        let record = self
-            .claims
-            .call(claim)
-            .await
-            .map_err(|e| IntakeError::Unavailable(e.to_string()))?
-            .map_err(|e| IntakeError::Unavailable(format!("idempotency store: {e}")))?;
-        if record.request_hash != request_hash {
-            return Err(IntakeError::KeyReused);
-        }
+        let record = self.claim(principal, key.to_owned(), request_hash).await?;
         let command = PlaceOrder {
             order_id: record.order_id,
             tenant: principal.tenant.clone(),
@@ -188,6 +173,34 @@ pub(crate) struct AcceptedWrite {
 }
 
 impl Intake {
+    /// Claim `key` for `principal` with the hash of its request (batched with the
+    /// concurrent claims): the record fixes the id of the order or write; the same key
+    /// with another request is `KeyReused`.
+    async fn claim(
+        &self,
+        principal: &Claims,
+        key: String,
+        request_hash: Vec<u8>,
+    ) -> Result<Record, IntakeError> {
+        let claim = Claim {
+            tenant: principal.tenant.clone(),
+            principal: principal.sub.clone(),
+            key,
+            request_hash: request_hash.clone(),
+            order_id: Uuid::now_v7(),
+        };
+        let record = self
+            .claims
+            .call(claim)
+            .await
+            .map_err(|e| IntakeError::Unavailable(e.to_string()))?
+            .map_err(|e| IntakeError::Unavailable(format!("idempotency store: {e}")))?;
+        if record.request_hash != request_hash {
+            return Err(IntakeError::KeyReused);
+        }
+        Ok(record)
+    }
+
     /// Accept a catalog write from `principal` under idempotency `key`: claim the key
     /// (its record fixes the write id; keys live apart from order keys, see
     /// `idempotency::CATALOG_WRITE_PREFIX`), build the command with that id, publish it
@@ -200,22 +213,9 @@ impl Intake {
         command: impl FnOnce(Uuid) -> WriteProduct,
     ) -> Result<AcceptedWrite, IntakeError> {
         let work = async {
-            let claim = Claim {
-                tenant: principal.tenant.clone(),
-                principal: principal.sub.clone(),
-                key: format!("{}{key}", idempotency::CATALOG_WRITE_PREFIX),
-                request_hash: request_hash.clone(),
-                order_id: Uuid::now_v7(),
-            };
             let record = self
-                .claims
-                .call(claim)
-                .await
-                .map_err(|e| IntakeError::Unavailable(e.to_string()))?
-                .map_err(|e| IntakeError::Unavailable(format!("idempotency store: {e}")))?;
-            if record.request_hash != request_hash {
-                return Err(IntakeError::KeyReused);
-            }
+                .claim(principal, format!("{}{key}", idempotency::CATALOG_WRITE_PREFIX), request_hash)
+                .await?;
             let cmd = command(record.order_id);
             let publish = tracing::info_span!("publish", subject = WriteProduct::SUBJECT);
             let msg = publish.in_scope(|| OutgoingMessage::command(&cmd, cmd.message_id(), &cmd.tenant));
