@@ -18,7 +18,7 @@ use souk_pipelines::{
     Message,
     catalog::WriteProduct,
     encode, headers,
-    orders::{PlaceOrder, PlaceOrderRequest},
+    orders::{PlaceOrder, PlaceOrderRequest, PricedLine},
 };
 use souk_stores::postgres::idempotency::{self, Claim, Record};
 use souk_topologies::{
@@ -136,8 +136,9 @@ impl Intake {
             tenant: principal.tenant.clone(),
             buyer_id: principal.sub.clone(),
             currency: request.currency,
-            lines: request.lines.clone(),
+            lines: request.lines.iter().map(PricedLine::client_priced).collect(),
             total_minor,
+            payment_token: None,
             placed_at: chrono::Utc::now(),
         };
         let mut h = HeaderMap::new();

@@ -67,8 +67,9 @@ impl Sample {
             tenant: TENANT.into(),
             buyer_id: buyer_id.into(),
             currency: request.currency,
-            lines: request.lines.clone(),
+            lines: request.lines.iter().map(souk_pipelines::orders::PricedLine::client_priced).collect(),
             total_minor,
+            payment_token: None,
             placed_at: chrono::Utc::now(),
         }
     }

@@ -10,13 +10,16 @@
 pub mod catalog;
 pub mod categories;
 pub mod envelope;
+pub mod fulfilment;
 pub mod headers;
+pub mod inventory;
 pub mod money;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod orders;
 pub mod outbox;
 pub mod pan;
+pub mod payments;
 pub mod subjects;
 
 pub use envelope::{DecodeError, Message, decode, encode, newer_version};

@@ -1,4 +1,5 @@
-//! Orders: the `PlaceOrder` command and the `OrderAccepted` event.
+//! Orders: the `PlaceOrder` command, and the events of an order's life: `OrderAccepted`,
+//! then `OrderConfirmed` or `OrderCancelled`, then `OrderShipped`.
 
 use crate::{Currency, Message, Money, MoneyError, subjects};
 use chrono::{DateTime, Utc};
@@ -47,62 +48,124 @@ pub struct FieldError {
 impl PlaceOrderRequest {
     /// Check every business rule; returns all violations, not just the first.
     pub fn validate(&self) -> Result<Money, Vec<FieldError>> {
-        let mut errors = Vec::new();
-        let mut err =
-            |field: String, message: &str| errors.push(FieldError { field, message: message.to_owned() });
-        if self.lines.is_empty() {
-            err("lines".into(), "an order needs at least one line");
+        validate_lines(
+            self.currency,
+            self.lines.iter().map(|l| (l.sku.as_str(), l.quantity, l.unit_price_minor)),
+        )
+    }
+}
+
+/// Check lines given as (sku, quantity, unit price); returns their total or every
+/// violation, each naming its line (`lines[i].field`).
+pub fn validate_lines<'a>(
+    currency: Currency,
+    lines: impl ExactSizeIterator<Item = (&'a str, i64, i64)>,
+) -> Result<Money, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut err =
+        |field: String, message: &str| errors.push(FieldError { field, message: message.to_owned() });
+    if lines.len() == 0 {
+        err("lines".into(), "an order needs at least one line");
+    }
+    if lines.len() > MAX_LINES {
+        err("lines".into(), "too many lines (at most 100)");
+    }
+    let mut total = Some(Money { amount_minor: 0, currency });
+    for (i, (sku, quantity, unit_price_minor)) in lines.enumerate() {
+        let sku_ok = !sku.is_empty()
+            && sku.len() <= MAX_SKU_LEN
+            && sku.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !sku_ok {
+            err(format!("lines[{i}].sku"), "1-64 characters of A-Z a-z 0-9 - _ .");
+        } else if crate::pan::looks_like_pan(sku) {
+            err(format!("lines[{i}].sku"), "looks like a card number: souk accepts payment tokens only");
         }
-        if self.lines.len() > MAX_LINES {
-            err("lines".into(), "too many lines (at most 100)");
+        if quantity <= 0 {
+            err(format!("lines[{i}].quantity"), "must be a positive integer");
+        } else if quantity > MAX_QUANTITY {
+            err(format!("lines[{i}].quantity"), "must be at most 10000");
         }
-        let mut total = Some(Money { amount_minor: 0, currency: self.currency });
-        for (i, line) in self.lines.iter().enumerate() {
-            let sku_ok = !line.sku.is_empty()
-                && line.sku.len() <= MAX_SKU_LEN
-                && line.sku.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !sku_ok {
-                err(format!("lines[{i}].sku"), "1-64 characters of A-Z a-z 0-9 - _ .");
-            } else if crate::pan::looks_like_pan(&line.sku) {
-                err(format!("lines[{i}].sku"), "looks like a card number: souk accepts payment tokens only");
-            }
-            if line.quantity <= 0 {
-                err(format!("lines[{i}].quantity"), "must be a positive integer");
-            } else if line.quantity > MAX_QUANTITY {
-                err(format!("lines[{i}].quantity"), "must be at most 10000");
-            }
-            if line.unit_price_minor < 0 {
-                err(format!("lines[{i}].unit_price_minor"), "must not be negative");
-            }
-            let unit = Money { amount_minor: line.unit_price_minor, currency: self.currency };
-            total = total.and_then(|t| unit.times(line.quantity).and_then(|l| t.checked_add(l)).ok());
+        if unit_price_minor < 0 {
+            err(format!("lines[{i}].unit_price_minor"), "must not be negative");
         }
-        match (errors.is_empty(), total) {
-            (true, Some(total)) => Ok(total),
-            (true, None) => {
-                Err(vec![FieldError { field: "lines".into(), message: MoneyError::Overflow.to_string() }])
-            }
-            (false, _) => Err(errors),
+        let unit = Money { amount_minor: unit_price_minor, currency };
+        total = total.and_then(|t| unit.times(quantity).and_then(|l| t.checked_add(l)).ok());
+    }
+    match (errors.is_empty(), total) {
+        (true, Some(total)) => Ok(total),
+        (true, None) => {
+            Err(vec![FieldError { field: "lines".into(), message: MoneyError::Overflow.to_string() }])
+        }
+        (false, _) => Err(errors),
+    }
+}
+
+impl PricedLine {
+    /// A line priced by the client (the version-1 order API), with no seller.
+    pub fn client_priced(line: &OrderLine) -> Self {
+        PricedLine {
+            sku: line.sku.clone(),
+            seller: String::new(),
+            quantity: line.quantity,
+            unit_price_minor: line.unit_price_minor,
         }
     }
 }
 
-/// Command: place an order. Published by the ingress once the request is validated.
+/// One line of a placed order, priced from the catalog at checkout (never by the
+/// client): the SKU, the seller that lists it, and the unit price when the order was
+/// placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PricedLine {
+    pub sku: String,
+    /// Empty in a version-1 command (placed before orders were priced from the catalog).
+    #[serde(default)]
+    pub seller: String,
+    pub quantity: i64,
+    pub unit_price_minor: i64,
+}
+
+/// Command: place an order. Published by the ingress once the request is validated and
+/// priced; starts the order's saga.
+///
+/// Version 2 adds each line's `seller` and the `payment_token`; a version-1 command
+/// (neither) still decodes, with an empty seller and no token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlaceOrder {
     pub order_id: Uuid,
     pub tenant: String,
     pub buyer_id: String,
     pub currency: Currency,
-    pub lines: Vec<OrderLine>,
+    pub lines: Vec<PricedLine>,
     pub total_minor: i64,
+    /// The provider token to pay with (`tok_…`, never a card number).
+    #[serde(default)]
+    pub payment_token: Option<String>,
     pub placed_at: DateTime<Utc>,
+}
+
+impl PlaceOrder {
+    /// Check the command is internally consistent: valid lines whose total is `total_minor`.
+    pub fn validate(&self) -> Result<Money, Vec<FieldError>> {
+        let total = validate_lines(
+            self.currency,
+            self.lines.iter().map(|l| (l.sku.as_str(), l.quantity, l.unit_price_minor)),
+        )?;
+        if total.amount_minor != self.total_minor {
+            return Err(vec![FieldError {
+                field: "total_minor".into(),
+                message: format!("total {} does not match lines ({})", self.total_minor, total.amount_minor),
+            }]);
+        }
+        Ok(total)
+    }
 }
 
 impl Message for PlaceOrder {
     const SUBJECT: &'static str = subjects::ORDERS_PLACE;
     const SCHEMA: &'static str = "orders.place";
-    const VERSION: u16 = 1;
+    const VERSION: u16 = 2;
 }
 
 /// Event: the order is recorded with status `accepted`.
@@ -119,6 +182,56 @@ pub struct OrderAccepted {
 impl Message for OrderAccepted {
     const SUBJECT: &'static str = subjects::ORDERS_ACCEPTED;
     const SCHEMA: &'static str = "orders.accepted";
+    const VERSION: u16 = 1;
+}
+
+/// Event: every step succeeded up to capture: the stock is sold and the payment
+/// captured; fulfilment is requested from each seller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConfirmed {
+    pub order_id: Uuid,
+    pub tenant: String,
+    pub buyer_id: String,
+    pub currency: Currency,
+    pub total_minor: i64,
+    pub confirmed_at: DateTime<Utc>,
+}
+
+impl Message for OrderConfirmed {
+    const SUBJECT: &'static str = subjects::ORDERS_CONFIRMED;
+    const SCHEMA: &'static str = "orders.confirmed";
+    const VERSION: u16 = 1;
+}
+
+/// Event: the order will not happen; every compensation is done. `reason` is written
+/// for the buyer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub order_id: Uuid,
+    pub tenant: String,
+    pub buyer_id: String,
+    pub reason: String,
+    pub cancelled_at: DateTime<Utc>,
+}
+
+impl Message for OrderCancelled {
+    const SUBJECT: &'static str = subjects::ORDERS_CANCELLED;
+    const SCHEMA: &'static str = "orders.cancelled";
+    const VERSION: u16 = 1;
+}
+
+/// Event: every seller of the order has shipped its lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderShipped {
+    pub order_id: Uuid,
+    pub tenant: String,
+    pub buyer_id: String,
+    pub shipped_at: DateTime<Utc>,
+}
+
+impl Message for OrderShipped {
+    const SUBJECT: &'static str = subjects::ORDERS_SHIPPED;
+    const SCHEMA: &'static str = "orders.shipped";
     const VERSION: u16 = 1;
 }
 
@@ -176,6 +289,22 @@ mod tests {
             request(serde_json::json!([{"sku": "A", "quantity": 10000, "unit_price_minor": i64::MAX / 2}]))
                 .expect("parses");
         assert!(r.validate().is_err());
+    }
+
+    #[test]
+    fn a_version_1_place_order_still_decodes_without_sellers_or_token() {
+        let v1 = serde_json::json!({
+            "order_id": Uuid::nil(), "tenant": "t", "buyer_id": "b", "currency": "EUR",
+            "lines": [{"sku": "A", "quantity": 2, "unit_price_minor": 5}],
+            "total_minor": 10, "placed_at": "2026-01-01T00:00:00Z"
+        });
+        let bytes = serde_json::to_vec(&v1).expect("json");
+        let cmd = decode::<PlaceOrder>(Some("orders.place/v1"), &bytes).expect("v1 is read");
+        assert_eq!((cmd.lines[0].seller.as_str(), cmd.payment_token), ("", None));
+        assert_eq!(cmd.validate().map(|m| m.amount_minor), Ok(10));
+        let mut wrong = cmd.clone();
+        wrong.total_minor = 11;
+        assert_eq!(wrong.validate().expect_err("mismatch")[0].field, "total_minor");
     }
 
     #[test]

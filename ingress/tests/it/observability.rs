@@ -23,7 +23,7 @@ async fn the_callers_trace_continues_into_the_published_command() -> anyhow::Res
     let traceparent = msg.headers.get("traceparent").map(|v| v.as_str().to_owned()).unwrap_or_default();
     assert!(traceparent.starts_with(&format!("00-{trace_id}-")), "got {traceparent:?}");
     assert!(!traceparent.contains("b7ad6b7169203331"), "a child span, not the caller's span");
-    assert_eq!(msg.headers.get("souk-schema").map(|v| v.as_str()), Some("orders.place/v1"));
+    assert_eq!(msg.headers.get("souk-schema").map(|v| v.as_str()), Some("orders.place/v2"));
     assert_eq!(msg.headers.get("souk-tenant").map(|v| v.as_str()), Some("t1"));
     Ok(())
 }

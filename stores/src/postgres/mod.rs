@@ -4,6 +4,7 @@ mod config;
 pub mod deployment;
 pub mod idempotency;
 pub mod inbox;
+pub mod operator_actions;
 pub mod orders;
 pub mod outbox;
 pub mod products;

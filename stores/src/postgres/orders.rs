@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use souk_pipelines::orders::{OrderLine, PlaceOrder};
+use souk_pipelines::orders::{PlaceOrder, PricedLine};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -22,7 +22,7 @@ pub struct Order {
     pub reason: Option<String>,
     pub currency: String,
     pub total_minor: i64,
-    pub lines: Vec<OrderLine>,
+    pub lines: Vec<PricedLine>,
     pub placed_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -208,7 +208,7 @@ async fn a_parked_row_holds_back_its_aggregate_only_until_requeued() -> anyhow::
 #[tokio::test]
 async fn failed_orders_are_written_once_never_over_an_accepted_one_and_can_be_accepted() -> anyhow::Result<()>
 {
-    use souk_pipelines::orders::{OrderLine, PlaceOrder};
+    use souk_pipelines::orders::{PlaceOrder, PricedLine};
     use souk_stores::postgres::orders;
     let db = db().await?;
     let cmd = PlaceOrder {
@@ -216,7 +216,8 @@ async fn failed_orders_are_written_once_never_over_an_accepted_one_and_can_be_ac
         tenant: "t".into(),
         buyer_id: "u".into(),
         currency: "EUR".parse().map_err(|e| anyhow::anyhow!("{e:?}"))?,
-        lines: vec![OrderLine { sku: "A".into(), quantity: 1, unit_price_minor: 5 }],
+        lines: vec![PricedLine { sku: "A".into(), seller: "s1".into(), quantity: 1, unit_price_minor: 5 }],
+        payment_token: None,
         total_minor: 5,
         placed_at: chrono::Utc::now(),
     };
@@ -248,7 +249,7 @@ async fn failed_orders_are_written_once_never_over_an_accepted_one_and_can_be_ac
 #[tokio::test]
 async fn an_order_whose_command_never_arrived_is_failed_as_lost_when_its_claim_expires() -> anyhow::Result<()>
 {
-    use souk_pipelines::orders::{OrderLine, PlaceOrder};
+    use souk_pipelines::orders::{PlaceOrder, PricedLine};
     use souk_stores::postgres::{idempotency, orders};
     let db = db().await?;
     let claim = |key: &str| idempotency::Claim {
@@ -265,7 +266,8 @@ async fn an_order_whose_command_never_arrived_is_failed_as_lost_when_its_claim_e
         tenant: "t".into(),
         buyer_id: "u".into(),
         currency: "EUR".parse().expect("EUR"),
-        lines: vec![OrderLine { sku: "A".into(), quantity: 1, unit_price_minor: 5 }],
+        lines: vec![PricedLine { sku: "A".into(), seller: "s1".into(), quantity: 1, unit_price_minor: 5 }],
+        payment_token: None,
         total_minor: 5,
         placed_at: chrono::Utc::now(),
     };

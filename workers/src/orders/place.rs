@@ -6,7 +6,7 @@ use crate::store::store_error;
 use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::{
     Message, encode, headers,
-    orders::{OrderAccepted, PlaceOrder, PlaceOrderRequest},
+    orders::{OrderAccepted, PlaceOrder},
 };
 use souk_stores::postgres::{self as pg, inbox, orders, outbox};
 use souk_topologies::{
@@ -118,17 +118,10 @@ fn command(delivery: &Delivery) -> Result<PlaceOrder, HandlerError> {
             HandlerError::poison("undecodable", e)
         }
     })?;
-    let request = PlaceOrderRequest { currency: cmd.currency, lines: cmd.lines.clone() };
-    let total = request.validate().map_err(|errors| {
+    cmd.validate().map_err(|errors| {
         let fields: Vec<_> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
         HandlerError::poison("invalid_order", format!("invalid order: {}", fields.join("; ")))
     })?;
-    if total.amount_minor != cmd.total_minor {
-        return Err(HandlerError::poison(
-            "total_mismatch",
-            format!("total {} does not match lines ({})", cmd.total_minor, total.amount_minor),
-        ));
-    }
     if cmd.tenant.is_empty() || cmd.buyer_id.is_empty() {
         return Err(HandlerError::poison("missing_party", "tenant and buyer are required"));
     }

@@ -9,7 +9,7 @@ use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use souk_pipelines::{
     Message, encode, headers,
-    orders::{OrderLine, PlaceOrder},
+    orders::{PlaceOrder, PricedLine},
 };
 use souk_testkit::{NatsServer, TestDb, eventually, test_topology};
 use souk_topologies::{
@@ -123,7 +123,8 @@ fn command() -> PlaceOrder {
         tenant: "t1".into(),
         buyer_id: "u1".into(),
         currency: "EUR".parse().expect("EUR"),
-        lines: vec![OrderLine { sku: "A".into(), quantity: 2, unit_price_minor: 500 }],
+        lines: vec![PricedLine { sku: "A".into(), seller: "s1".into(), quantity: 2, unit_price_minor: 500 }],
+        payment_token: None,
         total_minor: 1000,
         placed_at: chrono::Utc::now(),
     }
@@ -384,8 +385,8 @@ impl Handler for Delegating {
     }
 }
 
-/// Rolling deploys: a command written by a newer release (here `orders.place/v2`; this
-/// release reads v1) is not malformed. It waits for the reader's upgrade — never
+/// Rolling deploys: a command written by a newer release (here `orders.place/v3`; this
+/// release reads v1 and v2) is not malformed. It waits for the reader's upgrade — never
 /// dead-lettered, not even once its delivery count is past max-deliver (deliveries by
 /// readers that deferred it and have since been replaced) — while current commands flow.
 #[tokio::test]
@@ -393,7 +394,7 @@ async fn a_command_of_a_newer_schema_waits_for_the_upgrade_instead_of_being_dead
 -> anyhow::Result<()> {
     let env = env_shipped().await?;
     let max_deliver = env.topology.consumers[0].max_deliver;
-    env.send_raw("from-a-newer-release", encode(&command()), "orders.place/v2".into()).await?;
+    env.send_raw("from-a-newer-release", encode(&command()), "orders.place/v3".into()).await?;
     // Earlier deliveries, by readers that are gone: the count is used up.
     let consumer: async_nats::jetstream::consumer::PullConsumer = env
         .js
