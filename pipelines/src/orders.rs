@@ -300,7 +300,7 @@ mod tests {
         });
         let bytes = serde_json::to_vec(&v1).expect("json");
         let cmd = decode::<PlaceOrder>(Some("orders.place/v1"), &bytes).expect("v1 is read");
-        assert_eq!((cmd.lines[0].seller.as_str(), cmd.payment_token), ("", None));
+        assert_eq!((cmd.lines[0].seller.as_str(), cmd.payment_token.as_deref()), ("", None));
         assert_eq!(cmd.validate().map(|m| m.amount_minor), Ok(10));
         let mut wrong = cmd.clone();
         wrong.total_minor = 11;
