@@ -53,12 +53,15 @@ struct Inner {
 /// once per commit instead of once per query — a pass over every matching document.
 /// Cleared when a newer snapshot is searched; bounded.
 #[derive(Default)]
-struct FacetCache(Mutex<(u64, HashMap<u64, (u64, Facets)>)>);
+struct FacetCache(Mutex<(u64, HashMap<u64, Counted>)>);
+
+/// A query's total and facets.
+type Counted = (u64, Facets);
 
 const FACET_CACHE_ENTRIES: usize = 1024;
 
 impl FacetCache {
-    fn get(&self, snapshot: u64, key: u64) -> Option<(u64, Facets)> {
+    fn get(&self, snapshot: u64, key: u64) -> Option<Counted> {
         let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         (cache.0 == snapshot).then(|| cache.1.get(&key).cloned()).flatten()
     }
