@@ -119,6 +119,12 @@ impl Stack {
         Ok(Stack { addr, tokens, nats, pool, cancel, node: Some(node), search, _search_dir: search_dir })
     }
 
+    /// Put the products the sample orders on sale (see [`Sample::seed_catalog`]):
+    /// before any order is sent.
+    pub async fn seed_catalog(&self) -> anyhow::Result<()> {
+        Sample::seed_catalog(&self.pool).await
+    }
+
     /// Drain and stop, as `souk dev` does on SIGTERM (bounded: pools drain for at most
     /// their drain timeout).
     pub async fn stop(mut self) {
@@ -353,6 +359,7 @@ mod tests {
         let stack =
             Stack::start(&nats.url(), &db.url, &souk_testkit::test_topology()?, &options, keys, tokens)
                 .await?;
+        stack.seed_catalog().await?;
         let plan = Plan {
             mode: load::Mode::Closed { concurrency: 32 },
             warmup: Duration::ZERO,
