@@ -2,6 +2,7 @@
 
 mod apply;
 mod breaker;
+mod controls;
 mod dead_letters;
 mod publisher;
 mod purge;
