@@ -13,7 +13,7 @@ use crate::{Error, Result};
 mod redrive;
 mod select;
 
-pub use redrive::{Redriven, redrive, replay};
+pub use redrive::{Redriven, publish_copy, redrive, replay};
 pub use select::{Filter, Purged, Selection, purge, select};
 
 /// The dead-letter stream declared in the topology.

@@ -46,8 +46,24 @@ pub struct Redriven {
     pub duplicate: bool,
 }
 
-/// Redrive dead letter `seq` (see the module docs).
+/// Redrive dead letter `seq` (see the module docs): [`publish_copy`], then delete it.
 pub async fn redrive(publisher: &Publisher, seq: u64) -> Result<Redriven> {
+    let redriven = publish_copy(publisher, seq).await?;
+    let js = publisher.jetstream();
+    let stream = js.get_stream(STREAM).await.map_err(|e| Error::Nats(format!("stream {STREAM}: {e}")))?;
+    match stream.delete_message(seq).await {
+        Ok(_) => {}
+        // Deleted meanwhile by a redrive running beside this one: the same copy, once.
+        Err(e) if letter_gone(&e) => {}
+        Err(e) => return Err(Error::Nats(format!("removing {STREAM} seq {seq}: {e}"))),
+    }
+    metrics::counter!("souk_dlq_redriven_total", "consumer" => redriven.consumer.clone()).increment(1);
+    Ok(redriven)
+}
+
+/// The first half of a redrive: publish dead letter `seq`'s copy and await its PubAck,
+/// keeping the dead letter — what a redrive that crashed before its delete leaves.
+pub async fn publish_copy(publisher: &Publisher, seq: u64) -> Result<Redriven> {
     let js = publisher.jetstream();
     let letter = get(js, seq).await?;
     if letter.subject.is_empty() {
@@ -79,13 +95,6 @@ pub async fn redrive(publisher: &Publisher, seq: u64) -> Result<Redriven> {
     if ack.duplicate {
         check_earlier_redrive(js, &ack, &msg_id, &letter.payload).await?;
     }
-    match stream.delete_message(seq).await {
-        Ok(_) => {}
-        // Deleted meanwhile by a redrive running beside this one: the same copy, once.
-        Err(e) if letter_gone(&e) => {}
-        Err(e) => return Err(Error::Nats(format!("removing {STREAM} seq {seq}: {e}"))),
-    }
-    metrics::counter!("souk_dlq_redriven_total", "consumer" => letter.consumer.clone()).increment(1);
     Ok(Redriven {
         seq,
         consumer: letter.consumer,
@@ -104,10 +113,12 @@ pub async fn replay(publisher: &Publisher, seq: u64) -> Result<Ack> {
     Ok(Ack { stream: r.stream, sequence: r.stream_seq, duplicate: r.duplicate })
 }
 
-/// Whether a delete failed because the message is already gone.
+/// Whether a delete failed because the message is already gone: nats-server answers a
+/// delete of a missing sequence with err_code 10057 ("no message found"), or 10043
+/// ("sequence not found") when it is past the stream's first/last bounds; a get with 10037.
 pub(super) fn letter_gone(e: &jetstream::stream::DeleteMessageError) -> bool {
     matches!(e.kind(), jetstream::stream::DeleteMessageErrorKind::JetStream(j)
-        if j.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND)
+        if matches!(j.error_code().0, 10057 | 10043 | 10037))
 }
 
 /// A duplicate ack for a redrive: the message it names (unless since handled and

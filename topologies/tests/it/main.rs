@@ -6,6 +6,7 @@ mod controls;
 mod dead_letters;
 mod publisher;
 mod purge;
+mod redrive;
 mod relay;
 mod runtime;
 
