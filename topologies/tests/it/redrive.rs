@@ -23,12 +23,15 @@ use crate::{Env, env, msg};
 const SUBJECT: &str = "souk.cmd.test.work";
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Each acked body with its `souk-redrives` header.
+type Handled = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// Refuses `bad…` bodies as poison while `broken`; acks everything else. Records each
 /// acked body with its `souk-redrives` header.
 #[derive(Clone)]
 struct Fixable {
     broken: Arc<AtomicBool>,
-    handled: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    handled: Handled,
 }
 
 impl Handler for Fixable {
