@@ -5,8 +5,6 @@ use souk_ingress::{Claims, Role};
 use souk_stores::postgres::{self as pg, outbox::PgOutbox};
 use souk_topologies::{
     apply::{self, Mode},
-    dead_letters,
-    publisher::Publisher,
     runtime::BreakerState,
     status,
 };
@@ -31,8 +29,9 @@ pub fn token(
     let roles = roles
         .iter()
         .map(|r| {
-            serde_json::from_value::<Role>(serde_json::Value::String(r.clone()))
-                .with_context(|| format!("unknown role {r:?}: use buyer, seller, support, admin or staff"))
+            serde_json::from_value::<Role>(serde_json::Value::String(r.clone())).with_context(|| {
+                format!("unknown role {r:?}: use buyer, seller, support, admin, staff or operator")
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let claims = Claims::new(sub, tenant, Vec::new(), ttl).with_sellers(sellers.to_vec());
@@ -141,6 +140,12 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         Ok(pools) => pipeline.set_pools(pools),
         Err(e) => eprintln!("pools: cannot ask the worker processes: {e}"),
     }
+    // What operators set (paused, concurrency), also for pools no process runs now.
+    let controls = match souk_topologies::control::Controls::existing(&app::jetstream(&nats)).await {
+        Ok(Some(c)) => c.all().await?,
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     let pool = pg::connect(&app::pg_options(&app::operated_database(config)?))?;
     let outbox: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
         "select count(*) filter (where parked_at is null), count(*) filter (where parked_at is not null)
@@ -161,6 +166,10 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             "search_indexes": indexes,
             "outbox_pending": outbox_pending,
             "outbox_parked": outbox_parked,
+            "pool_controls": controls
+                .iter()
+                .map(|(name, settings)| serde_json::json!({ "pool": name, "settings": settings }))
+                .collect::<Vec<_>>(),
         });
         out!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(code);
@@ -189,6 +198,35 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             c.redelivered,
             c.waiting,
             c.breaker.map_or("- (no worker answered)", |b| b.as_str())
+        );
+    }
+    if !pipeline.pools.is_empty() {
+        out!(
+            "\n{:<22} {:<8} {:>11} {:>9}  {}",
+            "POOL (per process)",
+            "STATE",
+            "CONCURRENCY",
+            "IN FLIGHT",
+            "BREAKER"
+        );
+    }
+    for p in &pipeline.pools {
+        out!(
+            "{:<22} {:<8} {:>11} {:>9}  {}",
+            p.name,
+            p.activity.as_str(),
+            p.concurrency,
+            p.in_flight,
+            p.breaker
+        );
+    }
+    for (name, settings) in &controls {
+        out!(
+            "pool {name}: {}{} (set by {} at {})",
+            if settings.paused { "paused" } else { "running" },
+            settings.concurrency.map(|n| format!(", concurrency {n}")).unwrap_or_default(),
+            settings.changed_by,
+            settings.changed_at
         );
     }
     for p in pipeline.pools.iter().filter(|p| p.breaker != BreakerState::Closed) {
@@ -256,59 +294,4 @@ pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {
     out_raw!("{}", toml::to_string(&shown)?);
     out!("# configuration and topology are valid");
     Ok(ExitCode::SUCCESS)
-}
-
-pub async fn dlq_list(config: &Config, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
-    let nats = app::connect_nats(&app::nats_url(config)?).await?;
-    let letters = dead_letters::list(&app::jetstream(&nats), limit).await?;
-    if json {
-        out!("{}", serde_json::to_string_pretty(&letters)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if letters.is_empty() {
-        out!("no dead letters");
-    }
-    for d in &letters {
-        out!(
-            "#{} {} consumer={} subject={} attempts={} trace={} bytes={}\n    {}",
-            d.seq,
-            d.time,
-            d.consumer,
-            d.subject,
-            d.attempts,
-            d.trace_id,
-            d.payload_bytes,
-            d.error
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn dlq_replay(config: &Config, seqs: &[u64], all: bool) -> anyhow::Result<ExitCode> {
-    let nats = app::connect_nats(&app::nats_url(config)?).await?;
-    let publisher = Publisher::new(nats.clone(), config.write_timeout);
-    let seqs: Vec<u64> = match all {
-        true => dead_letters::list(&app::jetstream(&nats), usize::MAX).await?.iter().map(|d| d.seq).collect(),
-        false => seqs.to_vec(),
-    };
-    let mut failed = 0;
-    for seq in seqs {
-        match dead_letters::replay(&publisher, seq).await {
-            // Not `out!`: a closed stdout (`| head`) must not stop the replay halfway.
-            Ok(ack) => {
-                use std::io::Write as _;
-                let _ = writeln!(
-                    std::io::stdout().lock(),
-                    "#{seq} replayed as {} seq {}",
-                    ack.stream,
-                    ack.sequence
-                );
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("#{seq} not replayed: {e}");
-            }
-        }
-    }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

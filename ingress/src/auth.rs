@@ -50,6 +50,9 @@ pub enum Role {
     Admin,
     /// Internal teams: jobs (imports, reindex).
     Staff,
+    /// Operators: dead-letter redrives and purges, pool pause/resume/scale, the
+    /// dashboard (issue 11).
+    Operator,
 }
 
 /// The claims souk issues and accepts.

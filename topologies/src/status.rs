@@ -8,7 +8,11 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use crate::{Error, Result, runtime::BreakerState, spec::Topology};
+use crate::{
+    Error, Result,
+    runtime::{Activity, BreakerState},
+    spec::Topology,
+};
 
 /// Every worker process answers a request here with its pools' [`PoolStatus`]es (a
 /// JSON array). No stream captures it: it is a question to live processes.
@@ -22,6 +26,16 @@ pub struct PoolStatus {
     pub breaker: BreakerState,
     /// The dependency failure that opened the breaker (while it is not closed).
     pub last_error: Option<String>,
+    /// Fetching, pausing (draining) or paused (drained). Defaults for answers of
+    /// processes older than pool controls.
+    #[serde(default)]
+    pub activity: Activity,
+    /// Messages this process runs at once now.
+    #[serde(default)]
+    pub concurrency: usize,
+    /// Messages in this process's handlers now (held ones included).
+    #[serde(default)]
+    pub in_flight: usize,
 }
 
 /// One stream's state.

@@ -36,10 +36,12 @@ mod execute;
 mod fetch;
 mod handler;
 mod ledger;
+mod live;
 mod pool;
 mod settle;
 
 pub use breaker::BreakerState;
 pub use dead_letter::dead_letter;
 pub use handler::{Delivery, ErrorClass, Handler, HandlerError, Outcome, Registry};
+pub use live::Activity;
 pub use pool::{Pool, Runtime};

@@ -6,7 +6,7 @@
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use std::{sync::Arc, time::Duration};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use futures::StreamExt;
@@ -17,10 +17,12 @@ use super::{
     execute::batch_fn,
     fetch,
     ledger::{Ledger, RateLimitedWarning},
+    live::{self, Live},
 };
 use crate::{
     Error, Result,
     batcher::{BatchOptions, Batcher},
+    control::{Controls, PoolSettings},
     publisher::Publisher,
     purge,
     spec::{ConsumerSpec, PoolSpec, Topology},
@@ -58,6 +60,8 @@ pub(super) struct Ctx {
     pub(super) ledger: Ledger,
     /// The warning for messages of a newer schema, at most once a minute.
     pub(super) too_new_warning: RateLimitedWarning,
+    /// Paused or not, concurrency, in flight: for `souk status`.
+    pub(super) live: Arc<Live>,
 }
 
 impl Pool {
@@ -87,13 +91,33 @@ impl Pool {
         Ok(Pool { spec, consumer_spec, consumer, handler, publisher: publisher.clone() })
     }
 
-    /// Run until `cancel` fires, then drain (see the module docs).
+    /// Run until `cancel` fires, then drain (see the module docs), at the topology's
+    /// settings: operators' controls do not reach it (see [`Pool::run_controlled`]).
     pub async fn run(self, cancel: CancellationToken) {
         let breaker = Breaker::new(&self.spec.name);
-        self.run_with(cancel, breaker).await;
+        let (_keep, settings) = watch::channel(PoolSettings::default());
+        let live = Live::new(self.spec.concurrency, false);
+        self.run_with(cancel, breaker, settings, live).await;
     }
 
-    pub(super) async fn run_with(self, cancel: CancellationToken, breaker: Arc<Breaker>) {
+    /// [`Pool::run`], following the pool's settings in `controls` (pause, resume,
+    /// concurrency) from before its first fetch: a pool paused before this process
+    /// started starts paused.
+    pub async fn run_controlled(self, cancel: CancellationToken, controls: &Controls) -> Result<()> {
+        let breaker = Breaker::new(&self.spec.name);
+        let settings = controls.follow(&self.spec.name, cancel.child_token()).await?;
+        let live = Live::starting(&self.spec, &settings.borrow());
+        self.run_with(cancel, breaker, settings, live).await;
+        Ok(())
+    }
+
+    pub(super) async fn run_with(
+        self,
+        cancel: CancellationToken,
+        breaker: Arc<Breaker>,
+        mut settings: watch::Receiver<PoolSettings>,
+        live: Arc<Live>,
+    ) {
         let Pool { spec, consumer_spec, consumer, handler, publisher } = self;
         // The batcher outlives the fetch loop: draining handlers still need it.
         let stop_batcher = CancellationToken::new();
@@ -104,7 +128,9 @@ impl Pool {
                     max_batch,
                     max_wait: Duration::ZERO,
                     max_in_flight: spec.batches_in_flight,
-                    queue_capacity: spec.concurrency,
+                    // Operators may raise the concurrency at run time; the queue holds
+                    // at most what the pool's slots let in anyway.
+                    queue_capacity: spec.concurrency.max(crate::control::MAX_CONCURRENCY),
                 };
                 let (b, t) = Batcher::spawn(
                     options,
@@ -125,19 +151,30 @@ impl Pool {
             too_new_warning: RateLimitedWarning::new(Duration::from_secs(60)),
             breaker: breaker.clone(),
             cancel: cancel.clone(),
+            live: live.clone(),
         });
         let stop_prober = CancellationToken::new();
         let prober = tokio::spawn({
             let (handler, stop) = (ctx.handler.clone(), stop_prober.clone());
             async move { breaker.run_prober(handler, stop).await }
         });
-        let slots = Arc::new(Semaphore::new(spec.concurrency));
+        let slots = Arc::new(Semaphore::new(live.concurrency()));
+        let stop_resizer = CancellationToken::new();
+        let resizer = tokio::spawn(live::resize(
+            slots.clone(),
+            live.clone(),
+            settings.clone(),
+            spec.concurrency,
+            stop_resizer.clone(),
+        ));
         let tracker = TaskTracker::new();
         // Fires when the drain deadline passes: running handlers are abandoned unacked.
         let abandon = CancellationToken::new();
         tracing::info!(pool = %spec.name, consumer = %spec.consumer, concurrency = spec.concurrency, "pool started");
 
-        fetch::fetch_loop(&ctx, &consumer, &spec, &slots, &tracker, &abandon, &cancel).await;
+        fetch::fetch_loop(&ctx, &consumer, &spec, &slots, &mut settings, &tracker, &abandon, &cancel).await;
+        stop_resizer.cancel();
+        resizer.await.ok();
 
         tracker.close();
         let in_flight = tracker.len();
@@ -164,6 +201,8 @@ pub struct Runtime {
     /// `purge-acked` streams read by these pools.
     purged_streams: Vec<String>,
     js: jetstream::Context,
+    /// Operators' pause/resume/scale of these pools.
+    controls: Controls,
 }
 
 impl Runtime {
@@ -193,7 +232,8 @@ impl Runtime {
                 purged_streams.push(stream.clone());
             }
         }
-        Ok(Runtime { pools, purged_streams, js: publisher.jetstream().clone() })
+        let controls = Controls::open(publisher.jetstream(), control_replicas(topology)).await?;
+        Ok(Runtime { pools, purged_streams, js: publisher.jetstream().clone(), controls })
     }
 
     /// Run every pool, and the purger of the `purge-acked` streams they read, until
@@ -206,29 +246,58 @@ impl Runtime {
             purge::DEFAULT_EVERY,
             cancel.clone(),
         ));
-        let pools: Vec<(Pool, Arc<Breaker>)> = self
-            .pools
-            .into_iter()
-            .map(|p| {
-                let b = Breaker::new(&p.spec.name);
-                (p, b)
+        let mut pools = Vec::new();
+        for p in self.pools {
+            let b = Breaker::new(&p.spec.name);
+            // Before the first fetch: a pool left paused must not take a message.
+            let settings = loop {
+                match self.controls.follow(&p.spec.name, cancel.child_token()).await {
+                    Ok(s) => break Some(s),
+                    Err(e) => {
+                        tracing::warn!(pool = %p.spec.name, error = %e, "cannot read the pool's controls; retrying");
+                        tokio::select! {
+                            () = cancel.cancelled() => break None,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            };
+            let Some(settings) = settings else { break };
+            let live = Live::starting(&p.spec, &settings.borrow());
+            pools.push((p, b, settings, live));
+        }
+        let known: Vec<Known> = pools
+            .iter()
+            .map(|(p, b, _, live)| Known {
+                name: p.spec.name.clone(),
+                consumer: p.spec.consumer.clone(),
+                breaker: b.clone(),
+                live: live.clone(),
             })
             .collect();
-        let known: Vec<(String, String, Arc<Breaker>)> =
-            pools.iter().map(|(p, b)| (p.spec.name.clone(), p.spec.consumer.clone(), b.clone())).collect();
         let answer = tokio::spawn(answer_status(self.js.client(), known, cancel.clone()));
-        futures::future::join_all(pools.into_iter().map(|(p, b)| p.run_with(cancel.clone(), b))).await;
+        futures::future::join_all(pools.into_iter().map(|(p, b, s, l)| p.run_with(cancel.clone(), b, s, l)))
+            .await;
         answer.await.ok();
         purger.await.ok();
     }
 }
 
+/// The control bucket's replicas: as many as the topology's most replicated stream.
+fn control_replicas(topology: &Topology) -> usize {
+    topology.streams.iter().map(|s| s.replicas).max().unwrap_or(1).max(1)
+}
+
+/// One running pool, as the status answer sees it.
+struct Known {
+    name: String,
+    consumer: String,
+    breaker: Arc<Breaker>,
+    live: Arc<Live>,
+}
+
 /// Answer [`status::POOLS_SUBJECT`] requests with these pools' states until `cancel`.
-async fn answer_status(
-    client: async_nats::Client,
-    pools: Vec<(String, String, Arc<Breaker>)>,
-    cancel: CancellationToken,
-) {
+async fn answer_status(client: async_nats::Client, pools: Vec<Known>, cancel: CancellationToken) {
     let mut requests = match client.subscribe(status::POOLS_SUBJECT).await {
         Ok(s) => s,
         Err(e) => {
@@ -244,15 +313,18 @@ async fn answer_status(
         let Some(reply) = request.reply else { continue };
         let states: Vec<status::PoolStatus> = pools
             .iter()
-            .map(|(name, consumer, b)| {
-                let breaker = b.state();
+            .map(|k| {
+                let breaker = k.breaker.state();
                 status::PoolStatus {
-                    name: name.clone(),
-                    consumer: consumer.clone(),
+                    name: k.name.clone(),
+                    consumer: k.consumer.clone(),
                     breaker,
                     last_error: (breaker != BreakerState::Closed)
-                        .then(|| b.last_error().map(|e| e.to_string()))
+                        .then(|| k.breaker.last_error().map(|e| e.to_string()))
                         .flatten(),
+                    activity: k.live.activity(),
+                    concurrency: k.live.concurrency(),
+                    in_flight: k.live.in_flight(),
                 }
             })
             .collect();
