@@ -56,13 +56,13 @@ impl IndexHandle {
         std::fs::create_dir_all(dir).map_err(io_error)?;
         let (schema, fields) = Fields::schema();
         let directory = MmapDirectory::open(dir).map_err(|e| SearchError::Unavailable(e.to_string()))?;
-        let mut index = Index::open_or_create(directory, schema).map_err(tantivy_error)?;
+        let index = Index::open_or_create(directory, schema).map_err(tantivy_error)?;
         Fields::register_analyzer(&index);
-        // One query's segments searched in parallel, on as many threads as cores: a
-        // broad query (a facet-only one visits every document) is then bounded by the
-        // largest segment rather than the sum, which is what p99 waits for.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        index.set_multithread_executor(threads).map_err(tantivy_error)?;
+        // Each query searches its segments on its own (blocking) thread, tantivy's
+        // default. A multi-threaded executor sized to the cores was tried: concurrent
+        // queries then all queue on that one pool, which on a shared 2-core machine
+        // capped search's CPU share and made 8 clients' queries miss the route's 1 s
+        // deadline during a reindex; with as many clients as cores it adds nothing.
         // One indexing thread: the node shares its cores with the pools and the ingress,
         // and batches are small; the budget per thread must be at least 15 MB.
         let writer_memory_bytes = writer_memory_bytes.max(15_000_000);
