@@ -24,6 +24,8 @@ async fn operators_retry_and_compensate_and_each_action_is_recorded() -> anyhow:
 
     assert_eq!(operator::compensate(pool, id, "cli:ops-ben").await?, State::Releasing);
     let saga = env.until(id, "releasing").await?;
+    let again = operator::compensate(pool, id, "cli:ops-ben").await;
+    assert!(matches!(again, Err(OperatorError::Refused(_))), "already compensating: {again:?}");
     assert_eq!(saga.reason.as_deref(), Some("cancelled by souk support"));
     assert_eq!(env.sent(id).await?.last().map(String::as_str), Some("inventory.release"));
     env.reply(&replies::released(&cmd)).await?;
