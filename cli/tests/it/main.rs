@@ -11,6 +11,7 @@ mod jobs;
 mod orders;
 mod outage;
 mod relay;
+mod sagas;
 mod search;
 mod support;
 mod traces;
