@@ -50,9 +50,9 @@ pub const EXIT_CODES_HELP: &str = "Exit codes:
 #[derive(Debug)]
 pub struct Exit(pub u8, pub anyhow::Error);
 
-type Result<T> = std::result::Result<T, Exit>;
+pub(crate) type Result<T> = std::result::Result<T, Exit>;
 
-fn unavailable(e: impl Into<anyhow::Error>) -> Exit {
+pub(crate) fn unavailable(e: impl Into<anyhow::Error>) -> Exit {
     Exit(exit::UNAVAILABLE, e.into())
 }
 
@@ -66,7 +66,7 @@ fn store_error(e: souk_jobs::Error) -> Exit {
     }
 }
 
-async fn database(config: &Config) -> Result<sqlx::PgPool> {
+pub(crate) async fn database(config: &Config) -> Result<sqlx::PgPool> {
     let config = app::operated_database(config).map_err(unavailable)?;
     let pool = pg::connect(&app::pg_options(&config)).map_err(unavailable)?;
     // Fail now, with a clear message, rather than at the first query.
@@ -78,7 +78,7 @@ async fn database(config: &Config) -> Result<sqlx::PgPool> {
     Ok(pool)
 }
 
-fn who() -> String {
+pub(crate) fn who() -> String {
     format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
 }
 

@@ -32,6 +32,7 @@ mod commands;
 mod config;
 mod jobs;
 mod operator;
+mod sagas;
 
 /// Stdout failed: its reader is gone (exit quietly) or something is badly wrong.
 fn stdout_failed(e: std::io::Error) -> ! {
@@ -147,6 +148,14 @@ enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
+    /// Order sagas: list them (stuck ones too), show one with its steps, send its
+    /// current step again, or stop it and compensate. Actions are recorded with who did
+    /// them.
+    #[command(after_help = SAGAS_EXIT_CODES_HELP)]
+    Sagas {
+        #[command(subcommand)]
+        action: SagasAction,
+    },
     /// Generated data for demos and the benchmark.
     #[command(after_help = jobs::EXIT_CODES_HELP)]
     Seed {
@@ -189,6 +198,49 @@ enum JobsAction {
         id: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// Exit codes of `souk sagas`.
+const SAGAS_EXIT_CODES_HELP: &str = "Exit codes:
+  0  ok
+  1  an unexpected error
+  2  bad usage, or the saga's state does not allow the action (e.g. retry of a cancelled saga)
+  3  no such saga
+  5  Postgres unavailable (is `souk dev` running with this --data-dir?)";
+
+#[derive(Debug, Subcommand)]
+enum SagasAction {
+    /// The most recently changed sagas, newest first.
+    List {
+        /// Only sagas in this state (reserving, authorizing, committing, capturing,
+        /// fulfilling, shipped, releasing, unwinding, voiding, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only sagas past their deadline (the sweeper acts on them shortly).
+        #[arg(long)]
+        stuck: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One saga with each step and its time.
+    Show {
+        /// The order id.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the saga's current step again, with fresh attempts.
+    Retry {
+        /// The order id.
+        id: String,
+    },
+    /// Stop the saga and compensate what it did (release stock, void the payment).
+    Compensate {
+        /// The order id.
+        id: String,
     },
 }
 
@@ -436,6 +488,16 @@ async fn main() -> ExitCode {
         }
         Command::Config => commands::config_check(&config),
         Command::Jobs { action } => return jobs_command(&config, action).await,
+        Command::Sagas { action } => {
+            return exit(match action {
+                SagasAction::List { state, stuck, limit, json } => {
+                    sagas::list(&config, state.as_deref(), stuck, limit, json).await
+                }
+                SagasAction::Show { id, json } => sagas::show(&config, &id, json).await,
+                SagasAction::Retry { id } => sagas::act(&config, &id, false).await,
+                SagasAction::Compensate { id } => sagas::act(&config, &id, true).await,
+            });
+        }
         Command::Seed { what: SeedWhat::Catalog { products, sellers, seed, tenant, in_flight, json } } => {
             let options = souk_jobs::seed::SeedOptions { tenant, products, sellers, seed, in_flight };
             return exit(jobs::seed_catalog(&config, options, json).await);

@@ -28,6 +28,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How often old inbox, outbox and idempotency rows are purged, and how old they must be.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
+/// How often the saga sweeper looks for sagas past their deadline (on the same loop:
+/// one scheduler for the worker process's periodic work). Deadlines are tens of seconds,
+/// so a few seconds late is nothing.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often stream and consumer gauges are refreshed from JetStream.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -256,24 +260,44 @@ impl SearchStore for LockedTantivy {
     }
 }
 
+/// The worker process's periodic work: the saga sweeper every [`SWEEP_EVERY`],
+/// housekeeping every [`HOUSEKEEPING_EVERY`]. Every worker process runs it; both are
+/// safe to run in several at once (the sweeper skips sagas another holds, housekeeping
+/// deletes idempotently).
 async fn housekeeping(pool: PgPool, stop: CancellationToken) {
+    let mut last_housekeeping: Option<tokio::time::Instant> = None;
     loop {
-        match pg::housekeeping(&pool, RETENTION).await {
-            Ok(done) => {
-                if done.lost > 0 {
-                    // Accepted orders whose commands were never handled: worth a look.
-                    tracing::error!(orders = done.lost, "housekeeping: orders lost, marked failed");
-                    metrics::counter!("souk_housekeeping_lost_orders_total").increment(done.lost);
+        if last_housekeeping.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY) {
+            last_housekeeping = Some(tokio::time::Instant::now());
+            match pg::housekeeping(&pool, RETENTION).await {
+                Ok(done) => {
+                    if done.lost > 0 {
+                        // Accepted orders whose commands were never handled: worth a look.
+                        tracing::error!(orders = done.lost, "housekeeping: orders lost, marked failed");
+                        metrics::counter!("souk_housekeeping_lost_orders_total").increment(done.lost);
+                    }
+                    if done.deleted > 0 {
+                        tracing::info!(deleted = done.deleted, "housekeeping");
+                    }
                 }
-                if done.deleted > 0 {
-                    tracing::info!(deleted = done.deleted, "housekeeping");
-                }
+                Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+        }
+        use souk_workers::orders::saga;
+        match saga::sweep(&pool, chrono::Utc::now(), saga::sweeper::SWEEP_BATCH).await {
+            Ok(s) if s.resent + s.compensated > 0 => {
+                tracing::warn!(
+                    resent = s.resent,
+                    compensated = s.compensated,
+                    "saga sweeper: sagas past their deadline"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "saga sweep failed"),
         }
         tokio::select! {
             () = stop.cancelled() => break,
-            () = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
         }
     }
 }

@@ -10,7 +10,10 @@ use axum::{
 };
 use serde::Serialize;
 use souk_pipelines::orders::PlaceOrderRequest;
-use souk_stores::postgres::{idempotency, orders};
+use souk_stores::postgres::{
+    idempotency, orders,
+    sagas::{self, SagaView},
+};
 use std::sync::Arc;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -59,8 +62,19 @@ pub enum PendingStatus {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum OrderState {
-    Stored(orders::Order),
+    Stored(Box<StoredOrder>),
     Pending(PendingOrder),
+}
+
+/// A stored order and its saga: where it is, why it was cancelled, and each step with
+/// its time.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoredOrder {
+    #[serde(flatten)]
+    pub order: orders::Order,
+    /// Absent for orders that never started one (`failed` at intake).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saga: Option<SagaView>,
 }
 
 /// Place an order
@@ -227,9 +241,11 @@ pub(crate) fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
 
 /// Read an order
 ///
-/// Its stored state — `accepted`, or `failed` with the `reason` (its command was
-/// dead-lettered; a redrive that succeeds moves it on to `accepted`) — or `pending`
-/// while the command is in flight. Buyers read their own orders; `support` and
+/// Its stored state — `accepted` while its saga runs, then `confirmed` (paid, with its
+/// sellers), `shipped` (every seller shipped) or `cancelled` with the `reason` for the
+/// buyer; `failed` with the `reason` when its command was dead-lettered (a redrive that
+/// succeeds moves it on) — or `pending` while the command is in flight. `saga` shows
+/// where the saga is and each step with its time. Buyers read their own orders; `support` and
 /// `admin` read any order of their tenant.
 #[utoipa::path(
     get,
@@ -282,7 +298,8 @@ pub async fn get(
             .map_err(unavailable)?;
     if let Some(order) = order {
         may_read(&order.tenant, &order.buyer_id)?;
-        return Ok(Json(OrderState::Stored(order)).into_response());
+        let saga = sagas::view(&state.pool, order_id).await.map_err(unavailable)?;
+        return Ok(Json(OrderState::Stored(Box::new(StoredOrder { order, saga }))).into_response());
     }
     match owner {
         Some((tenant, owner)) => {

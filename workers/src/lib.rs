@@ -50,6 +50,10 @@ pub fn registry_with(pool: PgPool, dependencies: &Dependencies) -> Registry {
         dedupe::Deduplicated::new(pool.clone(), orders::DEAD_LETTERED_CONSUMER, orders::OrderDeadLettered),
     );
     registry.register(
+        orders::saga::HANDLER,
+        dedupe::Deduplicated::new(pool.clone(), orders::saga::CONSUMER, orders::saga::SagaReplies),
+    );
+    registry.register(
         catalog::DEAD_LETTERED_HANDLER,
         dedupe::Deduplicated::new(pool.clone(), catalog::DEAD_LETTERED_CONSUMER, catalog::WriteDeadLettered),
     );

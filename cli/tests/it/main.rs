@@ -12,6 +12,7 @@ mod operator;
 mod orders;
 mod outage;
 mod relay;
+mod sagas;
 mod search;
 mod support;
 mod traces;

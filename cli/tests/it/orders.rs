@@ -5,7 +5,7 @@ use std::time::Duration;
 async fn wait_persisted(stack: &Stack, token: &str, order_id: &str) -> anyhow::Result<serde_json::Value> {
     eventually(Duration::from_secs(15), || async {
         match stack.get(token, &format!("/v1/orders/{order_id}")).await {
-            Ok((200, body)) if body["status"] == "accepted" => Some(body),
+            Ok((200, body)) if body["status"] != "pending" => Some(body),
             _ => None,
         }
     })
@@ -33,17 +33,22 @@ async fn an_order_flows_from_http_to_postgres_and_its_event_to_jetstream() -> an
     assert_eq!(order["total_minor"], 2 * 1299 + 450);
     assert_eq!(order["currency"], "EUR");
     assert_eq!(order["lines"].as_array().map(Vec::len), Some(2));
+    // A client-priced order names no payment token: no saga can pay for it.
+    assert_eq!(
+        (&order["status"], &order["reason"]),
+        (&"cancelled".into(), &souk_workers::orders::saga::NO_PAYMENT_REASON.into())
+    );
 
-    // The OrderAccepted event reaches the EVT stream through the outbox relay.
+    // The OrderCancelled event reaches the EVT stream through the outbox relay.
     eventually(Duration::from_secs(10), || async {
         (stack.stream_messages("EVT").await.ok()? == 1).then_some(())
     })
     .await?;
     let evt = stack.js.get_stream("EVT").await?.get_raw_message(1).await?;
-    assert_eq!(evt.subject.as_str(), "souk.evt.orders.accepted");
+    assert_eq!(evt.subject.as_str(), "souk.evt.orders.cancelled");
     let event: serde_json::Value = serde_json::from_slice(&evt.payload)?;
     assert_eq!(event["order_id"], order_id.as_str());
-    assert_eq!(evt.headers.get("souk-schema").map(|v| v.as_str()), Some("orders.accepted/v1"));
+    assert_eq!(evt.headers.get("souk-schema").map(|v| v.as_str()), Some("orders.cancelled/v1"));
     // The relay marks rows published right after JetStream acknowledges them.
     eventually(Duration::from_secs(10), || async {
         (stack.count("select 1 from outbox where published_at is null").await.ok()? == 0).then_some(())

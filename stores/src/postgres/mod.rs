@@ -9,6 +9,7 @@ pub mod operator_actions;
 pub mod orders;
 pub mod outbox;
 pub mod products;
+pub mod sagas;
 mod store;
 
 pub use config::{PgOptions, database_for_dir, redact};

@@ -1,7 +1,8 @@
-//! Orders: intake of `souk.cmd.orders.place` (the skeleton the order saga grows from).
+//! Orders: intake of `souk.cmd.orders.place`, which starts each order's [`saga`].
 
 mod dead_lettered;
 mod place;
+pub mod saga;
 
 pub use dead_lettered::OrderDeadLettered;
 pub use place::PlaceOrderHandler;

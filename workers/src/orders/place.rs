@@ -1,14 +1,24 @@
 //! `PlaceOrder` → order row (status `accepted`) + inbox record + `OrderAccepted`
-//! outbox row, in one transaction — for one message, or for a batch of messages that
-//! arrived together (one commit, one fsync, for all of them).
+//! outbox row + the order's saga (its row, its first step and the `ReserveStock`
+//! outbox row), in one transaction — for one message, or for a batch of messages that
+//! arrived together (one commit, one fsync, for all of them). A command without a
+//! payment token or sellers (version 1) cannot be paid for: its order is cancelled at
+//! once, with the reason and an `OrderCancelled` event instead of `OrderAccepted`.
 
+use super::saga::{
+    self, Effect, State,
+    advance::{Cause, StepRow, effects_of},
+};
 use crate::store::store_error;
 use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::{
     Message, encode, headers,
     orders::{OrderAccepted, PlaceOrder},
 };
-use souk_stores::postgres::{self as pg, inbox, orders, outbox};
+use souk_stores::postgres::{
+    self as pg, inbox, orders, outbox,
+    sagas::{self, NewSaga, Saga},
+};
 use souk_topologies::{
     runtime::{Delivery, Handler, HandlerError, Outcome},
     trace,
@@ -51,17 +61,105 @@ impl PlaceOrderHandler {
         }
         let cmds: Vec<&PlaceOrder> = fresh.iter().map(|(c, _, _)| *c).collect();
         let mut inserted = orders::insert_accepted_many(&mut tx, &cmds).await?;
-        let events: Vec<_> = fresh
-            .into_iter()
-            .filter(|(cmd, _, _)| inserted.remove(&cmd.order_id))
-            .map(|(cmd, d, id)| accepted_event(cmd, id, trace(d)))
+        let placed: Vec<_> = fresh.into_iter().filter(|(cmd, _, _)| inserted.remove(&cmd.order_id)).collect();
+        // An order that cannot be paid for is cancelled, never accepted.
+        let mut events: Vec<_> = placed
+            .iter()
+            .filter(|(cmd, _, _)| payable(cmd))
+            .map(|(cmd, d, id)| accepted_event(cmd, id.clone(), trace(d)))
             .collect();
+        let steps = start_sagas(&mut tx, &placed, trace, &mut events).await?;
         if !events.is_empty() {
             outbox::enqueue_many(&mut tx, &events).await?;
         }
+        sagas::start_steps(&mut tx, &steps).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Create the sagas of newly placed orders: `reserving`, with the `ReserveStock`
+/// command added to `rows` (and its step returned), or — for a command that cannot
+/// be paid for — `cancelled` at once with [`saga::NO_PAYMENT_REASON`] and its
+/// `OrderCancelled` event.
+async fn start_sagas(
+    tx: &mut sqlx::PgConnection,
+    placed: &[(&PlaceOrder, &Delivery, String)],
+    trace: fn(&Delivery) -> Vec<(String, String)>,
+    rows: &mut Vec<outbox::NewMessage>,
+) -> Result<Vec<StepRow>, pg::Error> {
+    if placed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = chrono::Utc::now();
+    let hold_until = now + saga::hold_duration();
+    let new: Vec<NewSaga> = placed
+        .iter()
+        .map(|(cmd, _, _)| {
+            let (state, reason) = match payable(cmd) {
+                true => (State::Reserving, None),
+                false => (State::Cancelled, Some(saga::NO_PAYMENT_REASON.to_owned())),
+            };
+            NewSaga {
+                order_id: cmd.order_id,
+                tenant: cmd.tenant.clone(),
+                state: state.as_str().to_owned(),
+                deadline: state.step_timeout().map(|t| now + t),
+                reason,
+                payment_token: cmd.payment_token.clone(),
+                hold_until,
+            }
+        })
+        .collect();
+    let started = sagas::insert_many(tx, &new).await?;
+    let cancelled: Vec<_> = placed
+        .iter()
+        .filter(|(c, _, _)| !payable(c) && started.contains(&c.order_id))
+        .map(|(c, _, _)| c.order_id)
+        .collect();
+    if !cancelled.is_empty() {
+        sagas::set_order_status(
+            tx,
+            &cancelled,
+            State::Cancelled.order_status(),
+            Some(saga::NO_PAYMENT_REASON),
+        )
+        .await?;
+    }
+    let mut steps = Vec::new();
+    for ((cmd, d, id), new) in placed.iter().zip(&new) {
+        if !started.contains(&cmd.order_id) {
+            continue;
+        }
+        let effects: &[Effect] = if payable(cmd) { &[Effect::Reserve] } else { &[Effect::Cancel] };
+        let saga = Saga {
+            order_id: cmd.order_id,
+            tenant: cmd.tenant.clone(),
+            buyer_id: cmd.buyer_id.clone(),
+            currency: cmd.currency.code().to_owned(),
+            total_minor: cmd.total_minor,
+            lines: cmd.lines.clone(),
+            state: new.state.clone(),
+            attempt: 1,
+            deadline: new.deadline,
+            version: 1,
+            reason: new.reason.clone(),
+            payment_token: cmd.payment_token.clone(),
+            hold_until,
+            awaiting_sellers: Vec::new(),
+        };
+        let cause = Cause { id: id.clone(), trace: trace(d) };
+        let (mut r, mut s) = effects_of(&saga, effects, &cause, now)?;
+        rows.append(&mut r);
+        steps.append(&mut s);
+    }
+    Ok(steps)
+}
+
+/// Whether a saga can run for `cmd`: it names a payment token and each line's seller
+/// (a version-1 command, priced by the client, has neither).
+fn payable(cmd: &PlaceOrder) -> bool {
+    cmd.payment_token.is_some() && cmd.lines.iter().all(|l| !l.seller.is_empty())
 }
 
 /// The `OrderAccepted` outbox row for `cmd`, caused by message `causation_id`.
@@ -144,7 +242,8 @@ impl Handler for PlaceOrderHandler {
     /// Postgres answers and takes writes (a standby, or a primary demoted in a
     /// failover, answers `select 1` but refuses every write), to this handler's tables.
     fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {
-        crate::store::probe_writable(&self.pool, &["inbox", "orders", "outbox"]).boxed()
+        crate::store::probe_writable(&self.pool, &["inbox", "orders", "outbox", "sagas", "saga_steps"])
+            .boxed()
     }
 
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {

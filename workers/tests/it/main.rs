@@ -4,6 +4,7 @@ mod dead_lettered;
 mod events;
 mod index;
 mod outage;
+mod saga;
 mod write_batch;
 
 use async_nats::HeaderMap;
@@ -125,7 +126,7 @@ fn command() -> PlaceOrder {
         buyer_id: "u1".into(),
         currency: "EUR".parse().expect("EUR"),
         lines: vec![PricedLine { sku: "A".into(), seller: "s1".into(), quantity: 2, unit_price_minor: 500 }],
-        payment_token: None,
+        payment_token: Some("tok_ok".into()),
         total_minor: 1000,
         placed_at: chrono::Utc::now(),
     }
@@ -201,7 +202,8 @@ async fn a_worker_killed_between_commit_and_ack_leaves_one_order_and_one_event()
     stop.cancel();
     second.await?;
     assert_eq!(env.count("orders").await?, 1);
-    assert_eq!(env.count("outbox").await?, 1, "one OrderAccepted");
+    assert_eq!(env.count("outbox").await?, 2, "one OrderAccepted, one ReserveStock");
+    assert_eq!(env.count("sagas").await?, 1);
     assert_eq!(env.count("inbox").await?, 1);
     assert_eq!(env.dead_letters().await?, 0);
     Ok(())
@@ -226,7 +228,7 @@ async fn replay(max_batch: usize) -> anyhow::Result<()> {
     stop.cancel();
     run.await?;
     assert_eq!(env.count("orders").await?, 1);
-    assert_eq!(env.count("outbox").await?, 1);
+    assert_eq!(env.count("outbox").await?, 2, "OrderAccepted and ReserveStock, once");
     Ok(())
 }
 
@@ -284,7 +286,7 @@ async fn poison(max_batch: usize) -> anyhow::Result<()> {
         );
     }
     assert_eq!(env.count("orders").await?, 1, "only the good order");
-    assert_eq!(env.count("outbox").await?, 1);
+    assert_eq!(env.count("outbox").await?, 2, "OrderAccepted and ReserveStock of the good order");
     assert_eq!(env.count("inbox").await?, 1, "poison leaves no inbox record");
     Ok(())
 }

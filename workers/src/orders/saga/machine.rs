@@ -1,0 +1,298 @@
+//! The order saga's state machine: states, the events that move it, the effects a move
+//! has, and THE table of transitions (`transition`). Pure: no I/O, so the table reads
+//! as the design and is tested as such. ARCHITECTURE.md draws the same table.
+
+use std::{borrow::Cow, time::Duration};
+
+/// Where an order's saga is. Forward: reserving → authorizing → committing →
+/// capturing → fulfilling → shipped. Compensating (in reverse of what was done):
+/// releasing (stock) → cancelled; unwinding (release stock, then void) → voiding →
+/// cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// ReserveStock sent; awaiting StockReserved / StockRejected.
+    Reserving,
+    /// AuthorizePayment sent; awaiting its PaymentResult.
+    Authorizing,
+    /// CommitStock sent; awaiting StockCommitted.
+    Committing,
+    /// SettlePayment(capture) sent; awaiting its PaymentResult.
+    Capturing,
+    /// Confirmed; RequestFulfilment sent to every seller; awaiting SellerShipped from each.
+    Fulfilling,
+    /// Every seller shipped. Final.
+    Shipped,
+    /// Compensating: ReleaseStock sent; awaiting StockReleased, then cancelled.
+    Releasing,
+    /// Compensating after payment was authorized: ReleaseStock sent, then the void.
+    Unwinding,
+    /// Compensating: SettlePayment(void) sent; awaiting its PaymentResult, then cancelled.
+    Voiding,
+    /// Every compensation done. Final.
+    Cancelled,
+}
+
+impl State {
+    pub const ALL: [State; 10] = [
+        State::Reserving,
+        State::Authorizing,
+        State::Committing,
+        State::Capturing,
+        State::Fulfilling,
+        State::Shipped,
+        State::Releasing,
+        State::Unwinding,
+        State::Voiding,
+        State::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Reserving => "reserving",
+            State::Authorizing => "authorizing",
+            State::Committing => "committing",
+            State::Capturing => "capturing",
+            State::Fulfilling => "fulfilling",
+            State::Shipped => "shipped",
+            State::Releasing => "releasing",
+            State::Unwinding => "unwinding",
+            State::Voiding => "voiding",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    /// How long the saga waits for the reply to this state's command before the
+    /// sweeper re-sends it (`None`: nothing it can hurry). Payments get longer: the
+    /// payments pool retries with backoff within its own budget before it answers.
+    pub fn step_timeout(self) -> Option<Duration> {
+        match self {
+            State::Reserving | State::Committing => Some(Duration::from_secs(30)),
+            State::Authorizing | State::Capturing => Some(Duration::from_secs(120)),
+            State::Releasing | State::Unwinding | State::Voiding => Some(Duration::from_secs(60)),
+            // Sellers ship in days; the fulfilment pool owns that wait.
+            State::Fulfilling | State::Shipped | State::Cancelled => None,
+        }
+    }
+
+    /// The commands this state waits on, sent on entering it and re-sent by the
+    /// sweeper and `souk sagas retry`.
+    pub fn step_effects(self) -> &'static [Effect] {
+        match self {
+            State::Reserving => &[Effect::Reserve],
+            State::Authorizing => &[Effect::Authorize],
+            State::Committing => &[Effect::Commit],
+            State::Capturing => &[Effect::Capture],
+            State::Fulfilling => &[Effect::RequestFulfilment],
+            State::Releasing | State::Unwinding => &[Effect::Release],
+            State::Voiding => &[Effect::Void],
+            State::Shipped | State::Cancelled => &[],
+        }
+    }
+
+    /// What the order reads in this state (`accepted` while the saga runs).
+    pub fn order_status(self) -> &'static str {
+        match self {
+            State::Fulfilling => "confirmed",
+            State::Shipped => "shipped",
+            State::Cancelled => "cancelled",
+            _ => "accepted",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Shipped | State::Cancelled)
+    }
+}
+
+/// What happened to the saga: a reply event, the sweeper, or an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Reserved,
+    /// The hold was refused; the reason names the SKUs.
+    Rejected(String),
+    Authorized,
+    AuthorizeFailed(String),
+    Committed,
+    /// The hold had expired or been released: nothing to sell.
+    CommitRefused(String),
+    Captured,
+    CaptureFailed(String),
+    Released,
+    Voided,
+    VoidFailed(String),
+    Refunded,
+    RefundFailed(String),
+    /// A seller shipped; others are still awaited.
+    SellerShipped(String),
+    /// The last awaited seller shipped.
+    AllShipped(String),
+    /// The reply did not come: send the step's command again (sweeper, `souk sagas retry`).
+    Resend,
+    /// Stop trying and compensate (sweeper past the attempts, `souk sagas compensate`).
+    GiveUp(String),
+}
+
+/// What a transition does besides changing the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Effect {
+    Reserve,
+    Authorize,
+    Commit,
+    Capture,
+    Release,
+    Void,
+    Refund,
+    /// One RequestFulfilment per seller still awaited.
+    RequestFulfilment,
+    /// Events: OrderConfirmed, OrderCancelled, OrderShipped.
+    Confirm,
+    Cancel,
+    Ship,
+}
+
+impl Effect {
+    /// The step this command is logged as (`None` for events).
+    pub fn step(self) -> Option<&'static str> {
+        match self {
+            Effect::Reserve => Some("reserve"),
+            Effect::Authorize => Some("authorize"),
+            Effect::Commit => Some("commit"),
+            Effect::Capture => Some("capture"),
+            Effect::Release => Some("release"),
+            Effect::Void => Some("void"),
+            Effect::Refund => Some("refund"),
+            Effect::RequestFulfilment => Some("fulfil"),
+            Effect::Confirm | Effect::Cancel | Effect::Ship => None,
+        }
+    }
+}
+
+/// The outcome of an event in a state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Move to `next` (or stay, when equal), do `effects`; `reason` (for the buyer) is
+    /// set when the saga starts compensating.
+    To { next: State, effects: &'static [Effect], reason: Option<String> },
+    /// Not for this state (stale, duplicated, out of order): recorded, nothing changes.
+    Ignore,
+}
+
+fn to(next: State, effects: &'static [Effect]) -> Transition {
+    Transition::To { next, effects, reason: None }
+}
+
+fn compensate(next: State, effects: &'static [Effect], reason: &str) -> Transition {
+    Transition::To { next, effects, reason: Some(reason.to_owned()) }
+}
+
+/// THE transition table: state × event → next state + effects.
+pub fn transition(state: State, event: &Event) -> Transition {
+    use Effect::*;
+    use Event as E;
+    use State::*;
+    match (state, event) {
+        // forward
+        (Reserving, E::Reserved) => to(Authorizing, &[Authorize]),
+        (Authorizing, E::Authorized) => to(Committing, &[Commit]),
+        (Committing, E::Committed) => to(Capturing, &[Capture]),
+        (Capturing, E::Captured) => to(Fulfilling, &[Confirm, RequestFulfilment]),
+        (Fulfilling, E::SellerShipped(_)) => to(Fulfilling, &[]),
+        (Fulfilling, E::AllShipped(_)) => to(Shipped, &[Ship]),
+        // a step failed: undo what was done, in reverse
+        (Reserving, E::Rejected(r)) => compensate(Cancelled, &[Cancel], r),
+        (Authorizing, E::AuthorizeFailed(r)) => compensate(Releasing, &[Release], r),
+        (Committing, E::CommitRefused(r)) => compensate(Voiding, &[Void], r),
+        (Capturing, E::CaptureFailed(r)) => compensate(Unwinding, &[Release], r),
+        (Releasing, E::Released) => to(Cancelled, &[Cancel]),
+        (Unwinding, E::Released) => to(Voiding, &[Void]),
+        // a void the provider refuses leaves an authorization that lapses on its own
+        (Voiding, E::Voided | E::VoidFailed(_)) => to(Cancelled, &[Cancel]),
+        // no reply in time: send the step's command again (every handler is idempotent)
+        (s, E::Resend) if !s.is_final() => {
+            Transition::To { next: s, effects: s.step_effects(), reason: None }
+        }
+        // given up: compensate whatever may have happened (a void or release of
+        // nothing is answered harmlessly)
+        (Reserving, E::GiveUp(r)) => compensate(Releasing, &[Release], r),
+        (Authorizing | Committing | Capturing, E::GiveUp(r)) => compensate(Unwinding, &[Release], r),
+        (Releasing | Unwinding | Voiding, E::GiveUp(r)) => compensate(Cancelled, &[Cancel], r),
+        // money that moved after the saga stopped using it is given back
+        (Releasing | Cancelled, E::Authorized) => to(state, &[Void]),
+        (Releasing | Unwinding | Voiding | Cancelled, E::Captured) => to(state, &[Refund]),
+        _ => Transition::Ignore,
+    }
+}
+
+/// The buyer's reason for a payment that failed at `step`.
+pub fn payment_reason(step: &str, declined: bool, detail: &str) -> String {
+    match (step, declined) {
+        (_, true) => format!("payment declined: {detail}"),
+        ("capture", false) => format!("payment could not be captured: {detail}"),
+        _ => format!("payment could not be processed: {detail}"),
+    }
+}
+
+/// The buyer's reason for a saga that stopped waiting in `state`.
+pub fn timed_out_reason(state: State) -> Cow<'static, str> {
+    Cow::Owned(format!("timed out while {}", state.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_happy_path_runs_every_step_in_order() {
+        let mut s = State::Reserving;
+        for (event, next) in [
+            (Event::Reserved, State::Authorizing),
+            (Event::Authorized, State::Committing),
+            (Event::Committed, State::Capturing),
+            (Event::Captured, State::Fulfilling),
+            (Event::SellerShipped("s1".into()), State::Fulfilling),
+            (Event::AllShipped("s2".into()), State::Shipped),
+        ] {
+            match transition(s, &event) {
+                Transition::To { next: n, .. } => assert_eq!(n, next, "{s:?} + {event:?}"),
+                Transition::Ignore => panic!("{s:?} ignores {event:?}"),
+            }
+            s = next;
+        }
+    }
+
+    #[test]
+    fn final_states_ignore_everything_but_money_that_moved() {
+        for event in [Event::Reserved, Event::Resend, Event::GiveUp("x".into()), Event::Released] {
+            assert_eq!(transition(State::Cancelled, &event), Transition::Ignore, "{event:?}");
+            assert_eq!(transition(State::Shipped, &event), Transition::Ignore, "{event:?}");
+        }
+        assert_eq!(
+            transition(State::Cancelled, &Event::Authorized),
+            Transition::To { next: State::Cancelled, effects: &[Effect::Void], reason: None }
+        );
+        assert_eq!(
+            transition(State::Cancelled, &Event::Captured),
+            Transition::To { next: State::Cancelled, effects: &[Effect::Refund], reason: None }
+        );
+        assert_eq!(transition(State::Shipped, &Event::Captured), Transition::Ignore, "a confirmed capture");
+    }
+
+    #[test]
+    fn replies_for_another_step_are_ignored() {
+        assert_eq!(transition(State::Reserving, &Event::Captured), Transition::Ignore);
+        assert_eq!(transition(State::Capturing, &Event::Reserved), Transition::Ignore);
+        assert_eq!(transition(State::Authorizing, &Event::Released), Transition::Ignore, "a hold expiring");
+    }
+
+    #[test]
+    fn every_state_round_trips_through_its_name() {
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(State::parse("nope"), None);
+    }
+}

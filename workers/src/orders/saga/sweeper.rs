@@ -1,0 +1,65 @@
+//! The sweeper: no saga stays stuck. A saga past its deadline (its reply lost, a pool
+//! down, a command parked) gets its step's command again — safe, every handler is
+//! idempotent — up to [`MAX_ATTEMPTS`] sends, then compensates. Run periodically by
+//! every worker process (`cli::node`'s housekeeping loop); `skip locked` makes several
+//! processes share the work without acting twice on one saga.
+
+use chrono::{DateTime, Utc};
+use souk_stores::postgres::{self as pg, sagas};
+use sqlx::PgPool;
+
+use super::{
+    advance::{Cause, advance},
+    machine::{Event, State, timed_out_reason},
+};
+
+/// Sends of one step's command before the saga gives up on it and compensates.
+pub const MAX_ATTEMPTS: i32 = 3;
+
+/// Most sagas one sweep handles in one transaction (the next sweep takes the rest).
+pub const SWEEP_BATCH: i64 = 200;
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Sagas whose step's command was sent again.
+    pub resent: u64,
+    /// Sagas past their attempts, now compensating (or cancelled, when already compensating).
+    pub compensated: u64,
+}
+
+/// Act on up to `limit` sagas whose deadline is before `now` (the clock is a parameter
+/// so that tests need not wait for deadlines).
+pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swept, pg::Error> {
+    let mut tx = pg::begin(pool).await?;
+    let due = sagas::lock_due(&mut tx, now, limit).await?;
+    let mut swept = Swept::default();
+    for saga in &due {
+        let state = State::parse(&saga.state)
+            .ok_or_else(|| pg::Error::Corrupt(format!("saga state {}", saga.state)))?;
+        let give_up = saga.attempt >= MAX_ATTEMPTS;
+        let outcome = match give_up {
+            true => format!("no reply after {} attempts", saga.attempt),
+            false => "no reply in time: sent again".to_owned(),
+        };
+        for step in state.step_effects().iter().filter_map(|e| e.step()) {
+            sagas::finish_step(&mut tx, saga.order_id, step, &outcome).await?;
+        }
+        let event = match give_up {
+            true => Event::GiveUp(timed_out_reason(state).into_owned()),
+            false => Event::Resend,
+        };
+        let cause = Cause::local(format!("sweeper:{}:{}", saga.order_id, saga.version));
+        advance(&mut tx, saga, &event, None, &cause, now).await?;
+        match give_up {
+            true => swept.compensated += 1,
+            false => swept.resent += 1,
+        }
+    }
+    tx.commit().await?;
+    if swept.resent + swept.compensated > 0 {
+        metrics::counter!("souk_saga_sweeper_resent_total").increment(swept.resent);
+        metrics::counter!("souk_saga_sweeper_compensated_total").increment(swept.compensated);
+    }
+    Ok(swept)
+}

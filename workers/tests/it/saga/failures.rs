@@ -1,0 +1,183 @@
+//! Every failure point ends `cancelled` with its compensations sent in reverse and a
+//! reason the buyer can read; money that moves after a cancel is given back; the
+//! sweeper resumes lost replies and compensates sagas past their attempts.
+
+use souk_pipelines::{
+    payments::{Operation, PaymentFailure},
+    subjects,
+};
+use souk_workers::orders::saga::{MAX_ATTEMPTS, Swept, sweep};
+
+use super::{SagaEnv, drive_to, order, payment, replies};
+
+fn declined() -> Option<PaymentFailure> {
+    Some(PaymentFailure::Declined { code: "hard_decline".into(), message: "the card was declined".into() })
+}
+
+fn exhausted() -> Option<PaymentFailure> {
+    Some(PaymentFailure::Exhausted { attempts: 5, last_error: "provider timed out".into() })
+}
+
+#[tokio::test]
+async fn each_failure_point_ends_cancelled_with_its_compensations() -> anyhow::Result<()> {
+    let env = SagaEnv::start().await?;
+    let [no_stock, declined_card, hold_expired, capture_failed] =
+        std::array::from_fn(|_| order(&[("SKU-A", "s1", 1, 700), ("SKU-B", "s2", 2, 100)]));
+    for cmd in [&no_stock, &declined_card, &hold_expired, &capture_failed] {
+        env.place(cmd).await?;
+    }
+
+    // Reserve rejected: nothing was done, nothing to undo.
+    drive_to(&env, &no_stock, "reserving").await?;
+    env.reply(&replies::rejected(&no_stock, "SKU-B")).await?;
+    env.until(no_stock.order_id, "cancelled").await?;
+    assert_eq!(env.sent(no_stock.order_id).await?, ["inventory.reserve"]);
+
+    // Authorization declined: the hold is released.
+    drive_to(&env, &declined_card, "authorizing").await?;
+    env.reply(&payment(&declined_card, Operation::Authorize, declined())).await?;
+    env.until(declined_card.order_id, "releasing").await?;
+    env.reply(&replies::released(&declined_card)).await?;
+    env.until(declined_card.order_id, "cancelled").await?;
+    assert_eq!(
+        env.sent(declined_card.order_id).await?,
+        ["inventory.reserve", "payments.authorize", "inventory.release"]
+    );
+
+    // Commit refused (the hold expired): the authorization is voided.
+    drive_to(&env, &hold_expired, "committing").await?;
+    env.reply(&replies::committed(&hold_expired, false)).await?;
+    env.until(hold_expired.order_id, "voiding").await?;
+    env.reply(&payment(&hold_expired, Operation::Void, None)).await?;
+    env.until(hold_expired.order_id, "cancelled").await?;
+    assert_eq!(
+        env.sent(hold_expired.order_id).await?,
+        ["inventory.reserve", "payments.authorize", "inventory.commit", "payments.settle:void"]
+    );
+
+    // Capture failed: the sold units go back, then the authorization is voided.
+    drive_to(&env, &capture_failed, "capturing").await?;
+    env.reply(&payment(&capture_failed, Operation::Capture, exhausted())).await?;
+    env.until(capture_failed.order_id, "unwinding").await?;
+    env.reply(&replies::released(&capture_failed)).await?;
+    env.until(capture_failed.order_id, "voiding").await?;
+    env.reply(&payment(&capture_failed, Operation::Void, None)).await?;
+    env.until(capture_failed.order_id, "cancelled").await?;
+    assert_eq!(
+        env.sent(capture_failed.order_id).await?,
+        [
+            "inventory.reserve",
+            "payments.authorize",
+            "inventory.commit",
+            "payments.settle:capture",
+            "inventory.release",
+            "payments.settle:void"
+        ]
+    );
+    let void = env.commands(capture_failed.order_id).await?.pop().map(|(_, b)| b["idempotency_key"].clone());
+    assert_eq!(void, Some(format!("souk-{}-void", capture_failed.order_id).into()));
+
+    for (cmd, reason) in [
+        (&no_stock, "out of stock: SKU SKU-B"),
+        (&declined_card, "payment declined: the card was declined (hard_decline)"),
+        (&hold_expired, "the items could not be kept for you: the hold expired"),
+        (&capture_failed, "payment could not be captured: provider timed out (after 5 attempts)"),
+    ] {
+        let (status, stored) = env.order_status(cmd.order_id).await?;
+        assert_eq!((status.as_str(), stored.as_deref()), ("cancelled", Some(reason)));
+        assert_eq!(env.saga(cmd.order_id).await?.reason.as_deref(), Some(reason));
+        assert_eq!(env.events(subjects::ORDERS_CANCELLED, cmd.order_id).await?, 1);
+        assert_eq!(env.events(subjects::ORDERS_CONFIRMED, cmd.order_id).await?, 0);
+    }
+    assert_eq!(env.dead_letters().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_authorization_that_arrives_after_the_cancel_is_voided_and_a_late_capture_refunded()
+-> anyhow::Result<()> {
+    let env = SagaEnv::start().await?;
+    let cmd = order(&[("SKU-A", "s1", 1, 700)]);
+    let id = cmd.order_id;
+    env.place(&cmd).await?;
+    drive_to(&env, &cmd, "authorizing").await?;
+    // The payments pool gave up (every provider timing out)…
+    env.reply(&payment(&cmd, Operation::Authorize, exhausted())).await?;
+    env.until(id, "releasing").await?;
+    env.reply(&replies::released(&cmd)).await?;
+    env.until(id, "cancelled").await?;
+    // …but the provider had charged: its authorization turns up after the cancel.
+    env.reply(&payment(&cmd, Operation::Authorize, None)).await?;
+    super::settle(&env).await?;
+    assert_eq!(
+        env.sent(id).await?,
+        ["inventory.reserve", "payments.authorize", "inventory.release", "payments.settle:void"]
+    );
+    env.reply(&payment(&cmd, Operation::Void, None)).await?;
+    super::settle(&env).await?;
+    let saga = env.saga(id).await?;
+    assert_eq!(saga.state, "cancelled", "it stays cancelled");
+    let void = saga.steps.iter().find(|s| s.step == "void").expect("a void step");
+    assert_eq!(void.outcome.as_deref(), Some("ok (sandbox-a)"));
+
+    // A capture that turns up on a cancelled order is refunded.
+    env.reply(&payment(&cmd, Operation::Capture, None)).await?;
+    super::settle(&env).await?;
+    assert_eq!(env.sent(id).await?.last().map(String::as_str), Some("payments.settle:refund"));
+    assert_eq!(env.order_status(id).await?.0, "cancelled");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sweeper_resumes_a_lost_reply_and_compensates_a_saga_past_its_attempts() -> anyhow::Result<()> {
+    let env = SagaEnv::start().await?;
+    let (lost, silent) = (order(&[("SKU-A", "s1", 1, 700)]), order(&[("SKU-B", "s1", 1, 700)]));
+    env.place(&lost).await?;
+    env.place(&silent).await?;
+    env.until(lost.order_id, "reserving").await?;
+    env.until(silent.order_id, "reserving").await?;
+    let pool = &env.db.pool;
+    let now = chrono::Utc::now();
+    assert_eq!(sweep(pool, now, 100).await?, Swept::default(), "nothing is due yet");
+
+    // Past the deadline: the reserve is sent again (its reply was lost).
+    let later = now + chrono::Duration::hours(1);
+    assert_eq!(sweep(pool, later, 100).await?, Swept { resent: 2, compensated: 0 });
+    super::settle(&env).await?;
+    assert_eq!(env.sent(lost.order_id).await?, ["inventory.reserve", "inventory.reserve"]);
+    assert_eq!(env.saga(lost.order_id).await?.attempt, 2);
+    env.reply(&replies::reserved(&lost)).await?;
+    env.until(lost.order_id, "authorizing").await?;
+
+    // Two sweepers at once (two worker processes) act once on each saga.
+    let much_later = later + chrono::Duration::hours(1);
+    let (a, b) = tokio::join!(sweep(pool, much_later, 100), sweep(pool, much_later, 100));
+    let (a, b) = (a?, b?);
+    assert_eq!(a.resent + b.resent, 2, "each saga once: {a:?} {b:?}");
+    assert_eq!(env.saga(lost.order_id).await?.attempt, 2, "its authorize sent again once");
+    assert_eq!(env.saga(silent.order_id).await?.attempt, MAX_ATTEMPTS);
+
+    // Past its attempts: it compensates (a release of whatever may have been held).
+    let last = much_later + chrono::Duration::hours(1);
+    let swept = sweep(pool, last, 100).await?;
+    assert_eq!(swept, Swept { resent: 1, compensated: 1 }, "the other saga's authorize is sent a third time");
+    let saga = env.until(silent.order_id, "releasing").await?;
+    assert_eq!(saga.reason.as_deref(), Some("timed out while reserving"));
+    assert_eq!(
+        env.sent(silent.order_id).await?,
+        ["inventory.reserve"; 3].into_iter().chain(["inventory.release"]).collect::<Vec<_>>()
+    );
+    let unanswered = saga
+        .steps
+        .iter()
+        .filter(|s| s.step == "reserve" && s.outcome.as_deref().is_some_and(|o| o.starts_with("no reply")))
+        .count();
+    assert_eq!(unanswered, 3, "{:?}", saga.steps);
+    env.reply(&replies::released(&silent)).await?;
+    env.until(silent.order_id, "cancelled").await?;
+    assert_eq!(
+        env.order_status(silent.order_id).await?,
+        ("cancelled".into(), Some("timed out while reserving".into()))
+    );
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! `souk sagas retry|compensate` as library calls: the same transitions as the sweeper,
+//! recorded in `operator_actions` with who did it.
+
+use souk_workers::orders::saga::{
+    State,
+    operator::{self, OperatorError},
+};
+
+use super::{SagaEnv, order, replies};
+
+#[tokio::test]
+async fn operators_retry_and_compensate_and_each_action_is_recorded() -> anyhow::Result<()> {
+    let env = SagaEnv::start().await?;
+    let cmd = order(&[("SKU-A", "s1", 1, 700)]);
+    let id = cmd.order_id;
+    env.place(&cmd).await?;
+    env.until(id, "reserving").await?;
+    let pool = &env.db.pool;
+
+    assert_eq!(operator::retry(pool, id, "cli:ops-anna").await?, State::Reserving);
+    super::settle(&env).await?;
+    assert_eq!(env.sent(id).await?, ["inventory.reserve", "inventory.reserve"]);
+    assert_eq!(env.saga(id).await?.attempt, 1, "fresh attempts for the sweeper");
+
+    assert_eq!(operator::compensate(pool, id, "cli:ops-ben").await?, State::Releasing);
+    let saga = env.until(id, "releasing").await?;
+    let again = operator::compensate(pool, id, "cli:ops-ben").await;
+    assert!(matches!(again, Err(OperatorError::Refused(_))), "already compensating: {again:?}");
+    assert_eq!(saga.reason.as_deref(), Some("cancelled by souk support"));
+    assert_eq!(env.sent(id).await?.last().map(String::as_str), Some("inventory.release"));
+    env.reply(&replies::released(&cmd)).await?;
+    let saga = env.until(id, "cancelled").await?;
+    assert!(
+        saga.steps
+            .iter()
+            .any(|s| s.step == "retry"
+                && s.outcome.as_deref() == Some("by cli:ops-anna: reserving → reserving"))
+    );
+
+    // A finished saga has nothing to retry or compensate; nothing is recorded for it.
+    assert!(matches!(operator::retry(pool, id, "cli:ops-anna").await, Err(OperatorError::Refused(_))));
+    assert!(matches!(operator::compensate(pool, id, "cli:ops-anna").await, Err(OperatorError::Refused(_))));
+    let unknown = uuid::Uuid::now_v7();
+    assert!(matches!(operator::retry(pool, unknown, "cli:ops-anna").await, Err(OperatorError::NotFound(_))));
+    assert_eq!(
+        env.operator_actions(id).await?,
+        [
+            ("cli:ops-anna".to_owned(), "saga.retry".to_owned()),
+            ("cli:ops-ben".to_owned(), "saga.compensate".to_owned())
+        ]
+    );
+    Ok(())
+}
