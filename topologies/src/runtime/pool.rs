@@ -201,8 +201,11 @@ pub struct Runtime {
     /// `purge-acked` streams read by these pools.
     purged_streams: Vec<String>,
     js: jetstream::Context,
-    /// Operators' pause/resume/scale of these pools.
-    controls: Controls,
+    /// Each pool's settings (pause, concurrency), followed from the control bucket
+    /// since `build`, in the order of `pools`.
+    settings: Vec<watch::Receiver<PoolSettings>>,
+    /// Ends those watches once the pools have stopped.
+    stop_following: CancellationToken,
 }
 
 impl Runtime {
@@ -232,8 +235,16 @@ impl Runtime {
                 purged_streams.push(stream.clone());
             }
         }
+        // Read (and watch) every pool's settings now, before `run`: a pool left paused
+        // must not take a message, and a node whose `build` returned starts fetching at
+        // once in `run` (the reads are done in parallel: a round trip or two each).
         let controls = Controls::open(publisher.jetstream(), control_replicas(topology)).await?;
-        Ok(Runtime { pools, purged_streams, js: publisher.jetstream().clone(), controls })
+        let stop_following = CancellationToken::new();
+        let settings = futures::future::try_join_all(
+            pools.iter().map(|p| controls.follow(&p.spec.name, stop_following.clone())),
+        )
+        .await?;
+        Ok(Runtime { pools, purged_streams, js: publisher.jetstream().clone(), settings, stop_following })
     }
 
     /// Run every pool, and the purger of the `purge-acked` streams they read, until
@@ -246,26 +257,16 @@ impl Runtime {
             purge::DEFAULT_EVERY,
             cancel.clone(),
         ));
-        let mut pools = Vec::new();
-        for p in self.pools {
-            let b = Breaker::new(&p.spec.name);
-            // Before the first fetch: a pool left paused must not take a message.
-            let settings = loop {
-                match self.controls.follow(&p.spec.name, cancel.child_token()).await {
-                    Ok(s) => break Some(s),
-                    Err(e) => {
-                        tracing::warn!(pool = %p.spec.name, error = %e, "cannot read the pool's controls; retrying");
-                        tokio::select! {
-                            () = cancel.cancelled() => break None,
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                    }
-                }
-            };
-            let Some(settings) = settings else { break };
-            let live = Live::starting(&p.spec, &settings.borrow());
-            pools.push((p, b, settings, live));
-        }
+        let pools: Vec<_> = self
+            .pools
+            .into_iter()
+            .zip(self.settings)
+            .map(|(p, settings)| {
+                let breaker = Breaker::new(&p.spec.name);
+                let live = Live::starting(&p.spec, &settings.borrow());
+                (p, breaker, settings, live)
+            })
+            .collect();
         let known: Vec<Known> = pools
             .iter()
             .map(|(p, b, _, live)| Known {
@@ -278,6 +279,7 @@ impl Runtime {
         let answer = tokio::spawn(answer_status(self.js.client(), known, cancel.clone()));
         futures::future::join_all(pools.into_iter().map(|(p, b, s, l)| p.run_with(cancel.clone(), b, s, l)))
             .await;
+        self.stop_following.cancel();
         answer.await.ok();
         purger.await.ok();
     }
