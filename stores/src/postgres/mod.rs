@@ -2,8 +2,10 @@
 
 mod config;
 pub mod deployment;
+pub mod fulfilments;
 pub mod idempotency;
 pub mod inbox;
+pub mod inventory;
 pub mod operator_actions;
 pub mod orders;
 pub mod outbox;
