@@ -20,6 +20,7 @@
 
 pub mod auth;
 mod catalog;
+mod fulfilment;
 mod intake;
 mod jobs;
 mod limits;
