@@ -178,7 +178,9 @@ pub async fn available(tx: &mut PgConnection, tenant: &str, sku: &str) -> Result
 }
 
 /// Record the order's reservation: `Held` with its `lines`, or `Rejected` with its
-/// `shortages` (and no lines).
+/// `shortages` (and no lines). Returns `hold_until` and the time of the decision as
+/// stored (at the database's precision), so the answer now and a replayed one later
+/// say the same.
 pub async fn record(
     tx: &mut PgConnection,
     tenant: &str,
@@ -186,7 +188,7 @@ pub async fn record(
     hold_until: DateTime<Utc>,
     lines: &[StockLine],
     shortages: Option<&[Shortage]>,
-) -> Result<(), Error> {
+) -> Result<(DateTime<Utc>, DateTime<Utc>), Error> {
     let (state, shortages) = match shortages {
         Some(s) => {
             let json = serde_json::to_value(s).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -194,16 +196,16 @@ pub async fn record(
         }
         None => (State::Held, None),
     };
-    sqlx::query(
+    let stored: (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
         "insert into stock_reservations (tenant, order_id, state, hold_until, shortages)
-         values ($1, $2, $3, $4, $5)",
+         values ($1, $2, $3, $4, $5) returning hold_until, decided_at",
     )
     .bind(tenant)
     .bind(order_id)
     .bind(state.as_str())
     .bind(hold_until)
     .bind(shortages)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     if state == State::Held {
         let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
@@ -219,7 +221,7 @@ pub async fn record(
         .execute(&mut *tx)
         .await?;
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// Move the order's reservation to `state` (its stock already moved).

@@ -76,23 +76,19 @@ pub async fn reserve(tx: &mut PgConnection, cmd: &ReserveStock, causation: &str)
             shortages.push(Shortage { sku: line.sku.clone(), requested: line.quantity, available });
         }
     }
-    let now = Utc::now();
     if shortages.is_empty() {
         attempt.commit().await.map_err(pg::Error::from)?;
-        inv::record(tx, &cmd.tenant, cmd.order_id, cmd.hold_until, &lines, None).await?;
+        let (hold_until, at) =
+            inv::record(tx, &cmd.tenant, cmd.order_id, cmd.hold_until, &lines, None).await?;
         metrics::counter!("souk_inventory_reservations_total", "outcome" => "reserved").increment(1);
-        let event = StockReserved {
-            tenant: cmd.tenant.clone(),
-            order_id: cmd.order_id,
-            hold_until: cmd.hold_until,
-            at: now,
-        };
+        let event = StockReserved { tenant: cmd.tenant.clone(), order_id: cmd.order_id, hold_until, at };
         outbox::enqueue(tx, outbox_event(&cmd.tenant, cmd.order_id, causation, &event)).await?;
     } else {
         attempt.rollback().await.map_err(pg::Error::from)?;
-        inv::record(tx, &cmd.tenant, cmd.order_id, cmd.hold_until, &[], Some(&shortages)).await?;
+        let (_, at) =
+            inv::record(tx, &cmd.tenant, cmd.order_id, cmd.hold_until, &[], Some(&shortages)).await?;
         metrics::counter!("souk_inventory_reservations_total", "outcome" => "rejected").increment(1);
-        let event = StockRejected { tenant: cmd.tenant.clone(), order_id: cmd.order_id, shortages, at: now };
+        let event = StockRejected { tenant: cmd.tenant.clone(), order_id: cmd.order_id, shortages, at };
         outbox::enqueue(tx, outbox_event(&cmd.tenant, cmd.order_id, causation, &event)).await?;
     }
     Ok(())

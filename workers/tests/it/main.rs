@@ -3,6 +3,7 @@
 mod dead_lettered;
 mod events;
 mod index;
+mod inventory;
 mod outage;
 
 use async_nats::HeaderMap;
