@@ -99,17 +99,6 @@ pub async fn lock_order(tx: &mut PgConnection, tenant: &str, order_id: Uuid) -> 
     Ok(())
 }
 
-/// [`lock_order`] without waiting: `false` when another transaction holds it (the
-/// expiry sweeper skips that order this round).
-pub async fn try_lock_order(tx: &mut PgConnection, tenant: &str, order_id: Uuid) -> Result<bool, Error> {
-    Ok(sqlx::query_scalar("select pg_try_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))")
-        .bind(ORDER_LOCK_CLASS)
-        .bind(tenant)
-        .bind(order_id)
-        .fetch_one(tx)
-        .await?)
-}
-
 /// The order's reservation, if any. Call under [`lock_order`].
 pub async fn reservation(
     tx: &mut PgConnection,
@@ -354,16 +343,80 @@ pub async fn available_many(
     rows.iter().map(|r| Ok((r.try_get("sku")?, r.try_get("available")?))).collect()
 }
 
-/// Held reservations whose time has come, earliest first, at most `limit`.
-pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<(String, Uuid)>, Error> {
-    let rows = sqlx::query(
-        "select tenant, order_id from stock_reservations
-         where state = 'held' and hold_until <= now() order by hold_until limit $1",
+/// A held reservation whose time has come, locked for expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueHold {
+    pub tenant: String,
+    pub order_id: Uuid,
+    pub hold_until: DateTime<Utc>,
+    pub lines: Vec<StockLine>,
+}
+
+/// Lock (without waiting: an order being decided elsewhere is skipped) up to `limit`
+/// held reservations whose time has come, earliest first, and read them — in a second
+/// statement, so what is read is what committed before the locks were had (a commit
+/// that held an order's lock until just now has its state seen).
+pub async fn lock_due(tx: &mut PgConnection, limit: i64) -> Result<Vec<DueHold>, Error> {
+    let locked: Vec<(String, Uuid)> = sqlx::query_as(
+        "select tenant, order_id from (
+             select tenant, order_id from stock_reservations
+             where state = 'held' and hold_until <= now() order by hold_until limit $2
+         ) due
+         where pg_try_advisory_xact_lock($1, hashtext(tenant || '/' || order_id::text))",
     )
+    .bind(ORDER_LOCK_CLASS)
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    rows.iter().map(|r| Ok((r.try_get("tenant")?, r.try_get("order_id")?))).collect()
+    if locked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (tenants, ids): (Vec<String>, Vec<Uuid>) = locked.into_iter().unzip();
+    let rows = sqlx::query(
+        "select r.tenant, r.order_id, r.hold_until, h.sku, h.quantity
+         from unnest($1::text[], $2::uuid[]) as l(tenant, order_id)
+         join stock_reservations r on r.tenant = l.tenant and r.order_id = l.order_id
+         join stock_holds h on h.tenant = r.tenant and h.order_id = r.order_id
+         where r.state = 'held' and r.hold_until <= now()
+         order by r.tenant, r.order_id, h.sku",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut due: Vec<DueHold> = Vec::new();
+    for row in &rows {
+        let (tenant, order_id): (String, Uuid) = (row.try_get("tenant")?, row.try_get("order_id")?);
+        let line = StockLine { sku: row.try_get("sku")?, quantity: row.try_get("quantity")? };
+        match due.last_mut() {
+            Some(d) if d.tenant == tenant && d.order_id == order_id => d.lines.push(line),
+            _ => due.push(DueHold {
+                tenant,
+                order_id,
+                hold_until: row.try_get("hold_until")?,
+                lines: vec![line],
+            }),
+        }
+    }
+    Ok(due)
+}
+
+/// Move the reservations of `orders` (of `tenant`) to `state` in one statement.
+pub async fn set_states(
+    tx: &mut PgConnection,
+    tenant: &str,
+    orders: &[Uuid],
+    state: State,
+) -> Result<(), Error> {
+    sqlx::query(
+        "update stock_reservations set state = $3, decided_at = now() where tenant = $1 and order_id = any($2)",
+    )
+    .bind(tenant)
+    .bind(orders)
+    .bind(state.as_str())
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// When the earliest held reservation falls due, if any is held.

@@ -3,10 +3,10 @@
 //! Each reservation's `hold_until` is its deadline, in the table that holds it
 //! (`stock_reservations`, indexed on `hold_until` for held ones): the timer is as
 //! durable as the hold, written in the same transaction, and needs nothing else to
-//! survive a crash. Every worker process running the inventory pool sweeps: it asks for
-//! the due holds (earliest first, a bounded batch) and expires each in a transaction of
-//! its own, under the order's lock taken without waiting — sweepers in several
-//! processes, or a commit of the same order, never decide one hold twice. Between
+//! survive a crash. Every worker process running the inventory pool sweeps: it locks the
+//! due holds (earliest first, a bounded batch; each order's lock taken without waiting)
+//! and expires them in one transaction — sweepers in several processes, or a commit of
+//! the same order, never decide one hold twice. Between
 //! sweeps it sleeps until the next deadline, at most `every`, so a hold is taken back at
 //! most `every` (plus the sweep's own work) after its time. See ARCHITECTURE.md
 //! ("Inventory") for why this and not JetStream message schedules, with measurements.
@@ -36,23 +36,18 @@ impl Default for ExpiryOptions {
 /// The causation id of the events an expiry writes (no message caused them).
 const CAUSATION: &str = "inventory.expiry";
 
-/// Expire every held reservation that is due now. Returns how many it expired.
+/// Expire every held reservation that is due now, `batch` to a transaction (one
+/// commit, one fsync, for many holds). Returns how many it expired.
 pub async fn sweep(pool: &PgPool, batch: i64) -> Result<u64, pg::Error> {
     let mut expired = 0;
     loop {
-        let due = inv::due(pool, batch).await?;
-        let mut this_round = 0;
-        for (tenant, order_id) in &due {
-            let mut tx = pg::begin(pool).await?;
-            if holds::expire(&mut tx, tenant, *order_id, CAUSATION).await? {
-                tx.commit().await?;
-                this_round += 1;
-            }
-        }
-        expired += this_round;
-        // A full batch may have more behind it; a batch where nothing could be expired
-        // (all being decided elsewhere) is left to the next sweep rather than spun on.
-        if (due.len() as i64) < batch || this_round == 0 {
+        let mut tx = pg::begin(pool).await?;
+        let n = holds::expire_due(&mut tx, batch, CAUSATION).await?;
+        tx.commit().await?;
+        expired += n;
+        // Fewer than a batch: nothing more is due, or the rest is being decided
+        // elsewhere (left to the next sweep rather than spun on).
+        if (n as i64) < batch {
             return Ok(expired);
         }
     }

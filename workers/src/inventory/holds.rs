@@ -187,25 +187,58 @@ pub async fn commit(tx: &mut PgConnection, cmd: &CommitStock, causation: &str) -
     Ok(())
 }
 
-/// Expire the order's hold if it is still held and due (the sweeper, in a transaction
-/// of its own). `false` when there was nothing to do, or another transaction is
-/// deciding the order right now (the next sweep looks again).
-pub async fn expire(
-    tx: &mut PgConnection,
-    tenant: &str,
-    order_id: Uuid,
-    causation: &str,
-) -> Result<bool, pg::Error> {
-    if !inv::try_lock_order(tx, tenant, order_id).await? {
-        return Ok(false);
-    }
-    match inv::reservation(tx, tenant, order_id).await? {
-        Some(r) if r.state == State::Held && r.due => {
-            expire_now(tx, tenant, order_id, &r, causation).await?;
-            Ok(true)
+/// Expire up to `limit` due holds in one transaction (the sweeper's): each order
+/// locked without waiting (one being decided elsewhere is left for the next sweep), the
+/// units of all of them returned with one update per SKU in SKU order (the lock order),
+/// one `StockReleased { expired: true }` each. Returns how many it expired.
+pub async fn expire_due(tx: &mut PgConnection, limit: i64, causation: &str) -> Result<u64, pg::Error> {
+    let due = inv::lock_due(tx, limit).await?;
+    let mut by_tenant: BTreeMap<&str, (BTreeMap<&str, i64>, Vec<Uuid>)> = BTreeMap::new();
+    for hold in &due {
+        let (units, orders) = by_tenant.entry(&hold.tenant).or_default();
+        orders.push(hold.order_id);
+        for line in &hold.lines {
+            *units.entry(&line.sku).or_default() += line.quantity;
         }
-        _ => Ok(false),
     }
+    for (tenant, (units, orders)) in &by_tenant {
+        let lines: Vec<StockLine> = units
+            .iter()
+            .map(|(sku, quantity)| StockLine { sku: (*sku).to_owned(), quantity: *quantity })
+            .collect();
+        inv::apply(tx, tenant, &lines, Movement::Unhold).await?;
+        inv::set_states(tx, tenant, orders, State::Expired).await?;
+    }
+    let now = Utc::now();
+    let events: Vec<_> = due
+        .iter()
+        .map(|hold| {
+            expired_late(hold.hold_until, now);
+            let event = expired_event(&hold.tenant, hold.order_id, now);
+            outbox_event(&hold.tenant, hold.order_id, causation, &event)
+        })
+        .collect();
+    outbox::enqueue_many(tx, &events).await?;
+    Ok(due.len() as u64)
+}
+
+fn expired_event(tenant: &str, order_id: Uuid, at: chrono::DateTime<Utc>) -> StockReleased {
+    StockReleased {
+        tenant: tenant.to_owned(),
+        order_id,
+        expired: true,
+        released: true,
+        reason: EXPIRED_REASON.into(),
+        at,
+    }
+}
+
+/// Count an expiry, and how long after its time the hold was taken back (the sweeper's
+/// period bounds it).
+fn expired_late(hold_until: chrono::DateTime<Utc>, now: chrono::DateTime<Utc>) {
+    metrics::counter!("souk_inventory_holds_expired_total").increment(1);
+    let late = (now - hold_until).to_std().unwrap_or_default();
+    metrics::histogram!("souk_inventory_expiry_lateness_seconds").record(late.as_secs_f64());
 }
 
 /// Return a due hold's units and say so (`StockReleased { expired: true }`).
@@ -219,18 +252,8 @@ async fn expire_now(
     inv::apply(tx, tenant, &r.lines, Movement::Unhold).await?;
     inv::set_state(tx, tenant, order_id, State::Expired).await?;
     let now = Utc::now();
-    metrics::counter!("souk_inventory_holds_expired_total").increment(1);
-    // How long after its time a hold was taken back (the sweeper's period bounds it).
-    let late = (now - r.hold_until).to_std().unwrap_or_default();
-    metrics::histogram!("souk_inventory_expiry_lateness_seconds").record(late.as_secs_f64());
-    let event = StockReleased {
-        tenant: tenant.to_owned(),
-        order_id,
-        expired: true,
-        released: true,
-        reason: EXPIRED_REASON.into(),
-        at: now,
-    };
+    expired_late(r.hold_until, now);
+    let event = expired_event(tenant, order_id, now);
     outbox::enqueue(tx, outbox_event(tenant, order_id, causation, &event)).await?;
     Ok(())
 }
