@@ -34,11 +34,14 @@ async fn request(stack: &Stack, order_id: Uuid, seller: &str, sku: &str) -> anyh
         .await
 }
 
+/// A request body and its content type, if any.
+type Body<'a> = Option<(&'a str, Vec<u8>)>;
+
 async fn ship(
     stack: &Stack,
     token: &str,
     path: &str,
-    body: Option<(&str, Vec<u8>)>,
+    body: Body<'_>,
     key: Option<&str>,
 ) -> anyhow::Result<(u16, Value)> {
     let mut r = stack.http.post(format!("{}{path}", stack.base)).bearer_auth(token);
@@ -153,7 +156,7 @@ async fn bad_ships_and_listings_get_clear_problems_and_publish_nothing() -> anyh
     .await?;
     let path = format!("/v1/sellers/s1/orders/{order}/ship");
     let json = |v: Value| Some(("application/json", serde_json::to_vec(&v).unwrap_or_default()));
-    let cases: Vec<(String, Option<(&str, Vec<u8>)>, u16, &str)> = vec![
+    let cases: Vec<(String, Body, u16, &str)> = vec![
         (path.clone(), Some(("application/json", b"{\"tracking\": ".to_vec())), 400, "malformed-json"),
         (path.clone(), Some(("text/plain", b"TRK".to_vec())), 415, "unsupported-media-type"),
         (path.clone(), Some(("application/json", vec![b' '; 70 * 1024])), 413, "body-too-large"),

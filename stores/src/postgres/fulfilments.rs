@@ -118,7 +118,7 @@ pub async fn mark_shipped(
     tracking: Option<&str>,
     actor: &str,
 ) -> Result<DateTime<Utc>, Error> {
-    Ok(sqlx::query_scalar(
+    sqlx::query_scalar(
         "update fulfilments set status = 'shipped', tracking = $4, shipped_by = $5, shipped_at = now()
          where tenant = $1 and seller = $2 and order_id = $3 and status = 'requested'
          returning shipped_at",
@@ -130,7 +130,7 @@ pub async fn mark_shipped(
     .bind(actor)
     .fetch_optional(tx)
     .await?
-    .ok_or_else(|| Error::Corrupt(format!("fulfilment {order_id} of {seller} is not requested")))?)
+    .ok_or_else(|| Error::Corrupt(format!("fulfilment {order_id} of {seller} is not requested")))
 }
 
 /// Where a page of a seller's orders continues: after this one (newest first).
