@@ -85,6 +85,16 @@ impl Node {
             let runtime = Runtime::build(&publisher, &options.topology, &registry, only).await?;
             tasks.spawn(runtime.run(cancel.clone()));
             tasks.spawn(housekeeping(options.pool.clone(), cancel.clone()));
+            // Stock holds past their time go back to stock wherever the inventory pool
+            // runs (sweepers in several processes never expire one hold twice).
+            if runs_handler(&options.topology, Some(only), souk_workers::inventory::HANDLER) {
+                let expiry = souk_workers::inventory::ExpiryOptions::default();
+                tasks.spawn(souk_workers::inventory::expiry::run(
+                    options.pool.clone(),
+                    expiry,
+                    cancel.clone(),
+                ));
+            }
         }
         if let Some(tuning) = options.jobs {
             let jobs = souk_jobs::WorkerOptions {
@@ -177,10 +187,13 @@ pub const OPENSEARCH_PREFIX: &str = "souk";
 /// Whether a process running `pools` (`Some(vec![])`: all; `None`: none) of `topology`
 /// runs a `catalog.index` pool, i.e. writes the search index.
 pub fn runs_indexer(topology: &Topology, pools: Option<&[String]>) -> bool {
+    runs_handler(topology, pools, souk_workers::catalog::INDEX_HANDLER)
+}
+
+/// Whether a process running `pools` (as for [`runs_indexer`]) runs a pool of `handler`.
+pub fn runs_handler(topology: &Topology, pools: Option<&[String]>, handler: &str) -> bool {
     let Some(only) = pools else { return false };
-    topology.pools.iter().any(|p| {
-        p.handler == souk_workers::catalog::INDEX_HANDLER && (only.is_empty() || only.contains(&p.name))
-    })
+    topology.pools.iter().any(|p| p.handler == handler && (only.is_empty() || only.contains(&p.name)))
 }
 
 /// Open the search index.

@@ -240,6 +240,41 @@ impl Intake {
     }
 }
 
+impl Intake {
+    /// Publish a seller's ship (after the claim of its `key`, when one was sent: the
+    /// same key with another request is `KeyReused`) through the group committer and
+    /// wait for its PubAck. Its message id is the order and seller's, so shipping twice
+    /// stores one command (JetStream's dedupe window, then the pool's inbox). Returns
+    /// whether it repeats a claimed request.
+    pub async fn mark_shipped(
+        &self,
+        principal: &Claims,
+        key: Option<&str>,
+        request_hash: Vec<u8>,
+        cmd: &souk_pipelines::fulfilment::MarkShipped,
+    ) -> Result<bool, IntakeError> {
+        let work = async {
+            let mut replay = false;
+            if let Some(key) = key {
+                let key = format!("{}{key}", idempotency::FULFILMENT_SHIP_PREFIX);
+                replay = !self.claim(principal, key, request_hash).await?.fresh;
+            }
+            let msg_id = format!("fulfilment.ship:{}:{}:{}", cmd.tenant, cmd.order_id, cmd.seller);
+            let publish = tracing::info_span!("publish", subject = souk_pipelines::subjects::FULFILMENT_SHIP);
+            let msg = publish.in_scope(|| OutgoingMessage::command(cmd, msg_id, &cmd.tenant));
+            self.commits
+                .publish(msg)
+                .instrument(publish)
+                .await
+                .map_err(|e| IntakeError::Unavailable(format!("JetStream: {e}")))?;
+            Ok(replay)
+        };
+        tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| {
+            Err(IntakeError::Unavailable(format!("no acknowledgement within {:?}", self.timeout)))
+        })
+    }
+}
+
 /// SHA-256 of `bytes` (the canonical form of a request, for its idempotency claim).
 pub(crate) fn request_hash(bytes: &[u8]) -> Vec<u8> {
     sha256(bytes)

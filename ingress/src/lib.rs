@@ -22,6 +22,7 @@ pub mod auth;
 mod cart;
 mod catalog;
 mod checkout;
+mod fulfilment;
 mod intake;
 mod jobs;
 mod limits;

@@ -59,7 +59,8 @@ pub const BEARER: &str = "bearer";
         (name = "probes", description = "Liveness and readiness."),
         (name = "search", description = "Search the catalog: text with typos, filters, facets, cursors."),
         (name = "meta", description = "This document."),
-        (name = "jobs", description = "Jobs for internal teams (role staff): catalog imports and reindexes.")
+        (name = "jobs", description = "Jobs for internal teams (role staff): catalog imports and reindexes."),
+        (name = "fulfilment", description = "Sellers list the orders they have to ship and mark them shipped.")
     )
 )]
 pub struct ApiDoc;

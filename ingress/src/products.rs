@@ -17,7 +17,7 @@ use axum::{
 };
 use serde::Serialize;
 use souk_pipelines::catalog::{FieldError, Product, check_seller_id, check_sku};
-use souk_stores::postgres::products;
+use souk_stores::postgres::{inventory, products};
 use std::sync::Arc;
 
 use crate::{
@@ -71,7 +71,9 @@ fn not_found() -> Problem {
 ///
 /// Public: no token needed (with one, the token's tenant is read; without, the
 /// deployment's public tenant). `ETag` is the product's version; send it back in
-/// `If-None-Match` for a 304. Deleted products are 404.
+/// `If-None-Match` for a 304 (while its stock has not moved either). `stock` is the
+/// units available to buy now: units held for checkouts in progress are excluded.
+/// Deleted products are 404.
 #[utoipa::path(
     get,
     path = "/v1/products/{sku}",
@@ -102,15 +104,28 @@ pub async fn get_product(
         // No product can have this SKU.
         return Err(not_found());
     }
-    let stored = products::get(&state.pool, &tenant, &sku).await.map_err(|e| unavailable(&state, e))?;
-    let product = stored.filter(|s| !s.is_deleted()).ok_or_else(not_found)?.product;
+    let (stored, stock) = tokio::try_join!(
+        products::get(&state.pool, &tenant, &sku),
+        inventory::stock(&state.pool, &tenant, &sku)
+    )
+    .map_err(|e| unavailable(&state, e))?;
+    let mut product = stored.filter(|s| !s.is_deleted()).ok_or_else(not_found)?.product;
+    // `stock` is what can be bought now: held units excluded. It moves without the
+    // product's version (holds, sales), so the version ETag may answer 304 only while
+    // the stock has not moved since that version was written (a product write sets
+    // both in one transaction: equal times).
+    let stock_moved = stock.is_some_and(|s| s.updated_at > product.updated_at);
+    if let Some(stock) = stock {
+        product.fields.stock = stock.available();
+    }
     let etag = HeaderValue::from_str(&format!("\"{}\"", product.version)).map_err(|_| not_found())?;
-    let unchanged = headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|tag| tag.trim() == "*" || tag.trim().trim_start_matches("W/") == etag);
+    let unchanged = !stock_moved
+        && headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|tag| tag.trim() == "*" || tag.trim().trim_start_matches("W/") == etag);
     let mut response =
         if unchanged { StatusCode::NOT_MODIFIED.into_response() } else { Json(product).into_response() };
     let h = response.headers_mut();
@@ -206,6 +221,15 @@ pub async fn list_seller_products(
     } else {
         None
     };
+    // Stock as on a product read: what can be bought now.
+    let skus: Vec<String> = items.iter().map(|p| p.sku.clone()).collect();
+    let available =
+        inventory::available_many(&state.pool, &tenant, &skus).await.map_err(|e| unavailable(&state, e))?;
+    for p in &mut items {
+        if let Some(n) = available.get(&p.sku) {
+            p.fields.stock = *n;
+        }
+    }
     let mut response = Json(ProductPage { items, next_cursor }).into_response();
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{AppState, cart, catalog, checkout, jobs, orders, probes, problem, products, search};
+use crate::{AppState, cart, catalog, checkout, fulfilment, jobs, orders, probes, problem, products, search};
 
 /// Every public route with its documentation. One `routes!` per path: the handlers in
 /// one `routes!` must share their path (they become the methods of that path).
@@ -34,6 +34,9 @@ fn table() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(crate::openapi::document))
         // search
         .routes(routes!(search::search))
+        // fulfilment: sellers' orders
+        .routes(routes!(fulfilment::list_seller_orders))
+        .routes(routes!(fulfilment::ship))
         // jobs for internal teams
         .routes(routes!(jobs::submit, jobs::list))
         .routes(routes!(jobs::get))

@@ -47,6 +47,7 @@ mod catalog;
 mod cpu;
 mod diag;
 mod env;
+mod holds;
 mod http;
 mod load;
 mod payload;
@@ -137,6 +138,9 @@ pub enum Command {
     /// Products through the whole pipeline beside raw tantivy indexing, freshness
     /// (202 → searchable), and search through HTTP beside the same queries in process.
     Catalog(catalog::CatalogArgs),
+    /// Hold expiry: souk's deadline table swept beside JetStream message schedules
+    /// (lateness and CPU per 10,000 holds).
+    Holds(holds::HoldsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -188,6 +192,15 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
         )
         .init();
+    if let Some(Command::Holds(h)) = &args.command {
+        return match holds::run(&args, h).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("souk-loadtest: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Catalog(c)) = &args.command {
         return match catalog::run(&args, c).await {
             Ok(report) => {

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 /// One line of a seller's part of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FulfilmentLine {
     pub sku: String,
     pub quantity: i64,

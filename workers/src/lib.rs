@@ -13,6 +13,8 @@
 pub mod catalog;
 mod dead_letter;
 pub mod dedupe;
+pub mod fulfilment;
+pub mod inventory;
 pub mod orders;
 mod schema;
 mod store;
@@ -56,6 +58,14 @@ pub fn registry_with(pool: PgPool, dependencies: &Dependencies) -> Registry {
     registry.register(
         catalog::DEAD_LETTERED_HANDLER,
         dedupe::Deduplicated::new(pool.clone(), catalog::DEAD_LETTERED_CONSUMER, catalog::WriteDeadLettered),
+    );
+    registry.register(
+        inventory::HANDLER,
+        dedupe::Deduplicated::new(pool.clone(), inventory::CONSUMER, inventory::InventoryHandler),
+    );
+    registry.register(
+        fulfilment::HANDLER,
+        dedupe::Deduplicated::new(pool.clone(), fulfilment::CONSUMER, fulfilment::FulfilmentHandler),
     );
     registry.register(
         catalog::WRITE_HANDLER,

@@ -6,6 +6,7 @@ mod catalog;
 mod crash;
 mod dev;
 mod failed_orders;
+mod fulfilment;
 mod held;
 mod jobs;
 mod operator;

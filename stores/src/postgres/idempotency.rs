@@ -12,6 +12,9 @@ use super::Error;
 /// the same principal, and housekeeping tells the two apart (an expired order claim
 /// without its order marks the order lost; a catalog claim has no order).
 pub const CATALOG_WRITE_PREFIX: &str = "catalog.write ";
+/// Prefix of the keys of a seller's ship claims (`fulfilment.ship <key>`), apart from
+/// order and catalog keys the same way.
+pub const FULFILMENT_SHIP_PREFIX: &str = "fulfilment.ship ";
 
 /// A key to claim (a request that wants to be first).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,8 +3,10 @@
 pub mod carts;
 mod config;
 pub mod deployment;
+pub mod fulfilments;
 pub mod idempotency;
 pub mod inbox;
+pub mod inventory;
 pub mod operator_actions;
 pub mod orders;
 pub mod outbox;

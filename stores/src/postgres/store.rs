@@ -232,8 +232,9 @@ pub const LOST_REASON: &str =
 /// written `failed` with [`LOST_REASON`], from the claim (no lines, zero total, currency
 /// `XXX`, as for an unreadable dead letter), so it never reads `pending` for ever and then
 /// vanishes; a command that does turn up later (a redrive) still moves it to `accepted`.
-/// Catalog write claims (keys stored as `catalog.write <key>`, see
-/// `idempotency::CATALOG_WRITE_PREFIX`) have no order: one that expires with no write
+/// Claims of other requests (keys stored as `<kind> <key>`: `catalog.write <key>`,
+/// `fulfilment.ship <key>`) have no order. Catalog write claims (see
+/// `idempotency::CATALOG_WRITE_PREFIX`): one that expires with no write
 /// outcome makes its write `failed` with [`LOST_REASON`] (`catalog_writes`, readable by
 /// its sender; seller and SKU unknown, stored empty), for the same reason. Catalog
 /// write outcomes, and the checkouts that emptied carts, expire with the rest.
@@ -246,7 +247,7 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekee
          from idempotency_keys k
          where k.created_at < now() - make_interval(secs => $1)
            and not exists (select 1 from orders o where o.order_id = k.order_id)
-           and k.key not like 'catalog.write %'
+           and k.key not like '% %' -- order keys have no space; other claims' keys a prefix
          on conflict (order_id) do nothing",
     )
     .bind(secs)

@@ -27,7 +27,7 @@ use souk_pipelines::{
     encode, headers,
 };
 use souk_stores::postgres::{
-    self as pg, outbox,
+    self as pg, inventory, outbox,
     products::{self, Outcome, StoredProduct},
 };
 use souk_topologies::{runtime::Delivery, trace};
@@ -48,7 +48,7 @@ enum Decision {
 
 impl Apply for WriteProductHandler {
     fn tables(&self) -> &'static [&'static str] {
-        &["products", "catalog_writes", "outbox"]
+        &["products", "catalog_writes", "stock", "outbox"]
     }
 
     /// A command of a newer schema waits for the upgrade instead of being dead-lettered.
@@ -102,10 +102,14 @@ pub async fn apply(tx: &mut PgConnection, cmd: &WriteProduct) -> Result<(), pg::
             let product =
                 products::put(tx, &cmd.tenant, &cmd.sku, &cmd.seller, &fields, version, cmd.requested_at)
                     .await?;
+            // The units on hand follow the seller's stock, in this transaction (units
+            // held for checkouts stay promised: `inventory::set_on_hand`).
+            inventory::set_on_hand(tx, &cmd.tenant, &cmd.sku, fields.stock).await?;
             (Outcome::Applied { version }, Some(Some(product)))
         }
         Decision::Delete => {
             products::mark_deleted(tx, &cmd.tenant, &cmd.sku, version, cmd.requested_at).await?;
+            inventory::withdraw_all(tx, &cmd.tenant, &cmd.sku).await?;
             (Outcome::Applied { version }, Some(None))
         }
     };

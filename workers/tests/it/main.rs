@@ -3,6 +3,7 @@
 mod dead_lettered;
 mod events;
 mod index;
+mod inventory;
 mod outage;
 mod saga;
 mod write_batch;

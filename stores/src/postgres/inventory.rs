@@ -1,0 +1,427 @@
+//! Stock and stock holds in the system of record (migration 0017).
+//!
+//! A SKU's row counts `on_hand` (held units included), `held` and `sold`; available is
+//! `on_hand - held`. The catalog pool sets `on_hand` from a product's `stock`
+//! ([`set_on_hand`], [`withdraw_all`]); the inventory pool moves units between
+//! available, held and sold for one order at a time, under [`lock_order`]. Statements
+//! that change several SKUs run one SKU at a time in SKU order (callers pass lines
+//! sorted), so two orders never lock the same rows in opposite orders.
+
+use chrono::{DateTime, Utc};
+use souk_pipelines::inventory::{Shortage, StockLine};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::Error;
+
+/// Advisory-lock class of inventory orders (the two-key form; its own key space).
+const ORDER_LOCK_CLASS: i32 = 0x0049_4e56; // "INV"
+
+/// Where an order's reservation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Held,
+    Rejected,
+    Committed,
+    Released,
+    Expired,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Held => "held",
+            State::Rejected => "rejected",
+            State::Committed => "committed",
+            State::Released => "released",
+            State::Expired => "expired",
+        }
+    }
+
+    fn parse(s: &str) -> Result<State, Error> {
+        Ok(match s {
+            "held" => State::Held,
+            "rejected" => State::Rejected,
+            "committed" => State::Committed,
+            "released" => State::Released,
+            "expired" => State::Expired,
+            other => return Err(Error::Corrupt(format!("stock_reservations.state {other:?}"))),
+        })
+    }
+}
+
+/// An order's reservation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub state: State,
+    pub hold_until: DateTime<Utc>,
+    /// Whether `hold_until` has passed (by the database's clock, the one every
+    /// process shares).
+    pub due: bool,
+    /// The refusal's shortages (`Rejected`).
+    pub shortages: Vec<Shortage>,
+    pub reserved_at: DateTime<Utc>,
+    /// When it reached its state.
+    pub decided_at: DateTime<Utc>,
+    /// Its lines, by SKU (empty when rejected).
+    pub lines: Vec<StockLine>,
+}
+
+/// One SKU's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stock {
+    pub on_hand: i64,
+    pub held: i64,
+    pub sold: i64,
+    pub withdrawn: i64,
+    /// When any of them last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Stock {
+    /// Units that can be held now.
+    pub fn available(&self) -> i64 {
+        (self.on_hand - self.held).max(0)
+    }
+}
+
+/// Serialise every change of one order's reservation for the current transaction:
+/// reserve, release, commit and expiry of one order decide one after the other, so
+/// exactly one of a commit and an expiry racing each other wins. Take it before any
+/// stock row (the lock order is order, then SKUs in order).
+pub async fn lock_order(tx: &mut PgConnection, tenant: &str, order_id: Uuid) -> Result<(), Error> {
+    sqlx::query("select pg_advisory_xact_lock($1, hashtext($2 || '/' || $3::text))")
+        .bind(ORDER_LOCK_CLASS)
+        .bind(tenant)
+        .bind(order_id)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// The order's reservation, if any. Call under [`lock_order`].
+pub async fn reservation(
+    tx: &mut PgConnection,
+    tenant: &str,
+    order_id: Uuid,
+) -> Result<Option<Reservation>, Error> {
+    let row = sqlx::query(
+        "select state, hold_until, hold_until <= now() as due, shortages, reserved_at, decided_at
+         from stock_reservations where tenant = $1 and order_id = $2",
+    )
+    .bind(tenant)
+    .bind(order_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let shortages: Option<serde_json::Value> = row.try_get("shortages")?;
+    let shortages = match shortages {
+        Some(v) => serde_json::from_value(v).map_err(|e| Error::Corrupt(format!("shortages: {e}")))?,
+        None => Vec::new(),
+    };
+    let lines =
+        sqlx::query("select sku, quantity from stock_holds where tenant = $1 and order_id = $2 order by sku")
+            .bind(tenant)
+            .bind(order_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok(StockLine { sku: r.try_get("sku")?, quantity: r.try_get("quantity")? }))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Some(Reservation {
+        state: State::parse(row.try_get("state")?)?,
+        hold_until: row.try_get("hold_until")?,
+        due: row.try_get("due")?,
+        shortages,
+        reserved_at: row.try_get("reserved_at")?,
+        decided_at: row.try_get("decided_at")?,
+        lines,
+    }))
+}
+
+/// Hold `quantity` of `sku` if that many are available: one conditional update, so no
+/// interleaving of holds can take more than there is. `false` when short (or unknown).
+pub async fn hold(tx: &mut PgConnection, tenant: &str, sku: &str, quantity: i64) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "update stock set held = held + $3, updated_at = now()
+         where tenant = $1 and sku = $2 and on_hand - held >= $3",
+    )
+    .bind(tenant)
+    .bind(sku)
+    .bind(quantity)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(done == 1)
+}
+
+/// Units of `sku` available now (0 for an unknown SKU).
+pub async fn available(tx: &mut PgConnection, tenant: &str, sku: &str) -> Result<i64, Error> {
+    let n: Option<i64> =
+        sqlx::query_scalar("select greatest(on_hand - held, 0) from stock where tenant = $1 and sku = $2")
+            .bind(tenant)
+            .bind(sku)
+            .fetch_optional(tx)
+            .await?;
+    Ok(n.unwrap_or(0))
+}
+
+/// Record the order's reservation: `Held` with its `lines`, or `Rejected` with its
+/// `shortages` (and no lines). Returns `hold_until` and the time of the decision as
+/// stored (at the database's precision), so the answer now and a replayed one later
+/// say the same.
+pub async fn record(
+    tx: &mut PgConnection,
+    tenant: &str,
+    order_id: Uuid,
+    hold_until: DateTime<Utc>,
+    lines: &[StockLine],
+    shortages: Option<&[Shortage]>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), Error> {
+    let (state, shortages) = match shortages {
+        Some(s) => {
+            let json = serde_json::to_value(s).map_err(|e| Error::Corrupt(e.to_string()))?;
+            (State::Rejected, Some(json))
+        }
+        None => (State::Held, None),
+    };
+    let stored: (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+        "insert into stock_reservations (tenant, order_id, state, hold_until, shortages)
+         values ($1, $2, $3, $4, $5) returning hold_until, decided_at",
+    )
+    .bind(tenant)
+    .bind(order_id)
+    .bind(state.as_str())
+    .bind(hold_until)
+    .bind(shortages)
+    .fetch_one(&mut *tx)
+    .await?;
+    if state == State::Held {
+        let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
+        let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
+        sqlx::query(
+            "insert into stock_holds (tenant, order_id, sku, quantity)
+             select $1, $2, sku, quantity from unnest($3::text[], $4::bigint[]) as l(sku, quantity)",
+        )
+        .bind(tenant)
+        .bind(order_id)
+        .bind(&skus)
+        .bind(&quantities)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(stored)
+}
+
+/// Move the order's reservation to `state` (its stock already moved).
+pub async fn set_state(
+    tx: &mut PgConnection,
+    tenant: &str,
+    order_id: Uuid,
+    state: State,
+) -> Result<(), Error> {
+    sqlx::query(
+        "update stock_reservations set state = $3, decided_at = now() where tenant = $1 and order_id = $2",
+    )
+    .bind(tenant)
+    .bind(order_id)
+    .bind(state.as_str())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// What happens to one line's units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Movement {
+    /// Held → available (a release or an expiry). Units a seller withdrew while they
+    /// were held leave on_hand instead.
+    Unhold,
+    /// Held → sold (a commit): they leave on_hand.
+    Sell,
+    /// Sold → available (a committed order cancelled).
+    Unsell,
+}
+
+/// Apply `movement` to each of `lines`, one SKU at a time in the order given (callers
+/// pass them sorted by SKU).
+pub async fn apply(
+    tx: &mut PgConnection,
+    tenant: &str,
+    lines: &[StockLine],
+    movement: Movement,
+) -> Result<(), Error> {
+    let sql = match movement {
+        Movement::Unhold => {
+            "update stock set held = held - $3, on_hand = on_hand - least($3, withdrawn),
+                 withdrawn = withdrawn - least($3, withdrawn), updated_at = now()
+             where tenant = $1 and sku = $2"
+        }
+        Movement::Sell => {
+            "update stock set held = held - $3, on_hand = on_hand - $3, sold = sold + $3,
+                 withdrawn = least(withdrawn, held - $3), updated_at = now()
+             where tenant = $1 and sku = $2"
+        }
+        Movement::Unsell => {
+            "update stock set sold = sold - $3, on_hand = on_hand + $3, updated_at = now()
+             where tenant = $1 and sku = $2"
+        }
+    };
+    for line in lines {
+        let done = sqlx::query(sql)
+            .bind(tenant)
+            .bind(&line.sku)
+            .bind(line.quantity)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if done != 1 {
+            return Err(Error::Corrupt(format!("stock of {} is missing for a hold of it", line.sku)));
+        }
+    }
+    Ok(())
+}
+
+/// Set `sku`'s on-hand units from a seller's write of its `stock`. Units held for
+/// orders in checkout stay promised: a write below `held` sets on_hand to `held`
+/// (available 0) and records the difference as withdrawn, to leave on_hand as those
+/// holds are released. Call under the catalog's SKU lock.
+pub async fn set_on_hand(tx: &mut PgConnection, tenant: &str, sku: &str, stock: i64) -> Result<(), Error> {
+    sqlx::query(
+        "insert into stock (tenant, sku, on_hand) values ($1, $2, $3)
+         on conflict (tenant, sku) do update set
+             on_hand = greatest(excluded.on_hand, stock.held),
+             withdrawn = greatest(stock.held - excluded.on_hand, 0),
+             updated_at = now()",
+    )
+    .bind(tenant)
+    .bind(sku)
+    .bind(stock)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// A deleted product has nothing to sell: like a write of stock 0 (held units stay
+/// promised, and leave as their holds are released).
+pub async fn withdraw_all(tx: &mut PgConnection, tenant: &str, sku: &str) -> Result<(), Error> {
+    set_on_hand(tx, tenant, sku, 0).await
+}
+
+/// `sku`'s counts, if it has any.
+pub async fn stock(pool: &PgPool, tenant: &str, sku: &str) -> Result<Option<Stock>, Error> {
+    let row = sqlx::query(
+        "select on_hand, held, sold, withdrawn, updated_at from stock where tenant = $1 and sku = $2",
+    )
+    .bind(tenant)
+    .bind(sku)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(Stock {
+        on_hand: row.try_get("on_hand")?,
+        held: row.try_get("held")?,
+        sold: row.try_get("sold")?,
+        withdrawn: row.try_get("withdrawn")?,
+        updated_at: row.try_get("updated_at")?,
+    }))
+}
+
+/// Units available now of each of `skus` that has stock (a catalog listing's page).
+pub async fn available_many(
+    pool: &PgPool,
+    tenant: &str,
+    skus: &[String],
+) -> Result<std::collections::HashMap<String, i64>, Error> {
+    let rows = sqlx::query(
+        "select sku, greatest(on_hand - held, 0) as available from stock where tenant = $1 and sku = any($2)",
+    )
+    .bind(tenant)
+    .bind(skus)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(|r| Ok((r.try_get("sku")?, r.try_get("available")?))).collect()
+}
+
+/// A held reservation whose time has come, locked for expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueHold {
+    pub tenant: String,
+    pub order_id: Uuid,
+    pub hold_until: DateTime<Utc>,
+    pub lines: Vec<StockLine>,
+}
+
+/// Lock (without waiting: an order being decided elsewhere is skipped) up to `limit`
+/// held reservations whose time has come, earliest first, and read them — in a second
+/// statement, so what is read is what committed before the locks were had (a commit
+/// that held an order's lock until just now has its state seen).
+pub async fn lock_due(tx: &mut PgConnection, limit: i64) -> Result<Vec<DueHold>, Error> {
+    let locked: Vec<(String, Uuid)> = sqlx::query_as(
+        "select tenant, order_id from (
+             select tenant, order_id from stock_reservations
+             where state = 'held' and hold_until <= now() order by hold_until limit $2
+         ) due
+         where pg_try_advisory_xact_lock($1, hashtext(tenant || '/' || order_id::text))",
+    )
+    .bind(ORDER_LOCK_CLASS)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if locked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (tenants, ids): (Vec<String>, Vec<Uuid>) = locked.into_iter().unzip();
+    let rows = sqlx::query(
+        "select r.tenant, r.order_id, r.hold_until, h.sku, h.quantity
+         from unnest($1::text[], $2::uuid[]) as l(tenant, order_id)
+         join stock_reservations r on r.tenant = l.tenant and r.order_id = l.order_id
+         join stock_holds h on h.tenant = r.tenant and h.order_id = r.order_id
+         where r.state = 'held' and r.hold_until <= now()
+         order by r.tenant, r.order_id, h.sku",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut due: Vec<DueHold> = Vec::new();
+    for row in &rows {
+        let (tenant, order_id): (String, Uuid) = (row.try_get("tenant")?, row.try_get("order_id")?);
+        let line = StockLine { sku: row.try_get("sku")?, quantity: row.try_get("quantity")? };
+        match due.last_mut() {
+            Some(d) if d.tenant == tenant && d.order_id == order_id => d.lines.push(line),
+            _ => due.push(DueHold {
+                tenant,
+                order_id,
+                hold_until: row.try_get("hold_until")?,
+                lines: vec![line],
+            }),
+        }
+    }
+    Ok(due)
+}
+
+/// Move the reservations of `orders` (of `tenant`) to `state` in one statement.
+pub async fn set_states(
+    tx: &mut PgConnection,
+    tenant: &str,
+    orders: &[Uuid],
+    state: State,
+) -> Result<(), Error> {
+    sqlx::query(
+        "update stock_reservations set state = $3, decided_at = now() where tenant = $1 and order_id = any($2)",
+    )
+    .bind(tenant)
+    .bind(orders)
+    .bind(state.as_str())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// When the earliest held reservation falls due, if any is held.
+pub async fn next_due(pool: &PgPool) -> Result<Option<DateTime<Utc>>, Error> {
+    Ok(sqlx::query_scalar("select min(hold_until) from stock_reservations where state = 'held'")
+        .fetch_one(pool)
+        .await?)
+}
