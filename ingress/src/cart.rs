@@ -171,9 +171,8 @@ pub async fn put_item(
     path_sku(&sku)?;
     let request: PutItem = request_body::read(&headers, body, &PUT_SHAPE)?;
     check_quantity(request.quantity).map_err(|message| invalid("quantity", message))?;
-    let stored =
-        products::get(&state.pool, &claims.tenant, &sku).await.map_err(|e| unavailable(&state, e))?;
-    let Some(product) = stored.filter(|p| !p.is_deleted()).map(|p| p.product) else {
+    let mut live = crate::pricing::live_products(&state, &claims.tenant, std::slice::from_ref(&sku)).await?;
+    let Some(product) = live.remove(&sku).map(|p| p.product) else {
         return Err(invalid("sku", &format!("no product {sku} is for sale (unknown or deleted)")));
     };
     if request.quantity > product.fields.stock {
@@ -250,10 +249,7 @@ pub(crate) async fn view(state: &AppState, claims: &Claims) -> Result<Cart, Prob
     let items =
         carts::items(&state.pool, &claims.tenant, &claims.sub).await.map_err(|e| unavailable(state, e))?;
     let skus: Vec<String> = items.iter().map(|i| i.sku.clone()).collect();
-    let found =
-        products::get_many(&state.pool, &claims.tenant, &skus).await.map_err(|e| unavailable(state, e))?;
-    let live: HashMap<String, products::StoredProduct> =
-        found.into_iter().filter(|p| !p.is_deleted()).map(|p| (p.product.sku.clone(), p)).collect();
+    let live = crate::pricing::live_products(state, &claims.tenant, &skus).await?;
     Ok(price_view(items, &live))
 }
 

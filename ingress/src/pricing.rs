@@ -2,7 +2,7 @@
 //! (`souk_pipelines::pricing` decides; this reads the catalog and makes the problems).
 
 use souk_pipelines::pricing::{self, Listing, PricedOrder};
-use souk_stores::postgres::products;
+use souk_stores::postgres::{inventory, products};
 use std::collections::HashMap;
 
 use crate::{AppState, Problem, catalog::unavailable};
@@ -17,15 +17,37 @@ pub(crate) async fn price(
     requested: &[(&str, i64)],
 ) -> Result<PricedOrder, Problem> {
     let skus: Vec<String> = requested.iter().map(|(sku, _)| (*sku).to_owned()).collect();
-    let stored = products::get_many(&state.pool, tenant, &skus).await.map_err(|e| unavailable(state, e))?;
-    let listings: HashMap<String, Listing> = stored
+    let listings: HashMap<String, Listing> = live_products(state, tenant, &skus)
+        .await?
         .into_iter()
-        .filter(|p| !p.is_deleted())
-        .map(|p| (p.product.sku.clone(), listing(&p.product)))
+        .map(|(sku, p)| (sku, listing(&p.product)))
         .collect();
     pricing::price(list, requested, |sku| listings.get(sku)).map_err(|errors| {
         Problem::unprocessable("validation", "some lines cannot be ordered as they are").errors(errors)
     })
+}
+
+/// The tenant's live (not deleted) products among `skus`, by SKU, each with `stock` set
+/// to the units available to buy now: on hand less the units held for orders not yet
+/// complete (a product the inventory has no row for keeps its catalog stock).
+pub(crate) async fn live_products(
+    state: &AppState,
+    tenant: &str,
+    skus: &[String],
+) -> Result<HashMap<String, products::StoredProduct>, Problem> {
+    let stored = products::get_many(&state.pool, tenant, skus).await.map_err(|e| unavailable(state, e))?;
+    let available =
+        inventory::available_many(&state.pool, tenant, skus).await.map_err(|e| unavailable(state, e))?;
+    Ok(stored
+        .into_iter()
+        .filter(|p| !p.is_deleted())
+        .map(|mut p| {
+            if let Some(units) = available.get(&p.product.sku) {
+                p.product.fields.stock = *units;
+            }
+            (p.product.sku.clone(), p)
+        })
+        .collect())
 }
 
 /// What pricing needs of a catalog product.
