@@ -58,6 +58,8 @@ pub struct Stack {
     node: Option<Node>,
     /// The embedded search index of this run (removed with the stack).
     _search_dir: tempfile::TempDir,
+    /// The payment sandboxes the payments pools call (stopped with the stack).
+    _payment_sandboxes: Vec<souk_sandbox::payments::PaymentSandbox>,
 }
 
 impl Stack {
@@ -91,7 +93,13 @@ impl Stack {
             search_dir.path().join("search"),
         ))
         .await?;
+        // The payments pools call two local payment SANDBOXES (no latency, no faults).
+        let (payment_sandboxes, specs) =
+            souk_cli::node::start_payment_sandboxes(None, Default::default(), Duration::from_secs(3)).await?;
+        let payments =
+            souk_cli::node::payment_gateway(&specs, souk_workers::payments::RetryOptions::default(), pool.clone())?;
         let node = Node::start(NodeOptions {
+            payments: Some(payments),
             nats: nats.clone(),
             pool: pool.clone(),
             database_url: db_url.to_owned(),
@@ -111,7 +119,7 @@ impl Stack {
         })
         .await?;
         let cancel = node.cancel_token();
-        Ok(Stack { addr, tokens, nats, pool, cancel, node: Some(node), _search_dir: search_dir })
+        Ok(Stack { addr, tokens, nats, pool, cancel, node: Some(node), _search_dir: search_dir, _payment_sandboxes: payment_sandboxes })
     }
 
     /// Drain and stop, as `souk dev` does on SIGTERM (bounded: pools drain for at most

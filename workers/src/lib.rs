@@ -14,6 +14,7 @@ pub mod catalog;
 mod dead_letter;
 pub mod dedupe;
 pub mod orders;
+pub mod payments;
 mod schema;
 mod store;
 
@@ -28,6 +29,8 @@ use std::sync::Arc;
 pub struct Dependencies {
     /// The search index, for `catalog.index`.
     pub search: Option<Arc<dyn SearchStore>>,
+    /// The payment providers (primary first), for `payments.authorize` and `payments.settle`.
+    pub payments: Option<Arc<payments::Gateway>>,
 }
 
 /// Every handler that needs only Postgres, under the names the topology's pools use.
@@ -40,6 +43,14 @@ pub fn registry_with(pool: PgPool, dependencies: &Dependencies) -> Registry {
     let mut registry = Registry::default();
     if let Some(store) = &dependencies.search {
         registry.register(catalog::INDEX_HANDLER, catalog::IndexProducts::new(store.clone()));
+    }
+    if let Some(gateway) = &dependencies.payments {
+        for (name, consumer, kind) in [
+            (payments::AUTHORIZE_HANDLER, payments::AUTHORIZE_CONSUMER, payments::Kind::Authorize),
+            (payments::SETTLE_HANDLER, payments::SETTLE_CONSUMER, payments::Kind::Settle),
+        ] {
+            registry.register(name, payments::PaymentsHandler::new(pool.clone(), consumer, gateway.clone(), kind));
+        }
     }
     registry.register(
         orders::PLACE_HANDLER,

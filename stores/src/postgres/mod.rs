@@ -7,6 +7,7 @@ pub mod inbox;
 pub mod operator_actions;
 pub mod orders;
 pub mod outbox;
+pub mod payments;
 pub mod products;
 mod store;
 
