@@ -122,10 +122,8 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         true => {
             check_payment_budget(&config, &topology)?;
             let (specs, sandboxes) = payment_providers(&config, dev).await?;
-            let retry = souk_workers::payments::RetryOptions {
-                budget: config.payments.budget,
-                ..Default::default()
-            };
+            let retry =
+                souk_workers::payments::RetryOptions { budget: config.payments.budget, ..Default::default() };
             (Some(souk_cli::node::payment_gateway(&specs, retry, pool.clone())?), sandboxes)
         }
         false => (None, Vec::new()),
@@ -370,7 +368,8 @@ impl Signals {
 async fn payment_providers(
     config: &Config,
     dev: bool,
-) -> anyhow::Result<(Vec<souk_workers::payments::ProviderSpec>, Vec<souk_sandbox::payments::PaymentSandbox>)> {
+) -> anyhow::Result<(Vec<souk_workers::payments::ProviderSpec>, Vec<souk_sandbox::payments::PaymentSandbox>)>
+{
     use souk_workers::payments::{HttpOptions, ProviderSpec};
     let p = &config.payments;
     let Some(primary) = &p.primary_url else {
@@ -396,7 +395,11 @@ async fn payment_providers(
     let spec = |name: &str, url: &str, dialect| ProviderSpec {
         name: name.into(),
         dialect,
-        http: HttpOptions { base_url: url.trim_end_matches('/').into(), api_key: api_key.clone(), timeout: p.call_timeout },
+        http: HttpOptions {
+            base_url: url.trim_end_matches('/').into(),
+            api_key: api_key.clone(),
+            timeout: p.call_timeout,
+        },
     };
     let mut specs = vec![spec("primary", primary, p.primary_dialect)];
     if let Some(secondary) = &p.secondary_url {
@@ -410,7 +413,9 @@ async fn payment_providers(
 fn check_payment_budget(config: &Config, topology: &Topology) -> anyhow::Result<()> {
     use souk_workers::payments::{AUTHORIZE_HANDLER, SETTLE_HANDLER};
     let needed = config.payments.budget + config.payments.call_timeout * 3;
-    for pool in topology.pools.iter().filter(|p| p.handler == AUTHORIZE_HANDLER || p.handler == SETTLE_HANDLER) {
+    for pool in
+        topology.pools.iter().filter(|p| p.handler == AUTHORIZE_HANDLER || p.handler == SETTLE_HANDLER)
+    {
         if pool.handler_timeout <= needed {
             bail!(
                 "pool {}: handler-timeout {:?} must exceed payments.budget + 3 × payments.call-timeout ({needed:?})",

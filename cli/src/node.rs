@@ -78,8 +78,10 @@ impl Node {
         let tasks = TaskTracker::new();
         let publisher = Publisher::new(options.nats.clone(), options.write_timeout);
         if let Some(only) = &options.pools {
-            let dependencies =
-                souk_workers::Dependencies { search: options.search.clone(), payments: options.payments.clone() };
+            let dependencies = souk_workers::Dependencies {
+                search: options.search.clone(),
+                payments: options.payments.clone(),
+            };
             let registry = souk_workers::registry_with(options.pool.clone(), &dependencies);
             let runtime = Runtime::build(&publisher, &options.topology, &registry, only).await?;
             tasks.spawn(runtime.run(cancel.clone()));
@@ -176,7 +178,8 @@ pub fn runs_payments(topology: &Topology, pools: Option<&[String]>) -> bool {
     use souk_workers::payments::{AUTHORIZE_HANDLER, SETTLE_HANDLER};
     let Some(only) = pools else { return false };
     topology.pools.iter().any(|p| {
-        (p.handler == AUTHORIZE_HANDLER || p.handler == SETTLE_HANDLER) && (only.is_empty() || only.contains(&p.name))
+        (p.handler == AUTHORIZE_HANDLER || p.handler == SETTLE_HANDLER)
+            && (only.is_empty() || only.contains(&p.name))
     })
 }
 
@@ -196,7 +199,8 @@ pub async fn start_payment_sandboxes(
     api_key: Option<String>,
     faults: souk_sandbox::payments::Faults,
     call_timeout: Duration,
-) -> anyhow::Result<(Vec<souk_sandbox::payments::PaymentSandbox>, Vec<souk_workers::payments::ProviderSpec>)> {
+) -> anyhow::Result<(Vec<souk_sandbox::payments::PaymentSandbox>, Vec<souk_workers::payments::ProviderSpec>)>
+{
     use souk_sandbox::payments::{PaymentSandbox, SandboxOptions};
     use souk_workers::payments::{Dialect, HttpOptions, ProviderSpec};
     let mut sandboxes = Vec::new();

@@ -17,7 +17,10 @@ pub async fn payments(
     for flag in fault_flags {
         faults.set(flag).map_err(|e| anyhow::anyhow!("--fault {flag}: {e}"))?;
     }
-    if provider_name.is_empty() || provider_name.len() > 64 || !provider_name.bytes().all(|b| b.is_ascii_graphic()) {
+    if provider_name.is_empty()
+        || provider_name.len() > 64
+        || !provider_name.bytes().all(|b| b.is_ascii_graphic())
+    {
         anyhow::bail!("--provider-name must be 1–64 printable characters without spaces");
     }
     // The key is read from (or generated into) the file and never printed.
@@ -46,7 +49,8 @@ pub async fn payments(
          \x20 faults       {faults}   (change them: PUT {url}/admin/faults)\n",
         url = sandbox.url(),
         tokens = TOKENS.join(", "),
-        credentials = credentials.map_or("none required".to_owned(), |p| format!("from {} (not shown)", p.display())),
+        credentials =
+            credentials.map_or("none required".to_owned(), |p| format!("from {} (not shown)", p.display())),
         faults = serde_json::to_string(&faults).unwrap_or_default(),
     );
     wait_for_signal().await?;

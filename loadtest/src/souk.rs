@@ -96,8 +96,11 @@ impl Stack {
         // The payments pools call two local payment SANDBOXES (no latency, no faults).
         let (payment_sandboxes, specs) =
             souk_cli::node::start_payment_sandboxes(None, Default::default(), Duration::from_secs(3)).await?;
-        let payments =
-            souk_cli::node::payment_gateway(&specs, souk_workers::payments::RetryOptions::default(), pool.clone())?;
+        let payments = souk_cli::node::payment_gateway(
+            &specs,
+            souk_workers::payments::RetryOptions::default(),
+            pool.clone(),
+        )?;
         let node = Node::start(NodeOptions {
             payments: Some(payments),
             nats: nats.clone(),
@@ -119,7 +122,16 @@ impl Stack {
         })
         .await?;
         let cancel = node.cancel_token();
-        Ok(Stack { addr, tokens, nats, pool, cancel, node: Some(node), _search_dir: search_dir, _payment_sandboxes: payment_sandboxes })
+        Ok(Stack {
+            addr,
+            tokens,
+            nats,
+            pool,
+            cancel,
+            node: Some(node),
+            _search_dir: search_dir,
+            _payment_sandboxes: payment_sandboxes,
+        })
     }
 
     /// Drain and stop, as `souk dev` does on SIGTERM (bounded: pools drain for at most

@@ -25,8 +25,8 @@ pub use nats::{NatsServer, nats_server_bin};
 pub use pg_server::PgServer;
 pub use quiescent::quiescent;
 pub use stack::{
-    PUBLIC_TENANT, Stack, StackOptions, order_body, read_body, shipped_topology, test_job_tuning, test_payment_retry,
-    test_topology,
+    PUBLIC_TENANT, Stack, StackOptions, order_body, read_body, shipped_topology, test_job_tuning,
+    test_payment_retry, test_topology,
 };
 
 /// What an [`eventually`] check answers: `Option<T>` (`None`: not yet), or

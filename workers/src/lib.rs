@@ -49,7 +49,10 @@ pub fn registry_with(pool: PgPool, dependencies: &Dependencies) -> Registry {
             (payments::AUTHORIZE_HANDLER, payments::AUTHORIZE_CONSUMER, payments::Kind::Authorize),
             (payments::SETTLE_HANDLER, payments::SETTLE_CONSUMER, payments::Kind::Settle),
         ] {
-            registry.register(name, payments::PaymentsHandler::new(pool.clone(), consumer, gateway.clone(), kind));
+            registry.register(
+                name,
+                payments::PaymentsHandler::new(pool.clone(), consumer, gateway.clone(), kind),
+            );
         }
     }
     registry.register(

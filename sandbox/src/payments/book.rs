@@ -46,7 +46,11 @@ pub struct PaymentView {
 pub enum Answer {
     Approved(PaymentView),
     /// `soft`: the issuer asks to try again later (not stored under the key).
-    Declined { code: &'static str, message: &'static str, soft: bool },
+    Declined {
+        code: &'static str,
+        message: &'static str,
+        soft: bool,
+    },
 }
 
 /// A request the provider did not process (4xx; nothing stored under the key).

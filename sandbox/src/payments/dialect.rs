@@ -99,17 +99,25 @@ impl Dialect {
     }
 
     /// The request in `body` (JSON) for `operation` on `payment_id`.
-    pub fn parse(self, operation: Operation, payment_id: Option<String>, body: &[u8]) -> Result<Request, Problem> {
+    pub fn parse(
+        self,
+        operation: Operation,
+        payment_id: Option<String>,
+        body: &[u8],
+    ) -> Result<Request, Problem> {
         let value: Value = match body.iter().all(u8::is_ascii_whitespace) {
             true => json!({}),
-            false => serde_json::from_slice(body)
-                .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {e}")))?,
+            false => serde_json::from_slice(body).map_err(|e| {
+                Problem::new(StatusCode::BAD_REQUEST, "malformed_json", format!("malformed JSON: {e}"))
+            })?,
         };
         refuse_card_numbers(&value)?;
         if payment_id.as_deref().is_some_and(souk_pipelines::pan::looks_like_pan) {
             return Err(card_number());
         }
-        let invalid = |e: serde_json::Error| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string());
+        let invalid = |e: serde_json::Error| {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string())
+        };
         let (token, amount, currency) = match (self, operation) {
             (Dialect::Alpha, Operation::Authorize) => {
                 let b: AlphaAuthorize = serde_json::from_value(value).map_err(invalid)?;
@@ -123,8 +131,12 @@ impl Dialect {
                 let _: Empty = serde_json::from_value(value).map_err(invalid)?;
                 (None, 0, None)
             }
-            (Dialect::Alpha, _) => (None, serde_json::from_value::<AlphaAmount>(value).map_err(invalid)?.amount_minor, None),
-            (Dialect::Beta, _) => (None, serde_json::from_value::<BetaAmount>(value).map_err(invalid)?.amount, None),
+            (Dialect::Alpha, _) => {
+                (None, serde_json::from_value::<AlphaAmount>(value).map_err(invalid)?.amount_minor, None)
+            }
+            (Dialect::Beta, _) => {
+                (None, serde_json::from_value::<BetaAmount>(value).map_err(invalid)?.amount, None)
+            }
         };
         if let Some(token) = &token
             && !super::TOKENS.contains(&token.as_str())
@@ -145,7 +157,11 @@ impl Dialect {
         if let Some(c) = &currency
             && !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
         {
-            return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_currency", "the currency must be an ISO 4217 code"));
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_currency",
+                "the currency must be an ISO 4217 code",
+            ));
         }
         Ok(Request { operation, token, payment_id, amount_minor: amount, currency })
     }
@@ -164,9 +180,10 @@ impl Dialect {
                 StatusCode::PAYMENT_REQUIRED,
                 json!({"error": {"type": "card_error", "code": code, "message": message, "retryable": soft}}),
             ),
-            (Dialect::Beta, Answer::Approved(p)) => {
-                (StatusCode::OK, json!({"result": "approved", "action": beta_action(operation), "charge": beta_charge(p)}))
-            }
+            (Dialect::Beta, Answer::Approved(p)) => (
+                StatusCode::OK,
+                json!({"result": "approved", "action": beta_action(operation), "charge": beta_charge(p)}),
+            ),
             (Dialect::Beta, Answer::Declined { code, .. }) => (
                 StatusCode::OK,
                 json!({"result": "refused", "action": beta_action(operation), "refusal_reason": beta_reason(code)}),
@@ -183,16 +200,26 @@ impl Dialect {
                 *response.status_mut() = StatusCode::OK;
                 response
             }
-            None => self.problem(&Problem::new(StatusCode::NOT_FOUND, "unknown_key", "no request with this key was processed")),
+            None => self.problem(&Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown_key",
+                "no request with this key was processed",
+            )),
         }
     }
 
     /// A refusal of the book.
     pub fn refusal(self, refusal: &Refusal) -> Response {
         let problem = match refusal {
-            Refusal::UnknownPayment => Problem::new(StatusCode::NOT_FOUND, "unknown_payment", refusal.to_string()),
-            Refusal::InvalidState(_) => Problem::new(StatusCode::CONFLICT, "invalid_state", refusal.to_string()),
-            Refusal::Amount(_) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_amount", refusal.to_string()),
+            Refusal::UnknownPayment => {
+                Problem::new(StatusCode::NOT_FOUND, "unknown_payment", refusal.to_string())
+            }
+            Refusal::InvalidState(_) => {
+                Problem::new(StatusCode::CONFLICT, "invalid_state", refusal.to_string())
+            }
+            Refusal::Amount(_) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_amount", refusal.to_string())
+            }
             Refusal::KeyReused => {
                 let status = match self {
                     Dialect::Alpha => StatusCode::UNPROCESSABLE_ENTITY,
@@ -207,8 +234,12 @@ impl Dialect {
     /// A request refused before processing.
     pub fn problem(self, p: &Problem) -> Response {
         let body = match self {
-            Dialect::Alpha => json!({"error": {"type": "invalid_request_error", "code": p.code, "message": p.message}}),
-            Dialect::Beta => json!({"result": "error", "error_code": p.code.to_ascii_uppercase(), "detail": p.message}),
+            Dialect::Alpha => {
+                json!({"error": {"type": "invalid_request_error", "code": p.code, "message": p.message}})
+            }
+            Dialect::Beta => {
+                json!({"result": "error", "error_code": p.code.to_ascii_uppercase(), "detail": p.message})
+            }
         };
         sandboxed(p.status, body)
     }

@@ -94,10 +94,7 @@ impl Faults {
             ("seed", Some(n)) => serde_json::json!(n as u64),
             _ => parsed,
         };
-        current
-            .as_object_mut()
-            .ok_or("faults are an object")?
-            .insert(key.to_owned(), parsed);
+        current.as_object_mut().ok_or("faults are an object")?.insert(key.to_owned(), parsed);
         let faults: Faults = serde_json::from_value(current).map_err(|e| format!("fault {key}: {e}"))?;
         faults.validate()?;
         *self = faults;

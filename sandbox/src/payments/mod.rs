@@ -27,4 +27,5 @@ pub use faults::Faults;
 pub use server::{PaymentSandbox, SandboxOptions};
 
 /// The payment tokens the sandbox knows.
-pub const TOKENS: &[&str] = &["tok_ok", "tok_soft_decline", "tok_hard_decline", "tok_slow", "tok_insufficient_funds"];
+pub const TOKENS: &[&str] =
+    &["tok_ok", "tok_soft_decline", "tok_hard_decline", "tok_slow", "tok_insufficient_funds"];

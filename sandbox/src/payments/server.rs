@@ -158,14 +158,17 @@ fn router(shared: Arc<Shared>) -> Router {
     use Dialect::{Alpha, Beta};
     use Operation::{Authorize, Capture, Refund, Void};
     let op = |d: Dialect, o: Operation| {
-        move |s: State<Arc<Shared>>, k: Extension<Kill>, h: HeaderMap, b: Bytes| operate(s, k, h, d, o, None, b)
+        move |s: State<Arc<Shared>>, k: Extension<Kill>, h: HeaderMap, b: Bytes| {
+            operate(s, k, h, d, o, None, b)
+        }
     };
     let op_on = |d: Dialect, o: Operation| {
         move |s: State<Arc<Shared>>, k: Extension<Kill>, Path(id): Path<String>, h: HeaderMap, b: Bytes| {
             operate(s, k, h, d, o, Some(id), b)
         }
     };
-    let lookup = |d: Dialect| move |s: State<Arc<Shared>>, h: HeaderMap, Path(key): Path<String>| status(s, h, d, key);
+    let lookup =
+        |d: Dialect| move |s: State<Arc<Shared>>, h: HeaderMap, Path(key): Path<String>| status(s, h, d, key);
     Router::new()
         .route("/", get(front_page))
         .route("/alpha/v1/payments", post(op(Alpha, Authorize)))
@@ -180,7 +183,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/beta/requests/{key}", get(lookup(Beta)))
         .route("/admin/faults", get(get_faults).put(put_faults))
         .fallback(|| async {
-            sandboxed(StatusCode::NOT_FOUND, json!({"error": {"code": "not_found", "message": "no such route; see /"}}))
+            sandboxed(
+                StatusCode::NOT_FOUND,
+                json!({"error": {"code": "not_found", "message": "no such route; see /"}}),
+            )
         })
         .layer(middleware::from_fn_with_state(shared.clone(), label))
         .with_state(shared)
@@ -231,16 +237,31 @@ fn idempotency_key(headers: &HeaderMap, dialect: Dialect) -> Result<String, Prob
         .get(name)
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| Problem::new(StatusCode::BAD_REQUEST, "missing_idempotency_key", format!("the {name} header (1–255 characters) is required")))?;
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "missing_idempotency_key",
+                format!("the {name} header (1–255 characters) is required"),
+            )
+        })?;
     if souk_pipelines::pan::looks_like_pan(key) {
-        return Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "card_number_refused", "card numbers are refused"));
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "card_number_refused",
+            "card numbers are refused",
+        ));
     }
     Ok(key.to_owned())
 }
 
 /// Draw this request's fault and apply what comes before processing; `Err`: the answer
 /// already decided (503), or the connection ended.
-async fn before(shared: &Shared, kill: &Kill, dialect: Dialect, moves_money: bool) -> Result<Fault, Response> {
+async fn before(
+    shared: &Shared,
+    kill: &Kill,
+    dialect: Dialect,
+    moves_money: bool,
+) -> Result<Fault, Response> {
     shared.requests.fetch_add(1, Ordering::SeqCst);
     let (latency, hang, fault) = {
         let mut guard = lock(&shared.faults);
@@ -302,7 +323,10 @@ async fn operate(
     };
     let (result, slow) = {
         let mut book = lock(&shared.book);
-        let token = request.token.clone().or_else(|| request.payment_id.as_deref().and_then(|id| book.token_of(id)).map(str::to_owned));
+        let token = request
+            .token
+            .clone()
+            .or_else(|| request.payment_id.as_deref().and_then(|id| book.token_of(id)).map(str::to_owned));
         (book.execute(&key, request), token.as_deref() == Some("tok_slow"))
     };
     let (answer, replayed) = match result {
@@ -323,12 +347,21 @@ async fn operate(
     dialect.answer(operation, &answer)
 }
 
-async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap, dialect: Dialect, key: String) -> Response {
+async fn status(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    dialect: Dialect,
+    key: String,
+) -> Response {
     if let Err(p) = authenticated(&shared, &headers, dialect) {
         return dialect.problem(&p);
     }
     if souk_pipelines::pan::looks_like_pan(&key) {
-        return dialect.problem(&Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "card_number_refused", "card numbers are refused"));
+        return dialect.problem(&Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "card_number_refused",
+            "card numbers are refused",
+        ));
     }
     // Status queries see latency, hangs and 503s, but not resets (no Kill here) or lost answers.
     let kill = Kill(Arc::new(Notify::new()));
@@ -339,28 +372,31 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap, dialect: 
     dialect.lookup(found)
 }
 
-fn admin_authenticated(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn admin_authenticated(shared: &Shared, headers: &HeaderMap) -> Result<(), Problem> {
     match &shared.api_key {
-        Some(key) if !Dialect::Alpha.authenticated(headers, key) && !Dialect::Beta.authenticated(headers, key) => {
-            Err(Dialect::Alpha.problem(&Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "missing or wrong API credentials")))
+        Some(key)
+            if !Dialect::Alpha.authenticated(headers, key) && !Dialect::Beta.authenticated(headers, key) =>
+        {
+            Err(Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "missing or wrong API credentials"))
         }
         _ => Ok(()),
     }
 }
 
 async fn get_faults(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin_authenticated(&shared, &headers) {
-        return r;
+    if let Err(p) = admin_authenticated(&shared, &headers) {
+        return Dialect::Alpha.problem(&p);
     }
     let faults = lock(&shared.faults).0.clone();
     sandboxed(StatusCode::OK, serde_json::to_value(faults).unwrap_or_default())
 }
 
 async fn put_faults(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = admin_authenticated(&shared, &headers) {
-        return r;
+    if let Err(p) = admin_authenticated(&shared, &headers) {
+        return Dialect::Alpha.problem(&p);
     }
-    let problem = |status, code, message: String| Dialect::Alpha.problem(&Problem::new(status, code, message));
+    let problem =
+        |status, code, message: String| Dialect::Alpha.problem(&Problem::new(status, code, message));
     let faults: Faults = match serde_json::from_slice(&body) {
         Ok(f) => f,
         Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_faults", e.to_string()),
@@ -399,8 +435,8 @@ async fn accept(listener: tokio::net::TcpListener, router: Router, cancel: Cance
                 request
             }
         });
-        let mut connection =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let mut connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let cancel = cancel.clone();
         tasks.spawn(async move {
             let reset = tokio::select! {

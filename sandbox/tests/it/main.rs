@@ -14,7 +14,12 @@ async fn sandbox(api_key: Option<&str>, faults: Faults) -> anyhow::Result<Paymen
 }
 
 /// POST to the alpha dialect; status, the sandbox header and the body.
-async fn alpha(s: &PaymentSandbox, path: &str, key: Option<&str>, body: &str) -> anyhow::Result<(u16, Value)> {
+async fn alpha(
+    s: &PaymentSandbox,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, Value)> {
     let mut r = reqwest::Client::new()
         .post(format!("{}/alpha/v1{path}", s.url()))
         .header("content-type", "application/json")
@@ -54,7 +59,10 @@ async fn tokens_answer_as_documented_in_both_dialects() -> anyhow::Result<()> {
     let (status, body) = alpha(&s, "/payments", Some("k-ok"), &charge("tok_ok")).await?;
     assert_eq!((status, body["payment"]["status"].as_str()), (201, Some("authorized")));
     let (status, body) = alpha(&s, "/payments", Some("k-hard"), &charge("tok_hard_decline")).await?;
-    assert_eq!((status, body["error"]["code"].as_str(), body["error"]["retryable"].as_bool()), (402, Some("card_declined"), Some(false)));
+    assert_eq!(
+        (status, body["error"]["code"].as_str(), body["error"]["retryable"].as_bool()),
+        (402, Some("card_declined"), Some(false))
+    );
     let (status, body) = alpha(&s, "/payments", Some("k-funds"), &charge("tok_insufficient_funds")).await?;
     assert_eq!((status, body["error"]["code"].as_str()), (402, Some("insufficient_funds")));
     let (status, body) = alpha(&s, "/payments", Some("k-soft"), &charge("tok_soft_decline")).await?;
@@ -66,7 +74,11 @@ async fn tokens_answer_as_documented_in_both_dialects() -> anyhow::Result<()> {
     let (status, body) = beta(&s, &format!("/charges/{id}/captures"), "b-cap", r#"{"amount": 500}"#).await?;
     assert_eq!((status, body["charge"]["state"].as_str()), (200, Some("CAPTURED")));
     let (status, body) = beta(&s, &format!("/charges/{id}/refunds"), "b-ref", r#"{"amount": 501}"#).await?;
-    assert_eq!((status, body["error_code"].as_str()), (422, Some("INVALID_AMOUNT")), "refund above the capture");
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (422, Some("INVALID_AMOUNT")),
+        "refund above the capture"
+    );
     let soft = json!({"source": "tok_soft_decline", "amount": 500, "currency_code": "USD"}).to_string();
     let (status, body) = beta(&s, "/charges", "b-soft", &soft).await?;
     assert_eq!((status, body["refusal_reason"].as_str()), (200, Some("RETRY_LATER")));
@@ -83,7 +95,8 @@ async fn an_idempotency_key_gets_its_first_answer_and_refuses_another_request() 
     let other = json!({"token": "tok_ok", "amount_minor": 999, "currency": "EUR"}).to_string();
     let (status, body) = alpha(&s, "/payments", Some("same"), &other).await?;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("idempotency_key_reused")));
-    let beta_charge = |amount: i64| json!({"source": "tok_ok", "amount": amount, "currency_code": "EUR"}).to_string();
+    let beta_charge =
+        |amount: i64| json!({"source": "tok_ok", "amount": amount, "currency_code": "EUR"}).to_string();
     beta(&s, "/charges", "b-same", &beta_charge(1)).await?;
     let (status, _) = beta(&s, "/charges", "b-same", &beta_charge(2)).await?;
     assert_eq!(status, 409, "beta answers a reused key with 409");
@@ -100,12 +113,32 @@ async fn bad_input_gets_a_clear_4xx_and_card_numbers_are_refused() -> anyhow::Re
     let s = sandbox(None, Faults::default()).await?;
     let cases = [
         ("{not json", Some("k1"), 400, "malformed_json"),
-        (r#"{"token": "4111 1111 1111 1111", "amount_minor": 1, "currency": "EUR"}"#, Some("k2"), 422, "card_number_refused"),
-        (r#"{"token": "tok_ok", "amount_minor": 4111111111111111, "currency": "EUR"}"#, Some("k3"), 422, "card_number_refused"),
+        (
+            r#"{"token": "4111 1111 1111 1111", "amount_minor": 1, "currency": "EUR"}"#,
+            Some("k2"),
+            422,
+            "card_number_refused",
+        ),
+        (
+            r#"{"token": "tok_ok", "amount_minor": 4111111111111111, "currency": "EUR"}"#,
+            Some("k3"),
+            422,
+            "card_number_refused",
+        ),
         (r#"{"token": "tok_nope", "amount_minor": 1, "currency": "EUR"}"#, Some("k4"), 422, "invalid_token"),
         (r#"{"token": "tok_ok", "amount_minor": 0, "currency": "EUR"}"#, Some("k5"), 422, "invalid_amount"),
-        (r#"{"token": "tok_ok", "amount_minor": 1, "currency": "euro"}"#, Some("k6"), 422, "invalid_currency"),
-        (r#"{"token": "tok_ok", "amount_minor": 1, "currency": "EUR", "card": "x"}"#, Some("k7"), 422, "invalid_request"),
+        (
+            r#"{"token": "tok_ok", "amount_minor": 1, "currency": "euro"}"#,
+            Some("k6"),
+            422,
+            "invalid_currency",
+        ),
+        (
+            r#"{"token": "tok_ok", "amount_minor": 1, "currency": "EUR", "card": "x"}"#,
+            Some("k7"),
+            422,
+            "invalid_request",
+        ),
         (&charge("tok_ok"), None, 400, "missing_idempotency_key"),
         (&charge("tok_ok"), Some("5500-0000-0000-0004"), 422, "card_number_refused"),
     ];
@@ -113,10 +146,17 @@ async fn bad_input_gets_a_clear_4xx_and_card_numbers_are_refused() -> anyhow::Re
         let (got, answer) = alpha(&s, "/payments", key, body).await?;
         assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{body} / {key:?}");
     }
-    let (status, body) = alpha(&s, "/payments/pay_missing/capture", Some("k8"), r#"{"amount_minor": 1}"#).await?;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("unknown_payment")));
     assert_eq!(s.requests(), 0, "nothing refused reached processing");
-    let (status, body) = beta(&s, "/charges", "b1", r#"{"source": "tok_ok", "amount": 1, "currency_code": "EUR", "pan": "4111111111111111"}"#).await?;
+    let (status, body) =
+        alpha(&s, "/payments/pay_missing/capture", Some("k8"), r#"{"amount_minor": 1}"#).await?;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("unknown_payment")));
+    let (status, body) = beta(
+        &s,
+        "/charges",
+        "b1",
+        r#"{"source": "tok_ok", "amount": 1, "currency_code": "EUR", "pan": "4111111111111111"}"#,
+    )
+    .await?;
     assert_eq!((status, body["error_code"].as_str()), (422, Some("CARD_NUMBER_REFUSED")));
     Ok(())
 }
@@ -171,7 +211,11 @@ async fn faults_reset_connections_and_lose_answers_of_processed_charges() -> any
     assert_eq!(s.effects("l1"), 1, "charged, answer lost");
     let (status, body) = read(reqwest::get(format!("{}/alpha/v1/idempotency/l1", s.url())).await?).await?;
     assert_eq!((status, body["payment"]["status"].as_str()), (200, Some("authorized")), "found by key");
-    let bad = reqwest::Client::new().put(format!("{}/admin/faults", s.url())).body(r#"{"error-rate": 3}"#).send().await?;
+    let bad = reqwest::Client::new()
+        .put(format!("{}/admin/faults", s.url()))
+        .body(r#"{"error-rate": 3}"#)
+        .send()
+        .await?;
     let (status, body) = read(bad).await?;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_faults")));
     let page = reqwest::get(s.url()).await?.text().await?;

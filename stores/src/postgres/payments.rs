@@ -66,7 +66,12 @@ pub async fn record_authorization(tx: &mut PgConnection, a: &NewAuthorization<'_
     Ok(())
 }
 
-pub async fn record_capture(tx: &mut PgConnection, order_id: Uuid, amount_minor: i64, key: &str) -> Result<(), Error> {
+pub async fn record_capture(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    amount_minor: i64,
+    key: &str,
+) -> Result<(), Error> {
     sqlx::query("insert into payment_captures (order_id, amount_minor, idempotency_key) values ($1, $2, $3)")
         .bind(order_id)
         .bind(amount_minor)
@@ -85,7 +90,12 @@ pub async fn record_void(tx: &mut PgConnection, order_id: Uuid, key: &str) -> Re
     Ok(())
 }
 
-pub async fn record_refund(tx: &mut PgConnection, order_id: Uuid, amount_minor: i64, key: &str) -> Result<(), Error> {
+pub async fn record_refund(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    amount_minor: i64,
+    key: &str,
+) -> Result<(), Error> {
     sqlx::query("insert into payment_refunds (order_id, amount_minor, idempotency_key) values ($1, $2, $3)")
         .bind(order_id)
         .bind(amount_minor)

@@ -36,7 +36,8 @@ impl AlphaProvider {
     }
 
     async fn call(&self, path: &str, key: &str, body: Value) -> Result<Reply, CallError> {
-        let (status, body) = http::send(self.request(reqwest::Method::POST, path, Some(key)).json(&body)).await?;
+        let (status, body) =
+            http::send(self.request(reqwest::Method::POST, path, Some(key)).json(&body)).await?;
         reply(status, &body)
     }
 }
@@ -47,7 +48,9 @@ fn reply(status: StatusCode, body: &Value) -> Result<Reply, CallError> {
         s if s.is_success() && body.pointer("/payment/id").is_some() => {
             Ok(Reply::Approved { payment_id: text(body, "/payment/id") })
         }
-        s if (s == StatusCode::PAYMENT_REQUIRED || s.is_success()) && body.pointer("/error/code").is_some() => {
+        s if (s == StatusCode::PAYMENT_REQUIRED || s.is_success())
+            && body.pointer("/error/code").is_some() =>
+        {
             Ok(Reply::Declined {
                 code: text(body, "/error/code"),
                 message: text(body, "/error/message"),

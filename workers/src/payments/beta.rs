@@ -36,7 +36,8 @@ impl BetaProvider {
     }
 
     async fn call(&self, path: &str, key: &str, body: Value) -> Result<Reply, CallError> {
-        let (status, body) = http::send(self.request(reqwest::Method::POST, path, Some(key)).json(&body)).await?;
+        let (status, body) =
+            http::send(self.request(reqwest::Method::POST, path, Some(key)).json(&body)).await?;
         reply(status, &body)
     }
 }
@@ -44,14 +45,18 @@ impl BetaProvider {
 /// Read an answer of the beta dialect.
 fn reply(status: StatusCode, body: &Value) -> Result<Reply, CallError> {
     match (status, body.get("result").and_then(Value::as_str)) {
-        (StatusCode::OK, Some("approved")) => Ok(Reply::Approved { payment_id: text(body, "/charge/charge_ref") }),
+        (StatusCode::OK, Some("approved")) => {
+            Ok(Reply::Approved { payment_id: text(body, "/charge/charge_ref") })
+        }
         (StatusCode::OK, Some("refused")) => {
             let code = text(body, "/refusal_reason");
             Ok(Reply::Declined { soft: code == "RETRY_LATER", message: format!("refused: {code}"), code })
         }
-        (s, _) if s.is_client_error() => {
-            Err(CallError::Refused { status: s.as_u16(), code: text(body, "/error_code"), message: text(body, "/detail") })
-        }
+        (s, _) if s.is_client_error() => Err(CallError::Refused {
+            status: s.as_u16(),
+            code: text(body, "/error_code"),
+            message: text(body, "/detail"),
+        }),
         (s, _) => Err(unexpected(s, body)),
     }
 }

@@ -44,7 +44,8 @@ struct Metrics {
 impl Metrics {
     fn to(&self, state: u8, name: &'static str) {
         let before = self.state.swap(state, Ordering::SeqCst);
-        metrics::gauge!("souk_payments_breaker_state", "provider" => self.provider.clone()).set(f64::from(state));
+        metrics::gauge!("souk_payments_breaker_state", "provider" => self.provider.clone())
+            .set(f64::from(state));
         if before != state {
             metrics::counter!("souk_payments_breaker_transitions_total", "provider" => self.provider.clone(), "to" => name)
                 .increment(1);
@@ -72,7 +73,10 @@ impl Breaker {
         let state = Arc::new(AtomicU8::new(CLOSED));
         let metrics = Metrics { provider: provider.to_owned(), state: state.clone() };
         let machine = Config::new()
-            .failure_policy(failure_policy::consecutive_failures(failures.max(1), backoff::constant(open_for)))
+            .failure_policy(failure_policy::consecutive_failures(
+                failures.max(1),
+                backoff::constant(open_for),
+            ))
             .instrument(metrics)
             .build();
         Breaker { machine, state }

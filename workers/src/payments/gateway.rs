@@ -161,9 +161,9 @@ impl Gateway {
     /// Capture, void or refund at `provider`, the one holding the authorization (a
     /// payment cannot move to another provider).
     pub async fn settle(&self, provider: &str, settle: &Settle<'_>) -> Result<Decision, GatewayError> {
-        let endpoint = self
-            .endpoint(provider)
-            .ok_or_else(|| GatewayError::Unknown(format!("the authorization is at {provider}, which is not configured")))?;
+        let endpoint = self.endpoint(provider).ok_or_else(|| {
+            GatewayError::Unknown(format!("the authorization is at {provider}, which is not configured"))
+        })?;
         let mut schedule = Schedule::new(&self.options);
         let mut tally = Tally::default();
         if let Tried::Decided(decision) =
@@ -219,7 +219,8 @@ impl Gateway {
                     count("refused");
                     endpoint.breaker.success();
                     payments::attempt_ended(&self.pool, attempt, AttemptOutcome::NotProcessed).await?;
-                    let code = if code.is_empty() { format!("refused_{status}") } else { code.to_ascii_lowercase() };
+                    let code =
+                        if code.is_empty() { format!("refused_{status}") } else { code.to_ascii_lowercase() };
                     let reply = Reply::Declined { code, message, soft: false };
                     return Ok(Tried::Decided(Decision::Answered { provider: name.to_owned(), reply }));
                 }
@@ -237,14 +238,23 @@ impl Gateway {
                     // It may have been processed: ask before deciding anything.
                     match endpoint.provider.status(key).await {
                         Ok(Some(reply @ (Reply::Approved { .. } | Reply::Declined { soft: false, .. }))) => {
-                            tracing::info!(provider = name, key, "a call without an answer was processed: its answer is used");
+                            tracing::info!(
+                                provider = name,
+                                key,
+                                "a call without an answer was processed: its answer is used"
+                            );
                             metrics::counter!("souk_payments_found_by_status_total", "provider" => name.to_owned())
                                 .increment(1);
-                            return Ok(Tried::Decided(Decision::Answered { provider: name.to_owned(), reply }));
+                            return Ok(Tried::Decided(Decision::Answered {
+                                provider: name.to_owned(),
+                                reply,
+                            }));
                         }
                         // Not processed (so far): a retry under the same key is safe.
                         Ok(_) => {}
-                        Err(status_error) => tally.last_error = format!("{name}: {e}; status query: {status_error}"),
+                        Err(status_error) => {
+                            tally.last_error = format!("{name}: {e}; status query: {status_error}")
+                        }
                     }
                 }
             }
@@ -256,7 +266,11 @@ impl Gateway {
 
     /// The answer of a provider (other than `except`) that may hold money under `key`;
     /// `Unknown` when one may and cannot say.
-    async fn answered_elsewhere(&self, key: &str, except: Option<&str>) -> Result<Option<Decision>, GatewayError> {
+    async fn answered_elsewhere(
+        &self,
+        key: &str,
+        except: Option<&str>,
+    ) -> Result<Option<Decision>, GatewayError> {
         for name in payments::providers_maybe_charged(&self.pool, key).await? {
             if Some(name.as_str()) == except {
                 continue;

@@ -73,7 +73,10 @@ impl PaymentsHandler {
                 let c: AuthorizePayment = d.decode().map_err(undecodable)?;
                 // Never echo it: it could be a card number.
                 if souk_pipelines::pan::looks_like_pan(&c.payment_token) {
-                    return Err(HandlerError::poison("card_number", "the payment token looks like a card number"));
+                    return Err(HandlerError::poison(
+                        "card_number",
+                        "the payment token looks like a card number",
+                    ));
                 }
                 Command {
                     tenant: c.tenant,
@@ -106,7 +109,10 @@ impl PaymentsHandler {
         }
         let void = cmd.operation == Operation::Void;
         if cmd.amount_minor < 0 || (cmd.amount_minor == 0 && !void) {
-            return Err(HandlerError::poison("invalid_payment", format!("invalid amount {}", cmd.amount_minor)));
+            return Err(HandlerError::poison(
+                "invalid_payment",
+                format!("invalid amount {}", cmd.amount_minor),
+            ));
         }
         // The key is the step's, derived by the saga: any other would not protect it.
         if cmd.key != idempotency_key(cmd.order_id, cmd.operation) {
@@ -129,7 +135,9 @@ impl PaymentsHandler {
         }
         let decision = match self.decide(&mut conn, cmd).await {
             Ok(decision) => decision,
-            Err(GatewayError::Unknown(e)) => return Err(HandlerError::dependency("payment_state_unknown", e)),
+            Err(GatewayError::Unknown(e)) => {
+                return Err(HandlerError::dependency("payment_state_unknown", e));
+            }
             Err(GatewayError::Store(e)) => return Err(store(e)),
         };
         drop(conn);
@@ -140,8 +148,12 @@ impl PaymentsHandler {
     async fn decide(&self, conn: &mut sqlx::PgConnection, cmd: &Command) -> Result<Decision, GatewayError> {
         let token = cmd.token.as_deref().unwrap_or_default();
         if cmd.operation == Operation::Authorize {
-            let charge =
-                Charge { key: &cmd.key, token, amount_minor: cmd.amount_minor, currency: cmd.currency.code() };
+            let charge = Charge {
+                key: &cmd.key,
+                token,
+                amount_minor: cmd.amount_minor,
+                currency: cmd.currency.code(),
+            };
             return self.gateway.authorize(&charge).await;
         }
         let declined = |code: &str, message: String| Decision::Answered {
@@ -155,7 +167,9 @@ impl PaymentsHandler {
             _ if auth.currency != cmd.currency.code() => {
                 Some(("currency_mismatch", format!("the authorization is in {}", auth.currency)))
             }
-            Operation::Capture | Operation::Void if auth.voided => Some(("voided", "the authorization was voided".into())),
+            Operation::Capture | Operation::Void if auth.voided => {
+                Some(("voided", "the authorization was voided".into()))
+            }
             Operation::Capture | Operation::Void if auth.captured_minor.is_some() => {
                 Some(("already_captured", "the payment was captured".into()))
             }
@@ -167,7 +181,11 @@ impl PaymentsHandler {
                 None => Some(("not_captured", "nothing was captured".into())),
                 Some(c) if auth.refunded_minor + cmd.amount_minor > c => Some((
                     "amount_exceeds_capture",
-                    format!("refund of {} above what is left of the capture ({})", cmd.amount_minor, c - auth.refunded_minor),
+                    format!(
+                        "refund of {} above what is left of the capture ({})",
+                        cmd.amount_minor,
+                        c - auth.refunded_minor
+                    ),
                 )),
                 Some(_) => None,
             },
@@ -195,11 +213,20 @@ impl PaymentsHandler {
 
     /// One transaction: inbox record, and (with a decision) the recorded answer, the
     /// ledger row and the `PaymentResult` outbox row.
-    async fn commit(&self, d: &Delivery, cmd: &Command, decision: Option<Decision>) -> Result<(), HandlerError> {
+    async fn commit(
+        &self,
+        d: &Delivery,
+        cmd: &Command,
+        decision: Option<Decision>,
+    ) -> Result<(), HandlerError> {
         let store = |e: pg::Error| store_error(&e);
         let mut tx = pg::begin(&self.pool).await.map_err(store)?;
         let id = d.dedupe_id();
-        if inbox::record_many(&mut tx, &self.consumer, std::slice::from_ref(&id)).await.map_err(store)?.is_empty() {
+        if inbox::record_many(&mut tx, &self.consumer, std::slice::from_ref(&id))
+            .await
+            .map_err(store)?
+            .is_empty()
+        {
             return Ok(());
         }
         if let Some(decision) = decision {
@@ -207,14 +234,18 @@ impl PaymentsHandler {
             let succeeded = event.failure.is_none();
             let json = serde_json::to_value(&event).map_err(|e| HandlerError::poison("unencodable", e))?;
             let op = cmd.operation.as_str();
-            if payments::record_result(&mut tx, &cmd.key, cmd.order_id, op, succeeded, &json).await.map_err(store)? {
+            if payments::record_result(&mut tx, &cmd.key, cmd.order_id, op, succeeded, &json)
+                .await
+                .map_err(store)?
+            {
                 if let (true, Decision::Answered { provider, reply: Reply::Approved { payment_id } }) =
                     (succeeded, &decision)
                 {
                     self.record_ledger(&mut tx, cmd, provider, payment_id).await.map_err(store)?;
                 }
                 metrics::counter!("souk_payments_results_total", "operation" => op,
-                    "outcome" => outcome_label(&event)).increment(1);
+                    "outcome" => outcome_label(&event))
+                .increment(1);
                 outbox::enqueue(&mut tx, result_row(cmd, &event, id)).await.map_err(store)?;
             }
         }
@@ -242,7 +273,9 @@ impl PaymentsHandler {
                 };
                 payments::record_authorization(tx, &a).await
             }
-            Operation::Capture => payments::record_capture(tx, cmd.order_id, cmd.amount_minor, &cmd.key).await,
+            Operation::Capture => {
+                payments::record_capture(tx, cmd.order_id, cmd.amount_minor, &cmd.key).await
+            }
             Operation::Void => payments::record_void(tx, cmd.order_id, &cmd.key).await,
             Operation::Refund => payments::record_refund(tx, cmd.order_id, cmd.amount_minor, &cmd.key).await,
         }
@@ -267,9 +300,11 @@ fn result_event(cmd: &Command, decision: &Decision) -> PaymentResult {
             (!provider.is_empty()).then(|| provider.clone()),
             None,
         ),
-        Decision::Exhausted { attempts, last_error } => {
-            (Some(PaymentFailure::Exhausted { attempts: *attempts, last_error: last_error.clone() }), None, None)
-        }
+        Decision::Exhausted { attempts, last_error } => (
+            Some(PaymentFailure::Exhausted { attempts: *attempts, last_error: last_error.clone() }),
+            None,
+            None,
+        ),
     };
     PaymentResult {
         tenant: cmd.tenant.clone(),

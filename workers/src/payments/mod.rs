@@ -61,10 +61,12 @@ pub struct ProviderSpec {
 }
 
 /// The gateway over `specs` (primary first), writing its call log to `pool`.
-pub fn gateway(specs: &[ProviderSpec], retry: RetryOptions, pool: sqlx::PgPool) -> Result<Gateway, reqwest::Error> {
-    let providers = specs
-        .iter()
-        .map(|s| provider(s.dialect, &s.name, s.http.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
+pub fn gateway(
+    specs: &[ProviderSpec],
+    retry: RetryOptions,
+    pool: sqlx::PgPool,
+) -> Result<Gateway, reqwest::Error> {
+    let providers =
+        specs.iter().map(|s| provider(s.dialect, &s.name, s.http.clone())).collect::<Result<Vec<_>, _>>()?;
     Ok(Gateway::new(providers, retry, pool))
 }

@@ -25,9 +25,15 @@ pub struct Settle<'a> {
 /// The provider processed the request and answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Approved { payment_id: String },
+    Approved {
+        payment_id: String,
+    },
     /// `soft`: the issuer asks to try again later; otherwise final.
-    Declined { code: String, message: String, soft: bool },
+    Declined {
+        code: String,
+        message: String,
+        soft: bool,
+    },
 }
 
 /// A call that did not end with a processed answer.

@@ -51,8 +51,11 @@ async fn pay_env(retry: RetryOptions, primary_faults: Faults) -> anyhow::Result<
     // Names unique to the test: metrics are process-wide.
     let suffix = &Uuid::new_v4().simple().to_string()[..8];
     let primary_name = format!("primary-{suffix}");
-    let primary =
-        PaymentSandbox::start(SandboxOptions { faults: primary_faults, ..SandboxOptions::local(&primary_name) }).await?;
+    let primary = PaymentSandbox::start(SandboxOptions {
+        faults: primary_faults,
+        ..SandboxOptions::local(&primary_name)
+    })
+    .await?;
     let secondary = PaymentSandbox::start(SandboxOptions::local(&format!("secondary-{suffix}"))).await?;
     let spec = |name: &str, dialect, url: String| ProviderSpec {
         name: name.into(),
@@ -130,7 +133,8 @@ impl PayEnv {
         if pending == 0 {
             return Ok(out);
         }
-        let mut batch = consumer.fetch().max_messages(pending).expires(Duration::from_secs(2)).messages().await?;
+        let mut batch =
+            consumer.fetch().max_messages(pending).expires(Duration::from_secs(2)).messages().await?;
         while let Some(msg) = batch.next().await {
             let msg = msg.map_err(|e| anyhow::anyhow!("{e}"))?;
             out.push(serde_json::from_slice(&msg.payload)?);
@@ -170,7 +174,14 @@ fn declined_code(r: &PaymentResult) -> Option<&str> {
 #[tokio::test]
 async fn each_token_ends_as_the_provider_answers() -> anyhow::Result<()> {
     let env = pay_env(test_payment_retry(), Faults::default()).await?;
-    let tokens = ["tok_ok", "tok_hard_decline", "tok_insufficient_funds", "tok_soft_decline", "tok_slow", "tok_unknown"];
+    let tokens = [
+        "tok_ok",
+        "tok_hard_decline",
+        "tok_insufficient_funds",
+        "tok_soft_decline",
+        "tok_slow",
+        "tok_unknown",
+    ];
     let mut cmds = Vec::new();
     for token in tokens {
         let cmd = authorize(token, 2500);
@@ -204,7 +215,8 @@ async fn each_token_ends_as_the_provider_answers() -> anyhow::Result<()> {
 #[tokio::test]
 async fn injected_5xx_are_retried_with_the_same_key_until_the_provider_answers() -> anyhow::Result<()> {
     // A breaker that does not open here: this is about retries on one provider.
-    let retry = RetryOptions { breaker_failures: 1000, budget: Duration::from_secs(5), ..test_payment_retry() };
+    let retry =
+        RetryOptions { breaker_failures: 1000, budget: Duration::from_secs(5), ..test_payment_retry() };
     let faults = Faults { error_rate: 0.6, seed: 11, ..Faults::default() };
     let env = pay_env(retry, faults).await?;
     let cmds: Vec<_> = (0..5).map(|_| authorize("tok_ok", 1000)).collect();
@@ -216,7 +228,11 @@ async fn injected_5xx_are_retried_with_the_same_key_until_the_provider_answers()
         assert_eq!((r.failure, r.provider.as_deref()), (None, Some(env.primary_name.as_str())));
         assert_eq!(env.primary.effects(&cmd.idempotency_key), 1);
     }
-    assert!(env.primary.requests() > 5, "503s were retried: {} requests for 5 payments", env.primary.requests());
+    assert!(
+        env.primary.requests() > 5,
+        "503s were retried: {} requests for 5 payments",
+        env.primary.requests()
+    );
     assert_eq!(env.secondary.requests(), 0);
     Ok(())
 }
@@ -259,7 +275,8 @@ async fn a_failing_primary_opens_its_breaker_and_payments_fail_over_to_the_secon
     assert_eq!(env.gateway.breaker_state(&env.primary_name), Some("open"));
     let rendered = metrics.render();
     let state = format!("souk_payments_breaker_state{{provider=\"{}\"}} 2", env.primary_name);
-    let opened = format!("souk_payments_breaker_transitions_total{{provider=\"{}\",to=\"open\"}}", env.primary_name);
+    let opened =
+        format!("souk_payments_breaker_transitions_total{{provider=\"{}\",to=\"open\"}}", env.primary_name);
     assert!(rendered.contains(&state), "breaker state metric: {rendered}");
     assert!(rendered.contains(&opened), "breaker transition metric: {rendered}");
     // The capture goes where the authorization is.
@@ -274,7 +291,8 @@ async fn a_failing_primary_opens_its_breaker_and_payments_fail_over_to_the_secon
 #[tokio::test]
 async fn a_stopped_primary_is_failed_over_and_every_provider_down_exhausts() -> anyhow::Result<()> {
     let mut env = pay_env(test_payment_retry(), Faults::default()).await?;
-    let stopped = std::mem::replace(&mut env.primary, PaymentSandbox::start(SandboxOptions::local("spare")).await?);
+    let stopped =
+        std::mem::replace(&mut env.primary, PaymentSandbox::start(SandboxOptions::local("spare")).await?);
     stopped.stop().await; // connection refused from now on
     let cmd = authorize("tok_ok", 500);
     env.send("auth-primary-down", &cmd).await?;
@@ -334,7 +352,10 @@ async fn the_ledger_refuses_double_captures_and_refunds_above_the_capture() -> a
         anyhow::Ok(e.to_string())
     };
     let mut c = db.pool.acquire().await?;
-    let above = refused(ledger::record_capture(&mut c, order, 1001, "c0").await, "a capture above the authorization")?;
+    let above = refused(
+        ledger::record_capture(&mut c, order, 1001, "c0").await,
+        "a capture above the authorization",
+    )?;
     assert!(above.contains("exceeds"), "{above}");
     ledger::record_capture(&mut c, order, 800, "c1").await?;
     let twice = refused(ledger::record_capture(&mut c, order, 100, "c2").await, "a second capture")?;
@@ -347,14 +368,18 @@ async fn the_ledger_refuses_double_captures_and_refunds_above_the_capture() -> a
     ledger::record_refund(&mut c, order, 300, "r3").await?;
     let changed = sqlx::query("update payment_captures set amount_minor = 1000").execute(&mut *c).await;
     assert!(changed.is_err(), "the ledger is append-only");
-    let orphan = refused(ledger::record_capture(&mut c, Uuid::now_v7(), 1, "c3").await, "a capture without authorization")?;
+    let orphan = refused(
+        ledger::record_capture(&mut c, Uuid::now_v7(), 1, "c3").await,
+        "a capture without authorization",
+    )?;
     assert!(orphan.contains("no authorization"), "{orphan}");
     Ok(())
 }
 
 /// The process-wide metrics recorder (installed once), to read what was recorded.
 fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
