@@ -534,7 +534,9 @@ async fn souk_sandbox_payments_serves_a_labelled_sandbox_and_keeps_its_key_to_it
 #[tokio::test]
 async fn bad_payment_settings_and_sandbox_flags_get_clear_errors() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    /// Arguments, environment, and what the error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (&["config"], &[("SOUK_PAYMENTS_PRIMARY_URL", "ftp://pay:1")], "payments.primary-url"),
         (&["config"], &[("SOUK_PAYMENTS_SECONDARY_URL", "http://pay:2")], "needs payments.primary-url"),
         (&["config"], &[("SOUK_PAYMENTS_BUDGET", "1m")], "payments.budget"),
