@@ -118,9 +118,21 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
+    let (payments, sandboxes) = match souk_cli::node::runs_payments(&topology, pools.as_deref()) {
+        true => {
+            check_payment_budget(&config, &topology)?;
+            let (specs, sandboxes) = payment_providers(&config, dev).await?;
+            let retry =
+                souk_workers::payments::RetryOptions { budget: config.payments.budget, ..Default::default() };
+            (Some(souk_cli::node::payment_gateway(&specs, retry, pool.clone())?), sandboxes)
+        }
+        false => (None, Vec::new()),
+    };
+    let sandbox_urls: Vec<String> = sandboxes.iter().map(|s| s.url()).collect();
     let node = Node::start(NodeOptions {
         nats: nats.clone(),
         pool,
+        payments,
         database_url: config.database_url.clone(),
         topology,
         write_timeout: config.write_timeout,
@@ -136,7 +148,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
     })
     .await?;
     if let (true, Some(addr)) = (dev, node.http_addr) {
-        print_banner(&config, &addr.to_string(), &redact_nats(&nats_url), &keys);
+        print_banner(&config, &addr.to_string(), &redact_nats(&nats_url), &keys, &sandbox_urls);
     }
 
     // Until a signal, or until the nats-server this process started dies under it:
@@ -157,6 +169,9 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
     }
     tracing::info!("shutting down: draining in-flight work");
     node.stop().await;
+    for sandbox in sandboxes {
+        sandbox.stop().await;
+    }
     // Push out buffered acks; a flush waits for a connection, so not for ever.
     let _ = tokio::time::timeout(Duration::from_secs(5), nats.flush()).await;
     if let Some(child) = local_nats {
@@ -348,7 +363,71 @@ impl Signals {
     }
 }
 
-fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys) {
+/// The payment providers to call: the configured ones, or (`souk dev` without any) two
+/// sandboxes started here, with a key generated into the data dir (never printed).
+async fn payment_providers(
+    config: &Config,
+    dev: bool,
+) -> anyhow::Result<(Vec<souk_workers::payments::ProviderSpec>, Vec<souk_sandbox::payments::PaymentSandbox>)>
+{
+    use souk_workers::payments::{HttpOptions, ProviderSpec};
+    let p = &config.payments;
+    let Some(primary) = &p.primary_url else {
+        if !dev {
+            bail!(
+                "this process runs a payments pool but no payment provider is configured: set [payments] \
+                 primary-url (and secondary-url) in souk.toml, or SOUK_PAYMENTS_PRIMARY_URL"
+            );
+        }
+        let key = souk_sandbox::credentials::load_or_generate(&config.sandbox_key_path())
+            .with_context(|| format!("the payment sandboxes' key {}", config.sandbox_key_path().display()))?;
+        let (sandboxes, specs) =
+            souk_cli::node::start_payment_sandboxes(Some(key), Default::default(), p.call_timeout).await?;
+        return Ok((specs, sandboxes));
+    };
+    let api_key = match &p.credentials_file {
+        Some(file) => Some(
+            souk_sandbox::credentials::load(file)
+                .with_context(|| format!("payments.credentials-file {}", file.display()))?,
+        ),
+        None => None,
+    };
+    let spec = |name: &str, url: &str, dialect| ProviderSpec {
+        name: name.into(),
+        dialect,
+        http: HttpOptions {
+            base_url: url.trim_end_matches('/').into(),
+            api_key: api_key.clone(),
+            timeout: p.call_timeout,
+        },
+    };
+    let mut specs = vec![spec("primary", primary, p.primary_dialect)];
+    if let Some(secondary) = &p.secondary_url {
+        specs.push(spec("secondary", secondary, p.secondary_dialect));
+    }
+    Ok((specs, Vec::new()))
+}
+
+/// A payment command must end within its pool's handler timeout: its budget, then the
+/// last call and a status query (and a failover's status query) at the call timeout.
+fn check_payment_budget(config: &Config, topology: &Topology) -> anyhow::Result<()> {
+    use souk_workers::payments::{AUTHORIZE_HANDLER, SETTLE_HANDLER};
+    let needed = config.payments.budget + config.payments.call_timeout * 3;
+    for pool in
+        topology.pools.iter().filter(|p| p.handler == AUTHORIZE_HANDLER || p.handler == SETTLE_HANDLER)
+    {
+        if pool.handler_timeout <= needed {
+            bail!(
+                "pool {}: handler-timeout {:?} must exceed payments.budget + 3 × payments.call-timeout ({needed:?})",
+                pool.name,
+                pool.handler_timeout
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys, sandboxes: &[String]) {
     let token =
         keys.mint(&Claims::new("dev-buyer", "dev", vec![AuthRole::Buyer], Duration::from_secs(24 * 3600)));
     let api = format!("http://{addr}");
@@ -360,7 +439,8 @@ fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys) {
          \x20 API       {api}   (/healthz, /readyz; /metrics on metrics-addr when set)\n\
          \x20 NATS      {nats_url}   (JetStream, file store, sync_interval always)\n\
          \x20 Postgres  {db}\n\
-         \x20 Data dir  {data}\n\n\
+         \x20 Data dir  {data}\n\
+         \x20 Payments  {payments}\n\n\
          Place an order of a SKU in the catalog (`souk seed catalog`, or a seller's PUT as in\n\
          the README; prices come from the catalog) — dev token for buyer dev-buyer, valid 24h:\n\n\
          curl -sS -X POST {api}/v1/orders \\\n\
@@ -372,5 +452,9 @@ fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys) {
          \x20 curl -sS {api}/v1/orders/<order_id> -H 'Authorization: Bearer {token}'\n",
         db = pg::redact(&config.database_url),
         data = config.data_dir.display(),
+        payments = match sandboxes {
+            [] => "configured providers ([payments])".to_owned(),
+            urls => format!("SANDBOX providers (no real money moves): {}", urls.join(", ")),
+        },
     );
 }

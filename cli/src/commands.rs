@@ -291,6 +291,8 @@ pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {
     shown.nats_url = shown.nats_url.as_deref().map(app::redact_nats);
     shown.otlp_endpoint = shown.otlp_endpoint.as_deref().map(app::redact_nats);
     shown.search.opensearch_url = shown.search.opensearch_url.as_deref().map(app::redact_nats);
+    shown.payments.primary_url = shown.payments.primary_url.as_deref().map(app::redact_nats);
+    shown.payments.secondary_url = shown.payments.secondary_url.as_deref().map(app::redact_nats);
     out_raw!("{}", toml::to_string(&shown)?);
     out!("# configuration and topology are valid");
     Ok(ExitCode::SUCCESS)

@@ -61,6 +61,75 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// The search index.
     pub search: SearchConfig,
+    /// The payment providers.
+    pub payments: PaymentsConfig,
+}
+
+/// The payment providers the payments pools call. Unset URLs: `souk dev` starts two
+/// sandboxes (primary + secondary) so checkout works out of the box; `souk worker`
+/// running a payments pool refuses to start without `primary-url`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// The primary provider (`http(s)://host:port`).
+    pub primary_url: Option<String>,
+    /// Its API dialect: `alpha` or `beta`.
+    pub primary_dialect: souk_workers::payments::Dialect,
+    /// The provider failed over to when the primary's breaker is open.
+    pub secondary_url: Option<String>,
+    pub secondary_dialect: souk_workers::payments::Dialect,
+    /// A file holding the providers' API key (never printed); unset with configured
+    /// providers, calls carry none. `souk dev`'s sandboxes use (and generate at first
+    /// start) `<data-dir>/payments-sandbox.key`.
+    pub credentials_file: Option<PathBuf>,
+    /// Longest one provider call may take.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Longest one payment command spends on providers (retries, failover included).
+    #[serde(with = "humantime_serde")]
+    pub budget: Duration,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        PaymentsConfig {
+            primary_url: None,
+            primary_dialect: souk_workers::payments::Dialect::Alpha,
+            secondary_url: None,
+            secondary_dialect: souk_workers::payments::Dialect::Beta,
+            credentials_file: None,
+            call_timeout: Duration::from_secs(3),
+            budget: Duration::from_secs(8),
+        }
+    }
+}
+
+impl PaymentsConfig {
+    fn validate(&self) -> Result<(), String> {
+        for (key, url) in [("primary-url", &self.primary_url), ("secondary-url", &self.secondary_url)] {
+            if let Some(url) = url
+                && !url.starts_with("http://")
+                && !url.starts_with("https://")
+            {
+                return Err(format!("payments.{key} must be an http:// or https:// URL"));
+            }
+        }
+        if self.secondary_url.is_some() && self.primary_url.is_none() {
+            return Err("payments.secondary-url needs payments.primary-url".into());
+        }
+        if self.call_timeout < Duration::from_millis(100) || self.call_timeout > Duration::from_secs(10) {
+            return Err("payments.call-timeout must be between 100ms and 10s".into());
+        }
+        if self.budget < self.call_timeout || self.budget > Duration::from_secs(20) {
+            return Err("payments.budget must be at least payments.call-timeout and at most 20s".into());
+        }
+        if let Some(file) = &self.credentials_file
+            && !file.is_file()
+        {
+            return Err(format!("payments.credentials-file {} is not a readable file", file.display()));
+        }
+        Ok(())
+    }
 }
 
 /// Where the search index lives: embedded tantivy under the data dir unless an
@@ -98,6 +167,7 @@ impl Default for Config {
             log_json: false,
             otlp_endpoint: None,
             search: SearchConfig::default(),
+            payments: PaymentsConfig::default(),
         }
     }
 }
@@ -131,6 +201,8 @@ impl Config {
                     // The one nested key read from the environment, by the name the
                     // OpenSearch tests use too.
                     "opensearch-url" => "search.opensearch-url".into(),
+                    // SOUK_PAYMENTS_PRIMARY_URL → payments.primary-url, and so on.
+                    other if other.starts_with("payments-") => format!("payments.{}", &other[9..]).into(),
                     other => other.to_owned().into(),
                 })
         };
@@ -169,6 +241,7 @@ impl Config {
         {
             return Err("search.opensearch-url must be an http:// or https:// URL".into());
         }
+        self.payments.validate()?;
         if self.otlp_endpoint.as_deref().is_some_and(|e| !e.starts_with("http://")) {
             // The exporter is built without a TLS client: an https:// collector would
             // fail every export, silently.
@@ -195,6 +268,11 @@ impl Config {
                 self.search.dir.clone().unwrap_or_else(|| self.data_dir.join("search")),
             ),
         }
+    }
+
+    /// The API key of `souk dev`'s payment sandboxes (generated at first start).
+    pub fn sandbox_key_path(&self) -> PathBuf {
+        self.data_dir.join("payments-sandbox.key")
     }
 
     /// The key `souk dev` generates when no `jwt-keys` are configured.

@@ -33,6 +33,7 @@ mod config;
 mod jobs;
 mod operator;
 mod sagas;
+mod sandbox;
 
 /// Stdout failed: its reader is gone (exit quietly) or something is badly wrong.
 fn stdout_failed(e: std::io::Error) -> ! {
@@ -156,11 +157,37 @@ enum Command {
         #[command(subcommand)]
         action: SagasAction,
     },
+    /// Sandboxes of outside services (clearly labelled; no real money moves).
+    Sandbox {
+        #[command(subcommand)]
+        what: SandboxWhat,
+    },
     /// Generated data for demos and the benchmark.
     #[command(after_help = jobs::EXIT_CODES_HELP)]
     Seed {
         #[command(subcommand)]
         what: SeedWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxWhat {
+    /// A payment-provider sandbox: tokens tok_ok, tok_soft_decline, tok_hard_decline,
+    /// tok_slow, tok_insufficient_funds; dialects /alpha/v1 and /beta.
+    Payments {
+        /// Port on 127.0.0.1 (0: any free port, printed).
+        #[arg(long)]
+        port: u16,
+        /// The label of this instance (e.g. primary, secondary).
+        #[arg(long)]
+        provider_name: String,
+        /// A fault, key=value (repeatable): latency=50ms, hang-rate=0.01, error-rate=0.2,
+        /// reset-rate=0.05, lost-rate=0.05, hang=30s, slow=3s, seed=7.
+        #[arg(long = "fault")]
+        faults: Vec<String>,
+        /// A file holding the API key clients must send (generated if missing; never printed).
+        #[arg(long)]
+        credentials: Option<PathBuf>,
     },
 }
 
@@ -487,6 +514,9 @@ async fn main() -> ExitCode {
             commands::outbox_requeue(&config, aggregate.as_deref()).await
         }
         Command::Config => commands::config_check(&config),
+        Command::Sandbox { what: SandboxWhat::Payments { port, provider_name, faults, credentials } } => {
+            sandbox::payments(port, &provider_name, &faults, credentials.as_deref()).await
+        }
         Command::Jobs { action } => return jobs_command(&config, action).await,
         Command::Sagas { action } => {
             return exit(match action {

@@ -62,6 +62,8 @@ pub struct NodeOptions {
     pub search: Option<Arc<dyn SearchStore>>,
     /// The tenant anonymous product reads read (`souk_ingress::DEFAULT_PUBLIC_TENANT`).
     pub public_tenant: String,
+    /// The payment providers (see [`payment_gateway`]): needed when a payments pool runs.
+    pub payments: Option<Arc<souk_workers::payments::Gateway>>,
 }
 
 /// A running node.
@@ -80,7 +82,10 @@ impl Node {
         let tasks = TaskTracker::new();
         let publisher = Publisher::new(options.nats.clone(), options.write_timeout);
         if let Some(only) = &options.pools {
-            let dependencies = souk_workers::Dependencies { search: options.search.clone() };
+            let dependencies = souk_workers::Dependencies {
+                search: options.search.clone(),
+                payments: options.payments.clone(),
+            };
             let registry = souk_workers::registry_with(options.pool.clone(), &dependencies);
             let runtime = Runtime::build(&publisher, &options.topology, &registry, only).await?;
             tasks.spawn(runtime.run(cancel.clone()));
@@ -179,6 +184,56 @@ pub enum SearchBackend {
     Tantivy(std::path::PathBuf),
     /// An OpenSearch cluster at this URL.
     OpenSearch(String),
+}
+
+/// Whether a process running `pools` of `topology` runs a payments pool (and so needs
+/// payment providers).
+pub fn runs_payments(topology: &Topology, pools: Option<&[String]>) -> bool {
+    use souk_workers::payments::{AUTHORIZE_HANDLER, SETTLE_HANDLER};
+    let Some(only) = pools else { return false };
+    topology.pools.iter().any(|p| {
+        (p.handler == AUTHORIZE_HANDLER || p.handler == SETTLE_HANDLER)
+            && (only.is_empty() || only.contains(&p.name))
+    })
+}
+
+/// The payments pools' gateway over `specs` (primary first).
+pub fn payment_gateway(
+    specs: &[souk_workers::payments::ProviderSpec],
+    retry: souk_workers::payments::RetryOptions,
+    pool: PgPool,
+) -> anyhow::Result<Arc<souk_workers::payments::Gateway>> {
+    Ok(Arc::new(souk_workers::payments::gateway(specs, retry, pool)?))
+}
+
+/// Two payment SANDBOXES on free local ports — `primary` (alpha dialect) and `secondary`
+/// (beta) — with `api_key`, and the provider specs to call them: what `souk dev`, the
+/// test stack and the benchmark use when no real provider is configured.
+pub async fn start_payment_sandboxes(
+    api_key: Option<String>,
+    faults: souk_sandbox::payments::Faults,
+    call_timeout: Duration,
+) -> anyhow::Result<(Vec<souk_sandbox::payments::PaymentSandbox>, Vec<souk_workers::payments::ProviderSpec>)>
+{
+    use souk_sandbox::payments::{PaymentSandbox, SandboxOptions};
+    use souk_workers::payments::{Dialect, HttpOptions, ProviderSpec};
+    let mut sandboxes = Vec::new();
+    let mut specs = Vec::new();
+    for (name, dialect) in [("primary", Dialect::Alpha), ("secondary", Dialect::Beta)] {
+        let sandbox = PaymentSandbox::start(SandboxOptions {
+            api_key: api_key.clone(),
+            faults: faults.clone(),
+            ..SandboxOptions::local(name)
+        })
+        .await?;
+        specs.push(ProviderSpec {
+            name: name.into(),
+            dialect,
+            http: HttpOptions { base_url: sandbox.url(), api_key: api_key.clone(), timeout: call_timeout },
+        });
+        sandboxes.push(sandbox);
+    }
+    Ok((sandboxes, specs))
 }
 
 /// The prefix of souk's OpenSearch alias and indexes (`souk-products`).

@@ -62,6 +62,8 @@ pub struct Stack {
     /// The embedded search index of this run (removed with the stack).
     pub search: TantivyStore,
     _search_dir: tempfile::TempDir,
+    /// The payment sandboxes the payments pools call (stopped with the stack).
+    _payment_sandboxes: Vec<souk_sandbox::payments::PaymentSandbox>,
 }
 
 impl Stack {
@@ -96,7 +98,16 @@ impl Stack {
         let dir = search_dir.path().join("search");
         let search =
             tokio::task::spawn_blocking(move || TantivyStore::open(dir, Default::default())).await??;
+        // The payments pools call two local payment SANDBOXES (no latency, no faults).
+        let (payment_sandboxes, specs) =
+            souk_cli::node::start_payment_sandboxes(None, Default::default(), Duration::from_secs(3)).await?;
+        let payments = souk_cli::node::payment_gateway(
+            &specs,
+            souk_workers::payments::RetryOptions::default(),
+            pool.clone(),
+        )?;
         let node = Node::start(NodeOptions {
+            payments: Some(payments),
             nats: nats.clone(),
             pool: pool.clone(),
             database_url: db_url.to_owned(),
@@ -116,7 +127,17 @@ impl Stack {
         })
         .await?;
         let cancel = node.cancel_token();
-        Ok(Stack { addr, tokens, nats, pool, cancel, node: Some(node), search, _search_dir: search_dir })
+        Ok(Stack {
+            addr,
+            tokens,
+            nats,
+            pool,
+            cancel,
+            node: Some(node),
+            search,
+            _search_dir: search_dir,
+            _payment_sandboxes: payment_sandboxes,
+        })
     }
 
     /// Put the products the sample orders on sale (see [`Sample::seed_catalog`]):

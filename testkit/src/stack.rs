@@ -32,6 +32,17 @@ pub fn test_topology() -> anyhow::Result<Topology> {
     Ok(topology)
 }
 
+/// Payment retries for tests: a 3 s budget, breakers opening after 3 failures for 1 s.
+pub fn test_payment_retry() -> souk_workers::payments::RetryOptions {
+    souk_workers::payments::RetryOptions {
+        budget: Duration::from_secs(3),
+        first_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        breaker_failures: 3,
+        breaker_open_for: Duration::from_secs(1),
+    }
+}
+
 /// The tenant of the stack's public reads (anonymous product reads and searches).
 pub const PUBLIC_TENANT: &str = souk_ingress::DEFAULT_PUBLIC_TENANT;
 
@@ -92,6 +103,10 @@ pub struct Stack {
     /// node restarts as a process keeps it.
     pub search: Arc<dyn SearchStore>,
     pub search_dir: tempfile::TempDir,
+    /// The payment SANDBOXES the payments pools call: `primary` (alpha dialect) and
+    /// `secondary` (beta), as `souk dev` starts them.
+    pub payment_sandboxes: Vec<souk_sandbox::payments::PaymentSandbox>,
+    pub payments: Arc<souk_workers::payments::Gateway>,
     node: Option<Node>,
     options: StackOptions,
 }
@@ -123,7 +138,12 @@ impl Stack {
         let search_dir = tempfile::tempdir()?;
         let search =
             souk_cli::node::open_search(&SearchBackend::Tantivy(search_dir.path().join("search"))).await?;
+        let (payment_sandboxes, specs) =
+            souk_cli::node::start_payment_sandboxes(None, Default::default(), Duration::from_secs(1)).await?;
+        let payments = souk_cli::node::payment_gateway(&specs, test_payment_retry(), db.pool.clone())?;
         let mut stack = Stack {
+            payment_sandboxes,
+            payments,
             nats,
             db,
             client,
@@ -163,6 +183,7 @@ impl Stack {
             metrics: None,
             search: Some(self.search.clone()),
             public_tenant: PUBLIC_TENANT.into(),
+            payments: Some(self.payments.clone()),
         })
         .await?;
         if let Some(addr) = node.http_addr {

@@ -16,6 +16,7 @@ pub mod dedupe;
 pub mod fulfilment;
 pub mod inventory;
 pub mod orders;
+pub mod payments;
 mod schema;
 mod store;
 
@@ -30,6 +31,8 @@ use std::sync::Arc;
 pub struct Dependencies {
     /// The search index, for `catalog.index`.
     pub search: Option<Arc<dyn SearchStore>>,
+    /// The payment providers (primary first), for `payments.authorize` and `payments.settle`.
+    pub payments: Option<Arc<payments::Gateway>>,
 }
 
 /// Every handler that needs only Postgres, under the names the topology's pools use.
@@ -42,6 +45,17 @@ pub fn registry_with(pool: PgPool, dependencies: &Dependencies) -> Registry {
     let mut registry = Registry::default();
     if let Some(store) = &dependencies.search {
         registry.register(catalog::INDEX_HANDLER, catalog::IndexProducts::new(store.clone()));
+    }
+    if let Some(gateway) = &dependencies.payments {
+        for (name, consumer, kind) in [
+            (payments::AUTHORIZE_HANDLER, payments::AUTHORIZE_CONSUMER, payments::Kind::Authorize),
+            (payments::SETTLE_HANDLER, payments::SETTLE_CONSUMER, payments::Kind::Settle),
+        ] {
+            registry.register(
+                name,
+                payments::PaymentsHandler::new(pool.clone(), consumer, gateway.clone(), kind),
+            );
+        }
     }
     registry.register(
         orders::PLACE_HANDLER,

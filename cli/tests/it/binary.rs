@@ -275,12 +275,29 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
     // A free port for the metrics listener (the worker has no API to report it on).
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let data = tempfile::tempdir()?;
+    let keys = jwt_keys(data.path(), &[("k1", &[1u8; 32])])?;
+    // Its payments pools need a provider: a worker without one refuses to start.
+    let refused = souk(data.path())
+        .arg("worker")
+        .env("SOUK_NATS_URL", nats.url())
+        .env("DATABASE_URL", &db.url)
+        .env("SOUK_JWT_KEYS", &keys)
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(60), refused).await??;
+    assert!(!refused.status.success());
+    let said = String::from_utf8(refused.stderr)?;
+    assert!(said.contains("no payment provider is configured"), "{said}");
+    let provider = souk_sandbox::payments::PaymentSandbox::start(
+        souk_sandbox::payments::SandboxOptions::local("worker-test"),
+    )
+    .await?;
     let mut worker = souk(data.path())
         .arg("worker")
         .env("SOUK_NATS_URL", nats.url())
         .env("DATABASE_URL", &db.url)
         .env("SOUK_METRICS_ADDR", addr.to_string())
-        .env("SOUK_JWT_KEYS", jwt_keys(data.path(), &[("k1", &[1u8; 32])])?)
+        .env("SOUK_JWT_KEYS", &keys)
+        .env("SOUK_PAYMENTS_PRIMARY_URL", provider.url())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -478,5 +495,72 @@ async fn souk_ingress_verifies_tokens_of_every_configured_key() -> anyhow::Resul
             .await?;
         assert_eq!(r.status().as_u16(), status, "{name}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn souk_sandbox_payments_serves_a_labelled_sandbox_and_keeps_its_key_to_itself() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let key_file = data.path().join("sandbox.key");
+    let mut child = souk(data.path())
+        .args(["sandbox", "payments", "--port", "0", "--provider-name", "cli-test", "--fault", "latency=1ms"])
+        .arg("--credentials")
+        .arg(&key_file)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout piped")).lines();
+    let mut banner = String::new();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("no URL in the banner: {banner}"))?;
+        banner.push_str(&line);
+        if let Some(url) = line.trim().strip_prefix("URL") {
+            break url.split_whitespace().next().unwrap_or_default().to_owned();
+        }
+    };
+    let key = std::fs::read_to_string(&key_file)?;
+    assert!(banner.contains("SANDBOX") && !banner.contains(key.trim()), "{banner}");
+    let page = reqwest::get(&url).await?;
+    assert_eq!(page.headers().get("x-sandbox-provider").map(|v| v.as_bytes()), Some(&b"cli-test"[..]));
+    assert!(page.text().await?.contains("SANDBOX"));
+    let unauthenticated = reqwest::Client::new().post(format!("{url}/alpha/v1/payments")).send().await?;
+    assert_eq!(unauthenticated.status(), 401);
+    let pid = child.id().expect("running");
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    assert!(status.success(), "exit status {status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_payment_settings_and_sandbox_flags_get_clear_errors() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    /// Arguments, environment, and what the error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
+        (&["config"], &[("SOUK_PAYMENTS_PRIMARY_URL", "ftp://pay:1")], "payments.primary-url"),
+        (&["config"], &[("SOUK_PAYMENTS_SECONDARY_URL", "http://pay:2")], "needs payments.primary-url"),
+        (&["config"], &[("SOUK_PAYMENTS_BUDGET", "1m")], "payments.budget"),
+        (
+            &["sandbox", "payments", "--port", "0", "--provider-name", "p", "--fault", "error-rate=2"],
+            &[],
+            "error-rate",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let out = souk(data.path()).args(args).envs(env.iter().copied()).output().await?;
+        assert!(!out.status.success(), "{args:?} {env:?}");
+        let said = String::from_utf8(out.stderr)?;
+        assert!(said.contains(expected), "{args:?} {env:?}: {said}");
+    }
+    let shown = souk(data.path())
+        .arg("config")
+        .env("SOUK_PAYMENTS_PRIMARY_URL", "https://user:secret6@pay.example")
+        .output()
+        .await?;
+    assert!(shown.status.success());
+    let shown = String::from_utf8(shown.stdout)?;
+    assert!(shown.contains("[payments]") && !shown.contains("secret6"), "{shown}");
     Ok(())
 }

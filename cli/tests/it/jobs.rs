@@ -295,6 +295,11 @@ async fn a_souk_worker_process_killed_mid_import_is_taken_over_and_each_row_is_a
     let submission = souk_jobs::Submission::CatalogImport { seller: "s1".into(), parsed };
     let job = souk_jobs::submit(&db.pool, "t1", "ops", submission).await?;
 
+    // The workers' payments pools need a provider.
+    let provider = souk_sandbox::payments::PaymentSandbox::start(
+        souk_sandbox::payments::SandboxOptions::local("jobs-test"),
+    )
+    .await?;
     let worker = |data: &Path| -> anyhow::Result<tokio::process::Child> {
         let key = data.join("k1.key");
         std::fs::write(&key, [7u8; 32])?;
@@ -302,6 +307,7 @@ async fn a_souk_worker_process_killed_mid_import_is_taken_over_and_each_row_is_a
             .arg("worker")
             .env("SOUK_NATS_URL", nats.url())
             .env("SOUK_DATABASE_URL", &db.url)
+            .env("SOUK_PAYMENTS_PRIMARY_URL", provider.url())
             .env("SOUK_JWT_KEYS", format!("[{{kid = \"k1\", file = \"{}\"}}]", key.display()))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

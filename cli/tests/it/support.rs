@@ -62,7 +62,8 @@ pub(crate) fn start_worker(
 ) -> anyhow::Result<(CancellationToken, JoinHandle<()>)> {
     let pool = pg::connect(&PgOptions::new(url))?;
     let indexes = search.is_some();
-    let registry = souk_workers::registry_with(pool, &souk_workers::Dependencies { search });
+    let registry =
+        souk_workers::registry_with(pool, &souk_workers::Dependencies { search, ..Default::default() });
     let (publisher, topology) = (publisher.clone(), topology.clone());
     let cancel = CancellationToken::new();
     let run = cancel.clone();
@@ -71,6 +72,11 @@ pub(crate) fn start_worker(
             .pools
             .iter()
             .filter(|p| indexes || p.handler != souk_workers::catalog::INDEX_HANDLER)
+            // The payments pools call providers: the stack's node runs them, with its sandboxes.
+            .filter(|p| {
+                ![souk_workers::payments::AUTHORIZE_HANDLER, souk_workers::payments::SETTLE_HANDLER]
+                    .contains(&p.handler.as_str())
+            })
             .map(|p| p.name.clone())
             .collect();
         let runtime = Runtime::build(&publisher, &topology, &registry, &only).await.expect("runtime");

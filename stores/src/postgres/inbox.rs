@@ -25,3 +25,13 @@ pub async fn record_many(
     .await?;
     Ok(new.into_iter().collect())
 }
+
+/// Whether `consumer` has handled `message_id` (read outside any transaction: a
+/// handler that calls out before its transaction skips the call for a known message).
+pub async fn contains(pool: &sqlx::PgPool, consumer: &str, message_id: &str) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar("select exists (select 1 from inbox where consumer = $1 and message_id = $2)")
+        .bind(consumer)
+        .bind(message_id)
+        .fetch_one(pool)
+        .await?)
+}

@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod operator_actions;
 pub mod orders;
 pub mod outbox;
+pub mod payments;
 pub mod products;
 pub mod sagas;
 mod store;

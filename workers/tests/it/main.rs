@@ -5,6 +5,7 @@ mod events;
 mod index;
 mod inventory;
 mod outage;
+mod payments;
 mod saga;
 mod write_batch;
 

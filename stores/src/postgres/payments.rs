@@ -1,0 +1,192 @@
+//! The payments ledger (migration 0018): authorizations, captures, voids and refunds
+//! per order; the answer recorded per payment command; and the log of provider calls
+//! that may have moved money (written before each call, so a crash leaves a trace).
+
+use sqlx::{PgConnection, PgPool, types::Uuid};
+
+use super::Error;
+
+/// What the ledger holds for one order.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Authorization {
+    pub order_id: Uuid,
+    pub provider: String,
+    pub provider_payment_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    /// The capture, if any.
+    pub captured_minor: Option<i64>,
+    pub refunded_minor: i64,
+    pub voided: bool,
+}
+
+/// The order's authorization and what happened to it since.
+pub async fn authorization(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<Authorization>, Error> {
+    Ok(sqlx::query_as(
+        "select a.order_id, a.provider, a.provider_payment_id, a.amount_minor, a.currency,
+                c.amount_minor as captured_minor,
+                coalesce((select sum(r.amount_minor) from payment_refunds r where r.order_id = a.order_id), 0)::bigint
+                    as refunded_minor,
+                exists (select 1 from payment_voids v where v.order_id = a.order_id) as voided
+         from payment_authorizations a left join payment_captures c using (order_id)
+         where a.order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// A new authorization.
+#[derive(Debug, Clone)]
+pub struct NewAuthorization<'a> {
+    pub order_id: Uuid,
+    pub tenant: &'a str,
+    pub provider: &'a str,
+    pub provider_payment_id: &'a str,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+    pub idempotency_key: &'a str,
+}
+
+pub async fn record_authorization(tx: &mut PgConnection, a: &NewAuthorization<'_>) -> Result<(), Error> {
+    sqlx::query(
+        "insert into payment_authorizations
+           (order_id, tenant, provider, provider_payment_id, amount_minor, currency, idempotency_key)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(a.order_id)
+    .bind(a.tenant)
+    .bind(a.provider)
+    .bind(a.provider_payment_id)
+    .bind(a.amount_minor)
+    .bind(a.currency)
+    .bind(a.idempotency_key)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn record_capture(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    amount_minor: i64,
+    key: &str,
+) -> Result<(), Error> {
+    sqlx::query("insert into payment_captures (order_id, amount_minor, idempotency_key) values ($1, $2, $3)")
+        .bind(order_id)
+        .bind(amount_minor)
+        .bind(key)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn record_void(tx: &mut PgConnection, order_id: Uuid, key: &str) -> Result<(), Error> {
+    sqlx::query("insert into payment_voids (order_id, idempotency_key) values ($1, $2)")
+        .bind(order_id)
+        .bind(key)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn record_refund(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    amount_minor: i64,
+    key: &str,
+) -> Result<(), Error> {
+    sqlx::query("insert into payment_refunds (order_id, amount_minor, idempotency_key) values ($1, $2, $3)")
+        .bind(order_id)
+        .bind(amount_minor)
+        .bind(key)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Whether a payment command's answer is recorded (it was emitted with it).
+pub async fn result_recorded(conn: &mut PgConnection, key: &str) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar("select exists (select 1 from payment_results where idempotency_key = $1)")
+        .bind(key)
+        .fetch_one(conn)
+        .await?)
+}
+
+/// Record a command's answer; `false` if one was recorded already (write nothing else).
+pub async fn record_result(
+    tx: &mut PgConnection,
+    key: &str,
+    order_id: Uuid,
+    operation: &str,
+    succeeded: bool,
+    result: &serde_json::Value,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "insert into payment_results (idempotency_key, order_id, operation, succeeded, result)
+         values ($1, $2, $3, $4, $5) on conflict do nothing",
+    )
+    .bind(key)
+    .bind(order_id)
+    .bind(operation)
+    .bind(succeeded)
+    .bind(sqlx::types::Json(result))
+    .execute(tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How a provider call ended, as far as the caller knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// No answer: it may have moved money.
+    Ambiguous,
+    /// The provider answered (approved or declined).
+    Answered,
+    /// Refused before processing (connection refused, 503): nothing moved.
+    NotProcessed,
+}
+
+impl AttemptOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ambiguous => "ambiguous",
+            AttemptOutcome::Answered => "answered",
+            AttemptOutcome::NotProcessed => "not_processed",
+        }
+    }
+}
+
+/// Log a call about to be made (its own transaction: it must survive a crash).
+pub async fn attempt_started(pool: &PgPool, key: &str, provider: &str) -> Result<Uuid, Error> {
+    let id = Uuid::now_v7();
+    sqlx::query("insert into payment_attempts (id, idempotency_key, provider) values ($1, $2, $3)")
+        .bind(id)
+        .bind(key)
+        .bind(provider)
+        .execute(pool)
+        .await?;
+    Ok(id)
+}
+
+/// How the call `id` ended.
+pub async fn attempt_ended(pool: &PgPool, id: Uuid, outcome: AttemptOutcome) -> Result<(), Error> {
+    sqlx::query("update payment_attempts set outcome = $2 where id = $1")
+        .bind(id)
+        .bind(outcome.as_str())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The providers that may hold money moved under `key`: any call to them for it that
+/// was not refused before processing.
+pub async fn providers_maybe_charged(pool: &PgPool, key: &str) -> Result<Vec<String>, Error> {
+    Ok(sqlx::query_scalar(
+        "select distinct provider from payment_attempts
+         where idempotency_key = $1 and outcome <> 'not_processed' order by provider",
+    )
+    .bind(key)
+    .fetch_all(pool)
+    .await?)
+}

@@ -1,0 +1,308 @@
+//! The decisions of one payment command across providers: retries with backoff on one
+//! provider, its breaker, failover to the next — and, whenever a call ended without an
+//! answer, asking the provider by key before deciding anything.
+//!
+//! Money moves at most once:
+//! - every call for a step carries the step's idempotency key, so a retry on one
+//!   provider can only get the first answer back;
+//! - every call is logged before it is made (`payment_attempts`), so no process, not
+//!   even one started after a crash, sends a key to a provider while another provider
+//!   may hold money under it: it asks that provider first (found: used; not found:
+//!   go ahead; cannot tell: hold the command — a dependency fault, never a guess);
+//! - a provider that answered 503 or refused the connection processed nothing, so a
+//!   key can fail over from an outage without a status query.
+
+use super::{
+    breaker::Breaker,
+    provider::{CallError, Charge, PaymentProvider, Reply, Settle},
+    retry::{RetryOptions, Schedule},
+};
+use souk_stores::postgres::{
+    self as pg,
+    payments::{self, AttemptOutcome},
+};
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// A provider and its breaker.
+struct Endpoint {
+    provider: Arc<dyn PaymentProvider>,
+    breaker: Breaker,
+}
+
+/// How a command ended at the providers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// `provider` answered for good (approved, or declined for good).
+    Answered { provider: String, reply: Reply },
+    /// The budget is spent with no provider answering for good, and none holds money
+    /// under the key.
+    Exhausted { attempts: u32, last_error: String },
+}
+
+/// A command that cannot be decided now.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A provider may hold money under the key and cannot say: the command waits.
+    #[error("payment state unknown: {0}")]
+    Unknown(String),
+    #[error(transparent)]
+    Store(#[from] pg::Error),
+}
+
+/// One provider call of a command.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    Authorize(&'a Charge<'a>),
+    Settle(&'a Settle<'a>),
+}
+
+impl Call<'_> {
+    fn key(&self) -> &str {
+        match self {
+            Call::Authorize(c) => c.key,
+            Call::Settle(s) => s.key,
+        }
+    }
+
+    fn operation(&self) -> &'static str {
+        match self {
+            Call::Authorize(_) => "authorize",
+            Call::Settle(s) => s.operation.as_str(),
+        }
+    }
+}
+
+/// How one provider's tries ended.
+enum Tried {
+    Decided(Decision),
+    BreakerOpen,
+    BudgetSpent,
+}
+
+#[derive(Default)]
+struct Tally {
+    attempts: u32,
+    last_error: String,
+}
+
+/// The providers, in order of preference (the first is the primary).
+pub struct Gateway {
+    endpoints: Vec<Endpoint>,
+    options: RetryOptions,
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.endpoints.iter().map(|e| (e.provider.name(), e.breaker.state())).collect();
+        f.debug_struct("Gateway").field("providers", &names).finish()
+    }
+}
+
+impl Gateway {
+    /// `providers` in order of preference; each gets a breaker.
+    pub fn new(providers: Vec<Arc<dyn PaymentProvider>>, options: RetryOptions, pool: PgPool) -> Gateway {
+        let endpoints = providers
+            .into_iter()
+            .map(|provider| Endpoint {
+                breaker: Breaker::new(provider.name(), options.breaker_failures, options.breaker_open_for),
+                provider,
+            })
+            .collect();
+        Gateway { endpoints, options, pool }
+    }
+
+    /// The breaker of `provider`'s state (`closed`, `half_open`, `open`).
+    pub fn breaker_state(&self, provider: &str) -> Option<&'static str> {
+        self.endpoint(provider).map(|e| e.breaker.state())
+    }
+
+    /// Whether any provider answers (the pool's probe).
+    pub async fn any_provider_answers(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for e in &self.endpoints {
+            match e.provider.health().await {
+                Ok(()) => return Ok(()),
+                Err(err) => errors.push(format!("{}: {err}", e.provider.name())),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.provider.name() == name)
+    }
+
+    /// Authorize, failing over from provider to provider.
+    pub async fn authorize(&self, charge: &Charge<'_>) -> Result<Decision, GatewayError> {
+        let call = Call::Authorize(charge);
+        let mut schedule = Schedule::new(&self.options);
+        let mut tally = Tally::default();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let name = endpoint.provider.name();
+            // Before a key goes here: no other provider may hold money under it.
+            if let Some(found) = self.answered_elsewhere(charge.key, Some(name)).await? {
+                return Ok(found);
+            }
+            if i > 0 {
+                metrics::counter!("souk_payments_failovers_total", "to" => name.to_owned()).increment(1);
+                tracing::warn!(provider = name, key = charge.key, "payment failing over");
+            }
+            match self.try_endpoint(endpoint, call, &mut schedule, &mut tally).await? {
+                Tried::Decided(decision) => return Ok(decision),
+                Tried::BreakerOpen => continue,
+                Tried::BudgetSpent => break,
+            }
+        }
+        self.exhausted(charge.key, tally).await
+    }
+
+    /// Capture, void or refund at `provider`, the one holding the authorization (a
+    /// payment cannot move to another provider).
+    pub async fn settle(&self, provider: &str, settle: &Settle<'_>) -> Result<Decision, GatewayError> {
+        let endpoint = self.endpoint(provider).ok_or_else(|| {
+            GatewayError::Unknown(format!("the authorization is at {provider}, which is not configured"))
+        })?;
+        let mut schedule = Schedule::new(&self.options);
+        let mut tally = Tally::default();
+        if let Tried::Decided(decision) =
+            self.try_endpoint(endpoint, Call::Settle(settle), &mut schedule, &mut tally).await?
+        {
+            return Ok(decision);
+        }
+        self.exhausted(settle.key, tally).await
+    }
+
+    /// Try `call` on one provider until it answers for good, its breaker opens, or the
+    /// budget is spent.
+    async fn try_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        call: Call<'_>,
+        schedule: &mut Schedule,
+        tally: &mut Tally,
+    ) -> Result<Tried, GatewayError> {
+        let name = endpoint.provider.name();
+        let key = call.key();
+        loop {
+            if !endpoint.breaker.permits() {
+                tally.last_error = format!("{name}: circuit open");
+                return Ok(Tried::BreakerOpen);
+            }
+            tally.attempts += 1;
+            let attempt = payments::attempt_started(&self.pool, key, name).await?;
+            let result = match call {
+                Call::Authorize(c) => endpoint.provider.authorize(c).await,
+                Call::Settle(s) => endpoint.provider.settle(s).await,
+            };
+            let count = |outcome: &'static str| {
+                metrics::counter!("souk_payments_provider_calls_total",
+                    "provider" => name.to_owned(), "operation" => call.operation(), "outcome" => outcome)
+                .increment(1);
+            };
+            match result {
+                Ok(Reply::Declined { code, soft: true, .. }) => {
+                    count("soft_declined");
+                    endpoint.breaker.success();
+                    payments::attempt_ended(&self.pool, attempt, AttemptOutcome::Answered).await?;
+                    tally.last_error = format!("{name}: soft decline ({code})");
+                }
+                Ok(reply) => {
+                    count(if matches!(reply, Reply::Approved { .. }) { "approved" } else { "declined" });
+                    endpoint.breaker.success();
+                    payments::attempt_ended(&self.pool, attempt, AttemptOutcome::Answered).await?;
+                    return Ok(Tried::Decided(Decision::Answered { provider: name.to_owned(), reply }));
+                }
+                Err(CallError::Refused { status, code, message }) => {
+                    // Our request, not the provider, is at fault: the provider is up.
+                    count("refused");
+                    endpoint.breaker.success();
+                    payments::attempt_ended(&self.pool, attempt, AttemptOutcome::NotProcessed).await?;
+                    let code =
+                        if code.is_empty() { format!("refused_{status}") } else { code.to_ascii_lowercase() };
+                    let reply = Reply::Declined { code, message, soft: false };
+                    return Ok(Tried::Decided(Decision::Answered { provider: name.to_owned(), reply }));
+                }
+                Err(CallError::NotProcessed(e)) => {
+                    count("not_processed");
+                    endpoint.breaker.failure();
+                    payments::attempt_ended(&self.pool, attempt, AttemptOutcome::NotProcessed).await?;
+                    tally.last_error = format!("{name}: {e}");
+                }
+                Err(CallError::Ambiguous(e)) => {
+                    count("ambiguous");
+                    endpoint.breaker.failure();
+                    payments::attempt_ended(&self.pool, attempt, AttemptOutcome::Ambiguous).await?;
+                    tally.last_error = format!("{name}: {e}");
+                    // It may have been processed: ask before deciding anything.
+                    match endpoint.provider.status(key).await {
+                        Ok(Some(reply @ (Reply::Approved { .. } | Reply::Declined { soft: false, .. }))) => {
+                            tracing::info!(
+                                provider = name,
+                                key,
+                                "a call without an answer was processed: its answer is used"
+                            );
+                            metrics::counter!("souk_payments_found_by_status_total", "provider" => name.to_owned())
+                                .increment(1);
+                            return Ok(Tried::Decided(Decision::Answered {
+                                provider: name.to_owned(),
+                                reply,
+                            }));
+                        }
+                        // Not processed (so far): a retry under the same key is safe.
+                        Ok(_) => {}
+                        Err(status_error) => {
+                            tally.last_error = format!("{name}: {e}; status query: {status_error}")
+                        }
+                    }
+                }
+            }
+            if !schedule.wait().await {
+                return Ok(Tried::BudgetSpent);
+            }
+        }
+    }
+
+    /// The answer of a provider (other than `except`) that may hold money under `key`;
+    /// `Unknown` when one may and cannot say.
+    async fn answered_elsewhere(
+        &self,
+        key: &str,
+        except: Option<&str>,
+    ) -> Result<Option<Decision>, GatewayError> {
+        for name in payments::providers_maybe_charged(&self.pool, key).await? {
+            if Some(name.as_str()) == except {
+                continue;
+            }
+            let endpoint = self.endpoint(&name).ok_or_else(|| {
+                GatewayError::Unknown(format!("{name} may hold a payment under {key} and is not configured"))
+            })?;
+            match endpoint.provider.status(key).await {
+                Ok(Some(reply @ (Reply::Approved { .. } | Reply::Declined { soft: false, .. }))) => {
+                    return Ok(Some(Decision::Answered { provider: name, reply }));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(GatewayError::Unknown(format!(
+                        "{name} may hold a payment under {key} and its status cannot be read: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The budget is spent: exhausted, unless a provider turns out to hold money under
+    /// the key (then its answer), or may and cannot say (then the command waits).
+    async fn exhausted(&self, key: &str, tally: Tally) -> Result<Decision, GatewayError> {
+        if let Some(found) = self.answered_elsewhere(key, None).await? {
+            return Ok(found);
+        }
+        let last_error = match tally.last_error.is_empty() {
+            true => "no provider available".to_owned(),
+            false => tally.last_error,
+        };
+        Ok(Decision::Exhausted { attempts: tally.attempts, last_error })
+    }
+}

@@ -1,0 +1,370 @@
+//! `souk.cmd.payments.authorize` and `souk.cmd.payments.settle` → the provider call(s)
+//! → ledger row + recorded answer + inbox record + `PaymentResult` outbox row, in ONE
+//! transaction after the calls; acked after commit.
+//!
+//! The provider call cannot be inside the transaction (it is not Postgres), so a
+//! delivery first skips what is known to be done — its message id in the inbox, or its
+//! idempotency key's answer recorded (the same command under another message id) — and
+//! then asks the gateway, whose calls carry the step's idempotency key: a delivery
+//! repeated after a crash between the call and the commit gets the provider's first
+//! answer again, and the money moves once.
+//!
+//! Errors: an unreadable or inconsistent command is poison (dead-lettered); a provider
+//! that may hold money and cannot say is a dependency fault (held, never
+//! dead-lettered); store failures are classified by `store::store_error`.
+
+use super::{
+    gateway::{Decision, Gateway, GatewayError},
+    provider::{Charge, Reply, Settle},
+};
+use crate::store::store_error;
+use futures::{FutureExt, future::BoxFuture};
+use souk_pipelines::{
+    Currency, Message, encode, headers,
+    payments::{AuthorizePayment, Operation, PaymentFailure, PaymentResult, SettlePayment, idempotency_key},
+};
+use souk_stores::postgres::{self as pg, inbox, outbox, payments};
+use souk_topologies::{
+    runtime::{Delivery, Handler, HandlerError, Outcome},
+    trace,
+};
+use sqlx::{PgPool, types::Uuid};
+use std::sync::Arc;
+
+/// Which command a handler takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Authorize,
+    Settle,
+}
+
+/// Handles the payments pool's commands of one [`Kind`].
+#[derive(Debug, Clone)]
+pub struct PaymentsHandler {
+    pool: PgPool,
+    consumer: String,
+    gateway: Arc<Gateway>,
+    kind: Kind,
+}
+
+/// A payment command, either kind.
+struct Command {
+    tenant: String,
+    order_id: Uuid,
+    operation: Operation,
+    amount_minor: i64,
+    currency: Currency,
+    key: String,
+    token: Option<String>,
+}
+
+impl PaymentsHandler {
+    pub fn new(pool: PgPool, consumer: impl Into<String>, gateway: Arc<Gateway>, kind: Kind) -> Self {
+        PaymentsHandler { pool, consumer: consumer.into(), gateway, kind }
+    }
+
+    fn command(&self, d: &Delivery) -> Result<Command, HandlerError> {
+        let undecodable = |e: souk_pipelines::DecodeError| match e.is_newer_version() {
+            true => HandlerError::too_new("schema_too_new", e),
+            false => HandlerError::poison("undecodable", e),
+        };
+        let cmd = match self.kind {
+            Kind::Authorize => {
+                let c: AuthorizePayment = d.decode().map_err(undecodable)?;
+                // Never echo it: it could be a card number.
+                if souk_pipelines::pan::looks_like_pan(&c.payment_token) {
+                    return Err(HandlerError::poison(
+                        "card_number",
+                        "the payment token looks like a card number",
+                    ));
+                }
+                Command {
+                    tenant: c.tenant,
+                    order_id: c.order_id,
+                    operation: Operation::Authorize,
+                    amount_minor: c.amount_minor,
+                    currency: c.currency,
+                    key: c.idempotency_key,
+                    token: Some(c.payment_token),
+                }
+            }
+            Kind::Settle => {
+                let c: SettlePayment = d.decode().map_err(undecodable)?;
+                if c.operation == Operation::Authorize {
+                    return Err(HandlerError::poison("invalid_payment", "a settle command cannot authorize"));
+                }
+                Command {
+                    tenant: c.tenant,
+                    order_id: c.order_id,
+                    operation: c.operation,
+                    amount_minor: c.amount_minor,
+                    currency: c.currency,
+                    key: c.idempotency_key,
+                    token: None,
+                }
+            }
+        };
+        if cmd.tenant.is_empty() {
+            return Err(HandlerError::poison("invalid_payment", "the tenant is required"));
+        }
+        let void = cmd.operation == Operation::Void;
+        if cmd.amount_minor < 0 || (cmd.amount_minor == 0 && !void) {
+            return Err(HandlerError::poison(
+                "invalid_payment",
+                format!("invalid amount {}", cmd.amount_minor),
+            ));
+        }
+        // The key is the step's, derived by the saga: any other would not protect it.
+        if cmd.key != idempotency_key(cmd.order_id, cmd.operation) {
+            return Err(HandlerError::poison("invalid_payment", "the idempotency key is not the step's"));
+        }
+        Ok(cmd)
+    }
+
+    async fn handle_command(&self, d: &Delivery, cmd: &Command) -> Result<(), HandlerError> {
+        let message_id = d.dedupe_id();
+        let store = |e: pg::Error| store_error(&e);
+        if inbox::contains(&self.pool, &self.consumer, &message_id).await.map_err(store)? {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await.map_err(|e| store(pg::Error::Unavailable(e)))?;
+        if payments::result_recorded(&mut conn, &cmd.key).await.map_err(store)? {
+            // The same step under another message id: answered before, nothing new.
+            drop(conn);
+            return self.commit(d, cmd, None).await;
+        }
+        let decision = match self.decide(&mut conn, cmd).await {
+            Ok(decision) => decision,
+            Err(GatewayError::Unknown(e)) => {
+                return Err(HandlerError::dependency("payment_state_unknown", e));
+            }
+            Err(GatewayError::Store(e)) => return Err(store(e)),
+        };
+        drop(conn);
+        self.commit(d, cmd, Some(decision)).await
+    }
+
+    /// The providers' decision — or the ledger's, for a settle it refuses outright.
+    async fn decide(&self, conn: &mut sqlx::PgConnection, cmd: &Command) -> Result<Decision, GatewayError> {
+        let token = cmd.token.as_deref().unwrap_or_default();
+        if cmd.operation == Operation::Authorize {
+            let charge = Charge {
+                key: &cmd.key,
+                token,
+                amount_minor: cmd.amount_minor,
+                currency: cmd.currency.code(),
+            };
+            return self.gateway.authorize(&charge).await;
+        }
+        let declined = |code: &str, message: String| Decision::Answered {
+            provider: String::new(),
+            reply: Reply::Declined { code: code.to_owned(), message, soft: false },
+        };
+        let Some(auth) = payments::authorization(conn, cmd.order_id).await? else {
+            return Ok(declined("no_authorization", format!("order {} has no authorization", cmd.order_id)));
+        };
+        let refused = match cmd.operation {
+            _ if auth.currency != cmd.currency.code() => {
+                Some(("currency_mismatch", format!("the authorization is in {}", auth.currency)))
+            }
+            Operation::Capture | Operation::Void if auth.voided => {
+                Some(("voided", "the authorization was voided".into()))
+            }
+            Operation::Capture | Operation::Void if auth.captured_minor.is_some() => {
+                Some(("already_captured", "the payment was captured".into()))
+            }
+            Operation::Capture if cmd.amount_minor > auth.amount_minor => Some((
+                "amount_exceeds_authorization",
+                format!("capture of {} above the authorized {}", cmd.amount_minor, auth.amount_minor),
+            )),
+            Operation::Refund => match auth.captured_minor {
+                None => Some(("not_captured", "nothing was captured".into())),
+                Some(c) if auth.refunded_minor + cmd.amount_minor > c => Some((
+                    "amount_exceeds_capture",
+                    format!(
+                        "refund of {} above what is left of the capture ({})",
+                        cmd.amount_minor,
+                        c - auth.refunded_minor
+                    ),
+                )),
+                Some(_) => None,
+            },
+            _ => None,
+        };
+        if let Some((code, message)) = refused {
+            return Ok(declined(code, message));
+        }
+        let settle = Settle {
+            key: &cmd.key,
+            operation: cmd.operation,
+            payment_id: &auth.provider_payment_id,
+            amount_minor: cmd.amount_minor,
+        };
+        let decision = self.gateway.settle(&auth.provider, &settle).await?;
+        // The answer names the provider's payment: the one the ledger holds.
+        Ok(match decision {
+            Decision::Answered { provider, reply: Reply::Approved { .. } } => Decision::Answered {
+                provider,
+                reply: Reply::Approved { payment_id: auth.provider_payment_id.clone() },
+            },
+            other => other,
+        })
+    }
+
+    /// One transaction: inbox record, and (with a decision) the recorded answer, the
+    /// ledger row and the `PaymentResult` outbox row.
+    async fn commit(
+        &self,
+        d: &Delivery,
+        cmd: &Command,
+        decision: Option<Decision>,
+    ) -> Result<(), HandlerError> {
+        let store = |e: pg::Error| store_error(&e);
+        let mut tx = pg::begin(&self.pool).await.map_err(store)?;
+        let id = d.dedupe_id();
+        if inbox::record_many(&mut tx, &self.consumer, std::slice::from_ref(&id))
+            .await
+            .map_err(store)?
+            .is_empty()
+        {
+            return Ok(());
+        }
+        if let Some(decision) = decision {
+            let event = result_event(cmd, &decision);
+            let succeeded = event.failure.is_none();
+            let json = serde_json::to_value(&event).map_err(|e| HandlerError::poison("unencodable", e))?;
+            let op = cmd.operation.as_str();
+            if payments::record_result(&mut tx, &cmd.key, cmd.order_id, op, succeeded, &json)
+                .await
+                .map_err(store)?
+            {
+                if let (true, Decision::Answered { provider, reply: Reply::Approved { payment_id } }) =
+                    (succeeded, &decision)
+                {
+                    self.record_ledger(&mut tx, cmd, provider, payment_id).await.map_err(store)?;
+                }
+                metrics::counter!("souk_payments_results_total", "operation" => op,
+                    "outcome" => outcome_label(&event))
+                .increment(1);
+                outbox::enqueue(&mut tx, result_row(cmd, &event, id)).await.map_err(store)?;
+            }
+        }
+        tx.commit().await.map_err(|e| store(e.into()))?;
+        Ok(())
+    }
+
+    async fn record_ledger(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        cmd: &Command,
+        provider: &str,
+        payment_id: &str,
+    ) -> Result<(), pg::Error> {
+        match cmd.operation {
+            Operation::Authorize => {
+                let a = payments::NewAuthorization {
+                    order_id: cmd.order_id,
+                    tenant: &cmd.tenant,
+                    provider,
+                    provider_payment_id: payment_id,
+                    amount_minor: cmd.amount_minor,
+                    currency: cmd.currency.code(),
+                    idempotency_key: &cmd.key,
+                };
+                payments::record_authorization(tx, &a).await
+            }
+            Operation::Capture => {
+                payments::record_capture(tx, cmd.order_id, cmd.amount_minor, &cmd.key).await
+            }
+            Operation::Void => payments::record_void(tx, cmd.order_id, &cmd.key).await,
+            Operation::Refund => payments::record_refund(tx, cmd.order_id, cmd.amount_minor, &cmd.key).await,
+        }
+    }
+}
+
+fn outcome_label(event: &PaymentResult) -> &'static str {
+    match &event.failure {
+        None => "succeeded",
+        Some(PaymentFailure::Declined { .. }) => "declined",
+        Some(PaymentFailure::Exhausted { .. }) => "exhausted",
+    }
+}
+
+fn result_event(cmd: &Command, decision: &Decision) -> PaymentResult {
+    let (failure, provider, payment_id) = match decision {
+        Decision::Answered { provider, reply: Reply::Approved { payment_id } } => {
+            (None, Some(provider.clone()), Some(payment_id.clone()))
+        }
+        Decision::Answered { provider, reply: Reply::Declined { code, message, .. } } => (
+            Some(PaymentFailure::Declined { code: code.clone(), message: message.clone() }),
+            (!provider.is_empty()).then(|| provider.clone()),
+            None,
+        ),
+        Decision::Exhausted { attempts, last_error } => (
+            Some(PaymentFailure::Exhausted { attempts: *attempts, last_error: last_error.clone() }),
+            None,
+            None,
+        ),
+    };
+    PaymentResult {
+        tenant: cmd.tenant.clone(),
+        order_id: cmd.order_id,
+        operation: cmd.operation,
+        failure,
+        provider,
+        provider_payment_id: payment_id,
+        amount_minor: cmd.amount_minor,
+        currency: cmd.currency,
+        at: chrono::Utc::now(),
+    }
+}
+
+fn result_row(cmd: &Command, event: &PaymentResult, causation_id: String) -> outbox::NewMessage {
+    let mut h = trace::outbox_context(&trace::current_context_pairs(), PaymentResult::SUBJECT);
+    h.push((headers::SCHEMA.into(), PaymentResult::schema_header()));
+    h.push((headers::TENANT.into(), cmd.tenant.clone()));
+    h.push((headers::CAUSATION_ID.into(), causation_id));
+    outbox::NewMessage {
+        // One order's events in the order written (the saga's aggregate).
+        aggregate_id: cmd.order_id.to_string(),
+        subject: PaymentResult::SUBJECT.into(),
+        headers: h,
+        payload: encode(event),
+    }
+}
+
+impl Handler for PaymentsHandler {
+    fn too_new(&self, d: &Delivery) -> Option<String> {
+        match self.kind {
+            Kind::Authorize => crate::schema::too_new::<AuthorizePayment>(d),
+            Kind::Settle => crate::schema::too_new::<SettlePayment>(d),
+        }
+    }
+
+    /// Postgres takes writes to the ledger, and some provider answers.
+    fn probe(&self) -> BoxFuture<'_, Result<(), HandlerError>> {
+        async move {
+            let tables = ["inbox", "outbox", "payment_results", "payment_attempts", "payment_authorizations"];
+            crate::store::probe_writable(&self.pool, &tables).await?;
+            self.gateway
+                .any_provider_answers()
+                .await
+                .map_err(|e| HandlerError::dependency("payment_providers_down", e))
+        }
+        .boxed()
+    }
+
+    fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        async move {
+            let cmd = match self.command(d) {
+                Ok(cmd) => cmd,
+                Err(refused) => return refused.into(),
+            };
+            match self.handle_command(d, &cmd).await {
+                Ok(()) => Outcome::Ack,
+                Err(e) => e.into(),
+            }
+        }
+        .boxed()
+    }
+}

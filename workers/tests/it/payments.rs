@@ -1,0 +1,392 @@
+//! The payments pool against real payment SANDBOXES (two dialects), a real nats-server
+//! and a real Postgres: commands published onto CMD as the saga would, answers read
+//! from EVT and the ledger.
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use souk_pipelines::{
+    Message, encode, headers,
+    payments::{AuthorizePayment, Operation, PaymentFailure, PaymentResult, SettlePayment, idempotency_key},
+};
+use souk_sandbox::payments::{Faults, PaymentSandbox, SandboxOptions};
+use souk_stores::postgres::{outbox::PgOutbox, payments as ledger};
+use souk_testkit::{NatsServer, TestDb, eventually, test_payment_retry, test_topology};
+use souk_topologies::{
+    apply::Mode,
+    publisher::{OutgoingMessage, Publisher},
+    relay::{Relay, RelayOptions},
+    runtime::Pool,
+};
+use souk_workers::payments::{self as pay, Dialect, Gateway, HttpOptions, ProviderSpec, RetryOptions};
+use std::{sync::Arc, time::Duration};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct PayEnv {
+    _nats: NatsServer,
+    db: TestDb,
+    js: async_nats::jetstream::Context,
+    publisher: Publisher,
+    primary: PaymentSandbox,
+    secondary: PaymentSandbox,
+    primary_name: String,
+    gateway: Arc<Gateway>,
+    stop: CancellationToken,
+}
+
+impl Drop for PayEnv {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn pay_env(retry: RetryOptions, primary_faults: Faults) -> anyhow::Result<PayEnv> {
+    let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
+    souk_stores::postgres::migrate(&db.pool).await?;
+    let client = nats.client().await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = test_topology()?;
+    souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
+    let publisher = Publisher::new(client, Duration::from_secs(2));
+    // Names unique to the test: metrics are process-wide.
+    let suffix = &Uuid::new_v4().simple().to_string()[..8];
+    let primary_name = format!("primary-{suffix}");
+    let primary = PaymentSandbox::start(SandboxOptions {
+        faults: primary_faults,
+        ..SandboxOptions::local(&primary_name)
+    })
+    .await?;
+    let secondary = PaymentSandbox::start(SandboxOptions::local(&format!("secondary-{suffix}"))).await?;
+    let spec = |name: &str, dialect, url: String| ProviderSpec {
+        name: name.into(),
+        dialect,
+        http: HttpOptions { base_url: url, api_key: None, timeout: Duration::from_secs(1) },
+    };
+    let specs = [
+        spec(&primary_name, Dialect::Alpha, primary.url()),
+        spec(&format!("secondary-{suffix}"), Dialect::Beta, secondary.url()),
+    ];
+    let gateway = Arc::new(pay::gateway(&specs, retry, db.pool.clone())?);
+    let dependencies = souk_workers::Dependencies { payments: Some(gateway.clone()), ..Default::default() };
+    let registry = souk_workers::registry_with(db.pool.clone(), &dependencies);
+    let stop = CancellationToken::new();
+    for name in ["payments-authorize", "payments-settle"] {
+        let pool = Pool::build(&publisher, &topology, name, &registry).await?;
+        tokio::spawn(pool.run(stop.clone()));
+    }
+    let outbox = PgOutbox::new(db.pool.clone(), &db.url);
+    tokio::spawn(Relay::new(outbox, publisher.clone(), RelayOptions::default()).run(stop.clone()));
+    Ok(PayEnv { _nats: nats, db, js, publisher, primary, secondary, primary_name, gateway, stop })
+}
+
+fn authorize(token: &str, amount_minor: i64) -> AuthorizePayment {
+    let order_id = Uuid::now_v7();
+    AuthorizePayment {
+        tenant: "t1".into(),
+        order_id,
+        amount_minor,
+        currency: "EUR".parse().expect("EUR"),
+        payment_token: token.into(),
+        idempotency_key: idempotency_key(order_id, Operation::Authorize),
+    }
+}
+
+fn settle(order_id: Uuid, operation: Operation, amount_minor: i64) -> SettlePayment {
+    SettlePayment {
+        tenant: "t1".into(),
+        order_id,
+        operation,
+        amount_minor,
+        currency: "EUR".parse().expect("EUR"),
+        idempotency_key: idempotency_key(order_id, operation),
+    }
+}
+
+impl PayEnv {
+    async fn send<M: Message + serde::Serialize>(&self, msg_id: &str, cmd: &M) -> anyhow::Result<()> {
+        let mut h = HeaderMap::new();
+        h.insert(headers::SCHEMA, M::schema_header().as_str());
+        self.publisher
+            .publish(OutgoingMessage {
+                subject: M::SUBJECT.into(),
+                msg_id: msg_id.into(),
+                headers: h,
+                payload: encode(cmd).into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Every PaymentResult on EVT so far.
+    async fn results(&self) -> anyhow::Result<Vec<PaymentResult>> {
+        use async_nats::jetstream::consumer::{AckPolicy, pull};
+        let stream = self.js.get_stream("EVT").await?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: PaymentResult::SUBJECT.into(),
+                ack_policy: AckPolicy::None,
+                ..Default::default()
+            })
+            .await?;
+        let pending = consumer.cached_info().num_pending as usize;
+        let mut out = Vec::new();
+        if pending == 0 {
+            return Ok(out);
+        }
+        let mut batch =
+            consumer.fetch().max_messages(pending).expires(Duration::from_secs(2)).messages().await?;
+        while let Some(msg) = batch.next().await {
+            let msg = msg.map_err(|e| anyhow::anyhow!("{e}"))?;
+            out.push(serde_json::from_slice(&msg.payload)?);
+        }
+        Ok(out)
+    }
+
+    /// The results of `order`'s `operation`, once there are `n` of all results.
+    async fn result_of(&self, order: Uuid, operation: Operation) -> anyhow::Result<PaymentResult> {
+        eventually(Duration::from_secs(30), || async {
+            anyhow::Ok(
+                self.results().await?.into_iter().find(|r| r.order_id == order && r.operation == operation),
+            )
+        })
+        .await
+    }
+
+    async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!("select count(*) from ({sql}) q")))
+            .fetch_one(&self.db.pool)
+            .await?)
+    }
+
+    /// Money moved under `key` at either provider.
+    fn effects(&self, key: &str) -> u32 {
+        self.primary.effects(key) + self.secondary.effects(key)
+    }
+}
+
+fn declined_code(r: &PaymentResult) -> Option<&str> {
+    match &r.failure {
+        Some(PaymentFailure::Declined { code, .. }) => Some(code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn each_token_ends_as_the_provider_answers() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults::default()).await?;
+    let tokens = [
+        "tok_ok",
+        "tok_hard_decline",
+        "tok_insufficient_funds",
+        "tok_soft_decline",
+        "tok_slow",
+        "tok_unknown",
+    ];
+    let mut cmds = Vec::new();
+    for token in tokens {
+        let cmd = authorize(token, 2500);
+        env.send(&format!("auth-{}", cmd.order_id), &cmd).await?;
+        cmds.push(cmd);
+    }
+    let mut results = Vec::new();
+    for cmd in &cmds {
+        results.push(env.result_of(cmd.order_id, Operation::Authorize).await?);
+    }
+    let ok = &results[0];
+    assert_eq!((ok.failure.as_ref(), ok.provider.as_deref()), (None, Some(env.primary_name.as_str())));
+    assert!(ok.provider_payment_id.as_deref().is_some_and(|id| id.starts_with("pay_")));
+    assert_eq!(declined_code(&results[1]), Some("card_declined"));
+    assert_eq!(declined_code(&results[2]), Some("insufficient_funds"));
+    assert!(
+        matches!(&results[3].failure, Some(PaymentFailure::Exhausted { attempts, last_error })
+            if *attempts > 1 && last_error.contains("soft decline")),
+        "a soft decline is retried until the budget is spent: {:?}",
+        results[3].failure
+    );
+    // tok_slow answers after the call timeout: the worker asks by key and finds the charge.
+    assert_eq!(results[4].failure, None, "tok_slow: {:?}", results[4].failure);
+    assert_eq!(env.effects(&cmds[4].idempotency_key), 1, "tok_slow charged once");
+    assert_eq!(declined_code(&results[5]), Some("invalid_token"));
+    assert_eq!(env.count("select * from payment_authorizations").await?, 2, "tok_ok and tok_slow");
+    assert_eq!(env.count("select * from payment_results").await?, 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn injected_5xx_are_retried_with_the_same_key_until_the_provider_answers() -> anyhow::Result<()> {
+    // A breaker that does not open here: this is about retries on one provider.
+    let retry =
+        RetryOptions { breaker_failures: 1000, budget: Duration::from_secs(5), ..test_payment_retry() };
+    let faults = Faults { error_rate: 0.6, seed: 11, ..Faults::default() };
+    let env = pay_env(retry, faults).await?;
+    let cmds: Vec<_> = (0..5).map(|_| authorize("tok_ok", 1000)).collect();
+    for cmd in &cmds {
+        env.send(&format!("auth-{}", cmd.order_id), cmd).await?;
+    }
+    for cmd in &cmds {
+        let r = env.result_of(cmd.order_id, Operation::Authorize).await?;
+        assert_eq!((r.failure, r.provider.as_deref()), (None, Some(env.primary_name.as_str())));
+        assert_eq!(env.primary.effects(&cmd.idempotency_key), 1);
+    }
+    assert!(
+        env.primary.requests() > 5,
+        "503s were retried: {} requests for 5 payments",
+        env.primary.requests()
+    );
+    assert_eq!(env.secondary.requests(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_charge_whose_answer_was_lost_is_found_by_its_key_and_used_once() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults { lost_rate: 1.0, ..Faults::default() }).await?;
+    let cmd = authorize("tok_ok", 4200);
+    env.send("auth-lost", &cmd).await?;
+    let r = env.result_of(cmd.order_id, Operation::Authorize).await?;
+    assert_eq!((r.failure, r.provider.as_deref()), (None, Some(env.primary_name.as_str())));
+    assert_eq!(env.primary.effects(&cmd.idempotency_key), 1, "charged once");
+    assert_eq!(env.secondary.requests(), 0, "no failover while the primary may hold the charge");
+    // The capture's answer is lost too: found the same way, captured once.
+    let capture = settle(cmd.order_id, Operation::Capture, 4200);
+    env.send("capture-lost", &capture).await?;
+    let r = env.result_of(cmd.order_id, Operation::Capture).await?;
+    assert_eq!(r.failure, None);
+    assert_eq!(env.primary.effects(&capture.idempotency_key), 1);
+    assert_eq!(env.count("select * from payment_captures").await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_primary_opens_its_breaker_and_payments_fail_over_to_the_secondary() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults { error_rate: 1.0, ..Faults::default() }).await?;
+    let metrics = metrics_handle();
+    let cmds: Vec<_> = (0..3).map(|_| authorize("tok_ok", 999)).collect();
+    for cmd in &cmds {
+        env.send(&format!("auth-{}", cmd.order_id), cmd).await?;
+    }
+    let secondary = env.secondary.url();
+    for cmd in &cmds {
+        let r = env.result_of(cmd.order_id, Operation::Authorize).await?;
+        assert_eq!(r.failure, None);
+        assert!(r.provider.as_deref().is_some_and(|p| p.starts_with("secondary-")), "{r:?} ({secondary})");
+        assert_eq!(env.primary.effects(&cmd.idempotency_key), 0, "the primary charged nothing");
+        assert_eq!(env.secondary.effects(&cmd.idempotency_key), 1);
+    }
+    assert_eq!(env.gateway.breaker_state(&env.primary_name), Some("open"));
+    let rendered = metrics.render();
+    let state = format!("souk_payments_breaker_state{{provider=\"{}\"}} 2", env.primary_name);
+    let opened =
+        format!("souk_payments_breaker_transitions_total{{provider=\"{}\",to=\"open\"}}", env.primary_name);
+    assert!(rendered.contains(&state), "breaker state metric: {rendered}");
+    assert!(rendered.contains(&opened), "breaker transition metric: {rendered}");
+    // The capture goes where the authorization is.
+    let capture = settle(cmds[0].order_id, Operation::Capture, 999);
+    env.send("capture-after-failover", &capture).await?;
+    let r = env.result_of(cmds[0].order_id, Operation::Capture).await?;
+    assert_eq!(r.failure, None);
+    assert_eq!(env.secondary.effects(&capture.idempotency_key), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stopped_primary_is_failed_over_and_every_provider_down_exhausts() -> anyhow::Result<()> {
+    let mut env = pay_env(test_payment_retry(), Faults::default()).await?;
+    let stopped =
+        std::mem::replace(&mut env.primary, PaymentSandbox::start(SandboxOptions::local("spare")).await?);
+    stopped.stop().await; // connection refused from now on
+    let cmd = authorize("tok_ok", 500);
+    env.send("auth-primary-down", &cmd).await?;
+    let r = env.result_of(cmd.order_id, Operation::Authorize).await?;
+    assert_eq!(r.failure, None);
+    assert!(r.provider.as_deref().is_some_and(|p| p.starts_with("secondary-")));
+    env.secondary.set_faults(Faults { error_rate: 1.0, ..Faults::default() }).map_err(anyhow::Error::msg)?;
+    let cmd = authorize("tok_ok", 500);
+    env.send("auth-all-down", &cmd).await?;
+    let r = env.result_of(cmd.order_id, Operation::Authorize).await?;
+    assert!(matches!(r.failure, Some(PaymentFailure::Exhausted { .. })), "{:?}", r.failure);
+    assert_eq!(env.effects(&cmd.idempotency_key), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replayed_command_calls_no_provider_and_emits_nothing_new() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults::default()).await?;
+    let cmd = authorize("tok_ok", 700);
+    env.send("auth-first", &cmd).await?;
+    env.result_of(cmd.order_id, Operation::Authorize).await?;
+    let requests = env.primary.requests();
+    // The same step again under another message id (a saga retry, an operator replay).
+    env.send("auth-replayed", &cmd).await?;
+    eventually(Duration::from_secs(10), || async {
+        let info = env.js.get_stream("CMD").await?.consumer_info(pay::AUTHORIZE_CONSUMER).await?;
+        anyhow::Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(env.count("select * from inbox where consumer = 'payments-authorize'").await?, 2);
+    assert_eq!(env.primary.requests(), requests, "no provider call for a decided step");
+    assert_eq!(env.primary.effects(&cmd.idempotency_key), 1);
+    let all = env.results().await?;
+    assert_eq!(all.iter().filter(|r| r.order_id == cmd.order_id).count(), 1, "one PaymentResult");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_ledger_refuses_double_captures_and_refunds_above_the_capture() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    souk_stores::postgres::migrate(&db.pool).await?;
+    let order = Uuid::now_v7();
+    let mut tx = db.pool.begin().await?;
+    let auth = ledger::NewAuthorization {
+        order_id: order,
+        tenant: "t1",
+        provider: "primary",
+        provider_payment_id: "pay_1",
+        amount_minor: 1000,
+        currency: "EUR",
+        idempotency_key: "a1",
+    };
+    ledger::record_authorization(&mut tx, &auth).await?;
+    tx.commit().await?;
+    let refused = |r: Result<(), souk_stores::postgres::Error>, what: &str| {
+        let e = r.err().ok_or_else(|| anyhow::anyhow!("{what} was accepted"))?;
+        anyhow::Ok(e.to_string())
+    };
+    let mut c = db.pool.acquire().await?;
+    let above = refused(
+        ledger::record_capture(&mut c, order, 1001, "c0").await,
+        "a capture above the authorization",
+    )?;
+    assert!(above.contains("exceeds"), "{above}");
+    ledger::record_capture(&mut c, order, 800, "c1").await?;
+    let twice = refused(ledger::record_capture(&mut c, order, 100, "c2").await, "a second capture")?;
+    assert!(twice.contains("payment_captures_pkey"), "{twice}");
+    refused(ledger::record_void(&mut c, order, "v1").await, "a void of a captured payment")?;
+    let over = refused(ledger::record_refund(&mut c, order, 801, "r0").await, "a refund above the capture")?;
+    assert!(over.contains("above the capture"), "{over}");
+    ledger::record_refund(&mut c, order, 500, "r1").await?;
+    refused(ledger::record_refund(&mut c, order, 301, "r2").await, "refunds adding up above the capture")?;
+    ledger::record_refund(&mut c, order, 300, "r3").await?;
+    let changed = sqlx::query("update payment_captures set amount_minor = 1000").execute(&mut *c).await;
+    assert!(changed.is_err(), "the ledger is append-only");
+    let orphan = refused(
+        ledger::record_capture(&mut c, Uuid::now_v7(), 1, "c3").await,
+        "a capture without authorization",
+    )?;
+    assert!(orphan.contains("no authorization"), "{orphan}");
+    Ok(())
+}
+
+/// The process-wide metrics recorder (installed once), to read what was recorded.
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // A test binary installs it once; a second install would fail.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
