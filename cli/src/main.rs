@@ -31,6 +31,7 @@ mod app;
 mod commands;
 mod config;
 mod jobs;
+mod status_view;
 
 /// Stdout failed: its reader is gone (exit quietly) or something is badly wrong.
 fn stdout_failed(e: std::io::Error) -> ! {
@@ -112,11 +113,15 @@ enum Command {
     },
     /// Apply database migrations.
     Migrate,
-    /// Pipeline status: streams, consumer lag, dead letters, outbox backlog.
+    /// Pipeline status: streams, consumer lag and trend, dead letters, pools (live
+    /// worker processes, throughput, errors, latency), outbox backlog.
     Status {
-        /// Print JSON.
+        /// Print JSON (with --watch: one document per line per refresh).
         #[arg(long)]
         json: bool,
+        /// Refresh every SECONDS (default 2) until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
     },
     /// Dead letters: list them with why they failed, replay them once fixed.
     Dlq {
@@ -343,7 +348,10 @@ async fn main() -> ExitCode {
         }
         Command::Topology { action: TopologyAction::Show } => commands::topology_show(&config),
         Command::Migrate => commands::migrate(&config).await,
-        Command::Status { json } => commands::status(&config, json).await,
+        Command::Status { json, watch } => {
+            let watch = watch.map(|s| std::time::Duration::from_secs(s.max(1)));
+            commands::status(&config, json, watch).await
+        }
         Command::Dlq { action: DlqAction::List { json, limit } } => {
             commands::dlq_list(&config, json, limit).await
         }

@@ -108,6 +108,7 @@ impl Stack {
             metrics: None,
             search: Some(search),
             public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
+            status_history: Default::default(),
         })
         .await?;
         let cancel = node.cancel_token();

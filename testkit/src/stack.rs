@@ -163,6 +163,7 @@ impl Stack {
             metrics: None,
             search: Some(self.search.clone()),
             public_tenant: PUBLIC_TENANT.into(),
+            status_history: Default::default(),
         })
         .await?;
         if let Some(addr) = node.http_addr {

@@ -84,6 +84,7 @@ pub(super) async fn fetch_loop(
             let ctx = ctx.clone();
             let abandon = abandon.clone();
             metrics::gauge!("souk_worker_in_flight", "pool" => ctx.pool.clone()).increment(1.0);
+            ctx.stats.started_one();
             tracker.spawn(async move {
                 tokio::select! {
                     () = process(&ctx, msg) => {},
@@ -92,6 +93,7 @@ pub(super) async fn fetch_loop(
                     }
                 }
                 metrics::gauge!("souk_worker_in_flight", "pool" => ctx.pool.clone()).decrement(1.0);
+                ctx.stats.finished_one();
                 drop(slot);
             });
         }

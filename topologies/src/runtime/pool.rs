@@ -9,14 +9,13 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use futures::StreamExt;
-
 use super::{
-    BreakerState, Delivery, Handler, Outcome, Registry,
+    Delivery, Handler, Outcome, Registry,
     breaker::Breaker,
     execute::batch_fn,
-    fetch,
+    fetch, heartbeat,
     ledger::{Ledger, RateLimitedWarning},
+    stats::PoolStats,
 };
 use crate::{
     Error, Result,
@@ -58,6 +57,8 @@ pub(super) struct Ctx {
     pub(super) ledger: Ledger,
     /// The warning for messages of a newer schema, at most once a minute.
     pub(super) too_new_warning: RateLimitedWarning,
+    /// This pool's counts, for the process's heartbeat.
+    pub(super) stats: Arc<PoolStats>,
 }
 
 impl Pool {
@@ -90,10 +91,15 @@ impl Pool {
     /// Run until `cancel` fires, then drain (see the module docs).
     pub async fn run(self, cancel: CancellationToken) {
         let breaker = Breaker::new(&self.spec.name);
-        self.run_with(cancel, breaker).await;
+        self.run_with(cancel, breaker, Arc::default()).await;
     }
 
-    pub(super) async fn run_with(self, cancel: CancellationToken, breaker: Arc<Breaker>) {
+    pub(super) async fn run_with(
+        self,
+        cancel: CancellationToken,
+        breaker: Arc<Breaker>,
+        stats: Arc<PoolStats>,
+    ) {
         let Pool { spec, consumer_spec, consumer, handler, publisher } = self;
         // The batcher outlives the fetch loop: draining handlers still need it.
         let stop_batcher = CancellationToken::new();
@@ -125,6 +131,7 @@ impl Pool {
             too_new_warning: RateLimitedWarning::new(Duration::from_secs(60)),
             breaker: breaker.clone(),
             cancel: cancel.clone(),
+            stats,
         });
         let stop_prober = CancellationToken::new();
         let prober = tokio::spawn({
@@ -164,6 +171,7 @@ pub struct Runtime {
     /// `purge-acked` streams read by these pools.
     purged_streams: Vec<String>,
     js: jetstream::Context,
+    heartbeat_every: Duration,
 }
 
 impl Runtime {
@@ -193,12 +201,24 @@ impl Runtime {
                 purged_streams.push(stream.clone());
             }
         }
-        Ok(Runtime { pools, purged_streams, js: publisher.jetstream().clone() })
+        Ok(Runtime {
+            pools,
+            purged_streams,
+            js: publisher.jetstream().clone(),
+            heartbeat_every: status::heartbeat::DEFAULT_EVERY,
+        })
+    }
+
+    /// Beat every `every` instead of [`status::heartbeat::DEFAULT_EVERY`] (tests).
+    pub fn heartbeat_every(mut self, every: Duration) -> Runtime {
+        self.heartbeat_every = every;
+        self
     }
 
     /// Run every pool, and the purger of the `purge-acked` streams they read, until
-    /// `cancel`; returns when all pools have drained. Meanwhile the process answers
-    /// `souk status` with its pools' breaker states (see [`status::read_pools`]).
+    /// `cancel`; returns when all pools have drained. Meanwhile the process beats
+    /// (its pools' breakers and counts in the heartbeat bucket, see
+    /// [`status::heartbeat`]) until its pools have drained.
     pub async fn run(self, cancel: CancellationToken) {
         let purger = tokio::spawn(purge::run(
             self.js.clone(),
@@ -206,59 +226,28 @@ impl Runtime {
             purge::DEFAULT_EVERY,
             cancel.clone(),
         ));
-        let pools: Vec<(Pool, Arc<Breaker>)> = self
+        let pools: Vec<(Pool, Arc<Breaker>, Arc<PoolStats>)> = self
             .pools
             .into_iter()
             .map(|p| {
                 let b = Breaker::new(&p.spec.name);
-                (p, b)
+                (p, b, Arc::default())
             })
             .collect();
-        let known: Vec<(String, String, Arc<Breaker>)> =
-            pools.iter().map(|(p, b)| (p.spec.name.clone(), p.spec.consumer.clone(), b.clone())).collect();
-        let answer = tokio::spawn(answer_status(self.js.client(), known, cancel.clone()));
-        futures::future::join_all(pools.into_iter().map(|(p, b)| p.run_with(cancel.clone(), b))).await;
-        answer.await.ok();
-        purger.await.ok();
-    }
-}
-
-/// Answer [`status::POOLS_SUBJECT`] requests with these pools' states until `cancel`.
-async fn answer_status(
-    client: async_nats::Client,
-    pools: Vec<(String, String, Arc<Breaker>)>,
-    cancel: CancellationToken,
-) {
-    let mut requests = match client.subscribe(status::POOLS_SUBJECT).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot answer pool status requests");
-            return;
-        }
-    };
-    loop {
-        let request = tokio::select! {
-            () = cancel.cancelled() => break,
-            r = requests.next() => match r { Some(r) => r, None => break },
-        };
-        let Some(reply) = request.reply else { continue };
-        let states: Vec<status::PoolStatus> = pools
+        let beating = pools
             .iter()
-            .map(|(name, consumer, b)| {
-                let breaker = b.state();
-                status::PoolStatus {
-                    name: name.clone(),
-                    consumer: consumer.clone(),
-                    breaker,
-                    last_error: (breaker != BreakerState::Closed)
-                        .then(|| b.last_error().map(|e| e.to_string()))
-                        .flatten(),
-                }
+            .map(|(p, b, s)| heartbeat::Beating {
+                name: p.spec.name.clone(),
+                consumer: p.spec.consumer.clone(),
+                breaker: b.clone(),
+                stats: s.clone(),
             })
             .collect();
-        let body = serde_json::to_vec(&states).unwrap_or_default();
-        if let Err(e) = client.publish(reply, body.into()).await {
-            tracing::debug!(error = %e, "pool status answer failed");
-        }
+        let stop_beating = CancellationToken::new();
+        let beat = tokio::spawn(heartbeat::run(self.js, beating, self.heartbeat_every, stop_beating.clone()));
+        futures::future::join_all(pools.into_iter().map(|(p, b, s)| p.run_with(cancel.clone(), b, s))).await;
+        stop_beating.cancel();
+        beat.await.ok();
+        purger.await.ok();
     }
 }

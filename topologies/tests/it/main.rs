@@ -7,6 +7,7 @@ mod publisher;
 mod purge;
 mod relay;
 mod runtime;
+mod status;
 
 use souk_topologies::{Topology, apply::Mode, publisher::Publisher};
 use std::time::Duration;
