@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(t.buckets.len(), HANDLE_BUCKETS.len() + 1);
         assert_eq!(t.buckets[0], 2, "≤ 0.5 ms: 100 µs and zero");
         assert_eq!(t.buckets[1], 1, "≤ 1 ms");
-        assert_eq!(t.buckets[5], 1, "≤ 50 ms");
+        assert_eq!(t.buckets[6], 1, "(25 ms, 50 ms]");
         assert_eq!(t.buckets[HANDLE_BUCKETS.len()], 1, "+Inf");
         let w = s.windows();
         assert_eq!(w.iter().map(|w| w.secs).collect::<Vec<_>>(), WINDOWS);
