@@ -62,7 +62,7 @@ pub fn render(model: &Model, indexes: &[IndexLag], colour: bool) -> String {
     }
     let _ = writeln!(
         w,
-        "\n{:<22} {:<6} {:>9} {:>11} {:>11} {:>6} {:>8} {:>10} {:>11}  {}",
+        "\n{:<22} {:<6} {:>9} {:>11} {:>11} {:>6} {:>8} {:>10} {:>11}  BREAKER",
         "CONSUMER",
         "STREAM",
         "LAG",
@@ -72,7 +72,6 @@ pub fn render(model: &Model, indexes: &[IndexLag], colour: bool) -> String {
         "OLDEST",
         "TREND/MIN",
         "LAST ACTIVE",
-        "BREAKER"
     );
     for c in &model.consumers {
         let lag_health = match (c.lag, c.lag_growing_secs) {
@@ -103,8 +102,8 @@ pub fn render(model: &Model, indexes: &[IndexLag], colour: bool) -> String {
     }
     let _ = writeln!(
         w,
-        "\n{:<22} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
-        "POOL", "LIVE", "IN FLIGHT", "MSG/S 1M", "5M", "15M", "ERR% 5M", "P50 MS", "P99 MS", "BREAKER"
+        "\n{:<22} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  BREAKER",
+        "POOL", "LIVE", "IN FLIGHT", "MSG/S 1M", "5M", "15M", "ERR% 5M", "P50 MS", "P99 MS"
     );
     for p in &model.pools {
         let rate = |secs: u64| p.rates.iter().find(|r| r.window_secs == secs);

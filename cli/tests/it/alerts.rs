@@ -17,8 +17,10 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut rest = text;
     while let Some(at) = rest.find("souk_") {
-        let name: String =
-            rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
         rest = &rest[at + name.len()..];
         names.insert(name);
     }
@@ -35,11 +37,13 @@ fn exported(exposition: &str) -> BTreeSet<String> {
 }
 
 #[tokio::test]
-async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_is_exported() -> anyhow::Result<()> {
+async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_is_exported()
+-> anyhow::Result<()> {
     let rules = deploy("prometheus/alerts.yml");
-    let check = Command::new("promtool").arg("check").arg("rules").arg(&rules).output().await.map_err(|e| {
-        anyhow::anyhow!("promtool: {e} (scripts/prepare installs it: Debian's prometheus package)")
-    })?;
+    let check =
+        Command::new("promtool").arg("check").arg("rules").arg(&rules).output().await.map_err(|e| {
+            anyhow::anyhow!("promtool: {e} (scripts/prepare installs it: Debian's prometheus package)")
+        })?;
     assert!(
         check.status.success(),
         "{}{}",
@@ -51,7 +55,8 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
     let grafana: serde_json::Value = serde_json::from_str(&grafana_text)?;
     let panels = grafana["panels"].as_array().map_or(0, Vec::len);
     assert!(panels >= 10, "{panels} panels");
-    let named: BTreeSet<String> = metric_names(&rules_text).into_iter().chain(metric_names(&grafana_text)).collect();
+    let named: BTreeSet<String> =
+        metric_names(&rules_text).into_iter().chain(metric_names(&grafana_text)).collect();
     for expected in [
         "souk_consumer_pending_messages",
         "souk_dlq_messages",

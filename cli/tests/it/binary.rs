@@ -202,7 +202,11 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     // Each consumer keeps `name`, `pending` and `ack_pending` (scripts read them).
     let consumer = &json["pipeline"]["consumers"][0];
     assert_eq!(consumer["name"], "orders-place");
-    assert_eq!((consumer["pending"].as_u64(), consumer["ack_pending"].as_u64()), (Some(0), Some(0)), "{json}");
+    assert_eq!(
+        (consumer["pending"].as_u64(), consumer["ack_pending"].as_u64()),
+        (Some(0), Some(0)),
+        "{json}"
+    );
     assert_eq!(consumer["dead_letters"], 0);
     // Every pool of the topology, with no live worker yet; the outbox from Postgres.
     let orders = json["pipeline"]["pools"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "orders"));
@@ -316,7 +320,8 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
             .output()
             .await?;
         let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
-        let live = json["pipeline"]["pools"].as_array().is_some_and(|p| p.iter().any(|p| p["live_processes"] == 1));
+        let live =
+            json["pipeline"]["pools"].as_array().is_some_and(|p| p.iter().any(|p| p["live_processes"] == 1));
         anyhow::Ok(live.then_some(json))
     })
     .await?;
