@@ -7,7 +7,7 @@
 //! (judged by the server's time of the entry); the bucket's max age removes it later.
 
 use async_nats::jetstream::{self, kv};
-use futures::StreamExt;
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -118,34 +118,48 @@ pub async fn bucket(js: &jetstream::Context) -> Result<kv::Store> {
 }
 
 /// Every heartbeat in the bucket, live or not (none when no process ever beat).
+///
+/// Read from the bucket's stream without a consumer — its subjects' counts list the
+/// keys, a direct get reads each key's last entry — so reading leaves nothing behind
+/// on the server (a key listing would create a consumer per read).
 pub async fn read_all(js: &jetstream::Context) -> Result<Vec<Seen>> {
-    let Ok(bucket) = js.get_key_value(BUCKET).await else { return Ok(Vec::new()) };
-    let mut keys = bucket.keys().await.map_err(|e| nats(&e))?;
-    let mut names = Vec::new();
-    while let Some(key) = keys.next().await {
-        names.push(key.map_err(|e| nats(&e))?);
+    let stream_name = format!("KV_{BUCKET}");
+    let Ok(stream) = js.get_stream(&stream_name).await else { return Ok(Vec::new()) };
+    let prefix = format!("$KV.{BUCKET}.");
+    let mut subjects = stream.info_with_subjects(format!("{prefix}>")).await.map_err(|e| nats(&e))?;
+    let mut keys = Vec::new();
+    while let Some((subject, _)) = subjects.try_next().await.map_err(|e| nats(&e))? {
+        keys.push(subject);
     }
     let now = time_now_nanos();
     let mut seen = Vec::new();
-    for key in names {
-        // Deleted between the listing and the read: stopped.
-        let Some(entry) = bucket.entry(key.clone()).await.map_err(|e| nats(&e))? else { continue };
-        if entry.operation != kv::Operation::Put {
+    for subject in keys {
+        let entry = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            // Removed (aged out, purged) between the listing and the read.
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => continue,
+            Err(e) => return Err(nats(&e)),
+        };
+        // A stopped process's delete (or purge) marker: not a heartbeat.
+        if entry.headers.get(KV_OPERATION).is_some() {
             continue;
         }
-        match serde_json::from_slice::<ProcessBeat>(&entry.value) {
+        match serde_json::from_slice::<ProcessBeat>(&entry.payload) {
             Ok(beat) => {
-                let at = entry.created.unix_timestamp_nanos();
+                let at = entry.time.unix_timestamp_nanos();
                 // A reader whose clock is behind the server's reads no age, not a negative one.
                 let age = Duration::from_nanos(u64::try_from((now - at).max(0)).unwrap_or(u64::MAX));
                 seen.push(Seen { beat, age });
             }
-            Err(e) => tracing::warn!(key, error = %e, "unreadable heartbeat"),
+            Err(e) => tracing::warn!(subject, error = %e, "unreadable heartbeat"),
         }
     }
     seen.sort_by(|a, b| a.beat.process.cmp(&b.beat.process));
     Ok(seen)
 }
+
+/// The header JetStream KV sets on delete and purge markers (a put has none).
+const KV_OPERATION: &str = "KV-Operation";
 
 /// The heartbeats of live processes.
 pub async fn read_live(js: &jetstream::Context) -> Result<Vec<Seen>> {
