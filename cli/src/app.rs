@@ -362,12 +362,13 @@ fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys) {
          \x20 NATS      {nats_url}   (JetStream, file store, sync_interval always)\n\
          \x20 Postgres  {db}\n\
          \x20 Data dir  {data}\n\n\
-         Place an order (dev token for buyer dev-buyer, valid 24h):\n\n\
+         Place an order of a SKU in the catalog (`souk seed catalog`, or a seller's PUT as in\n\
+         the README; prices come from the catalog) — dev token for buyer dev-buyer, valid 24h:\n\n\
          curl -sS -X POST {api}/v1/orders \\\n\
          \x20 -H 'Authorization: Bearer {token}' \\\n\
          \x20 -H \"Idempotency-Key: order-$(date +%s%N)\" \\\n\
          \x20 -H 'Content-Type: application/json' \\\n\
-         \x20 -d '{{\"currency\":\"EUR\",\"lines\":[{{\"sku\":\"MUG-1\",\"quantity\":2,\"unit_price_minor\":1299}}]}}'\n\n\
+         \x20 -d '{{\"lines\":[{{\"sku\":\"MUG-1\",\"quantity\":2}}],\"payment_token\":\"tok_ok\"}}'\n\n\
          Then follow its status_url with the same Authorization header:\n\
          \x20 curl -sS {api}/v1/orders/<order_id> -H 'Authorization: Bearer {token}'\n",
         db = pg::redact(&config.database_url),

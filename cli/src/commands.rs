@@ -5,8 +5,6 @@ use souk_ingress::{Claims, Role};
 use souk_stores::postgres::{self as pg, outbox::PgOutbox};
 use souk_topologies::{
     apply::{self, Mode},
-    dead_letters,
-    publisher::Publisher,
     status,
 };
 use std::{process::ExitCode, time::Duration};
@@ -27,8 +25,9 @@ pub fn token(
     let roles = roles
         .iter()
         .map(|r| {
-            serde_json::from_value::<Role>(serde_json::Value::String(r.clone()))
-                .with_context(|| format!("unknown role {r:?}: use buyer, seller, support, admin or staff"))
+            serde_json::from_value::<Role>(serde_json::Value::String(r.clone())).with_context(|| {
+                format!("unknown role {r:?}: use buyer, seller, support, admin, staff or operator")
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let claims = Claims::new(sub, tenant, Vec::new(), ttl).with_sellers(sellers.to_vec());
@@ -220,59 +219,4 @@ pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {
     out_raw!("{}", toml::to_string(&shown)?);
     out!("# configuration and topology are valid");
     Ok(ExitCode::SUCCESS)
-}
-
-pub async fn dlq_list(config: &Config, json: bool, limit: usize) -> anyhow::Result<ExitCode> {
-    let nats = app::connect_nats(&app::nats_url(config)?).await?;
-    let letters = dead_letters::list(&app::jetstream(&nats), limit).await?;
-    if json {
-        out!("{}", serde_json::to_string_pretty(&letters)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if letters.is_empty() {
-        out!("no dead letters");
-    }
-    for d in &letters {
-        out!(
-            "#{} {} consumer={} subject={} attempts={} trace={} bytes={}\n    {}",
-            d.seq,
-            d.time,
-            d.consumer,
-            d.subject,
-            d.attempts,
-            d.trace_id,
-            d.payload_bytes,
-            d.error
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn dlq_replay(config: &Config, seqs: &[u64], all: bool) -> anyhow::Result<ExitCode> {
-    let nats = app::connect_nats(&app::nats_url(config)?).await?;
-    let publisher = Publisher::new(nats.clone(), config.write_timeout);
-    let seqs: Vec<u64> = match all {
-        true => dead_letters::list(&app::jetstream(&nats), usize::MAX).await?.iter().map(|d| d.seq).collect(),
-        false => seqs.to_vec(),
-    };
-    let mut failed = 0;
-    for seq in seqs {
-        match dead_letters::replay(&publisher, seq).await {
-            // Not `out!`: a closed stdout (`| head`) must not stop the replay halfway.
-            Ok(ack) => {
-                use std::io::Write as _;
-                let _ = writeln!(
-                    std::io::stdout().lock(),
-                    "#{seq} replayed as {} seq {}",
-                    ack.stream,
-                    ack.sequence
-                );
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("#{seq} not replayed: {e}");
-            }
-        }
-    }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

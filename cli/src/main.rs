@@ -31,6 +31,7 @@ mod app;
 mod commands;
 mod config;
 mod jobs;
+mod operator;
 mod status_view;
 
 /// Stdout failed: its reader is gone (exit quietly) or something is badly wrong.
@@ -94,7 +95,7 @@ enum Command {
     Token {
         #[arg(long)]
         sub: String,
-        /// Role (repeatable): buyer, seller, support, admin, staff.
+        /// Role (repeatable): buyer, seller, support, admin, staff, operator.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
         /// A seller id the token may act for (repeatable; with --role seller).
@@ -123,10 +124,19 @@ enum Command {
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
     },
-    /// Dead letters: list them with why they failed, replay them once fixed.
+    /// Dead letters: list and show them with why they failed, redrive them once fixed,
+    /// purge them. Redrives and purges are recorded in operator_actions.
+    #[command(after_help = jobs::EXIT_CODES_HELP)]
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// Pause, resume or scale a worker pool in every process running it (recorded in
+    /// operator_actions); `souk status` shows each process's state.
+    #[command(after_help = jobs::EXIT_CODES_HELP)]
+    Pool {
+        #[command(subcommand)]
+        action: PoolAction,
     },
     /// Outbox rows the relay parked (they could not be published): list, requeue.
     Outbox {
@@ -266,21 +276,72 @@ enum OutboxAction {
 
 #[derive(Debug, Subcommand)]
 enum DlqAction {
-    /// List dead letters, oldest first.
+    /// List dead letters, oldest first: reason, attempts, first and last failure, trace id.
     List {
+        #[command(flatten)]
+        filter: operator::FilterArgs,
         #[arg(long)]
         json: bool,
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Republish dead letters to their original subjects and remove them from the DLQ.
-    Replay {
+    /// One dead letter: its headers and its body (pretty-printed when JSON).
+    Show {
+        seq: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Republish dead letters to their original subjects as new messages (a new id, a
+    /// `souk-redrives` count) and remove them from the DLQ.
+    #[command(alias = "replay")]
+    Redrive {
         /// DLQ sequence numbers (from `souk dlq list`).
-        #[arg(required_unless_present = "all")]
         seqs: Vec<u64>,
-        /// Replay every dead letter.
-        #[arg(long, conflicts_with = "seqs")]
+        #[command(flatten)]
+        filter: operator::FilterArgs,
+        /// Every dead letter.
+        #[arg(long)]
         all: bool,
+        /// An operator token (`souk token --role operator`): its subject is recorded as
+        /// who did it (default: the local user).
+        #[arg(long, env = "SOUK_OPERATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Delete dead letters for good, after a confirmation (`--yes` for scripts).
+    Purge {
+        seqs: Vec<u64>,
+        #[command(flatten)]
+        filter: operator::FilterArgs,
+        #[arg(long)]
+        all: bool,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, env = "SOUK_OPERATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolAction {
+    /// Stop fetching (in-flight messages finish; nothing is lost).
+    Pause {
+        pool: String,
+        #[arg(long, env = "SOUK_OPERATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Fetch again.
+    Resume {
+        pool: String,
+        #[arg(long, env = "SOUK_OPERATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Set the messages each process runs at once (1–10000).
+    Scale {
+        pool: String,
+        concurrency: usize,
+        #[arg(long, env = "SOUK_OPERATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -312,7 +373,20 @@ async fn jobs_command(config: &config::Config, action: JobsAction) -> ExitCode {
     exit(result)
 }
 
-/// The exit code of a jobs or seed command; its error on stderr.
+async fn dlq_command(config: &config::Config, action: DlqAction) -> Result<ExitCode, jobs::Exit> {
+    match action {
+        DlqAction::List { filter, json, limit } => operator::dlq_list(config, &filter, json, limit).await,
+        DlqAction::Show { seq, json } => operator::dlq_show(config, seq, json).await,
+        DlqAction::Redrive { seqs, filter, all, token } => {
+            operator::dlq_redrive(config, &seqs, &filter, all, token.as_deref()).await
+        }
+        DlqAction::Purge { seqs, filter, all, yes, token } => {
+            operator::dlq_purge(config, &seqs, &filter, all, yes, token.as_deref()).await
+        }
+    }
+}
+
+/// The exit code of a jobs, seed, dlq or pool command; its error on stderr.
 fn exit(result: Result<ExitCode, jobs::Exit>) -> ExitCode {
     match result {
         Ok(code) => code,
@@ -352,11 +426,15 @@ async fn main() -> ExitCode {
             let watch = watch.map(|s| std::time::Duration::from_secs(s.max(1)));
             commands::status(&config, json, watch).await
         }
-        Command::Dlq { action: DlqAction::List { json, limit } } => {
-            commands::dlq_list(&config, json, limit).await
-        }
-        Command::Dlq { action: DlqAction::Replay { seqs, all } } => {
-            commands::dlq_replay(&config, &seqs, all).await
+        Command::Dlq { action } => return exit(dlq_command(&config, action).await),
+        Command::Pool { action } => {
+            use souk_topologies::control::Change;
+            let (pool, change, token) = match action {
+                PoolAction::Pause { pool, token } => (pool, Change::Pause, token),
+                PoolAction::Resume { pool, token } => (pool, Change::Resume, token),
+                PoolAction::Scale { pool, concurrency, token } => (pool, Change::Scale(concurrency), token),
+            };
+            return exit(operator::pool_change(&config, &pool, change, token.as_deref()).await);
         }
         Command::Outbox { action: OutboxAction::Parked { json, limit } } => {
             commands::outbox_parked(&config, json, limit).await

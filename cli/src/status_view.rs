@@ -3,7 +3,7 @@
 //! Nothing is computed here that the model does not hold.
 
 use souk_topologies::{
-    runtime::BreakerState,
+    runtime::{Activity, BreakerState},
     status::model::{Model, short_duration},
 };
 use souk_workers::catalog::lag::IndexLag;
@@ -102,8 +102,8 @@ pub fn render(model: &Model, indexes: &[IndexLag], colour: bool) -> String {
     }
     let _ = writeln!(
         w,
-        "\n{:<22} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  BREAKER",
-        "POOL", "LIVE", "IN FLIGHT", "MSG/S 1M", "5M", "15M", "ERR% 5M", "P50 MS", "P99 MS"
+        "\n{:<22} {:>4} {:<8} {:>5} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  BREAKER",
+        "POOL", "LIVE", "STATE", "CONC", "IN FLIGHT", "MSG/S 1M", "5M", "15M", "ERR% 5M", "P50 MS", "P99 MS"
     );
     for p in &model.pools {
         let rate = |secs: u64| p.rates.iter().find(|r| r.window_secs == secs);
@@ -121,13 +121,25 @@ pub fn render(model: &Model, indexes: &[IndexLag], colour: bool) -> String {
             format!("{:>4}", p.live_processes),
             if p.live_processes == 0 { Health::Bad } else { Health::Good },
         );
+        // Paused, pausing (draining) or running, and the concurrency in force, as the
+        // live processes' heartbeats report them.
+        let state = paint.cell(
+            format!("{:<8}", p.controls.map_or("-", |c| c.activity.as_str())),
+            match p.controls.map(|c| c.activity) {
+                Some(Activity::Running) => Health::Good,
+                Some(_) => Health::Warn,
+                None => Health::Good,
+            },
+        );
+        let conc = p.controls.map_or("-".into(), |c| c.concurrency.to_string());
         let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
         let breaker =
             paint.cell(p.breaker.map_or("-".into(), |b| b.as_str().to_owned()), breaker_health(p.breaker));
         let _ = writeln!(
             w,
-            "{:<22} {live} {:>9} {:>8} {:>8} {:>8} {err} {:>8} {:>8}  {breaker}",
+            "{:<22} {live} {state} {:>5} {:>9} {:>8} {:>8} {:>8} {err} {:>8} {:>8}  {breaker}",
             p.name,
+            conc,
             p.in_flight,
             per_sec(60),
             per_sec(300),
@@ -137,6 +149,18 @@ pub fn render(model: &Model, indexes: &[IndexLag], colour: bool) -> String {
         );
         if let (Some(b), Some(e)) = (p.breaker.filter(|b| *b != BreakerState::Closed), &p.last_error) {
             let _ = writeln!(w, "  pool {}: breaker {b}: {e}", p.name);
+        }
+        // What an operator set (also while no process runs the pool).
+        if let Some(s) = &p.settings {
+            let _ = writeln!(
+                w,
+                "  pool {}: {}{} (set by {} at {})",
+                p.name,
+                if s.paused { "paused" } else { "running" },
+                s.concurrency.map(|n| format!(", concurrency {n}")).unwrap_or_default(),
+                s.changed_by,
+                s.changed_at
+            );
         }
     }
     if !indexes.is_empty() {

@@ -50,6 +50,9 @@ pub enum Role {
     Admin,
     /// Internal teams: jobs (imports, reindex).
     Staff,
+    /// Operators: dead-letter redrives and purges, pool pause/resume/scale, the
+    /// dashboard (issue 11).
+    Operator,
 }
 
 /// The claims souk issues and accepts.
@@ -253,16 +256,25 @@ impl Keys {
     }
 
     /// The development key at `path` (`kid` "dev"), generated (mode 0600) if missing.
-    /// Only `souk dev` calls this.
+    /// Only `souk dev` calls this (and `souk token`, once the file exists).
+    ///
+    /// Safe against a concurrent first start (two processes on one data dir, or
+    /// `souk token` reading while `souk dev` writes): the file appears whole or not at
+    /// all ([`publish_private`]), and the process that loses the race to create it
+    /// reads the winner's key instead of replacing it.
     pub fn load_or_generate_dev(path: &Path) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io { path: path.display().to_string(), source };
         if !path.exists() {
-            let mut secret = [0u8; MIN_SECRET_LEN];
-            aws_lc_rs::rand::fill(&mut secret).map_err(|e| KeyError::Random(e.to_string()))?;
+            let mut random = [0u8; MIN_SECRET_LEN];
+            aws_lc_rs::rand::fill(&mut random).map_err(|e| KeyError::Random(e.to_string()))?;
+            // Hex, not the raw bytes: a key file's final newline is trimmed when it is
+            // read (`trim_line_end`), and raw random bytes end in \n or \r one time in
+            // 128, leaving 31 bytes ("must hold at least 32 bytes").
+            let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
-            write_private(path, &secret).map_err(io)?;
+            publish_private(path, secret.as_bytes()).map_err(io)?;
         }
         Keys::from_files(&[(DEV_KID.into(), path.to_owned())])
     }
@@ -311,16 +323,41 @@ fn trim_line_end(mut secret: Vec<u8>) -> Vec<u8> {
     secret
 }
 
+/// Create `path` holding `bytes`, readable by its owner only (0600), atomically: the
+/// bytes go to a temporary file in the same directory (synced), which is then linked
+/// into place. A reader never sees the file empty or half written; linking, unlike a
+/// rename, fails if `path` exists, so a concurrent writer's file is kept (and this call
+/// succeeds: the caller reads what is there).
 #[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn publish_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(bytes)
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // Unique per call: threads of one process may publish at once too.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = dir.join(format!(".{name}.{}.{call}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    let linked = written.and_then(|()| match std::fs::hard_link(&temp, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    });
+    let _ = std::fs::remove_file(&temp);
+    linked
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
+fn publish_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(mut f) => std::io::Write::write_all(&mut f, bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// An authenticated caller (extractor): a valid bearer token or a 401 (400 when the
@@ -421,6 +458,25 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    /// Processes starting together on one data dir each get the one key: none reads a
+    /// file another is still writing (the flaky "must hold at least 32 bytes"), none
+    /// replaces a key another already uses.
+    #[test]
+    fn concurrent_first_starts_all_load_the_same_whole_dev_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("keys/jwt.key");
+            let loaded: Vec<Keys> = std::thread::scope(|s| {
+                let starts: Vec<_> = (0..8).map(|_| s.spawn(|| Keys::load_or_generate_dev(&path))).collect();
+                starts.into_iter().map(|t| t.join().expect("joined").expect("loaded")).collect()
+            });
+            let token = loaded[0].mint(&claims());
+            assert!(loaded.iter().all(|k| k.verify(&token).is_ok()), "one key for all");
+            let files: Vec<_> = std::fs::read_dir(path.parent().expect("dir")).expect("dir").collect();
+            assert_eq!(files.len(), 1, "no temporary file left behind");
         }
     }
 

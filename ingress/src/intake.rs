@@ -15,10 +15,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::FutureExt;
 use souk_pipelines::{
-    Message,
-    catalog::WriteProduct,
-    encode, headers,
-    orders::{PlaceOrder, PlaceOrderRequest, PricedLine},
+    Message, catalog::WriteProduct, encode, headers, orders::PlaceOrder, pricing::PricedOrder,
 };
 use souk_stores::postgres::idempotency::{self, Claim, Record};
 use souk_topologies::{
@@ -51,6 +48,13 @@ pub(crate) enum IntakeError {
     KeyReused,
     /// Postgres or JetStream did not answer in time, or refused: nothing was accepted.
     Unavailable(String),
+}
+
+/// An order to place: priced from the catalog, with the token to pay with.
+#[derive(Debug, Clone)]
+pub(crate) struct NewOrder {
+    pub priced: PricedOrder,
+    pub payment_token: String,
 }
 
 /// An accepted order.
@@ -105,16 +109,19 @@ impl Intake {
         (Intake { claims, commits, timeout }, tracker)
     }
 
-    /// Accept `request` from `principal` under idempotency `key`, within the write
-    /// timeout.
+    /// Accept `order` from `principal` under idempotency `key` (`request_hash`: the
+    /// hash of the canonical request, which a replay of the key must repeat), within
+    /// the write timeout. `POST /v1/orders` and `POST /v1/checkout` both place orders
+    /// here, under one key space: a key cannot make two orders, whichever route it
+    /// was sent to.
     pub async fn place(
         &self,
         principal: &Claims,
         key: &str,
-        request: &PlaceOrderRequest,
-        total_minor: i64,
+        request_hash: Vec<u8>,
+        order: &NewOrder,
     ) -> Result<Accepted, IntakeError> {
-        tokio::time::timeout(self.timeout, self.claim_and_publish(principal, key, request, total_minor))
+        tokio::time::timeout(self.timeout, self.claim_and_publish(principal, key, request_hash, order))
             .await
             .unwrap_or_else(|_| {
                 Err(IntakeError::Unavailable(format!("no acknowledgement within {:?}", self.timeout)))
@@ -125,20 +132,18 @@ impl Intake {
         &self,
         principal: &Claims,
         key: &str,
-        request: &PlaceOrderRequest,
-        total_minor: i64,
+        request_hash: Vec<u8>,
+        order: &NewOrder,
     ) -> Result<Accepted, IntakeError> {
-        // Canonical body: the parsed request re-serialised, so formatting never matters.
-        let request_hash = sha256(&serde_json::to_vec(request).unwrap_or_default());
         let record = self.claim(principal, key.to_owned(), request_hash).await?;
         let command = PlaceOrder {
             order_id: record.order_id,
             tenant: principal.tenant.clone(),
             buyer_id: principal.sub.clone(),
-            currency: request.currency,
-            lines: request.lines.iter().map(PricedLine::client_priced).collect(),
-            total_minor,
-            payment_token: None,
+            currency: order.priced.currency,
+            lines: order.priced.lines.clone(),
+            total_minor: order.priced.total_minor,
+            payment_token: Some(order.payment_token.clone()),
             placed_at: chrono::Utc::now(),
         };
         let mut h = HeaderMap::new();

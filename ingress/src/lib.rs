@@ -19,16 +19,20 @@
 //! `GET /v1/openapi.json`) lists exactly what is routed.
 
 pub mod auth;
+mod cart;
 mod catalog;
+mod checkout;
 mod intake;
 mod jobs;
 mod limits;
 mod metrics_layer;
 mod openapi;
 mod orders;
+mod pricing;
 mod probes;
 mod problem;
 mod products;
+mod request_body;
 mod routes;
 pub mod search;
 mod server;

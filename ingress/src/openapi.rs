@@ -44,6 +44,7 @@ pub const BEARER: &str = "bearer";
             NotFound,
             RequestTimeout,
             PreconditionFailed,
+            Conflict,
             PayloadTooLarge,
             UnsupportedMediaType,
             Unprocessable,
@@ -53,6 +54,7 @@ pub const BEARER: &str = "bearer";
     ),
     tags(
         (name = "orders", description = "Place and read orders."),
+        (name = "cart", description = "A buyer's cart, priced from the catalog, and its checkout into an order."),
         (name = "catalog", description = "Sellers write their products (202, applied by the catalog pool); anyone reads them."),
         (name = "probes", description = "Liveness and readiness."),
         (name = "search", description = "Search the catalog: text with typos, filters, facets, cursors."),
@@ -147,6 +149,14 @@ pub struct RequestTimeout(Problem);
 #[response(content_type = "application/problem+json")]
 #[allow(dead_code)]
 pub struct PreconditionFailed(Problem);
+
+/// The request conflicts with the current state: the catalog's prices make another
+/// total than `expected_total_minor` (`price-changed`, with the current prices in
+/// `current`), or the cart is full (`cart-full`).
+#[derive(ToResponse)]
+#[response(content_type = "application/problem+json")]
+#[allow(dead_code)]
+pub struct Conflict(Problem);
 
 /// The body is larger than the server accepts.
 #[derive(ToResponse)]

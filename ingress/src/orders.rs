@@ -18,8 +18,10 @@ use uuid::Uuid;
 use crate::{
     AppState, Problem,
     auth::{Principal, Role},
-    intake::IntakeError,
+    intake::{Accepted, IntakeError, NewOrder, request_hash},
     openapi::{self, IdempotencyKey},
+    pricing,
+    request_body::{self, Shape},
 };
 
 /// Longest idempotency key accepted.
@@ -63,8 +65,14 @@ pub enum OrderState {
 
 /// Place an order
 ///
-/// 202 once JetStream has stored the command. Retry with the same `Idempotency-Key`
-/// after a 503 or a lost answer: a retry never creates a second order.
+/// Lines name a SKU and a quantity only: each line's price, currency and seller come
+/// from the catalog (the tenant's live product), never from the client — a price field
+/// is an unknown field (400). Lines that cannot be ordered (unknown or deleted SKU,
+/// more than the stock, a SKU twice, another currency than the other lines) are 422,
+/// each named (`lines[i].sku`). With `expected_total_minor`, another total is 409 with
+/// the current prices (`current`). 202 once JetStream has stored the command. Retry
+/// with the same `Idempotency-Key` after a 503 or a lost answer: a retry never creates
+/// a second order.
 #[utoipa::path(
     post,
     path = "/v1/orders",
@@ -81,6 +89,7 @@ pub enum OrderState {
         (status = 403, response = openapi::Forbidden),
         (status = 408, response = openapi::RequestTimeout),
         (status = 413, response = openapi::PayloadTooLarge),
+        (status = 409, response = openapi::Conflict),
         (status = 415, response = openapi::UnsupportedMediaType),
         (status = 422, response = openapi::Unprocessable),
         (status = 429, response = openapi::RateLimited),
@@ -98,36 +107,92 @@ pub async fn place(
     }
     state.check_write(&claims)?;
     let key = idempotency_key(&request_headers)?;
-    crate::problem::require_json(&request_headers)?;
-    let body = crate::problem::body_bytes(body)?;
-    let request: PlaceOrderRequest = serde_json::from_slice(&body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Problem::unprocessable("invalid-body", e.to_string()),
-        _ => Problem::bad_request("malformed-json", e.to_string()),
-    })?;
-    let total = request
+    let request: PlaceOrderRequest = request_body::read(&request_headers, body, &ORDER_SHAPE)?;
+    request
         .validate()
         .map_err(|errors| Problem::unprocessable("validation", "the order is invalid").errors(errors))?;
-
+    // Canonical body: the parsed request re-serialised, so formatting never matters.
+    let hash = request_hash(&serde_json::to_vec(&request).unwrap_or_default());
+    let requested: Vec<(&str, i64)> = request.lines.iter().map(|l| (l.sku.as_str(), l.quantity)).collect();
+    let priced = pricing::price(&state, &claims.tenant, "lines", &requested)
+        .await
+        .and_then(|priced| pricing::check_expected(priced, request.expected_total_minor));
+    let priced = match priced {
+        Ok(priced) => priced,
+        Err(problem) => {
+            return stored_replay(&state, &claims, key, &hash, problem).await.map(accepted_response);
+        }
+    };
+    let order = NewOrder { priced, payment_token: request.payment_token };
     let accepted =
-        state.intake.place(&claims, key, &request, total.amount_minor).await.map_err(|e| match e {
-            IntakeError::KeyReused => {
-                metrics::counter!("souk_ingress_orders_total", "outcome" => "key_reused").increment(1);
-                Problem::unprocessable(
-                    "idempotency-key-reused",
-                    "this Idempotency-Key was already used with a different request body",
-                )
+        state.intake.place(&claims, key, hash, &order).await.map_err(|e| intake_problem(&state, e))?;
+    Ok(accepted_response(accepted))
+}
+
+/// The fields an order body may have.
+const ORDER_SHAPE: Shape = Shape {
+    fields: &["lines", "payment_token", "expected_total_minor"],
+    lists: &[("lines", &["sku", "quantity"])],
+};
+
+/// A request the catalog refuses now (`problem`) may repeat one accepted earlier under
+/// its key, when the catalog allowed it: a product deleted or repriced since must not
+/// turn the retry of an accepted order into an error. When the key's claim has this
+/// request's hash and its order is stored, the answer is that order's again (it needs
+/// no publish: it was handled). A key claimed by another request is 422 (as it would
+/// be at the claim); otherwise `problem`. (A retry whose first attempt is still in
+/// flight, published but not yet handled, gets `problem`; its order stands.)
+pub(crate) async fn stored_replay(
+    state: &AppState,
+    claims: &crate::Claims,
+    key: &str,
+    hash: &[u8],
+    problem: Problem,
+) -> Result<Accepted, Problem> {
+    if problem.status >= 500 {
+        return Err(problem);
+    }
+    let unavailable = |e| crate::catalog::unavailable(state, e);
+    let Some(record) =
+        idempotency::existing(&state.pool, &claims.tenant, &claims.sub, key).await.map_err(unavailable)?
+    else {
+        return Err(problem);
+    };
+    if record.request_hash != hash {
+        // The key names another request: that is the first thing wrong with this one.
+        return Err(intake_problem(state, IntakeError::KeyReused));
+    }
+    if orders::get(&state.pool, record.order_id).await.map_err(unavailable)?.is_none() {
+        return Err(problem);
+    }
+    Ok(Accepted { order_id: record.order_id, replay: true })
+}
+
+/// The problem for an order the intake did not accept.
+pub(crate) fn intake_problem(state: &AppState, e: IntakeError) -> Problem {
+    match e {
+        IntakeError::KeyReused => {
+            metrics::counter!("souk_ingress_orders_total", "outcome" => "key_reused").increment(1);
+            Problem::unprocessable(
+                "idempotency-key-reused",
+                "this Idempotency-Key was already used with a different request body",
+            )
+        }
+        IntakeError::Unavailable(detail) => {
+            if let Some(held_back) = state.unavailable_log.admit() {
+                tracing::warn!(error = %detail, held_back, "order not accepted (503); similar lines held back for a second");
             }
-            IntakeError::Unavailable(detail) => {
-                if let Some(held_back) = state.unavailable_log.admit() {
-                    tracing::warn!(error = %detail, held_back, "order not accepted (503); similar lines held back for a second");
-                }
-                metrics::counter!("souk_ingress_orders_total", "outcome" => "unavailable").increment(1);
-                Problem::unavailable(
-                    "the order could not be confirmed; retry with the same Idempotency-Key \
-                     (a retry never creates a second order)",
-                )
-            }
-        })?;
+            metrics::counter!("souk_ingress_orders_total", "outcome" => "unavailable").increment(1);
+            Problem::unavailable(
+                "the order could not be confirmed; retry with the same Idempotency-Key \
+                 (a retry never creates a second order)",
+            )
+        }
+    }
+}
+
+/// 202 with the order id and its status URL (also in `Location`).
+pub(crate) fn accepted_response(accepted: Accepted) -> Response {
     let outcome = if accepted.replay { "replayed" } else { "accepted" };
     metrics::counter!("souk_ingress_orders_total", "outcome" => outcome).increment(1);
     let status_url = format!("/v1/orders/{}", accepted.order_id);
@@ -140,7 +205,7 @@ pub async fn place(
     if let Ok(v) = status_url.parse() {
         response.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(response)
+    response
 }
 
 pub(crate) fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {

@@ -23,8 +23,15 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(required = false)]
     pub errors: Vec<FieldError>,
+    /// With `price-changed` (409): the order as the catalog prices it now — each
+    /// line's seller and unit price, the currency and the total.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    // Boxed: the problem travels in every handler's `Err`, which should stay small.
+    pub current: Option<Box<souk_pipelines::pricing::PricedOrder>>,
+    /// Seconds (u32: plenty, and it keeps the problem — every handler's `Err` — small).
     #[serde(skip)]
-    retry_after: Option<u64>,
+    retry_after: Option<u32>,
     #[serde(skip)]
     www_authenticate: bool,
 }
@@ -38,6 +45,7 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             errors: Vec::new(),
+            current: None,
             retry_after: None,
             www_authenticate: false,
         }
@@ -50,6 +58,12 @@ impl Problem {
 
     pub fn errors(mut self, errors: Vec<FieldError>) -> Self {
         self.errors = errors;
+        self
+    }
+
+    /// The order as currently priced (see `current`).
+    pub fn current(mut self, priced: souk_pipelines::pricing::PricedOrder) -> Self {
+        self.current = Some(Box::new(priced));
         self
     }
 
@@ -82,7 +96,7 @@ impl Problem {
     pub fn too_many_requests(kind: &str, retry_after_secs: u64) -> Self {
         let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
             .detail(format!("too many {kind}s from this principal; retry after the Retry-After delay"));
-        p.retry_after = Some(retry_after_secs);
+        p.retry_after = Some(u32::try_from(retry_after_secs).unwrap_or(u32::MAX));
         p
     }
 

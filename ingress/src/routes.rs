@@ -12,7 +12,7 @@ use std::sync::Arc;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{AppState, catalog, jobs, orders, probes, problem, products, search};
+use crate::{AppState, cart, catalog, checkout, jobs, orders, probes, problem, products, search};
 
 /// Every public route with its documentation. One `routes!` per path: the handlers in
 /// one `routes!` must share their path (they become the methods of that path).
@@ -20,6 +20,10 @@ fn table() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(orders::place))
         .routes(routes!(orders::get))
+        // cart and checkout
+        .routes(routes!(cart::get_cart))
+        .routes(routes!(cart::put_item, cart::delete_item))
+        .routes(routes!(checkout::checkout))
         // catalog
         .routes(routes!(catalog::put_product, catalog::patch_product, catalog::delete_product))
         .routes(routes!(catalog::get_write))

@@ -123,7 +123,7 @@ pub async fn raw_postgres(db_url: &str, sample: &Sample, plan: Plan) -> anyhow::
     // the same index maintenance per insert.
     sqlx::query("create table bench_orders (like orders including all)").execute(&pool).await?;
     let sample = sample.clone();
-    let lines = serde_json::to_value(&sample.request.lines)?;
+    let lines = serde_json::to_value(&sample.priced.lines)?;
     let counter = Arc::new(AtomicU64::new(0));
     let insert_pool = pool.clone();
     let op: Op = Arc::new(move || {

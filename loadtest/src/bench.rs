@@ -238,6 +238,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             workers: false,
         };
         let stack = Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys, tokens).await?;
+        stack.seed_catalog().await?;
         let t = souk::measure_ingress_alone(&stack, ctx.sample, ctx.plan(ctx.http_mode())).await;
         let usage = cpu.close();
         stack.stop().await;
@@ -267,6 +268,7 @@ async fn souk_phase(
     let stack =
         Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys.clone(), tokens.clone())
             .await?;
+    stack.seed_catalog().await?;
     progress("(e)+(f) souk: ingress load, then waiting for the backlog to drain");
     let cpu = crate::cpu::Window::open();
     let run =

@@ -2,7 +2,7 @@
 //!
 //! One command, one run, one machine: it starts its own nats-server (file storage,
 //! `sync_interval: always`, the durable profile) and creates its own Postgres database,
-//! then measures, each for the same duration, with the same ~300-byte order and the
+//! then measures, each for the same duration, with the same ~400-byte order and the
 //! same concurrency:
 //!
 //! | | measurement | why it is the baseline |

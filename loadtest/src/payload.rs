@@ -1,12 +1,15 @@
-//! The order every phase sends: one realistic `POST /v1/orders` body, and the
-//! `PlaceOrder` command the ingress makes of it (what the raw baselines publish and
-//! insert, so every phase moves the same bytes).
+//! The order every phase sends: one realistic `POST /v1/orders` body, the catalog
+//! products it orders (seeded before the souk phases: the ingress prices orders from
+//! the catalog), and the `PlaceOrder` command the ingress makes of it (what the raw
+//! baselines publish and insert, so every phase moves the same bytes).
 
 use bytes::Bytes;
 use souk_pipelines::{
     Message, encode,
     orders::{OrderLine, PlaceOrder, PlaceOrderRequest},
+    pricing::{self, Listing, PricedOrder},
 };
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// Tenant of every benchmark order.
@@ -21,13 +24,23 @@ pub fn buyer(n: u64) -> String {
     format!("bench-buyer-{}", n % BUYERS as u64)
 }
 
+/// The products the sample orders: (SKU, seller, unit price in EUR minor units). Two
+/// sellers, as a marketplace order often has.
+pub const PRODUCTS: [(&str, &str, i64); 2] =
+    [("MUG-STONEWARE-330ML-BLUE", "bench-potter", 1299), ("TEA-EARLGREY-LOOSE-250G", "bench-grocer", 849)];
+
+/// Stock of each product: more than any run orders of one line (the ingress checks a
+/// line's quantity against it; nothing in the benchmark decrements it).
+pub const STOCK: i64 = 1_000_000_000;
+
 /// The order, in both forms.
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub request: PlaceOrderRequest,
     /// The HTTP body.
     pub body: Bytes,
-    pub total_minor: i64,
+    /// The order as the catalog prices it.
+    pub priced: PricedOrder,
     /// A `PlaceOrder` command as the ingress publishes it.
     pub command: Bytes,
 }
@@ -35,43 +48,67 @@ pub struct Sample {
 impl Sample {
     pub fn new() -> anyhow::Result<Sample> {
         let request = PlaceOrderRequest {
-            currency: "EUR".parse()?,
             lines: vec![
-                OrderLine { sku: "MUG-STONEWARE-330ML-BLUE".into(), quantity: 2, unit_price_minor: 1299 },
-                OrderLine { sku: "TEA-EARLGREY-LOOSE-250G".into(), quantity: 1, unit_price_minor: 849 },
+                OrderLine { sku: PRODUCTS[0].0.into(), quantity: 2 },
+                OrderLine { sku: PRODUCTS[1].0.into(), quantity: 1 },
             ],
+            payment_token: "tok_ok".into(),
+            expected_total_minor: None,
         };
-        let total_minor = request
-            .validate()
-            .map_err(|e| anyhow::anyhow!("the sample order is invalid: {e:?}"))?
-            .amount_minor;
+        request.validate().map_err(|e| anyhow::anyhow!("the sample order is invalid: {e:?}"))?;
+        let listings: HashMap<&str, Listing> = PRODUCTS
+            .iter()
+            .map(|&(sku, seller, price)| {
+                let currency = "EUR".parse().expect("EUR");
+                (sku, Listing { seller: seller.into(), unit_price_minor: price, currency, stock: STOCK })
+            })
+            .collect();
+        let requested: Vec<(&str, i64)> =
+            request.lines.iter().map(|l| (l.sku.as_str(), l.quantity)).collect();
+        let priced = pricing::price("lines", &requested, |sku| listings.get(sku))
+            .map_err(|e| anyhow::anyhow!("the sample order cannot be priced: {e:?}"))?;
         let body = Bytes::from(serde_json::to_vec(&request)?);
-        let command =
-            Bytes::from(encode(&Self::command_for(&request, total_minor, Uuid::now_v7(), &buyer(0))));
-        Ok(Sample { request, body, total_minor, command })
+        let mut sample = Sample { request, body, priced, command: Bytes::new() };
+        sample.command = Bytes::from(encode(&sample.command(Uuid::now_v7(), &buyer(0))));
+        Ok(sample)
     }
 
     /// The command for one order.
     pub fn command(&self, order_id: Uuid, buyer_id: &str) -> PlaceOrder {
-        Self::command_for(&self.request, self.total_minor, order_id, buyer_id)
-    }
-
-    fn command_for(
-        request: &PlaceOrderRequest,
-        total_minor: i64,
-        order_id: Uuid,
-        buyer_id: &str,
-    ) -> PlaceOrder {
         PlaceOrder {
             order_id,
             tenant: TENANT.into(),
             buyer_id: buyer_id.into(),
-            currency: request.currency,
-            lines: request.lines.iter().map(souk_pipelines::orders::PricedLine::client_priced).collect(),
-            total_minor,
-            payment_token: None,
+            currency: self.priced.currency,
+            lines: self.priced.lines.clone(),
+            total_minor: self.priced.total_minor,
+            payment_token: Some(self.request.payment_token.clone()),
             placed_at: chrono::Utc::now(),
         }
+    }
+
+    /// Put [`PRODUCTS`] on sale in the benchmark's tenant, directly through the catalog
+    /// store (as the catalog pool writes a product; not through the catalog pipeline,
+    /// whose work is not what the orders phases measure).
+    pub async fn seed_catalog(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+        use souk_stores::postgres::products;
+        let mut tx = pool.begin().await?;
+        for (sku, seller, price) in PRODUCTS {
+            let fields = souk_pipelines::catalog::ProductFields {
+                title: sku.to_lowercase().replace('-', " "),
+                description: format!("{sku}, sold by {seller}"),
+                category: "home/kitchen/mugs".into(),
+                attributes: Default::default(),
+                price_minor: price,
+                currency: "EUR".parse()?,
+                stock: STOCK,
+                images: Vec::new(),
+            };
+            let version = products::lock(&mut tx, TENANT, sku).await?.map_or(1, |p| p.product.version + 1);
+            products::put(&mut tx, TENANT, sku, seller, &fields, version, chrono::Utc::now()).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The `souk-schema` header value of the command.
@@ -85,10 +122,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sample_is_valid_and_about_300_bytes() {
+    fn sample_is_valid_and_about_400_bytes() {
         let s = Sample::new().expect("sample");
-        assert!((250..=400).contains(&s.command.len()), "command is {} bytes", s.command.len());
+        // v2 carries each line's seller and the payment token (v1: ~300 bytes).
+        assert!((300..=500).contains(&s.command.len()), "command is {} bytes", s.command.len());
         let parsed: PlaceOrderRequest = serde_json::from_slice(&s.body).expect("body parses");
-        assert_eq!(parsed.validate().map(|m| m.amount_minor), Ok(s.total_minor));
+        assert_eq!(parsed.validate(), Ok(()));
+        assert_eq!(s.priced.total_minor, 2 * 1299 + 849);
+        let sellers: Vec<_> = s.priced.lines.iter().map(|l| l.seller.as_str()).collect();
+        assert_eq!(sellers, ["bench-potter", "bench-grocer"]);
     }
 }

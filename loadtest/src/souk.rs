@@ -8,7 +8,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use souk_cli::node::{Node, NodeOptions};
 use souk_ingress::{Claims, IntakeOptions, Keys, Role};
-use souk_stores::postgres::{self as pg, PgOptions};
+use souk_stores::{
+    postgres::{self as pg, PgOptions},
+    search::tantivy::TantivyStore,
+};
 use souk_topologies::{
     Topology,
     apply::{self, Mode},
@@ -57,6 +60,7 @@ pub struct Stack {
     cancel: CancellationToken,
     node: Option<Node>,
     /// The embedded search index of this run (removed with the stack).
+    pub search: TantivyStore,
     _search_dir: tempfile::TempDir,
 }
 
@@ -87,10 +91,11 @@ impl Stack {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let search_dir = tempfile::tempdir()?;
-        let search = souk_cli::node::open_search(&souk_cli::node::SearchBackend::Tantivy(
-            search_dir.path().join("search"),
-        ))
-        .await?;
+        // Opened here rather than through `souk_cli::node::open_search`, to keep the
+        // tantivy handle: the catalog benchmark waits for its merges before (s).
+        let dir = search_dir.path().join("search");
+        let search =
+            tokio::task::spawn_blocking(move || TantivyStore::open(dir, Default::default())).await??;
         let node = Node::start(NodeOptions {
             nats: nats.clone(),
             pool: pool.clone(),
@@ -106,13 +111,19 @@ impl Stack {
             relay: options.workers,
             jobs: None,
             metrics: None,
-            search: Some(search),
+            search: Some(Arc::new(search.clone())),
             public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
             status_history: Default::default(),
         })
         .await?;
         let cancel = node.cancel_token();
-        Ok(Stack { addr, tokens, nats, pool, cancel, node: Some(node), _search_dir: search_dir })
+        Ok(Stack { addr, tokens, nats, pool, cancel, node: Some(node), search, _search_dir: search_dir })
+    }
+
+    /// Put the products the sample orders on sale (see [`Sample::seed_catalog`]):
+    /// before any order is sent.
+    pub async fn seed_catalog(&self) -> anyhow::Result<()> {
+        Sample::seed_catalog(&self.pool).await
     }
 
     /// Drain and stop, as `souk dev` does on SIGTERM (bounded: pools drain for at most
@@ -349,6 +360,7 @@ mod tests {
         let stack =
             Stack::start(&nats.url(), &db.url, &souk_testkit::test_topology()?, &options, keys, tokens)
                 .await?;
+        stack.seed_catalog().await?;
         let plan = Plan {
             mode: load::Mode::Closed { concurrency: 32 },
             warmup: Duration::ZERO,

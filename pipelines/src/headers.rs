@@ -30,3 +30,9 @@ pub const DLQ_TRACE_ID: &str = "souk-dlq-trace-id";
 pub const DLQ_ORIGIN: &str = "souk-dlq-origin";
 /// Dead letters: the original's `Nats-Msg-Id` (JetStream's own header is not copied).
 pub const DLQ_MSG_ID: &str = "souk-dlq-msg-id";
+/// Dead letters: when the message first failed in the process that dead-lettered it
+/// (RFC 3339; the dead letter's own time is its last failure).
+pub const DLQ_FIRST_FAILURE: &str = "souk-dlq-first-failure";
+/// How many times an operator has redriven this message from the dead-letter stream
+/// (absent: never). A redrive copies the original's headers, so the count carries over.
+pub const REDRIVES: &str = "souk-redrives";

@@ -20,6 +20,7 @@ pub mod orders;
 pub mod outbox;
 pub mod pan;
 pub mod payments;
+pub mod pricing;
 pub mod subjects;
 
 pub use envelope::{DecodeError, Message, decode, encode, newer_version};

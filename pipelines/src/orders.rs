@@ -13,7 +13,11 @@ pub const MAX_QUANTITY: i64 = 10_000;
 /// Longest SKU.
 pub const MAX_SKU_LEN: usize = 64;
 
-/// One line as the client sends it.
+/// Longest payment token (`tok_` and up to 64 characters).
+pub const MAX_TOKEN_LEN: usize = 4 + 64;
+
+/// One line as the client sends it: what to buy and how many. The price, currency and
+/// seller come from the catalog when the order is placed, never from the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -22,9 +26,6 @@ pub struct OrderLine {
     pub sku: String,
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10_000))]
     pub quantity: i64,
-    /// Price of one unit, in minor units of the order's currency.
-    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
-    pub unit_price_minor: i64,
 }
 
 /// The body of `POST /v1/orders`.
@@ -32,9 +33,18 @@ pub struct OrderLine {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrderRequest {
-    pub currency: Currency,
+    /// One line per SKU (a SKU given twice is refused: put the whole quantity on one line).
     #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 100))]
     pub lines: Vec<OrderLine>,
+    /// The payment provider's token to pay with: `tok_` and 1-64 of A-Z a-z 0-9 _
+    /// (never a card number).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^tok_[A-Za-z0-9_]{1,64}$", example = "tok_ok"))]
+    pub payment_token: String,
+    /// The total the client expects, in minor units: when the catalog's prices make
+    /// another total, the order is refused (409) with the current prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
+    pub expected_total_minor: Option<i64>,
 }
 
 /// A field that failed validation, with a message for the client.
@@ -45,13 +55,97 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
 impl PlaceOrderRequest {
-    /// Check every business rule; returns all violations, not just the first.
-    pub fn validate(&self) -> Result<Money, Vec<FieldError>> {
-        validate_lines(
-            self.currency,
-            self.lines.iter().map(|l| (l.sku.as_str(), l.quantity, l.unit_price_minor)),
-        )
+    /// Check every rule that needs no catalog; returns all violations, not just the
+    /// first, each naming its field (`lines[i].sku`, `payment_token` …).
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errors =
+            check_requested_lines("lines", self.lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
+        check_checkout_fields(&self.payment_token, self.expected_total_minor, &mut errors);
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
+/// Check the payment token and expected total of an order or a checkout, adding each
+/// violation to `errors`.
+pub fn check_checkout_fields(
+    payment_token: &str,
+    expected_total_minor: Option<i64>,
+    errors: &mut Vec<FieldError>,
+) {
+    if let Err(message) = check_payment_token(payment_token) {
+        errors.push(FieldError::new("payment_token", message));
+    }
+    if expected_total_minor.is_some_and(|t| t < 0) {
+        errors.push(FieldError::new("expected_total_minor", "must not be negative"));
+    }
+}
+
+/// A payment token: `tok_` and 1-64 of A-Z a-z 0-9 _, holding no card number.
+pub fn check_payment_token(token: &str) -> Result<(), &'static str> {
+    let body = token.strip_prefix("tok_").unwrap_or_default();
+    let shaped = !body.is_empty()
+        && token.len() <= MAX_TOKEN_LEN
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    // Checked first: a card number pasted into the field is named as such, whatever its shape.
+    if crate::pan::looks_like_pan(token) {
+        Err("looks like a card number: souk accepts payment tokens only")
+    } else if !shaped {
+        Err("a payment token: tok_ and 1-64 characters of A-Z a-z 0-9 _")
+    } else {
+        Ok(())
+    }
+}
+
+/// Check requested lines given as (sku, quantity) — their count, each SKU's form (no
+/// card numbers), each quantity's range, and that no SKU is given twice — naming each
+/// bad line `<list>[i].<field>`.
+pub fn check_requested_lines<'a>(
+    list: &str,
+    lines: impl ExactSizeIterator<Item = (&'a str, i64)>,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if lines.len() == 0 {
+        errors.push(FieldError::new(list, "an order needs at least one line"));
+    }
+    if lines.len() > MAX_LINES {
+        errors.push(FieldError::new(list, format!("too many lines (at most {MAX_LINES})")));
+    }
+    let mut first_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, (sku, quantity)) in lines.enumerate() {
+        if let Err(message) = crate::catalog::check_sku(sku) {
+            errors.push(FieldError::new(format!("{list}[{i}].sku"), message));
+        } else if let Some(first) = first_of.get(sku) {
+            // Refused, not merged: a merge would make the line numbers of every later
+            // error, and of the order, differ from what the client sent.
+            errors.push(FieldError::new(
+                format!("{list}[{i}].sku"),
+                format!("{sku} is already on {list}[{first}]: put the whole quantity on one line"),
+            ));
+        } else {
+            first_of.insert(sku, i);
+        }
+        if let Err(message) = check_quantity(quantity) {
+            errors.push(FieldError::new(format!("{list}[{i}].quantity"), message));
+        }
+    }
+    errors
+}
+
+/// A quantity of one line: 1 to [`MAX_QUANTITY`].
+pub fn check_quantity(quantity: i64) -> Result<(), &'static str> {
+    if quantity <= 0 {
+        Err("must be a positive integer")
+    } else if quantity > MAX_QUANTITY {
+        Err("must be at most 10000")
+    } else {
+        Ok(())
     }
 }
 
@@ -72,18 +166,11 @@ pub fn validate_lines<'a>(
     }
     let mut total = Some(Money { amount_minor: 0, currency });
     for (i, (sku, quantity, unit_price_minor)) in lines.enumerate() {
-        let sku_ok = !sku.is_empty()
-            && sku.len() <= MAX_SKU_LEN
-            && sku.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !sku_ok {
-            err(format!("lines[{i}].sku"), "1-64 characters of A-Z a-z 0-9 - _ .");
-        } else if crate::pan::looks_like_pan(sku) {
-            err(format!("lines[{i}].sku"), "looks like a card number: souk accepts payment tokens only");
+        if let Err(message) = crate::catalog::check_sku(sku) {
+            err(format!("lines[{i}].sku"), message);
         }
-        if quantity <= 0 {
-            err(format!("lines[{i}].quantity"), "must be a positive integer");
-        } else if quantity > MAX_QUANTITY {
-            err(format!("lines[{i}].quantity"), "must be at most 10000");
+        if let Err(message) = check_quantity(quantity) {
+            err(format!("lines[{i}].quantity"), message);
         }
         if unit_price_minor < 0 {
             err(format!("lines[{i}].unit_price_minor"), "must not be negative");
@@ -97,18 +184,6 @@ pub fn validate_lines<'a>(
             Err(vec![FieldError { field: "lines".into(), message: MoneyError::Overflow.to_string() }])
         }
         (false, _) => Err(errors),
-    }
-}
-
-impl PricedLine {
-    /// A line priced by the client (the version-1 order API), with no seller.
-    pub fn client_priced(line: &OrderLine) -> Self {
-        PricedLine {
-            sku: line.sku.clone(),
-            seller: String::new(),
-            quantity: line.quantity,
-            unit_price_minor: line.unit_price_minor,
-        }
     }
 }
 
@@ -241,54 +316,80 @@ mod tests {
     use crate::{decode, encode, newer_version};
 
     fn request(lines: serde_json::Value) -> Result<PlaceOrderRequest, serde_json::Error> {
-        serde_json::from_value(serde_json::json!({"currency": "EUR", "lines": lines}))
+        serde_json::from_value(serde_json::json!({"lines": lines, "payment_token": "tok_ok"}))
+    }
+
+    fn fields(r: &PlaceOrderRequest) -> Vec<String> {
+        r.validate().err().unwrap_or_default().into_iter().map(|e| e.field).collect()
     }
 
     #[test]
-    fn valid_order_totals_in_minor_units() {
-        let r = request(serde_json::json!([
-            {"sku": "A-1", "quantity": 2, "unit_price_minor": 1250},
-            {"sku": "B_2", "quantity": 1, "unit_price_minor": 99}
-        ]))
-        .expect("parses");
-        assert_eq!(r.validate().map(|m| m.amount_minor), Ok(2599));
+    fn a_valid_request_carries_skus_and_quantities_only() {
+        let r = request(serde_json::json!([{"sku": "A-1", "quantity": 2}, {"sku": "B_2", "quantity": 1}]))
+            .expect("parses");
+        assert_eq!(r.validate(), Ok(()));
+        let priced = request(serde_json::json!([{"sku": "A", "quantity": 1, "unit_price_minor": 1}]));
+        assert!(priced.is_err(), "a client cannot set a price");
     }
 
     #[test]
     fn every_violation_is_reported() {
         let r = request(serde_json::json!([
-            {"sku": "", "quantity": 0, "unit_price_minor": -1},
-            {"sku": "ok", "quantity": 10001, "unit_price_minor": 1}
+            {"sku": "", "quantity": 0},
+            {"sku": "ok", "quantity": 10001},
+            {"sku": "ok", "quantity": 1}
         ]))
         .expect("parses");
-        let fields: Vec<_> = r.validate().expect_err("invalid").into_iter().map(|e| e.field).collect();
-        assert_eq!(
-            fields,
-            ["lines[0].sku", "lines[0].quantity", "lines[0].unit_price_minor", "lines[1].quantity"]
-        );
+        assert_eq!(fields(&r), ["lines[0].sku", "lines[0].quantity", "lines[1].quantity", "lines[2].sku"]);
+        let none = request(serde_json::json!([])).expect("parses");
+        assert_eq!(fields(&none), ["lines"]);
+    }
+
+    #[test]
+    fn payment_tokens_are_shaped_and_never_card_numbers() {
+        let mut r = request(serde_json::json!([{"sku": "A", "quantity": 1}])).expect("parses");
+        for (token, ok) in [
+            ("tok_ok", true),
+            ("tok_soft_decline", true),
+            (&*format!("tok_{}", "a".repeat(64)), true),
+            (&*format!("tok_{}", "a".repeat(65)), false),
+            ("tok_", false),
+            ("ok", false),
+            ("tok_a-b", false),
+            ("tok_4111_1111_1111_1111", false),
+        ] {
+            r.payment_token = token.into();
+            assert_eq!(r.validate().is_ok(), ok, "{token}");
+        }
+        r.payment_token = "tok_4111111111111111".into();
+        assert!(r.validate().expect_err("a PAN")[0].message.contains("card number"));
+        r.payment_token = "tok_ok".into();
+        r.expected_total_minor = Some(-1);
+        assert_eq!(fields(&r), ["expected_total_minor"]);
     }
 
     #[test]
     fn card_numbers_are_refused_wherever_text_is_accepted() {
-        let r = request(
-            serde_json::json!([{"sku": "4111-1111-1111-1111", "quantity": 1, "unit_price_minor": 1}]),
-        )
-        .expect("parses");
+        let r = request(serde_json::json!([{"sku": "4111-1111-1111-1111", "quantity": 1}])).expect("parses");
         let errors = r.validate().expect_err("a PAN");
         assert!(errors[0].message.contains("card number"));
-        let ok = request(
-            serde_json::json!([{"sku": "4111-1111-1111-1112", "quantity": 1, "unit_price_minor": 1}]),
-        )
-        .expect("parses");
+        let ok = request(serde_json::json!([{"sku": "4111-1111-1111-1112", "quantity": 1}])).expect("parses");
         assert!(ok.validate().is_ok(), "fails the Luhn check: not a PAN");
     }
 
     #[test]
     fn overflow_is_an_error_not_a_wrap() {
-        let r =
-            request(serde_json::json!([{"sku": "A", "quantity": 10000, "unit_price_minor": i64::MAX / 2}]))
-                .expect("parses");
-        assert!(r.validate().is_err());
+        let line = |price| PricedLine {
+            sku: "A".into(),
+            seller: "s".into(),
+            quantity: 10_000,
+            unit_price_minor: price,
+        };
+        let total = validate_lines(
+            "EUR".parse().expect("EUR"),
+            [line(i64::MAX / 2)].iter().map(|l| (l.sku.as_str(), l.quantity, l.unit_price_minor)),
+        );
+        assert!(total.is_err());
     }
 
     #[test]
@@ -310,7 +411,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_rejected() {
         let e = serde_json::from_value::<PlaceOrderRequest>(serde_json::json!({
-            "currency": "EUR", "lines": [], "coupon": "FREE"
+            "lines": [], "payment_token": "tok_ok", "coupon": "FREE"
         }));
         assert!(e.is_err());
     }

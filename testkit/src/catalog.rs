@@ -112,3 +112,32 @@ pub fn changed_of(doc: &souk_stores::search::SearchDoc) -> ProductChanged {
         product: Some(product),
     }
 }
+
+/// A product for sale: `sku` of `seller` at `price_minor` EUR, `stock` units.
+pub fn for_sale(sku: &str, seller: &str, price_minor: i64, stock: i64) -> Product {
+    let mut p = product(sku, seller, 1, sku);
+    p.fields.price_minor = price_minor;
+    p.fields.stock = stock;
+    p
+}
+
+/// Put `products` live in `tenant`'s catalog through the catalog store, in one
+/// transaction as the catalog pool writes them (SKU lock, next version): for tests
+/// that order them without running the catalog pipeline.
+pub async fn seed(pool: &sqlx::PgPool, tenant: &str, products: &[Product]) -> anyhow::Result<()> {
+    use souk_stores::postgres::products as store;
+    let mut tx = pool.begin().await?;
+    for p in products {
+        let version = store::lock(&mut tx, tenant, &p.sku).await?.map_or(1, |s| s.product.version + 1);
+        store::put(&mut tx, tenant, &p.sku, &p.seller, &p.fields, version, chrono::Utc::now()).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Put each of `skus` on sale in `tenant` (seller `seller-1`, 1299 EUR, 10,000 in
+/// stock): what [`crate::order_body`] orders.
+pub async fn seed_skus(pool: &sqlx::PgPool, tenant: &str, skus: &[&str]) -> anyhow::Result<()> {
+    let products: Vec<Product> = skus.iter().map(|sku| for_sale(sku, "seller-1", 1299, 10_000)).collect();
+    seed(pool, tenant, &products).await
+}

@@ -185,6 +185,11 @@ impl Stack {
         self.keys.mint(&Claims::new(sub, "t1", roles.to_vec(), Duration::from_secs(3600)))
     }
 
+    /// Put `skus` on sale in tenant `t1` (see [`crate::catalog::seed_skus`]).
+    pub async fn seed_skus(&self, skus: &[&str]) -> anyhow::Result<()> {
+        crate::catalog::seed_skus(&self.db.pool, "t1", skus).await
+    }
+
     /// POST /v1/orders; returns status and JSON body.
     pub async fn place(
         &self,
@@ -250,7 +255,8 @@ pub async fn read_body(r: reqwest::Response) -> anyhow::Result<(u16, serde_json:
     Ok((status, value))
 }
 
-/// A valid order body.
+/// A valid order body: `quantity` of `sku`, paid with `tok_ok`. Its SKU must be for
+/// sale in the buyer's tenant ([`Stack::seed_skus`], [`crate::catalog::seed_skus`]).
 pub fn order_body(sku: &str, quantity: i64) -> serde_json::Value {
-    serde_json::json!({"currency": "EUR", "lines": [{"sku": sku, "quantity": quantity, "unit_price_minor": 1299}]})
+    serde_json::json!({"lines": [{"sku": sku, "quantity": quantity}], "payment_token": "tok_ok"})
 }

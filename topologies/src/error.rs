@@ -39,6 +39,12 @@ pub enum Error {
     /// Not done because it would lose data; possible again once what it names changes.
     #[error("{0}")]
     Refused(String),
+    /// What an operator named does not exist (a dead letter's sequence, a pool).
+    #[error("{0}")]
+    NotFound(String),
+    /// An operator's request is out of bounds (a concurrency of 0, an empty selection).
+    #[error("{0}")]
+    Invalid(String),
     /// The component was asked to stop.
     #[error("shutting down")]
     ShuttingDown,
@@ -51,7 +57,11 @@ impl Error {
 
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        !self.is_permanent() && !matches!(self, Error::Spec { .. } | Error::ShuttingDown)
+        !self.is_permanent()
+            && !matches!(
+                self,
+                Error::Spec { .. } | Error::ShuttingDown | Error::NotFound(_) | Error::Invalid(_)
+            )
     }
 
     /// Whether publishing the same message again can never succeed as things stand:

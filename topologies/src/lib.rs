@@ -21,6 +21,7 @@
 
 pub mod apply;
 pub mod batcher;
+pub mod control;
 pub mod dead_letters;
 pub mod error;
 pub mod group_commit;

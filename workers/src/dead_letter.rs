@@ -12,7 +12,7 @@ pub(crate) fn reason(d: &Delivery) -> String {
 
 /// The id the ingress gave the request (order id, write id): the last part of the
 /// command's message id (`<command>:<tenant>:<id>`). A redriven command was published
-/// under a `replay:…` id, so its dead letter names that one; its causation id (the
+/// under a `redrive:…` id (older releases: `replay:…`), so its dead letter names that one; its causation id (the
 /// original message id, kept by a redrive) still names the request.
 pub(crate) fn original_id(d: &Delivery) -> Option<Uuid> {
     [headers::DLQ_MSG_ID, headers::CAUSATION_ID]

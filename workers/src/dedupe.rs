@@ -11,11 +11,19 @@
 //! ```ignore
 //! registry.register("search.index-order", Deduplicated::new(pool, "search-orders", IndexOrder));
 //! ```
+//!
+//! In a pool with `max-batch` > 1 the deliveries that are ready together share one
+//! transaction (one commit, one fsync): inbox records for all, then each `Apply` in
+//! turn, in a fixed order (see [`Deduplicated::handle_batch`]).
 
 use futures::{FutureExt, future::BoxFuture};
 use souk_stores::postgres::{self as pg, inbox};
-use souk_topologies::runtime::{Delivery, Handler, HandlerError, Outcome};
+use souk_topologies::{
+    runtime::{Delivery, Handler, HandlerError, Outcome},
+    trace,
+};
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 
 /// Why a message was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +59,14 @@ pub trait Apply: Send + Sync + 'static {
     fn too_new(&self, _delivery: &Delivery) -> Option<String> {
         None
     }
+
+    /// The aggregate whose lock `apply` takes for `delivery` (a product's tenant and
+    /// SKU), if any; must only look at the delivery. A batch applies its deliveries by
+    /// this key, then by stream sequence (see [`Deduplicated::handle_batch`]). `None`
+    /// (the default): stream order alone.
+    fn lock_key(&self, _delivery: &Delivery) -> Option<String> {
+        None
+    }
 }
 
 /// A [`Handler`] that applies each message id once per consumer (see the module docs).
@@ -78,15 +94,101 @@ impl<A: Apply> Deduplicated<A> {
         tx.commit().await.map_err(pg::Error::from)?;
         Ok(())
     }
+
+    /// Apply `deliveries` in one transaction, in [`Self::apply_order`]. A message id
+    /// recorded before (or twice in the batch) is applied once, by its first delivery.
+    async fn all(&self, deliveries: &[Delivery]) -> Result<(), ApplyError> {
+        let ordered: Vec<&Delivery> =
+            self.apply_order(deliveries).into_iter().map(|i| &deliveries[i]).collect();
+        let ids: Vec<String> = ordered.iter().map(|d| d.dedupe_id()).collect();
+        let mut tx = pg::begin(&self.pool).await?;
+        let mut new = inbox::record_many(&mut tx, &self.consumer, &ids).await?;
+        if new.is_empty() {
+            return Ok(());
+        }
+        for (d, id) in ordered.into_iter().zip(&ids) {
+            if !new.remove(id) {
+                continue;
+            }
+            // Each message's changes (and the outbox rows they write) in a span of the
+            // trace that delivered it, as when it is handled alone: the runtime puts
+            // its handler span's context in the batched delivery's headers.
+            let span = tracing::info_span!("apply", message_id = %id, stream_seq = d.stream_sequence);
+            trace::set_parent_from(&span, d.headers.as_ref());
+            self.apply.apply(&mut tx, d).instrument(span).await?;
+        }
+        tx.commit().await.map_err(pg::Error::from)?;
+        Ok(())
+    }
+
+    /// The order a batch is applied in: by [`Apply::lock_key`], then stream sequence.
+    ///
+    /// Stream sequence, because the runtime's batcher hands deliveries over in the order
+    /// their tasks ran, which is not the stream's (tokio runs the newest spawned task
+    /// first), while writes of one aggregate must apply in the order they were sent: a
+    /// later write of a SKU applied first makes the earlier one "superseded", or, for
+    /// writes requested at the same time (the rows of one import), leaves the older
+    /// content last.
+    ///
+    /// Key first, because a batch takes each aggregate's lock as it reaches it and holds
+    /// them all until its commit: two batches running at once (`batches-in-flight`) that
+    /// met SKUs a and b in opposite orders would deadlock (Postgres breaks it after
+    /// `deadlock_timeout`, 1 s, and the loser falls back to one by one). Taking locks in
+    /// one global order rules that out; the inbox records, inserted first in the same
+    /// order, cannot cycle either. Ordering by key keeps each key's deliveries in
+    /// stream order, which is all that ordering by sequence was for.
+    /// Returns indices into `deliveries`.
+    fn apply_order(&self, deliveries: &[Delivery]) -> Vec<usize> {
+        let mut keyed: Vec<(Option<String>, u64, usize)> = deliveries
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (self.apply.lock_key(d), d.stream_sequence, i))
+            .collect();
+        keyed.sort_unstable();
+        keyed.into_iter().map(|(_, _, i)| i).collect()
+    }
+}
+
+fn outcome(result: Result<(), ApplyError>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Ack,
+        Err(ApplyError::Store(e)) => crate::store::store_error(&e).into(),
+        Err(e @ ApplyError::Message(_)) => Outcome::fail("invalid_message", e),
+    }
 }
 
 impl<A: Apply> Handler for Deduplicated<A> {
     fn handle<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        async move { outcome(self.once(delivery).await) }.boxed()
+    }
+
+    /// The deliveries that are ready together, in one transaction (see
+    /// [`Self::apply_order`] for the order). A store outage holds them all (a dependency
+    /// failure: nothing is the messages' fault); any other failure — one message
+    /// unreadable or refused, contention — rolls the batch back and handles its
+    /// messages one by one, so each gets its own outcome and no good one waits on a bad
+    /// one.
+    fn handle_batch<'a>(&'a self, deliveries: &'a [Delivery]) -> BoxFuture<'a, Vec<Outcome>> {
         async move {
-            match self.once(delivery).await {
-                Ok(()) => Outcome::Ack,
-                Err(ApplyError::Store(e)) => crate::store::store_error(&e).into(),
-                Err(e @ ApplyError::Message(_)) => Outcome::fail("invalid_message", e),
+            if let [one] = deliveries {
+                return vec![self.handle(one).await];
+            }
+            match self.all(deliveries).await {
+                Ok(()) => vec![Outcome::Ack; deliveries.len()],
+                Err(ApplyError::Store(e)) if e.is_outage() => {
+                    vec![crate::store::store_error(&e).into(); deliveries.len()]
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, size = deliveries.len(), "batch refused; handling its messages one by one");
+                    metrics::counter!("souk_worker_batch_fallbacks_total", "consumer" => self.consumer.clone())
+                        .increment(1);
+                    // Applied in the batch's order, answered in the order handed over.
+                    let mut outcomes = vec![Outcome::Ack; deliveries.len()];
+                    for i in self.apply_order(deliveries) {
+                        outcomes[i] = self.handle(&deliveries[i]).await;
+                    }
+                    outcomes
+                }
             }
         }
         .boxed()

@@ -80,6 +80,8 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
         .stderr(Stdio::null())
         .spawn()?;
     let api = api_address(&mut dev).await?;
+    // Orders are priced from the catalog: the SKU must be on sale first.
+    souk_testkit::catalog::seed_skus(&db.pool, "dev", &["ALERT-1"]).await?;
     let token = souk(data.path()).args(["token", "--sub", "ops", "--role", "buyer"]).output().await?;
     let token = String::from_utf8(token.stdout)?.trim().to_owned();
     let http = reqwest::Client::new();

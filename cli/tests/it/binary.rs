@@ -63,6 +63,7 @@ async fn souk_dev_serves_orders_and_exits_cleanly_on_sigterm() -> anyhow::Result
         .spawn()?;
     let api = api_address(&mut child).await?;
     assert!(api.starts_with("http://127.0.0.1:"), "{api}");
+    souk_testkit::catalog::seed_skus(&db.pool, "dev", &["BIN-1"]).await?;
 
     // `souk token` signs with the key `souk dev` generated in the data dir.
     let token = souk(data.path()).args(["token", "--sub", "zoe", "--role", "buyer"]).output().await?;
@@ -470,6 +471,7 @@ async fn souk_ingress_verifies_tokens_of_every_configured_key() -> anyhow::Resul
     })
     .await?;
     assert_eq!(http.get(format!("{api}/metrics")).send().await?.status().as_u16(), 404);
+    souk_testkit::catalog::seed_skus(&db.pool, "dev", &["ROT-1"]).await?;
 
     let minted = souk(data.path())
         .args(["token", "--sub", "zoe", "--role", "buyer"])

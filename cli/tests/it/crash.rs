@@ -64,6 +64,7 @@ async fn every_accepted_order_exactly_once(stack: &Stack, accepted: &HashSet<Str
 async fn orders_that_got_202_survive_a_nats_server_kill_and_restart() -> anyhow::Result<()> {
     // One buyer sending as fast as 20 clients can: not what the rate limit is for here.
     let mut stack = Stack::start_with(StackOptions { rate_limit: None, ..Default::default() }).await?;
+    stack.seed_skus(&["SKU-9"]).await?;
     let token = stack.token("dora", &[Role::Buyer]);
     let accepted = Accepted::default();
     // 1,000 orders from 20 clients while the server is killed and restarted underneath.
@@ -105,6 +106,7 @@ async fn orders_that_got_202_survive_a_postgres_crash_and_restart() -> anyhow::R
         c.backoff = vec![Duration::from_millis(100), Duration::from_millis(200)];
     }
     stack.start_node().await?;
+    stack.seed_skus(&["SKU-9"]).await?;
     let token = stack.token("pia", &[Role::Buyer]);
     let accepted = Accepted::default();
     let clients = buyers(&stack, &token, 20, 30, &accepted);
@@ -131,6 +133,7 @@ async fn orders_that_got_202_survive_a_postgres_crash_and_restart() -> anyhow::R
 async fn with_jetstream_unreachable_orders_get_503_within_two_seconds() -> anyhow::Result<()> {
     let mut stack =
         Stack::start_with(StackOptions { pools: false, relay: false, ..Default::default() }).await?;
+    stack.seed_skus(&["A"]).await?;
     let token = stack.token("erin", &[Role::Buyer]);
     stack.nats.kill().await?;
     let started = Instant::now();

@@ -21,6 +21,15 @@ async fn token(data: &std::path::Path) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
+/// Put DEV-1, what [`place`] orders, on sale in the tenant `souk token` mints for, in
+/// the (migrated) database at `url`.
+async fn stock(url: &str) -> anyhow::Result<()> {
+    let pool = sqlx::PgPool::connect(url).await?;
+    souk_testkit::catalog::seed_skus(&pool, "dev", &["DEV-1"]).await?;
+    pool.close().await;
+    Ok(())
+}
+
 /// Place one order; its id if the answer was 202.
 async fn place(http: &reqwest::Client, api: &str, token: &str, key: &str) -> Option<uuid::Uuid> {
     let r = http
@@ -66,6 +75,7 @@ async fn a_sigkilled_souk_dev_leaves_no_nats_server_and_restarts_on_its_store() 
     let data = tempfile::tempdir()?;
     let mut first = souk_dev_with_own_nats(data.path(), &db.url, Stdio::piped())?;
     let api = api_address(&mut first).await?;
+    stock(&db.url).await?;
     let token = token(data.path()).await?;
 
     // Load: 8 clients, each key used once; 202s are recorded.
@@ -122,6 +132,7 @@ async fn souk_dev_stops_a_nats_server_left_on_its_data_dir_before_opening_the_st
     let data = tempfile::tempdir()?;
     let mut first = souk_dev_with_own_nats(data.path(), &db.url, Stdio::piped())?;
     let api = api_address(&mut first).await?;
+    stock(&db.url).await?;
     let token = token(data.path()).await?;
     let http = reqwest::Client::new();
     let before = place(&http, &api, &token, "left-1").await.expect("202");
@@ -202,9 +213,10 @@ async fn two_souk_devs_on_one_database_url_keep_their_events_apart() -> anyhow::
         let mut instances = Vec::new();
         let http = reqwest::Client::new();
         let mut placed = Vec::new();
-        for (data, orders) in [(&a, 3), (&b, 2)] {
+        for ((data, orders), url) in [(&a, 3), (&b, 2)].into_iter().zip(&databases) {
             let mut child = souk_dev_on_database_server(data.path(), &db.url)?;
             let api = api_address(&mut child).await?;
+            stock(url).await?;
             let token = token(data.path()).await?;
             for i in 0..orders {
                 let id = place(&http, &api, &token, &format!("side-{i}")).await.expect("202");

@@ -25,6 +25,7 @@ async fn status_of(
 async fn a_dead_lettered_order_reads_failed_with_its_reason_and_a_redrive_accepts_it() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     crate::support::refuse_banned_product(&stack.db.pool).await?;
+    stack.seed_skus(&["BANNED", "MUG-1"]).await?;
     let token = stack.token("fay", &[Role::Buyer]);
     let (status, placed) = stack.place(&token, "banned-1", &order_body("BANNED", 1)).await?;
     assert_eq!(status, 202, "{placed}");

@@ -23,6 +23,7 @@ const BACKLOG: usize = 100;
 async fn backlog() -> anyhow::Result<(PgServer, Stack, Publisher, Topology, HashSet<String>)> {
     let pg_server = PgServer::start().await?;
     let (stack, topology, publisher) = crate::support::shipped_stack(&pg_server).await?;
+    stack.seed_skus(&["SKU-3"]).await?;
     let token = stack.token("hana", &[Role::Buyer]);
     let mut accepted = HashSet::new();
     for i in 0..BACKLOG {
@@ -188,6 +189,7 @@ async fn the_dead_lettered_order_pool_holds_its_dead_letters_through_a_postgres_
     let (mut stack, topology, publisher) = crate::support::shipped_stack(&pg_server).await?;
     // A rule the store enforces refuses one product: its command is dead-lettered at once.
     crate::support::refuse_banned_product(&stack.db.pool).await?;
+    stack.seed_skus(&["BANNED"]).await?;
     let token = stack.token("ines", &[Role::Buyer]);
     let (status, placed) = stack.place(&token, "banned", &order_body("BANNED", 1)).await?;
     assert_eq!(status, 202, "{placed}");

@@ -9,6 +9,7 @@ mod dev;
 mod failed_orders;
 mod held;
 mod jobs;
+mod operator;
 mod orders;
 mod outage;
 mod relay;

@@ -1,5 +1,5 @@
 use souk_ingress::Role;
-use souk_testkit::{Stack, eventually, order_body};
+use souk_testkit::{Stack, catalog::for_sale, eventually, order_body};
 use std::time::Duration;
 
 async fn wait_persisted(stack: &Stack, token: &str, order_id: &str) -> anyhow::Result<serde_json::Value> {
@@ -15,11 +15,13 @@ async fn wait_persisted(stack: &Stack, token: &str, order_id: &str) -> anyhow::R
 #[tokio::test]
 async fn an_order_flows_from_http_to_postgres_and_its_event_to_jetstream() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
+    let (mug, tea) = (for_sale("MUG-1", "potter", 1299, 10), for_sale("TEA-9", "grocer", 450, 10));
+    souk_testkit::catalog::seed(&stack.db.pool, "t1", &[mug, tea]).await?;
     let token = stack.token("alice", &[Role::Buyer]);
-    let body = serde_json::json!({"currency": "EUR", "lines": [
-        {"sku": "MUG-1", "quantity": 2, "unit_price_minor": 1299},
-        {"sku": "TEA-9", "quantity": 1, "unit_price_minor": 450}
-    ]});
+    let body = serde_json::json!({"lines": [
+        {"sku": "MUG-1", "quantity": 2},
+        {"sku": "TEA-9", "quantity": 1}
+    ], "payment_token": "tok_ok"});
     let (status, accepted) = stack.place(&token, "key-1", &body).await?;
     assert_eq!(status, 202, "{accepted}");
     let order_id = accepted["order_id"].as_str().expect("order id").to_owned();
@@ -53,6 +55,7 @@ async fn an_order_flows_from_http_to_postgres_and_its_event_to_jetstream() -> an
 #[tokio::test]
 async fn fifty_concurrent_posts_with_one_key_make_one_order() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
+    stack.seed_skus(&["SKU-1"]).await?;
     let token = stack.token("bob", &[Role::Buyer]);
     let body = order_body("SKU-1", 3);
     let results = futures::future::join_all((0..50).map(|_| stack.place(&token, "same-key", &body))).await;
@@ -93,6 +96,7 @@ async fn fifty_concurrent_posts_with_one_key_make_one_order() -> anyhow::Result<
 #[tokio::test]
 async fn reads_are_scoped_to_the_buyer_and_tenant() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
+    stack.seed_skus(&["A"]).await?;
     let alice = stack.token("alice", &[Role::Buyer]);
     let (_, accepted) = stack.place(&alice, "k", &order_body("A", 1)).await?;
     let order_id = accepted["order_id"].as_str().expect("id").to_owned();
@@ -142,6 +146,7 @@ async fn one_trace_spans_http_the_command_the_worker_and_the_event() -> anyhow::
     // Each nextest test is its own process: the global subscriber is this test's alone.
     let _telemetry = souk_topologies::trace::install_subscriber(false, &Default::default())?;
     let stack = Stack::start().await?;
+    stack.seed_skus(&["T-1"]).await?;
     let token = stack.token("tess", &[Role::Buyer]);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let r = stack
@@ -186,6 +191,7 @@ async fn a_running_node_exports_pipeline_gauges_from_jetstream() -> anyhow::Resu
 #[tokio::test]
 async fn a_key_reused_after_its_claim_expired_makes_a_new_order() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
+    stack.seed_skus(&["SKU-1", "SKU-2"]).await?;
     let token = stack.token("erin", &[Role::Buyer]);
     let (status, first) = stack.place(&token, "reused-key", &order_body("SKU-1", 1)).await?;
     assert_eq!(status, 202, "{first}");
@@ -241,5 +247,32 @@ async fn a_request_whose_body_never_finishes_gets_408() -> anyhow::Result<()> {
     assert!(text.to_ascii_lowercase().contains("content-type: application/problem+json"), "{text}");
     assert!(started.elapsed() >= souk_ingress::BODY_ALLOWANCE, "not before the allowance");
     assert_eq!(stack.count("select 1 from idempotency_keys").await?, 0, "nothing claimed");
+    Ok(())
+}
+
+/// Orders are priced on every attempt, but the retry of an order that was accepted and
+/// stored is that order, whatever the catalog says now: here its product was deleted
+/// since, which refuses the same body under a new key.
+#[tokio::test]
+async fn a_retry_of_a_stored_order_is_that_order_after_its_product_was_deleted() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    stack.seed_skus(&["GONE-1"]).await?;
+    let token = stack.token("gus", &[Role::Buyer]);
+    let (status, first) = stack.place(&token, "k", &order_body("GONE-1", 1)).await?;
+    assert_eq!(status, 202, "{first}");
+    let order_id = first["order_id"].as_str().expect("order id").to_owned();
+    wait_persisted(&stack, &token, &order_id).await?;
+    {
+        use souk_stores::postgres::products;
+        let mut tx = stack.db.pool.begin().await?;
+        products::lock(&mut tx, "t1", "GONE-1").await?;
+        products::mark_deleted(&mut tx, "t1", "GONE-1", 2, chrono::Utc::now()).await?;
+        tx.commit().await?;
+    }
+    let (status, again) = stack.place(&token, "k", &order_body("GONE-1", 1)).await?;
+    assert_eq!((status, again["order_id"].as_str()), (202, Some(order_id.as_str())), "{again}");
+    let (status, problem) = stack.place(&token, "k-new", &order_body("GONE-1", 1)).await?;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "lines[0].sku");
     Ok(())
 }

@@ -74,6 +74,7 @@ async fn a_postgres_outage_longer_than_the_retry_schedule_dead_letters_nothing()
     let publisher = Publisher::new(stack.client.clone(), Duration::from_millis(1500));
     let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
 
+    stack.seed_skus(&["SKU-7"]).await?;
     let token = stack.token("quinn", &[Role::Buyer]);
     let accepted = Accepted::default();
     let stop = CancellationToken::new();

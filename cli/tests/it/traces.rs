@@ -135,6 +135,7 @@ async fn one_order_is_one_exported_trace_from_request_to_relay() -> anyhow::Resu
         }
     });
     let api = api_address(&mut child).await?;
+    souk_testkit::catalog::seed_skus(&db.pool, "dev", &["TRACE-1", "TRACE-2"]).await?;
     let token = souk(data.path()).args(["token", "--sub", "zoe", "--role", "buyer"]).output().await?;
     anyhow::ensure!(token.status.success(), "souk token: {}", String::from_utf8_lossy(&token.stderr));
     let token = String::from_utf8(token.stdout)?.trim().to_owned();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::{env, send};
 
-const VALID: &str = r#"{"currency":"EUR","lines":[{"sku":"A-1","quantity":1,"unit_price_minor":100}]}"#;
+const VALID: &str = r#"{"lines":[{"sku":"A-1","quantity":1}],"payment_token":"tok_ok"}"#;
 
 struct Case {
     name: &'static str,
@@ -41,10 +41,19 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
         status,
         problem,
     };
-    let line = |json: &str| format!(r#"{{"currency":"EUR","lines":[{json}]}}"#);
+    let line = |json: &str| format!(r#"{{"lines":[{json}],"payment_token":"tok_ok"}}"#);
+    let token = |t: &str| format!(r#"{{"lines":[{{"sku":"A","quantity":1}}],"payment_token":"{t}"}}"#);
     let mut cases = vec![
-        case("malformed json", &buyer, &key, r#"{"currency":"EUR","lines":["#, 400, "malformed-json"),
+        case("malformed json", &buyer, &key, r#"{"lines":["#, 400, "malformed-json"),
         case("not json at all", &buyer, &key, "currency=EUR", 400, "malformed-json"),
+        case(
+            "a key twice",
+            &buyer,
+            &key,
+            r#"{"lines":[],"lines":[{"sku":"A","quantity":1}],"payment_token":"tok_ok"}"#,
+            400,
+            "malformed-json",
+        ),
         case("missing key", &buyer, &None, VALID, 400, "idempotency-key-missing"),
         case("empty key", &buyer, &Some(String::new()), VALID, 400, "idempotency-key-invalid"),
         case("oversize key", &buyer, &Some("k".repeat(256)), VALID, 400, "idempotency-key-invalid"),
@@ -61,31 +70,41 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
             "unknown field",
             &buyer,
             &key,
-            r#"{"currency":"EUR","lines":[],"coupon":"FREE"}"#,
-            422,
-            "invalid-body",
+            r#"{"lines":[{"sku":"A","quantity":1}],"payment_token":"tok_ok","coupon":"FREE"}"#,
+            400,
+            "unknown-field",
         ),
         case(
-            "unknown line field",
+            "the client sets a price",
             &buyer,
             &key,
-            &line(r#"{"sku":"A","quantity":1,"unit_price_minor":1,"discount":5}"#),
-            422,
-            "invalid-body",
+            &line(r#"{"sku":"A","quantity":1,"unit_price_minor":1}"#),
+            400,
+            "unknown-field",
         ),
         case(
-            "zero quantity",
+            "the client sets the currency",
             &buyer,
             &key,
-            &line(r#"{"sku":"A","quantity":0,"unit_price_minor":1}"#),
+            r#"{"currency":"EUR","lines":[{"sku":"A","quantity":1}],"payment_token":"tok_ok"}"#,
+            400,
+            "unknown-field",
+        ),
+        case("zero quantity", &buyer, &key, &line(r#"{"sku":"A","quantity":0}"#), 422, "validation"),
+        case("negative quantity", &buyer, &key, &line(r#"{"sku":"A","quantity":-2}"#), 422, "validation"),
+        case(
+            "quantity over the limit",
+            &buyer,
+            &key,
+            &line(r#"{"sku":"A","quantity":10001}"#),
             422,
             "validation",
         ),
         case(
-            "negative quantity",
+            "quantity over the stock",
             &buyer,
             &key,
-            &line(r#"{"sku":"A","quantity":-2,"unit_price_minor":1}"#),
+            &line(r#"{"sku":"A","quantity":1001}"#),
             422,
             "validation",
         ),
@@ -93,58 +112,54 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
             "fractional quantity",
             &buyer,
             &key,
-            &line(r#"{"sku":"A","quantity":1.5,"unit_price_minor":1}"#),
+            &line(r#"{"sku":"A","quantity":1.5}"#),
             422,
             "invalid-body",
         ),
+        case("no lines", &buyer, &key, r#"{"lines":[],"payment_token":"tok_ok"}"#, 422, "validation"),
+        case("unknown sku", &buyer, &key, &line(r#"{"sku":"NOPE","quantity":1}"#), 422, "validation"),
         case(
-            "money as float",
+            "a sku twice",
             &buyer,
             &key,
-            &line(r#"{"sku":"A","quantity":1,"unit_price_minor":12.99}"#),
-            422,
-            "invalid-body",
-        ),
-        case(
-            "negative price",
-            &buyer,
-            &key,
-            &line(r#"{"sku":"A","quantity":1,"unit_price_minor":-1}"#),
+            &line(r#"{"sku":"A","quantity":1},{"sku":"A","quantity":2}"#),
             422,
             "validation",
         ),
-        case("no lines", &buyer, &key, r#"{"currency":"EUR","lines":[]}"#, 422, "validation"),
         case(
             "card number as sku",
             &buyer,
             &key,
-            &line(r#"{"sku":"4111111111111111","quantity":1,"unit_price_minor":1}"#),
+            &line(r#"{"sku":"4111111111111111","quantity":1}"#),
             422,
             "validation",
         ),
         case(
-            "lowercase currency",
+            "missing payment token",
             &buyer,
             &key,
-            r#"{"currency":"eur","lines":[{"sku":"A","quantity":1,"unit_price_minor":1}]}"#,
+            r#"{"lines":[{"sku":"A","quantity":1}]}"#,
             422,
             "invalid-body",
         ),
+        case("not a payment token", &buyer, &key, &token("card"), 422, "validation"),
+        case("card number as token", &buyer, &key, &token("4111 1111 1111 1111"), 422, "validation"),
+        case("card number in a token", &buyer, &key, &token("tok_4111111111111111"), 422, "validation"),
         case(
-            "unknown currency",
+            "negative expected total",
             &buyer,
             &key,
-            r#"{"currency":"XQQ","lines":[{"sku":"A","quantity":1,"unit_price_minor":1}]}"#,
-            422,
-            "invalid-body",
-        ),
-        case(
-            "overflowing total",
-            &buyer,
-            &key,
-            &line(&format!(r#"{{"sku":"A","quantity":10000,"unit_price_minor":{}}}"#, i64::MAX / 2)),
+            r#"{"lines":[{"sku":"A","quantity":1}],"payment_token":"tok_ok","expected_total_minor":-1}"#,
             422,
             "validation",
+        ),
+        case(
+            "another expected total",
+            &buyer,
+            &key,
+            r#"{"lines":[{"sku":"A","quantity":1}],"payment_token":"tok_ok","expected_total_minor":99}"#,
+            409,
+            "price-changed",
         ),
         case("missing token", &None, &key, VALID, 401, "unauthorized"),
         case("garbage token", &Some("not.a.jwt".into()), &key, VALID, 401, "unauthorized"),
@@ -199,11 +214,25 @@ async fn bad_order_requests_get_problems_and_publish_nothing() -> anyhow::Result
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {}", env.token(&[Role::Buyer])))
         .header("idempotency-key", "k-2")
-        .body(Body::from(line(r#"{"sku":"","quantity":0,"unit_price_minor":-1}"#)))?;
+        .body(Body::from(
+            r#"{"lines":[{"sku":"","quantity":0},{"sku":"A","quantity":1,"discount":5}],"payment_token":"x"}"#,
+        ))?;
+    let (status, _, problem) = send(env.router(), request).await?;
+    assert_eq!(status, 400, "unknown fields are named first: {problem}");
+    let fields: Vec<_> =
+        problem["errors"].as_array().into_iter().flatten().map(|e| e["field"].clone()).collect();
+    assert_eq!(fields, ["lines[1].discount"]);
+    let request = Request::post("/v1/orders")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", env.token(&[Role::Buyer])))
+        .header("idempotency-key", "k-2")
+        .body(Body::from(
+            r#"{"lines":[{"sku":"","quantity":0},{"sku":"A","quantity":10001}],"payment_token":"x"}"#,
+        ))?;
     let (_, _, problem) = send(env.router(), request).await?;
     let fields: Vec<_> =
         problem["errors"].as_array().into_iter().flatten().map(|e| e["field"].clone()).collect();
-    assert_eq!(fields, ["lines[0].sku", "lines[0].quantity", "lines[0].unit_price_minor"]);
+    assert_eq!(fields, ["lines[0].sku", "lines[0].quantity", "lines[1].quantity", "payment_token"]);
 
     // And a good request after all that is accepted (the matrix did not break anything).
     let request = Request::post("/v1/orders")

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::{env, send};
 
-const VALID: &str = r#"{"currency":"EUR","lines":[{"sku":"A-1","quantity":1,"unit_price_minor":100}]}"#;
+const VALID: &str = r#"{"lines":[{"sku":"A-1","quantity":1}],"payment_token":"tok_ok"}"#;
 
 fn post(token: &str, key: &str) -> anyhow::Result<Request<Body>> {
     Ok(Request::post("/v1/orders")
@@ -49,7 +49,10 @@ async fn unusable_identities_get_401_and_touch_nothing() -> anyhow::Result<()> {
     }
     assert_eq!(env.keys_claimed().await?, 0);
     assert_eq!(env.commands_published().await?, 0);
-    // The longest and widest identity that is accepted still goes all the way.
+    // The longest and widest identity that is accepted still goes all the way (its
+    // tenant sells what the order asks for).
+    let a1 = souk_testkit::catalog::for_sale("A-1", "seller-1", 100, 1_000);
+    souk_testkit::catalog::seed(&env.db.pool, &"t".repeat(128), &[a1]).await?;
     let edge = env.keys.mint(&Claims::new(
         &"ü".repeat(64),
         &"t".repeat(128),

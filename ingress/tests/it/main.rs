@@ -2,6 +2,8 @@
 //! reaches JetStream is exactly what a request caused.
 
 mod bad_input;
+mod cart;
+mod checkout;
 mod edge;
 mod identity;
 mod observability;
@@ -10,7 +12,7 @@ mod search;
 
 use axum::{Router, body::Body, http::Request};
 use souk_ingress::{Claims, ConnectionLimits, Ingress, IngressOptions, IntakeOptions, Keys, Role};
-use souk_testkit::{NatsServer, TestDb, test_topology};
+use souk_testkit::{NatsServer, TestDb, catalog::for_sale, test_topology};
 use souk_topologies::apply::Mode;
 use std::{net::SocketAddr, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,6 +49,13 @@ pub async fn env_with(
     let client = nats.client().await?;
     let js = async_nats::jetstream::new(client.clone());
     souk_topologies::apply::apply(&js, &test_topology()?, Mode::Apply).await?;
+    // What the tests order: tenant t1's catalog, as the catalog store writes it.
+    souk_testkit::catalog::seed(
+        &db.pool,
+        "t1",
+        &[for_sale("A", "seller-1", 100, 1_000), for_sale("A-1", "seller-1", 100, 1_000)],
+    )
+    .await?;
     let keys = Keys::from_secret(&[42u8; 32]);
     let ingress = Ingress::build(IngressOptions {
         keys: keys.clone(),
@@ -83,6 +92,65 @@ impl Env {
 
     pub async fn commands_published(&self) -> anyhow::Result<u64> {
         Ok(self.js.get_stream("CMD").await?.get_info().await?.state.messages)
+    }
+
+    /// Every command in CMD, in order: (subject, schema header, payload).
+    pub async fn commands(&self) -> anyhow::Result<Vec<(String, String, bytes::Bytes)>> {
+        let stream = self.js.get_stream("CMD").await?;
+        let last = stream.get_info().await?.state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            let m = stream.get_raw_message(seq).await?;
+            let schema = m.headers.get("souk-schema").map(|v| v.as_str().to_owned()).unwrap_or_default();
+            out.push((m.subject.to_string(), schema, m.payload));
+        }
+        Ok(out)
+    }
+
+    /// Every `PlaceOrder` in CMD, in order (an error if one does not decode).
+    pub async fn orders_published(&self) -> anyhow::Result<Vec<souk_pipelines::orders::PlaceOrder>> {
+        let mut orders = Vec::new();
+        for (subject, schema, payload) in self.commands().await? {
+            if subject == souk_pipelines::subjects::ORDERS_PLACE {
+                orders.push(souk_pipelines::decode(Some(&schema), &payload)?);
+            }
+        }
+        Ok(orders)
+    }
+
+    /// Send `method path` as `token`'s caller with an optional JSON body and key.
+    pub async fn call(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut request =
+            Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let request = match body {
+            Some(body) => {
+                request.header("content-type", "application/json").body(Body::from(body.to_string()))?
+            }
+            None => request.body(Body::empty())?,
+        };
+        let (status, _, body) = send(self.router(), request).await?;
+        Ok((status, body))
+    }
+
+    /// `PUT /v1/cart/items/{sku}` with `{"quantity": quantity}`.
+    pub async fn put_item(
+        &self,
+        token: &str,
+        sku: &str,
+        quantity: i64,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let path = format!("/v1/cart/items/{sku}");
+        self.call(token, "PUT", &path, None, Some(serde_json::json!({"quantity": quantity}))).await
     }
 
     pub async fn keys_claimed(&self) -> anyhow::Result<i64> {

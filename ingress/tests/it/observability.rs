@@ -16,7 +16,7 @@ async fn the_callers_trace_continues_into_the_published_command() -> anyhow::Res
         .header("authorization", format!("Bearer {}", env.token(&[Role::Buyer])))
         .header("idempotency-key", "k-trace")
         .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
-        .body(Body::from(r#"{"currency":"EUR","lines":[{"sku":"A","quantity":1,"unit_price_minor":1}]}"#))?;
+        .body(Body::from(r#"{"lines":[{"sku":"A","quantity":1}],"payment_token":"tok_ok"}"#))?;
     let (status, _, body) = send(env.router(), request).await?;
     assert_eq!(status, 202, "{body}");
     let msg = env.js.get_stream("CMD").await?.get_raw_message(1).await?;
@@ -36,7 +36,7 @@ async fn metrics_count_requests_and_outcomes() -> anyhow::Result<()> {
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {}", env.token(&[Role::Buyer])))
         .header("idempotency-key", "k-metrics")
-        .body(Body::from(r#"{"currency":"EUR","lines":[{"sku":"A","quantity":1,"unit_price_minor":1}]}"#))?;
+        .body(Body::from(r#"{"lines":[{"sku":"A","quantity":1}],"payment_token":"tok_ok"}"#))?;
     assert_eq!(send(env.router(), request).await?.0, 202);
     let text = handle.render();
     assert!(text.contains(r#"souk_ingress_orders_total{outcome="accepted"} 1"#), "{text}");

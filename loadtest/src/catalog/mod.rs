@@ -253,6 +253,8 @@ impl Souk<'_> {
             pipeline::compare_totals(&client, addr, &tokens.buyer, &self.queries, self.raw.store.as_ref())
                 .await?,
         );
+        // As (q) does: the bulk load's background merges end before queries are timed.
+        stack.search.wait_for_merges().await?;
         progress("(s) search through HTTP");
         let cpu = Window::open();
         let tally = pipeline::search(

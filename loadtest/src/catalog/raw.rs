@@ -41,7 +41,11 @@ pub async fn index(docs: Vec<SearchDoc>, batch: usize) -> anyhow::Result<RawInde
         let ops: Vec<IndexOp> = docs.by_ref().take(batch.max(1)).collect();
         store.apply(ops).await?;
     }
-    Ok(RawIndex { store, docs: count, elapsed: started.elapsed(), _dir: dir })
+    let elapsed = started.elapsed();
+    // Searched once merged, as souk's index is in (s): merges still running would make
+    // (q) search more, smaller segments while sharing the cores with the merging.
+    store.wait_for_merges().await?;
+    Ok(RawIndex { store, docs: count, elapsed, _dir: dir })
 }
 
 /// Run `queries` round robin on `store` per `plan`.

@@ -1,5 +1,6 @@
 //! Postgres: connection, migrations, and the repositories of the system of record.
 
+pub mod carts;
 mod config;
 pub mod deployment;
 pub mod idempotency;

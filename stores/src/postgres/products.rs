@@ -382,3 +382,11 @@ pub async fn write_outcome(
         decided_at: row.try_get("decided_at")?,
     }))
 }
+
+/// The products `skus` of `tenant` (deleted ones too; missing SKUs have no entry), in
+/// one round trip: what an order or a cart is priced from.
+pub async fn get_many(pool: &PgPool, tenant: &str, skus: &[String]) -> Result<Vec<StoredProduct>, Error> {
+    let sql = format!("select {COLUMNS} from products where tenant = $1 and sku = any($2)");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(skus).fetch_all(pool).await?;
+    rows.iter().map(from_row).collect()
+}

@@ -236,7 +236,7 @@ pub const LOST_REASON: &str =
 /// `idempotency::CATALOG_WRITE_PREFIX`) have no order: one that expires with no write
 /// outcome makes its write `failed` with [`LOST_REASON`] (`catalog_writes`, readable by
 /// its sender; seller and SKU unknown, stored empty), for the same reason. Catalog
-/// write outcomes expire with the rest.
+/// write outcomes, and the checkouts that emptied carts, expire with the rest.
 pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekeeping, Error> {
     let secs = retention.as_secs_f64();
     let mut tx = pool.begin().await?;
@@ -273,6 +273,7 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekee
         "delete from inbox where handled_at < now() - make_interval(secs => $1)",
         "delete from idempotency_keys where created_at < now() - make_interval(secs => $1)",
         "delete from catalog_writes where decided_at < now() - make_interval(secs => $1)",
+        "delete from cart_checkouts where checked_out_at < now() - make_interval(secs => $1)",
     ] {
         deleted += sqlx::query(sql).bind(secs).execute(&mut *tx).await?.rows_affected();
     }

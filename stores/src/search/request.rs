@@ -191,6 +191,18 @@ impl SearchRequest {
         let json = serde_json::to_string(&copy).unwrap_or_default();
         fnv1a(json.as_bytes())
     }
+
+    /// A hash of what decides which documents match (the tenant, words and filters),
+    /// not how they are ordered or paged: equal for requests whose total and facets
+    /// are equal on one index state.
+    pub fn match_fingerprint(&self) -> u64 {
+        let mut copy = self.clone();
+        copy.cursor = None;
+        copy.sort = Sort::Relevance;
+        copy.per_page = 0;
+        let json = serde_json::to_string(&copy).unwrap_or_default();
+        fnv1a(json.as_bytes())
+    }
 }
 
 /// FNV-1a: a fixed, seedless hash (std's `DefaultHasher` may change between releases).

@@ -60,9 +60,22 @@ pub async fn dead_letter(
     delivery: &Delivery,
     error: &str,
 ) -> Result<()> {
+    dead_letter_since(publisher, msg, delivery, error, None).await
+}
+
+/// [`dead_letter`], recording when the message first failed (`None`: now, this being
+/// the first failure this process saw).
+pub async fn dead_letter_since(
+    publisher: &Publisher,
+    msg: &jetstream::Message,
+    delivery: &Delivery,
+    error: &str,
+    first_failure: Option<std::time::SystemTime>,
+) -> Result<()> {
+    let first_failure = first_failure.unwrap_or_else(std::time::SystemTime::now);
     let mut waits = in_place_retries();
     loop {
-        match store_copy(publisher, msg, delivery, error).await {
+        match store_copy(publisher, msg, delivery, error, first_failure).await {
             Ok(()) => break,
             Err(e) => match waits.next() {
                 Some(wait) if e.is_retryable() => {
@@ -93,6 +106,7 @@ async fn store_copy(
     msg: &jetstream::Message,
     delivery: &Delivery,
     error: &str,
+    first_failure: std::time::SystemTime,
 ) -> Result<()> {
     let origin = origin(publisher, msg, delivery).await?;
     let mut h = delivery.headers.as_ref().map(crate::dead_letters::copyable_headers).unwrap_or_default();
@@ -105,6 +119,8 @@ async fn store_copy(
     h.insert(headers::DLQ_ORIGIN, origin.as_str());
     h.insert(headers::DLQ_ATTEMPTS, delivery.attempt.to_string().as_str());
     h.insert(headers::DLQ_ERROR, header_safe(error).as_str());
+    let first = crate::dead_letters::rfc3339(time::OffsetDateTime::from(first_failure));
+    h.insert(headers::DLQ_FIRST_FAILURE, first.as_str());
     if let Some(trace_id) = trace::trace_id(delivery.headers.as_ref()) {
         h.insert(headers::DLQ_TRACE_ID, trace_id.as_str());
     }

@@ -4,11 +4,11 @@
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::{FutureExt, StreamExt};
 use std::{sync::Arc, time::Duration};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{execute::process, pool::Ctx};
-use crate::spec::PoolSpec;
+use crate::{control::PoolSettings, spec::PoolSpec};
 
 /// How long one pull request waits for messages before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
@@ -17,11 +17,19 @@ const GATHER_WAIT: Duration = Duration::from_millis(2);
 
 /// Pull and spawn until `cancel` fires. Each spawned task holds one slot of `slots`
 /// and is tracked by `tracker`; `abandon` cuts it at the drain deadline.
+///
+/// While `settings` say paused no pull is started. A pull already open is not cut
+/// short: dropping it would strand what the server is sending it until the ack wait,
+/// and a hand-back nak costs each message a delivery. Its messages run (they have
+/// slots), and it ends within [`PULL_EXPIRES`]; then the pool is drained once its
+/// handlers return.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn fetch_loop(
     ctx: &Arc<Ctx>,
     consumer: &PullConsumer,
     spec: &PoolSpec,
     slots: &Arc<Semaphore>,
+    settings: &mut watch::Receiver<PoolSettings>,
     tracker: &TaskTracker,
     abandon: &CancellationToken,
     cancel: &CancellationToken,
@@ -31,13 +39,23 @@ pub(super) async fn fetch_loop(
         if !ctx.breaker.closed(cancel).await {
             break;
         }
+        if !running(ctx, settings, cancel).await {
+            break;
+        }
         let first = tokio::select! {
             () = cancel.cancelled() => break,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
+        // Paused while waiting for a slot: pull nothing.
+        if settings.borrow().paused {
+            drop(first);
+            continue;
+        }
         let first = gather_slots(slots, first, spec.fetch_batch).await;
         let wanted = first.num_permits();
         let pull = consumer.batch().max_messages(wanted).expires(PULL_EXPIRES).messages();
+        ctx.live.set_pulling(true);
+        let _pulling = Pulling(ctx);
         let mut batch = tokio::select! {
             () = cancel.cancelled() => break,
             b = pull => match b {
@@ -84,7 +102,7 @@ pub(super) async fn fetch_loop(
             let ctx = ctx.clone();
             let abandon = abandon.clone();
             metrics::gauge!("souk_worker_in_flight", "pool" => ctx.pool.clone()).increment(1.0);
-            ctx.stats.started_one();
+            ctx.live.started();
             tracker.spawn(async move {
                 tokio::select! {
                     () = process(&ctx, msg) => {},
@@ -93,7 +111,7 @@ pub(super) async fn fetch_loop(
                     }
                 }
                 metrics::gauge!("souk_worker_in_flight", "pool" => ctx.pool.clone()).decrement(1.0);
-                ctx.stats.finished_one();
+                ctx.live.finished();
                 drop(slot);
             });
         }
@@ -103,6 +121,39 @@ pub(super) async fn fetch_loop(
             drop(permit);
             pause(cancel, Duration::from_millis(500)).await;
         }
+    }
+}
+
+/// Wait while the pool is paused; `false` when `cancel` fires first.
+async fn running(
+    ctx: &Ctx,
+    settings: &mut watch::Receiver<PoolSettings>,
+    cancel: &CancellationToken,
+) -> bool {
+    loop {
+        let paused = settings.borrow_and_update().paused;
+        ctx.live.set_paused(paused);
+        if !paused {
+            return true;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return false,
+            changed = settings.changed() => if changed.is_err() {
+                // The settings' sender is gone (its watch task ended at shutdown):
+                // stay paused until cancelled.
+                cancel.cancelled().await;
+                return false;
+            },
+        }
+    }
+}
+
+/// Marks the pool's pull as open until dropped (also when the loop breaks out).
+struct Pulling<'a>(&'a Ctx);
+
+impl Drop for Pulling<'_> {
+    fn drop(&mut self) {
+        self.0.live.set_pulling(false);
     }
 }
 

@@ -1,20 +1,29 @@
 //! Sending this process's heartbeat (see [`crate::status::heartbeat`]): every `every`,
-//! and at once when a pool's breaker changes, until the pools have drained; then the
-//! entry is deleted, so a stopped process disappears at once (a dead one ages out).
+//! and at once when a pool's breaker or its operators' controls change, until the
+//! pools have drained; then the entry is deleted, so a stopped process disappears at
+//! once (a dead one ages out).
 
 use async_nats::jetstream;
 use futures::FutureExt;
 use std::{sync::Arc, time::Duration};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{BreakerState, breaker::Breaker, stats::PoolStats};
-use crate::status::heartbeat::{self, PoolBeat, ProcessBeat};
+use super::{BreakerState, breaker::Breaker, live::Live, stats::PoolStats};
+use crate::{
+    control::PoolSettings,
+    status::heartbeat::{self, PoolBeat, PoolControls, ProcessBeat},
+};
 
 /// One pool as its heartbeat reports it.
 pub(super) struct Beating {
     pub(super) name: String,
     pub(super) consumer: String,
     pub(super) breaker: Arc<Breaker>,
+    /// The operators' settings the pool follows (see [`crate::control`]).
+    pub(super) settings: watch::Receiver<PoolSettings>,
+    /// Paused or draining, concurrency in force, in flight.
+    pub(super) live: Arc<Live>,
     pub(super) stats: Arc<PoolStats>,
 }
 
@@ -28,10 +37,14 @@ impl Beating {
             last_error: (breaker != BreakerState::Closed)
                 .then(|| self.breaker.last_error().map(|e| e.to_string()))
                 .flatten(),
-            in_flight: self.stats.in_flight(),
+            in_flight: self.live.in_flight() as u64,
             totals: self.stats.totals(),
             windows: self.stats.windows(),
-            controls: None,
+            controls: Some(PoolControls {
+                paused: self.settings.borrow().paused,
+                activity: self.live.activity(),
+                concurrency: self.live.concurrency(),
+            }),
         }
     }
 }
@@ -46,7 +59,8 @@ pub(super) async fn run(
     let started = std::time::Instant::now();
     let process = heartbeat::process_id();
     let (host, pid) = (heartbeat::host_name(), std::process::id());
-    let mut changes: Vec<_> = pools.iter().map(|p| p.breaker.watch()).collect();
+    let mut breakers: Vec<_> = pools.iter().map(|p| p.breaker.watch()).collect();
+    let mut settings: Vec<_> = pools.iter().map(|p| p.settings.clone()).collect();
     let mut bucket = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -71,8 +85,20 @@ pub(super) async fn run(
                 tracing::debug!(error = %e, "heartbeat not sent");
             }
         }
+        // A watch whose sender is gone (the controls' follower ends at shutdown, while
+        // the pools drain) would report at once forever: it is no longer waited on.
         let changed = futures::future::select_all(
-            changes.iter_mut().map(|rx| rx.changed().boxed()).chain([futures::future::pending().boxed()]),
+            breakers
+                .iter_mut()
+                .filter(|rx| rx.has_changed().is_ok())
+                .map(|rx| rx.changed().map(drop).boxed())
+                .chain(
+                    settings
+                        .iter_mut()
+                        .filter(|rx| rx.has_changed().is_ok())
+                        .map(|rx| rx.changed().map(drop).boxed()),
+                )
+                .chain([futures::future::pending().boxed()]),
         );
         tokio::select! {
             () = stop.cancelled() => break,

@@ -40,6 +40,8 @@ pub(super) struct History {
     pub(super) deferrals: u64,
     /// The last real error, and the (counted) attempt that reported it.
     pub(super) last_error: Option<(HandlerError, u64)>,
+    /// When it first failed here (a dead letter's `souk-dlq-first-failure`).
+    pub(super) first_failed_at: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -71,7 +73,10 @@ impl Ledger {
         if error.message.len() > MAX_ERROR_LEN {
             error.message = error.message.chars().take(MAX_ERROR_LEN).collect();
         }
-        self.update(key, |h| h.last_error = Some((error, attempt)));
+        self.update(key, |h| {
+            h.last_error = Some((error, attempt));
+            h.first_failed_at.get_or_insert_with(std::time::SystemTime::now);
+        });
     }
 
     /// Done with `key` (acked or dead-lettered).
@@ -157,7 +162,9 @@ mod tests {
         ledger.failed(key, 1, &HandlerError::retryable("conflict", "serialization failure"));
         let last = HandlerError::retryable("conflict", "deadlock detected");
         ledger.failed(key, 2, &last);
-        assert_eq!(ledger.get(key), History { deferrals: 2, last_error: Some((last, 2)) });
+        let first_failed_at = ledger.get(key).first_failed_at;
+        assert!(first_failed_at.is_some());
+        assert_eq!(ledger.get(key), History { deferrals: 2, last_error: Some((last, 2)), first_failed_at });
         assert_eq!(ledger.get((7, 2)), History::default(), "same sequence, another stream: not this message");
         ledger.forget(key);
         assert_eq!(ledger.get(key), History::default());

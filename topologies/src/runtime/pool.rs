@@ -6,7 +6,7 @@
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use std::{sync::Arc, time::Duration};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
@@ -15,11 +15,13 @@ use super::{
     execute::batch_fn,
     fetch, heartbeat,
     ledger::{Ledger, RateLimitedWarning},
+    live::{self, Live},
     stats::PoolStats,
 };
 use crate::{
     Error, Result,
     batcher::{BatchOptions, Batcher},
+    control::{Controls, PoolSettings},
     publisher::Publisher,
     purge,
     spec::{ConsumerSpec, PoolSpec, Topology},
@@ -59,6 +61,8 @@ pub(super) struct Ctx {
     pub(super) too_new_warning: RateLimitedWarning,
     /// This pool's counts, for the process's heartbeat.
     pub(super) stats: Arc<PoolStats>,
+    /// Paused or not, concurrency, in flight: for the process's heartbeat.
+    pub(super) live: Arc<Live>,
 }
 
 impl Pool {
@@ -88,16 +92,32 @@ impl Pool {
         Ok(Pool { spec, consumer_spec, consumer, handler, publisher: publisher.clone() })
     }
 
-    /// Run until `cancel` fires, then drain (see the module docs).
+    /// Run until `cancel` fires, then drain (see the module docs), at the topology's
+    /// settings: operators' controls do not reach it (see [`Pool::run_controlled`]).
     pub async fn run(self, cancel: CancellationToken) {
         let breaker = Breaker::new(&self.spec.name);
-        self.run_with(cancel, breaker, Arc::default()).await;
+        let (_keep, settings) = watch::channel(PoolSettings::default());
+        let live = Live::new(self.spec.concurrency, false);
+        self.run_with(cancel, breaker, settings, live, Arc::default()).await;
+    }
+
+    /// [`Pool::run`], following the pool's settings in `controls` (pause, resume,
+    /// concurrency) from before its first fetch: a pool paused before this process
+    /// started starts paused.
+    pub async fn run_controlled(self, cancel: CancellationToken, controls: &Controls) -> Result<()> {
+        let breaker = Breaker::new(&self.spec.name);
+        let settings = controls.follow(&self.spec.name, cancel.child_token()).await?;
+        let live = Live::starting(&self.spec, &settings.borrow());
+        self.run_with(cancel, breaker, settings, live, Arc::default()).await;
+        Ok(())
     }
 
     pub(super) async fn run_with(
         self,
         cancel: CancellationToken,
         breaker: Arc<Breaker>,
+        mut settings: watch::Receiver<PoolSettings>,
+        live: Arc<Live>,
         stats: Arc<PoolStats>,
     ) {
         let Pool { spec, consumer_spec, consumer, handler, publisher } = self;
@@ -110,7 +130,9 @@ impl Pool {
                     max_batch,
                     max_wait: Duration::ZERO,
                     max_in_flight: spec.batches_in_flight,
-                    queue_capacity: spec.concurrency,
+                    // Operators may raise the concurrency at run time; the queue holds
+                    // at most what the pool's slots let in anyway.
+                    queue_capacity: spec.concurrency.max(crate::control::MAX_CONCURRENCY),
                 };
                 let (b, t) = Batcher::spawn(
                     options,
@@ -132,19 +154,30 @@ impl Pool {
             breaker: breaker.clone(),
             cancel: cancel.clone(),
             stats,
+            live: live.clone(),
         });
         let stop_prober = CancellationToken::new();
         let prober = tokio::spawn({
             let (handler, stop) = (ctx.handler.clone(), stop_prober.clone());
             async move { breaker.run_prober(handler, stop).await }
         });
-        let slots = Arc::new(Semaphore::new(spec.concurrency));
+        let slots = Arc::new(Semaphore::new(live.concurrency()));
+        let stop_resizer = CancellationToken::new();
+        let resizer = tokio::spawn(live::resize(
+            slots.clone(),
+            live.clone(),
+            settings.clone(),
+            spec.concurrency,
+            stop_resizer.clone(),
+        ));
         let tracker = TaskTracker::new();
         // Fires when the drain deadline passes: running handlers are abandoned unacked.
         let abandon = CancellationToken::new();
         tracing::info!(pool = %spec.name, consumer = %spec.consumer, concurrency = spec.concurrency, "pool started");
 
-        fetch::fetch_loop(&ctx, &consumer, &spec, &slots, &tracker, &abandon, &cancel).await;
+        fetch::fetch_loop(&ctx, &consumer, &spec, &slots, &mut settings, &tracker, &abandon, &cancel).await;
+        stop_resizer.cancel();
+        resizer.await.ok();
 
         tracker.close();
         let in_flight = tracker.len();
@@ -172,6 +205,8 @@ pub struct Runtime {
     purged_streams: Vec<String>,
     js: jetstream::Context,
     heartbeat_every: Duration,
+    /// Operators' pause/resume/scale of these pools.
+    controls: Controls,
 }
 
 impl Runtime {
@@ -201,11 +236,13 @@ impl Runtime {
                 purged_streams.push(stream.clone());
             }
         }
+        let controls = Controls::open(publisher.jetstream(), control_replicas(topology)).await?;
         Ok(Runtime {
             pools,
             purged_streams,
             js: publisher.jetstream().clone(),
             heartbeat_every: status::heartbeat::DEFAULT_EVERY,
+            controls,
         })
     }
 
@@ -216,9 +253,10 @@ impl Runtime {
     }
 
     /// Run every pool, and the purger of the `purge-acked` streams they read, until
-    /// `cancel`; returns when all pools have drained. Meanwhile the process beats
-    /// (its pools' breakers and counts in the heartbeat bucket, see
-    /// [`status::heartbeat`]) until its pools have drained.
+    /// `cancel`; returns when all pools have drained. Each pool follows its
+    /// operators' settings ([`crate::control`]) from before its first fetch. Meanwhile
+    /// the process beats (its pools' breakers, controls and counts in the heartbeat
+    /// bucket, see [`status::heartbeat`]) until its pools have drained.
     pub async fn run(self, cancel: CancellationToken) {
         let purger = tokio::spawn(purge::run(
             self.js.clone(),
@@ -226,28 +264,50 @@ impl Runtime {
             purge::DEFAULT_EVERY,
             cancel.clone(),
         ));
-        let pools: Vec<(Pool, Arc<Breaker>, Arc<PoolStats>)> = self
-            .pools
-            .into_iter()
-            .map(|p| {
-                let b = Breaker::new(&p.spec.name);
-                (p, b, Arc::default())
-            })
-            .collect();
+        let mut pools = Vec::new();
+        for p in self.pools {
+            let b = Breaker::new(&p.spec.name);
+            // Before the first fetch: a pool left paused must not take a message.
+            let settings = loop {
+                match self.controls.follow(&p.spec.name, cancel.child_token()).await {
+                    Ok(s) => break Some(s),
+                    Err(e) => {
+                        tracing::warn!(pool = %p.spec.name, error = %e, "cannot read the pool's controls; retrying");
+                        tokio::select! {
+                            () = cancel.cancelled() => break None,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            };
+            let Some(settings) = settings else { break };
+            let live = Live::starting(&p.spec, &settings.borrow());
+            pools.push((p, b, settings, live, Arc::<PoolStats>::default()));
+        }
         let beating = pools
             .iter()
-            .map(|(p, b, s)| heartbeat::Beating {
+            .map(|(p, b, settings, live, stats)| heartbeat::Beating {
                 name: p.spec.name.clone(),
                 consumer: p.spec.consumer.clone(),
                 breaker: b.clone(),
-                stats: s.clone(),
+                settings: settings.clone(),
+                live: live.clone(),
+                stats: stats.clone(),
             })
             .collect();
         let stop_beating = CancellationToken::new();
         let beat = tokio::spawn(heartbeat::run(self.js, beating, self.heartbeat_every, stop_beating.clone()));
-        futures::future::join_all(pools.into_iter().map(|(p, b, s)| p.run_with(cancel.clone(), b, s))).await;
+        futures::future::join_all(
+            pools.into_iter().map(|(p, b, s, l, stats)| p.run_with(cancel.clone(), b, s, l, stats)),
+        )
+        .await;
         stop_beating.cancel();
         beat.await.ok();
         purger.await.ok();
     }
+}
+
+/// The control bucket's replicas: as many as the topology's most replicated stream.
+fn control_replicas(topology: &Topology) -> usize {
+    topology.streams.iter().map(|s| s.replicas).max().unwrap_or(1).max(1)
 }

@@ -5,7 +5,8 @@ use async_nats::jetstream::{self, AckKind};
 use std::time::Duration;
 
 use super::{
-    Delivery, ErrorClass, HandlerError, Outcome, dead_letter,
+    Delivery, ErrorClass, HandlerError, Outcome,
+    dead_letter::dead_letter_since,
     ledger::{History, Key},
     pool::Ctx,
 };
@@ -90,7 +91,8 @@ pub(super) async fn settle(
     }
     let reason = error.to_string();
     tracing::error!(error = %reason, "dead-lettering message");
-    if let Err(e) = dead_letter(&ctx.publisher, msg, delivery, &reason).await {
+    let first_failure = ctx.ledger.get(key).first_failed_at;
+    if let Err(e) = dead_letter_since(&ctx.publisher, msg, delivery, &reason, first_failure).await {
         tracing::error!(error = %e, "dead-letter publish failed; leaving the message for redelivery");
         // The redelivery may come past max-deliver: it must still say why. Recorded as
         // the last allowed attempt's error: the decision to dead-letter stands.

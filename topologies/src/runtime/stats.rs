@@ -86,7 +86,6 @@ const RING_STEP: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct PoolStats {
     started: Instant,
-    in_flight: AtomicU64,
     handled: AtomicU64,
     acked: AtomicU64,
     errors: AtomicU64,
@@ -101,7 +100,6 @@ impl Default for PoolStats {
         let started = Instant::now();
         PoolStats {
             started,
-            in_flight: AtomicU64::new(0),
             handled: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -113,14 +111,6 @@ impl Default for PoolStats {
 }
 
 impl PoolStats {
-    pub(super) fn started_one(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(super) fn finished_one(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-
     /// One delivery reached `outcome` (a `souk_worker_messages_total` label) after `took`.
     pub(super) fn record(&self, outcome: &str, took: Duration) {
         self.handled.fetch_add(1, Ordering::Relaxed);
@@ -135,11 +125,6 @@ impl PoolStats {
         let secs = took.as_secs_f64();
         let i = HANDLE_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(HANDLE_BUCKETS.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Deliveries running now.
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Totals since this pool started.

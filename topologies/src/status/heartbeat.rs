@@ -1,7 +1,8 @@
 //! Worker heartbeats: every process running pools puts one entry (key: its process id)
 //! in the JetStream key-value bucket [`BUCKET`] every few seconds, and at once when a
-//! pool's breaker changes. The entry carries its pools' breakers, in-flight counts and
-//! counters ([`crate::runtime::PoolStats`]), so a reader sees every `souk worker` on
+//! pool's breaker or its operators' controls change. The entry carries its pools'
+//! breakers, controls (paused, draining, concurrency), in-flight counts and counters
+//! ([`crate::runtime::PoolStats`]), so a reader sees every `souk worker` on
 //! every host, not just itself. A process that stops deletes its entry; one that dies
 //! stops beating and is no longer live after [`MISSED_BEATS`] of its own intervals
 //! (judged by the server's time of the entry); the bucket's max age removes it later.
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use crate::{
     Error, Result,
-    runtime::{BreakerState, Counters, Window},
+    runtime::{Activity, BreakerState, Counters, Window},
 };
 
 /// The key-value bucket of heartbeats.
@@ -51,16 +52,20 @@ pub struct PoolBeat {
     pub totals: Counters,
     /// The last 10 s, 1, 5 and 15 minutes.
     pub windows: Vec<Window>,
-    /// Pool controls (issue 11, item 4: pause/resume/scale), once pools have them:
-    /// `None` from processes that cannot be controlled.
+    /// Where the operators' pool controls ([`crate::control`]) have this pool in this
+    /// process: `None` from processes older than the controls.
     #[serde(default)]
     pub controls: Option<PoolControls>,
 }
 
-/// Where an operator has set a pool of one process (filled by the pool controls).
+/// One pool of one process under the operators' controls, as the process follows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolControls {
+    /// Told to pause (see `activity` for whether it has drained).
     pub paused: bool,
+    /// Fetching, pausing (a pull still open or handlers still running) or paused.
+    pub activity: Activity,
+    /// Messages it runs at once now (after a scale down: once enough have finished).
     pub concurrency: usize,
 }
 

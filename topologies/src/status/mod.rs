@@ -24,6 +24,10 @@ pub struct PoolStatus {
     pub breaker: BreakerState,
     /// The dependency failure that opened the breaker (while it is not closed).
     pub last_error: Option<String>,
+    /// Deliveries in its handlers now (held ones included).
+    pub in_flight: u64,
+    /// Paused or not, draining, concurrency in force (see [`crate::control`]).
+    pub controls: Option<heartbeat::PoolControls>,
 }
 
 /// Every pool of every live worker process, by name (a breaker change is in the
@@ -39,6 +43,8 @@ pub async fn read_pools(client: &async_nats::Client) -> Result<Vec<PoolStatus>> 
             consumer: p.consumer,
             breaker: p.breaker,
             last_error: p.last_error,
+            in_flight: p.in_flight,
+            controls: p.controls,
         })
         .collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));

@@ -20,8 +20,10 @@ use super::{
     oldest_unhandled,
 };
 use crate::{
-    Error, Result, dead_letters,
-    runtime::{BreakerState, Counters, HANDLE_BUCKETS, WINDOWS},
+    Error, Result,
+    control::{self, PoolSettings},
+    dead_letters,
+    runtime::{Activity, BreakerState, Counters, HANDLE_BUCKETS, WINDOWS},
     spec::Topology,
 };
 
@@ -101,9 +103,15 @@ pub struct PoolModel {
     /// Handler duration percentiles over the last 5 minutes (`None`: nothing handled).
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
-    /// Paused or not, and concurrency, once the pool controls (issue 11, item 4) fill
-    /// it in; per process in `processes[].controls`.
+    /// Its processes' controls taken together (from their heartbeats; each one's in
+    /// `processes[].controls`): paused when any is told to pause; their activity when
+    /// they agree, else `pausing` (a change has not reached or drained them all); the
+    /// highest concurrency in force. `None` when no live process reports controls.
     pub controls: Option<PoolControls>,
+    /// What operators set for it in the control bucket ([`crate::control`]), and who
+    /// and when; `None`: never set (the topology's settings). Shown also when no
+    /// process runs the pool: a pool left paused starts paused.
+    pub settings: Option<PoolSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,7 +213,14 @@ pub async fn read(
             Vec::new()
         }
     };
-    let pools = pools(topology, &beats);
+    let settings = match control::read_all(js).await {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(format!("pool controls: {e}"));
+            Vec::new()
+        }
+    };
+    let pools = pools(topology, &beats, &settings);
     for c in &mut consumers {
         c.breaker = pools.iter().filter(|p| p.consumer == c.name).filter_map(|p| p.breaker).max();
     }
@@ -251,7 +266,11 @@ async fn dead_letter_counts(js: &jetstream::Context) -> Result<BTreeMap<String, 
 }
 
 /// Every pool of the topology (and others live processes run), from live heartbeats.
-fn pools(topology: &Topology, beats: &[heartbeat::Seen]) -> Vec<PoolModel> {
+fn pools(
+    topology: &Topology,
+    beats: &[heartbeat::Seen],
+    settings: &[(String, PoolSettings)],
+) -> Vec<PoolModel> {
     let mut names: Vec<(String, String)> =
         topology.pools.iter().map(|p| (p.name.clone(), p.consumer.clone())).collect();
     for seen in beats {
@@ -277,6 +296,7 @@ fn pools(topology: &Topology, beats: &[heartbeat::Seen]) -> Vec<PoolModel> {
                 p50_ms: None,
                 p99_ms: None,
                 controls: None,
+                settings: settings.iter().find(|(pool, _)| *pool == name).map(|(_, s)| s.clone()),
             };
             // Per window: (handled per second summed over processes, handled, errors).
             let mut windows: Vec<(f64, u64, u64)> = vec![(0.0, 0, 0); WINDOWS.len()];
@@ -311,6 +331,7 @@ fn pools(topology: &Topology, beats: &[heartbeat::Seen]) -> Vec<PoolModel> {
                 }
             }
             model.live_processes = model.processes.len();
+            model.controls = together(model.processes.iter().filter_map(|p| p.controls));
             model.rates = WINDOWS
                 .iter()
                 .zip(windows)
@@ -325,6 +346,18 @@ fn pools(topology: &Topology, beats: &[heartbeat::Seen]) -> Vec<PoolModel> {
             model
         })
         .collect()
+}
+
+/// One pool's controls over its processes (see [`PoolModel::controls`]).
+fn together(each: impl Iterator<Item = PoolControls>) -> Option<PoolControls> {
+    each.reduce(|a, b| PoolControls {
+        paused: a.paused || b.paused,
+        activity: match (a.activity, b.activity) {
+            (x, y) if x == y => x,
+            _ => Activity::Pausing,
+        },
+        concurrency: a.concurrency.max(b.concurrency),
+    })
 }
 
 /// The `q` quantile (seconds) of durations counted per [`HANDLE_BUCKETS`] bucket,

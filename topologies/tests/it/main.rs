@@ -2,9 +2,11 @@
 
 mod apply;
 mod breaker;
+mod controls;
 mod dead_letters;
 mod publisher;
 mod purge;
+mod redrive;
 mod relay;
 mod runtime;
 mod status;

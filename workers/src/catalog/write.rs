@@ -56,6 +56,21 @@ impl Apply for WriteProductHandler {
         crate::schema::too_new::<WriteProduct>(d)
     }
 
+    /// The SKU: writes of one SKU serialise on its lock (`products::lock`). Read from
+    /// the payload's two key fields alone (the whole command is decoded once, in
+    /// `apply`); an unreadable payload has no key and fails in `apply`.
+    fn lock_key(&self, d: &Delivery) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Key<'a> {
+            #[serde(borrow)]
+            tenant: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            sku: std::borrow::Cow<'a, str>,
+        }
+        let key: Key<'_> = serde_json::from_slice(&d.payload).ok()?;
+        Some(format!("{}/{}", key.tenant, key.sku))
+    }
+
     fn apply<'a>(
         &'a self,
         tx: &'a mut PgConnection,

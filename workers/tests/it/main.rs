@@ -4,6 +4,7 @@ mod dead_lettered;
 mod events;
 mod index;
 mod outage;
+mod write_batch;
 
 use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt, future::BoxFuture};

@@ -2,8 +2,10 @@
 //!
 //! Commit and reload policy: each [`IndexHandle::apply`] batch is one commit (tantivy
 //! fsyncs the segment files and `meta.json`), followed by a manual reader reload, so the
-//! batch is durable and searchable when `apply` returns. The reader never reloads on its
-//! own ([`ReloadPolicy::Manual`]): every visible state is a whole batch. The writer's
+//! batch is durable and searchable when `apply` returns. The reader also reloads on its
+//! own when `meta.json` changes ([`ReloadPolicy::OnCommitWithDelay`]), which only a
+//! commit or the end of a background merge does: every visible state is still a whole
+//! batch, and merged segments are searched without waiting for the next one. The writer's
 //! memory budget ([`super::TantivyOptions::writer_memory_bytes`]) only bounds one batch's
 //! in-memory segment; batches are committed long before it fills.
 
@@ -54,14 +56,27 @@ impl IndexHandle {
         std::fs::create_dir_all(dir).map_err(io_error)?;
         let (schema, fields) = Fields::schema();
         let directory = MmapDirectory::open(dir).map_err(|e| SearchError::Unavailable(e.to_string()))?;
-        let index = Index::open_or_create(directory, schema).map_err(tantivy_error)?;
+        let mut index = Index::open_or_create(directory, schema).map_err(tantivy_error)?;
         Fields::register_analyzer(&index);
+        // One query's segments searched in parallel, on as many threads as cores: a
+        // broad query (a facet-only one visits every document) is then bounded by the
+        // largest segment rather than the sum, which is what p99 waits for.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        index.set_multithread_executor(threads).map_err(tantivy_error)?;
         // One indexing thread: the node shares its cores with the pools and the ingress,
         // and batches are small; the budget per thread must be at least 15 MB.
         let writer_memory_bytes = writer_memory_bytes.max(15_000_000);
         let writer = index.writer_with_num_threads(1, writer_memory_bytes).map_err(tantivy_error)?;
-        let reader =
-            index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(tantivy_error)?;
+        // Reloaded by each batch (so it is searchable when `apply` returns), and also
+        // when `meta.json` changes without one: a background merge ending. With manual
+        // reloads only, the merged segments were never searched until the next batch,
+        // so an index that went quiet after a bulk load kept every small segment (each
+        // one more pass per query).
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::OnCommitWithDelay)
+            .try_into()
+            .map_err(tantivy_error)?;
         Ok(IndexHandle {
             dir: dir.to_owned(),
             fields,
@@ -169,6 +184,23 @@ impl IndexHandle {
         self.reader.reload().map_err(tantivy_error)?;
         state.reload_pending = false;
         Ok(outcome)
+    }
+
+    /// Wait for the merges under way to end, and search their result. Blocking. For
+    /// benchmarks and maintenance: batches wait meanwhile.
+    pub fn wait_for_merges(&self) -> Result<(), SearchError> {
+        let mut state = self.lock();
+        if let Some(writer) = state.writer.take() {
+            writer.wait_merging_threads().map_err(tantivy_error)?;
+        }
+        state.writer =
+            Some(self.index.writer_with_num_threads(1, self.writer_memory_bytes).map_err(tantivy_error)?);
+        self.reader.reload().map_err(tantivy_error)
+    }
+
+    /// Segments in the current searchable state.
+    pub fn segments(&self) -> usize {
+        self.reader.searcher().segment_readers().len()
     }
 
     /// The stored version of `(tenant, sku)`.

@@ -10,12 +10,13 @@ use crate::search::cursor::Signer;
 use crate::search::highlight::{highlight_all, snippet};
 use crate::search::text::query_words;
 use crate::search::{
-    ApplyOutcome, CursorProblem, Highlights, IndexOp, Rebuild, SearchDoc, SearchError, SearchHit,
+    ApplyOutcome, CursorProblem, Facets, Highlights, IndexOp, Rebuild, SearchDoc, SearchError, SearchHit,
     SearchRequest, SearchResults, SearchStore, StoreStats, StoredVersion,
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -43,6 +44,39 @@ struct Inner {
     signer: Signer,
     /// Serialises `apply` and the swap, so no batch lands in only one of two indexes.
     apply_lock: tokio::sync::Mutex<()>,
+    facets: FacetCache,
+}
+
+/// The total and facets of recent queries on one searcher (snapshot id): they depend
+/// only on what matches, not on the sort or the page, and a searcher never changes, so
+/// the same filters (the category pages, a match-all with every facet) are counted
+/// once per commit instead of once per query — a pass over every matching document.
+/// Cleared when a newer snapshot is searched; bounded.
+#[derive(Default)]
+struct FacetCache(Mutex<(u64, HashMap<u64, Counted>)>);
+
+/// A query's total and facets.
+type Counted = (u64, Facets);
+
+const FACET_CACHE_ENTRIES: usize = 1024;
+
+impl FacetCache {
+    fn get(&self, snapshot: u64, key: u64) -> Option<Counted> {
+        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (cache.0 == snapshot).then(|| cache.1.get(&key).cloned()).flatten()
+    }
+
+    fn put(&self, snapshot: u64, key: u64, total: u64, facets: &Facets) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if snapshot > cache.0 {
+            *cache = (snapshot, HashMap::new());
+        }
+        // An older snapshot's (a cursor's page) are not kept: they would evict the
+        // current one's.
+        if snapshot == cache.0 && cache.1.len() < FACET_CACHE_ENTRIES {
+            cache.1.insert(key, (total, facets.clone()));
+        }
+    }
 }
 
 /// What a tantivy cursor holds.
@@ -86,6 +120,7 @@ impl TantivyStore {
                 next_snapshot: AtomicU64::new(2),
                 signer: Signer::default(),
                 apply_lock: tokio::sync::Mutex::new(()),
+                facets: FacetCache::default(),
             }),
         })
     }
@@ -98,6 +133,20 @@ impl TantivyStore {
     /// Cursor snapshots currently pinned.
     pub fn pinned_snapshots(&self) -> usize {
         self.inner.snapshots.len()
+    }
+
+    /// Wait until the live index's background merges end, and search their result
+    /// (a benchmark measures queries on a settled index this way). Batches wait meanwhile.
+    pub async fn wait_for_merges(&self) -> Result<(), SearchError> {
+        let inner = self.inner.clone();
+        let _serial = inner.apply_lock.lock().await;
+        let run = inner.clone();
+        blocking(move || run.live().wait_for_merges()).await
+    }
+
+    /// Segments the live index is searched in.
+    pub fn segments(&self) -> usize {
+        self.inner.live().segments()
     }
 }
 
@@ -115,8 +164,23 @@ impl Inner {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Current { id, searcher: live.searcher() };
     }
 
+    /// The live index's current searcher, under a new snapshot id whenever the reader
+    /// moved on without a batch of ours (it reloads when a background merge ends).
     fn current(&self) -> Current {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        let searcher = self.live().searcher();
+        let same = |c: &Current| c.searcher.generation().segments() == searcher.generation().segments();
+        {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if same(&current) {
+                return current.clone();
+            }
+        }
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if !same(&current) {
+            let id = self.next_snapshot.fetch_add(1, Ordering::Relaxed);
+            *current = Current { id, searcher };
+        }
+        current.clone()
     }
 
     fn apply_blocking(&self, ops: Vec<IndexOp>) -> Result<ApplyOutcome, SearchError> {
@@ -154,8 +218,16 @@ impl Inner {
         let top =
             TopCollector { sort: request.sort, scored: request.text().is_some(), limit: per_page + 1, after };
         let searcher = &current.searcher;
-        let ((total, facets), mut ranked) =
-            searcher.search(&*query, &(FacetCollector, top)).map_err(tantivy_error)?;
+        let matching = request.match_fingerprint();
+        let ((total, facets), mut ranked) = match self.facets.get(current.id, matching) {
+            Some(counted) => (counted, searcher.search(&*query, &top).map_err(tantivy_error)?),
+            None => {
+                let ((total, facets), ranked) =
+                    searcher.search(&*query, &(FacetCollector, top)).map_err(tantivy_error)?;
+                self.facets.put(current.id, matching, total, &facets);
+                ((total, facets), ranked)
+            }
+        };
         let has_more = ranked.len() > per_page;
         ranked.truncate(per_page);
         let words = request.text().map(query_words).unwrap_or_default();

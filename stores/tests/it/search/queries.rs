@@ -14,6 +14,7 @@ conformance!(
     title_matches_rank_above_description_matches,
     matched_words_are_highlighted_and_the_rest_escaped,
     page_size_is_bounded,
+    counts_are_the_same_for_every_sort_and_page_and_follow_each_commit,
 );
 
 fn with(f: impl FnOnce(&mut SearchRequest)) -> SearchRequest {
@@ -143,6 +144,40 @@ async fn facets_count_the_whole_filtered_result(h: &Harness) -> anyhow::Result<(
     assert_eq!(none.total, 0);
     assert!(none.facets.categories.is_empty());
     assert!(none.facets.price_buckets.iter().all(|b| b.count == 0));
+    Ok(())
+}
+
+/// Totals and facets depend on what matches, nothing else (tantivy counts each filter
+/// set once per index state and reuses the counts): the same filters under another
+/// sort or page size count the same, and a commit changes the counts at once.
+async fn counts_are_the_same_for_every_sort_and_page_and_follow_each_commit(
+    h: &Harness,
+) -> anyhow::Result<()> {
+    let store = h.with_fixture().await?;
+    let mugs = |sort: Sort, per_page: u32| {
+        with(move |r| {
+            r.category = Some("home/kitchen/mugs".into());
+            r.sort = sort;
+            r.per_page = per_page;
+        })
+    };
+    let first = store.search(&mugs(Sort::Relevance, 100)).await?;
+    assert_eq!(first.total, 6);
+    for (sort, per_page) in [(Sort::PriceAsc, 1), (Sort::Newest, 3), (Sort::PriceDesc, 100)] {
+        let again = store.search(&mugs(sort, per_page)).await?;
+        assert_eq!((again.total, &again.facets), (first.total, &first.facets), "{sort:?}");
+        assert_eq!(again.hits.len(), per_page.min(6) as usize, "{sort:?}");
+    }
+    // One more white mug: the next query of the same filters counts it.
+    let mut new = super::doc("MUG-005");
+    new.sku = "MUG-NEW".into();
+    store.apply(vec![souk_stores::search::IndexOp::Upsert(new)]).await?;
+    let after = store.search(&mugs(Sort::PriceAsc, 1)).await?;
+    assert_eq!(after.total, 7);
+    let categories = |r: &souk_stores::search::SearchResults| {
+        r.facets.categories.iter().find(|c| c.value == "home/kitchen/mugs").map(|c| c.count)
+    };
+    assert_eq!((categories(&first), categories(&after)), (Some(6), Some(7)));
     Ok(())
 }
 
@@ -411,5 +446,29 @@ async fn hostile_query_texts_stay_cheap() -> anyhow::Result<()> {
         assert_eq!(store.search(&text(q)).await?.total, 0, "{q:?}");
     }
     assert_eq!(store.search(&text(regexy)).await?.total, 0, "query syntax is plain words");
+    Ok(())
+}
+
+/// tantivy only: after a bulk load of many small batches (a segment each), the index
+/// merges them in the background; once those merges end the store searches the merged
+/// segments (fewer passes per query) with the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_loaded_index_searches_its_merged_segments_with_the_same_answers() -> anyhow::Result<()> {
+    use souk_stores::search::{IndexOp, SearchStore, tantivy::TantivyStore};
+    let dir = tempfile::tempdir()?;
+    let store = TantivyStore::open(dir.path(), Default::default())?;
+    let batches = 24;
+    for n in 0..batches {
+        let mut d = super::doc("MUG-005");
+        d.sku = format!("BULK-{n:03}");
+        store.apply(vec![IndexOp::Upsert(d)]).await?;
+    }
+    let everything = with(|r| r.per_page = 100);
+    let before = store.search(&everything).await?;
+    store.wait_for_merges().await?;
+    assert!(store.segments() < batches, "{} segments after merging {batches}", store.segments());
+    let after = store.search(&everything).await?;
+    assert_eq!((after.total, sorted(&after), &after.facets), (before.total, sorted(&before), &before.facets));
+    assert_eq!(after.total, batches as u64);
     Ok(())
 }

@@ -1,0 +1,187 @@
+//! Operators' actions over the engine, each recorded in `operator_actions`: dead-letter
+//! redrives and purges (`topologies::dead_letters`) and pool pause/resume/scale
+//! (`topologies::control`). The CLI calls these; the dashboard will call the same.
+//!
+//! **Recording.** Postgres is checked before anything is done, so an action that could
+//! not be recorded is not taken. A pool change is recorded in a transaction committed
+//! only after the control bucket took the change (a refused change leaves no row).
+//! A dead-letter action cannot share a transaction with JetStream: its row is written
+//! after the work, listing what was done and what failed, one row per command.
+
+use serde_json::json;
+use souk_stores::postgres::operator_actions;
+use souk_topologies::{
+    Error as EngineError, Topology,
+    control::{Change, Controls, PoolSettings},
+    dead_letters::{self, Purged, Redriven, Selection},
+    publisher::Publisher,
+};
+
+/// Who acts: a token's subject, or `cli:<local user>`.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// The local user of a command run without a token.
+    pub fn local() -> Actor {
+        let user =
+            std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+        Actor(format!("cli:{user}"))
+    }
+}
+
+/// Why an operator action was not (fully) done.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input: unknown pool or sequence, out-of-bounds concurrency, empty selection.
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Engine(EngineError),
+    #[error("operator_actions: {0}")]
+    Record(#[from] souk_stores::postgres::Error),
+    #[error("Postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Done, but its `operator_actions` row could not be committed.
+    #[error("{0}")]
+    NotRecorded(String),
+}
+
+impl From<EngineError> for Error {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound(m) | EngineError::Invalid(m) => Error::Input(m),
+            e => Error::Engine(e),
+        }
+    }
+}
+
+/// What a redrive command did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RedriveReport {
+    pub redriven: Vec<Redriven>,
+    /// Sequence and error of each dead letter not redriven (it stays in the DLQ).
+    pub failed: Vec<(u64, String)>,
+    /// The `operator_actions` row.
+    pub action_id: i64,
+}
+
+/// Redrive the dead letters `selection` names, then record it.
+pub async fn redrive(
+    publisher: &Publisher,
+    db: &sqlx::PgPool,
+    actor: &Actor,
+    selection: &Selection,
+) -> Result<RedriveReport, Error> {
+    db.acquire().await?;
+    let letters = dead_letters::select(publisher.jetstream(), selection).await?;
+    let mut report = RedriveReport::default();
+    for letter in &letters {
+        match dead_letters::redrive(publisher, letter.seq).await {
+            Ok(r) => report.redriven.push(r),
+            Err(e) => report.failed.push((letter.seq, e.to_string())),
+        }
+    }
+    let details = json!({
+        "selection": describe(selection),
+        "sequences": letters.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        "redriven": report.redriven,
+        "failed": report.failed,
+    });
+    report.action_id =
+        operator_actions::record(db, &actor.0, "dlq.redrive", &target_of(&letters), &details).await?;
+    Ok(report)
+}
+
+/// What a purge command did.
+#[derive(Debug, serde::Serialize)]
+pub struct PurgeReport {
+    #[serde(flatten)]
+    pub purged: Purged,
+    pub action_id: i64,
+}
+
+/// The dead letters a purge of `selection` would delete (to confirm first).
+pub async fn purge_preview(
+    js: &async_nats::jetstream::Context,
+    selection: &Selection,
+) -> Result<Vec<dead_letters::DeadLetter>, Error> {
+    Ok(dead_letters::select(js, selection).await?)
+}
+
+/// Purge exactly `letters` (from [`purge_preview`]), then record it.
+pub async fn purge(
+    js: &async_nats::jetstream::Context,
+    db: &sqlx::PgPool,
+    actor: &Actor,
+    selection: &Selection,
+    letters: &[dead_letters::DeadLetter],
+) -> Result<PurgeReport, Error> {
+    db.acquire().await?;
+    let seqs: Vec<u64> = letters.iter().map(|d| d.seq).collect();
+    let purged = dead_letters::purge(js, &seqs).await;
+    let details = json!({ "selection": describe(selection), "sequences": seqs, "result": purged });
+    let action_id =
+        operator_actions::record(db, &actor.0, "dlq.purge", &target_of(letters), &details).await?;
+    Ok(PurgeReport { purged, action_id })
+}
+
+/// Pause, resume or scale `pool` in every process running it, recorded.
+pub async fn change_pool(
+    controls: &Controls,
+    topology: &Topology,
+    db: &sqlx::PgPool,
+    actor: &Actor,
+    pool: &str,
+    change: Change,
+) -> Result<(PoolSettings, PoolSettings), Error> {
+    if topology.pool(pool).is_none() {
+        let known: Vec<&str> = topology.pools.iter().map(|p| p.name.as_str()).collect();
+        return Err(Error::Input(format!("no pool {pool:?} in the topology (pools: {})", known.join(", "))));
+    }
+    let change = change.check()?;
+    let action = match change {
+        Change::Pause => "pool.pause",
+        Change::Resume => "pool.resume",
+        Change::Scale(_) => "pool.scale",
+    };
+    // Postgres is reached first; the row is committed once the bucket took the change.
+    let mut tx = db.begin().await?;
+    let (before, after) = controls.change(pool, change, &actor.0).await?;
+    let details = json!({ "before": before, "after": after });
+    let recorded = async {
+        operator_actions::record(&mut *tx, &actor.0, action, pool, &details).await?;
+        tx.commit().await.map_err(Error::from)
+    };
+    if let Err(e) = recorded.await {
+        return Err(Error::NotRecorded(format!(
+            "{action} {pool} was applied but could not be recorded: {e}"
+        )));
+    }
+    Ok((before, after))
+}
+
+fn describe(selection: &Selection) -> serde_json::Value {
+    match selection {
+        Selection::Seqs(seqs) => json!({ "sequences": seqs }),
+        Selection::Matching(filter) => json!({
+            "consumer": filter.consumer,
+            "error": filter.error,
+            "since": filter.since.map(rfc3339),
+            "until": filter.until.map(rfc3339),
+        }),
+        Selection::All => json!("all"),
+    }
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339()
+}
+
+/// The consumer the dead letters belong to, or `dlq` when several.
+fn target_of(letters: &[dead_letters::DeadLetter]) -> String {
+    match letters.first() {
+        Some(first) if letters.iter().all(|d| d.consumer == first.consumer) => first.consumer.clone(),
+        _ => "dlq".into(),
+    }
+}

@@ -1,0 +1,162 @@
+//! `POST /v1/checkout`: the buyer's cart becomes an order, through the same intake as
+//! `POST /v1/orders` (priced from the catalog, key claimed, command published, 202 on
+//! its PubAck), and the cart is emptied once the command is stored.
+//!
+//! The key's claim hashes the cart's lines (sku, quantity, by SKU), the token and the
+//! expected total, in the key space of orders. So:
+//! - a retry with the same key and the same cart is the same order (re-published under
+//!   the same message id, which JetStream deduplicates) and empties the cart: this is
+//!   also how a cart left full by a crash between the PubAck and the emptying (or a 503
+//!   from the emptying) is emptied;
+//! - a retry after the cart was emptied finds the checkout's lines in `cart_checkouts`
+//!   (written with the emptying, after the PubAck) and gets the same order;
+//! - the same key with another cart, token or total is 422; an empty cart with a key
+//!   never used is 422 `empty-cart`. Nothing is published on any 4xx.
+
+use axum::{
+    body::Bytes, extract::State, extract::rejection::BytesRejection, http::HeaderMap, response::Response,
+};
+use serde::{Deserialize, Serialize};
+use souk_pipelines::orders::check_checkout_fields;
+use souk_stores::postgres::{carts, idempotency};
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+use crate::{
+    AppState, Claims, Problem,
+    auth::{Principal, Role},
+    catalog::unavailable,
+    intake::{Accepted, NewOrder, request_hash},
+    openapi::{self, IdempotencyKey},
+    orders::{OrderAccepted, accepted_response, idempotency_key, intake_problem, stored_replay},
+    pricing,
+    request_body::{self, Shape},
+};
+
+/// The body of `POST /v1/checkout`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutRequest {
+    /// The payment provider's token: `tok_` and 1-64 of A-Z a-z 0-9 _.
+    #[schema(pattern = "^tok_[A-Za-z0-9_]{1,64}$", example = "tok_ok")]
+    pub payment_token: String,
+    /// The total the buyer saw (`GET /v1/cart`): another total now is 409 with the
+    /// current prices.
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub expected_total_minor: Option<i64>,
+}
+
+const CHECKOUT_SHAPE: Shape = Shape { fields: &["payment_token", "expected_total_minor"], lists: &[] };
+
+/// Check out the cart
+///
+/// Turns the buyer's cart into an order, priced from the catalog, and answers like
+/// `POST /v1/orders`: 202 with the order id and its status URL once JetStream has
+/// stored the command; the cart is emptied then. Lines that cannot be ordered are 422,
+/// each named by its place in `GET /v1/cart` (`items[i].sku`); an empty cart is 422
+/// `empty-cart`; another total than `expected_total_minor` is 409 with the current
+/// prices. Retry with the same `Idempotency-Key`: the same cart is the same order (also
+/// once the cart was emptied by it); another cart under the key is 422.
+#[utoipa::path(
+    post,
+    path = "/v1/checkout",
+    operation_id = "checkout",
+    tag = "cart",
+    security(("bearer" = [])),
+    params(IdempotencyKey),
+    request_body(content = CheckoutRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted: the order's command is stored and the cart emptied.",
+            body = OrderAccepted, headers(("Location" = String, description = "the order's status URL"))),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 408, response = openapi::RequestTimeout),
+        (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 429, response = openapi::RateLimited),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+pub async fn checkout(
+    State(state): State<Arc<AppState>>,
+    Principal(claims): Principal,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    if !claims.has(Role::Buyer) {
+        return Err(Problem::forbidden("checking out needs the buyer role"));
+    }
+    state.check_write(&claims)?;
+    let key = idempotency_key(&headers)?;
+    let request: CheckoutRequest = request_body::read(&headers, body, &CHECKOUT_SHAPE)?;
+    let mut errors = Vec::new();
+    check_checkout_fields(&request.payment_token, request.expected_total_minor, &mut errors);
+    if !errors.is_empty() {
+        return Err(Problem::unprocessable("validation", "the checkout is invalid").errors(errors));
+    }
+    let items =
+        carts::items(&state.pool, &claims.tenant, &claims.sub).await.map_err(|e| unavailable(&state, e))?;
+    let lines: Vec<(String, i64)> = items.into_iter().map(|i| (i.sku, i.quantity)).collect();
+    if lines.is_empty() {
+        return emptied_by_this_key(&state, &claims, key, &request).await.map(accepted_response);
+    }
+    let hash = checkout_hash(&lines, &request);
+    let requested: Vec<(&str, i64)> = lines.iter().map(|(sku, q)| (sku.as_str(), *q)).collect();
+    let priced = pricing::price(&state, &claims.tenant, "items", &requested)
+        .await
+        .and_then(|priced| pricing::check_expected(priced, request.expected_total_minor));
+    let accepted = match priced {
+        Ok(priced) => {
+            let order = NewOrder { priced, payment_token: request.payment_token };
+            state.intake.place(&claims, key, hash, &order).await.map_err(|e| intake_problem(&state, e))?
+        }
+        // The same cart checked out before, when the catalog still allowed it, whose
+        // emptying did not happen: the same order (and empty the cart now).
+        Err(problem) => stored_replay(&state, &claims, key, &hash, problem).await?,
+    };
+    carts::checked_out(&state.pool, &claims.tenant, &claims.sub, accepted.order_id, &lines).await.map_err(|e| {
+        tracing::warn!(error = %e, order_id = %accepted.order_id, "order placed but its cart not emptied (503)");
+        Problem::unavailable(
+            "the order is placed but the cart could not be emptied; retry with the same \
+             Idempotency-Key (the same order, and the cart emptied)",
+        )
+    })?;
+    Ok(accepted_response(accepted))
+}
+
+/// The claim's hash of a checkout: its cart's lines, token and expected total, tagged
+/// so no order body can hash the same.
+fn checkout_hash(lines: &[(String, i64)], request: &CheckoutRequest) -> Vec<u8> {
+    let form = ("checkout", lines, &request.payment_token, request.expected_total_minor);
+    request_hash(&serde_json::to_vec(&form).unwrap_or_default())
+}
+
+/// An empty cart: the same order again when this key's checkout emptied it (with the
+/// same token and total), 422 `idempotency-key-reused` when the key was used for
+/// something else, 422 `empty-cart` when the key is new.
+async fn emptied_by_this_key(
+    state: &AppState,
+    claims: &Claims,
+    key: &str,
+    request: &CheckoutRequest,
+) -> Result<Accepted, Problem> {
+    let record = idempotency::existing(&state.pool, &claims.tenant, &claims.sub, key)
+        .await
+        .map_err(|e| unavailable(state, e))?;
+    let Some(record) = record else {
+        return Err(Problem::unprocessable("empty-cart", "the cart is empty: put items in it first"));
+    };
+    let taken = carts::checkout_lines(&state.pool, &claims.tenant, &claims.sub, record.order_id)
+        .await
+        .map_err(|e| unavailable(state, e))?;
+    match taken {
+        Some(lines) if checkout_hash(&lines, request) == record.request_hash => {
+            Ok(Accepted { order_id: record.order_id, replay: true })
+        }
+        _ => Err(intake_problem(state, crate::intake::IntakeError::KeyReused)),
+    }
+}

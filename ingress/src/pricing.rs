@@ -1,0 +1,60 @@
+//! Orders and checkouts are priced here, from the tenant's live products in Postgres
+//! (`souk_pipelines::pricing` decides; this reads the catalog and makes the problems).
+
+use souk_pipelines::pricing::{self, Listing, PricedOrder};
+use souk_stores::postgres::products;
+use std::collections::HashMap;
+
+use crate::{AppState, Problem, catalog::unavailable};
+
+/// Price `requested` (sku, quantity), whose lines the client knows as `<list>[i]`:
+/// 422 `validation` naming every line that cannot be ordered (unknown or deleted SKU,
+/// over the stock, another currency), 503 when the catalog cannot be read.
+pub(crate) async fn price(
+    state: &AppState,
+    tenant: &str,
+    list: &str,
+    requested: &[(&str, i64)],
+) -> Result<PricedOrder, Problem> {
+    let skus: Vec<String> = requested.iter().map(|(sku, _)| (*sku).to_owned()).collect();
+    let stored = products::get_many(&state.pool, tenant, &skus).await.map_err(|e| unavailable(state, e))?;
+    let listings: HashMap<String, Listing> = stored
+        .into_iter()
+        .filter(|p| !p.is_deleted())
+        .map(|p| (p.product.sku.clone(), listing(&p.product)))
+        .collect();
+    pricing::price(list, requested, |sku| listings.get(sku)).map_err(|errors| {
+        Problem::unprocessable("validation", "some lines cannot be ordered as they are").errors(errors)
+    })
+}
+
+/// What pricing needs of a catalog product.
+pub(crate) fn listing(product: &souk_pipelines::catalog::Product) -> Listing {
+    Listing {
+        seller: product.seller.clone(),
+        unit_price_minor: product.fields.price_minor,
+        currency: product.fields.currency,
+        stock: product.fields.stock,
+    }
+}
+
+/// 409 `price-changed`, with the current prices of every line and the total, when the
+/// client expected another total.
+pub(crate) fn check_expected(
+    priced: PricedOrder,
+    expected_total_minor: Option<i64>,
+) -> Result<PricedOrder, Problem> {
+    match expected_total_minor {
+        Some(expected) if expected != priced.total_minor => {
+            Err(Problem::new(axum::http::StatusCode::CONFLICT, "price-changed", "Prices changed")
+                .detail(format!(
+                    "the current prices make a total of {} {} minor units, not {expected}; \
+             `current` holds every line's price: send the order again with that total",
+                    priced.total_minor,
+                    priced.currency.code()
+                ))
+                .current(priced))
+        }
+        _ => Ok(priced),
+    }
+}

@@ -1,0 +1,191 @@
+//! Carts (migration 0019): one per buyer, its items with the price the buyer last saw,
+//! and the checkouts that emptied it.
+//!
+//! Every change of a cart first upserts its `carts` row, which takes that row's lock:
+//! changes of one cart serialise there, so the item bound holds under concurrency (two
+//! puts of new SKUs into a cart one short of full cannot both pass the count).
+
+use chrono::{DateTime, Utc};
+use souk_pipelines::Currency;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::Error;
+
+/// One line of a cart as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartItem {
+    pub sku: String,
+    pub quantity: i64,
+    /// The unit price and currency when the buyer last put this line.
+    pub seen_price_minor: i64,
+    pub seen_currency: Currency,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    /// The line is stored (added or its quantity replaced).
+    Stored,
+    /// Not stored: the cart already holds `max_items` other SKUs.
+    Full,
+}
+
+/// The items of `buyer`'s cart, by SKU.
+pub async fn items(pool: &PgPool, tenant: &str, buyer: &str) -> Result<Vec<CartItem>, Error> {
+    let rows = sqlx::query(
+        "select sku, quantity, seen_price_minor, seen_currency, updated_at
+         from cart_items where tenant = $1 and buyer_id = $2 order by sku",
+    )
+    .bind(tenant)
+    .bind(buyer)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let currency: String = row.try_get("seen_currency")?;
+            Ok(CartItem {
+                sku: row.try_get("sku")?,
+                quantity: row.try_get("quantity")?,
+                seen_price_minor: row.try_get("seen_price_minor")?,
+                seen_currency: currency
+                    .trim()
+                    .parse()
+                    .map_err(|e| Error::Corrupt(format!("cart_items.seen_currency: {e}")))?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Lock `buyer`'s cart for the rest of the transaction (creating it if need be).
+async fn lock(tx: &mut PgConnection, tenant: &str, buyer: &str) -> Result<(), Error> {
+    sqlx::query(
+        "insert into carts (tenant, buyer_id) values ($1, $2)
+         on conflict (tenant, buyer_id) do update set updated_at = now()",
+    )
+    .bind(tenant)
+    .bind(buyer)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Put `quantity` of `sku` in `buyer`'s cart (replacing the line's quantity), seen at
+/// `price` — unless that would make more than `max_items` lines.
+pub async fn put_item(
+    pool: &PgPool,
+    tenant: &str,
+    buyer: &str,
+    sku: &str,
+    quantity: i64,
+    price: (i64, Currency),
+    max_items: usize,
+) -> Result<Put, Error> {
+    let mut tx = super::begin(pool).await?;
+    lock(&mut tx, tenant, buyer).await?;
+    let (lines, has_sku): (i64, bool) = sqlx::query_as(
+        "select count(*), coalesce(bool_or(sku = $3), false) from cart_items where tenant = $1 and buyer_id = $2",
+    )
+    .bind(tenant)
+    .bind(buyer)
+    .bind(sku)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !has_sku && lines >= max_items as i64 {
+        return Ok(Put::Full);
+    }
+    sqlx::query(
+        "insert into cart_items (tenant, buyer_id, sku, quantity, seen_price_minor, seen_currency)
+         values ($1, $2, $3, $4, $5, $6)
+         on conflict (tenant, buyer_id, sku) do update set
+             quantity = excluded.quantity, seen_price_minor = excluded.seen_price_minor,
+             seen_currency = excluded.seen_currency, updated_at = now()",
+    )
+    .bind(tenant)
+    .bind(buyer)
+    .bind(sku)
+    .bind(quantity)
+    .bind(price.0)
+    .bind(price.1.code())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Put::Stored)
+}
+
+/// Take `sku` out of `buyer`'s cart; whether it was there.
+pub async fn remove_item(pool: &PgPool, tenant: &str, buyer: &str, sku: &str) -> Result<bool, Error> {
+    let done = sqlx::query("delete from cart_items where tenant = $1 and buyer_id = $2 and sku = $3")
+        .bind(tenant)
+        .bind(buyer)
+        .bind(sku)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(done == 1)
+}
+
+/// Record that order `order_id` took `lines` (sku, quantity) out of `buyer`'s cart, and
+/// empty them from it, in one transaction. A line the buyer changed meanwhile (another
+/// quantity, or put back after) stays: it is not what was ordered. Recording the same
+/// order again changes nothing.
+pub async fn checked_out(
+    pool: &PgPool,
+    tenant: &str,
+    buyer: &str,
+    order_id: Uuid,
+    lines: &[(String, i64)],
+) -> Result<(), Error> {
+    let json = serde_json::to_value(lines).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let (skus, quantities): (Vec<String>, Vec<i64>) = lines.iter().cloned().unzip();
+    let mut tx = super::begin(pool).await?;
+    lock(&mut tx, tenant, buyer).await?;
+    let fresh = sqlx::query(
+        "insert into cart_checkouts (tenant, buyer_id, order_id, lines) values ($1, $2, $3, $4)
+         on conflict do nothing",
+    )
+    .bind(tenant)
+    .bind(buyer)
+    .bind(order_id)
+    .bind(json)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if fresh == 1 {
+        sqlx::query(
+            "delete from cart_items i using unnest($3::text[], $4::bigint[]) as l(sku, quantity)
+             where i.tenant = $1 and i.buyer_id = $2 and i.sku = l.sku and i.quantity = l.quantity",
+        )
+        .bind(tenant)
+        .bind(buyer)
+        .bind(&skus)
+        .bind(&quantities)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The lines (sku, quantity) order `order_id` took out of `buyer`'s cart, if a
+/// checkout recorded it.
+pub async fn checkout_lines(
+    pool: &PgPool,
+    tenant: &str,
+    buyer: &str,
+    order_id: Uuid,
+) -> Result<Option<Vec<(String, i64)>>, Error> {
+    let lines: Option<serde_json::Value> = sqlx::query_scalar(
+        "select lines from cart_checkouts where tenant = $1 and buyer_id = $2 and order_id = $3",
+    )
+    .bind(tenant)
+    .bind(buyer)
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?;
+    lines
+        .map(|l| serde_json::from_value(l).map_err(|e| Error::Corrupt(format!("cart_checkouts.lines: {e}"))))
+        .transpose()
+}
