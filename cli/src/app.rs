@@ -145,6 +145,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         metrics: metrics_listener,
         search,
         public_tenant: config.public_tenant.clone(),
+        status_history: Default::default(),
     })
     .await?;
     if let (true, Some(addr)) = (dev, node.http_addr) {

@@ -5,13 +5,9 @@ use souk_ingress::{Claims, Role};
 use souk_stores::postgres::{self as pg, outbox::PgOutbox};
 use souk_topologies::{
     apply::{self, Mode},
-    runtime::BreakerState,
     status,
 };
 use std::{process::ExitCode, time::Duration};
-
-/// How long `souk status` waits for worker processes to report their pools.
-const POOL_STATUS_WAIT: Duration = Duration::from_millis(500);
 
 use crate::{app, config::Config};
 
@@ -130,124 +126,53 @@ pub async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+/// `souk status`: the engine's status model, as tables or JSON, once or every `watch`.
+pub async fn status(config: &Config, json: bool, watch: Option<Duration>) -> anyhow::Result<ExitCode> {
     let topology = app::load_topology(config)?;
     let nats = app::connect_nats(&app::nats_url(config)?).await?;
-    let mut pipeline = status::read(&app::jetstream(&nats), &topology).await?;
-    let indexes = souk_workers::catalog::lag::read(&app::jetstream(&nats), &topology).await?;
-    // Breakers live in the worker processes: whichever answer within the wait.
-    match status::read_pools(&nats, POOL_STATUS_WAIT).await {
-        Ok(pools) => pipeline.set_pools(pools),
-        Err(e) => eprintln!("pools: cannot ask the worker processes: {e}"),
-    }
-    // What operators set (paused, concurrency), also for pools no process runs now.
-    let controls = match souk_topologies::control::Controls::existing(&app::jetstream(&nats)).await {
-        Ok(Some(c)) => c.all().await?,
-        Ok(None) => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
-    let pool = pg::connect(&app::pg_options(&app::operated_database(config)?))?;
-    let outbox: Result<(i64, i64), sqlx::Error> = sqlx::query_as(
-        "select count(*) filter (where parked_at is null), count(*) filter (where parked_at is not null)
-         from outbox where published_at is null",
-    )
-    .fetch_one(&pool)
-    .await;
-    // The pipeline part is still shown when Postgres cannot be read, but the exit code
-    // says the status is incomplete (scripts and probes check it).
-    let code = if outbox.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
-    if let Err(e) = &outbox {
-        eprintln!("outbox: cannot read Postgres: {e}");
-    }
-    let (outbox_pending, outbox_parked) = (outbox.as_ref().ok().map(|o| o.0), outbox.ok().map(|o| o.1));
-    if json {
-        let v = serde_json::json!({
-            "pipeline": pipeline,
-            "search_indexes": indexes,
-            "outbox_pending": outbox_pending,
-            "outbox_parked": outbox_parked,
-            "pool_controls": controls
-                .iter()
-                .map(|(name, settings)| serde_json::json!({ "pool": name, "settings": settings }))
-                .collect::<Vec<_>>(),
-        });
-        out!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(code);
-    }
-    out!("{:<10} {:>12} {:>14} {:>12}", "STREAM", "MESSAGES", "BYTES", "LAST SEQ");
-    for s in &pipeline.streams {
-        out!("{:<10} {:>12} {:>14} {:>12}", s.name, s.messages, s.bytes, s.last_seq);
-    }
-    out!(
-        "\n{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}  {}",
-        "CONSUMER",
-        "STREAM",
-        "LAG",
-        "ACK PENDING",
-        "REDELIVERED",
-        "WAITING",
-        "BREAKER"
-    );
-    for c in &pipeline.consumers {
-        out!(
-            "{:<18} {:<6} {:>10} {:>12} {:>12} {:>8}  {}",
-            c.name,
-            c.stream,
-            c.pending,
-            c.ack_pending,
-            c.redelivered,
-            c.waiting,
-            c.breaker.map_or("- (no worker answered)", |b| b.as_str())
-        );
-    }
-    if !pipeline.pools.is_empty() {
-        out!(
-            "\n{:<22} {:<8} {:>11} {:>9}  {}",
-            "POOL (per process)",
-            "STATE",
-            "CONCURRENCY",
-            "IN FLIGHT",
-            "BREAKER"
-        );
-    }
-    for p in &pipeline.pools {
-        out!(
-            "{:<22} {:<8} {:>11} {:>9}  {}",
-            p.name,
-            p.activity.as_str(),
-            p.concurrency,
-            p.in_flight,
-            p.breaker
-        );
-    }
-    for (name, settings) in &controls {
-        out!(
-            "pool {name}: {}{} (set by {} at {})",
-            if settings.paused { "paused" } else { "running" },
-            settings.concurrency.map(|n| format!(", concurrency {n}")).unwrap_or_default(),
-            settings.changed_by,
-            settings.changed_at
-        );
-    }
-    for p in pipeline.pools.iter().filter(|p| p.breaker != BreakerState::Closed) {
-        out!(
-            "pool {}: breaker {}: {}",
-            p.name,
-            p.breaker,
-            p.last_error.as_deref().unwrap_or("unknown error")
-        );
-    }
-    if !indexes.is_empty() {
-        out!("\n{:<10} {:<18} {:>12} {:>12}", "INDEX", "CONSUMER", "LAG EVENTS", "LAG SECONDS");
-        for i in &indexes {
-            out!("{:<10} {:<18} {:>12} {:>12.1}", i.index, i.consumer, i.events, i.seconds);
+    let js = app::jetstream(&nats);
+    let database = app::operated_database(config)?;
+    let outbox = PgOutbox::new(pg::connect(&app::pg_options(&database))?, &database.database_url);
+    let colour =
+        std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
+    loop {
+        let model = status::model::read(&js, &topology, Some(&outbox), true).await?;
+        let indexes = souk_workers::catalog::lag::read(&js, &topology).await?;
+        if json {
+            // The model as `pipeline` (each consumer keeps `name`, `pending`,
+            // `ack_pending`), and the outbox counts where scripts read them before.
+            let v = serde_json::json!({
+                "pipeline": model,
+                "search_indexes": indexes,
+                "outbox_pending": model.outbox.map(|o| o.unpublished),
+                "outbox_parked": model.outbox.map(|o| o.parked),
+            });
+            match watch {
+                // One JSON document per line, per refresh.
+                Some(_) => out!("{}", serde_json::to_string(&v)?),
+                None => out!("{}", serde_json::to_string_pretty(&v)?),
+            }
+        } else {
+            if watch.is_some() && colour {
+                out_raw!("\x1b[2J\x1b[H");
+            }
+            out_raw!("{}", crate::status_view::render(&model, &indexes, colour));
+        }
+        // The pipeline part is shown even when some part could not be read, but the
+        // exit code says the status is incomplete (scripts and probes check it).
+        let code = if model.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        for problem in &model.problems {
+            eprintln!("status incomplete: {problem}");
+        }
+        let Some(every) = watch else { return Ok(code) };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(code),
+            () = tokio::time::sleep(every) => {}
+        }
+        if !json && !colour {
+            out!("");
         }
     }
-    match outbox_pending {
-        Some(n) => out!("\noutbox: {n} unpublished, {} parked", outbox_parked.unwrap_or(0)),
-        None => out!("\noutbox: unknown (Postgres unreachable)"),
-    }
-    Ok(code)
 }
 
 pub async fn outbox_parked(config: &Config, json: bool, limit: usize) -> anyhow::Result<ExitCode> {

@@ -34,6 +34,7 @@ mod jobs;
 mod operator;
 mod sagas;
 mod sandbox;
+mod status_view;
 
 /// Stdout failed: its reader is gone (exit quietly) or something is badly wrong.
 fn stdout_failed(e: std::io::Error) -> ! {
@@ -115,11 +116,15 @@ enum Command {
     },
     /// Apply database migrations.
     Migrate,
-    /// Pipeline status: streams, consumer lag, dead letters, outbox backlog.
+    /// Pipeline status: streams, consumer lag and trend, dead letters, pools (live
+    /// worker processes, throughput, errors, latency), outbox backlog.
     Status {
-        /// Print JSON.
+        /// Print JSON (with --watch: one document per line per refresh).
         #[arg(long)]
         json: bool,
+        /// Refresh every SECONDS (default 2) until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<u64>,
     },
     /// Dead letters: list and show them with why they failed, redrive them once fixed,
     /// purge them. Redrives and purges are recorded in operator_actions.
@@ -496,7 +501,10 @@ async fn main() -> ExitCode {
         }
         Command::Topology { action: TopologyAction::Show } => commands::topology_show(&config),
         Command::Migrate => commands::migrate(&config).await,
-        Command::Status { json } => commands::status(&config, json).await,
+        Command::Status { json, watch } => {
+            let watch = watch.map(|s| std::time::Duration::from_secs(s.max(1)));
+            commands::status(&config, json, watch).await
+        }
         Command::Dlq { action } => return exit(dlq_command(&config, action).await),
         Command::Pool { action } => {
             use souk_topologies::control::Change;

@@ -33,7 +33,7 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(600);
 /// so a few seconds late is nothing.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How often stream and consumer gauges are refreshed from JetStream.
+/// How often the search index's lag gauges are refreshed from JetStream.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// What to run and with what.
@@ -64,6 +64,9 @@ pub struct NodeOptions {
     pub public_tenant: String,
     /// The payment providers (see [`payment_gateway`]): needed when a payments pool runs.
     pub payments: Option<Arc<souk_workers::payments::Gateway>>,
+    /// The pipeline status history's resolution and span (also how often the
+    /// pipeline gauges are refreshed: once per resolution).
+    pub status_history: souk_topologies::status::HistoryOptions,
 }
 
 /// A running node.
@@ -114,10 +117,15 @@ impl Node {
             let outbox = PgOutbox::new(options.pool.clone(), &options.database_url);
             tasks.spawn(Relay::new(outbox, publisher.clone(), RelayOptions::default()).run(cancel.clone()));
         }
-        tasks.spawn(souk_topologies::status::export_gauges(
+        // Every process keeps the pipeline gauges and takes part in keeping the status
+        // history (each slot is stored once, whoever stores it).
+        let outbox_stats: Arc<dyn souk_pipelines::outbox::OutboxStats> =
+            Arc::new(PgOutbox::new(options.pool.clone(), &options.database_url));
+        tasks.spawn(souk_topologies::status::keep(
             publisher.jetstream().clone(),
             options.topology.clone(),
-            STATUS_EVERY,
+            Some(outbox_stats),
+            options.status_history,
             cancel.clone(),
         ));
         tasks.spawn(souk_workers::catalog::lag::export_gauges(

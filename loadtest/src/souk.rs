@@ -124,6 +124,7 @@ impl Stack {
             metrics: None,
             search: Some(Arc::new(search.clone())),
             public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
+            status_history: Default::default(),
         })
         .await?;
         let cancel = node.cancel_token();

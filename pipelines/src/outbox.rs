@@ -61,3 +61,21 @@ pub trait Outbox: Send + Sync + 'static {
     /// relay holds it.
     fn try_lease(&self) -> BoxFuture<'_, Result<bool, Self::Error>>;
 }
+
+/// How far behind an outbox is, for the pipeline status (`souk status`, the dashboard,
+/// the `souk_outbox_*` gauges).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxBacklog {
+    /// Unpublished messages the relay will publish (parked ones excluded).
+    pub unpublished: u64,
+    /// Messages set aside until an operator requeues them.
+    pub parked: u64,
+    /// Age of the oldest of `unpublished` (`None` when there is none).
+    pub oldest_secs: Option<f64>,
+}
+
+/// An outbox that can say how far behind it is. Separate from [`Outbox`] (the relay's
+/// view): whatever reads the status needs no lease and no relay.
+pub trait OutboxStats: Send + Sync + 'static {
+    fn backlog(&self) -> BoxFuture<'_, Result<OutboxBacklog, Box<dyn std::error::Error + Send + Sync>>>;
+}

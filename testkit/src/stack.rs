@@ -184,6 +184,7 @@ impl Stack {
             search: Some(self.search.clone()),
             public_tenant: PUBLIC_TENANT.into(),
             payments: Some(self.payments.clone()),
+            status_history: Default::default(),
         })
         .await?;
         if let Some(addr) = node.http_addr {

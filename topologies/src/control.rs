@@ -11,7 +11,7 @@
 //! together do not undo each other.
 
 use async_nats::jetstream::{self, kv};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -114,23 +114,6 @@ impl Controls {
             Some(e) => Ok((PoolSettings::default(), e.revision)),
             None => Ok((PoolSettings::default(), 0)),
         }
-    }
-
-    /// Every pool with settings.
-    pub async fn all(&self) -> Result<Vec<(String, PoolSettings)>> {
-        let failed = |e: &dyn std::fmt::Display| Error::Nats(format!("{BUCKET}: {e}"));
-        let mut keys = self.kv.keys().await.map_err(|e| failed(&e))?;
-        let mut names = Vec::new();
-        while let Some(k) = keys.next().await {
-            names.push(k.map_err(|e| failed(&e))?);
-        }
-        names.sort();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let (settings, _) = self.get(&name).await?;
-            out.push((name, settings));
-        }
-        Ok(out)
     }
 
     /// Apply `change` to `pool` on behalf of `actor`; answers the settings before and
@@ -238,6 +221,38 @@ impl Controls {
             }
         }
     }
+}
+
+/// Every pool with settings, by name (none when nothing was ever set), for the status
+/// model. Read from the bucket's stream without a consumer — its subjects' counts list
+/// the keys, a direct get reads each key's last entry — so the status keeper, which
+/// reads this every few seconds on every node, leaves nothing behind on the server.
+pub async fn read_all(js: &jetstream::Context) -> Result<Vec<(String, PoolSettings)>> {
+    let failed = |e: &dyn std::fmt::Display| Error::Nats(format!("{BUCKET}: {e}"));
+    let Ok(stream) = js.get_stream(format!("KV_{BUCKET}")).await else { return Ok(Vec::new()) };
+    let prefix = format!("$KV.{BUCKET}.");
+    let mut subjects = stream.info_with_subjects(format!("{prefix}>")).await.map_err(|e| failed(&e))?;
+    let mut keys = Vec::new();
+    while let Some((subject, _)) = subjects.try_next().await.map_err(|e| failed(&e))? {
+        keys.push(subject);
+    }
+    keys.sort();
+    let mut out = Vec::with_capacity(keys.len());
+    for subject in keys {
+        let entry = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => continue,
+            Err(e) => return Err(failed(&e)),
+        };
+        let pool = subject.strip_prefix(&prefix).unwrap_or(&subject).to_owned();
+        // A delete or purge marker (KV-Operation header): back to the topology's.
+        if entry.headers.get("KV-Operation").is_some() {
+            continue;
+        }
+        let settings = decode(&pool, &entry.payload);
+        out.push((pool, settings));
+    }
+    Ok(out)
 }
 
 /// Settings from a stored value; unreadable (a newer release's?) counts as unset,

@@ -200,7 +200,20 @@ async fn topology_apply_check_status_and_migrate_from_the_command_line() -> anyh
     let status = run(&["status", "--json"]).await?;
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
-    assert_eq!(json["pipeline"]["consumers"][0]["name"], "orders-place");
+    // Each consumer keeps `name`, `pending` and `ack_pending` (scripts read them).
+    let consumer = &json["pipeline"]["consumers"][0];
+    assert_eq!(consumer["name"], "orders-place");
+    assert_eq!(
+        (consumer["pending"].as_u64(), consumer["ack_pending"].as_u64()),
+        (Some(0), Some(0)),
+        "{json}"
+    );
+    assert_eq!(consumer["dead_letters"], 0);
+    // Every pool of the topology, with no live worker yet; the outbox from Postgres.
+    let orders = json["pipeline"]["pools"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "orders"));
+    assert_eq!(orders.map(|p| &p["live_processes"]), Some(&serde_json::json!(0)), "{json}");
+    assert_eq!(json["pipeline"]["outbox"]["unpublished"], 0, "{json}");
+    assert_eq!(json["pipeline"]["problems"], serde_json::json!([]), "{json}");
     assert_eq!(json["outbox_pending"], 0);
     assert_eq!(json["outbox_parked"], 0);
     // The search index's lag, per index: nothing behind yet.
@@ -316,17 +329,27 @@ async fn souk_worker_runs_the_pools_and_serves_metrics_on_its_own_address() -> a
     assert!(text.contains(r#"souk_search_index_lag_events{index="products"} 0"#), "{text}");
     assert!(text.contains(r#"souk_search_index_lag_seconds{index="products"} 0"#), "{text}");
     assert!(text.contains(r#"souk_worker_pool_breaker_state{pool="orders"} 0"#), "closed: {text}");
-    // `souk status` asks the running worker for its pools' breakers.
-    let status = souk(data.path())
-        .args(["status", "--json"])
-        .env("SOUK_NATS_URL", nats.url())
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .await?;
-    let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    // `souk status` reads the running worker's heartbeat (its first is put as it starts).
+    let json = eventually(Duration::from_secs(10), || async {
+        let status = souk(data.path())
+            .args(["status", "--json"])
+            .env("SOUK_NATS_URL", nats.url())
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .await?;
+        let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+        let live =
+            json["pipeline"]["pools"].as_array().is_some_and(|p| p.iter().any(|p| p["live_processes"] == 1));
+        anyhow::Ok(live.then_some(json))
+    })
+    .await?;
     assert_eq!(json["pipeline"]["consumers"][0]["breaker"], "closed", "{json}");
     let pools = json["pipeline"]["pools"].as_array().cloned().unwrap_or_default();
     assert!(pools.iter().any(|p| p["name"] == "orders" && p["breaker"] == "closed"), "{json}");
+    // Seen through its heartbeat: one live process, this worker.
+    let orders = pools.iter().find(|p| p["name"] == "orders").cloned().unwrap_or_default();
+    assert_eq!(orders["live_processes"], 1, "{json}");
+    assert_eq!(orders["processes"][0]["pid"], worker.id().expect("running"), "{json}");
     // Every pool, the search indexer's too (its index under the data dir).
     assert!(pools.iter().any(|p| p["name"] == "catalog-index"), "{json}");
     let pid = worker.id().expect("running");

@@ -169,7 +169,7 @@ async fn held_deliveries_survive_worker_restarts_during_a_postgres_outage() -> a
     // orders pool's breaker open (the deliveries' checks of Postgres failed).
     all_held(&stack, max_deliver as usize + 1).await?;
     eventually(Duration::from_secs(30), || async {
-        let pools = status::read_pools(&stack.client, Duration::from_millis(500)).await.ok()?;
+        let pools = status::read_pools(&stack.client).await.ok()?;
         pools.iter().any(|p| p.name == "orders" && p.breaker == BreakerState::Open).then_some(())
     })
     .await?;
@@ -225,7 +225,7 @@ async fn the_dead_lettered_order_pool_holds_its_dead_letters_through_a_postgres_
     let consumer =
         || async { stack.js.get_stream("DLQ").await.ok()?.consumer_info("orders-dead-lettered").await.ok() };
     eventually(Duration::from_secs(30), || async {
-        let pools = status::read_pools(&stack.client, Duration::from_millis(500)).await.ok()?;
+        let pools = status::read_pools(&stack.client).await.ok()?;
         let open =
             pools.iter().any(|p| p.name == "orders-dead-lettered" && p.breaker != BreakerState::Closed);
         (open && consumer().await?.num_ack_pending == 1).then_some(())

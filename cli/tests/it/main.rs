@@ -1,6 +1,7 @@
 //! End-to-end flows through a whole node (ingress → JetStream → workers → Postgres →
 //! relay → JetStream), each test with its own nats-server and database.
 
+mod alerts;
 mod binary;
 mod catalog;
 mod crash;

@@ -128,15 +128,20 @@ async fn operators_list_show_redrive_purge_and_control_pools_and_every_action_is
     assert!(scale.status.success(), "{}", stderr(&scale));
     let status = run(&["status", "--json"]).await?;
     let v: serde_json::Value = serde_json::from_slice(&status.stdout)?;
-    let controls = &v["pool_controls"][0];
-    assert_eq!(controls["pool"], "orders", "{v}");
+    // In the status model, with no worker running: what the operators set, per pool.
+    let pools = v["pipeline"]["pools"].as_array().expect("pools");
+    let orders = pools.iter().find(|p| p["name"] == "orders").expect("orders pool");
     assert_eq!(
-        (controls["settings"]["paused"].as_bool(), controls["settings"]["concurrency"].as_u64()),
-        (Some(true), Some(8))
+        (orders["settings"]["paused"].as_bool(), orders["settings"]["concurrency"].as_u64()),
+        (Some(true), Some(8)),
+        "{v}"
     );
+    assert!(orders["controls"].is_null(), "no process runs it: {v}");
+    let others = pools.iter().filter(|p| p["name"] != "orders");
+    assert!(others.clone().all(|p| p["settings"].is_null()), "only orders was set: {v}");
     let text = run(&["status"]).await?;
     assert!(
-        stdout(&text).contains("pool orders: paused, concurrency 8 (set by cli:ada"),
+        stdout(&text).contains("  pool orders: paused, concurrency 8 (set by cli:ada"),
         "{}",
         stdout(&text)
     );

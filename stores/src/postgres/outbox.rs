@@ -360,3 +360,28 @@ impl Outbox for PgOutbox {
         self.lease_held().boxed()
     }
 }
+
+impl souk_pipelines::outbox::OutboxStats for PgOutbox {
+    fn backlog(
+        &self,
+    ) -> BoxFuture<'_, Result<souk_pipelines::outbox::OutboxBacklog, Box<dyn std::error::Error + Send + Sync>>>
+    {
+        async move {
+            // The oldest age from Postgres's own clock, like `created_at` itself.
+            let (unpublished, parked, oldest): (i64, i64, Option<f64>) = sqlx::query_as(
+                "select count(*) filter (where parked_at is null),
+                        count(*) filter (where parked_at is not null),
+                        extract(epoch from now() - min(created_at) filter (where parked_at is null))::float8
+                 from outbox where published_at is null",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(souk_pipelines::outbox::OutboxBacklog {
+                unpublished: u64::try_from(unpublished).unwrap_or(0),
+                parked: u64::try_from(parked).unwrap_or(0),
+                oldest_secs: oldest.map(|s| s.max(0.0)),
+            })
+        }
+        .boxed()
+    }
+}

@@ -93,6 +93,11 @@ impl Breaker {
         *self.state.borrow()
     }
 
+    /// Changes of the state, for the process's heartbeat (sent at once on a change).
+    pub(super) fn watch(&self) -> watch::Receiver<BreakerState> {
+        self.state.subscribe()
+    }
+
     /// The dependency failure that opened the breaker (or failed the last probe).
     pub(super) fn last_error(&self) -> Option<HandlerError> {
         self.last_error.lock().ok()?.clone()

@@ -71,8 +71,10 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
         tracing::Span::current().record("outcome", label);
         metrics::counter!("souk_worker_messages_total", "pool" => ctx.pool.clone(), "outcome" => label)
             .increment(1);
+        let took = started.elapsed();
         metrics::histogram!("souk_worker_handle_seconds", "pool" => ctx.pool.clone())
-            .record(started.elapsed().as_secs_f64());
+            .record(took.as_secs_f64());
+        ctx.stats.record(label, took);
     }
     .instrument(span)
     .await

@@ -1,5 +1,6 @@
-//! What a running pool reports of itself to `souk status`: whether it is paused (and
-//! done draining), its concurrency now, and how many messages it has in flight. Also
+//! What a running pool reports of itself in its process's heartbeat (and so in the
+//! status model): whether it is paused (and done draining), its concurrency now, and
+//! how many messages it has in flight. Also
 //! the resizer that moves a pool's handler slots to the concurrency an operator set.
 
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,7 @@ impl Activity {
     }
 }
 
-/// A pool's live numbers, shared by its fetch loop, its tasks and the status answer.
+/// A pool's live numbers, shared by its fetch loop, its tasks and the heartbeat.
 #[derive(Debug, Default)]
 pub(super) struct Live {
     paused: AtomicBool,

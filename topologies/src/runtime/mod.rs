@@ -35,13 +35,16 @@ mod dead_letter;
 mod execute;
 mod fetch;
 mod handler;
+mod heartbeat;
 mod ledger;
 mod live;
 mod pool;
 mod settle;
+mod stats;
 
 pub use breaker::BreakerState;
 pub use dead_letter::dead_letter;
 pub use handler::{Delivery, ErrorClass, Handler, HandlerError, Outcome, Registry};
 pub use live::Activity;
 pub use pool::{Pool, Runtime};
+pub use stats::{Counters, ERROR_OUTCOMES, HANDLE_BUCKETS, PoolStats, WINDOWS, Window};

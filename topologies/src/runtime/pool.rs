@@ -9,15 +9,14 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use futures::StreamExt;
-
 use super::{
-    BreakerState, Delivery, Handler, Outcome, Registry,
+    Delivery, Handler, Outcome, Registry,
     breaker::Breaker,
     execute::batch_fn,
-    fetch,
+    fetch, heartbeat,
     ledger::{Ledger, RateLimitedWarning},
     live::{self, Live},
+    stats::PoolStats,
 };
 use crate::{
     Error, Result,
@@ -60,7 +59,9 @@ pub(super) struct Ctx {
     pub(super) ledger: Ledger,
     /// The warning for messages of a newer schema, at most once a minute.
     pub(super) too_new_warning: RateLimitedWarning,
-    /// Paused or not, concurrency, in flight: for `souk status`.
+    /// This pool's counts, for the process's heartbeat.
+    pub(super) stats: Arc<PoolStats>,
+    /// Paused or not, concurrency, in flight: for the process's heartbeat.
     pub(super) live: Arc<Live>,
 }
 
@@ -97,7 +98,7 @@ impl Pool {
         let breaker = Breaker::new(&self.spec.name);
         let (_keep, settings) = watch::channel(PoolSettings::default());
         let live = Live::new(self.spec.concurrency, false);
-        self.run_with(cancel, breaker, settings, live).await;
+        self.run_with(cancel, breaker, settings, live, Arc::default()).await;
     }
 
     /// [`Pool::run`], following the pool's settings in `controls` (pause, resume,
@@ -107,7 +108,7 @@ impl Pool {
         let breaker = Breaker::new(&self.spec.name);
         let settings = controls.follow(&self.spec.name, cancel.child_token()).await?;
         let live = Live::starting(&self.spec, &settings.borrow());
-        self.run_with(cancel, breaker, settings, live).await;
+        self.run_with(cancel, breaker, settings, live, Arc::default()).await;
         Ok(())
     }
 
@@ -117,6 +118,7 @@ impl Pool {
         breaker: Arc<Breaker>,
         mut settings: watch::Receiver<PoolSettings>,
         live: Arc<Live>,
+        stats: Arc<PoolStats>,
     ) {
         let Pool { spec, consumer_spec, consumer, handler, publisher } = self;
         // The batcher outlives the fetch loop: draining handlers still need it.
@@ -151,6 +153,7 @@ impl Pool {
             too_new_warning: RateLimitedWarning::new(Duration::from_secs(60)),
             breaker: breaker.clone(),
             cancel: cancel.clone(),
+            stats,
             live: live.clone(),
         });
         let stop_prober = CancellationToken::new();
@@ -206,6 +209,7 @@ pub struct Runtime {
     settings: Vec<watch::Receiver<PoolSettings>>,
     /// Ends those watches once the pools have stopped.
     stop_following: CancellationToken,
+    heartbeat_every: Duration,
 }
 
 impl Runtime {
@@ -244,12 +248,27 @@ impl Runtime {
             pools.iter().map(|p| controls.follow(&p.spec.name, stop_following.clone())),
         )
         .await?;
-        Ok(Runtime { pools, purged_streams, js: publisher.jetstream().clone(), settings, stop_following })
+        Ok(Runtime {
+            pools,
+            purged_streams,
+            js: publisher.jetstream().clone(),
+            settings,
+            stop_following,
+            heartbeat_every: status::heartbeat::DEFAULT_EVERY,
+        })
+    }
+
+    /// Beat every `every` instead of [`status::heartbeat::DEFAULT_EVERY`] (tests).
+    pub fn heartbeat_every(mut self, every: Duration) -> Runtime {
+        self.heartbeat_every = every;
+        self
     }
 
     /// Run every pool, and the purger of the `purge-acked` streams they read, until
-    /// `cancel`; returns when all pools have drained. Meanwhile the process answers
-    /// `souk status` with its pools' breaker states (see [`status::read_pools`]).
+    /// `cancel`; returns when all pools have drained. Each pool follows its
+    /// operators' settings ([`crate::control`]) from before its first fetch. Meanwhile
+    /// the process beats (its pools' breakers, controls and counts in the heartbeat
+    /// bucket, see [`status::heartbeat`]) until its pools have drained.
     pub async fn run(self, cancel: CancellationToken) {
         let purger = tokio::spawn(purge::run(
             self.js.clone(),
@@ -264,23 +283,29 @@ impl Runtime {
             .map(|(p, settings)| {
                 let breaker = Breaker::new(&p.spec.name);
                 let live = Live::starting(&p.spec, &settings.borrow());
-                (p, breaker, settings, live)
+                (p, breaker, settings, live, Arc::<PoolStats>::default())
             })
             .collect();
-        let known: Vec<Known> = pools
+        let beating = pools
             .iter()
-            .map(|(p, b, _, live)| Known {
+            .map(|(p, b, settings, live, stats)| heartbeat::Beating {
                 name: p.spec.name.clone(),
                 consumer: p.spec.consumer.clone(),
                 breaker: b.clone(),
+                settings: settings.clone(),
                 live: live.clone(),
+                stats: stats.clone(),
             })
             .collect();
-        let answer = tokio::spawn(answer_status(self.js.client(), known, cancel.clone()));
-        futures::future::join_all(pools.into_iter().map(|(p, b, s, l)| p.run_with(cancel.clone(), b, s, l)))
-            .await;
+        let stop_beating = CancellationToken::new();
+        let beat = tokio::spawn(heartbeat::run(self.js, beating, self.heartbeat_every, stop_beating.clone()));
+        futures::future::join_all(
+            pools.into_iter().map(|(p, b, s, l, stats)| p.run_with(cancel.clone(), b, s, l, stats)),
+        )
+        .await;
         self.stop_following.cancel();
-        answer.await.ok();
+        stop_beating.cancel();
+        beat.await.ok();
         purger.await.ok();
     }
 }
@@ -288,51 +313,4 @@ impl Runtime {
 /// The control bucket's replicas: as many as the topology's most replicated stream.
 fn control_replicas(topology: &Topology) -> usize {
     topology.streams.iter().map(|s| s.replicas).max().unwrap_or(1).max(1)
-}
-
-/// One running pool, as the status answer sees it.
-struct Known {
-    name: String,
-    consumer: String,
-    breaker: Arc<Breaker>,
-    live: Arc<Live>,
-}
-
-/// Answer [`status::POOLS_SUBJECT`] requests with these pools' states until `cancel`.
-async fn answer_status(client: async_nats::Client, pools: Vec<Known>, cancel: CancellationToken) {
-    let mut requests = match client.subscribe(status::POOLS_SUBJECT).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot answer pool status requests");
-            return;
-        }
-    };
-    loop {
-        let request = tokio::select! {
-            () = cancel.cancelled() => break,
-            r = requests.next() => match r { Some(r) => r, None => break },
-        };
-        let Some(reply) = request.reply else { continue };
-        let states: Vec<status::PoolStatus> = pools
-            .iter()
-            .map(|k| {
-                let breaker = k.breaker.state();
-                status::PoolStatus {
-                    name: k.name.clone(),
-                    consumer: k.consumer.clone(),
-                    breaker,
-                    last_error: (breaker != BreakerState::Closed)
-                        .then(|| k.breaker.last_error().map(|e| e.to_string()))
-                        .flatten(),
-                    activity: k.live.activity(),
-                    concurrency: k.live.concurrency(),
-                    in_flight: k.live.in_flight(),
-                }
-            })
-            .collect();
-        let body = serde_json::to_vec(&states).unwrap_or_default();
-        if let Err(e) = client.publish(reply, body.into()).await {
-            tracing::debug!(error = %e, "pool status answer failed");
-        }
-    }
 }

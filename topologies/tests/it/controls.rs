@@ -7,7 +7,7 @@ use futures::{FutureExt, future::BoxFuture};
 use souk_topologies::{
     control::{Change, Controls},
     runtime::{Activity, Delivery, Handler, Outcome, Registry, Runtime},
-    status::{self, PoolStatus},
+    status::{self, PoolStatus, heartbeat::PoolControls},
 };
 use std::{
     sync::{Arc, Mutex},
@@ -71,7 +71,9 @@ async fn start(env: &Env, handler: &Gated) -> anyhow::Result<Process> {
     let publisher = souk_topologies::publisher::Publisher::new(client, Duration::from_secs(2));
     let mut registry = Registry::default();
     registry.register("test", handler.clone());
-    let runtime = Runtime::build(&publisher, &env.topology, &registry, &[]).await?;
+    let runtime = Runtime::build(&publisher, &env.topology, &registry, &[])
+        .await?
+        .heartbeat_every(Duration::from_millis(200));
     let cancel = CancellationToken::new();
     Ok(Process { cancel: cancel.clone(), run: tokio::spawn(runtime.run(cancel)) })
 }
@@ -90,16 +92,17 @@ async fn publish(env: &Env, prefix: &str, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The "work" pool of every runtime that answers, once `processes` answered and each
-/// passes `check`.
+/// The "work" pool of every live process (by its heartbeat), once `processes` beat
+/// and each passes `check` (on its controls, as the status model shows them).
 async fn pools_where(
     env: &Env,
     processes: usize,
-    check: impl Fn(&PoolStatus) -> bool,
+    check: impl Fn(&PoolStatus, &PoolControls) -> bool,
 ) -> anyhow::Result<Option<Vec<PoolStatus>>> {
-    let pools = status::read_pools(&env.client, Duration::from_millis(300)).await?;
+    let pools = status::read_pools(&env.client).await?;
     let work: Vec<_> = pools.into_iter().filter(|p| p.name == "work").collect();
-    Ok((work.len() == processes && work.iter().all(check)).then_some(work))
+    let passes = |p: &PoolStatus| p.controls.is_some_and(|c| check(p, &c));
+    Ok((work.len() == processes && work.iter().all(passes)).then_some(work))
 }
 
 async fn consumer(env: &Env) -> anyhow::Result<async_nats::jetstream::consumer::Info> {
@@ -131,16 +134,24 @@ async fn pause_drains_in_flight_and_stops_fetching_and_resume_loses_nothing() ->
     controls.change("work", Change::Pause, "test-operator").await?;
     // Paused, not drained: four handlers still run, and are not interrupted.
     let pausing = souk_testkit::eventually(WAIT, || {
-        pools_where(&env, 1, |p| p.activity == Activity::Pausing && p.in_flight == 4)
+        pools_where(&env, 1, |p, c| c.activity == Activity::Pausing && c.paused && p.in_flight == 4)
     })
     .await?;
-    assert_eq!(pausing[0].concurrency, 4);
+    assert_eq!(pausing[0].controls.map(|c| c.concurrency), Some(4));
     handler.gate.add_permits(4);
     souk_testkit::eventually(WAIT, || {
-        pools_where(&env, 1, |p| p.activity == Activity::Paused && p.in_flight == 0)
+        pools_where(&env, 1, |p, c| c.activity == Activity::Paused && p.in_flight == 0)
     })
     .await?;
     assert_eq!(handler.handled().len(), 4, "in-flight messages finished");
+    // The status model shows it: the pool's controls from the heartbeats, and what the
+    // operator set (and who) from the control bucket.
+    let model = status::model::read(&env.js, &env.topology, None, false).await?;
+    let work = model.pools.iter().find(|p| p.name == "work").expect("work pool");
+    let shown = work.controls.expect("controls in the heartbeat");
+    assert_eq!((shown.paused, shown.activity, shown.concurrency), (true, Activity::Paused, 4));
+    let set = work.settings.as_ref().expect("settings in the control bucket");
+    assert!(set.paused && set.changed_by == "test-operator", "{set:?}");
 
     publish(&env, "late", 10).await?;
     stays_in_the_stream(&env, 10).await?;
@@ -167,10 +178,13 @@ async fn pause_and_resume_reach_every_process_running_the_pool() -> anyhow::Resu
     let controls = Controls::open(&env.js, 1).await?;
     let (one, two) = (Gated::default(), Gated::default());
     let (p1, p2) = (start(&env, &one).await?, start(&env, &two).await?);
-    souk_testkit::eventually(WAIT, || pools_where(&env, 2, |p| p.activity == Activity::Running)).await?;
+    souk_testkit::eventually(WAIT, || {
+        pools_where(&env, 2, |_, c| c.activity == Activity::Running && !c.paused)
+    })
+    .await?;
 
     controls.change("work", Change::Pause, "test-operator").await?;
-    souk_testkit::eventually(WAIT, || pools_where(&env, 2, |p| p.activity == Activity::Paused)).await?;
+    souk_testkit::eventually(WAIT, || pools_where(&env, 2, |_, c| c.activity == Activity::Paused)).await?;
     publish(&env, "m", 20).await?;
     stays_in_the_stream(&env, 20).await?;
     assert_eq!(one.handled().len() + two.handled().len(), 0, "neither process fetched");
@@ -208,7 +222,7 @@ async fn scale_moves_the_in_flight_bound_of_every_process() -> anyhow::Result<()
     controls.change("work", Change::Scale(7), "test-operator").await?;
     let scaled = handler.started.acquire_many(6).await?;
     scaled.forget();
-    souk_testkit::eventually(WAIT, || pools_where(&env, 2, |p| p.concurrency == 7 && p.in_flight == 7))
+    souk_testkit::eventually(WAIT, || pools_where(&env, 2, |p, c| c.concurrency == 7 && p.in_flight == 7))
         .await?;
     let info = consumer(&env).await?;
     assert_eq!(info.num_ack_pending, 14, "two processes at 7");
@@ -218,11 +232,11 @@ async fn scale_moves_the_in_flight_bound_of_every_process() -> anyhow::Result<()
     controls.change("work", Change::Scale(2), "test-operator").await?;
     handler.gate.add_permits(1000);
     souk_testkit::eventually(WAIT, || async { (handler.handled().len() == 40).then_some(()) }).await?;
-    souk_testkit::eventually(WAIT, || pools_where(&env, 2, |p| p.concurrency == 2 && p.in_flight == 0))
+    souk_testkit::eventually(WAIT, || pools_where(&env, 2, |p, c| c.concurrency == 2 && p.in_flight == 0))
         .await?;
     handler.gate.forget_permits(usize::MAX);
     publish(&env, "block-again", 10).await?;
-    souk_testkit::eventually(WAIT, || pools_where(&env, 2, |p| p.in_flight == 2)).await?;
+    souk_testkit::eventually(WAIT, || pools_where(&env, 2, |p, _| p.in_flight == 2)).await?;
     let info = consumer(&env).await?;
     assert_eq!(info.num_ack_pending, 4, "two processes at 2: {info:?}");
     handler.gate.add_permits(1000);
@@ -240,7 +254,7 @@ async fn a_process_started_while_its_pool_is_paused_starts_paused() -> anyhow::R
     publish(&env, "m", 5).await?;
     let handler = Gated::default();
     let process = start(&env, &handler).await?;
-    souk_testkit::eventually(WAIT, || pools_where(&env, 1, |p| p.activity == Activity::Paused)).await?;
+    souk_testkit::eventually(WAIT, || pools_where(&env, 1, |_, c| c.activity == Activity::Paused)).await?;
     stays_in_the_stream(&env, 5).await?;
     assert!(handler.handled().is_empty());
     let (settings, _) = controls.get("work").await?;

@@ -9,6 +9,7 @@ mod purge;
 mod redrive;
 mod relay;
 mod runtime;
+mod status;
 
 use souk_topologies::{Topology, apply::Mode, publisher::Publisher};
 use std::time::Duration;

@@ -49,7 +49,7 @@ async fn an_io_error_in_postgres_holds_commands_instead_of_dead_lettering_them()
     env.send(&format!("orders.place:{}:{}", cmd.tenant, cmd.order_id), &cmd).await?;
     // Either the pool holds it (breaker open) or it was dead-lettered: whichever first.
     let held = eventually(Duration::from_secs(15), || async {
-        let pools = status::read_pools(&client, Duration::from_secs(2)).await?;
+        let pools = status::read_pools(&client).await?;
         let open = pools.iter().any(|p| p.name == "orders" && p.breaker != BreakerState::Closed);
         anyhow::Ok((open || env.dead_letters().await? > 0).then_some(()))
     })
@@ -71,7 +71,7 @@ async fn an_io_error_in_postgres_holds_commands_instead_of_dead_lettering_them()
 
 async fn breaker(env: &Env, pool: &str) -> Option<BreakerState> {
     let client = env.publisher.jetstream().client();
-    let pools = status::read_pools(&client, Duration::from_secs(2)).await.ok()?;
+    let pools = status::read_pools(&client).await.ok()?;
     pools.into_iter().find(|p| p.name == pool).map(|p| p.breaker)
 }
 
