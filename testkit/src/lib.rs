@@ -26,7 +26,7 @@ pub use pg_server::PgServer;
 pub use quiescent::quiescent;
 pub use stack::{
     PUBLIC_TENANT, Stack, StackOptions, order_body, read_body, shipped_topology, test_job_tuning,
-    test_payment_retry, test_topology,
+    test_payment_retry, test_topology, test_topology_running,
 };
 
 /// What an [`eventually`] check answers: `Option<T>` (`None`: not yet), or
