@@ -144,6 +144,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         relay,
         metrics: metrics_listener,
         search,
+        search_timeout: souk_ingress::search::SEARCH_TIMEOUT,
         public_tenant: config.public_tenant.clone(),
         status_history: Default::default(),
     })

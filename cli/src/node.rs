@@ -60,6 +60,9 @@ pub struct NodeOptions {
     /// The search index (see [`open_search`]): written by the `catalog-index` pool,
     /// read by `/v1/search`. Needed when either runs.
     pub search: Option<Arc<dyn SearchStore>>,
+    /// Longest a search may take before a 503 ([`souk_ingress::search::SEARCH_TIMEOUT`]
+    /// in production; test stacks wait longer).
+    pub search_timeout: Duration,
     /// The tenant anonymous product reads read (`souk_ingress::DEFAULT_PUBLIC_TENANT`).
     pub public_tenant: String,
     /// The payment providers (see [`payment_gateway`]): needed when a payments pool runs.
@@ -145,7 +148,10 @@ impl Node {
                 intake: options.intake,
                 rate_limit: options.rate_limit,
                 connections: ConnectionLimits::default(),
-                search: options.search.clone().map(|store| SearchOptions { store }),
+                search: options
+                    .search
+                    .clone()
+                    .map(|store| SearchOptions { store, timeout: options.search_timeout }),
                 public_tenant: options.public_tenant.clone(),
             });
             let stop = cancel.clone();

@@ -123,6 +123,7 @@ impl Stack {
             jobs: None,
             metrics: None,
             search: Some(Arc::new(search.clone())),
+            search_timeout: souk_ingress::search::SEARCH_TIMEOUT,
             public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
             status_history: Default::default(),
         })

@@ -93,6 +93,10 @@ pub struct StackOptions {
     pub postgres: Option<String>,
     /// Run a job worker in the node (with pools), tuned like this.
     pub jobs: Option<souk_jobs::Tuning>,
+    /// The ingress's search deadline: 10 s, not the shipped 1 s — a test's node shares
+    /// two cores with the other tests' nodes, and tests assert that no query fails, not
+    /// how fast a starved process answers (the deadline itself is tested in the ingress).
+    pub search_timeout: Duration,
 }
 
 impl Default for StackOptions {
@@ -105,6 +109,7 @@ impl Default for StackOptions {
             rate_limit: Some(souk_cli::node::default_rate_limit()),
             postgres: None,
             jobs: Some(test_job_tuning()),
+            search_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -204,6 +209,7 @@ impl Stack {
             relay: o.relay,
             metrics: None,
             search: Some(self.search.clone()),
+            search_timeout: o.search_timeout,
             public_tenant: PUBLIC_TENANT.into(),
             payments: Some(self.payments.clone()),
             status_history: Default::default(),

@@ -64,7 +64,7 @@ async fn serve(
         intake: IntakeOptions::default(),
         rate_limit,
         connections: ConnectionLimits::default(),
-        search: store.map(|store| SearchOptions { store }),
+        search: store.map(SearchOptions::new),
         public_tenant: "t1".into(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
