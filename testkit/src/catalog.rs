@@ -122,7 +122,7 @@ pub fn for_sale(sku: &str, seller: &str, price_minor: i64, stock: i64) -> Produc
 }
 
 /// Put `products` live in `tenant`'s catalog through the catalog store, in one
-/// transaction as the catalog pool writes them (SKU lock, next version): for tests
+/// transaction as the catalog pool writes them (SKU lock, next version, on-hand stock): for tests
 /// that order them without running the catalog pipeline.
 pub async fn seed(pool: &sqlx::PgPool, tenant: &str, products: &[Product]) -> anyhow::Result<()> {
     use souk_stores::postgres::products as store;
@@ -130,6 +130,9 @@ pub async fn seed(pool: &sqlx::PgPool, tenant: &str, products: &[Product]) -> an
     for p in products {
         let version = store::lock(&mut tx, tenant, &p.sku).await?.map_or(1, |s| s.product.version + 1);
         store::put(&mut tx, tenant, &p.sku, &p.seller, &p.fields, version, chrono::Utc::now()).await?;
+        // As the catalog pool does: a product's stock is its on-hand units, which the
+        // inventory pool reserves from (without it every saga is "out of stock").
+        souk_stores::postgres::inventory::set_on_hand(&mut tx, tenant, &p.sku, p.fields.stock).await?;
     }
     tx.commit().await?;
     Ok(())

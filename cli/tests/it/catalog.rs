@@ -318,8 +318,13 @@ async fn a_resubmitted_write_is_applied_once_and_another_body_under_its_key_is_r
 async fn if_match_conflicts_get_412_and_a_lost_race_is_recorded_rejected() -> anyhow::Result<()> {
     let stack = Stack::start_with(StackOptions { pools: false, ..Default::default() }).await?;
     let publisher = Publisher::new(stack.client.clone(), Duration::from_millis(1500));
-    let (worker, task) =
-        crate::support::start_worker(&publisher, &stack.topology, &stack.db.url, Some(stack.search.clone()))?;
+    let (worker, task) = crate::support::start_worker(
+        &publisher,
+        &stack.topology,
+        &stack.db.url,
+        Some(stack.search.clone()),
+        None,
+    )?;
     let alice = seller_token(&stack, "alice", &[Role::Seller], &["s1"]);
     assert_eq!(put_applied(&stack, &alice, "s1", "MUG-1", "k1", mug("Mug")).await?, 1);
     let mut stale = put("s1", "MUG-1", "k2", mug("Mug v5"));
@@ -342,8 +347,13 @@ async fn if_match_conflicts_get_412_and_a_lost_race_is_recorded_rejected() -> an
         assert_eq!(status, 202, "{accepted}");
         ids.push(accepted["write_id"].as_str().unwrap_or_default().to_owned());
     }
-    let (worker, task) =
-        crate::support::start_worker(&publisher, &stack.topology, &stack.db.url, Some(stack.search.clone()))?;
+    let (worker, task) = crate::support::start_worker(
+        &publisher,
+        &stack.topology,
+        &stack.db.url,
+        Some(stack.search.clone()),
+        None,
+    )?;
     let mut outcomes = Vec::new();
     for id in &ids {
         outcomes.push(decided(&stack, &alice, id).await?);

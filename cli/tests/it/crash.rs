@@ -44,8 +44,8 @@ fn buyers(
 
 /// Once the node has nothing left to do (every command handled and acknowledged, the
 /// outbox published: counts read earlier could still grow), every accepted order is in
-/// Postgres exactly once, with exactly one OrderAccepted event, and nothing was
-/// dead-lettered.
+/// Postgres exactly once, confirmed by its saga, with exactly one OrderAccepted and one
+/// OrderConfirmed event, and nothing was dead-lettered.
 async fn every_accepted_order_exactly_once(stack: &Stack, accepted: &HashSet<String>) -> anyhow::Result<()> {
     stack.quiescent(Duration::from_secs(60)).await?;
     let n = accepted.len() as i64;
@@ -55,7 +55,21 @@ async fn every_accepted_order_exactly_once(stack: &Stack, accepted: &HashSet<Str
     let stored: HashSet<String> = stored.into_iter().map(|u| u.to_string()).collect();
     assert_eq!(&stored, accepted);
     assert_eq!(stack.count("select 1 from outbox where published_at is null").await?, 0);
-    assert_eq!(stack.stream_messages("EVT").await?, n as u64, "one event per order");
+    // The node runs every pool: each order's saga confirms it, and each order has one
+    // OrderAccepted and one OrderConfirmed event.
+    let open = "select status, reason from orders where status <> 'confirmed' limit 3";
+    let open: Vec<(String, Option<String>)> = sqlx::query_as(open).fetch_all(&stack.db.pool).await?;
+    assert!(open.is_empty(), "every order confirmed: {open:?}");
+    let events = crate::events::all(stack).await?;
+    for subject in [souk_pipelines::subjects::ORDERS_ACCEPTED, souk_pipelines::subjects::ORDERS_CONFIRMED] {
+        let of: Vec<String> = events
+            .iter()
+            .filter(|e| e.subject == subject)
+            .map(|e| e.body["order_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(of.len() as i64, n, "one {subject} per order");
+        assert_eq!(&of.into_iter().collect::<HashSet<_>>(), accepted);
+    }
     assert_eq!(stack.stream_messages("DLQ").await?, 0, "nothing dead-lettered");
     Ok(())
 }

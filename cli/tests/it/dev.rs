@@ -188,12 +188,29 @@ fn souk_dev_on_database_server(
         .spawn()
 }
 
-/// Messages in the EVT stream of the `souk dev` running on `data`.
-async fn evt_messages(data: &std::path::Path) -> anyhow::Result<u64> {
+/// The order ids of the `OrderAccepted` and of the `OrderConfirmed` events in the EVT
+/// stream of the `souk dev` running on `data`, each sorted (an order's saga publishes
+/// more events: inventory, payments).
+async fn evt_orders(data: &std::path::Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let url =
         souk_topologies::local_server::running_url(&data.join("nats")).ok_or(anyhow::anyhow!("no server"))?;
     let client = async_nats::connect(url).await?;
-    Ok(async_nats::jetstream::new(client).get_stream("EVT").await?.get_info().await?.state.messages)
+    let stream = async_nats::jetstream::new(client).get_stream("EVT").await?;
+    let last = stream.get_info().await?.state.last_sequence;
+    let (mut accepted, mut confirmed) = (Vec::new(), Vec::new());
+    for seq in 1..=last {
+        let m = stream.get_raw_message(seq).await?;
+        let id =
+            serde_json::from_slice::<serde_json::Value>(&m.payload)?["order_id"].as_str().map(str::to_owned);
+        match (m.subject.as_str(), id) {
+            (souk_pipelines::subjects::ORDERS_ACCEPTED, Some(id)) => accepted.push(id),
+            (souk_pipelines::subjects::ORDERS_CONFIRMED, Some(id)) => confirmed.push(id),
+            _ => {}
+        }
+    }
+    accepted.sort();
+    confirmed.sort();
+    Ok((accepted, confirmed))
 }
 
 /// Two instances with different data dirs on one `DATABASE_URL` (each with its own
@@ -224,18 +241,31 @@ async fn two_souk_devs_on_one_database_url_keep_their_events_apart() -> anyhow::
             }
             instances.push(child);
         }
-        // Every order stored, as its own instance says.
+        // Every order stored and its saga confirmed (`souk dev` runs every pool), as its
+        // own instance says.
         for (api, token, id) in &placed {
             eventually(Duration::from_secs(60), || async {
                 let r = http.get(format!("{api}/v1/orders/{id}")).bearer_auth(token).send().await.ok()?;
                 let body: serde_json::Value = r.json().await.ok()?;
-                (body["status"] != "pending").then_some(())
+                (body["status"] == "confirmed").then_some(())
             })
             .await?;
         }
-        // Each instance's events in its own EVT (before: 5 in one, 0 in the other).
+        // Each instance's events in its own EVT (before: 5 in one, 0 in the other): each
+        // order accepted and confirmed once, in its own instance's EVT.
+        let ids_of = |from: std::ops::Range<usize>| -> Vec<String> {
+            let mut ids: Vec<String> = placed[from].iter().map(|(_, _, id)| id.to_string()).collect();
+            ids.sort();
+            ids
+        };
+        let expected = [ids_of(0..3), ids_of(3..5)];
+        let own = || async {
+            let (a_events, b_events) = (evt_orders(a.path()).await.ok()?, evt_orders(b.path()).await.ok()?);
+            Some([a_events, b_events])
+        };
         eventually(Duration::from_secs(60), || async {
-            (evt_messages(a.path()).await.ok()? == 3 && evt_messages(b.path()).await.ok()? == 2).then_some(())
+            let events = own().await?;
+            events.iter().zip(&expected).all(|((acc, conf), ids)| acc == ids && conf == ids).then_some(())
         })
         .await?;
         // Quiescent: each database holds its own orders and has nothing left to publish;
@@ -250,7 +280,10 @@ async fn two_souk_devs_on_one_database_url_keep_their_events_apart() -> anyhow::
             assert_eq!((stored, unpublished), (orders, 0), "{}", souk_stores::postgres::redact(url));
             pool.close().await;
         }
-        assert_eq!((evt_messages(a.path()).await?, evt_messages(b.path()).await?), (3, 2));
+        for ((data, ids), name) in [a.path(), b.path()].into_iter().zip(&expected).zip(["a", "b"]) {
+            let (accepted, confirmed) = evt_orders(data).await?;
+            assert_eq!((&accepted, &confirmed), (ids, ids), "instance {name}'s events");
+        }
 
         // `souk status` finds the instance through its data dir, and reads its database
         // (`DATABASE_URL`'s own is not even migrated).

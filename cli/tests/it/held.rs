@@ -1,7 +1,7 @@
 //! Deliveries held behind an open breaker (Postgres down) meet a second failure:
 //! nats-server killed and restarted under them, or the worker stopped and started.
-//! On the shipped topology, once both are back every accepted order is stored once as
-//! `accepted`, with exactly one `OrderAccepted` event, and nothing is dead-lettered.
+//! On the shipped topology, once both are back every accepted order is stored once and
+//! its saga confirms it, with exactly one `OrderAccepted` event, and nothing is dead-lettered.
 
 use souk_ingress::Role;
 use souk_stores::postgres::{self as pg, PgOptions};
@@ -57,43 +57,42 @@ async fn all_held(stack: &Stack, times: usize) -> anyhow::Result<()> {
     held.map_err(|e| anyhow::anyhow!("{e}: not all held {times} times: {}", seen.lock().expect("lock")))
 }
 
-/// Quiescent, then exact: every accepted order stored once (`cancelled` at once: the
-/// client-priced API names no payment token), one event each,
-/// nothing dead-lettered, nothing left to publish.
+/// Quiescent, then exact: every accepted order stored once, its saga run to the end
+/// (`confirmed`: the worker runs every pool), one `OrderAccepted` and one
+/// `OrderConfirmed` event each, nothing dead-lettered, nothing left to publish.
 async fn exactly_once(stack: &Stack, accepted: &HashSet<String>) -> anyhow::Result<()> {
     eventually(Duration::from_secs(120), || async {
         let info = stack.js.get_stream("CMD").await.ok()?.consumer_info("orders-place").await.ok()?;
         let unpublished = stack.count("select 1 from outbox where published_at is null").await.ok()?;
-        (info.num_pending == 0 && info.num_ack_pending == 0 && unpublished == 0).then_some(())
+        let open = stack.count("select 1 from orders where status = 'accepted'").await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0 && unpublished == 0 && open == 0).then_some(())
     })
     .await?;
+    stack.quiescent(Duration::from_secs(60)).await?;
     let stored: Vec<(uuid::Uuid, String)> =
         sqlx::query_as("select order_id, status from orders").fetch_all(&stack.db.pool).await?;
-    let reasons: Vec<Option<String>> = sqlx::query_scalar(
-        "select reason from orders where status <> 'cancelled' or reason is distinct from $1 limit 3",
-    )
-    .bind(souk_workers::orders::saga::NO_PAYMENT_REASON)
-    .fetch_all(&stack.db.pool)
-    .await?;
-    assert!(reasons.is_empty(), "every order handled (and, unpayable, cancelled): {reasons:?}");
+    let reasons: Vec<(String, Option<String>)> =
+        sqlx::query_as("select status, reason from orders where status <> 'confirmed' limit 3")
+            .fetch_all(&stack.db.pool)
+            .await?;
+    assert!(reasons.is_empty(), "every order handled and its saga confirmed: {reasons:?}");
     let ids: HashSet<String> = stored.iter().map(|(id, _)| id.to_string()).collect();
     assert_eq!(stored.len(), ids.len());
     assert_eq!(&ids, accepted, "every 202 stored once, nothing else");
     let dlq = stack.js.get_stream("DLQ").await?.get_info().await?.state;
     assert_eq!((dlq.messages, dlq.last_sequence), (0, 0), "nothing dead-lettered");
-    // One event (OrderCancelled) per order in EVT (read back, not just counted).
-    let evt = stack.js.get_stream("EVT").await?;
-    let last = evt.get_info().await?.state.last_sequence;
-    let mut events = Vec::new();
-    for seq in 1..=last {
-        if let Ok(m) = evt.get_raw_message(seq).await {
-            let json: serde_json::Value = serde_json::from_slice(&m.payload)?;
-            events.push(json["order_id"].as_str().unwrap_or_default().to_owned());
-        }
+    // One OrderAccepted and one OrderConfirmed per order in EVT (read back, not just counted).
+    let events = crate::events::all(stack).await?;
+    for subject in [souk_pipelines::subjects::ORDERS_ACCEPTED, souk_pipelines::subjects::ORDERS_CONFIRMED] {
+        let of: Vec<String> = events
+            .iter()
+            .filter(|e| e.subject == subject)
+            .map(|e| e.body["order_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let distinct: HashSet<String> = of.iter().cloned().collect();
+        assert_eq!(of.len(), accepted.len(), "one {subject} per order: {} events", of.len());
+        assert_eq!(&distinct, accepted);
     }
-    let distinct: HashSet<String> = events.iter().cloned().collect();
-    assert_eq!(events.len(), accepted.len(), "one event per order: {} events", events.len());
-    assert_eq!(&distinct, accepted);
     Ok(())
 }
 
@@ -104,7 +103,13 @@ async fn exactly_once(stack: &Stack, accepted: &HashSet<String>) -> anyhow::Resu
 async fn held_deliveries_survive_a_nats_server_kill_during_a_postgres_outage() -> anyhow::Result<()> {
     let (mut pg_server, mut stack, publisher, topology, accepted) = backlog().await?;
     pg_server.crash().await?;
-    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
+    let (worker, worker_task) = crate::support::start_worker(
+        &publisher,
+        &topology,
+        &stack.db.url,
+        None,
+        Some(stack.payments.clone()),
+    )?;
     all_held(&stack, 1).await?;
     stack.nats.kill().await?;
     // The outage itself, longer than the ack wait: not synchronisation.
@@ -132,7 +137,13 @@ async fn held_deliveries_survive_a_nats_server_kill_during_a_postgres_outage() -
 async fn held_deliveries_stored_while_nats_server_is_down_are_stored_once() -> anyhow::Result<()> {
     let (mut pg_server, mut stack, publisher, topology, accepted) = backlog().await?;
     pg_server.crash().await?;
-    let (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
+    let (worker, worker_task) = crate::support::start_worker(
+        &publisher,
+        &topology,
+        &stack.db.url,
+        None,
+        Some(stack.payments.clone()),
+    )?;
     all_held(&stack, 1).await?;
     stack.nats.kill().await?;
     pg_server.restart().await?;
@@ -157,13 +168,24 @@ async fn held_deliveries_survive_worker_restarts_during_a_postgres_outage() -> a
     let (mut pg_server, mut stack, publisher, topology, accepted) = backlog().await?;
     pg_server.crash().await?;
     let max_deliver = topology.consumer("orders-place").map_or(0, |c| c.max_deliver);
-    let (mut worker, mut worker_task) =
-        crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
+    let (mut worker, mut worker_task) = crate::support::start_worker(
+        &publisher,
+        &topology,
+        &stack.db.url,
+        None,
+        Some(stack.payments.clone()),
+    )?;
     for restarts in 0..max_deliver as usize {
         all_held(&stack, restarts + 1).await?;
         worker.cancel();
         worker_task.await?;
-        (worker, worker_task) = crate::support::start_worker(&publisher, &topology, &stack.db.url, None)?;
+        (worker, worker_task) = crate::support::start_worker(
+            &publisher,
+            &topology,
+            &stack.db.url,
+            None,
+            Some(stack.payments.clone()),
+        )?;
     }
     // Held again, not dead-lettered, while Postgres is still down: delivered, and the
     // orders pool's breaker open (the deliveries' checks of Postgres failed).

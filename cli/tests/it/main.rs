@@ -6,6 +6,7 @@ mod binary;
 mod catalog;
 mod crash;
 mod dev;
+mod events;
 mod failed_orders;
 mod fulfilment;
 mod held;

@@ -33,22 +33,34 @@ async fn an_order_flows_from_http_to_postgres_and_its_event_to_jetstream() -> an
     assert_eq!(order["total_minor"], 2 * 1299 + 450);
     assert_eq!(order["currency"], "EUR");
     assert_eq!(order["lines"].as_array().map(Vec::len), Some(2));
-    // A client-priced order names no payment token: no saga can pay for it.
-    assert_eq!(
-        (&order["status"], &order["reason"]),
-        (&"cancelled".into(), &souk_workers::orders::saga::NO_PAYMENT_REASON.into())
-    );
-
-    // The OrderCancelled event reaches the EVT stream through the outbox relay.
-    eventually(Duration::from_secs(10), || async {
-        (stack.stream_messages("EVT").await.ok()? == 1).then_some(())
+    // Every pool runs: the order's saga reserves, authorizes, commits and captures.
+    let order = eventually(Duration::from_secs(30), || async {
+        match stack.get(&token, &format!("/v1/orders/{order_id}")).await {
+            Ok((200, body)) if body["status"] != "accepted" => Some(body),
+            _ => None,
+        }
     })
     .await?;
-    let evt = stack.js.get_stream("EVT").await?.get_raw_message(1).await?;
-    assert_eq!(evt.subject.as_str(), "souk.evt.orders.cancelled");
-    let event: serde_json::Value = serde_json::from_slice(&evt.payload)?;
-    assert_eq!(event["order_id"], order_id.as_str());
-    assert_eq!(evt.headers.get("souk-schema").map(|v| v.as_str()), Some("orders.cancelled/v1"));
+    assert_eq!(
+        (&order["status"], &order["reason"]),
+        (&"confirmed".into(), &serde_json::Value::Null),
+        "{order}"
+    );
+
+    // Its events reach the EVT stream through the outbox relay, each once.
+    use souk_pipelines::subjects::{ORDERS_ACCEPTED, ORDERS_CANCELLED, ORDERS_CONFIRMED};
+    let accepted = eventually(Duration::from_secs(10), || async {
+        let found = crate::events::of_order(&stack, ORDERS_CONFIRMED, &order_id).await.ok()?;
+        (!found.is_empty()).then_some(())?;
+        crate::events::of_order(&stack, ORDERS_ACCEPTED, &order_id).await.ok()
+    })
+    .await?;
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert_eq!(accepted[0].schema.as_deref(), Some("orders.accepted/v1"));
+    assert_eq!(accepted[0].body["total_minor"], 2 * 1299 + 450);
+    stack.quiescent(Duration::from_secs(10)).await?;
+    assert_eq!(crate::events::of_order(&stack, ORDERS_CONFIRMED, &order_id).await?.len(), 1);
+    assert_eq!(crate::events::of_order(&stack, ORDERS_CANCELLED, &order_id).await?.len(), 0);
     // The relay marks rows published right after JetStream acknowledges them.
     eventually(Duration::from_secs(10), || async {
         (stack.count("select 1 from outbox where published_at is null").await.ok()? == 0).then_some(())
@@ -91,10 +103,17 @@ async fn fifty_concurrent_posts_with_one_key_make_one_order() -> anyhow::Result<
     let (status, other) = stack.place(&carol, "same-key", &body).await?;
     assert_eq!(status, 202);
     assert_ne!(other["order_id"].as_str(), Some(order_id.as_str()));
-    // Once nothing is in flight: two orders, exactly one event each.
+    // Once nothing is in flight: two orders, each accepted once and its saga ended once.
     stack.quiescent(Duration::from_secs(10)).await?;
     assert_eq!(stack.count("select 1 from orders").await?, 2);
-    assert_eq!(stack.stream_messages("EVT").await?, 2);
+    use souk_pipelines::subjects::{ORDERS_ACCEPTED, ORDERS_CANCELLED, ORDERS_CONFIRMED};
+    for id in [order_id.as_str(), other["order_id"].as_str().expect("id")] {
+        let accepted = crate::events::of_order(&stack, ORDERS_ACCEPTED, id).await?.len();
+        let ended = crate::events::of_order(&stack, ORDERS_CONFIRMED, id).await?.len()
+            + crate::events::of_order(&stack, ORDERS_CANCELLED, id).await?.len();
+        assert_eq!((accepted, ended), (1, 1), "order {id}");
+    }
+    assert_eq!(crate::events::count(&stack, ORDERS_ACCEPTED).await?, 2);
     Ok(())
 }
 
@@ -165,10 +184,11 @@ async fn one_trace_spans_http_the_command_the_worker_and_the_event() -> anyhow::
         .await?;
     assert_eq!(r.status().as_u16(), 202);
     eventually(Duration::from_secs(10), || async {
-        (stack.stream_messages("EVT").await.ok()? == 1).then_some(())
+        (stack.stream_messages("EVT").await.ok()? >= 1).then_some(())
     })
     .await?;
     let event = stack.js.get_stream("EVT").await?.get_raw_message(1).await?;
+    assert_eq!(event.subject.as_str(), souk_pipelines::subjects::ORDERS_ACCEPTED);
     let traceparent = event.headers.get("traceparent").map(|v| v.as_str().to_owned()).unwrap_or_default();
     assert!(traceparent.starts_with(&format!("00-{trace_id}-")), "event traceparent {traceparent:?}");
     Ok(())

@@ -59,11 +59,11 @@ pub(crate) fn start_worker(
     topology: &Topology,
     url: &str,
     search: Option<Arc<dyn SearchStore>>,
+    payments: Option<Arc<souk_workers::payments::Gateway>>,
 ) -> anyhow::Result<(CancellationToken, JoinHandle<()>)> {
     let pool = pg::connect(&PgOptions::new(url))?;
-    let indexes = search.is_some();
-    let registry =
-        souk_workers::registry_with(pool, &souk_workers::Dependencies { search, ..Default::default() });
+    let (indexes, pays) = (search.is_some(), payments.is_some());
+    let registry = souk_workers::registry_with(pool, &souk_workers::Dependencies { search, payments });
     let (publisher, topology) = (publisher.clone(), topology.clone());
     let cancel = CancellationToken::new();
     let run = cancel.clone();
@@ -72,9 +72,10 @@ pub(crate) fn start_worker(
             .pools
             .iter()
             .filter(|p| indexes || p.handler != souk_workers::catalog::INDEX_HANDLER)
-            // The payments pools call providers: the stack's node runs them, with its sandboxes.
+            // The payments pools call providers: run with the stack's gateway (its
+            // sandboxes), so an order's saga can end, or not at all.
             .filter(|p| {
-                ![souk_workers::payments::AUTHORIZE_HANDLER, souk_workers::payments::SETTLE_HANDLER]
+                pays || ![souk_workers::payments::AUTHORIZE_HANDLER, souk_workers::payments::SETTLE_HANDLER]
                     .contains(&p.handler.as_str())
             })
             .map(|p| p.name.clone())

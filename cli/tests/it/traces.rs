@@ -9,7 +9,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message as _;
 use souk_testkit::{NatsServer, TestDb, eventually, order_body};
 use std::{
-    collections::HashMap,
     process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
@@ -89,18 +88,34 @@ const PATH: [&str; 5] = ["http", "publish", "handle", "outbox", "relay.publish"]
 
 /// The spans of `trace` form the order's path, each the parent of the next, the first a
 /// child of `root` (the caller's span; empty: none). `None` while spans are missing.
+///
+/// The order's saga continues in the same trace (each step's command is handled under
+/// the relay's publish of the row that sent it), so a trace holds more than one handle,
+/// outbox and relay.publish span. The path is followed from the root: one request, one
+/// publish of its command, one handling of that command; each outbox row that handling
+/// wrote is published once, and the path follows the first.
 fn chain(spans: &[Received], root: &str) -> Option<Vec<Received>> {
-    let by_name: HashMap<&str, Vec<&Received>> = spans.iter().fold(HashMap::new(), |mut m, s| {
-        m.entry(s.name.as_str()).or_default().push(s);
-        m
-    });
-    let mut path = Vec::new();
-    for name in PATH {
-        let found = by_name.get(name)?;
-        assert_eq!(found.len(), 1, "one {name} span per order: {spans:#?}");
-        path.push(found[0].clone());
-    }
+    let children = |parent: &str, name: &str| -> Vec<Received> {
+        spans.iter().filter(|s| s.name == name && s.parent == parent).cloned().collect()
+    };
+    let https: Vec<Received> = spans.iter().filter(|s| s.name == PATH[0]).cloned().collect();
+    assert!(https.len() <= 1, "one http span per order: {spans:#?}");
+    let mut path = vec![https.first()?.clone()];
     assert_eq!(path[0].parent, root, "{path:#?}");
+    for name in &PATH[1..3] {
+        let found = children(&path[path.len() - 1].span_id, name);
+        assert!(found.len() <= 1, "one {name} span per order: {spans:#?}");
+        path.push(found.first()?.clone());
+    }
+    let rows = children(&path[2].span_id, PATH[3]);
+    let mut published = Vec::new();
+    for row in &rows {
+        let relayed = children(&row.span_id, PATH[4]);
+        assert!(relayed.len() <= 1, "each outbox row is published once: {spans:#?}");
+        published.push((row.clone(), relayed.first()?.clone()));
+    }
+    let (row, relayed) = published.into_iter().next()?;
+    path.extend([row, relayed]);
     for pair in path.windows(2) {
         assert_eq!(
             pair[1].parent, pair[0].span_id,
@@ -177,12 +192,18 @@ async fn one_order_is_one_exported_trace_from_request_to_relay() -> anyhow::Resu
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 202);
-    eventually(Duration::from_secs(15), || async {
-        let n: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is not null")
+    // Both orders' sagas done (every pool runs in `souk dev`) and every row they wrote
+    // published: the second order's spans have all been made.
+    eventually(Duration::from_secs(30), || async {
+        let confirmed: i64 = sqlx::query_scalar("select count(*) from orders where status = 'confirmed'")
             .fetch_one(&db.pool)
             .await
             .ok()?;
-        (n == 2).then_some(())
+        let unpublished: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(&db.pool)
+            .await
+            .ok()?;
+        (confirmed == 2 && unpublished == 0).then_some(())
     })
     .await?;
     let pid = child.id().expect("running");
