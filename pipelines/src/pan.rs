@@ -8,8 +8,43 @@ fn is_separator(c: char) -> bool {
     matches!(c, ' ' | '-' | '.' | '_')
 }
 
-/// Whether `text` holds a card number.
+/// Whether the 36 bytes at the start of `bytes` are a UUID in its hyphenated form
+/// (8-4-4-4-12 hex digits).
+fn is_uuid(bytes: &[u8]) -> bool {
+    bytes.len() >= 36
+        && bytes[..36].iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// Whether `text` holds a card number. A UUID is an identifier, never a card number:
+/// its digit groups (8-4-4 digits can chain into 16) are not read as one — without this,
+/// about one order id in a hundred "held a card number".
 pub fn looks_like_pan(text: &str) -> bool {
+    if text.len() >= 36 && text.bytes().any(|b| b == b'-') {
+        let bytes = text.as_bytes();
+        let mut masked = String::with_capacity(text.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            // A UUID standing alone (not inside a longer hex or digit run).
+            let alone = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+            let ends = bytes.get(i + 36).is_none_or(|b| !b.is_ascii_alphanumeric());
+            if alone && ends && is_uuid(&bytes[i..]) {
+                masked.push_str("uuid");
+                i += 36;
+            } else {
+                let c = text[i..].chars().next().unwrap_or(' ');
+                masked.push(c);
+                i += c.len_utf8();
+            }
+        }
+        return scan(&masked);
+    }
+    scan(text)
+}
+
+fn scan(text: &str) -> bool {
     // Each run of digit groups joined by single separators, as its groups.
     let mut groups: Vec<Vec<u8>> = Vec::new();
     let mut previous_separator = false;
@@ -90,6 +125,22 @@ mod tests {
         ] {
             assert!(looks_like_pan(pan), "{pan}");
         }
+    }
+
+    #[test]
+    fn a_uuid_is_an_identifier_even_when_its_digit_groups_chain_into_a_luhn_valid_run() {
+        assert!(looks_like_pan("41111111-1111-7118"), "the chain alone is a card number");
+        for text in [
+            "41111111-1111-7118-8111-111111111111",
+            "souk-41111111-1111-7118-8111-111111111111-authorize",
+            "order 41111111-1111-7118-8111-111111111111.",
+        ] {
+            assert!(!looks_like_pan(text), "{text}");
+        }
+        // A card number beside a UUID is still found.
+        assert!(looks_like_pan("41111111-1111-7118-8111-111111111111 4111 1111 1111 1111"));
+        // Not UUID-shaped (a digit too many): read as digits.
+        assert!(looks_like_pan("41111111-1111-7118-8111-1111111111112"));
     }
 
     #[test]

@@ -244,11 +244,7 @@ fn idempotency_key(headers: &HeaderMap, dialect: Dialect) -> Result<String, Prob
                 format!("the {name} header (1–255 characters) is required"),
             )
         })?;
-    // A key is the merchant's identifier (souk's: `souk-<order uuid>-<step>`), so only a
-    // key that IS a card number is refused: scanning inside it would refuse about one
-    // UUID-derived key in a hundred, whose hex digit groups can chain into a Luhn-valid run.
-    let only_digits = key.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-');
-    if only_digits && souk_pipelines::pan::looks_like_pan(key) {
+    if souk_pipelines::pan::looks_like_pan(key) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "card_number_refused",
