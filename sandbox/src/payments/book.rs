@@ -153,7 +153,9 @@ impl Book {
                 "tok_hard_decline" => declined("card_declined", "the card was declined", false),
                 "tok_insufficient_funds" => declined("insufficient_funds", "insufficient funds", false),
                 _ => {
-                    let id = format!("pay_{}", uuid::Uuid::new_v4().simple());
+                    // Hyphenated: a simple (32 hex) id can hold a run of 13+ decimal digits that
+                    // passes Luhn, which the card-number check would refuse when it comes back.
+                    let id = format!("pay_{}", uuid::Uuid::new_v4());
                     let payment = Payment {
                         token,
                         currency: r.currency.clone().unwrap_or_default(),
