@@ -33,9 +33,6 @@ use crate::{
     openapi::{self, IdempotencyKey},
 };
 
-/// Default and largest page of a seller's orders.
-pub const DEFAULT_PER_PAGE: i64 = 20;
-pub const MAX_PER_PAGE: i64 = 100;
 /// Longest tracking reference accepted.
 pub const MAX_TRACKING_CHARS: usize = 128;
 
@@ -137,27 +134,7 @@ pub async fn list_seller_orders(
     state.check_read(&claims)?;
     let pairs = query.map_err(|e| Problem::bad_request("invalid-query", e.body_text()))?.0;
     let mut errors: Vec<FieldError> = bad_seller(&seller).into_iter().collect();
-    let mut bad =
-        |field: &str, message: &str| errors.push(FieldError { field: field.into(), message: message.into() });
-    let (mut per_page, mut cursor, mut seen) = (DEFAULT_PER_PAGE, None, Vec::new());
-    for (name, value) in &pairs {
-        if seen.contains(name) {
-            bad(name, "given more than once");
-            continue;
-        }
-        seen.push(name.clone());
-        match name.as_str() {
-            "per_page" => match value.parse::<i64>() {
-                Ok(n) if (1..=MAX_PER_PAGE).contains(&n) => per_page = n,
-                _ => bad("per_page", "must be an integer from 1 to 100"),
-            },
-            "cursor" => match decode_cursor(value) {
-                Some(after) => cursor = Some(after),
-                None => bad("cursor", "not a cursor this API returned"),
-            },
-            _ => bad(name, "unknown parameter (per_page, cursor)"),
-        }
-    }
+    let (per_page, cursor) = crate::products::page_query(&pairs, decode_cursor, &mut errors);
     if !errors.is_empty() {
         return Err(Problem::bad_request("invalid-query", "bad query parameters").errors(errors));
     }

@@ -184,30 +184,14 @@ pub async fn list_seller_products(
     let tenant = caller.tenant(&state)?;
     let pairs = query.map_err(|e| Problem::bad_request("invalid-query", e.body_text()))?.0;
     let mut errors = Vec::new();
-    let mut bad =
-        |field: &str, message: &str| errors.push(FieldError { field: field.into(), message: message.into() });
     if check_seller_id(&seller).is_err() {
-        bad("seller", "a seller id has 1-128 bytes and no control characters");
+        errors.push(FieldError {
+            field: "seller".into(),
+            message: "a seller id has 1-128 bytes and no control characters".into(),
+        });
     }
-    let (mut per_page, mut cursor, mut seen) = (DEFAULT_PER_PAGE, None, Vec::new());
-    for (name, value) in &pairs {
-        if seen.contains(name) {
-            bad(name, "given more than once");
-            continue;
-        }
-        seen.push(name.clone());
-        match name.as_str() {
-            "per_page" => match value.parse::<i64>() {
-                Ok(n) if (1..=MAX_PER_PAGE).contains(&n) => per_page = n,
-                _ => bad("per_page", "must be an integer from 1 to 100"),
-            },
-            "cursor" => match check_sku(value) {
-                Ok(()) => cursor = Some(value.clone()),
-                Err(_) => bad("cursor", "not a cursor this API returned"),
-            },
-            _ => bad(name, "unknown parameter (per_page, cursor)"),
-        }
-    }
+    let (per_page, cursor) =
+        page_query(&pairs, |value| check_sku(value).is_ok().then(|| value.to_owned()), &mut errors);
     if !errors.is_empty() {
         return Err(Problem::bad_request("invalid-query", "bad query parameters").errors(errors));
     }
@@ -235,4 +219,36 @@ pub async fn list_seller_products(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));
     h.insert(header::VARY, HeaderValue::from_static("Authorization"));
     Ok(response)
+}
+
+/// `per_page` and `cursor` of a keyset-paged listing, each given at most once (nothing
+/// else is taken); every bad parameter is added to `errors`. `decode` reads a cursor
+/// this API returned (`None`: not one).
+pub(crate) fn page_query<C>(
+    pairs: &[(String, String)],
+    decode: impl Fn(&str) -> Option<C>,
+    errors: &mut Vec<FieldError>,
+) -> (i64, Option<C>) {
+    let mut bad =
+        |field: &str, message: &str| errors.push(FieldError { field: field.into(), message: message.into() });
+    let (mut per_page, mut cursor, mut seen) = (DEFAULT_PER_PAGE, None, Vec::new());
+    for (name, value) in pairs {
+        if seen.contains(&name) {
+            bad(name, "given more than once");
+            continue;
+        }
+        seen.push(name);
+        match name.as_str() {
+            "per_page" => match value.parse::<i64>() {
+                Ok(n) if (1..=MAX_PER_PAGE).contains(&n) => per_page = n,
+                _ => bad("per_page", "must be an integer from 1 to 100"),
+            },
+            "cursor" => match decode(value) {
+                Some(after) => cursor = Some(after),
+                None => bad("cursor", "not a cursor this API returned"),
+            },
+            _ => bad(name, "unknown parameter (per_page, cursor)"),
+        }
+    }
+    (per_page, cursor)
 }
