@@ -105,6 +105,20 @@ async fn send(request: reqwest::RequestBuilder) -> Result<u64, String> {
     if status.is_success() { Ok(1) } else { Err(status.as_u16().to_string()) }
 }
 
+/// `GET /v1/search?…` as the buyer; the parsed answer, `None` when shed with 503.
+async fn search_status(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+    query_string: &str,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    match search_json(client, addr, token, query_string).await {
+        Ok(page) => Ok(Some(page)),
+        Err(e) if e.to_string().contains(": 503 ") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// `GET /v1/search?…` as the buyer; the parsed answer.
 async fn search_json(
     client: &reqwest::Client,
@@ -127,10 +141,16 @@ async fn search_json(
     Ok(serde_json::from_slice(&body)?)
 }
 
-/// The number of searchable products (the `total` of a query matching everything).
-pub async fn searchable(client: &reqwest::Client, addr: SocketAddr, token: &str) -> anyhow::Result<u64> {
-    let page = search_json(client, addr, token, "per_page=1").await?;
-    page["total"].as_u64().ok_or_else(|| anyhow::anyhow!("a search answer without total: {page}"))
+/// The number of searchable products (the `total` of a query matching everything);
+/// `None` when the search was shed with 503.
+pub async fn searchable(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+) -> anyhow::Result<Option<u64>> {
+    let Some(page) = search_status(client, addr, token, "per_page=1").await? else { return Ok(None) };
+    let total = page["total"].as_u64();
+    total.map(Some).ok_or_else(|| anyhow::anyhow!("a search answer without total: {page}"))
 }
 
 /// Wait until at least `expected` products are searchable; when that was first seen
@@ -144,9 +164,18 @@ pub async fn wait_searchable(
 ) -> anyhow::Result<(Option<Instant>, u64)> {
     let deadline = Instant::now() + timeout;
     let mut tick = tokio::time::interval(COUNT_POLL);
+    let mut count = 0;
     loop {
         tick.tick().await;
-        let count = searchable(client, addr, token).await?;
+        // A match-all with every facet counts the whole index: while the indexer still
+        // catches up on a busy machine it can outlast the route's deadline and be shed
+        // with 503, as souk sheds any slow search. That is an answer, not an end: ask again.
+        // A match-all with every facet counts the whole index: while the indexer catches
+        // up on a busy machine it can outlast the route's deadline and be shed with 503,
+        // as souk sheds any slow search. That is an answer, not an end: ask again.
+        if let Some(now) = searchable(client, addr, token).await? {
+            count = now;
+        }
         if count >= expected {
             return Ok((Some(Instant::now()), count));
         }
