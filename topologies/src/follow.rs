@@ -70,7 +70,7 @@ pub async fn follow(
     let mut streams = Streams { js, found: HashMap::new() };
     join_handlers(topology, journal, &mut streams, &mut entries, &mut problems).await;
     check_stored(&mut streams, &mut entries, &mut problems).await;
-    entries.sort_by(|a, b| (a.at, a.kind, a.stream_seq).cmp(&(b.at, b.kind, b.stream_seq)));
+    entries.sort_by_key(|e| (e.at, e.kind, e.stream_seq));
     Ok(Trace { order_id: order.order_id, tenant: order.tenant, trace_id: order.trace_id, entries, problems })
 }
 
