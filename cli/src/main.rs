@@ -35,6 +35,7 @@ mod operator;
 mod sagas;
 mod sandbox;
 mod status_view;
+mod trace;
 
 /// Stdout failed: its reader is gone (exit quietly) or something is badly wrong.
 fn stdout_failed(e: std::io::Error) -> ! {
@@ -162,6 +163,18 @@ enum Command {
         #[command(subcommand)]
         action: SagasAction,
     },
+    /// Follow an order: everything souk did with it across pipelines, in time order —
+    /// the request, each command and event with its stream sequence, each handling,
+    /// outbox rows and when the relay published them, dead letters, the saga's steps,
+    /// stock holds, payments and fulfilments.
+    #[command(after_help = TRACE_EXIT_CODES_HELP)]
+    Trace {
+        /// An order id, or the trace id of the request that placed it.
+        id: String,
+        /// Print the trace as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sandboxes of outside services (clearly labelled; no real money moves).
     Sandbox {
         #[command(subcommand)]
@@ -234,6 +247,13 @@ enum JobsAction {
 }
 
 /// Exit codes of `souk sagas`.
+const TRACE_EXIT_CODES_HELP: &str = "Exit codes:
+  0  ok
+  1  some part of the trace could not be read (named on stderr), or an unexpected error
+  2  bad usage
+  3  no such order or trace
+  5  Postgres or NATS unavailable (is `souk dev` running with this --data-dir?)";
+
 const SAGAS_EXIT_CODES_HELP: &str = "Exit codes:
   0  ok
   1  an unexpected error
@@ -536,6 +556,7 @@ async fn main() -> ExitCode {
                 SagasAction::Compensate { id } => sagas::act(&config, &id, true).await,
             });
         }
+        Command::Trace { id, json } => return exit(trace::trace(&config, &id, json).await),
         Command::Seed { what: SeedWhat::Catalog { products, sellers, seed, tenant, in_flight, json } } => {
             let options = souk_jobs::seed::SeedOptions { tenant, products, sellers, seed, in_flight };
             return exit(jobs::seed_catalog(&config, options, json).await);

@@ -93,7 +93,11 @@ impl Node {
                 payments: options.payments.clone(),
             };
             let registry = souk_workers::registry_with(options.pool.clone(), &dependencies);
-            let runtime = Runtime::build(&publisher, &options.topology, &registry, only).await?;
+            // Each dead letter's place is recorded, so `souk trace` reads it by sequence.
+            let dead_letters = Arc::new(souk_stores::postgres::follow::PgJournal(options.pool.clone()));
+            let runtime = Runtime::build(&publisher, &options.topology, &registry, only)
+                .await?
+                .dead_letter_log(dead_letters);
             tasks.spawn(runtime.run(cancel.clone()));
             tasks.spawn(housekeeping(options.pool.clone(), cancel.clone()));
             // Stock holds past their time go back to stock wherever the inventory pool

@@ -185,3 +185,18 @@ fn target_of(letters: &[dead_letters::DeadLetter]) -> String {
         _ => "dlq".into(),
     }
 }
+
+/// Everything souk did with the order `id` names (an order id, or the trace id of the
+/// request that placed it), across pipelines, in time order: the engine's
+/// [`souk_topologies::follow`] over this deployment's Postgres records. Read-only, so
+/// nothing is recorded. `souk trace` and the dashboard call this.
+pub async fn trace(
+    js: &async_nats::jetstream::Context,
+    topology: &Topology,
+    pool: &sqlx::PgPool,
+    id: &str,
+) -> Result<souk_pipelines::follow::Trace, souk_topologies::follow::FollowError> {
+    use souk_stores::postgres::follow::{PgJournal, sources};
+    let journal = PgJournal(pool.clone());
+    souk_topologies::follow::follow(js, topology, &journal, &sources(pool), id).await
+}

@@ -280,12 +280,9 @@ pub(crate) fn request_hash(bytes: &[u8]) -> Vec<u8> {
     sha256(bytes)
 }
 
-/// `Nats-Msg-Id` of an order command: the order id the key's claim fixed. Every retry
-/// under one claim carries the same id (JetStream and the worker's inbox deduplicate
-/// it), and a key used again after its claim expired gets a new order and so a new id,
-/// which neither JetStream nor the inbox can mistake for the old command.
+/// `Nats-Msg-Id` of an order command (see [`souk_pipelines::orders::place_message_id`]).
 fn message_id(tenant: &str, order_id: Uuid) -> String {
-    format!("orders.place:{tenant}:{order_id}")
+    souk_pipelines::orders::place_message_id(tenant, order_id)
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {

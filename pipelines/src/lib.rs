@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod categories;
 pub mod envelope;
+pub mod follow;
 pub mod fulfilment;
 pub mod headers;
 pub mod inventory;

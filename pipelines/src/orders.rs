@@ -310,6 +310,15 @@ impl Message for OrderShipped {
     const VERSION: u16 = 1;
 }
 
+/// `Nats-Msg-Id` of an order command: the order id the key's claim fixed. Every retry
+/// under one claim carries the same id (JetStream and the worker's inbox deduplicate
+/// it), and a key used again after its claim expired gets a new order and so a new id,
+/// which neither JetStream nor the inbox can mistake for the old command. (`souk trace`
+/// finds the command's handling by it.)
+pub fn place_message_id(tenant: &str, order_id: uuid::Uuid) -> String {
+    format!("orders.place:{tenant}:{order_id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

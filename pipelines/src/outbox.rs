@@ -22,6 +22,15 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
 }
 
+/// Where JetStream stored a published message (its PubAck; for a duplicate, the copy
+/// stored first): kept with the row, so a message can be read back by sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: uuid::Uuid,
+    pub stream: String,
+    pub stream_seq: u64,
+}
+
 /// A store of unpublished messages.
 pub trait Outbox: Send + Sync + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
@@ -30,10 +39,10 @@ pub trait Outbox: Send + Sync + 'static {
     /// later messages of a parked message's aggregate (they wait behind it, in order).
     fn pending(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxMessage>, Self::Error>>;
 
-    /// Record that these messages were acknowledged by JetStream. Fails, marking
-    /// nothing, when this outbox no longer holds the lease it last took with
-    /// [`Outbox::try_lease`] (another relay has taken over).
-    fn mark_published<'a>(&'a self, ids: &'a [uuid::Uuid]) -> BoxFuture<'a, Result<(), Self::Error>>;
+    /// Record that these messages were acknowledged by JetStream, and where it stored
+    /// them. Fails, marking nothing, when this outbox no longer holds the lease it last
+    /// took with [`Outbox::try_lease`] (another relay has taken over).
+    fn mark_published<'a>(&'a self, published: &'a [Published]) -> BoxFuture<'a, Result<(), Self::Error>>;
 
     /// Record that publishing message `id` failed with a permanent error (one the same
     /// message gets every time). Returns how many times that has happened to it.

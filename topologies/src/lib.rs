@@ -15,6 +15,7 @@
 //! - [`relay`] drains a transactional [`souk_pipelines::outbox::Outbox`] into JetStream;
 //! - [`status`] reads streams and consumer lag back from JetStream;
 //! - [`dead_letters`] lists dead letters and replays them to their original subject;
+//! - [`follow`] follows one order through every pipeline (`souk trace`);
 //! - [`trace`] carries W3C trace context in message headers.
 //!
 //! It knows nothing of marketplaces, nor of Postgres.
@@ -24,6 +25,7 @@ pub mod batcher;
 pub mod control;
 pub mod dead_letters;
 pub mod error;
+pub mod follow;
 pub mod group_commit;
 pub mod local_server;
 pub mod publisher;

@@ -26,7 +26,7 @@
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
-use souk_pipelines::outbox::{Outbox, OutboxMessage};
+use souk_pipelines::outbox::{Outbox, OutboxMessage, Published};
 use std::{
     collections::{HashMap, HashSet},
     time::{Duration, Instant},
@@ -245,11 +245,18 @@ impl<O: Outbox> Relay<O> {
                 results = self.one_by_one(&messages).await;
             }
             let ok = results.iter().take_while(|r| r.is_ok()).count();
-            let ids: Vec<_> = run[..ok].iter().map(|(m, _)| m.id).collect();
-            if !ids.is_empty() {
-                self.outbox.mark_published(&ids).await.map_err(store_error)?;
-                published += ids.len();
-                metrics::counter!("souk_relay_published_total").increment(ids.len() as u64);
+            let acked: Vec<_> = run[..ok]
+                .iter()
+                .zip(&results)
+                .filter_map(|((m, _), r)| {
+                    let ack = r.as_ref().ok()?;
+                    Some(Published { id: m.id, stream: ack.stream.clone(), stream_seq: ack.sequence })
+                })
+                .collect();
+            if !acked.is_empty() {
+                self.outbox.mark_published(&acked).await.map_err(store_error)?;
+                published += acked.len();
+                metrics::counter!("souk_relay_published_total").increment(acked.len() as u64);
             }
             let Some(Err(e)) = results.into_iter().nth(ok) else { break };
             if !e.is_permanent() {

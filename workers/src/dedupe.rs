@@ -85,8 +85,8 @@ impl<A: Apply> Deduplicated<A> {
 
     async fn once(&self, delivery: &Delivery) -> Result<(), ApplyError> {
         let mut tx = pg::begin(&self.pool).await?;
-        let id = delivery.dedupe_id();
-        if inbox::record_many(&mut tx, &self.consumer, std::slice::from_ref(&id)).await?.is_empty() {
+        if inbox::record_many(&mut tx, &self.consumer, &[crate::store::received(delivery)]).await?.is_empty()
+        {
             // Applied before: nothing to do (the transaction rolls back on drop).
             return Ok(());
         }
@@ -102,7 +102,8 @@ impl<A: Apply> Deduplicated<A> {
             self.apply_order(deliveries).into_iter().map(|i| &deliveries[i]).collect();
         let ids: Vec<String> = ordered.iter().map(|d| d.dedupe_id()).collect();
         let mut tx = pg::begin(&self.pool).await?;
-        let mut new = inbox::record_many(&mut tx, &self.consumer, &ids).await?;
+        let records: Vec<_> = ordered.iter().map(|d| crate::store::received(d)).collect();
+        let mut new = inbox::record_many(&mut tx, &self.consumer, &records).await?;
         if new.is_empty() {
             return Ok(());
         }

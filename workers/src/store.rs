@@ -53,3 +53,13 @@ pub(crate) async fn probe_writable(pool: &PgPool, tables: &[&str]) -> Result<(),
     tx.rollback().await.map_err(unavailable)?;
     Ok(())
 }
+
+/// `d` as the inbox records it: its dedupe id, and where it is in its stream.
+pub(crate) fn received(d: &souk_topologies::runtime::Delivery) -> pg::inbox::Received {
+    pg::inbox::Received {
+        message_id: d.dedupe_id(),
+        stream: d.stream.clone(),
+        stream_seq: d.stream_sequence,
+        delivered: d.attempt,
+    }
+}

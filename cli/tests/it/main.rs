@@ -18,4 +18,5 @@ mod relay;
 mod sagas;
 mod search;
 mod support;
+mod trace;
 mod traces;

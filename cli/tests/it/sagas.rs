@@ -97,6 +97,7 @@ async fn placed(db: &TestDb) -> anyhow::Result<Uuid> {
         headers: Some(h),
         payload: encode(&cmd).into(),
         message_id: Some(format!("orders.place:t1:{}", cmd.order_id)),
+        stream: "CMD".into(),
         stream_sequence: 1,
         attempt: 1,
         consumer: souk_workers::orders::PLACE_CONSUMER.into(),

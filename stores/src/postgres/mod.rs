@@ -3,6 +3,7 @@
 pub mod carts;
 mod config;
 pub mod deployment;
+pub mod follow;
 pub mod fulfilments;
 pub mod idempotency;
 pub mod inbox;

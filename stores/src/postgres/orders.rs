@@ -31,25 +31,30 @@ pub struct Order {
 /// Insert accepted orders in the current transaction, in one statement. Returns the ids
 /// inserted, and those of `failed` orders now accepted (a redriven command that
 /// succeeded this time); an order that already exists otherwise (a replay that outlived
-/// the inbox) is left as it is.
+/// the inbox) is left as it is. Each command comes with the trace id of the request
+/// that placed it, if it carried one.
 pub async fn insert_accepted_many(
     tx: &mut PgConnection,
-    cmds: &[&PlaceOrder],
+    cmds: &[(&PlaceOrder, Option<String>)],
 ) -> Result<std::collections::HashSet<Uuid>, Error> {
+    let traces: Vec<Option<String>> = cmds.iter().map(|(_, t)| t.clone()).collect();
+    let cmds: Vec<&PlaceOrder> = cmds.iter().map(|(c, _)| *c).collect();
     let lines = cmds
         .iter()
         .map(|c| serde_json::to_value(&c.lines))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Corrupt(e.to_string()))?;
     let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "insert into orders (order_id, tenant, buyer_id, status, currency, total_minor, lines, placed_at)
-         select o, t, b, 'accepted', c, tm, l, p
-         from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::jsonb[], $7::timestamptz[])
-              as x(o, t, b, c, tm, l, p)
+        "insert into orders (order_id, tenant, buyer_id, status, currency, total_minor, lines, placed_at, trace_id)
+         select o, t, b, 'accepted', c, tm, l, p, tr
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::jsonb[], $7::timestamptz[],
+                     $8::text[])
+              as x(o, t, b, c, tm, l, p, tr)
          on conflict (order_id) do update
              set status = 'accepted', reason = null, buyer_id = excluded.buyer_id,
                  currency = excluded.currency, total_minor = excluded.total_minor,
-                 lines = excluded.lines, placed_at = excluded.placed_at, updated_at = now()
+                 lines = excluded.lines, placed_at = excluded.placed_at, updated_at = now(),
+                 trace_id = coalesce(orders.trace_id, excluded.trace_id)
              where orders.status = 'failed' and orders.tenant = excluded.tenant
          returning order_id",
     )
@@ -60,6 +65,7 @@ pub async fn insert_accepted_many(
     .bind(cmds.iter().map(|c| c.total_minor).collect::<Vec<_>>())
     .bind(&lines)
     .bind(cmds.iter().map(|c| c.placed_at).collect::<Vec<_>>())
+    .bind(&traces)
     .fetch_all(tx)
     .await?;
     Ok(inserted.into_iter().collect())

@@ -10,7 +10,7 @@
 //! [`PgOutbox::requeue`].
 
 use futures::{FutureExt, future::BoxFuture};
-use souk_pipelines::outbox::{Outbox, OutboxMessage};
+use souk_pipelines::outbox::{Outbox, OutboxMessage, Published};
 use sqlx::{
     ConnectOptions, Connection, PgConnection, PgPool, Row,
     postgres::{PgConnectOptions, PgListener},
@@ -192,17 +192,24 @@ impl PgOutbox {
     /// Mark `ids` published if the lease epoch this outbox took is still current — in
     /// one statement: the lease row is locked (shared) while the rows are marked, so a
     /// takeover's epoch increment either waits for this mark or makes it mark nothing.
-    async fn mark(&self, ids: &[Uuid]) -> Result<(), Error> {
+    async fn mark(&self, published: &[Published]) -> Result<(), Error> {
+        let ids: Vec<Uuid> = published.iter().map(|p| p.id).collect();
+        let streams: Vec<&str> = published.iter().map(|p| p.stream.as_str()).collect();
+        let seqs: Vec<i64> =
+            published.iter().map(|p| i64::try_from(p.stream_seq).unwrap_or(i64::MAX)).collect();
         let epoch = self.lease.lock().await.as_ref().map(|(_, e)| *e);
         let Some(epoch) = epoch else { return Err(Error::LeaseLost(0)) };
         let ours: bool = sqlx::query_scalar(
             "with lease as (select epoch from outbox_lease where epoch = $2 for share),
-                  marked as (update outbox set published_at = now()
-                             where id = any($1) and exists (select 1 from lease))
+                  marked as (update outbox o set published_at = now(), stream = p.stream, stream_seq = p.seq
+                             from unnest($1::uuid[], $3::text[], $4::int8[]) as p(id, stream, seq)
+                             where o.id = p.id and exists (select 1 from lease))
              select exists (select 1 from lease)",
         )
-        .bind(ids)
+        .bind(&ids)
         .bind(epoch)
+        .bind(&streams)
+        .bind(&seqs)
         .fetch_one(&self.pool)
         .await?;
         if !ours {
@@ -283,7 +290,7 @@ impl Outbox for PgOutbox {
         self.pending_rows(limit).boxed()
     }
 
-    fn mark_published<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<(), Error>> {
+    fn mark_published<'a>(&'a self, ids: &'a [Published]) -> BoxFuture<'a, Result<(), Error>> {
         self.mark(ids).boxed()
     }
 

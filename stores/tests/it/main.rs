@@ -98,8 +98,15 @@ async fn the_outbox_yields_committed_rows_in_order_until_published() -> anyhow::
     open.rollback().await?;
 
     assert!(outbox.try_lease().await?, "marks are for the lease holder");
-    outbox.mark_published(&[a]).await?;
+    outbox.mark_published(&[published(a)]).await?;
     assert_eq!(outbox.pending(10).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [b]);
+    // Where JetStream stored it is kept with the row (`souk trace` reads it back by it).
+    let at: (Option<String>, Option<i64>) =
+        sqlx::query_as("select stream, stream_seq from outbox where id = $1")
+            .bind(a)
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(at, (Some("EVT".to_owned()), Some(7)));
     // Published rows are kept (audit) until housekeeping removes old ones.
     assert_eq!(pg::housekeeping(&db.pool, Duration::from_secs(3600)).await?.deleted, 0);
     assert_eq!(pg::housekeeping(&db.pool, Duration::ZERO).await?.deleted, 1);
@@ -165,10 +172,10 @@ async fn a_relay_whose_lease_was_taken_over_mid_round_cannot_mark() -> anyhow::R
     souk_testkit::eventually(Duration::from_secs(10), || async { new.try_lease().await.ok().filter(|&l| l) })
         .await?;
 
-    assert!(old.mark_published(&[a]).await.is_err(), "the old holder's mark is fenced off");
+    assert!(old.mark_published(&[published(a)]).await.is_err(), "the old holder's mark is fenced off");
     assert_eq!(new.pending(10).await?.len(), 1, "and marked nothing");
     assert!(!old.try_lease().await?, "the old holder is a standby now");
-    new.mark_published(&[a]).await?;
+    new.mark_published(&[published(a)]).await?;
     assert!(new.pending(10).await?.is_empty());
     Ok(())
 }
@@ -230,11 +237,11 @@ async fn failed_orders_are_written_once_never_over_an_accepted_one_and_can_be_ac
 
     let mut tx = db.pool.begin().await?;
     assert!(
-        orders::insert_accepted_many(&mut tx, &[&cmd]).await?.contains(&cmd.order_id),
+        orders::insert_accepted_many(&mut tx, &[(&cmd, None)]).await?.contains(&cmd.order_id),
         "accepted at last"
     );
     assert!(!orders::mark_failed(&mut tx, &cmd, "late dead letter").await?);
-    assert!(orders::insert_accepted_many(&mut tx, &[&cmd]).await?.is_empty(), "accepted once");
+    assert!(orders::insert_accepted_many(&mut tx, &[(&cmd, None)]).await?.is_empty(), "accepted once");
     tx.commit().await?;
     let order = orders::get(&db.pool, cmd.order_id).await?.ok_or_else(|| anyhow::anyhow!("no row"))?;
     assert_eq!((order.status.as_str(), order.reason), ("accepted", None));
@@ -272,7 +279,7 @@ async fn an_order_whose_command_never_arrived_is_failed_as_lost_when_its_claim_e
         placed_at: chrono::Utc::now(),
     };
     let mut tx = db.pool.begin().await?;
-    orders::insert_accepted_many(&mut tx, &[&cmd(handled.order_id)]).await?;
+    orders::insert_accepted_many(&mut tx, &[(&cmd(handled.order_id), None)]).await?;
     tx.commit().await?;
     sqlx::query("update idempotency_keys set created_at = now() - interval '8 days' where key <> 'fresh'")
         .execute(&db.pool)
@@ -296,7 +303,7 @@ async fn an_order_whose_command_never_arrived_is_failed_as_lost_when_its_claim_e
     );
 
     let mut tx = db.pool.begin().await?;
-    orders::insert_accepted_many(&mut tx, &[&cmd(lost.order_id)]).await?;
+    orders::insert_accepted_many(&mut tx, &[(&cmd(lost.order_id), None)]).await?;
     tx.commit().await?;
     assert_eq!(status(lost.order_id).await?, ("accepted".into(), None), "a late command still counts");
     Ok(())
@@ -372,8 +379,8 @@ async fn a_lease_whose_connection_went_silent_is_taken_over() -> anyhow::Result<
     })
     .await?;
     let a = enqueue(&db, "a").await?;
-    assert!(old.mark_published(&[a]).await.is_err(), "the silent holder's marks are fenced off");
-    new.mark_published(&[a]).await?;
+    assert!(old.mark_published(&[published(a)]).await.is_err(), "the silent holder's marks are fenced off");
+    new.mark_published(&[published(a)]).await?;
     Ok(())
 }
 
@@ -400,7 +407,7 @@ async fn a_relay_whose_lease_was_taken_over_cannot_park() -> anyhow::Result<()> 
         .await?;
     // Mid-round, the old holder gives up on a1 while the new one publishes it.
     let parked_by_old = old.park(a1, "no stream takes subject souk.evt.test.x").await;
-    new.mark_published(&[a1]).await?;
+    new.mark_published(&[published(a1)]).await?;
     assert!(parked_by_old.is_err(), "the old holder's park is fenced off");
     let pending: Vec<_> = new.pending(10).await?.into_iter().map(|m| m.id).collect();
     assert_eq!(pending, [a2], "a2 is not held back behind a row the old holder parked");
@@ -470,4 +477,9 @@ async fn an_expired_catalog_write_claim_with_no_outcome_reads_failed_as_lost() -
     let orders: i64 = sqlx::query_scalar("select count(*) from orders").fetch_one(&db.pool).await?;
     assert_eq!(orders, 0, "a catalog claim makes no order");
     Ok(())
+}
+
+/// `id` as the relay marks it: stored at EVT sequence 7.
+fn published(id: uuid::Uuid) -> souk_pipelines::outbox::Published {
+    souk_pipelines::outbox::Published { id, stream: "EVT".into(), stream_seq: 7 }
 }

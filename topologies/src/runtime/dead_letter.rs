@@ -59,24 +59,24 @@ pub async fn dead_letter(
     msg: &jetstream::Message,
     delivery: &Delivery,
     error: &str,
-) -> Result<()> {
+) -> Result<Ack> {
     dead_letter_since(publisher, msg, delivery, error, None).await
 }
 
 /// [`dead_letter`], recording when the message first failed (`None`: now, this being
-/// the first failure this process saw).
+/// the first failure this process saw). Returns where the copy is stored.
 pub async fn dead_letter_since(
     publisher: &Publisher,
     msg: &jetstream::Message,
     delivery: &Delivery,
     error: &str,
     first_failure: Option<std::time::SystemTime>,
-) -> Result<()> {
+) -> Result<Ack> {
     let first_failure = first_failure.unwrap_or_else(std::time::SystemTime::now);
     let mut waits = in_place_retries();
-    loop {
+    let stored = loop {
         match store_copy(publisher, msg, delivery, error, first_failure).await {
-            Ok(()) => break,
+            Ok(ack) => break ack,
             Err(e) => match waits.next() {
                 Some(wait) if e.is_retryable() => {
                     tracing::warn!(error = %e, retry_in = ?wait, "dead-letter publish failed; retrying in place");
@@ -90,13 +90,13 @@ pub async fn dead_letter_since(
                 _ => return Err(e),
             },
         }
-    }
+    };
     metrics::counter!("souk_worker_dead_letters_total", "consumer" => delivery.consumer.clone()).increment(1);
     // If the term is lost, the redelivery finds the copy already stored (same id).
     if let Err(e) = msg.ack_with(AckKind::Term).await {
         tracing::warn!(error = %e, "dead letter stored but terminating the original failed");
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// Store this original's copy once: under its message id, or — when that id names
@@ -107,7 +107,7 @@ async fn store_copy(
     delivery: &Delivery,
     error: &str,
     first_failure: std::time::SystemTime,
-) -> Result<()> {
+) -> Result<Ack> {
     let origin = origin(publisher, msg, delivery).await?;
     let mut h = delivery.headers.as_ref().map(crate::dead_letters::copyable_headers).unwrap_or_default();
     if let Some(original) = &delivery.message_id {
@@ -137,7 +137,7 @@ async fn store_copy(
             })
             .await?;
         if !ack.duplicate || is_copy_of(publisher, &ack, &delivery.consumer, &origin).await? {
-            return Ok(());
+            return Ok(ack);
         }
         tracing::warn!(dlq_id = %id, dlq_seq = ack.sequence, "dead-letter id already names another message's copy");
     }

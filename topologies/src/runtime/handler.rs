@@ -14,6 +14,8 @@ pub struct Delivery {
     pub payload: Bytes,
     /// The message's `Nats-Msg-Id`, if it was published with one.
     pub message_id: Option<String>,
+    /// The stream that holds the message.
+    pub stream: String,
     /// Position in the stream: unique per message, stable across redeliveries.
     pub stream_sequence: u64,
     /// 1 on the first attempt. Deliveries deferred by this pool because the handler
@@ -41,6 +43,7 @@ impl Delivery {
                 .as_ref()
                 .and_then(|h| h.get(headers::MSG_ID))
                 .map(|v| v.as_str().to_owned()),
+            stream: msg.info().map(|i| i.stream.to_owned()).unwrap_or_default(),
             stream_sequence,
             attempt,
             consumer: consumer.into(),

@@ -5,6 +5,7 @@
 //! [`super::breaker`] stops and resumes a pool whose dependency fails.
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
+use souk_pipelines::follow::DeadLetterLog;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -35,6 +36,7 @@ pub struct Pool {
     consumer: PullConsumer,
     handler: Arc<dyn Handler>,
     publisher: Publisher,
+    dead_letter_log: Option<Arc<dyn DeadLetterLog>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -63,6 +65,8 @@ pub(super) struct Ctx {
     pub(super) stats: Arc<PoolStats>,
     /// Paused or not, concurrency, in flight: for the process's heartbeat.
     pub(super) live: Arc<Live>,
+    /// Where each dead letter's place is recorded (for `souk trace`), if anywhere.
+    pub(super) dead_letter_log: Option<Arc<dyn DeadLetterLog>>,
 }
 
 impl Pool {
@@ -89,7 +93,20 @@ impl Pool {
         let consumer: PullConsumer = stream.get_consumer(&consumer_spec.name).await.map_err(|e| {
             Error::Nats(format!("consumer {}: {e} (run `souk topology apply`)", consumer_spec.name))
         })?;
-        Ok(Pool { spec, consumer_spec, consumer, handler, publisher: publisher.clone() })
+        Ok(Pool {
+            spec,
+            consumer_spec,
+            consumer,
+            handler,
+            publisher: publisher.clone(),
+            dead_letter_log: None,
+        })
+    }
+
+    /// Record each dead letter's place in `log` (see [`DeadLetterLog`]).
+    pub fn dead_letter_log(mut self, log: Arc<dyn DeadLetterLog>) -> Pool {
+        self.dead_letter_log = Some(log);
+        self
     }
 
     /// Run until `cancel` fires, then drain (see the module docs), at the topology's
@@ -120,7 +137,7 @@ impl Pool {
         live: Arc<Live>,
         stats: Arc<PoolStats>,
     ) {
-        let Pool { spec, consumer_spec, consumer, handler, publisher } = self;
+        let Pool { spec, consumer_spec, consumer, handler, publisher, dead_letter_log } = self;
         // The batcher outlives the fetch loop: draining handlers still need it.
         let stop_batcher = CancellationToken::new();
         let (batcher, batch_tasks) = match spec.max_batch {
@@ -155,6 +172,7 @@ impl Pool {
             cancel: cancel.clone(),
             stats,
             live: live.clone(),
+            dead_letter_log,
         });
         let stop_prober = CancellationToken::new();
         let prober = tokio::spawn({
@@ -256,6 +274,12 @@ impl Runtime {
             stop_following,
             heartbeat_every: status::heartbeat::DEFAULT_EVERY,
         })
+    }
+
+    /// Record each dead letter's place in `log` (see [`DeadLetterLog`]), in every pool.
+    pub fn dead_letter_log(mut self, log: Arc<dyn DeadLetterLog>) -> Runtime {
+        self.pools = self.pools.into_iter().map(|p| p.dead_letter_log(log.clone())).collect();
+        self
     }
 
     /// Beat every `every` instead of [`status::heartbeat::DEFAULT_EVERY`] (tests).

@@ -92,16 +92,40 @@ pub(super) async fn settle(
     let reason = error.to_string();
     tracing::error!(error = %reason, "dead-lettering message");
     let first_failure = ctx.ledger.get(key).first_failed_at;
-    if let Err(e) = dead_letter_since(&ctx.publisher, msg, delivery, &reason, first_failure).await {
-        tracing::error!(error = %e, "dead-letter publish failed; leaving the message for redelivery");
-        // The redelivery may come past max-deliver: it must still say why. Recorded as
-        // the last allowed attempt's error: the decision to dead-letter stands.
-        ctx.ledger.failed(key, delivery.attempt.max(max_deliver), &error);
-        let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
-        return "dead_letter_failed";
-    }
+    let stored = match dead_letter_since(&ctx.publisher, msg, delivery, &reason, first_failure).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(error = %e, "dead-letter publish failed; leaving the message for redelivery");
+            // The redelivery may come past max-deliver: it must still say why. Recorded as
+            // the last allowed attempt's error: the decision to dead-letter stands.
+            ctx.ledger.failed(key, delivery.attempt.max(max_deliver), &error);
+            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            return "dead_letter_failed";
+        }
+    };
     ctx.ledger.forget(key);
+    record_dead_letter(ctx, delivery, &stored, &reason).await;
     "dead_letter"
+}
+
+/// Tell the pool's dead-letter log where the copy is (`souk trace` finds it so). Best
+/// effort, after the fact: a store that is down must not hold dead letters back; a
+/// record lost so leaves the trace without that dead letter (DLQ still has it).
+async fn record_dead_letter(ctx: &Ctx, delivery: &Delivery, stored: &crate::publisher::Ack, error: &str) {
+    let Some(log) = &ctx.dead_letter_log else { return };
+    let letter = souk_pipelines::follow::DeadLettered {
+        consumer: delivery.consumer.clone(),
+        message_id: delivery.message_id.clone(),
+        stream: delivery.stream.clone(),
+        stream_seq: delivery.stream_sequence,
+        dlq_stream: stored.stream.clone(),
+        dlq_seq: stored.sequence,
+        attempts: delivery.attempt,
+        error: error.to_owned(),
+    };
+    if let Err(e) = log.record(&letter).await {
+        tracing::warn!(error = %e, dlq_seq = stored.sequence, "dead letter stored but not recorded for souk trace");
+    }
 }
 
 /// Nak for a later redelivery (after the error's own delay, else `step`).

@@ -1,7 +1,7 @@
 //! The relay over an in-memory outbox (the Postgres outbox is tested in souk-stores).
 
 use futures::{FutureExt, future::BoxFuture};
-use souk_pipelines::outbox::{Outbox, OutboxMessage};
+use souk_pipelines::outbox::{Outbox, OutboxMessage, Published};
 use souk_topologies::relay::{Relay, RelayOptions};
 use std::{
     sync::{
@@ -64,7 +64,7 @@ impl Outbox for MemOutbox {
         let out = rows.iter().filter(|(_, p)| !p).take(limit as usize).map(|(m, _)| m.clone()).collect();
         async move { Ok(out) }.boxed()
     }
-    fn mark_published<'a>(&'a self, ids: &'a [uuid::Uuid]) -> BoxFuture<'a, Result<(), Down>> {
+    fn mark_published<'a>(&'a self, published: &'a [Published]) -> BoxFuture<'a, Result<(), Down>> {
         let result = {
             let mut fail = self.fail_marks.lock().expect("lock");
             if *fail > 0 {
@@ -72,7 +72,7 @@ impl Outbox for MemOutbox {
                 Err(Down)
             } else {
                 for (m, p) in self.rows.lock().expect("lock").iter_mut() {
-                    if ids.contains(&m.id) {
+                    if published.iter().any(|p| p.id == m.id) {
                         *p = true;
                     }
                 }

@@ -49,7 +49,8 @@ impl PlaceOrderHandler {
     ) -> Result<(), pg::Error> {
         let ids: Vec<String> = batch.iter().map(|(_, d)| d.dedupe_id()).collect();
         let mut tx = pg::begin(&self.pool).await?;
-        let mut new_ids = inbox::record_many(&mut tx, &self.consumer, &ids).await?;
+        let received: Vec<_> = batch.iter().map(|(_, d)| crate::store::received(d)).collect();
+        let mut new_ids = inbox::record_many(&mut tx, &self.consumer, &received).await?;
         // Each new message id once (a message repeated in one batch is handled once).
         let fresh: Vec<(&PlaceOrder, &Delivery, String)> = batch
             .iter()
@@ -59,7 +60,9 @@ impl PlaceOrderHandler {
         if fresh.is_empty() {
             return Ok(());
         }
-        let cmds: Vec<&PlaceOrder> = fresh.iter().map(|(c, _, _)| *c).collect();
+        // Each with the trace that placed it (`souk trace` takes a trace id too).
+        let cmds: Vec<(&PlaceOrder, Option<String>)> =
+            fresh.iter().map(|(c, d, _)| (*c, trace::trace_id(d.headers.as_ref()))).collect();
         let mut inserted = orders::insert_accepted_many(&mut tx, &cmds).await?;
         let placed: Vec<_> = fresh.into_iter().filter(|(cmd, _, _)| inserted.remove(&cmd.order_id)).collect();
         // An order that cannot be paid for is cancelled, never accepted.

@@ -222,7 +222,7 @@ impl PaymentsHandler {
         let store = |e: pg::Error| store_error(&e);
         let mut tx = pg::begin(&self.pool).await.map_err(store)?;
         let id = d.dedupe_id();
-        if inbox::record_many(&mut tx, &self.consumer, std::slice::from_ref(&id))
+        if inbox::record_many(&mut tx, &self.consumer, &[crate::store::received(d)])
             .await
             .map_err(store)?
             .is_empty()

@@ -65,6 +65,7 @@ fn raw(payload: &[u8], message_id: &str, seq: u64) -> Delivery {
         headers: Some(h),
         payload: payload.to_vec().into(),
         message_id: Some(message_id.into()),
+        stream: "CMD".into(),
         stream_sequence: seq,
         attempt: 1,
         consumer: WRITE_CONSUMER.into(),
