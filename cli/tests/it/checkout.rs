@@ -36,7 +36,12 @@ pub(crate) fn seller(stack: &Stack, seller: &str) -> String {
 }
 
 /// `PUT /v1/cart/items/{sku}`.
-pub(crate) async fn put_item(stack: &Stack, token: &str, sku: &str, quantity: i64) -> anyhow::Result<(u16, Value)> {
+pub(crate) async fn put_item(
+    stack: &Stack,
+    token: &str,
+    sku: &str,
+    quantity: i64,
+) -> anyhow::Result<(u16, Value)> {
     let r = stack
         .http
         .put(format!("{}/v1/cart/items/{sku}", stack.base))
@@ -83,7 +88,8 @@ pub(crate) async fn buy(
         let (status, cart) = put_item(stack, token, sku, *quantity).await?;
         anyhow::ensure!(status == 200, "PUT {sku}: {status} {cart}");
     }
-    let (status, _, accepted) = checkout_raw(stack, token, key, &json!({"payment_token": payment_token})).await?;
+    let (status, _, accepted) =
+        checkout_raw(stack, token, key, &json!({"payment_token": payment_token})).await?;
     anyhow::ensure!(status == 202, "checkout: {status} {accepted}");
     Ok(accepted["order_id"].as_str().unwrap_or_default().parse()?)
 }
@@ -111,7 +117,9 @@ pub(crate) async fn order_reaches(
         anyhow::Ok(reached.then_some(body))
     })
     .await
-    .map_err(|e| anyhow::anyhow!("{e}: order {id} never {statuses:?}; last seen {}", last.lock().expect("lock")))
+    .map_err(|e| {
+        anyhow::anyhow!("{e}: order {id} never {statuses:?}; last seen {}", last.lock().expect("lock"))
+    })
 }
 
 /// The order's saga state (from `GET /v1/orders/{id}`).
@@ -216,10 +224,15 @@ pub(crate) fn pools_but<'a>(stack: &'a Stack, without: &[&str]) -> Vec<&'a str> 
 }
 
 #[tokio::test]
-async fn a_multi_seller_checkout_is_confirmed_charged_once_and_shipped_by_each_seller() -> anyhow::Result<()> {
+async fn a_multi_seller_checkout_is_confirmed_charged_once_and_shipped_by_each_seller() -> anyhow::Result<()>
+{
     use souk_testkit::catalog::{for_sale, seed};
     let stack = Stack::start().await?;
-    let products = [for_sale("MUG", "potter", 1299, 10), for_sale("TEA", "grocer", 849, 20), for_sale("HAT", "milliner", 2500, 3)];
+    let products = [
+        for_sale("MUG", "potter", 1299, 10),
+        for_sale("TEA", "grocer", 849, 20),
+        for_sale("HAT", "milliner", 2500, 3),
+    ];
     seed(&stack.db.pool, TENANT, &products).await?;
     let alice = buyer(&stack, "alice");
     let items = [("MUG", 2), ("TEA", 3), ("HAT", 1)];
@@ -231,7 +244,11 @@ async fn a_multi_seller_checkout_is_confirmed_charged_once_and_shipped_by_each_s
     // Stock: what buyers see, and the books (on hand + sold = what was put up).
     for ((sku, quantity), initial) in items.iter().zip([10, 20, 3]) {
         assert_eq!(product_stock(&stack, &alice, sku).await?, initial - quantity, "{sku}");
-        assert_eq!(units(&stack, sku).await?, (initial - quantity, 0, *quantity), "{sku}: on hand, held, sold");
+        assert_eq!(
+            units(&stack, sku).await?,
+            (initial - quantity, 0, *quantity),
+            "{sku}: on hand, held, sold"
+        );
     }
     // Money: one authorization and one capture of the total, at the primary, asked over
     // HTTP; nothing at the secondary; the sandboxes moved money once per key.
@@ -242,11 +259,13 @@ async fn a_multi_seller_checkout_is_confirmed_charged_once_and_shipped_by_each_s
     let capture = capture.ok_or_else(|| anyhow::anyhow!("the primary has no capture"))?;
     assert_eq!(capture["payment"]["captured_minor"], total, "{capture}");
     assert_eq!(sandbox_answer(&stack, 1, id, Operation::Authorize).await?, None, "nothing at the secondary");
-    let moves: Vec<u32> =
-        [Operation::Authorize, Operation::Capture, Operation::Void, Operation::Refund].map(|o| moved(&stack, id, o)).into();
+    let moves: Vec<u32> = [Operation::Authorize, Operation::Capture, Operation::Void, Operation::Refund]
+        .map(|o| moved(&stack, id, o))
+        .into();
     assert_eq!(moves, [1, 1, 0, 0], "authorize, capture, void, refund at the sandboxes");
     let books = ledger(&stack, id).await?;
-    let expected = Ledger { authorized: 1, captured: total, voided: 0, refunded: 0, provider: Some("primary".into()) };
+    let expected =
+        Ledger { authorized: 1, captured: total, voided: 0, refunded: 0, provider: Some("primary".into()) };
     assert_eq!(books, expected);
 
     // One fulfilment request per seller, each listing its own lines; shipped once all ship.
@@ -268,7 +287,11 @@ async fn a_multi_seller_checkout_is_confirmed_charged_once_and_shipped_by_each_s
         if i < 2 {
             // Not every seller has shipped: still confirmed once this ship is handled.
             eventually(WAIT, || async {
-                let n = stack.count(&format!("select 1 from fulfilments where order_id = '{id}' and status = 'shipped'")).await?;
+                let n = stack
+                    .count(&format!(
+                        "select 1 from fulfilments where order_id = '{id}' and status = 'shipped'"
+                    ))
+                    .await?;
                 anyhow::Ok((n == i as i64 + 1).then_some(()))
             })
             .await?;
@@ -279,7 +302,12 @@ async fn a_multi_seller_checkout_is_confirmed_charged_once_and_shipped_by_each_s
     order_reaches(&stack, &alice, id, &["shipped"], WAIT).await?;
     stack.quiescent(WAIT).await?;
     let events = crate::events::all(&stack).await?;
-    let of = |subject: &str| events.iter().filter(|e| e.subject == subject && e.body["order_id"] == id.to_string().as_str()).count();
+    let of = |subject: &str| {
+        events
+            .iter()
+            .filter(|e| e.subject == subject && e.body["order_id"] == id.to_string().as_str())
+            .count()
+    };
     assert_eq!(of(souk_pipelines::subjects::ORDERS_CONFIRMED), 1);
     assert_eq!(of(souk_pipelines::subjects::ORDERS_SHIPPED), 1);
     assert_eq!(stack.stream_messages("DLQ").await?, 0, "nothing dead-lettered");
@@ -295,7 +323,8 @@ async fn a_multi_seller_checkout_is_confirmed_charged_once_and_shipped_by_each_s
 async fn checkouts_the_node_must_refuse_get_problems_and_publish_nothing() -> anyhow::Result<()> {
     use souk_testkit::catalog::{for_sale, seed};
     let stack = Stack::start().await?;
-    seed(&stack.db.pool, TENANT, &[for_sale("MUG", "potter", 1299, 5), for_sale("SPOON", "potter", 300, 10)]).await?;
+    seed(&stack.db.pool, TENANT, &[for_sale("MUG", "potter", 1299, 5), for_sale("SPOON", "potter", 300, 10)])
+        .await?;
     let (alice, bob) = (buyer(&stack, "alice"), buyer(&stack, "bob"));
     // Alice's cart holds 3 mugs and a spoon; Bob buys 4 of the 5 mugs first.
     assert_eq!(put_item(&stack, &alice, "MUG", 3).await?.0, 200);
@@ -325,12 +354,23 @@ async fn checkouts_the_node_must_refuse_get_problems_and_publish_nothing() -> an
     let pay = json!({"payment_token": "tok_ok"});
     let (status, kind, problem) = checkout_raw(&stack, &alice, "a1", &pay).await?;
     assert_eq!((status, kind.as_str()), (422, "application/problem+json"), "{problem}");
-    let named: Vec<&str> = problem["errors"].as_array().into_iter().flatten().filter_map(|e| e["field"].as_str()).collect();
+    let named: Vec<&str> =
+        problem["errors"].as_array().into_iter().flatten().filter_map(|e| e["field"].as_str()).collect();
     assert_eq!(named, ["items[0].quantity", "items[1].sku"], "{problem}");
     assert!(problem.to_string().contains("only 1"), "the units left are named: {problem}");
 
     // A card number, as the key or as a field's name: refused, and never echoed back.
-    assert_eq!(stack.http.delete(format!("{}/v1/cart/items/SPOON", stack.base)).bearer_auth(&alice).send().await?.status().as_u16(), 200);
+    assert_eq!(
+        stack
+            .http
+            .delete(format!("{}/v1/cart/items/SPOON", stack.base))
+            .bearer_auth(&alice)
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        200
+    );
     assert_eq!(put_item(&stack, &alice, "MUG", 1).await?.0, 200);
     for (key, body) in [
         ("4111111111111111", pay.clone()),
@@ -342,7 +382,10 @@ async fn checkouts_the_node_must_refuse_get_problems_and_publish_nothing() -> an
         assert!((400..500).contains(&status), "{key} {body}: {status} {problem}");
         assert_eq!(kind, "application/problem+json", "{key} {body}");
         let text = problem.to_string();
-        assert!(!text.contains("4111111111111111") && !text.contains("4111-1111"), "a card number echoed: {text}");
+        assert!(
+            !text.contains("4111111111111111") && !text.contains("4111-1111"),
+            "a card number echoed: {text}"
+        );
     }
     let stored = stack.count("select 1 from idempotency_keys where key ~ '^[0-9 -]{13,}$'").await?;
     assert_eq!(stored, 0, "a card number was stored as a key");

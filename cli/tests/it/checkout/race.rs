@@ -20,7 +20,8 @@ const PRICE: i64 = 1999;
 async fn two_hundred_buyers_race_for_fifty_units_and_exactly_fifty_are_sold() -> anyhow::Result<()> {
     let stack = Stack::start_with(StackOptions { pools: false, ..Default::default() }).await?;
     seed(&stack.db.pool, TENANT, &[for_sale("LAST", "rare", PRICE, UNITS)]).await?;
-    let buyers: Vec<(String, String)> = (0..BUYERS).map(|i| (format!("b{i}"), buyer(&stack, &format!("b{i}")))).collect();
+    let buyers: Vec<(String, String)> =
+        (0..BUYERS).map(|i| (format!("b{i}"), buyer(&stack, &format!("b{i}")))).collect();
     let placed: Vec<anyhow::Result<(Uuid, String)>> = futures::stream::iter(&buyers)
         .map(|(name, token)| {
             let stack = &stack;
@@ -77,14 +78,17 @@ async fn two_hundred_buyers_race_for_fifty_units_and_exactly_fifty_are_sold() ->
 /// another buyer. When payments come back the first order is authorized, its commit is
 /// refused (the hold expired), the authorization voided and the order cancelled.
 #[tokio::test]
-async fn an_expired_hold_returns_its_stock_and_its_late_order_is_voided_and_cancelled() -> anyhow::Result<()> {
+async fn an_expired_hold_returns_its_stock_and_its_late_order_is_voided_and_cancelled() -> anyhow::Result<()>
+{
     let stack = Stack::start_with(StackOptions { pools: false, ..Default::default() }).await?;
     seed(&stack.db.pool, TENANT, &[for_sale("ONE", "rare", 5000, 1)]).await?;
     let (gus, hal) = (buyer(&stack, "gus"), buyer(&stack, "hal"));
     let unpaid = stack.start_worker(&pools_but(&stack, &["payments-authorize"])).await?;
     let first = buy(&stack, &gus, "g1", &[("ONE", 1)], "tok_ok").await?;
-    eventually(WAIT, || async { anyhow::Ok((saga_state(&stack, &gus, first).await? == "authorizing").then_some(())) })
-        .await?;
+    eventually(WAIT, || async {
+        anyhow::Ok((saga_state(&stack, &gus, first).await? == "authorizing").then_some(()))
+    })
+    .await?;
     assert_eq!(product_stock(&stack, &hal, "ONE").await?, 0, "held");
     let (status, problem) = put_item(&stack, &hal, "ONE", 1).await?;
     assert_eq!(status, 422, "nothing left to put in a cart: {problem}");
@@ -94,11 +98,14 @@ async fn an_expired_hold_returns_its_stock_and_its_late_order_is_voided_and_canc
         .bind(first)
         .execute(&stack.db.pool)
         .await?;
-    eventually(WAIT, || async { anyhow::Ok((product_stock(&stack, &hal, "ONE").await? == 1).then_some(())) }).await?;
+    eventually(WAIT, || async { anyhow::Ok((product_stock(&stack, &hal, "ONE").await? == 1).then_some(())) })
+        .await?;
     assert_eq!(units(&stack, "ONE").await?, (1, 0, 0), "released by the expiry sweeper");
     let second = buy(&stack, &hal, "h1", &[("ONE", 1)], "tok_ok").await?;
-    eventually(WAIT, || async { anyhow::Ok((saga_state(&stack, &hal, second).await? == "authorizing").then_some(())) })
-        .await?;
+    eventually(WAIT, || async {
+        anyhow::Ok((saga_state(&stack, &hal, second).await? == "authorizing").then_some(()))
+    })
+    .await?;
 
     unpaid.stop().await;
     let worker = stack.start_worker(&[]).await?;
@@ -106,7 +113,8 @@ async fn an_expired_hold_returns_its_stock_and_its_late_order_is_voided_and_canc
     let late = order_reaches(&stack, &gus, first, &["cancelled"], WAIT).await?;
     assert!(late["reason"].as_str().is_some_and(|r| !r.is_empty()), "{late}");
     stack.quiescent(WAIT).await?;
-    let voided = Ledger { authorized: 1, captured: 0, voided: 1, refunded: 0, provider: Some("primary".into()) };
+    let voided =
+        Ledger { authorized: 1, captured: 0, voided: 1, refunded: 0, provider: Some("primary".into()) };
     assert_eq!(ledger(&stack, first).await?, voided, "the late order's authorization voided");
     assert_eq!(moved(&stack, first, Operation::Void), 1);
     assert_eq!(moved(&stack, first, Operation::Capture), 0);
