@@ -236,6 +236,16 @@ pub(crate) fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
             format!("Idempotency-Key must be 1-{MAX_KEY_LEN} visible ASCII characters"),
         ));
     }
+    // The key is stored with its claim (and may be logged): a card number pasted there
+    // would be kept in plain text, which souk never does.
+    if souk_pipelines::pan::looks_like_pan(key) {
+        return Err(Problem::unprocessable("validation", "the request is invalid").errors(vec![
+            souk_pipelines::orders::FieldError::new(
+                "Idempotency-Key",
+                "looks like a card number: use a key of your own, such as a UUID",
+            ),
+        ]));
+    }
     Ok(key)
 }
 

@@ -109,8 +109,31 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// A problem never repeats a card number (souk neither keeps nor sends one back): a
+    /// field name, message or detail quoting what the client sent — an unknown field
+    /// named by a card number, serde's message quoting a numeric one — is replaced,
+    /// saying why.
+    fn withhold_card_numbers(&mut self) {
+        use souk_pipelines::pan::looks_like_pan;
+        const WITHHELD: &str = "withheld: it would repeat what looks like a card number";
+        if self.detail.as_deref().is_some_and(looks_like_pan) {
+            self.detail = Some(WITHHELD.into());
+        }
+        for e in &mut self.errors {
+            if looks_like_pan(&e.field) {
+                e.field = "<card number>".into();
+            }
+            if looks_like_pan(&e.message) {
+                e.message = WITHHELD.into();
+            }
+        }
+    }
+}
+
 impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
+        self.withhold_card_numbers();
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = (status, body).into_response();

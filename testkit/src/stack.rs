@@ -222,6 +222,36 @@ impl Stack {
         Ok(())
     }
 
+    /// A worker process beside the stack's node, wired as `souk worker` runs one: the
+    /// topology's `pools` (every pool when empty) with the saga sweeper and the stock
+    /// hold expiry, on a Postgres connection pool of its own, no ingress, no relay (the
+    /// node's runs). For tests whose node runs no pools (`pools: false`) and that decide
+    /// when work happens: start one late, stop one mid-saga ([`Node::stop`] drains),
+    /// run two side by side, or run all but one pool so a saga waits at that step.
+    pub async fn start_worker(&self, pools: &[&str]) -> anyhow::Result<Node> {
+        use souk_stores::postgres::{PgOptions, connect};
+        Ok(Node::start(NodeOptions {
+            nats: self.client.clone(),
+            pool: connect(&PgOptions::new(&self.db.url))?,
+            database_url: self.db.url.clone(),
+            topology: self.topology.clone(),
+            write_timeout: self.options.write_timeout,
+            ingress: None,
+            intake: IntakeOptions::default(),
+            rate_limit: None,
+            jobs: None,
+            pools: Some(pools.iter().map(|p| (*p).to_owned()).collect()),
+            relay: false,
+            metrics: None,
+            search: Some(self.search.clone()),
+            search_timeout: self.options.search_timeout,
+            public_tenant: PUBLIC_TENANT.into(),
+            payments: Some(self.payments.clone()),
+            status_history: Default::default(),
+        })
+        .await?)
+    }
+
     /// Stop the node gracefully (drain).
     pub async fn stop_node(&mut self) {
         if let Some(node) = self.node.take() {

@@ -413,7 +413,7 @@ async fn souk_dev_stops_with_a_failure_when_its_nats_server_dies() -> anyhow::Re
 
 /// Key files under `dir` for `(kid, secret)` pairs, as the `SOUK_JWT_KEYS` value naming
 /// them (first signs).
-fn jwt_keys(dir: &std::path::Path, keys: &[(&str, &[u8])]) -> anyhow::Result<String> {
+pub(crate) fn jwt_keys(dir: &std::path::Path, keys: &[(&str, &[u8])]) -> anyhow::Result<String> {
     let mut entries = Vec::new();
     for (kid, secret) in keys {
         let file = dir.join(format!("{kid}.key"));

@@ -4,6 +4,7 @@
 mod alerts;
 mod binary;
 mod catalog;
+mod checkout;
 mod crash;
 mod dev;
 mod events;

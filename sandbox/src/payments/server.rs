@@ -287,7 +287,11 @@ async fn before(
             Err(unavailable())
         }
         Fault::Unavailable => Err(unavailable()),
-        Fault::Reset => Err(drop_connection(kill).await),
+        Fault::Reset if moves_money => Err(drop_connection(kill).await),
+        // A status query is not reset (nothing listens to its `Kill`: ending it here
+        // left it pending until the client gave up, a hang the fault table does not
+        // have — and a client that cannot learn the status must hold, not fail over).
+        Fault::Reset => Ok(Fault::None),
         Fault::None | Fault::Lost => Ok(fault),
     }
 }

@@ -46,6 +46,10 @@ pub enum GatewayError {
     /// A provider may hold money under the key and cannot say: the command waits.
     #[error("payment state unknown: {0}")]
     Unknown(String),
+    /// The one provider that can serve the command (a settle: the one holding the
+    /// authorization) refuses calls for now (its breaker is open): the command waits.
+    #[error("payment provider unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] pg::Error),
 }
@@ -166,12 +170,14 @@ impl Gateway {
         })?;
         let mut schedule = Schedule::new(&self.options);
         let mut tally = Tally::default();
-        if let Tried::Decided(decision) =
-            self.try_endpoint(endpoint, Call::Settle(settle), &mut schedule, &mut tally).await?
-        {
-            return Ok(decision);
+        match self.try_endpoint(endpoint, Call::Settle(settle), &mut schedule, &mut tally).await? {
+            Tried::Decided(decision) => Ok(decision),
+            // No other provider can settle this payment: while its breaker is open the
+            // command waits (held like any outage) instead of failing — a capture given
+            // up this way unwound a paid order, a void left the authorization held.
+            Tried::BreakerOpen => Err(GatewayError::Unavailable(tally.last_error)),
+            Tried::BudgetSpent => self.exhausted(settle.key, tally).await,
         }
-        self.exhausted(settle.key, tally).await
     }
 
     /// Try `call` on one provider until it answers for good, its breaker opens, or the

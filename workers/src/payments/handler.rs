@@ -138,6 +138,9 @@ impl PaymentsHandler {
             Err(GatewayError::Unknown(e)) => {
                 return Err(HandlerError::dependency("payment_state_unknown", e));
             }
+            Err(GatewayError::Unavailable(e)) => {
+                return Err(HandlerError::dependency("payment_provider_unavailable", e));
+            }
             Err(GatewayError::Store(e)) => return Err(store(e)),
         };
         drop(conn);
