@@ -127,13 +127,11 @@ impl PaymentsHandler {
         if inbox::contains(&self.pool, &self.consumer, &message_id).await.map_err(store)? {
             return Ok(());
         }
-        let mut conn = self.pool.acquire().await.map_err(|e| store(pg::Error::Unavailable(e)))?;
-        if payments::result_recorded(&mut conn, &cmd.key).await.map_err(store)? {
+        if payments::result_recorded(&mut *self.connection().await?, &cmd.key).await.map_err(store)? {
             // The same step under another message id: answered before, nothing new.
-            drop(conn);
             return self.commit(d, cmd, None).await;
         }
-        let decision = match self.decide(&mut conn, cmd).await {
+        let decision = match self.decide(cmd).await {
             Ok(decision) => decision,
             Err(GatewayError::Unknown(e)) => {
                 return Err(HandlerError::dependency("payment_state_unknown", e));
@@ -143,12 +141,21 @@ impl PaymentsHandler {
             }
             Err(GatewayError::Store(e)) => return Err(store(e)),
         };
-        drop(conn);
         self.commit(d, cmd, Some(decision)).await
     }
 
+    /// A pooled connection for one read. Never held across a gateway call: the gateway
+    /// logs each attempt through the same pool, so a handler holding a connection while
+    /// it calls would wait for a second one — with as many handlers in flight as the
+    /// pool has connections, every connection is held by a handler waiting for another,
+    /// and nothing moves until the acquire timeout (an "outage" that trips the breaker
+    /// and repeats on every retry).
+    async fn connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, HandlerError> {
+        self.pool.acquire().await.map_err(|e| store_error(&pg::Error::Unavailable(e)))
+    }
+
     /// The providers' decision — or the ledger's, for a settle it refuses outright.
-    async fn decide(&self, conn: &mut sqlx::PgConnection, cmd: &Command) -> Result<Decision, GatewayError> {
+    async fn decide(&self, cmd: &Command) -> Result<Decision, GatewayError> {
         let token = cmd.token.as_deref().unwrap_or_default();
         if cmd.operation == Operation::Authorize {
             let charge = Charge {
@@ -163,7 +170,11 @@ impl PaymentsHandler {
             provider: String::new(),
             reply: Reply::Declined { code: code.to_owned(), message, soft: false },
         };
-        let Some(auth) = payments::authorization(conn, cmd.order_id).await? else {
+        let auth = {
+            let mut conn = self.pool.acquire().await.map_err(pg::Error::Unavailable)?;
+            payments::authorization(&mut conn, cmd.order_id).await?
+        };
+        let Some(auth) = auth else {
             return Ok(declined("no_authorization", format!("order {} has no authorization", cmd.order_id)));
         };
         let refused = match cmd.operation {

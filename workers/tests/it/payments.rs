@@ -41,6 +41,16 @@ impl Drop for PayEnv {
 }
 
 async fn pay_env(retry: RetryOptions, primary_faults: Faults) -> anyhow::Result<PayEnv> {
+    pay_env_with(retry, primary_faults, None).await
+}
+
+/// [`pay_env`] whose payments pools (handlers and gateway) share a Postgres pool of
+/// `connections` (the test database's own pool when `None`).
+async fn pay_env_with(
+    retry: RetryOptions,
+    primary_faults: Faults,
+    connections: Option<u32>,
+) -> anyhow::Result<PayEnv> {
     let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
     souk_stores::postgres::migrate(&db.pool).await?;
     let client = nats.client().await?;
@@ -66,9 +76,19 @@ async fn pay_env(retry: RetryOptions, primary_faults: Faults) -> anyhow::Result<
         spec(&primary_name, Dialect::Alpha, primary.url()),
         spec(&format!("secondary-{suffix}"), Dialect::Beta, secondary.url()),
     ];
-    let gateway = Arc::new(pay::gateway(&specs, retry, db.pool.clone())?);
+    let pool = match connections {
+        Some(n) => {
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(n)
+                .acquire_timeout(Duration::from_secs(2))
+                .connect(&db.url)
+                .await?
+        }
+        None => db.pool.clone(),
+    };
+    let gateway = Arc::new(pay::gateway(&specs, retry, pool.clone())?);
     let dependencies = souk_workers::Dependencies { payments: Some(gateway.clone()), ..Default::default() };
-    let registry = souk_workers::registry_with(db.pool.clone(), &dependencies);
+    let registry = souk_workers::registry_with(pool, &dependencies);
     let stop = CancellationToken::new();
     for name in ["payments-authorize", "payments-settle"] {
         let pool = Pool::build(&publisher, &topology, name, &registry).await?;
@@ -169,6 +189,32 @@ fn declined_code(r: &PaymentResult) -> Option<&str> {
         Some(PaymentFailure::Declined { code, .. }) => Some(code),
         _ => None,
     }
+}
+
+/// More commands in flight than the pool has connections (the pool runs 64, production
+/// pools hold 16 connections). The handler used to keep a connection while the gateway
+/// logged its attempts through the same pool: every connection was then held by a
+/// handler waiting for another, nothing was answered until the acquire timeout, which
+/// read as an outage, tripped the breaker and repeated on every retry — found by the
+/// crash tests, where 1,000 sagas stopped for good at `authorizing`.
+#[tokio::test]
+async fn more_commands_in_flight_than_connections_are_all_answered() -> anyhow::Result<()> {
+    let env = pay_env_with(test_payment_retry(), Faults::default(), Some(2)).await?;
+    let cmds: Vec<AuthorizePayment> = (0..16).map(|_| authorize("tok_ok", 1299)).collect();
+    for cmd in &cmds {
+        env.send(&format!("auth-{}", cmd.order_id), cmd).await?;
+    }
+    let results = eventually(Duration::from_secs(20), || async {
+        let results = env.results().await?;
+        anyhow::Ok((results.len() >= cmds.len()).then_some(results))
+    })
+    .await?;
+    for cmd in &cmds {
+        let r = results.iter().find(|r| r.order_id == cmd.order_id);
+        assert_eq!(r.map(|r| r.failure.is_none()), Some(true), "authorized: {r:?}");
+        assert_eq!(env.effects(&cmd.idempotency_key), 1, "charged once");
+    }
+    Ok(())
 }
 
 #[tokio::test]
