@@ -3,8 +3,8 @@
 //! Like `souk status`, they find a running `souk dev` by `--data-dir`.
 
 use anyhow::{Context, anyhow};
-use souk_stores::operate::{self, Actor};
 use souk_ingress::Role;
+use souk_stores::operate::{self, Actor};
 use souk_stores::postgres as pg;
 use souk_topologies::{
     control::{Change, Controls},

@@ -9,8 +9,8 @@
 //! A dead-letter action cannot share a transaction with JetStream: its row is written
 //! after the work, listing what was done and what failed, one row per command.
 
-use serde_json::json;
 use crate::postgres::operator_actions;
+use serde_json::json;
 use souk_topologies::{
     Error as EngineError, Topology,
     control::{Change, Controls, PoolSettings},
