@@ -44,7 +44,8 @@ pub const RULES: &[(Level, &str)] = &[
     (Level::Green, "none of the above"),
 ];
 
-/// A pool's health: the worst level any rule gives, and every rule that fired.
+/// A pool's health: the worst level any rule gives, and every rule that fired (worst
+/// first).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
     pub level: Level,
@@ -91,7 +92,9 @@ pub fn of_pool(pool: &PoolModel, consumer: Option<&ConsumerModel>) -> Health {
         }
     }
     let level = fired.iter().map(|(l, _)| *l).max().unwrap_or(Level::Green);
-    let mut reasons: Vec<String> = fired.into_iter().filter(|(l, _)| *l == level).map(|(_, r)| r).collect();
+    // Every rule that fired, worst first: a paused pool that also failed says both.
+    fired.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut reasons: Vec<String> = fired.into_iter().map(|(_, r)| r).collect();
     if reasons.is_empty() {
         reasons.push("workers live, errors ≤ 1% over 5 min, lag not growing, no dead letters".into());
     }
