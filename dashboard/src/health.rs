@@ -93,7 +93,7 @@ pub fn of_pool(pool: &PoolModel, consumer: Option<&ConsumerModel>) -> Health {
     }
     let level = fired.iter().map(|(l, _)| *l).max().unwrap_or(Level::Green);
     // Every rule that fired, worst first: a paused pool that also failed says both.
-    fired.sort_by(|a, b| b.0.cmp(&a.0));
+    fired.sort_by_key(|f| std::cmp::Reverse(f.0));
     let mut reasons: Vec<String> = fired.into_iter().map(|(_, r)| r).collect();
     if reasons.is_empty() {
         reasons.push("workers live, errors ≤ 1% over 5 min, lag not growing, no dead letters".into());
@@ -174,7 +174,8 @@ mod tests {
         assert_eq!((letters.level, letters.reasons[0].as_str()), (Level::Amber, "3 dead letter(s) waiting"));
         // Paused by an operator: amber, not red for having nothing running.
         let mut paused = pool(0, None);
-        paused.settings = Some(PoolSettings { paused: true, changed_by: "olga".into(), ..Default::default() });
+        paused.settings =
+            Some(PoolSettings { paused: true, changed_by: "olga".into(), ..Default::default() });
         let paused = of_pool(&paused, None);
         assert_eq!(paused.level, Level::Amber);
         assert!(paused.reasons[0].starts_with("paused by olga"), "{paused:?}");

@@ -20,7 +20,7 @@ th,td{text-align:left;padding:.25rem .5rem;border-bottom:1px solid var(--line);v
 th{font-weight:600;white-space:nowrap}
 .badge{display:inline-block;min-width:4.5em;text-align:center;border-radius:1em;padding:0 .5em;color:#fff;font-weight:600}
 .green{background:var(--g)}.amber{background:var(--a)}.red{background:var(--r)}
-.rule{color:var(--mut);font-size:.9em}
+.rule{color:var(--mut);font-size:.9em}td.health{min-width:14em}
 .charts{display:flex;flex-wrap:wrap;gap:1rem}.chart{margin:0;flex:1 1 260px}
 .chart svg{width:100%;height:60px;border:1px solid var(--line)}
 .chart polyline{fill:none;stroke:#0969da;stroke-width:1.5;vector-effect:non-scaling-stroke}

@@ -108,7 +108,7 @@ fn live(m: &Model) -> Markup {
                 @let rate = |w: u64| p.rates.iter().find(|r| r.window_secs == w);
                 tr data-pool=(p.name) {
                     td { (p.name) br; span.rule { (p.consumer) } }
-                    td { span class={"badge " (h.level.css())} { (h.level.css()) } br; span.rule { (h.reasons.join("; ")) } }
+                    td.health { span class={"badge " (h.level.css())} { (h.level.css()) } br; span.rule { (h.reasons.join("; ")) } }
                     td.state { (state_of(p)) }
                     td.procs { (p.live_processes) }
                     td.inflight { (p.in_flight) }

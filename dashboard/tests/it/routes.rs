@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use souk_dashboard::{Access, ROUTES};
 use souk_ingress::Role;
 
-use super::{client, csrf_of, stack};
+use super::{actions, client, csrf_of, stack};
 
 /// A concrete path for a route's pattern.
 fn concrete(path: &str) -> String {
@@ -90,7 +90,7 @@ async fn every_route_refuses_strangers_and_non_operators_and_every_post_needs_sa
                     );
                     // Past the guards with the right token (the handler then refuses the
                     // empty form, or logs out): not a 401/403.
-                    let same = format!("{}", stack.base);
+                    let same = stack.base.clone();
                     let ok = send(Some(&operator), &[("csrf", &csrf)], &[("origin", &same)]).await?;
                     assert!(
                         !matches!(ok.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN),
@@ -118,5 +118,3 @@ async fn every_route_refuses_strangers_and_non_operators_and_every_post_needs_sa
     assert!(actions(&stack).await?.is_empty(), "no guarded POST acted");
     Ok(())
 }
-
-use super::actions;
