@@ -5,6 +5,7 @@ mod alerts;
 mod binary;
 mod catalog;
 mod crash;
+mod dashboard;
 mod dev;
 mod events;
 mod failed_orders;
