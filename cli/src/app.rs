@@ -147,6 +147,9 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         search_timeout: souk_ingress::search::SEARCH_TIMEOUT,
         public_tenant: config.public_tenant.clone(),
         status_history: Default::default(),
+        // `souk dev` serves the dashboard beside the API; `souk ingress` does not
+        // (`souk dashboard` serves it alone, wherever operators reach it).
+        dashboard: dev.then_some(souk_dashboard::DEFAULT_REFRESH),
     })
     .await?;
     if let (true, Some(addr)) = (dev, node.http_addr) {

@@ -1,4 +1,4 @@
-//! One-shot commands: token, topology, migrate, status, dlq, config.
+//! One-shot commands: token, topology, migrate, status, dlq, config; and `souk dashboard`.
 
 use anyhow::{Context, bail};
 use souk_ingress::{Claims, Role};
@@ -220,5 +220,46 @@ pub fn config_check(config: &Config) -> anyhow::Result<ExitCode> {
     shown.payments.secondary_url = shown.payments.secondary_url.as_deref().map(app::redact_nats);
     out_raw!("{}", toml::to_string(&shown)?);
     out!("# configuration and topology are valid");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serve the operators' dashboard alone on `listen` until Ctrl-C. Tokens are verified
+/// with the configured `jwt-keys`, else with the key of the `souk dev` of the data dir
+/// (never generated here).
+pub async fn dashboard(config: &Config, listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    let topology = app::load_topology(config)?;
+    let nats = app::connect_nats(&app::nats_url(config)?).await?;
+    let database = app::operated_database(config)?;
+    let pool = pg::connect(&app::pg_options(&database))?;
+    if config.jwt_keys.is_empty() && !config.dev_key_path().exists() {
+        bail!(
+            "no key to verify operator tokens: configure jwt-keys, or start `souk dev` with the same --data-dir"
+        );
+    }
+    let keys = app::signing_keys(config, config.jwt_keys.is_empty())?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let router = souk_dashboard::router(souk_dashboard::DashboardOptions {
+        nats,
+        pool,
+        database_url: database.database_url.clone(),
+        topology,
+        keys,
+        write_timeout: config.write_timeout,
+        refresh: souk_dashboard::DEFAULT_REFRESH,
+        cancel: cancel.clone(),
+    });
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    out!(
+        "souk dashboard: http://{}/ops/ (log in with a token from `souk token --sub you --role operator`)",
+        listener.local_addr()?
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            cancel.cancel();
+        })
+        .await
+        .context("serving the dashboard")?;
     Ok(ExitCode::SUCCESS)
 }

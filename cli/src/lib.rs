@@ -5,5 +5,4 @@
 //! binary, the end-to-end tests and the benchmark all start exactly the same thing.
 
 pub mod node;
-pub mod operate;
 pub mod pid_lock;

@@ -127,6 +127,14 @@ enum Command {
         #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<u64>,
     },
+    /// The operators' dashboard alone (`souk dev` also serves it under /ops/ on its
+    /// API address), over the `souk dev` of --data-dir, or SOUK_NATS_URL and the
+    /// configured database. Log in with an operator token (`souk token --role operator`).
+    Dashboard {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+    },
     /// Dead letters: list and show them with why they failed, redrive them once fixed,
     /// purge them. Redrives and purges are recorded in operator_actions.
     #[command(after_help = jobs::EXIT_CODES_HELP)]
@@ -525,6 +533,7 @@ async fn main() -> ExitCode {
             let watch = watch.map(|s| std::time::Duration::from_secs(s.max(1)));
             commands::status(&config, json, watch).await
         }
+        Command::Dashboard { listen } => commands::dashboard(&config, listen).await,
         Command::Dlq { action } => return exit(dlq_command(&config, action).await),
         Command::Pool { action } => {
             use souk_topologies::control::Change;

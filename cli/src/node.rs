@@ -70,6 +70,9 @@ pub struct NodeOptions {
     /// The pipeline status history's resolution and span (also how often the
     /// pipeline gauges are refreshed: once per resolution).
     pub status_history: souk_topologies::status::HistoryOptions,
+    /// Serve the operators' dashboard under `/ops/` on the ingress's listener (with
+    /// the ingress's keys), refreshing its live view this often.
+    pub dashboard: Option<Duration>,
 }
 
 /// A running node.
@@ -144,7 +147,19 @@ impl Node {
         let mut http_addr = None;
         if let Some((listener, keys)) = options.ingress {
             http_addr = listener.local_addr().ok();
-            let ingress = Ingress::build(IngressOptions {
+            let dashboard = options.dashboard.map(|refresh| {
+                souk_dashboard::router(souk_dashboard::DashboardOptions {
+                    nats: options.nats.clone(),
+                    pool: options.pool.clone(),
+                    database_url: options.database_url.clone(),
+                    topology: options.topology.clone(),
+                    keys: keys.clone(),
+                    write_timeout: options.write_timeout,
+                    refresh,
+                    cancel: cancel.clone(),
+                })
+            });
+            let mut ingress = Ingress::build(IngressOptions {
                 keys,
                 pool: options.pool.clone(),
                 nats: options.nats.clone(),
@@ -158,6 +173,9 @@ impl Node {
                     .map(|store| SearchOptions { store, timeout: options.search_timeout }),
                 public_tenant: options.public_tenant.clone(),
             });
+            if let Some(routes) = dashboard {
+                ingress = ingress.with_routes(routes);
+            }
             let stop = cancel.clone();
             tasks.spawn(async move {
                 if let Err(e) = ingress.serve(listener, stop).await {

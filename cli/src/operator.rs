@@ -1,10 +1,10 @@
 //! `souk dlq …` and `souk pool …`: operators' commands. Thin: arguments in, a call to
-//! `souk_cli::operate` (which records each action in `operator_actions`), a report out.
+//! `souk_stores::operate` (which records each action in `operator_actions`), a report out.
 //! Like `souk status`, they find a running `souk dev` by `--data-dir`.
 
 use anyhow::{Context, anyhow};
-use souk_cli::operate::{self, Actor};
 use souk_ingress::Role;
+use souk_stores::operate::{self, Actor};
 use souk_stores::postgres as pg;
 use souk_topologies::{
     control::{Change, Controls},
@@ -67,13 +67,7 @@ impl FilterArgs {
 
 /// RFC 3339, or a duration meaning that long ago.
 fn parse_time(s: &str) -> anyhow::Result<SystemTime> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc).into());
-    }
-    let ago = humantime_serde::re::humantime::parse_duration(s).map_err(|_| {
-        anyhow!("{s:?} is neither an RFC 3339 time (2026-05-01T10:00:00Z) nor a time ago (2h, 30m)")
-    })?;
-    SystemTime::now().checked_sub(ago).ok_or_else(|| anyhow!("{s:?} is too long ago"))
+    operate::parse_time(s).map_err(|e| anyhow!(e))
 }
 
 /// The selection of a redrive or purge: sequences, a filter, or `--all` (one of them).

@@ -22,7 +22,7 @@ pub async fn trace(config: &Config, id: &str, json: bool) -> Result<ExitCode> {
     let nats = app::connect_nats(&url).await.map_err(unavailable)?;
     let js = app::jetstream(&nats);
     let pool = database(config).await?;
-    let trace = match souk_cli::operate::trace(&js, &topology, &pool, id).await {
+    let trace = match souk_stores::operate::trace(&js, &topology, &pool, id).await {
         Ok(t) => t,
         Err(e @ FollowError::NotFound(_)) => return Err(Exit(exit::NOT_FOUND, e.into())),
         Err(e @ FollowError::Store(_)) => return Err(unavailable(e)),

@@ -159,6 +159,14 @@ impl Ingress {
         Ingress { router, background, stop_background, request_timeout, connections: options.connections }
     }
 
+    /// Serve `routes` too, beside the API on the same listener (the operators'
+    /// dashboard under `/ops/`). They keep their own layers: the API's request
+    /// timeout would cut the dashboard's live event stream.
+    pub fn with_routes(mut self, routes: Router) -> Ingress {
+        self.router = self.router.merge(routes);
+        self
+    }
+
     /// The router, for in-process tests (`tower::ServiceExt::oneshot`).
     pub fn router(&self) -> Router {
         self.router.clone()

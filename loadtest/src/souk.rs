@@ -126,6 +126,7 @@ impl Stack {
             search_timeout: souk_ingress::search::SEARCH_TIMEOUT,
             public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
             status_history: Default::default(),
+            dashboard: None,
         })
         .await?;
         let cancel = node.cancel_token();

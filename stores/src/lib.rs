@@ -9,5 +9,10 @@
 //! embedded by default, OpenSearch in production, one conformance suite for both. The
 //! wide-column timeline sink joins here as `widecolumn/`.
 
+//!
+//! [`operate`] is operators' actions over the engine (dead-letter redrive and purge, pool
+//! controls), each recorded in `operator_actions`: the CLI and the dashboard call it.
+
+pub mod operate;
 pub mod postgres;
 pub mod search;

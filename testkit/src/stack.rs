@@ -97,6 +97,8 @@ pub struct StackOptions {
     /// two cores with the other tests' nodes, and tests assert that no query fails, not
     /// how fast a starved process answers (the deadline itself is tested in the ingress).
     pub search_timeout: Duration,
+    /// Serve the operators' dashboard under `/ops/` (refreshing its live view this often).
+    pub dashboard: Option<Duration>,
 }
 
 impl Default for StackOptions {
@@ -110,6 +112,7 @@ impl Default for StackOptions {
             postgres: None,
             jobs: Some(test_job_tuning()),
             search_timeout: Duration::from_secs(10),
+            dashboard: None,
         }
     }
 }
@@ -213,6 +216,7 @@ impl Stack {
             public_tenant: PUBLIC_TENANT.into(),
             payments: Some(self.payments.clone()),
             status_history: Default::default(),
+            dashboard: o.dashboard,
         })
         .await?;
         if let Some(addr) = node.http_addr {
@@ -248,6 +252,7 @@ impl Stack {
             public_tenant: PUBLIC_TENANT.into(),
             payments: Some(self.payments.clone()),
             status_history: Default::default(),
+            dashboard: None,
         })
         .await?)
     }

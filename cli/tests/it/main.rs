@@ -6,6 +6,7 @@ mod binary;
 mod catalog;
 mod checkout;
 mod crash;
+mod dashboard;
 mod dev;
 mod events;
 mod failed_orders;

@@ -1,6 +1,7 @@
 //! Operators' actions over the engine, each recorded in `operator_actions`: dead-letter
 //! redrives and purges (`topologies::dead_letters`) and pool pause/resume/scale
-//! (`topologies::control`). The CLI calls these; the dashboard will call the same.
+//! (`topologies::control`). `souk dlq`/`souk pool` and the dashboard both call these
+//! (here, not in the CLI, so the dashboard need not depend on the binary's crate).
 //!
 //! **Recording.** Postgres is checked before anything is done, so an action that could
 //! not be recorded is not taken. A pool change is recorded in a transaction committed
@@ -8,8 +9,8 @@
 //! A dead-letter action cannot share a transaction with JetStream: its row is written
 //! after the work, listing what was done and what failed, one row per command.
 
+use crate::postgres::operator_actions;
 use serde_json::json;
-use souk_stores::postgres::operator_actions;
 use souk_topologies::{
     Error as EngineError, Topology,
     control::{Change, Controls, PoolSettings},
@@ -30,6 +31,18 @@ impl Actor {
     }
 }
 
+/// A time in an operator's filter: RFC 3339 (`2026-05-01T10:00:00Z`) or a duration
+/// meaning that long ago (`2h`, `30m`).
+pub fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc).into());
+    }
+    let ago = humantime_serde::re::humantime::parse_duration(s).map_err(|_| {
+        format!("{s:?} is neither an RFC 3339 time (2026-05-01T10:00:00Z) nor a time ago (2h, 30m)")
+    })?;
+    std::time::SystemTime::now().checked_sub(ago).ok_or_else(|| format!("{s:?} is too long ago"))
+}
+
 /// Why an operator action was not (fully) done.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,7 +52,7 @@ pub enum Error {
     #[error(transparent)]
     Engine(EngineError),
     #[error("operator_actions: {0}")]
-    Record(#[from] souk_stores::postgres::Error),
+    Record(#[from] crate::postgres::Error),
     #[error("Postgres: {0}")]
     Db(#[from] sqlx::Error),
     /// Done, but its `operator_actions` row could not be committed.
@@ -196,7 +209,7 @@ pub async fn trace(
     pool: &sqlx::PgPool,
     id: &str,
 ) -> Result<souk_pipelines::follow::Trace, souk_topologies::follow::FollowError> {
-    use souk_stores::postgres::follow::{PgJournal, sources};
+    use crate::postgres::follow::{PgJournal, sources};
     let journal = PgJournal(pool.clone());
     souk_topologies::follow::follow(js, topology, &journal, &sources(pool), id).await
 }

@@ -1,0 +1,151 @@
+//! Logging in, the session cookie's flags, the CSRF token of a session, and the
+//! confirmation step of every action: a dead-letter redrive, a purge of a selection and
+//! a pool pause happen only once confirmed, and each is recorded with who did it.
+
+use reqwest::{StatusCode, header};
+use souk_ingress::Role;
+use souk_testkit::eventually;
+use std::time::Duration;
+
+use super::{actions, client, csrf_of, dead_letter, stack};
+
+#[tokio::test]
+async fn a_login_gives_a_strict_http_only_cookie_and_actions_need_its_csrf_token_and_a_confirmation()
+-> anyhow::Result<()> {
+    let stack = stack().await?;
+    let http = client()?;
+    let login = |token: String| {
+        let http = http.clone();
+        let url = format!("{}/ops/login", stack.base);
+        async move { http.post(url).form(&[("token", token)]).send().await }
+    };
+    assert_eq!(login("not a token".into()).await?.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(login(stack.token("bob", &[Role::Buyer, Role::Admin])).await?.status(), StatusCode::FORBIDDEN);
+
+    let token = stack.token("olga", &[Role::Operator]);
+    let ok = login(token.clone()).await?;
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    assert_eq!(ok.headers()[header::LOCATION], "/ops/");
+    let set = ok.headers()[header::SET_COOKIE].to_str()?.to_owned();
+    let parts: Vec<&str> = set.split(';').map(str::trim).collect();
+    assert!(parts.contains(&"HttpOnly"), "{set}");
+    assert!(parts.contains(&"SameSite=Strict"), "{set}");
+    assert!(parts.contains(&"Path=/ops"), "{set}");
+    assert!(!set.contains(&token), "the token is not in the cookie");
+    let cookie = parts[0].to_owned();
+    let id = cookie.strip_prefix("souk_ops=").unwrap_or_default();
+    assert_eq!(id.len(), 64, "256 random bits: {cookie}");
+
+    let get = |path: &str| http.get(format!("{}{path}", stack.base)).header(header::COOKIE, &cookie).send();
+    let page = get("/ops/").await?;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await?;
+    let csrf = csrf_of(&html)?;
+    assert!(
+        html.contains("orders-place") && html.contains("data-pool=\"orders\""),
+        "pools and consumers shown"
+    );
+    // Another session has another CSRF token: one session's token is no good in another.
+    let other = login(stack.token("olga", &[Role::Operator])).await?;
+    let other_cookie =
+        other.headers()[header::SET_COOKIE].to_str()?.split(';').next().unwrap_or_default().to_owned();
+    assert_ne!(other_cookie, cookie);
+    let other_csrf = csrf_of(
+        &http
+            .get(format!("{}/ops/", stack.base))
+            .header(header::COOKIE, &other_cookie)
+            .send()
+            .await?
+            .text()
+            .await?,
+    )?;
+    assert_ne!(other_csrf, csrf);
+
+    let post = |path: &str, form: Vec<(&str, String)>| {
+        http.post(format!("{}{path}", stack.base)).header(header::COOKIE, &cookie).form(&form).send()
+    };
+    let seq = dead_letter(&stack, "fulfilment", "souk.cmd.fulfilment.ship", "boom: no address").await?;
+    let kept = dead_letter(&stack, "fulfilment", "souk.cmd.fulfilment.ship", "boom: no parcel").await?;
+    let redrive = |csrf: &str, confirmed: bool| {
+        let mut form =
+            vec![("csrf", csrf.to_owned()), ("scope", "selected".into()), ("seq", seq.to_string())];
+        if confirmed {
+            form.push(("confirmed", "yes".into()));
+        }
+        post("/ops/dlq/redrive", form)
+    };
+    // Another session's token, confirmed: refused, nothing done.
+    assert_eq!(redrive(&other_csrf, true).await?.status(), StatusCode::FORBIDDEN);
+    // Not confirmed: a confirmation page naming the letter, nothing done.
+    let asked = redrive(&csrf, false).await?;
+    assert_eq!(asked.status(), StatusCode::OK);
+    let asked = asked.text().await?;
+    assert!(
+        asked.contains("Redrive dead letters?") && asked.contains(&format!("#{seq} fulfilment")),
+        "{asked}"
+    );
+    assert!(asked.contains(r#"name="confirmed" value="yes""#), "{asked}");
+    let listed = get("/ops/dlq").await?.text().await?;
+    assert!(listed.contains(&format!("data-seq=\"{seq}\"")), "still there before the confirmation");
+    assert!(actions(&stack).await?.is_empty());
+    // Confirmed with the session's token: done and recorded.
+    let done = redrive(&csrf, true).await?;
+    assert_eq!(done.status(), StatusCode::OK);
+    assert!(done.text().await?.contains("1 redriven, 0 failed"));
+    let listed = get("/ops/dlq").await?.text().await?;
+    assert!(!listed.contains(&format!("data-seq=\"{seq}\"")), "gone after the redrive");
+    assert!(listed.contains(&format!("data-seq=\"{kept}\"")), "the other one stays");
+
+    // Purge of a selection: confirmation first, then exactly the selection.
+    let purge = |confirmed: bool| {
+        let mut form = vec![("csrf", csrf.clone()), ("scope", "selected".into()), ("seq", kept.to_string())];
+        if confirmed {
+            form.push(("confirmed", "yes".into()));
+        }
+        post("/ops/dlq/purge", form)
+    };
+    assert!(purge(false).await?.text().await?.contains("cannot be recovered"));
+    assert!(get("/ops/dlq").await?.text().await?.contains(&format!("data-seq=\"{kept}\"")));
+    assert!(purge(true).await?.text().await?.contains("1 purged"));
+    assert!(!get("/ops/dlq").await?.text().await?.contains(&format!("data-seq=\"{kept}\"")));
+
+    // Pause a pool: confirmation first, then every process follows.
+    let pause = |confirmed: bool| {
+        let mut form = vec![("csrf", csrf.clone()), ("action", "pause".into())];
+        if confirmed {
+            form.push(("confirmed", "yes".into()));
+        }
+        post("/ops/pools/fulfilment", form)
+    };
+    assert!(pause(false).await?.text().await?.contains("Pause pool fulfilment"));
+    assert!(
+        souk_topologies::control::read_all(&stack.js)
+            .await?
+            .iter()
+            .all(|(pool, s)| pool != "fulfilment" || !s.paused),
+        "not paused before the confirmation"
+    );
+    assert!(pause(true).await?.text().await?.contains("Pool fulfilment: paused"));
+    eventually(Duration::from_secs(20), || async {
+        let page = get("/ops/").await?.text().await?;
+        anyhow::Ok(page.contains("paused by olga").then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        actions(&stack).await?,
+        [
+            ("olga", "dlq.redrive", "fulfilment"),
+            ("olga", "dlq.purge", "fulfilment"),
+            ("olga", "pool.pause", "fulfilment")
+        ]
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()))
+    );
+    let listed = get("/ops/actions").await?.text().await?;
+    assert!(listed.contains("pool.pause") && listed.contains("olga"));
+
+    // Logged out: the session is gone.
+    let out = post("/ops/logout", vec![("csrf", csrf.clone())]).await?;
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(get("/ops/").await?.status(), StatusCode::UNAUTHORIZED);
+    Ok(())
+}
