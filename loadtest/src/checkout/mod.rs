@@ -4,6 +4,7 @@
 //!
 //! | | measurement | judged against |
 //! |---|---|---|
+//! | i | the settled stack with no load for `--idle`: CPU per second, paid by every phase whatever its rate | — |
 //! | c | raw Postgres single-row INSERT, autocommit, `--pg-connections` connections (the orders benchmark's (c)) | — the ceiling one commit per step would allow |
 //! | s | souk, closed loop at each `--concurrency`: every client puts `--lines` SKUs in its cart, `POST /v1/checkout` (`tok_ok`), and waits for its order's `OrderConfirmed` on `EVT`; checkouts/s = confirmed per second, latency from the POST to the event | Restate's runs/s (× ≥ 1.5) and p99 (below) at the same concurrency |
 //! | s½ | the same, open loop (Poisson) at half the best rate of (s) | the latency a buyer sees while souk has headroom |
@@ -66,6 +67,9 @@ pub struct CheckoutArgs {
     /// Cart lines per checkout (distinct SKUs; with several, usually several sellers).
     #[arg(long, default_value_t = 1)]
     pub lines: usize,
+    /// Measure the settled stack doing nothing for this long first (0: skip).
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    pub idle: Duration,
     /// Skip the open-loop phase at half the saturation rate.
     #[arg(long)]
     pub no_half: bool,
@@ -225,6 +229,15 @@ impl Run<'_> {
         };
         let phase = Phase { run: self, js: &js, outbox: pool, outcomes: &outcomes };
         let result = async {
+            // What the settled stack costs doing nothing (heartbeats, purges, sweeps,
+            // long polls): a cost every phase pays per second, whatever its rate.
+            if !c.idle.is_zero() {
+                progress(&format!("(i) the settled stack, idle for {:?}", c.idle));
+                phase.settle().await?;
+                let cpu = Window::open();
+                tokio::time::sleep(c.idle).await;
+                report.idle = cpu.close().map(|cpu| report::Idle::new(cpu, c.idle));
+            }
             for &n in &c.concurrency {
                 let mode = Mode::Closed { concurrency: n };
                 let name = format!("closed loop, {n} concurrent");
@@ -277,13 +290,37 @@ impl Phase<'_> {
         let confirmed = Confirmations::default();
         let plan = Plan { mode, warmup: Duration::ZERO, duration: c.duration, max_ops: args.max_requests };
         let before = Snapshot::take(self.run.metrics);
+        let work_before = self.work().await?;
         let cpu = Window::open();
         let tally = load::run(plan, checkout(confirmed.clone())).await?;
         self.settle().await?;
         let usage = cpu.close();
         let after = Snapshot::take(self.run.metrics);
         let all = confirmed.lock().map(|c| c.clone()).unwrap_or_default();
-        Ok(summarise(name, mode, &tally, &all, usage, &before, &after)?)
+        let mut s = summarise(name, mode, &tally, &all, usage, &before, &after)?;
+        // Postgres publishes a backend's counters within a second or so of its commits.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let work_after = self.work().await?;
+        if s.cpu_checkouts > 0 {
+            let n = s.cpu_checkouts as f64;
+            s.transactions_per_checkout = Some((work_after.0 - work_before.0) as f64 / n);
+            s.messages_per_checkout = Some(work_after.1.saturating_sub(work_before.1) as f64 / n);
+        }
+        Ok(s)
+    }
+
+    /// (transactions committed in this run's database, messages ever stored in CMD and EVT).
+    async fn work(&self) -> anyhow::Result<(i64, u64)> {
+        let commits: i64 =
+            sqlx::query_scalar("select xact_commit from pg_stat_database where datname = current_database()")
+                .fetch_one(self.outbox)
+                .await?;
+        let mut messages = 0;
+        for name in ["CMD", "EVT"] {
+            let mut stream = self.js.get_stream(name).await?;
+            messages += stream.info().await?.state.last_sequence;
+        }
+        Ok((commits, messages))
     }
 
     /// Wait until nothing is left to do: every consumer caught up with nothing
@@ -364,6 +401,8 @@ fn summarise(
         pool_ms_per_checkout: SoukPhase::timings(&pools, cpu_checkouts),
         route_ms_per_checkout: SoukPhase::timings(&routes, cpu_checkouts),
         loadavg: loadavg(),
+        transactions_per_checkout: None,
+        messages_per_checkout: None,
     })
 }
 

@@ -64,6 +64,11 @@ pub struct SoukPhase {
     pub pool_ms_per_checkout: BTreeMap<String, f64>,
     pub route_ms_per_checkout: BTreeMap<String, f64>,
     pub loadavg: Option<[f64; 3]>,
+    /// Transactions committed in the run's database (`xact_commit`: read-only ones and
+    /// this harness's polls included), and messages stored in CMD and EVT, per confirmed
+    /// checkout.
+    pub transactions_per_checkout: Option<f64>,
+    pub messages_per_checkout: Option<f64>,
 }
 
 impl SoukPhase {
@@ -73,6 +78,31 @@ impl SoukPhase {
             .filter(|_| checkouts > 0)
             .map(|(k, t)| (k.clone(), t.total_s * 1e3 / checkouts as f64))
             .collect()
+    }
+}
+
+/// (i) The settled stack with nothing to do.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Idle {
+    pub seconds: f64,
+    pub cpu: Share,
+    /// CPU milliseconds per second of this process, Postgres and nats-server.
+    pub souk_ms_per_s: f64,
+    pub postgres_ms_per_s: f64,
+    pub nats_server_ms_per_s: f64,
+}
+
+impl Idle {
+    pub fn new(cpu: Share, window: std::time::Duration) -> Idle {
+        let machine_s = if cpu.busy > 0.0 { cpu.busy_cpu_s / cpu.busy } else { 0.0 };
+        let per_s = |share: f64| share * machine_s * 1e3 / window.as_secs_f64().max(1e-9);
+        Idle {
+            seconds: window.as_secs_f64(),
+            cpu,
+            souk_ms_per_s: per_s(cpu.this_process),
+            postgres_ms_per_s: per_s(cpu.postgres),
+            nats_server_ms_per_s: per_s(cpu.nats_server),
+        }
     }
 }
 
@@ -103,6 +133,7 @@ pub struct CheckoutReport {
     pub lines: usize,
     pub cpus: usize,
     pub postgres: Option<Commits>,
+    pub idle: Option<Idle>,
     pub saturation: Vec<SoukPhase>,
     pub half: Option<SoukPhase>,
     pub restate: Vec<RestateRun>,
@@ -169,6 +200,13 @@ impl CheckoutReport {
                 p.cpu.map_or(String::new(), |c| format!("  [{c}]"))
             );
         }
+        if let Some(i) = &self.idle {
+            let _ = writeln!(
+                out,
+                "(i) souk stack idle for {:.0} s: CPU ms per second: souk {:.0}, postgres {:.0}, nats-server {:.0}  [{}]",
+                i.seconds, i.souk_ms_per_s, i.postgres_ms_per_s, i.nats_server_ms_per_s, i.cpu
+            );
+        }
         let _ = writeln!(
             out,
             "\n{:<34} {:>12} {:>9} {:>9} {:>9} {:>12} {:>24}",
@@ -208,6 +246,11 @@ impl CheckoutReport {
             }
             if !s.errors.is_empty() {
                 notes.push(format!("errors {:?}", s.errors));
+            }
+            if let (Some(c), Some(m)) = (s.transactions_per_checkout, s.messages_per_checkout) {
+                notes.push(format!(
+                    "per checkout: {c:.1} Postgres transactions (reads included), {m:.1} JetStream messages"
+                ));
             }
             if s.unsent > 0 {
                 notes.push(format!("{} arrivals not sent", s.unsent));
