@@ -110,6 +110,38 @@ impl Diagnostics {
     }
 }
 
+/// Time one histogram spent per value of one label over a phase (a handler's time per
+/// pool, a request's per route): where souk's own clock says the work went.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timing {
+    pub count: f64,
+    /// Seconds summed over every observation (concurrent ones add up).
+    pub total_s: f64,
+}
+
+/// [`Timing`] of histogram `name` per value of `label`, from `before` to `after`.
+pub fn timings(before: &Snapshot, after: &Snapshot, name: &str, label: &str) -> BTreeMap<String, Timing> {
+    let prefix = format!("{label}=\"");
+    let values: std::collections::BTreeSet<String> = after
+        .0
+        .keys()
+        .filter(|k| k.split_once('{').is_some_and(|(n, _)| n == format!("{name}_count")))
+        .filter_map(|k| Some(k.split(&prefix).nth(1)?.split('"').next()?.to_owned()))
+        .collect();
+    values
+        .into_iter()
+        .filter_map(|value| {
+            let want = format!("{label}=\"{value}\"");
+            let d = |suffix: &str| {
+                let n = format!("{name}_{suffix}");
+                after.sum(&n, &[want.as_str()]) - before.sum(&n, &[want.as_str()])
+            };
+            let t = Timing { count: d("count"), total_s: d("sum") };
+            (t.count > 0.0).then_some((value, t))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +163,21 @@ mod tests {
         assert_eq!(d.ingress_outcomes.get("accepted"), Some(&100.0));
         assert_eq!(d.ingress_outcomes.get("unavailable"), Some(&3.0));
         assert_eq!(d.claim_mean_size, None);
+    }
+
+    #[test]
+    fn timings_are_split_by_label() {
+        let before = Snapshot::parse(
+            "souk_worker_handle_seconds_sum{pool=\"orders\"} 1\nsouk_worker_handle_seconds_count{pool=\"orders\"} 10\n",
+        );
+        let after = Snapshot::parse(
+            "souk_worker_handle_seconds_sum{pool=\"orders\"} 3\nsouk_worker_handle_seconds_count{pool=\"orders\"} 30\n\
+             souk_worker_handle_seconds_sum{pool=\"payments\"} 0.5\nsouk_worker_handle_seconds_count{pool=\"payments\"} 5\n\
+             souk_worker_handle_seconds_sum{pool=\"idle\"} 0\nsouk_worker_handle_seconds_count{pool=\"idle\"} 0\n",
+        );
+        let t = timings(&before, &after, "souk_worker_handle_seconds", "pool");
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["orders", "payments"]);
+        assert_eq!((t["orders"].count, t["orders"].total_s), (20.0, 2.0));
+        assert_eq!((t["payments"].count, t["payments"].total_s), (5.0, 0.5));
     }
 }

@@ -44,6 +44,7 @@
 mod baselines;
 mod bench;
 mod catalog;
+mod checkout;
 mod cpu;
 mod diag;
 mod env;
@@ -66,7 +67,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 #[derive(Debug, Parser)]
 #[command(name = "souk-loadtest", version)]
 pub struct Args {
-    /// What to benchmark: the order pipeline (no subcommand) or the catalog.
+    /// What to benchmark: the order pipeline (no subcommand), the catalog, hold expiry
+    /// or the checkout saga.
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Measured time per phase: 10, 10s, 500ms, 1m.
@@ -141,6 +143,9 @@ pub enum Command {
     /// Hold expiry: souk's deadline table swept beside JetStream message schedules
     /// (lateness and CPU per 10,000 holds).
     Holds(holds::HoldsArgs),
+    /// The checkout saga end to end (cart → checkout → confirmed) at saturation and at
+    /// half of it, beside the raw Postgres commit rate and the Restate peer.
+    Checkout(checkout::CheckoutArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,6 +200,28 @@ async fn main() -> ExitCode {
     if let Some(Command::Holds(h)) = &args.command {
         return match holds::run(&args, h).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("souk-loadtest: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::Checkout(c)) = &args.command {
+        return match checkout::run(&args, c).await {
+            Ok(report) => {
+                if args.json {
+                    match report.json() {
+                        Ok(j) => println!("{j}"),
+                        Err(e) => {
+                            eprintln!("souk-loadtest: {e:#}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                } else {
+                    print!("{}", report.table());
+                }
+                if report.error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            }
             Err(e) => {
                 eprintln!("souk-loadtest: {e:#}");
                 ExitCode::FAILURE

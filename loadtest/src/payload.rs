@@ -106,6 +106,10 @@ impl Sample {
             };
             let version = products::lock(&mut tx, TENANT, sku).await?.map_or(1, |p| p.product.version + 1);
             products::put(&mut tx, TENANT, sku, seller, &fields, version, chrono::Utc::now()).await?;
+            // As the catalog pool does: the product's stock is its on-hand units, which the
+            // saga's reservation takes from (without a stock row every order ends
+            // cancelled, out of stock, after the reserve step).
+            souk_stores::postgres::inventory::set_on_hand(&mut tx, TENANT, sku, STOCK).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -131,5 +135,19 @@ mod tests {
         assert_eq!(s.priced.total_minor, 2 * 1299 + 849);
         let sellers: Vec<_> = s.priced.lines.iter().map(|l| l.seller.as_str()).collect();
         assert_eq!(sellers, ["bench-potter", "bench-grocer"]);
+    }
+
+    /// The orders benchmark's products can be reserved: each has its stock on hand,
+    /// as a product written through the catalog pool has.
+    #[tokio::test]
+    async fn seeded_products_have_their_stock_on_hand() -> anyhow::Result<()> {
+        let db = souk_testkit::TestDb::create().await?;
+        souk_stores::postgres::migrate(&db.pool).await?;
+        Sample::seed_catalog(&db.pool).await?;
+        for (sku, _, _) in PRODUCTS {
+            let stock = souk_stores::postgres::inventory::stock(&db.pool, TENANT, sku).await?;
+            assert_eq!(stock.map(|s| s.on_hand), Some(STOCK), "{sku}");
+        }
+        Ok(())
     }
 }

@@ -141,7 +141,7 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
 }
 
 /// The Postgres server: `--database-url`, else the test or dev variables.
-fn server_url(args: &Args) -> String {
+pub(crate) fn server_url(args: &Args) -> String {
     args.database_url
         .clone()
         .or_else(|| std::env::var("SOUK_TEST_DATABASE_URL").ok())
