@@ -2,11 +2,12 @@
 //!
 //! One relay holds the outbox lease at a time (the others wait as standbys), which is
 //! what keeps the messages of one aggregate in order: it reads pending rows oldest
-//! first, publishes consecutive rows bound for one stream as an atomic batch
-//! (`Nats-Msg-Id` = row id), and marks them published only after the ack. A crash
-//! between publish and mark republishes the same ids, which JetStream drops as
-//! duplicates. Failed publishes stop the round (nothing later is published before
-//! it), and the round is retried after a pause.
+//! first, publishes the round's rows as one atomic batch per stream, each in outbox
+//! order (`Nats-Msg-Id` = row id), and marks them published only after the ack. Order
+//! is kept per aggregate within a stream, which is all a consumer can see (a consumer
+//! reads one stream). A crash between publish and mark republishes the same ids, which
+//! JetStream drops as duplicates. A failed publish stops the round (nothing later of
+//! that stream is published before it), and the round is retried after a pause.
 //!
 //! A row that can never be published as it is — no stream takes its subject, it is
 //! larger than the server's `max_payload`, a header is refused ([`Error::is_permanent`])
@@ -172,19 +173,24 @@ impl<O: Outbox> Relay<O> {
         // afresh should it fail again.
         let pending: HashSet<_> = rows.iter().map(|r| r.id).collect();
         self.failing_since.retain(|id, _| pending.contains(id));
-        let mut published = 0;
-        // Aggregates with a row parked or held back in this round: their later rows
-        // wait behind it.
-        let mut parked = HashSet::new();
+        // Aggregates with a row parked or held back in this round, with that row's seq:
+        // their later rows wait behind it.
+        let mut parked = Held::new();
         // Subjects no stream took in this round: asked once, not once per row.
         let mut missing: HashMap<String, Error> = HashMap::new();
-        let mut run: Vec<(&OutboxMessage, OutgoingMessage)> = Vec::new();
-        let mut run_stream: Option<String> = None;
+        // One run per stream, each in outbox order, the runs in the order of their first
+        // row. Splitting the round into runs of *consecutive* rows instead made one
+        // publish (an fsync) and one mark (a commit) per row whenever a pipeline's
+        // transactions write a command and an event each — every saga step does — which
+        // capped the relay at one row per fsync (measured: ~1.8 rows a round, ~130 rows/s).
+        // Order is kept where a consumer can see it: per aggregate within a stream (each
+        // consumer reads one stream).
+        let mut runs: Vec<(String, Vec<(&OutboxMessage, OutgoingMessage)>)> = Vec::new();
         // The rows' `relay.publish` spans stay open until the round has published and
         // marked them.
         let mut spans = Vec::with_capacity(rows.len());
         for row in &rows {
-            if parked.contains(&row.aggregate_id) {
+            if parked.contains_key(&row.aggregate_id) {
                 continue;
             }
             let stream = match missing.get(&row.subject) {
@@ -202,23 +208,21 @@ impl<O: Outbox> Relay<O> {
                 Err(e) => Err(e),
             };
             match checked {
-                Ok((stream, message)) => {
-                    if run_stream.as_ref().is_some_and(|s| *s != stream) {
-                        published += self.flush(std::mem::take(&mut run), &mut parked).await?;
-                    }
-                    run_stream = Some(stream);
-                    run.push((row, message));
-                }
+                Ok((stream, message)) => match runs.iter_mut().find(|(s, _)| *s == stream) {
+                    Some((_, run)) => run.push((row, message)),
+                    None => runs.push((stream, vec![(row, message)])),
+                },
                 Err(e) if e.is_permanent() => {
-                    published += self.flush(std::mem::take(&mut run), &mut parked).await?;
-                    run_stream = None;
                     self.failed(row, &e).await?;
-                    parked.insert(row.aggregate_id.clone());
+                    hold(&mut parked, row);
                 }
                 Err(e) => return Err(e),
             }
         }
-        published += self.flush(run, &mut parked).await?;
+        let mut published = 0;
+        for (_, run) in runs {
+            published += self.flush(run, &mut parked).await?;
+        }
         Ok(published)
     }
 
@@ -227,10 +231,13 @@ impl<O: Outbox> Relay<O> {
     /// of the run goes on without its aggregate; any other failure stops the round.
     async fn flush(
         &mut self,
-        mut run: Vec<(&OutboxMessage, OutgoingMessage)>,
-        parked: &mut HashSet<String>,
+        run: Vec<(&OutboxMessage, OutgoingMessage)>,
+        parked: &mut Held,
     ) -> Result<usize> {
         let mut published = 0;
+        // Rows behind a row of their aggregate held back earlier in the round (in
+        // another stream's run) wait with it.
+        let mut run: Vec<_> = run.into_iter().filter(|(m, _)| !held_back(parked, m)).collect();
         while !run.is_empty() {
             let messages: Vec<_> = run.iter().map(|(_, m)| m.clone()).collect();
             let mut results = self.publisher.publish_in_order(&messages).await;
@@ -264,18 +271,18 @@ impl<O: Outbox> Relay<O> {
             }
             let (row, _) = run[ok];
             self.failed(row, &e).await?;
-            parked.insert(row.aggregate_id.clone());
+            hold(parked, row);
             if matches!(e, Error::NoStream(_)) {
                 // The stream went away after it was looked up: the rest of the run would
                 // fail alike, one publish each. Hold it back; the next round looks the
                 // stream up again.
                 self.streams.clear();
                 for (m, _) in &run[ok + 1..] {
-                    parked.insert(m.aggregate_id.clone());
+                    hold(parked, m);
                 }
                 break;
             }
-            run = run.into_iter().skip(ok + 1).filter(|(m, _)| !parked.contains(&m.aggregate_id)).collect();
+            run = run.into_iter().skip(ok + 1).filter(|(m, _)| !held_back(parked, m)).collect();
         }
         Ok(published)
     }
@@ -393,4 +400,18 @@ impl<O: Outbox> Relay<O> {
 
 fn store_error(e: impl std::fmt::Display) -> Error {
     Error::Nats(format!("outbox store: {e}"))
+}
+
+/// Aggregates held back in a round, each with the seq of its first held row.
+type Held = HashMap<String, i64>;
+
+/// Hold back `row`'s aggregate from `row` on.
+fn hold(held: &mut Held, row: &OutboxMessage) {
+    let seq = held.entry(row.aggregate_id.clone()).or_insert(row.seq);
+    *seq = (*seq).min(row.seq);
+}
+
+/// Whether `row` comes after a held row of its aggregate.
+fn held_back(held: &Held, row: &OutboxMessage) -> bool {
+    held.get(&row.aggregate_id).is_some_and(|&from| row.seq > from)
 }
