@@ -50,6 +50,7 @@ pub const ROUTES: &[Route] = &[
     route(Method::POST, "/ops/dlq/purge", Access::Operator),
     route(Method::POST, "/ops/pools/{pool}", Access::Operator),
     route(Method::GET, "/ops/actions", Access::Operator),
+    route(Method::GET, "/ops/trace", Access::Operator),
 ];
 
 /// The handler of a listed route. A route listed without one fails every build (and so
@@ -69,6 +70,7 @@ fn handler(r: &Route) -> MethodRouter<Arc<State>> {
         (false, "/ops/dlq/purge") => post(pages::dlq::purge),
         (false, "/ops/pools/{pool}") => post(pages::pools::change),
         (true, "/ops/actions") => get(pages::actions::page),
+        (true, "/ops/trace") => get(pages::trace::page),
         _ => panic!("dashboard route {} {} has no handler", r.method, r.path),
     }
 }

@@ -51,6 +51,7 @@ mod env;
 mod holds;
 mod http;
 mod load;
+mod ops;
 mod payload;
 mod report;
 mod souk;
@@ -146,6 +147,9 @@ pub enum Command {
     /// The checkout saga end to end (cart → checkout → confirmed) at saturation and at
     /// half of it, beside the raw Postgres commit rate and the Restate peer.
     Checkout(checkout::CheckoutArgs),
+    /// The operators' view under load: dashboard pages and the status model with many
+    /// consumers and dead letters (render p99, CPU per status refresh).
+    Ops(ops::OpsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -197,6 +201,15 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
         )
         .init();
+    if let Some(Command::Ops(o)) = &args.command {
+        return match ops::run(&args, o).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("souk-loadtest: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Holds(h)) = &args.command {
         return match holds::run(&args, h).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -69,8 +69,7 @@ pub fn page(title: &str, op: &Operator, live: bool, body: Markup) -> Html<String
                             a href="/ops/" { "Overview" } " · "
                             a href="/ops/dlq" { "Dead letters" } " · "
                             a href="/ops/actions" { "Operator actions" } " · "
-                            // Reserved: the follow-an-order page (`souk trace`) lands here.
-                            span.soon title="follow an order: built with `souk trace` (issue 11, item 5)" { "Trace (coming)" }
+                            a href="/ops/trace" { "Follow an order" }
                         }
                         form.inline method="post" action="/ops/logout" {
                             (csrf(op))

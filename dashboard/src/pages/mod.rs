@@ -7,6 +7,7 @@ pub mod dlq;
 pub mod layout;
 pub mod overview;
 pub mod pools;
+pub mod trace;
 
 use axum::{
     http::StatusCode,

@@ -4,6 +4,7 @@
 mod browser;
 mod routes;
 mod session;
+mod trace;
 
 use souk_testkit::{Stack, StackOptions};
 use std::time::Duration;

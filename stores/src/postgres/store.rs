@@ -222,9 +222,11 @@ pub struct Housekeeping {
 pub const LOST_REASON: &str =
     "lost: its command was not handled within the retention period (CMD keeps commands as long)";
 
-/// Delete what no longer serves a purpose: published outbox rows, inbox records and
-/// idempotency keys older than `retention` (which must exceed JetStream's duplicate
-/// window and any redelivery horizon).
+/// Delete what no longer serves a purpose: published outbox rows, inbox records,
+/// idempotency keys, payment command answers and provider attempts older than
+/// `retention` (which must exceed JetStream's duplicate window and any redelivery horizon).
+/// The payments ledger (authorizations, captures, voids, refunds) is kept: it is the
+/// record of money moved.
 ///
 /// A claim that expires with no order row means its command was accepted (202) but
 /// never handled — the stream dropped it by age (CMD's max-age equals souk's retention),
@@ -275,6 +277,11 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekee
         "delete from idempotency_keys where created_at < now() - make_interval(secs => $1)",
         "delete from catalog_writes where decided_at < now() - make_interval(secs => $1)",
         "delete from cart_checkouts where checked_out_at < now() - make_interval(secs => $1)",
+        // A payment command's recorded answer is its inbox: it goes when the inbox does
+        // (a redelivery that old is beyond CMD's max-age). Provider calls are only asked
+        // by a retry of their step, which no saga makes after its deadline.
+        "delete from payment_results where at < now() - make_interval(secs => $1)",
+        "delete from payment_attempts where at < now() - make_interval(secs => $1)",
     ] {
         deleted += sqlx::query(sql).bind(secs).execute(&mut *tx).await?.rows_affected();
     }

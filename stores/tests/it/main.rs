@@ -113,6 +113,51 @@ async fn the_outbox_yields_committed_rows_in_order_until_published() -> anyhow::
     Ok(())
 }
 
+/// A payment command's recorded answer and its provider attempts expire with the inbox;
+/// the ledger of money moved stays.
+#[tokio::test]
+async fn housekeeping_expires_payment_answers_and_attempts_but_keeps_the_ledger() -> anyhow::Result<()> {
+    let db = db().await?;
+    let order = Uuid::now_v7();
+    let key = format!("souk-{order}-authorize");
+    sqlx::query(
+        "insert into payment_results (idempotency_key, order_id, operation, succeeded, result)
+         values ($1, $2, 'authorize', true, '{}')",
+    )
+    .bind(&key)
+    .bind(order)
+    .execute(&db.pool)
+    .await?;
+    pg::payments::attempt_started(&db.pool, &key, "alpha").await?;
+    let mut conn = db.pool.acquire().await?;
+    pg::payments::record_authorization(
+        &mut conn,
+        &pg::payments::NewAuthorization {
+            order_id: order,
+            tenant: "t",
+            provider: "alpha",
+            provider_payment_id: "pay_1",
+            amount_minor: 100,
+            currency: "EUR",
+            idempotency_key: &key,
+        },
+    )
+    .await?;
+    drop(conn);
+    let counts = || {
+        sqlx::query_as::<_, (i64, i64, i64)>(
+            "select (select count(*) from payment_results), (select count(*) from payment_attempts),
+                    (select count(*) from payment_authorizations)",
+        )
+        .fetch_one(&db.pool)
+    };
+    assert_eq!(counts().await?, (1, 1, 1));
+    assert_eq!(pg::housekeeping(&db.pool, Duration::from_secs(3600)).await?.deleted, 0, "young: kept");
+    assert_eq!(pg::housekeeping(&db.pool, Duration::ZERO).await?.deleted, 2);
+    assert_eq!(counts().await?, (0, 0, 1), "answers and attempts gone, the ledger stays");
+    Ok(())
+}
+
 #[tokio::test]
 async fn only_one_relay_holds_the_lease_until_it_lets_go() -> anyhow::Result<()> {
     let db = db().await?;
