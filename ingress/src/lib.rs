@@ -163,7 +163,7 @@ impl Ingress {
     /// dashboard under `/ops/`). They keep their own layers: the API's request
     /// timeout would cut the dashboard's live event stream.
     pub fn with_routes(mut self, routes: Router) -> Ingress {
-        self.router = self.router.merge(routes);
+        self.router = routes::beside(self.router, routes);
         self
     }
 

@@ -53,3 +53,11 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     table().into_openapi()
 }
+
+/// The API's router with `other`'s routes beside it on the same listener: the
+/// operators' dashboard (`/ops/`), whose HTML pages are not the public API (so not in
+/// the OpenAPI document) and which lists its own routes in its own table
+/// (`souk_dashboard::routes::ROUTES`, walked by its tests). `other` keeps its own layers.
+pub(crate) fn beside(api: Router, other: Router) -> Router {
+    api.merge(other)
+}

@@ -44,6 +44,9 @@ pub(crate) fn souk(data_dir: &std::path::Path) -> Command {
         .arg(data_dir)
         .env_remove("SOUK_CONFIG")
         .env("SOUK_LOG_JSON", "true")
+        // Tests run six at a time on one shared Postgres (max_connections 100): a souk
+        // process's default pool of 32 made two `souk dev`s and a crash test exhaust it.
+        .env("SOUK_DATABASE_MAX_CONNECTIONS", "10")
         // Read by scripts/prepare and the test kit, not a config key: must not break it.
         .env("SOUK_PG_BIN_DIR", "/usr/lib/postgresql/15/bin")
         .kill_on_drop(true);

@@ -66,12 +66,35 @@ async fn screenshot(c: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The text of the element `css` selects, `None` if there is none. The live view
+/// replaces its elements on every server-sent update, so an element found can be gone
+/// ("stale") before it is read: then it is found again.
 async fn text(c: &Client, css: &str) -> anyhow::Result<Option<String>> {
-    match c.find(Locator::Css(css)).await {
-        Ok(e) => Ok(Some(e.text().await?)),
-        Err(e) if e.is_no_such_element() => Ok(None),
-        Err(e) => Err(e.into()),
+    for _ in 0..20 {
+        let read = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await,
+            Err(e) if e.is_no_such_element() => return Ok(None),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(t) => return Ok(Some(t)),
+            Err(e) if e.is_stale_element_reference() => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
+    anyhow::bail!("{css} was replaced 20 times in a row while being read")
+}
+
+/// Click the element `css` selects, finding it again if a live update replaced it.
+async fn click(c: &Client, css: &str) -> anyhow::Result<()> {
+    for _ in 0..20 {
+        match c.find(Locator::Css(css)).await?.click().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_stale_element_reference() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("{css} was replaced 20 times in a row while being clicked")
 }
 
 #[tokio::test]
@@ -113,10 +136,7 @@ async fn an_operator_logs_in_watches_a_pool_live_pauses_a_pool_and_redrives_a_de
         screenshot(&c, "2-overview-after-load").await?;
 
         // Pause a pool: the button, the confirmation, then the pool reports it.
-        c.find(Locator::Css("#controls tr[data-pool='fulfilment'] button[value='pause']"))
-            .await?
-            .click()
-            .await?;
+        click(&c, "#controls tr[data-pool='fulfilment'] button[value='pause']").await?;
         c.wait().for_element(Locator::Id("confirm")).await?;
         screenshot(&c, "3-confirm-pause").await?;
         c.find(Locator::Id("confirm")).await?.click().await?;
