@@ -26,12 +26,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         None => Topology::parse(include_str!("../../topologies/marketplace.toml"))?,
     };
     let bin = env::nats_binary(args.nats_server.as_deref())?;
-    let server_url = args
-        .database_url
-        .clone()
-        .or_else(|| std::env::var("SOUK_TEST_DATABASE_URL").ok())
-        .or_else(|| std::env::var("DATABASE_URL").ok())
-        .unwrap_or_else(|| env::DEFAULT_DATABASE_URL.into());
+    let server_url = env::server_url(args);
 
     progress("starting nats-server and creating the database");
     let nats = Nats::start(&bin, args.store_dir.as_deref()).await?;

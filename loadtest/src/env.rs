@@ -9,6 +9,16 @@ use tokio::process::Child;
 /// Where the Postgres server is when nothing says otherwise.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// The Postgres server a run creates its database on: `--database-url`, else
+/// `SOUK_TEST_DATABASE_URL`, else `DATABASE_URL`, else [`DEFAULT_DATABASE_URL`].
+pub fn server_url(args: &crate::Args) -> String {
+    args.database_url
+        .clone()
+        .or_else(|| std::env::var("SOUK_TEST_DATABASE_URL").ok())
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.into())
+}
+
 /// A nats-server child with its store in a temporary directory.
 #[derive(Debug)]
 pub struct Nats {

@@ -86,11 +86,7 @@ fn deadlines(h: &HoldsArgs) -> Vec<DateTime<Utc>> {
 
 /// Run both timers and print their figures.
 pub async fn run(args: &Args, h: &HoldsArgs) -> anyhow::Result<()> {
-    let server = args.database_url.clone().unwrap_or_else(|| {
-        std::env::var("SOUK_TEST_DATABASE_URL")
-            .or_else(|_| std::env::var("DATABASE_URL"))
-            .unwrap_or_else(|_| env::DEFAULT_DATABASE_URL.into())
-    });
+    let server = env::server_url(args);
     let db = env::Database::create(&server).await?;
     let nats =
         env::Nats::start(&env::nats_binary(args.nats_server.as_deref())?, args.store_dir.as_deref()).await?;

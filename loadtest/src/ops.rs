@@ -55,11 +55,7 @@ impl Timed {
 }
 
 pub async fn run(args: &Args, o: &OpsArgs) -> anyhow::Result<()> {
-    let server = args.database_url.clone().unwrap_or_else(|| {
-        std::env::var("SOUK_TEST_DATABASE_URL")
-            .or_else(|_| std::env::var("DATABASE_URL"))
-            .unwrap_or_else(|_| env::DEFAULT_DATABASE_URL.into())
-    });
+    let server = env::server_url(args);
     let db = env::Database::create(&server).await?;
     let nats =
         env::Nats::start(&env::nats_binary(args.nats_server.as_deref())?, args.store_dir.as_deref()).await?;

@@ -114,7 +114,7 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
     progress("starting nats-server and creating the database");
     let bin = env::nats_binary(args.nats_server.as_deref())?;
     let nats = Nats::start(&bin, args.store_dir.as_deref()).await?;
-    let db = match Database::create(&server_url(args)).await {
+    let db = match Database::create(&env::server_url(args)).await {
         Ok(db) => db,
         Err(e) => {
             nats.stop().await;
@@ -138,15 +138,6 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
     }
     report.finish();
     Ok(report)
-}
-
-/// The Postgres server: `--database-url`, else the test or dev variables.
-pub(crate) fn server_url(args: &Args) -> String {
-    args.database_url
-        .clone()
-        .or_else(|| std::env::var("SOUK_TEST_DATABASE_URL").ok())
-        .or_else(|| std::env::var("DATABASE_URL").ok())
-        .unwrap_or_else(|| env::DEFAULT_DATABASE_URL.into())
 }
 
 fn search_plan(args: &Args, c: &CatalogArgs) -> Plan {

@@ -114,7 +114,7 @@ pub async fn run(args: &Args, c: &CheckoutArgs) -> anyhow::Result<CheckoutReport
     progress("starting nats-server and creating the database");
     let bin = env::nats_binary(args.nats_server.as_deref())?;
     let nats = Nats::start(&bin, args.store_dir.as_deref()).await?;
-    let db = match Database::create(&crate::catalog::server_url(args)).await {
+    let db = match Database::create(&crate::env::server_url(args)).await {
         Ok(db) => db,
         Err(e) => {
             nats.stop().await;
