@@ -278,6 +278,12 @@ impl WriteRequest {
                 }));
             }
         }
+        if let Some(pending) = state.catalog_backlog.as_ref().and_then(crate::backlog::Backlog::over) {
+            metrics::counter!("souk_ingress_catalog_writes_total", "outcome" => "backlog").increment(1);
+            return Err(Problem::unavailable(format!(
+                "the catalog is {pending} writes behind; retry shortly with the same Idempotency-Key"
+            )));
+        }
         let (tenant, actor, seller, sku) =
             (claims.tenant.clone(), claims.sub.clone(), self.seller.clone(), self.sku.clone());
         let expected_version = self.expected_version;

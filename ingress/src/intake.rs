@@ -39,6 +39,8 @@ pub struct IntakeOptions {
     pub claims: BatchOptions,
     /// Commands per JetStream atomic batch (small batches go as single publishes).
     pub publishes: GroupCommitOptions,
+    /// Refuse catalog writes while the catalog pool is this far behind (`None`: never).
+    pub catalog_backlog: Option<crate::backlog::BacklogLimit>,
 }
 
 /// Why an order was not accepted.

@@ -19,6 +19,7 @@
 //! `GET /v1/openapi.json`) lists exactly what is routed.
 
 pub mod auth;
+mod backlog;
 mod cart;
 mod catalog;
 mod checkout;
@@ -40,6 +41,7 @@ mod server;
 mod throttle;
 
 pub use auth::{Claims, KeyError, Keys, Role};
+pub use backlog::BacklogLimit;
 pub use intake::IntakeOptions;
 pub use limits::RateLimit;
 pub use problem::Problem;
@@ -102,6 +104,8 @@ pub(crate) struct AppState {
     /// One "not accepted" line per second during a storm of 503s.
     unavailable_log: throttle::LogThrottle,
     search: Option<SearchOptions>,
+    /// Catalog writes are refused while the catalog pool is this far behind.
+    catalog_backlog: Option<backlog::Backlog>,
 }
 
 /// A built ingress: its router and the background batchers behind it.
@@ -133,6 +137,10 @@ impl Ingress {
         );
         let limiter =
             options.rate_limit.map(|limit| limits::Limiter::spawn(limit, &background, &stop_background));
+        let catalog_backlog =
+            options.intake.catalog_backlog.clone().map(|limit| {
+                backlog::Backlog::spawn(limit, options.nats.clone(), &background, &stop_background)
+            });
         let state = Arc::new(AppState {
             keys: options.keys,
             pool: options.pool,
@@ -143,6 +151,7 @@ impl Ingress {
             public_tenant: options.public_tenant,
             unavailable_log: throttle::LogThrottle::new(Duration::from_secs(1)),
             search: options.search,
+            catalog_backlog,
         });
         // A request, body upload included, gets its write timeout plus time to send
         // the body: a client trickling a body must not hold a connection (or, at

@@ -743,3 +743,52 @@ async fn a_deleted_sku_stays_its_sellers_and_another_cannot_recreate_it() -> any
     assert_eq!(product_events(&stack, "MUG-1").await?, [(1, true), (2, false), (3, true)]);
     Ok(())
 }
+
+/// Admission control: while the catalog pool is more than `CATALOG_MAX_PENDING` writes
+/// behind, a write is refused with 503 (publishing nothing) instead of being accepted
+/// behind a backlog that would make it searchable only much later; once the backlog
+/// drains, writes are accepted again.
+#[tokio::test]
+async fn a_catalog_write_behind_a_full_backlog_is_refused_until_it_drains() -> anyhow::Result<()> {
+    let stack = Stack::start_with(StackOptions { pools: false, ..Default::default() }).await?;
+    let token = seller_token(&stack, "sam", &[Role::Seller], &["s1"]);
+    // A backlog the catalog pool has not taken (its pool is not running).
+    let backlog = souk_cli::node::CATALOG_MAX_PENDING + 1;
+    let mut acks = Vec::new();
+    for i in 0..backlog {
+        acks.push(stack.js.publish("souk.cmd.catalog.write", format!("backlog {i}").into()).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    let (status, problem) = eventually(WAIT, || async {
+        let before = commands_stored(&stack).await?;
+        let (status, problem) = send(&stack, &token, put("s1", "MUG-B", "k-backlog", mug("Behind"))).await?;
+        anyhow::ensure!(
+            commands_stored(&stack).await? == before || status == 202,
+            "a refused write published"
+        );
+        anyhow::Ok((status == 503).then_some((status, problem)))
+    })
+    .await?;
+    assert_eq!(status, 503);
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    // The backlog as last read: ours, and this request's own earlier tries that were
+    // accepted before the backlog was read.
+    let behind: u64 = detail
+        .strip_prefix("the catalog is ")
+        .and_then(|d| d.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(behind >= backlog && detail.contains("writes behind"), "{problem}");
+
+    // Drained (here: the backlog removed from the stream), writes are accepted again.
+    stack.js.get_stream("CMD").await?.purge().filter("souk.cmd.catalog.write").await?;
+    let accepted = eventually(WAIT, || async {
+        let (status, body) = send(&stack, &token, put("s1", "MUG-C", "k-after", mug("After"))).await?;
+        anyhow::Ok((status == 202).then_some(body))
+    })
+    .await?;
+    assert_eq!(accepted["sku"], "MUG-C");
+    Ok(())
+}
