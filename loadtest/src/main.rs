@@ -173,6 +173,28 @@ pub enum Phase {
     IngressAlone,
 }
 
+/// A subcommand's report (its JSON, its table, whether the run failed; `None` for one
+/// that printed as it went) printed as asked, as an exit code.
+#[allow(clippy::type_complexity)]
+fn finish(outcome: anyhow::Result<Option<(anyhow::Result<String>, String, bool)>>, json: bool) -> ExitCode {
+    let printed = outcome.and_then(|report| {
+        let Some((as_json, table, failed)) = report else { return Ok(false) };
+        match json {
+            true => println!("{}", as_json?),
+            false => print!("{table}"),
+        }
+        Ok(failed)
+    });
+    match printed {
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("souk-loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `10`, `10s`, `1.5s`, `500ms`, `2m`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -201,67 +223,18 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
         )
         .init();
-    if let Some(Command::Ops(o)) = &args.command {
-        return match ops::run(&args, o).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("souk-loadtest: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Command::Holds(h)) = &args.command {
-        return match holds::run(&args, h).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("souk-loadtest: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Command::Checkout(c)) = &args.command {
-        return match checkout::run(&args, c).await {
-            Ok(report) => {
-                if args.json {
-                    match report.json() {
-                        Ok(j) => println!("{j}"),
-                        Err(e) => {
-                            eprintln!("souk-loadtest: {e:#}");
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                } else {
-                    print!("{}", report.table());
-                }
-                if report.error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
-            }
-            Err(e) => {
-                eprintln!("souk-loadtest: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Command::Catalog(c)) = &args.command {
-        return match catalog::run(&args, c).await {
-            Ok(report) => {
-                if args.json {
-                    match report.json() {
-                        Ok(j) => println!("{j}"),
-                        Err(e) => {
-                            eprintln!("souk-loadtest: {e:#}");
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                } else {
-                    print!("{}", report.table());
-                }
-                if report.error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
-            }
-            Err(e) => {
-                eprintln!("souk-loadtest: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+    match &args.command {
+        Some(Command::Ops(o)) => return finish(ops::run(&args, o).await.map(|()| None), false),
+        Some(Command::Holds(h)) => return finish(holds::run(&args, h).await.map(|()| None), false),
+        Some(Command::Checkout(c)) => {
+            let report = checkout::run(&args, c).await;
+            return finish(report.map(|r| Some((r.json(), r.table(), r.error.is_some()))), args.json);
+        }
+        Some(Command::Catalog(c)) => {
+            let report = catalog::run(&args, c).await;
+            return finish(report.map(|r| Some((r.json(), r.table(), r.error.is_some()))), args.json);
+        }
+        None => {}
     }
     match bench::run(&args).await {
         Ok(report) => {
