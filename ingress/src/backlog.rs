@@ -59,8 +59,10 @@ impl Backlog {
                     () = cancel.cancelled() => break,
                     _ = tick.tick() => {}
                 }
+                // One request per poll: the consumer's info (a stream handle without
+                // the stream's own info, which nothing here reads).
                 let read = async {
-                    let stream = js.get_stream(&limit.stream).await.ok()?;
+                    let stream = js.get_stream_no_info(&limit.stream).await.ok()?;
                     stream.consumer_info(&limit.consumer).await.ok().map(|i| i.num_pending)
                 };
                 let now = read.await.unwrap_or(0);
