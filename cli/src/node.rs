@@ -339,6 +339,10 @@ struct LockedTantivy {
 }
 
 impl SearchStore for LockedTantivy {
+    fn backend(&self) -> &'static str {
+        "tantivy"
+    }
+
     fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
         self.store.apply(ops)
     }

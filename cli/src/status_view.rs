@@ -170,6 +170,47 @@ pub fn render(model: &Model, indexes: &[IndexLag], colour: bool) -> String {
             let _ = writeln!(w, "{:<10} {:<18} {:>12} {:>12.1}", i.index, i.consumer, i.events, i.seconds);
         }
     }
+    if !model.sinks.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n{:<10} {:<11} {:>4} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8}",
+            "SINK", "BACKEND", "LIVE", "ITEMS/S 1M", "5M", "WRITES 5M", "ERRORS 5M", "P50 MS", "P99 MS"
+        );
+        for s in &model.sinks {
+            let rate = |secs: u64| s.rates.iter().find(|r| r.window_secs == secs);
+            let items = |secs: u64| rate(secs).map_or("-".into(), |r| format!("{:.1}", r.items_per_sec));
+            let five = rate(300);
+            let errors = five.map_or(0, |r| r.errors);
+            let error_ratio = five.and_then(|r| r.error_ratio);
+            let err = paint.cell(
+                format!("{errors:>9}"),
+                match error_ratio {
+                    Some(e) if e > 0.05 => Health::Bad,
+                    Some(e) if e > 0.0 => Health::Warn,
+                    _ => Health::Good,
+                },
+            );
+            let writes =
+                five.map_or("-".into(), |r| format!("{:.0}", r.writes_per_sec * r.window_secs as f64));
+            let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+            let _ = writeln!(
+                w,
+                "{:<10} {:<11} {:>4} {:>10} {:>10} {:>10} {err} {:>8} {:>8}",
+                s.name,
+                s.backend,
+                s.live_processes,
+                items(60),
+                items(300),
+                writes,
+                ms(s.p50_ms),
+                ms(s.p99_ms),
+            );
+            if let Some(e) = &s.last_error {
+                let ago = (model.at_ms - e.at_ms) as f64 / 1e3;
+                let _ = writeln!(w, "  sink {}: last error {} ago: {}", s.name, short_duration(ago), e.error);
+            }
+        }
+    }
     match &model.outbox {
         Some(o) => {
             let oldest = o.oldest_secs.map_or(String::new(), |s| format!(", oldest {}", short_duration(s)));

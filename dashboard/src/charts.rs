@@ -15,6 +15,11 @@ pub fn lag(history: &[Point]) -> Series {
     history.iter().map(|p| (p.at_ms, p.consumers.values().map(|c| c.lag as f64).sum())).collect()
 }
 
+/// Items written to sinks per second (all sinks).
+pub fn sink_writes(history: &[Point]) -> Series {
+    history.iter().map(|p| (p.at_ms, p.sinks.values().map(|s| s.items_per_sec).sum())).collect()
+}
+
 /// Errors per second (each pool's rate × its error ratio over the 10 s).
 pub fn errors(history: &[Point]) -> Series {
     history

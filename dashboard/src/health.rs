@@ -3,7 +3,7 @@
 
 use souk_topologies::{
     runtime::BreakerState,
-    status::model::{ConsumerModel, PoolModel},
+    status::model::{ConsumerModel, PoolModel, SinkModel},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,6 +43,34 @@ pub const RULES: &[(Level, &str)] = &[
     (Level::Amber, "dead letters waiting"),
     (Level::Green, "none of the above"),
 ];
+
+/// The rules for sinks (the search index), as the legend shows them.
+pub const SINK_RULES: &[(Level, &str)] = &[
+    (Level::Red, "writes failing: above 5% of write calls over 5 minutes"),
+    (Level::Amber, "a write failed in the last 5 minutes"),
+    (Level::Green, "none of the above"),
+];
+
+/// A sink's health (see [`SINK_RULES`]).
+pub fn of_sink(sink: &SinkModel) -> Health {
+    let five = sink.rates.iter().find(|r| r.window_secs == 300);
+    let (level, reason) = match five.and_then(|r| r.error_ratio.map(|e| (r.errors, e))) {
+        Some((n, ratio)) if ratio > RED_ERROR_RATIO => {
+            (Level::Red, format!("{n} failed writes, {:.1}% above 5% over 5 minutes", ratio * 100.0))
+        }
+        Some((n, ratio)) if n > 0 => {
+            (Level::Amber, format!("{n} failed write(s) over 5 minutes ({:.1}%)", ratio * 100.0))
+        }
+        _ => (Level::Green, "no failed writes over 5 minutes".into()),
+    };
+    let mut reasons = vec![reason];
+    if level != Level::Green
+        && let Some(e) = &sink.last_error
+    {
+        reasons.push(format!("last: {}", e.error));
+    }
+    Health { level, reasons }
+}
 
 /// A pool's health: the worst level any rule gives, and every rule that fired (worst
 /// first).
@@ -179,5 +207,41 @@ mod tests {
         let paused = of_pool(&paused, None);
         assert_eq!(paused.level, Level::Amber);
         assert!(paused.reasons[0].starts_with("paused by olga"), "{paused:?}");
+    }
+
+    fn sink(writes_5m: u64, errors_5m: u64) -> SinkModel {
+        use souk_topologies::{
+            runtime::{SinkCounters, SinkError},
+            status::model::SinkRate,
+        };
+        SinkModel {
+            name: "search".into(),
+            backend: "tantivy".into(),
+            live_processes: 1,
+            totals: SinkCounters::default(),
+            rates: vec![SinkRate {
+                window_secs: 300,
+                items_per_sec: 10.0,
+                writes_per_sec: writes_5m as f64 / 300.0,
+                errors: errors_5m,
+                error_ratio: (writes_5m > 0).then(|| errors_5m as f64 / writes_5m as f64),
+            }],
+            p50_ms: None,
+            p99_ms: None,
+            last_error: (errors_5m > 0).then(|| SinkError { at_ms: 0, error: "disk full".into() }),
+        }
+    }
+
+    #[test]
+    fn a_sink_is_red_above_five_percent_failed_writes_and_amber_for_any() {
+        let green = of_sink(&sink(100, 0));
+        assert_eq!(green.level, Level::Green, "{green:?}");
+        assert_eq!(of_sink(&sink(0, 0)).level, Level::Green, "no writes: nothing failed");
+        let amber = of_sink(&sink(100, 2));
+        assert_eq!(amber.level, Level::Amber, "{amber:?}");
+        assert!(amber.reasons.iter().any(|r| r == "last: disk full"), "{amber:?}");
+        let red = of_sink(&sink(100, 6));
+        assert_eq!(red.level, Level::Red, "{red:?}");
+        assert!(red.reasons[0].contains("6 failed writes, 6.0%"), "{red:?}");
     }
 }

@@ -63,6 +63,7 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
         "souk_outbox_oldest_unpublished_seconds",
         "souk_pool_live_processes",
         "souk_worker_messages_total",
+        "souk_sink_writes_total",
     ] {
         assert!(metric_names(&rules_text).contains(expected), "the rules use {expected}");
     }
@@ -93,12 +94,37 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
         .send()
         .await?;
     assert_eq!(placed.status().as_u16(), 202);
+    // A product written through the API reaches the search index: the sink metrics.
+    let seller = souk(data.path())
+        .args(["token", "--sub", "ops-seller", "--role", "seller", "--seller", "S1"])
+        .output()
+        .await?;
+    let seller = String::from_utf8(seller.stdout)?.trim().to_owned();
+    let product = serde_json::json!({
+        "title": "Alert mug",
+        "description": "Hand-glazed stoneware.",
+        "category": "home/kitchen/mugs",
+        "attributes": {"capacity_ml": 330, "material": "stoneware", "dishwasher_safe": true},
+        "price_minor": 1299,
+        "currency": "EUR",
+        "stock": 40,
+        "images": []
+    });
+    let written = http
+        .put(format!("{api}/v1/sellers/S1/products/ALERT-MUG"))
+        .bearer_auth(&seller)
+        .header("idempotency-key", "alerts-product-1")
+        .json(&product)
+        .send()
+        .await?;
+    assert_eq!(written.status().as_u16(), 202, "{}", written.text().await?);
     // The gauges refresh every 10 s: wait for the heartbeat to count, and the order's
     // handling to show.
     let scraped = eventually(Duration::from_secs(60), || async {
         let text = http.get(format!("http://{metrics_addr}/metrics")).send().await?.text().await?;
         let ready = text.contains(r#"souk_pool_live_processes{pool="orders"} 1"#)
             && text.contains("souk_worker_messages_total{")
+            && text.contains(r#"souk_sink_items_total{sink="search"} 1"#)
             && text.contains("souk_http_request_duration_seconds_bucket{");
         anyhow::Ok(ready.then_some(text))
     })

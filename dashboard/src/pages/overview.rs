@@ -95,6 +95,9 @@ fn live(m: &Model) -> Markup {
             (charts::chart("Throughput", "msg/s", &charts::throughput(&m.history), now))
             (charts::chart("Lag", "messages", &charts::lag(&m.history), now))
             (charts::chart("Errors", "/s", &charts::errors(&m.history), now))
+            @if !m.sinks.is_empty() {
+                (charts::chart("Sink writes", "items/s", &charts::sink_writes(&m.history), now))
+            }
         }
         h2 { "Pools" }
         div.scroll { table #pools {
@@ -145,6 +148,30 @@ fn live(m: &Model) -> Markup {
                 tr { td { (s.name) } td { (s.messages) } td { (s.bytes) } td { (s.first_seq) } td { (s.last_seq) } td { (short_duration(s.oldest_unhandled_secs)) } }
             } }
         } }
+        @if !m.sinks.is_empty() {
+            h2 { "Sinks" }
+            div.scroll { table #sinks {
+                thead { tr {
+                    th { "sink" } th { "health" } th { "procs" } th { "items/s 1m" } th { "items/s 5m" }
+                    th { "writes 5m" } th { "failed 5m" } th { "p50/p99 ms" } th { "items written" }
+                } }
+                tbody { @for s in &m.sinks {
+                    @let h = health::of_sink(s);
+                    @let rate = |w: u64| s.rates.iter().find(|r| r.window_secs == w);
+                    tr data-sink=(s.name) {
+                        td { (s.name) br; span.rule { (s.backend) } }
+                        td.health { span class={"badge " (h.level.css())} { (h.level.css()) } br; span.rule { (h.reasons.join("; ")) } }
+                        td { (s.live_processes) }
+                        td { (rate(60).map(|r| format!("{:.1}", r.items_per_sec)).unwrap_or_else(|| "–".into())) }
+                        td { (rate(300).map(|r| format!("{:.1}", r.items_per_sec)).unwrap_or_else(|| "–".into())) }
+                        td { (rate(300).map(|r| format!("{:.0}", r.writes_per_sec * r.window_secs as f64)).unwrap_or_else(|| "–".into())) }
+                        td.failed { (rate(300).map_or(0, |r| r.errors)) }
+                        td { (ms(s.p50_ms)) " / " (ms(s.p99_ms)) }
+                        td.items { (s.totals.items) }
+                    }
+                } }
+            } }
+        }
         h2 { "Outbox" }
         @match &m.outbox {
             Some(o) => p { (o.unpublished) " unpublished, oldest " (o.oldest_secs.map(short_duration).unwrap_or_else(|| "–".into())) "; " (o.parked) " parked" },
@@ -215,5 +242,7 @@ fn legend() -> Markup {
     html! {
         h2 { "Health rules" }
         ul.rule { @for (level, rule) in health::RULES { li { span class={"badge " (level.css())} { (level.css()) } " " (rule) } } }
+        p.rule { "Sinks (stores written besides Postgres):" }
+        ul.rule { @for (level, rule) in health::SINK_RULES { li { span class={"badge " (level.css())} { (level.css()) } " " (rule) } } }
     }
 }

@@ -84,6 +84,11 @@ pub struct StoreStats {
 
 /// The search index behind one trait. Object safe: used as `Arc<dyn SearchStore>`.
 pub trait SearchStore: Send + Sync + 'static {
+    /// What implements it, for the status model's sinks (`tantivy`, `opensearch`).
+    fn backend(&self) -> &'static str {
+        "search"
+    }
+
     /// Applies a batch of ops, version-safely (see the module doc), and returns when they
     /// are durable and searchable. While a rebuild runs, the ops also go to the new index.
     fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>>;

@@ -231,6 +231,13 @@ pub trait Handler: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// The sinks this handler writes besides its system of record (see
+    /// [`super::SinkStats`]): a process reports the sinks of the pools it runs with its
+    /// heartbeat, so they appear in the status model. The default writes none.
+    fn sinks(&self) -> Vec<std::sync::Arc<super::SinkStats>> {
+        Vec::new()
+    }
+
     /// Handle several deliveries at once, returning one outcome per delivery, in order.
     /// Pools with `max-batch` > 1 call this with whatever messages are ready together,
     /// so a handler can commit many messages in one transaction (one fsync): each

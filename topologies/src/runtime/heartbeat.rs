@@ -9,10 +9,10 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{BreakerState, breaker::Breaker, live::Live, stats::PoolStats};
+use super::{BreakerState, SinkStats, breaker::Breaker, live::Live, stats::PoolStats};
 use crate::{
     control::PoolSettings,
-    status::heartbeat::{self, PoolBeat, PoolControls, ProcessBeat},
+    status::heartbeat::{self, PoolBeat, PoolControls, ProcessBeat, SinkBeat},
 };
 
 /// One pool as its heartbeat reports it.
@@ -49,10 +49,21 @@ impl Beating {
     }
 }
 
+fn sink_beat(sink: &SinkStats) -> SinkBeat {
+    SinkBeat {
+        name: sink.name().to_owned(),
+        backend: sink.backend().to_owned(),
+        totals: sink.totals(),
+        windows: sink.windows(),
+        last_error: sink.last_error(),
+    }
+}
+
 /// Beat until `stop`, then delete the entry.
 pub(super) async fn run(
     js: jetstream::Context,
     pools: Vec<Beating>,
+    sinks: Vec<Arc<SinkStats>>,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -79,6 +90,7 @@ pub(super) async fn run(
                 every_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
                 uptime_secs: started.elapsed().as_secs_f64(),
                 pools: pools.iter().map(Beating::beat).collect(),
+                sinks: sinks.iter().map(|s| sink_beat(s)).collect(),
             };
             let body = serde_json::to_vec(&beat).unwrap_or_default();
             if let Err(e) = b.put(&process, body.into()).await {

@@ -40,6 +40,7 @@ mod ledger;
 mod live;
 mod pool;
 mod settle;
+mod sink;
 mod stats;
 
 pub use breaker::BreakerState;
@@ -47,4 +48,5 @@ pub use dead_letter::dead_letter;
 pub use handler::{Delivery, ErrorClass, Handler, HandlerError, Outcome, Registry};
 pub use live::Activity;
 pub use pool::{Pool, Runtime};
+pub use sink::{SinkCounters, SinkError, SinkStats};
 pub use stats::{Counters, ERROR_OUTCOMES, HANDLE_BUCKETS, PoolStats, WINDOWS, Window};

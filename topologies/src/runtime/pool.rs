@@ -17,6 +17,7 @@ use super::{
     fetch, heartbeat,
     ledger::{Ledger, RateLimitedWarning},
     live::{self, Live},
+    sink::SinkStats,
     stats::PoolStats,
 };
 use crate::{
@@ -310,6 +311,13 @@ impl Runtime {
                 (p, breaker, settings, live, Arc::<PoolStats>::default())
             })
             .collect();
+        // Each sink once, however many of these pools write it.
+        let mut sinks: Vec<Arc<SinkStats>> = Vec::new();
+        for sink in pools.iter().flat_map(|(p, ..)| p.handler.sinks()) {
+            if !sinks.iter().any(|s| Arc::ptr_eq(s, &sink)) {
+                sinks.push(sink);
+            }
+        }
         let beating = pools
             .iter()
             .map(|(p, b, settings, live, stats)| heartbeat::Beating {
@@ -322,7 +330,8 @@ impl Runtime {
             })
             .collect();
         let stop_beating = CancellationToken::new();
-        let beat = tokio::spawn(heartbeat::run(self.js, beating, self.heartbeat_every, stop_beating.clone()));
+        let beat =
+            tokio::spawn(heartbeat::run(self.js, beating, sinks, self.heartbeat_every, stop_beating.clone()));
         futures::future::join_all(
             pools.into_iter().map(|(p, b, s, l, stats)| p.run_with(cancel.clone(), b, s, l, stats)),
         )

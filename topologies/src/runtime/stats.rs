@@ -39,7 +39,7 @@ pub struct Counters {
     pub buckets: Vec<u64>,
 }
 
-impl Counters {
+impl Tally for Counters {
     fn minus(&self, earlier: &Counters) -> Counters {
         Counters {
             handled: self.handled.saturating_sub(earlier.handled),
@@ -54,7 +54,9 @@ impl Counters {
                 .collect(),
         }
     }
+}
 
+impl Counters {
     /// Add `other` (another process's counts) to these.
     pub fn add(&mut self, other: &Counters) {
         self.handled += other.handled;
@@ -70,79 +72,44 @@ impl Counters {
     }
 }
 
+/// Cumulative counts that can be differenced: what a [`Ring`] keeps snapshots of.
+pub trait Tally: Clone + Default {
+    /// These counts less an `earlier` snapshot of the same (never below zero).
+    fn minus(&self, earlier: &Self) -> Self;
+}
+
 /// The counts of the last `secs` seconds (or of the process's life, if shorter:
-/// `covered_secs`).
+/// `covered_secs`): a pool's [`Counters`] or a sink's [`super::SinkCounters`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Window {
+pub struct Window<C = Counters> {
     pub secs: u64,
     pub covered_secs: f64,
-    pub counts: Counters,
+    pub counts: C,
 }
 
 /// How often the ring keeps a snapshot: windows are exact to this.
 const RING_STEP: Duration = Duration::from_secs(5);
 
-/// One pool's live counts in this process.
+/// Snapshots of some [`Tally`] every [`RING_STEP`], the last 15 minutes' worth (plus
+/// one), from which each of [`WINDOWS`] is a difference.
 #[derive(Debug)]
-pub struct PoolStats {
+pub(crate) struct Ring<C> {
     started: Instant,
-    handled: AtomicU64,
-    acked: AtomicU64,
-    errors: AtomicU64,
-    dead_lettered: AtomicU64,
-    buckets: [AtomicU64; HANDLE_BUCKETS.len() + 1],
-    /// Snapshots every [`RING_STEP`], the last 15 minutes' worth (plus one).
-    ring: Mutex<VecDeque<(Instant, Counters)>>,
+    snapshots: Mutex<VecDeque<(Instant, C)>>,
 }
 
-impl Default for PoolStats {
+impl<C: Tally> Default for Ring<C> {
     fn default() -> Self {
         let started = Instant::now();
-        PoolStats {
-            started,
-            handled: AtomicU64::new(0),
-            acked: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            ring: Mutex::new(VecDeque::from([(started, Counters::default())])),
-        }
+        Ring { started, snapshots: Mutex::new(VecDeque::from([(started, C::default())])) }
     }
 }
 
-impl PoolStats {
-    /// One delivery reached `outcome` (a `souk_worker_messages_total` label) after `took`.
-    pub(super) fn record(&self, outcome: &str, took: Duration) {
-        self.handled.fetch_add(1, Ordering::Relaxed);
-        match outcome {
-            "ack" => _ = self.acked.fetch_add(1, Ordering::Relaxed),
-            "dead_letter" => _ = self.dead_lettered.fetch_add(1, Ordering::Relaxed),
-            _ => {}
-        }
-        if ERROR_OUTCOMES.contains(&outcome) {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        let secs = took.as_secs_f64();
-        let i = HANDLE_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(HANDLE_BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Totals since this pool started.
-    pub fn totals(&self) -> Counters {
-        Counters {
-            handled: self.handled.load(Ordering::Relaxed),
-            acked: self.acked.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            buckets: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
-        }
-    }
-
-    /// The counts of each of [`WINDOWS`], ending now.
-    pub fn windows(&self) -> Vec<Window> {
+impl<C: Tally> Ring<C> {
+    /// The counts of each of [`WINDOWS`] ending now, given the `totals` now.
+    pub(crate) fn windows(&self, totals: C) -> Vec<Window<C>> {
         let now = Instant::now();
-        let totals = self.totals();
-        let Ok(mut ring) = self.ring.lock() else { return Vec::new() };
+        let Ok(mut ring) = self.snapshots.lock() else { return Vec::new() };
         if ring.back().is_none_or(|(at, _)| now.duration_since(*at) >= RING_STEP) {
             ring.push_back((now, totals.clone()));
         }
@@ -161,7 +128,7 @@ impl PoolStats {
                     .find(|(at, _)| *at <= from)
                     .or_else(|| ring.front())
                     .cloned()
-                    .unwrap_or((self.started, Counters::default()));
+                    .unwrap_or((self.started, C::default()));
                 Window {
                     secs,
                     covered_secs: now.duration_since(at).as_secs_f64(),
@@ -169,6 +136,68 @@ impl PoolStats {
                 }
             })
             .collect()
+    }
+}
+
+/// The [`HANDLE_BUCKETS`] bucket `took` falls in (the last: +Inf).
+pub(crate) fn bucket_of(took: Duration) -> usize {
+    let secs = took.as_secs_f64();
+    HANDLE_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(HANDLE_BUCKETS.len())
+}
+
+/// One pool's live counts in this process.
+#[derive(Debug)]
+pub struct PoolStats {
+    handled: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+    dead_lettered: AtomicU64,
+    buckets: [AtomicU64; HANDLE_BUCKETS.len() + 1],
+    ring: Ring<Counters>,
+}
+
+impl Default for PoolStats {
+    fn default() -> Self {
+        PoolStats {
+            handled: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            ring: Ring::default(),
+        }
+    }
+}
+
+impl PoolStats {
+    /// One delivery reached `outcome` (a `souk_worker_messages_total` label) after `took`.
+    pub(super) fn record(&self, outcome: &str, took: Duration) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            "ack" => _ = self.acked.fetch_add(1, Ordering::Relaxed),
+            "dead_letter" => _ = self.dead_lettered.fetch_add(1, Ordering::Relaxed),
+            _ => {}
+        }
+        if ERROR_OUTCOMES.contains(&outcome) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.buckets[bucket_of(took)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Totals since this pool started.
+    pub fn totals(&self) -> Counters {
+        Counters {
+            handled: self.handled.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            buckets: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+        }
+    }
+
+    /// The counts of each of [`WINDOWS`], ending now.
+    pub fn windows(&self) -> Vec<Window> {
+        self.ring.windows(self.totals())
     }
 }
 

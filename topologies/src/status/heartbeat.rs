@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::{
     Error, Result,
-    runtime::{Activity, BreakerState, Counters, Window},
+    runtime::{Activity, BreakerState, Counters, SinkCounters, SinkError, Window},
 };
 
 /// The key-value bucket of heartbeats.
@@ -37,6 +37,23 @@ pub struct ProcessBeat {
     pub every_ms: u64,
     pub uptime_secs: f64,
     pub pools: Vec<PoolBeat>,
+    /// The sinks its pools write (see [`crate::runtime::SinkStats`]); none from
+    /// processes older than sink counts.
+    #[serde(default)]
+    pub sinks: Vec<SinkBeat>,
+}
+
+/// One sink as one process writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkBeat {
+    pub name: String,
+    /// What implements it (`tantivy`, `opensearch`).
+    pub backend: String,
+    /// Since the process started.
+    pub totals: SinkCounters,
+    /// The last 10 s, 1, 5 and 15 minutes.
+    pub windows: Vec<Window<SinkCounters>>,
+    pub last_error: Option<SinkError>,
 }
 
 /// One pool of one process.

@@ -59,6 +59,16 @@ pub struct Point {
     pub consumers: BTreeMap<String, ConsumerPoint>,
     pub pools: BTreeMap<String, PoolPoint>,
     pub outbox_unpublished: Option<u64>,
+    /// Points stored before sinks were counted have none.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkPoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SinkPoint {
+    /// Over the last 10 s.
+    pub items_per_sec: f64,
+    pub errors: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -101,6 +111,18 @@ impl Point {
                 })
                 .collect(),
             outbox_unpublished: model.outbox.map(|o| o.unpublished),
+            sinks: model
+                .sinks
+                .iter()
+                .map(|s| {
+                    let last = s.rates.first();
+                    let point = SinkPoint {
+                        items_per_sec: last.map_or(0.0, |r| r.items_per_sec),
+                        errors: last.map_or(0, |r| r.errors),
+                    };
+                    (s.name.clone(), point)
+                })
+                .collect(),
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     Error, Result,
     control::{self, PoolSettings},
     dead_letters,
-    runtime::{Activity, BreakerState, Counters, HANDLE_BUCKETS, WINDOWS},
+    runtime::{Activity, BreakerState, Counters, HANDLE_BUCKETS, SinkCounters, SinkError, WINDOWS},
     spec::Topology,
 };
 
@@ -38,6 +38,9 @@ pub struct Model {
     pub pools: Vec<PoolModel>,
     /// `None` when no outbox was given or it could not be read (see `problems`).
     pub outbox: Option<OutboxBacklog>,
+    /// Every sink a live process writes (from heartbeats), by name.
+    #[serde(default)]
+    pub sinks: Vec<SinkModel>,
     /// What could not be read (the rest is still right).
     pub problems: Vec<String>,
     /// One point per 10 s over the last hour, oldest first (see [`history`]).
@@ -125,6 +128,38 @@ pub struct ProcessModel {
     pub in_flight: u64,
     pub breaker: BreakerState,
     pub controls: Option<PoolControls>,
+}
+
+/// A store the pipelines write besides Postgres (the search index; see
+/// [`crate::runtime::SinkStats`]), summed over the live processes that write it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkModel {
+    pub name: String,
+    /// What implements it (`tantivy`, `opensearch`; several when processes disagree).
+    pub backend: String,
+    pub live_processes: usize,
+    /// Since each live process started, summed.
+    pub totals: SinkCounters,
+    /// Items written per second and failed writes over the last 10 s, 1, 5 and 15 min.
+    pub rates: Vec<SinkRate>,
+    /// Write-call duration percentiles over the last 5 minutes (`None`: no writes).
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// The newest failed write of any live process.
+    pub last_error: Option<SinkError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkRate {
+    pub window_secs: u64,
+    /// Items (documents, rows) written per second.
+    pub items_per_sec: f64,
+    /// Write calls per second (a batch is one).
+    pub writes_per_sec: f64,
+    /// Failed write calls in the window.
+    pub errors: u64,
+    /// Failed / all write calls; `None` when there were none.
+    pub error_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,6 +256,7 @@ pub async fn read(
         }
     };
     let pools = pools(topology, &beats, &settings);
+    let sinks = sinks(&beats);
     for c in &mut consumers {
         c.breaker = pools.iter().filter(|p| p.consumer == c.name).filter_map(|p| p.breaker).max();
     }
@@ -234,7 +270,7 @@ pub async fn read(
         },
         None => None,
     };
-    let mut model = Model { at_ms, streams, consumers, pools, outbox, problems, history: Vec::new() };
+    let mut model = Model { at_ms, streams, consumers, pools, outbox, sinks, problems, history: Vec::new() };
     if with_history {
         match history::read(js).await {
             Ok(points) => model.history = points,
@@ -343,6 +379,69 @@ fn pools(
                 .collect();
             model.p50_ms = quantile(&five_minutes.buckets, 0.5).map(|s| s * 1e3);
             model.p99_ms = quantile(&five_minutes.buckets, 0.99).map(|s| s * 1e3);
+            model
+        })
+        .collect()
+}
+
+/// Every sink live processes write, summed over them.
+fn sinks(beats: &[heartbeat::Seen]) -> Vec<SinkModel> {
+    let mut by_name: BTreeMap<&str, SinkModel> = BTreeMap::new();
+    // Per sink and window: (items/s, writes/s, writes, errors), summed over processes.
+    let mut windows: BTreeMap<&str, Vec<(f64, f64, u64, u64)>> = BTreeMap::new();
+    let mut five_minutes: BTreeMap<&str, SinkCounters> = BTreeMap::new();
+    for s in beats.iter().flat_map(|seen| &seen.beat.sinks) {
+        let model = by_name.entry(&s.name).or_insert_with(|| SinkModel {
+            name: s.name.clone(),
+            backend: s.backend.clone(),
+            live_processes: 0,
+            totals: SinkCounters::default(),
+            rates: Vec::new(),
+            p50_ms: None,
+            p99_ms: None,
+            last_error: None,
+        });
+        if !model.backend.split(", ").any(|b| b == s.backend) {
+            model.backend = format!("{}, {}", model.backend, s.backend);
+        }
+        model.live_processes += 1;
+        model.totals.add(&s.totals);
+        if let Some(e) = &s.last_error
+            && model.last_error.as_ref().is_none_or(|m| e.at_ms > m.at_ms)
+        {
+            model.last_error = Some(e.clone());
+        }
+        let sums = windows.entry(&s.name).or_insert_with(|| vec![(0.0, 0.0, 0, 0); WINDOWS.len()]);
+        for w in &s.windows {
+            let Some(i) = WINDOWS.iter().position(|secs| *secs == w.secs) else { continue };
+            let covered = w.covered_secs.max(1.0);
+            sums[i].0 += w.counts.items as f64 / covered;
+            sums[i].1 += w.counts.writes as f64 / covered;
+            sums[i].2 += w.counts.writes;
+            sums[i].3 += w.counts.errors;
+            if w.secs == 300 {
+                five_minutes.entry(&s.name).or_default().add(&w.counts);
+            }
+        }
+    }
+    by_name
+        .into_iter()
+        .map(|(name, mut model)| {
+            let sums = windows.remove(name).unwrap_or_default();
+            model.rates = WINDOWS
+                .iter()
+                .zip(sums)
+                .map(|(&window_secs, (items_per_sec, writes_per_sec, writes, errors))| SinkRate {
+                    window_secs,
+                    items_per_sec,
+                    writes_per_sec,
+                    errors,
+                    error_ratio: (writes > 0).then(|| errors as f64 / writes as f64),
+                })
+                .collect();
+            let buckets = five_minutes.remove(name).unwrap_or_default().buckets;
+            model.p50_ms = quantile(&buckets, 0.5).map(|s| s * 1e3);
+            model.p99_ms = quantile(&buckets, 0.99).map(|s| s * 1e3);
             model
         })
         .collect()

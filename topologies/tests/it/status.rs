@@ -4,7 +4,7 @@
 
 use futures::{FutureExt, future::BoxFuture};
 use souk_topologies::{
-    runtime::{BreakerState, Delivery, Handler, Outcome, Registry, Runtime},
+    runtime::{BreakerState, Delivery, Handler, Outcome, Registry, Runtime, SinkStats},
     status::{self, HistoryOptions, heartbeat, history, model::Model},
 };
 use std::{sync::Arc, time::Duration};
@@ -103,6 +103,7 @@ async fn the_model_reports_exactly_the_pending_acked_and_dead_lettered_counts_of
     let dlq = m.streams.iter().find(|s| s.name == "DLQ").expect("DLQ");
     assert_eq!(dlq.messages, 3);
     assert!(m.problems.is_empty(), "{:?}", m.problems);
+    assert!(m.sinks.is_empty(), "the pool writes no sink: {:?}", m.sinks);
 
     gate.add_permits(6);
     let m = souk_testkit::eventually(Duration::from_secs(20), || async {
@@ -114,6 +115,73 @@ async fn the_model_reports_exactly_the_pending_acked_and_dead_lettered_counts_of
     assert_eq!(m.consumers[0].dead_letters, 3);
     cancel.cancel();
     run.await?;
+    Ok(())
+}
+
+/// Writes a sink: `w<n>` is a write of n items, `err` a write the sink refused (the
+/// message itself is acked either way: only the sink's counts are under test).
+struct Writing {
+    sink: Arc<SinkStats>,
+}
+
+impl Handler for Writing {
+    fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        async move {
+            let body = std::str::from_utf8(&d.payload).unwrap_or_default();
+            match body.strip_prefix('w').and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => self.sink.wrote(n, Duration::from_millis(2)),
+                None => self.sink.failed(&format!("index refused {body}"), Duration::from_millis(40)),
+            }
+            Outcome::Ack
+        }
+        .boxed()
+    }
+
+    fn sinks(&self) -> Vec<Arc<SinkStats>> {
+        vec![self.sink.clone()]
+    }
+}
+
+/// Two processes write the same sink: the model sums their write calls, items and
+/// failures exactly, keeps the newest error, and counts both as live writers.
+#[tokio::test]
+async fn sink_writes_and_failures_of_every_live_process_are_summed_exactly() -> anyhow::Result<()> {
+    let env = env().await?;
+    let cancel = CancellationToken::new();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut registry = Registry::default();
+        registry.register("test", Writing { sink: Arc::new(SinkStats::new("index", "test-store")) });
+        let runtime =
+            Runtime::build(&env.publisher, &env.topology, &registry, &[]).await?.heartbeat_every(BEAT);
+        runs.push(tokio::spawn(runtime.run(cancel.clone())));
+    }
+    publish(&env, "w3", 5).await?;
+    publish(&env, "w10", 2).await?;
+    publish(&env, "err", 2).await?;
+    let m = souk_testkit::eventually(Duration::from_secs(20), || async {
+        let m = model(&env).await?;
+        let writes = m.sinks.first().map_or(0, |s| s.totals.writes);
+        anyhow::Ok((m.pools[0].totals.handled == 9 && writes == 9).then_some(m))
+    })
+    .await?;
+    assert_eq!(m.sinks.len(), 1, "{:?}", m.sinks);
+    let sink = &m.sinks[0];
+    assert_eq!((sink.name.as_str(), sink.backend.as_str()), ("index", "test-store"));
+    assert_eq!(sink.live_processes, 2, "{sink:#?}");
+    assert_eq!((sink.totals.writes, sink.totals.items, sink.totals.errors), (9, 35, 2), "{sink:#?}");
+    let minute = sink.rates.iter().find(|r| r.window_secs == 60).expect("1 minute rate");
+    assert_eq!(minute.errors, 2);
+    assert_eq!(minute.error_ratio, Some(2.0 / 9.0));
+    assert!(minute.items_per_sec > 0.0 && minute.writes_per_sec > 0.0, "{minute:?}");
+    assert_eq!(sink.last_error.as_ref().map(|e| e.error.as_str()), Some("index refused err"));
+    assert!(sink.p50_ms.is_some() && sink.p99_ms > sink.p50_ms, "{sink:#?}");
+    cancel.cancel();
+    for run in runs {
+        run.await?;
+    }
+    // Stopped writers leave the model with their heartbeats.
+    assert!(model(&env).await?.sinks.is_empty());
     Ok(())
 }
 

@@ -23,8 +23,11 @@
 use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::catalog::ProductChanged;
 use souk_stores::search::{IndexOp, SearchError, SearchStore};
-use souk_topologies::runtime::{Delivery, Handler, HandlerError, Outcome};
-use std::sync::Arc;
+use souk_topologies::runtime::{Delivery, Handler, HandlerError, Outcome, SinkStats};
+use std::{sync::Arc, time::Instant};
+
+/// The sink's name in the status model and metrics.
+pub const SINK: &str = "search";
 
 /// The tenant of the probe's tombstone: no token names it (the probe writes a delete,
 /// never a searchable document, and searches are scoped to the caller's tenant).
@@ -34,6 +37,8 @@ const PROBE_TENANT: &str = "souk.probe";
 #[derive(Clone)]
 pub struct IndexProducts {
     store: Arc<dyn SearchStore>,
+    /// Every write call's outcome, for the status model's sinks.
+    sink: Arc<SinkStats>,
 }
 
 impl std::fmt::Debug for IndexProducts {
@@ -44,7 +49,8 @@ impl std::fmt::Debug for IndexProducts {
 
 impl IndexProducts {
     pub fn new(store: Arc<dyn SearchStore>) -> Self {
-        IndexProducts { store }
+        let sink = Arc::new(SinkStats::new(SINK, store.backend()));
+        IndexProducts { store, sink }
     }
 
     /// Apply `ops` (each with the index of its delivery) in one store call, answering
@@ -54,7 +60,13 @@ impl IndexProducts {
         // Each refusal removes at least one op, so this ends.
         while !ops.is_empty() {
             let batch: Vec<IndexOp> = ops.iter().map(|(_, op)| op.clone()).collect();
-            match self.store.apply(batch).await {
+            let started = Instant::now();
+            let applied = self.store.apply(batch).await;
+            match &applied {
+                Ok(_) => self.sink.wrote(ops.len(), started.elapsed()),
+                Err(e) => self.sink.failed(e, started.elapsed()),
+            }
+            match applied {
                 Ok(done) => {
                     metrics::counter!("souk_search_index_ops_total", "outcome" => "applied")
                         .increment(done.applied as u64);
@@ -160,6 +172,10 @@ impl Handler for IndexProducts {
 
     fn too_new(&self, d: &Delivery) -> Option<String> {
         crate::schema::too_new::<ProductChanged>(d)
+    }
+
+    fn sinks(&self) -> Vec<Arc<SinkStats>> {
+        vec![self.sink.clone()]
     }
 
     /// The index takes writes: a real write (a tombstone of the probe tenant, at a

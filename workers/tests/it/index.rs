@@ -12,7 +12,7 @@ use souk_testkit::{
     catalog::{changed, product, publish, publish_raw, shuffled},
     eventually,
 };
-use souk_topologies::runtime::{Pool, Registry};
+use souk_topologies::runtime::{Handler, Pool, Registry, SinkStats};
 use souk_workers::catalog::{INDEX_CONSUMER, INDEX_HANDLER, IndexProducts, lag};
 use std::{
     sync::{
@@ -82,11 +82,22 @@ impl Env {
         &self,
         store: Arc<dyn SearchStore>,
     ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+        let (cancel, run, _sink) = self.index_counting(store).await?;
+        Ok((cancel, run))
+    }
+
+    /// [`Env::index_with`], also handing back the indexer's sink counts.
+    async fn index_counting(
+        &self,
+        store: Arc<dyn SearchStore>,
+    ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>, Arc<SinkStats>)> {
+        let handler = IndexProducts::new(store);
+        let sink = handler.sinks().pop().ok_or_else(|| anyhow::anyhow!("the indexer declares its sink"))?;
         let mut registry = Registry::default();
-        registry.register(INDEX_HANDLER, IndexProducts::new(store));
+        registry.register(INDEX_HANDLER, handler);
         let pool = Pool::build(&self.publisher, &self.topology, "catalog-index", &registry).await?;
         let cancel = CancellationToken::new();
-        Ok((cancel.clone(), tokio::spawn(pool.run(cancel))))
+        Ok((cancel.clone(), tokio::spawn(pool.run(cancel)), sink))
     }
 
     /// `Some` once the indexer's consumer has handled everything stored.
@@ -198,7 +209,7 @@ async fn a_failed_batch_is_retried_without_losing_or_duplicating_documents() -> 
     let env = env().await?;
     let ix = indexer()?;
     ix.store.down.store(true, Ordering::SeqCst);
-    let (stop, run) = env.index_with(ix.store.clone()).await?;
+    let (stop, run, sink) = env.index_counting(ix.store.clone()).await?;
     for n in 0..40 {
         let sku = format!("P{n}");
         publish(
@@ -223,6 +234,15 @@ async fn a_failed_batch_is_retried_without_losing_or_duplicating_documents() -> 
     assert_eq!(search(ix.store.as_ref(), "teapot").await?.total, 40);
     assert_eq!(ix.store.stats().await?.docs, 40);
     assert_eq!(env.dead_letters().await?, 0);
+    // The sink's counts (the status model's): the refused write, not the breaker's
+    // probes, and each document once, when its batch was written.
+    let counted = sink.totals();
+    assert!(counted.errors >= 1, "{counted:?}");
+    assert_eq!(counted.items, 40, "{counted:?}");
+    assert!(counted.writes > counted.errors, "the successful writes are counted too: {counted:?}");
+    let last = sink.last_error().expect("the refusal is kept");
+    assert!(last.error.contains("disk gone (test)"), "{last:?}");
+    assert_eq!(sink.backend(), "search", "a store that does not name itself");
     stop.cancel();
     run.await?;
     Ok(())

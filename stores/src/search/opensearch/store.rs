@@ -434,6 +434,10 @@ fn hit(doc: SearchDoc, words: &[QueryWord]) -> SearchHit {
 }
 
 impl SearchStore for OpenSearchStore {
+    fn backend(&self) -> &'static str {
+        "opensearch"
+    }
+
     fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
         self.inner.apply(ops).boxed()
     }

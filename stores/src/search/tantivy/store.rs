@@ -379,6 +379,10 @@ fn blocking<T: Send + 'static>(
 }
 
 impl SearchStore for TantivyStore {
+    fn backend(&self) -> &'static str {
+        "tantivy"
+    }
+
     fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, Result<ApplyOutcome, SearchError>> {
         let inner = self.inner.clone();
         async move {
