@@ -190,8 +190,7 @@ pub fn render(model: &Model, indexes: &[IndexLag], colour: bool) -> String {
                     _ => Health::Good,
                 },
             );
-            let writes =
-                five.map_or("-".into(), |r| format!("{:.0}", r.writes_per_sec * r.window_secs as f64));
+            let writes = five.map_or("-".into(), |r| r.writes.to_string());
             let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
             let _ = writeln!(
                 w,

@@ -222,6 +222,7 @@ mod tests {
             rates: vec![SinkRate {
                 window_secs: 300,
                 items_per_sec: 10.0,
+                writes: writes_5m,
                 writes_per_sec: writes_5m as f64 / 300.0,
                 errors: errors_5m,
                 error_ratio: (writes_5m > 0).then(|| errors_5m as f64 / writes_5m as f64),

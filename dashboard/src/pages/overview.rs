@@ -164,7 +164,7 @@ fn live(m: &Model) -> Markup {
                         td { (s.live_processes) }
                         td { (rate(60).map(|r| format!("{:.1}", r.items_per_sec)).unwrap_or_else(|| "–".into())) }
                         td { (rate(300).map(|r| format!("{:.1}", r.items_per_sec)).unwrap_or_else(|| "–".into())) }
-                        td { (rate(300).map(|r| format!("{:.0}", r.writes_per_sec * r.window_secs as f64)).unwrap_or_else(|| "–".into())) }
+                        td { (rate(300).map(|r| r.writes.to_string()).unwrap_or_else(|| "–".into())) }
                         td.failed { (rate(300).map_or(0, |r| r.errors)) }
                         td { (ms(s.p50_ms)) " / " (ms(s.p99_ms)) }
                         td.items { (s.totals.items) }

@@ -154,7 +154,8 @@ pub struct SinkRate {
     pub window_secs: u64,
     /// Items (documents, rows) written per second.
     pub items_per_sec: f64,
-    /// Write calls per second (a batch is one).
+    /// Write calls in the window (a batch is one), and per second.
+    pub writes: u64,
     pub writes_per_sec: f64,
     /// Failed write calls in the window.
     pub errors: u64,
@@ -434,6 +435,7 @@ fn sinks(beats: &[heartbeat::Seen]) -> Vec<SinkModel> {
                 .map(|(&window_secs, (items_per_sec, writes_per_sec, writes, errors))| SinkRate {
                     window_secs,
                     items_per_sec,
+                    writes,
                     writes_per_sec,
                     errors,
                     error_ratio: (writes > 0).then(|| errors as f64 / writes as f64),
