@@ -96,13 +96,13 @@ impl Node {
                 payments: options.payments.clone(),
             };
             let registry = souk_workers::registry_with(options.pool.clone(), &dependencies);
-            // Each dead letter's place is recorded, so `souk trace` reads it by sequence.
-            let dead_letters = Arc::new(souk_stores::postgres::follow::PgJournal(options.pool.clone()));
-            let runtime = Runtime::build(&publisher, &options.topology, &registry, only)
-                .await?
-                .dead_letter_log(dead_letters);
+            // Failed attempts and each dead letter's place are recorded, so `souk trace`
+            // shows every attempt and reads each dead letter by sequence.
+            let failures = Arc::new(souk_stores::postgres::follow::PgJournal(options.pool.clone()));
+            let runtime =
+                Runtime::build(&publisher, &options.topology, &registry, only).await?.failure_log(failures);
             tasks.spawn(runtime.run(cancel.clone()));
-            tasks.spawn(housekeeping(options.pool.clone(), cancel.clone()));
+            tasks.spawn(housekeeping(options.pool.clone(), publisher.jetstream().clone(), cancel.clone()));
             // Stock holds past their time go back to stock wherever the inventory pool
             // runs (sweepers in several processes never expire one hold twice).
             if runs_handler(&options.topology, Some(only), souk_workers::inventory::HANDLER) {
@@ -368,15 +368,44 @@ impl SearchStore for LockedTantivy {
     }
 }
 
+/// Records of dead letters the DLQ stream no longer holds by its own doing (limits, age,
+/// a purge of the whole stream, re-creation) go: the stream's first sequence and
+/// creation time say which (see `pg::follow::forget_dropped_dead_letters`). DLQ keeps
+/// dead letters until purged and has no max-age in the shipped topology, so reading its
+/// config would miss every other way it drops them.
+async fn forget_dropped_dead_letters(pool: &PgPool, js: &async_nats::jetstream::Context) {
+    let stream = souk_topologies::dead_letters::STREAM;
+    let info = match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| (i.state.first_sequence, i.created)).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let (first_seq, created) = match info {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "housekeeping: reading stream {stream}");
+            return;
+        }
+    };
+    let created = chrono::DateTime::from_timestamp_nanos(
+        i64::try_from(created.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+    );
+    match pg::follow::forget_dropped_dead_letters(pool, stream, first_seq, created).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(records = n, "housekeeping: records of dead letters {stream} dropped"),
+        Err(e) => tracing::warn!(error = %e, "housekeeping: dead-letter records"),
+    }
+}
+
 /// The worker process's periodic work: the saga sweeper every [`SWEEP_EVERY`],
 /// housekeeping every [`HOUSEKEEPING_EVERY`]. Every worker process runs it; both are
 /// safe to run in several at once (the sweeper skips sagas another holds, housekeeping
 /// deletes idempotently).
-async fn housekeeping(pool: PgPool, stop: CancellationToken) {
+async fn housekeeping(pool: PgPool, js: async_nats::jetstream::Context, stop: CancellationToken) {
     let mut last_housekeeping: Option<tokio::time::Instant> = None;
     loop {
         if last_housekeeping.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY) {
             last_housekeeping = Some(tokio::time::Instant::now());
+            forget_dropped_dead_letters(&pool, &js).await;
             match pg::housekeeping(&pool, RETENTION).await {
                 Ok(done) => {
                     if done.lost > 0 {

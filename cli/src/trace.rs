@@ -1,5 +1,7 @@
 //! `souk trace ORDER_ID|TRACE_ID`: everything souk did with one order, one line per
 //! step in time order, times relative to the first (`--json`: the engine's `Trace`).
+//! A failed handler attempt is a line of its own (`attempt`: stream#seq, which delivery
+//! to which consumer failed and how, what the runtime did then, the error).
 //! Finds a running `souk dev` by `--data-dir`, as `souk status` does.
 
 use souk_pipelines::follow::{Entry, Trace};
@@ -68,6 +70,9 @@ fn line(e: &Entry) -> String {
     parts.push(e.detail.clone());
     if let Some(o) = &e.outcome {
         parts.push(format!("→ {o}"));
+    }
+    if let Some(error) = &e.error {
+        parts.push(format!("({error})"));
     }
     parts.join(" ")
 }

@@ -40,6 +40,8 @@ pub enum Kind {
     Event,
     /// The relay stored an outbox row in its stream (with its sequence).
     Published,
+    /// A consumer's handler failed on one delivery of a message (a [`FailedAttempt`]).
+    Attempt,
     /// A consumer handled a message (its inbox record: stream sequence, delivery).
     Handled,
     /// A message copied to the dead-letter stream.
@@ -57,6 +59,7 @@ impl Kind {
             Kind::Command => "command",
             Kind::Event => "event",
             Kind::Published => "published",
+            Kind::Attempt => "attempt",
             Kind::Handled => "handled",
             Kind::DeadLetter => "dead-letter",
             Kind::Step => "step",
@@ -83,10 +86,18 @@ pub struct Entry {
     /// The consumer that handled (or dead-lettered) the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<String>,
+    /// The delivery of the message to `consumer` (1: the first) that this entry is
+    /// about: a handling, or a failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<u64>,
     pub detail: String,
-    /// How it ended (`ok`, a step's outcome, the dead letter's error …).
+    /// How it ended (`ok`, a step's outcome, the dead letter's error, what the runtime
+    /// did after a failed attempt: `retry`, `held`, `dead-letter` …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// The error of a failed attempt (cut to [`MAX_ATTEMPT_ERROR`] characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Entry {
@@ -101,8 +112,10 @@ impl Entry {
             stream_seq: None,
             message_id: None,
             consumer: None,
+            delivery: None,
             detail: detail.into(),
             outcome: None,
+            error: None,
         }
     }
 
@@ -176,6 +189,12 @@ pub trait Journal: Send + Sync {
         &'a self,
         message_ids: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<DeadLetterRecord>, SourceError>>;
+
+    /// The recorded failed attempts of these `(consumer, message id)` pairs.
+    fn attempts<'a>(
+        &'a self,
+        pairs: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Vec<FailedAttempt>, SourceError>>;
 }
 
 /// Where a message's dead letter is: recorded by the runtime when it copies a message
@@ -195,9 +214,114 @@ pub struct DeadLettered {
     pub error: String,
 }
 
-/// A record of dead letters (see [`DeadLettered`]).
-pub trait DeadLetterLog: Send + Sync + 'static {
-    fn record<'a>(&'a self, letter: &'a DeadLettered) -> BoxFuture<'a, Result<(), SourceError>>;
+/// Longest error text a [`FailedAttempt`] keeps (as a dead letter's `souk-dlq-error`).
+pub const MAX_ATTEMPT_ERROR: usize = 1024;
+
+/// `text` cut to [`MAX_ATTEMPT_ERROR`] characters.
+pub fn bounded_error(text: &str) -> String {
+    match text.char_indices().nth(MAX_ATTEMPT_ERROR) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// What failed in an attempt: the handler's error class, with the runtime's own two
+/// failures (a timeout, a panic) told apart from other retryable errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    /// A retryable error (a conflict, a transient refusal): counts toward max-deliver.
+    Retryable,
+    /// The handler ran past its timeout (and the dependency's probe passed).
+    Timeout,
+    /// The handler panicked.
+    Panic,
+    /// The message itself cannot be handled: dead-lettered at once.
+    Poison,
+    /// A dependency (a store, a broker) failed: the delivery is held, not counted.
+    Dependency,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Retryable => "retryable",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Panic => "panic",
+            FailureClass::Poison => "poison",
+            FailureClass::Dependency => "dependency",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FailureClass> {
+        [Self::Retryable, Self::Timeout, Self::Panic, Self::Poison, Self::Dependency]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+/// What the runtime did with a delivery whose attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AfterFailure {
+    /// Nak'd for a later redelivery (after the backoff step or the error's delay).
+    Retry,
+    /// Held in the process while the pool's breaker is open, then run again as the
+    /// same delivery.
+    Held,
+    /// Copied to the dead-letter stream, the original terminated.
+    DeadLetter,
+    /// The dead-letter copy could not be stored: left for redelivery.
+    DeadLetterFailed,
+}
+
+impl AfterFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AfterFailure::Retry => "retry",
+            AfterFailure::Held => "held",
+            AfterFailure::DeadLetter => "dead-letter",
+            AfterFailure::DeadLetterFailed => "dead-letter-failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AfterFailure> {
+        [Self::Retry, Self::Held, Self::DeadLetter, Self::DeadLetterFailed]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+/// One delivery of a message whose handling failed, as the runtime saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedAttempt {
+    pub consumer: String,
+    /// The message's `Nats-Msg-Id`, if it had one (the trace finds attempts by it).
+    pub message_id: Option<String>,
+    pub stream: String,
+    pub stream_seq: u64,
+    /// Which delivery failed (1: the first; deferrals of a too-new schema not counted).
+    pub delivery: u64,
+    pub class: FailureClass,
+    /// The error's stable code (`pg_serialization_failure`, `handler_panic` …).
+    pub code: String,
+    /// At most [`MAX_ATTEMPT_ERROR`] characters.
+    pub error: String,
+    pub then: AfterFailure,
+    /// When the attempt failed (the runtime's clock).
+    pub at: DateTime<Utc>,
+}
+
+/// Where the runtime records failures for `souk trace` ([`FailedAttempt`]s and
+/// [`DeadLettered`] copies). The runtime writes to it from a queue, off the path of the
+/// messages: a slow or failing log never delays or changes a message's outcome.
+pub trait FailureLog: Send + Sync + 'static {
+    /// Record these failed attempts (a batch the runtime gathered).
+    fn record_attempts<'a>(&'a self, attempts: &'a [FailedAttempt])
+    -> BoxFuture<'a, Result<(), SourceError>>;
+
+    /// Record where a dead letter was stored.
+    fn record_dead_letter<'a>(&'a self, letter: &'a DeadLettered) -> BoxFuture<'a, Result<(), SourceError>>;
 }
 
 /// A recorded dead letter of one of the order's messages.
@@ -208,6 +332,8 @@ pub struct DeadLetterRecord {
     pub dlq_stream: String,
     pub dlq_seq: u64,
     pub at: DateTime<Utc>,
+    /// When an operator redrove it (it left the DLQ then).
+    pub redriven_at: Option<DateTime<Utc>>,
 }
 
 /// One pipeline's part of an order's trace.

@@ -7,9 +7,11 @@
 //! not be recorded is not taken. A pool change is recorded in a transaction committed
 //! only after the control bucket took the change (a refused change leaves no row).
 //! A dead-letter action cannot share a transaction with JetStream: its row is written
-//! after the work, listing what was done and what failed, one row per command.
+//! after the work, listing what was done and what failed, one row per command. The same
+//! transaction updates the records `souk trace` keeps of those dead letters (table
+//! `dead_letters`): a purged dead letter's record goes, a redriven one's says when.
 
-use crate::postgres::operator_actions;
+use crate::postgres::{follow as journal, operator_actions};
 use serde_json::json;
 use souk_topologies::{
     Error as EngineError, Topology,
@@ -101,8 +103,12 @@ pub async fn redrive(
         "redriven": report.redriven,
         "failed": report.failed,
     });
+    let redriven: Vec<u64> = report.redriven.iter().map(|r| r.seq).collect();
+    let mut tx = db.begin().await?;
+    journal::mark_redriven(&mut *tx, dead_letters::STREAM, &redriven).await?;
     report.action_id =
-        operator_actions::record(db, &actor.0, "dlq.redrive", &target_of(&letters), &details).await?;
+        operator_actions::record(&mut *tx, &actor.0, "dlq.redrive", &target_of(&letters), &details).await?;
+    tx.commit().await?;
     Ok(report)
 }
 
@@ -134,8 +140,11 @@ pub async fn purge(
     let seqs: Vec<u64> = letters.iter().map(|d| d.seq).collect();
     let purged = dead_letters::purge(js, &seqs).await;
     let details = json!({ "selection": describe(selection), "sequences": seqs, "result": purged });
+    let mut tx = db.begin().await?;
+    journal::forget_dead_letters(&mut *tx, dead_letters::STREAM, &purged.deleted).await?;
     let action_id =
-        operator_actions::record(db, &actor.0, "dlq.purge", &target_of(letters), &details).await?;
+        operator_actions::record(&mut *tx, &actor.0, "dlq.purge", &target_of(letters), &details).await?;
+    tx.commit().await?;
     Ok(PurgeReport { purged, action_id })
 }
 

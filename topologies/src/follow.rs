@@ -7,20 +7,25 @@
 //!   to the consumers that take its subject (the topology's filters) and looked up in
 //!   their inboxes by `(consumer, message id)` — the inbox's primary key — which gives
 //!   the stream sequence and the delivery that handled it;
-//! - the runtime records where it stored each dead letter (a [`DeadLetterLog`], by the
-//!   original's message id), and the stored dead letter is read back by that sequence
+//! - the runtime records each failed attempt (a [`FailureLog`], by the same pairs): one
+//!   entry per failed delivery, with its error and what the runtime did then;
+//! - the runtime records where it stored each dead letter (the same [`FailureLog`], by
+//!   the original's message id), and the stored dead letter is read back by that sequence
 //!   (error, attempts, the original's sequence);
 //! - messages with a sequence are checked against their stream (read by sequence: a
 //!   handled command is purged from CMD, an event stays in EVT).
 //!
 //! Nothing is found by scanning a stream.
 //!
-//! [`DeadLetterLog`]: souk_pipelines::follow::DeadLetterLog
+//! [`FailureLog`]: souk_pipelines::follow::FailureLog
 
 use async_nats::jetstream::{self, stream::RawMessageErrorKind};
 use chrono::{DateTime, Utc};
 use souk_pipelines::{
-    follow::{DeadLetterRecord, Entry, Handling, Journal, Kind, Source, SourceError, Trace},
+    follow::{
+        AfterFailure, DeadLetterRecord, Entry, FailedAttempt, Handling, Journal, Kind, Source, SourceError,
+        Trace,
+    },
     headers,
 };
 use std::{
@@ -140,6 +145,14 @@ async fn join_handlers(
             ),
             Err(e) => problems.push(format!("inbox: {e}")),
         }
+        match journal.attempts(&pairs).await {
+            Ok(failed) => {
+                found.extend(failed.iter().filter_map(|a| {
+                    Some(attempt_entry(a, subject_of.get(a.message_id.as_deref()?).copied()?))
+                }))
+            }
+            Err(e) => problems.push(format!("failed attempts: {e}")),
+        }
     }
     let ids: Vec<String> = messages.iter().map(|(_, id)| id.clone()).collect();
     if !ids.is_empty() {
@@ -162,7 +175,7 @@ async fn join_handlers(
             continue;
         }
         if let Some(h) = found.iter().find(|h| {
-            matches!(h.kind, Kind::Handled | Kind::DeadLetter)
+            matches!(h.kind, Kind::Handled | Kind::Attempt | Kind::DeadLetter)
                 && h.message_id == e.message_id
                 && h.stream_seq.is_some()
         }) {
@@ -189,14 +202,40 @@ fn handled_entry(h: &Handling, subject: &str) -> Entry {
     e.consumer = Some(h.consumer.clone());
     e.stream = h.stream.clone();
     e.stream_seq = h.stream_seq;
+    e.delivery = h.delivered;
     e.detail = match h.delivered {
         Some(1) => format!("handled by {} on its first delivery", h.consumer),
         Some(n) => {
-            format!("handled by {} on delivery {n} ({} earlier attempts did not finish)", h.consumer, n - 1)
+            format!("handled by {} on delivery {n} (after {} that did not succeed)", h.consumer, n - 1)
         }
         None => format!("handled by {}", h.consumer),
     };
     e.outcome("ok")
+}
+
+/// A failed attempt: which delivery, what failed, and what the runtime did then.
+fn attempt_entry(a: &FailedAttempt, subject: &str) -> Entry {
+    let id = a.message_id.as_deref().unwrap_or_default();
+    let mut e = Entry::new(a.at, pipeline_of(subject), Kind::Attempt, "").message(subject, id);
+    e.consumer = Some(a.consumer.clone());
+    e.stream = Some(a.stream.clone());
+    e.stream_seq = Some(a.stream_seq);
+    e.delivery = Some(a.delivery);
+    let then = match a.then {
+        AfterFailure::Retry => "nak'd for a later redelivery",
+        AfterFailure::Held => "held while the pool's breaker was open, then run again",
+        AfterFailure::DeadLetter => "dead-lettered",
+        AfterFailure::DeadLetterFailed => "its dead letter could not be stored; left for redelivery",
+    };
+    e.detail = format!(
+        "delivery {} to {} failed ({}, {}): {then}",
+        a.delivery,
+        a.consumer,
+        a.class.as_str(),
+        a.code
+    );
+    e.error = Some(a.error.clone());
+    e.outcome(a.then.as_str())
 }
 
 /// A recorded dead letter, read back from DLQ by its sequence.
@@ -224,7 +263,13 @@ async fn dead_letter(
             e.outcome = header(headers::DLQ_ERROR);
         }
         Ok(_) => {
-            e.detail = format!("dead-lettered by {consumer}: {stream} seq {seq}, since redriven or purged")
+            e.detail = match l.redriven_at {
+                Some(at) => format!(
+                    "dead-lettered by {consumer}: {stream} seq {seq}, redriven at {}",
+                    at.to_rfc3339()
+                ),
+                None => format!("dead-lettered by {consumer}: {stream} seq {seq}, no longer stored"),
+            }
         }
         Err(err) => problems.push(format!("{stream} seq {seq}: {err}")),
     }

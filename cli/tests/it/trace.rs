@@ -34,6 +34,48 @@ async fn traced(stack: &Stack, id: &str) -> anyhow::Result<Trace> {
     Ok(serde_json::from_str(&stdout)?)
 }
 
+/// The trace once `ready` holds: failures are recorded behind the messages (the
+/// runtime's record queue), so they may land just after the order's state does.
+async fn traced_when(stack: &Stack, id: &str, ready: impl Fn(&Trace) -> bool) -> anyhow::Result<Trace> {
+    let last = std::sync::Mutex::new(None);
+    let found = eventually(Duration::from_secs(10), || async {
+        let trace = traced(stack, id).await?;
+        if ready(&trace) {
+            return anyhow::Ok(Some(trace));
+        }
+        *last.lock().expect("lock") = Some(trace);
+        Ok(None)
+    })
+    .await;
+    found.map_err(|e| anyhow::anyhow!("{e}; last trace: {:#?}", last.lock().expect("lock")))
+}
+
+/// Orders whose handling fails: a `FLAKY` order's insert always fails with a
+/// serialization failure (retryable); any other order's fails so its first `n` times.
+async fn flaky_orders(pool: &sqlx::PgPool, n: i64) -> anyhow::Result<()> {
+    // `n` is a number of ours: nothing to inject.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"create sequence order_insert_failures;
+           create function flaky_orders() returns trigger language plpgsql as $$
+           begin
+               if new.status = 'accepted' then
+                   if new.lines @> '[{{"sku": "FLAKY"}}]' then
+                       raise exception 'FLAKY lost a race' using errcode = 'serialization_failure';
+                   end if;
+                   if nextval('order_insert_failures') <= {n} then
+                       raise exception 'lost a race' using errcode = 'serialization_failure';
+                   end if;
+               end if;
+               return new;
+           end $$;
+           create trigger flaky_orders before insert on orders
+               for each row execute function flaky_orders();"#
+    )))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 async fn order_status(stack: &Stack, token: &str, order_id: &str, wanted: &str) -> anyhow::Result<()> {
     let path = format!("/v1/orders/{order_id}");
     eventually(Duration::from_secs(40), || async {
@@ -175,7 +217,9 @@ async fn a_dead_lettered_order_shows_its_dead_letter_and_unknown_ids_exit_3() ->
     order_status(&stack, &token, &order_id, "failed").await?;
     stack.quiescent(Duration::from_secs(30)).await?;
 
-    let trace = traced(&stack, &order_id).await?;
+    let trace =
+        traced_when(&stack, &order_id, |t| !of(t, Kind::DeadLetter, subjects::ORDERS_PLACE).is_empty())
+            .await?;
     assert!(trace.problems.is_empty(), "{:?}", trace.problems);
     let place = one(&trace, Kind::Command, subjects::ORDERS_PLACE);
     let letter = one(&trace, Kind::DeadLetter, subjects::ORDERS_PLACE);
@@ -230,4 +274,93 @@ async fn a_dead_lettered_order_shows_its_dead_letter_and_unknown_ids_exit_3() ->
     let (code, _, stderr) = souk_trace(&stack, &[" "]).await?;
     assert_eq!(code, 2, "{stderr}");
     Ok(())
+}
+
+/// A message whose handler failed twice (retryable) and then succeeded: each failed
+/// delivery is an entry of its own (consumer, sequence, delivery, what was done, the
+/// error), then the handling on the third delivery, in that order. A message
+/// dead-lettered after its five attempts: five attempt entries, then its dead letter.
+#[tokio::test]
+async fn failed_attempts_are_traced_one_by_one_before_the_handling_or_the_dead_letter() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?; // orders-place: max-deliver 5, backoff from 50 ms
+    flaky_orders(&stack.db.pool, 2).await?;
+    stack.seed_skus(&["MUG-1", "FLAKY"]).await?;
+    let token = stack.token("ida", &[Role::Buyer]);
+    let (status, placed) = stack.place(&token, "flaky-1", &order_body("MUG-1", 1)).await?;
+    assert_eq!(status, 202, "{placed}");
+    let order_id = placed["order_id"].as_str().unwrap_or_default().to_owned();
+    order_status(&stack, &token, &order_id, "confirmed").await?;
+
+    let attempts_of = |t: &Trace| of(t, Kind::Attempt, subjects::ORDERS_PLACE).len();
+    let trace = traced_when(&stack, &order_id, |t| attempts_of(t) == 2).await?;
+    assert!(trace.problems.is_empty(), "{:?}", trace.problems);
+    let place = one(&trace, Kind::Command, subjects::ORDERS_PLACE);
+    let attempts = of(&trace, Kind::Attempt, subjects::ORDERS_PLACE);
+    let handled = one(&trace, Kind::Handled, subjects::ORDERS_PLACE);
+    for (n, a) in attempts.iter().enumerate() {
+        assert_eq!(a.delivery, Some(n as u64 + 1), "{a:?}");
+        assert_eq!(a.consumer.as_deref(), Some("orders-place"), "{a:?}");
+        assert_eq!((a.stream.as_deref(), a.stream_seq), (Some("CMD"), place.stream_seq), "{a:?}");
+        assert_eq!(a.message_id, place.message_id, "{a:?}");
+        assert_eq!(a.outcome.as_deref(), Some("retry"), "{a:?}");
+        assert!(a.detail.contains("retryable, pg_serialization_failure"), "{a:?}");
+        assert!(a.error.as_deref().is_some_and(|e| e.contains("lost a race")), "{a:?}");
+    }
+    assert_eq!(handled.delivery, Some(3), "{handled:?}");
+    // In time order, and so in the list: attempt 1, attempt 2, the handling.
+    let at = |e: &Entry| trace.entries.iter().position(|x| x == e).expect("listed");
+    assert!(attempts[0].at <= attempts[1].at && attempts[1].at <= handled.at, "{:#?}", trace.entries);
+    assert!(at(attempts[0]) < at(attempts[1]) && at(attempts[1]) < at(handled), "{:#?}", trace.entries);
+    assert!(at(place) < at(attempts[0]));
+    // The text form: a line per attempt.
+    let (code, text, stderr) = souk_trace(&stack, &[&order_id]).await?;
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(" attempt ")).collect();
+    if lines.len() != 2 {
+        // Which deliveries were recorded, in the order they were written.
+        let rows: Vec<(i64, i32, chrono::DateTime<chrono::Utc>, String)> =
+            sqlx::query_as("select id, delivery, at, then_did from failed_attempts order by id")
+                .fetch_all(&stack.db.pool)
+                .await?;
+        panic!("two attempt lines expected: {text}\nrecorded: {rows:#?}");
+    }
+    assert!(lines[0].contains("delivery 1 to orders-place failed"), "{text}");
+    assert!(lines[0].contains("→ retry (") && lines[0].contains("lost a race"), "{text}");
+    assert!(lines[1].contains("delivery 2 to orders-place failed"), "{text}");
+
+    // Dead-lettered after max-deliver (5) attempts.
+    let (status, placed) = stack.place(&token, "flaky-2", &order_body("FLAKY", 1)).await?;
+    assert_eq!(status, 202, "{placed}");
+    let order_id = placed["order_id"].as_str().unwrap_or_default().to_owned();
+    order_status(&stack, &token, &order_id, "failed").await?;
+    let trace = traced_when(&stack, &order_id, |t| {
+        attempts_of(t) == 5 && !of(t, Kind::DeadLetter, subjects::ORDERS_PLACE).is_empty()
+    })
+    .await?;
+    let attempts = of(&trace, Kind::Attempt, subjects::ORDERS_PLACE);
+    let outcomes: Vec<(Option<u64>, Option<&str>)> =
+        attempts.iter().map(|a| (a.delivery, a.outcome.as_deref())).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Some(1), Some("retry")),
+            (Some(2), Some("retry")),
+            (Some(3), Some("retry")),
+            (Some(4), Some("retry")),
+            (Some(5), Some("dead-letter"))
+        ],
+        "{attempts:#?}"
+    );
+    assert!(attempts.iter().all(|a| a.error.as_deref().is_some_and(|e| e.contains("FLAKY lost a race"))));
+    let letter = one(&trace, Kind::DeadLetter, subjects::ORDERS_PLACE);
+    assert!(letter.detail.contains("after 5 attempt(s)"), "{letter:?}");
+    assert!(at_index(&trace, attempts[4]) < at_index(&trace, letter), "{:#?}", trace.entries);
+    assert!(attempts[4].at <= letter.at, "{:#?}", trace.entries);
+    assert!(of(&trace, Kind::Handled, subjects::ORDERS_PLACE).is_empty());
+    Ok(())
+}
+
+fn at_index(trace: &Trace, e: &Entry) -> usize {
+    trace.entries.iter().position(|x| x == e).expect("listed")
 }

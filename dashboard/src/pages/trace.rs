@@ -65,7 +65,7 @@ fn rendered(trace: &Trace) -> Markup {
             div.scroll { table #trace {
                 thead { tr {
                     th { "after" } th { "pipeline" } th { "what" } th { "message" } th { "where" }
-                    th { "consumer" } th { "detail" } th { "outcome" }
+                    th { "consumer" } th { "delivery" } th { "detail" } th { "outcome" }
                 } }
                 tbody { @for e in &trace.entries { (row(e, first)) } }
             } }
@@ -87,8 +87,12 @@ fn row(e: &Entry, first: Option<chrono::DateTime<chrono::Utc>>) -> Markup {
             td { (e.subject.as_deref().unwrap_or("")) }
             td { (place) }
             td { (e.consumer.as_deref().unwrap_or("")) }
+            td { @if let Some(n) = e.delivery { (n) } }
             td { (e.detail) }
-            td { (e.outcome.as_deref().unwrap_or("")) }
+            td {
+                (e.outcome.as_deref().unwrap_or(""))
+                @if let Some(error) = &e.error { br; span.error { (error) } }
+            }
         }
     }
 }

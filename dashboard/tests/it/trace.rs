@@ -1,6 +1,7 @@
 //! The follow-an-order page renders the engine's trace of an order placed through the
-//! API: the request, its command with its CMD sequence, the saga's steps; an unknown id
-//! is a 404 page, and the page is the operators' only.
+//! API: the request, its command with its CMD sequence, a failed attempt with its
+//! error, the saga's steps; an unknown id is a 404 page, and the page is the operators'
+//! only.
 
 use reqwest::StatusCode;
 use souk_ingress::Role;
@@ -13,6 +14,20 @@ use super::{client, stack};
 async fn the_trace_page_follows_an_order_through_its_pipelines_and_refuses_unknown_ids() -> anyhow::Result<()>
 {
     let stack = stack().await?;
+    // The order's first handling fails (a serialization failure: retried).
+    sqlx::raw_sql(
+        r#"create sequence order_insert_failures;
+           create function fail_once() returns trigger language plpgsql as $$
+           begin
+               if nextval('order_insert_failures') = 1 then
+                   raise exception 'lost a race once' using errcode = 'serialization_failure';
+               end if;
+               return new;
+           end $$;
+           create trigger fail_once before insert on orders for each row execute function fail_once();"#,
+    )
+    .execute(&stack.db.pool)
+    .await?;
     stack.seed_skus(&["SKU-T"]).await?;
     let buyer = stack.token("tia", &[Role::Buyer]);
     let (status, body) = stack.place(&buyer, "trace-1", &order_body("SKU-T", 1)).await?;
@@ -27,11 +42,18 @@ async fn the_trace_page_follows_an_order_through_its_pipelines_and_refuses_unkno
     let html = eventually(Duration::from_secs(60), || async {
         let page = get(&order_id).await.ok()?;
         let html = page.text().await.ok()?;
-        (html.contains("souk.evt.inventory.reserved") && html.contains(r#"class="handled""#)).then_some(html)
+        (html.contains("souk.evt.inventory.reserved")
+            && html.contains(r#"class="handled""#)
+            && html.contains(r#"class="attempt""#))
+        .then_some(html)
     })
     .await?;
     assert!(html.contains(&order_id), "names the order");
-    for kind in ["request", "command", "published", "handled", "step"] {
+    assert!(
+        html.contains("lost a race once") && html.contains("delivery 1 to orders-place failed"),
+        "{html}"
+    );
+    for kind in ["request", "command", "attempt", "published", "handled", "step"] {
         assert!(html.contains(&format!(r#"<tr class="{kind}">"#)), "a {kind} row: {html}");
     }
     assert!(html.contains("souk.cmd.orders.place") && html.contains("CMD#"), "the command with its sequence");

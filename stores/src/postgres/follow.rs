@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use futures::{FutureExt, future::BoxFuture};
 use souk_pipelines::{
     follow::{
-        DeadLetterLog, DeadLetterRecord, DeadLettered, Entry, Followed, Handling, Journal, Kind, OutboxRow,
-        Source, SourceError,
+        AfterFailure, DeadLetterRecord, DeadLettered, Entry, FailedAttempt, FailureClass, FailureLog,
+        Followed, Handling, Journal, Kind, OutboxRow, Source, SourceError,
     },
     orders::place_message_id,
     payments::{Operation, idempotency_key},
@@ -129,7 +129,7 @@ impl PgJournal {
 impl PgJournal {
     async fn letters(&self, ids: &[String]) -> Result<Vec<DeadLetterRecord>, sqlx::Error> {
         let rows = sqlx::query(
-            "select consumer, message_id, dlq_stream, dlq_seq, at from dead_letters
+            "select consumer, message_id, dlq_stream, dlq_seq, at, redriven_at from dead_letters
              where message_id = any($1) order by at",
         )
         .bind(ids)
@@ -143,6 +143,7 @@ impl PgJournal {
                     dlq_stream: r.try_get("dlq_stream")?,
                     dlq_seq: seq(r.try_get("dlq_seq")?).unwrap_or_default(),
                     at: r.try_get("at")?,
+                    redriven_at: r.try_get("redriven_at")?,
                 })
             })
             .collect()
@@ -156,7 +157,7 @@ impl PgJournal {
              on conflict (dlq_stream, dlq_seq) do update
                  set consumer = excluded.consumer, message_id = excluded.message_id, stream = excluded.stream,
                      stream_seq = excluded.stream_seq, attempts = excluded.attempts, error = excluded.error,
-                     at = excluded.at",
+                     at = excluded.at, redriven_at = null",
         )
         .bind(&l.dlq_stream)
         .bind(big(l.dlq_seq))
@@ -172,11 +173,160 @@ impl PgJournal {
     }
 }
 
-/// The runtime's record of where each dead letter is.
-impl DeadLetterLog for PgJournal {
-    fn record<'a>(&'a self, letter: &'a DeadLettered) -> BoxFuture<'a, Result<(), SourceError>> {
+impl PgJournal {
+    /// Write `attempts` in one statement.
+    async fn record_failed(&self, attempts: &[FailedAttempt]) -> Result<(), sqlx::Error> {
+        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut cols = AttemptColumns::default();
+        for a in attempts {
+            cols.consumer.push(a.consumer.as_str());
+            cols.message_id.push(a.message_id.as_deref());
+            cols.stream.push(a.stream.as_str());
+            cols.stream_seq.push(big(a.stream_seq));
+            cols.delivery.push(i32::try_from(a.delivery).unwrap_or(i32::MAX));
+            cols.class.push(a.class.as_str());
+            cols.code.push(a.code.as_str());
+            cols.error.push(a.error.as_str());
+            cols.then.push(a.then.as_str());
+            cols.at.push(a.at);
+        }
+        sqlx::query(
+            "insert into failed_attempts
+                 (consumer, message_id, stream, stream_seq, delivery, class, code, error, then_did, at)
+             select * from unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[], $6::text[],
+                                  $7::text[], $8::text[], $9::text[], $10::timestamptz[])",
+        )
+        .bind(&cols.consumer)
+        .bind(&cols.message_id)
+        .bind(&cols.stream)
+        .bind(&cols.stream_seq)
+        .bind(&cols.delivery)
+        .bind(&cols.class)
+        .bind(&cols.code)
+        .bind(&cols.error)
+        .bind(&cols.then)
+        .bind(&cols.at)
+        .execute(&self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn failed(&self, pairs: &[(String, String)]) -> Result<Vec<FailedAttempt>, sqlx::Error> {
+        let (consumers, ids): (Vec<&str>, Vec<&str>) =
+            pairs.iter().map(|(c, m)| (c.as_str(), m.as_str())).unzip();
+        let rows = sqlx::query(
+            "select consumer, message_id, stream, stream_seq, delivery, class, code, error, then_did, at
+             from failed_attempts
+             where (consumer, message_id) in (select * from unnest($1::text[], $2::text[]))
+             order by at, id",
+        )
+        .bind(&consumers)
+        .bind(&ids)
+        .fetch_all(&self.0)
+        .await?;
+        let corrupt =
+            |what: &str, v: String| sqlx::Error::Decode(format!("failed_attempts.{what}: {v:?}").into());
+        rows.iter()
+            .map(|r| {
+                let class: String = r.try_get("class")?;
+                let then: String = r.try_get("then_did")?;
+                Ok(FailedAttempt {
+                    consumer: r.try_get("consumer")?,
+                    message_id: r.try_get("message_id")?,
+                    stream: r.try_get("stream")?,
+                    stream_seq: seq(r.try_get("stream_seq")?).unwrap_or_default(),
+                    delivery: u64::try_from(r.try_get::<i32, _>("delivery")?).unwrap_or_default(),
+                    class: FailureClass::parse(&class).ok_or_else(|| corrupt("class", class.clone()))?,
+                    code: r.try_get("code")?,
+                    error: r.try_get("error")?,
+                    then: AfterFailure::parse(&then).ok_or_else(|| corrupt("then_did", then.clone()))?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Columns of a multi-row insert into `failed_attempts`.
+#[derive(Default)]
+struct AttemptColumns<'a> {
+    consumer: Vec<&'a str>,
+    message_id: Vec<Option<&'a str>>,
+    stream: Vec<&'a str>,
+    stream_seq: Vec<i64>,
+    delivery: Vec<i32>,
+    class: Vec<&'a str>,
+    code: Vec<&'a str>,
+    error: Vec<&'a str>,
+    then: Vec<&'a str>,
+    at: Vec<DateTime<Utc>>,
+}
+
+/// The runtime's record of failed attempts and of where each dead letter is.
+impl FailureLog for PgJournal {
+    fn record_attempts<'a>(
+        &'a self,
+        attempts: &'a [FailedAttempt],
+    ) -> BoxFuture<'a, Result<(), SourceError>> {
+        async move { self.record_failed(attempts).await.map_err(boxed) }.boxed()
+    }
+
+    fn record_dead_letter<'a>(&'a self, letter: &'a DeadLettered) -> BoxFuture<'a, Result<(), SourceError>> {
         async move { self.record_letter(letter).await.map_err(boxed) }.boxed()
     }
+}
+
+/// Dead letters purged by an operator (`dlq_stream` sequences `seqs`): their records go.
+pub async fn forget_dead_letters<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    dlq_stream: &str,
+    seqs: &[u64],
+) -> Result<u64, sqlx::Error> {
+    let seqs: Vec<i64> = seqs.iter().filter_map(|&s| i64::try_from(s).ok()).collect();
+    Ok(sqlx::query("delete from dead_letters where dlq_stream = $1 and dlq_seq = any($2)")
+        .bind(dlq_stream)
+        .bind(&seqs)
+        .execute(db)
+        .await?
+        .rows_affected())
+}
+
+/// Dead letters an operator redrove (they left the DLQ): their records say when.
+pub async fn mark_redriven<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    dlq_stream: &str,
+    seqs: &[u64],
+) -> Result<u64, sqlx::Error> {
+    let seqs: Vec<i64> = seqs.iter().filter_map(|&s| i64::try_from(s).ok()).collect();
+    Ok(sqlx::query(
+        "update dead_letters set redriven_at = now()
+         where dlq_stream = $1 and dlq_seq = any($2) and redriven_at is null",
+    )
+    .bind(dlq_stream)
+    .bind(&seqs)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
+/// The dead-letter stream `dlq_stream` as JetStream has it now: its first stored
+/// sequence and when it was created. Records of dead letters below that sequence (the
+/// stream dropped them: its limits, a max-age, a purge of the whole stream) or recorded
+/// before the stream was created (a re-created stream numbers from 1 again) go: they
+/// name nothing any more. Returns how many were deleted.
+pub async fn forget_dropped_dead_letters(
+    pool: &PgPool,
+    dlq_stream: &str,
+    first_seq: u64,
+    created: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("delete from dead_letters where dlq_stream = $1 and (dlq_seq < $2 or at < $3)")
+        .bind(dlq_stream)
+        .bind(i64::try_from(first_seq).unwrap_or(i64::MAX))
+        .bind(created)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
 
 impl Journal for PgJournal {
@@ -200,6 +350,13 @@ impl Journal for PgJournal {
         pairs: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<Vec<Handling>, SourceError>> {
         async move { self.inbox(pairs).await.map_err(boxed) }.boxed()
+    }
+
+    fn attempts<'a>(
+        &'a self,
+        pairs: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Vec<FailedAttempt>, SourceError>> {
+        async move { self.failed(pairs).await.map_err(boxed) }.boxed()
     }
 }
 

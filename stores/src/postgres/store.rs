@@ -211,7 +211,8 @@ fn quote_ident(name: &str) -> String {
 /// What one housekeeping round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Housekeeping {
-    /// Published outbox rows, inbox records and idempotency keys deleted.
+    /// Rows deleted: published outbox rows, inbox records, idempotency keys, failed
+    /// attempts … (see [`housekeeping`]).
     pub deleted: u64,
     /// Orders and catalog writes written `failed` because their command was never
     /// handled (see below).
@@ -223,7 +224,8 @@ pub const LOST_REASON: &str =
     "lost: its command was not handled within the retention period (CMD keeps commands as long)";
 
 /// Delete what no longer serves a purpose: published outbox rows, inbox records,
-/// idempotency keys, payment command answers and provider attempts older than
+/// idempotency keys, payment command answers and provider attempts, failed handler
+/// attempts and the records of redriven dead letters older than
 /// `retention` (which must exceed JetStream's duplicate window and any redelivery horizon).
 /// The payments ledger (authorizations, captures, voids, refunds) is kept: it is the
 /// record of money moved.
@@ -282,6 +284,11 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekee
         // by a retry of their step, which no saga makes after its deadline.
         "delete from payment_results where at < now() - make_interval(secs => $1)",
         "delete from payment_attempts where at < now() - make_interval(secs => $1)",
+        // Failed handler attempts (`souk trace`) go with the inbox records of the same
+        // messages; a redriven dead letter's record, that long after its redrive (a
+        // purged one's goes at once, one the DLQ dropped with `forget_dropped_dead_letters`).
+        "delete from failed_attempts where at < now() - make_interval(secs => $1)",
+        "delete from dead_letters where redriven_at < now() - make_interval(secs => $1)",
     ] {
         deleted += sqlx::query(sql).bind(secs).execute(&mut *tx).await?.rows_affected();
     }

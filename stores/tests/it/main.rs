@@ -1,6 +1,7 @@
 //! The Postgres store against a real database (one per test).
 
 mod deployment;
+mod failures;
 mod search;
 
 use souk_pipelines::outbox::Outbox;

@@ -4,6 +4,7 @@
 
 use async_nats::jetstream::{self, AckKind};
 use futures::FutureExt;
+use souk_pipelines::follow::AfterFailure;
 use std::{
     panic::AssertUnwindSafe,
     sync::Arc,
@@ -61,10 +62,11 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
                 decided => decided,
             },
         };
+        // The handler did not run for `first`: no attempt to record.
         let label = match first {
-            Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver).await,
+            Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver, false).await,
             None => match run_until_not_dependency(ctx, &msg, &delivery).await {
-                Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver).await,
+                Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver, true).await,
                 None => settle::hand_back_held(&msg).await,
             },
         };
@@ -84,11 +86,16 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
 /// trips the pool's breaker and the delivery is held — kept with progress acks, never
 /// settled, so the outage costs it no delivery attempt — until the breaker closes, then
 /// run again. `None` when the pool shuts down while the delivery is held.
+///
+/// Only the delivery's first dependency failure is recorded as a failed attempt
+/// (`held`): it re-runs after every passing probe, and an outage must not write a row
+/// per probe.
 async fn run_until_not_dependency(
     ctx: &Ctx,
     msg: &jetstream::Message,
     delivery: &Delivery,
 ) -> Option<Outcome> {
+    let mut recorded = false;
     loop {
         if ctx.breaker.state() != super::BreakerState::Closed && !hold(ctx, msg).await {
             return None;
@@ -96,6 +103,10 @@ async fn run_until_not_dependency(
         match run_handler(ctx, msg, delivery).await {
             Outcome::Error(e) if e.class == ErrorClass::Dependency => {
                 tracing::debug!(code = e.code, error = %e.message, "dependency failed; holding the message");
+                if let Some(failures) = ctx.failures.as_ref().filter(|_| !recorded) {
+                    failures.attempt(delivery, &e, AfterFailure::Held);
+                    recorded = true;
+                }
                 ctx.breaker.trip(&e);
             }
             Outcome::Ack => {

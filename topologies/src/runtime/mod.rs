@@ -29,10 +29,15 @@
 //! stops fetching, naks what it fetched but did not start, and waits up to its drain
 //! timeout for running handlers; whatever is still running then is abandoned unacked
 //! and JetStream redelivers it.
+//!
+//! With a [`FailureLog`](souk_pipelines::follow::FailureLog) (`Runtime::failure_log`),
+//! each failed attempt and each dead letter's place are recorded for `souk trace`, off
+//! the messages' path (see the `failures` module).
 
 mod breaker;
 mod dead_letter;
 mod execute;
+mod failures;
 mod fetch;
 mod handler;
 mod heartbeat;

@@ -5,7 +5,7 @@
 //! [`super::breaker`] stops and resumes a pool whose dependency fails.
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use souk_pipelines::follow::DeadLetterLog;
+use souk_pipelines::follow::FailureLog;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -14,7 +14,7 @@ use super::{
     Delivery, Handler, Outcome, Registry,
     breaker::Breaker,
     execute::batch_fn,
-    fetch, heartbeat,
+    failures, fetch, heartbeat,
     ledger::{Ledger, RateLimitedWarning},
     live::{self, Live},
     sink::SinkStats,
@@ -37,7 +37,7 @@ pub struct Pool {
     consumer: PullConsumer,
     handler: Arc<dyn Handler>,
     publisher: Publisher,
-    dead_letter_log: Option<Arc<dyn DeadLetterLog>>,
+    failure_log: Option<Arc<dyn FailureLog>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -66,8 +66,9 @@ pub(super) struct Ctx {
     pub(super) stats: Arc<PoolStats>,
     /// Paused or not, concurrency, in flight: for the process's heartbeat.
     pub(super) live: Arc<Live>,
-    /// Where each dead letter's place is recorded (for `souk trace`), if anywhere.
-    pub(super) dead_letter_log: Option<Arc<dyn DeadLetterLog>>,
+    /// Where failed attempts and each dead letter's place are recorded (for `souk
+    /// trace`), if anywhere: a queue to the pool's writer (see [`failures`]).
+    pub(super) failures: Option<failures::Recorder>,
 }
 
 impl Pool {
@@ -94,19 +95,13 @@ impl Pool {
         let consumer: PullConsumer = stream.get_consumer(&consumer_spec.name).await.map_err(|e| {
             Error::Nats(format!("consumer {}: {e} (run `souk topology apply`)", consumer_spec.name))
         })?;
-        Ok(Pool {
-            spec,
-            consumer_spec,
-            consumer,
-            handler,
-            publisher: publisher.clone(),
-            dead_letter_log: None,
-        })
+        Ok(Pool { spec, consumer_spec, consumer, handler, publisher: publisher.clone(), failure_log: None })
     }
 
-    /// Record each dead letter's place in `log` (see [`DeadLetterLog`]).
-    pub fn dead_letter_log(mut self, log: Arc<dyn DeadLetterLog>) -> Pool {
-        self.dead_letter_log = Some(log);
+    /// Record each failed attempt and each dead letter's place in `log` (see
+    /// [`FailureLog`] and the runtime's `failures` module).
+    pub fn failure_log(mut self, log: Arc<dyn FailureLog>) -> Pool {
+        self.failure_log = Some(log);
         self
     }
 
@@ -138,7 +133,14 @@ impl Pool {
         live: Arc<Live>,
         stats: Arc<PoolStats>,
     ) {
-        let Pool { spec, consumer_spec, consumer, handler, publisher, dead_letter_log } = self;
+        let Pool { spec, consumer_spec, consumer, handler, publisher, failure_log } = self;
+        let (recorder, writer) = match failure_log {
+            Some(log) => {
+                let (recorder, writer) = failures::spawn(&spec.name, log);
+                (Some(recorder), Some(writer))
+            }
+            None => (None, None),
+        };
         // The batcher outlives the fetch loop: draining handlers still need it.
         let stop_batcher = CancellationToken::new();
         let (batcher, batch_tasks) = match spec.max_batch {
@@ -173,7 +175,7 @@ impl Pool {
             cancel: cancel.clone(),
             stats,
             live: live.clone(),
-            dead_letter_log,
+            failures: recorder,
         });
         let stop_prober = CancellationToken::new();
         let prober = tokio::spawn({
@@ -211,6 +213,9 @@ impl Pool {
         if let Some(tasks) = batch_tasks {
             // Abandoned handlers may leave a batch running; it is not waited for.
             let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
+        }
+        if let Some(writer) = writer {
+            writer.stop().await;
         }
         tracing::info!(pool = %spec.name, "pool stopped");
     }
@@ -277,9 +282,9 @@ impl Runtime {
         })
     }
 
-    /// Record each dead letter's place in `log` (see [`DeadLetterLog`]), in every pool.
-    pub fn dead_letter_log(mut self, log: Arc<dyn DeadLetterLog>) -> Runtime {
-        self.pools = self.pools.into_iter().map(|p| p.dead_letter_log(log.clone())).collect();
+    /// Record failed attempts and dead letters in `log` (see [`FailureLog`]), in every pool.
+    pub fn failure_log(mut self, log: Arc<dyn FailureLog>) -> Runtime {
+        self.pools = self.pools.into_iter().map(|p| p.failure_log(log.clone())).collect();
         self
     }
 

@@ -2,6 +2,7 @@
 //! and decide when deliveries are used up.
 
 use async_nats::jetstream::{self, AckKind};
+use souk_pipelines::follow::AfterFailure;
 use std::time::Duration;
 
 use super::{
@@ -40,7 +41,9 @@ pub(super) fn past_max_deliver(attempt: u64, max_deliver: u64, history: &History
     })
 }
 
-/// Map an outcome to JetStream. Returns the metrics label.
+/// Map an outcome to JetStream. Returns the metrics label. `ran`: the outcome is the
+/// handler's (then a failure is recorded as a failed attempt, see `failures`), not the
+/// runtime's decision before running it.
 pub(super) async fn settle(
     ctx: &Ctx,
     msg: &jetstream::Message,
@@ -48,6 +51,7 @@ pub(super) async fn settle(
     key: Key,
     outcome: Outcome,
     max_deliver: u64,
+    ran: bool,
 ) -> &'static str {
     let error = match outcome {
         Outcome::Ack => {
@@ -59,6 +63,11 @@ pub(super) async fn settle(
             return "ack";
         }
         Outcome::Error(error) => error,
+    };
+    let attempt = |then: AfterFailure| {
+        if let Some(failures) = ctx.failures.as_ref().filter(|_| ran) {
+            failures.attempt(delivery, &error, then);
+        }
     };
     match error.class {
         ErrorClass::TooNew => {
@@ -79,16 +88,20 @@ pub(super) async fn settle(
             return "deferred";
         }
         ErrorClass::Retryable if delivery.attempt < max_deliver => {
+            attempt(AfterFailure::Retry);
             ctx.ledger.failed(key, delivery.attempt, &error);
             return retry(msg, &error, backoff(&ctx.consumer, delivery.attempt)).await;
         }
         // Never reached from a running pool (it holds such a delivery until its breaker
         // closes); should it be, a dependency failure is never dead-lettered.
         ErrorClass::Dependency => {
+            attempt(AfterFailure::Retry);
             return retry(msg, &error, backoff(&ctx.consumer, delivery.attempt)).await;
         }
         ErrorClass::Retryable | ErrorClass::Poison => {}
     }
+    // Timed before the dead letter is stored, so the trace shows the attempt first.
+    let failed_at = chrono::Utc::now();
     let reason = error.to_string();
     tracing::error!(error = %reason, "dead-lettering message");
     let first_failure = ctx.ledger.get(key).first_failed_at;
@@ -99,20 +112,37 @@ pub(super) async fn settle(
             // The redelivery may come past max-deliver: it must still say why. Recorded as
             // the last allowed attempt's error: the decision to dead-letter stands.
             ctx.ledger.failed(key, delivery.attempt.max(max_deliver), &error);
+            attempt_at(ctx, ran, delivery, &error, AfterFailure::DeadLetterFailed, failed_at);
             let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
             return "dead_letter_failed";
         }
     };
     ctx.ledger.forget(key);
-    record_dead_letter(ctx, delivery, &stored, &reason).await;
+    attempt_at(ctx, ran, delivery, &error, AfterFailure::DeadLetter, failed_at);
+    record_dead_letter(ctx, delivery, &stored, &reason);
     "dead_letter"
 }
 
-/// Tell the pool's dead-letter log where the copy is (`souk trace` finds it so). Best
-/// effort, after the fact: a store that is down must not hold dead letters back; a
-/// record lost so leaves the trace without that dead letter (DLQ still has it).
-async fn record_dead_letter(ctx: &Ctx, delivery: &Delivery, stored: &crate::publisher::Ack, error: &str) {
-    let Some(log) = &ctx.dead_letter_log else { return };
+/// Record a failed attempt (when the handler `ran`) timed `at`.
+fn attempt_at(
+    ctx: &Ctx,
+    ran: bool,
+    delivery: &Delivery,
+    error: &HandlerError,
+    then: AfterFailure,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    if let Some(failures) = ctx.failures.as_ref().filter(|_| ran) {
+        failures.attempt_at(delivery, error, then, at);
+    }
+}
+
+/// Tell the pool's failure log where the copy is (`souk trace` finds it so). Best
+/// effort, after the fact, through the pool's record queue: a store that is down must
+/// not hold dead letters back; a record lost so leaves the trace without that dead
+/// letter's place (DLQ still has it; its last attempt says `dead-letter`).
+fn record_dead_letter(ctx: &Ctx, delivery: &Delivery, stored: &crate::publisher::Ack, error: &str) {
+    let Some(failures) = &ctx.failures else { return };
     let letter = souk_pipelines::follow::DeadLettered {
         consumer: delivery.consumer.clone(),
         message_id: delivery.message_id.clone(),
@@ -123,9 +153,7 @@ async fn record_dead_letter(ctx: &Ctx, delivery: &Delivery, stored: &crate::publ
         attempts: delivery.attempt,
         error: error.to_owned(),
     };
-    if let Err(e) = log.record(&letter).await {
-        tracing::warn!(error = %e, dlq_seq = stored.sequence, "dead letter stored but not recorded for souk trace");
-    }
+    failures.dead_letter(letter);
 }
 
 /// Nak for a later redelivery (after the error's own delay, else `step`).

@@ -4,6 +4,7 @@ mod apply;
 mod breaker;
 mod controls;
 mod dead_letters;
+mod failures;
 mod publisher;
 mod purge;
 mod redrive;
