@@ -246,11 +246,10 @@ fn invalid(field: &str, message: &str) -> Problem {
 
 /// `claims`' cart priced from the catalog now.
 pub(crate) async fn view(state: &AppState, claims: &Claims) -> Result<Cart, Problem> {
-    let items =
-        carts::items(&state.pool, &claims.tenant, &claims.sub).await.map_err(|e| unavailable(state, e))?;
-    let skus: Vec<String> = items.iter().map(|i| i.sku.clone()).collect();
-    let live = crate::pricing::live_products(state, &claims.tenant, &skus).await?;
-    Ok(price_view(items, &live))
+    let (items, stored) = carts::items_with_products(&state.pool, &claims.tenant, &claims.sub)
+        .await
+        .map_err(|e| unavailable(state, e))?;
+    Ok(price_view(items, &crate::pricing::live(stored)))
 }
 
 fn price_view(items: Vec<carts::CartItem>, live: &HashMap<String, products::StoredProduct>) -> Cart {

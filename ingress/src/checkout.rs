@@ -98,16 +98,17 @@ pub async fn checkout(
     if !errors.is_empty() {
         return Err(Problem::unprocessable("validation", "the checkout is invalid").errors(errors));
     }
-    let items =
-        carts::items(&state.pool, &claims.tenant, &claims.sub).await.map_err(|e| unavailable(&state, e))?;
+    // The cart, its products and their stock in one read.
+    let (items, stored) = carts::items_with_products(&state.pool, &claims.tenant, &claims.sub)
+        .await
+        .map_err(|e| unavailable(&state, e))?;
     let lines: Vec<(String, i64)> = items.into_iter().map(|i| (i.sku, i.quantity)).collect();
     if lines.is_empty() {
         return emptied_by_this_key(&state, &claims, key, &request).await.map(accepted_response);
     }
     let hash = checkout_hash(&lines, &request);
     let requested: Vec<(&str, i64)> = lines.iter().map(|(sku, q)| (sku.as_str(), *q)).collect();
-    let priced = pricing::price(&state, &claims.tenant, "items", &requested)
-        .await
+    let priced = pricing::price_from(&pricing::live(stored), "items", &requested)
         .and_then(|priced| pricing::check_expected(priced, request.expected_total_minor));
     let accepted = match priced {
         Ok(priced) => {

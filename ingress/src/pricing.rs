@@ -2,7 +2,7 @@
 //! (`souk_pipelines::pricing` decides; this reads the catalog and makes the problems).
 
 use souk_pipelines::pricing::{self, Listing, PricedOrder};
-use souk_stores::postgres::{inventory, products};
+use souk_stores::postgres::products;
 use std::collections::HashMap;
 
 use crate::{AppState, Problem, catalog::unavailable};
@@ -17,11 +17,17 @@ pub(crate) async fn price(
     requested: &[(&str, i64)],
 ) -> Result<PricedOrder, Problem> {
     let skus: Vec<String> = requested.iter().map(|(sku, _)| (*sku).to_owned()).collect();
-    let listings: HashMap<String, Listing> = live_products(state, tenant, &skus)
-        .await?
-        .into_iter()
-        .map(|(sku, p)| (sku, listing(&p.product)))
-        .collect();
+    price_from(&live_products(state, tenant, &skus).await?, list, requested)
+}
+
+/// [`price`] from products already read ([`live`]).
+pub(crate) fn price_from(
+    live: &HashMap<String, products::StoredProduct>,
+    list: &str,
+    requested: &[(&str, i64)],
+) -> Result<PricedOrder, Problem> {
+    let listings: HashMap<&str, Listing> =
+        live.iter().map(|(sku, p)| (sku.as_str(), listing(&p.product))).collect();
     pricing::price(list, requested, |sku| listings.get(sku)).map_err(|errors| {
         Problem::unprocessable("validation", "some lines cannot be ordered as they are").errors(errors)
     })
@@ -29,25 +35,30 @@ pub(crate) async fn price(
 
 /// The tenant's live (not deleted) products among `skus`, by SKU, each with `stock` set
 /// to the units available to buy now: on hand less the units held for orders not yet
-/// complete (a product the inventory has no row for keeps its catalog stock).
+/// complete (a product the inventory has no row for keeps its catalog stock). One query.
 pub(crate) async fn live_products(
     state: &AppState,
     tenant: &str,
     skus: &[String],
 ) -> Result<HashMap<String, products::StoredProduct>, Problem> {
-    let stored = products::get_many(&state.pool, tenant, skus).await.map_err(|e| unavailable(state, e))?;
-    let available =
-        inventory::available_many(&state.pool, tenant, skus).await.map_err(|e| unavailable(state, e))?;
-    Ok(stored
+    let stored = products::get_many_with_available(&state.pool, tenant, skus)
+        .await
+        .map_err(|e| unavailable(state, e))?;
+    Ok(live(stored))
+}
+
+/// The live products among `stored`, by SKU, with `stock` as [`live_products`] sets it.
+pub(crate) fn live(stored: Vec<products::WithAvailable>) -> HashMap<String, products::StoredProduct> {
+    stored
         .into_iter()
-        .filter(|p| !p.is_deleted())
-        .map(|mut p| {
-            if let Some(units) = available.get(&p.product.sku) {
-                p.product.fields.stock = *units;
+        .filter(|(p, _)| !p.is_deleted())
+        .map(|(mut p, available)| {
+            if let Some(units) = available {
+                p.product.fields.stock = units;
             }
             (p.product.sku.clone(), p)
         })
-        .collect())
+        .collect()
 }
 
 /// What pricing needs of a catalog product.

@@ -67,6 +67,21 @@ pub trait Apply: Send + Sync + 'static {
     fn lock_key(&self, _delivery: &Delivery) -> Option<String> {
         None
     }
+
+    /// Take, in a batch's transaction, the locks its `deliveries` (those not applied
+    /// before, in the order they will be applied) need beyond their [`Self::lock_key`],
+    /// before any of them is applied: for handlers whose messages lock several rows
+    /// each (an order's stock rows), so that every lock of the batch is taken in one
+    /// global order and two batches cannot deadlock. A delivery it cannot read is left
+    /// to its `apply`, which refuses it. Not called for a message handled alone (its
+    /// own lock order is the global one). The default takes nothing.
+    fn lock_batch<'a>(
+        &'a self,
+        _tx: &'a mut PgConnection,
+        _deliveries: &'a [&'a Delivery],
+    ) -> BoxFuture<'a, Result<(), ApplyError>> {
+        futures::future::ready(Ok(())).boxed()
+    }
 }
 
 /// A [`Handler`] that applies each message id once per consumer (see the module docs).
@@ -107,10 +122,12 @@ impl<A: Apply> Deduplicated<A> {
         if new.is_empty() {
             return Ok(());
         }
-        for (d, id) in ordered.into_iter().zip(&ids) {
-            if !new.remove(id) {
-                continue;
-            }
+        // Each new message id once, by its first delivery.
+        let fresh: Vec<(&Delivery, &String)> =
+            ordered.into_iter().zip(&ids).filter(|(_, id)| new.remove(*id)).collect();
+        let to_apply: Vec<&Delivery> = fresh.iter().map(|(d, _)| *d).collect();
+        self.apply.lock_batch(&mut tx, &to_apply).await?;
+        for (d, id) in fresh {
             // Each message's changes (and the outbox rows they write) in a span of the
             // trace that delivered it, as when it is handled alone: the runtime puts
             // its handler span's context in the batched delivery's headers.

@@ -42,21 +42,49 @@ pub async fn items(pool: &PgPool, tenant: &str, buyer: &str) -> Result<Vec<CartI
     .bind(buyer)
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let currency: String = row.try_get("seen_currency")?;
-            Ok(CartItem {
-                sku: row.try_get("sku")?,
-                quantity: row.try_get("quantity")?,
-                seen_price_minor: row.try_get("seen_price_minor")?,
-                seen_currency: currency
-                    .trim()
-                    .parse()
-                    .map_err(|e| Error::Corrupt(format!("cart_items.seen_currency: {e}")))?,
-                updated_at: row.try_get("updated_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(|row| item_from_row(row, "")).collect()
+}
+
+/// The items of `buyer`'s cart, by SKU, and the tenant's products among them (deleted
+/// or not) with their available units: one query for what pricing a cart needs.
+pub async fn items_with_products(
+    pool: &PgPool,
+    tenant: &str,
+    buyer: &str,
+) -> Result<(Vec<CartItem>, Vec<super::products::WithAvailable>), Error> {
+    let sql = format!(
+        "select i.sku as item_sku, i.quantity as item_quantity, i.seen_price_minor, i.seen_currency,
+                i.updated_at as item_updated_at, {}, greatest(s.on_hand - s.held, 0) as available
+         from cart_items i
+         left join products p on p.tenant = i.tenant and p.sku = i.sku
+         left join stock s on s.tenant = i.tenant and s.sku = i.sku
+         where i.tenant = $1 and i.buyer_id = $2 order by i.sku",
+        super::products::columns_of_p()
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(buyer).fetch_all(pool).await?;
+    let mut items = Vec::with_capacity(rows.len());
+    let mut products = Vec::with_capacity(rows.len());
+    for row in &rows {
+        items.push(item_from_row(row, "item_")?);
+        products.extend(super::products::with_available_from_row(row)?);
+    }
+    Ok((items, products))
+}
+
+/// A cart item from `row`, whose item columns are named with `prefix` where they
+/// could clash with a joined table's (`sku`, `quantity`, `updated_at`).
+fn item_from_row(row: &sqlx::postgres::PgRow, prefix: &str) -> Result<CartItem, Error> {
+    let currency: String = row.try_get("seen_currency")?;
+    Ok(CartItem {
+        sku: row.try_get(format!("{prefix}sku").as_str())?,
+        quantity: row.try_get(format!("{prefix}quantity").as_str())?,
+        seen_price_minor: row.try_get("seen_price_minor")?,
+        seen_currency: currency
+            .trim()
+            .parse()
+            .map_err(|e| Error::Corrupt(format!("cart_items.seen_currency: {e}")))?,
+        updated_at: row.try_get(format!("{prefix}updated_at").as_str())?,
+    })
 }
 
 /// Lock `buyer`'s cart for the rest of the transaction (creating it if need be).

@@ -99,6 +99,52 @@ pub async fn lock_order(tx: &mut PgConnection, tenant: &str, order_id: Uuid) -> 
     Ok(())
 }
 
+/// [`lock_order`] for each of `orders` (tenant, order id) in the order given, then the
+/// stock rows of `skus` (tenant, SKU) and of every line held for those orders, in
+/// (tenant, SKU) byte order — for a transaction that decides many orders (a batch of
+/// the inventory pool). The lock order every path keeps is orders first, then stock
+/// rows by SKU: taking all of a batch's locks up front in that order is what lets it
+/// decide its orders one after the other without ever waiting for a lock out of order
+/// (two batches, or a batch and a lone command, cannot deadlock). Callers pass
+/// `orders` sorted; a lock taken again later in the transaction is already held.
+pub async fn lock_many(
+    tx: &mut PgConnection,
+    orders: &[(&str, Uuid)],
+    skus: &[(&str, &str)],
+) -> Result<(), Error> {
+    let (tenants, ids): (Vec<&str>, Vec<Uuid>) = orders.iter().copied().unzip();
+    // A function scan yields the array's rows in order: the locks are taken in it.
+    sqlx::query(
+        "select pg_advisory_xact_lock($1, hashtext(o.tenant || '/' || o.order_id::text))
+         from unnest($2::text[], $3::uuid[]) as o(tenant, order_id)",
+    )
+    .bind(ORDER_LOCK_CLASS)
+    .bind(&tenants)
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    let (sku_tenants, sku_names): (Vec<&str>, Vec<&str>) = skus.iter().copied().unzip();
+    // `collate "C"`: byte order, the order Rust sorts SKUs in on every other path.
+    sqlx::query(
+        r#"select 1 from stock s
+         where (s.tenant, s.sku) in (
+             select h.tenant, h.sku from stock_holds h
+             join unnest($1::text[], $2::uuid[]) as o(tenant, order_id)
+               on h.tenant = o.tenant and h.order_id = o.order_id
+             union
+             select * from unnest($3::text[], $4::text[]))
+         order by s.tenant collate "C", s.sku collate "C"
+         for update of s"#,
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .bind(&sku_tenants)
+    .bind(&sku_names)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// The order's reservation, if any. Call under [`lock_order`].
 pub async fn reservation(
     tx: &mut PgConnection,

@@ -20,20 +20,71 @@ pub struct Authorization {
     pub voided: bool,
 }
 
-/// The order's authorization and what happened to it since.
-pub async fn authorization(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<Authorization>, Error> {
-    Ok(sqlx::query_as(
-        "select a.order_id, a.provider, a.provider_payment_id, a.amount_minor, a.currency,
+/// The authorization of order `$N` and what happened to it since, as [`Authorization`].
+macro_rules! authorization_sql {
+    ($order:literal) => {
+        concat!(
+            "select a.order_id, a.provider, a.provider_payment_id, a.amount_minor, a.currency,
                 c.amount_minor as captured_minor,
                 coalesce((select sum(r.amount_minor) from payment_refunds r where r.order_id = a.order_id), 0)::bigint
                     as refunded_minor,
                 exists (select 1 from payment_voids v where v.order_id = a.order_id) as voided
-         from payment_authorizations a left join payment_captures c using (order_id)
-         where a.order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await?)
+             from payment_authorizations a left join payment_captures c using (order_id)
+             where a.order_id = ",
+            $order
+        )
+    };
+}
+
+/// The order's authorization and what happened to it since.
+pub async fn authorization(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<Authorization>, Error> {
+    Ok(sqlx::query_as(authorization_sql!("$1")).bind(order_id).fetch_optional(conn).await?)
+}
+
+/// What a payment command's handler must know before it calls a provider, read in one
+/// query (one round trip, one transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The message is in `consumer`'s inbox: handled before.
+    pub handled: bool,
+    /// The command's answer is recorded ([`result_recorded`]): answered before, under
+    /// another message id.
+    pub answered: bool,
+    /// The order's [`authorization`], when asked for.
+    pub authorization: Option<Authorization>,
+}
+
+/// [`Seen`] for message `message_id` of `consumer`, carrying command `key`, with the
+/// authorization of `authorization_of` (none when `None`).
+pub async fn seen(
+    pool: &PgPool,
+    consumer: &str,
+    message_id: &str,
+    key: &str,
+    authorization_of: Option<Uuid>,
+) -> Result<Seen, Error> {
+    use sqlx::Row;
+    let sql = concat!(
+        "select exists (select 1 from inbox where consumer = $1 and message_id = $2) as handled,
+                exists (select 1 from payment_results where idempotency_key = $3) as answered,
+                a.*
+         from (values (1)) as one (x) left join lateral (",
+        authorization_sql!("$4"),
+        ") a on true"
+    );
+    let row = sqlx::query(sql)
+        .bind(consumer)
+        .bind(message_id)
+        .bind(key)
+        .bind(authorization_of)
+        .fetch_one(pool)
+        .await?;
+    let order_id: Option<Uuid> = row.try_get("order_id")?;
+    let authorization = match order_id {
+        None => None,
+        Some(_) => Some(<Authorization as sqlx::FromRow<_>>::from_row(&row)?),
+    };
+    Ok(Seen { handled: row.try_get("handled")?, answered: row.try_get("answered")?, authorization })
 }
 
 /// A new authorization.

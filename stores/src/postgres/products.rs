@@ -390,3 +390,38 @@ pub async fn get_many(pool: &PgPool, tenant: &str, skus: &[String]) -> Result<Ve
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(skus).fetch_all(pool).await?;
     rows.iter().map(from_row).collect()
 }
+
+/// A product row with the units of its SKU available now (on hand less held; `None`
+/// when the inventory has no row for it).
+pub type WithAvailable = (StoredProduct, Option<i64>);
+
+/// [`COLUMNS`] of the products table aliased `p`, for reads that join it.
+pub(super) fn columns_of_p() -> String {
+    COLUMNS.split(',').map(|c| format!("p.{}", c.trim())).collect::<Vec<_>>().join(", ")
+}
+
+/// The row of `products p` left-joined to `stock s` in `row` (`None` when it matched
+/// no product), with `available`.
+pub(super) fn with_available_from_row(row: &PgRow) -> Result<Option<WithAvailable>, Error> {
+    let sku: Option<String> = row.try_get("sku")?;
+    if sku.is_none() {
+        return Ok(None);
+    }
+    Ok(Some((from_row(row)?, row.try_get("available")?)))
+}
+
+/// [`get_many`] and each product's available units, in one query.
+pub async fn get_many_with_available(
+    pool: &PgPool,
+    tenant: &str,
+    skus: &[String],
+) -> Result<Vec<WithAvailable>, Error> {
+    let sql = format!(
+        "select {}, greatest(s.on_hand - s.held, 0) as available
+         from products p left join stock s on s.tenant = p.tenant and s.sku = p.sku
+         where p.tenant = $1 and p.sku = any($2)",
+        columns_of_p()
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant).bind(skus).fetch_all(pool).await?;
+    rows.iter().filter_map(|r| with_available_from_row(r).transpose()).collect()
+}

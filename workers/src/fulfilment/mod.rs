@@ -35,6 +35,22 @@ impl Apply for FulfilmentHandler {
         &["fulfilments", "outbox"]
     }
 
+    /// The fulfilment row (order and seller) a request inserts or a ship locks: in a
+    /// batch, one row's commands apply in stream order and batches meet rows in one
+    /// order.
+    fn lock_key(&self, d: &Delivery) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Key<'a> {
+            #[serde(borrow)]
+            tenant: std::borrow::Cow<'a, str>,
+            order_id: uuid::Uuid,
+            #[serde(borrow)]
+            seller: std::borrow::Cow<'a, str>,
+        }
+        let key: Key<'_> = serde_json::from_slice(&d.payload).ok()?;
+        Some(format!("{}/{}/{}", key.tenant, key.order_id, key.seller))
+    }
+
     fn too_new(&self, d: &Delivery) -> Option<String> {
         match d.subject.as_str() {
             RequestFulfilment::SUBJECT => crate::schema::too_new::<RequestFulfilment>(d),

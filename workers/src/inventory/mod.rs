@@ -38,9 +38,59 @@ fn unreadable(what: &str, e: impl std::fmt::Display) -> ApplyError {
     ApplyError::Message(format!("unreadable {what}: {e}"))
 }
 
+/// What a batch needs of an inventory command before applying it: whose order, and
+/// (a reservation's) the SKUs it holds. Read without the schema check: `apply` decodes
+/// for real and refuses what it cannot read.
+#[derive(serde::Deserialize)]
+struct Target<'a> {
+    #[serde(borrow)]
+    tenant: std::borrow::Cow<'a, str>,
+    order_id: uuid::Uuid,
+    #[serde(default)]
+    lines: Vec<TargetLine<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TargetLine<'a> {
+    #[serde(borrow)]
+    sku: std::borrow::Cow<'a, str>,
+}
+
+fn target(d: &Delivery) -> Option<Target<'_>> {
+    serde_json::from_slice(&d.payload).ok()
+}
+
 impl Apply for InventoryHandler {
     fn tables(&self) -> &'static [&'static str] {
         &["stock", "stock_reservations", "stock_holds", "outbox"]
+    }
+
+    /// The order whose lock `apply` takes: one order's commands apply in stream order.
+    fn lock_key(&self, d: &Delivery) -> Option<String> {
+        target(d).map(|t| format!("{}/{}", t.tenant, t.order_id))
+    }
+
+    /// Every order of the batch, then every stock row its commands touch, in the lock
+    /// order (`inventory::lock_many`): a batch decides many orders, each locking its
+    /// stock rows, and two batches taking them as they go would meet SKUs in opposite
+    /// orders.
+    fn lock_batch<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        deliveries: &'a [&'a Delivery],
+    ) -> BoxFuture<'a, Result<(), ApplyError>> {
+        async move {
+            let targets: Vec<Target<'_>> = deliveries.iter().filter_map(|d| target(d)).collect();
+            let orders: Vec<(&str, uuid::Uuid)> =
+                targets.iter().map(|t| (t.tenant.as_ref(), t.order_id)).collect();
+            let skus: Vec<(&str, &str)> = targets
+                .iter()
+                .flat_map(|t| t.lines.iter().map(|l| (t.tenant.as_ref(), l.sku.as_ref())))
+                .collect();
+            souk_stores::postgres::inventory::lock_many(tx, &orders, &skus).await?;
+            Ok(())
+        }
+        .boxed()
     }
 
     fn too_new(&self, d: &Delivery) -> Option<String> {

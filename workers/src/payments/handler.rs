@@ -124,14 +124,19 @@ impl PaymentsHandler {
     async fn handle_command(&self, d: &Delivery, cmd: &Command) -> Result<(), HandlerError> {
         let message_id = d.dedupe_id();
         let store = |e: pg::Error| store_error(&e);
-        if inbox::contains(&self.pool, &self.consumer, &message_id).await.map_err(store)? {
+        // One read (a pooled connection only for it): handled before, answered before,
+        // and what a settle acts on.
+        let settle = (cmd.operation != Operation::Authorize).then_some(cmd.order_id);
+        let seen =
+            payments::seen(&self.pool, &self.consumer, &message_id, &cmd.key, settle).await.map_err(store)?;
+        if seen.handled {
             return Ok(());
         }
-        if payments::result_recorded(&mut *self.connection().await?, &cmd.key).await.map_err(store)? {
+        if seen.answered {
             // The same step under another message id: answered before, nothing new.
             return self.commit(d, cmd, None).await;
         }
-        let decision = match self.decide(cmd).await {
+        let decision = match self.decide(cmd, seen.authorization).await {
             Ok(decision) => decision,
             Err(GatewayError::Unknown(e)) => {
                 return Err(HandlerError::dependency("payment_state_unknown", e));
@@ -144,18 +149,20 @@ impl PaymentsHandler {
         self.commit(d, cmd, Some(decision)).await
     }
 
-    /// A pooled connection for one read. Never held across a gateway call: the gateway
-    /// logs each attempt through the same pool, so a handler holding a connection while
-    /// it calls would wait for a second one — with as many handlers in flight as the
-    /// pool has connections, every connection is held by a handler waiting for another,
-    /// and nothing moves until the acquire timeout (an "outage" that trips the breaker
-    /// and repeats on every retry).
-    async fn connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, HandlerError> {
-        self.pool.acquire().await.map_err(|e| store_error(&pg::Error::Unavailable(e)))
-    }
-
-    /// The providers' decision — or the ledger's, for a settle it refuses outright.
-    async fn decide(&self, cmd: &Command) -> Result<Decision, GatewayError> {
+    /// The providers' decision — or the ledger's, for a settle it refuses outright
+    /// (`auth`: the order's authorization as read before, for a settle).
+    ///
+    /// No pooled connection is held here, across a gateway call: the gateway logs each
+    /// attempt through the same pool, so a handler holding a connection while it calls
+    /// would wait for a second one — with as many handlers in flight as the pool has
+    /// connections, every connection is held by a handler waiting for another, and
+    /// nothing moves until the acquire timeout (an "outage" that trips the breaker and
+    /// repeats on every retry).
+    async fn decide(
+        &self,
+        cmd: &Command,
+        auth: Option<payments::Authorization>,
+    ) -> Result<Decision, GatewayError> {
         let token = cmd.token.as_deref().unwrap_or_default();
         if cmd.operation == Operation::Authorize {
             let charge = Charge {
@@ -169,10 +176,6 @@ impl PaymentsHandler {
         let declined = |code: &str, message: String| Decision::Answered {
             provider: String::new(),
             reply: Reply::Declined { code: code.to_owned(), message, soft: false },
-        };
-        let auth = {
-            let mut conn = self.pool.acquire().await.map_err(pg::Error::Unavailable)?;
-            payments::authorization(&mut conn, cmd.order_id).await?
         };
         let Some(auth) = auth else {
             return Ok(declined("no_authorization", format!("order {} has no authorization", cmd.order_id)));

@@ -4,9 +4,11 @@ mod dead_lettered;
 mod events;
 mod index;
 mod inventory;
+mod inventory_batch;
 mod outage;
 mod payments;
 mod saga;
+mod saga_batch;
 mod write_batch;
 
 use async_nats::HeaderMap;

@@ -182,6 +182,16 @@ impl Apply for SagaReplies {
         &["sagas", "saga_steps", "orders", "outbox"]
     }
 
+    /// The order whose saga row `apply` locks: in a batch, one order's replies apply in
+    /// stream order and every batch locks saga rows in one order.
+    fn lock_key(&self, d: &Delivery) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Key {
+            order_id: Uuid,
+        }
+        serde_json::from_slice::<Key>(&d.payload).ok().map(|k| k.order_id.to_string())
+    }
+
     fn too_new(&self, d: &Delivery) -> Option<String> {
         use souk_pipelines::subjects as s;
         match d.subject.as_str() {
