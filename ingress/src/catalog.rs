@@ -278,11 +278,9 @@ impl WriteRequest {
                 }));
             }
         }
-        if let Some(pending) = state.catalog_backlog.as_ref().and_then(crate::backlog::Backlog::over) {
+        if let Some(Err(refusal)) = state.catalog_backlog.as_ref().map(crate::backlog::Backlog::admit) {
             metrics::counter!("souk_ingress_catalog_writes_total", "outcome" => "backlog").increment(1);
-            return Err(Problem::unavailable(format!(
-                "the catalog is {pending} writes behind; retry shortly with the same Idempotency-Key"
-            )));
+            return Err(Problem::unavailable(refusal.detail()));
         }
         let (tenant, actor, seller, sku) =
             (claims.tenant.clone(), claims.sub.clone(), self.seller.clone(), self.sku.clone());

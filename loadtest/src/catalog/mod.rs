@@ -181,6 +181,7 @@ impl Souk<'_> {
             pg_connections: args.pg_connections,
             write_timeout: args.write_timeout,
             workers: true,
+            catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
         };
         progress("(w)+(p) souk: starting the stack");
         let stack =
