@@ -37,7 +37,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 /// How often the backlog is read.
 pub const POLL: Duration = Duration::from_millis(200);
 /// Writes admitted behind, whatever the rate (see the module doc).
-pub const MIN_BACKLOG: u64 = 100;
+pub const MIN_BACKLOG: u64 = 64;
 /// The weight of a new busy measurement in the rate estimate: with a read every
 /// [`POLL`], the estimate follows a change of rate within about a second.
 const RATE_WEIGHT: f64 = 0.3;

@@ -889,9 +889,9 @@ async fn a_catalog_write_is_refused_while_the_backlog_would_take_longer_than_the
     Ok(())
 }
 
-/// ... and the same backlog is admitted under a bound it drains within: 2,000 writes at
-/// ~250/s is well under a `catalog-max-backlog` of 10 minutes, though it is 20 times
-/// the minimum every pool is allowed behind (where a stalled pool stops).
+/// ... and a backlog is admitted under a bound it drains within: 20 times the minimum
+/// every pool is allowed behind (where a stalled pool stops), at ~250/s, is seconds of
+/// work, well under a `catalog-max-backlog` of 10 minutes.
 #[tokio::test]
 async fn a_backlog_that_drains_within_the_bound_admits_writes() -> anyhow::Result<()> {
     let stack = Stack::start_with(StackOptions {

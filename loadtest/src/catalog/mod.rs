@@ -234,7 +234,8 @@ impl Souk<'_> {
         report.pipeline_writes =
             Some(Throughput::new("(w) product writes accepted (202)", writes.accepted, written_s, None));
         // Every accepted product, and the probe's one product if any probe was accepted.
-        let expected = writes.accepted + u64::from(freshness.probes > freshness.refused);
+        let probes_failed: u64 = freshness.failed.values().sum();
+        let expected = writes.accepted + u64::from(freshness.probes > freshness.refused + probes_failed);
         report.freshness = Some(freshness);
         progress("(p) souk: waiting until every accepted product is searchable");
         let (searchable_at, count) =

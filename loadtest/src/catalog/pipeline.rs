@@ -271,8 +271,10 @@ pub async fn wait_searchable(
 pub struct Freshness {
     pub probes: u64,
     pub timed_out: u64,
-    /// Writes refused (not 2xx): not probed.
+    /// Writes refused with 503 (tried again 100 ms later, as a new probe): not probed.
     pub refused: u64,
+    /// Other failed writes by class (`"422"`, `"timeout"`, …): not probed.
+    pub failed: BTreeMap<String, u64>,
     pub latency: crate::report::Latency,
 }
 
@@ -287,6 +289,7 @@ pub async fn probe_freshness(
 ) -> anyhow::Result<Freshness> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     let (mut probes, mut timed_out, mut refused) = (0u64, 0u64, 0u64);
+    let mut failed = BTreeMap::new();
     let token = tokens.sellers.get(PROBE_SELLER).cloned().unwrap_or_default();
     let run = uuid::Uuid::new_v4().simple().to_string();
     while !stop.is_cancelled() {
@@ -300,8 +303,11 @@ pub async fn probe_freshness(
             .header(AUTHORIZATION, format!("Bearer {token}"))
             .header("idempotency-key", format!("probe-{run}-{probes}"))
             .json(&fields);
-        if send(request).await.is_err() {
-            refused += 1;
+        if let Err(class) = send(request).await {
+            match class.as_str() {
+                "503" => refused += 1,
+                _ => *failed.entry(class).or_default() += 1,
+            }
             // Do not spin on a refusing server.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -327,7 +333,7 @@ pub async fn probe_freshness(
             tokio::time::sleep(PROBE_POLL).await;
         }
     }
-    Ok(Freshness { probes, timed_out, refused, latency: crate::report::Latency::of(&histogram) })
+    Ok(Freshness { probes, timed_out, refused, failed, latency: crate::report::Latency::of(&histogram) })
 }
 
 /// Run `queries` round robin through `GET /v1/search` per `plan`.

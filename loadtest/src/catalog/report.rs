@@ -165,6 +165,9 @@ impl CatalogReport {
                 "\nfreshness, 202 → searchable: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes, {} timed out, {} refused)",
                 f.latency.p50_ms, f.latency.p99_ms, f.latency.max_ms, f.probes, f.timed_out, f.refused
             );
+            if !f.failed.is_empty() {
+                let _ = writeln!(out, "probe writes failed (not 503): {:?}", f.failed);
+            }
         }
         let _ = writeln!(
             out,
