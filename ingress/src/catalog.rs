@@ -278,7 +278,9 @@ impl WriteRequest {
                 }));
             }
         }
-        if let Some(Err(refusal)) = state.catalog_backlog.as_ref().map(crate::backlog::Backlog::admit) {
+        if let Some(gate) = &state.catalog_backlog
+            && let Err(refusal) = gate.admit_within(crate::backlog::ADMIT_WAIT).await
+        {
             metrics::counter!("souk_ingress_catalog_writes_total", "outcome" => "backlog").increment(1);
             return Err(Problem::unavailable(refusal.detail()));
         }
