@@ -138,6 +138,7 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         write_timeout: config.write_timeout,
         ingress,
         intake: IntakeOptions::default(),
+        catalog_max_backlog: config.catalog_max_backlog,
         rate_limit: config.rate_limit(),
         jobs: pools.is_some().then(souk_jobs::Tuning::default),
         pools,

@@ -55,6 +55,12 @@ pub struct Config {
     pub read_rate_limit_burst: u32,
     /// The tenant of public product reads sent without a token (with one, the token's).
     pub public_tenant: String,
+    /// Catalog writes are refused (503 + `Retry-After`) while the catalog pool's
+    /// backlog would take longer than this to drain at its recent rate; `0s` never
+    /// refuses. Freshness (202 → searchable) under saturation is about this plus the
+    /// pipeline's own latency.
+    #[serde(with = "humantime_serde")]
+    pub catalog_max_backlog: Duration,
     /// Log JSON lines instead of text.
     pub log_json: bool,
     /// Export spans to this OTLP/HTTP collector (`http://host:4318`); unset, none leave.
@@ -164,6 +170,7 @@ impl Default for Config {
             read_rate_limit_per_second: souk_cli::node::DEFAULT_READ_RATE_PER_SECOND,
             read_rate_limit_burst: souk_cli::node::DEFAULT_READ_RATE_BURST,
             public_tenant: souk_ingress::DEFAULT_PUBLIC_TENANT.into(),
+            catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
             log_json: false,
             otlp_endpoint: None,
             search: SearchConfig::default(),
@@ -234,6 +241,12 @@ impl Config {
         }
         if self.rate_limit_per_second > 0 && self.read_rate_limit_per_second == 0 {
             return Err("read-rate-limit-per-second must be positive (rate-limit-per-second = 0 turns both limits off)".into());
+        }
+        if !self.catalog_max_backlog.is_zero()
+            && (self.catalog_max_backlog < Duration::from_millis(50)
+                || self.catalog_max_backlog > Duration::from_secs(600))
+        {
+            return Err("catalog-max-backlog must be 0s (no bound) or between 50ms and 10m".into());
         }
         if let Some(url) = &self.search.opensearch_url
             && !url.starts_with("http://")

@@ -48,6 +48,10 @@ pub struct NodeOptions {
     /// Serve the HTTP ingress on this listener with these keys.
     pub ingress: Option<(tokio::net::TcpListener, Keys)>,
     pub intake: IntakeOptions,
+    /// Refuse catalog writes while the catalog pool's backlog would take longer than
+    /// this to drain at its recent rate (`catalog-max-backlog`; zero: never refuse).
+    /// [`DEFAULT_CATALOG_MAX_BACKLOG`] unless configured.
+    pub catalog_max_backlog: Duration,
     /// Writes and reads per principal at the ingress; `None` for no limit.
     pub rate_limit: Option<RateLimit>,
     /// Worker pools to run: `Some(vec![])` runs every pool, `None` none.
@@ -164,7 +168,11 @@ impl Node {
                 pool: options.pool.clone(),
                 nats: options.nats.clone(),
                 write_timeout: options.write_timeout,
-                intake: with_catalog_backlog(options.intake.clone(), &options.topology),
+                intake: with_catalog_backlog(
+                    options.intake.clone(),
+                    &options.topology,
+                    options.catalog_max_backlog,
+                ),
                 rate_limit: options.rate_limit,
                 connections: ConnectionLimits::default(),
                 search: options
@@ -506,22 +514,28 @@ pub fn default_rate_limit() -> RateLimit {
     }
 }
 
-/// Catalog writes stored and not yet delivered to the catalog pool beyond which the
-/// ingress refuses new ones (503): about a second of work at the pool's measured rate
-/// (1,346 writes/s on 2 cores), so a write's 202 → searchable time stays near a second
-/// under saturation instead of growing with the backlog (22 s in the benchmark).
-pub const CATALOG_MAX_PENDING: u64 = 1_000;
+/// How long a backlog of catalog writes may take to drain (at the catalog pool's
+/// recent rate) before the ingress refuses new ones (503): a write's 202 → searchable
+/// time is that wait plus the pool's batch, the relay and the indexer's batch and commit
+/// (~0.3–0.5 s under saturation on 2 cores), so half a second of backlog keeps it near
+/// a second instead of growing with the backlog (22 s in the benchmark without a bound).
+/// See ARCHITECTURE.md, "Catalog writes", and docs/performance.md.
+pub const DEFAULT_CATALOG_MAX_BACKLOG: Duration = Duration::from_millis(500);
 
 /// `intake` with the catalog backlog bound set from the topology's catalog write pool
-/// (unless set already, or the topology has none).
-fn with_catalog_backlog(mut intake: IntakeOptions, topology: &Topology) -> IntakeOptions {
-    if intake.catalog_backlog.is_none() {
+/// (unless set already, `max_drain` is zero, or the topology has none).
+fn with_catalog_backlog(
+    mut intake: IntakeOptions,
+    topology: &Topology,
+    max_drain: Duration,
+) -> IntakeOptions {
+    if intake.catalog_backlog.is_none() && !max_drain.is_zero() {
         let pool = topology.pools.iter().find(|p| p.handler == "catalog.write");
         let consumer = pool.and_then(|p| topology.consumers.iter().find(|c| c.name == p.consumer));
         intake.catalog_backlog = consumer.map(|c| souk_ingress::BacklogLimit {
             stream: c.stream.clone(),
             consumer: c.name.clone(),
-            max_pending: CATALOG_MAX_PENDING,
+            max_drain,
         });
     }
     intake

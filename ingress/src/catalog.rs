@@ -278,11 +278,11 @@ impl WriteRequest {
                 }));
             }
         }
-        if let Some(pending) = state.catalog_backlog.as_ref().and_then(crate::backlog::Backlog::over) {
+        if let Some(gate) = &state.catalog_backlog
+            && let Err(refusal) = gate.admit_within(crate::backlog::ADMIT_WAIT).await
+        {
             metrics::counter!("souk_ingress_catalog_writes_total", "outcome" => "backlog").increment(1);
-            return Err(Problem::unavailable(format!(
-                "the catalog is {pending} writes behind; retry shortly with the same Idempotency-Key"
-            )));
+            return Err(Problem::unavailable(refusal.detail()));
         }
         let (tenant, actor, seller, sku) =
             (claims.tenant.clone(), claims.sub.clone(), self.seller.clone(), self.sku.clone());

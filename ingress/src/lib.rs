@@ -41,7 +41,7 @@ mod server;
 mod throttle;
 
 pub use auth::{Claims, KeyError, Keys, Role};
-pub use backlog::BacklogLimit;
+pub use backlog::{BacklogLimit, MIN_BACKLOG};
 pub use intake::IntakeOptions;
 pub use limits::RateLimit;
 pub use problem::Problem;

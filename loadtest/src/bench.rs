@@ -231,6 +231,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             pg_connections: args.pg_connections,
             write_timeout: args.write_timeout,
             workers: false,
+            catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
         };
         let stack = Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys, tokens).await?;
         stack.seed_catalog().await?;
@@ -259,6 +260,7 @@ async fn souk_phase(
         pg_connections: args.pg_connections,
         write_timeout: args.write_timeout,
         workers: true,
+        catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
     };
     let stack =
         Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys.clone(), tokens.clone())

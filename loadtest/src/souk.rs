@@ -48,6 +48,8 @@ pub struct StackOptions {
     pub write_timeout: Duration,
     /// Run the worker pools and the outbox relay (false: the ingress alone).
     pub workers: bool,
+    /// The ingress's catalog admission bound (`catalog-max-backlog`; zero: none).
+    pub catalog_max_backlog: Duration,
 }
 
 /// A running stack.
@@ -115,6 +117,7 @@ impl Stack {
             write_timeout: options.write_timeout,
             ingress: Some((listener, keys)),
             intake: IntakeOptions::default(),
+            catalog_max_backlog: options.catalog_max_backlog,
             // No per-principal limit: the benchmark's few buyers send far more than one
             // person would, and the limiter — not souk — would set the measured figures.
             rate_limit: None,
@@ -378,8 +381,12 @@ mod tests {
         let one_buyer =
             Claims::new(&payload::buyer(0), payload::TENANT, vec![Role::Buyer], Duration::from_secs(600));
         let tokens = Arc::new(vec![keys.mint(&one_buyer)]);
-        let options =
-            StackOptions { pg_connections: 8, write_timeout: Duration::from_secs(5), workers: false };
+        let options = StackOptions {
+            pg_connections: 8,
+            write_timeout: Duration::from_secs(5),
+            workers: false,
+            catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
+        };
         let stack =
             Stack::start(&nats.url(), &db.url, &souk_testkit::test_topology()?, &options, keys, tokens)
                 .await?;

@@ -99,6 +99,9 @@ pub struct StackOptions {
     pub search_timeout: Duration,
     /// Serve the operators' dashboard under `/ops/` (refreshing its live view this often).
     pub dashboard: Option<Duration>,
+    /// The ingress's catalog admission bound (`catalog-max-backlog`; the shipped default
+    /// unless changed).
+    pub catalog_max_backlog: Duration,
 }
 
 impl Default for StackOptions {
@@ -113,6 +116,7 @@ impl Default for StackOptions {
             jobs: Some(test_job_tuning()),
             search_timeout: Duration::from_secs(10),
             dashboard: None,
+            catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
         }
     }
 }
@@ -206,6 +210,7 @@ impl Stack {
             write_timeout: o.write_timeout,
             ingress,
             intake: IntakeOptions::default(),
+            catalog_max_backlog: o.catalog_max_backlog,
             rate_limit: o.rate_limit,
             jobs: if o.pools { o.jobs.clone() } else { None },
             pools: o.pools.then(Vec::new),
@@ -242,6 +247,7 @@ impl Stack {
             write_timeout: self.options.write_timeout,
             ingress: None,
             intake: IntakeOptions::default(),
+            catalog_max_backlog: self.options.catalog_max_backlog,
             rate_limit: None,
             jobs: None,
             pools: Some(pools.iter().map(|p| (*p).to_owned()).collect()),

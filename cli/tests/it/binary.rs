@@ -590,3 +590,31 @@ async fn bad_payment_settings_and_sandbox_flags_get_clear_errors() -> anyhow::Re
     assert!(shown.contains("[payments]") && !shown.contains("secret6"), "{shown}");
     Ok(())
 }
+
+/// `catalog-max-backlog` (the catalog admission bound) is a setting like the others:
+/// its default, `SOUK_CATALOG_MAX_BACKLOG`, `0s` to turn it off, and a clear error for
+/// a value out of range.
+#[tokio::test]
+async fn the_catalog_admission_bound_is_a_setting() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let shown = |env: Option<&'static str>| {
+        let mut command = souk(data.path());
+        command.arg("config");
+        if let Some(value) = env {
+            command.env("SOUK_CATALOG_MAX_BACKLOG", value);
+        }
+        command.output()
+    };
+    for (env, expected) in [(None, "500ms"), (Some("2s"), "2s"), (Some("0s"), "0s")] {
+        let out = shown(env).await?;
+        assert!(out.status.success(), "{env:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let config = String::from_utf8(out.stdout)?;
+        assert!(config.contains(&format!("catalog-max-backlog = \"{expected}\"")), "{env:?}: {config}");
+    }
+    for bad in ["10ms", "1h"] {
+        let out = shown(Some(bad)).await?;
+        assert!(!out.status.success(), "{bad}");
+        assert!(String::from_utf8(out.stderr)?.contains("catalog-max-backlog must be"), "{bad}");
+    }
+    Ok(())
+}

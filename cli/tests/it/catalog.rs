@@ -744,16 +744,16 @@ async fn a_deleted_sku_stays_its_sellers_and_another_cannot_recreate_it() -> any
     Ok(())
 }
 
-/// Admission control: while the catalog pool is more than `CATALOG_MAX_PENDING` writes
-/// behind, a write is refused with 503 (publishing nothing) instead of being accepted
-/// behind a backlog that would make it searchable only much later; once the backlog
-/// drains, writes are accepted again.
+/// Admission control: while the catalog pool is far behind — here stalled (not running),
+/// so its measured rate is 0 and the bound is `MIN_BACKLOG` writes — a write is refused
+/// with 503 (publishing nothing) instead of being accepted behind a backlog that would
+/// make it searchable only much later; once the backlog drains, writes are accepted again.
 #[tokio::test]
 async fn a_catalog_write_behind_a_full_backlog_is_refused_until_it_drains() -> anyhow::Result<()> {
     let stack = Stack::start_with(StackOptions { pools: false, ..Default::default() }).await?;
     let token = seller_token(&stack, "sam", &[Role::Seller], &["s1"]);
     // A backlog the catalog pool has not taken (its pool is not running).
-    let backlog = souk_cli::node::CATALOG_MAX_PENDING + 1;
+    let backlog = souk_ingress::MIN_BACKLOG + 1;
     let mut acks = Vec::new();
     for i in 0..backlog {
         acks.push(stack.js.publish("souk.cmd.catalog.write", format!("backlog {i}").into()).await?);
@@ -790,5 +790,130 @@ async fn a_catalog_write_behind_a_full_backlog_is_refused_until_it_drains() -> a
     })
     .await?;
     assert_eq!(accepted["sku"], "MUG-C");
+    Ok(())
+}
+
+/// Stand in for the catalog pool at a slow, steady pace: take and acknowledge `per_tick`
+/// writes from its consumer every 100 ms, until the task is aborted.
+fn drain_slowly(stack: &Stack, per_tick: usize) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    use async_nats::jetstream::consumer::pull;
+    use futures::StreamExt;
+    let js = stack.js.clone();
+    tokio::spawn(async move {
+        let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = js
+            .get_stream("CMD")
+            .await?
+            .get_consumer("catalog-write")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let mut batch = consumer
+                .fetch()
+                .max_messages(per_tick)
+                .expires(Duration::from_millis(50))
+                .messages()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            while let Some(message) = batch.next().await {
+                message
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .ack()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+    })
+}
+
+/// `n` writes the catalog pool has not applied yet (bodies it would dead-letter; only
+/// their number matters here).
+async fn publish_backlog(stack: &Stack, n: u64) -> anyhow::Result<()> {
+    let mut acks = Vec::new();
+    for i in 0..n {
+        acks.push(stack.js.publish("souk.cmd.catalog.write", format!("backlog {i}").into()).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// The bound is time: 2,000 writes behind a pool applying ~250/s is ~8 s of work, over
+/// a `catalog-max-backlog` of 1 s — refused, and the refusal names the measured rate and
+/// the drain time.
+#[tokio::test]
+async fn a_catalog_write_is_refused_while_the_backlog_would_take_longer_than_the_bound_to_drain()
+-> anyhow::Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        pools: false,
+        catalog_max_backlog: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await?;
+    let token = seller_token(&stack, "sam", &[Role::Seller], &["s1"]);
+    publish_backlog(&stack, 2_000).await?;
+    let pool = drain_slowly(&stack, 25);
+    // Writes sent before the gate's first read of the backlog may pass (at most the
+    // minimum); from the first refusal on, the gate has seen it.
+    let refusal = async {
+        let write = || send(&stack, &token, put("s1", "MUG-T", "k-time", mug("Behind")));
+        eventually(WAIT, || async { anyhow::Ok((write().await?.0 == 503).then_some(())) }).await?;
+        // Refused at first with no rate measured (the minimum); then by the measured rate.
+        let accepted = std::sync::atomic::AtomicU32::new(0);
+        let detail = eventually(WAIT, || async {
+            let (status, problem) = write().await?;
+            if status == 202 {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let detail = problem["detail"].as_str().unwrap_or_default().to_owned();
+            anyhow::Ok(detail.contains("writes/s it applies").then_some(detail))
+        })
+        .await?;
+        let accepted = accepted.into_inner();
+        anyhow::ensure!(accepted == 0, "{accepted} writes accepted behind ~8 s of work");
+        anyhow::Ok(detail)
+    }
+    .await;
+    pool.abort();
+    let detail = refusal?;
+    assert!(detail.contains("the bound is 1.0 s"), "{detail}");
+    let seconds: f64 = detail
+        .split("about ")
+        .nth(1)
+        .and_then(|d| d.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
+    assert!(seconds > 1.0, "{detail}");
+    Ok(())
+}
+
+/// ... and a backlog is admitted under a bound it drains within: 20 times the minimum
+/// every pool is allowed behind (where a stalled pool stops), at ~250/s, is seconds of
+/// work, well under a `catalog-max-backlog` of 10 minutes.
+#[tokio::test]
+async fn a_backlog_that_drains_within_the_bound_admits_writes() -> anyhow::Result<()> {
+    let stack = Stack::start_with(StackOptions {
+        pools: false,
+        catalog_max_backlog: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await?;
+    let token = seller_token(&stack, "sam", &[Role::Seller], &["s1"]);
+    let backlog = 20 * souk_ingress::MIN_BACKLOG;
+    publish_backlog(&stack, backlog).await?;
+    let pool = drain_slowly(&stack, 25);
+    let accepted = eventually(WAIT, || async {
+        let (status, body) = send(&stack, &token, put("s1", "MUG-W", "k-within", mug("Within"))).await?;
+        anyhow::ensure!(status == 202 || status == 503, "{status} {body}");
+        Ok((status == 202).then_some(body))
+    })
+    .await;
+    pool.abort();
+    assert_eq!(accepted?["sku"], "MUG-W");
+    // Accepted behind the backlog, not after it drained.
+    let info = stack.js.get_stream("CMD").await?.consumer_info("catalog-write").await?;
+    assert!(info.num_pending + info.num_ack_pending as u64 > souk_ingress::MIN_BACKLOG, "{info:?}");
     Ok(())
 }

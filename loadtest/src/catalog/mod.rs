@@ -71,6 +71,11 @@ pub struct CatalogArgs {
     /// Documents per commit when indexing raw.
     #[arg(long, default_value_t = 5_000)]
     pub raw_batch: usize,
+    /// The ingress's catalog admission bound (souk's `catalog-max-backlog`): writes are
+    /// refused while the catalog pool's backlog would take longer than this to drain;
+    /// `0s` turns it off.
+    #[arg(long, default_value = "500ms", value_parser = crate::parse_duration)]
+    pub catalog_max_backlog: Duration,
     /// Longest wait for every written product to become searchable.
     #[arg(long, default_value = "900s", value_parser = crate::parse_duration)]
     pub index_timeout: Duration,
@@ -88,6 +93,7 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
         sellers: c.sellers,
         seed: c.seed,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        catalog_max_backlog_ms: c.catalog_max_backlog.as_millis() as u64,
         ..CatalogReport::default()
     };
     progress(&format!("generating {} products for {} sellers", c.products, c.sellers));
@@ -181,6 +187,7 @@ impl Souk<'_> {
             pg_connections: args.pg_connections,
             write_timeout: args.write_timeout,
             workers: true,
+            catalog_max_backlog: c.catalog_max_backlog,
         };
         progress("(w)+(p) souk: starting the stack");
         let stack =
@@ -220,11 +227,15 @@ impl Souk<'_> {
         let writes = writes?;
         let freshness = freshness?;
         report.write_errors = writes.errors.clone();
-        let written_s = writes.last_done.map_or(0.0, |t| t.saturating_duration_since(started).as_secs_f64());
+        report.write_refusals = writes.refused;
+        report.writes_retried = writes.retried;
+        let written_s =
+            writes.last_accepted.map_or(0.0, |t| t.saturating_duration_since(started).as_secs_f64());
         report.pipeline_writes =
-            Some(Throughput::new("(w) product writes accepted (202)", writes.ops, written_s, None));
+            Some(Throughput::new("(w) product writes accepted (202)", writes.accepted, written_s, None));
         // Every accepted product, and the probe's one product if any probe was accepted.
-        let expected = writes.ops + u64::from(freshness.probes > freshness.refused);
+        let probes_failed: u64 = freshness.failed.values().sum();
+        let expected = writes.accepted + u64::from(freshness.probes > freshness.refused + probes_failed);
         report.freshness = Some(freshness);
         progress("(p) souk: waiting until every accepted product is searchable");
         let (searchable_at, count) =
@@ -233,8 +244,8 @@ impl Souk<'_> {
         report.searchable = count;
         let name = "(p) pipeline: PUT → searchable";
         // Nothing accepted: no pipeline figure (rather than a rate of zero).
-        report.pipeline = searchable_at.filter(|_| writes.ops > 0).map(|at| {
-            Throughput::new(name, writes.ops, at.saturating_duration_since(started).as_secs_f64(), usage)
+        report.pipeline = searchable_at.filter(|_| writes.accepted > 0).map(|at| {
+            Throughput::new(name, writes.accepted, at.saturating_duration_since(started).as_secs_f64(), usage)
         });
         if searchable_at.is_none() {
             eprintln!("warning: only {count} of {expected} products searchable after {:?}", c.index_timeout);

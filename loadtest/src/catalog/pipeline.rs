@@ -8,7 +8,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde::Serialize;
 use souk_ingress::{Claims, Keys, Role};
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
         Arc,
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{products::Listing, queries::Query};
-use crate::load::{self, Mode, Op, Plan, Tally};
+use crate::load::{self, Op, Plan, Tally};
 
 /// The seller the freshness prober writes as, and its one product.
 pub const PROBE_SELLER: &str = "bench-probe";
@@ -63,39 +63,120 @@ fn product_url(addr: SocketAddr, seller: &str, sku: &str) -> String {
     format!("http://{addr}/v1/sellers/{seller}/products/{sku}")
 }
 
-/// PUT every listing once, `writers` in flight; each success is a 2xx (202).
+/// What the writers did.
+#[derive(Debug, Clone, Default)]
+pub struct Writes {
+    /// Products accepted (202).
+    pub accepted: u64,
+    /// Products given up on, by the last answer's class (`"400"`, `"timeout"`, …).
+    pub errors: BTreeMap<String, u64>,
+    /// 503 answers (each retried after its `Retry-After`, with the same key).
+    pub refused: u64,
+    /// Products refused at least once before being accepted.
+    pub retried: u64,
+    /// When the last product was accepted.
+    pub last_accepted: Option<Instant>,
+}
+
+/// PUT every listing once, `writers` in flight, as a client told to back off would: a
+/// write refused with 503 is sent again with the same `Idempotency-Key` after its
+/// `Retry-After` (1 s when absent), until accepted or [`MAX_REFUSALS`]; any other
+/// failure gives that product up and is counted under its class.
 pub async fn write_all(
     client: reqwest::Client,
     addr: SocketAddr,
     listings: Arc<Vec<Listing>>,
     tokens: Arc<Tokens>,
     writers: usize,
-) -> anyhow::Result<Tally> {
+) -> anyhow::Result<Writes> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let next = Arc::new(AtomicUsize::new(0));
-    let n = listings.len();
-    let op: Op = Arc::new(move || {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let request = listings.get(i).map(|l| {
-            let token = tokens.sellers.get(&l.seller).cloned().unwrap_or_default();
-            client
-                .put(product_url(addr, &l.seller, &l.sku))
-                .header(AUTHORIZATION, format!("Bearer {token}"))
-                .header("idempotency-key", format!("bench-{run}-{i}"))
-                .header(CONTENT_TYPE, "application/json")
-                .json(&l.fields)
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..writers.max(1) {
+        let (client, listings, tokens, next, run) =
+            (client.clone(), listings.clone(), tokens.clone(), next.clone(), run.clone());
+        tasks.spawn(async move {
+            let mut writes = Writes::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(l) = listings.get(i) else { break };
+                let token = tokens.sellers.get(&l.seller).cloned().unwrap_or_default();
+                let key = format!("bench-{run}-{i}");
+                let mut refusals = 0u64;
+                let result = loop {
+                    let request = client
+                        .put(product_url(addr, &l.seller, &l.sku))
+                        .header(AUTHORIZATION, format!("Bearer {token}"))
+                        .header("idempotency-key", &key)
+                        .header(CONTENT_TYPE, "application/json")
+                        .json(&l.fields);
+                    match send_once(request).await {
+                        Answer::Refused(wait) if refusals < MAX_REFUSALS => {
+                            refusals += 1;
+                            tokio::time::sleep(wait).await;
+                        }
+                        Answer::Refused(_) => break Err("503".to_owned()),
+                        Answer::Done(result) => break result,
+                    }
+                };
+                writes.refused += refusals;
+                writes.retried += u64::from(refusals > 0);
+                match result {
+                    Ok(()) => {
+                        writes.accepted += 1;
+                        writes.last_accepted = Some(Instant::now());
+                    }
+                    Err(class) => *writes.errors.entry(class).or_default() += 1,
+                }
+            }
+            writes
         });
-        async move { send(request.ok_or_else(|| "no more products".to_owned())?).await }.boxed()
-    });
-    // `max_ops` stops the loop after exactly one write per listing; the duration only
-    // bounds a run that stalls.
-    let plan = Plan {
-        mode: Mode::Closed { concurrency: writers },
-        warmup: Duration::ZERO,
-        duration: Duration::from_secs(24 * 3600),
-        max_ops: Some(n as u64),
+    }
+    let mut total = Writes::default();
+    while let Some(joined) = tasks.join_next().await {
+        let w = joined?;
+        total.accepted += w.accepted;
+        total.refused += w.refused;
+        total.retried += w.retried;
+        for (class, n) in w.errors {
+            *total.errors.entry(class).or_default() += n;
+        }
+        total.last_accepted = total.last_accepted.max(w.last_accepted);
+    }
+    Ok(total)
+}
+
+/// Refusals of one product after which the writer gives it up (a stalled server must
+/// not hold the run for ever): ten minutes at `Retry-After: 1`.
+const MAX_REFUSALS: u64 = 600;
+
+/// One write's answer.
+enum Answer {
+    /// 503: send again after this long.
+    Refused(Duration),
+    /// Accepted, or failed with this class.
+    Done(Result<(), String>),
+}
+
+async fn send_once(request: reqwest::RequestBuilder) -> Answer {
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return Answer::Done(Err(if e.is_timeout() { "timeout" } else { "transport" }.to_owned())),
     };
-    load::run(plan, op).await
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if response.bytes().await.is_err() {
+        return Answer::Done(Err("transport".to_owned()));
+    }
+    match status.as_u16() {
+        503 => Answer::Refused(Duration::from_secs(retry_after.unwrap_or(1))),
+        _ if status.is_success() => Answer::Done(Ok(())),
+        other => Answer::Done(Err(other.to_string())),
+    }
 }
 
 async fn send(request: reqwest::RequestBuilder) -> Result<u64, String> {
@@ -190,8 +271,10 @@ pub async fn wait_searchable(
 pub struct Freshness {
     pub probes: u64,
     pub timed_out: u64,
-    /// Writes refused (not 2xx): not probed.
+    /// Writes refused with 503 (tried again 100 ms later, as a new probe): not probed.
     pub refused: u64,
+    /// Other failed writes by class (`"422"`, `"timeout"`, …): not probed.
+    pub failed: BTreeMap<String, u64>,
     pub latency: crate::report::Latency,
 }
 
@@ -206,6 +289,7 @@ pub async fn probe_freshness(
 ) -> anyhow::Result<Freshness> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     let (mut probes, mut timed_out, mut refused) = (0u64, 0u64, 0u64);
+    let mut failed = BTreeMap::new();
     let token = tokens.sellers.get(PROBE_SELLER).cloned().unwrap_or_default();
     let run = uuid::Uuid::new_v4().simple().to_string();
     while !stop.is_cancelled() {
@@ -219,8 +303,11 @@ pub async fn probe_freshness(
             .header(AUTHORIZATION, format!("Bearer {token}"))
             .header("idempotency-key", format!("probe-{run}-{probes}"))
             .json(&fields);
-        if send(request).await.is_err() {
-            refused += 1;
+        if let Err(class) = send(request).await {
+            match class.as_str() {
+                "503" => refused += 1,
+                _ => *failed.entry(class).or_default() += 1,
+            }
             // Do not spin on a refusing server.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -246,7 +333,7 @@ pub async fn probe_freshness(
             tokio::time::sleep(PROBE_POLL).await;
         }
     }
-    Ok(Freshness { probes, timed_out, refused, latency: crate::report::Latency::of(&histogram) })
+    Ok(Freshness { probes, timed_out, refused, failed, latency: crate::report::Latency::of(&histogram) })
 }
 
 /// Run `queries` round robin through `GET /v1/search` per `plan`.

@@ -78,7 +78,14 @@ pub struct CatalogReport {
     pub pipeline: Option<Throughput>,
     /// Products searchable when the wait ended (all of them unless it timed out).
     pub searchable: u64,
+    /// Products given up on (not accepted), by the last answer's class.
     pub write_errors: std::collections::BTreeMap<String, u64>,
+    /// The ingress's catalog admission bound (0: none).
+    pub catalog_max_backlog_ms: u64,
+    /// 503 answers to product writes (each retried after `Retry-After`, same key).
+    pub write_refusals: u64,
+    /// Products refused at least once before they were accepted.
+    pub writes_retried: u64,
     pub freshness: Option<Freshness>,
     /// Queries of each kind in the set (text, typo, prefix, category, …).
     pub query_mix: std::collections::BTreeMap<&'static str, usize>,
@@ -139,8 +146,18 @@ impl CatalogReport {
             "searchable at the end: {} (of {} products, plus the freshness probe's one)",
             self.searchable, self.products
         );
+        let _ = writeln!(
+            out,
+            "admission bound (catalog-max-backlog): {}; writes refused with 503 and retried: {} ({} products refused at least once)",
+            match self.catalog_max_backlog_ms {
+                0 => "none".to_owned(),
+                ms => format!("{ms} ms"),
+            },
+            self.write_refusals,
+            self.writes_retried
+        );
         if !self.write_errors.is_empty() {
-            let _ = writeln!(out, "write errors: {:?}", self.write_errors);
+            let _ = writeln!(out, "write errors (products not written): {:?}", self.write_errors);
         }
         if let Some(f) = &self.freshness {
             let _ = writeln!(
@@ -148,6 +165,9 @@ impl CatalogReport {
                 "\nfreshness, 202 → searchable: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes, {} timed out, {} refused)",
                 f.latency.p50_ms, f.latency.p99_ms, f.latency.max_ms, f.probes, f.timed_out, f.refused
             );
+            if !f.failed.is_empty() {
+                let _ = writeln!(out, "probe writes failed (not 503): {:?}", f.failed);
+            }
         }
         let _ = writeln!(
             out,

@@ -192,6 +192,7 @@ impl Run<'_> {
             pg_connections: args.pg_connections,
             write_timeout: args.write_timeout,
             workers: true,
+            catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
         };
         progress("starting the souk stack (as `souk dev`: every pool, the relay, two payment sandboxes)");
         let stack =
