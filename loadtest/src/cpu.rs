@@ -36,6 +36,9 @@ pub struct Share {
     /// CPU time the whole machine spent busy over the window, in seconds (all CPUs).
     pub busy_cpu_s: f64,
     pub this_process: f64,
+    /// CPU time this process (souk and the load generator) spent over the window, in
+    /// seconds: unlike `busy_cpu_s`, not inflated by other work on a shared machine.
+    pub this_process_cpu_s: f64,
     pub nats_server: f64,
     pub postgres: f64,
 }
@@ -112,11 +115,13 @@ pub fn share(before: Option<&Sample>, after: Option<&Sample>) -> Option<Share> {
     };
     let idle = b.idle.saturating_sub(a.idle) as f64 / total;
     let busy = (1.0 - idle).clamp(0.0, 1.0);
+    let this_process = used(&|pid, _| pid == b.this);
     Some(Share {
         busy,
         // /proc/stat counts in USER_HZ, which Linux fixes at 100 for user space.
         busy_cpu_s: busy * total / USER_HZ,
-        this_process: used(&|pid, _| pid == b.this),
+        this_process,
+        this_process_cpu_s: this_process * total / USER_HZ,
         nats_server: used(&|_, name| name == "nats-server"),
         postgres: used(&|_, name| name == "postgres"),
     })
@@ -167,6 +172,7 @@ mod tests {
         assert_eq!(s.busy, 0.75);
         assert_eq!(s.busy_cpu_s, 1.5, "150 busy ticks of 200");
         assert_eq!(s.this_process, 0.2);
+        assert_eq!(s.this_process_cpu_s, 0.4, "40 ticks");
         assert_eq!(s.nats_server, 0.3);
         // 50 (postmaster, incl. the reaped 45) − 30 (backend 4 before) + 20 (new) = 40.
         assert_eq!(s.postgres, 0.2);

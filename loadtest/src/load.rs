@@ -29,6 +29,10 @@ const OPEN_LOOP_GRACE: Duration = Duration::from_secs(2);
 /// or `Err(class)` with a short error class (`"503"`, `"timeout"`, …) to count.
 pub type Op = Arc<dyn Fn() -> BoxFuture<'static, Result<u64, String>> + Send + Sync>;
 
+/// An operation that also names what it sent (a query's kind, say): the run tallies the
+/// latency per label beside the totals ([`Tally::by_label`]).
+pub type LabelledOp = Arc<dyn Fn() -> (&'static str, BoxFuture<'static, Result<u64, String>>) + Send + Sync>;
+
 /// How operations are issued.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
@@ -79,6 +83,8 @@ pub struct Tally {
     pub latency: Histogram<u64>,
     /// Microseconds per successful operation.
     pub latency_ok: Histogram<u64>,
+    /// Microseconds per operation, successful or not, per label (labelled runs only).
+    pub by_label: BTreeMap<&'static str, Histogram<u64>>,
     /// When the first successful operation completed.
     pub first_ok: Option<Instant>,
     /// When the last counted operation completed.
@@ -102,6 +108,7 @@ impl Tally {
             errors: BTreeMap::new(),
             latency: histogram()?,
             latency_ok: histogram()?,
+            by_label: BTreeMap::new(),
             first_ok: None,
             last_done: None,
             start,
@@ -110,9 +117,24 @@ impl Tally {
         })
     }
 
-    fn record(&mut self, result: Result<u64, String>, latency: Duration, done: Instant) {
+    fn record(&mut self, label: &'static str, result: Result<u64, String>, latency: Duration, done: Instant) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
         self.latency.saturating_record(micros);
+        if !label.is_empty() {
+            // Same bounds as `latency`: creating one with them cannot fail.
+            if !self.by_label.contains_key(label)
+                && let Ok(h) = Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            {
+                self.by_label.insert(label, h);
+            }
+            if let Some(h) = self.by_label.get_mut(label) {
+                h.saturating_record(micros);
+            }
+        }
+        self.record_result(result, micros, done);
+    }
+
+    fn record_result(&mut self, result: Result<u64, String>, micros: u64, done: Instant) {
         match result {
             Ok(units) => {
                 self.units += units;
@@ -134,6 +156,16 @@ impl Tally {
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.latency.add(&other.latency);
         let _ = self.latency_ok.add(&other.latency_ok);
+        for (label, h) in other.by_label {
+            match self.by_label.entry(label) {
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    let _ = e.get_mut().add(&h);
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(h);
+                }
+            }
+        }
         self.first_ok = match (self.first_ok, other.first_ok) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -154,6 +186,11 @@ impl Tally {
 
 /// Run `op` according to `plan`.
 pub async fn run(plan: Plan, op: Op) -> anyhow::Result<Tally> {
+    run_labelled(plan, Arc::new(move || ("", op()))).await
+}
+
+/// Run `op` according to `plan`, tallying latency per label too.
+pub async fn run_labelled(plan: Plan, op: LabelledOp) -> anyhow::Result<Tally> {
     match plan.mode {
         Mode::Closed { concurrency } => closed(plan, concurrency.max(1), op).await,
         Mode::Open { rate, max_in_flight, poisson } => {
@@ -162,14 +199,14 @@ pub async fn run(plan: Plan, op: Op) -> anyhow::Result<Tally> {
     }
 }
 
-async fn timed(op: &Op) -> Result<u64, String> {
-    match tokio::time::timeout(OP_TIMEOUT, op()).await {
+async fn timed(op: BoxFuture<'static, Result<u64, String>>) -> Result<u64, String> {
+    match tokio::time::timeout(OP_TIMEOUT, op).await {
         Ok(r) => r,
         Err(_) => Err("timeout".into()),
     }
 }
 
-async fn closed(plan: Plan, concurrency: usize, op: Op) -> anyhow::Result<Tally> {
+async fn closed(plan: Plan, concurrency: usize, op: LabelledOp) -> anyhow::Result<Tally> {
     let start = Instant::now() + plan.warmup;
     let end = start + plan.duration;
     // Operations started inside the window, against `max_ops`.
@@ -191,10 +228,11 @@ async fn closed(plan: Plan, concurrency: usize, op: Op) -> anyhow::Result<Tally>
                     capped = true;
                     break;
                 }
-                let result = timed(&op).await;
+                let (label, future) = op();
+                let result = timed(future).await;
                 let done = Instant::now();
                 if done >= start && done <= end {
-                    tally.record(result, done - begun, done);
+                    tally.record(label, result, done - begun, done);
                 }
             }
             (tally, capped)
@@ -214,7 +252,13 @@ async fn closed(plan: Plan, concurrency: usize, op: Op) -> anyhow::Result<Tally>
     Ok(total)
 }
 
-async fn open(plan: Plan, rate: f64, max_in_flight: usize, poisson: bool, op: Op) -> anyhow::Result<Tally> {
+async fn open(
+    plan: Plan,
+    rate: f64,
+    max_in_flight: usize,
+    poisson: bool,
+    op: LabelledOp,
+) -> anyhow::Result<Tally> {
     anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
     let t0 = Instant::now();
     let start = t0 + plan.warmup;
@@ -251,10 +295,11 @@ async fn open(plan: Plan, rate: f64, max_in_flight: usize, poisson: bool, op: Op
         measured_sent += u64::from(measured);
         let (op, tally) = (op.clone(), tally.clone());
         tokio::spawn(async move {
-            let result = timed(&op).await;
+            let (label, future) = op();
+            let result = timed(future).await;
             let done = Instant::now();
             if measured && let Ok(mut t) = tally.lock() {
-                t.record(result, done - scheduled, done);
+                t.record(label, result, done - scheduled, done);
             }
             drop(permit);
         });
@@ -321,6 +366,29 @@ mod tests {
         assert!(t.ops > 40 && t.ops <= 124, "ops {}", t.ops);
         assert!(t.errors.is_empty());
         assert_eq!(t.elapsed, Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn labelled_runs_tally_latency_per_label() {
+        let plan = Plan {
+            mode: Mode::Closed { concurrency: 2 },
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(5),
+            max_ops: Some(20),
+        };
+        let next = Arc::new(AtomicU64::new(0));
+        let (fast, slow) = (sleepy(1), sleepy(8));
+        let op: LabelledOp = Arc::new(move || match next.fetch_add(1, Ordering::Relaxed) % 2 {
+            0 => ("fast", fast()),
+            _ => ("slow", slow()),
+        });
+        let t = run_labelled(plan, op).await.expect("runs");
+        assert_eq!(t.ops, 20);
+        let count = |l: &str| t.by_label.get(l).map_or(0, |h| h.len());
+        assert_eq!(count("fast") + count("slow"), 20);
+        assert!(count("fast") > 0 && count("slow") > 0);
+        assert!(t.by_label["slow"].min() >= 8_000, "a slow op sleeps 8 ms");
+        assert!(t.by_label["fast"].value_at_quantile(0.5) < t.by_label["slow"].value_at_quantile(0.5));
     }
 
     #[tokio::test]

@@ -68,6 +68,17 @@ pub struct CatalogArgs {
     /// Distinct queries in the mixed set.
     #[arg(long, default_value_t = 200)]
     pub queries: usize,
+    /// After each search phase, each kind of query alone for this long (CPU per query
+    /// per kind); 0 skips it.
+    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
+    pub kind_duration: Duration,
+    /// Only these kinds of query (text, typo, prefix, category, attribute, seller,
+    /// price, facets), e.g. to profile one [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// Only the in-process phases, (r) and (q): no servers (for profiling the store).
+    #[arg(long)]
+    pub raw_only: bool,
     /// Documents per commit when indexing raw.
     #[arg(long, default_value_t = 5_000)]
     pub raw_batch: usize,
@@ -99,7 +110,12 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
     progress(&format!("generating {} products for {} sellers", c.products, c.sellers));
     let listings: Arc<Vec<Listing>> =
         Arc::new((0..c.products).map(|i| products::listing(c.seed, c.sellers, i)).collect());
-    let queries = Arc::new(queries::mix(&listings, c.queries, c.seed, TENANT));
+    let mut mix = queries::mix(&listings, c.queries, c.seed, TENANT);
+    if !c.kinds.is_empty() {
+        mix.retain(|q| c.kinds.iter().any(|k| k == q.kind));
+        anyhow::ensure!(!mix.is_empty(), "no query of the kinds {:?}", c.kinds);
+    }
+    let queries = Arc::new(mix);
     for q in queries.iter() {
         *report.query_mix.entry(q.kind).or_default() += 1;
     }
@@ -112,10 +128,20 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
     let name = "(r) raw tantivy indexing, in process";
     report.raw_index = Some(Throughput::new(name, raw.docs, raw.elapsed.as_secs_f64(), cpu.close()));
 
-    progress("(q) raw tantivy search");
+    progress("(q) raw tantivy search (then each kind alone)");
     let cpu = Window::open();
     let tally = raw::search(raw.store.clone(), queries.clone(), search_plan(args, c)).await?;
-    report.raw_search = Some(Searching::new("(q) raw tantivy search, in process", &tally, cpu.close()));
+    let mut searching = Searching::new("(q) raw tantivy search, in process", &tally, cpu.close());
+    for (kind, alone) in kinds_alone(&queries, c) {
+        let cpu = Window::open();
+        let tally = raw::search(raw.store.clone(), alone, kind_plan(args, c)).await?;
+        searching.alone(kind, &tally, cpu.close());
+    }
+    report.raw_search = Some(searching);
+    if c.raw_only {
+        report.finish();
+        return Ok(report);
+    }
 
     progress("starting nats-server and creating the database");
     let bin = env::nats_binary(args.nats_server.as_deref())?;
@@ -144,6 +170,22 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
     }
     report.finish();
     Ok(report)
+}
+
+/// Each kind's queries on their own, for `--kind-duration` runs (none if 0).
+fn kinds_alone(queries: &[Query], c: &CatalogArgs) -> Vec<(&'static str, Arc<Vec<Query>>)> {
+    if c.kind_duration.is_zero() {
+        return Vec::new();
+    }
+    let kinds: BTreeSet<&'static str> = queries.iter().map(|q| q.kind).collect();
+    kinds
+        .into_iter()
+        .map(|kind| (kind, Arc::new(queries.iter().filter(|q| q.kind == kind).cloned().collect())))
+        .collect()
+}
+
+fn kind_plan(args: &Args, c: &CatalogArgs) -> Plan {
+    Plan { duration: c.kind_duration, ..search_plan(args, c) }
 }
 
 fn search_plan(args: &Args, c: &CatalogArgs) -> Plan {
@@ -267,7 +309,15 @@ impl Souk<'_> {
             search_plan(self.args, c),
         )
         .await?;
-        report.http_search = Some(Searching::new("(s) search through HTTP", &tally, cpu.close()));
+        let mut searching = Searching::new("(s) search through HTTP", &tally, cpu.close());
+        for (kind, alone) in kinds_alone(&self.queries, c) {
+            progress(&format!("(s) search through HTTP: {kind} alone"));
+            let cpu = Window::open();
+            let plan = kind_plan(self.args, c);
+            let tally = pipeline::search(client.clone(), addr, tokens.buyer.clone(), alone, plan).await?;
+            searching.alone(kind, &tally, cpu.close());
+        }
+        report.http_search = Some(searching);
         Ok(())
     }
 }

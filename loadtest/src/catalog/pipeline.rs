@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{products::Listing, queries::Query};
-use crate::load::{self, Op, Plan, Tally};
+use crate::load::{self, LabelledOp, Plan, Tally};
 
 /// The seller the freshness prober writes as, and its one product.
 pub const PROBE_SELLER: &str = "bench-probe";
@@ -336,7 +336,7 @@ pub async fn probe_freshness(
     Ok(Freshness { probes, timed_out, refused, failed, latency: crate::report::Latency::of(&histogram) })
 }
 
-/// Run `queries` round robin through `GET /v1/search` per `plan`.
+/// Run `queries` round robin through `GET /v1/search` per `plan`, tallied per kind too.
 pub async fn search(
     client: reqwest::Client,
     addr: SocketAddr,
@@ -345,16 +345,17 @@ pub async fn search(
     plan: Plan,
 ) -> anyhow::Result<Tally> {
     let next = Arc::new(AtomicUsize::new(0));
-    let op: Op = Arc::new(move || {
+    let op: LabelledOp = Arc::new(move || {
         let i = next.fetch_add(1, Ordering::Relaxed) % queries.len().max(1);
+        let kind = queries.get(i).map_or("", |q| q.kind);
         let request = queries.get(i).map(|q| {
             client
                 .get(format!("http://{addr}/v1/search?{}", q.query_string))
                 .header(AUTHORIZATION, format!("Bearer {token}"))
         });
-        async move { send(request.ok_or_else(|| "no queries".to_owned())?).await }.boxed()
+        (kind, async move { send(request.ok_or_else(|| "no queries".to_owned())?).await }.boxed())
     });
-    load::run(plan, op).await
+    load::run_labelled(plan, op).await
 }
 
 /// Queries whose `total` differs between the HTTP answer and the in-process one (both

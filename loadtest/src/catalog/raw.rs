@@ -19,7 +19,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::queries::Query;
-use crate::load::{self, Op, Plan, Tally};
+use crate::load::{self, LabelledOp, Plan, Tally};
 
 /// An index built from `docs` in batches of `batch`, and how long that took.
 pub struct RawIndex {
@@ -48,17 +48,18 @@ pub async fn index(docs: Vec<SearchDoc>, batch: usize) -> anyhow::Result<RawInde
     Ok(RawIndex { store, docs: count, elapsed, _dir: dir })
 }
 
-/// Run `queries` round robin on `store` per `plan`.
+/// Run `queries` round robin on `store` per `plan`, tallied per kind too.
 pub async fn search(store: Arc<TantivyStore>, queries: Arc<Vec<Query>>, plan: Plan) -> anyhow::Result<Tally> {
     let next = Arc::new(AtomicUsize::new(0));
-    let op: Op = Arc::new(move || {
+    let op: LabelledOp = Arc::new(move || {
         let (store, queries) = (store.clone(), queries.clone());
         let i = next.fetch_add(1, Ordering::Relaxed) % queries.len().max(1);
-        async move {
+        let kind = queries.get(i).map_or("", |q| q.kind);
+        let search = async move {
             let query = queries.get(i).ok_or_else(|| "no queries".to_owned())?;
             store.search(&query.request).await.map(|_| 1).map_err(|_| "search failed".to_owned())
-        }
-        .boxed()
+        };
+        (kind, search.boxed())
     });
-    load::run(plan, op).await
+    load::run_labelled(plan, op).await
 }

@@ -2,6 +2,7 @@
 //! print (a table, or one JSON object).
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::pipeline::Freshness;
@@ -35,7 +36,49 @@ pub struct Searching {
     pub latency: Latency,
     pub errors: std::collections::BTreeMap<String, u64>,
     pub cpu_per_query_us: Option<f64>,
+    /// This process's CPU time (souk and the load generator) ÷ queries, in µs: not
+    /// inflated by other work on a shared machine, as the machine's busy time is.
+    pub process_cpu_per_query_us: Option<f64>,
     pub cpu: Option<Share>,
+    /// Per query kind (text, typo, prefix, category, …).
+    pub kinds: BTreeMap<&'static str, KindFigures>,
+}
+
+/// One kind of query: its latency within the mixed phase, and its cost run alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct KindFigures {
+    /// Latency of this kind's queries within the mix (what its clients saw there).
+    pub in_mix: Option<Latency>,
+    /// The kind's queries alone, at as many clients, for `--kind-duration`.
+    pub alone: Option<Alone>,
+}
+
+/// A kind's queries run alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alone {
+    pub queries: u64,
+    pub rate_per_s: f64,
+    pub latency: Latency,
+    /// The machine's busy CPU time ÷ queries, in µs.
+    pub cpu_per_query_us: Option<f64>,
+    /// This process's CPU time ÷ queries, in µs.
+    pub process_cpu_per_query_us: Option<f64>,
+}
+
+impl Alone {
+    pub fn new(t: &crate::load::Tally, cpu: Option<Share>) -> Alone {
+        Alone {
+            queries: t.ops,
+            rate_per_s: t.rate(),
+            latency: Latency::of(&t.latency),
+            cpu_per_query_us: per_item(cpu, t.ops),
+            process_cpu_per_query_us: per_item_of_process(cpu, t.ops),
+        }
+    }
+}
+
+fn per_item_of_process(cpu: Option<Share>, items: u64) -> Option<f64> {
+    cpu.filter(|_| items > 0).map(|c| c.this_process_cpu_s * 1e6 / items as f64)
 }
 
 fn per_item(cpu: Option<Share>, items: u64) -> Option<f64> {
@@ -51,8 +94,22 @@ impl Searching {
             latency: Latency::of(&t.latency),
             errors: t.errors.clone(),
             cpu_per_query_us: per_item(cpu, t.ops),
+            process_cpu_per_query_us: per_item_of_process(cpu, t.ops),
             cpu,
+            kinds: t
+                .by_label
+                .iter()
+                .map(|(kind, h)| (*kind, KindFigures { in_mix: Some(Latency::of(h)), alone: None }))
+                .collect(),
         }
+    }
+}
+
+impl Searching {
+    /// Record `kind`'s queries run alone.
+    pub fn alone(&mut self, kind: &'static str, t: &crate::load::Tally, cpu: Option<Share>) {
+        let figures = self.kinds.entry(kind).or_insert_with(|| KindFigures { in_mix: None, alone: None });
+        figures.alone = Some(Alone::new(t, cpu));
     }
 }
 
@@ -141,21 +198,23 @@ impl CatalogReport {
                 us(t.cpu_per_item_us)
             );
         }
-        let _ = writeln!(
-            out,
-            "searchable at the end: {} (of {} products, plus the freshness probe's one)",
-            self.searchable, self.products
-        );
-        let _ = writeln!(
-            out,
-            "admission bound (catalog-max-backlog): {}; writes refused with 503 and retried: {} ({} products refused at least once)",
-            match self.catalog_max_backlog_ms {
-                0 => "none".to_owned(),
-                ms => format!("{ms} ms"),
-            },
-            self.write_refusals,
-            self.writes_retried
-        );
+        if self.pipeline_writes.is_some() {
+            let _ = writeln!(
+                out,
+                "searchable at the end: {} (of {} products, plus the freshness probe's one)",
+                self.searchable, self.products
+            );
+            let _ = writeln!(
+                out,
+                "admission bound (catalog-max-backlog): {}; writes refused with 503 and retried: {} ({} products refused at least once)",
+                match self.catalog_max_backlog_ms {
+                    0 => "none".to_owned(),
+                    ms => format!("{ms} ms"),
+                },
+                self.write_refusals,
+                self.writes_retried
+            );
+        }
         if !self.write_errors.is_empty() {
             let _ = writeln!(out, "write errors (products not written): {:?}", self.write_errors);
         }
@@ -171,22 +230,24 @@ impl CatalogReport {
         }
         let _ = writeln!(
             out,
-            "\n{:<48} {:>10} {:>9} {:>9} {:>9} {:>14}",
-            "search", "queries/s", "p50", "p99", "max", "CPU per query"
+            "\n{:<48} {:>10} {:>9} {:>9} {:>9} {:>14} {:>14}",
+            "search", "queries/s", "p50", "p99", "max", "CPU per query", "(this process)"
         );
         for s in [&self.raw_search, &self.http_search].into_iter().flatten() {
             let _ = writeln!(
                 out,
-                "{:<48} {:>10.0} {:>6.2} ms {:>6.2} ms {:>6.1} ms {:>14}{}",
+                "{:<48} {:>10.0} {:>6.2} ms {:>6.2} ms {:>6.1} ms {:>14} {:>14}{}",
                 s.name,
                 s.rate_per_s,
                 s.latency.p50_ms,
                 s.latency.p99_ms,
                 s.latency.max_ms,
                 us(s.cpu_per_query_us),
+                us(s.process_cpu_per_query_us),
                 if s.errors.is_empty() { String::new() } else { format!("  errors {:?}", s.errors) }
             );
         }
+        kinds_table(&mut out, [&self.raw_search, &self.http_search]);
         let mix: Vec<String> = self.query_mix.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(out, "query set: {}", mix.join(", "));
         if let Some(d) = self.totals_differ {
@@ -229,6 +290,44 @@ fn target(
     ok: fn(f64) -> bool,
 ) -> Target {
     Target { figure, value, unit, target: goal, met: value.map(ok) }
+}
+
+/// Per kind, for each search phase: p50/p99 within the mix, and alone the rate and
+/// this process's CPU per query (the machine's in brackets).
+fn kinds_table(out: &mut String, phases: [&Option<Searching>; 2]) {
+    let phases: Vec<&Searching> = phases.into_iter().flatten().filter(|s| !s.kinds.is_empty()).collect();
+    let Some(first) = phases.first() else { return };
+    let _ = writeln!(
+        out,
+        "\nby kind: p50 / p99 within the mix | run alone: queries/s, CPU per query of this process (machine)"
+    );
+    let mut header = format!("{:<10}", "kind");
+    for s in &phases {
+        let tag = s.name.split_whitespace().next().unwrap_or("");
+        let _ = write!(header, " | {tag:<3} {:>8} {:>8} {:>7} {:>18}", "p50", "p99", "alone", "CPU/query");
+    }
+    let _ = writeln!(out, "{header}");
+    for kind in first.kinds.keys() {
+        let mut line = format!("{kind:<10}");
+        for s in &phases {
+            let Some(k) = s.kinds.get(kind) else {
+                let _ = write!(line, " | {:>47}", "n/a");
+                continue;
+            };
+            let (rate, cpu) = match &k.alone {
+                Some(a) => (
+                    format!("{:.0}/s", a.rate_per_s),
+                    format!("{} ({})", us(a.process_cpu_per_query_us), us(a.cpu_per_query_us)),
+                ),
+                None => ("n/a".to_owned(), "n/a".to_owned()),
+            };
+            let (p50, p99) = k.in_mix.map_or(("n/a".to_owned(), "n/a".to_owned()), |l| {
+                (format!("{:.2} ms", l.p50_ms), format!("{:.2} ms", l.p99_ms))
+            });
+            let _ = write!(line, " |     {p50:>8} {p99:>8} {rate:>7} {cpu:>18}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 fn us(v: Option<f64>) -> String {

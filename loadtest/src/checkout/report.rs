@@ -334,7 +334,14 @@ mod tests {
     fn cpu_per_checkout_splits_the_machine_by_process() {
         // 2 CPUs, 10 s window: 20 CPU-s in all, 15 busy; this process 40%, postgres 20%,
         // nats-server 10% of the machine; 1,000 checkouts.
-        let cpu = Share { busy: 0.75, busy_cpu_s: 15.0, this_process: 0.4, nats_server: 0.1, postgres: 0.2 };
+        let cpu = Share {
+            busy: 0.75,
+            busy_cpu_s: 15.0,
+            this_process: 0.4,
+            this_process_cpu_s: 8.0,
+            nats_server: 0.1,
+            postgres: 0.2,
+        };
         let p = PerCheckout::of(&cpu, 1_000).expect("figures");
         assert!((p.machine_us - 15_000.0).abs() < 1e-6);
         assert!((p.souk_us - 8_000.0).abs() < 1e-6);

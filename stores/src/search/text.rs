@@ -38,14 +38,19 @@ pub struct Word {
 
 /// The analysed words of `text`, with offsets.
 pub fn tokens(text: &str) -> Vec<Word> {
-    let mut analyzer = analyzer();
-    let mut stream = analyzer.token_stream(text);
-    let mut out = Vec::new();
-    while stream.advance() {
-        let t = stream.token();
-        out.push(Word { text: t.text.clone(), from: t.offset_from, to: t.offset_to });
+    thread_local! {
+        // Built once per thread: every highlighted hit analyses its title and description.
+        static ANALYZER: std::cell::RefCell<TextAnalyzer> = std::cell::RefCell::new(analyzer());
     }
-    out
+    ANALYZER.with_borrow_mut(|analyzer| {
+        let mut stream = analyzer.token_stream(text);
+        let mut out = Vec::new();
+        while stream.advance() {
+            let t = stream.token();
+            out.push(Word { text: t.text.clone(), from: t.offset_from, to: t.offset_to });
+        }
+        out
+    })
 }
 
 /// The analysed words of a query, in order.
@@ -106,17 +111,53 @@ impl QueryWord {
 }
 
 /// Optimal string alignment distance between `a` and `b` if it is at most `max`.
+///
+/// Called for every word of every highlighted hit against every query word, so it
+/// allocates nothing for words of up to [`STACK_CHARS`] characters (every indexed word:
+/// they are under [`MAX_TOKEN_BYTES`]) and answers equal words and words whose lengths
+/// differ by more than `max` without the table.
 pub fn osa_distance(a: &str, b: &str, max: u8) -> Option<u8> {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let max = usize::from(max);
-    if a.len().abs_diff(b.len()) > max {
+    if a == b {
+        return Some(0);
+    }
+    if max == 0 {
         return None;
     }
-    // Three rows: two back for transpositions.
-    let mut prev2: Vec<usize> = vec![0; b.len() + 1];
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur: Vec<usize> = vec![0; b.len() + 1];
+    let (la, lb) = (a.chars().count(), b.chars().count());
+    if la.abs_diff(lb) > usize::from(max) {
+        return None;
+    }
+    if la <= STACK_CHARS && lb <= STACK_CHARS {
+        let (mut ca, mut cb) = (['\0'; STACK_CHARS], ['\0'; STACK_CHARS]);
+        for (slot, c) in ca.iter_mut().zip(a.chars()) {
+            *slot = c;
+        }
+        for (slot, c) in cb.iter_mut().zip(b.chars()) {
+            *slot = c;
+        }
+        let mut rows = [0usize; 3 * (STACK_CHARS + 1)];
+        osa_table(&ca[..la], &cb[..lb], max, &mut rows)
+    } else {
+        let (ca, cb): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let mut rows = vec![0usize; 3 * (lb + 1)];
+        osa_table(&ca, &cb, max, &mut rows)
+    }
+}
+
+/// Longest word [`osa_distance`] compares without allocating.
+pub const STACK_CHARS: usize = 48;
+
+/// The dynamic programme over three rows (two back, for transpositions) held in `rows`
+/// (at least `3 × (b.len() + 1)` long).
+fn osa_table(a: &[char], b: &[char], max: u8, rows: &mut [usize]) -> Option<u8> {
+    let width = b.len() + 1;
+    let (prev2, rest) = rows.split_at_mut(width);
+    let (prev, rest) = rest.split_at_mut(width);
+    let cur = &mut rest[..width];
+    let (mut prev2, mut prev, mut cur) = (prev2, prev, cur);
+    for (j, cell) in prev.iter_mut().enumerate() {
+        *cell = j;
+    }
     for i in 1..=a.len() {
         cur[0] = i;
         for j in 1..=b.len() {
@@ -131,7 +172,7 @@ pub fn osa_distance(a: &str, b: &str, max: u8) -> Option<u8> {
         std::mem::swap(&mut prev, &mut cur);
     }
     let d = prev[b.len()];
-    (d <= max).then(|| u8::try_from(d).unwrap_or(u8::MAX))
+    (d <= usize::from(max)).then(|| u8::try_from(d).unwrap_or(u8::MAX))
 }
 
 #[cfg(test)]
@@ -159,6 +200,61 @@ mod tests {
         assert_eq!(osa_distance("kettel", "kettle", 1), Some(1));
         assert_eq!(osa_distance("ktetel", "kettle", 1), None);
         assert_eq!(osa_distance("ktetel", "kettle", 2), Some(2));
+    }
+
+    /// The textbook table, allocating, as [`osa_distance`] was first written.
+    fn reference(a: &str, b: &str, max: u8) -> Option<u8> {
+        let a: Vec<char> = a.chars().collect();
+        let b: Vec<char> = b.chars().collect();
+        let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for (i, row) in d.iter_mut().enumerate() {
+            row[0] = i;
+        }
+        for (j, cell) in d[0].iter_mut().enumerate() {
+            *cell = j;
+        }
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    v = v.min(d[i - 2][j - 2] + 1);
+                }
+                d[i][j] = v;
+            }
+        }
+        let v = d[a.len()][b.len()];
+        (v <= usize::from(max)).then(|| u8::try_from(v).unwrap_or(u8::MAX))
+    }
+
+    #[test]
+    fn the_allocation_free_distance_agrees_with_the_textbook_table() {
+        // Short words over a small alphabet (many near misses), non-ASCII letters, and
+        // words too long for the stack buffers.
+        let alphabet: Vec<char> = "abcdeé".chars().collect();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for _ in 0..20_000 {
+            let (la, lb) = (next(9), next(9));
+            let a: String = (0..la).map(|_| alphabet[next(alphabet.len())]).collect();
+            let b: String = (0..lb).map(|_| alphabet[next(alphabet.len())]).collect();
+            pairs.push((a, b));
+        }
+        let long = "x".repeat(STACK_CHARS + 3);
+        pairs.push((long.clone(), format!("{long}y")));
+        pairs.push((format!("ab{long}"), format!("ba{long}")));
+        pairs.push((long.clone(), "x".repeat(STACK_CHARS)));
+        for (a, b) in &pairs {
+            for max in 0..=3 {
+                assert_eq!(osa_distance(a, b, max), reference(a, b, max), "{a:?} {b:?} {max}");
+            }
+        }
     }
 
     #[test]

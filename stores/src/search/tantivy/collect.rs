@@ -148,11 +148,18 @@ impl SegmentCollector for TopSegment {
     }
 
     fn harvest(self) -> Vec<Ranked> {
-        self.heap
-            .iter()
-            .map(|Entry(rank, ord, doc)| Ranked {
-                key: SortKey { rank: *rank, sku: self.sku_of(*ord) },
-                address: DocAddress::new(self.segment, *doc),
+        // The page's skus in one ordered pass over the dictionary: looked up one by one,
+        // each decoded its dictionary block from the start.
+        let mut entries = self.heap.into_vec();
+        entries.sort_unstable_by_key(|Entry(_, ord, _)| *ord);
+        let ords: Vec<u64> = entries.iter().map(|Entry(_, ord, _)| *ord).collect();
+        let skus = sorted_ords_to_strings(&self.sku, &ords);
+        entries
+            .into_iter()
+            .zip(skus)
+            .map(|(Entry(rank, _, doc), sku)| Ranked {
+                key: SortKey { rank, sku },
+                address: DocAddress::new(self.segment, doc),
             })
             .collect()
     }
@@ -266,16 +273,30 @@ fn count_ords(col: &Option<StrColumn>, counts: &mut [u64], doc: DocId) {
 }
 
 fn ords_to_strings(col: &Option<StrColumn>, counts: Vec<u64>) -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    let Some(col) = col else { return out };
-    for (ord, n) in counts.into_iter().enumerate() {
-        if n > 0 {
-            let mut s = String::new();
-            if col.ord_to_str(ord as u64, &mut s).unwrap_or(false) {
-                out.insert(s, n);
-            }
+    let counted: Vec<(u64, u64)> =
+        counts.into_iter().enumerate().filter(|(_, n)| *n > 0).map(|(ord, n)| (ord as u64, n)).collect();
+    let ords: Vec<u64> = counted.iter().map(|(ord, _)| *ord).collect();
+    let strings = sorted_ords_to_strings(col, &ords);
+    counted.into_iter().zip(strings).filter(|(_, s)| !s.is_empty()).map(|((_, n), s)| (s, n)).collect()
+}
+
+/// The terms of `ords` (ascending, repeats allowed), one per ord, in one pass over the
+/// column's dictionary (`sorted_ords_to_term_cb`): a
+/// term looked up alone decodes its dictionary block from the block's start, so the
+/// facets of a broad query (thousands of attribute values) cost a block decode each.
+/// A term that is not there or not UTF-8 comes back empty (the stored terms are
+/// strings; none is empty).
+fn sorted_ords_to_strings(col: &Option<StrColumn>, ords: &[u64]) -> Vec<String> {
+    let mut out = Vec::with_capacity(ords.len());
+    if let Some(col) = col {
+        let found = col.dictionary().sorted_ords_to_term_cb(ords, |bytes| {
+            out.push(std::str::from_utf8(bytes).map(str::to_owned).unwrap_or_default());
+        });
+        if found.is_err() {
+            out.clear();
         }
     }
+    out.resize(ords.len(), String::new());
     out
 }
 
