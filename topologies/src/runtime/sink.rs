@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use super::stats::{HANDLE_BUCKETS, Ring, Tally, Window, bucket_of};
+use super::stats::{HANDLE_BUCKETS, Ring, Tally, Window, bucket_of, buckets_add, buckets_minus};
 
 /// Longest error text kept for the status model.
 const MAX_ERROR_LEN: usize = 300;
@@ -44,12 +44,7 @@ impl Tally for SinkCounters {
             writes: self.writes.saturating_sub(earlier.writes),
             items: self.items.saturating_sub(earlier.items),
             errors: self.errors.saturating_sub(earlier.errors),
-            buckets: self
-                .buckets
-                .iter()
-                .enumerate()
-                .map(|(i, n)| n.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
-                .collect(),
+            buckets: buckets_minus(&self.buckets, &earlier.buckets),
         }
     }
 }
@@ -60,12 +55,7 @@ impl SinkCounters {
         self.writes += other.writes;
         self.items += other.items;
         self.errors += other.errors;
-        if self.buckets.len() < other.buckets.len() {
-            self.buckets.resize(other.buckets.len(), 0);
-        }
-        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
-            *mine += theirs;
-        }
+        buckets_add(&mut self.buckets, &other.buckets);
     }
 }
 

@@ -46,13 +46,23 @@ impl Tally for Counters {
             acked: self.acked.saturating_sub(earlier.acked),
             errors: self.errors.saturating_sub(earlier.errors),
             dead_lettered: self.dead_lettered.saturating_sub(earlier.dead_lettered),
-            buckets: self
-                .buckets
-                .iter()
-                .enumerate()
-                .map(|(i, n)| n.saturating_sub(earlier.buckets.get(i).copied().unwrap_or(0)))
-                .collect(),
+            buckets: buckets_minus(&self.buckets, &earlier.buckets),
         }
+    }
+}
+
+/// Duration buckets less an earlier snapshot of them, bucket by bucket.
+pub(crate) fn buckets_minus(now: &[u64], earlier: &[u64]) -> Vec<u64> {
+    now.iter().enumerate().map(|(i, n)| n.saturating_sub(earlier.get(i).copied().unwrap_or(0))).collect()
+}
+
+/// Add another process's duration buckets to `mine`, bucket by bucket.
+pub(crate) fn buckets_add(mine: &mut Vec<u64>, theirs: &[u64]) {
+    if mine.len() < theirs.len() {
+        mine.resize(theirs.len(), 0);
+    }
+    for (m, t) in mine.iter_mut().zip(theirs) {
+        *m += t;
     }
 }
 
@@ -63,12 +73,7 @@ impl Counters {
         self.acked += other.acked;
         self.errors += other.errors;
         self.dead_lettered += other.dead_lettered;
-        if self.buckets.len() < other.buckets.len() {
-            self.buckets.resize(other.buckets.len(), 0);
-        }
-        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
-            *mine += theirs;
-        }
+        buckets_add(&mut self.buckets, &other.buckets);
     }
 }
 
