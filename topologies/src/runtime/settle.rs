@@ -64,11 +64,7 @@ pub(super) async fn settle(
         }
         Outcome::Error(error) => error,
     };
-    let attempt = |then: AfterFailure| {
-        if let Some(failures) = ctx.failures.as_ref().filter(|_| ran) {
-            failures.attempt(delivery, &error, then);
-        }
-    };
+    let attempt = |then: AfterFailure| attempt_at(ctx, ran, delivery, &error, then, chrono::Utc::now());
     match error.class {
         ErrorClass::TooNew => {
             ctx.ledger.deferred(key);

@@ -4,10 +4,9 @@
 //! a redelivered batch changes nothing, and concurrent batches take order locks and
 //! stock rows in one order (no deadlock, whatever SKUs their orders meet).
 
-use async_nats::HeaderMap;
 use chrono::Utc;
 use souk_pipelines::{
-    Message, encode, headers,
+    Message, encode,
     inventory::{CommitStock, ReleaseStock, ReserveStock, StockLine},
 };
 use souk_stores::postgres::{self as pg, inventory as inv};
@@ -65,18 +64,7 @@ fn delivery<M: Message>(cmd: &M, seq: u64) -> Delivery {
 }
 
 fn raw(subject: &str, schema: &str, payload: &[u8], seq: u64) -> Delivery {
-    let mut h = HeaderMap::new();
-    h.insert(headers::SCHEMA, schema);
-    Delivery {
-        subject: subject.into(),
-        headers: Some(h),
-        payload: payload.to_vec().into(),
-        message_id: Some(Uuid::now_v7().to_string()),
-        stream: "CMD".into(),
-        stream_sequence: seq,
-        attempt: 1,
-        consumer: CONSUMER.into(),
-    }
+    crate::delivered(CONSUMER, subject, schema, payload, "CMD", seq)
 }
 
 /// (held, sold) of `sku`.
@@ -162,15 +150,6 @@ async fn a_bad_command_in_a_batch_is_refused_alone_and_the_others_apply_once() -
     Ok(())
 }
 
-/// Backends of this test's database waiting for a lock.
-async fn lock_waiters(db: &TestDb) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
-    )
-    .fetch_one(&db.pool)
-    .await?)
-}
-
 /// Two batches whose orders meet SKUs a and b in opposite orders would deadlock if each
 /// locked stock rows as it applied its orders (Postgres breaks it after a second and the
 /// loser falls back to one transaction per command): each takes its orders' locks, then
@@ -193,11 +172,15 @@ async fn concurrent_batches_take_order_locks_and_stock_rows_in_one_order() -> an
         tokio::spawn(async move { inventory.handle_batch(&batch).await })
     };
     let y = run(y);
-    eventually(Duration::from_secs(10), || async { (lock_waiters(&db).await.ok()? == 1).then_some(()) })
-        .await?;
+    eventually(Duration::from_secs(10), || async {
+        (crate::lock_waiters(&db).await.ok()? == 1).then_some(())
+    })
+    .await?;
     let x = run(x);
-    eventually(Duration::from_secs(10), || async { (lock_waiters(&db).await.ok()? == 2).then_some(()) })
-        .await?;
+    eventually(Duration::from_secs(10), || async {
+        (crate::lock_waiters(&db).await.ok()? == 2).then_some(())
+    })
+    .await?;
     holder.rollback().await?;
     let (y, x) = (y.await?, x.await?);
     assert!(all_acked(&y) && all_acked(&x), "{y:?} {x:?}");

@@ -34,6 +34,41 @@ use std::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Backends of this test's database waiting for a lock (the batch tests force a lock
+/// order by holding a row and watching who queues behind it).
+async fn lock_waiters(db: &TestDb) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+    )
+    .fetch_one(&db.pool)
+    .await?)
+}
+
+/// `payload` as `consumer` gets it from `stream` at `seq`, with its schema header and a
+/// fresh message id (as an outbox sends each message): what the batch tests hand a
+/// handler directly.
+fn delivered(
+    consumer: &str,
+    subject: &str,
+    schema: &str,
+    payload: &[u8],
+    stream: &str,
+    seq: u64,
+) -> Delivery {
+    let mut h = HeaderMap::new();
+    h.insert(headers::SCHEMA, schema);
+    Delivery {
+        subject: subject.into(),
+        headers: Some(h),
+        payload: payload.to_vec().into(),
+        message_id: Some(uuid::Uuid::now_v7().to_string()),
+        stream: stream.into(),
+        stream_sequence: seq,
+        attempt: 1,
+        consumer: consumer.into(),
+    }
+}
+
 struct Env {
     _nats: NatsServer,
     db: TestDb,

@@ -4,7 +4,6 @@
 //! bad reply is refused alone, a redelivered batch changes nothing, and concurrent
 //! batches lock saga rows in one order.
 
-use async_nats::HeaderMap;
 use souk_pipelines::{Message, encode, headers, orders::PlaceOrder, payments::Operation};
 use souk_stores::postgres as pg;
 use souk_testkit::{TestDb, eventually};
@@ -33,19 +32,11 @@ fn delivery<M: Message>(message: &M, stream: &str, seq: u64) -> Delivery {
 }
 
 fn raw(subject: &str, schema: &str, payload: &[u8], stream: &str, seq: u64) -> Delivery {
-    let mut h = HeaderMap::new();
-    h.insert(headers::SCHEMA, schema);
-    h.insert(headers::TENANT, "t1");
-    Delivery {
-        subject: subject.into(),
-        headers: Some(h),
-        payload: payload.to_vec().into(),
-        message_id: Some(Uuid::now_v7().to_string()),
-        stream: stream.into(),
-        stream_sequence: seq,
-        attempt: 1,
-        consumer: saga::CONSUMER.into(),
+    let mut d = crate::delivered(saga::CONSUMER, subject, schema, payload, stream, seq);
+    if let Some(h) = d.headers.as_mut() {
+        h.insert(headers::TENANT, "t1");
     }
+    d
 }
 
 /// Place `cmd` as the orders pool does: its order and saga (`reserving`).
@@ -149,15 +140,6 @@ async fn a_bad_reply_in_a_batch_is_refused_alone() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Backends of this test's database waiting for a lock.
-async fn lock_waiters(db: &TestDb) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
-    )
-    .fetch_one(&db.pool)
-    .await?)
-}
-
 /// Two batches meeting orders a < b in opposite stream orders would deadlock if each
 /// locked saga rows in stream order (Postgres breaks it after a second and the loser
 /// falls back to one transaction per reply): both lock a first. Forced here by holding
@@ -184,11 +166,15 @@ async fn concurrent_batches_lock_saga_rows_in_one_order() -> anyhow::Result<()> 
         tokio::spawn(async move { handler.handle_batch(&batch).await })
     };
     let y = run(y);
-    eventually(Duration::from_secs(10), || async { (lock_waiters(&db).await.ok()? == 1).then_some(()) })
-        .await?;
+    eventually(Duration::from_secs(10), || async {
+        (crate::lock_waiters(&db).await.ok()? == 1).then_some(())
+    })
+    .await?;
     let x = run(x);
-    eventually(Duration::from_secs(10), || async { (lock_waiters(&db).await.ok()? == 2).then_some(()) })
-        .await?;
+    eventually(Duration::from_secs(10), || async {
+        (crate::lock_waiters(&db).await.ok()? == 2).then_some(())
+    })
+    .await?;
     holder.rollback().await?;
     let (y, x) = (y.await?, x.await?);
     assert!(all_acked(&y) && all_acked(&x), "{y:?} {x:?}");
