@@ -100,16 +100,7 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
         .output()
         .await?;
     let seller = String::from_utf8(seller.stdout)?.trim().to_owned();
-    let product = serde_json::json!({
-        "title": "Alert mug",
-        "description": "Hand-glazed stoneware.",
-        "category": "home/kitchen/mugs",
-        "attributes": {"capacity_ml": 330, "material": "stoneware", "dishwasher_safe": true},
-        "price_minor": 1299,
-        "currency": "EUR",
-        "stock": 40,
-        "images": []
-    });
+    let product = crate::catalog::mug("Alert mug");
     let written = http
         .put(format!("{api}/v1/sellers/S1/products/ALERT-MUG"))
         .bearer_auth(&seller)

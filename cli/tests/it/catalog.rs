@@ -19,7 +19,8 @@ fn seller_token(stack: &Stack, sub: &str, roles: &[Role], sellers: &[&str]) -> S
     stack.keys.mint(&claims)
 }
 
-fn mug(title: &str) -> Value {
+/// A valid product body (also what the alerts test writes).
+pub(crate) fn mug(title: &str) -> Value {
     json!({
         "title": title,
         "description": "Hand-glazed stoneware.",
