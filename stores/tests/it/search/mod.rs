@@ -4,6 +4,7 @@
 //! `--run-ignored` when the variable is set). Each OpenSearch test uses its own index
 //! prefix, so tests never share state.
 
+mod concurrency;
 mod paging;
 mod queries;
 mod rebuild;
