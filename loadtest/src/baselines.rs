@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// The benchmark stream and its subject (outside `souk.>`, so souk never sees it).
-const STREAM: &str = "BENCH";
+pub(crate) const STREAM: &str = "BENCH";
 const SUBJECT: &str = "bench.orders.place";
 
 /// A stream configured exactly like souk's `CMD` (file storage, retention, discard,

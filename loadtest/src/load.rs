@@ -177,6 +177,12 @@ impl Tally {
         self.unsent += other.unsent;
     }
 
+    /// A tally of nothing (for the reports' tests).
+    #[cfg(test)]
+    pub fn empty() -> Tally {
+        Tally::new(Instant::now()).expect("valid histogram bounds")
+    }
+
     /// Successful units per second of the measured window.
     pub fn rate(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();

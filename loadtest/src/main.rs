@@ -48,6 +48,7 @@ mod checkout;
 mod cpu;
 mod diag;
 mod env;
+mod floor;
 mod holds;
 mod http;
 mod load;

@@ -9,11 +9,19 @@
 //! | w, p | every product `PUT` through the API (`--writers` in flight) until all are searchable: command → JetStream → catalog pool → Postgres → outbox → EVT → indexer → tantivy | p ÷ r ≥ 0.5 |
 //! | fresh | beside (w): one product rewritten again and again, time from its 202 to a search finding the new title | p99 ≤ 1 s |
 //! | s | the same query set through `GET /v1/search`, `--clients` HTTP clients | p99 ≤ 20 ms and ≤ 3 × q's p99 |
+//! | j1, j2 | the floor's JetStream: raw publishes to a copy of `CMD` (single, then atomic batches, `--writers` in flight), each followed by a pull consumer taking and acking them all | — |
+//! | c | the floor's Postgres: raw single-row commits, `--pg-connections` connections | — |
 //!
 //! with the CPU per document, product and query from `/proc` (the whole machine's busy
 //! time over the phase ÷ its items). The raw phases run first, before the servers
-//! start, so each baseline has the machine to itself. The run reports; it never fails
-//! on a target. Figures compare only within one run (DESIGN.md §5).
+//! start, so each baseline has the machine to itself; (j) and (c) run on souk's servers
+//! before souk starts, for `--floor-duration` each (`--no-floor` skips them). Over (w)+(p)
+//! the servers' own counters give the JetStream messages (`CMD` and `EVT`) and the
+//! Postgres transactions (`xact_commit`) per product, and the report does the arithmetic
+//! (see [`crate::floor`]): messages × (j)'s CPU per message + transactions × (c)'s CPU per
+//! commit = the floor, beside (p)'s CPU per product and ÷ (r)'s CPU per document. The
+//! run reports; it never fails on a target. Figures compare only within one run
+//! (DESIGN.md §5).
 
 mod pipeline;
 mod products;
@@ -35,6 +43,7 @@ use crate::{
     Args,
     cpu::Window,
     env::{self, Database, Nats},
+    floor::{self, Work},
     load::{Mode, Plan},
     payload::TENANT,
     souk::{self, Stack, StackOptions},
@@ -87,6 +96,14 @@ pub struct CatalogArgs {
     /// `0s` turns it off.
     #[arg(long, default_value = "500ms", value_parser = crate::parse_duration)]
     pub catalog_max_backlog: Duration,
+    /// Skip the floor: the raw JetStream and Postgres phases run on souk's servers
+    /// before souk, and the per-product arithmetic they give.
+    #[arg(long)]
+    pub no_floor: bool,
+    /// Measured time of each floor phase (JetStream single publishes, atomic batches,
+    /// Postgres commits), after `--warmup`.
+    #[arg(long, default_value = "3s", value_parser = crate::parse_duration)]
+    pub floor_duration: Duration,
     /// Longest wait for every written product to become searchable.
     #[arg(long, default_value = "900s", value_parser = crate::parse_duration)]
     pub index_timeout: Duration,
@@ -210,16 +227,24 @@ struct Souk<'a> {
 
 impl Souk<'_> {
     async fn run(&self, report: &mut CatalogReport) -> anyhow::Result<()> {
+        // One connection of the harness's own: migrations, then Postgres's counters.
+        let observer = PgPoolOptions::new().max_connections(1).connect(&self.db.url).await?;
+        pg::migrate(&observer).await.context("migrating the benchmark database")?;
+        let result = self.phases(&observer, report).await;
+        observer.close().await;
+        result
+    }
+
+    async fn phases(&self, observer: &sqlx::PgPool, report: &mut CatalogReport) -> anyhow::Result<()> {
         let (args, c) = (self.args, self.c);
-        {
-            let pool = PgPoolOptions::new().max_connections(1).connect(&self.db.url).await?;
-            pg::migrate(&pool).await.context("migrating the benchmark database")?;
-            pool.close().await;
-        }
         let topology = match &args.topology {
             Some(path) => Topology::load(path)?,
             None => Topology::parse(include_str!("../../../topologies/marketplace.toml"))?,
         };
+        let nats = souk::connect_bench(&self.nats.url).await?;
+        if !c.no_floor {
+            self.floor(&nats, &topology, observer, report).await?;
+        }
         let keys = souk::keys();
         let ttl = c.index_timeout * 2 + c.search_duration * 4 + Duration::from_secs(3600);
         let sellers: BTreeSet<String> = self.listings.iter().map(|l| l.seller.clone()).collect();
@@ -235,15 +260,41 @@ impl Souk<'_> {
         let stack =
             Stack::start(&self.nats.url, &self.db.url, &topology, &options, keys, Arc::new(Vec::new()))
                 .await?;
-        let result = self.measure(&stack, &tokens, report).await;
+        let counters = Counters { pool: observer, js: async_nats::jetstream::new(nats) };
+        let result = self.measure(&stack, &tokens, &counters, report).await;
         stack.stop().await;
         result
+    }
+
+    /// (j) and (c): what a message and a commit cost on these servers with nothing of
+    /// souk in between, each phase `--floor-duration` after `--warmup`.
+    async fn floor(
+        &self,
+        nats: &async_nats::Client,
+        topology: &Topology,
+        observer: &sqlx::PgPool,
+        report: &mut CatalogReport,
+    ) -> anyhow::Result<()> {
+        let (args, c) = (self.args, self.c);
+        let plan = |concurrency| Plan {
+            mode: Mode::Closed { concurrency },
+            warmup: args.warmup,
+            duration: c.floor_duration,
+            max_ops: args.max_requests,
+        };
+        report.floor_messages =
+            floor::jetstream(nats, topology, c.writers, plan(c.writers), progress).await?;
+        progress("(c) raw Postgres single-row commits");
+        let connections = usize::try_from(args.pg_connections)?;
+        report.floor_commits = Some(floor::postgres(&self.db.url, observer, plan(connections)).await?);
+        Ok(())
     }
 
     async fn measure(
         &self,
         stack: &Stack,
         tokens: &Arc<Tokens>,
+        counters: &Counters<'_>,
         report: &mut CatalogReport,
     ) -> anyhow::Result<()> {
         let c = self.c;
@@ -251,6 +302,7 @@ impl Souk<'_> {
         let addr = stack.addr;
 
         progress("(w)+(p) souk: writing every product, probing freshness beside");
+        let work_before = Work::read(counters.pool, &counters.js).await?;
         let stop_probing = CancellationToken::new();
         let template = products::listing(c.seed.wrapping_add(1), 1, 0);
         let prober = tokio::spawn(pipeline::probe_freshness(
@@ -284,6 +336,11 @@ impl Souk<'_> {
             pipeline::wait_searchable(&client, addr, &tokens.buyer, expected, c.index_timeout).await?;
         let usage = cpu.close();
         report.searchable = count;
+        // Messages and transactions per product, by the servers' own counters (the
+        // freshness probe's few writes ride along, as they do in the CPU figure).
+        tokio::time::sleep(floor::STATS_DELAY).await;
+        let work_after = Work::read(counters.pool, &counters.js).await?;
+        report.per_product = work_after.per(work_before, writes.accepted);
         let name = "(p) pipeline: PUT → searchable";
         // Nothing accepted: no pipeline figure (rather than a rate of zero).
         report.pipeline = searchable_at.filter(|_| writes.accepted > 0).map(|at| {
@@ -320,6 +377,12 @@ impl Souk<'_> {
         report.http_search = Some(searching);
         Ok(())
     }
+}
+
+/// Where the servers' counters are read from.
+struct Counters<'a> {
+    pool: &'a sqlx::PgPool,
+    js: async_nats::jetstream::Context,
 }
 
 fn progress(what: &str) {

@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::pipeline::Freshness;
-use crate::{cpu::Share, report::Latency};
+use crate::{
+    cpu::Share,
+    floor::{self, Commits, Floor, Messages, PerOperation},
+    report::Latency,
+};
 
 /// A throughput figure with its CPU cost.
 #[derive(Debug, Clone, Serialize)]
@@ -151,6 +155,17 @@ pub struct CatalogReport {
     /// Queries whose HTTP and in-process totals differ (should be 0).
     pub totals_differ: Option<u64>,
     pub targets: Vec<Target>,
+    /// (j1), (j2): raw JetStream publishes then pull and ack, CPU per message.
+    pub floor_messages: Vec<Messages>,
+    /// (c): raw Postgres commits, CPU per commit.
+    pub floor_commits: Option<Commits>,
+    /// JetStream messages stored (`CMD` and `EVT`), Postgres transactions committed
+    /// (`xact_commit`, reads and the harness's few included) and of those the writes
+    /// (transaction ids assigned) over (w)+(p), per product accepted.
+    pub per_product: Option<PerOperation>,
+    /// messages × CPU per message + transactions × CPU per commit, beside (p)'s CPU per
+    /// product and ÷ (r)'s CPU per document.
+    pub floor: Option<Floor>,
     /// Why the run stopped early, if it did (the figures before it are kept).
     pub error: Option<String>,
 }
@@ -166,8 +181,20 @@ impl CatalogReport {
         let http_p99 = self.http_search.as_ref().map(|s| s.latency.p99_ms);
         let raw_p99 = self.raw_search.as_ref().map(|s| s.latency.p99_ms);
         let fresh_p99 = self.freshness.as_ref().filter(|f| f.latency.count > 0).map(|f| f.latency.p99_ms);
+        self.floor = Floor::new(
+            self.per_product,
+            &self.floor_messages,
+            self.floor_commits.as_ref(),
+            self.pipeline.as_ref().and_then(|p| p.cpu_per_item_us),
+        )
+        .map(|f| {
+            let raw = self.raw_index.as_ref().and_then(|r| r.cpu_per_item_us);
+            f.against("(r) raw tantivy CPU per doc".into(), raw, PIPELINE_TARGET)
+        });
         self.targets = vec![
-            target("pipeline products/s ÷ raw tantivy docs/s", pipeline, "×", "≥ 0.5", |v| v >= 0.5),
+            target("pipeline products/s ÷ raw tantivy docs/s", pipeline, "×", "≥ 0.5", |v| {
+                v >= PIPELINE_TARGET
+            }),
             target("freshness p99, 202 → searchable", fresh_p99, "ms", "≤ 1000 ms", |v| v <= 1000.0),
             target("HTTP search p99", http_p99, "ms", "≤ 20 ms", |v| v <= 20.0),
             target("HTTP search p99 ÷ raw tantivy p99", ratio(http_p99, raw_p99), "×", "≤ 3", |v| {
@@ -228,6 +255,7 @@ impl CatalogReport {
                 let _ = writeln!(out, "probe writes failed (not 503): {:?}", f.failed);
             }
         }
+        self.floor_table(&mut out);
         let _ = writeln!(
             out,
             "\n{:<48} {:>10} {:>9} {:>9} {:>9} {:>14} {:>14}",
@@ -282,6 +310,37 @@ impl CatalogReport {
     }
 }
 
+impl CatalogReport {
+    /// The floor: its raw baselines, the counts per product, and the arithmetic.
+    fn floor_table(&self, out: &mut String) {
+        if self.floor_messages.is_empty() && self.floor_commits.is_none() && self.per_product.is_none() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\nfloor: what a product's messages and transactions cost on this run's JetStream and Postgres alone"
+        );
+        floor::baselines_table(out, &self.floor_messages, self.floor_commits.as_ref());
+        if let Some(n) = &self.per_product {
+            let _ = writeln!(
+                out,
+                "counted over (w)+(p) by the servers: {:.2} JetStream messages (CMD + EVT) and {:.2} Postgres \
+                 transactions (reads included; {:.2} wrote) per product",
+                n.messages, n.transactions, n.writes
+            );
+        }
+        match &self.floor {
+            Some(f) => out.push_str(&f.lines("product", "(p) souk measured", "")),
+            None => {
+                let _ = writeln!(out, "per product: n/a (a count or a baseline is missing)");
+            }
+        }
+    }
+}
+
+/// The pipeline's target: products/s ≥ this × raw tantivy's documents/s.
+const PIPELINE_TARGET: f64 = 0.5;
+
 fn target(
     figure: &'static str,
     value: Option<f64>,
@@ -332,4 +391,76 @@ fn kinds_table(out: &mut String, phases: [&Option<Searching>; 2]) {
 
 fn us(v: Option<f64>) -> String {
     v.map_or("n/a".to_owned(), |v| format!("{v:.0} µs"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::floor::tests::{baseline, commits, share};
+
+    fn report() -> CatalogReport {
+        CatalogReport {
+            products: 1_000,
+            // 0.024 s over 1,000 docs: 24 µs each; 1.9 s over 1,000 products: 1,900 µs.
+            raw_index: Some(Throughput::new("(r) raw", 1_000, 0.1, Some(share(0.024)))),
+            pipeline: Some(Throughput::new("(p) pipeline", 1_000, 1.0, Some(share(1.9)))),
+            floor_messages: vec![
+                baseline("(j1) single", 1.0, 10_000, 0.2, 10_000),
+                baseline("(j2) atomic", 0.2, 10_000, 0.1, 10_000),
+            ],
+            floor_commits: Some(commits(1.5, 10_000)),
+            per_product: crate::floor::tests::counted(),
+            ..CatalogReport::default()
+        }
+    }
+
+    #[test]
+    fn the_floor_is_worked_out_per_product_against_raw_tantivy() {
+        let mut r = report();
+        r.finish();
+        let f = r.floor.as_ref().expect("floor");
+        assert!((f.floor_us - 690.0).abs() < 1e-6, "3 × 30 µs + 4 × 150 µs");
+        assert!((f.measured_us.unwrap_or_default() - 1_900.0).abs() < 1e-6);
+        let reference = f.reference.as_ref().expect("against (r)");
+        assert!((reference.cpu_us - 24.0).abs() < 1e-6);
+        assert!(!reference.reachable, "690 µs > 2 × 24 µs");
+        let table = r.table();
+        assert!(table.contains("\nfloor: what a product's messages"), "{table}");
+        assert!(table.contains("(j2) atomic: "), "{table}");
+        assert!(table.contains("CPU per commit 150 µs"), "{table}");
+        assert!(
+            table.contains("3.00 JetStream messages (CMD + EVT) and 4.00 Postgres transactions (reads included; 1.50 wrote)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("per product: 3.00 messages × 30 µs + 4.00 transactions × 150 µs = 90 µs + 600 µs = 690 µs floor"),
+            "{table}"
+        );
+        assert!(table.contains("(p) souk measured: 1900 µs per product"), "{table}");
+        assert!(
+            table.contains("floor ÷ (r) raw tantivy CPU per doc (24 µs) = 28.75 × (13.12 × with reads free)"),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&r.json().expect("json")).expect("parses");
+        assert_eq!(json["floor"]["floor_us"].as_f64().map(f64::round), Some(690.0));
+        assert_eq!(json["floor"]["reference"]["reachable"], false);
+        assert_eq!(json["floor_messages"].as_array().map(Vec::len), Some(2));
+        assert_eq!(json["per_product"]["messages"], 3.0);
+        assert_eq!(json["per_product"]["writes"], 1.5);
+    }
+
+    #[test]
+    fn without_the_floor_phases_nothing_is_printed_for_them() {
+        let mut r =
+            CatalogReport { floor_messages: Vec::new(), floor_commits: None, per_product: None, ..report() };
+        r.finish();
+        assert!(r.floor.is_none());
+        assert!(!r.table().contains("floor"), "{}", r.table());
+        // Counted but not measured (--no-floor): the counts print, the sum says n/a.
+        let mut counted = CatalogReport { floor_messages: Vec::new(), floor_commits: None, ..report() };
+        counted.finish();
+        let table = counted.table();
+        assert!(table.contains("3.00 JetStream messages"), "{table}");
+        assert!(table.contains("per product: n/a"), "{table}");
+    }
 }

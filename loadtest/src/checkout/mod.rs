@@ -5,7 +5,8 @@
 //! | | measurement | judged against |
 //! |---|---|---|
 //! | i | the settled stack with no load for `--idle`: CPU per second, paid by every phase whatever its rate | — |
-//! | c | raw Postgres single-row INSERT, autocommit, `--pg-connections` connections (the orders benchmark's (c)) | — the ceiling one commit per step would allow |
+//! | c | raw Postgres single-row INSERT, autocommit, `--pg-connections` connections (the orders benchmark's (c)) | — the ceiling one commit per step would allow; CPU per commit for the floor |
+//! | j1, j2 | raw JetStream publishes to a copy of `CMD` (single, then atomic batches, the largest `--concurrency` in flight), each followed by a pull consumer taking and acking them all, `--floor-duration` each | — CPU per message for the floor |
 //! | s | souk, closed loop at each `--concurrency`: every client puts `--lines` SKUs in its cart, `POST /v1/checkout` (`tok_ok`), and waits for its order's `OrderConfirmed` on `EVT`; checkouts/s = confirmed per second, latency from the POST to the event | Restate's runs/s (× ≥ 1.5) and p99 (below) at the same concurrency |
 //! | s½ | the same, open loop (Poisson) at half the best rate of (s) | the latency a buyer sees while souk has headroom |
 //! | r | Restate 1.7, the same saga shape (3 steps, fsync on), `run.sh` at the same concurrencies | — the peer |
@@ -19,7 +20,10 @@
 //! generator —, Postgres, nats-server), with souk's own handler time per pool and per
 //! route beside it. Each phase starts from a quiescent pipeline, and its CPU window
 //! closes when the pipeline is quiescent again, so a checkout's whole cost (its
-//! fulfilment request too) is counted once. It reports; it never fails on a target.
+//! fulfilment request too) is counted once. Beside it, the floor (see [`crate::floor`]):
+//! the JetStream messages and Postgres transactions per checkout the servers counted ×
+//! what one costs on them alone by (j) and (c), and that floor ÷ Restate's CPU per run
+//! (`--no-floor` skips (j)). It reports; it never fails on a target.
 
 mod report;
 mod restate;
@@ -37,16 +41,16 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Args, baselines,
+    Args,
     cpu::Window,
     diag::{self, Snapshot},
     env::{self, Database, Nats},
+    floor::{self, Work},
     load::{self, Mode, Plan, Tally},
-    payload::Sample,
     report::Latency,
     souk::{self, Stack, StackOptions},
 };
-use report::{Commits, PerCheckout, SoukPhase};
+use report::{PerCheckout, SoukPhase};
 use shop::{Checkout, Confirmations, Outcomes};
 
 /// `souk-loadtest checkout`: the checkout saga end to end, beside Restate.
@@ -90,6 +94,12 @@ pub struct CheckoutArgs {
     /// Do not run the Restate peer (the report says so).
     #[arg(long)]
     pub no_restate: bool,
+    /// Skip the floor's JetStream phases (j1, j2), and so the per-checkout arithmetic.
+    #[arg(long)]
+    pub no_floor: bool,
+    /// Measured time of each floor JetStream phase, after `--warmup`.
+    #[arg(long, default_value = "3s", value_parser = crate::parse_duration)]
+    pub floor_duration: Duration,
 }
 
 /// Run the checkout benchmark. The nats-server and the database are removed whatever
@@ -161,27 +171,24 @@ impl Run<'_> {
         pg::migrate(&pool).await.context("migrating the benchmark database")?;
 
         progress("(c) raw Postgres single-row commits");
-        let cpu = Window::open();
         let plan = Plan {
             mode: Mode::Closed { concurrency: usize::try_from(args.pg_connections)? },
             warmup: args.warmup,
             duration: c.duration,
             max_ops: args.max_requests,
         };
-        let t = baselines::raw_postgres(&self.db.url, &Sample::new()?, plan).await?;
-        report.postgres = Some(Commits {
-            connections: args.pg_connections,
-            commits_per_s: t.rate(),
-            latency: Latency::of(&t.latency_ok),
-            cpu: cpu.close(),
-        });
+        report.postgres = Some(floor::postgres(&self.db.url, &pool, plan).await?);
+        if !c.no_floor {
+            let client = souk::connect_bench(&self.nats.url).await?;
+            let topology = self.topology()?;
+            let most = c.concurrency.iter().copied().max().unwrap_or(1);
+            let plan = Plan { duration: c.floor_duration, ..plan };
+            report.jetstream_floor = floor::jetstream(&client, &topology, most, plan, progress).await?;
+        }
 
         progress(&format!("seeding {} products of {} sellers", c.skus, c.sellers));
         shop::seed(&pool, c.skus, c.sellers).await?;
-        let topology = match &args.topology {
-            Some(path) => Topology::load(path)?,
-            None => Topology::parse(include_str!("../../../topologies/marketplace.toml"))?,
-        };
+        let topology = self.topology()?;
         let keys = souk::keys();
         let most = c.concurrency.iter().copied().max().unwrap_or(1);
         // Open loop: room for 4× the largest closed loop in flight, one buyer (cart) each.
@@ -202,6 +209,13 @@ impl Run<'_> {
         stack.stop().await;
         pool.close().await;
         result
+    }
+
+    fn topology(&self) -> anyhow::Result<Topology> {
+        match &self.args.topology {
+            Some(path) => Ok(Topology::load(path)?),
+            None => Ok(Topology::parse(include_str!("../../../topologies/marketplace.toml"))?),
+        }
     }
 
     async fn phases(
@@ -291,7 +305,7 @@ impl Phase<'_> {
         let confirmed = Confirmations::default();
         let plan = Plan { mode, warmup: Duration::ZERO, duration: c.duration, max_ops: args.max_requests };
         let before = Snapshot::take(self.run.metrics);
-        let work_before = self.work().await?;
+        let work_before = Work::read(self.outbox, self.js).await?;
         let cpu = Window::open();
         let tally = load::run(plan, checkout(confirmed.clone())).await?;
         self.settle().await?;
@@ -300,28 +314,14 @@ impl Phase<'_> {
         let all = confirmed.lock().map(|c| c.clone()).unwrap_or_default();
         let mut s = summarise(name, mode, &tally, &all, usage, &before, &after)?;
         // Postgres publishes a backend's counters within a second or so of its commits.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let work_after = self.work().await?;
-        if s.cpu_checkouts > 0 {
-            let n = s.cpu_checkouts as f64;
-            s.transactions_per_checkout = Some((work_after.0 - work_before.0) as f64 / n);
-            s.messages_per_checkout = Some(work_after.1.saturating_sub(work_before.1) as f64 / n);
+        tokio::time::sleep(floor::STATS_DELAY).await;
+        let work_after = Work::read(self.outbox, self.js).await?;
+        if let Some(n) = work_after.per(work_before, s.cpu_checkouts) {
+            s.transactions_per_checkout = Some(n.transactions);
+            s.messages_per_checkout = Some(n.messages);
+            s.writes_per_checkout = Some(n.writes);
         }
         Ok(s)
-    }
-
-    /// (transactions committed in this run's database, messages ever stored in CMD and EVT).
-    async fn work(&self) -> anyhow::Result<(i64, u64)> {
-        let commits: i64 =
-            sqlx::query_scalar("select xact_commit from pg_stat_database where datname = current_database()")
-                .fetch_one(self.outbox)
-                .await?;
-        let mut messages = 0;
-        for name in ["CMD", "EVT"] {
-            let mut stream = self.js.get_stream(name).await?;
-            messages += stream.info().await?.state.last_sequence;
-        }
-        Ok((commits, messages))
     }
 
     /// Wait until nothing is left to do: every consumer caught up with nothing
@@ -404,6 +404,8 @@ fn summarise(
         loadavg: loadavg(),
         transactions_per_checkout: None,
         messages_per_checkout: None,
+        writes_per_checkout: None,
+        floor: None,
     })
 }
 

@@ -5,7 +5,12 @@ use serde::Serialize;
 use std::{collections::BTreeMap, fmt::Write};
 
 use super::restate::RestateRun;
-use crate::{cpu::Share, diag::Timing, report::Latency};
+use crate::{
+    cpu::Share,
+    diag::Timing,
+    floor::{self, Commits, Floor, Messages, PerOperation},
+    report::Latency,
+};
 
 /// CPU of one phase per confirmed checkout, in µs.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -69,6 +74,12 @@ pub struct SoukPhase {
     /// checkout.
     pub transactions_per_checkout: Option<f64>,
     pub messages_per_checkout: Option<f64>,
+    /// Of those transactions, the ones that wrote (transaction ids assigned: the whole
+    /// Postgres server's counter).
+    pub writes_per_checkout: Option<f64>,
+    /// Those × the cheapest (j)'s CPU per message and (c)'s CPU per commit, beside this
+    /// phase's machine CPU per checkout and ÷ Restate's CPU per run at its concurrency.
+    pub floor: Option<Floor>,
 }
 
 impl SoukPhase {
@@ -106,15 +117,6 @@ impl Idle {
     }
 }
 
-/// (c) the raw Postgres commit rate of this run.
-#[derive(Debug, Clone, Serialize)]
-pub struct Commits {
-    pub connections: u32,
-    pub commits_per_s: f64,
-    pub latency: Latency,
-    pub cpu: Option<Share>,
-}
-
 /// One figure against its target, at one concurrency.
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
@@ -132,7 +134,10 @@ pub struct CheckoutReport {
     pub sellers: usize,
     pub lines: usize,
     pub cpus: usize,
+    /// (c) the raw Postgres commit rate of this run, and its CPU per commit.
     pub postgres: Option<Commits>,
+    /// (j1), (j2): raw JetStream publishes then pull and ack, CPU per message.
+    pub jetstream_floor: Vec<Messages>,
     pub idle: Option<Idle>,
     pub saturation: Vec<SoukPhase>,
     pub half: Option<SoukPhase>,
@@ -149,6 +154,28 @@ impl CheckoutReport {
     /// Judge souk against Restate at each concurrency both ran.
     pub fn finish(&mut self) {
         self.targets.clear();
+        for s in self.saturation.iter_mut().chain(&mut self.half) {
+            let counted =
+                s.messages_per_checkout.zip(s.transactions_per_checkout).map(|(m, t)| PerOperation {
+                    messages: m,
+                    transactions: t,
+                    // Not read: price every transaction as a write.
+                    writes: s.writes_per_checkout.unwrap_or(t),
+                });
+            let floor = Floor::new(
+                counted,
+                &self.jetstream_floor,
+                self.postgres.as_ref(),
+                s.cpu_per_checkout.map(|p| p.machine_us),
+            );
+            s.floor = floor.map(|f| match s.concurrency {
+                Some(c) => {
+                    let r = self.restate.iter().find(|r| r.concurrency == c).map(|r| r.cpu_per_run_us);
+                    f.against(format!("Restate CPU per run at {c}"), r, RATE_TARGET)
+                }
+                None => f,
+            });
+        }
         for s in &self.saturation {
             let Some(c) = s.concurrency else { continue };
             let r = self.restate.iter().find(|r| r.concurrency == c);
@@ -158,7 +185,7 @@ impl CheckoutReport {
                 value: rate,
                 unit: "×",
                 target: "≥ 1.5",
-                met: rate.map(|v| v >= 1.5),
+                met: rate.map(|v| v >= RATE_TARGET),
             });
             let p99 = r.filter(|_| s.latency.count > 0).map(|r| s.latency.p99_ms / r.p99_ms);
             self.targets.push(Target {
@@ -190,16 +217,7 @@ impl CheckoutReport {
             "checkout: {} SKUs, {} sellers, {} line(s) per cart, {} CPUs; payment sandbox: latency 0, no faults\n",
             self.skus, self.sellers, self.lines, self.cpus
         );
-        if let Some(p) = &self.postgres {
-            let _ = writeln!(
-                out,
-                "(c) raw Postgres insert+commit, {} connections: {:.0} commits/s, p99 {:.2} ms{}",
-                p.connections,
-                p.commits_per_s,
-                p.latency.p99_ms,
-                p.cpu.map_or(String::new(), |c| format!("  [{c}]"))
-            );
-        }
+        floor::baselines_table(&mut out, &self.jetstream_floor, self.postgres.as_ref());
         if let Some(i) = &self.idle {
             let _ = writeln!(
                 out,
@@ -248,8 +266,9 @@ impl CheckoutReport {
                 notes.push(format!("errors {:?}", s.errors));
             }
             if let (Some(c), Some(m)) = (s.transactions_per_checkout, s.messages_per_checkout) {
+                let writes = s.writes_per_checkout.map_or(String::new(), |w| format!("; {w:.1} wrote"));
                 notes.push(format!(
-                    "per checkout: {c:.1} Postgres transactions (reads included), {m:.1} JetStream messages"
+                    "per checkout: {c:.1} Postgres transactions (reads included{writes}), {m:.1} JetStream messages"
                 ));
             }
             if s.unsent > 0 {
@@ -265,6 +284,10 @@ impl CheckoutReport {
                 let routes: Vec<String> =
                     s.route_ms_per_checkout.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
                 let _ = writeln!(out, "{:<34} HTTP ms per checkout: {}", "", routes.join(", "));
+            }
+            if let Some(f) = &s.floor {
+                let _ = writeln!(out, "{:<34} floor (this run's JetStream and Postgres alone):", "");
+                out.push_str(&f.lines("checkout", "souk measured (machine)", &" ".repeat(35)));
             }
         }
         if !self.restate.is_empty() {
@@ -326,9 +349,101 @@ impl CheckoutReport {
     }
 }
 
+/// The checkout's target: checkouts/s ≥ this × Restate's runs/s.
+const RATE_TARGET: f64 = 1.5;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::floor::tests::{baseline, commits};
+
+    fn phase(concurrency: Option<usize>, machine_us: f64) -> SoukPhase {
+        SoukPhase {
+            name: "closed loop, 64 concurrent".into(),
+            concurrency,
+            offered_per_s: None,
+            confirmed: 1_000,
+            checkouts_per_s: 100.0,
+            latency: Latency::of(&crate::load::Tally::empty().latency),
+            errors: BTreeMap::new(),
+            unsent: 0,
+            cpu_checkouts: 1_000,
+            cpu: None,
+            cpu_per_checkout: Some(PerCheckout { machine_us, ..PerCheckout::default() }),
+            pool_ms_per_checkout: BTreeMap::new(),
+            route_ms_per_checkout: BTreeMap::new(),
+            loadavg: None,
+            transactions_per_checkout: Some(21.0),
+            messages_per_checkout: Some(12.0),
+            writes_per_checkout: Some(9.0),
+            floor: None,
+        }
+    }
+
+    #[test]
+    fn each_phase_gets_its_floor_and_the_closed_loops_restates() {
+        let restate = |concurrency, cpu_per_run_us| RestateRun {
+            concurrency,
+            runs: 2_000,
+            ok: 2_000,
+            errors: 0,
+            runs_per_s: 1_000.0,
+            p50_ms: 10.0,
+            p99_ms: 20.0,
+            max_ms: 30.0,
+            cpu_per_run_us,
+            cpu_per_run_with_driver_us: None,
+            loadavg_before: None,
+        };
+        let mut r = CheckoutReport {
+            // 30 µs per message (atomic), 150 µs per commit.
+            jetstream_floor: vec![
+                baseline("(j1) single", 1.0, 10_000, 0.2, 10_000),
+                baseline("(j2) atomic", 0.2, 10_000, 0.1, 10_000),
+            ],
+            postgres: Some(commits(1.5, 10_000)),
+            saturation: vec![phase(Some(64), 18_000.0), phase(Some(16), 26_000.0)],
+            half: Some(phase(None, 20_000.0)),
+            restate: vec![restate(64, 1_500.0)],
+            ..CheckoutReport::default()
+        };
+        r.finish();
+        // 12 × 30 + 21 × 150 = 3,510 µs.
+        let at_64 = r.saturation[0].floor.as_ref().expect("floor at 64");
+        assert!((at_64.floor_us - 3_510.0).abs() < 1e-6);
+        assert!((at_64.above_floor_us.unwrap_or_default() - 14_490.0).abs() < 1e-6);
+        // With reads free: 12 × 30 + 9 × 150 = 1,710 µs.
+        assert!((at_64.writes_floor_us - 1_710.0).abs() < 1e-6);
+        let restate_64 = at_64.reference.as_ref().expect("Restate ran at 64");
+        assert!((restate_64.floor_ratio - 2.34).abs() < 1e-9);
+        assert!((restate_64.writes_floor_ratio - 1.14).abs() < 1e-9);
+        assert!(!restate_64.reachable, "3,510 µs > 1,500 µs ÷ 1.5");
+        assert!(r.saturation[1].floor.as_ref().expect("floor at 16").reference.is_none(), "no Restate at 16");
+        assert!(r.half.as_ref().and_then(|h| h.floor.as_ref()).expect("open loop").reference.is_none());
+        let table = r.table();
+        assert!(table.contains("(j1) single: "), "{table}");
+        assert!(table.contains("(c) raw Postgres insert+commit, 32 connections"), "{table}");
+        assert!(
+            table.contains("per checkout: 12.00 messages × 30 µs + 21.00 transactions × 150 µs = 360 µs + 3150 µs = 3510 µs floor"),
+            "{table}"
+        );
+        assert!(
+            table.contains("souk measured (machine): 18000 µs per checkout; the floor is 20 % of it"),
+            "{table}"
+        );
+        assert!(
+            table.contains("floor ÷ Restate CPU per run at 64 (1500 µs) = 2.34 × (1.14 × with reads free)"),
+            "{table}"
+        );
+        assert!(table.contains("21.0 Postgres transactions (reads included; 9.0 wrote)"), "{table}");
+        assert!(table.contains("OUT OF REACH"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&r.json().expect("json")).expect("parses");
+        assert_eq!(
+            json["saturation"][0]["floor"]["reference"]["at_most"].as_f64().map(|v| (v * 100.0).round()),
+            Some(67.0)
+        );
+        assert_eq!(json["jetstream_floor"].as_array().map(Vec::len), Some(2));
+    }
 
     #[test]
     fn cpu_per_checkout_splits_the_machine_by_process() {
