@@ -150,6 +150,10 @@ pub struct SearchConfig {
     /// a lock file refuses a second; see ARCHITECTURE.md, "One process per embedded
     /// (tantivy) index"). Ignored with `opensearch-url`.
     pub dir: Option<PathBuf>,
+    /// Threads the tantivy index runs queries on: the most that run at once, the rest
+    /// wait their turn (see ARCHITECTURE.md, "Search cost"); unset, the cores. Ignored
+    /// with `opensearch-url` (OpenSearch has its own search thread pool).
+    pub threads: Option<usize>,
 }
 
 impl Default for Config {
@@ -248,6 +252,9 @@ impl Config {
         {
             return Err("catalog-max-backlog must be 0s (no bound) or between 50ms and 10m".into());
         }
+        if self.search.threads.is_some_and(|t| t == 0 || t > 256) {
+            return Err("search.threads must be between 1 and 256".into());
+        }
         if let Some(url) = &self.search.opensearch_url
             && !url.starts_with("http://")
             && !url.starts_with("https://")
@@ -277,9 +284,10 @@ impl Config {
     pub fn search_backend(&self) -> souk_cli::node::SearchBackend {
         match &self.search.opensearch_url {
             Some(url) => souk_cli::node::SearchBackend::OpenSearch(url.clone()),
-            None => souk_cli::node::SearchBackend::Tantivy(
-                self.search.dir.clone().unwrap_or_else(|| self.data_dir.join("search")),
-            ),
+            None => souk_cli::node::SearchBackend::Tantivy {
+                dir: self.search.dir.clone().unwrap_or_else(|| self.data_dir.join("search")),
+                threads: self.search.threads,
+            },
         }
     }
 

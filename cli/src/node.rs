@@ -13,7 +13,8 @@ use souk_stores::{
     postgres::{self as pg, outbox::PgOutbox},
     search::{
         ApplyOutcome, IndexOp, Rebuild, SearchError, SearchRequest, SearchResults, SearchStore, StoreStats,
-        StoredVersion, tantivy::TantivyStore,
+        StoredVersion,
+        tantivy::{TantivyOptions, TantivyStore},
     },
 };
 use souk_topologies::{
@@ -224,8 +225,9 @@ impl Node {
 /// Where the search index lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchBackend {
-    /// An embedded tantivy index in this directory.
-    Tantivy(std::path::PathBuf),
+    /// An embedded tantivy index in `dir`, queries run on `threads` threads (`None`: as
+    /// many as the cores).
+    Tantivy { dir: std::path::PathBuf, threads: Option<usize> },
     /// An OpenSearch cluster at this URL.
     OpenSearch(String),
 }
@@ -306,12 +308,15 @@ pub fn runs_handler(topology: &Topology, pools: Option<&[String]>, handler: &str
 pub async fn open_search(backend: &SearchBackend) -> anyhow::Result<Arc<dyn SearchStore>> {
     use anyhow::Context;
     match backend {
-        SearchBackend::Tantivy(dir) => {
+        SearchBackend::Tantivy { dir, threads } => {
             let dir = dir.clone();
+            let defaults = TantivyOptions::default();
+            let options =
+                TantivyOptions { search_threads: threads.unwrap_or(defaults.search_threads), ..defaults };
             let store = tokio::task::spawn_blocking(move || -> anyhow::Result<LockedTantivy> {
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 let lock = lock_index_dir(&dir)?;
-                let store = TantivyStore::open(&dir, Default::default())
+                let store = TantivyStore::open(&dir, options)
                     .with_context(|| format!("opening the search index {}", dir.display()))?;
                 Ok(LockedTantivy { store, _lock: lock })
             })

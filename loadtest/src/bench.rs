@@ -232,6 +232,7 @@ async fn phases(ctx: &Ctx<'_>, setup: Setup) -> anyhow::Result<Report> {
             write_timeout: args.write_timeout,
             workers: false,
             catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
+            search: Default::default(),
         };
         let stack = Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys, tokens).await?;
         stack.seed_catalog().await?;
@@ -261,6 +262,7 @@ async fn souk_phase(
         write_timeout: args.write_timeout,
         workers: true,
         catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
+        search: Default::default(),
     };
     let stack =
         Stack::start(&ctx.nats.url, &ctx.db.url, ctx.topology, &options, keys.clone(), tokens.clone())

@@ -10,7 +10,7 @@ use souk_cli::node::{Node, NodeOptions};
 use souk_ingress::{Claims, IntakeOptions, Keys, Role};
 use souk_stores::{
     postgres::{self as pg, PgOptions},
-    search::tantivy::TantivyStore,
+    search::tantivy::{TantivyOptions, TantivyStore},
 };
 use souk_topologies::{
     Topology,
@@ -50,6 +50,8 @@ pub struct StackOptions {
     pub workers: bool,
     /// The ingress's catalog admission bound (`catalog-max-backlog`; zero: none).
     pub catalog_max_backlog: Duration,
+    /// The tantivy store's options (its search threads).
+    pub search: TantivyOptions,
 }
 
 /// A running stack.
@@ -98,8 +100,8 @@ impl Stack {
         // Opened here rather than through `souk_cli::node::open_search`, to keep the
         // tantivy handle: the catalog benchmark waits for its merges before (s).
         let dir = search_dir.path().join("search");
-        let search =
-            tokio::task::spawn_blocking(move || TantivyStore::open(dir, Default::default())).await??;
+        let search_options = options.search.clone();
+        let search = tokio::task::spawn_blocking(move || TantivyStore::open(dir, search_options)).await??;
         // The payments pools call two local payment SANDBOXES (no latency, no faults).
         let (payment_sandboxes, specs) =
             souk_cli::node::start_payment_sandboxes(None, Default::default(), Duration::from_secs(3)).await?;
@@ -386,6 +388,7 @@ mod tests {
             write_timeout: Duration::from_secs(5),
             workers: false,
             catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
+            search: Default::default(),
         };
         let stack =
             Stack::start(&nats.url(), &db.url, &souk_testkit::test_topology()?, &options, keys, tokens)

@@ -170,8 +170,11 @@ impl Stack {
         let topology = test_topology()?;
         souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
         let search_dir = tempfile::tempdir()?;
-        let search =
-            souk_cli::node::open_search(&SearchBackend::Tantivy(search_dir.path().join("search"))).await?;
+        let search = souk_cli::node::open_search(&SearchBackend::Tantivy {
+            dir: search_dir.path().join("search"),
+            threads: None,
+        })
+        .await?;
         let (payment_sandboxes, specs) =
             souk_cli::node::start_payment_sandboxes(None, Default::default(), Duration::from_secs(1)).await?;
         let payments = souk_cli::node::payment_gateway(&specs, test_payment_retry(), db.pool.clone())?;

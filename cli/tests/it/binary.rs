@@ -131,6 +131,17 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
         souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("backend"));
+    // The search threads: a count, shown as set.
+    std::fs::write(&typo, "[search]\nthreads = 0\n")?;
+    let bad =
+        souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8(bad.stderr)?.contains("search.threads must be between 1 and 256"));
+    std::fs::write(&typo, "[search]\nthreads = 3\n")?;
+    let good =
+        souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
+    assert!(good.status.success());
+    assert!(String::from_utf8(good.stdout)?.contains("threads = 3"));
     let forever = souk(data.path())
         .args(["token", "--sub", "x", "--role", "buyer", "--ttl", "584542046090y"])
         .output()

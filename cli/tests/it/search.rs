@@ -426,7 +426,7 @@ async fn a_product_put_through_the_api_becomes_searchable_and_a_delete_removes_i
 async fn a_second_process_cannot_open_the_same_embedded_index() -> anyhow::Result<()> {
     use souk_cli::node::{SearchBackend, open_search};
     let dir = tempfile::tempdir()?;
-    let backend = SearchBackend::Tantivy(dir.path().join("search"));
+    let backend = SearchBackend::Tantivy { dir: dir.path().join("search"), threads: None };
     let first = open_search(&backend).await?;
     let refused = open_search(&backend).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert!(refused.contains("is open in another process") && refused.contains("search"), "{refused}");

@@ -32,7 +32,7 @@ mod report;
 pub use report::CatalogReport;
 
 use anyhow::Context;
-use souk_stores::postgres as pg;
+use souk_stores::{postgres as pg, search::tantivy::TantivyOptions};
 use souk_topologies::Topology;
 use sqlx::postgres::PgPoolOptions;
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
@@ -96,6 +96,11 @@ pub struct CatalogArgs {
     /// `0s` turns it off.
     #[arg(long, default_value = "500ms", value_parser = crate::parse_duration)]
     pub catalog_max_backlog: Duration,
+    /// Threads the tantivy store runs queries on, in (q) and (s) alike (the store's
+    /// `search_threads`); more than `--clients` runs every query at once, as the store
+    /// did before it queued them [default: the store's, the cores].
+    #[arg(long)]
+    pub search_threads: Option<usize>,
     /// Skip the floor: the raw JetStream and Postgres phases run on souk's servers
     /// before souk, and the per-product arithmetic they give.
     #[arg(long)]
@@ -122,6 +127,7 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
         seed: c.seed,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         catalog_max_backlog_ms: c.catalog_max_backlog.as_millis() as u64,
+        search_threads: c.search_threads.unwrap_or_else(|| TantivyOptions::default().search_threads),
         ..CatalogReport::default()
     };
     progress(&format!("generating {} products for {} sellers", c.products, c.sellers));
@@ -141,7 +147,7 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
     let now = chrono::Utc::now();
     let docs = listings.iter().map(|l| products::doc(l, TENANT, 1, now)).collect();
     let cpu = Window::open();
-    let raw = raw::index(docs, c.raw_batch).await?;
+    let raw = raw::index(docs, c.raw_batch, search_options(c)).await?;
     let name = "(r) raw tantivy indexing, in process";
     report.raw_index = Some(Throughput::new(name, raw.docs, raw.elapsed.as_secs_f64(), cpu.close()));
 
@@ -201,6 +207,12 @@ fn kinds_alone(queries: &[Query], c: &CatalogArgs) -> Vec<(&'static str, Arc<Vec
         .collect()
 }
 
+/// The tantivy store's options in both search phases.
+fn search_options(c: &CatalogArgs) -> TantivyOptions {
+    let defaults = TantivyOptions::default();
+    TantivyOptions { search_threads: c.search_threads.unwrap_or(defaults.search_threads), ..defaults }
+}
+
 fn kind_plan(args: &Args, c: &CatalogArgs) -> Plan {
     Plan { duration: c.kind_duration, ..search_plan(args, c) }
 }
@@ -255,6 +267,7 @@ impl Souk<'_> {
             write_timeout: args.write_timeout,
             workers: true,
             catalog_max_backlog: c.catalog_max_backlog,
+            search: search_options(c),
         };
         progress("(w)+(p) souk: starting the stack");
         let stack =

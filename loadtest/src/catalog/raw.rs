@@ -31,9 +31,9 @@ pub struct RawIndex {
 }
 
 /// Index `docs` into a fresh tantivy store, `batch` per commit.
-pub async fn index(docs: Vec<SearchDoc>, batch: usize) -> anyhow::Result<RawIndex> {
+pub async fn index(docs: Vec<SearchDoc>, batch: usize, options: TantivyOptions) -> anyhow::Result<RawIndex> {
     let dir = tempfile::Builder::new().prefix("souk-bench-tantivy-").tempdir()?;
-    let store = Arc::new(TantivyStore::open(dir.path(), TantivyOptions::default())?);
+    let store = Arc::new(TantivyStore::open(dir.path(), options)?);
     let count = docs.len() as u64;
     let started = Instant::now();
     let mut docs = docs.into_iter().map(IndexOp::Upsert).peekable();

@@ -143,6 +143,8 @@ pub struct CatalogReport {
     pub write_errors: std::collections::BTreeMap<String, u64>,
     /// The ingress's catalog admission bound (0: none).
     pub catalog_max_backlog_ms: u64,
+    /// Threads the tantivy store ran queries on, in (q) and (s).
+    pub search_threads: usize,
     /// 503 answers to product writes (each retried after `Retry-After`, same key).
     pub write_refusals: u64,
     /// Products refused at least once before they were accepted.
@@ -273,6 +275,13 @@ impl CatalogReport {
                 us(s.cpu_per_query_us),
                 us(s.process_cpu_per_query_us),
                 if s.errors.is_empty() { String::new() } else { format!("  errors {:?}", s.errors) }
+            );
+        }
+        if self.raw_search.is_some() || self.http_search.is_some() {
+            let _ = writeln!(
+                out,
+                "queries run on {} search threads, the rest wait their turn",
+                self.search_threads
             );
         }
         kinds_table(&mut out, [&self.raw_search, &self.http_search]);

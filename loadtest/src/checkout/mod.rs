@@ -200,6 +200,7 @@ impl Run<'_> {
             write_timeout: args.write_timeout,
             workers: true,
             catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
+            search: Default::default(),
         };
         progress("starting the souk stack (as `souk dev`: every pool, the relay, two payment sandboxes)");
         let stack =

@@ -11,6 +11,7 @@
 //! - [`query`], [`collect`]: a request as a query; the page and the facets in one pass.
 //! - [`snapshots`]: searchers pinned for cursors.
 //! - [`store`]: [`TantivyStore`], the [`crate::search::SearchStore`] implementation.
+//! - [`threads`]: the threads queries run on, first come first served.
 
 pub mod collect;
 pub mod index;
@@ -18,6 +19,7 @@ pub mod query;
 pub mod schema;
 pub mod snapshots;
 pub mod store;
+pub mod threads;
 
 pub use store::TantivyStore;
 
@@ -34,13 +36,10 @@ pub struct TantivyOptions {
     pub snapshot_ttl: Duration,
     /// Most cursor snapshots kept at once.
     pub snapshot_capacity: usize,
-    /// Most queries run at once; the rest wait their turn, first come first served.
-    /// A query is CPU-bound work on a blocking thread: run more at once than there are
-    /// cores and the kernel time-slices them, so every query takes as long as the
-    /// several it shares a core with (8 clients on 2 cores: a 3 ms query answered in
-    /// ~25 ms). Queued instead, each runs at full speed once started, and the wait is
-    /// the only cost of a burst. Defaults to the cores this process may use.
-    pub search_concurrency: usize,
+    /// Threads queries run on, so the most that run at once; the rest wait their turn,
+    /// first come first served (see [`threads`]). Defaults to the cores this process
+    /// may use.
+    pub search_threads: usize,
 }
 
 impl Default for TantivyOptions {
@@ -49,7 +48,7 @@ impl Default for TantivyOptions {
             writer_memory_bytes: 64 * 1024 * 1024,
             snapshot_ttl: Duration::from_secs(300),
             snapshot_capacity: 64,
-            search_concurrency: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            search_threads: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
         }
     }
 }

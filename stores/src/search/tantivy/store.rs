@@ -6,6 +6,7 @@ use super::collect::{FacetCollector, SortKey, TopCollector};
 use super::index::{IndexHandle, io_error, tantivy_error};
 use super::query;
 use super::snapshots::{Current, Snapshots};
+use super::threads::SearchThreads;
 use crate::search::cursor::Signer;
 use crate::search::highlight::{highlight_all, snippet};
 use crate::search::text::query_words;
@@ -18,7 +19,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tantivy::TantivyDocument;
 use tantivy::schema::Value;
@@ -45,12 +46,8 @@ struct Inner {
     /// Serialises `apply` and the swap, so no batch lands in only one of two indexes.
     apply_lock: tokio::sync::Mutex<()>,
     facets: FacetCache,
-    /// Turns to run a query (`TantivyOptions::search_concurrency`); tokio's semaphore
-    /// is fair, so queries start in the order they arrived.
-    searches: Arc<tokio::sync::Semaphore>,
-    /// Queries running now, and the most seen at once.
-    running: AtomicUsize,
-    peak_running: AtomicUsize,
+    /// Where queries run (`TantivyOptions::search_threads` threads, one queue).
+    threads: SearchThreads,
 }
 
 /// The total and facets of recent queries on one searcher (snapshot id): they depend
@@ -115,7 +112,7 @@ impl TantivyStore {
         remove_unnamed_indexes(&root, &name);
         let live = Arc::new(IndexHandle::open(&root.join(&name), options.writer_memory_bytes)?);
         let current = Current { id: 1, searcher: live.searcher() };
-        let search_concurrency = options.search_concurrency.max(1);
+        let threads = SearchThreads::start(options.search_threads).map_err(io_error)?;
         Ok(TantivyStore {
             inner: Arc::new(Inner {
                 root,
@@ -128,9 +125,7 @@ impl TantivyStore {
                 signer: Signer::default(),
                 apply_lock: tokio::sync::Mutex::new(()),
                 facets: FacetCache::default(),
-                searches: Arc::new(tokio::sync::Semaphore::new(search_concurrency)),
-                running: AtomicUsize::new(0),
-                peak_running: AtomicUsize::new(0),
+                threads,
             }),
         })
     }
@@ -160,9 +155,9 @@ impl TantivyStore {
     }
 
     /// The most queries that ran at once since the store was opened (at most
-    /// `TantivyOptions::search_concurrency`): for tests and the benchmark's report.
+    /// `TantivyOptions::search_threads`): for tests and the benchmark's report.
     pub fn peak_concurrent_searches(&self) -> usize {
-        self.inner.peak_running.load(Ordering::Relaxed)
+        self.inner.threads.peak()
     }
 }
 
@@ -383,23 +378,6 @@ fn remove_unnamed_indexes(root: &Path, current: &str) {
     }
 }
 
-/// One query counted as running while it lives (a panicking query included).
-struct Running<'a>(&'a Inner);
-
-impl<'a> Running<'a> {
-    fn start(inner: &'a Inner) -> Running<'a> {
-        let now = inner.running.fetch_add(1, Ordering::Relaxed) + 1;
-        inner.peak_running.fetch_max(now, Ordering::Relaxed);
-        Running(inner)
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SearchError> + Send + 'static,
 ) -> BoxFuture<'static, Result<T, SearchError>> {
@@ -429,24 +407,7 @@ impl SearchStore for TantivyStore {
     fn search<'a>(&'a self, request: &'a SearchRequest) -> BoxFuture<'a, Result<SearchResults, SearchError>> {
         let inner = self.inner.clone();
         let request = request.clone();
-        async move {
-            // Dropped while waiting (the caller's timeout): the place in line goes too.
-            let turn = inner
-                .searches
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| SearchError::Internal("the search queue is closed".into()))?;
-            // Held by the blocking task, not this future: a query abandoned by its caller
-            // still runs to the end, and keeps its core until then.
-            blocking(move || {
-                let _turn = turn;
-                let _running = Running::start(&inner);
-                inner.search_blocking(&request)
-            })
-            .await
-        }
-        .boxed()
+        self.inner.threads.run(move || inner.search_blocking(&request)).boxed()
     }
 
     fn version<'a>(

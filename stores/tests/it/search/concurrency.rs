@@ -5,7 +5,7 @@ use souk_stores::search::tantivy::{TantivyOptions, TantivyStore};
 use souk_stores::search::{SearchRequest, SearchStore};
 use std::sync::Arc;
 
-/// Queries beyond `search_concurrency` wait their turn instead of sharing the cores:
+/// Queries beyond `search_threads` wait their turn instead of sharing the cores:
 /// however many arrive at once, no more than the limit ever run together, and every
 /// one answers exactly as it does alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,7 +17,7 @@ async fn queries_beyond_the_concurrency_limit_wait_their_turn() -> anyhow::Resul
     let queries = [req(), text("mug"), text("ceramik mug"), filtered];
     for limit in [1, 2] {
         let dir = tempfile::tempdir()?;
-        let options = TantivyOptions { search_concurrency: limit, ..TantivyOptions::default() };
+        let options = TantivyOptions { search_threads: limit, ..TantivyOptions::default() };
         let store = Arc::new(TantivyStore::open(dir.path(), options)?);
         store.apply(souk_stores::search::fixture::ops()).await?;
         let mut alone = Vec::new();
