@@ -119,27 +119,23 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
         souk(data.path()).arg("config").env("SOUK_OPENSEARCH_URL", "ftp://search:9200").output().await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("search.opensearch-url"));
-    let typo = data.path().join("souk.toml");
-    std::fs::write(&typo, "htp-addr = \"127.0.0.1:1\"\n")?;
-    let bad =
-        souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
+    let file = data.path().join("souk.toml");
+    let config_of = async |text: &str| -> anyhow::Result<std::process::Output> {
+        std::fs::write(&file, text)?;
+        Ok(souk(data.path()).args(["--config", file.to_str().unwrap_or_default(), "config"]).output().await?)
+    };
+    let bad = config_of("htp-addr = \"127.0.0.1:1\"\n").await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("htp-addr"));
     // One search configuration: `[search] opensearch-url` / `dir`; no `backend` key.
-    std::fs::write(&typo, "[search]\nbackend = \"opensearch\"\n")?;
-    let bad =
-        souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
+    let bad = config_of("[search]\nbackend = \"opensearch\"\n").await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("backend"));
     // The search threads: a count, shown as set.
-    std::fs::write(&typo, "[search]\nthreads = 0\n")?;
-    let bad =
-        souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
+    let bad = config_of("[search]\nthreads = 0\n").await?;
     assert!(!bad.status.success());
     assert!(String::from_utf8(bad.stderr)?.contains("search.threads must be between 1 and 256"));
-    std::fs::write(&typo, "[search]\nthreads = 3\n")?;
-    let good =
-        souk(data.path()).args(["--config", typo.to_str().unwrap_or_default(), "config"]).output().await?;
+    let good = config_of("[search]\nthreads = 3\n").await?;
     assert!(good.status.success());
     assert!(String::from_utf8(good.stdout)?.contains("threads = 3"));
     let forever = souk(data.path())
