@@ -221,3 +221,46 @@ async fn a_hung_round_is_cut_off_and_retried() -> anyhow::Result<()> {
     run.await?;
     Ok(())
 }
+
+/// A stream's run of fewer than `singles_below` rows goes as single publishes, one
+/// after the other's ack (an atomic batch costs nats-server a file store created and
+/// deleted per batch); a longer run goes as one atomic batch. Both in outbox order.
+#[tokio::test]
+async fn a_short_run_goes_as_single_publishes_in_order_and_a_long_one_as_an_atomic_batch()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let outbox = MemOutbox::default();
+    for i in 0..3 {
+        outbox.push("short", "souk.cmd.test.other", &format!("cmd {i}"));
+    }
+    for i in 0..8 {
+        outbox.push(&format!("long-{}", i % 2), "souk.evt.test.one", &format!("evt {i}"));
+    }
+    let options = RelayOptions { singles_below: 8, ..Default::default() };
+    let mut relay = Relay::new(outbox.clone(), env.publisher.clone(), options);
+    let mut leased = false;
+    assert_eq!(relay.round(&mut leased).await?, 11);
+    assert_eq!(outbox.unpublished(), 0);
+    assert_eq!(outbox.marks.load(Ordering::SeqCst), 2, "still one mark per stream");
+    // Every message of an atomic batch keeps its batch id; a single publish has none.
+    let batched = |stream: &'static str| {
+        let js = env.js.clone();
+        async move {
+            let stream = js.get_stream(stream).await?;
+            let last = stream.get_info().await?.state.last_sequence;
+            let mut out = Vec::new();
+            for seq in 1..=last {
+                let m = stream.get_raw_message(seq).await?;
+                let batch = m.headers.get("Nats-Batch-Id").is_some();
+                out.push((String::from_utf8(m.payload.to_vec())?, batch));
+            }
+            anyhow::Ok(out)
+        }
+    };
+    let cmd = batched("CMD").await?;
+    assert_eq!(cmd, [("cmd 0".into(), false), ("cmd 1".into(), false), ("cmd 2".into(), false)]);
+    let evt = batched("EVT").await?;
+    let expected: Vec<(String, bool)> = (0..8).map(|i| (format!("evt {i}"), true)).collect();
+    assert_eq!(evt, expected, "one atomic batch, in outbox order");
+    Ok(())
+}
