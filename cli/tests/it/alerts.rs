@@ -109,6 +109,9 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
         .send()
         .await?;
     assert_eq!(written.status().as_u16(), 202, "{}", written.text().await?);
+    // A search runs on the search threads: their queue metrics.
+    let searched = http.get(format!("{api}/v1/search?q=mug")).send().await?;
+    assert_eq!(searched.status().as_u16(), 200, "{}", searched.text().await?);
     // The gauges refresh every 10 s: wait for the heartbeat to count, and the order's
     // handling to show.
     let scraped = eventually(Duration::from_secs(60), || async {
@@ -116,7 +119,9 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
         let ready = text.contains(r#"souk_pool_live_processes{pool="orders"} 1"#)
             && text.contains("souk_worker_messages_total{")
             && text.contains(r#"souk_sink_items_total{sink="search"} 1"#)
-            && text.contains("souk_http_request_duration_seconds_bucket{");
+            && text.contains("souk_http_request_duration_seconds_bucket{")
+            && text.contains("souk_search_queue_seconds")
+            && text.contains("souk_search_queued");
         anyhow::Ok(ready.then_some(text))
     })
     .await?;

@@ -7,6 +7,9 @@
 //! of `n` threads, which take the next query the moment they finish one — no hand-off
 //! through the async runtime between two queries, so the cores stay busy. A query whose
 //! caller gave up while it waited (the API's timeout) is skipped, not run.
+//!
+//! Metrics: `souk_search_queue_seconds` (how long each query waited for a thread) and
+//! `souk_search_queued` (queries waiting now): a queue that grows is search saturated.
 
 use crate::search::SearchError;
 use std::future::Future;
@@ -54,10 +57,14 @@ impl SearchThreads {
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let load = self.load.clone();
+        let queued_at = std::time::Instant::now();
+        metrics::gauge!("souk_search_queued").increment(1.0);
         let job: Job = Box::new(move || {
+            metrics::gauge!("souk_search_queued").decrement(1.0);
             if reply.is_closed() {
                 return;
             }
+            metrics::histogram!("souk_search_queue_seconds").record(queued_at.elapsed().as_secs_f64());
             let now = load.running.fetch_add(1, Ordering::Relaxed) + 1;
             load.peak.fetch_max(now, Ordering::Relaxed);
             let result = catch_unwind(AssertUnwindSafe(query))
@@ -66,6 +73,9 @@ impl SearchThreads {
             let _ = reply.send(result);
         });
         let queued = self.queue.send(job).is_ok();
+        if !queued {
+            metrics::gauge!("souk_search_queued").decrement(1.0);
+        }
         async move {
             if !queued {
                 return Err(SearchError::Internal("the search threads are gone".into()));
