@@ -10,13 +10,13 @@ use souk_pipelines::{
     inventory::{CommitStock, ReleaseStock, ReserveStock, StockLine},
 };
 use souk_stores::postgres::{self as pg, inventory as inv};
-use souk_testkit::{TestDb, eventually};
+use souk_testkit::TestDb;
 use souk_topologies::runtime::{Delivery, ErrorClass, Handler, Outcome};
 use souk_workers::{
     dedupe::Deduplicated,
     inventory::{CONSUMER, InventoryHandler},
 };
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 use uuid::Uuid;
 
 const TENANT: &str = "t1";
@@ -169,20 +169,9 @@ async fn concurrent_batches_take_order_locks_and_stock_rows_in_one_order() -> an
     let x = vec![delivery(&reserve(3, &["a"]), 3), delivery(&reserve(4, &["b"]), 4)];
     let run = |batch: Vec<Delivery>| {
         let inventory = inventory.clone();
-        tokio::spawn(async move { inventory.handle_batch(&batch).await })
+        async move { inventory.handle_batch(&batch).await }
     };
-    let y = run(y);
-    eventually(Duration::from_secs(10), || async {
-        (crate::lock_waiters(&db).await.ok()? == 1).then_some(())
-    })
-    .await?;
-    let x = run(x);
-    eventually(Duration::from_secs(10), || async {
-        (crate::lock_waiters(&db).await.ok()? == 2).then_some(())
-    })
-    .await?;
-    holder.rollback().await?;
-    let (y, x) = (y.await?, x.await?);
+    let (y, x) = crate::crossed(&db, holder, run(y), run(x)).await?;
     assert!(all_acked(&y) && all_acked(&x), "{y:?} {x:?}");
     assert_eq!(writers(&db).await?, 2, "one transaction per batch, none broken by a deadlock");
     assert_eq!((counts(&db, "a").await?, counts(&db, "b").await?), ((2, 0), (2, 0)));

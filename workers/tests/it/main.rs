@@ -44,6 +44,28 @@ async fn lock_waiters(db: &TestDb) -> anyhow::Result<i64> {
     .await?)
 }
 
+/// Two batches that meet the same rows in opposite orders, while `holder` keeps a lock
+/// `first` needs: `first` starts and waits on it, then `second` starts and waits too,
+/// then the lock goes and both finish. Their outcomes, `first`'s then `second`'s.
+async fn crossed<T: Send + 'static>(
+    db: &TestDb,
+    holder: sqlx::Transaction<'_, sqlx::Postgres>,
+    first: impl Future<Output = T> + Send + 'static,
+    second: impl Future<Output = T> + Send + 'static,
+) -> anyhow::Result<(T, T)> {
+    let waiting = |n: i64| {
+        eventually(Duration::from_secs(10), move || async move {
+            (lock_waiters(db).await.ok()? == n).then_some(())
+        })
+    };
+    let first = tokio::spawn(first);
+    waiting(1).await?;
+    let second = tokio::spawn(second);
+    waiting(2).await?;
+    holder.rollback().await?;
+    Ok((first.await?, second.await?))
+}
+
 /// `payload` as `consumer` gets it from `stream` at `seq`, with its schema header and a
 /// fresh message id (as an outbox sends each message): what the batch tests hand a
 /// handler directly.

@@ -6,13 +6,13 @@
 
 use souk_pipelines::{Message, encode, headers, orders::PlaceOrder, payments::Operation};
 use souk_stores::postgres as pg;
-use souk_testkit::{TestDb, eventually};
+use souk_testkit::TestDb;
 use souk_topologies::runtime::{Delivery, ErrorClass, Handler, Outcome};
 use souk_workers::{
     dedupe::Deduplicated,
     orders::{PLACE_CONSUMER, PlaceOrderHandler, saga},
 };
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::saga::{order, payment, replies};
@@ -163,20 +163,9 @@ async fn concurrent_batches_lock_saga_rows_in_one_order() -> anyhow::Result<()> 
     let x = vec![delivery(&replies::reserved(&a), "EVT", 3), delivery(&replies::reserved(&b), "EVT", 4)];
     let run = |batch: Vec<Delivery>| {
         let handler = handler.clone();
-        tokio::spawn(async move { handler.handle_batch(&batch).await })
+        async move { handler.handle_batch(&batch).await }
     };
-    let y = run(y);
-    eventually(Duration::from_secs(10), || async {
-        (crate::lock_waiters(&db).await.ok()? == 1).then_some(())
-    })
-    .await?;
-    let x = run(x);
-    eventually(Duration::from_secs(10), || async {
-        (crate::lock_waiters(&db).await.ok()? == 2).then_some(())
-    })
-    .await?;
-    holder.rollback().await?;
-    let (y, x) = (y.await?, x.await?);
+    let (y, x) = crate::crossed(&db, holder, run(y), run(x)).await?;
     assert!(all_acked(&y) && all_acked(&x), "{y:?} {x:?}");
     // Y's transitions and X's notes (the replies came again): two transactions, none
     // rolled back by a deadlock and applied one by one.
