@@ -310,9 +310,7 @@ pub async fn open_search(backend: &SearchBackend) -> anyhow::Result<Arc<dyn Sear
     match backend {
         SearchBackend::Tantivy { dir, threads } => {
             let dir = dir.clone();
-            let defaults = TantivyOptions::default();
-            let options =
-                TantivyOptions { search_threads: threads.unwrap_or(defaults.search_threads), ..defaults };
+            let options = TantivyOptions::default().with_search_threads(*threads);
             let store = tokio::task::spawn_blocking(move || -> anyhow::Result<LockedTantivy> {
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 let lock = lock_index_dir(&dir)?;

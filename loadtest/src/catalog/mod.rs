@@ -127,7 +127,7 @@ pub async fn run(args: &Args, c: &CatalogArgs) -> anyhow::Result<CatalogReport> 
         seed: c.seed,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         catalog_max_backlog_ms: c.catalog_max_backlog.as_millis() as u64,
-        search_threads: c.search_threads.unwrap_or_else(|| TantivyOptions::default().search_threads),
+        search_threads: search_options(c).search_threads,
         ..CatalogReport::default()
     };
     progress(&format!("generating {} products for {} sellers", c.products, c.sellers));
@@ -209,8 +209,7 @@ fn kinds_alone(queries: &[Query], c: &CatalogArgs) -> Vec<(&'static str, Arc<Vec
 
 /// The tantivy store's options in both search phases.
 fn search_options(c: &CatalogArgs) -> TantivyOptions {
-    let defaults = TantivyOptions::default();
-    TantivyOptions { search_threads: c.search_threads.unwrap_or(defaults.search_threads), ..defaults }
+    TantivyOptions::default().with_search_threads(c.search_threads)
 }
 
 fn kind_plan(args: &Args, c: &CatalogArgs) -> Plan {

@@ -42,6 +42,14 @@ pub struct TantivyOptions {
     pub search_threads: usize,
 }
 
+impl TantivyOptions {
+    /// These options with `threads` search threads, or the default when `None` (a
+    /// setting left unset).
+    pub fn with_search_threads(self, threads: Option<usize>) -> TantivyOptions {
+        TantivyOptions { search_threads: threads.unwrap_or(self.search_threads), ..self }
+    }
+}
+
 impl Default for TantivyOptions {
     fn default() -> TantivyOptions {
         TantivyOptions {
