@@ -11,16 +11,19 @@
 //!
 //! Helpers here never turn a failed read into a plausible value (0 dead letters, an
 //! empty body): they return the error, and [`eventually`] reports the last one when it
-//! gives up. Crash tests assert exact counts once the system is [`quiescent`].
+//! gives up. Crash tests assert exact counts once the system is [`quiescent`]; a test
+//! waiting for one consumer to finish waits until it is [`drained`].
 
 pub mod catalog;
 mod db;
+mod drained;
 mod nats;
 mod pg_server;
 mod quiescent;
 mod stack;
 
 pub use db::TestDb;
+pub use drained::drained;
 pub use nats::{NatsServer, nats_server_bin};
 pub use pg_server::PgServer;
 pub use quiescent::quiescent;

@@ -6,7 +6,8 @@
 //! quiescent: every consumer of every pipeline stream has delivered everything stored for it and
 //! has nothing awaiting an ack, the outbox has no unpublished row, and all of that read
 //! the same twice in a row (nats-server stores a message before it tells the consumers,
-//! so one read could miss a message just stored).
+//! so one read could miss a message just stored — and each read also asks the stream
+//! whether anything is stored past each consumer's ack floor, which cannot miss it).
 
 use async_nats::jetstream;
 use futures::TryStreamExt;
@@ -37,12 +38,14 @@ struct ConsumerState {
     pending: u64,
     /// Delivered, not yet acknowledged (running, or waiting for a retry).
     ack_pending: usize,
+    /// A message for it is stored past its ack floor (see [`crate::drained`]).
+    stored_past_ack_floor: bool,
 }
 
 impl Snapshot {
     fn idle(&self) -> bool {
         self.unpublished.is_none_or(|n| n == 0)
-            && self.streams.iter().flat_map(|s| &s.consumers).all(|c| c.pending == 0 && c.ack_pending == 0)
+            && self.streams.iter().flat_map(|s| &s.consumers).all(|c| c.pending == 0 && c.ack_pending == 0 && !c.stored_past_ack_floor)
     }
 }
 
@@ -51,7 +54,11 @@ impl fmt::Display for Snapshot {
         for s in &self.streams {
             write!(f, "{} (last {}):", s.name, s.last_sequence)?;
             for c in &s.consumers {
-                write!(f, " {} pending {} ack-pending {};", c.name, c.pending, c.ack_pending)?;
+                write!(f, " {} pending {} ack-pending {}", c.name, c.pending, c.ack_pending)?;
+                if c.stored_past_ack_floor {
+                    write!(f, " (stored past its ack floor)")?;
+                }
+                write!(f, ";")?;
             }
             write!(f, " ")?;
         }
@@ -73,16 +80,18 @@ async fn read(js: &jetstream::Context, outbox: Option<&PgPool>) -> anyhow::Resul
         let stream = js.get_stream(&name).await?;
         let last_sequence = stream.cached_info().state.last_sequence;
         let infos: Vec<jetstream::consumer::Info> = stream.consumers().try_collect().await?;
-        let mut consumers: Vec<ConsumerState> = infos
-            .into_iter()
-            .map(|c| ConsumerState {
+        let mut consumers = Vec::with_capacity(infos.len());
+        for c in infos {
+            let stored_past_ack_floor = crate::drained::stored_past_ack_floor(&stream, &c).await?;
+            consumers.push(ConsumerState {
                 name: c.name,
                 delivered: c.delivered.stream_sequence,
                 ack_floor: c.ack_floor.stream_sequence,
                 pending: c.num_pending,
                 ack_pending: c.num_ack_pending,
-            })
-            .collect();
+                stored_past_ack_floor,
+            });
+        }
         consumers.sort_by(|a, b| a.name.cmp(&b.name));
         streams.push(StreamState { name, last_sequence, consumers });
     }

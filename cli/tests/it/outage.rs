@@ -170,11 +170,7 @@ async fn a_postgres_outage_longer_than_the_retry_schedule_dead_letters_nothing()
 
     // Quiescent: nothing pending or unacknowledged, so every command was settled
     // (nothing more arrives: every 202 was stored in CMD before it was answered).
-    eventually(Duration::from_secs(180), || async {
-        let info = stack.js.get_stream("CMD").await.ok()?.consumer_info("orders-place").await.ok()?;
-        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-    })
-    .await?;
+    eventually(Duration::from_secs(180), || souk_testkit::drained(&stack.js, "CMD", "orders-place")).await?;
     // And every saga ended (the worker runs every pool): nothing left in any consumer.
     eventually(Duration::from_secs(180), || async {
         (stack.count("select 1 from orders where status = 'accepted'").await.ok()? == 0).then_some(())

@@ -48,8 +48,7 @@ impl Env {
     /// Until the indexer has handled every event stored.
     async fn indexed(&self) -> anyhow::Result<()> {
         eventually(WAIT, || async {
-            let info = self.stack.js.get_stream("EVT").await?.consumer_info("catalog-index").await?;
-            anyhow::Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
+            souk_testkit::drained(&self.stack.js, "EVT", "catalog-index").await
         })
         .await
     }

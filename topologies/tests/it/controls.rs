@@ -159,11 +159,7 @@ async fn pause_drains_in_flight_and_stops_fetching_and_resume_loses_nothing() ->
 
     controls.change("work", Change::Resume, "test-operator").await?;
     souk_testkit::eventually(WAIT, || async { (handler.handled().len() == 14).then_some(()) }).await?;
-    souk_testkit::eventually(WAIT, || async {
-        let i = consumer(&env).await?;
-        anyhow::Ok((i.num_pending == 0 && i.num_ack_pending == 0).then_some(()))
-    })
-    .await?;
+    souk_testkit::eventually(WAIT, || souk_testkit::drained(&env.js, "CMD", "work")).await?;
     process.stop().await?;
     let mut handled = handler.handled();
     handled.sort();

@@ -76,11 +76,7 @@ impl Shipped {
     }
 
     async fn idle(&self) -> bool {
-        match self.js.get_stream("CMD").await {
-            Ok(s) => matches!(s.consumer_info(CONSUMER).await,
-                Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 && i.delivered.stream_sequence > 0),
-            Err(_) => false,
-        }
+        matches!(souk_testkit::drained(&self.js, "CMD", CONSUMER).await, Ok(Some(())))
     }
 
     /// Every dead letter's body, failing loudly on any error.

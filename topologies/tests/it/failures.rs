@@ -153,8 +153,7 @@ async fn start(
 }
 
 async fn idle(env: &Env) -> anyhow::Result<Option<()>> {
-    let info = env.js.get_stream("CMD").await?.consumer_info("work").await?;
-    Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
+    souk_testkit::drained(&env.js, "CMD", "work").await
 }
 
 async fn dead_lettered(env: &Env) -> anyhow::Result<u64> {

@@ -79,8 +79,7 @@ async fn dead_letters_n(env: &Env, n: usize) -> anyhow::Result<Vec<dead_letters:
 }
 
 async fn idle(env: &Env) -> anyhow::Result<Option<()>> {
-    let i = env.js.get_stream("CMD").await?.consumer_info("work").await?;
-    Ok((i.num_pending == 0 && i.num_ack_pending == 0).then_some(()))
+    souk_testkit::drained(&env.js, "CMD", "work").await
 }
 
 #[tokio::test]

@@ -114,8 +114,7 @@ fn header<'a>(m: &'a jetstream::message::StreamMessage, name: &str) -> Option<&'
 /// Whether "work" has nothing pending and nothing unacknowledged; an error when it
 /// cannot be read.
 async fn consumer_idle(env: &Env) -> anyhow::Result<Option<()>> {
-    let info = env.js.get_stream("CMD").await?.consumer_info("work").await?;
-    Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
+    souk_testkit::drained(&env.js, "CMD", "work").await
 }
 
 #[tokio::test]

@@ -102,8 +102,7 @@ impl Env {
 
     /// `Some` once the indexer's consumer has handled everything stored.
     async fn indexed_all(&self) -> anyhow::Result<Option<()>> {
-        let info = self.js.get_stream("EVT").await?.consumer_info(INDEX_CONSUMER).await?;
-        Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
+        souk_testkit::drained(&self.js, "EVT", INDEX_CONSUMER).await
     }
 }
 

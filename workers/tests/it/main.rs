@@ -175,8 +175,7 @@ impl Env {
 
     /// Whether the orders consumer has nothing pending and nothing unacknowledged.
     async fn idle(&self) -> anyhow::Result<bool> {
-        let info = self.js.get_stream("CMD").await?.consumer_info(PLACE_CONSUMER).await?;
-        Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+        Ok(souk_testkit::drained(&self.js, "CMD", PLACE_CONSUMER).await?.is_some())
     }
 }
 
