@@ -52,6 +52,8 @@ pub struct Seen {
     pub answered: bool,
     /// The order's [`authorization`], when asked for.
     pub authorization: Option<Authorization>,
+    /// [`providers_maybe_charged`] under the command's key, as of this read.
+    pub maybe_charged: Vec<String>,
 }
 
 /// [`Seen`] for message `message_id` of `consumer`, carrying command `key`, with the
@@ -67,6 +69,9 @@ pub async fn seen(
     let sql = concat!(
         "select exists (select 1 from inbox where consumer = $1 and message_id = $2) as handled,
                 exists (select 1 from payment_results where idempotency_key = $3) as answered,
+                array(select distinct provider from payment_attempts
+                      where idempotency_key = $3 and outcome <> 'not_processed' order by provider)
+                    as maybe_charged,
                 a.*
          from (values (1)) as one (x) left join lateral (",
         authorization_sql!("$4"),
@@ -84,7 +89,12 @@ pub async fn seen(
         None => None,
         Some(_) => Some(<Authorization as sqlx::FromRow<_>>::from_row(&row)?),
     };
-    Ok(Seen { handled: row.try_get("handled")?, answered: row.try_get("answered")?, authorization })
+    Ok(Seen {
+        handled: row.try_get("handled")?,
+        answered: row.try_get("answered")?,
+        authorization,
+        maybe_charged: row.try_get("maybe_charged")?,
+    })
 }
 
 /// A new authorization.
@@ -218,6 +228,22 @@ pub async fn attempt_started(pool: &PgPool, key: &str, provider: &str) -> Result
         .execute(pool)
         .await?;
     Ok(id)
+}
+
+/// `provider` answered for `key`: its calls still logged as under way end `answered`
+/// — in the transaction recording the answer, so a happy call costs no transaction of
+/// its own to close its log line. (Until then the line reads `pending`, which counts as
+/// "may hold money" exactly as `answered` does.)
+pub async fn attempts_answered(tx: &mut PgConnection, key: &str, provider: &str) -> Result<(), Error> {
+    sqlx::query(
+        "update payment_attempts set outcome = 'answered'
+         where idempotency_key = $1 and provider = $2 and outcome = 'pending'",
+    )
+    .bind(key)
+    .bind(provider)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// How the call `id` ended.

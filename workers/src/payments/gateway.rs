@@ -11,6 +11,11 @@
 //!   go ahead; cannot tell: hold the command — a dependency fault, never a guess);
 //! - a provider that answered 503 or refused the connection processed nothing, so a
 //!   key can fail over from an outage without a status query.
+//!
+//! A call that got an answer for good leaves its log line `pending` ("may hold
+//! money", as `answered` reads): the caller closes it with
+//! [`payments::attempts_answered`] in the transaction that records the answer, which
+//! spares the happy path a transaction per call.
 
 use super::{
     breaker::Breaker,
@@ -33,7 +38,9 @@ struct Endpoint {
 /// How a command ended at the providers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// `provider` answered for good (approved, or declined for good).
+    /// `provider` answered for good (approved, or declined for good). Its log line is
+    /// left `pending` for the caller's transaction to close
+    /// ([`payments::attempts_answered`]).
     Answered { provider: String, reply: Reply },
     /// The budget is spent with no provider answering for good, and none holds money
     /// under the key.
@@ -138,15 +145,23 @@ impl Gateway {
         self.endpoints.iter().find(|e| e.provider.name() == name)
     }
 
-    /// Authorize, failing over from provider to provider.
-    pub async fn authorize(&self, charge: &Charge<'_>) -> Result<Decision, GatewayError> {
+    /// Authorize, failing over from provider to provider. `maybe_charged`: the
+    /// providers that may hold money under the key ([`payments::providers_maybe_charged`])
+    /// as the caller read them just before — the first provider's check uses it instead
+    /// of reading again; each failover reads afresh (this call has logged attempts since).
+    pub async fn authorize(
+        &self,
+        charge: &Charge<'_>,
+        maybe_charged: &[String],
+    ) -> Result<Decision, GatewayError> {
         let call = Call::Authorize(charge);
         let mut schedule = Schedule::new(&self.options);
         let mut tally = Tally::default();
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let name = endpoint.provider.name();
             // Before a key goes here: no other provider may hold money under it.
-            if let Some(found) = self.answered_elsewhere(charge.key, Some(name)).await? {
+            let read_before = (i == 0).then_some(maybe_charged);
+            if let Some(found) = self.answered_elsewhere(charge.key, Some(name), read_before).await? {
                 return Ok(found);
             }
             if i > 0 {
@@ -217,7 +232,7 @@ impl Gateway {
                 Ok(reply) => {
                     count(if matches!(reply, Reply::Approved { .. }) { "approved" } else { "declined" });
                     endpoint.breaker.success();
-                    payments::attempt_ended(&self.pool, attempt, AttemptOutcome::Answered).await?;
+                    // The log line stays `pending`: the caller's transaction closes it.
                     return Ok(Tried::Decided(Decision::Answered { provider: name.to_owned(), reply }));
                 }
                 Err(CallError::Refused { status, code, message }) => {
@@ -271,13 +286,19 @@ impl Gateway {
     }
 
     /// The answer of a provider (other than `except`) that may hold money under `key`;
-    /// `Unknown` when one may and cannot say.
+    /// `Unknown` when one may and cannot say. `read_before`: those providers as the
+    /// caller just read them (else they are read here).
     async fn answered_elsewhere(
         &self,
         key: &str,
         except: Option<&str>,
+        read_before: Option<&[String]>,
     ) -> Result<Option<Decision>, GatewayError> {
-        for name in payments::providers_maybe_charged(&self.pool, key).await? {
+        let maybe_charged = match read_before {
+            Some(names) => names.to_vec(),
+            None => payments::providers_maybe_charged(&self.pool, key).await?,
+        };
+        for name in maybe_charged {
             if Some(name.as_str()) == except {
                 continue;
             }
@@ -302,7 +323,7 @@ impl Gateway {
     /// The budget is spent: exhausted, unless a provider turns out to hold money under
     /// the key (then its answer), or may and cannot say (then the command waits).
     async fn exhausted(&self, key: &str, tally: Tally) -> Result<Decision, GatewayError> {
-        if let Some(found) = self.answered_elsewhere(key, None).await? {
+        if let Some(found) = self.answered_elsewhere(key, None, None).await? {
             return Ok(found);
         }
         let last_error = match tally.last_error.is_empty() {

@@ -1,6 +1,9 @@
 //! `souk.cmd.payments.authorize` and `souk.cmd.payments.settle` → the provider call(s)
-//! → ledger row + recorded answer + inbox record + `PaymentResult` outbox row, in ONE
-//! transaction after the calls; acked after commit.
+//! → ledger row + recorded answer + inbox record + `PaymentResult` outbox row (and the
+//! answering call's log line closed), in ONE transaction after the calls; acked after
+//! commit. On the happy path a command costs three transactions: one read (inbox,
+//! answer, authorization, providers that may hold money), the call's log line written
+//! before the call, and that one.
 //!
 //! The provider call cannot be inside the transaction (it is not Postgres), so a
 //! delivery first skips what is known to be done — its message id in the inbox, or its
@@ -136,7 +139,7 @@ impl PaymentsHandler {
             // The same step under another message id: answered before, nothing new.
             return self.commit(d, cmd, None).await;
         }
-        let decision = match self.decide(cmd, seen.authorization).await {
+        let decision = match self.decide(cmd, seen.authorization, &seen.maybe_charged).await {
             Ok(decision) => decision,
             Err(GatewayError::Unknown(e)) => {
                 return Err(HandlerError::dependency("payment_state_unknown", e));
@@ -150,7 +153,8 @@ impl PaymentsHandler {
     }
 
     /// The providers' decision — or the ledger's, for a settle it refuses outright
-    /// (`auth`: the order's authorization as read before, for a settle).
+    /// (`auth`: the order's authorization as read before, for a settle; `maybe_charged`:
+    /// the providers that may hold money under the key, read with it).
     ///
     /// No pooled connection is held here, across a gateway call: the gateway logs each
     /// attempt through the same pool, so a handler holding a connection while it calls
@@ -162,6 +166,7 @@ impl PaymentsHandler {
         &self,
         cmd: &Command,
         auth: Option<payments::Authorization>,
+        maybe_charged: &[String],
     ) -> Result<Decision, GatewayError> {
         let token = cmd.token.as_deref().unwrap_or_default();
         if cmd.operation == Operation::Authorize {
@@ -171,7 +176,7 @@ impl PaymentsHandler {
                 amount_minor: cmd.amount_minor,
                 currency: cmd.currency.code(),
             };
-            return self.gateway.authorize(&charge).await;
+            return self.gateway.authorize(&charge, maybe_charged).await;
         }
         let declined = |code: &str, message: String| Decision::Answered {
             provider: String::new(),
@@ -247,6 +252,11 @@ impl PaymentsHandler {
             return Ok(());
         }
         if let Some(decision) = decision {
+            if let Decision::Answered { provider, .. } = &decision
+                && !provider.is_empty()
+            {
+                payments::attempts_answered(&mut tx, &cmd.key, provider).await.map_err(store)?;
+            }
             let event = result_event(cmd, &decision);
             let succeeded = event.failure.is_none();
             let json = serde_json::to_value(&event).map_err(|e| HandlerError::poison("unencodable", e))?;

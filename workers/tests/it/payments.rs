@@ -10,14 +10,16 @@ use souk_pipelines::{
 };
 use souk_sandbox::payments::{Faults, PaymentSandbox, SandboxOptions};
 use souk_stores::postgres::{outbox::PgOutbox, payments as ledger};
-use souk_testkit::{NatsServer, TestDb, eventually, test_payment_retry, test_topology};
+use souk_testkit::{NatsServer, TestDb, drained, eventually, test_payment_retry, test_topology};
 use souk_topologies::{
     apply::Mode,
     publisher::{OutgoingMessage, Publisher},
     relay::{Relay, RelayOptions},
     runtime::Pool,
 };
-use souk_workers::payments::{self as pay, Dialect, Gateway, HttpOptions, ProviderSpec, RetryOptions};
+use souk_workers::payments::{
+    self as pay, Charge, Dialect, Gateway, HttpOptions, ProviderSpec, Reply, RetryOptions,
+};
 use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -30,6 +32,7 @@ struct PayEnv {
     primary: PaymentSandbox,
     secondary: PaymentSandbox,
     primary_name: String,
+    secondary_name: String,
     gateway: Arc<Gateway>,
     stop: CancellationToken,
 }
@@ -66,7 +69,8 @@ async fn pay_env_with(
         ..SandboxOptions::local(&primary_name)
     })
     .await?;
-    let secondary = PaymentSandbox::start(SandboxOptions::local(&format!("secondary-{suffix}"))).await?;
+    let secondary_name = format!("secondary-{suffix}");
+    let secondary = PaymentSandbox::start(SandboxOptions::local(&secondary_name)).await?;
     let spec = |name: &str, dialect, url: String| ProviderSpec {
         name: name.into(),
         dialect,
@@ -74,7 +78,7 @@ async fn pay_env_with(
     };
     let specs = [
         spec(&primary_name, Dialect::Alpha, primary.url()),
-        spec(&format!("secondary-{suffix}"), Dialect::Beta, secondary.url()),
+        spec(&secondary_name, Dialect::Beta, secondary.url()),
     ];
     let pool = match connections {
         Some(n) => {
@@ -96,7 +100,7 @@ async fn pay_env_with(
     }
     let outbox = PgOutbox::new(db.pool.clone(), &db.url);
     tokio::spawn(Relay::new(outbox, publisher.clone(), RelayOptions::default()).run(stop.clone()));
-    Ok(PayEnv { _nats: nats, db, js, publisher, primary, secondary, primary_name, gateway, stop })
+    Ok(PayEnv { _nats: nats, db, js, publisher, primary, secondary, primary_name, secondary_name, gateway, stop })
 }
 
 fn authorize(token: &str, amount_minor: i64) -> AuthorizePayment {
@@ -302,6 +306,61 @@ async fn a_charge_whose_answer_was_lost_is_found_by_its_key_and_used_once() -> a
     Ok(())
 }
 
+/// A delivery that failed over to the secondary and died between the secondary's charge
+/// and its commit leaves the secondary holding money under the key, its log line still
+/// `pending`. Delivered again with the primary healthy, the key must not reach the
+/// primary (a second charge): the secondary is asked by key and its answer used. The
+/// first provider's check runs on the handler's own read before any call
+/// (`Seen::maybe_charged`), so this is what that read must carry.
+#[tokio::test]
+async fn a_key_the_secondary_may_hold_is_answered_from_it_and_never_sent_to_the_primary()
+-> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults::default()).await?;
+    let cmd = authorize("tok_ok", 1500);
+    let key = cmd.idempotency_key.as_str();
+    // What the dead delivery did: logged the call, then the secondary charged.
+    ledger::attempt_started(&env.db.pool, key, &env.secondary_name).await?;
+    let http = HttpOptions { base_url: env.secondary.url(), api_key: None, timeout: Duration::from_secs(1) };
+    let secondary = pay::provider(Dialect::Beta, &env.secondary_name, http)?;
+    let charge = Charge { key, token: "tok_ok", amount_minor: 1500, currency: "EUR" };
+    assert!(matches!(secondary.authorize(&charge).await, Ok(Reply::Approved { .. })));
+
+    env.send("auth-after-the-crash", &cmd).await?;
+    let r = env.result_of(cmd.order_id, Operation::Authorize).await?;
+    assert_eq!((r.failure, r.provider.as_deref()), (None, Some(env.secondary_name.as_str())));
+    assert_eq!(env.primary.requests(), 0, "the key never went to the primary");
+    assert_eq!(env.secondary.effects(key), 1, "charged once");
+    let outcomes: Vec<String> =
+        sqlx::query_scalar("select outcome from payment_attempts where idempotency_key = $1")
+            .bind(key)
+            .fetch_all(&env.db.pool)
+            .await?;
+    assert_eq!(outcomes, ["answered"], "the commit closed the log line");
+    Ok(())
+}
+
+/// A call answered for good is logged `answered` by the transaction that records the
+/// answer (no transaction of its own); a call refused before processing `not_processed`.
+#[tokio::test]
+async fn each_call_is_logged_and_closed_with_its_outcome() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults { error_rate: 1.0, ..Faults::default() }).await?;
+    let cmd = authorize("tok_ok", 800);
+    env.send("auth-logged", &cmd).await?;
+    let r = env.result_of(cmd.order_id, Operation::Authorize).await?;
+    assert_eq!((r.failure, r.provider.as_deref()), (None, Some(env.secondary_name.as_str())));
+    let log: Vec<(String, String)> = sqlx::query_as(
+        "select provider, outcome from payment_attempts where idempotency_key = $1 order by at, id",
+    )
+    .bind(&cmd.idempotency_key)
+    .fetch_all(&env.db.pool)
+    .await?;
+    let (last, refused) = log.split_last().ok_or_else(|| anyhow::anyhow!("no call logged"))?;
+    assert_eq!(last, &(env.secondary_name.clone(), "answered".to_owned()), "{log:?}");
+    assert!(!refused.is_empty(), "the primary was tried first: {log:?}");
+    assert!(refused.iter().all(|(p, o)| p == &env.primary_name && o == "not_processed"), "{log:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_failing_primary_opens_its_breaker_and_payments_fail_over_to_the_secondary() -> anyhow::Result<()> {
     let env = pay_env(test_payment_retry(), Faults { error_rate: 1.0, ..Faults::default() }).await?;
@@ -363,11 +422,7 @@ async fn a_replayed_command_calls_no_provider_and_emits_nothing_new() -> anyhow:
     let requests = env.primary.requests();
     // The same step again under another message id (a saga retry, an operator replay).
     env.send("auth-replayed", &cmd).await?;
-    eventually(Duration::from_secs(10), || async {
-        let info = env.js.get_stream("CMD").await?.consumer_info(pay::AUTHORIZE_CONSUMER).await?;
-        anyhow::Ok((info.num_pending == 0 && info.num_ack_pending == 0).then_some(()))
-    })
-    .await?;
+    eventually(Duration::from_secs(10), || drained(&env.js, "CMD", pay::AUTHORIZE_CONSUMER)).await?;
     assert_eq!(env.count("select * from inbox where consumer = 'payments-authorize'").await?, 2);
     assert_eq!(env.primary.requests(), requests, "no provider call for a decided step");
     assert_eq!(env.primary.effects(&cmd.idempotency_key), 1);
