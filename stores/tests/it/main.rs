@@ -114,6 +114,61 @@ async fn the_outbox_yields_committed_rows_in_order_until_published() -> anyhow::
     Ok(())
 }
 
+/// Each insert notifies the relay; a round reads rows committed just before it and their
+/// notifications arrive after. A notification for rows already read must not end the
+/// relay's wait (it would run an empty round: ~5 read transactions per checkout before);
+/// one for a row not read yet must.
+#[tokio::test]
+async fn the_relay_sleeps_through_notifications_for_rows_it_has_read() -> anyhow::Result<()> {
+    let db = db().await?;
+    let outbox = PgOutbox::new(db.pool.clone(), &db.url);
+    outbox.wait_for_new(Duration::from_millis(1)).await; // listening from here on
+    let a = enqueue(&db, "a").await?;
+    assert_eq!(outbox.pending(10).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [a]);
+    // a's notification is waiting on the listener: it is for a row read.
+    let wait = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    outbox.wait_for_new(wait).await;
+    assert!(started.elapsed() >= wait, "woke after {:?} for a row already read", started.elapsed());
+
+    let waiter = outbox.clone();
+    let waiting = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        waiter.wait_for_new(Duration::from_secs(20)).await;
+        started.elapsed()
+    });
+    enqueue(&db, "b").await?;
+    let woke = waiting.await?;
+    assert!(woke < Duration::from_secs(20), "a row not read yet did not wake the relay");
+    Ok(())
+}
+
+/// The relay's mark is planned for the outbox as it is at each run: Postgres settles a
+/// statement kept on the connection on a generic plan after five runs, and the plan it
+/// settles on while the outbox is small (a sequential scan) is the one it would run once
+/// the outbox holds thousands of rows (`PgOutbox::mark`). So after more marks than that
+/// on one connection, no marking statement is kept there — and the rows are marked.
+#[tokio::test]
+async fn the_relays_mark_is_not_kept_on_its_connection_as_a_prepared_statement() -> anyhow::Result<()> {
+    let db = db().await?;
+    let one = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&db.url).await?;
+    let outbox = PgOutbox::new(one.clone(), &db.url);
+    assert!(outbox.try_lease().await?);
+    for i in 0..8 {
+        let id = enqueue(&db, &format!("a{i}")).await?;
+        outbox.mark_published(&[published(id)]).await?;
+    }
+    assert!(outbox.pending(10).await?.is_empty(), "every row marked");
+    // The text is bound, so this query is not a statement containing it.
+    let kept: Vec<String> =
+        sqlx::query_scalar("select statement from pg_prepared_statements where strpos(statement, $1) > 0")
+            .bind("set published_at")
+            .fetch_all(&one)
+            .await?;
+    assert!(kept.is_empty(), "kept on the connection: {kept:?}");
+    Ok(())
+}
+
 /// A payment command's recorded answer and its provider attempts expire with the inbox;
 /// the ledger of money moved stays.
 #[tokio::test]
