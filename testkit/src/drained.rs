@@ -42,7 +42,11 @@ pub(crate) async fn stored_past_ack_floor(
             Ok(_) => return Ok(true),
             Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
             Err(e) => {
-                return Err(anyhow::anyhow!("{}/{}: reading past the ack floor: {e}", info.stream_name, info.name));
+                return Err(anyhow::anyhow!(
+                    "{}/{}: reading past the ack floor: {e}",
+                    info.stream_name,
+                    info.name
+                ));
             }
         }
     }

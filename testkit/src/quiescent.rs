@@ -45,7 +45,11 @@ struct ConsumerState {
 impl Snapshot {
     fn idle(&self) -> bool {
         self.unpublished.is_none_or(|n| n == 0)
-            && self.streams.iter().flat_map(|s| &s.consumers).all(|c| c.pending == 0 && c.ack_pending == 0 && !c.stored_past_ack_floor)
+            && self
+                .streams
+                .iter()
+                .flat_map(|s| &s.consumers)
+                .all(|c| c.pending == 0 && c.ack_pending == 0 && !c.stored_past_ack_floor)
     }
 }
 

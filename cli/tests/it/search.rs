@@ -47,10 +47,8 @@ async fn env() -> anyhow::Result<Env> {
 impl Env {
     /// Until the indexer has handled every event stored.
     async fn indexed(&self) -> anyhow::Result<()> {
-        eventually(WAIT, || async {
-            souk_testkit::drained(&self.stack.js, "EVT", "catalog-index").await
-        })
-        .await
+        eventually(WAIT, || async { souk_testkit::drained(&self.stack.js, "EVT", "catalog-index").await })
+            .await
     }
 
     /// `GET /v1/search?<query>` as the fixture tenant's buyer.

@@ -121,7 +121,8 @@ async fn a_pool_whose_dependency_is_down_stops_fetching_probes_and_resumes_witho
         (handler.handled.lock().ok()?.len() == 10).then_some(())
     })
     .await?;
-    souk_testkit::eventually(Duration::from_secs(10), || souk_testkit::drained(&env.js, "CMD", "work")).await?;
+    souk_testkit::eventually(Duration::from_secs(10), || souk_testkit::drained(&env.js, "CMD", "work"))
+        .await?;
     // The heartbeat carrying the closed breaker is put as the breaker closes.
     souk_testkit::eventually(Duration::from_secs(5), || async {
         let pools = status::read_pools(&env.client).await?;

@@ -100,7 +100,18 @@ async fn pay_env_with(
     }
     let outbox = PgOutbox::new(db.pool.clone(), &db.url);
     tokio::spawn(Relay::new(outbox, publisher.clone(), RelayOptions::default()).run(stop.clone()));
-    Ok(PayEnv { _nats: nats, db, js, publisher, primary, secondary, primary_name, secondary_name, gateway, stop })
+    Ok(PayEnv {
+        _nats: nats,
+        db,
+        js,
+        publisher,
+        primary,
+        secondary,
+        primary_name,
+        secondary_name,
+        gateway,
+        stop,
+    })
 }
 
 fn authorize(token: &str, amount_minor: i64) -> AuthorizePayment {
@@ -313,8 +324,8 @@ async fn a_charge_whose_answer_was_lost_is_found_by_its_key_and_used_once() -> a
 /// first provider's check runs on the handler's own read before any call
 /// (`Seen::maybe_charged`), so this is what that read must carry.
 #[tokio::test]
-async fn a_key_the_secondary_may_hold_is_answered_from_it_and_never_sent_to_the_primary()
--> anyhow::Result<()> {
+async fn a_key_the_secondary_may_hold_is_answered_from_it_and_never_sent_to_the_primary() -> anyhow::Result<()>
+{
     let env = pay_env(test_payment_retry(), Faults::default()).await?;
     let cmd = authorize("tok_ok", 1500);
     let key = cmd.idempotency_key.as_str();
