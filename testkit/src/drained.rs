@@ -30,12 +30,7 @@ pub(crate) async fn stored_past_ack_floor(
     handle: &jetstream::stream::Stream,
     info: &jetstream::consumer::Info,
 ) -> anyhow::Result<bool> {
-    let config = &info.config;
-    let filters: Vec<&str> = match (config.filter_subject.as_str(), config.filter_subjects.as_slice()) {
-        ("", []) => vec![">"],
-        ("", many) => many.iter().map(String::as_str).collect(),
-        (one, _) => vec![one],
-    };
+    let filters = souk_topologies::status::filters_of(&info.config);
     let past_floor = info.ack_floor.stream_sequence + 1;
     for subject in filters {
         match handle.get_first_raw_message_by_subject(subject, past_floor).await {

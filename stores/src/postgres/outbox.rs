@@ -364,27 +364,6 @@ impl RecentlyRead {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::RecentlyRead;
-
-    #[test]
-    fn only_a_seq_read_lately_is_covered() {
-        let mut read = RecentlyRead::default();
-        read.insert(7);
-        assert!(read.covers("7"));
-        assert!(!read.covers("8"), "a seq not read");
-        assert!(!read.covers(""), "a node whose trigger sends no seq");
-        assert!(!read.covers("7,8"), "anything else");
-        for seq in 100..100 + RecentlyRead::KEEP as i64 {
-            read.insert(seq);
-        }
-        assert!(!read.covers("7"), "forgotten after KEEP newer reads");
-        assert!(read.covers("100"));
-        assert_eq!(read.seqs.len(), RecentlyRead::KEEP);
-    }
-}
-
 impl Outbox for PgOutbox {
     type Error = Error;
 
@@ -492,5 +471,26 @@ impl souk_pipelines::outbox::OutboxStats for PgOutbox {
             })
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecentlyRead;
+
+    #[test]
+    fn only_a_seq_read_lately_is_covered() {
+        let mut read = RecentlyRead::default();
+        read.insert(7);
+        assert!(read.covers("7"));
+        assert!(!read.covers("8"), "a seq not read");
+        assert!(!read.covers(""), "a node whose trigger sends no seq");
+        assert!(!read.covers("7,8"), "anything else");
+        for seq in 100..100 + RecentlyRead::KEEP as i64 {
+            read.insert(seq);
+        }
+        assert!(!read.covers("7"), "forgotten after KEEP newer reads");
+        assert!(read.covers("100"));
+        assert_eq!(read.seqs.len(), RecentlyRead::KEEP);
     }
 }

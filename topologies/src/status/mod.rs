@@ -98,6 +98,15 @@ pub async fn consumer_lag(js: &jetstream::Context, stream: &str, consumer: &str)
     oldest_unhandled(&handle, &info).await
 }
 
+/// The subjects a consumer reads: its filter, its filters, or every subject (`>`).
+pub fn filters_of(config: &jetstream::consumer::Config) -> Vec<&str> {
+    match (config.filter_subject.as_str(), config.filter_subjects.as_slice()) {
+        ("", []) => vec![">"],
+        ("", many) => many.iter().map(String::as_str).collect(),
+        (one, _) => vec![one],
+    }
+}
+
 /// [`ConsumerLag`] from a consumer's `info` (read from `handle`'s stream).
 pub(crate) async fn oldest_unhandled(
     handle: &jetstream::stream::Stream,
@@ -108,12 +117,7 @@ pub(crate) async fn oldest_unhandled(
     if messages == 0 {
         return Ok(ConsumerLag { messages, oldest: Duration::ZERO });
     }
-    let config = &info.config;
-    let filters: Vec<&str> = match (config.filter_subject.as_str(), config.filter_subjects.as_slice()) {
-        ("", []) => vec![">"],
-        ("", many) => many.iter().map(String::as_str).collect(),
-        (one, _) => vec![one],
-    };
+    let filters = filters_of(&info.config);
     let from = info.ack_floor.stream_sequence + 1;
     let mut stored: Option<i128> = None;
     for subject in filters {
