@@ -236,18 +236,7 @@ impl Publisher {
                 metrics::counter!("souk_publisher_batch_fallbacks_total").increment(1);
                 match singles {
                     Singles::Pipelined => self.publish_each(msgs).await,
-                    Singles::InOrder => {
-                        let mut results = Vec::with_capacity(msgs.len());
-                        for m in msgs {
-                            let result = self.publish(m.clone()).await;
-                            let failed = result.is_err();
-                            results.push(result);
-                            if failed {
-                                break;
-                            }
-                        }
-                        results
-                    }
+                    Singles::InOrder => self.publish_one_by_one(msgs).await,
                 }
             }
             Err(e) => msgs.iter().map(|_| Err(e.clone())).collect(),
@@ -268,6 +257,23 @@ impl Publisher {
                 None => Error::nats(e),
             },
         }
+    }
+
+    /// Publish one message at a time, each after the previous one's ack, stopping at the
+    /// first failure: `Ok`s for a prefix, then at most one `Err`. Slower than
+    /// [`Publisher::publish_each`], but a later message never lands before an earlier
+    /// one that failed.
+    pub async fn publish_one_by_one(&self, msgs: &[OutgoingMessage]) -> Vec<Result<Ack>> {
+        let mut results = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let result = self.publish(m.clone()).await;
+            let failed = result.is_err();
+            results.push(result);
+            if failed {
+                break;
+            }
+        }
+        results
     }
 
     /// Publish one message at a time, pipelined: send all, then collect the acks. The

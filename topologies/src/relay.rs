@@ -253,7 +253,7 @@ impl<O: Outbox> Relay<O> {
             let atomic = messages.len() >= self.options.singles_below;
             let mut results = match atomic {
                 true => self.publisher.publish_in_order(&messages).await,
-                false => self.one_by_one(&messages).await,
+                false => self.publisher.publish_one_by_one(&messages).await,
             };
             let refused_whole = atomic
                 && results.len() == run.len()
@@ -264,7 +264,7 @@ impl<O: Outbox> Relay<O> {
                 // An atomic batch refused as a whole does not say which message it
                 // refused: find it one at a time. (So is a batch to a stream without
                 // `allow-atomic`, which takes single publishes.)
-                results = self.one_by_one(&messages).await;
+                results = self.publisher.publish_one_by_one(&messages).await;
             }
             let ok = results.iter().take_while(|r| r.is_ok()).count();
             let acked: Vec<_> = run[..ok]
@@ -300,21 +300,6 @@ impl<O: Outbox> Relay<O> {
             run = run.into_iter().skip(ok + 1).filter(|(m, _)| !held_back(parked, m)).collect();
         }
         Ok(published)
-    }
-
-    /// Publish `messages` one at a time, each after the previous ack, stopping at the
-    /// first failure.
-    async fn one_by_one(&self, messages: &[OutgoingMessage]) -> Vec<Result<crate::publisher::Ack>> {
-        let mut results = Vec::with_capacity(messages.len());
-        for m in messages {
-            let result = self.publisher.publish(m.clone()).await;
-            let failed = result.is_err();
-            results.push(result);
-            if failed {
-                break;
-            }
-        }
-        results
     }
 
     /// `row` failed with permanent error `e`: count it, and park it once it has failed

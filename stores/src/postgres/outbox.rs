@@ -141,13 +141,8 @@ impl PgOutbox {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        {
-            let mut read = self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for r in &rows {
-                read.insert(r.try_get("seq")?);
-            }
-        }
-        rows.into_iter()
+        let messages = rows
+            .into_iter()
             .map(|r| {
                 let headers: serde_json::Value = r.try_get("headers")?;
                 Ok(OutboxMessage {
@@ -159,7 +154,12 @@ impl PgOutbox {
                     payload: r.try_get("payload")?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, Error>>()?;
+        let mut read = self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for m in &messages {
+            read.insert(m.seq);
+        }
+        Ok(messages)
     }
 
     async fn lease_held(&self) -> Result<bool, Error> {
