@@ -41,7 +41,9 @@ pub struct WriteProductHandler;
 
 /// What a write does, decided on the locked row.
 enum Decision {
-    Store(souk_pipelines::catalog::ProductFields),
+    /// Store these fields; `states_stock` when the write names a stock figure (a `Put`,
+    /// or a `Patch` with `stock`): only then do the units on hand follow it.
+    Store { fields: souk_pipelines::catalog::ProductFields, states_stock: bool },
     Delete,
     Reject(String),
 }
@@ -98,13 +100,18 @@ pub async fn apply(tx: &mut PgConnection, cmd: &WriteProduct) -> Result<(), pg::
             tracing::info!(sku = %cmd.sku, write_id = %cmd.write_id, reason = %reason, "catalog write rejected");
             (Outcome::Rejected { reason }, None)
         }
-        Decision::Store(fields) => {
+        Decision::Store { fields, states_stock } => {
             let product =
                 products::put(tx, &cmd.tenant, &cmd.sku, &cmd.seller, &fields, version, cmd.requested_at)
                     .await?;
             // The units on hand follow the seller's stock, in this transaction (units
-            // held for checkouts stay promised: `inventory::set_on_hand`).
-            inventory::set_on_hand(tx, &cmd.tenant, &cmd.sku, fields.stock).await?;
+            // held for checkouts stay promised: `inventory::set_on_hand`) — but only when
+            // this write states it. A patch of the price keeps the stored fields' stock,
+            // which is the seller's last figure, not what is on hand after sales: setting
+            // it again would put sold units back on sale.
+            if states_stock {
+                inventory::set_on_hand(tx, &cmd.tenant, &cmd.sku, fields.stock).await?;
+            }
             (Outcome::Applied { version }, Some(Some(product)))
         }
         Decision::Delete => {
@@ -155,14 +162,14 @@ fn decide(cmd: &WriteProduct, stored: Option<&StoredProduct>) -> Decision {
     }
     let live = stored.filter(|s| !s.is_deleted());
     match (&cmd.change, live) {
-        (ProductChange::Put { fields }, _) => Decision::Store(fields.clone()),
+        (ProductChange::Put { fields }, _) => Decision::Store { fields: fields.clone(), states_stock: true },
         (ProductChange::Patch { .. }, None) => {
             Decision::Reject(format!("patch of a missing or deleted product: {}", cmd.sku))
         }
         (ProductChange::Patch { patch }, Some(s)) => {
             let patched = patch.apply_to(&s.product.fields);
             match patched.validate() {
-                Ok(()) => Decision::Store(patched),
+                Ok(()) => Decision::Store { fields: patched, states_stock: patch.stock.is_some() },
                 Err(errors) => Decision::Reject(format!("invalid after the patch: {}", describe(&errors))),
             }
         }

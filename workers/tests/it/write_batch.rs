@@ -197,3 +197,69 @@ async fn concurrent_batches_take_sku_locks_in_one_order() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// A seller's write sets the units on hand only when it states a stock figure. A patch
+/// of the price alone keeps the stored fields' stock — the seller's last figure, from
+/// before any sale — and must not put it back on hand: that would sell the sold units
+/// again (found in review: on hand 10 again after 3 of 10 were sold).
+#[tokio::test]
+async fn a_patch_without_stock_leaves_the_units_on_hand_as_sales_left_them() -> anyhow::Result<()> {
+    use souk_pipelines::{
+        catalog::ProductPatch,
+        inventory::{CommitStock, ReserveStock, StockLine},
+    };
+    use souk_stores::postgres::inventory as inv;
+    use souk_workers::inventory::{CONSUMER, InventoryHandler};
+
+    let (db, writes) = writes().await?;
+    let inventory = Deduplicated::new(db.pool.clone(), CONSUMER, InventoryHandler);
+    let mut first = put("W", "mug", 0);
+    if let ProductChange::Put { fields } = &mut first.change {
+        fields.stock = 10;
+    }
+    assert_eq!(writes.handle(&delivery(&first, 1)).await, Outcome::Ack);
+    let order = uuid::Uuid::now_v7();
+    let reserve = ReserveStock {
+        tenant: "t1".into(),
+        order_id: order,
+        lines: vec![StockLine { sku: "W".into(), quantity: 3 }],
+        hold_until: chrono::Utc::now() + chrono::Duration::minutes(10),
+    };
+    let commit = CommitStock { tenant: "t1".into(), order_id: order };
+    for (i, (subject, schema, payload)) in [
+        (ReserveStock::SUBJECT, ReserveStock::schema_header(), encode(&reserve)),
+        (CommitStock::SUBJECT, CommitStock::schema_header(), encode(&commit)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = crate::delivered(CONSUMER, subject, &schema, &payload, "CMD", 10 + i as u64);
+        assert_eq!(inventory.handle(&d).await, Outcome::Ack);
+    }
+    let counts = |s: inv::Stock| (s.on_hand, s.held, s.sold);
+    let sold = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
+    assert_eq!(counts(sold), (7, 0, 3));
+
+    let price = WriteProduct {
+        write_id: uuid::Uuid::new_v4(),
+        change: ProductChange::Patch { patch: ProductPatch { price_minor: Some(999), ..ProductPatch::default() } },
+        requested_at: first.requested_at + chrono::Duration::seconds(1),
+        ..first.clone()
+    };
+    assert_eq!(writes.handle(&delivery(&price, 2)).await, Outcome::Ack);
+    assert_eq!(stored(&db, "W").await?.map(|(v, _)| v), Some(2), "the patch applied");
+    let after = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
+    assert_eq!(counts(after), (7, 0, 3), "sold units stay sold");
+
+    // A patch that states stock still sets what is on hand.
+    let restock = WriteProduct {
+        write_id: uuid::Uuid::new_v4(),
+        change: ProductChange::Patch { patch: ProductPatch { stock: Some(20), ..ProductPatch::default() } },
+        requested_at: first.requested_at + chrono::Duration::seconds(2),
+        ..first.clone()
+    };
+    assert_eq!(writes.handle(&delivery(&restock, 3)).await, Outcome::Ack);
+    let after = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
+    assert_eq!(counts(after), (20, 0, 3));
+    Ok(())
+}
