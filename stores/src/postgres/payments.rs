@@ -174,6 +174,16 @@ pub async fn result_recorded(conn: &mut PgConnection, key: &str) -> Result<bool,
         .await?)
 }
 
+/// The answer recorded for `key` (the `PaymentResult` it was emitted as), if any.
+pub async fn recorded_result(conn: &mut PgConnection, key: &str) -> Result<Option<serde_json::Value>, Error> {
+    let row: Option<sqlx::types::Json<serde_json::Value>> =
+        sqlx::query_scalar("select result from payment_results where idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|j| j.0))
+}
+
 /// Record a command's answer; `false` if one was recorded already (write nothing else).
 pub async fn record_result(
     tx: &mut PgConnection,

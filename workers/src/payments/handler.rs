@@ -6,9 +6,9 @@
 //! before the call, and that one.
 //!
 //! The provider call cannot be inside the transaction (it is not Postgres), so a
-//! delivery first skips what is known to be done — its message id in the inbox, or its
-//! idempotency key's answer recorded (the same command under another message id) — and
-//! then asks the gateway, whose calls carry the step's idempotency key: a delivery
+//! delivery first skips what is known to be done — its message id in the inbox; its
+//! idempotency key's answer recorded (the same command under another message id) is
+//! answered again from the record, with no call — and then asks the gateway, whose calls carry the step's idempotency key: a delivery
 //! repeated after a crash between the call and the commit gets the provider's first
 //! answer again, and the money moves once.
 //!
@@ -136,8 +136,10 @@ impl PaymentsHandler {
             return Ok(());
         }
         if seen.answered {
-            // The same step under another message id: answered before, nothing new.
-            return self.commit(d, cmd, None).await;
+            // The same step under another message id (the sweeper's re-send after a
+            // reply was lost, an operator's retry): no provider call, the recorded
+            // answer again — the saga waits for it, and ignores a copy it has had.
+            return self.answer_again(d, cmd).await;
         }
         let decision = match self.decide(cmd, seen.authorization, &seen.maybe_charged).await {
             Ok(decision) => decision,
@@ -149,7 +151,7 @@ impl PaymentsHandler {
             }
             Err(GatewayError::Store(e)) => return Err(store(e)),
         };
-        self.commit(d, cmd, Some(decision)).await
+        self.commit(d, cmd, decision).await
     }
 
     /// The providers' decision — or the ledger's, for a settle it refuses outright
@@ -233,14 +235,9 @@ impl PaymentsHandler {
         })
     }
 
-    /// One transaction: inbox record, and (with a decision) the recorded answer, the
-    /// ledger row and the `PaymentResult` outbox row.
-    async fn commit(
-        &self,
-        d: &Delivery,
-        cmd: &Command,
-        decision: Option<Decision>,
-    ) -> Result<(), HandlerError> {
+    /// One transaction: inbox record, the recorded answer (see [`is_the_keys_answer`]),
+    /// the ledger row and the `PaymentResult` outbox row.
+    async fn commit(&self, d: &Delivery, cmd: &Command, decision: Decision) -> Result<(), HandlerError> {
         let store = |e: pg::Error| store_error(&e);
         let mut tx = pg::begin(&self.pool).await.map_err(store)?;
         let id = d.dedupe_id();
@@ -251,31 +248,60 @@ impl PaymentsHandler {
         {
             return Ok(());
         }
-        if let Some(decision) = decision {
-            if let Decision::Answered { provider, .. } = &decision
-                && !provider.is_empty()
-            {
-                payments::attempts_answered(&mut tx, &cmd.key, provider).await.map_err(store)?;
-            }
-            let event = result_event(cmd, &decision);
-            let succeeded = event.failure.is_none();
-            let json = serde_json::to_value(&event).map_err(|e| HandlerError::poison("unencodable", e))?;
-            let op = cmd.operation.as_str();
-            if payments::record_result(&mut tx, &cmd.key, cmd.order_id, op, succeeded, &json)
+        if let Decision::Answered { provider, .. } = &decision
+            && !provider.is_empty()
+        {
+            payments::attempts_answered(&mut tx, &cmd.key, provider).await.map_err(store)?;
+        }
+        let event = result_event(cmd, &decision);
+        let succeeded = event.failure.is_none();
+        let json = serde_json::to_value(&event).map_err(|e| HandlerError::poison("unencodable", e))?;
+        let op = cmd.operation.as_str();
+        let first = if is_the_keys_answer(cmd, &decision) {
+            payments::record_result(&mut tx, &cmd.key, cmd.order_id, op, succeeded, &json)
                 .await
                 .map_err(store)?
+        } else {
+            true
+        };
+        if first {
+            if let (true, Decision::Answered { provider, reply: Reply::Approved { payment_id } }) =
+                (succeeded, &decision)
             {
-                if let (true, Decision::Answered { provider, reply: Reply::Approved { payment_id } }) =
-                    (succeeded, &decision)
-                {
-                    self.record_ledger(&mut tx, cmd, provider, payment_id).await.map_err(store)?;
-                }
-                metrics::counter!("souk_payments_results_total", "operation" => op,
-                    "outcome" => outcome_label(&event))
-                .increment(1);
-                outbox::enqueue(&mut tx, result_row(cmd, &event, id)).await.map_err(store)?;
+                self.record_ledger(&mut tx, cmd, provider, payment_id).await.map_err(store)?;
             }
+            metrics::counter!("souk_payments_results_total", "operation" => op,
+                "outcome" => outcome_label(&event))
+            .increment(1);
+            outbox::enqueue(&mut tx, result_row(cmd, &event, id)).await.map_err(store)?;
         }
+        tx.commit().await.map_err(|e| store(e.into()))?;
+        Ok(())
+    }
+
+    /// A command whose key was answered before: its inbox record and the recorded
+    /// answer again, as a new `PaymentResult` caused by this delivery, in one
+    /// transaction.
+    async fn answer_again(&self, d: &Delivery, cmd: &Command) -> Result<(), HandlerError> {
+        let store = |e: pg::Error| store_error(&e);
+        let mut tx = pg::begin(&self.pool).await.map_err(store)?;
+        if inbox::record_many(&mut tx, &self.consumer, &[crate::store::received(d)])
+            .await
+            .map_err(store)?
+            .is_empty()
+        {
+            return Ok(());
+        }
+        let Some(recorded) = payments::recorded_result(&mut tx, &cmd.key).await.map_err(store)? else {
+            // Read as answered a moment ago and gone now: answers are never deleted.
+            return Err(HandlerError::retryable("payment_result_missing", "the recorded answer vanished"));
+        };
+        let event: PaymentResult = serde_json::from_value(recorded)
+            .map_err(|e| HandlerError::poison("payment_result_unreadable", e))?;
+        metrics::counter!("souk_payments_results_total", "operation" => cmd.operation.as_str(),
+            "outcome" => "answered_again")
+        .increment(1);
+        outbox::enqueue(&mut tx, result_row(cmd, &event, d.dedupe_id())).await.map_err(store)?;
         tx.commit().await.map_err(|e| store(e.into()))?;
         Ok(())
     }
@@ -314,6 +340,24 @@ fn outcome_label(event: &PaymentResult) -> &'static str {
         None => "succeeded",
         Some(PaymentFailure::Declined { .. }) => "declined",
         Some(PaymentFailure::Exhausted { .. }) => "exhausted",
+    }
+}
+
+/// Whether `decision` is the answer to `cmd`'s idempotency key for good, recorded so
+/// that the key is never sent again. Two are not:
+/// - the ledger's own refusal of a settle (no provider was called): judged again on the
+///   ledger as it is then. A void refused for want of an authorization must not use up
+///   the void's key: the authorization may still arrive (a held authorize completing
+///   after the saga gave up), and the saga voids it with the same key.
+/// - a settle whose retry budget ran out: sent again, it tries the provider again
+///   under the same key (which the provider honours), instead of repeating the failure.
+///
+/// An authorize's answer is always recorded: the saga moves on from it and never asks
+/// again, and a recorded answer is what keeps a failed-over key from a second provider.
+fn is_the_keys_answer(cmd: &Command, decision: &Decision) -> bool {
+    match decision {
+        Decision::Answered { provider, .. } => !provider.is_empty(),
+        Decision::Exhausted { .. } => cmd.operation == Operation::Authorize,
     }
 }
 

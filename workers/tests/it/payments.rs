@@ -424,21 +424,85 @@ async fn a_stopped_primary_is_failed_over_and_every_provider_down_exhausts() -> 
     Ok(())
 }
 
+/// The same step again under another message id — the sweeper's re-send after the
+/// reply was lost on the way to the saga, an operator's retry — calls no provider and
+/// answers again with the recorded answer. (It used to emit nothing: a saga whose
+/// capture reply was lost then re-sent the capture for nothing, gave up, and cancelled
+/// an order whose money was captured; found in review.)
 #[tokio::test]
-async fn a_replayed_command_calls_no_provider_and_emits_nothing_new() -> anyhow::Result<()> {
+async fn a_replayed_command_calls_no_provider_and_answers_again_from_the_record() -> anyhow::Result<()> {
     let env = pay_env(test_payment_retry(), Faults::default()).await?;
     let cmd = authorize("tok_ok", 700);
     env.send("auth-first", &cmd).await?;
-    env.result_of(cmd.order_id, Operation::Authorize).await?;
+    let first = env.result_of(cmd.order_id, Operation::Authorize).await?;
+    env.send("capture-first", &settle(cmd.order_id, Operation::Capture, 700)).await?;
+    let captured = env.result_of(cmd.order_id, Operation::Capture).await?;
+    assert!(captured.failure.is_none(), "{captured:?}");
     let requests = env.primary.requests();
-    // The same step again under another message id (a saga retry, an operator replay).
+    // Each step again under another message id.
     env.send("auth-replayed", &cmd).await?;
-    eventually(Duration::from_secs(10), || drained(&env.js, "CMD", pay::AUTHORIZE_CONSUMER)).await?;
-    assert_eq!(env.count("select * from inbox where consumer = 'payments-authorize'").await?, 2);
+    env.send("capture-replayed", &settle(cmd.order_id, Operation::Capture, 700)).await?;
+    let all = eventually(Duration::from_secs(30), || async {
+        let all: Vec<PaymentResult> =
+            env.results().await?.into_iter().filter(|r| r.order_id == cmd.order_id).collect();
+        anyhow::Ok((all.len() == 4).then_some(all))
+    })
+    .await?;
+    for d in [pay::AUTHORIZE_CONSUMER, pay::SETTLE_CONSUMER] {
+        eventually(Duration::from_secs(10), || drained(&env.js, "CMD", d)).await?;
+    }
     assert_eq!(env.primary.requests(), requests, "no provider call for a decided step");
     assert_eq!(env.primary.effects(&cmd.idempotency_key), 1);
-    let all = env.results().await?;
-    assert_eq!(all.iter().filter(|r| r.order_id == cmd.order_id).count(), 1, "one PaymentResult");
+    let same = |a: &PaymentResult, b: &PaymentResult| {
+        (a.operation, &a.failure, &a.provider, &a.provider_payment_id)
+            == (b.operation, &b.failure, &b.provider, &b.provider_payment_id)
+    };
+    // The two replays' answers, in whichever order their pools answered.
+    for again in &all[2..] {
+        let original = if again.operation == Operation::Authorize { &first } else { &captured };
+        assert!(same(again, original), "the recorded answer again: {all:?}");
+    }
+    assert_ne!(all[2].operation, all[3].operation, "{all:?}");
+    assert_eq!(env.count("select * from payment_captures").await?, 1, "captured once");
+    // The same message again is a duplicate delivery: nothing at all.
+    env.send("capture-replayed", &settle(cmd.order_id, Operation::Capture, 700)).await?;
+    eventually(Duration::from_secs(10), || drained(&env.js, "CMD", pay::SETTLE_CONSUMER)).await?;
+    assert_eq!(env.results().await?.iter().filter(|r| r.order_id == cmd.order_id).count(), 4);
+    Ok(())
+}
+
+/// A void refused by the ledger because no authorization is recorded yet — the saga gave
+/// up while the authorize was held — does not use up the void's key: when the
+/// authorization arrives, the saga's void under the same key voids it. (Found in review:
+/// the refusal was recorded as the key's answer, so the second void was "answered
+/// before" and the buyer's money stayed held on a cancelled order.)
+#[tokio::test]
+async fn a_void_refused_for_want_of_an_authorization_voids_the_one_that_arrives_later() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults::default()).await?;
+    let cmd = authorize("tok_ok", 700);
+    let void = settle(cmd.order_id, Operation::Void, 700);
+    env.send("void-early", &void).await?;
+    let early = env.result_of(cmd.order_id, Operation::Void).await?;
+    assert_eq!(declined_code(&early), Some("no_authorization"), "{early:?}");
+    env.send("auth", &cmd).await?;
+    let authorized = env.result_of(cmd.order_id, Operation::Authorize).await?;
+    assert!(authorized.failure.is_none(), "{authorized:?}");
+    env.send("void-late", &void).await?;
+    let voided = eventually(Duration::from_secs(30), || async {
+        anyhow::Ok(
+            env.results()
+                .await?
+                .into_iter()
+                .find(|r| r.order_id == cmd.order_id && r.operation == Operation::Void && r.failure.is_none()),
+        )
+    })
+    .await?;
+    assert!(voided.provider.is_some(), "{voided:?}");
+    assert_eq!(env.primary.effects(&void.idempotency_key), 1, "the void reached the provider once");
+    assert_eq!(
+        env.count(&format!("select * from payment_voids where order_id = '{}'", cmd.order_id)).await?,
+        1
+    );
     Ok(())
 }
 
