@@ -256,7 +256,7 @@ pub struct SagaView {
     pub order_id: Uuid,
     pub tenant: String,
     /// `reserving`, `authorizing`, `committing`, `capturing`, `fulfilling`, `shipped`,
-    /// `releasing`, `unwinding`, `voiding` or `cancelled`.
+    /// `releasing`, `unwinding`, `voiding`, `cancelled` or `refunding`.
     pub state: String,
     pub attempt: i32,
     /// When the sweeper acts if the awaited reply does not come.

@@ -7,7 +7,7 @@ use std::{borrow::Cow, time::Duration};
 /// Where an order's saga is. Forward: reserving → authorizing → committing →
 /// capturing → fulfilling → shipped. Compensating (in reverse of what was done):
 /// releasing (stock) → cancelled; unwinding (release stock, then void) → voiding →
-/// cancelled.
+/// cancelled; refunding (money captured after the saga stopped using it) → cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
     /// ReserveStock sent; awaiting StockReserved / StockRejected.
@@ -30,10 +30,14 @@ pub enum State {
     Voiding,
     /// Every compensation done. Final.
     Cancelled,
+    /// A capture turned up after the saga stopped using the payment (compensating or
+    /// cancelled): SettlePayment(refund) sent; awaiting its PaymentResult, re-sent by the
+    /// sweeper until its attempts run out. The order reads `cancelled` already.
+    Refunding,
 }
 
 impl State {
-    pub const ALL: [State; 10] = [
+    pub const ALL: [State; 11] = [
         State::Reserving,
         State::Authorizing,
         State::Committing,
@@ -44,6 +48,7 @@ impl State {
         State::Unwinding,
         State::Voiding,
         State::Cancelled,
+        State::Refunding,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +63,7 @@ impl State {
             State::Unwinding => "unwinding",
             State::Voiding => "voiding",
             State::Cancelled => "cancelled",
+            State::Refunding => "refunding",
         }
     }
 
@@ -71,7 +77,7 @@ impl State {
     pub fn step_timeout(self) -> Option<Duration> {
         match self {
             State::Reserving | State::Committing => Some(Duration::from_secs(30)),
-            State::Authorizing | State::Capturing => Some(Duration::from_secs(120)),
+            State::Authorizing | State::Capturing | State::Refunding => Some(Duration::from_secs(120)),
             State::Releasing | State::Unwinding | State::Voiding => Some(Duration::from_secs(60)),
             // Sellers ship in days; the fulfilment pool owns that wait.
             State::Fulfilling | State::Shipped | State::Cancelled => None,
@@ -89,6 +95,7 @@ impl State {
             State::Fulfilling => &[Effect::RequestFulfilment],
             State::Releasing | State::Unwinding => &[Effect::Release],
             State::Voiding => &[Effect::Void],
+            State::Refunding => &[Effect::Refund],
             State::Shipped | State::Cancelled => &[],
         }
     }
@@ -98,7 +105,7 @@ impl State {
         match self {
             State::Fulfilling => "confirmed",
             State::Shipped => "shipped",
-            State::Cancelled => "cancelled",
+            State::Cancelled | State::Refunding => "cancelled",
             _ => "accepted",
         }
     }
@@ -211,6 +218,8 @@ pub fn transition(state: State, event: &Event) -> Transition {
         (Unwinding, E::Released) => to(Voiding, &[Void]),
         // a void the provider refuses leaves an authorization that lapses on its own
         (Voiding, E::Voided | E::VoidFailed(_)) => to(Cancelled, &[Cancel]),
+        // a refund that failed is sent again at the deadline (the sweeper), not at once
+        (Refunding, E::Refunded) => to(Cancelled, &[]),
         // no reply in time: send the step's command again (every handler is idempotent)
         (s, E::Resend) if !s.is_final() => {
             Transition::To { next: s, effects: s.step_effects(), reason: None }
@@ -219,10 +228,17 @@ pub fn transition(state: State, event: &Event) -> Transition {
         // nothing is answered harmlessly)
         (Reserving, E::GiveUp(r)) => compensate(Releasing, &[Release], r),
         (Authorizing | Committing | Capturing, E::GiveUp(r)) => compensate(Unwinding, &[Release], r),
-        (Releasing | Unwinding | Voiding, E::GiveUp(r)) => compensate(Cancelled, &[Cancel], r),
-        // money that moved after the saga stopped using it is given back
-        (Releasing | Cancelled, E::Authorized) => to(state, &[Void]),
-        (Releasing | Unwinding | Voiding | Cancelled, E::Captured) => to(state, &[Refund]),
+        // the release never answered: the void does not wait on it (a release answered
+        // later is ignored; the authorization would otherwise stay held)
+        (Unwinding, E::GiveUp(r)) => compensate(Voiding, &[Void], r),
+        (Releasing | Voiding, E::GiveUp(r)) => compensate(Cancelled, &[Cancel], r),
+        // the refund's attempts ran out: the saga ends; its step log keeps the failure
+        (Refunding, E::GiveUp(r)) => compensate(Cancelled, &[], r),
+        // money that moved after the saga stopped using it is given back (a void sent
+        // while no authorization was recorded was refused, and spent nothing)
+        (Releasing | Voiding | Cancelled, E::Authorized) => to(state, &[Void]),
+        (Releasing | Unwinding | Voiding, E::Captured) => to(Refunding, &[Refund, Cancel]),
+        (Cancelled, E::Captured) => to(Refunding, &[Refund]),
         _ => Transition::Ignore,
     }
 }
@@ -276,9 +292,37 @@ mod tests {
         );
         assert_eq!(
             transition(State::Cancelled, &Event::Captured),
-            Transition::To { next: State::Cancelled, effects: &[Effect::Refund], reason: None }
+            Transition::To { next: State::Refunding, effects: &[Effect::Refund], reason: None }
         );
         assert_eq!(transition(State::Shipped, &Event::Captured), Transition::Ignore, "a confirmed capture");
+    }
+
+    /// Found in review: each of these left a cancelled order holding the buyer's money.
+    #[test]
+    fn money_that_moved_late_is_given_back_whatever_the_compensation_is_doing() {
+        let to = |next, effects: &'static [Effect]| Transition::To { next, effects, reason: None };
+        // A void refused (no authorization yet) while the authorize was held: the
+        // authorization that then arrives is voided, in voiding as in cancelled.
+        assert_eq!(transition(State::Voiding, &Event::Authorized), to(State::Voiding, &[Effect::Void]));
+        // A capture that turns up while compensating is refunded, and the refund is a
+        // step of its own: re-sent by the sweeper until it is answered.
+        for s in [State::Releasing, State::Unwinding, State::Voiding] {
+            assert_eq!(
+                transition(s, &Event::Captured),
+                to(State::Refunding, &[Effect::Refund, Effect::Cancel]),
+                "{s:?}"
+            );
+        }
+        assert_eq!(State::Refunding.step_effects(), &[Effect::Refund]);
+        assert!(State::Refunding.step_timeout().is_some() && !State::Refunding.is_final());
+        assert_eq!(State::Refunding.order_status(), "cancelled");
+        assert_eq!(transition(State::Refunding, &Event::RefundFailed("x".into())), Transition::Ignore);
+        assert_eq!(transition(State::Refunding, &Event::Refunded), to(State::Cancelled, &[]));
+        // The release never answered: the void is sent anyway.
+        assert_eq!(
+            transition(State::Unwinding, &Event::GiveUp("t".into())),
+            Transition::To { next: State::Voiding, effects: &[Effect::Void], reason: Some("t".into()) }
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub async fn compensate(pool: &PgPool, order_id: Uuid, actor: &str) -> Result<St
     act(pool, order_id, actor, "saga.compensate", |state| match state {
         s if s.is_final() => Err(format!("the saga is {}: nothing to compensate", s.as_str())),
         // Forcing it on to cancelled would skip the compensation's own reply.
-        s @ (State::Releasing | State::Unwinding | State::Voiding) => Err(format!(
+        s @ (State::Releasing | State::Unwinding | State::Voiding | State::Refunding) => Err(format!(
             "the saga is already compensating ({}): `souk sagas retry` sends its compensation again",
             s.as_str()
         )),

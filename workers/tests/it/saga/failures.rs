@@ -120,11 +120,63 @@ async fn an_authorization_that_arrives_after_the_cancel_is_voided_and_a_late_cap
     let void = saga.steps.iter().find(|s| s.step == "void").expect("a void step");
     assert_eq!(void.outcome.as_deref(), Some("ok (sandbox-a)"));
 
-    // A capture that turns up on a cancelled order is refunded.
+    // A capture that turns up on a cancelled order is refunded: a step of its own.
     env.reply(&payment(&cmd, Operation::Capture, None)).await?;
+    env.until(id, "refunding").await?;
     super::settle(&env).await?;
     assert_eq!(env.sent(id).await?.last().map(String::as_str), Some("payments.settle:refund"));
-    assert_eq!(env.order_status(id).await?.0, "cancelled");
+    assert_eq!(env.order_status(id).await?.0, "cancelled", "the buyer's order stays cancelled");
+    // The refund failed (the provider timing out): the saga does not forget it (found
+    // in review: a failed refund was ignored in every state, and nothing sent it again).
+    env.reply(&payment(&cmd, Operation::Refund, exhausted())).await?;
+    super::settle(&env).await?;
+    assert_eq!(env.saga(id).await?.state, "refunding");
+    let due = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(sweep(&env.db.pool, due, 100).await?, Swept { resent: 1, compensated: 0 });
+    super::settle(&env).await?;
+    let refunds = env.sent(id).await?.iter().filter(|c| *c == "payments.settle:refund").count();
+    assert_eq!(refunds, 2, "the sweeper sent the refund again");
+    env.reply(&payment(&cmd, Operation::Refund, None)).await?;
+    let saga = env.until(id, "cancelled").await?;
+    assert_eq!(saga.deadline, None, "nothing more to wait for");
+    assert_eq!(env.events(subjects::ORDERS_CANCELLED, id).await?, 1, "cancelled once, refund or not");
+    Ok(())
+}
+
+/// Two ways a compensation used to leave the authorization held, found in review: a
+/// release that never answers (the saga gave up on unwinding and went straight to
+/// cancelled, never voiding), and an authorization that arrives while the void is in
+/// flight (refused for want of it; the table ignored the authorization in voiding).
+#[tokio::test]
+async fn a_compensation_voids_the_authorization_when_its_release_never_answers_or_it_arrives_late()
+-> anyhow::Result<()> {
+    let env = SagaEnv::start().await?;
+    let (silent, late) = (order(&[("SKU-A", "s1", 1, 700)]), order(&[("SKU-B", "s1", 1, 700)]));
+    env.place(&silent).await?;
+    drive_to(&env, &silent, "committing").await?;
+    // The inventory pool is gone: the commit and then the release go unanswered.
+    let mut now = chrono::Utc::now();
+    while env.saga(silent.order_id).await?.state != "voiding" {
+        now += chrono::Duration::hours(1);
+        sweep(&env.db.pool, now, 100).await?;
+        anyhow::ensure!(env.saga(silent.order_id).await?.state != "cancelled", "cancelled without a void");
+    }
+    super::settle(&env).await?;
+    assert_eq!(env.sent(silent.order_id).await?.last().map(String::as_str), Some("payments.settle:void"));
+
+    // The late one (placed now: the sweeps above would have acted on it): support
+    // gives up on an authorize that does not answer.
+    env.place(&late).await?;
+    drive_to(&env, &late, "authorizing").await?;
+    let to = souk_workers::orders::saga::operator::compensate(&env.db.pool, late.order_id, "cli:ops").await?;
+    assert_eq!(to.as_str(), "unwinding");
+    env.reply(&replies::released(&late)).await?;
+    env.until(late.order_id, "voiding").await?;
+    // The void was refused (no authorization recorded yet), and the authorization lands.
+    env.reply(&payment(&late, Operation::Authorize, None)).await?;
+    super::settle(&env).await?;
+    let voids = env.sent(late.order_id).await?.iter().filter(|c| *c == "payments.settle:void").count();
+    assert_eq!(voids, 2, "the authorization that arrived is voided");
     Ok(())
 }
 
