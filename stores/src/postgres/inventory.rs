@@ -166,7 +166,7 @@ pub async fn reservation(
         None => Vec::new(),
     };
     let lines =
-        sqlx::query("select sku, quantity from stock_holds where tenant = $1 and order_id = $2 order by sku")
+        sqlx::query("select sku, quantity from stock_holds where tenant = $1 and order_id = $2 order by sku collate \"C\"")
             .bind(tenant)
             .bind(order_id)
             .fetch_all(&mut *tx)
@@ -216,6 +216,26 @@ pub async fn available(tx: &mut PgConnection, tenant: &str, sku: &str) -> Result
 /// `shortages` (and no lines). Returns `hold_until` and the time of the decision as
 /// stored (at the database's precision), so the answer now and a replayed one later
 /// say the same.
+/// Record that `order_id`'s stock was released before any reservation of it arrived
+/// (a release overtaking its reserve: the saga gave up while the reserve was queued),
+/// with no lines, so that the reserve, when it comes, holds nothing
+/// (`holds::reserve`). Nothing if a reservation exists.
+pub async fn record_released_unreserved(
+    tx: &mut PgConnection,
+    tenant: &str,
+    order_id: Uuid,
+) -> Result<(), Error> {
+    sqlx::query(
+        "insert into stock_reservations (tenant, order_id, state, hold_until)
+         values ($1, $2, 'released', now()) on conflict do nothing",
+    )
+    .bind(tenant)
+    .bind(order_id)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 pub async fn record(
     tx: &mut PgConnection,
     tenant: &str,
@@ -424,7 +444,7 @@ pub async fn lock_due(tx: &mut PgConnection, limit: i64) -> Result<Vec<DueHold>,
          join stock_reservations r on r.tenant = l.tenant and r.order_id = l.order_id
          join stock_holds h on h.tenant = r.tenant and h.order_id = r.order_id
          where r.state = 'held' and r.hold_until <= now()
-         order by r.tenant, r.order_id, h.sku",
+         order by r.tenant collate \"C\", r.order_id, h.sku collate \"C\"",
     )
     .bind(&tenants)
     .bind(&ids)

@@ -43,7 +43,10 @@ pub struct WriteProductHandler;
 enum Decision {
     /// Store these fields; `states_stock` when the write names a stock figure (a `Put`,
     /// or a `Patch` with `stock`): only then do the units on hand follow it.
-    Store { fields: souk_pipelines::catalog::ProductFields, states_stock: bool },
+    Store {
+        fields: souk_pipelines::catalog::ProductFields,
+        states_stock: bool,
+    },
     Delete,
     Reject(String),
 }

@@ -30,6 +30,9 @@ use crate::dedupe::ApplyError;
 /// Reason of the release an expiry makes.
 pub const EXPIRED_REASON: &str = "the hold expired";
 
+/// Answer to a reserve that arrives after its order's release.
+pub const RELEASED_BEFORE_RESERVED: &str = "the order's stock was released before this reservation arrived";
+
 /// The command's lines merged per SKU and sorted by SKU (the lock order), or why the
 /// command can never be applied.
 fn merged(lines: &[StockLine]) -> Result<Vec<StockLine>, ApplyError> {
@@ -58,6 +61,22 @@ pub async fn reserve(tx: &mut PgConnection, cmd: &ReserveStock, causation: &str)
     let lines = merged(&cmd.lines)?;
     inv::lock_order(tx, &cmd.tenant, cmd.order_id).await?;
     if let Some(previous) = inv::reservation(tx, &cmd.tenant, cmd.order_id).await? {
+        if previous.state == State::Released && previous.lines.is_empty() {
+            // Released before it was reserved: nothing is held for an order whose
+            // saga has moved on; the answer says the order's stock is released.
+            metrics::counter!("souk_inventory_reservations_total", "outcome" => "released_before")
+                .increment(1);
+            let event = StockReleased {
+                tenant: cmd.tenant.clone(),
+                order_id: cmd.order_id,
+                expired: false,
+                released: false,
+                reason: RELEASED_BEFORE_RESERVED.into(),
+                at: Utc::now(),
+            };
+            outbox::enqueue(tx, outbox_event(&cmd.tenant, cmd.order_id, causation, &event)).await?;
+            return Ok(());
+        }
         metrics::counter!("souk_inventory_reservations_total", "outcome" => "replayed").increment(1);
         return answer_again(tx, cmd, &previous, causation).await;
     }
@@ -123,7 +142,11 @@ async fn answer_again(
 }
 
 /// Give the order's units back: a held hold's to available, a committed one's sold
-/// units too. Anything else (never held, released, expired) answers `released: false`.
+/// units too. Anything else (never held, released, expired) answers `released: false`;
+/// an order with no reservation yet gets one, released and empty, so that its reserve
+/// — overtaken by this release (queued behind an outage while the saga gave up) —
+/// holds nothing when it comes. Without it the units stayed held for the cancelled
+/// order until the hold expired, minutes later (found in review).
 pub async fn release(tx: &mut PgConnection, cmd: &ReleaseStock, causation: &str) -> Result<(), ApplyError> {
     inv::lock_order(tx, &cmd.tenant, cmd.order_id).await?;
     let previous = inv::reservation(tx, &cmd.tenant, cmd.order_id).await?;
@@ -135,6 +158,9 @@ pub async fn release(tx: &mut PgConnection, cmd: &ReleaseStock, causation: &str)
     if let (Some(movement), Some(r)) = (movement, &previous) {
         inv::apply(tx, &cmd.tenant, &r.lines, movement).await?;
         inv::set_state(tx, &cmd.tenant, cmd.order_id, State::Released).await?;
+    }
+    if previous.is_none() {
+        inv::record_released_unreserved(tx, &cmd.tenant, cmd.order_id).await?;
     }
     let outcome = if movement.is_some() { "released" } else { "nothing" };
     metrics::counter!("souk_inventory_releases_total", "outcome" => outcome).increment(1);

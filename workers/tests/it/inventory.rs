@@ -283,6 +283,37 @@ async fn release_and_commit_are_idempotent_and_a_release_after_commit_returns_th
     Ok(())
 }
 
+/// A release that overtakes its reserve — the saga gave up on reserving while the
+/// reserve sat queued behind an outage — leaves nothing held when the reserve comes:
+/// the units stayed held for the cancelled order until the hold expired, minutes later
+/// (found in review).
+#[tokio::test]
+async fn a_reserve_that_arrives_after_its_release_holds_nothing() -> anyhow::Result<()> {
+    let env = env().await?;
+    env.stock("L", 5).await?;
+    let order = Uuid::now_v7();
+    env.send(&ReleaseStock { tenant: TENANT.into(), order_id: order, reason: "timed out".into() }).await?;
+    env.wait_for(order, "souk.evt.inventory.released", |e| e["released"] == false).await?;
+    env.send(&reserve(order, &[("L", 2)], in_an_hour())).await?;
+    eventually(Duration::from_secs(20), || async {
+        let n = count(&env.events_of(order).await?, "souk.evt.inventory.released");
+        anyhow::Ok((n == 2).then_some(()))
+    })
+    .await?;
+    env.quiet().await?;
+    let s = env.counts("L").await?;
+    assert_eq!((s.on_hand, s.held, s.available()), (5, 0, 5), "nothing held for the cancelled order");
+    let events = env.events_of(order).await?;
+    assert_eq!(count(&events, "souk.evt.inventory.reserved"), 0, "{events:?}");
+    // A commit after it finds nothing to sell either.
+    env.send(&CommitStock { tenant: TENANT.into(), order_id: order }).await?;
+    env.wait_for(order, "souk.evt.inventory.committed", |e| e["committed"] == false).await?;
+    env.quiet().await?;
+    assert_eq!(env.counts("L").await?.sold, 0);
+    env.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_commit_racing_an_expiry_is_decided_by_exactly_one_of_them() -> anyhow::Result<()> {
     let env = env().await?;

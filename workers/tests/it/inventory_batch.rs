@@ -177,3 +177,25 @@ async fn concurrent_batches_take_order_locks_and_stock_rows_in_one_order() -> an
     assert_eq!((counts(&db, "a").await?, counts(&db, "b").await?), ((2, 0), (2, 0)));
     Ok(())
 }
+
+/// An order's lines are read back in byte order, the order every stock lock is taken
+/// in (`lock_many` and `reserve` sort by bytes), whatever the database's collation: on
+/// a cluster created with an en_US locale (managed services, the postgres image) `order
+/// by sku` put "a" before "B", and a commit locking in that order could deadlock with a
+/// reserve locking "B" first (found in review). The column gets such a collation here.
+#[tokio::test]
+async fn an_orders_lines_come_back_in_byte_order_whatever_the_collation() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    pg::migrate(&db.pool).await?;
+    sqlx::query(r#"alter table stock_holds alter column sku type text collate "en-US-x-icu""#)
+        .execute(&db.pool)
+        .await?;
+    let lines: Vec<StockLine> =
+        ["a", "B"].iter().map(|s| StockLine { sku: (*s).into(), quantity: 1 }).collect();
+    let mut tx = db.pool.begin().await?;
+    inv::record(&mut tx, TENANT, id(1), Utc::now() + chrono::Duration::minutes(10), &lines, None).await?;
+    let read = inv::reservation(&mut tx, TENANT, id(1)).await?.ok_or_else(|| anyhow::anyhow!("none"))?;
+    let skus: Vec<&str> = read.lines.iter().map(|l| l.sku.as_str()).collect();
+    assert_eq!(skus, ["B", "a"], "byte order");
+    Ok(())
+}

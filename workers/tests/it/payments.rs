@@ -477,7 +477,8 @@ async fn a_replayed_command_calls_no_provider_and_answers_again_from_the_record(
 /// the refusal was recorded as the key's answer, so the second void was "answered
 /// before" and the buyer's money stayed held on a cancelled order.)
 #[tokio::test]
-async fn a_void_refused_for_want_of_an_authorization_voids_the_one_that_arrives_later() -> anyhow::Result<()> {
+async fn a_void_refused_for_want_of_an_authorization_voids_the_one_that_arrives_later() -> anyhow::Result<()>
+{
     let env = pay_env(test_payment_retry(), Faults::default()).await?;
     let cmd = authorize("tok_ok", 700);
     let void = settle(cmd.order_id, Operation::Void, 700);
@@ -488,15 +489,13 @@ async fn a_void_refused_for_want_of_an_authorization_voids_the_one_that_arrives_
     let authorized = env.result_of(cmd.order_id, Operation::Authorize).await?;
     assert!(authorized.failure.is_none(), "{authorized:?}");
     env.send("void-late", &void).await?;
-    let voided = eventually(Duration::from_secs(30), || async {
-        anyhow::Ok(
-            env.results()
-                .await?
-                .into_iter()
-                .find(|r| r.order_id == cmd.order_id && r.operation == Operation::Void && r.failure.is_none()),
-        )
-    })
-    .await?;
+    let voided =
+        eventually(Duration::from_secs(30), || async {
+            anyhow::Ok(env.results().await?.into_iter().find(|r| {
+                r.order_id == cmd.order_id && r.operation == Operation::Void && r.failure.is_none()
+            }))
+        })
+        .await?;
     assert!(voided.provider.is_some(), "{voided:?}");
     assert_eq!(env.primary.effects(&void.idempotency_key), 1, "the void reached the provider once");
     assert_eq!(

@@ -242,7 +242,9 @@ async fn a_patch_without_stock_leaves_the_units_on_hand_as_sales_left_them() -> 
 
     let price = WriteProduct {
         write_id: uuid::Uuid::new_v4(),
-        change: ProductChange::Patch { patch: ProductPatch { price_minor: Some(999), ..ProductPatch::default() } },
+        change: ProductChange::Patch {
+            patch: ProductPatch { price_minor: Some(999), ..ProductPatch::default() },
+        },
         requested_at: first.requested_at + chrono::Duration::seconds(1),
         ..first.clone()
     };
