@@ -416,21 +416,33 @@ async fn payment_providers(
 
 /// A payment command must end within its pool's handler timeout: its budget, then the
 /// last call and a status query (and a failover's status query) at the call timeout.
+/// A payments handler must end before its pool's handler timeout, or the runtime takes
+/// it for stuck and retries the command (counting toward max-deliver). Its worst case,
+/// with two providers: the budget (the first check's status queries and every retry
+/// inside it), then a failover begun just before the deadline — the primary's status
+/// query, the secondary's call and its status query — and the give-up's status query of
+/// both providers: budget + 5 call timeouts. (It said 3: review found the failover and
+/// give-up paths; the allowed 20 s budget with 3 s calls could run past the shipped
+/// 30 s.)
 fn check_payment_budget(config: &Config, topology: &Topology) -> anyhow::Result<()> {
     use souk_workers::payments::{AUTHORIZE_HANDLER, SETTLE_HANDLER};
-    let needed = config.payments.budget + config.payments.call_timeout * 3;
+    let needed = payment_handler_worst_case(config);
     for pool in
         topology.pools.iter().filter(|p| p.handler == AUTHORIZE_HANDLER || p.handler == SETTLE_HANDLER)
     {
         if pool.handler_timeout <= needed {
             bail!(
-                "pool {}: handler-timeout {:?} must exceed payments.budget + 3 × payments.call-timeout ({needed:?})",
+                "pool {}: handler-timeout {:?} must exceed payments.budget + 5 × payments.call-timeout ({needed:?})",
                 pool.name,
                 pool.handler_timeout
             );
         }
     }
     Ok(())
+}
+
+fn payment_handler_worst_case(config: &Config) -> Duration {
+    config.payments.budget + config.payments.call_timeout * 5
 }
 
 fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys, sandboxes: &[String]) {
@@ -463,4 +475,22 @@ fn print_banner(config: &Config, addr: &str, nats_url: &str, keys: &Keys, sandbo
             urls => format!("SANDBOX providers (no real money moves): {}", urls.join(", ")),
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payment_pools_timeout_must_cover_failover_and_the_give_up_status_queries() {
+        let topology = builtin_topology().expect("the built-in topology");
+        let mut config = Config::default();
+        assert!(check_payment_budget(&config, &topology).is_ok(), "the shipped settings pass");
+        // Allowed one by one (budget ≤ 20 s, calls ≤ 10 s), but a handler could run
+        // 20 + 5 × 3 = 35 s against the shipped 30 s (the old check asked for 29).
+        config.payments.budget = Duration::from_secs(20);
+        config.payments.call_timeout = Duration::from_secs(3);
+        let refused = check_payment_budget(&config, &topology).expect_err("must be refused");
+        assert!(refused.to_string().contains("handler-timeout"), "{refused}");
+    }
 }
