@@ -94,9 +94,12 @@ fn encode_cursor(f: &Fulfilment) -> String {
     format!("{}_{}", f.requested_at.timestamp_micros(), f.order_id.simple())
 }
 
+/// A cursor souk wrote: its time is after the epoch (one outside Postgres's range,
+/// which chrono reads, made the listing's query fail: a 503 for a bad input).
 fn decode_cursor(raw: &str) -> Option<After> {
     let (micros, id) = raw.split_once('_')?;
-    let requested_at = DateTime::<Utc>::from_timestamp_micros(micros.parse().ok()?)?;
+    let micros: i64 = micros.parse().ok().filter(|m| *m >= 0)?;
+    let requested_at = DateTime::<Utc>::from_timestamp_micros(micros)?;
     Some(After { requested_at, order_id: Uuid::parse_str(id).ok()? })
 }
 
