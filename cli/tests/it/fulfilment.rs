@@ -174,7 +174,9 @@ async fn bad_ships_and_listings_get_clear_problems_and_publish_nothing() -> anyh
     }
     // A cursor chrono reads but Postgres cannot (its timestamps end at 4713 BC) was a 503.
     let out_of_range = "cursor=-300000000000000000_00000000000000000000000000000000";
-    for query in ["per_page=0", "per_page=x", "cursor=nope", out_of_range, "color=red", "per_page=1&per_page=2"] {
+    for query in
+        ["per_page=0", "per_page=x", "cursor=nope", out_of_range, "color=red", "per_page=1&per_page=2"]
+    {
         let (status, problem) = stack.get(&s1, &format!("/v1/sellers/s1/orders?{query}")).await?;
         assert_eq!(status, 400, "{query}: {problem}");
     }

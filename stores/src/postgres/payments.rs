@@ -240,6 +240,33 @@ pub async fn attempt_started(pool: &PgPool, key: &str, provider: &str) -> Result
     Ok(id)
 }
 
+/// Log an authorize call about to be made at `provider` — unless another provider may
+/// hold money under `key` that the caller has not checked (`checked`: the providers
+/// whose lines it read and asked the status of): a line logged since its read (another
+/// delivery of the key, in another process), or one still `pending` from the last
+/// `in_flight` (a call that may not have reached its provider yet). `None` when
+/// refused. Under the key's lock (migration 0025), so of two deliveries failing over
+/// in opposite directions at once, the second to log sees the first.
+pub async fn authorize_attempt_started(
+    pool: &PgPool,
+    key: &str,
+    provider: &str,
+    checked: &[String],
+    in_flight: std::time::Duration,
+) -> Result<Option<Uuid>, Error> {
+    let id = Uuid::now_v7();
+    let logged: bool =
+        sqlx::query_scalar("select payment_attempt_start($1, $2, $3, $4, make_interval(secs => $5))")
+            .bind(id)
+            .bind(key)
+            .bind(provider)
+            .bind(checked)
+            .bind(in_flight.as_secs_f64())
+            .fetch_one(pool)
+            .await?;
+    Ok(logged.then_some(id))
+}
+
 /// `provider` answered for `key`: its calls still logged as under way end `answered`
 /// — in the transaction recording the answer, so a happy call costs no transaction of
 /// its own to close its log line. (Until then the line reads `pending`, which counts as

@@ -62,6 +62,21 @@ pub enum GatewayError {
 }
 
 /// One provider call of a command.
+/// What [`Gateway::answered_elsewhere`] found.
+enum Elsewhere {
+    /// A provider holds the key's answer.
+    Answered(Decision),
+    /// The providers that may hold money under the key, as read; none of them (but the
+    /// one excepted) answers for it.
+    Checked(Vec<String>),
+}
+
+/// How long a provider call may still be on its way after it was logged: a `pending`
+/// line younger than this, at a provider the caller has checked, may be a call the
+/// provider has not seen yet (calls time out within `payments.call-timeout`, at most
+/// 10 s). Older ones are a crashed worker's, answered by the status query.
+const CALL_IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Clone, Copy)]
 enum Call<'a> {
     Authorize(&'a Charge<'a>),
@@ -161,14 +176,15 @@ impl Gateway {
             let name = endpoint.provider.name();
             // Before a key goes here: no other provider may hold money under it.
             let read_before = (i == 0).then_some(maybe_charged);
-            if let Some(found) = self.answered_elsewhere(charge.key, Some(name), read_before).await? {
-                return Ok(found);
-            }
+            let checked = match self.answered_elsewhere(charge.key, Some(name), read_before).await? {
+                Elsewhere::Answered(found) => return Ok(found),
+                Elsewhere::Checked(names) => names,
+            };
             if i > 0 {
                 metrics::counter!("souk_payments_failovers_total", "to" => name.to_owned()).increment(1);
                 tracing::warn!(provider = name, key = charge.key, "payment failing over");
             }
-            match self.try_endpoint(endpoint, call, &mut schedule, &mut tally).await? {
+            match self.try_endpoint(endpoint, call, Some(&checked), &mut schedule, &mut tally).await? {
                 Tried::Decided(decision) => return Ok(decision),
                 Tried::BreakerOpen => continue,
                 Tried::BudgetSpent => break,
@@ -185,7 +201,7 @@ impl Gateway {
         })?;
         let mut schedule = Schedule::new(&self.options);
         let mut tally = Tally::default();
-        match self.try_endpoint(endpoint, Call::Settle(settle), &mut schedule, &mut tally).await? {
+        match self.try_endpoint(endpoint, Call::Settle(settle), None, &mut schedule, &mut tally).await? {
             Tried::Decided(decision) => Ok(decision),
             // No other provider can settle this payment: while its breaker is open the
             // command waits (held like any outage) instead of failing — a capture given
@@ -196,11 +212,15 @@ impl Gateway {
     }
 
     /// Try `call` on one provider until it answers for good, its breaker opens, or the
-    /// budget is spent.
+    /// budget is spent. `checked` (an authorize): the other providers whose lines the
+    /// caller read and asked the status of — a call is not made while another provider
+    /// may hold money under the key beyond those (see
+    /// [`payments::authorize_attempt_started`]).
     async fn try_endpoint(
         &self,
         endpoint: &Endpoint,
         call: Call<'_>,
+        checked: Option<&[String]>,
         schedule: &mut Schedule,
         tally: &mut Tally,
     ) -> Result<Tried, GatewayError> {
@@ -212,7 +232,24 @@ impl Gateway {
                 return Ok(Tried::BreakerOpen);
             }
             tally.attempts += 1;
-            let attempt = payments::attempt_started(&self.pool, key, name).await?;
+            let attempt = match checked {
+                None => payments::attempt_started(&self.pool, key, name).await?,
+                Some(checked) => payments::authorize_attempt_started(
+                    &self.pool,
+                    key,
+                    name,
+                    checked,
+                    CALL_IN_FLIGHT,
+                )
+                .await?
+                .ok_or_else(|| {
+                    metrics::counter!("souk_payments_calls_refused_total", "provider" => name.to_owned())
+                        .increment(1);
+                    GatewayError::Unknown(format!(
+                        "another delivery of {key} may be calling another provider; not calling {name}"
+                    ))
+                })?,
+            };
             let result = match call {
                 Call::Authorize(c) => endpoint.provider.authorize(c).await,
                 Call::Settle(s) => endpoint.provider.settle(s).await,
@@ -293,21 +330,21 @@ impl Gateway {
         key: &str,
         except: Option<&str>,
         read_before: Option<&[String]>,
-    ) -> Result<Option<Decision>, GatewayError> {
+    ) -> Result<Elsewhere, GatewayError> {
         let maybe_charged = match read_before {
             Some(names) => names.to_vec(),
             None => payments::providers_maybe_charged(&self.pool, key).await?,
         };
-        for name in maybe_charged {
+        for name in &maybe_charged {
             if Some(name.as_str()) == except {
                 continue;
             }
-            let endpoint = self.endpoint(&name).ok_or_else(|| {
+            let endpoint = self.endpoint(name).ok_or_else(|| {
                 GatewayError::Unknown(format!("{name} may hold a payment under {key} and is not configured"))
             })?;
             match endpoint.provider.status(key).await {
                 Ok(Some(reply @ (Reply::Approved { .. } | Reply::Declined { soft: false, .. }))) => {
-                    return Ok(Some(Decision::Answered { provider: name, reply }));
+                    return Ok(Elsewhere::Answered(Decision::Answered { provider: name.clone(), reply }));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -317,13 +354,13 @@ impl Gateway {
                 }
             }
         }
-        Ok(None)
+        Ok(Elsewhere::Checked(maybe_charged))
     }
 
     /// The budget is spent: exhausted, unless a provider turns out to hold money under
     /// the key (then its answer), or may and cannot say (then the command waits).
     async fn exhausted(&self, key: &str, tally: Tally) -> Result<Decision, GatewayError> {
-        if let Some(found) = self.answered_elsewhere(key, None, None).await? {
+        if let Elsewhere::Answered(found) = self.answered_elsewhere(key, None, None).await? {
             return Ok(found);
         }
         let last_error = match tally.last_error.is_empty() {

@@ -350,6 +350,49 @@ async fn a_key_the_secondary_may_hold_is_answered_from_it_and_never_sent_to_the_
     Ok(())
 }
 
+/// Two deliveries of one key at once — a re-sent authorize running beside the original
+/// in another process, whose breakers disagree about the primary — must not charge at
+/// both providers. This delivery read the key's lines before the other logged its call
+/// at the secondary; the call is still on its way. Its own call at the primary is
+/// refused (the command waits) rather than trusting that read (found in review: each
+/// charged at its own provider, and the second commit kept only its inbox record — an
+/// authorization souk never knew of). Once that call is old enough to have landed, the
+/// secondary is asked, and its answer (nothing) lets the primary be called.
+#[tokio::test]
+async fn a_call_waits_while_another_delivery_of_its_key_may_be_charging_another_provider()
+-> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults::default()).await?;
+    let key = idempotency_key(Uuid::now_v7(), Operation::Authorize);
+    let charge = Charge { key: &key, token: "tok_ok", amount_minor: 900, currency: "EUR" };
+    let read = ledger::providers_maybe_charged(&env.db.pool, &key).await?;
+    assert!(read.is_empty());
+    // Since that read: the other delivery logged its call at the secondary.
+    ledger::attempt_started(&env.db.pool, &key, &env.secondary_name).await?;
+    let refused = env.gateway.authorize(&charge, &read).await;
+    assert!(matches!(refused, Err(pay::GatewayError::Unknown(_))), "{refused:?}");
+    assert_eq!(env.primary.requests(), 0, "not sent to the primary while the secondary may charge");
+    // The same line, read and asked about, while its call may still be on its way.
+    let read = ledger::providers_maybe_charged(&env.db.pool, &key).await?;
+    assert_eq!(read, std::slice::from_ref(&env.secondary_name));
+    let refused = env.gateway.authorize(&charge, &read).await;
+    assert!(matches!(refused, Err(pay::GatewayError::Unknown(_))), "{refused:?}");
+    assert_eq!(env.primary.requests(), 0);
+
+    // A crashed worker's line, older than any call: the secondary says it holds
+    // nothing, and the primary is called.
+    sqlx::query("update payment_attempts set at = now() - interval '1 minute' where idempotency_key = $1")
+        .bind(&key)
+        .execute(&env.db.pool)
+        .await?;
+    let decided = env.gateway.authorize(&charge, &read).await?;
+    assert!(
+        matches!(&decided, pay::Decision::Answered { provider, reply: Reply::Approved { .. } } if *provider == env.primary_name),
+        "{decided:?}"
+    );
+    assert_eq!((env.primary.effects(&key), env.secondary.effects(&key)), (1, 0));
+    Ok(())
+}
+
 /// A call answered for good is logged `answered` by the transaction that records the
 /// answer (no transaction of its own); a call refused before processing `not_processed`.
 #[tokio::test]
