@@ -59,6 +59,8 @@ struct Command {
     currency: Currency,
     key: String,
     token: Option<String>,
+    /// The authorize's token looks like a card number (dropped: `token` is `None`).
+    card_number: bool,
 }
 
 impl PaymentsHandler {
@@ -74,13 +76,10 @@ impl PaymentsHandler {
         let cmd = match self.kind {
             Kind::Authorize => {
                 let c: AuthorizePayment = d.decode().map_err(undecodable)?;
-                // Never echo it: it could be a card number.
-                if souk_pipelines::pan::looks_like_pan(&c.payment_token) {
-                    return Err(HandlerError::poison(
-                        "card_number",
-                        "the payment token looks like a card number",
-                    ));
-                }
+                // Never echo it, keep it or send it on: it could be a card number. Nor
+                // dead-letter the command (the dead letter would keep the number): it
+                // is answered as declined, and the saga cancels the order.
+                let card_number = souk_pipelines::pan::looks_like_pan(&c.payment_token);
                 Command {
                     tenant: c.tenant,
                     order_id: c.order_id,
@@ -88,7 +87,8 @@ impl PaymentsHandler {
                     amount_minor: c.amount_minor,
                     currency: c.currency,
                     key: c.idempotency_key,
-                    token: Some(c.payment_token),
+                    token: (!card_number).then_some(c.payment_token),
+                    card_number,
                 }
             }
             Kind::Settle => {
@@ -104,6 +104,7 @@ impl PaymentsHandler {
                     currency: c.currency,
                     key: c.idempotency_key,
                     token: None,
+                    card_number: false,
                 }
             }
         };
@@ -129,6 +130,14 @@ impl PaymentsHandler {
         let store = |e: pg::Error| store_error(&e);
         // One read (a pooled connection only for it): handled before, answered before,
         // and what a settle acts on.
+        if cmd.card_number {
+            let reply = Reply::Declined {
+                code: "card_number".into(),
+                message: "the payment token looks like a card number: souk takes provider tokens only".into(),
+                soft: false,
+            };
+            return self.commit(d, cmd, Decision::Answered { provider: String::new(), reply }).await;
+        }
         let settle = (cmd.operation != Operation::Authorize).then_some(cmd.order_id);
         let seen =
             payments::seen(&self.pool, &self.consumer, &message_id, &cmd.key, settle).await.map_err(store)?;

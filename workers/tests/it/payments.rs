@@ -393,6 +393,32 @@ async fn a_call_waits_while_another_delivery_of_its_key_may_be_charging_another_
     Ok(())
 }
 
+/// An authorize whose token looks like a card number (the ingress refuses such tokens;
+/// this one came another way) is answered as declined without calling a provider, and
+/// the number is kept nowhere: it used to be dead-lettered whole, the number with it.
+#[tokio::test]
+async fn a_card_number_for_a_token_is_declined_and_never_dead_lettered() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults::default()).await?;
+    let pan = "4242424242424242";
+    let cmd = authorize(pan, 500);
+    env.send("auth-pan", &cmd).await?;
+    let r = env.result_of(cmd.order_id, Operation::Authorize).await?;
+    assert_eq!(declined_code(&r), Some("card_number"), "{r:?}");
+    assert!(!serde_json::to_string(&r)?.contains(pan));
+    eventually(Duration::from_secs(10), || drained(&env.js, "CMD", pay::AUTHORIZE_CONSUMER)).await?;
+    assert_eq!(env.js.get_stream("DLQ").await?.get_info().await?.state.messages, 0, "nothing dead-lettered");
+    assert_eq!((env.primary.requests(), env.secondary.requests()), (0, 0));
+    let kept: i64 = sqlx::query_scalar(
+        "select (select count(*) from payment_results where result::text like '%' || $1 || '%')
+              + (select count(*) from outbox where convert_from(payload, 'UTF8') like '%' || $1 || '%')",
+    )
+    .bind(pan)
+    .fetch_one(&env.db.pool)
+    .await?;
+    assert_eq!(kept, 0, "the number is in no row");
+    Ok(())
+}
+
 /// A call answered for good is logged `answered` by the transaction that records the
 /// answer (no transaction of its own); a call refused before processing `not_processed`.
 #[tokio::test]
