@@ -57,6 +57,10 @@ pub enum GatewayError {
     /// authorization) refuses calls for now (its breaker is open): the command waits.
     #[error("payment provider unavailable: {0}")]
     Unavailable(String),
+    /// Another delivery of the key may be calling another provider right now: this one
+    /// waits for it — not a dependency failure: the pool goes on with the others.
+    #[error("payment key busy: {0}")]
+    KeyBusy(String),
     #[error(transparent)]
     Store(#[from] pg::Error),
 }
@@ -71,11 +75,15 @@ enum Elsewhere {
     Checked(Vec<String>),
 }
 
-/// How long a provider call may still be on its way after it was logged: a `pending`
-/// line younger than this, at a provider the caller has checked, may be a call the
-/// provider has not seen yet (calls time out within `payments.call-timeout`, at most
-/// 10 s). Older ones are a crashed worker's, answered by the status query.
-const CALL_IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long after it was logged a provider call may still change what a status query
+/// answered: a `pending` line younger than this, at a provider the caller has checked,
+/// may be a call the provider had not seen when it answered the caller's status query.
+/// The call lands within one call timeout of its log line, and the status answer
+/// reaches the caller within one call timeout of being decided, so two call timeouts
+/// (`payments.call-timeout` is at most 10 s) and a margin. Older lines are a crashed
+/// worker's, settled by the status query. (It was 15 s: review found the status
+/// query's own latency missing.)
+const CALL_IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(25);
 
 #[derive(Clone, Copy)]
 enum Call<'a> {
@@ -245,7 +253,7 @@ impl Gateway {
                 .ok_or_else(|| {
                     metrics::counter!("souk_payments_calls_refused_total", "provider" => name.to_owned())
                         .increment(1);
-                    GatewayError::Unknown(format!(
+                    GatewayError::KeyBusy(format!(
                         "another delivery of {key} may be calling another provider; not calling {name}"
                     ))
                 })?,

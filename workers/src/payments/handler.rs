@@ -34,6 +34,9 @@ use souk_topologies::{
 use sqlx::{PgPool, types::Uuid};
 use std::sync::Arc;
 
+/// When a command whose key another delivery may be charging with is tried again.
+const KEY_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Which command a handler takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -157,6 +160,11 @@ impl PaymentsHandler {
             }
             Err(GatewayError::Unavailable(e)) => {
                 return Err(HandlerError::dependency("payment_provider_unavailable", e));
+            }
+            // This message alone waits (the other delivery ends within a handler
+            // timeout): retried after a pause, while the pool handles the others.
+            Err(GatewayError::KeyBusy(e)) => {
+                return Err(HandlerError::retryable("payment_key_busy", e).after(KEY_BUSY_RETRY));
             }
             Err(GatewayError::Store(e)) => return Err(store(e)),
         };
@@ -358,15 +366,18 @@ fn outcome_label(event: &PaymentResult) -> &'static str {
 ///   ledger as it is then. A void refused for want of an authorization must not use up
 ///   the void's key: the authorization may still arrive (a held authorize completing
 ///   after the saga gave up), and the saga voids it with the same key.
-/// - a settle whose retry budget ran out: sent again, it tries the provider again
-///   under the same key (which the provider honours), instead of repeating the failure.
+/// - a void or refund whose retry budget ran out: sent again (the saga's refunding
+///   step, re-sent by the sweeper), it tries the provider again under the same key
+///   (which the provider honours), instead of repeating the failure.
 ///
-/// An authorize's answer is always recorded: the saga moves on from it and never asks
-/// again, and a recorded answer is what keeps a failed-over key from a second provider.
+/// An authorize's or a capture's exhausted answer is recorded: the saga moves on from
+/// it (compensating) and never asks again, so only a stale copy of the command — a
+/// sweeper's re-send still queued — could send it again, and must not move money the
+/// saga has given up on (found in review: a capture copy charged a cancelling order).
 fn is_the_keys_answer(cmd: &Command, decision: &Decision) -> bool {
     match decision {
         Decision::Answered { provider, .. } => !provider.is_empty(),
-        Decision::Exhausted { .. } => cmd.operation == Operation::Authorize,
+        Decision::Exhausted { .. } => !matches!(cmd.operation, Operation::Void | Operation::Refund),
     }
 }
 

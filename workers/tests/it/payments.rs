@@ -369,13 +369,13 @@ async fn a_call_waits_while_another_delivery_of_its_key_may_be_charging_another_
     // Since that read: the other delivery logged its call at the secondary.
     ledger::attempt_started(&env.db.pool, &key, &env.secondary_name).await?;
     let refused = env.gateway.authorize(&charge, &read).await;
-    assert!(matches!(refused, Err(pay::GatewayError::Unknown(_))), "{refused:?}");
+    assert!(matches!(refused, Err(pay::GatewayError::KeyBusy(_))), "{refused:?}");
     assert_eq!(env.primary.requests(), 0, "not sent to the primary while the secondary may charge");
     // The same line, read and asked about, while its call may still be on its way.
     let read = ledger::providers_maybe_charged(&env.db.pool, &key).await?;
     assert_eq!(read, std::slice::from_ref(&env.secondary_name));
     let refused = env.gateway.authorize(&charge, &read).await;
-    assert!(matches!(refused, Err(pay::GatewayError::Unknown(_))), "{refused:?}");
+    assert!(matches!(refused, Err(pay::GatewayError::KeyBusy(_))), "{refused:?}");
     assert_eq!(env.primary.requests(), 0);
 
     // A crashed worker's line, older than any call: the secondary says it holds
@@ -416,6 +416,41 @@ async fn a_card_number_for_a_token_is_declined_and_never_dead_lettered() -> anyh
     .fetch_one(&env.db.pool)
     .await?;
     assert_eq!(kept, 0, "the number is in no row");
+    Ok(())
+}
+
+/// A delivery refused because another delivery of its key may be charging at another
+/// provider waits alone: the pool answers the others meanwhile, and it is tried again
+/// (not held as a dependency failure, which tripped the whole pool's breaker: found in
+/// review). Once the other call is old enough to have landed, it is answered.
+#[tokio::test]
+async fn a_key_busy_elsewhere_holds_back_only_its_own_command() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults::default()).await?;
+    let busy = authorize("tok_ok", 700);
+    // Another delivery of the key (another process) is calling the secondary.
+    ledger::attempt_started(&env.db.pool, &busy.idempotency_key, &env.secondary_name).await?;
+    env.send("busy", &busy).await?;
+    let waiting = tokio::time::Instant::now();
+    let others: Vec<AuthorizePayment> = (0..5).map(|_| authorize("tok_ok", 300)).collect();
+    for (i, cmd) in others.iter().enumerate() {
+        env.send(&format!("other-{i}"), cmd).await?;
+    }
+    for cmd in &others {
+        env.result_of(cmd.order_id, Operation::Authorize).await?;
+    }
+    assert!(waiting.elapsed() < Duration::from_secs(3), "the others waited {:?}", waiting.elapsed());
+    let all = env.results().await?;
+    assert!(!all.iter().any(|r| r.order_id == busy.order_id), "the busy key is not answered yet");
+    assert_eq!(env.primary.effects(&busy.idempotency_key), 0);
+    // The other call is old enough now (a crashed worker's): the secondary holds
+    // nothing, and the command is answered from the primary.
+    sqlx::query("update payment_attempts set at = now() - interval '1 minute' where idempotency_key = $1")
+        .bind(&busy.idempotency_key)
+        .execute(&env.db.pool)
+        .await?;
+    let r = env.result_of(busy.order_id, Operation::Authorize).await?;
+    assert_eq!((r.failure, r.provider.as_deref()), (None, Some(env.primary_name.as_str())));
+    assert_eq!(env.js.get_stream("DLQ").await?.get_info().await?.state.messages, 0);
     Ok(())
 }
 
@@ -537,6 +572,66 @@ async fn a_replayed_command_calls_no_provider_and_answers_again_from_the_record(
     env.send("capture-replayed", &settle(cmd.order_id, Operation::Capture, 700)).await?;
     eventually(Duration::from_secs(10), || drained(&env.js, "CMD", pay::SETTLE_CONSUMER)).await?;
     assert_eq!(env.results().await?.iter().filter(|r| r.order_id == cmd.order_id).count(), 4);
+    Ok(())
+}
+
+/// A capture that ran out of its retry budget is the key's answer: the saga compensates
+/// from it and never asks again, so a stale copy — a sweeper's re-send still queued when
+/// the provider recovers — answers the same and captures nothing (found in review of
+/// the change that left exhausted settles unrecorded: the copy charged a cancelling
+/// order). A void or refund out of budget, sent again, does reach the provider.
+#[tokio::test]
+async fn an_exhausted_capture_stays_the_keys_answer_and_an_exhausted_void_is_tried_again()
+-> anyhow::Result<()> {
+    // The breaker never opens here: the budget runs out first.
+    let retry = RetryOptions { breaker_failures: 1_000, ..test_payment_retry() };
+    let env = pay_env(retry, Faults::default()).await?;
+    let cmd = authorize("tok_ok", 600);
+    env.send("auth", &cmd).await?;
+    env.result_of(cmd.order_id, Operation::Authorize).await?;
+    let failing = Faults { error_rate: 1.0, ..Faults::default() };
+    env.primary.set_faults(failing.clone()).map_err(anyhow::Error::msg)?;
+    let capture = settle(cmd.order_id, Operation::Capture, 600);
+    env.send("capture-1", &capture).await?;
+    let first = env.result_of(cmd.order_id, Operation::Capture).await?;
+    assert!(matches!(first.failure, Some(PaymentFailure::Exhausted { .. })), "{first:?}");
+    env.primary.set_faults(Faults::default()).map_err(anyhow::Error::msg)?;
+    env.send("capture-2", &capture).await?;
+    let answers = eventually(Duration::from_secs(30), || async {
+        let all: Vec<PaymentResult> = env
+            .results()
+            .await?
+            .into_iter()
+            .filter(|r| r.order_id == cmd.order_id && r.operation == Operation::Capture)
+            .collect();
+        anyhow::Ok((all.len() == 2).then_some(all))
+    })
+    .await?;
+    assert!(
+        matches!(answers[1].failure, Some(PaymentFailure::Exhausted { .. })),
+        "the same answer: {answers:?}"
+    );
+    assert_eq!(env.primary.effects(&capture.idempotency_key), 0, "nothing captured");
+    assert_eq!(env.count("select * from payment_captures").await?, 0);
+
+    // A void out of budget is tried again when sent again.
+    env.primary.set_faults(failing).map_err(anyhow::Error::msg)?;
+    let void = settle(cmd.order_id, Operation::Void, 600);
+    env.send("void-1", &void).await?;
+    let first = env.result_of(cmd.order_id, Operation::Void).await?;
+    assert!(matches!(first.failure, Some(PaymentFailure::Exhausted { .. })), "{first:?}");
+    env.primary.set_faults(Faults::default()).map_err(anyhow::Error::msg)?;
+    env.send("void-2", &void).await?;
+    eventually(Duration::from_secs(30), || async {
+        let voided = env
+            .results()
+            .await?
+            .into_iter()
+            .any(|r| r.order_id == cmd.order_id && r.operation == Operation::Void && r.failure.is_none());
+        anyhow::Ok(voided.then_some(()))
+    })
+    .await?;
+    assert_eq!(env.primary.effects(&void.idempotency_key), 1);
     Ok(())
 }
 
