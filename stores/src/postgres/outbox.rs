@@ -205,6 +205,13 @@ impl PgOutbox {
         })??;
         let got = conn.is_some();
         *lease = conn;
+        if !got {
+            // A standby does not wait for notifications: its LISTEN connection, never
+            // read, would make Postgres keep every outbox notification for it until the
+            // queue is full and every outbox write fails at commit. (The relay never
+            // waits and takes the lease at once, so this cannot wait on `wait`.)
+            *self.listener.lock().await = None;
+        }
         Ok(got)
     }
 

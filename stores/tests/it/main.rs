@@ -584,3 +584,42 @@ async fn an_expired_catalog_write_claim_with_no_outcome_reads_failed_as_lost() -
 fn published(id: uuid::Uuid) -> souk_pipelines::outbox::Published {
     souk_pipelines::outbox::Published { id, stream: "EVT".into(), stream_seq: 7 }
 }
+
+/// A relay that lost the lease stops listening: it no longer waits for notifications,
+/// and an unread LISTEN connection makes Postgres keep every outbox notification for
+/// it — the notification queue fills (8 GB, days at a busy shop) and then every
+/// transaction that writes the outbox fails at commit (found in review).
+#[tokio::test]
+async fn a_relay_that_lost_its_lease_stops_listening() -> anyhow::Result<()> {
+    let db = db().await?;
+    let old = PgOutbox::new(db.pool.clone(), &db.url);
+    let new = PgOutbox::new(db.pool.clone(), &db.url);
+    assert!(old.try_lease().await?);
+    old.wait_for_new(Duration::from_millis(1)).await;
+    let listening = || async {
+        anyhow::Ok(
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and query ilike 'listen%'",
+            )
+            .fetch_one(&db.pool)
+            .await?,
+        )
+    };
+    assert_eq!(listening().await?, 1, "the holder listens");
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+         where application_name = $1 and datname = current_database()",
+    )
+    .bind(outbox::LEASE_APPLICATION_NAME)
+    .execute(&db.pool)
+    .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async { new.try_lease().await.ok().filter(|&l| l) })
+        .await?;
+    assert!(!old.try_lease().await?);
+    souk_testkit::eventually(Duration::from_secs(10), || async {
+        anyhow::Ok((listening().await? == 0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
