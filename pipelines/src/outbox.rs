@@ -35,9 +35,15 @@ pub struct Published {
 pub trait Outbox: Send + Sync + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Up to `limit` unpublished messages, oldest first — except parked ones, and the
-    /// later messages of a parked message's aggregate (they wait behind it, in order).
-    fn pending(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxMessage>, Self::Error>>;
+    /// Up to `limit` unpublished messages, oldest first — except parked ones, the later
+    /// messages of a parked message's aggregate (they wait behind it, in order), and
+    /// every message of the aggregates in `skip` (held back by the relay: a message of
+    /// theirs cannot be published now).
+    fn pending<'a>(
+        &'a self,
+        limit: i64,
+        skip: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<OutboxMessage>, Self::Error>>;
 
     /// Record that these messages were acknowledged by JetStream, and where it stored
     /// them. Fails, marking nothing, when this outbox no longer holds the lease it last

@@ -100,11 +100,24 @@ pub struct Relay<O> {
     /// Rows failing with permanent errors: since when (as this relay saw them), and
     /// when their last failure was recorded.
     failing_since: HashMap<uuid::Uuid, (Instant, Instant)>,
+    /// The aggregates of `failing_since`'s rows: left out of the rounds' reads between
+    /// retries (see [`Relay::round`]).
+    failing_aggregates: HashMap<uuid::Uuid, String>,
+    /// When a round last read the outbox without leaving any aggregate out.
+    last_full_read: Option<Instant>,
 }
 
 impl<O: Outbox> Relay<O> {
     pub fn new(outbox: O, publisher: Publisher, options: RelayOptions) -> Self {
-        Relay { outbox, publisher, options, streams: HashMap::new(), failing_since: HashMap::new() }
+        Relay {
+            outbox,
+            publisher,
+            options,
+            streams: HashMap::new(),
+            failing_since: HashMap::new(),
+            failing_aggregates: HashMap::new(),
+            last_full_read: None,
+        }
     }
 
     /// Run until `cancel`; a round in progress finishes first.
@@ -177,12 +190,29 @@ impl<O: Outbox> Relay<O> {
         if !has_lease {
             return Ok(0);
         }
-        let rows = self.outbox.pending(self.options.batch).await.map_err(store_error)?;
+        // Between retries (one a retry pause), the aggregates of rows that cannot be
+        // published are left out of the read: a batch's worth of them at the head of the
+        // outbox would otherwise fill every read, and the rows behind them — every other
+        // aggregate's — would never be read. Their next retry is a full read.
+        let skip: Vec<String> = match self.last_full_read {
+            Some(at) if !self.failing_aggregates.is_empty() && at.elapsed() < self.options.retry_pause => {
+                let mut skip: Vec<String> = self.failing_aggregates.values().cloned().collect();
+                skip.sort_unstable();
+                skip.dedup();
+                skip
+            }
+            _ => Vec::new(),
+        };
+        let rows = self.outbox.pending(self.options.batch, &skip).await.map_err(store_error)?;
         metrics::gauge!("souk_relay_pending_rows").set(rows.len() as f64);
-        // A row no longer pending (published, parked, requeued out of sight) starts
-        // afresh should it fail again.
-        let pending: HashSet<_> = rows.iter().map(|r| r.id).collect();
-        self.failing_since.retain(|id, _| pending.contains(id));
+        if skip.is_empty() {
+            self.last_full_read = Some(Instant::now());
+            // A row no longer pending (published, parked, requeued out of sight) starts
+            // afresh should it fail again. (Only a full read can tell.)
+            let pending: HashSet<_> = rows.iter().map(|r| r.id).collect();
+            self.failing_since.retain(|id, _| pending.contains(id));
+            self.failing_aggregates.retain(|id, _| pending.contains(id));
+        }
         // Aggregates with a row parked or held back in this round, with that row's seq:
         // their later rows wait behind it.
         let mut parked = Held::new();
@@ -318,6 +348,7 @@ impl<O: Outbox> Relay<O> {
         let tries = self.outbox.record_failure(row.id, &error).await.map_err(store_error)?;
         let since = seen.map_or(now, |(since, _)| since);
         self.failing_since.insert(row.id, (since, now));
+        self.failing_aggregates.insert(row.id, row.aggregate_id.clone());
         if tries < self.options.park_after || since.elapsed() < self.options.park_grace {
             if seen.is_none() {
                 tracing::warn!(
@@ -332,6 +363,7 @@ impl<O: Outbox> Relay<O> {
             return Ok(());
         }
         self.failing_since.remove(&row.id);
+        self.failing_aggregates.remove(&row.id);
         let parked = self.outbox.park(row.id, &error).await.map_err(store_error)?;
         metrics::counter!("souk_relay_parked_total").increment(1);
         metrics::gauge!("souk_relay_parked_rows").set(parked as f64);

@@ -127,7 +127,7 @@ impl PgOutbox {
         }
     }
 
-    async fn pending_rows(&self, limit: i64) -> Result<Vec<OutboxMessage>, Error> {
+    async fn pending_rows(&self, limit: i64, skip: &[String]) -> Result<Vec<OutboxMessage>, Error> {
         // A row behind a parked row of its aggregate waits with it: publishing it would
         // put a later event of the aggregate before an earlier one.
         let rows = sqlx::query(
@@ -136,9 +136,11 @@ impl PgOutbox {
                and not exists (select 1 from outbox p
                                where p.parked_at is not null and p.aggregate_id = o.aggregate_id
                                  and p.seq < o.seq)
+               and aggregate_id <> all ($2)
              order by seq limit $1",
         )
         .bind(limit)
+        .bind(skip)
         .fetch_all(&self.pool)
         .await?;
         let messages = rows
@@ -374,8 +376,12 @@ impl RecentlyRead {
 impl Outbox for PgOutbox {
     type Error = Error;
 
-    fn pending(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboxMessage>, Error>> {
-        self.pending_rows(limit).boxed()
+    fn pending<'a>(
+        &'a self,
+        limit: i64,
+        skip: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<OutboxMessage>, Error>> {
+        self.pending_rows(limit, skip).boxed()
     }
 
     fn mark_published<'a>(&'a self, ids: &'a [Published]) -> BoxFuture<'a, Result<(), Error>> {

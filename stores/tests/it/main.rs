@@ -93,14 +93,14 @@ async fn the_outbox_yields_committed_rows_in_order_until_published() -> anyhow::
         NewMessage { aggregate_id: "c".into(), subject: "s".into(), headers: vec![], payload: vec![] },
     )
     .await?;
-    let pending = outbox.pending(10).await?;
+    let pending = outbox.pending(10, &[]).await?;
     assert_eq!(pending.iter().map(|m| m.id).collect::<Vec<_>>(), [a, b]);
     assert_eq!(pending[0].headers, [("souk-schema".to_owned(), "x/v1".to_owned())]);
     open.rollback().await?;
 
     assert!(outbox.try_lease().await?, "marks are for the lease holder");
     outbox.mark_published(&[published(a)]).await?;
-    assert_eq!(outbox.pending(10).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [b]);
+    assert_eq!(outbox.pending(10, &[]).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [b]);
     // Where JetStream stored it is kept with the row (`souk trace` reads it back by it).
     let at: (Option<String>, Option<i64>) =
         sqlx::query_as("select stream, stream_seq from outbox where id = $1")
@@ -124,7 +124,7 @@ async fn the_relay_sleeps_through_notifications_for_rows_it_has_read() -> anyhow
     let outbox = PgOutbox::new(db.pool.clone(), &db.url);
     outbox.wait_for_new(Duration::from_millis(1)).await; // listening from here on
     let a = enqueue(&db, "a").await?;
-    assert_eq!(outbox.pending(10).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [a]);
+    assert_eq!(outbox.pending(10, &[]).await?.iter().map(|m| m.id).collect::<Vec<_>>(), [a]);
     // a's notification is waiting on the listener: it is for a row read.
     let wait = Duration::from_millis(300);
     let started = std::time::Instant::now();
@@ -158,7 +158,7 @@ async fn the_relays_mark_is_not_kept_on_its_connection_as_a_prepared_statement()
         let id = enqueue(&db, &format!("a{i}")).await?;
         outbox.mark_published(&[published(id)]).await?;
     }
-    assert!(outbox.pending(10).await?.is_empty(), "every row marked");
+    assert!(outbox.pending(10, &[]).await?.is_empty(), "every row marked");
     // The text is bound, so this query is not a statement containing it.
     let kept: Vec<String> =
         sqlx::query_scalar("select statement from pg_prepared_statements where strpos(statement, $1) > 0")
@@ -259,7 +259,7 @@ async fn a_relay_whose_lease_was_taken_over_mid_round_cannot_mark() -> anyhow::R
     let new = PgOutbox::new(db.pool.clone(), &db.url);
     let a = enqueue(&db, "a").await?;
     assert!(old.try_lease().await?);
-    let read = old.pending(10).await?;
+    let read = old.pending(10, &[]).await?;
     assert_eq!(read.iter().map(|m| m.id).collect::<Vec<_>>(), [a]);
     // Mid-round, the old holder's lease connection is cut (a partition, a killed
     // backend): the advisory lock goes with it, and the other relay takes the lease.
@@ -274,10 +274,10 @@ async fn a_relay_whose_lease_was_taken_over_mid_round_cannot_mark() -> anyhow::R
         .await?;
 
     assert!(old.mark_published(&[published(a)]).await.is_err(), "the old holder's mark is fenced off");
-    assert_eq!(new.pending(10).await?.len(), 1, "and marked nothing");
+    assert_eq!(new.pending(10, &[]).await?.len(), 1, "and marked nothing");
     assert!(!old.try_lease().await?, "the old holder is a standby now");
     new.mark_published(&[published(a)]).await?;
-    assert!(new.pending(10).await?.is_empty());
+    assert!(new.pending(10, &[]).await?.is_empty());
     Ok(())
 }
 
@@ -298,7 +298,7 @@ async fn a_parked_row_holds_back_its_aggregate_only_until_requeued() -> anyhow::
     let b2 = enqueue(&db, "b").await?;
     let ids =
         |rows: Vec<souk_pipelines::outbox::OutboxMessage>| rows.into_iter().map(|m| m.id).collect::<Vec<_>>();
-    assert_eq!(ids(outbox.pending(10).await?), [b1, b2], "a3 waits behind the parked a1");
+    assert_eq!(ids(outbox.pending(10, &[]).await?), [b1, b2], "a3 waits behind the parked a1");
     let parked = outbox.parked(10).await?;
     assert_eq!(parked.iter().map(|p| p.id).collect::<Vec<_>>(), [a1, a2]);
     assert_eq!(parked[0].tries, 2);
@@ -306,7 +306,7 @@ async fn a_parked_row_holds_back_its_aggregate_only_until_requeued() -> anyhow::
     assert_eq!(outbox.parked_count().await?, 2);
 
     assert_eq!(outbox.requeue(Some("a")).await?, 2);
-    assert_eq!(ids(outbox.pending(10).await?), [a1, b1, a2, a3, b2]);
+    assert_eq!(ids(outbox.pending(10, &[]).await?), [a1, b1, a2, a3, b2]);
     assert_eq!(outbox.parked_count().await?, 0);
     Ok(())
 }
@@ -510,7 +510,7 @@ async fn a_relay_whose_lease_was_taken_over_cannot_park() -> anyhow::Result<()> 
     let parked_by_old = old.park(a1, "no stream takes subject souk.evt.test.x").await;
     new.mark_published(&[published(a1)]).await?;
     assert!(parked_by_old.is_err(), "the old holder's park is fenced off");
-    let pending: Vec<_> = new.pending(10).await?.into_iter().map(|m| m.id).collect();
+    let pending: Vec<_> = new.pending(10, &[]).await?.into_iter().map(|m| m.id).collect();
     assert_eq!(pending, [a2], "a2 is not held back behind a row the old holder parked");
     assert!(new.parked(10).await?.is_empty());
     Ok(())
