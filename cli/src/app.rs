@@ -79,6 +79,17 @@ pub async fn run(mut config: Config, role: Role) -> anyhow::Result<ExitCode> {
         let report = apply::apply(&jetstream(&nats), &topology, Mode::Apply).await?;
         tracing::info!(in_sync = report.in_sync(), "topology applied\n{report}");
     }
+    if !dev {
+        let (needed, applied) =
+            pg::schema_versions(&pool).await.context("reading the database's schema version")?;
+        if applied.is_none_or(|v| v < needed) {
+            bail!(
+                "the database {} is at migration {} and this release needs {needed}: run `souk migrate` first",
+                pg::redact(&config.database_url),
+                applied.map_or_else(|| "none".to_owned(), |v| v.to_string())
+            );
+        }
+    }
     claim_database(&config, &nats, &pool, &topology, private_database).await?;
 
     let (ingress, pools, relay) = match role {

@@ -625,3 +625,47 @@ async fn the_catalog_admission_bound_is_a_setting() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `souk ingress` and `souk worker` do not migrate, and refuse to start on a database
+/// older than their release, naming `souk migrate` — rather than run handlers that
+/// write states, call functions or rely on constraints the schema does not have yet,
+/// where each failure reads as a bad message and is dead-lettered (found in review:
+/// a `refunding` saga or an authorize call on an unmigrated database).
+#[tokio::test]
+async fn production_processes_refuse_a_database_their_release_has_not_migrated() -> anyhow::Result<()> {
+    let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
+    let data = tempfile::tempdir()?;
+    let keys = jwt_keys(data.path(), &[("k1", &[1u8; 32])])?;
+    for role in ["ingress", "worker"] {
+        let run = souk(data.path())
+            .args([role, "--http-addr", "127.0.0.1:0"])
+            .env("SOUK_NATS_URL", nats.url())
+            .env("DATABASE_URL", &db.url)
+            .env("SOUK_JWT_KEYS", &keys)
+            .env("SOUK_PAYMENTS_PRIMARY_URL", "http://127.0.0.1:9")
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .map_err(|_| anyhow::anyhow!("souk {role} started on an unmigrated database"))??;
+        assert!(!out.status.success(), "souk {role}");
+        let said = String::from_utf8(out.stderr)?;
+        assert!(said.contains("is at migration none") && said.contains("souk migrate"), "{said}");
+    }
+    // One migration behind: refused the same way.
+    souk_stores::postgres::migrate(&db.pool).await?;
+    let (needed, applied) = souk_stores::postgres::schema_versions(&db.pool).await?;
+    assert_eq!(applied, Some(needed));
+    sqlx::query("delete from _sqlx_migrations where version = $1").bind(needed).execute(&db.pool).await?;
+    let out = souk(data.path())
+        .args(["worker", "--http-addr", "127.0.0.1:0"])
+        .env("SOUK_NATS_URL", nats.url())
+        .env("DATABASE_URL", &db.url)
+        .env("SOUK_JWT_KEYS", &keys)
+        .env("SOUK_PAYMENTS_PRIMARY_URL", "http://127.0.0.1:9")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await??;
+    assert!(!out.status.success());
+    let said = String::from_utf8(out.stderr)?;
+    assert!(said.contains(&format!("this release needs {needed}")), "{said}");
+    Ok(())
+}

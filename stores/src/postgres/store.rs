@@ -154,6 +154,23 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     Ok(())
 }
 
+/// The newest migration this release needs, and the newest the database has applied
+/// (`None`: never migrated). A process that does not migrate (`souk ingress`, `souk
+/// worker`) refuses to start on an older schema: it would write states, call functions
+/// or rely on constraints the database does not have yet — in handlers, where each
+/// failure reads as a bad message and is dead-lettered.
+pub async fn schema_versions(pool: &PgPool) -> Result<(i64, Option<i64>), Error> {
+    let needed = sqlx::migrate!("./migrations").iter().map(|m| m.version).max().unwrap_or(0);
+    let exists: bool =
+        sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null").fetch_one(pool).await?;
+    if !exists {
+        return Ok((needed, None));
+    }
+    let applied: Option<i64> =
+        sqlx::query_scalar("select max(version) from _sqlx_migrations where success").fetch_one(pool).await?;
+    Ok((needed, applied))
+}
+
 /// Create the database named in `url` if it does not exist (connecting to the
 /// `postgres` maintenance database of the same server).
 pub async fn ensure_database(url: &str) -> Result<(), Error> {
