@@ -50,6 +50,10 @@ const ATOMIC_DISABLED: u64 = 10174;
 /// How often the gauge of parked rows is read from the outbox.
 const PARKED_GAUGE_EVERY: Duration = Duration::from_secs(10);
 
+/// Most reads one round makes past rows that cannot be published (each a batch): a
+/// bound on one round's work; the next round goes on.
+const MAX_READS_PER_ROUND: usize = 16;
+
 /// Tuning of the relay.
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
@@ -100,9 +104,9 @@ pub struct Relay<O> {
     /// Rows failing with permanent errors: since when (as this relay saw them), and
     /// when their last failure was recorded.
     failing_since: HashMap<uuid::Uuid, (Instant, Instant)>,
-    /// The aggregates of `failing_since`'s rows: left out of the rounds' reads between
-    /// retries (see [`Relay::round`]).
-    failing_aggregates: HashMap<uuid::Uuid, String>,
+    /// The aggregates (and seqs) of `failing_since`'s rows: left out of the rounds'
+    /// reads between retries (see [`Relay::round`]).
+    failing_aggregates: HashMap<uuid::Uuid, (String, i64)>,
     /// When a round last read the outbox without leaving any aggregate out.
     last_full_read: Option<Instant>,
 }
@@ -180,7 +184,8 @@ impl<O: Outbox> Relay<O> {
         }
     }
 
-    /// One round: publish up to `batch` pending rows. Returns how many were published.
+    /// One round: publish the pending rows of one read of up to `batch` — or of several,
+    /// past rows that cannot be published (see below). Returns how many were published.
     pub async fn round(&mut self, leased: &mut bool) -> Result<usize> {
         let has_lease = self.outbox.try_lease().await.map_err(store_error)?;
         if has_lease != *leased {
@@ -190,29 +195,62 @@ impl<O: Outbox> Relay<O> {
         if !has_lease {
             return Ok(0);
         }
-        // Between retries (one a retry pause), the aggregates of rows that cannot be
-        // published are left out of the read: a batch's worth of them at the head of the
-        // outbox would otherwise fill every read, and the rows behind them — every other
-        // aggregate's — would never be read. Their next retry is a full read.
-        let skip: Vec<String> = match self.last_full_read {
-            Some(at) if !self.failing_aggregates.is_empty() && at.elapsed() < self.options.retry_pause => {
-                let mut skip: Vec<String> = self.failing_aggregates.values().cloned().collect();
-                skip.sort_unstable();
-                skip.dedup();
-                skip
-            }
+        // Rows that cannot be published hold back their own aggregates only. A read that
+        // comes back full and held some back is followed at once, in this round, by one
+        // that leaves their aggregates out, until a read is short: a batch's worth of
+        // them at the head of the outbox would otherwise fill every read, and the rows
+        // behind them — every other aggregate's — would never be read (found in review).
+        // Between retries (one a retry pause) every read leaves them out; a retry is a
+        // read that does not.
+        let mut skip = match self.last_full_read {
+            Some(at) if at.elapsed() < self.options.retry_pause => self.failing_aggregate_ids(),
             _ => Vec::new(),
         };
-        let rows = self.outbox.pending(self.options.batch, &skip).await.map_err(store_error)?;
-        metrics::gauge!("souk_relay_pending_rows").set(rows.len() as f64);
-        if skip.is_empty() {
-            self.last_full_read = Some(Instant::now());
-            // A row no longer pending (published, parked, requeued out of sight) starts
-            // afresh should it fail again. (Only a full read can tell.)
-            let pending: HashSet<_> = rows.iter().map(|r| r.id).collect();
-            self.failing_since.retain(|id, _| pending.contains(id));
-            self.failing_aggregates.retain(|id, _| pending.contains(id));
+        let mut published = 0;
+        for _ in 0..MAX_READS_PER_ROUND {
+            let rows = self.outbox.pending(self.options.batch, &skip).await.map_err(store_error)?;
+            metrics::gauge!("souk_relay_pending_rows").set(rows.len() as f64);
+            if skip.is_empty() {
+                self.last_full_read = Some(Instant::now());
+                // A row no longer pending (published, parked, requeued out of sight)
+                // starts afresh should it fail again. Only a read that skips nothing
+                // can tell, and only up to the last row it read: a row past it was not
+                // read, not gone (its clock towards parking keeps running).
+                let read: HashSet<_> = rows.iter().map(|r| r.id).collect();
+                let last = match rows.len() as i64 >= self.options.batch {
+                    true => rows.last().map_or(i64::MAX, |r| r.seq),
+                    false => i64::MAX,
+                };
+                self.failing_aggregates.retain(|id, (_, seq)| read.contains(id) || *seq > last);
+                let failing = &self.failing_aggregates;
+                self.failing_since.retain(|id, _| failing.contains_key(id));
+            }
+            let full = rows.len() as i64 >= self.options.batch;
+            published += self.publish_read(&rows).await?;
+            let held = rows.iter().any(|r| self.failing_since.contains_key(&r.id));
+            if !(full && held) {
+                break;
+            }
+            let next = self.failing_aggregate_ids();
+            if next == skip {
+                break;
+            }
+            skip = next;
         }
+        Ok(published)
+    }
+
+    /// The aggregates of the rows failing now, sorted, each once.
+    fn failing_aggregate_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.failing_aggregates.values().map(|(a, _)| a.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Publish the rows one read returned (see [`Relay::round`]). Returns how many were
+    /// published.
+    async fn publish_read(&mut self, rows: &[OutboxMessage]) -> Result<usize> {
         // Aggregates with a row parked or held back in this round, with that row's seq:
         // their later rows wait behind it.
         let mut parked = Held::new();
@@ -229,7 +267,7 @@ impl<O: Outbox> Relay<O> {
         // The rows' `relay.publish` spans stay open until the round has published and
         // marked them.
         let mut spans = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows {
             if parked.contains_key(&row.aggregate_id) {
                 continue;
             }
@@ -348,7 +386,7 @@ impl<O: Outbox> Relay<O> {
         let tries = self.outbox.record_failure(row.id, &error).await.map_err(store_error)?;
         let since = seen.map_or(now, |(since, _)| since);
         self.failing_since.insert(row.id, (since, now));
-        self.failing_aggregates.insert(row.id, row.aggregate_id.clone());
+        self.failing_aggregates.insert(row.id, (row.aggregate_id.clone(), row.seq));
         if tries < self.options.park_after || since.elapsed() < self.options.park_grace {
             if seen.is_none() {
                 tracing::warn!(
