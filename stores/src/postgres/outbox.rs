@@ -314,9 +314,11 @@ impl PgOutbox {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, l.recv()).await {
-                // Every committed insert notifies: take the ones already here too, so a
-                // burst wakes one round, not one round each — and only if one of them
-                // is for rows not read yet.
+                // Every committed insert notifies; wake only for rows not read yet.
+                // (`next_buffered` only returns notifications buffered while the
+                // listener was used as a connection, so a burst is mostly taken one per
+                // pass: the first unread one wakes the round, and by the time the rest
+                // are looked at the round has read them.)
                 Ok(Ok(first)) => {
                     let read = self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     let mut new = !read.covers(first.payload());
@@ -340,12 +342,12 @@ impl PgOutbox {
 /// The seqs of the rows read lately, the most recent [`RecentlyRead::KEEP`].
 ///
 /// A notification names the highest seq its statement inserted, and a statement's rows
-/// become visible together: if a round read that row, it read them all (it reads the
-/// oldest pending rows first; a round that stops at its limit is followed at once by
-/// another, without waiting). So a notification for a seq read here is for rows a
-/// round has had. Anything else — a seq not read, a payload that is not a seq —
-/// wakes the relay. A wrong "read" could only delay rows until the relay's poll, never
-/// lose them.
+/// become visible together: if a round read that row, it read its lower rows too (it
+/// reads the oldest pending rows first) — except rows it left out (a parked row's
+/// aggregate, or one whose row cannot be published yet), which wait for their retry
+/// anyway. So a notification for a seq read here is for rows a round has had.
+/// Anything else — a seq not read, a payload that is not a seq — wakes the relay. A
+/// wrong "read" could only delay rows until the relay's poll, never lose them.
 #[derive(Debug, Default)]
 struct RecentlyRead {
     order: std::collections::VecDeque<i64>,
