@@ -263,15 +263,7 @@ async fn a_relay_whose_lease_was_taken_over_mid_round_cannot_mark() -> anyhow::R
     assert_eq!(read.iter().map(|m| m.id).collect::<Vec<_>>(), [a]);
     // Mid-round, the old holder's lease connection is cut (a partition, a killed
     // backend): the advisory lock goes with it, and the other relay takes the lease.
-    sqlx::query(
-        "select pg_terminate_backend(pid) from pg_stat_activity
-         where application_name = $1 and datname = current_database()",
-    )
-    .bind(outbox::LEASE_APPLICATION_NAME)
-    .execute(&db.pool)
-    .await?;
-    souk_testkit::eventually(Duration::from_secs(10), || async { new.try_lease().await.ok().filter(|&l| l) })
-        .await?;
+    take_the_lease_over(&db, &new).await?;
 
     assert!(old.mark_published(&[published(a)]).await.is_err(), "the old holder's mark is fenced off");
     assert_eq!(new.pending(10, &[]).await?.len(), 1, "and marked nothing");
@@ -497,15 +489,7 @@ async fn a_relay_whose_lease_was_taken_over_cannot_park() -> anyhow::Result<()> 
     let a1 = enqueue(&db, "a").await?;
     let a2 = enqueue(&db, "a").await?;
     assert!(old.try_lease().await?);
-    sqlx::query(
-        "select pg_terminate_backend(pid) from pg_stat_activity
-         where application_name = $1 and datname = current_database()",
-    )
-    .bind(outbox::LEASE_APPLICATION_NAME)
-    .execute(&db.pool)
-    .await?;
-    souk_testkit::eventually(Duration::from_secs(10), || async { new.try_lease().await.ok().filter(|&l| l) })
-        .await?;
+    take_the_lease_over(&db, &new).await?;
     // Mid-round, the old holder gives up on a1 while the new one publishes it.
     let parked_by_old = old.park(a1, "no stream takes subject souk.evt.test.x").await;
     new.mark_published(&[published(a1)]).await?;
@@ -607,6 +591,18 @@ async fn a_relay_that_lost_its_lease_stops_listening() -> anyhow::Result<()> {
         )
     };
     assert_eq!(listening().await?, 1, "the holder listens");
+    take_the_lease_over(&db, &new).await?;
+    assert!(!old.try_lease().await?);
+    souk_testkit::eventually(Duration::from_secs(10), || async {
+        anyhow::Ok((listening().await? == 0).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// The lease holder's lease connection is cut (a partition, a killed backend): the
+/// advisory lock goes with it, and `new` takes the lease.
+async fn take_the_lease_over(db: &TestDb, new: &PgOutbox) -> anyhow::Result<()> {
     sqlx::query(
         "select pg_terminate_backend(pid) from pg_stat_activity
          where application_name = $1 and datname = current_database()",
@@ -616,10 +612,5 @@ async fn a_relay_that_lost_its_lease_stops_listening() -> anyhow::Result<()> {
     .await?;
     souk_testkit::eventually(Duration::from_secs(10), || async { new.try_lease().await.ok().filter(|&l| l) })
         .await?;
-    assert!(!old.try_lease().await?);
-    souk_testkit::eventually(Duration::from_secs(10), || async {
-        anyhow::Ok((listening().await? == 0).then_some(()))
-    })
-    .await?;
     Ok(())
 }
