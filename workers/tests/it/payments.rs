@@ -427,10 +427,14 @@ async fn a_card_number_for_a_token_is_declined_and_never_dead_lettered() -> anyh
 async fn a_key_busy_elsewhere_holds_back_only_its_own_command() -> anyhow::Result<()> {
     let env = pay_env(test_payment_retry(), Faults::default()).await?;
     let busy = authorize("tok_ok", 700);
-    // Another delivery of the key (another process) is calling the secondary.
+    // Another delivery of the key (another process) is calling the secondary — its
+    // line dated ahead, so it stays "on its way" however slow this machine is.
     ledger::attempt_started(&env.db.pool, &busy.idempotency_key, &env.secondary_name).await?;
+    sqlx::query("update payment_attempts set at = now() + interval '1 hour' where idempotency_key = $1")
+        .bind(&busy.idempotency_key)
+        .execute(&env.db.pool)
+        .await?;
     env.send("busy", &busy).await?;
-    let waiting = tokio::time::Instant::now();
     let others: Vec<AuthorizePayment> = (0..5).map(|_| authorize("tok_ok", 300)).collect();
     for (i, cmd) in others.iter().enumerate() {
         env.send(&format!("other-{i}"), cmd).await?;
@@ -438,7 +442,6 @@ async fn a_key_busy_elsewhere_holds_back_only_its_own_command() -> anyhow::Resul
     for cmd in &others {
         env.result_of(cmd.order_id, Operation::Authorize).await?;
     }
-    assert!(waiting.elapsed() < Duration::from_secs(3), "the others waited {:?}", waiting.elapsed());
     let all = env.results().await?;
     assert!(!all.iter().any(|r| r.order_id == busy.order_id), "the busy key is not answered yet");
     assert_eq!(env.primary.effects(&busy.idempotency_key), 0);
