@@ -20,7 +20,7 @@ use souk_stores::postgres::{
     outbox::PgOutbox,
     sagas::{self, SagaView},
 };
-use souk_testkit::{NatsServer, TestDb, eventually, test_topology};
+use souk_testkit::{NatsServer, TestDb, drained, eventually, test_topology};
 use souk_topologies::{
     Topology,
     apply::Mode,
@@ -236,27 +236,31 @@ impl SagaEnv {
         .await
     }
 
-    /// Nothing left in flight for the saga: the outbox is published and the orders and
-    /// orders-saga consumers have nothing pending or unacknowledged — twice in a row
-    /// (a message can be stored before its consumer counts it).
+    /// Nothing left in flight for the saga: while neither stream stored anything new,
+    /// the orders and orders-saga consumers were drained (`souk_testkit::drained`:
+    /// nothing stored past their ack floors — a consumer's own counts can lag a publish
+    /// already acked) and the outbox was published. A message handled before the check
+    /// wrote its outbox rows before its ack; had the relay published them during the
+    /// check, a stream would have grown.
     pub async fn settled(&self) -> anyhow::Result<bool> {
-        for _ in 0..2 {
-            let unpublished: i64 =
-                sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                    .fetch_one(&self.db.pool)
-                    .await?;
-            if unpublished > 0 {
+        let before = self.last_sequences().await?;
+        for (stream, consumer) in [("CMD", "orders-place"), ("EVT", "orders-saga")] {
+            if drained(&self.js, stream, consumer).await?.is_none() {
                 return Ok(false);
             }
-            for (stream, consumer) in [("CMD", "orders-place"), ("EVT", "orders-saga")] {
-                let info = self.js.get_stream(stream).await?.consumer_info(consumer).await?;
-                if info.num_pending > 0 || info.num_ack_pending > 0 {
-                    return Ok(false);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(true)
+        let unpublished: i64 = sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(&self.db.pool)
+            .await?;
+        Ok(unpublished == 0 && self.last_sequences().await? == before)
+    }
+
+    async fn last_sequences(&self) -> anyhow::Result<(u64, u64)> {
+        let mut last = [0; 2];
+        for (i, stream) in ["CMD", "EVT"].into_iter().enumerate() {
+            last[i] = self.js.get_stream(stream).await?.get_info().await?.state.last_sequence;
+        }
+        Ok((last[0], last[1]))
     }
 
     /// Rows of `operator_actions` on `target`: (actor, action).
