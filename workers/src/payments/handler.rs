@@ -8,9 +8,10 @@
 //! The provider call cannot be inside the transaction (it is not Postgres), so a
 //! delivery first skips what is known to be done — its message id in the inbox; its
 //! idempotency key's answer recorded (the same command under another message id) is
-//! answered again from the record, with no call — and then asks the gateway, whose calls carry the step's idempotency key: a delivery
-//! repeated after a crash between the call and the commit gets the provider's first
-//! answer again, and the money moves once.
+//! answered again from the record, with no call — and then asks the gateway, whose
+//! calls carry the step's idempotency key: a delivery repeated after a crash between
+//! the call and the commit gets the provider's first answer again, and the money moves
+//! once.
 //!
 //! Errors: an unreadable or inconsistent command is poison (dead-lettered); a provider
 //! that may hold money and cannot say is a dependency fault (held, never
@@ -131,8 +132,6 @@ impl PaymentsHandler {
     async fn handle_command(&self, d: &Delivery, cmd: &Command) -> Result<(), HandlerError> {
         let message_id = d.dedupe_id();
         let store = |e: pg::Error| store_error(&e);
-        // One read (a pooled connection only for it): handled before, answered before,
-        // and what a settle acts on.
         if cmd.card_number {
             let reply = Reply::Declined {
                 code: "card_number".into(),
@@ -141,6 +140,8 @@ impl PaymentsHandler {
             };
             return self.commit(d, cmd, Decision::Answered { provider: String::new(), reply }).await;
         }
+        // One read (a pooled connection only for it): handled before, answered before,
+        // and what a settle acts on.
         let settle = (cmd.operation != Operation::Authorize).then_some(cmd.order_id);
         let seen =
             payments::seen(&self.pool, &self.consumer, &message_id, &cmd.key, settle).await.map_err(store)?;
