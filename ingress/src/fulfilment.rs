@@ -21,7 +21,10 @@ use souk_pipelines::{
     catalog::{FieldError, check_seller_id, check_text},
     fulfilment::MarkShipped,
 };
-use souk_stores::postgres::fulfilments::{self, After, Fulfilment};
+use souk_stores::postgres::{
+    fulfilments::{self, After, Fulfilment},
+    idempotency,
+};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -217,12 +220,22 @@ pub async fn ship(
         .map_err(|e| unavailable(&state, e))?
         .ok_or_else(|| Problem::not_found("this order asked nothing of this seller"))?;
     let status_url = format!("/v1/sellers/{seller}/orders");
+    let hash = request_hash(&serde_json::to_vec(&(&seller, order_id, &body)).unwrap_or_default());
     if part.is_shipped() {
+        // Shipping twice ships once — but a key names one request, shipped or not.
+        if let Some(key) = &key {
+            let claimed = format!("{}{key}", idempotency::FULFILMENT_SHIP_PREFIX);
+            let record = idempotency::existing(&state.pool, &claims.tenant, &claims.sub, &claimed)
+                .await
+                .map_err(|e| unavailable(&state, e))?;
+            if record.is_some_and(|r| r.request_hash != hash) {
+                return Err(key_reused());
+            }
+        }
         metrics::counter!("souk_ingress_ships_total", "outcome" => "shipped_already").increment(1);
         let body = ShipAccepted { order_id, seller, status: "shipped".into(), status_url };
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
-    let hash = request_hash(&serde_json::to_vec(&(&seller, order_id, &body)).unwrap_or_default());
     let cmd = MarkShipped {
         tenant: claims.tenant.clone(),
         order_id,
@@ -232,13 +245,7 @@ pub async fn ship(
         requested_at: Utc::now(),
     };
     let replay = state.intake.mark_shipped(&claims, key.as_deref(), hash, &cmd).await.map_err(|e| match e {
-        IntakeError::KeyReused => {
-            metrics::counter!("souk_ingress_ships_total", "outcome" => "key_reused").increment(1);
-            Problem::unprocessable(
-                "idempotency-key-reused",
-                "this Idempotency-Key was already used with a different request",
-            )
-        }
+        IntakeError::KeyReused => key_reused(),
         IntakeError::Unavailable(detail) => {
             if let Some(held_back) = state.unavailable_log.admit() {
                 tracing::warn!(error = %detail, held_back, "ship not accepted (503); similar lines held back for a second");
@@ -282,4 +289,12 @@ fn ship_body(
         }
     }
     Ok(request)
+}
+
+fn key_reused() -> Problem {
+    metrics::counter!("souk_ingress_ships_total", "outcome" => "key_reused").increment(1);
+    Problem::unprocessable(
+        "idempotency-key-reused",
+        "this Idempotency-Key was already used with a different request",
+    )
 }

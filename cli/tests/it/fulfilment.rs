@@ -134,6 +134,14 @@ async fn a_fulfilment_request_is_listed_for_its_seller_shipped_and_announced_onc
     // Shipping again: 202, nothing new (with or without a body or key).
     let (status, again) = ship(&stack, &s1, &path, None, None).await?;
     assert_eq!((status, again["status"].as_str()), (202, Some("shipped")), "{again}");
+    let (status, again) =
+        ship(&stack, &s1, &path, Some(("application/json", body.clone())), Some("k1")).await?;
+    assert_eq!((status, again["status"].as_str()), (202, Some("shipped")), "the same key and body: {again}");
+    // The key with another body for the part it shipped: 422, as before it shipped
+    // (it was a 202 once the part had shipped: found in review).
+    let changed = serde_json::to_vec(&json!({"tracking": "TRK-999"}))?;
+    let (status, reused) = ship(&stack, &s1, &path, Some(("application/json", changed)), Some("k1")).await?;
+    assert_eq!(status, 422, "{reused}");
     // The same key with another request: 422.
     let other = format!("/v1/sellers/s1/orders/{second}/ship");
     let (status, reused) = ship(&stack, &s1, &other, Some(("application/json", body)), Some("k1")).await?;
