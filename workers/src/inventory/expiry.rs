@@ -54,22 +54,60 @@ pub async fn sweep(pool: &PgPool, batch: i64) -> Result<u64, pg::Error> {
 }
 
 /// Sweep until `cancel`: after each sweep, sleep until the next hold falls due, at most
-/// `options.every`.
+/// `options.every` (see [`pause_after_sweep`]).
 pub async fn run(pool: PgPool, options: ExpiryOptions, cancel: CancellationToken) {
     loop {
-        let mut pause = options.every;
         match sweep(&pool, options.batch).await {
             Ok(n) if n > 0 => tracing::debug!(expired = n, "stock holds expired"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "the stock hold sweep failed; trying again"),
         }
-        if let Ok(Some(next)) = inv::next_due(&pool).await {
-            let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
-            pause = pause.min(wait);
-        }
+        let next = inv::next_due(&pool).await.ok().flatten();
+        let pause = pause_after_sweep(next, chrono::Utc::now(), options.every);
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(pause.max(Duration::from_millis(5))) => {}
+            () = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// Shortest sleep between sweeps.
+const MIN_PAUSE: Duration = Duration::from_millis(5);
+/// Sleep after a sweep that left a due hold: its order is being decided elsewhere (a
+/// commit holds its lock), and the sweep takes no lock it would wait for.
+const LOCKED_ELSEWHERE_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long to sleep after a sweep, `next` being the earliest hold still held: until
+/// it falls due, at most `every`. One already due was skipped by the sweep (locked
+/// elsewhere): sweeping again at once would only skip it again — the sweeper used to,
+/// every 5 ms, for as long as the commit held the lock (found in review).
+fn pause_after_sweep(
+    next: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    every: Duration,
+) -> Duration {
+    match next {
+        None => every,
+        Some(next) if next <= now => every.min(LOCKED_ELSEWHERE_PAUSE),
+        Some(next) => (next - now).to_std().unwrap_or_default().clamp(MIN_PAUSE, every.max(MIN_PAUSE)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_sleeps_until_the_next_hold_falls_due_and_not_on_a_hold_locked_elsewhere() {
+        let now = chrono::Utc::now();
+        let every = Duration::from_secs(1);
+        let ms = |n: i64| chrono::Duration::milliseconds(n);
+        assert_eq!(pause_after_sweep(None, now, every), every, "nothing held");
+        assert_eq!(pause_after_sweep(Some(now + ms(300)), now, every), Duration::from_millis(300));
+        assert_eq!(pause_after_sweep(Some(now + ms(5_000)), now, every), every, "at most every");
+        assert_eq!(pause_after_sweep(Some(now + ms(1)), now, every), MIN_PAUSE);
+        // Due already, after the sweep: locked elsewhere. Not every 5 ms.
+        assert_eq!(pause_after_sweep(Some(now - ms(10)), now, every), LOCKED_ELSEWHERE_PAUSE);
+        assert_eq!(pause_after_sweep(Some(now), now, Duration::from_millis(50)), Duration::from_millis(50));
     }
 }
