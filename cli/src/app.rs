@@ -425,8 +425,6 @@ async fn payment_providers(
     Ok((specs, Vec::new()))
 }
 
-/// A payment command must end within its pool's handler timeout: its budget, then the
-/// last call and a status query (and a failover's status query) at the call timeout.
 /// A payments handler must end before its pool's handler timeout, or the runtime takes
 /// it for stuck and retries the command (counting toward max-deliver). Its worst case,
 /// with two providers: the budget (the first check's status queries and every retry

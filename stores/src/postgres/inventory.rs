@@ -212,10 +212,6 @@ pub async fn available(tx: &mut PgConnection, tenant: &str, sku: &str) -> Result
     Ok(n.unwrap_or(0))
 }
 
-/// Record the order's reservation: `Held` with its `lines`, or `Rejected` with its
-/// `shortages` (and no lines). Returns `hold_until` and the time of the decision as
-/// stored (at the database's precision), so the answer now and a replayed one later
-/// say the same.
 /// Record that `order_id`'s stock was released before any reservation of it arrived
 /// (a release overtaking its reserve: the saga gave up while the reserve was queued),
 /// with no lines, so that the reserve, when it comes, holds nothing
@@ -236,6 +232,10 @@ pub async fn record_released_unreserved(
     Ok(())
 }
 
+/// Record the order's reservation: `Held` with its `lines`, or `Rejected` with its
+/// `shortages` (and no lines). Returns `hold_until` and the time of the decision as
+/// stored (at the database's precision), so the answer now and a replayed one later
+/// say the same.
 pub async fn record(
     tx: &mut PgConnection,
     tenant: &str,

@@ -65,7 +65,6 @@ pub enum GatewayError {
     Store(#[from] pg::Error),
 }
 
-/// One provider call of a command.
 /// What [`Gateway::answered_elsewhere`] found.
 enum Elsewhere {
     /// A provider holds the key's answer.
@@ -85,6 +84,7 @@ enum Elsewhere {
 /// query's own latency missing.)
 const CALL_IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(25);
 
+/// One provider call of a command.
 #[derive(Clone, Copy)]
 enum Call<'a> {
     Authorize(&'a Charge<'a>),
