@@ -54,6 +54,18 @@ const PARKED_GAUGE_EVERY: Duration = Duration::from_secs(10);
 /// bound on one round's work; the next round goes on.
 const MAX_READS_PER_ROUND: usize = 16;
 
+/// A row failing with a permanent error, as this relay saw it.
+#[derive(Debug, Clone)]
+struct Failing {
+    /// Its aggregate, left out of the rounds' reads between retries (see
+    /// [`Relay::round`]), and its seq.
+    aggregate_id: String,
+    seq: i64,
+    /// Since when it fails, and when its last failure was recorded.
+    since: Instant,
+    last_try: Instant,
+}
+
 /// Tuning of the relay.
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
@@ -101,12 +113,8 @@ pub struct Relay<O> {
     options: RelayOptions,
     /// Subject → stream, learned from JetStream, to cut rows into per-stream batches.
     streams: HashMap<String, String>,
-    /// Rows failing with permanent errors: since when (as this relay saw them), and
-    /// when their last failure was recorded.
-    failing_since: HashMap<uuid::Uuid, (Instant, Instant)>,
-    /// The aggregates (and seqs) of `failing_since`'s rows: left out of the rounds'
-    /// reads between retries (see [`Relay::round`]).
-    failing_aggregates: HashMap<uuid::Uuid, (String, i64)>,
+    /// Rows failing with permanent errors, by id.
+    failing: HashMap<uuid::Uuid, Failing>,
     /// When a round last read the outbox without leaving any aggregate out.
     last_full_read: Option<Instant>,
 }
@@ -118,8 +126,7 @@ impl<O: Outbox> Relay<O> {
             publisher,
             options,
             streams: HashMap::new(),
-            failing_since: HashMap::new(),
-            failing_aggregates: HashMap::new(),
+            failing: HashMap::new(),
             last_full_read: None,
         }
     }
@@ -210,6 +217,7 @@ impl<O: Outbox> Relay<O> {
         for _ in 0..MAX_READS_PER_ROUND {
             let rows = self.outbox.pending(self.options.batch, &skip).await.map_err(store_error)?;
             metrics::gauge!("souk_relay_pending_rows").set(rows.len() as f64);
+            let full = rows.len() as i64 >= self.options.batch;
             if skip.is_empty() {
                 self.last_full_read = Some(Instant::now());
                 // A row no longer pending (published, parked, requeued out of sight)
@@ -217,17 +225,14 @@ impl<O: Outbox> Relay<O> {
                 // can tell, and only up to the last row it read: a row past it was not
                 // read, not gone (its clock towards parking keeps running).
                 let read: HashSet<_> = rows.iter().map(|r| r.id).collect();
-                let last = match rows.len() as i64 >= self.options.batch {
+                let last = match full {
                     true => rows.last().map_or(i64::MAX, |r| r.seq),
                     false => i64::MAX,
                 };
-                self.failing_aggregates.retain(|id, (_, seq)| read.contains(id) || *seq > last);
-                let failing = &self.failing_aggregates;
-                self.failing_since.retain(|id, _| failing.contains_key(id));
+                self.failing.retain(|id, f| read.contains(id) || f.seq > last);
             }
-            let full = rows.len() as i64 >= self.options.batch;
             published += self.publish_read(&rows).await?;
-            let held = rows.iter().any(|r| self.failing_since.contains_key(&r.id));
+            let held = rows.iter().any(|r| self.failing.contains_key(&r.id));
             if !(full && held) {
                 break;
             }
@@ -242,7 +247,7 @@ impl<O: Outbox> Relay<O> {
 
     /// The aggregates of the rows failing now, sorted, each once.
     fn failing_aggregate_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.failing_aggregates.values().map(|(a, _)| a.clone()).collect();
+        let mut ids: Vec<String> = self.failing.values().map(|f| f.aggregate_id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -375,7 +380,7 @@ impl<O: Outbox> Relay<O> {
     /// Either way the caller holds back the row's aggregate and goes on with the others.
     async fn failed(&mut self, row: &OutboxMessage, e: &Error) -> Result<()> {
         let now = Instant::now();
-        let seen = self.failing_since.get(&row.id).copied();
+        let seen = self.failing.get(&row.id).map(|f| (f.since, f.last_try));
         // Rounds come on every outbox notification: a try is counted (and written) at
         // most once per retry pause, so a missing stream does not cost a write per
         // held-back row per round.
@@ -385,8 +390,8 @@ impl<O: Outbox> Relay<O> {
         let error = e.to_string();
         let tries = self.outbox.record_failure(row.id, &error).await.map_err(store_error)?;
         let since = seen.map_or(now, |(since, _)| since);
-        self.failing_since.insert(row.id, (since, now));
-        self.failing_aggregates.insert(row.id, (row.aggregate_id.clone(), row.seq));
+        let failing = Failing { aggregate_id: row.aggregate_id.clone(), seq: row.seq, since, last_try: now };
+        self.failing.insert(row.id, failing);
         if tries < self.options.park_after || since.elapsed() < self.options.park_grace {
             if seen.is_none() {
                 tracing::warn!(
@@ -400,8 +405,7 @@ impl<O: Outbox> Relay<O> {
             }
             return Ok(());
         }
-        self.failing_since.remove(&row.id);
-        self.failing_aggregates.remove(&row.id);
+        self.failing.remove(&row.id);
         let parked = self.outbox.park(row.id, &error).await.map_err(store_error)?;
         metrics::counter!("souk_relay_parked_total").increment(1);
         metrics::gauge!("souk_relay_parked_rows").set(parked as f64);
