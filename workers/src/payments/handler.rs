@@ -257,15 +257,8 @@ impl PaymentsHandler {
     /// the ledger row and the `PaymentResult` outbox row.
     async fn commit(&self, d: &Delivery, cmd: &Command, decision: Decision) -> Result<(), HandlerError> {
         let store = |e: pg::Error| store_error(&e);
-        let mut tx = pg::begin(&self.pool).await.map_err(store)?;
+        let Some(mut tx) = self.begin_recorded(d).await? else { return Ok(()) };
         let id = d.dedupe_id();
-        if inbox::record_many(&mut tx, &self.consumer, &[crate::store::received(d)])
-            .await
-            .map_err(store)?
-            .is_empty()
-        {
-            return Ok(());
-        }
         if let Decision::Answered { provider, .. } = &decision
             && !provider.is_empty()
         {
@@ -297,19 +290,25 @@ impl PaymentsHandler {
         Ok(())
     }
 
+    /// A transaction holding `d`'s inbox record — `None` (nothing begun) when the
+    /// inbox has it already: handled before, by a delivery whose ack was lost.
+    async fn begin_recorded(
+        &self,
+        d: &Delivery,
+    ) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, HandlerError> {
+        let store = |e: pg::Error| store_error(&e);
+        let mut tx = pg::begin(&self.pool).await.map_err(store)?;
+        let new =
+            inbox::record_many(&mut tx, &self.consumer, &[crate::store::received(d)]).await.map_err(store)?;
+        Ok((!new.is_empty()).then_some(tx))
+    }
+
     /// A command whose key was answered before: its inbox record and the recorded
     /// answer again, as a new `PaymentResult` caused by this delivery, in one
     /// transaction.
     async fn answer_again(&self, d: &Delivery, cmd: &Command) -> Result<(), HandlerError> {
         let store = |e: pg::Error| store_error(&e);
-        let mut tx = pg::begin(&self.pool).await.map_err(store)?;
-        if inbox::record_many(&mut tx, &self.consumer, &[crate::store::received(d)])
-            .await
-            .map_err(store)?
-            .is_empty()
-        {
-            return Ok(());
-        }
+        let Some(mut tx) = self.begin_recorded(d).await? else { return Ok(()) };
         let Some(recorded) = payments::recorded_result(&mut tx, &cmd.key).await.map_err(store)? else {
             // Read as answered a moment ago and gone now: answers are never deleted.
             return Err(HandlerError::retryable("payment_result_missing", "the recorded answer vanished"));
