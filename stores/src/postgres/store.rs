@@ -144,12 +144,16 @@ pub fn connect(options: &PgOptions) -> Result<PgPool, Error> {
         .connect_lazy_with(connect))
 }
 
+/// souk's migrations (`stores/migrations`), embedded once for [`migrate`] and
+/// [`schema_versions`].
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
 /// Apply the migrations in `stores/migrations`, then apalis-postgres's (the job queue
 /// of souk-jobs) — idempotent. apalis keeps its tables and its migration history in its
 /// own schema (`apalis._sqlx_migrations`), so the two migrators never see each other's
 /// versions (ours would refuse a database holding versions it does not know).
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
-    sqlx::migrate!("./migrations").run(pool).await?;
+    MIGRATOR.run(pool).await?;
     apalis_postgres::PostgresStorage::migrations().run(pool).await?;
     Ok(())
 }
@@ -160,7 +164,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 /// or rely on constraints the database does not have yet — in handlers, where each
 /// failure reads as a bad message and is dead-lettered.
 pub async fn schema_versions(pool: &PgPool) -> Result<(i64, Option<i64>), Error> {
-    let needed = sqlx::migrate!("./migrations").iter().map(|m| m.version).max().unwrap_or(0);
+    let needed = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let exists: bool =
         sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null").fetch_one(pool).await?;
     if !exists {
