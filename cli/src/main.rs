@@ -274,7 +274,7 @@ enum SagasAction {
     /// The most recently changed sagas, newest first.
     List {
         /// Only sagas in this state (reserving, authorizing, committing, capturing,
-        /// fulfilling, shipped, releasing, unwinding, voiding, cancelled, refunding).
+        /// fulfilling, shipped, releasing, unwinding, voiding, cancelled, refunding, voiding_late).
         #[arg(long)]
         state: Option<String>,
         /// Only sagas past their deadline (the sweeper acts on them shortly).

@@ -12,6 +12,11 @@ use uuid::Uuid;
 
 use super::Error;
 
+/// Sends of one step's command before the sweeper gives up on it and compensates (for
+/// the steps it gives up: `orders::saga::State::gives_up`); a saga sent more often is
+/// `stuck` in views (the literal in [`VIEW_COLUMNS`] and [`list`]).
+pub const MAX_ATTEMPTS: i32 = 3;
+
 /// A saga to create with its order.
 #[derive(Debug, Clone)]
 pub struct NewSaga {
@@ -109,6 +114,35 @@ pub async fn lock_due(tx: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> 
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(limit).fetch_all(tx).await?;
     rows.iter().map(saga).collect()
+}
+
+/// Of `orders`, those with a message still in the outbox (unpublished, or parked): the
+/// saga's last command has not reached JetStream yet (the relay publishes an order's
+/// rows in order, under the order id), so no reply can have come — the broker is
+/// down, no process holds the relay's lease, or a row is parked.
+pub async fn with_unsent_messages(tx: &mut PgConnection, orders: &[Uuid]) -> Result<HashSet<Uuid>, Error> {
+    if orders.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<String> = orders.iter().map(Uuid::to_string).collect();
+    let unsent: Vec<String> = sqlx::query_scalar(
+        "select distinct aggregate_id from outbox where aggregate_id = any($1) and published_at is null",
+    )
+    .bind(&ids)
+    .fetch_all(tx)
+    .await?;
+    Ok(unsent.iter().filter_map(|id| id.parse().ok()).collect())
+}
+
+/// Move the deadline of a saga locked by this transaction, changing nothing else (not
+/// its version: no transition happened).
+pub async fn postpone(tx: &mut PgConnection, order_id: Uuid, deadline: DateTime<Utc>) -> Result<(), Error> {
+    sqlx::query("update sagas set deadline = $2 where order_id = $1")
+        .bind(order_id)
+        .bind(deadline)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// The new state of a saga, and what its order reads.
@@ -256,7 +290,7 @@ pub struct SagaView {
     pub order_id: Uuid,
     pub tenant: String,
     /// `reserving`, `authorizing`, `committing`, `capturing`, `fulfilling`, `shipped`,
-    /// `releasing`, `unwinding`, `voiding`, `cancelled` or `refunding`.
+    /// `releasing`, `unwinding`, `voiding`, `cancelled`, `refunding` or `voiding_late`.
     pub state: String,
     pub attempt: i32,
     /// When the sweeper acts if the awaited reply does not come.
@@ -264,7 +298,9 @@ pub struct SagaView {
     pub deadline: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Past its deadline (the sweeper has not acted yet).
+    /// Past its deadline (the sweeper has not acted yet), or sent more than 3 times
+    /// (the sweeper's attempts: a step it never gives up — a capture, a void, a
+    /// refund, sellers awaited — being sent again and again wants a look).
     pub stuck: bool,
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -274,7 +310,7 @@ pub struct SagaView {
 }
 
 const VIEW_COLUMNS: &str =
-    "order_id, tenant, state, attempt, deadline, reason, coalesce(deadline < now(), false) as stuck,
+    "order_id, tenant, state, attempt, deadline, reason, (coalesce(deadline < now(), false) or attempt > 3) as stuck,
      version, created_at, updated_at";
 
 fn view_of(r: &PgRow) -> Result<SagaView, Error> {
@@ -331,10 +367,21 @@ pub async fn list(
 ) -> Result<Vec<SagaView>, Error> {
     let sql = format!(
         "select {VIEW_COLUMNS} from sagas
-         where ($1::text is null or state = $1) and (not $2 or deadline < now())
+         where ($1::text is null or state = $1) and (not $2 or deadline < now() or attempt > 3)
          order by updated_at desc, order_id limit $3"
     );
     let rows =
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(state).bind(stuck).bind(limit).fetch_all(db).await?;
     rows.iter().map(view_of).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stuck_counts_the_sweepers_attempts() {
+        let past = format!("attempt > {MAX_ATTEMPTS}");
+        assert!(VIEW_COLUMNS.contains(&past), "{VIEW_COLUMNS}");
+    }
 }

@@ -4,8 +4,12 @@
 //! seller, `requested`) and `souk.cmd.fulfilment.ship` (from `POST
 //! /v1/sellers/{seller}/orders/{id}/ship`: the row `shipped`, and `SellerShipped` in
 //! the outbox), under [`Deduplicated`](crate::dedupe::Deduplicated). Both are
-//! idempotent: a repeated request changes nothing, and shipping a part already shipped
-//! changes nothing and announces nothing again (the first ship's tracking stays).
+//! idempotent: a repeated request changes nothing — but for a part already shipped it
+//! announces `SellerShipped` again, as inventory and payments answer a re-sent command
+//! again: the saga re-sends its requests when a day passes without every answer, and
+//! an answer lost with a stream would otherwise never come — and shipping a part
+//! already shipped changes nothing and announces nothing again (the first ship's
+//! tracking stays).
 //! A ship of a part never requested cannot be applied (the ingress checks it first, so
 //! only a forged or corrupted command gets here): it is dead-lettered.
 
@@ -68,7 +72,9 @@ impl Apply for FulfilmentHandler {
             let unreadable =
                 |e: &dyn std::fmt::Display| ApplyError::Message(format!("unreadable command: {e}"));
             match d.subject.as_str() {
-                RequestFulfilment::SUBJECT => request(tx, &d.decode().map_err(|e| unreadable(&e))?).await,
+                RequestFulfilment::SUBJECT => {
+                    request(tx, &d.decode().map_err(|e| unreadable(&e))?, &d.dedupe_id()).await
+                }
                 MarkShipped::SUBJECT => {
                     ship(tx, &d.decode().map_err(|e| unreadable(&e))?, &d.dedupe_id()).await
                 }
@@ -79,7 +85,7 @@ impl Apply for FulfilmentHandler {
     }
 }
 
-async fn request(tx: &mut PgConnection, cmd: &RequestFulfilment) -> Result<(), ApplyError> {
+async fn request(tx: &mut PgConnection, cmd: &RequestFulfilment, causation: &str) -> Result<(), ApplyError> {
     if cmd.seller.is_empty()
         || cmd.lines.is_empty()
         || cmd.lines.iter().any(|l| l.sku.is_empty() || l.quantity <= 0)
@@ -92,6 +98,13 @@ async fn request(tx: &mut PgConnection, cmd: &RequestFulfilment) -> Result<(), A
     let fresh = fulfilments::request(tx, &cmd.tenant, &cmd.seller, cmd.order_id, &cmd.lines).await?;
     let outcome = if fresh { "requested" } else { "repeated" };
     metrics::counter!("souk_fulfilment_requests_total", "outcome" => outcome).increment(1);
+    if !fresh
+        && let Some(part) = fulfilments::lock(tx, &cmd.tenant, &cmd.seller, cmd.order_id).await?
+        && let (true, Some(at)) = (part.is_shipped(), part.shipped_at)
+    {
+        // Asked again for a part already shipped: the saga did not get the answer.
+        announce_shipped(tx, &cmd.tenant, &cmd.seller, cmd.order_id, at, causation).await?;
+    }
     Ok(())
 }
 
@@ -116,17 +129,28 @@ async fn ship(tx: &mut PgConnection, cmd: &MarkShipped, causation: &str) -> Resu
     )
     .await?;
     metrics::counter!("souk_fulfilment_ships_total", "outcome" => "shipped").increment(1);
-    let event =
-        SellerShipped { tenant: cmd.tenant.clone(), order_id: cmd.order_id, seller: cmd.seller.clone(), at };
+    announce_shipped(tx, &cmd.tenant, &cmd.seller, cmd.order_id, at, causation).await
+}
+
+/// `SellerShipped` for the seller's part of the order, in the outbox.
+async fn announce_shipped(
+    tx: &mut PgConnection,
+    tenant: &str,
+    seller: &str,
+    order_id: uuid::Uuid,
+    at: chrono::DateTime<chrono::Utc>,
+    causation: &str,
+) -> Result<(), ApplyError> {
+    let event = SellerShipped { tenant: tenant.to_owned(), order_id, seller: seller.to_owned(), at };
     let mut h = trace::outbox_context(&trace::current_context_pairs(), SellerShipped::SUBJECT);
     h.push((headers::SCHEMA.into(), SellerShipped::schema_header()));
-    h.push((headers::TENANT.into(), cmd.tenant.clone()));
+    h.push((headers::TENANT.into(), tenant.to_owned()));
     h.push((headers::CAUSATION_ID.into(), causation.to_owned()));
     outbox::enqueue(
         tx,
         outbox::NewMessage {
             // The order's fulfilment events in the order written, whichever seller.
-            aggregate_id: format!("fulfilment:{}:{}", cmd.tenant, cmd.order_id),
+            aggregate_id: format!("fulfilment:{tenant}:{order_id}"),
             subject: SellerShipped::SUBJECT.into(),
             headers: h,
             payload: encode(&event),

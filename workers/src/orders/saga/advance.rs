@@ -88,7 +88,8 @@ pub async fn advance(
     } else {
         saga.attempt
     };
-    let deadline = if resend || next != state { next.step_timeout().map(|t| now + t) } else { saga.deadline };
+    let deadline =
+        if resend || next != state { next.wait_after(attempt).map(|t| now + t) } else { saga.deadline };
     let mut awaiting = saga.awaiting_sellers.clone();
     match event {
         Event::SellerShipped(s) | Event::AllShipped(s) => awaiting.retain(|a| a != s),

@@ -4,10 +4,17 @@
 
 use std::{borrow::Cow, time::Duration};
 
+use super::sweeper::MAX_ATTEMPTS;
+
 /// Where an order's saga is. Forward: reserving → authorizing → committing →
 /// capturing → fulfilling → shipped. Compensating (in reverse of what was done):
 /// releasing (stock) → cancelled; unwinding (release stock, then void) → voiding →
-/// cancelled; refunding (money captured after the saga stopped using it) → cancelled.
+/// cancelled; refunding (money captured after the saga stopped using it) → cancelled;
+/// voiding late (an authorization that turned up after the cancel) → cancelled.
+///
+/// A step that moves money or owes a seller's answer — capturing, fulfilling and every
+/// step that gives money back — is never given up by the sweeper ([`State::gives_up`]):
+/// it is sent again, less and less often ([`State::wait_after`]), until it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
     /// ReserveStock sent; awaiting StockReserved / StockRejected.
@@ -32,12 +39,15 @@ pub enum State {
     Cancelled,
     /// A capture turned up after the saga stopped using the payment (compensating or
     /// cancelled): SettlePayment(refund) sent; awaiting its PaymentResult, re-sent by the
-    /// sweeper until its attempts run out. The order reads `cancelled` already.
+    /// sweeper until it is answered. The order reads `cancelled` already.
     Refunding,
+    /// An authorization turned up after the saga was cancelled: SettlePayment(void)
+    /// sent, re-sent by the sweeper until it is answered. The order reads `cancelled`.
+    VoidingLate,
 }
 
 impl State {
-    pub const ALL: [State; 11] = [
+    pub const ALL: [State; 12] = [
         State::Reserving,
         State::Authorizing,
         State::Committing,
@@ -49,6 +59,7 @@ impl State {
         State::Voiding,
         State::Cancelled,
         State::Refunding,
+        State::VoidingLate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +75,7 @@ impl State {
             State::Voiding => "voiding",
             State::Cancelled => "cancelled",
             State::Refunding => "refunding",
+            State::VoidingLate => "voiding_late",
         }
     }
 
@@ -72,16 +84,44 @@ impl State {
     }
 
     /// How long the saga waits for the reply to this state's command before the
-    /// sweeper re-sends it (`None`: nothing it can hurry). Payments get longer: the
-    /// payments pool retries with backoff within its own budget before it answers.
+    /// sweeper re-sends it (`None`: final, nothing to wait for). Payments get longer:
+    /// the payments pool retries with backoff within its own budget before it answers.
     pub fn step_timeout(self) -> Option<Duration> {
         match self {
             State::Reserving | State::Committing => Some(Duration::from_secs(30)),
             State::Authorizing | State::Capturing | State::Refunding => Some(Duration::from_secs(120)),
-            State::Releasing | State::Unwinding | State::Voiding => Some(Duration::from_secs(60)),
-            // Sellers ship in days; the fulfilment pool owns that wait.
-            State::Fulfilling | State::Shipped | State::Cancelled => None,
+            State::Releasing | State::Unwinding | State::Voiding | State::VoidingLate => {
+                Some(Duration::from_secs(60))
+            }
+            // Sellers ship in days: a day without every answer re-sends the requests
+            // of the sellers still awaited (a request or its answer lost with a stream
+            // is otherwise never seen again).
+            State::Fulfilling => Some(Duration::from_secs(24 * 3600)),
+            State::Shipped | State::Cancelled => None,
         }
+    }
+
+    /// How long to wait for the reply to `attempt` (1 = the first send): the step's
+    /// timeout for the attempts a saga that gives up has, then doubling, up to an hour
+    /// (or the step's timeout, when longer) — a step never given up is still re-sent,
+    /// but a provider down for a day is not asked every minute.
+    pub fn wait_after(self, attempt: i32) -> Option<Duration> {
+        let base = self.step_timeout()?;
+        let doublings = (attempt - MAX_ATTEMPTS).clamp(0, 16).unsigned_abs();
+        Some((base * 2u32.pow(doublings)).min(base.max(Duration::from_secs(3600))))
+    }
+
+    /// Whether the sweeper compensates this state after [`MAX_ATTEMPTS`] sends. Not
+    /// when the step moves money the saga must see through — a capture of an order
+    /// whose stock is sold (the payments pool holds it while its provider is down; an
+    /// answer comes), a void or refund giving money back — nor while sellers are
+    /// awaited: those are re-sent until answered (`souk sagas compensate` still stops a
+    /// capture).
+    pub fn gives_up(self) -> bool {
+        matches!(
+            self,
+            State::Reserving | State::Authorizing | State::Committing | State::Releasing | State::Unwinding
+        )
     }
 
     /// The commands this state waits on, sent on entering it and re-sent by the
@@ -94,7 +134,7 @@ impl State {
             State::Capturing => &[Effect::Capture],
             State::Fulfilling => &[Effect::RequestFulfilment],
             State::Releasing | State::Unwinding => &[Effect::Release],
-            State::Voiding => &[Effect::Void],
+            State::Voiding | State::VoidingLate => &[Effect::Void],
             State::Refunding => &[Effect::Refund],
             State::Shipped | State::Cancelled => &[],
         }
@@ -105,7 +145,7 @@ impl State {
         match self {
             State::Fulfilling => "confirmed",
             State::Shipped => "shipped",
-            State::Cancelled | State::Refunding => "cancelled",
+            State::Cancelled | State::Refunding | State::VoidingLate => "cancelled",
             _ => "accepted",
         }
     }
@@ -130,7 +170,10 @@ pub enum Event {
     CaptureFailed(String),
     Released,
     Voided,
+    /// The provider refused the void (nothing to void: an authorization that lapsed).
     VoidFailed(String),
+    /// The void was not done (the payments pool's retries ran out): sent again later.
+    VoidExhausted(String),
     Refunded,
     RefundFailed(String),
     /// A seller shipped; others are still awaited.
@@ -139,7 +182,8 @@ pub enum Event {
     AllShipped(String),
     /// The reply did not come: send the step's command again (sweeper, `souk sagas retry`).
     Resend,
-    /// Stop trying and compensate (sweeper past the attempts, `souk sagas compensate`).
+    /// Stop trying and compensate (sweeper past the attempts of a state that
+    /// [`State::gives_up`], `souk sagas compensate`).
     GiveUp(String),
 }
 
@@ -218,8 +262,11 @@ pub fn transition(state: State, event: &Event) -> Transition {
         (Unwinding, E::Released) => to(Voiding, &[Void]),
         // a void the provider refuses leaves an authorization that lapses on its own
         (Voiding, E::Voided | E::VoidFailed(_)) => to(Cancelled, &[Cancel]),
-        // a refund that failed is sent again at the deadline (the sweeper), not at once
+        (VoidingLate, E::Voided | E::VoidFailed(_)) => to(Cancelled, &[]),
         (Refunding, E::Refunded) => to(Cancelled, &[]),
+        // a void or refund not done is sent again at the deadline (the sweeper), not at
+        // once: the payments pool has just spent its retries
+        (Voiding | VoidingLate, E::VoidExhausted(_)) | (Refunding, E::RefundFailed(_)) => Transition::Ignore,
         // no reply in time: send the step's command again (every handler is idempotent)
         (s, E::Resend) if !s.is_final() => {
             Transition::To { next: s, effects: s.step_effects(), reason: None }
@@ -231,14 +278,16 @@ pub fn transition(state: State, event: &Event) -> Transition {
         // the release never answered: the void does not wait on it (a release answered
         // later is ignored; the authorization would otherwise stay held)
         (Unwinding, E::GiveUp(r)) => compensate(Voiding, &[Void], r),
-        (Releasing | Voiding, E::GiveUp(r)) => compensate(Cancelled, &[Cancel], r),
-        // the refund's attempts ran out: the saga ends; its step log keeps the failure
-        (Refunding, E::GiveUp(r)) => compensate(Cancelled, &[], r),
+        // a release never answered: the hold expires on its own
+        (Releasing, E::GiveUp(r)) => compensate(Cancelled, &[Cancel], r),
+        // voids and refunds are not given up (`State::gives_up`): money stays with the
+        // buyer's provider until they are answered
         // money that moved after the saga stopped using it is given back (a void sent
         // while no authorization was recorded was refused, and spent nothing)
-        (Releasing | Voiding | Cancelled, E::Authorized) => to(state, &[Void]),
+        (Releasing | Voiding | VoidingLate, E::Authorized) => to(state, &[Void]),
+        (Cancelled, E::Authorized) => to(VoidingLate, &[Void]),
         (Releasing | Unwinding | Voiding, E::Captured) => to(Refunding, &[Refund, Cancel]),
-        (Cancelled, E::Captured) => to(Refunding, &[Refund]),
+        (Cancelled | VoidingLate, E::Captured) => to(Refunding, &[Refund]),
         _ => Transition::Ignore,
     }
 }
@@ -288,7 +337,7 @@ mod tests {
         }
         assert_eq!(
             transition(State::Cancelled, &Event::Authorized),
-            Transition::To { next: State::Cancelled, effects: &[Effect::Void], reason: None }
+            Transition::To { next: State::VoidingLate, effects: &[Effect::Void], reason: None }
         );
         assert_eq!(
             transition(State::Cancelled, &Event::Captured),
@@ -323,6 +372,44 @@ mod tests {
             transition(State::Unwinding, &Event::GiveUp("t".into())),
             Transition::To { next: State::Voiding, effects: &[Effect::Void], reason: Some("t".into()) }
         );
+    }
+
+    /// Found in review: a void out of retries ended the saga with the authorization
+    /// held; a refund or capture given up kept the buyer's money; a confirmed order whose
+    /// fulfilment request or answer was lost stayed `confirmed` with no deadline.
+    #[test]
+    fn money_steps_and_awaited_sellers_are_never_given_up_only_sent_again() {
+        for s in [State::Capturing, State::Fulfilling, State::Voiding, State::VoidingLate, State::Refunding] {
+            assert!(!s.gives_up() && s.step_timeout().is_some(), "{s:?}");
+        }
+        for s in [State::Reserving, State::Authorizing, State::Committing, State::Releasing, State::Unwinding]
+        {
+            assert!(s.gives_up(), "{s:?}");
+        }
+        let exhausted = Event::VoidExhausted("timeout".into());
+        assert_eq!(transition(State::Voiding, &exhausted), Transition::Ignore, "it waits for the re-send");
+        assert_eq!(transition(State::VoidingLate, &exhausted), Transition::Ignore);
+        let to = |next, effects: &'static [Effect]| Transition::To { next, effects, reason: None };
+        assert_eq!(
+            transition(State::Voiding, &Event::VoidFailed("lapsed".into())),
+            to(State::Cancelled, &[Effect::Cancel])
+        );
+        assert_eq!(transition(State::VoidingLate, &Event::Voided), to(State::Cancelled, &[]));
+        assert_eq!(transition(State::VoidingLate, &Event::Resend), to(State::VoidingLate, &[Effect::Void]));
+        assert_eq!(transition(State::VoidingLate, &Event::Captured), to(State::Refunding, &[Effect::Refund]));
+        assert_eq!(State::VoidingLate.order_status(), "cancelled", "the buyer's order stays cancelled");
+        assert_eq!(
+            transition(State::Fulfilling, &Event::Resend),
+            to(State::Fulfilling, &[Effect::RequestFulfilment])
+        );
+        // Re-sent less often after the attempts a step that gives up would have had.
+        let minute = Duration::from_secs(60);
+        assert_eq!(State::Voiding.wait_after(1), Some(minute));
+        assert_eq!(State::Voiding.wait_after(MAX_ATTEMPTS), Some(minute));
+        assert_eq!(State::Voiding.wait_after(MAX_ATTEMPTS + 2), Some(4 * minute));
+        assert_eq!(State::Voiding.wait_after(1000), Some(60 * minute), "at most an hour");
+        assert_eq!(State::Fulfilling.wait_after(1000), State::Fulfilling.step_timeout(), "or the step's own");
+        assert_eq!(State::Cancelled.wait_after(1), None);
     }
 
     #[test]

@@ -111,7 +111,8 @@ fn read(d: &Delivery) -> Result<Read, ApplyError> {
                     match op {
                         Operation::Authorize => Event::AuthorizeFailed(why),
                         Operation::Capture => Event::CaptureFailed(why),
-                        Operation::Void => Event::VoidFailed(why),
+                        Operation::Void if declined => Event::VoidFailed(why),
+                        Operation::Void => Event::VoidExhausted(why),
                         Operation::Refund => Event::RefundFailed(why),
                     }
                 }

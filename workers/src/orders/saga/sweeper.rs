@@ -1,6 +1,10 @@
 //! The sweeper: no saga stays stuck. A saga past its deadline (its reply lost, a pool
-//! down, a command parked) gets its step's command again — safe, every handler is
-//! idempotent — up to [`MAX_ATTEMPTS`] sends, then compensates. Run periodically by
+//! down) gets its step's command again — safe, every handler is idempotent — up to
+//! [`MAX_ATTEMPTS`] sends, then compensates; a step that moves money or awaits sellers
+//! is sent again until answered, less and less often (`State::gives_up`,
+//! `State::wait_after`). A saga whose last command is still in the outbox (the broker
+//! down, no relay, a parked row) only has its deadline moved: no reply could have come,
+//! so the wait spends none of its attempts. Run periodically by
 //! every worker process (`cli::node`'s housekeeping loop); `skip locked` makes several
 //! processes share the work without acting twice on one saga.
 
@@ -13,8 +17,9 @@ use super::{
     machine::{Event, State, timed_out_reason},
 };
 
-/// Sends of one step's command before the saga gives up on it and compensates.
-pub const MAX_ATTEMPTS: i32 = 3;
+/// Sends of one step's command before the saga gives up on it and compensates (in a
+/// state that [`State::gives_up`]).
+pub use sagas::MAX_ATTEMPTS;
 
 /// Most sagas one sweep handles in one transaction (the next sweep takes the rest).
 pub const SWEEP_BATCH: i64 = 200;
@@ -26,6 +31,8 @@ pub struct Swept {
     pub resent: u64,
     /// Sagas past their attempts, now compensating (or cancelled, when already compensating).
     pub compensated: u64,
+    /// Sagas whose command is still in the outbox: their deadline moved, no attempt spent.
+    pub waiting: u64,
 }
 
 /// Act on up to `limit` sagas whose deadline is before `now` (the clock is a parameter
@@ -33,11 +40,22 @@ pub struct Swept {
 pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swept, pg::Error> {
     let mut tx = pg::begin(pool).await?;
     let due = sagas::lock_due(&mut tx, now, limit).await?;
+    let ids: Vec<_> = due.iter().map(|s| s.order_id).collect();
+    let unsent = sagas::with_unsent_messages(&mut tx, &ids).await?;
     let mut swept = Swept::default();
     for saga in &due {
         let state = State::parse(&saga.state)
             .ok_or_else(|| pg::Error::Corrupt(format!("saga state {}", saga.state)))?;
-        let give_up = saga.attempt >= MAX_ATTEMPTS;
+        if unsent.contains(&saga.order_id)
+            && let Some(wait) = state.step_timeout()
+        {
+            // A NATS outage must not cancel orders: each sweep would add a copy of the
+            // command behind the first, then give up and compensate what never failed.
+            sagas::postpone(&mut tx, saga.order_id, now + wait).await?;
+            swept.waiting += 1;
+            continue;
+        }
+        let give_up = saga.attempt >= MAX_ATTEMPTS && state.gives_up();
         let outcome = match give_up {
             true => format!("no reply after {} attempts", saga.attempt),
             false => "no reply in time: sent again".to_owned(),
@@ -60,6 +78,9 @@ pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swep
     if swept.resent + swept.compensated > 0 {
         metrics::counter!("souk_saga_sweeper_resent_total").increment(swept.resent);
         metrics::counter!("souk_saga_sweeper_compensated_total").increment(swept.compensated);
+    }
+    if swept.waiting > 0 {
+        metrics::counter!("souk_saga_sweeper_waiting_total").increment(swept.waiting);
     }
     Ok(swept)
 }

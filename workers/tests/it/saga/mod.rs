@@ -5,6 +5,7 @@
 
 mod failures;
 mod flow;
+mod never_given_up;
 mod operators;
 
 use async_nats::{HeaderMap, jetstream::stream::RawMessageErrorKind};
@@ -100,11 +101,26 @@ impl SagaEnv {
         let publisher = Publisher::new(client, Duration::from_secs(2));
         let mut env = SagaEnv { _nats: nats, db, js, publisher, topology, pools: None, relay: None };
         env.start_pools().await?;
-        let outbox = PgOutbox::new(env.db.pool.clone(), &env.db.url);
-        let cancel = CancellationToken::new();
-        let relay = Relay::new(outbox, env.publisher.clone(), RelayOptions::default());
-        env.relay = Some((cancel.clone(), tokio::spawn(relay.run(cancel))));
+        env.start_relay();
         Ok(env)
+    }
+
+    /// Start the outbox relay (again).
+    pub fn start_relay(&mut self) {
+        let outbox = PgOutbox::new(self.db.pool.clone(), &self.db.url);
+        let cancel = CancellationToken::new();
+        let relay = Relay::new(outbox, self.publisher.clone(), RelayOptions::default());
+        self.relay = Some((cancel.clone(), tokio::spawn(relay.run(cancel))));
+    }
+
+    /// Stop the relay: what the saga writes stays in the outbox, as while the broker is
+    /// down or no process holds the relay's lease.
+    pub async fn stop_relay(&mut self) -> anyhow::Result<()> {
+        if let Some((cancel, task)) = self.relay.take() {
+            cancel.cancel();
+            task.await?;
+        }
+        Ok(())
     }
 
     /// Start the orders and orders-saga pools (again).
@@ -308,6 +324,11 @@ pub(crate) fn order(lines: &[(&str, &str, i64, i64)]) -> PlaceOrder {
 }
 
 /// The payments pool's answer to `operation` for `cmd`'s order.
+/// A payments pool's answer after its retry budget ran out.
+pub(crate) fn exhausted() -> Option<PaymentFailure> {
+    Some(PaymentFailure::Exhausted { attempts: 5, last_error: "provider timed out".into() })
+}
+
 pub(crate) fn payment(
     cmd: &PlaceOrder,
     operation: Operation,
