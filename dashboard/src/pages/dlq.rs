@@ -230,12 +230,39 @@ async fn act(
         Ok(s) => s,
         Err(e) => return failure(StatusCode::BAD_REQUEST, &e),
     };
-    // What the selection holds now: shown to confirm, and (purge) exactly what goes.
-    let letters = match operate::purge_preview(&state.js, &selection).await {
+    // The DLQ this page looks at: a confirmation names it, so that letters of a stream
+    // re-created since (the same sequences, other letters) are not acted on.
+    let dlq = match state.js.get_stream(dead_letters::STREAM).await {
+        Ok(stream) => stream.cached_info().created.unix_timestamp_nanos().to_string(),
+        Err(e) => return failure(StatusCode::SERVICE_UNAVAILABLE, &format!("the dead-letter stream: {e}")),
+    };
+    let confirmed = form.get("confirmed") == Some("yes");
+    if confirmed && form.get("dlq").is_some_and(|seen| seen != dlq) {
+        return failure(
+            StatusCode::CONFLICT,
+            "the dead-letter stream was re-created since the confirmation page: nothing done; look again",
+        );
+    }
+    // What the selection holds now: shown to confirm, and exactly what is acted on.
+    let mut letters = match operate::purge_preview(&state.js, &selection).await {
         Ok(l) => l,
         Err(operate::Error::Input(e)) => return failure(StatusCode::BAD_REQUEST, &e),
         Err(e) => return failure(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
+    // A filter or "all" is confirmed for the letters the confirmation page counted —
+    // up to the last sequence it saw — never for letters that arrived after it (found
+    // in review: a purge confirmed for 3 letters purged the 200 that came meanwhile).
+    let mut selection = selection;
+    if confirmed && !matches!(selection, Selection::Seqs(_)) {
+        let Some(Ok(upto)) = form.get("upto").map(str::parse::<u64>) else {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "confirm from the confirmation page (it names the last letter seen)",
+            );
+        };
+        letters.retain(|d| d.seq <= upto);
+        selection = Selection::Seqs(letters.iter().map(|d| d.seq).collect());
+    }
     let (verb, path) = match act {
         Act::Redrive => ("Redrive", "/ops/dlq/redrive"),
         Act::Purge => ("Purge", "/ops/dlq/purge"),
@@ -244,7 +271,7 @@ async fn act(
         return layout::done(&op, "Nothing to do", html! { p { "No dead letter matches." } }, "/ops/dlq")
             .into_response();
     }
-    if form.get("confirmed") != Some("yes") {
+    if !confirmed {
         let what = html! {
             p { (verb) " " strong { (letters.len()) } " dead letter(s)"
                 @match act {
@@ -256,12 +283,18 @@ async fn act(
             @if letters.len() > CONFIRM_SHOWN { p.rule { "… and " (letters.len() - CONFIRM_SHOWN) " more" } }
         };
         let button = format!("Yes, {} {}", verb.to_lowercase(), letters.len());
+        let mut fields: Vec<(String, String)> =
+            form.fields().iter().filter(|(n, _)| n != "upto" && n != "dlq").cloned().collect();
+        fields.push(("dlq".into(), dlq));
+        if let Some(last) = letters.last() {
+            fields.push(("upto".into(), last.seq.to_string()));
+        }
         return layout::confirm(
             &op,
             &format!("{verb} dead letters?"),
             what,
             path,
-            form.fields(),
+            &fields,
             &button,
             "/ops/dlq",
         )

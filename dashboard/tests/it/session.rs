@@ -149,3 +149,67 @@ async fn a_login_gives_a_strict_http_only_cookie_and_actions_need_its_csrf_token
     assert_eq!(get("/ops/").await?.status(), StatusCode::UNAUTHORIZED);
     Ok(())
 }
+
+/// The value of the hidden field `name` in a confirmation page.
+fn hidden(html: &str, name: &str) -> anyhow::Result<String> {
+    let tag = format!(r#"name="{name}" value=""#);
+    let at = html.find(&tag).ok_or_else(|| anyhow::anyhow!("no {name} field in {html}"))?;
+    let rest = &html[at + tag.len()..];
+    Ok(rest[..rest.find('"').unwrap_or(0)].to_owned())
+}
+
+/// Found in review: the confirmed post re-ran the filter, so "Purge 1" purged every
+/// letter that matched by the time of the click — letters nobody had seen, lost.
+#[tokio::test]
+async fn a_confirmed_purge_of_a_filter_takes_only_the_letters_the_confirmation_counted() -> anyhow::Result<()>
+{
+    let stack = stack().await?;
+    let http = client()?;
+    let ok = http
+        .post(format!("{}/ops/login", stack.base))
+        .form(&[("token", stack.token("olga", &[Role::Operator]))])
+        .send()
+        .await?;
+    let cookie = ok.headers()[header::SET_COOKIE].to_str()?.split(';').next().unwrap_or_default().to_owned();
+    let get = |path: &str| http.get(format!("{}{path}", stack.base)).header(header::COOKIE, &cookie).send();
+    let csrf = csrf_of(&get("/ops/").await?.text().await?)?;
+    let post = |form: Vec<(String, String)>| {
+        http.post(format!("{}/ops/dlq/purge", stack.base)).header(header::COOKIE, &cookie).form(&form).send()
+    };
+    let seen = dead_letter(&stack, "fulfilment", "souk.cmd.fulfilment.ship", "boom: seen").await?;
+    let filter = vec![
+        ("csrf".to_owned(), csrf.clone()),
+        ("scope".into(), "filter".into()),
+        ("consumer".into(), "fulfilment".into()),
+    ];
+    let page = post(filter.clone()).await?.text().await?;
+    assert!(page.contains("Yes, purge 1"), "{page}");
+    let (upto, dlq) = (hidden(&page, "upto")?, hidden(&page, "dlq")?);
+    assert_eq!(upto, seen.to_string());
+    // A letter arrives while the operator reads the confirmation.
+    let unseen = dead_letter(&stack, "fulfilment", "souk.cmd.fulfilment.ship", "boom: unseen").await?;
+    let mut confirmed = filter.clone();
+    confirmed.extend([
+        ("upto".into(), upto),
+        ("dlq".into(), dlq.clone()),
+        ("confirmed".into(), "yes".into()),
+    ]);
+    let done = post(confirmed).await?.text().await?;
+    assert!(done.contains("1 purged"), "{done}");
+    let listed = get("/ops/dlq").await?.text().await?;
+    assert!(!listed.contains(&format!("data-seq=\"{seen}\"")), "the letter seen is purged");
+    assert!(listed.contains(&format!("data-seq=\"{unseen}\"")), "the one that came after stays: {listed}");
+    // A confirmed filter without the page's bound, or for another stream: nothing done.
+    let mut unbounded = filter.clone();
+    unbounded.push(("confirmed".into(), "yes".into()));
+    assert_eq!(post(unbounded).await?.status(), StatusCode::BAD_REQUEST);
+    let mut other = filter;
+    other.extend([
+        ("upto".into(), unseen.to_string()),
+        ("dlq".into(), "1".into()),
+        ("confirmed".into(), "yes".into()),
+    ]);
+    assert_eq!(post(other).await?.status(), StatusCode::CONFLICT);
+    assert!(get("/ops/dlq").await?.text().await?.contains(&format!("data-seq=\"{unseen}\"")));
+    Ok(())
+}
