@@ -9,7 +9,10 @@
 //! A dead-letter action cannot share a transaction with JetStream: its row is written
 //! after the work, listing what was done and what failed, one row per command. The same
 //! transaction updates the records `souk trace` keeps of those dead letters (table
-//! `dead_letters`): a purged dead letter's record goes, a redriven one's says when.
+//! `dead_letters`): a purged dead letter's record goes, a redriven one's says when. A
+//! row that cannot be written after the work is [`Error::NotRecorded`], naming what was
+//! done — never an error that reads as "nothing done". The dashboard runs an action in
+//! a task of its own, so a browser that hangs up does not cut it short unrecorded.
 
 use crate::postgres::{follow as journal, operator_actions};
 use serde_json::json;
@@ -104,11 +107,22 @@ pub async fn redrive(
         "failed": report.failed,
     });
     let redriven: Vec<u64> = report.redriven.iter().map(|r| r.seq).collect();
-    let mut tx = db.begin().await?;
-    journal::mark_redriven(&mut *tx, dead_letters::STREAM, &redriven).await?;
-    report.action_id =
-        operator_actions::record(&mut *tx, &actor.0, "dlq.redrive", &target_of(&letters), &details).await?;
-    tx.commit().await?;
+    let recorded = async {
+        let mut tx = db.begin().await?;
+        journal::mark_redriven(&mut *tx, dead_letters::STREAM, &redriven).await?;
+        let id = operator_actions::record(&mut *tx, &actor.0, "dlq.redrive", &target_of(&letters), &details)
+            .await?;
+        tx.commit().await?;
+        Ok::<_, Error>(id)
+    };
+    report.action_id = recorded.await.map_err(|e| {
+        Error::NotRecorded(format!(
+            "{} dead letter(s) redriven ({:?}), {} failed, but the redrive could not be recorded: {e}",
+            redriven.len(),
+            redriven,
+            report.failed.len()
+        ))
+    })?;
     Ok(report)
 }
 
@@ -140,11 +154,21 @@ pub async fn purge(
     let seqs: Vec<u64> = letters.iter().map(|d| d.seq).collect();
     let purged = dead_letters::purge(js, &seqs).await;
     let details = json!({ "selection": describe(selection), "sequences": seqs, "result": purged });
-    let mut tx = db.begin().await?;
-    journal::forget_dead_letters(&mut *tx, dead_letters::STREAM, &purged.deleted).await?;
-    let action_id =
-        operator_actions::record(&mut *tx, &actor.0, "dlq.purge", &target_of(letters), &details).await?;
-    tx.commit().await?;
+    let recorded = async {
+        let mut tx = db.begin().await?;
+        journal::forget_dead_letters(&mut *tx, dead_letters::STREAM, &purged.deleted).await?;
+        let id =
+            operator_actions::record(&mut *tx, &actor.0, "dlq.purge", &target_of(letters), &details).await?;
+        tx.commit().await?;
+        Ok::<_, Error>(id)
+    };
+    let action_id = recorded.await.map_err(|e| {
+        Error::NotRecorded(format!(
+            "{} dead letter(s) purged ({:?}), but the purge could not be recorded: {e}",
+            purged.deleted.len(),
+            purged.deleted
+        ))
+    })?;
     Ok(PurgeReport { purged, action_id })
 }
 

@@ -205,6 +205,12 @@ fn selection(form: &Form) -> Result<Selection, String> {
     }
 }
 
+/// What an action's task did.
+enum Done {
+    Redrive(operate::RedriveReport),
+    Purge(operate::PurgeReport),
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Act {
     Redrive,
@@ -301,19 +307,36 @@ async fn act(
         .into_response();
     }
     let actor = Actor(op.sub.clone());
-    let outcome = match act {
-        Act::Redrive => operate::redrive(&state.publisher, &state.db, &actor, &selection).await.map(|r| {
-            html! {
-                p { (r.redriven.len()) " redriven, " (r.failed.len()) " failed; recorded as operator action " (r.action_id) " by " (actor.0) "." }
-                @for (seq, e) in &r.failed { p.problems { "#" (seq) " kept in the DLQ: " (e) } }
+    // In a task of its own: a client that hangs up (a closed tab, a proxy's read
+    // timeout) drops this handler, and would otherwise cut a long redrive or purge off
+    // half done and unrecorded (found in review).
+    let task = {
+        let (state, actor) = (state.clone(), actor.clone());
+        tokio::spawn(async move {
+            match act {
+                Act::Redrive => {
+                    operate::redrive(&state.publisher, &state.db, &actor, &selection).await.map(Done::Redrive)
+                }
+                Act::Purge => {
+                    operate::purge(&state.js, &state.db, &actor, &selection, &letters).await.map(Done::Purge)
+                }
             }
+        })
+    };
+    let outcome = match task.await {
+        Ok(outcome) => outcome,
+        Err(e) => return failure(StatusCode::INTERNAL_SERVER_ERROR, &format!("the action failed: {e}")),
+    };
+    let outcome = match outcome {
+        Ok(Done::Redrive(r)) => Ok(html! {
+            p { (r.redriven.len()) " redriven, " (r.failed.len()) " failed; recorded as operator action " (r.action_id) " by " (actor.0) "." }
+            @for (seq, e) in &r.failed { p.problems { "#" (seq) " kept in the DLQ: " (e) } }
         }),
-        Act::Purge => operate::purge(&state.js, &state.db, &actor, &selection, &letters).await.map(|r| {
-            html! {
-                p { (r.purged.deleted.len()) " purged, " (r.purged.gone.len()) " already gone; recorded as operator action " (r.action_id) " by " (actor.0) "." }
-                @if let Some(e) = &r.purged.error { p.problems { "purge stopped: " (e) } }
-            }
+        Ok(Done::Purge(r)) => Ok(html! {
+            p { (r.purged.deleted.len()) " purged, " (r.purged.gone.len()) " already gone; recorded as operator action " (r.action_id) " by " (actor.0) "." }
+            @if let Some(e) = &r.purged.error { p.problems { "purge stopped: " (e) } }
         }),
+        Err(e) => Err(e),
     };
     match outcome {
         Ok(what) => layout::done(&op, &format!("{verb}: done"), what, "/ops/dlq").into_response(),

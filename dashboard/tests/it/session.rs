@@ -213,3 +213,84 @@ async fn a_confirmed_purge_of_a_filter_takes_only_the_letters_the_confirmation_c
     assert!(get("/ops/dlq").await?.text().await?.contains(&format!("data-seq=\"{unseen}\"")));
     Ok(())
 }
+
+/// Found in review: a client that hung up mid-action (a closed tab, a proxy's read
+/// timeout) dropped the handler, cutting the action off after the work and before its
+/// `operator_actions` row; and a row that could not be written read as "nothing done".
+#[tokio::test]
+async fn a_redrive_whose_client_hangs_up_is_still_recorded_and_one_not_recorded_says_what_was_done()
+-> anyhow::Result<()> {
+    let stack = stack().await?;
+    let http = client()?;
+    let ok = http
+        .post(format!("{}/ops/login", stack.base))
+        .form(&[("token", stack.token("olga", &[Role::Operator]))])
+        .send()
+        .await?;
+    let cookie = ok.headers()[header::SET_COOKIE].to_str()?.split(';').next().unwrap_or_default().to_owned();
+    let page = http.get(format!("{}/ops/", stack.base)).header(header::COOKIE, &cookie).send().await?;
+    let csrf = csrf_of(&page.text().await?)?;
+    let seq = dead_letter(&stack, "fulfilment", "souk.cmd.fulfilment.ship", "boom").await?;
+    // Whether dead letter `seq` is still in the DLQ (a redriven copy the pools cannot
+    // read comes back as a new letter, under a new sequence).
+    let js = &stack.js;
+    let kept = |seq: u64| async move {
+        match js.get_stream("DLQ").await?.get_raw_message(seq).await {
+            Ok(_) => anyhow::Ok(true),
+            Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    };
+
+    // The record waits behind a lock while the client gives up.
+    let mut lock = stack.db.pool.begin().await?;
+    sqlx::query("lock table operator_actions in exclusive mode").execute(&mut *lock).await?;
+    let form = vec![
+        ("csrf", csrf.clone()),
+        ("scope", "selected".into()),
+        ("seq", seq.to_string()),
+        ("confirmed", "yes".into()),
+    ];
+    let request =
+        http.post(format!("{}/ops/dlq/redrive", stack.base)).header(header::COOKIE, &cookie).form(&form);
+    let client = tokio::spawn(request.send());
+    eventually(Duration::from_secs(20), || async { anyhow::Ok((!kept(seq).await?).then_some(())) }).await?;
+    client.abort();
+    let _ = client.await;
+    lock.rollback().await?;
+    eventually(Duration::from_secs(20), || async {
+        let done = actions(&stack)
+            .await?
+            .iter()
+            .any(|(actor, action, _)| actor == "olga" && action == "dlq.redrive");
+        anyhow::Ok(done.then_some(()))
+    })
+    .await?;
+
+    // A row Postgres refuses after the work: the error names what was done.
+    let again = dead_letter(&stack, "fulfilment", "souk.cmd.fulfilment.ship", "boom again").await?;
+    sqlx::query(
+        "create function refuse() returns trigger language plpgsql as $$ begin raise exception 'refused'; end $$",
+    )
+    .execute(&stack.db.pool)
+    .await?;
+    sqlx::query(
+        "create trigger refuse before insert on operator_actions for each row execute function refuse()",
+    )
+    .execute(&stack.db.pool)
+    .await?;
+    let selection = souk_topologies::dead_letters::Selection::Seqs(vec![again]);
+    let actor = souk_stores::operate::Actor("olga".into());
+    let publisher = souk_topologies::publisher::Publisher::new(stack.client.clone(), Duration::from_secs(2));
+    let err = souk_stores::operate::redrive(&publisher, &stack.db.pool, &actor, &selection)
+        .await
+        .expect_err("not recorded");
+    assert!(
+        matches!(&err, souk_stores::operate::Error::NotRecorded(m) if m.contains(&format!("redriven ([{again}])"))),
+        "{err:?}"
+    );
+    assert!(!kept(again).await?, "it was done");
+    Ok(())
+}
