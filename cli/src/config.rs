@@ -9,8 +9,10 @@ use figment::{
 use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-/// `SOUK_*` variables read by other parts (scripts, tests), not by the config tree.
-const NOT_CONFIG: &[&str] = &["nats_server_bin", "test_database_url", "pg_bin_dir", "scylla_uri", "config"];
+/// `SOUK_*` variables read by other parts (scripts, tests, a command's own arguments:
+/// `SOUK_OPERATOR_TOKEN` is the operator commands' `--token`), not by the config tree.
+const NOT_CONFIG: &[&str] =
+    &["nats_server_bin", "test_database_url", "pg_bin_dir", "scylla_uri", "config", "operator_token"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]

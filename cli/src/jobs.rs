@@ -79,7 +79,7 @@ pub(crate) async fn database(config: &Config) -> Result<sqlx::PgPool> {
 }
 
 pub(crate) fn who() -> String {
-    format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+    souk_stores::operate::Actor::local().0
 }
 
 fn print_job(job: &Job, json: bool) {

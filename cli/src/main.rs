@@ -296,11 +296,17 @@ enum SagasAction {
     Retry {
         /// The order id.
         id: String,
+        /// An operator token (`souk token --role operator`): its subject is recorded as
+        /// who did it (default: the local user).
+        #[arg(long, env = "SOUK_OPERATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Stop the saga and compensate what it did (release stock, void the payment).
     Compensate {
         /// The order id.
         id: String,
+        #[arg(long, env = "SOUK_OPERATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -561,8 +567,10 @@ async fn main() -> ExitCode {
                     sagas::list(&config, state.as_deref(), stuck, limit, json).await
                 }
                 SagasAction::Show { id, json } => sagas::show(&config, &id, json).await,
-                SagasAction::Retry { id } => sagas::act(&config, &id, false).await,
-                SagasAction::Compensate { id } => sagas::act(&config, &id, true).await,
+                SagasAction::Retry { id, token } => sagas::act(&config, &id, false, token.as_deref()).await,
+                SagasAction::Compensate { id, token } => {
+                    sagas::act(&config, &id, true, token.as_deref()).await
+                }
             });
         }
         Command::Trace { id, json } => return exit(trace::trace(&config, &id, json).await),

@@ -86,7 +86,7 @@ fn selection(seqs: &[u64], filter: &FilterArgs, all: bool) -> Result<Selection> 
 
 /// Who acts: the operator token's subject (checked: signature, expiry, role operator
 /// or admin), else the local user.
-fn actor(config: &Config, token: Option<&str>) -> Result<Actor> {
+pub(crate) fn actor(config: &Config, token: Option<&str>) -> Result<Actor> {
     let Some(token) = token else { return Ok(Actor::local()) };
     let keys = match config.jwt_keys.is_empty() {
         false => app::signing_keys(config, false),

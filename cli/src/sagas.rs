@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::{
     config::Config,
-    jobs::{Exit, Result, database, exit, unavailable, who},
+    jobs::{Exit, Result, database, exit, unavailable},
 };
 
 fn order_id(id: &str) -> Result<Uuid> {
@@ -103,10 +103,11 @@ pub async fn show(config: &Config, id: &str, json: bool) -> Result<ExitCode> {
 }
 
 /// `souk sagas retry ID` and `souk sagas compensate ID`.
-pub async fn act(config: &Config, id: &str, compensate: bool) -> Result<ExitCode> {
+pub async fn act(config: &Config, id: &str, compensate: bool, token: Option<&str>) -> Result<ExitCode> {
     let order_id = order_id(id)?;
+    // Who, as `souk dlq` and `souk pool` record it: the token's subject, else the local user.
+    let actor = crate::operator::actor(config, token)?.0;
     let pool = database(config).await?;
-    let actor = who();
     let done = match compensate {
         true => operator::compensate(&pool, order_id, &actor).await,
         false => operator::retry(&pool, order_id, &actor).await,
