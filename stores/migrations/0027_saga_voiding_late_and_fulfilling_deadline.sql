@@ -9,5 +9,6 @@ alter table sagas add constraint sagas_state_check check (state in (
 -- fulfilling now has a deadline (a day): the sweeper re-sends the requests of the
 -- sellers still awaited, so a request or answer lost with a stream is not lost for
 -- good. Sagas confirmed before this release get theirs from now.
-update sagas set deadline = now() + interval '24 hours'
+-- Spread over the day after, so that they do not all come due in one sweep.
+update sagas set deadline = now() + interval '24 hours' + random() * interval '24 hours'
 where state = 'fulfilling' and deadline is null;

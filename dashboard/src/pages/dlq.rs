@@ -260,7 +260,7 @@ async fn act(
     // in review: a purge confirmed for 3 letters purged the 200 that came meanwhile).
     let mut selection = selection;
     if confirmed && !matches!(selection, Selection::Seqs(_)) {
-        let Some(Ok(upto)) = form.get("upto").map(str::parse::<u64>) else {
+        let (Some(Ok(upto)), Some(_)) = (form.get("upto").map(str::parse::<u64>), form.get("dlq")) else {
             return failure(
                 StatusCode::BAD_REQUEST,
                 "confirm from the confirmation page (it names the last letter seen)",
@@ -313,14 +313,19 @@ async fn act(
     let task = {
         let (state, actor) = (state.clone(), actor.clone());
         tokio::spawn(async move {
-            match act {
+            let outcome = match act {
                 Act::Redrive => {
                     operate::redrive(&state.publisher, &state.db, &actor, &selection).await.map(Done::Redrive)
                 }
                 Act::Purge => {
                     operate::purge(&state.js, &state.db, &actor, &selection, &letters).await.map(Done::Purge)
                 }
+            };
+            // Also when nobody is left to read the answer (the client hung up).
+            if let Err(e) = &outcome {
+                tracing::warn!(actor = %actor.0, error = %e, "a dashboard dead-letter action failed");
             }
+            outcome
         })
     };
     let outcome = match task.await {

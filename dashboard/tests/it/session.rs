@@ -203,6 +203,9 @@ async fn a_confirmed_purge_of_a_filter_takes_only_the_letters_the_confirmation_c
     let mut unbounded = filter.clone();
     unbounded.push(("confirmed".into(), "yes".into()));
     assert_eq!(post(unbounded).await?.status(), StatusCode::BAD_REQUEST);
+    let mut no_stream = filter.clone();
+    no_stream.extend([("upto".into(), unseen.to_string()), ("confirmed".into(), "yes".into())]);
+    assert_eq!(post(no_stream).await?.status(), StatusCode::BAD_REQUEST, "the DLQ seen is named too");
     let mut other = filter;
     other.extend([
         ("upto".into(), unseen.to_string()),

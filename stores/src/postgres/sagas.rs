@@ -116,17 +116,20 @@ pub async fn lock_due(tx: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> 
     rows.iter().map(saga).collect()
 }
 
-/// Of `orders`, those with a message still in the outbox (unpublished, or parked): the
-/// saga's last command has not reached JetStream yet (the relay publishes an order's
-/// rows in order, under the order id), so no reply can have come — the broker is
-/// down, no process holds the relay's lease, or a row is parked.
+/// Of `orders`, those with a message waiting in the outbox: the saga's last command
+/// has not reached JetStream yet (the relay publishes an order's rows in order, under
+/// the order id), so no reply can have come — the broker is down, or no process holds
+/// the relay's lease. Not parked rows: those wait for an operator (`souk outbox
+/// requeue`), and a saga waiting on one would never show as stuck; it is swept as
+/// before (re-sent, given up where its state gives up).
 pub async fn with_unsent_messages(tx: &mut PgConnection, orders: &[Uuid]) -> Result<HashSet<Uuid>, Error> {
     if orders.is_empty() {
         return Ok(HashSet::new());
     }
     let ids: Vec<String> = orders.iter().map(Uuid::to_string).collect();
     let unsent: Vec<String> = sqlx::query_scalar(
-        "select distinct aggregate_id from outbox where aggregate_id = any($1) and published_at is null",
+        "select distinct aggregate_id from outbox
+         where aggregate_id = any($1) and published_at is null and parked_at is null",
     )
     .bind(&ids)
     .fetch_all(tx)
@@ -299,8 +302,8 @@ pub struct SagaView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Past its deadline (the sweeper has not acted yet), or sent more than 3 times
-    /// (the sweeper's attempts: a step it never gives up — a capture, a void, a
-    /// refund, sellers awaited — being sent again and again wants a look).
+    /// (the sweeper's attempts: a step it never gives up — a capture, a void, a refund
+    /// — being sent again and again wants a look; not sellers awaited, who take days).
     pub stuck: bool,
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -310,7 +313,7 @@ pub struct SagaView {
 }
 
 const VIEW_COLUMNS: &str =
-    "order_id, tenant, state, attempt, deadline, reason, (coalesce(deadline < now(), false) or attempt > 3) as stuck,
+    "order_id, tenant, state, attempt, deadline, reason, (coalesce(deadline < now(), false) or (attempt > 3 and state <> 'fulfilling')) as stuck,
      version, created_at, updated_at";
 
 fn view_of(r: &PgRow) -> Result<SagaView, Error> {
@@ -367,7 +370,7 @@ pub async fn list(
 ) -> Result<Vec<SagaView>, Error> {
     let sql = format!(
         "select {VIEW_COLUMNS} from sagas
-         where ($1::text is null or state = $1) and (not $2 or deadline < now() or attempt > 3)
+         where ($1::text is null or state = $1) and (not $2 or deadline < now() or (attempt > 3 and state <> 'fulfilling'))
          order by updated_at desc, order_id limit $3"
     );
     let rows =
@@ -381,7 +384,7 @@ mod tests {
 
     #[test]
     fn stuck_counts_the_sweepers_attempts() {
-        let past = format!("attempt > {MAX_ATTEMPTS}");
+        let past = format!("attempt > {MAX_ATTEMPTS} and state <> 'fulfilling'");
         assert!(VIEW_COLUMNS.contains(&past), "{VIEW_COLUMNS}");
     }
 }

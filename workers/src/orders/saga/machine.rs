@@ -175,7 +175,10 @@ pub enum Event {
     /// The void was not done (the payments pool's retries ran out): sent again later.
     VoidExhausted(String),
     Refunded,
+    /// The provider refused the refund: its answer for the key, the same if asked again.
     RefundFailed(String),
+    /// The refund was not done (the payments pool's retries ran out): sent again later.
+    RefundExhausted(String),
     /// A seller shipped; others are still awaited.
     SellerShipped(String),
     /// The last awaited seller shipped.
@@ -266,7 +269,12 @@ pub fn transition(state: State, event: &Event) -> Transition {
         (Refunding, E::Refunded) => to(Cancelled, &[]),
         // a void or refund not done is sent again at the deadline (the sweeper), not at
         // once: the payments pool has just spent its retries
-        (Voiding | VoidingLate, E::VoidExhausted(_)) | (Refunding, E::RefundFailed(_)) => Transition::Ignore,
+        (Voiding | VoidingLate, E::VoidExhausted(_)) | (Refunding, E::RefundExhausted(_)) => {
+            Transition::Ignore
+        }
+        // a refund the provider refuses is refused again if re-sent (its key's answer):
+        // the saga ends, the step log and `souk_saga_refunds_refused_total` say so
+        (Refunding, E::RefundFailed(_)) => to(Cancelled, &[]),
         // no reply in time: send the step's command again (every handler is idempotent)
         (s, E::Resend) if !s.is_final() => {
             Transition::To { next: s, effects: s.step_effects(), reason: None }
@@ -365,7 +373,10 @@ mod tests {
         assert_eq!(State::Refunding.step_effects(), &[Effect::Refund]);
         assert!(State::Refunding.step_timeout().is_some() && !State::Refunding.is_final());
         assert_eq!(State::Refunding.order_status(), "cancelled");
-        assert_eq!(transition(State::Refunding, &Event::RefundFailed("x".into())), Transition::Ignore);
+        assert_eq!(transition(State::Refunding, &Event::RefundExhausted("x".into())), Transition::Ignore);
+        // Found in review: a declined refund (the key's answer, the same at every
+        // re-send) kept the saga re-sending it for ever.
+        assert_eq!(transition(State::Refunding, &Event::RefundFailed("x".into())), to(State::Cancelled, &[]));
         assert_eq!(transition(State::Refunding, &Event::Refunded), to(State::Cancelled, &[]));
         // The release never answered: the void is sent anyway.
         assert_eq!(

@@ -39,10 +39,13 @@ pub async fn compensate(pool: &PgPool, order_id: Uuid, actor: &str) -> Result<St
     act(pool, order_id, actor, "saga.compensate", |state| match state {
         s if s.is_final() => Err(format!("the saga is {}: nothing to compensate", s.as_str())),
         // Forcing it on to cancelled would skip the compensation's own reply.
-        s @ (State::Releasing | State::Unwinding | State::Voiding | State::Refunding) => Err(format!(
-            "the saga is already compensating ({}): `souk sagas retry` sends its compensation again",
-            s.as_str()
-        )),
+        s
+        @ (State::Releasing | State::Unwinding | State::Voiding | State::VoidingLate | State::Refunding) => {
+            Err(format!(
+                "the saga is already compensating ({}): `souk sagas retry` sends its compensation again",
+                s.as_str()
+            ))
+        }
         State::Fulfilling => Err(
             "the order is confirmed (paid, with its sellers): cancel it with a refund, not a compensation"
                 .into(),

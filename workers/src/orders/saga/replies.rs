@@ -113,7 +113,12 @@ fn read(d: &Delivery) -> Result<Read, ApplyError> {
                         Operation::Capture => Event::CaptureFailed(why),
                         Operation::Void if declined => Event::VoidFailed(why),
                         Operation::Void => Event::VoidExhausted(why),
-                        Operation::Refund => Event::RefundFailed(why),
+                        Operation::Refund if declined => {
+                            metrics::counter!("souk_saga_refunds_refused_total").increment(1);
+                            tracing::error!(order_id = %e.order_id, reason = %why, "a refund was refused by the provider: the captured money needs a person");
+                            Event::RefundFailed(why)
+                        }
+                        Operation::Refund => Event::RefundExhausted(why),
                     }
                 }
             };

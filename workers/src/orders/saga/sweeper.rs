@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use super::{
     advance::{Cause, advance},
-    machine::{Event, State, timed_out_reason},
+    machine::{Effect, Event, State, timed_out_reason},
 };
 
 /// Sends of one step's command before the saga gives up on it and compensates (in a
@@ -23,6 +23,25 @@ pub use sagas::MAX_ATTEMPTS;
 
 /// Most sagas one sweep handles in one transaction (the next sweep takes the rest).
 pub const SWEEP_BATCH: i64 = 200;
+
+/// How long a saga in a state this release does not know is left before it is looked
+/// at again (see [`sweep`]).
+const UNKNOWN_STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The steps the state's commands are logged as: one per seller still awaited for the
+/// fulfilment requests (`fulfil <seller>`), else the effect's step.
+fn open_steps(state: State, saga: &sagas::Saga) -> Vec<String> {
+    let mut steps = Vec::new();
+    for effect in state.step_effects() {
+        match effect {
+            Effect::RequestFulfilment => {
+                steps.extend(saga.awaiting_sellers.iter().map(|seller| format!("fulfil {seller}")));
+            }
+            e => steps.extend(e.step().map(str::to_owned)),
+        }
+    }
+    steps
+}
 
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,8 +63,14 @@ pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swep
     let unsent = sagas::with_unsent_messages(&mut tx, &ids).await?;
     let mut swept = Swept::default();
     for saga in &due {
-        let state = State::parse(&saga.state)
-            .ok_or_else(|| pg::Error::Corrupt(format!("saga state {}", saga.state)))?;
+        let Some(state) = State::parse(&saga.state) else {
+            // A state of a newer release (a rolling deploy): that release's sweeper acts
+            // on it. Left alone here, a minute on, rather than failing the whole sweep
+            // (the other sagas of the batch would never be swept by this process).
+            tracing::warn!(order_id = %saga.order_id, state = %saga.state, "a saga in a state this release does not know; left to a newer release");
+            sagas::postpone(&mut tx, saga.order_id, now + UNKNOWN_STATE_WAIT).await?;
+            continue;
+        };
         if unsent.contains(&saga.order_id)
             && let Some(wait) = state.step_timeout()
         {
@@ -60,8 +85,8 @@ pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swep
             true => format!("no reply after {} attempts", saga.attempt),
             false => "no reply in time: sent again".to_owned(),
         };
-        for step in state.step_effects().iter().filter_map(|e| e.step()) {
-            sagas::finish_step(&mut tx, saga.order_id, step, &outcome).await?;
+        for step in open_steps(state, saga) {
+            sagas::finish_step(&mut tx, saga.order_id, &step, &outcome).await?;
         }
         let event = match give_up {
             true => Event::GiveUp(timed_out_reason(state).into_owned()),

@@ -60,6 +60,26 @@ async fn a_broker_outage_spends_no_attempts_of_a_saga_whose_command_is_unsent() 
     env.until(id, "authorizing").await?;
     // With its command published, a lost reply is re-sent as before.
     assert_eq!(sweep(&env.db.pool, now + Duration::hours(1), 100).await?.resent, 1);
+
+    // A parked row waits for an operator, not for the broker: its saga is swept as
+    // before (found in review: waiting on it, the saga never showed as stuck).
+    let parked = order(&[("SKU-B", "s1", 1, 700)]);
+    env.stop_relay().await?;
+    env.place(&parked).await?;
+    souk_testkit::eventually(std::time::Duration::from_secs(20), || async {
+        let saga = sagas::view(&env.db.pool, parked.order_id).await?;
+        anyhow::Ok(saga.filter(|s| s.state == "reserving").map(|_| ()))
+    })
+    .await?;
+    sqlx::query("update outbox set parked_at = now() where aggregate_id = $1")
+        .bind(parked.order_id.to_string())
+        .execute(&env.db.pool)
+        .await?;
+    let swept = sweep(&env.db.pool, now + Duration::hours(2), 100).await?;
+    // The parked saga's reserve is sent again; the first saga's authorize, re-sent
+    // above and unsent with the relay stopped, waits.
+    assert_eq!((swept.resent, swept.waiting), (1, 1), "{swept:?}");
+    assert_eq!(env.saga(parked.order_id).await?.attempt, 2);
     Ok(())
 }
 
@@ -100,6 +120,12 @@ async fn a_void_out_of_retries_is_sent_again_until_done() -> anyhow::Result<()> 
     sweep_hours(&env, now, 4).await?;
     assert_eq!(env.saga(late.order_id).await?.state, "voiding_late");
     assert_eq!(sent_count(&env, late.order_id, "payments.settle:void").await?, 5);
+    let refused =
+        souk_workers::orders::saga::operator::compensate(&env.db.pool, late.order_id, "cli:ops").await;
+    assert!(
+        matches!(&refused, Err(souk_workers::orders::saga::operator::OperatorError::Refused(m)) if m.contains("already compensating")),
+        "{refused:?}"
+    );
     env.reply(&payment(&late, Operation::Void, None)).await?;
     let saga = env.until(late.order_id, "cancelled").await?;
     assert_eq!(saga.deadline, None);
@@ -170,6 +196,12 @@ async fn a_fulfilment_request_or_answer_lost_is_sent_again_and_answered_again() 
     let saga = env.saga(id).await?;
     assert_eq!(saga.state, "fulfilling");
     assert_eq!(sent_count(&env, id, "fulfilment.request:s2").await?, 2 + 2 * MAX_ATTEMPTS as usize);
+    // Each request's step is closed when it is sent again: one awaits its reply.
+    let open: Vec<_> =
+        saga.steps.iter().filter(|s| s.step == "fulfil s2" && s.finished_at.is_none()).collect();
+    assert_eq!(open.len(), 1, "{:?}", saga.steps);
+    // A seller taking weeks is not a stuck saga.
+    assert!(sagas::list(&env.db.pool, None, true, 10).await?.iter().all(|s| s.order_id != id));
     // s2's answer, sent again by the fulfilment pool for the repeated request.
     env.reply(&replies::shipped(&cmd, "s2")).await?;
     env.until(id, "shipped").await?;
