@@ -183,21 +183,28 @@ pub(crate) async fn operator(
 }
 
 /// Why a POST is not the dashboard's own, if it is not: a browser says where a request
-/// comes from in `Sec-Fetch-Site` and `Origin`; either, when sent, must be this site.
+/// comes from in `Sec-Fetch-Site` and `Origin`. `Sec-Fetch-Site`, when sent, decides:
+/// the browser sets it and no page can, and it compares origins as the user's browser
+/// saw them — behind a proxy that rewrites `Host` (nginx's default `proxy_set_header
+/// Host $proxy_host`) the `Origin` is the public name while `Host` is the upstream's,
+/// which made every POST, login included, a 403 (found in review). Without it (an
+/// older browser), `Origin`, when sent, must name `Host` or `X-Forwarded-Host` (a
+/// header no cross-site form can set).
 fn cross_site(headers: &HeaderMap) -> Option<&'static str> {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && site.as_bytes() != b"same-origin"
-    {
-        return Some("cross-site request refused (Sec-Fetch-Site)");
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return (site.as_bytes() != b"same-origin").then_some("cross-site request refused (Sec-Fetch-Site)");
     }
     let origin = headers.get(header::ORIGIN)?;
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let hosts: Vec<&str> = [header::HOST.as_str(), "x-forwarded-host"]
+        .into_iter()
+        .filter_map(|name| headers.get(name).and_then(|h| h.to_str().ok()))
+        .collect();
     let same = origin.to_str().ok().and_then(|o| url::Url::parse(o).ok()).is_some_and(|o| {
         let authority = match o.port() {
             Some(port) => format!("{}:{port}", o.host_str().unwrap_or_default()),
             None => o.host_str().unwrap_or_default().to_owned(),
         };
-        host.is_some_and(|h| h.eq_ignore_ascii_case(&authority))
+        hosts.iter().any(|h| h.eq_ignore_ascii_case(&authority))
     });
     (!same).then_some("cross-site request refused (Origin)")
 }

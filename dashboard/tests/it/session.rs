@@ -297,3 +297,35 @@ async fn a_redrive_whose_client_hangs_up_is_still_recorded_and_one_not_recorded_
     assert!(!kept(again).await?, "it was done");
     Ok(())
 }
+
+/// Found in review: behind a proxy that rewrites `Host` (nginx's default), `Origin` is
+/// the public name and `Host` the upstream's: every POST, login included, was a 403.
+#[tokio::test]
+async fn a_login_through_a_proxy_that_rewrites_host_is_accepted_and_cross_site_posts_are_not()
+-> anyhow::Result<()> {
+    let stack = stack().await?;
+    let http = client()?;
+    let token = stack.token("olga", &[Role::Operator]);
+    let login = |extra: Vec<(&'static str, &'static str)>| {
+        let mut request = http.post(format!("{}/ops/login", stack.base)).form(&[("token", token.clone())]);
+        for (name, value) in extra {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let public = "https://ops.example.com";
+    // A browser behind the proxy: Sec-Fetch-Site says same-origin.
+    let ok = login(vec![("origin", public), ("sec-fetch-site", "same-origin")]).await?;
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    // An older browser without Sec-Fetch-Site, through a proxy that says the public host.
+    let ok = login(vec![("origin", public), ("x-forwarded-host", "ops.example.com")]).await?;
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    // Still refused: another site's page, by either header.
+    let refused = login(vec![("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")]).await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let refused = login(vec![("origin", "https://evil.example")]).await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let refused = login(vec![("origin", public), ("sec-fetch-site", "same-site")]).await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    Ok(())
+}
