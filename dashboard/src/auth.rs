@@ -48,6 +48,10 @@ pub struct Operator {
     pub sub: String,
     /// What the `csrf` form field of its POSTs must hold.
     pub csrf: String,
+    /// The session it came in with (a bearer token has none), and when its right to
+    /// look ends (the session's, or the token's, expiry): see [`Sessions::still_valid`].
+    session: Option<String>,
+    until: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +94,14 @@ impl Sessions {
 
     fn close(&self, id: &str) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Whether `op` may still see the dashboard: its session open (not logged out, not
+    /// expired) or its bearer token unexpired. A long-lived response (the live event
+    /// stream) asks at each refresh.
+    pub(crate) fn still_valid(&self, op: &Operator) -> bool {
+        let now = now_secs();
+        op.until > now && op.session.as_deref().is_none_or(|id| self.get(id).is_some())
     }
 
     fn bearer_csrf(&self, token: &str) -> String {
@@ -159,14 +171,19 @@ pub(crate) async fn operator(
 ) -> Response {
     let found = match bearer(request.headers()) {
         Some(token) => match state.keys.verify(token) {
-            Ok(claims) if claims.has(Role::Operator) => {
-                Ok(Operator { sub: claims.sub, csrf: state.sessions.bearer_csrf(token) })
-            }
+            Ok(claims) if claims.has(Role::Operator) => Ok(Operator {
+                sub: claims.sub,
+                csrf: state.sessions.bearer_csrf(token),
+                session: None,
+                until: claims.exp,
+            }),
             Ok(claims) => Err((StatusCode::FORBIDDEN, format!("{} is not an operator", claims.sub))),
             Err(e) => Err((StatusCode::UNAUTHORIZED, format!("bearer token refused: {e}"))),
         },
-        None => match cookie(request.headers(), COOKIE).and_then(|id| state.sessions.get(id)) {
-            Some(s) => Ok(Operator { sub: s.sub, csrf: s.csrf }),
+        None => match cookie(request.headers(), COOKIE).and_then(|id| Some((id, state.sessions.get(id)?))) {
+            Some((id, s)) => {
+                Ok(Operator { sub: s.sub, csrf: s.csrf, session: Some(id.to_owned()), until: s.expires })
+            }
             None => Err((StatusCode::UNAUTHORIZED, "log in with an operator token".to_owned())),
         },
     };

@@ -65,20 +65,28 @@ pub(crate) async fn json(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// `live` events: `#live` re-rendered at once, then every refresh, until the server
-/// stops.
+/// stops or the operator may no longer look (logged out, session or token expired:
+/// found in review, an open tab went on streaming past both).
 pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
+    Extension(op): Extension<Operator>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stop = state.cancel.clone().cancelled_owned();
-    let ticks = futures::stream::unfold((state, true), |(state, first)| async move {
-        if !first {
-            tokio::time::sleep(state.refresh).await;
+    let ticks = futures::stream::unfold((state, true), move |(state, first)| {
+        let op = op.clone();
+        async move {
+            if !first {
+                tokio::time::sleep(state.refresh).await;
+            }
+            if !state.sessions.still_valid(&op) {
+                return None;
+            }
+            let html = match read_model(&state).await {
+                Ok(m) => live(&m).into_string(),
+                Err(e) => html! { p.problems { "the status could not be read: " (e) } }.into_string(),
+            };
+            Some((Ok(Event::default().event("live").data(html)), (state, false)))
         }
-        let html = match read_model(&state).await {
-            Ok(m) => live(&m).into_string(),
-            Err(e) => html! { p.problems { "the status could not be read: " (e) } }.into_string(),
-        };
-        Some((Ok(Event::default().event("live").data(html)), (state, false)))
     });
     Sse::new(ticks.take_until(stop)).keep_alive(KeepAlive::default())
 }

@@ -329,3 +329,39 @@ async fn a_login_through_a_proxy_that_rewrites_host_is_accepted_and_cross_site_p
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     Ok(())
 }
+
+/// Found in review: the live event stream, checked only when it opened, went on
+/// streaming the pipeline's status to a tab whose operator had logged out.
+#[tokio::test]
+async fn the_live_stream_of_a_session_ends_when_it_logs_out() -> anyhow::Result<()> {
+    let stack = stack().await?;
+    let http = client()?;
+    let ok = http
+        .post(format!("{}/ops/login", stack.base))
+        .form(&[("token", stack.token("olga", &[Role::Operator]))])
+        .send()
+        .await?;
+    let cookie = ok.headers()[header::SET_COOKIE].to_str()?.split(';').next().unwrap_or_default().to_owned();
+    let page = http.get(format!("{}/ops/", stack.base)).header(header::COOKIE, &cookie).send().await?;
+    let csrf = csrf_of(&page.text().await?)?;
+    let mut events =
+        http.get(format!("{}/ops/events", stack.base)).header(header::COOKIE, &cookie).send().await?;
+    assert_eq!(events.status(), StatusCode::OK);
+    let first = events.chunk().await?.expect("a first event");
+    assert!(String::from_utf8_lossy(&first).contains("event: live"), "{first:?}");
+    let out = http
+        .post(format!("{}/ops/logout", stack.base))
+        .header(header::COOKIE, &cookie)
+        .form(&[("csrf", csrf)])
+        .send()
+        .await?;
+    assert!(out.status().is_success() || out.status().is_redirection(), "{}", out.status());
+    // The stream ends at its next refresh (twice a second here); the bound is generous.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while events.chunk().await?.is_some() {}
+        anyhow::Ok(())
+    })
+    .await;
+    assert!(matches!(ended, Ok(Ok(()))), "the stream went on after the logout: {ended:?}");
+    Ok(())
+}
