@@ -116,25 +116,29 @@ pub async fn lock_due(tx: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> 
     rows.iter().map(saga).collect()
 }
 
-/// Of `orders`, those with a message waiting in the outbox: the saga's last command
-/// has not reached JetStream yet (the relay publishes an order's rows in order, under
-/// the order id), so no reply can have come — the broker is down, or no process holds
-/// the relay's lease. Not parked rows: those wait for an operator (`souk outbox
-/// requeue`), and a saga waiting on one would never show as stuck; it is swept as
-/// before (re-sent, given up where its state gives up).
-pub async fn with_unsent_messages(tx: &mut PgConnection, orders: &[Uuid]) -> Result<HashSet<Uuid>, Error> {
-    if orders.is_empty() {
+/// Of `aggregates`, those with a message waiting in the outbox (unpublished, not
+/// parked). The sweeper asks for each due saga's order and the aggregates its replies
+/// are written under: while one waits, the saga's last command has not reached
+/// JetStream yet or its reply has not (the relay publishes an aggregate's rows in
+/// order) — the broker is down, or no process holds the relay's lease. Not parked rows:
+/// those wait for an operator (`souk outbox requeue`), and a saga waiting on one would
+/// never show as stuck; it is swept as before (re-sent, given up where its state gives
+/// up).
+pub async fn with_unsent_messages(
+    tx: &mut PgConnection,
+    aggregates: &[String],
+) -> Result<HashSet<String>, Error> {
+    if aggregates.is_empty() {
         return Ok(HashSet::new());
     }
-    let ids: Vec<String> = orders.iter().map(Uuid::to_string).collect();
     let unsent: Vec<String> = sqlx::query_scalar(
         "select distinct aggregate_id from outbox
          where aggregate_id = any($1) and published_at is null and parked_at is null",
     )
-    .bind(&ids)
+    .bind(aggregates)
     .fetch_all(tx)
     .await?;
-    Ok(unsent.iter().filter_map(|id| id.parse().ok()).collect())
+    Ok(unsent.into_iter().collect())
 }
 
 /// Move the deadline of a saga locked by this transaction, changing nothing else (not

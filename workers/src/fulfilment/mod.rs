@@ -30,6 +30,12 @@ pub const HANDLER: &str = "fulfilment";
 /// The durable consumer it drains (its inbox records are keyed by this name).
 pub const CONSUMER: &str = "fulfilment";
 
+/// The outbox aggregate of an order's fulfilment events: published in the order
+/// written, whichever seller.
+pub fn aggregate_id(tenant: &str, order_id: uuid::Uuid) -> String {
+    format!("fulfilment:{tenant}:{order_id}")
+}
+
 /// Applies `RequestFulfilment` and `MarkShipped`, by subject.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FulfilmentHandler;
@@ -149,8 +155,7 @@ async fn announce_shipped(
     outbox::enqueue(
         tx,
         outbox::NewMessage {
-            // The order's fulfilment events in the order written, whichever seller.
-            aggregate_id: format!("fulfilment:{tenant}:{order_id}"),
+            aggregate_id: aggregate_id(tenant, order_id),
             subject: SellerShipped::SUBJECT.into(),
             headers: h,
             payload: encode(&event),

@@ -28,6 +28,16 @@ pub const SWEEP_BATCH: i64 = 200;
 /// at again (see [`sweep`]).
 const UNKNOWN_STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The outbox aggregates of a saga's messages: its own commands and the payments
+/// pool's answers (under the order id), the inventory's and the fulfilment's answers.
+fn message_aggregates(saga: &sagas::Saga) -> [String; 3] {
+    [
+        saga.order_id.to_string(),
+        crate::inventory::aggregate_id(&saga.tenant, saga.order_id),
+        crate::fulfilment::aggregate_id(&saga.tenant, saga.order_id),
+    ]
+}
+
 /// The steps the state's commands are logged as: one per seller still awaited for the
 /// fulfilment requests (`fulfil <seller>`), else the effect's step.
 fn open_steps(state: State, saga: &sagas::Saga) -> Vec<String> {
@@ -59,8 +69,8 @@ pub struct Swept {
 pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swept, pg::Error> {
     let mut tx = pg::begin(pool).await?;
     let due = sagas::lock_due(&mut tx, now, limit).await?;
-    let ids: Vec<_> = due.iter().map(|s| s.order_id).collect();
-    let unsent = sagas::with_unsent_messages(&mut tx, &ids).await?;
+    let aggregates: Vec<String> = due.iter().flat_map(message_aggregates).collect();
+    let unsent = sagas::with_unsent_messages(&mut tx, &aggregates).await?;
     let mut swept = Swept::default();
     for saga in &due {
         let Some(state) = State::parse(&saga.state) else {
@@ -71,7 +81,7 @@ pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swep
             sagas::postpone(&mut tx, saga.order_id, now + UNKNOWN_STATE_WAIT).await?;
             continue;
         };
-        if unsent.contains(&saga.order_id)
+        if message_aggregates(saga).iter().any(|a| unsent.contains(a))
             && let Some(wait) = state.step_timeout()
         {
             // A NATS outage must not cancel orders: each sweep would add a copy of the
