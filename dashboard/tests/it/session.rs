@@ -150,6 +150,19 @@ async fn a_login_gives_a_strict_http_only_cookie_and_actions_need_its_csrf_token
     Ok(())
 }
 
+/// Log olga (an operator) in: her session cookie and its CSRF token.
+async fn logged_in(stack: &souk_testkit::Stack, http: &reqwest::Client) -> anyhow::Result<(String, String)> {
+    let ok = http
+        .post(format!("{}/ops/login", stack.base))
+        .form(&[("token", stack.token("olga", &[Role::Operator]))])
+        .send()
+        .await?;
+    let cookie = ok.headers()[header::SET_COOKIE].to_str()?.split(';').next().unwrap_or_default().to_owned();
+    let page = http.get(format!("{}/ops/", stack.base)).header(header::COOKIE, &cookie).send().await?;
+    let csrf = csrf_of(&page.text().await?)?;
+    Ok((cookie, csrf))
+}
+
 /// The value of the hidden field `name` in a confirmation page.
 fn hidden(html: &str, name: &str) -> anyhow::Result<String> {
     let tag = format!(r#"name="{name}" value=""#);
@@ -165,14 +178,8 @@ async fn a_confirmed_purge_of_a_filter_takes_only_the_letters_the_confirmation_c
 {
     let stack = stack().await?;
     let http = client()?;
-    let ok = http
-        .post(format!("{}/ops/login", stack.base))
-        .form(&[("token", stack.token("olga", &[Role::Operator]))])
-        .send()
-        .await?;
-    let cookie = ok.headers()[header::SET_COOKIE].to_str()?.split(';').next().unwrap_or_default().to_owned();
+    let (cookie, csrf) = logged_in(&stack, &http).await?;
     let get = |path: &str| http.get(format!("{}{path}", stack.base)).header(header::COOKIE, &cookie).send();
-    let csrf = csrf_of(&get("/ops/").await?.text().await?)?;
     let post = |form: Vec<(String, String)>| {
         http.post(format!("{}/ops/dlq/purge", stack.base)).header(header::COOKIE, &cookie).form(&form).send()
     };
@@ -225,14 +232,7 @@ async fn a_redrive_whose_client_hangs_up_is_still_recorded_and_one_not_recorded_
 -> anyhow::Result<()> {
     let stack = stack().await?;
     let http = client()?;
-    let ok = http
-        .post(format!("{}/ops/login", stack.base))
-        .form(&[("token", stack.token("olga", &[Role::Operator]))])
-        .send()
-        .await?;
-    let cookie = ok.headers()[header::SET_COOKIE].to_str()?.split(';').next().unwrap_or_default().to_owned();
-    let page = http.get(format!("{}/ops/", stack.base)).header(header::COOKIE, &cookie).send().await?;
-    let csrf = csrf_of(&page.text().await?)?;
+    let (cookie, csrf) = logged_in(&stack, &http).await?;
     let seq = dead_letter(&stack, "fulfilment", "souk.cmd.fulfilment.ship", "boom").await?;
     // Whether dead letter `seq` is still in the DLQ (a redriven copy the pools cannot
     // read comes back as a new letter, under a new sequence).
@@ -336,14 +336,7 @@ async fn a_login_through_a_proxy_that_rewrites_host_is_accepted_and_cross_site_p
 async fn the_live_stream_of_a_session_ends_when_it_logs_out() -> anyhow::Result<()> {
     let stack = stack().await?;
     let http = client()?;
-    let ok = http
-        .post(format!("{}/ops/login", stack.base))
-        .form(&[("token", stack.token("olga", &[Role::Operator]))])
-        .send()
-        .await?;
-    let cookie = ok.headers()[header::SET_COOKIE].to_str()?.split(';').next().unwrap_or_default().to_owned();
-    let page = http.get(format!("{}/ops/", stack.base)).header(header::COOKIE, &cookie).send().await?;
-    let csrf = csrf_of(&page.text().await?)?;
+    let (cookie, csrf) = logged_in(&stack, &http).await?;
     let mut events =
         http.get(format!("{}/ops/events", stack.base)).header(header::COOKIE, &cookie).send().await?;
     assert_eq!(events.status(), StatusCode::OK);
