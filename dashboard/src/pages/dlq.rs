@@ -232,7 +232,7 @@ async fn act(
     act: Act,
 ) -> Response {
     let form = Form::parse(&body);
-    let selection = match selection(&form) {
+    let mut selection = match selection(&form) {
         Ok(s) => s,
         Err(e) => return failure(StatusCode::BAD_REQUEST, &e),
     };
@@ -258,7 +258,6 @@ async fn act(
     // A filter or "all" is confirmed for the letters the confirmation page counted —
     // up to the last sequence it saw — never for letters that arrived after it (found
     // in review: a purge confirmed for 3 letters purged the 200 that came meanwhile).
-    let mut selection = selection;
     if confirmed && !matches!(selection, Selection::Seqs(_)) {
         let (Some(Ok(upto)), Some(_)) = (form.get("upto").map(str::parse::<u64>), form.get("dlq")) else {
             return failure(

@@ -20,7 +20,7 @@ use souk_topologies::trace;
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
 
-use super::machine::{Effect, Event, State, Transition, transition};
+use super::machine::{Effect, Event, State, Transition, fulfil_step, transition};
 
 /// What caused a change: the message id (`souk-causation-id` of what it writes) and
 /// the trace context its rows continue.
@@ -210,7 +210,7 @@ pub fn effects_of(
                     let cmd =
                         RequestFulfilment { tenant: tenant.clone(), order_id, seller: seller.clone(), lines };
                     rows.push(row(&cmd, saga, cause));
-                    steps.push((order_id, format!("fulfil {seller}"), saga.attempt));
+                    steps.push((order_id, fulfil_step(seller), saga.attempt));
                 }
                 continue;
             }

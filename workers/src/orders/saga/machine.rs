@@ -208,8 +208,15 @@ pub enum Effect {
     Ship,
 }
 
+/// The step a fulfilment request to `seller` is logged as (one per seller, where other
+/// commands log as [`Effect::step`]).
+pub fn fulfil_step(seller: &str) -> String {
+    format!("fulfil {seller}")
+}
+
 impl Effect {
-    /// The step this command is logged as (`None` for events).
+    /// The step this command is logged as (`None` for events; per seller for
+    /// [`Effect::RequestFulfilment`]: [`fulfil_step`]).
     pub fn step(self) -> Option<&'static str> {
         match self {
             Effect::Reserve => Some("reserve"),

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{
     advance::{Cause, Reply, advance},
-    machine::{Event, payment_reason},
+    machine::{Event, fulfil_step, payment_reason},
 };
 use crate::dedupe::{Apply, ApplyError};
 
@@ -133,7 +133,7 @@ fn read(d: &Delivery) -> Result<Read, ApplyError> {
         }
         s::FULFILMENT_SHIPPED => {
             let e: SellerShipped = decode(d)?;
-            let step = format!("fulfil {}", e.seller);
+            let step = fulfil_step(&e.seller);
             Ok(Read {
                 order_id: e.order_id,
                 tenant: e.tenant,

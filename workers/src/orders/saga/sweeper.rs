@@ -2,9 +2,10 @@
 //! down) gets its step's command again — safe, every handler is idempotent — up to
 //! [`MAX_ATTEMPTS`] sends, then compensates; a step that moves money or awaits sellers
 //! is sent again until answered, less and less often (`State::gives_up`,
-//! `State::wait_after`). A saga whose last command is still in the outbox (the broker
-//! down, no relay, a parked row) only has its deadline moved: no reply could have come,
-//! so the wait spends none of its attempts. Run periodically by
+//! `State::wait_after`). A saga with a command or answer still waiting in the outbox
+//! (the broker down, no relay; not a parked row, which waits for an operator) only has
+//! its deadline moved: no reply could have come, so the wait spends none of its
+//! attempts. Run periodically by
 //! every worker process (`cli::node`'s housekeeping loop); `skip locked` makes several
 //! processes share the work without acting twice on one saga.
 
@@ -14,7 +15,7 @@ use sqlx::PgPool;
 
 use super::{
     advance::{Cause, advance},
-    machine::{Effect, Event, State, timed_out_reason},
+    machine::{Effect, Event, State, fulfil_step, timed_out_reason},
 };
 
 /// Sends of one step's command before the saga gives up on it and compensates (in a
@@ -45,7 +46,7 @@ fn open_steps(state: State, saga: &sagas::Saga) -> Vec<String> {
     for effect in state.step_effects() {
         match effect {
             Effect::RequestFulfilment => {
-                steps.extend(saga.awaiting_sellers.iter().map(|seller| format!("fulfil {seller}")));
+                steps.extend(saga.awaiting_sellers.iter().map(|seller| fulfil_step(seller)));
             }
             e => steps.extend(e.step().map(str::to_owned)),
         }
@@ -60,7 +61,8 @@ pub struct Swept {
     pub resent: u64,
     /// Sagas past their attempts, now compensating (or cancelled, when already compensating).
     pub compensated: u64,
-    /// Sagas whose command is still in the outbox: their deadline moved, no attempt spent.
+    /// Sagas with a message still waiting in the outbox: their deadline moved, no
+    /// attempt spent.
     pub waiting: u64,
 }
 
@@ -69,10 +71,10 @@ pub struct Swept {
 pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swept, pg::Error> {
     let mut tx = pg::begin(pool).await?;
     let due = sagas::lock_due(&mut tx, now, limit).await?;
-    let aggregates: Vec<String> = due.iter().flat_map(message_aggregates).collect();
-    let unsent = sagas::with_unsent_messages(&mut tx, &aggregates).await?;
+    let aggregates: Vec<[String; 3]> = due.iter().map(message_aggregates).collect();
+    let unsent = sagas::with_unsent_messages(&mut tx, aggregates.as_flattened()).await?;
     let mut swept = Swept::default();
-    for saga in &due {
+    for (saga, aggregates) in due.iter().zip(&aggregates) {
         let Some(state) = State::parse(&saga.state) else {
             // A state of a newer release (a rolling deploy): that release's sweeper acts
             // on it. Left alone here, a minute on, rather than failing the whole sweep
@@ -81,7 +83,7 @@ pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swep
             sagas::postpone(&mut tx, saga.order_id, now + UNKNOWN_STATE_WAIT).await?;
             continue;
         };
-        if message_aggregates(saga).iter().any(|a| unsent.contains(a))
+        if aggregates.iter().any(|a| unsent.contains(a))
             && let Some(wait) = state.step_timeout()
         {
             // A NATS outage must not cancel orders: each sweep would add a copy of the

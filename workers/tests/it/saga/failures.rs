@@ -130,7 +130,7 @@ async fn an_authorization_that_arrives_after_the_cancel_is_voided_and_a_late_cap
     let due = chrono::Utc::now() + chrono::Duration::hours(1);
     assert_eq!(sweep(&env.db.pool, due, 100).await?, Swept { resent: 1, compensated: 0, waiting: 0 });
     super::settle(&env).await?;
-    let refunds = env.sent(id).await?.iter().filter(|c| *c == "payments.settle:refund").count();
+    let refunds = env.sent_count(id, "payments.settle:refund").await?;
     assert_eq!(refunds, 2, "the sweeper sent the refund again");
     env.reply(&payment(&cmd, Operation::Refund, None)).await?;
     let saga = env.until(id, "cancelled").await?;
@@ -171,7 +171,7 @@ async fn a_compensation_voids_the_authorization_when_its_release_never_answers_o
     // The void was refused (no authorization recorded yet), and the authorization lands.
     env.reply(&payment(&late, Operation::Authorize, None)).await?;
     super::settle(&env).await?;
-    let voids = env.sent(late.order_id).await?.iter().filter(|c| *c == "payments.settle:void").count();
+    let voids = env.sent_count(late.order_id, "payments.settle:void").await?;
     assert_eq!(voids, 2, "the authorization that arrived is voided");
     Ok(())
 }

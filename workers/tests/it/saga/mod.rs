@@ -216,6 +216,11 @@ impl SagaEnv {
             .collect())
     }
 
+    /// How many of the order's commands were sent as `short` (see [`sent`](Self::sent)).
+    pub async fn sent_count(&self, order_id: Uuid, short: &str) -> anyhow::Result<usize> {
+        Ok(self.sent(order_id).await?.iter().filter(|c| *c == short).count())
+    }
+
     /// Events on EVT of `subject` about `order_id`.
     pub async fn events(&self, subject: &str, order_id: Uuid) -> anyhow::Result<usize> {
         let stream = self.js.get_stream("EVT").await?;

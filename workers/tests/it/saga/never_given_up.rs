@@ -9,9 +9,16 @@ use souk_workers::orders::saga::{MAX_ATTEMPTS, Swept, sweep};
 
 use super::{SagaEnv, drive_to, exhausted, order, payment, replies};
 
-/// How many of the order's commands were sent as `short` (see `SagaEnv::sent`).
-async fn sent_count(env: &SagaEnv, order_id: uuid::Uuid, short: &str) -> anyhow::Result<usize> {
-    Ok(env.sent(order_id).await?.iter().filter(|c| *c == short).count())
+/// Place `cmd` and cancel it for want of stock, before any money moved.
+async fn cancelled_out_of_stock(
+    env: &SagaEnv,
+    cmd: &souk_pipelines::orders::PlaceOrder,
+) -> anyhow::Result<()> {
+    env.place(cmd).await?;
+    env.until(cmd.order_id, "reserving").await?;
+    env.reply(&replies::rejected(cmd, &cmd.lines[0].sku)).await?;
+    env.until(cmd.order_id, "cancelled").await?;
+    Ok(())
 }
 
 /// Sweep `times` times, an hour apart from `from`; returns the last clock used.
@@ -116,7 +123,7 @@ async fn a_void_out_of_retries_is_sent_again_until_done() -> anyhow::Result<()> 
     // Re-sent at every deadline, past the attempts of a step that gives up.
     let now = sweep_hours(&env, Utc::now(), 5).await?;
     assert_eq!(env.saga(refused.order_id).await?.state, "voiding");
-    assert_eq!(sent_count(&env, refused.order_id, "payments.settle:void").await?, 6);
+    assert_eq!(env.sent_count(refused.order_id, "payments.settle:void").await?, 6);
     let stuck = sagas::list(&env.db.pool, None, true, 10).await?;
     assert!(stuck.iter().any(|s| s.order_id == refused.order_id), "sent 6 times: shown as stuck");
     env.reply(&payment(&refused, Operation::Void, None)).await?;
@@ -125,10 +132,7 @@ async fn a_void_out_of_retries_is_sent_again_until_done() -> anyhow::Result<()> 
 
     // An authorization that turns up after the cancel: voided as a step of its own,
     // the order cancelled throughout.
-    env.place(&late).await?;
-    env.until(late.order_id, "reserving").await?;
-    env.reply(&replies::rejected(&late, "SKU-B")).await?;
-    env.until(late.order_id, "cancelled").await?;
+    cancelled_out_of_stock(&env, &late).await?;
     env.reply(&payment(&late, Operation::Authorize, None)).await?;
     env.until(late.order_id, "voiding_late").await?;
     assert_eq!(env.order_status(late.order_id).await?.0, "cancelled");
@@ -136,7 +140,7 @@ async fn a_void_out_of_retries_is_sent_again_until_done() -> anyhow::Result<()> 
     super::settle(&env).await?;
     sweep_hours(&env, now, 4).await?;
     assert_eq!(env.saga(late.order_id).await?.state, "voiding_late");
-    assert_eq!(sent_count(&env, late.order_id, "payments.settle:void").await?, 5);
+    assert_eq!(env.sent_count(late.order_id, "payments.settle:void").await?, 5);
     let refused =
         souk_workers::orders::saga::operator::compensate(&env.db.pool, late.order_id, "cli:ops").await;
     assert!(
@@ -162,21 +166,18 @@ async fn a_late_capture_and_a_capture_held_by_its_provider_are_never_given_up() 
     drive_to(&env, &held, "capturing").await?;
     let now = sweep_hours(&env, Utc::now(), 5).await?;
     assert_eq!(env.saga(held.order_id).await?.state, "capturing", "still waiting for the capture");
-    assert_eq!(sent_count(&env, held.order_id, "payments.settle:capture").await?, 6);
+    assert_eq!(env.sent_count(held.order_id, "payments.settle:capture").await?, 6);
     env.reply(&payment(&held, Operation::Capture, None)).await?;
     env.until(held.order_id, "fulfilling").await?;
 
-    env.place(&late).await?;
-    env.until(late.order_id, "reserving").await?;
-    env.reply(&replies::rejected(&late, "SKU-B")).await?;
-    env.until(late.order_id, "cancelled").await?;
+    cancelled_out_of_stock(&env, &late).await?;
     env.reply(&payment(&late, Operation::Capture, None)).await?;
     env.until(late.order_id, "refunding").await?;
     env.reply(&payment(&late, Operation::Refund, exhausted())).await?;
     super::settle(&env).await?;
     sweep_hours(&env, now, 5).await?;
     assert_eq!(env.saga(late.order_id).await?.state, "refunding", "the refund is still sent");
-    assert_eq!(sent_count(&env, late.order_id, "payments.settle:refund").await?, 6);
+    assert_eq!(env.sent_count(late.order_id, "payments.settle:refund").await?, 6);
     env.reply(&payment(&late, Operation::Refund, None)).await?;
     env.until(late.order_id, "cancelled").await?;
     Ok(())
@@ -201,8 +202,8 @@ async fn a_fulfilment_request_or_answer_lost_is_sent_again_and_answered_again() 
     let swept = sweep(&env.db.pool, a_day + Duration::hours(1), 100).await?;
     assert_eq!(swept, Swept { resent: 1, compensated: 0, waiting: 0 });
     super::settle(&env).await?;
-    assert_eq!(sent_count(&env, id, "fulfilment.request:s1").await?, 1);
-    assert_eq!(sent_count(&env, id, "fulfilment.request:s2").await?, 2);
+    assert_eq!(env.sent_count(id, "fulfilment.request:s1").await?, 1);
+    assert_eq!(env.sent_count(id, "fulfilment.request:s2").await?, 2);
     // Never given up, however long the seller takes.
     let mut later = a_day;
     for _ in 0..2 * MAX_ATTEMPTS {
@@ -212,7 +213,7 @@ async fn a_fulfilment_request_or_answer_lost_is_sent_again_and_answered_again() 
     }
     let saga = env.saga(id).await?;
     assert_eq!(saga.state, "fulfilling");
-    assert_eq!(sent_count(&env, id, "fulfilment.request:s2").await?, 2 + 2 * MAX_ATTEMPTS as usize);
+    assert_eq!(env.sent_count(id, "fulfilment.request:s2").await?, 2 + 2 * MAX_ATTEMPTS as usize);
     // Each request's step is closed when it is sent again: one awaits its reply.
     let open: Vec<_> =
         saga.steps.iter().filter(|s| s.step == "fulfil s2" && s.finished_at.is_none()).collect();
