@@ -2,6 +2,12 @@
 //! checked for primary account numbers (13–19 digits passing the Luhn check, written
 //! plain or in groups separated by single spaces, dashes, dots or underscores) so one
 //! pasted by mistake is refused at the door.
+//!
+//! A number is read where it stands as a word of its own, as data-loss scanners'
+//! `\b`-bounded patterns read it: digits glued to letters (`a41111111111111111f`) are part
+//! of an identifier — a hex digest, a UUID without dashes, a random key — and without
+//! this about one random 32-hex-digit key in five hundred "held a card number" and was
+//! refused on every retry.
 
 /// Characters that may separate the digit groups of a written card number.
 fn is_separator(c: char) -> bool {
@@ -39,9 +45,30 @@ pub fn looks_like_pan(text: &str) -> bool {
                 i += c.len_utf8();
             }
         }
-        return scan(&masked);
+        return scan(&without_mixed_words(&masked));
     }
-    scan(text)
+    scan(&without_mixed_words(text))
+}
+
+/// `text` with each word (a run of letters and digits) that mixes both replaced by one
+/// letter, so its digits are never read as a number.
+fn without_mixed_words(text: &str) -> std::borrow::Cow<'_, str> {
+    let is_mixed =
+        |word: &str| word.chars().any(|c| c.is_ascii_digit()) && word.chars().any(|c| !c.is_ascii_digit());
+    if !text.split(|c: char| !c.is_alphanumeric()).any(is_mixed) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(char::is_alphanumeric) {
+        out.push_str(&rest[..start]);
+        let len = rest[start..].find(|c: char| !c.is_alphanumeric()).unwrap_or(rest.len() - start);
+        let word = &rest[start..start + len];
+        out.push_str(if is_mixed(word) { "w" } else { word });
+        rest = &rest[start + len..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
 }
 
 fn scan(text: &str) -> bool {
@@ -141,6 +168,53 @@ mod tests {
         assert!(looks_like_pan("41111111-1111-7118-8111-111111111111 4111 1111 1111 1111"));
         // Not UUID-shaped (a digit too many): read as digits.
         assert!(looks_like_pan("41111111-1111-7118-8111-1111111111112"));
+    }
+
+    #[test]
+    fn digits_glued_to_letters_are_part_of_an_identifier() {
+        for text in [
+            "a4111111111111111",
+            "4111111111111111f",
+            "bench-9e4111111111111111ab-7",
+            "key_ab4111-1111-1111-1111",
+        ] {
+            assert!(!looks_like_pan(text), "{text}");
+        }
+        // Letters beside the number, but not glued to it: still a card number.
+        for pan in [
+            "card:4111111111111111",
+            "tok_4111111111111111",
+            "card 4111-1111-1111-1111 ok",
+            "n°4111111111111111",
+        ] {
+            assert!(looks_like_pan(pan), "{pan}");
+        }
+    }
+
+    /// Random hex keys, as clients make them (a UUID without dashes, a SHA-1 or SHA-256
+    /// digest), are never refused as card numbers.
+    #[test]
+    fn random_hex_identifiers_are_never_card_numbers() {
+        use std::fmt::Write;
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            // xorshift64*: a fixed sequence, so a failure repeats.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        for _ in 0..20_000 {
+            for len in [32, 40, 64] {
+                let mut hex = String::with_capacity(len);
+                while hex.len() < len {
+                    let _ = write!(hex, "{:016x}", next());
+                }
+                hex.truncate(len);
+                assert!(!looks_like_pan(&hex), "{hex}");
+                assert!(!looks_like_pan(&format!("order-{hex}-3")), "order-{hex}-3");
+            }
+        }
     }
 
     #[test]

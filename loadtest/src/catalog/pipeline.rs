@@ -89,7 +89,7 @@ pub async fn write_all(
     tokens: Arc<Tokens>,
     writers: usize,
 ) -> anyhow::Result<Writes> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
+    let run = crate::http::key_run();
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..writers.max(1) {
@@ -291,7 +291,7 @@ pub async fn probe_freshness(
     let (mut probes, mut timed_out, mut refused) = (0u64, 0u64, 0u64);
     let mut failed = BTreeMap::new();
     let token = tokens.sellers.get(PROBE_SELLER).cloned().unwrap_or_default();
-    let run = uuid::Uuid::new_v4().simple().to_string();
+    let run = crate::http::key_run();
     while !stop.is_cancelled() {
         probes += 1;
         // A word no generated title has, new for every probe: found means this write.

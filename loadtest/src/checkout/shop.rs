@@ -221,7 +221,7 @@ pub struct Checkout {
 impl Checkout {
     pub fn op(self, buyers: Vec<Buyer>, confirmed: Confirmations) -> Op {
         let idle = Idle(Arc::new(Mutex::new(buyers)));
-        let run = Uuid::new_v4().simple().to_string();
+        let run = crate::http::key_run();
         let next = Arc::new(AtomicU64::new(0));
         let this = Arc::new(self);
         Arc::new(move || {
