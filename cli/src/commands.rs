@@ -238,6 +238,7 @@ pub async fn dashboard(config: &Config, listen: std::net::SocketAddr) -> anyhow:
     }
     let keys = app::signing_keys(config, config.jwt_keys.is_empty())?;
     let cancel = tokio_util::sync::CancellationToken::new();
+    let actions = tokio_util::task::TaskTracker::new();
     let router = souk_dashboard::router(souk_dashboard::DashboardOptions {
         nats,
         pool,
@@ -247,6 +248,7 @@ pub async fn dashboard(config: &Config, listen: std::net::SocketAddr) -> anyhow:
         write_timeout: config.write_timeout,
         refresh: souk_dashboard::DEFAULT_REFRESH,
         cancel: cancel.clone(),
+        actions: actions.clone(),
     });
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -261,5 +263,6 @@ pub async fn dashboard(config: &Config, listen: std::net::SocketAddr) -> anyhow:
         })
         .await
         .context("serving the dashboard")?;
+    souk_dashboard::finish_actions(&actions, souk_dashboard::ACTIONS_DRAIN).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -152,6 +152,7 @@ impl Node {
         let mut http_addr = None;
         if let Some((listener, keys)) = options.ingress {
             http_addr = listener.local_addr().ok();
+            let actions = tokio_util::task::TaskTracker::new();
             let dashboard = options.dashboard.map(|refresh| {
                 souk_dashboard::router(souk_dashboard::DashboardOptions {
                     nats: options.nats.clone(),
@@ -162,6 +163,7 @@ impl Node {
                     write_timeout: options.write_timeout,
                     refresh,
                     cancel: cancel.clone(),
+                    actions: actions.clone(),
                 })
             });
             let mut ingress = Ingress::build(IngressOptions {
@@ -190,6 +192,8 @@ impl Node {
                 if let Err(e) = ingress.serve(listener, stop).await {
                     tracing::error!(error = %e, "ingress stopped");
                 }
+                // Operators' actions outlive the requests that started them.
+                souk_dashboard::finish_actions(&actions, souk_dashboard::ACTIONS_DRAIN).await;
             });
         }
         if let Some((listener, handle)) = options.metrics {

@@ -24,7 +24,7 @@ use souk_ingress::Keys;
 use souk_stores::postgres::outbox::PgOutbox;
 use souk_topologies::{Topology, control::Controls, publisher::Publisher};
 use std::{sync::Arc, time::Duration};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub mod auth;
 mod charts;
@@ -50,6 +50,27 @@ pub struct DashboardOptions {
     pub refresh: Duration,
     /// Ends the live streams (the server's graceful shutdown waits for open requests).
     pub cancel: CancellationToken,
+    /// Where operators' dead-letter actions run, each in a task of its own: a stopping
+    /// process waits for them ([`finish_actions`]) after its server stopped, so one
+    /// whose browser hung up still finishes and is recorded.
+    pub actions: TaskTracker,
+}
+
+/// How long a stopping process waits for operators' actions still running.
+pub const ACTIONS_DRAIN: Duration = Duration::from_secs(30);
+
+/// Let the actions running in `actions` finish, for at most `bound`: true when they all
+/// did. One cut off still has its `-begun` row (`souk_stores::operate`).
+pub async fn finish_actions(actions: &TaskTracker, bound: Duration) -> bool {
+    actions.close();
+    let finished = tokio::time::timeout(bound, actions.wait()).await.is_ok();
+    if !finished {
+        tracing::warn!(
+            running = actions.len(),
+            "operators' actions still running at exit: cut off (each is on record as begun)"
+        );
+    }
+    finished
 }
 
 impl std::fmt::Debug for DashboardOptions {
@@ -73,6 +94,7 @@ pub(crate) struct State {
     pub controls: tokio::sync::OnceCell<Controls>,
     pub refresh: Duration,
     pub cancel: CancellationToken,
+    pub actions: TaskTracker,
 }
 
 impl State {
@@ -97,6 +119,7 @@ pub fn router(options: DashboardOptions) -> axum::Router {
         controls: tokio::sync::OnceCell::new(),
         refresh: options.refresh,
         cancel: options.cancel,
+        actions: options.actions,
     });
     routes::build(state)
 }

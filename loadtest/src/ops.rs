@@ -113,6 +113,7 @@ async fn measure(db_url: &str, nats_url: &str, o: &OpsArgs) -> anyhow::Result<()
         write_timeout: Duration::from_secs(5),
         refresh: souk_dashboard::DEFAULT_REFRESH,
         cancel: cancel.clone(),
+        actions: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -6,13 +6,17 @@
 //! **Recording.** Postgres is checked before anything is done, so an action that could
 //! not be recorded is not taken. A pool change is recorded in a transaction committed
 //! only after the control bucket took the change (a refused change leaves no row).
-//! A dead-letter action cannot share a transaction with JetStream: its row is written
-//! after the work, listing what was done and what failed, one row per command. The same
-//! transaction updates the records `souk trace` keeps of those dead letters (table
-//! `dead_letters`): a purged dead letter's record goes, a redriven one's says when. A
-//! row that cannot be written after the work is [`Error::NotRecorded`], naming what was
-//! done — never an error that reads as "nothing done". The dashboard runs an action in
-//! a task of its own, so a browser that hangs up does not cut it short unrecorded.
+//! A dead-letter action cannot share a transaction with JetStream: it is recorded
+//! twice. Before anything is done, a `dlq.redrive-begun`/`dlq.purge-begun` row names
+//! the actor and the letters chosen — an action cut off half-way (a killed CLI, a node
+//! stopped by a deploy) is still on record, and `souk dlq list` shows what is left.
+//! After the work, the `dlq.redrive`/`dlq.purge` row lists what was done and what
+//! failed, and names its `begun` row. That transaction also updates the records
+//! `souk trace` keeps of those dead letters (table `dead_letters`): a purged dead
+//! letter's record goes, a redriven one's says when. A row that cannot be written after
+//! the work is [`Error::NotRecorded`], naming what was done — never an error that reads
+//! as "nothing done". The dashboard runs an action in a task of its own, so a browser
+//! that hangs up does not cut it short, and a stopping node waits for it.
 
 use crate::postgres::{follow as journal, operator_actions};
 use serde_json::json;
@@ -91,8 +95,8 @@ pub async fn redrive(
     actor: &Actor,
     selection: &Selection,
 ) -> Result<RedriveReport, Error> {
-    db.acquire().await?;
     let letters = dead_letters::select(publisher.jetstream(), selection).await?;
+    let begun = begin(db, actor, "dlq.redrive", selection, &letters).await?;
     let mut report = RedriveReport::default();
     for letter in &letters {
         match dead_letters::redrive(publisher, letter.seq).await {
@@ -101,6 +105,7 @@ pub async fn redrive(
         }
     }
     let details = json!({
+        "begun": begun,
         "selection": describe(selection),
         "sequences": letters.iter().map(|d| d.seq).collect::<Vec<_>>(),
         "redriven": report.redriven,
@@ -150,10 +155,11 @@ pub async fn purge(
     selection: &Selection,
     letters: &[dead_letters::DeadLetter],
 ) -> Result<PurgeReport, Error> {
-    db.acquire().await?;
+    let begun = begin(db, actor, "dlq.purge", selection, letters).await?;
     let seqs: Vec<u64> = letters.iter().map(|d| d.seq).collect();
     let purged = dead_letters::purge(js, &seqs).await;
-    let details = json!({ "selection": describe(selection), "sequences": seqs, "result": purged });
+    let details =
+        json!({ "begun": begun, "selection": describe(selection), "sequences": seqs, "result": purged });
     let recorded = async {
         let mut tx = db.begin().await?;
         journal::forget_dead_letters(&mut *tx, dead_letters::STREAM, &purged.deleted).await?;
@@ -205,6 +211,23 @@ pub async fn change_pool(
         )));
     }
     Ok((before, after))
+}
+
+/// Record that `actor` begins `action` (`dlq.redrive`, `dlq.purge`) on `letters`, as
+/// `<action>-begun`, before anything is done: Postgres refusing it stops the action.
+async fn begin(
+    db: &sqlx::PgPool,
+    actor: &Actor,
+    action: &str,
+    selection: &Selection,
+    letters: &[dead_letters::DeadLetter],
+) -> Result<i64, Error> {
+    let details = json!({
+        "selection": describe(selection),
+        "sequences": letters.iter().map(|d| d.seq).collect::<Vec<_>>(),
+    });
+    let begun = format!("{action}-begun");
+    Ok(operator_actions::record(db, &actor.0, &begun, &target_of(letters), &details).await?)
 }
 
 fn describe(selection: &Selection) -> serde_json::Value {

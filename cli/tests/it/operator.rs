@@ -153,14 +153,27 @@ async fn operators_list_show_redrive_purge_and_control_pools_and_every_action_is
     assert_eq!(
         what,
         [
+            ("cli:ada", "dlq.redrive-begun", "orders-place"),
             ("cli:ada", "dlq.redrive", "orders-place"),
+            ("cli:ada", "dlq.purge-begun", "orders-place"),
             ("cli:ada", "dlq.purge", "orders-place"),
             ("grace", "pool.pause", "orders"),
             ("cli:ada", "pool.scale", "orders"),
         ]
     );
+    // A dead-letter action is on record before it acts, and its outcome names that row.
     assert_eq!(recorded[0].3["sequences"], serde_json::json!([1]));
-    assert_eq!(recorded[1].3["result"]["deleted"], serde_json::json!([2]));
-    assert_eq!(recorded[3].3["after"]["concurrency"], 8);
+    assert_eq!(recorded[1].3["sequences"], serde_json::json!([1]));
+    let pool = sqlx::PgPool::connect(&db.url).await?;
+    let names_its_begun: bool = sqlx::query_scalar(
+        "select bool_and((d.details->>'begun')::bigint = b.id) from operator_actions d
+         join operator_actions b on b.action = d.action || '-begun' where d.action like 'dlq.%' and d.action not like '%-begun'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert!(names_its_begun);
+    assert_eq!(recorded[2].3["sequences"], serde_json::json!([2]));
+    assert_eq!(recorded[3].3["result"]["deleted"], serde_json::json!([2]));
+    assert_eq!(recorded[5].3["after"]["concurrency"], 8);
     Ok(())
 }

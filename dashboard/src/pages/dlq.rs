@@ -308,10 +308,10 @@ async fn act(
     let actor = Actor(op.sub.clone());
     // In a task of its own: a client that hangs up (a closed tab, a proxy's read
     // timeout) drops this handler, and would otherwise cut a long redrive or purge off
-    // half done and unrecorded (found in review).
+    // half done and unrecorded (found in review). A stopping process waits for it.
     let task = {
         let (state, actor) = (state.clone(), actor.clone());
-        tokio::spawn(async move {
+        state.clone().actions.spawn(async move {
             let outcome = match act {
                 Act::Redrive => {
                     operate::redrive(&state.publisher, &state.db, &actor, &selection).await.map(Done::Redrive)

@@ -134,7 +134,9 @@ async fn a_login_gives_a_strict_http_only_cookie_and_actions_need_its_csrf_token
     assert_eq!(
         actions(&stack).await?,
         [
+            ("olga", "dlq.redrive-begun", "fulfilment"),
             ("olga", "dlq.redrive", "fulfilment"),
+            ("olga", "dlq.purge-begun", "fulfilment"),
             ("olga", "dlq.purge", "fulfilment"),
             ("olga", "pool.pause", "fulfilment")
         ]
@@ -247,9 +249,10 @@ async fn a_redrive_whose_client_hangs_up_is_still_recorded_and_one_not_recorded_
         }
     };
 
-    // The record waits behind a lock while the client gives up.
+    // The outcome's record waits behind a lock (on the dead letters' records, written in
+    // its transaction) while the client gives up.
     let mut lock = stack.db.pool.begin().await?;
-    sqlx::query("lock table operator_actions in exclusive mode").execute(&mut *lock).await?;
+    sqlx::query("lock table dead_letters in exclusive mode").execute(&mut *lock).await?;
     let form = vec![
         ("csrf", csrf.clone()),
         ("scope", "selected".into()),
@@ -280,7 +283,8 @@ async fn a_redrive_whose_client_hangs_up_is_still_recorded_and_one_not_recorded_
     .execute(&stack.db.pool)
     .await?;
     sqlx::query(
-        "create trigger refuse before insert on operator_actions for each row execute function refuse()",
+        "create trigger refuse before insert on operator_actions for each row
+         when (new.action = 'dlq.redrive') execute function refuse()",
     )
     .execute(&stack.db.pool)
     .await?;
@@ -295,6 +299,53 @@ async fn a_redrive_whose_client_hangs_up_is_still_recorded_and_one_not_recorded_
         "{err:?}"
     );
     assert!(!kept(again).await?, "it was done");
+    Ok(())
+}
+
+/// Found in review: a node stopped (a deploy) while a dashboard redrive ran, after its
+/// browser hung up, dropped the action half done with no record. The node now waits for
+/// it, and it is on record as begun before it acts.
+#[tokio::test]
+async fn a_node_stopped_during_an_action_lets_it_finish_and_record_it() -> anyhow::Result<()> {
+    let mut stack = souk_testkit::Stack::start_with(souk_testkit::StackOptions {
+        dashboard: Some(Duration::from_millis(500)),
+        write_timeout: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await?;
+    let http = client()?;
+    let (cookie, csrf) = logged_in(&stack, &http).await?;
+    // A stream that stores without acking: the redrive waits for its PubAck (the write
+    // timeout), as a long redrive of many letters is still running.
+    stack
+        .js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "HOLD".into(),
+            subjects: vec!["hold.>".into()],
+            no_ack: true,
+            ..Default::default()
+        })
+        .await?;
+    let seq = dead_letter(&stack, "fulfilment", "hold.x", "boom").await?;
+    let form = vec![
+        ("csrf", csrf.clone()),
+        ("scope", "selected".into()),
+        ("seq", seq.to_string()),
+        ("confirmed", "yes".into()),
+    ];
+    let request =
+        http.post(format!("{}/ops/dlq/redrive", stack.base)).header(header::COOKIE, &cookie).form(&form);
+    let client = tokio::spawn(request.send());
+    eventually(Duration::from_secs(20), || async {
+        let begun = actions(&stack).await?.iter().any(|(_, action, _)| action == "dlq.redrive-begun");
+        anyhow::Ok(begun.then_some(()))
+    })
+    .await?;
+    client.abort();
+    let _ = client.await;
+    stack.stop_node().await;
+    let recorded: Vec<String> = actions(&stack).await?.into_iter().map(|(_, action, _)| action).collect();
+    assert_eq!(recorded, ["dlq.redrive-begun", "dlq.redrive"], "stopping waited for the action's outcome");
     Ok(())
 }
 

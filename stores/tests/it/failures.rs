@@ -175,3 +175,96 @@ async fn a_dead_letters_record_goes_when_it_is_purged_or_the_stream_drops_it() -
     assert_eq!(seqs().await?, [i64::try_from(fresh)?], "the dead letter still stored keeps its record");
     Ok(())
 }
+
+/// A dead-letter action cut off half-way (a killed CLI, a node stopped by a deploy) is
+/// still on record: the row naming who began it and on which letters is written before
+/// anything is done (found in review: the only row was written after the work, so an
+/// action stopped mid-way left none). And one Postgres will not record is not done.
+#[tokio::test]
+async fn a_dead_letter_action_is_on_record_before_it_acts() -> anyhow::Result<()> {
+    let (nats, db) = tokio::try_join!(NatsServer::start(), db())?;
+    let client = nats.client().await?;
+    let js = async_nats::jetstream::new(client.clone());
+    souk_topologies::apply::apply(&js, &souk_testkit::shipped_topology()?, Mode::Apply).await?;
+    // A stream that stores without ever acking: the redrive's publish waits for its
+    // PubAck until the test stops it, as a long action is stopped mid-way.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "HOLD".into(),
+        subjects: vec!["hold.>".into()],
+        no_ack: true,
+        ..Default::default()
+    })
+    .await?;
+    let dead_letter = |subject: &'static str| {
+        let js = js.clone();
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("souk-dlq-consumer", "orders-place");
+            h.insert("souk-dlq-subject", subject);
+            h.insert("souk-dlq-error", "boom");
+            anyhow::Ok(
+                js.publish_with_headers("souk.dlq.orders-place", h, "{}".into()).await?.await?.sequence,
+            )
+        }
+    };
+    let kept = |seq: u64| {
+        let js = js.clone();
+        async move { anyhow::Ok(js.get_stream("DLQ").await?.get_raw_message(seq).await.is_ok()) }
+    };
+    let actions = || async {
+        anyhow::Ok(
+            sqlx::query_as::<_, (String, String, serde_json::Value)>(
+                "select actor, action, details from operator_actions order by id",
+            )
+            .fetch_all(&db.pool)
+            .await?,
+        )
+    };
+    let actor = Actor("ops:test".into());
+
+    let held = dead_letter("hold.x").await?;
+    let publisher = Publisher::new(client.clone(), Duration::from_secs(600));
+    let redrive = tokio::spawn({
+        let (publisher, pool, actor) = (publisher.clone(), db.pool.clone(), actor.clone());
+        async move { operate::redrive(&publisher, &pool, &actor, &Selection::Seqs(vec![held])).await }
+    });
+    souk_testkit::eventually(Duration::from_secs(20), || async {
+        anyhow::Ok((!actions().await?.is_empty()).then_some(()))
+    })
+    .await?;
+    redrive.abort();
+    assert!(redrive.await.is_err_and(|e| e.is_cancelled()), "stopped mid-way, before its outcome");
+    assert_eq!(
+        actions().await?,
+        [(
+            "ops:test".into(),
+            "dlq.redrive-begun".into(),
+            serde_json::json!({
+                "selection": { "sequences": [held] },
+                "sequences": [held],
+            })
+        )]
+    );
+    assert!(kept(held).await?, "its publish was never acked: the dead letter stays");
+
+    // Postgres refuses the record: nothing is done.
+    sqlx::query(
+        "create function refuse() returns trigger language plpgsql as $$ begin raise exception 'refused'; end $$",
+    )
+    .execute(&db.pool)
+    .await?;
+    sqlx::query(
+        "create trigger refuse before insert on operator_actions for each row execute function refuse()",
+    )
+    .execute(&db.pool)
+    .await?;
+    let letter = dead_letter("souk.cmd.orders.place").await?;
+    let chosen = Selection::Seqs(vec![letter]);
+    let err = operate::redrive(&publisher, &db.pool, &actor, &chosen).await.expect_err("not recorded");
+    assert!(matches!(err, operate::Error::Record(_)), "{err:?}");
+    let letters = operate::purge_preview(&js, &chosen).await?;
+    let err = operate::purge(&js, &db.pool, &actor, &chosen, &letters).await.expect_err("not recorded");
+    assert!(matches!(err, operate::Error::Record(_)), "{err:?}");
+    assert!(kept(letter).await?, "neither redriven nor purged");
+    Ok(())
+}
