@@ -267,6 +267,22 @@ pub async fn authorize_attempt_started(
     Ok(logged.then_some(id))
 }
 
+/// Whether a call under `key` logged in the last `in_flight` is still `pending`:
+/// another delivery's call the provider may not have answered yet (or answered, with
+/// its transaction not yet committed). A delivery out of budget must not record the
+/// key's answer while one may still move money under it.
+pub async fn call_in_flight(pool: &PgPool, key: &str, in_flight: std::time::Duration) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from payment_attempts
+         where idempotency_key = $1 and outcome = 'pending'
+           and at > clock_timestamp() - make_interval(secs => $2))",
+    )
+    .bind(key)
+    .bind(in_flight.as_secs_f64())
+    .fetch_one(pool)
+    .await?)
+}
+
 /// `provider` answered for `key`: its calls still logged as under way end `answered`
 /// — in the transaction recording the answer, so a happy call costs no transaction of
 /// its own to close its log line. (Until then the line reads `pending`, which counts as

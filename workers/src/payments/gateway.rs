@@ -366,10 +366,19 @@ impl Gateway {
     }
 
     /// The budget is spent: exhausted, unless a provider turns out to hold money under
-    /// the key (then its answer), or may and cannot say (then the command waits).
+    /// the key (then its answer), or may and cannot say (then the command waits) — or
+    /// another delivery's call under the key is still under way (then this one waits
+    /// for it: found in review, a capture re-sent after an outage failed out of budget
+    /// while the original's call was being approved, recorded "exhausted" as the key's
+    /// answer, and the approval was dropped — the buyer charged for an order unwound).
     async fn exhausted(&self, key: &str, tally: Tally) -> Result<Decision, GatewayError> {
         if let Elsewhere::Answered(found) = self.answered_elsewhere(key, None, None).await? {
             return Ok(found);
+        }
+        if payments::call_in_flight(&self.pool, key, CALL_IN_FLIGHT).await? {
+            return Err(GatewayError::KeyBusy(format!(
+                "out of budget, but another delivery's call under {key} may still be answered; waiting for it"
+            )));
         }
         let last_error = match tally.last_error.is_empty() {
             true => "no provider available".to_owned(),

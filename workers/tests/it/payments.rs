@@ -639,6 +639,44 @@ async fn an_exhausted_capture_stays_the_keys_answer_and_an_exhausted_void_is_tri
     Ok(())
 }
 
+/// Found in review: a capture re-sent after an outage ran beside the original; the
+/// copy ran out of budget while the original's call was still under way, recorded
+/// "exhausted" as the key's answer, and the original's approval was then dropped —
+/// the buyer charged, the order unwound. Out of budget while another delivery's call
+/// under the key may still be answered, a delivery waits (key busy) instead.
+#[tokio::test]
+async fn a_delivery_out_of_budget_waits_for_another_deliverys_call_under_its_key() -> anyhow::Result<()> {
+    let retry = RetryOptions { breaker_failures: 1_000, ..test_payment_retry() };
+    let env = pay_env(retry, Faults::default()).await?;
+    let cmd = authorize("tok_ok", 600);
+    env.send("auth", &cmd).await?;
+    let authorized = env.result_of(cmd.order_id, Operation::Authorize).await?;
+    let payment_id = authorized.provider_payment_id.clone().unwrap_or_default();
+    // Every capture call is reset unprocessed (status queries are answered: nothing held).
+    env.primary.set_faults(Faults { reset_rate: 1.0, ..Faults::default() }).map_err(anyhow::Error::msg)?;
+    let key = idempotency_key(cmd.order_id, Operation::Capture);
+    let capture =
+        pay::Settle { key: &key, operation: Operation::Capture, payment_id: &payment_id, amount_minor: 600 };
+    // The other delivery's call, logged and not yet answered (dated ahead, so it stays
+    // "under way" however slow this machine is).
+    ledger::attempt_started(&env.db.pool, &key, &env.primary_name).await?;
+    sqlx::query("update payment_attempts set at = now() + interval '1 hour' where idempotency_key = $1")
+        .bind(&key)
+        .execute(&env.db.pool)
+        .await?;
+    let waited = env.gateway.settle(&env.primary_name, &capture).await;
+    assert!(matches!(waited, Err(pay::GatewayError::KeyBusy(_))), "{waited:?}");
+    // A crashed worker's line, older than any call: out of budget is the answer.
+    sqlx::query("update payment_attempts set at = now() - interval '1 minute' where idempotency_key = $1")
+        .bind(&key)
+        .execute(&env.db.pool)
+        .await?;
+    let exhausted = env.gateway.settle(&env.primary_name, &capture).await?;
+    assert!(matches!(exhausted, pay::Decision::Exhausted { .. }), "{exhausted:?}");
+    assert_eq!(env.primary.effects(&key), 0);
+    Ok(())
+}
+
 /// A void refused by the ledger because no authorization is recorded yet — the saga gave
 /// up while the authorize was held — does not use up the void's key: when the
 /// authorization arrives, the saga's void under the same key voids it. (Found in review:
