@@ -74,6 +74,10 @@ impl Message for SettlePayment {
     const VERSION: u16 = 1;
 }
 
+/// The decline code of a capture or void the ledger refuses because the payment is
+/// captured already: for a void, the saga reads it as the capture (and refunds).
+pub const ALREADY_CAPTURED: &str = "already_captured";
+
 /// Why a payment operation did not succeed, as the saga needs to decide.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]

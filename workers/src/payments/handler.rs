@@ -213,7 +213,7 @@ impl PaymentsHandler {
                 Some(("voided", "the authorization was voided".into()))
             }
             Operation::Capture | Operation::Void if auth.captured_minor.is_some() => {
-                Some(("already_captured", "the payment was captured".into()))
+                Some((souk_pipelines::payments::ALREADY_CAPTURED, "the payment was captured".into()))
             }
             Operation::Capture if cmd.amount_minor > auth.amount_minor => Some((
                 "amount_exceeds_authorization",

@@ -100,6 +100,14 @@ fn read(d: &Delivery) -> Result<Read, ApplyError> {
                 (None, Operation::Capture) => Event::Captured,
                 (None, Operation::Void) => Event::Voided,
                 (None, Operation::Refund) => Event::Refunded,
+                // A void refused because the payment is captured: the money moved (a
+                // capture whose answer the saga never had — found in review, the saga
+                // ended cancelled and kept it). Read as the capture, so it is refunded.
+                (Some(PaymentFailure::Declined { code, .. }), Operation::Void)
+                    if code == souk_pipelines::payments::ALREADY_CAPTURED =>
+                {
+                    Event::Captured
+                }
                 (Some(f), op) => {
                     let (declined, detail) = match f {
                         PaymentFailure::Declined { code, message } => (true, format!("{message} ({code})")),

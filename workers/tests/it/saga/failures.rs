@@ -235,3 +235,27 @@ async fn the_sweeper_resumes_a_lost_reply_and_compensates_a_saga_past_its_attemp
     );
     Ok(())
 }
+
+/// Found in review: a void the payments pool refuses because the payment is captured
+/// (a capture whose answer the saga never had: the capture step given up by an
+/// operator, its answer lost with a re-created stream) ended the saga `cancelled`,
+/// keeping the buyer's money. The refusal is read as the capture: it is refunded.
+#[tokio::test]
+async fn a_void_refused_as_captured_refunds_the_capture() -> anyhow::Result<()> {
+    let env = SagaEnv::start().await?;
+    let cmd = order(&[("SKU-A", "s1", 1, 700)]);
+    env.place(&cmd).await?;
+    drive_to(&env, &cmd, "committing").await?;
+    env.reply(&replies::committed(&cmd, false)).await?;
+    env.until(cmd.order_id, "voiding").await?;
+    let refused = Some(PaymentFailure::Declined {
+        code: souk_pipelines::payments::ALREADY_CAPTURED.into(),
+        message: "the payment was captured".into(),
+    });
+    env.reply(&payment(&cmd, Operation::Void, refused)).await?;
+    env.until(cmd.order_id, "refunding").await?;
+    assert_eq!(env.sent(cmd.order_id).await?.last().map(String::as_str), Some("payments.settle:refund"));
+    env.reply(&payment(&cmd, Operation::Refund, None)).await?;
+    env.until(cmd.order_id, "cancelled").await?;
+    Ok(())
+}
