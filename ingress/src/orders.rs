@@ -255,7 +255,9 @@ pub(crate) fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
 /// sellers), `shipped` (every seller shipped) or `cancelled` with the `reason` for the
 /// buyer; `failed` with the `reason` when its command was dead-lettered (a redrive that
 /// succeeds moves it on) — or `pending` while the command is in flight. `saga` shows
-/// where the saga is and each step with its time. Buyers read their own orders; `support` and
+/// where the saga is and each step with its time (a buyer sees each step's outcome as a
+/// word — `ok`, `declined`, `failed` …; `support` and `admin` the full log, with the
+/// providers' errors and who acted). Buyers read their own orders; `support` and
 /// `admin` read any order of their tenant.
 #[utoipa::path(
     get,
@@ -308,7 +310,10 @@ pub async fn get(
             .map_err(unavailable)?;
     if let Some(order) = order {
         may_read(&order.tenant, &order.buyer_id)?;
-        let saga = sagas::view(&state.pool, order_id).await.map_err(unavailable)?;
+        let mut saga = sagas::view(&state.pool, order_id).await.map_err(unavailable)?;
+        if !claims.has(Role::Admin) && !claims.has(Role::Support) {
+            saga = saga.map(for_buyer);
+        }
         return Ok(Json(OrderState::Stored(Box::new(StoredOrder { order, saga }))).into_response());
     }
     match owner {
@@ -319,4 +324,22 @@ pub async fn get(
         }
         None => Err(not_found()),
     }
+}
+
+/// The saga as its buyer sees it: each step's outcome by its first word (`ok`,
+/// `declined`, `failed`, `refused`, `ignored` …) and an operator's action as such. The
+/// rest — provider names, their errors and URLs, operators' names — is for `support`
+/// and `admin` (found in review: a buyer read `alpha: … http://10.…` and `by cli:…`).
+fn for_buyer(mut saga: SagaView) -> SagaView {
+    for step in &mut saga.steps {
+        step.outcome = step.outcome.take().map(|outcome| {
+            let word: String = outcome.chars().take_while(char::is_ascii_alphabetic).collect();
+            match word.as_str() {
+                "by" => "changed by support".to_owned(),
+                "" => "recorded".to_owned(),
+                _ => word,
+            }
+        });
+    }
+    saga
 }

@@ -164,6 +164,9 @@ async fn a_seller_cannot_touch_another_sellers_listing_even_with_a_bad_body() ->
     assert!(outcome["reason"].as_str().is_some_and(|r| r.contains("another seller")), "{outcome}");
     let (status, _) = stack.get(&carol, &format!("/v1/catalog/writes/{write_id}")).await?;
     assert_eq!(status, 403, "s1's write is not s2's to read");
+    // A write id is no order (found in review: its claim read as a pending order).
+    let (status, _) = stack.get(&alice, &format!("/v1/orders/{write_id}")).await?;
+    assert_eq!(status, 404, "a write is not an order");
     let (status, product) = stack.get(&carol, "/v1/products/MUG-1").await?;
     assert_eq!((status, &product["title"], &product["seller"]), (200, &json!("Mug, by admin"), &json!("s2")));
     Ok(())

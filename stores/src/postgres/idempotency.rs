@@ -135,12 +135,15 @@ pub async fn claim_isolating(pool: &PgPool, claims: &[Claim]) -> Result<Vec<Resu
 }
 
 /// Who placed `order_id` (tenant, principal), if an ingress accepted it — the order
-/// itself may not be written yet.
+/// itself may not be written yet. Only order claims: a prefixed claim (`<kind> <key>`:
+/// a catalog write, a ship) keeps another kind of id in `order_id`.
 pub async fn owner_of(pool: &PgPool, order_id: Uuid) -> Result<Option<(String, String)>, Error> {
-    Ok(sqlx::query_as("select tenant, principal from idempotency_keys where order_id = $1")
-        .bind(order_id)
-        .fetch_optional(pool)
-        .await?)
+    Ok(sqlx::query_as(
+        "select tenant, principal from idempotency_keys where order_id = $1 and key not like '% %'",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// The record of `key`, if it was claimed (and has not expired): read-only, for a

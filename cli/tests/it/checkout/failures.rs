@@ -88,6 +88,12 @@ async fn declines_and_exhausted_retries_are_cancelled_with_stock_released_and_no
     let failing = buy(&stack, &cara, "5xx", &[("LAMP", 4)], "tok_ok").await?;
     let cancelled = order_reaches(&stack, &cara, failing, &["cancelled"], WAIT).await?;
     assert!(cancelled["reason"].as_str().is_some_and(|r| r.starts_with("payment")), "{cancelled}");
+    // The buyer reads what happened, not the providers' errors (found in review: names,
+    // URLs and status codes were in the reason and the step log).
+    let read = cancelled.to_string();
+    for internal in ["primary", "secondary", "http", "503", "attempts"] {
+        assert!(!read.contains(internal), "{internal} shown to the buyer: {read}");
+    }
     nothing_charged(&stack, failing).await?;
     let calls = format!(
         "select 1 from payment_attempts where idempotency_key = '{}'",

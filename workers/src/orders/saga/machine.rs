@@ -307,12 +307,15 @@ pub fn transition(state: State, event: &Event) -> Transition {
     }
 }
 
-/// The buyer's reason for a payment that failed at `step`.
+/// The buyer's reason for a payment that failed at `step`: a decline with the
+/// provider's words for it (`detail`); otherwise only that no provider answered — the
+/// errors of a call (provider names, URLs, status codes) are the operators' to read,
+/// in the step log (found in review: the buyer's order showed them).
 pub fn payment_reason(step: &str, declined: bool, detail: &str) -> String {
     match (step, declined) {
         (_, true) => format!("payment declined: {detail}"),
-        ("capture", false) => format!("payment could not be captured: {detail}"),
-        _ => format!("payment could not be processed: {detail}"),
+        ("capture", false) => "payment could not be captured: the payment provider did not answer".into(),
+        _ => "payment could not be processed: the payment provider did not answer".into(),
     }
 }
 

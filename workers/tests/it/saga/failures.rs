@@ -77,7 +77,7 @@ async fn each_failure_point_ends_cancelled_with_its_compensations() -> anyhow::R
         (&no_stock, "out of stock: SKU SKU-B"),
         (&declined_card, "payment declined: the card was declined (hard_decline)"),
         (&hold_expired, "the items could not be kept for you: the hold expired"),
-        (&capture_failed, "payment could not be captured: provider timed out (after 5 attempts)"),
+        (&capture_failed, "payment could not be captured: the payment provider did not answer"),
     ] {
         let (status, stored) = env.order_status(cmd.order_id).await?;
         assert_eq!((status.as_str(), stored.as_deref()), ("cancelled", Some(reason)));
