@@ -11,10 +11,18 @@
 //! - a retry after the cart was emptied finds the checkout's lines in `cart_checkouts`
 //!   (written with the emptying, after the PubAck) and gets the same order;
 //! - the same key with another cart, token or total is 422; an empty cart with a key
-//!   never used is 422 `empty-cart`. Nothing is published on any 4xx.
+//!   never used is 422 `empty-cart`. Nothing is published on any 4xx;
+//! - a cart is checked out under one key at a time (claimed first, migration 0028):
+//!   another key's checkout meanwhile is 409 `checkout-in-progress` — two taps made two
+//!   orders of one cart (found in review). A 4xx gives the claim up; a 5xx keeps it
+//!   for [`CHECKOUT_HOLD`] (the command may be stored: only its key's retry goes on).
 
 use axum::{
-    body::Bytes, extract::State, extract::rejection::BytesRejection, http::HeaderMap, response::Response,
+    body::Bytes,
+    extract::State,
+    extract::rejection::BytesRejection,
+    http::{HeaderMap, StatusCode},
+    response::Response,
 };
 use serde::{Deserialize, Serialize};
 use souk_pipelines::orders::check_checkout_fields;
@@ -57,7 +65,8 @@ const CHECKOUT_SHAPE: Shape = Shape { fields: &["payment_token", "expected_total
 /// each named by its place in `GET /v1/cart` (`items[i].sku`); an empty cart is 422
 /// `empty-cart`; another total than `expected_total_minor` is 409 with the current
 /// prices. Retry with the same `Idempotency-Key`: the same cart is the same order (also
-/// once the cart was emptied by it); another cart under the key is 422.
+/// once the cart was emptied by it); another cart under the key is 422. While a
+/// checkout of the cart under another key is under way, 409 `checkout-in-progress`.
 #[utoipa::path(
     post,
     path = "/v1/checkout",
@@ -98,13 +107,50 @@ pub async fn checkout(
     if !errors.is_empty() {
         return Err(Problem::unprocessable("validation", "the checkout is invalid").errors(errors));
     }
+    // One checkout of a cart at a time: claimed before the cart is read.
+    let claimed = carts::begin_checkout(&state.pool, &claims.tenant, &claims.sub, key, CHECKOUT_HOLD)
+        .await
+        .map_err(|e| unavailable(&state, e))?;
+    if !claimed {
+        return Err(Problem::new(StatusCode::CONFLICT, "checkout-in-progress", "Checkout in progress")
+            .detail(
+                "this cart is being checked out under another Idempotency-Key: wait for that answer \
+             (a retry of it goes on), or check the cart again in a minute",
+            ));
+    }
+    let outcome = check_out_claimed(&state, &claims, key, request).await;
+    // Refused (4xx): nothing was placed, another key may check the cart out now. A 5xx
+    // may follow a stored command: the claim holds until it expires, so that only this
+    // key's retry (the same order) goes on meanwhile.
+    if let Err(problem) = &outcome
+        && problem.status < 500
+        && let Err(e) = carts::end_checkout(&state.pool, &claims.tenant, &claims.sub, key).await
+    {
+        tracing::warn!(error = %e, "a refused checkout's claim of its cart was not given up (it expires)");
+    }
+    outcome
+}
+
+/// How long a checkout's claim of its cart holds, when it neither finishes nor is
+/// refused (its process died, or it answered 503): longer than any checkout takes
+/// (the write timeout, at most 10 s, plus the body's 5 s).
+const CHECKOUT_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The checkout, its cart claimed under `key`.
+async fn check_out_claimed(
+    state: &Arc<AppState>,
+    claims: &Claims,
+    key: &str,
+    request: CheckoutRequest,
+) -> Result<Response, Problem> {
+    let state = state.as_ref();
     // The cart, its products and their stock in one read.
     let (items, stored) = carts::items_with_products(&state.pool, &claims.tenant, &claims.sub)
         .await
-        .map_err(|e| unavailable(&state, e))?;
+        .map_err(|e| unavailable(state, e))?;
     let lines: Vec<(String, i64)> = items.into_iter().map(|i| (i.sku, i.quantity)).collect();
     if lines.is_empty() {
-        return emptied_by_this_key(&state, &claims, key, &request).await.map(accepted_response);
+        return emptied_by_this_key(state, claims, key, &request).await.map(accepted_response);
     }
     let hash = checkout_hash(&lines, &request);
     let requested: Vec<(&str, i64)> = lines.iter().map(|(sku, q)| (sku.as_str(), *q)).collect();
@@ -113,13 +159,13 @@ pub async fn checkout(
     let accepted = match priced {
         Ok(priced) => {
             let order = NewOrder { priced, payment_token: request.payment_token };
-            state.intake.place(&claims, key, hash, &order).await.map_err(|e| intake_problem(&state, e))?
+            state.intake.place(claims, key, hash, &order).await.map_err(|e| intake_problem(state, e))?
         }
         // The same cart checked out before, when the catalog still allowed it, whose
         // emptying did not happen: the same order (and empty the cart now).
-        Err(problem) => stored_replay(&state, &claims, key, &hash, problem).await?,
+        Err(problem) => stored_replay(state, claims, key, &hash, problem).await?,
     };
-    carts::checked_out(&state.pool, &claims.tenant, &claims.sub, accepted.order_id, &lines).await.map_err(|e| {
+    carts::checked_out(&state.pool, &claims.tenant, &claims.sub, key, accepted.order_id, &lines).await.map_err(|e| {
         tracing::warn!(error = %e, order_id = %accepted.order_id, "order placed but its cart not emptied (503)");
         Problem::unavailable(
             "the order is placed but the cart could not be emptied; retry with the same \

@@ -242,7 +242,8 @@ pub async fn framework_errors_as_problems(
 }
 
 /// Run a request with a deadline: past it, 408 problem+json (and the handler's work is
-/// dropped; an order not yet handed to the group committer is not placed).
+/// dropped; an order not yet handed to the group committer is not placed — one handed
+/// to it may be, so the answer says to retry under the same `Idempotency-Key`).
 pub async fn within(
     timeout: std::time::Duration,
     request: axum::extract::Request,
@@ -251,7 +252,10 @@ pub async fn within(
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => Problem::new(StatusCode::REQUEST_TIMEOUT, "request-timeout", "Request timeout")
-            .detail(format!("the request took longer than {timeout:?}; send it again"))
+            .detail(format!(
+                "the request took longer than {timeout:?}; send it again, with the same \
+                 Idempotency-Key if it had one (what it wrote may be stored: a retry under the key never does it twice)"
+            ))
             .into_response(),
     }
 }

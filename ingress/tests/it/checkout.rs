@@ -167,6 +167,59 @@ async fn a_checkout_turns_the_cart_into_one_order_and_a_replay_is_that_order() -
     Ok(())
 }
 
+/// Found in review: two checkouts of one cart under two keys at once (a double tap, web
+/// and phone) each read the cart and each placed an order — one cart, two orders, two
+/// charges. Now one holds the cart and the other is 409 `checkout-in-progress`; a
+/// refused checkout gives the cart up at once.
+#[tokio::test]
+async fn two_checkouts_of_one_cart_under_two_keys_make_one_order() -> anyhow::Result<()> {
+    let (env, buyer) = shop().await?;
+    assert_eq!(env.put_item(&buyer, "MUG", 1).await?.0, 200);
+    // Both requests wait behind the cart's row lock, then go one after the other.
+    let mut lock = env.db.pool.begin().await?;
+    sqlx::query("select 1 from carts for update").execute(&mut *lock).await?;
+    let pay = json!({"payment_token": "tok_ok"});
+    let checkout = |key: &'static str| {
+        let (env, buyer, pay) = (&env, &buyer, pay.clone());
+        async move { env.call(buyer, "POST", "/v1/checkout", Some(key), Some(pay)).await }
+    };
+    let both = async { tokio::join!(checkout("tap-1"), checkout("tap-2")) };
+    let release = async {
+        souk_testkit::eventually(std::time::Duration::from_secs(20), || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+            )
+            .fetch_one(&env.db.pool)
+            .await?;
+            anyhow::Ok((waiting >= 2).then_some(()))
+        })
+        .await?;
+        lock.commit().await?;
+        anyhow::Ok(())
+    };
+    let ((first, second), released) = tokio::join!(both, release);
+    released?;
+    let mut statuses =
+        [first?, second?].map(|(status, body)| (status, body["type"].as_str().map(String::from)));
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [(202, None), (409, Some("https://souk.dev/problems/checkout-in-progress".into()))],
+        "one order, the other told why"
+    );
+    assert_eq!(env.orders_published().await?.len(), 1, "one cart, one order");
+
+    // A checkout refused (another total) gives the cart up: the next key goes on.
+    assert_eq!(env.put_item(&buyer, "TEA", 1).await?.0, 200);
+    let over = json!({"payment_token": "tok_ok", "expected_total_minor": 1});
+    let (status, _) = env.call(&buyer, "POST", "/v1/checkout", Some("wrong-total"), Some(over)).await?;
+    assert_eq!(status, 409, "another total");
+    let (status, body) = env.call(&buyer, "POST", "/v1/checkout", Some("right"), Some(pay)).await?;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(env.orders_published().await?.len(), 2);
+    Ok(())
+}
+
 /// A crash between the PubAck and the emptying leaves the order placed and the cart
 /// full (made here by undoing the emptying); the retry under the key is the same order
 /// and empties the cart.

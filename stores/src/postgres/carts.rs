@@ -155,21 +155,74 @@ pub async fn remove_item(pool: &PgPool, tenant: &str, buyer: &str, sku: &str) ->
     Ok(done == 1)
 }
 
+/// Claim `buyer`'s cart for the checkout under `key` for `hold`: false when a
+/// checkout under another key holds it (claimed less than its hold ago, not finished).
+/// The same key may claim it again (a retry). Migration 0028.
+pub async fn begin_checkout(
+    pool: &PgPool,
+    tenant: &str,
+    buyer: &str,
+    key: &str,
+    hold: std::time::Duration,
+) -> Result<bool, Error> {
+    let claimed = sqlx::query(
+        "insert into carts (tenant, buyer_id, checkout_key, checkout_until)
+         values ($1, $2, $3, now() + make_interval(secs => $4))
+         on conflict (tenant, buyer_id) do update
+           set checkout_key = excluded.checkout_key, checkout_until = excluded.checkout_until
+           where carts.checkout_key is null or carts.checkout_key = excluded.checkout_key
+              or carts.checkout_until < now()",
+    )
+    .bind(tenant)
+    .bind(buyer)
+    .bind(key)
+    .bind(hold.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// Give up the claim of `buyer`'s cart under `key` (a checkout refused: nothing placed).
+pub async fn end_checkout(pool: &PgPool, tenant: &str, buyer: &str, key: &str) -> Result<(), Error> {
+    sqlx::query(
+        "update carts set checkout_key = null, checkout_until = null
+         where tenant = $1 and buyer_id = $2 and checkout_key = $3",
+    )
+    .bind(tenant)
+    .bind(buyer)
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Record that order `order_id` took `lines` (sku, quantity) out of `buyer`'s cart, and
 /// empty them from it, in one transaction. A line the buyer changed meanwhile (another
 /// quantity, or put back after) stays: it is not what was ordered. Recording the same
-/// order again changes nothing.
+/// order again changes nothing. The checkout's claim under `key` ends with it.
 pub async fn checked_out(
     pool: &PgPool,
     tenant: &str,
     buyer: &str,
+    key: &str,
     order_id: Uuid,
     lines: &[(String, i64)],
 ) -> Result<(), Error> {
     let json = serde_json::to_value(lines).map_err(|e| Error::Corrupt(e.to_string()))?;
     let (skus, quantities): (Vec<String>, Vec<i64>) = lines.iter().cloned().unzip();
     let mut tx = super::begin(pool).await?;
-    lock(&mut tx, tenant, buyer).await?;
+    sqlx::query(
+        "insert into carts (tenant, buyer_id) values ($1, $2)
+         on conflict (tenant, buyer_id) do update set updated_at = now(),
+           checkout_key = case when carts.checkout_key = $3 then null else carts.checkout_key end,
+           checkout_until = case when carts.checkout_key = $3 then null else carts.checkout_until end",
+    )
+    .bind(tenant)
+    .bind(buyer)
+    .bind(key)
+    .execute(&mut *tx)
+    .await?;
     let fresh = sqlx::query(
         "insert into cart_checkouts (tenant, buyer_id, order_id, lines) values ($1, $2, $3, $4)
          on conflict do nothing",
