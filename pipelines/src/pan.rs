@@ -4,7 +4,7 @@
 //! pasted by mistake is refused at the door.
 //!
 //! A number is read where it stands as a word of its own, as data-loss scanners'
-//! `\b`-bounded patterns read it: digits glued to letters (`a41111111111111111f`) are part
+//! `\b`-bounded patterns read it: digits glued to ASCII letters (`a41111111111111111f`) are part
 //! of an identifier — a hex digest, a UUID without dashes, a random key — and without
 //! this about one random 32-hex-digit key in five hundred "held a card number" and was
 //! refused on every retry.
@@ -50,19 +50,22 @@ pub fn looks_like_pan(text: &str) -> bool {
     scan(&without_mixed_words(text))
 }
 
-/// `text` with each word (a run of letters and digits) that mixes both replaced by one
-/// letter, so its digits are never read as a number.
+/// `text` with each word (a run of ASCII letters and digits) that mixes both replaced
+/// by one letter, so its digits are never read as a number. Only ASCII letters glue:
+/// text in scripts written without spaces (`卡号4111111111111111`) keeps its numbers
+/// (found in review of the first version, which read any letter as glue).
 fn without_mixed_words(text: &str) -> std::borrow::Cow<'_, str> {
-    let is_mixed =
-        |word: &str| word.chars().any(|c| c.is_ascii_digit()) && word.chars().any(|c| !c.is_ascii_digit());
-    if !text.split(|c: char| !c.is_alphanumeric()).any(is_mixed) {
+    let is_mixed = |word: &str| {
+        word.chars().any(|c| c.is_ascii_digit()) && word.chars().any(|c| c.is_ascii_alphabetic())
+    };
+    if !text.split(|c: char| !c.is_ascii_alphanumeric()).any(is_mixed) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(start) = rest.find(char::is_alphanumeric) {
+    while let Some(start) = rest.find(|c: char| c.is_ascii_alphanumeric()) {
         out.push_str(&rest[..start]);
-        let len = rest[start..].find(|c: char| !c.is_alphanumeric()).unwrap_or(rest.len() - start);
+        let len = rest[start..].find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(rest.len() - start);
         let word = &rest[start..start + len];
         out.push_str(if is_mixed(word) { "w" } else { word });
         rest = &rest[start + len..];
@@ -186,6 +189,9 @@ mod tests {
             "tok_4111111111111111",
             "card 4111-1111-1111-1111 ok",
             "n°4111111111111111",
+            "カード番号4111111111111111です",
+            "卡号4111111111111111",
+            "номер4111111111111111",
         ] {
             assert!(looks_like_pan(pan), "{pan}");
         }
