@@ -14,8 +14,9 @@
 //!   never used is 422 `empty-cart`. Nothing is published on any 4xx;
 //! - a cart is checked out under one key at a time (claimed first, migration 0028):
 //!   another key's checkout meanwhile is 409 `checkout-in-progress` — two taps made two
-//!   orders of one cart (found in review). A 4xx gives the claim up; a 5xx keeps it
-//!   for [`CHECKOUT_HOLD`] (the command may be stored: only its key's retry goes on).
+//!   orders of one cart (found in review). A refusal, or an answer with the cart
+//!   empty, gives the claim up; a 5xx once the command may be stored keeps it for
+//!   [`CHECKOUT_HOLD`] (only its key's retry goes on).
 
 use axum::{
     body::Bytes,
@@ -115,42 +116,58 @@ pub async fn checkout(
         return Err(Problem::new(StatusCode::CONFLICT, "checkout-in-progress", "Checkout in progress")
             .detail(
                 "this cart is being checked out under another Idempotency-Key: wait for that answer \
-             (a retry of it goes on), or check the cart again in a minute",
+             (a retry of it goes on), or check the cart again in a few minutes",
             ));
     }
-    let outcome = check_out_claimed(&state, &claims, key, request).await;
-    // Refused (4xx): nothing was placed, another key may check the cart out now. A 5xx
-    // may follow a stored command: the claim holds until it expires, so that only this
-    // key's retry (the same order) goes on meanwhile.
-    if let Err(problem) = &outcome
-        && problem.status < 500
+    let (outcome, claim) = check_out_claimed(&state, &claims, key, request).await;
+    if claim == Claim::Release
         && let Err(e) = carts::end_checkout(&state.pool, &claims.tenant, &claims.sub, key).await
     {
-        tracing::warn!(error = %e, "a refused checkout's claim of its cart was not given up (it expires)");
+        tracing::warn!(error = %e, "a checkout's claim of its cart was not given up (it expires)");
     }
     outcome
 }
 
-/// How long a checkout's claim of its cart holds, when it neither finishes nor is
-/// refused (its process died, or it answered 503): longer than any checkout takes
-/// (the write timeout, at most 10 s, plus the body's 5 s).
-const CHECKOUT_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a checkout's claim of its cart holds when its order may be stored and its
+/// cart was not emptied (a 5xx after the command was handed to JetStream, a process
+/// that died): only a retry under its key — the same order — goes on meanwhile, and a
+/// buyer switching keys is told a checkout is in progress. Past it, a checkout under
+/// another key may make a second order of the cart (the crash case left open).
+const CHECKOUT_HOLD: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// The checkout, its cart claimed under `key`.
+/// What becomes of the cart's claim after a checkout.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// Ended with the cart's emptying (in its transaction).
+    Ended,
+    /// Nothing was placed, or the order is answered and its cart empty: given up now.
+    Release,
+    /// The order may be stored and the cart is not emptied: held for its hold.
+    Keep,
+}
+
+/// The checkout, its cart claimed under `key`, and what becomes of the claim.
 async fn check_out_claimed(
     state: &Arc<AppState>,
     claims: &Claims,
     key: &str,
     request: CheckoutRequest,
-) -> Result<Response, Problem> {
+) -> (Result<Response, Problem>, Claim) {
     let state = state.as_ref();
+    // A refusal (4xx) placed nothing; a 5xx may follow a stored command.
+    let after_handoff = |problem: Problem| {
+        let claim = if problem.status < 500 { Claim::Release } else { Claim::Keep };
+        (Err(problem), claim)
+    };
     // The cart, its products and their stock in one read.
-    let (items, stored) = carts::items_with_products(&state.pool, &claims.tenant, &claims.sub)
-        .await
-        .map_err(|e| unavailable(state, e))?;
+    let (items, stored) = match carts::items_with_products(&state.pool, &claims.tenant, &claims.sub).await {
+        Ok(read) => read,
+        Err(e) => return (Err(unavailable(state, e)), Claim::Release),
+    };
     let lines: Vec<(String, i64)> = items.into_iter().map(|i| (i.sku, i.quantity)).collect();
     if lines.is_empty() {
-        return emptied_by_this_key(state, claims, key, &request).await.map(accepted_response);
+        let answer = emptied_by_this_key(state, claims, key, &request).await.map(accepted_response);
+        return (answer, Claim::Release);
     }
     let hash = checkout_hash(&lines, &request);
     let requested: Vec<(&str, i64)> = lines.iter().map(|(sku, q)| (sku.as_str(), *q)).collect();
@@ -159,20 +176,29 @@ async fn check_out_claimed(
     let accepted = match priced {
         Ok(priced) => {
             let order = NewOrder { priced, payment_token: request.payment_token };
-            state.intake.place(claims, key, hash, &order).await.map_err(|e| intake_problem(state, e))?
+            match state.intake.place(claims, key, hash, &order).await {
+                Ok(accepted) => accepted,
+                Err(e) => return after_handoff(intake_problem(state, e)),
+            }
         }
         // The same cart checked out before, when the catalog still allowed it, whose
         // emptying did not happen: the same order (and empty the cart now).
-        Err(problem) => stored_replay(state, claims, key, &hash, problem).await?,
+        Err(problem) => match stored_replay(state, claims, key, &hash, problem).await {
+            Ok(accepted) => accepted,
+            Err(problem) => return after_handoff(problem),
+        },
     };
-    carts::checked_out(&state.pool, &claims.tenant, &claims.sub, key, accepted.order_id, &lines).await.map_err(|e| {
+    if let Err(e) =
+        carts::checked_out(&state.pool, &claims.tenant, &claims.sub, key, accepted.order_id, &lines).await
+    {
         tracing::warn!(error = %e, order_id = %accepted.order_id, "order placed but its cart not emptied (503)");
-        Problem::unavailable(
+        let problem = Problem::unavailable(
             "the order is placed but the cart could not be emptied; retry with the same \
              Idempotency-Key (the same order, and the cart emptied)",
-        )
-    })?;
-    Ok(accepted_response(accepted))
+        );
+        return (Err(problem), Claim::Keep);
+    }
+    (Ok(accepted_response(accepted)), Claim::Ended)
 }
 
 /// The claim's hash of a checkout: its cart's lines, token and expected total, tagged

@@ -214,9 +214,17 @@ async fn two_checkouts_of_one_cart_under_two_keys_make_one_order() -> anyhow::Re
     let over = json!({"payment_token": "tok_ok", "expected_total_minor": 1});
     let (status, _) = env.call(&buyer, "POST", "/v1/checkout", Some("wrong-total"), Some(over)).await?;
     assert_eq!(status, 409, "another total");
-    let (status, body) = env.call(&buyer, "POST", "/v1/checkout", Some("right"), Some(pay)).await?;
+    let (status, body) = env.call(&buyer, "POST", "/v1/checkout", Some("right"), Some(pay.clone())).await?;
     assert_eq!(status, 202, "{body}");
     assert_eq!(env.orders_published().await?.len(), 2);
+    // Its retry (the answer was lost) is the same order, and leaves the cart free: the
+    // buyer's next cart checks out under a new key (the retry held it: review).
+    let (status, again) = env.call(&buyer, "POST", "/v1/checkout", Some("right"), Some(pay.clone())).await?;
+    assert_eq!((status, &again["order_id"]), (202, &body["order_id"]), "{again}");
+    assert_eq!(env.put_item(&buyer, "MUG", 1).await?.0, 200);
+    let (status, next) = env.call(&buyer, "POST", "/v1/checkout", Some("next"), Some(pay)).await?;
+    assert_eq!(status, 202, "{next}");
+    assert_eq!(env.orders_published().await?.len(), 3);
     Ok(())
 }
 
