@@ -152,6 +152,23 @@ async fn a_login_gives_a_strict_http_only_cookie_and_actions_need_its_csrf_token
     Ok(())
 }
 
+/// The confirmed redrive of dead letter `seq`, as the confirmation page posts it.
+fn confirmed_redrive(
+    stack: &souk_testkit::Stack,
+    http: &reqwest::Client,
+    cookie: &str,
+    csrf: &str,
+    seq: u64,
+) -> reqwest::RequestBuilder {
+    let form = [
+        ("csrf", csrf.to_owned()),
+        ("scope", "selected".into()),
+        ("seq", seq.to_string()),
+        ("confirmed", "yes".into()),
+    ];
+    http.post(format!("{}/ops/dlq/redrive", stack.base)).header(header::COOKIE, cookie).form(&form)
+}
+
 /// Log olga (an operator) in: her session cookie and its CSRF token.
 async fn logged_in(stack: &souk_testkit::Stack, http: &reqwest::Client) -> anyhow::Result<(String, String)> {
     let ok = http
@@ -253,15 +270,7 @@ async fn a_redrive_whose_client_hangs_up_is_still_recorded_and_one_not_recorded_
     // its transaction) while the client gives up.
     let mut lock = stack.db.pool.begin().await?;
     sqlx::query("lock table dead_letters in exclusive mode").execute(&mut *lock).await?;
-    let form = vec![
-        ("csrf", csrf.clone()),
-        ("scope", "selected".into()),
-        ("seq", seq.to_string()),
-        ("confirmed", "yes".into()),
-    ];
-    let request =
-        http.post(format!("{}/ops/dlq/redrive", stack.base)).header(header::COOKIE, &cookie).form(&form);
-    let client = tokio::spawn(request.send());
+    let client = tokio::spawn(confirmed_redrive(&stack, &http, &cookie, &csrf, seq).send());
     eventually(Duration::from_secs(20), || async { anyhow::Ok((!kept(seq).await?).then_some(())) }).await?;
     client.abort();
     let _ = client.await;
@@ -327,15 +336,7 @@ async fn a_node_stopped_during_an_action_lets_it_finish_and_record_it() -> anyho
         })
         .await?;
     let seq = dead_letter(&stack, "fulfilment", "hold.x", "boom").await?;
-    let form = vec![
-        ("csrf", csrf.clone()),
-        ("scope", "selected".into()),
-        ("seq", seq.to_string()),
-        ("confirmed", "yes".into()),
-    ];
-    let request =
-        http.post(format!("{}/ops/dlq/redrive", stack.base)).header(header::COOKIE, &cookie).form(&form);
-    let client = tokio::spawn(request.send());
+    let client = tokio::spawn(confirmed_redrive(&stack, &http, &cookie, &csrf, seq).send());
     eventually(Duration::from_secs(20), || async {
         let begun = actions(&stack).await?.iter().any(|(_, action, _)| action == "dlq.redrive-begun");
         anyhow::Ok(begun.then_some(()))

@@ -287,6 +287,11 @@ impl Gateway {
                     payments::attempt_ended(&self.pool, attempt, AttemptOutcome::NotProcessed).await?;
                     let code =
                         if code.is_empty() { format!("refused_{status}") } else { code.to_ascii_lowercase() };
+                    // Its words are about souk's request (credentials, a field), not the
+                    // buyer's card: logged for operators, never the buyer's reason (found
+                    // in review: "missing or wrong API credentials" reached buyers).
+                    tracing::warn!(provider = name, key, status, %code, provider_message = %message, "the provider refused the request");
+                    let message = "the payment provider refused the request".to_owned();
                     let reply = Reply::Declined { code, message, soft: false };
                     return Ok(Tried::Decided(Decision::Answered { provider: name.to_owned(), reply }));
                 }
