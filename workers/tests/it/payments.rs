@@ -771,3 +771,38 @@ fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
         })
         .clone()
 }
+
+/// Found in review: a provider's refusal of souk's own request (wrong credentials here)
+/// was the buyer's reason word for word ("missing or wrong API credentials"). It is
+/// answered as a refusal with the provider's code; its words are for the operators' log.
+#[tokio::test]
+async fn a_provider_refusing_our_request_is_a_decline_without_its_words() -> anyhow::Result<()> {
+    let db = TestDb::create().await?;
+    souk_stores::postgres::migrate(&db.pool).await?;
+    let locked = PaymentSandbox::start(SandboxOptions {
+        api_key: Some("the-right-key".into()),
+        ..SandboxOptions::local("locked")
+    })
+    .await?;
+    let spec = ProviderSpec {
+        name: "locked".into(),
+        dialect: Dialect::Alpha,
+        http: HttpOptions {
+            base_url: locked.url(),
+            api_key: Some("a-wrong-key".into()),
+            timeout: Duration::from_secs(1),
+        },
+    };
+    let gateway = pay::gateway(&[spec], test_payment_retry(), db.pool.clone())?;
+    let key = idempotency_key(Uuid::now_v7(), Operation::Authorize);
+    let charge = Charge { key: &key, token: "tok_ok", amount_minor: 500, currency: "EUR" };
+    let decided = gateway.authorize(&charge, &[]).await?;
+    let pay::Decision::Answered { reply: Reply::Declined { code, message, soft: false }, .. } = &decided
+    else {
+        anyhow::bail!("a hard decline: {decided:?}");
+    };
+    assert!(!code.is_empty(), "{decided:?}");
+    assert_eq!(message, "the payment provider refused the request");
+    assert_eq!(locked.effects(&key), 0);
+    Ok(())
+}
