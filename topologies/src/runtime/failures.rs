@@ -86,7 +86,7 @@ pub(super) fn class_of(error: &HandlerError) -> FailureClass {
     match (error.class, error.code) {
         (_, "handler_timeout") if error.class != ErrorClass::Dependency => FailureClass::Timeout,
         (_, "handler_panic") => FailureClass::Panic,
-        (ErrorClass::Retryable | ErrorClass::TooNew, _) => FailureClass::Retryable,
+        (ErrorClass::Retryable | ErrorClass::TooNew | ErrorClass::Waiting, _) => FailureClass::Retryable,
         (ErrorClass::Poison, _) => FailureClass::Poison,
         (ErrorClass::Dependency, _) => FailureClass::Dependency,
     }

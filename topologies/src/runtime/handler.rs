@@ -98,6 +98,12 @@ pub enum ErrorClass {
     /// after a long delay (60 s), never dead-lettered, not counted toward max-deliver;
     /// the pool alerts (`souk_worker_unknown_schema_total`, a warning a minute).
     TooNew,
+    /// Another delivery of the same work is under way (a payment key another call
+    /// holds): not the message's fault, not a dependency's. Retried after the error's
+    /// delay (else 10 s), never dead-lettered, not counted toward max-deliver — a
+    /// re-sent command beside its original would otherwise spend its attempts waiting
+    /// and be dead-lettered for it (found in review).
+    Waiting,
 }
 
 impl ErrorClass {
@@ -108,6 +114,7 @@ impl ErrorClass {
             ErrorClass::Poison => "poison",
             ErrorClass::Dependency => "dependency",
             ErrorClass::TooNew => "too_new",
+            ErrorClass::Waiting => "waiting",
         }
     }
 }
@@ -120,7 +127,8 @@ pub struct HandlerError {
     pub class: ErrorClass,
     pub code: &'static str,
     pub message: String,
-    /// For a `Retryable` error: wait this long instead of the consumer's backoff step.
+    /// For a `Retryable` error: wait this long instead of the consumer's backoff step;
+    /// for a `Waiting` one, this long instead of 10 s.
     pub retry_after: Option<Duration>,
 }
 
@@ -142,6 +150,12 @@ impl HandlerError {
     /// A dependency failed, not the message.
     pub fn dependency(code: &'static str, message: impl std::fmt::Display) -> Self {
         Self::new(ErrorClass::Dependency, code, message)
+    }
+
+    /// Another delivery of the same work is under way: wait for it (see
+    /// [`ErrorClass::Waiting`]; [`HandlerError::after`] sets the wait).
+    pub fn waiting(code: &'static str, message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorClass::Waiting, code, message)
     }
 
     /// Written by a newer release than this reader: wait for the upgrade.

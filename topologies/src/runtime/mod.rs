@@ -13,6 +13,7 @@
 //! | `Error`, class `Poison` | dead letter at once |
 //! | `Error`, class `Dependency` | nothing: the pool's breaker opens, the delivery is held (progress acks) and runs again when the breaker closes; nak'd at shutdown |
 //! | `Error`, class `TooNew` (or [`Handler::too_new`]) | nak with a 60 s delay; never dead-lettered, not counted toward max-deliver |
+//! | `Error`, class `Waiting` (another delivery of the same work is under way) | nak with the error's delay (else 10 s); never dead-lettered, not counted toward max-deliver |
 //! | panic | `Retryable` |
 //! | timeout | `Dependency` if the handler's probe fails too, else `Retryable` |
 //!

@@ -18,6 +18,8 @@ use crate::spec::ConsumerSpec;
 /// each offer costs a delivery and a header check. Such a message holds one of the
 /// consumer's `max-ack-pending` slots while it waits.
 pub(super) const TOO_NEW_DELAY: Duration = Duration::from_secs(60);
+/// How long a delivery waiting for another delivery of the same work waits by default.
+pub(super) const WAITING_DELAY: Duration = Duration::from_secs(10);
 
 /// A delivery past `max_deliver` is dead-lettered without running the handler: the
 /// previous (last allowed) attempt did not settle — its dead-letter publish failed, the
@@ -79,6 +81,17 @@ pub(super) async fn settle(
                 );
             }
             if let Err(e) = msg.ack_with(AckKind::Nak(Some(TOO_NEW_DELAY))).await {
+                tracing::warn!(error = %e, "nak failed; redelivery waits for the ack timeout");
+            }
+            return "deferred";
+        }
+        ErrorClass::Waiting => {
+            ctx.ledger.deferred(key);
+            metrics::counter!("souk_worker_waiting_total", "pool" => ctx.pool.clone(), "code" => error.code)
+                .increment(1);
+            tracing::debug!(code = error.code, error = %error.message, "waiting for another delivery of the same work");
+            let delay = error.retry_after.unwrap_or(WAITING_DELAY);
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
                 tracing::warn!(error = %e, "nak failed; redelivery waits for the ack timeout");
             }
             return "deferred";

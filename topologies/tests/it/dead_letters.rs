@@ -396,6 +396,55 @@ async fn deferrals_do_not_count_toward_max_deliver() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for another delivery of its work (`Waiting`) `waits` times, then handles.
+#[derive(Clone)]
+struct BusyFor {
+    waits: u32,
+    handled: Arc<Mutex<Vec<u64>>>,
+    seen: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Handler for BusyFor {
+    fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        use std::sync::atomic::Ordering;
+        async move {
+            if self.seen.fetch_add(1, Ordering::SeqCst) < self.waits {
+                let busy =
+                    souk_topologies::runtime::HandlerError::waiting("key_busy", "another call holds the key");
+                return busy.after(Duration::from_millis(20)).into();
+            }
+            self.handled.lock().expect("lock").push(d.attempt);
+            Outcome::Ack
+        }
+        .boxed()
+    }
+}
+
+/// Found in review: a payment command waiting for another delivery of its key (the
+/// original and the sweeper's re-send, each out of budget while the other called) spent
+/// an attempt per wait and could be dead-lettered. Waiting is not an attempt: a message
+/// that waits more times than max-deliver allows is handled once the other is done.
+#[tokio::test]
+async fn waiting_for_another_delivery_does_not_count_toward_max_deliver() -> anyhow::Result<()> {
+    let env = shipped_env().await?;
+    let max_deliver = env.topology.consumers[0].max_deliver;
+    let waits = u32::try_from(max_deliver)? + 2;
+    let handler =
+        BusyFor { waits, handled: Arc::default(), seen: Arc::new(std::sync::atomic::AtomicU32::new(0)) };
+    env.send(Some("busy"), "busy").await?;
+    let pool = env.start(handler.clone()).await?;
+    souk_testkit::eventually(Duration::from_secs(60), || async {
+        let handled = !handler.handled.lock().expect("lock").is_empty();
+        let dead = !dead_letters::list(&env.js, 10).await.ok()?.is_empty();
+        ((handled || dead) && env.idle().await).then_some(())
+    })
+    .await?;
+    stop(pool).await?;
+    assert!(dead_letters::list(&env.js, 10).await?.is_empty(), "not dead-lettered");
+    assert_eq!(*handler.handled.lock().expect("lock"), [1], "handled, as its first attempt");
+    Ok(())
+}
+
 /// A dead letter stored but whose original was not terminated (a lost term, a crash
 /// between the two) is dead-lettered again on redelivery: the duplicate PubAck names its
 /// own stored copy, which is recognised, so one copy is kept and the original terminated.

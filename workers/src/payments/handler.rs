@@ -163,9 +163,11 @@ impl PaymentsHandler {
                 return Err(HandlerError::dependency("payment_provider_unavailable", e));
             }
             // This message alone waits (the other delivery ends within a handler
-            // timeout): retried after a pause, while the pool handles the others.
+            // timeout): retried after a pause, while the pool handles the others, and
+            // without spending an attempt (two deliveries of a key could otherwise
+            // take turns waiting on each other into the dead-letter stream: review).
             Err(GatewayError::KeyBusy(e)) => {
-                return Err(HandlerError::retryable("payment_key_busy", e).after(KEY_BUSY_RETRY));
+                return Err(HandlerError::waiting("payment_key_busy", e).after(KEY_BUSY_RETRY));
             }
             Err(GatewayError::Store(e)) => return Err(store(e)),
         };
