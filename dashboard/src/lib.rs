@@ -59,18 +59,16 @@ pub struct DashboardOptions {
 /// How long a stopping process waits for operators' actions still running.
 pub const ACTIONS_DRAIN: Duration = Duration::from_secs(30);
 
-/// Let the actions running in `actions` finish, for at most `bound`: true when they all
-/// did. One cut off still has its `-begun` row (`souk_stores::operate`).
-pub async fn finish_actions(actions: &TaskTracker, bound: Duration) -> bool {
+/// Let the actions running in `actions` finish, for at most `bound`. One cut off still
+/// has its `-begun` row (`souk_stores::operate`).
+pub async fn finish_actions(actions: &TaskTracker, bound: Duration) {
     actions.close();
-    let finished = tokio::time::timeout(bound, actions.wait()).await.is_ok();
-    if !finished {
+    if tokio::time::timeout(bound, actions.wait()).await.is_err() {
         tracing::warn!(
             running = actions.len(),
             "operators' actions still running at exit: cut off (each is on record as begun)"
         );
     }
-    finished
 }
 
 impl std::fmt::Debug for DashboardOptions {

@@ -215,7 +215,7 @@ pub async fn checked_out(
     sqlx::query(
         "insert into carts (tenant, buyer_id) values ($1, $2)
          on conflict (tenant, buyer_id) do update set updated_at = now(),
-           checkout_key = case when carts.checkout_key = $3 then null else carts.checkout_key end,
+           checkout_key = nullif(carts.checkout_key, $3),
            checkout_until = case when carts.checkout_key = $3 then null else carts.checkout_until end",
     )
     .bind(tenant)

@@ -43,6 +43,16 @@ pub(super) fn past_max_deliver(attempt: u64, max_deliver: u64, history: &History
     })
 }
 
+/// Hand `msg` back for `delay` as a deferral, not an attempt (the ledger subtracts it
+/// from the delivery count): a too-new schema, or a wait for another delivery.
+async fn defer(ctx: &Ctx, msg: &jetstream::Message, key: Key, delay: Duration) -> &'static str {
+    ctx.ledger.deferred(key);
+    if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::warn!(error = %e, "nak failed; redelivery waits for the ack timeout");
+    }
+    "deferred"
+}
+
 /// Map an outcome to JetStream. Returns the metrics label. `ran`: the outcome is the
 /// handler's (then a failure is recorded as a failed attempt, see `failures`), not the
 /// runtime's decision before running it.
@@ -69,7 +79,6 @@ pub(super) async fn settle(
     let attempt = |then: AfterFailure| attempt_at(ctx, ran, delivery, &error, then, chrono::Utc::now());
     match error.class {
         ErrorClass::TooNew => {
-            ctx.ledger.deferred(key);
             metrics::counter!("souk_worker_unknown_schema_total", "pool" => ctx.pool.clone()).increment(1);
             if let Some(suppressed) = ctx.too_new_warning.due() {
                 tracing::warn!(
@@ -80,21 +89,13 @@ pub(super) async fn settle(
                     "message too new for this release; deferred until the reader is upgraded (readers deploy before writers)"
                 );
             }
-            if let Err(e) = msg.ack_with(AckKind::Nak(Some(TOO_NEW_DELAY))).await {
-                tracing::warn!(error = %e, "nak failed; redelivery waits for the ack timeout");
-            }
-            return "deferred";
+            return defer(ctx, msg, key, TOO_NEW_DELAY).await;
         }
         ErrorClass::Waiting => {
-            ctx.ledger.deferred(key);
             metrics::counter!("souk_worker_waiting_total", "pool" => ctx.pool.clone(), "code" => error.code)
                 .increment(1);
             tracing::debug!(code = error.code, error = %error.message, "waiting for another delivery of the same work");
-            let delay = error.retry_after.unwrap_or(WAITING_DELAY);
-            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-                tracing::warn!(error = %e, "nak failed; redelivery waits for the ack timeout");
-            }
-            return "deferred";
+            return defer(ctx, msg, key, error.retry_after.unwrap_or(WAITING_DELAY)).await;
         }
         ErrorClass::Retryable if delivery.attempt < max_deliver => {
             attempt(AfterFailure::Retry);
