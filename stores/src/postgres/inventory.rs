@@ -305,7 +305,8 @@ pub enum Movement {
     Unhold,
     /// Held → sold (a commit): they leave on_hand.
     Sell,
-    /// Sold → available (a committed order cancelled).
+    /// Sold → available (a committed order cancelled). Returned units are real: they
+    /// first back held units a seller withdrew (which then stay), the rest go on sale.
     Unsell,
 }
 
@@ -329,7 +330,8 @@ pub async fn apply(
              where tenant = $1 and sku = $2"
         }
         Movement::Unsell => {
-            "update stock set sold = sold - $3, on_hand = on_hand + $3, updated_at = now()
+            "update stock set sold = sold - $3, on_hand = on_hand + $3 - least($3, withdrawn),
+                 withdrawn = withdrawn - least($3, withdrawn), updated_at = now()
              where tenant = $1 and sku = $2"
         }
     };

@@ -461,6 +461,40 @@ async fn a_seller_write_below_the_held_units_keeps_the_holds_and_takes_the_rest_
 }
 
 #[tokio::test]
+async fn units_returned_by_a_cancelled_sale_first_back_the_units_a_seller_withdrew() -> anyhow::Result<()> {
+    // Review (tenth session): an unsold sale put every unit back on sale while the
+    // seller's shortfall stayed recorded, so the next commit cleared the shortfall and
+    // left units for sale that no shelf held.
+    let env = env().await?;
+    env.stock("R", 10).await?;
+    let (sold, held) = (Uuid::now_v7(), Uuid::now_v7());
+    env.send(&reserve(sold, &[("R", 3)], in_an_hour())).await?;
+    env.wait_for(sold, "souk.evt.inventory.reserved", |_| true).await?;
+    env.send(&CommitStock { tenant: TENANT.into(), order_id: sold }).await?;
+    env.wait_for(sold, "souk.evt.inventory.committed", |e| e["committed"] == true).await?;
+    env.send(&reserve(held, &[("R", 5)], in_an_hour())).await?;
+    env.wait_for(held, "souk.evt.inventory.reserved", |_| true).await?;
+    env.stock("R", 2).await?; // the shelf holds 2 unsold units: 3 of the 5 promised are not there
+    env.send(&ReleaseStock { tenant: TENANT.into(), order_id: sold, reason: "capture failed".into() })
+        .await?;
+    env.wait_for(sold, "souk.evt.inventory.released", |e| e["released"] == true).await?;
+    env.quiet().await?;
+    let s = env.counts("R").await?;
+    // 2 + the 3 back from the cancelled sale: all 5 promised, none for sale.
+    assert_eq!((s.on_hand, s.held, s.withdrawn, s.available()), (5, 5, 0, 0));
+    let late = Uuid::now_v7();
+    env.send(&reserve(late, &[("R", 3)], in_an_hour())).await?;
+    env.wait_for(late, "souk.evt.inventory.rejected", |_| true).await?;
+    env.send(&CommitStock { tenant: TENANT.into(), order_id: held }).await?;
+    env.wait_for(held, "souk.evt.inventory.committed", |e| e["committed"] == true).await?;
+    env.quiet().await?;
+    let s = env.counts("R").await?;
+    assert_eq!((s.on_hand, s.held, s.sold, s.available()), (0, 0, 5, 0), "5 on the shelf, 5 sold");
+    env.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_fulfilment_request_is_recorded_once_and_a_shipped_part_is_announced_again_only_when_asked_again()
 -> anyhow::Result<()> {
     let env = env().await?;
