@@ -300,9 +300,11 @@ pub async fn housekeeping(pool: &PgPool, retention: Duration) -> Result<Housekee
         "delete from idempotency_keys where created_at < now() - make_interval(secs => $1)",
         "delete from catalog_writes where decided_at < now() - make_interval(secs => $1)",
         "delete from cart_checkouts where checked_out_at < now() - make_interval(secs => $1)",
-        // A payment command's recorded answer is its inbox: it goes when the inbox does
-        // (a redelivery that old is beyond CMD's max-age). Provider calls are only asked
-        // by a retry of their step, which no saga makes after its deadline.
+        // A payment command's recorded answer is its inbox: it goes when the inbox does.
+        // A copy can come back later all the same (a dead letter redriven — DLQ has no
+        // max-age — or a parked outbox row requeued): the ledger, kept for good, then
+        // answers an authorize, and judges a settle. Provider calls are only asked by a
+        // retry of their step, which no saga makes after its deadline.
         "delete from payment_results where at < now() - make_interval(secs => $1)",
         "delete from payment_attempts where at < now() - make_interval(secs => $1)",
         // Failed handler attempts (`souk trace`) go with the inbox records of the same

@@ -141,10 +141,10 @@ impl PaymentsHandler {
             return self.commit(d, cmd, Decision::Answered { provider: String::new(), reply }).await;
         }
         // One read (a pooled connection only for it): handled before, answered before,
-        // and what a settle acts on.
-        let settle = (cmd.operation != Operation::Authorize).then_some(cmd.order_id);
-        let seen =
-            payments::seen(&self.pool, &self.consumer, &message_id, &cmd.key, settle).await.map_err(store)?;
+        // and the order's authorization (what a settle acts on; an authorize's own).
+        let seen = payments::seen(&self.pool, &self.consumer, &message_id, &cmd.key, Some(cmd.order_id))
+            .await
+            .map_err(store)?;
         if seen.handled {
             return Ok(());
         }
@@ -153,6 +153,16 @@ impl PaymentsHandler {
             // reply was lost, an operator's retry): no provider call, the recorded
             // answer again — the saga waits for it, and ignores a copy it has had.
             return self.answer_again(d, cmd).await;
+        }
+        if cmd.operation == Operation::Authorize
+            && let Some(auth) = &seen.authorization
+        {
+            // Authorized, and the answer's record gone with the retention while a copy
+            // lived on (a dead letter redriven, an outbox row requeued): the ledger,
+            // kept for good, answers — no provider asked to authorize the money again
+            // (review: the primary, which never saw the key, would; and the ledger's
+            // refusal of a second authorization dead-lettered the copy).
+            return self.answer_from_ledger(d, cmd, auth).await;
         }
         let decision = match self.decide(cmd, seen.authorization, &seen.maybe_charged).await {
             Ok(decision) => decision,
@@ -317,6 +327,34 @@ impl PaymentsHandler {
         };
         let event: PaymentResult = serde_json::from_value(recorded)
             .map_err(|e| HandlerError::poison("payment_result_unreadable", e))?;
+        metrics::counter!("souk_payments_results_total", "operation" => cmd.operation.as_str(),
+            "outcome" => "answered_again")
+        .increment(1);
+        outbox::enqueue(&mut tx, result_row(cmd, &event, d.dedupe_id())).await.map_err(store)?;
+        tx.commit().await.map_err(|e| store(e.into()))?;
+        Ok(())
+    }
+
+    /// An authorize whose order's authorization is in the ledger: its inbox record,
+    /// the ledger's authorization as the answer (recorded as the key's answer again)
+    /// and its `PaymentResult`, in one transaction.
+    async fn answer_from_ledger(
+        &self,
+        d: &Delivery,
+        cmd: &Command,
+        auth: &payments::Authorization,
+    ) -> Result<(), HandlerError> {
+        let store = |e: pg::Error| store_error(&e);
+        let Some(mut tx) = self.begin_recorded(d).await? else { return Ok(()) };
+        let decision = Decision::Answered {
+            provider: auth.provider.clone(),
+            reply: Reply::Approved { payment_id: auth.provider_payment_id.clone() },
+        };
+        let event = PaymentResult { amount_minor: auth.amount_minor, ..result_event(cmd, &decision) };
+        let json = serde_json::to_value(&event).map_err(|e| HandlerError::poison("unencodable", e))?;
+        payments::record_result(&mut tx, &cmd.key, cmd.order_id, cmd.operation.as_str(), true, &json)
+            .await
+            .map_err(store)?;
         metrics::counter!("souk_payments_results_total", "operation" => cmd.operation.as_str(),
             "outcome" => "answered_again")
         .increment(1);

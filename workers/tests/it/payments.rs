@@ -579,6 +579,49 @@ async fn a_replayed_command_calls_no_provider_and_answers_again_from_the_record(
     Ok(())
 }
 
+/// Review (tenth session): a payment command's records (inbox, answer, calls) go after
+/// the retention, but a copy can come back later — a dead letter redriven, a parked
+/// outbox row requeued. An authorize that stale was sent to a provider again (the
+/// primary, which had never seen the key, would authorize the buyer's money a second
+/// time), and the ledger's refusal of a second authorization dead-lettered it: money
+/// held that no saga would void. The ledger, kept for good, answers it now.
+#[tokio::test]
+async fn an_authorize_older_than_its_records_is_answered_from_the_ledger() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults { error_rate: 1.0, ..Faults::default() }).await?;
+    let cmd = authorize("tok_ok", 700);
+    env.send("auth-first", &cmd).await?;
+    let first = env.result_of(cmd.order_id, Operation::Authorize).await?;
+    assert!(first.provider.as_deref().is_some_and(|p| p.starts_with("secondary-")), "{first:?}");
+    env.primary.set_faults(Faults::default()).map_err(anyhow::Error::msg)?;
+    eventually(Duration::from_secs(10), || drained(&env.js, "CMD", pay::AUTHORIZE_CONSUMER)).await?;
+    for aged in [
+        "update inbox set handled_at = now() - interval '8 days'",
+        "update payment_results set at = now() - interval '8 days'",
+        "update payment_attempts set at = now() - interval '8 days'",
+    ] {
+        sqlx::query(aged).execute(&env.db.pool).await?;
+    }
+    souk_stores::postgres::housekeeping(&env.db.pool, Duration::from_secs(7 * 24 * 3600)).await?;
+    assert_eq!(env.count("select * from payment_results").await?, 0, "the records are gone");
+    let requests = (env.primary.requests(), env.secondary.requests());
+
+    env.send("redrive:auth-first", &cmd).await?;
+    let all = eventually(Duration::from_secs(30), || async {
+        let all: Vec<PaymentResult> =
+            env.results().await?.into_iter().filter(|r| r.order_id == cmd.order_id).collect();
+        anyhow::Ok((all.len() == 2).then_some(all))
+    })
+    .await?;
+    eventually(Duration::from_secs(10), || drained(&env.js, "CMD", pay::AUTHORIZE_CONSUMER)).await?;
+    let again = &all[1];
+    assert_eq!(again.failure, None, "{again:?}");
+    assert_eq!((&again.provider, &again.provider_payment_id), (&first.provider, &first.provider_payment_id));
+    assert_eq!((env.primary.requests(), env.secondary.requests()), requests, "no provider asked");
+    assert_eq!(env.effects(&cmd.idempotency_key), 1, "authorized once");
+    assert_eq!(env.count("select * from payment_authorizations").await?, 1);
+    Ok(())
+}
+
 /// A capture that ran out of its retry budget is the key's answer: the saga compensates
 /// from it and never asks again, so a stale copy — a sweeper's re-send still queued when
 /// the provider recovers — answers the same and captures nothing (found in review of
