@@ -123,7 +123,8 @@ pub async fn lock_due(tx: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> 
 /// order) — the broker is down, or no process holds the relay's lease. Not parked rows:
 /// those wait for an operator (`souk outbox requeue`), and a saga waiting on one would
 /// never show as stuck; it is swept as before (re-sent, given up where its state gives
-/// up).
+/// up). Nor rows behind a parked row of their aggregate: the relay holds them with it
+/// (review: a saga re-sent past its parked command waited on the re-send for ever).
 pub async fn with_unsent_messages(
     tx: &mut PgConnection,
     aggregates: &[String],
@@ -132,8 +133,11 @@ pub async fn with_unsent_messages(
         return Ok(HashSet::new());
     }
     let unsent: Vec<String> = sqlx::query_scalar(
-        "select distinct aggregate_id from outbox
-         where aggregate_id = any($1) and published_at is null and parked_at is null",
+        "select distinct aggregate_id from outbox o
+         where aggregate_id = any($1) and published_at is null and parked_at is null
+           and not exists (select 1 from outbox p
+                           where p.parked_at is not null and p.aggregate_id = o.aggregate_id
+                             and p.seq < o.seq)",
     )
     .bind(aggregates)
     .fetch_all(tx)

@@ -104,6 +104,12 @@ async fn a_broker_outage_spends_no_attempts_of_a_saga_whose_command_is_unsent() 
     // authorize is due, sent or waiting depending on how far the relay got).
     assert!(swept.resent >= 1, "{swept:?}");
     assert_eq!(env.saga(parked.order_id).await?.attempt, 2);
+    // Its re-sent reserve waits behind the parked row (the relay keeps an aggregate's
+    // order): it waits for the operator too, and the saga goes on being swept (review,
+    // tenth session: the sweeper waited on it, each deadline moved on for ever, and the
+    // saga never showed as stuck).
+    let swept = sweep(&env.db.pool, now + Duration::hours(5), 100).await?;
+    assert_eq!(env.saga(parked.order_id).await?.attempt, 3, "{swept:?}");
     Ok(())
 }
 
