@@ -27,7 +27,10 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use souk_pipelines::orders::check_checkout_fields;
-use souk_stores::postgres::{carts, idempotency};
+use souk_stores::postgres::{
+    carts::{self, CheckoutClaim},
+    idempotency,
+};
 use std::sync::Arc;
 use utoipa::ToSchema;
 
@@ -112,14 +115,15 @@ pub async fn checkout(
     let claimed = carts::begin_checkout(&state.pool, &claims.tenant, &claims.sub, key, CHECKOUT_HOLD)
         .await
         .map_err(|e| unavailable(&state, e))?;
-    if !claimed {
+    if claimed == CheckoutClaim::Busy {
         return Err(Problem::new(StatusCode::CONFLICT, "checkout-in-progress", "Checkout in progress")
             .detail(
                 "this cart is being checked out under another Idempotency-Key: wait for that answer \
              (a retry of it goes on), or check the cart again in a few minutes",
             ));
     }
-    let (outcome, claim) = check_out_claimed(&state, &claims, key, request).await;
+    let renewed = claimed == CheckoutClaim::Renewed;
+    let (outcome, claim) = check_out_claimed(&state, &claims, key, renewed, request).await;
     if claim == Claim::Release
         && let Err(e) = carts::end_checkout(&state.pool, &claims.tenant, &claims.sub, key).await
     {
@@ -136,7 +140,7 @@ pub async fn checkout(
 const CHECKOUT_HOLD: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What becomes of the cart's claim after a checkout.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Claim {
     /// Ended with the cart's emptying (in its transaction).
     Ended,
@@ -146,25 +150,32 @@ enum Claim {
     Keep,
 }
 
-/// The checkout, its cart claimed under `key`, and what becomes of the claim.
+/// The checkout, its cart claimed under `key` (`renewed`: the key held the claim
+/// before this request), and what becomes of the claim.
 async fn check_out_claimed(
     state: &Arc<AppState>,
     claims: &Claims,
     key: &str,
+    renewed: bool,
     request: CheckoutRequest,
 ) -> (Result<Response, Problem>, Claim) {
     let state = state.as_ref();
+    // What this request placed nothing with: a claim it made is given up; a renewed one
+    // was kept by an earlier request under the key whose order may be stored with the
+    // cart still full, and stays until the emptying or its hold's end (review: a refused
+    // retry gave it up, and a checkout under a new key ordered the cart again).
+    let nothing_placed = if renewed { Claim::Keep } else { Claim::Release };
     // A refusal (4xx) placed nothing; a 5xx may follow a stored command.
     let after_handoff = |problem: Problem| {
-        let claim = if problem.status < 500 { Claim::Release } else { Claim::Keep };
+        let claim = if problem.status < 500 { nothing_placed } else { Claim::Keep };
         (Err(problem), claim)
     };
     // The cart, its products and their stock in one read.
     let (items, stored) = match carts::items_with_products(&state.pool, &claims.tenant, &claims.sub).await {
         Ok(read) => read,
-        Err(e) => return (Err(unavailable(state, e)), Claim::Release),
+        Err(e) => return (Err(unavailable(state, e)), nothing_placed),
     };
-    let lines: Vec<(String, i64)> = items.into_iter().map(|i| (i.sku, i.quantity)).collect();
+    let lines: Vec<(String, i64)> = items.iter().map(|i| (i.sku.clone(), i.quantity)).collect();
     if lines.is_empty() {
         let answer = emptied_by_this_key(state, claims, key, &request).await.map(accepted_response);
         return (answer, Claim::Release);
@@ -189,7 +200,7 @@ async fn check_out_claimed(
         },
     };
     if let Err(e) =
-        carts::checked_out(&state.pool, &claims.tenant, &claims.sub, key, accepted.order_id, &lines).await
+        carts::checked_out(&state.pool, &claims.tenant, &claims.sub, key, accepted.order_id, &items).await
     {
         tracing::warn!(error = %e, order_id = %accepted.order_id, "order placed but its cart not emptied (503)");
         let problem = Problem::unavailable(

@@ -251,6 +251,41 @@ async fn a_cart_left_full_after_its_order_was_placed_is_emptied_by_the_retry() -
     Ok(())
 }
 
+/// Review (tenth session): a 503 once the command may be stored holds the cart for the
+/// key's retry; that retry refused (the buyer changed the cart meanwhile: another cart
+/// under the key) gave the hold up, and a checkout under a new key ordered the same
+/// items again.
+#[tokio::test]
+async fn a_refused_retry_keeps_the_hold_of_a_cart_whose_order_may_be_stored() -> anyhow::Result<()> {
+    let (env, buyer) = shop().await?;
+    assert_eq!(env.put_item(&buyer, "MUG", 1).await?.0, 200);
+    let pay = json!({"payment_token": "tok_ok"});
+    let (status, _) = env.call(&buyer, "POST", "/v1/checkout", Some("c1"), Some(pay.clone())).await?;
+    assert_eq!(status, 202);
+    // As a 503 after the PubAck leaves it: the order stored, the cart full and held.
+    sqlx::query("delete from cart_checkouts").execute(&env.db.pool).await?;
+    assert_eq!(env.put_item(&buyer, "MUG", 1).await?.0, 200);
+    sqlx::query("update carts set checkout_key = 'c1', checkout_until = now() + interval '5 minutes'")
+        .execute(&env.db.pool)
+        .await?;
+    assert_eq!(env.put_item(&buyer, "TEA", 1).await?.0, 200);
+    let (status, body) = env.call(&buyer, "POST", "/v1/checkout", Some("c1"), Some(pay.clone())).await?;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (422, Some("https://souk.dev/problems/idempotency-key-reused"))
+    );
+    let (status, body) = env.call(&buyer, "POST", "/v1/checkout", Some("c2"), Some(pay.clone())).await?;
+    assert_eq!(status, 409, "the cart is still held for c1's order: {body}");
+    assert_eq!(env.orders_published().await?.len(), 1, "the mug ordered once");
+    // A refusal of a checkout that held nothing before still gives the cart up.
+    sqlx::query("update carts set checkout_key = null, checkout_until = null").execute(&env.db.pool).await?;
+    let over = json!({"payment_token": "tok_ok", "expected_total_minor": 1});
+    assert_eq!(env.call(&buyer, "POST", "/v1/checkout", Some("c3"), Some(over)).await?.0, 409);
+    let (status, body) = env.call(&buyer, "POST", "/v1/checkout", Some("c4"), Some(pay)).await?;
+    assert_eq!(status, 202, "{body}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_checkouts_get_problems_and_publish_nothing() -> anyhow::Result<()> {
     let (env, buyer) = shop().await?;

@@ -155,32 +155,53 @@ pub async fn remove_item(pool: &PgPool, tenant: &str, buyer: &str, sku: &str) ->
     Ok(done == 1)
 }
 
-/// Claim `buyer`'s cart for the checkout under `key` for `hold`: false when a
-/// checkout under another key holds it (claimed less than its hold ago, not finished).
-/// The same key may claim it again (a retry). Migration 0028.
+/// What [`begin_checkout`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckoutClaim {
+    /// Claimed now: the cart was free (or its claim had expired).
+    Fresh,
+    /// Claimed again by a retry under the key that held it: an earlier request under
+    /// the key may have stored an order of this cart.
+    Renewed,
+    /// A checkout under another key holds it (claimed less than its hold ago).
+    Busy,
+}
+
+/// Claim `buyer`'s cart for the checkout under `key` for `hold`, unless a checkout
+/// under another key holds it (claimed less than its hold ago, not finished). The same
+/// key may claim it again (a retry): [`CheckoutClaim::Renewed`]. Migration 0028.
 pub async fn begin_checkout(
     pool: &PgPool,
     tenant: &str,
     buyer: &str,
     key: &str,
     hold: std::time::Duration,
-) -> Result<bool, Error> {
-    let claimed = sqlx::query(
-        "insert into carts (tenant, buyer_id, checkout_key, checkout_until)
+) -> Result<CheckoutClaim, Error> {
+    // `before` reads the claim as the statement's snapshot saw it, ahead of the upsert.
+    let renewed: Option<bool> = sqlx::query_scalar(
+        "with before as (
+             select checkout_key = $3 and checkout_until >= now() as held
+             from carts where tenant = $1 and buyer_id = $2
+         )
+         insert into carts (tenant, buyer_id, checkout_key, checkout_until)
          values ($1, $2, $3, now() + make_interval(secs => $4))
          on conflict (tenant, buyer_id) do update
            set checkout_key = excluded.checkout_key, checkout_until = excluded.checkout_until
            where carts.checkout_key is null or carts.checkout_key = excluded.checkout_key
-              or carts.checkout_until < now()",
+              or carts.checkout_until < now()
+         returning coalesce((select held from before), false)",
     )
     .bind(tenant)
     .bind(buyer)
     .bind(key)
     .bind(hold.as_secs_f64())
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(claimed == 1)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match renewed {
+        None => CheckoutClaim::Busy,
+        Some(false) => CheckoutClaim::Fresh,
+        Some(true) => CheckoutClaim::Renewed,
+    })
 }
 
 /// Give up the claim of `buyer`'s cart under `key` (a checkout refused: nothing placed).
@@ -197,20 +218,24 @@ pub async fn end_checkout(pool: &PgPool, tenant: &str, buyer: &str, key: &str) -
     Ok(())
 }
 
-/// Record that order `order_id` took `lines` (sku, quantity) out of `buyer`'s cart, and
-/// empty them from it, in one transaction. A line the buyer changed meanwhile (another
-/// quantity, or put back after) stays: it is not what was ordered. Recording the same
-/// order again changes nothing. The checkout's claim under `key` ends with it.
+/// Record that order `order_id` took `taken` (the lines as the checkout read them) out
+/// of `buyer`'s cart, and empty them from it, in one transaction. A line the buyer
+/// changed meanwhile (another quantity, or removed and put back after the read: its
+/// `updated_at` is later) stays: it is not what was ordered. Recording the same order
+/// again changes nothing. The checkout's claim under `key` ends with it.
 pub async fn checked_out(
     pool: &PgPool,
     tenant: &str,
     buyer: &str,
     key: &str,
     order_id: Uuid,
-    lines: &[(String, i64)],
+    taken: &[CartItem],
 ) -> Result<(), Error> {
-    let json = serde_json::to_value(lines).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let (skus, quantities): (Vec<String>, Vec<i64>) = lines.iter().cloned().unzip();
+    let lines: Vec<(&str, i64)> = taken.iter().map(|i| (i.sku.as_str(), i.quantity)).collect();
+    let json = serde_json::to_value(&lines).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let skus: Vec<&str> = taken.iter().map(|i| i.sku.as_str()).collect();
+    let quantities: Vec<i64> = taken.iter().map(|i| i.quantity).collect();
+    let put_at: Vec<DateTime<Utc>> = taken.iter().map(|i| i.updated_at).collect();
     let mut tx = super::begin(pool).await?;
     sqlx::query(
         "insert into carts (tenant, buyer_id) values ($1, $2)
@@ -236,13 +261,16 @@ pub async fn checked_out(
     .rows_affected();
     if fresh == 1 {
         sqlx::query(
-            "delete from cart_items i using unnest($3::text[], $4::bigint[]) as l(sku, quantity)
-             where i.tenant = $1 and i.buyer_id = $2 and i.sku = l.sku and i.quantity = l.quantity",
+            "delete from cart_items i
+             using unnest($3::text[], $4::bigint[], $5::timestamptz[]) as l(sku, quantity, put_at)
+             where i.tenant = $1 and i.buyer_id = $2 and i.sku = l.sku and i.quantity = l.quantity
+               and i.updated_at = l.put_at",
         )
         .bind(tenant)
         .bind(buyer)
         .bind(&skus)
         .bind(&quantities)
+        .bind(&put_at)
         .execute(&mut *tx)
         .await?;
     }

@@ -1,5 +1,6 @@
 //! The Postgres store against a real database (one per test).
 
+mod carts;
 mod deployment;
 mod failures;
 mod search;
