@@ -90,6 +90,15 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
 /// Only the delivery's first dependency failure is recorded as a failed attempt
 /// (`held`): it re-runs after every passing probe, and an outage must not write a row
 /// per probe.
+///
+/// A delivery waiting for another delivery of the same work (`Waiting`) is kept the
+/// same way for its wait (progress acks), then run again: not handed back for a
+/// redelivery, which JetStream would count as a delivery. A count of waits kept in the
+/// process could not follow the message to another process (or this one restarted), and
+/// there the deliveries past max-deliver read as attempts that never finished: a
+/// healthy command dead-lettered unrun (found by the chaos test once its workers were
+/// killed instead of drained). The wait holds one of the pool's slots: waits are per
+/// message and short (the other delivery's call).
 async fn run_until_not_dependency(
     ctx: &Ctx,
     msg: &jetstream::Message,
@@ -109,6 +118,14 @@ async fn run_until_not_dependency(
                 }
                 ctx.breaker.trip(&e);
             }
+            Outcome::Error(e) if e.class == ErrorClass::Waiting => {
+                metrics::counter!("souk_worker_waiting_total", "pool" => ctx.pool.clone(), "code" => e.code)
+                    .increment(1);
+                tracing::debug!(code = e.code, error = %e.message, "waiting for another delivery of the same work");
+                if !wait(ctx, msg, e.retry_after.unwrap_or(settle::WAITING_DELAY)).await {
+                    return None;
+                }
+            }
             Outcome::Ack => {
                 ctx.breaker.handled();
                 return Some(Outcome::Ack);
@@ -116,6 +133,29 @@ async fn run_until_not_dependency(
             outcome => return Some(outcome),
         }
     }
+}
+
+/// Keep `msg` (progress acks) for `delay`: `false` if the pool shuts down meanwhile.
+async fn wait(ctx: &Ctx, msg: &jetstream::Message, delay: Duration) -> bool {
+    let waiting = metrics::gauge!("souk_worker_waiting_messages", "pool" => ctx.pool.clone());
+    waiting.increment(1.0);
+    let until = tokio::time::sleep(delay);
+    tokio::pin!(until);
+    let mut progress = tokio::time::interval(progress_every(ctx));
+    progress.tick().await;
+    let waited = loop {
+        tokio::select! {
+            () = &mut until => break true,
+            () = ctx.cancel.cancelled() => break false,
+            _ = progress.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "progress ack of a waiting message failed");
+                }
+            }
+        }
+    };
+    waiting.decrement(1.0);
+    waited
 }
 
 /// Whether the pool's dependency is down now: its breaker is not closed, or its probe

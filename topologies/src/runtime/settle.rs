@@ -44,7 +44,8 @@ pub(super) fn past_max_deliver(attempt: u64, max_deliver: u64, history: &History
 }
 
 /// Hand `msg` back for `delay` as a deferral, not an attempt (the ledger subtracts it
-/// from the delivery count): a too-new schema, or a wait for another delivery.
+/// from the delivery count): a too-new schema (its deliveries past max-deliver are never
+/// dead-lettered, whatever the process).
 async fn defer(ctx: &Ctx, msg: &jetstream::Message, key: Key, delay: Duration) -> &'static str {
     ctx.ledger.deferred(key);
     if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
@@ -91,10 +92,9 @@ pub(super) async fn settle(
             }
             return defer(ctx, msg, key, TOO_NEW_DELAY).await;
         }
+        // Never reached from a running pool (it keeps a waiting delivery, see
+        // `execute::run_until_not_dependency`); should it be, a deferral.
         ErrorClass::Waiting => {
-            metrics::counter!("souk_worker_waiting_total", "pool" => ctx.pool.clone(), "code" => error.code)
-                .increment(1);
-            tracing::debug!(code = error.code, error = %error.message, "waiting for another delivery of the same work");
             return defer(ctx, msg, key, error.retry_after.unwrap_or(WAITING_DELAY)).await;
         }
         ErrorClass::Retryable if delivery.attempt < max_deliver => {

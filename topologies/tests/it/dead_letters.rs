@@ -445,6 +445,41 @@ async fn waiting_for_another_delivery_does_not_count_toward_max_deliver() -> any
     Ok(())
 }
 
+/// Found by the chaos test once its workers were killed instead of drained: the waits
+/// were counted in the process that made them, so a message that waited in one process
+/// and was then delivered to another (or to the same one restarted) read its deliveries
+/// past max-deliver as attempts that never finished, and was dead-lettered unrun.
+/// Waiting now keeps the delivery (no redelivery to count).
+#[tokio::test]
+async fn a_message_that_waited_in_another_process_is_not_dead_lettered() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let env = shipped_env().await?;
+    let max_deliver = env.topology.consumers[0].max_deliver;
+    let waits = u32::try_from(max_deliver)? * 2;
+    let handler =
+        BusyFor { waits, handled: Arc::default(), seen: Arc::new(std::sync::atomic::AtomicU32::new(0)) };
+    env.send(Some("busy"), "busy").await?;
+    // The first process waits on it more times than max-deliver allows, and stops.
+    let first = env.start(handler.clone()).await?;
+    souk_testkit::eventually(Duration::from_secs(60), || async {
+        (handler.seen.load(Ordering::SeqCst) > max_deliver as u32).then_some(())
+    })
+    .await?;
+    stop(first).await?;
+    // The next one takes it over.
+    let second = env.start(handler.clone()).await?;
+    souk_testkit::eventually(Duration::from_secs(60), || async {
+        let handled = !handler.handled.lock().expect("lock").is_empty();
+        let dead = !dead_letters::list(&env.js, 10).await.ok()?.is_empty();
+        ((handled || dead) && env.idle().await).then_some(())
+    })
+    .await?;
+    stop(second).await?;
+    assert!(dead_letters::list(&env.js, 10).await?.is_empty(), "not dead-lettered");
+    assert_eq!(*handler.handled.lock().expect("lock"), [2], "handled: the second delivery's first attempt");
+    Ok(())
+}
+
 /// A dead letter stored but whose original was not terminated (a lost term, a crash
 /// between the two) is dead-lettered again on redelivery: the duplicate PubAck names its
 /// own stored copy, which is recognised, so one copy is kept and the original terminated.
