@@ -228,15 +228,24 @@ impl AttemptOutcome {
     }
 }
 
-/// Log a call about to be made (its own transaction: it must survive a crash).
-pub async fn attempt_started(pool: &PgPool, key: &str, provider: &str) -> Result<Uuid, Error> {
+/// Log a call about to be made by the delivery of message `message_id` (its own
+/// transaction: it must survive a crash).
+pub async fn attempt_started(
+    pool: &PgPool,
+    key: &str,
+    provider: &str,
+    message_id: &str,
+) -> Result<Uuid, Error> {
     let id = Uuid::now_v7();
-    sqlx::query("insert into payment_attempts (id, idempotency_key, provider) values ($1, $2, $3)")
-        .bind(id)
-        .bind(key)
-        .bind(provider)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "insert into payment_attempts (id, idempotency_key, provider, message_id) values ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(key)
+    .bind(provider)
+    .bind(message_id)
+    .execute(pool)
+    .await?;
     Ok(id)
 }
 
@@ -246,22 +255,26 @@ pub async fn attempt_started(pool: &PgPool, key: &str, provider: &str) -> Result
 /// delivery of the key, in another process), or one still `pending` from the last
 /// `in_flight` (a call that may not have reached its provider yet). `None` when
 /// refused. Under the key's lock (migration 0025), so of two deliveries failing over
-/// in opposite directions at once, the second to log sees the first.
+/// in opposite directions at once, the second to log sees the first. A `pending` line
+/// of an earlier delivery of the same message (`message_id`) is not a call in flight
+/// (migration 0029, see [`call_in_flight`]).
 pub async fn authorize_attempt_started(
     pool: &PgPool,
     key: &str,
     provider: &str,
     checked: &[String],
     in_flight: std::time::Duration,
+    message_id: &str,
 ) -> Result<Option<Uuid>, Error> {
     let id = Uuid::now_v7();
     let logged: bool =
-        sqlx::query_scalar("select payment_attempt_start($1, $2, $3, $4, make_interval(secs => $5))")
+        sqlx::query_scalar("select payment_attempt_start($1, $2, $3, $4, make_interval(secs => $5), $6)")
             .bind(id)
             .bind(key)
             .bind(provider)
             .bind(checked)
             .bind(in_flight.as_secs_f64())
+            .bind(message_id)
             .fetch_one(pool)
             .await?;
     Ok(logged.then_some(id))
@@ -270,15 +283,25 @@ pub async fn authorize_attempt_started(
 /// Whether a call under `key` logged in the last `in_flight` is still `pending`:
 /// another delivery's call the provider may not have answered yet (or answered, with
 /// its transaction not yet committed). A delivery out of budget must not record the
-/// key's answer while one may still move money under it.
-pub async fn call_in_flight(pool: &PgPool, key: &str, in_flight: std::time::Duration) -> Result<bool, Error> {
+/// key's answer while one may still move money under it. Not a line of an earlier
+/// delivery of the same message (`message_id`): JetStream redelivers a message only
+/// once the delivery holding it stopped acknowledging progress — its process died
+/// mid-call — so that call is over (migration 0029).
+pub async fn call_in_flight(
+    pool: &PgPool,
+    key: &str,
+    in_flight: std::time::Duration,
+    message_id: &str,
+) -> Result<bool, Error> {
     Ok(sqlx::query_scalar(
         "select exists (select 1 from payment_attempts
          where idempotency_key = $1 and outcome = 'pending'
-           and at > clock_timestamp() - make_interval(secs => $2))",
+           and at > clock_timestamp() - make_interval(secs => $2)
+           and message_id is distinct from $3)",
     )
     .bind(key)
     .bind(in_flight.as_secs_f64())
+    .bind(message_id)
     .fetch_one(pool)
     .await?)
 }

@@ -185,7 +185,7 @@ async fn housekeeping_expires_payment_answers_and_attempts_but_keeps_the_ledger(
     .bind(order)
     .execute(&db.pool)
     .await?;
-    pg::payments::attempt_started(&db.pool, &key, "alpha").await?;
+    pg::payments::attempt_started(&db.pool, &key, "alpha", "m1").await?;
     let mut conn = db.pool.acquire().await?;
     pg::payments::record_authorization(
         &mut conn,

@@ -172,10 +172,13 @@ impl Gateway {
     /// providers that may hold money under the key ([`payments::providers_maybe_charged`])
     /// as the caller read them just before — the first provider's check uses it instead
     /// of reading again; each failover reads afresh (this call has logged attempts since).
+    /// `delivery`: the message id of the delivery calling, logged with each call (a
+    /// redelivery of the same message does not wait on its own earlier calls).
     pub async fn authorize(
         &self,
         charge: &Charge<'_>,
         maybe_charged: &[String],
+        delivery: &str,
     ) -> Result<Decision, GatewayError> {
         let call = Call::Authorize(charge);
         let mut schedule = Schedule::new(&self.options);
@@ -192,30 +195,41 @@ impl Gateway {
                 metrics::counter!("souk_payments_failovers_total", "to" => name.to_owned()).increment(1);
                 tracing::warn!(provider = name, key = charge.key, "payment failing over");
             }
-            match self.try_endpoint(endpoint, call, Some(&checked), &mut schedule, &mut tally).await? {
+            match self
+                .try_endpoint(endpoint, call, Some(&checked), delivery, &mut schedule, &mut tally)
+                .await?
+            {
                 Tried::Decided(decision) => return Ok(decision),
                 Tried::BreakerOpen => continue,
                 Tried::BudgetSpent => break,
             }
         }
-        self.exhausted(charge.key, tally).await
+        self.exhausted(charge.key, delivery, tally).await
     }
 
     /// Capture, void or refund at `provider`, the one holding the authorization (a
-    /// payment cannot move to another provider).
-    pub async fn settle(&self, provider: &str, settle: &Settle<'_>) -> Result<Decision, GatewayError> {
+    /// payment cannot move to another provider). `delivery` as for [`Gateway::authorize`].
+    pub async fn settle(
+        &self,
+        provider: &str,
+        settle: &Settle<'_>,
+        delivery: &str,
+    ) -> Result<Decision, GatewayError> {
         let endpoint = self.endpoint(provider).ok_or_else(|| {
             GatewayError::Unknown(format!("the authorization is at {provider}, which is not configured"))
         })?;
         let mut schedule = Schedule::new(&self.options);
         let mut tally = Tally::default();
-        match self.try_endpoint(endpoint, Call::Settle(settle), None, &mut schedule, &mut tally).await? {
+        match self
+            .try_endpoint(endpoint, Call::Settle(settle), None, delivery, &mut schedule, &mut tally)
+            .await?
+        {
             Tried::Decided(decision) => Ok(decision),
             // No other provider can settle this payment: while its breaker is open the
             // command waits (held like any outage) instead of failing — a capture given
             // up this way unwound a paid order, a void left the authorization held.
             Tried::BreakerOpen => Err(GatewayError::Unavailable(tally.last_error)),
-            Tried::BudgetSpent => self.exhausted(settle.key, tally).await,
+            Tried::BudgetSpent => self.exhausted(settle.key, delivery, tally).await,
         }
     }
 
@@ -229,6 +243,7 @@ impl Gateway {
         endpoint: &Endpoint,
         call: Call<'_>,
         checked: Option<&[String]>,
+        delivery: &str,
         schedule: &mut Schedule,
         tally: &mut Tally,
     ) -> Result<Tried, GatewayError> {
@@ -241,13 +256,14 @@ impl Gateway {
             }
             tally.attempts += 1;
             let attempt = match checked {
-                None => payments::attempt_started(&self.pool, key, name).await?,
+                None => payments::attempt_started(&self.pool, key, name, delivery).await?,
                 Some(checked) => payments::authorize_attempt_started(
                     &self.pool,
                     key,
                     name,
                     checked,
                     CALL_IN_FLIGHT,
+                    delivery,
                 )
                 .await?
                 .ok_or_else(|| {
@@ -376,11 +392,11 @@ impl Gateway {
     /// for it: found in review, a capture re-sent after an outage failed out of budget
     /// while the original's call was being approved, recorded "exhausted" as the key's
     /// answer, and the approval was dropped — the buyer charged for an order unwound).
-    async fn exhausted(&self, key: &str, tally: Tally) -> Result<Decision, GatewayError> {
+    async fn exhausted(&self, key: &str, delivery: &str, tally: Tally) -> Result<Decision, GatewayError> {
         if let Elsewhere::Answered(found) = self.answered_elsewhere(key, None, None).await? {
             return Ok(found);
         }
-        if payments::call_in_flight(&self.pool, key, CALL_IN_FLIGHT).await? {
+        if payments::call_in_flight(&self.pool, key, CALL_IN_FLIGHT, delivery).await? {
             return Err(GatewayError::KeyBusy(format!(
                 "out of budget, but another delivery's call under {key} may still be answered; waiting for it"
             )));

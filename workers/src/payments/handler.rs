@@ -164,7 +164,7 @@ impl PaymentsHandler {
             // refusal of a second authorization dead-lettered the copy).
             return self.answer_from_ledger(d, cmd, auth).await;
         }
-        let decision = match self.decide(cmd, seen.authorization, &seen.maybe_charged).await {
+        let decision = match self.decide(cmd, seen.authorization, &seen.maybe_charged, &message_id).await {
             Ok(decision) => decision,
             Err(GatewayError::Unknown(e)) => {
                 return Err(HandlerError::dependency("payment_state_unknown", e));
@@ -186,7 +186,8 @@ impl PaymentsHandler {
 
     /// The providers' decision — or the ledger's, for a settle it refuses outright
     /// (`auth`: the order's authorization as read before, for a settle; `maybe_charged`:
-    /// the providers that may hold money under the key, read with it).
+    /// the providers that may hold money under the key, read with it; `delivery`: the
+    /// message id, logged with each call).
     ///
     /// No pooled connection is held here, across a gateway call: the gateway logs each
     /// attempt through the same pool, so a handler holding a connection while it calls
@@ -199,6 +200,7 @@ impl PaymentsHandler {
         cmd: &Command,
         auth: Option<payments::Authorization>,
         maybe_charged: &[String],
+        delivery: &str,
     ) -> Result<Decision, GatewayError> {
         let token = cmd.token.as_deref().unwrap_or_default();
         if cmd.operation == Operation::Authorize {
@@ -208,7 +210,7 @@ impl PaymentsHandler {
                 amount_minor: cmd.amount_minor,
                 currency: cmd.currency.code(),
             };
-            return self.gateway.authorize(&charge, maybe_charged).await;
+            return self.gateway.authorize(&charge, maybe_charged, delivery).await;
         }
         let declined = |code: &str, message: String| Decision::Answered {
             provider: String::new(),
@@ -254,7 +256,7 @@ impl PaymentsHandler {
             payment_id: &auth.provider_payment_id,
             amount_minor: cmd.amount_minor,
         };
-        let decision = self.gateway.settle(&auth.provider, &settle).await?;
+        let decision = self.gateway.settle(&auth.provider, &settle, delivery).await?;
         // The answer names the provider's payment: the one the ledger holds.
         Ok(match decision {
             Decision::Answered { provider, reply: Reply::Approved { .. } } => Decision::Answered {

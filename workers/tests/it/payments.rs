@@ -330,7 +330,7 @@ async fn a_key_the_secondary_may_hold_is_answered_from_it_and_never_sent_to_the_
     let cmd = authorize("tok_ok", 1500);
     let key = cmd.idempotency_key.as_str();
     // What the dead delivery did: logged the call, then the secondary charged.
-    ledger::attempt_started(&env.db.pool, key, &env.secondary_name).await?;
+    ledger::attempt_started(&env.db.pool, key, &env.secondary_name, "the-dead-delivery").await?;
     let http = HttpOptions { base_url: env.secondary.url(), api_key: None, timeout: Duration::from_secs(1) };
     let secondary = pay::provider(Dialect::Beta, &env.secondary_name, http)?;
     let charge = Charge { key, token: "tok_ok", amount_minor: 1500, currency: "EUR" };
@@ -368,18 +368,18 @@ async fn a_call_waits_while_another_delivery_of_its_key_may_be_charging_another_
     assert!(read.is_empty());
     // Since that read: the other delivery logged its call at the secondary (dated
     // ahead, so it stays "on its way" however slow this machine is).
-    ledger::attempt_started(&env.db.pool, &key, &env.secondary_name).await?;
+    ledger::attempt_started(&env.db.pool, &key, &env.secondary_name, "the-other-delivery").await?;
     sqlx::query("update payment_attempts set at = now() + interval '1 hour' where idempotency_key = $1")
         .bind(&key)
         .execute(&env.db.pool)
         .await?;
-    let refused = env.gateway.authorize(&charge, &read).await;
+    let refused = env.gateway.authorize(&charge, &read, "this-delivery").await;
     assert!(matches!(refused, Err(pay::GatewayError::KeyBusy(_))), "{refused:?}");
     assert_eq!(env.primary.requests(), 0, "not sent to the primary while the secondary may charge");
     // The same line, read and asked about, while its call may still be on its way.
     let read = ledger::providers_maybe_charged(&env.db.pool, &key).await?;
     assert_eq!(read, std::slice::from_ref(&env.secondary_name));
-    let refused = env.gateway.authorize(&charge, &read).await;
+    let refused = env.gateway.authorize(&charge, &read, "this-delivery").await;
     assert!(matches!(refused, Err(pay::GatewayError::KeyBusy(_))), "{refused:?}");
     assert_eq!(env.primary.requests(), 0);
 
@@ -389,7 +389,7 @@ async fn a_call_waits_while_another_delivery_of_its_key_may_be_charging_another_
         .bind(&key)
         .execute(&env.db.pool)
         .await?;
-    let decided = env.gateway.authorize(&charge, &read).await?;
+    let decided = env.gateway.authorize(&charge, &read, "this-delivery").await?;
     assert!(
         matches!(&decided, pay::Decision::Answered { provider, reply: Reply::Approved { .. } } if *provider == env.primary_name),
         "{decided:?}"
@@ -434,7 +434,8 @@ async fn a_key_busy_elsewhere_holds_back_only_its_own_command() -> anyhow::Resul
     let busy = authorize("tok_ok", 700);
     // Another delivery of the key (another process) is calling the secondary — its
     // line dated ahead, so it stays "on its way" however slow this machine is.
-    ledger::attempt_started(&env.db.pool, &busy.idempotency_key, &env.secondary_name).await?;
+    ledger::attempt_started(&env.db.pool, &busy.idempotency_key, &env.secondary_name, "the-other-delivery")
+        .await?;
     sqlx::query("update payment_attempts set at = now() + interval '1 hour' where idempotency_key = $1")
         .bind(&busy.idempotency_key)
         .execute(&env.db.pool)
@@ -622,6 +623,43 @@ async fn an_authorize_older_than_its_records_is_answered_from_the_ledger() -> an
     Ok(())
 }
 
+/// A worker killed mid-call leaves its call's log line `pending`; JetStream redelivers
+/// the message once that delivery stops acknowledging progress. The redelivery is the
+/// same message: its earlier call is over, not another delivery's call to wait for.
+/// (Found by the chaos test once its workers were killed instead of drained: each
+/// redelivery waited out the in-flight window while more workers died, until one
+/// arrived past max-deliver and the command was dead-lettered as a crash loop.) A line
+/// of another message still keeps it waiting.
+#[tokio::test]
+async fn a_redelivery_does_not_wait_for_the_call_its_own_dead_delivery_left_pending() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults::default()).await?;
+    let key = idempotency_key(Uuid::now_v7(), Operation::Authorize);
+    let charge = Charge { key: &key, token: "tok_ok", amount_minor: 900, currency: "EUR" };
+    // The dead delivery's call at the secondary, which never got there; dated ahead: "in
+    // flight" however slow this machine is.
+    ledger::attempt_started(&env.db.pool, &key, &env.secondary_name, "msg-1").await?;
+    sqlx::query("update payment_attempts set at = now() + interval '1 hour' where idempotency_key = $1")
+        .bind(&key)
+        .execute(&env.db.pool)
+        .await?;
+    let window = Duration::from_secs(25);
+    assert!(ledger::call_in_flight(&env.db.pool, &key, window, "msg-2").await?, "another message's call");
+    assert!(!ledger::call_in_flight(&env.db.pool, &key, window, "msg-1").await?, "its own dead delivery's");
+    let read = ledger::providers_maybe_charged(&env.db.pool, &key).await?;
+    // Another message of the key waits for that call...
+    let waited = env.gateway.authorize(&charge, &read, "msg-2").await;
+    assert!(matches!(waited, Err(pay::GatewayError::KeyBusy(_))), "{waited:?}");
+    assert_eq!(env.primary.requests(), 0);
+    // ...the redelivery asks the secondary (nothing there) and goes on to the primary.
+    let decided = env.gateway.authorize(&charge, &read, "msg-1").await?;
+    assert!(
+        matches!(&decided, pay::Decision::Answered { provider, reply: Reply::Approved { .. } } if *provider == env.primary_name),
+        "{decided:?}"
+    );
+    assert_eq!((env.primary.effects(&key), env.secondary.effects(&key)), (1, 0));
+    Ok(())
+}
+
 /// A capture that ran out of its retry budget is the key's answer: the saga compensates
 /// from it and never asks again, so a stale copy — a sweeper's re-send still queued when
 /// the provider recovers — answers the same and captures nothing (found in review of
@@ -702,19 +740,19 @@ async fn a_delivery_out_of_budget_waits_for_another_deliverys_call_under_its_key
         pay::Settle { key: &key, operation: Operation::Capture, payment_id: &payment_id, amount_minor: 600 };
     // The other delivery's call, logged and not yet answered (dated ahead, so it stays
     // "under way" however slow this machine is).
-    ledger::attempt_started(&env.db.pool, &key, &env.primary_name).await?;
+    ledger::attempt_started(&env.db.pool, &key, &env.primary_name, "the-other-delivery").await?;
     sqlx::query("update payment_attempts set at = now() + interval '1 hour' where idempotency_key = $1")
         .bind(&key)
         .execute(&env.db.pool)
         .await?;
-    let waited = env.gateway.settle(&env.primary_name, &capture).await;
+    let waited = env.gateway.settle(&env.primary_name, &capture, "this-delivery").await;
     assert!(matches!(waited, Err(pay::GatewayError::KeyBusy(_))), "{waited:?}");
     // A crashed worker's line, older than any call: out of budget is the answer.
     sqlx::query("update payment_attempts set at = now() - interval '1 minute' where idempotency_key = $1")
         .bind(&key)
         .execute(&env.db.pool)
         .await?;
-    let exhausted = env.gateway.settle(&env.primary_name, &capture).await?;
+    let exhausted = env.gateway.settle(&env.primary_name, &capture, "this-delivery").await?;
     assert!(matches!(exhausted, pay::Decision::Exhausted { .. }), "{exhausted:?}");
     assert_eq!(env.primary.effects(&key), 0);
     Ok(())
@@ -839,7 +877,7 @@ async fn a_provider_refusing_our_request_is_a_decline_without_its_words() -> any
     let gateway = pay::gateway(&[spec], test_payment_retry(), db.pool.clone())?;
     let key = idempotency_key(Uuid::now_v7(), Operation::Authorize);
     let charge = Charge { key: &key, token: "tok_ok", amount_minor: 500, currency: "EUR" };
-    let decided = gateway.authorize(&charge, &[]).await?;
+    let decided = gateway.authorize(&charge, &[], "this-delivery").await?;
     let pay::Decision::Answered { reply: Reply::Declined { code, message, soft: false }, .. } = &decided
     else {
         anyhow::bail!("a hard decline: {decided:?}");
