@@ -28,8 +28,9 @@ pub use nats::{NatsServer, nats_server_bin};
 pub use pg_server::PgServer;
 pub use quiescent::quiescent;
 pub use stack::{
-    PUBLIC_TENANT, Stack, StackOptions, order_body, read_body, shipped_topology, test_job_tuning,
-    test_payment_retry, test_topology, test_topology_running,
+    PUBLIC_TENANT, Stack, StackOptions, TEST_ACK_WAIT, order_body, read_body, shipped_topology,
+    test_job_tuning, test_payment_retry, test_topology, test_topology_acking, test_topology_running,
+    test_topology_toml,
 };
 
 /// What an [`eventually`] check answers: `Option<T>` (`None`: not yet), or

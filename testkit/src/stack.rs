@@ -21,15 +21,61 @@ pub fn shipped_topology() -> anyhow::Result<Topology> {
 /// consumer's ack wait is 2 s and its backoff as many steps as shipped, from 50 ms
 /// doubling; every pool drains for at most 5 s. Everything else is as shipped.
 pub fn test_topology() -> anyhow::Result<Topology> {
+    test_topology_acking(TEST_ACK_WAIT)
+}
+
+/// The ack wait of [`test_topology`]'s consumers.
+pub const TEST_ACK_WAIT: Duration = Duration::from_secs(2);
+
+/// [`test_topology`] with another ack wait.
+pub fn test_topology_acking(ack_wait: Duration) -> anyhow::Result<Topology> {
     let mut topology = shipped_topology()?;
     for c in &mut topology.consumers {
-        c.ack_wait = Duration::from_secs(2);
+        c.ack_wait = ack_wait;
         c.backoff = (0..c.backoff.len()).map(|i| Duration::from_millis(50 << i)).collect();
     }
     for p in &mut topology.pools {
         p.drain_timeout = Duration::from_secs(5);
     }
     Ok(topology)
+}
+
+/// [`test_topology_acking`] as a topology file's text, for the `souk` processes a test starts
+/// beside a stack (`SOUK_TOPOLOGY`): their timers must be the ones the stack's
+/// consumers were made with. A worker reading the shipped file sends progress acks every
+/// 20 s against the stack's 2 s ack wait, and JetStream redelivers everything it is
+/// still handling — to the next worker, again and again, until a delivery arrives past
+/// max-deliver (found by the chaos test once its workers ran as processes).
+pub fn test_topology_toml(ack_wait: Duration) -> anyhow::Result<String> {
+    let mut doc: toml::Table = include_str!("../../topologies/marketplace.toml").parse()?;
+    let tables = |doc: &mut toml::Table, key: &str| -> Vec<toml::Table> {
+        doc.get(key)
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_table().cloned())
+            .collect()
+    };
+    let mut consumers = tables(&mut doc, "consumer");
+    for c in &mut consumers {
+        c.insert("ack-wait".into(), format!("{}ms", ack_wait.as_millis()).into());
+        let steps = c.get("backoff").and_then(|b| b.as_array()).map_or(0, Vec::len);
+        if steps > 0 {
+            let backoff: Vec<toml::Value> = (0..steps).map(|i| format!("{}ms", 50u64 << i).into()).collect();
+            c.insert("backoff".into(), backoff.into());
+        }
+    }
+    let mut pools = tables(&mut doc, "pool");
+    for p in &mut pools {
+        p.insert("drain-timeout".into(), "5s".into());
+    }
+    let array =
+        |tables: Vec<toml::Table>| toml::Value::Array(tables.into_iter().map(toml::Value::Table).collect());
+    doc.insert("consumer".into(), array(consumers));
+    doc.insert("pool".into(), array(pools));
+    let text = toml::to_string(&doc)?;
+    anyhow::ensure!(Topology::parse(&text)? == test_topology_acking(ack_wait)?, "not the test topology");
+    Ok(text)
 }
 
 /// The [`test_topology`] for a test that runs only `pools`: the other pools are gone,
@@ -102,6 +148,8 @@ pub struct StackOptions {
     /// The ingress's catalog admission bound (`catalog-max-backlog`; the shipped default
     /// unless changed).
     pub catalog_max_backlog: Duration,
+    /// Every consumer's ack wait ([`TEST_ACK_WAIT`] unless changed).
+    pub ack_wait: Duration,
 }
 
 impl Default for StackOptions {
@@ -117,6 +165,7 @@ impl Default for StackOptions {
             search_timeout: Duration::from_secs(10),
             dashboard: None,
             catalog_max_backlog: souk_cli::node::DEFAULT_CATALOG_MAX_BACKLOG,
+            ack_wait: TEST_ACK_WAIT,
         }
     }
 }
@@ -167,7 +216,7 @@ impl Stack {
         souk_stores::postgres::migrate(&db.pool).await?;
         let client = nats.client().await?;
         let js = jetstream::new(client.clone());
-        let topology = test_topology()?;
+        let topology = test_topology_acking(options.ack_wait)?;
         souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
         let search_dir = tempfile::tempdir()?;
         let search = souk_cli::node::open_search(&SearchBackend::Tantivy {

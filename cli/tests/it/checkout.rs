@@ -218,6 +218,51 @@ pub(crate) async fn ship(stack: &Stack, s: &str, id: Uuid) -> anyhow::Result<(u1
     read_body(r).await
 }
 
+/// A `souk worker` process (the real binary) running every pool but `without`, on the
+/// stack's nats-server and database, paying at the stack's sandboxes.
+pub(crate) fn souk_worker(
+    stack: &Stack,
+    data: &std::path::Path,
+    keys: &str,
+    without: &[&str],
+) -> anyhow::Result<tokio::process::Child> {
+    // The timers the stack's consumers were made with (a 2 s ack wait, not 60 s).
+    let ack_wait = stack.topology.consumers.first().map_or(souk_testkit::TEST_ACK_WAIT, |c| c.ack_wait);
+    let topology = souk_testkit::test_topology_toml(ack_wait)?;
+    anyhow::ensure!(
+        souk_topologies::spec::Topology::parse(&topology)? == stack.topology,
+        "the stack's topology"
+    );
+    let file = data.join("topology.toml");
+    std::fs::write(&file, topology)?;
+    let mut worker = crate::binary::souk(data);
+    worker
+        .args(["worker", "--no-relay"])
+        .env("SOUK_TOPOLOGY", &file)
+        .env("SOUK_NATS_URL", stack.nats.url())
+        .env("DATABASE_URL", &stack.db.url)
+        .env("SOUK_JWT_KEYS", keys)
+        .env("SOUK_PAYMENTS_PRIMARY_URL", stack.payment_sandboxes[0].url())
+        .env("SOUK_PAYMENTS_SECONDARY_URL", stack.payment_sandboxes[1].url())
+        // The stack's own payments pools' timers (`test_payment_retry`, 1 s calls).
+        .env("SOUK_PAYMENTS_BUDGET", "3s")
+        .env("SOUK_PAYMENTS_CALL_TIMEOUT", "1s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // Where a run is being debugged: each worker's log in a file of its own there.
+    if let Ok(dir) = std::env::var("TEST_WORKER_LOGS") {
+        let f = std::fs::File::create(format!("{dir}/worker-{}.log", uuid::Uuid::now_v7()))?;
+        worker.stderr(f.try_clone()?).stdout(f);
+    }
+    // The search index is the stack's (one writer): the worker leaves the indexer to it.
+    let mut skipped = without.to_vec();
+    skipped.push("catalog-index");
+    for pool in pools_but(stack, &skipped) {
+        worker.args(["--pool", pool]);
+    }
+    Ok(worker.spawn()?)
+}
+
 /// The names of the topology's pools, less `without`.
 pub(crate) fn pools_but<'a>(stack: &'a Stack, without: &[&str]) -> Vec<&'a str> {
     stack.topology.pools.iter().map(|p| p.name.as_str()).filter(|p| !without.contains(p)).collect()

@@ -139,6 +139,18 @@ impl Book {
         self.effects.get(key).copied().unwrap_or(0)
     }
 
+    /// Every key under which money moved, with how many times (what a test compares
+    /// with the keys it expects: money moved under no other).
+    pub fn moved_keys(&self) -> HashMap<String, u32> {
+        self.effects.clone()
+    }
+
+    /// Every payment, as the provider reports it (what a test sums: money the provider
+    /// holds, by its own books).
+    pub fn payments(&self) -> Vec<PaymentView> {
+        self.payments.iter().map(|(id, p)| p.view(id)).collect()
+    }
+
     /// The token a payment was authorized with.
     pub fn token_of(&self, payment_id: &str) -> Option<&str> {
         self.payments.get(payment_id).map(|p| p.token.as_str())

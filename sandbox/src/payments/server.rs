@@ -120,6 +120,16 @@ impl PaymentSandbox {
         lock(&self.shared.book).effects(key)
     }
 
+    /// Every key under which money moved at this provider, with how many times.
+    pub fn moved_keys(&self) -> std::collections::HashMap<String, u32> {
+        lock(&self.shared.book).moved_keys()
+    }
+
+    /// Every payment in this provider's books.
+    pub fn payments(&self) -> Vec<super::book::PaymentView> {
+        lock(&self.shared.book).payments()
+    }
+
     /// API requests received so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)

@@ -9,7 +9,6 @@ use souk_testkit::{
     StackOptions,
     catalog::{for_sale, seed},
 };
-use std::process::Stdio;
 
 /// The process-wide metrics recorder (installed once), to read what was recorded.
 fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
@@ -100,6 +99,14 @@ async fn declines_and_exhausted_retries_are_cancelled_with_stock_released_and_no
         idempotency_key(failing, Operation::Authorize)
     );
     assert!(stack.count(&calls).await? >= 2, "retried and failed over before giving up");
+    let tried: Vec<String> = sqlx::query_scalar(
+        "select distinct provider from payment_attempts where idempotency_key = $1 order by 1",
+    )
+    .bind(idempotency_key(failing, Operation::Authorize))
+    .fetch_all(&stack.db.pool)
+    .await?;
+    assert_eq!(tried, ["primary", "secondary"], "both providers were tried");
+    assert!(stack.payment_sandboxes.iter().all(|s| s.requests() > 0), "both sandboxes were called");
     stack.quiescent(WAIT).await?;
     assert_eq!(units(&stack, "LAMP").await?, (10, 0, 0), "every hold released");
     assert_eq!(product_stock(&stack, &cara, "LAMP").await?, 10);
@@ -176,33 +183,6 @@ async fn a_checkout_whose_charge_lost_its_answer_is_charged_once() -> anyhow::Re
     stack.quiescent(WAIT).await?;
     assert_eq!(units(&stack, "LAMP").await?, (8, 0, 2));
     Ok(())
-}
-
-/// A `souk worker` process (the real binary) running every pool but `without`, on the
-/// stack's nats-server and database, paying at the stack's sandboxes.
-fn souk_worker(
-    stack: &Stack,
-    data: &std::path::Path,
-    keys: &str,
-    without: &[&str],
-) -> anyhow::Result<tokio::process::Child> {
-    let mut worker = crate::binary::souk(data);
-    worker
-        .args(["worker", "--no-relay"])
-        .env("SOUK_NATS_URL", stack.nats.url())
-        .env("DATABASE_URL", &stack.db.url)
-        .env("SOUK_JWT_KEYS", keys)
-        .env("SOUK_PAYMENTS_PRIMARY_URL", stack.payment_sandboxes[0].url())
-        .env("SOUK_PAYMENTS_SECONDARY_URL", stack.payment_sandboxes[1].url())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // The search index is the stack's (one writer): the worker leaves the indexer to it.
-    let mut skipped = without.to_vec();
-    skipped.push("catalog-index");
-    for pool in pools_but(stack, &skipped) {
-        worker.args(["--pool", pool]);
-    }
-    Ok(worker.spawn()?)
 }
 
 /// Commands or events waiting for `consumer` (undelivered or unacknowledged).

@@ -66,6 +66,8 @@ async fn two_hundred_buyers_race_for_fifty_units_and_exactly_fifty_are_sold() ->
     assert_eq!(authorizations, UNITS, "buyers without stock were never charged");
     let moved_total: u32 = placed.iter().map(|(id, _)| moved(&stack, *id, Operation::Authorize)).sum();
     assert_eq!(moved_total as i64, UNITS, "the sandboxes authorized 50 payments");
+    let captured_total: u32 = placed.iter().map(|(id, _)| moved(&stack, *id, Operation::Capture)).sum();
+    assert_eq!(captured_total as i64, UNITS, "the sandboxes captured 50 payments");
     for w in workers {
         w.stop().await;
     }
