@@ -329,12 +329,7 @@ impl PaymentsHandler {
         };
         let event: PaymentResult = serde_json::from_value(recorded)
             .map_err(|e| HandlerError::poison("payment_result_unreadable", e))?;
-        metrics::counter!("souk_payments_results_total", "operation" => cmd.operation.as_str(),
-            "outcome" => "answered_again")
-        .increment(1);
-        outbox::enqueue(&mut tx, result_row(cmd, &event, d.dedupe_id())).await.map_err(store)?;
-        tx.commit().await.map_err(|e| store(e.into()))?;
-        Ok(())
+        answered_again(tx, d, cmd, &event).await
     }
 
     /// An authorize whose order's authorization is in the ledger: its inbox record,
@@ -357,12 +352,7 @@ impl PaymentsHandler {
         payments::record_result(&mut tx, &cmd.key, cmd.order_id, cmd.operation.as_str(), true, &json)
             .await
             .map_err(store)?;
-        metrics::counter!("souk_payments_results_total", "operation" => cmd.operation.as_str(),
-            "outcome" => "answered_again")
-        .increment(1);
-        outbox::enqueue(&mut tx, result_row(cmd, &event, d.dedupe_id())).await.map_err(store)?;
-        tx.commit().await.map_err(|e| store(e.into()))?;
-        Ok(())
+        answered_again(tx, d, cmd, &event).await
     }
 
     async fn record_ledger(
@@ -392,6 +382,23 @@ impl PaymentsHandler {
             Operation::Refund => payments::record_refund(tx, cmd.order_id, cmd.amount_minor, &cmd.key).await,
         }
     }
+}
+
+/// Emit `event` again as the answer to `d` (a new `PaymentResult` caused by this
+/// delivery) and commit `tx`, which holds `d`'s inbox record.
+async fn answered_again(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    d: &Delivery,
+    cmd: &Command,
+    event: &PaymentResult,
+) -> Result<(), HandlerError> {
+    let store = |e: pg::Error| store_error(&e);
+    metrics::counter!("souk_payments_results_total", "operation" => cmd.operation.as_str(),
+        "outcome" => "answered_again")
+    .increment(1);
+    outbox::enqueue(&mut tx, result_row(cmd, event, d.dedupe_id())).await.map_err(store)?;
+    tx.commit().await.map_err(|e| store(e.into()))?;
+    Ok(())
 }
 
 fn outcome_label(event: &PaymentResult) -> &'static str {
