@@ -425,6 +425,9 @@ async fn checkouts_the_node_must_refuse_get_problems_and_publish_nothing() -> an
     ] {
         let (status, kind, problem) = checkout_raw(&stack, &alice, key, &body).await?;
         assert!((400..500).contains(&status), "{key} {body}: {status} {problem}");
+        // Refused for what it carries — not for a cart held by an earlier refusal,
+        // which would answer 409 without the check ever running (test audit).
+        assert_ne!(status, 409, "{key} {body}: {problem}");
         assert_eq!(kind, "application/problem+json", "{key} {body}");
         let text = problem.to_string();
         assert!(
