@@ -10,13 +10,45 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::{Delivery, ErrorClass, Handler, HandlerError, Outcome, breaker, pool::Ctx, settle};
 use crate::{batcher::BatchFn, trace};
 
+/// The handler slot a delivery runs in: given up while the delivery waits for another
+/// delivery of the same work, taken again to run it.
+pub(super) struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<Semaphore>,
+}
+
+impl Slot {
+    pub(super) fn new(permit: OwnedSemaphorePermit, slots: Arc<Semaphore>) -> Slot {
+        Slot { permit: Some(permit), slots }
+    }
+
+    fn give_up(&mut self) {
+        self.permit = None;
+    }
+
+    /// Take a slot again: `false` if the pool shuts down first.
+    async fn take(&mut self, cancel: &tokio_util::sync::CancellationToken) -> bool {
+        if self.permit.is_some() {
+            return true;
+        }
+        tokio::select! {
+            p = self.slots.clone().acquire_owned() => {
+                self.permit = p.ok();
+                self.permit.is_some()
+            }
+            () = cancel.cancelled() => false,
+        }
+    }
+}
+
 /// Run one fetched message through the handler and settle it.
-pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
+pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message, slot: &mut Slot) {
     let (stream_sequence, delivered, key) = match msg.info() {
         Ok(info) => (
             info.stream_sequence,
@@ -65,7 +97,7 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
         // The handler did not run for `first`: no attempt to record.
         let label = match first {
             Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver, false).await,
-            None => match run_until_not_dependency(ctx, &msg, &delivery).await {
+            None => match run_until_not_dependency(ctx, &msg, &delivery, slot).await {
                 Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver, true).await,
                 None => settle::hand_back_held(&msg).await,
             },
@@ -97,12 +129,14 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message) {
 /// process could not follow the message to another process (or this one restarted), and
 /// there the deliveries past max-deliver read as attempts that never finished: a
 /// healthy command dead-lettered unrun (found by the chaos test once its workers were
-/// killed instead of drained). The wait holds one of the pool's slots: waits are per
-/// message and short (the other delivery's call).
+/// killed instead of drained). The delivery gives its handler slot up while it waits
+/// (the pool fetches other work meanwhile: a provider's outage must not fill the slots
+/// with deliveries waiting for it) and takes one again to run.
 async fn run_until_not_dependency(
     ctx: &Ctx,
     msg: &jetstream::Message,
     delivery: &Delivery,
+    slot: &mut Slot,
 ) -> Option<Outcome> {
     let mut recorded = false;
     loop {
@@ -122,7 +156,11 @@ async fn run_until_not_dependency(
                 metrics::counter!("souk_worker_waiting_total", "pool" => ctx.pool.clone(), "code" => e.code)
                     .increment(1);
                 tracing::debug!(code = e.code, error = %e.message, "waiting for another delivery of the same work");
+                slot.give_up();
                 if !wait(ctx, msg, e.retry_after.unwrap_or(settle::WAITING_DELAY)).await {
+                    return None;
+                }
+                if !slot.take(&ctx.cancel).await {
                     return None;
                 }
             }

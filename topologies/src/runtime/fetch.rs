@@ -7,7 +7,10 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{execute::process, pool::Ctx};
+use super::{
+    execute::{Slot, process},
+    pool::Ctx,
+};
 use crate::{control::PoolSettings, spec::PoolSpec};
 
 /// How long one pull request waits for messages before asking again.
@@ -103,9 +106,11 @@ pub(super) async fn fetch_loop(
             let abandon = abandon.clone();
             metrics::gauge!("souk_worker_in_flight", "pool" => ctx.pool.clone()).increment(1.0);
             ctx.live.started();
+            let all_slots = slots.clone();
             tracker.spawn(async move {
+                let mut slot = Slot::new(slot, all_slots);
                 tokio::select! {
-                    () = process(&ctx, msg) => {},
+                    () = process(&ctx, msg, &mut slot) => {},
                     () = abandon.cancelled() => {
                         tracing::warn!(pool = %ctx.pool, "abandoned at drain deadline; JetStream will redeliver");
                     }

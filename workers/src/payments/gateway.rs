@@ -226,7 +226,7 @@ impl Gateway {
         {
             Tried::Decided(decision) => Ok(decision),
             // No other provider can settle this payment: while its breaker is open the
-            // command waits (held like any outage) instead of failing — a capture given
+            // command waits (for this provider, see the handler) instead of failing — a capture given
             // up this way unwound a paid order, a void left the authorization held.
             Tried::BreakerOpen => Err(GatewayError::Unavailable(tally.last_error)),
             Tried::BudgetSpent => self.exhausted(settle.key, delivery, tally).await,

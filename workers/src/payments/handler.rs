@@ -37,6 +37,9 @@ use std::sync::Arc;
 
 /// When a command whose key another delivery may be charging with is tried again.
 const KEY_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a command waits for the one provider it needs (whose breaker is open, or
+/// that cannot say whether it holds money under the key) before trying again.
+const PROVIDER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Which command a handler takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,11 +169,17 @@ impl PaymentsHandler {
         }
         let decision = match self.decide(cmd, seen.authorization, &seen.maybe_charged, &message_id).await {
             Ok(decision) => decision,
+            // One provider's trouble, for this key: this message waits for that provider
+            // (never dead-lettered, no attempt spent, its slot given up meanwhile) while
+            // the pool goes on with the others — a dependency fault would hold it in its
+            // slot and stop the whole pool, and a provider's outage then filled the slots
+            // with its own deliveries and stopped the captures of orders authorized at
+            // the other provider too (review, tenth session).
             Err(GatewayError::Unknown(e)) => {
-                return Err(HandlerError::dependency("payment_state_unknown", e));
+                return Err(HandlerError::waiting("payment_state_unknown", e).after(PROVIDER_WAIT));
             }
             Err(GatewayError::Unavailable(e)) => {
-                return Err(HandlerError::dependency("payment_provider_unavailable", e));
+                return Err(HandlerError::waiting("payment_provider_unavailable", e).after(PROVIDER_WAIT));
             }
             // This message alone waits (the other delivery ends within a handler
             // timeout): retried after a pause, while the pool handles the others, and

@@ -44,21 +44,26 @@ impl Drop for PayEnv {
 }
 
 async fn pay_env(retry: RetryOptions, primary_faults: Faults) -> anyhow::Result<PayEnv> {
-    pay_env_with(retry, primary_faults, None).await
+    pay_env_with(retry, primary_faults, None, None).await
 }
 
 /// [`pay_env`] whose payments pools (handlers and gateway) share a Postgres pool of
-/// `connections` (the test database's own pool when `None`).
+/// `connections` (the test database's own pool when `None`), each pool running
+/// `concurrency` handlers (as shipped when `None`).
 async fn pay_env_with(
     retry: RetryOptions,
     primary_faults: Faults,
     connections: Option<u32>,
+    concurrency: Option<usize>,
 ) -> anyhow::Result<PayEnv> {
     let (nats, db) = tokio::try_join!(NatsServer::start(), TestDb::create())?;
     souk_stores::postgres::migrate(&db.pool).await?;
     let client = nats.client().await?;
     let js = async_nats::jetstream::new(client.clone());
-    let topology = test_topology()?;
+    let mut topology = test_topology()?;
+    for p in topology.pools.iter_mut().filter(|p| p.name.starts_with("payments-")) {
+        p.concurrency = concurrency.unwrap_or(p.concurrency);
+    }
     souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
     let publisher = Publisher::new(client, Duration::from_secs(2));
     // Names unique to the test: metrics are process-wide.
@@ -214,7 +219,7 @@ fn declined_code(r: &PaymentResult) -> Option<&str> {
 /// crash tests, where 1,000 sagas stopped for good at `authorizing`.
 #[tokio::test]
 async fn more_commands_in_flight_than_connections_are_all_answered() -> anyhow::Result<()> {
-    let env = pay_env_with(test_payment_retry(), Faults::default(), Some(2)).await?;
+    let env = pay_env_with(test_payment_retry(), Faults::default(), Some(2), None).await?;
     let cmds: Vec<AuthorizePayment> = (0..16).map(|_| authorize("tok_ok", 1299)).collect();
     for cmd in &cmds {
         env.send(&format!("auth-{}", cmd.order_id), cmd).await?;
@@ -657,6 +662,42 @@ async fn a_redelivery_does_not_wait_for_the_call_its_own_dead_delivery_left_pend
         "{decided:?}"
     );
     assert_eq!((env.primary.effects(&key), env.secondary.effects(&key)), (1, 0));
+    Ok(())
+}
+
+/// Review (tenth session): a capture or void waits while its provider's breaker is open
+/// (no other provider can settle the payment) — as a dependency fault, which held the
+/// delivery in its handler slot and stopped the whole pool. With the primary down, the
+/// settles of orders authorized there filled every slot, and the captures of orders
+/// authorized at the secondary — which the failover had saved — were never fetched. A
+/// settle waiting for its provider now gives its slot up.
+#[tokio::test]
+async fn a_provider_down_holds_back_only_the_settles_it_must_make() -> anyhow::Result<()> {
+    let env = pay_env_with(test_payment_retry(), Faults::default(), None, Some(2)).await?;
+    let at_primary: Vec<_> = (0..4).map(|_| authorize("tok_ok", 100)).collect();
+    for c in &at_primary {
+        env.send(&format!("auth-{}", c.order_id), c).await?;
+        env.result_of(c.order_id, Operation::Authorize).await?;
+    }
+    env.primary.set_faults(Faults { error_rate: 1.0, ..Faults::default() }).map_err(anyhow::Error::msg)?;
+    let failed_over = authorize("tok_ok", 100);
+    env.send("auth-failed-over", &failed_over).await?;
+    let r = env.result_of(failed_over.order_id, Operation::Authorize).await?;
+    assert!(r.provider.as_deref().is_some_and(|p| p.starts_with("secondary-")), "{r:?}");
+    // More settles for the primary than the pool has slots, then one for the secondary.
+    for c in &at_primary {
+        env.send(&format!("capture-{}", c.order_id), &settle(c.order_id, Operation::Capture, 100)).await?;
+    }
+    env.send("capture-failed-over", &settle(failed_over.order_id, Operation::Capture, 100)).await?;
+    let captured = env.result_of(failed_over.order_id, Operation::Capture).await?;
+    assert_eq!(captured.failure, None, "{captured:?}");
+    // The primary back: its settles go through, each once.
+    env.primary.set_faults(Faults::default()).map_err(anyhow::Error::msg)?;
+    for c in &at_primary {
+        let r = env.result_of(c.order_id, Operation::Capture).await?;
+        assert_eq!(r.failure, None, "{r:?}");
+        assert_eq!(env.primary.effects(&idempotency_key(c.order_id, Operation::Capture)), 1);
+    }
     Ok(())
 }
 
