@@ -150,6 +150,38 @@ async fn a_primary_that_resets_every_call_is_failed_over_and_the_order_confirmed
     Ok(())
 }
 
+/// The "timeout after the provider actually charged", end to end: `tok_slow`
+/// payments are processed (charged) at once and answered after 3 s, past the stack's
+/// 1 s call timeout — the authorize and the capture both time out with the money moved.
+/// Each is then found by its key at the provider that holds it and used: confirmed,
+/// charged once, and never sent to the secondary (test audit: only resets covered
+/// this end to end).
+#[tokio::test]
+async fn a_checkout_whose_charge_timed_out_after_the_provider_charged_is_charged_once() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?;
+    seed(&stack.db.pool, TENANT, &[for_sale("LAMP", "lumen", 4000, 10)]).await?;
+    let finn = buyer(&stack, "finn");
+    let id = buy(&stack, &finn, "slow-1", &[("LAMP", 1)], "tok_slow").await?;
+    order_reaches(&stack, &finn, id, &["confirmed"], WAIT).await?;
+    let books = ledger(&stack, id).await?;
+    let expected =
+        Ledger { authorized: 1, captured: 4000, voided: 0, refunded: 0, provider: Some("primary".into()) };
+    assert_eq!(books, expected);
+    assert_eq!((moved(&stack, id, Operation::Authorize), moved(&stack, id, Operation::Capture)), (1, 1));
+    assert_eq!(stack.payment_sandboxes[1].requests(), 0, "nothing sent to the secondary");
+    for operation in [Operation::Authorize, Operation::Capture] {
+        let timed_out = format!(
+            "select 1 from payment_attempts where outcome = 'ambiguous' and idempotency_key = '{}'",
+            idempotency_key(id, operation)
+        );
+        assert!(stack.count(&timed_out).await? >= 1, "the {operation:?} call timed out");
+    }
+    stack.quiescent(WAIT).await?;
+    assert_eq!(units(&stack, "LAMP").await?, (9, 0, 1));
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_checkout_whose_charge_lost_its_answer_is_charged_once() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
