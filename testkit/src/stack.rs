@@ -47,34 +47,38 @@ pub fn test_topology_acking(ack_wait: Duration) -> anyhow::Result<Topology> {
 /// still handling — to the next worker, again and again, until a delivery arrives past
 /// max-deliver (found by the chaos test once its workers ran as processes).
 pub fn test_topology_toml(ack_wait: Duration) -> anyhow::Result<String> {
+    // The shipped file with the timers of the typed topology written over it: what is
+    // shortened, and how, is said once (`test_topology_acking`).
+    let topology = test_topology_acking(ack_wait)?;
     let mut doc: toml::Table = include_str!("../../topologies/marketplace.toml").parse()?;
-    let tables = |doc: &mut toml::Table, key: &str| -> Vec<toml::Table> {
-        doc.get(key)
-            .and_then(|v| v.as_array())
+    let ms = |d: Duration| toml::Value::from(format!("{}ms", d.as_millis()));
+    let named = |doc: &mut toml::Table, key: &str| -> Vec<(String, toml::Table)> {
+        let tables = doc.get_mut(key).and_then(|v| v.as_array_mut()).map(std::mem::take).unwrap_or_default();
+        tables
             .into_iter()
-            .flatten()
             .filter_map(|v| v.as_table().cloned())
+            .map(|t| (t.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_owned(), t))
             .collect()
     };
-    let mut consumers = tables(&mut doc, "consumer");
-    for c in &mut consumers {
-        c.insert("ack-wait".into(), format!("{}ms", ack_wait.as_millis()).into());
-        let steps = c.get("backoff").and_then(|b| b.as_array()).map_or(0, Vec::len);
-        if steps > 0 {
-            let backoff: Vec<toml::Value> = (0..steps).map(|i| format!("{}ms", 50u64 << i).into()).collect();
-            c.insert("backoff".into(), backoff.into());
+    let mut consumers = Vec::new();
+    for (name, mut c) in named(&mut doc, "consumer") {
+        let typed = topology.consumer(&name).ok_or_else(|| anyhow::anyhow!("no consumer {name}"))?;
+        c.insert("ack-wait".into(), ms(typed.ack_wait));
+        if !typed.backoff.is_empty() {
+            c.insert("backoff".into(), typed.backoff.iter().map(|d| ms(*d)).collect::<Vec<_>>().into());
         }
+        consumers.push(toml::Value::Table(c));
     }
-    let mut pools = tables(&mut doc, "pool");
-    for p in &mut pools {
-        p.insert("drain-timeout".into(), "5s".into());
+    let mut pools = Vec::new();
+    for (name, mut p) in named(&mut doc, "pool") {
+        let typed = topology.pool(&name).ok_or_else(|| anyhow::anyhow!("no pool {name}"))?;
+        p.insert("drain-timeout".into(), ms(typed.drain_timeout));
+        pools.push(toml::Value::Table(p));
     }
-    let array =
-        |tables: Vec<toml::Table>| toml::Value::Array(tables.into_iter().map(toml::Value::Table).collect());
-    doc.insert("consumer".into(), array(consumers));
-    doc.insert("pool".into(), array(pools));
+    doc.insert("consumer".into(), consumers.into());
+    doc.insert("pool".into(), pools.into());
     let text = toml::to_string(&doc)?;
-    anyhow::ensure!(Topology::parse(&text)? == test_topology_acking(ack_wait)?, "not the test topology");
+    anyhow::ensure!(Topology::parse(&text)? == topology, "not the test topology");
     Ok(text)
 }
 

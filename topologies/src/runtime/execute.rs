@@ -177,23 +177,33 @@ async fn run_until_not_dependency(
 async fn wait(ctx: &Ctx, msg: &jetstream::Message, delay: Duration) -> bool {
     let waiting = metrics::gauge!("souk_worker_waiting_messages", "pool" => ctx.pool.clone());
     waiting.increment(1.0);
-    let until = tokio::time::sleep(delay);
-    tokio::pin!(until);
+    let waited = keeping(ctx, msg, async {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = ctx.cancel.cancelled() => false,
+        }
+    })
+    .await;
+    waiting.decrement(1.0);
+    waited
+}
+
+/// Run `work` while sending `msg`'s progress acks, so JetStream keeps the delivery for
+/// as long as `work` takes (a handler, a hold, a wait).
+async fn keeping<F: std::future::Future>(ctx: &Ctx, msg: &jetstream::Message, work: F) -> F::Output {
+    tokio::pin!(work);
     let mut progress = tokio::time::interval(progress_every(ctx));
     progress.tick().await;
-    let waited = loop {
+    loop {
         tokio::select! {
-            () = &mut until => break true,
-            () = ctx.cancel.cancelled() => break false,
+            r = &mut work => return r,
             _ = progress.tick() => {
                 if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "progress ack of a waiting message failed");
+                    tracing::debug!(error = %e, "progress ack failed");
                 }
             }
         }
-    };
-    waiting.decrement(1.0);
-    waited
+    }
 }
 
 /// Whether the pool's dependency is down now: its breaker is not closed, or its probe
@@ -215,20 +225,7 @@ async fn in_outage(ctx: &Ctx) -> bool {
 async fn hold(ctx: &Ctx, msg: &jetstream::Message) -> bool {
     let held = metrics::gauge!("souk_worker_held_messages", "pool" => ctx.pool.clone());
     held.increment(1.0);
-    let closed = ctx.breaker.closed(&ctx.cancel);
-    tokio::pin!(closed);
-    let mut progress = tokio::time::interval(progress_every(ctx));
-    progress.tick().await;
-    let resumed = loop {
-        tokio::select! {
-            c = &mut closed => break c,
-            _ = progress.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "progress ack of a held message failed");
-                }
-            }
-        }
-    };
+    let resumed = keeping(ctx, msg, ctx.breaker.closed(&ctx.cancel)).await;
     held.decrement(1.0);
     resumed
 }
@@ -259,20 +256,7 @@ async fn run_handler(ctx: &Ctx, msg: &jetstream::Message, delivery: &Delivery) -
         }
     };
     let work = tokio::time::timeout(limit, AssertUnwindSafe(handle).catch_unwind());
-    tokio::pin!(work);
-    let mut progress = tokio::time::interval(progress_every(ctx));
-    progress.tick().await;
-    let result = loop {
-        tokio::select! {
-            r = &mut work => break r,
-            _ = progress.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "progress ack failed");
-                }
-            }
-        }
-    };
-    match result {
+    match keeping(ctx, msg, work).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(panic)) => panicked(panic.as_ref()),
         Err(_) => timed_out(ctx.handler.as_ref(), ctx.handler_timeout).await,

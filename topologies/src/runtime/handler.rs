@@ -99,9 +99,9 @@ pub enum ErrorClass {
     /// the pool alerts (`souk_worker_unknown_schema_total`, a warning a minute).
     TooNew,
     /// Another delivery of the same work is under way (a payment key another call
-    /// holds): not the message's fault, not a dependency's. Kept in the process (one of
-    /// the pool's slots, progress acks) for the error's delay (else 10 s) and run again
-    /// as the same delivery: never dead-lettered, not counted toward max-deliver — a
+    /// holds): not the message's fault, not a dependency's. Kept in the process
+    /// (progress acks, its handler slot given up) for the error's delay (else 10 s) and
+    /// run again as the same delivery: never dead-lettered, not counted toward max-deliver — a
     /// re-sent command beside its original would otherwise spend its attempts waiting
     /// and be dead-lettered for it (found in review).
     Waiting,

@@ -226,8 +226,8 @@ impl Gateway {
         {
             Tried::Decided(decision) => Ok(decision),
             // No other provider can settle this payment: while its breaker is open the
-            // command waits (for this provider, see the handler) instead of failing — a capture given
-            // up this way unwound a paid order, a void left the authorization held.
+            // command waits for it (see the handler) instead of failing — a capture
+            // given up this way unwound a paid order, a void left the authorization held.
             Tried::BreakerOpen => Err(GatewayError::Unavailable(tally.last_error)),
             Tried::BudgetSpent => self.exhausted(settle.key, delivery, tally).await,
         }

@@ -204,6 +204,15 @@ impl PayEnv {
     }
 }
 
+/// `decided` is the primary's approval, and only the primary moved money under `key`.
+fn approved_by_the_primary_alone(env: &PayEnv, decided: &pay::Decision, key: &str) {
+    assert!(
+        matches!(decided, pay::Decision::Answered { provider, reply: Reply::Approved { .. } } if *provider == env.primary_name),
+        "{decided:?}"
+    );
+    assert_eq!((env.primary.effects(key), env.secondary.effects(key)), (1, 0));
+}
+
 fn declined_code(r: &PaymentResult) -> Option<&str> {
     match &r.failure {
         Some(PaymentFailure::Declined { code, .. }) => Some(code),
@@ -395,11 +404,7 @@ async fn a_call_waits_while_another_delivery_of_its_key_may_be_charging_another_
         .execute(&env.db.pool)
         .await?;
     let decided = env.gateway.authorize(&charge, &read, "this-delivery").await?;
-    assert!(
-        matches!(&decided, pay::Decision::Answered { provider, reply: Reply::Approved { .. } } if *provider == env.primary_name),
-        "{decided:?}"
-    );
-    assert_eq!((env.primary.effects(&key), env.secondary.effects(&key)), (1, 0));
+    approved_by_the_primary_alone(&env, &decided, &key);
     Ok(())
 }
 
@@ -657,11 +662,7 @@ async fn a_redelivery_does_not_wait_for_the_call_its_own_dead_delivery_left_pend
     assert_eq!(env.primary.requests(), 0);
     // ...the redelivery asks the secondary (nothing there) and goes on to the primary.
     let decided = env.gateway.authorize(&charge, &read, "msg-1").await?;
-    assert!(
-        matches!(&decided, pay::Decision::Answered { provider, reply: Reply::Approved { .. } } if *provider == env.primary_name),
-        "{decided:?}"
-    );
-    assert_eq!((env.primary.effects(&key), env.secondary.effects(&key)), (1, 0));
+    approved_by_the_primary_alone(&env, &decided, &key);
     Ok(())
 }
 
