@@ -1,6 +1,8 @@
 //! `POST /v1/checkout`: the buyer's cart becomes an order, through the same intake as
 //! `POST /v1/orders` (priced from the catalog, key claimed, command published, 202 on
-//! its PubAck), and the cart is emptied once the command is stored.
+//! its PubAck), and the cart is emptied once the command is stored — here, and again
+//! by the orders pool with the order's row (the command carries the lines as read), so
+//! a cart this process could not empty is emptied all the same.
 //!
 //! The key's claim hashes the cart's lines (sku, quantity, by SKU), the token and the
 //! expected total, in the key space of orders. So:
@@ -26,7 +28,7 @@ use axum::{
     response::Response,
 };
 use serde::{Deserialize, Serialize};
-use souk_pipelines::orders::check_checkout_fields;
+use souk_pipelines::orders::{CartLine, CheckedOutCart, check_checkout_fields};
 use souk_stores::postgres::{
     carts::{self, CheckoutClaim},
     idempotency,
@@ -135,8 +137,9 @@ pub async fn checkout(
 /// How long a checkout's claim of its cart holds when its order may be stored and its
 /// cart was not emptied (a 5xx after the command was handed to JetStream, a process
 /// that died): only a retry under its key — the same order — goes on meanwhile, and a
-/// buyer switching keys is told a checkout is in progress. Past it, a checkout under
-/// another key may make a second order of the cart (the crash case left open).
+/// buyer switching keys is told a checkout is in progress. The orders pool empties the
+/// cart (and ends the claim) when it stores the order, usually well within the hold;
+/// only an orders pool down past it leaves the cart open to a second order.
 const CHECKOUT_HOLD: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What becomes of the cart's claim after a checkout.
@@ -186,7 +189,8 @@ async fn check_out_claimed(
         .and_then(|priced| pricing::check_expected(priced, request.expected_total_minor));
     let accepted = match priced {
         Ok(priced) => {
-            let order = NewOrder { priced, payment_token: request.payment_token };
+            let cart = CheckedOutCart { key: key.to_owned(), lines: taken(&items) };
+            let order = NewOrder { priced, payment_token: request.payment_token, cart: Some(cart) };
             match state.intake.place(claims, key, hash, &order).await {
                 Ok(accepted) => accepted,
                 Err(e) => return after_handoff(intake_problem(state, e)),
@@ -210,6 +214,14 @@ async fn check_out_claimed(
         return (Err(problem), Claim::Keep);
     }
     (Ok(accepted_response(accepted)), Claim::Ended)
+}
+
+/// The cart lines as this checkout read them, for the orders pool to empty.
+fn taken(items: &[carts::CartItem]) -> Vec<CartLine> {
+    items
+        .iter()
+        .map(|i| CartLine { sku: i.sku.clone(), quantity: i.quantity, put_at: i.updated_at })
+        .collect()
 }
 
 /// The claim's hash of a checkout: its cart's lines, token and expected total, tagged

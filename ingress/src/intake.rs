@@ -15,7 +15,11 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::FutureExt;
 use souk_pipelines::{
-    Message, catalog::WriteProduct, encode, headers, orders::PlaceOrder, pricing::PricedOrder,
+    Message,
+    catalog::WriteProduct,
+    encode, headers,
+    orders::{CheckedOutCart, PlaceOrder},
+    pricing::PricedOrder,
 };
 use souk_stores::postgres::idempotency::{self, Claim, Record};
 use souk_topologies::{
@@ -57,6 +61,8 @@ pub(crate) enum IntakeError {
 pub(crate) struct NewOrder {
     pub priced: PricedOrder,
     pub payment_token: String,
+    /// A checkout's cart lines, for the orders pool to empty with the order.
+    pub cart: Option<CheckedOutCart>,
 }
 
 /// An accepted order.
@@ -147,6 +153,7 @@ impl Intake {
             total_minor: order.priced.total_minor,
             payment_token: Some(order.payment_token.clone()),
             placed_at: chrono::Utc::now(),
+            cart: order.cart.clone(),
         };
         let mut h = HeaderMap::new();
         // The command continues the trace from its own span, which lasts until the PubAck.

@@ -137,7 +137,7 @@ pub async fn place(
             return stored_replay(&state, &claims, key, &hash, problem).await.map(accepted_response);
         }
     };
-    let order = NewOrder { priced, payment_token: request.payment_token };
+    let order = NewOrder { priced, payment_token: request.payment_token, cart: None };
     let accepted =
         state.intake.place(&claims, key, hash, &order).await.map_err(|e| intake_problem(&state, e))?;
     Ok(accepted_response(accepted))

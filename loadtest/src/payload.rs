@@ -84,6 +84,7 @@ impl Sample {
             total_minor: self.priced.total_minor,
             payment_token: Some(self.request.payment_token.clone()),
             placed_at: chrono::Utc::now(),
+            cart: None,
         }
     }
 

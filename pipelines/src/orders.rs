@@ -205,7 +205,9 @@ pub struct PricedLine {
 /// priced; starts the order's saga.
 ///
 /// Version 2 adds each line's `seller` and the `payment_token`; a version-1 command
-/// (neither) still decodes, with an empty seller and no token.
+/// (neither) still decodes, with an empty seller and no token. `cart` is optional and
+/// ignored by readers that predate it (no version change: it only adds an emptying
+/// that the ingress also does).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlaceOrder {
     pub order_id: Uuid,
@@ -218,6 +220,29 @@ pub struct PlaceOrder {
     #[serde(default)]
     pub payment_token: Option<String>,
     pub placed_at: DateTime<Utc>,
+    /// The cart lines a checkout ordered, as it read them: the orders pool empties
+    /// them with the order's row, so a cart the ingress could not empty after the
+    /// PubAck (it died, or its emptying failed) is emptied all the same. `None` for
+    /// `POST /v1/orders`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cart: Option<CheckedOutCart>,
+}
+
+/// The cart lines a checkout took, under the checkout's `Idempotency-Key` (whose claim
+/// of the cart ends with the emptying).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckedOutCart {
+    pub key: String,
+    pub lines: Vec<CartLine>,
+}
+
+/// One cart line as a checkout read it: a line changed after (another quantity, or
+/// removed and put back: a later `put_at`) is not what was ordered and stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartLine {
+    pub sku: String,
+    pub quantity: i64,
+    pub put_at: DateTime<Utc>,
 }
 
 impl PlaceOrder {

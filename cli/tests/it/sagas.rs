@@ -32,6 +32,7 @@ fn payable_order(buyer: &str) -> PlaceOrder {
         total_minor: 1800,
         payment_token: Some("tok_ok".into()),
         placed_at: chrono::Utc::now(),
+        cart: None,
     }
 }
 

@@ -249,6 +249,7 @@ async fn a_dead_lettered_order_shows_its_dead_letter_and_unknown_ids_exit_3() ->
         total_minor: 900,
         payment_token: None,
         placed_at: chrono::Utc::now(),
+        cart: None,
     };
     let mut h = async_nats::HeaderMap::new();
     h.insert(headers::SCHEMA, PlaceOrder::schema_header().as_str());

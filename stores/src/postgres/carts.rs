@@ -6,7 +6,10 @@
 //! puts of new SKUs into a cart one short of full cannot both pass the count).
 
 use chrono::{DateTime, Utc};
-use souk_pipelines::Currency;
+use souk_pipelines::{
+    Currency,
+    orders::{CartLine, CheckedOutCart},
+};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -219,10 +222,12 @@ pub async fn end_checkout(pool: &PgPool, tenant: &str, buyer: &str, key: &str) -
 }
 
 /// Record that order `order_id` took `taken` (the lines as the checkout read them) out
-/// of `buyer`'s cart, and empty them from it, in one transaction. A line the buyer
-/// changed meanwhile (another quantity, or removed and put back after the read: its
-/// `updated_at` is later) stays: it is not what was ordered. Recording the same order
-/// again changes nothing. The checkout's claim under `key` ends with it.
+/// of `buyer`'s cart, and empty them from it, in one transaction: the ingress's
+/// emptying after the PubAck. A line the buyer changed meanwhile (another quantity, or
+/// removed and put back after the read: its `updated_at` is later) stays: it is not
+/// what was ordered. Recording the same order again changes nothing. The checkout's
+/// claim under `key` ends with it (also when the order was recorded before: the orders
+/// pool empties checkouts too, [`empty_checked_out`], and a retry renews the claim).
 pub async fn checked_out(
     pool: &PgPool,
     tenant: &str,
@@ -231,23 +236,44 @@ pub async fn checked_out(
     order_id: Uuid,
     taken: &[CartItem],
 ) -> Result<(), Error> {
-    let lines: Vec<(&str, i64)> = taken.iter().map(|i| (i.sku.as_str(), i.quantity)).collect();
-    let json = serde_json::to_value(&lines).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let skus: Vec<&str> = taken.iter().map(|i| i.sku.as_str()).collect();
-    let quantities: Vec<i64> = taken.iter().map(|i| i.quantity).collect();
-    let put_at: Vec<DateTime<Utc>> = taken.iter().map(|i| i.updated_at).collect();
+    let lines: Vec<CartLine> = taken
+        .iter()
+        .map(|i| CartLine { sku: i.sku.clone(), quantity: i.quantity, put_at: i.updated_at })
+        .collect();
+    let cart = CheckedOutCart { key: key.to_owned(), lines };
     let mut tx = super::begin(pool).await?;
-    sqlx::query(
-        "insert into carts (tenant, buyer_id) values ($1, $2)
-         on conflict (tenant, buyer_id) do update set updated_at = now(),
-           checkout_key = nullif(carts.checkout_key, $3),
-           checkout_until = case when carts.checkout_key = $3 then null else carts.checkout_until end",
-    )
-    .bind(tenant)
-    .bind(buyer)
-    .bind(key)
-    .execute(&mut *tx)
-    .await?;
+    empty(&mut tx, tenant, buyer, order_id, &cart, true).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`checked_out`] inside the caller's transaction, for the orders pool placing the
+/// order of `cart`: true when this recorded the checkout (the ingress had not), and
+/// only then is the claim ended and are the lines taken out.
+pub async fn empty_checked_out(
+    conn: &mut PgConnection,
+    tenant: &str,
+    buyer: &str,
+    order_id: Uuid,
+    cart: &CheckedOutCart,
+) -> Result<bool, Error> {
+    empty(conn, tenant, buyer, order_id, cart, false).await
+}
+
+/// The emptying. Locks in the same order wherever it runs — the checkout's record
+/// (the ingress and the orders pool may empty one checkout at once: the second waits
+/// for the first and finds it recorded), then the cart's row (as every cart change
+/// takes it first), then its lines — so the two never deadlock.
+async fn empty(
+    conn: &mut PgConnection,
+    tenant: &str,
+    buyer: &str,
+    order_id: Uuid,
+    cart: &CheckedOutCart,
+    end_claim_anyway: bool,
+) -> Result<bool, Error> {
+    let ordered: Vec<(&str, i64)> = cart.lines.iter().map(|l| (l.sku.as_str(), l.quantity)).collect();
+    let json = serde_json::to_value(&ordered).map_err(|e| Error::Corrupt(e.to_string()))?;
     let fresh = sqlx::query(
         "insert into cart_checkouts (tenant, buyer_id, order_id, lines) values ($1, $2, $3, $4)
          on conflict do nothing",
@@ -256,10 +282,27 @@ pub async fn checked_out(
     .bind(buyer)
     .bind(order_id)
     .bind(json)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?
-    .rows_affected();
-    if fresh == 1 {
+    .rows_affected()
+        == 1;
+    if fresh || end_claim_anyway {
+        sqlx::query(
+            "update carts set updated_at = now(),
+               checkout_key = nullif(checkout_key, $3),
+               checkout_until = case when checkout_key = $3 then null else checkout_until end
+             where tenant = $1 and buyer_id = $2",
+        )
+        .bind(tenant)
+        .bind(buyer)
+        .bind(&cart.key)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if fresh {
+        let skus: Vec<&str> = cart.lines.iter().map(|l| l.sku.as_str()).collect();
+        let quantities: Vec<i64> = cart.lines.iter().map(|l| l.quantity).collect();
+        let put_at: Vec<DateTime<Utc>> = cart.lines.iter().map(|l| l.put_at).collect();
         sqlx::query(
             "delete from cart_items i
              using unnest($3::text[], $4::bigint[], $5::timestamptz[]) as l(sku, quantity, put_at)
@@ -271,11 +314,10 @@ pub async fn checked_out(
         .bind(&skus)
         .bind(&quantities)
         .bind(&put_at)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     }
-    tx.commit().await?;
-    Ok(())
+    Ok(fresh)
 }
 
 /// The lines (sku, quantity) order `order_id` took out of `buyer`'s cart, if a

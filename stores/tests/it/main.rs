@@ -321,6 +321,7 @@ async fn failed_orders_are_written_once_never_over_an_accepted_one_and_can_be_ac
         payment_token: None,
         total_minor: 5,
         placed_at: chrono::Utc::now(),
+        cart: None,
     };
     let mut tx = db.pool.begin().await?;
     assert!(orders::mark_failed(&mut tx, &cmd, "first").await?);
@@ -371,6 +372,7 @@ async fn an_order_whose_command_never_arrived_is_failed_as_lost_when_its_claim_e
         payment_token: None,
         total_minor: 5,
         placed_at: chrono::Utc::now(),
+        cart: None,
     };
     let mut tx = db.pool.begin().await?;
     orders::insert_accepted_many(&mut tx, &[(&cmd(handled.order_id), None)]).await?;

@@ -4,6 +4,9 @@
 //! arrived together (one commit, one fsync, for all of them). A command without a
 //! payment token or sellers (version 1) cannot be paid for: its order is cancelled at
 //! once, with the reason and an `OrderCancelled` event instead of `OrderAccepted`.
+//! A checkout's command carries the cart lines it ordered: they are emptied from the
+//! cart in the same transaction (a no-op when the ingress emptied them after the
+//! PubAck, as it usually has), so a cart is never left full under a placed order.
 
 use super::saga::{
     self, Effect, State,
@@ -16,7 +19,7 @@ use souk_pipelines::{
     orders::{OrderAccepted, PlaceOrder},
 };
 use souk_stores::postgres::{
-    self as pg, inbox, orders, outbox,
+    self as pg, carts, inbox, orders, outbox,
     sagas::{self, NewSaga, Saga},
 };
 use souk_topologies::{
@@ -65,6 +68,13 @@ impl PlaceOrderHandler {
             fresh.iter().map(|(c, d, _)| (*c, trace::trace_id(d.headers.as_ref()))).collect();
         let mut inserted = orders::insert_accepted_many(&mut tx, &cmds).await?;
         let placed: Vec<_> = fresh.into_iter().filter(|(cmd, _, _)| inserted.remove(&cmd.order_id)).collect();
+        // A checkout's cart is emptied with its order, whether or not the ingress lived
+        // to empty it after the PubAck (usually it did, and this finds it recorded).
+        for (cmd, _, _) in &placed {
+            if let Some(cart) = &cmd.cart {
+                carts::empty_checked_out(&mut tx, &cmd.tenant, &cmd.buyer_id, cmd.order_id, cart).await?;
+            }
+        }
         // An order that cannot be paid for is cancelled, never accepted.
         let mut events: Vec<_> = placed
             .iter()

@@ -189,6 +189,7 @@ fn command() -> PlaceOrder {
         payment_token: Some("tok_ok".into()),
         total_minor: 1000,
         placed_at: chrono::Utc::now(),
+        cart: None,
     }
 }
 

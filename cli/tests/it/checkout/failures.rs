@@ -302,6 +302,62 @@ async fn a_worker_killed_between_any_two_steps_leaves_a_saga_that_completes_exac
     Ok(())
 }
 
+/// The ingress lost the cart's emptying after the PubAck (it died there, or the emptying
+/// failed: made here by a trigger that refuses it, a 503 once the command is stored),
+/// and the buyer put another item in the cart. The order is placed and paid for, and
+/// its lines leave the cart with it; the item put after stays, and the checkout's claim
+/// of the cart ends — a checkout under a new key orders that item alone. Before, the
+/// cart stayed full under the placed order until the key's retry, and once the hold
+/// ran out a new key ordered (and charged) the same items again.
+#[tokio::test]
+async fn a_cart_whose_emptying_the_ingress_lost_is_emptied_with_its_order() -> anyhow::Result<()> {
+    let stack = Stack::start_with(StackOptions { pools: false, ..Default::default() }).await?;
+    seed(&stack.db.pool, TENANT, &[for_sale("LAMP", "lumen", 4000, 10), for_sale("BULB", "glow", 250, 50)])
+        .await?;
+    sqlx::raw_sql(
+        "create function refuse_emptying() returns trigger language plpgsql
+           as $$ begin raise exception 'the emptying is lost (test)'; end $$;
+         create trigger refuse_emptying before insert on cart_checkouts
+           for each row execute function refuse_emptying();",
+    )
+    .execute(&stack.db.pool)
+    .await?;
+    let finn = buyer(&stack, "finn");
+    assert_eq!(put_item(&stack, &finn, "LAMP", 1).await?.0, 200);
+    let pay = json!({"payment_token": "tok_ok"});
+    let (status, _, body) = checkout_raw(&stack, &finn, "f1", &pay).await?;
+    assert_eq!(status, 503, "the order is stored, its cart not emptied: {body}");
+    sqlx::raw_sql("drop trigger refuse_emptying on cart_checkouts").execute(&stack.db.pool).await?;
+    assert_eq!(put_item(&stack, &finn, "BULB", 2).await?.0, 200);
+
+    let worker = stack.start_worker(&pools_but(&stack, &[])).await?;
+    let id: Uuid = eventually(WAIT, || async {
+        let id = sqlx::query_scalar("select order_id from orders where buyer_id = 'finn'");
+        anyhow::Ok(id.fetch_optional(&stack.db.pool).await?)
+    })
+    .await?;
+    order_reaches(&stack, &finn, id, &["confirmed"], WAIT).await?;
+    let (_, cart) = stack.get(&finn, "/v1/cart").await?;
+    let items: Vec<_> = cart["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| (i["sku"].as_str().unwrap_or_default().to_owned(), i["quantity"].as_i64()))
+        .collect();
+    assert_eq!(items, [("BULB".to_owned(), Some(2))], "the ordered lamp left the cart: {cart}");
+    let (status, _, body) = checkout_raw(&stack, &finn, "f2", &pay).await?;
+    assert_eq!(status, 202, "the claim of f1 ended with the emptying: {body}");
+    let second: Uuid = body["order_id"].as_str().unwrap_or_default().parse()?;
+    order_reaches(&stack, &finn, second, &["confirmed"], WAIT).await?;
+    stack.quiescent(WAIT).await?;
+    worker.stop().await;
+    assert_eq!(units(&stack, "LAMP").await?, (9, 0, 1), "one lamp sold");
+    assert_eq!(units(&stack, "BULB").await?, (48, 0, 2));
+    let books = (ledger(&stack, id).await?.captured, ledger(&stack, second).await?.captured);
+    assert_eq!(books, (4000, 500));
+    Ok(())
+}
+
 /// A capture is due at the primary (which holds the authorization) while its breaker is
 /// open — opened by another order's authorization failing over, the primary healthy
 /// again. Only the primary can capture: the capture must wait for its breaker, not give

@@ -325,6 +325,7 @@ pub(crate) fn order(lines: &[(&str, &str, i64, i64)]) -> PlaceOrder {
         lines,
         payment_token: Some("tok_ok".into()),
         placed_at: Utc::now(),
+        cart: None,
     }
 }
 
