@@ -150,6 +150,13 @@ pub fn render(model: &Model, indexes: &[IndexLag], colour: bool) -> String {
         if let (Some(b), Some(e)) = (p.breaker.filter(|b| *b != BreakerState::Closed), &p.last_error) {
             let _ = writeln!(w, "  pool {}: breaker {b}: {e}", p.name);
         }
+        if p.waiting > 0 {
+            let _ = writeln!(
+                w,
+                "  pool {}: {} of its in-flight deliveries wait to be tried again (slots given up)",
+                p.name, p.waiting
+            );
+        }
         // What an operator set (also while no process runs the pool).
         if let Some(s) = &p.settings {
             let _ = writeln!(

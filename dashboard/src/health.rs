@@ -146,6 +146,7 @@ mod tests {
             beat_age_secs: 1.0,
             uptime_secs: 60.0,
             in_flight: 0,
+            waiting: 0,
             breaker: BreakerState::Closed,
             controls: None,
         };
@@ -155,6 +156,7 @@ mod tests {
             processes: vec![process; live],
             live_processes: live,
             in_flight: 0,
+            waiting: 0,
             breaker: (live > 0).then_some(BreakerState::Closed),
             last_error: None,
             totals: Counters::default(),

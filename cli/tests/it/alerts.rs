@@ -64,6 +64,8 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
         "souk_pool_live_processes",
         "souk_worker_messages_total",
         "souk_sink_writes_total",
+        "souk_worker_waiting_messages",
+        "souk_payments_breaker_state",
     ] {
         assert!(metric_names(&rules_text).contains(expected), "the rules use {expected}");
     }

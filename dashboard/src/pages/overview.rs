@@ -122,7 +122,10 @@ fn live(m: &Model) -> Markup {
                     td.health { span class={"badge " (h.level.css())} { (h.level.css()) } br; span.rule { (h.reasons.join("; ")) } }
                     td.state { (state_of(p)) }
                     td.procs { (p.live_processes) }
-                    td.inflight { (p.in_flight) }
+                    td.inflight {
+                        (p.in_flight)
+                        @if p.waiting > 0 { br; span.rule title="waiting to be tried again, their slots given up" { (p.waiting) " waiting" } }
+                    }
                     td { (p.controls.map(|c| c.concurrency.to_string()).unwrap_or_else(|| "–".into())) }
                     td { (rate(60).map(|r| format!("{:.1}", r.per_sec)).unwrap_or_else(|| "–".into())) }
                     td { (rate(300).map(|r| format!("{:.1}", r.per_sec)).unwrap_or_else(|| "–".into())) }

@@ -77,19 +77,33 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message, slot: &mut Slot)
     async {
         let started = Instant::now();
         let max_deliver = ctx.consumer.max_deliver.max(1) as u64;
+        // The mark of this delivery's extra run, if it gets one (see `last_run`).
+        let mut marked = None;
         // A message this release cannot read yet waits for the upgrade, whatever its
         // delivery count: earlier deferrals may have been another process's.
         let first = match ctx.handler.too_new(&delivery) {
             Some(reason) => Some(Outcome::defer("schema_too_new", reason)),
             None => match settle::past_max_deliver(attempt, max_deliver, &history) {
-                // Deliveries this process does not know of may have been holds handed back
-                // at shutdown (each a delivery, none an attempt): a worker restarted
-                // max-deliver times during an outage would otherwise dead-letter every
-                // message it held. While the dependency is down such a delivery is held
-                // too, then run once more (its last attempt) when the breaker closes.
-                Some(outcome) if history.last_error.is_none() => match in_outage(ctx).await {
+                // Deliveries this process does not know of may have been holds or waits
+                // handed back at shutdown or on a pause, or kept by a process that was
+                // killed (each a delivery, none an attempt). While the dependency is down
+                // such a delivery is held too, then run once more when the breaker
+                // closes; otherwise it runs once more, marked, unless an earlier such run
+                // never returned (the process died in it: a message that crashes its
+                // worker).
+                Some(_) if history.last_error.is_none() => match in_outage(ctx).await {
                     true => None,
-                    false => Some(outcome),
+                    false => match ctx.last_runs.begin(&ctx.consumer.name, key).await {
+                        Ok(true) => {
+                            marked = Some(key);
+                            None
+                        }
+                        Ok(false) => Some(settle::extra_run_unfinished(attempt, max_deliver)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the extra run of a delivery past max-deliver is not marked");
+                            None
+                        }
+                    },
                 },
                 decided => decided,
             },
@@ -97,9 +111,9 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message, slot: &mut Slot)
         // The handler did not run for `first`: no attempt to record.
         let label = match first {
             Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver, false).await,
-            None => match run_until_not_dependency(ctx, &msg, &delivery, slot).await {
+            None => match run_until_not_dependency(ctx, &msg, &delivery, slot, marked).await {
                 Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver, true).await,
-                None => settle::hand_back_held(&msg).await,
+                None => settle::hand_back(&msg, ctx.cancel.is_cancelled()).await,
             },
         };
         tracing::Span::current().record("outcome", label);
@@ -137,13 +151,23 @@ async fn run_until_not_dependency(
     msg: &jetstream::Message,
     delivery: &Delivery,
     slot: &mut Slot,
+    mut marked: Option<super::ledger::Key>,
 ) -> Option<Outcome> {
     let mut recorded = false;
+    // The work this delivery waits on, claimed in the pool while it is kept.
+    let mut waiting_on: Option<WorkClaim<'_>> = None;
     loop {
         if ctx.breaker.state() != super::BreakerState::Closed && !hold(ctx, msg).await {
             return None;
         }
-        match run_handler(ctx, msg, delivery).await {
+        let outcome = run_handler(ctx, msg, delivery).await;
+        // The extra run returned (whatever it returned): unmark it, before any wait.
+        if let Some(key) = marked.take()
+            && let Err(e) = ctx.last_runs.end(&ctx.consumer.name, key).await
+        {
+            tracing::warn!(error = %e, "the mark of an extra run that returned is not removed");
+        }
+        match outcome {
             Outcome::Error(e) if e.class == ErrorClass::Dependency => {
                 tracing::debug!(code = e.code, error = %e.message, "dependency failed; holding the message");
                 if let Some(failures) = ctx.failures.as_ref().filter(|_| !recorded) {
@@ -156,11 +180,31 @@ async fn run_until_not_dependency(
                 metrics::counter!("souk_worker_waiting_total", "pool" => ctx.pool.clone(), "code" => e.code)
                     .increment(1);
                 tracing::debug!(code = e.code, error = %e.message, "waiting for another delivery of the same work");
+                if let (None, Some(work)) = (&waiting_on, &e.work) {
+                    match WorkClaim::take(ctx, work) {
+                        Some(claim) => waiting_on = Some(claim),
+                        // Another delivery waits on it here and will answer: this copy
+                        // (a re-sent command) is done.
+                        None => {
+                            metrics::counter!("souk_worker_superseded_total", "pool" => ctx.pool.clone())
+                                .increment(1);
+                            tracing::debug!(work = %work, "another delivery waits on the same work here: acked");
+                            return Some(Outcome::Ack);
+                        }
+                    }
+                }
                 slot.give_up();
-                if !wait(ctx, msg, e.retry_after.unwrap_or(settle::WAITING_DELAY)).await {
+                // A paused pool runs nothing new: the delivery goes back to JetStream
+                // when its wait ends (review: waiters kept running in a paused pool, which
+                // never read as paused).
+                if !wait(ctx, msg, e.retry_after.unwrap_or(settle::WAITING_DELAY)).await
+                    || ctx.live.is_paused()
+                {
                     return None;
                 }
-                if !slot.take(&ctx.cancel).await {
+                // Kept meanwhile too: every slot may be held (a dependency outage holds
+                // deliveries in theirs) for longer than the ack wait.
+                if !keeping(ctx, msg, slot.take(&ctx.cancel)).await {
                     return None;
                 }
             }
@@ -173,19 +217,38 @@ async fn run_until_not_dependency(
     }
 }
 
+/// A pool's claim of a work one of its deliveries waits on (see `HandlerError::work`),
+/// given up when that delivery ends here (handled, handed back, dead-lettered).
+struct WorkClaim<'a> {
+    ctx: &'a Ctx,
+    work: String,
+}
+
+impl<'a> WorkClaim<'a> {
+    /// `None`: another delivery of the pool holds it.
+    fn take(ctx: &'a Ctx, work: &str) -> Option<WorkClaim<'a>> {
+        let mut works = ctx.waiting_work.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        works.insert(work.to_owned()).then(|| WorkClaim { ctx, work: work.to_owned() })
+    }
+}
+
+impl Drop for WorkClaim<'_> {
+    fn drop(&mut self) {
+        let mut works = self.ctx.waiting_work.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        works.remove(&self.work);
+    }
+}
+
 /// Keep `msg` (progress acks) for `delay`: `false` if the pool shuts down meanwhile.
 async fn wait(ctx: &Ctx, msg: &jetstream::Message, delay: Duration) -> bool {
-    let waiting = metrics::gauge!("souk_worker_waiting_messages", "pool" => ctx.pool.clone());
-    waiting.increment(1.0);
-    let waited = keeping(ctx, msg, async {
+    let _waiting = ctx.live.waiting_one(&ctx.pool);
+    keeping(ctx, msg, async {
         tokio::select! {
             () = tokio::time::sleep(delay) => true,
             () = ctx.cancel.cancelled() => false,
         }
     })
-    .await;
-    waiting.decrement(1.0);
-    waited
+    .await
 }
 
 /// Run `work` while sending `msg`'s progress acks, so JetStream keeps the delivery for

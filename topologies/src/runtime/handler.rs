@@ -100,10 +100,11 @@ pub enum ErrorClass {
     TooNew,
     /// Another delivery of the same work is under way (a payment key another call
     /// holds): not the message's fault, not a dependency's. Kept in the process
-    /// (progress acks, its handler slot given up) for the error's delay (else 10 s) and
+    /// (progress acks, its handler slot given up) for the error's delay (else 5 s) and
     /// run again as the same delivery: never dead-lettered, not counted toward max-deliver — a
     /// re-sent command beside its original would otherwise spend its attempts waiting
-    /// and be dead-lettered for it (found in review).
+    /// and be dead-lettered for it (found in review). Of the deliveries waiting on one
+    /// work ([`HandlerError::on_work`]) in a pool, the first waits; the others are acked.
     Waiting,
 }
 
@@ -131,11 +132,18 @@ pub struct HandlerError {
     /// For a `Retryable` error: wait this long instead of the consumer's backoff step;
     /// for a `Waiting` one, this long instead of 10 s.
     pub retry_after: Option<Duration>,
+    /// For a `Waiting` error: the work it waits to do (a payment step's idempotency
+    /// key), if another delivery of the same work may come (a re-sent command). One
+    /// delivery per work waits in a pool: another that comes to wait on it is acked, as
+    /// done by the one waiting, which answers for both — re-sends waiting beside their
+    /// originals filled the consumer's max-ack-pending during a long outage and stopped
+    /// its other commands (review, eleventh session).
+    pub work: Option<String>,
 }
 
 impl HandlerError {
     fn new(class: ErrorClass, code: &'static str, message: impl std::fmt::Display) -> Self {
-        HandlerError { class, code, message: message.to_string(), retry_after: None }
+        HandlerError { class, code, message: message.to_string(), retry_after: None, work: None }
     }
 
     /// The message failed; a later attempt may pass (counts toward max-deliver).
@@ -167,6 +175,12 @@ impl HandlerError {
     /// Retry after `after` rather than the consumer's backoff step.
     pub fn after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
+        self
+    }
+
+    /// A `Waiting` error's work (see [`HandlerError::work`]).
+    pub fn on_work(mut self, work: impl Into<String>) -> Self {
+        self.work = Some(work.into());
         self
     }
 }

@@ -38,6 +38,7 @@ impl Beating {
                 .then(|| self.breaker.last_error().map(|e| e.to_string()))
                 .flatten(),
             in_flight: self.live.in_flight() as u64,
+            waiting: self.live.waiting() as u64,
             totals: self.stats.totals(),
             windows: self.stats.windows(),
             controls: Some(PoolControls {

@@ -43,6 +43,8 @@ pub(super) struct Live {
     paused: AtomicBool,
     pulling: AtomicBool,
     in_flight: AtomicUsize,
+    /// Of `in_flight`, deliveries waiting to be tried again (slot given up).
+    waiting: AtomicUsize,
     concurrency: AtomicUsize,
 }
 
@@ -57,6 +59,10 @@ impl Live {
     /// A pool about to start with `settings` (its slots are sized from this).
     pub(super) fn starting(spec: &crate::spec::PoolSpec, settings: &PoolSettings) -> Arc<Live> {
         Live::new(settings.concurrency.unwrap_or(spec.concurrency), settings.paused)
+    }
+
+    pub(super) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     pub(super) fn set_paused(&self, paused: bool) {
@@ -79,6 +85,19 @@ impl Live {
         self.in_flight.load(Ordering::SeqCst)
     }
 
+    /// One delivery more waits (see `ErrorClass::Waiting`) until the guard drops: in
+    /// the heartbeat and `souk_worker_waiting_messages{pool}`.
+    pub(super) fn waiting_one(&self, pool: &str) -> WaitingOne<'_> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let gauge = metrics::gauge!("souk_worker_waiting_messages", "pool" => pool.to_owned());
+        gauge.increment(1.0);
+        WaitingOne { live: self, gauge }
+    }
+
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
     pub(super) fn concurrency(&self) -> usize {
         self.concurrency.load(Ordering::SeqCst)
     }
@@ -89,6 +108,19 @@ impl Live {
             true if self.pulling.load(Ordering::SeqCst) || self.in_flight() > 0 => Activity::Pausing,
             true => Activity::Paused,
         }
+    }
+}
+
+/// A waiting delivery, counted while it lives.
+pub(super) struct WaitingOne<'a> {
+    live: &'a Live,
+    gauge: metrics::Gauge,
+}
+
+impl Drop for WaitingOne<'_> {
+    fn drop(&mut self) {
+        self.live.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.gauge.decrement(1.0);
     }
 }
 

@@ -13,13 +13,16 @@
 //! | `Error`, class `Poison` | dead letter at once |
 //! | `Error`, class `Dependency` | nothing: the pool's breaker opens, the delivery is held (progress acks) and runs again when the breaker closes; nak'd at shutdown |
 //! | `Error`, class `TooNew` (or [`Handler::too_new`]) | nak with a 60 s delay; never dead-lettered, not counted toward max-deliver |
-//! | `Error`, class `Waiting` (another delivery of the same work is under way) | nak with the error's delay (else 10 s); never dead-lettered, not counted toward max-deliver |
+//! | `Error`, class `Waiting` (another delivery of the same work is under way, a provider it needs is down) | kept (progress acks), its slot given up, run again after the error's delay (else 5 s); never dead-lettered, not counted toward max-deliver; handed back at shutdown, or when its wait ends in a paused pool |
 //! | panic | `Retryable` |
 //! | timeout | `Dependency` if the handler's probe fails too, else `Retryable` |
 //!
 //! A dependency failure never counts toward max-deliver and never dead-letters: while a
 //! pool's breaker is open the pool fetches nothing and probes its handler's dependency
-//! ([`Handler::probe`]) with growing waits; see [`BreakerState`].
+//! ([`Handler::probe`]) with growing waits; see [`BreakerState`]. A delivery past
+//! max-deliver whose earlier deliveries this process cannot account for (hand-backs,
+//! another process) runs once more, marked for that run ([`LastRuns`]); it is
+//! dead-lettered unrun only when an earlier such run never returned.
 //!
 //! With `max-batch` > 1 a pool groups the messages that are ready together (none waits
 //! for others) and hands them to [`Handler::handle_batch`], so a handler can commit
@@ -42,6 +45,7 @@ mod failures;
 mod fetch;
 mod handler;
 mod heartbeat;
+mod last_run;
 mod ledger;
 mod live;
 mod pool;
@@ -52,6 +56,7 @@ mod stats;
 pub use breaker::BreakerState;
 pub use dead_letter::dead_letter;
 pub use handler::{Delivery, ErrorClass, Handler, HandlerError, Outcome, Registry};
+pub use last_run::LastRuns;
 pub use live::Activity;
 pub use pool::{Pool, Runtime};
 pub use sink::{SinkCounters, SinkError, SinkStats};

@@ -15,6 +15,7 @@ use super::{
     breaker::Breaker,
     execute::batch_fn,
     failures, fetch, heartbeat,
+    last_run::LastRuns,
     ledger::{Ledger, RateLimitedWarning},
     live::{self, Live},
     sink::SinkStats,
@@ -38,6 +39,7 @@ pub struct Pool {
     handler: Arc<dyn Handler>,
     publisher: Publisher,
     failure_log: Option<Arc<dyn FailureLog>>,
+    last_runs: Arc<LastRuns>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -69,6 +71,10 @@ pub(super) struct Ctx {
     /// Where failed attempts and each dead letter's place are recorded (for `souk
     /// trace`), if anywhere: a queue to the pool's writer (see [`failures`]).
     pub(super) failures: Option<failures::Recorder>,
+    /// Marks of the extra runs of deliveries past max-deliver (see `last_run`).
+    pub(super) last_runs: Arc<LastRuns>,
+    /// The works its waiting deliveries wait on (see [`super::HandlerError::work`]).
+    pub(super) waiting_work: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Pool {
@@ -95,7 +101,16 @@ impl Pool {
         let consumer: PullConsumer = stream.get_consumer(&consumer_spec.name).await.map_err(|e| {
             Error::Nats(format!("consumer {}: {e} (run `souk topology apply`)", consumer_spec.name))
         })?;
-        Ok(Pool { spec, consumer_spec, consumer, handler, publisher: publisher.clone(), failure_log: None })
+        let last_runs = Arc::new(LastRuns::new(publisher.jetstream().clone(), control_replicas(topology)));
+        Ok(Pool {
+            spec,
+            consumer_spec,
+            consumer,
+            handler,
+            publisher: publisher.clone(),
+            failure_log: None,
+            last_runs,
+        })
     }
 
     /// Record each failed attempt and each dead letter's place in `log` (see
@@ -133,7 +148,10 @@ impl Pool {
         live: Arc<Live>,
         stats: Arc<PoolStats>,
     ) {
-        let Pool { spec, consumer_spec, consumer, handler, publisher, failure_log } = self;
+        let Pool { spec, consumer_spec, consumer, handler, publisher, failure_log, last_runs } = self;
+        // Exported from the start (0 until a delivery waits), so a dashboard or an
+        // alert rule finds the series before the first wait.
+        metrics::gauge!("souk_worker_waiting_messages", "pool" => spec.name.clone()).increment(0.0);
         let (recorder, writer) = match failure_log {
             Some(log) => {
                 let (recorder, writer) = failures::spawn(&spec.name, log);
@@ -176,6 +194,8 @@ impl Pool {
             stats,
             live: live.clone(),
             failures: recorder,
+            last_runs,
+            waiting_work: Default::default(),
         });
         let stop_prober = CancellationToken::new();
         let prober = tokio::spawn({

@@ -43,6 +43,18 @@ pub(super) fn past_max_deliver(attempt: u64, max_deliver: u64, history: &History
     })
 }
 
+/// A delivery past `max_deliver` whose extra run (see `last_run`) was given before and
+/// never returned: the process running it died, so it is not run again.
+pub(super) fn extra_run_unfinished(attempt: u64, max_deliver: u64) -> Outcome {
+    Outcome::Error(HandlerError::poison(
+        "max_deliver_exceeded",
+        format!(
+            "delivered {attempt} times (max {max_deliver}); the last attempt did not finish, \
+             nor did the run it was given once more"
+        ),
+    ))
+}
+
 /// Hand `msg` back for `delay` as a deferral, not an attempt (the ledger subtracts it
 /// from the delivery count): a too-new schema (its deliveries past max-deliver are never
 /// dead-lettered, whatever the process).
@@ -176,13 +188,17 @@ async fn retry(msg: &jetstream::Message, error: &HandlerError, step: Duration) -
     "retry"
 }
 
-/// The pool shuts down while `msg` is held for an open breaker: hand it back now
-/// (JetStream redelivers it, to this or another process, as a new delivery).
-pub(super) async fn hand_back_held(msg: &jetstream::Message) -> &'static str {
+/// The pool shuts down (`shutdown`) while `msg` is held for an open breaker or waits,
+/// or is paused when its wait ends: hand it back now (JetStream redelivers it, to this
+/// or another process, as a new delivery).
+pub(super) async fn hand_back(msg: &jetstream::Message, shutdown: bool) -> &'static str {
     if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
         tracing::debug!(error = %e, "nak of a held message failed; redelivery waits for the ack timeout");
     }
-    "held_at_shutdown"
+    match shutdown {
+        true => "held_at_shutdown",
+        false => "handed_back_paused",
+    }
 }
 
 /// The consumer's backoff step for this attempt (the last step repeats).

@@ -65,6 +65,10 @@ pub struct PoolBeat {
     /// The dependency failure that opened the breaker (while it is not closed).
     pub last_error: Option<String>,
     pub in_flight: u64,
+    /// Of `in_flight`, deliveries waiting to be tried again, their slots given up (a
+    /// command waiting for its one provider, say): 0 from processes older than this.
+    #[serde(default)]
+    pub waiting: u64,
     /// Since the process started.
     pub totals: Counters,
     /// The last 10 s, 1, 5 and 15 minutes.

@@ -26,6 +26,8 @@ pub struct PoolStatus {
     pub last_error: Option<String>,
     /// Deliveries in its handlers now (held ones included).
     pub in_flight: u64,
+    /// Of `in_flight`, waiting to be tried again (their slots given up).
+    pub waiting: u64,
     /// Paused or not, draining, concurrency in force (see [`crate::control`]).
     pub controls: Option<heartbeat::PoolControls>,
 }
@@ -44,6 +46,7 @@ pub async fn read_pools(client: &async_nats::Client) -> Result<Vec<PoolStatus>> 
             breaker: p.breaker,
             last_error: p.last_error,
             in_flight: p.in_flight,
+            waiting: p.waiting,
             controls: p.controls,
         })
         .collect();

@@ -95,6 +95,9 @@ pub struct PoolModel {
     pub processes: Vec<ProcessModel>,
     pub live_processes: usize,
     pub in_flight: u64,
+    /// Of `in_flight`, waiting to be tried again (their slots given up).
+    #[serde(default)]
+    pub waiting: u64,
     /// Worst over its processes; `None` when no process runs it.
     pub breaker: Option<BreakerState>,
     /// The dependency failure behind a breaker that is not closed.
@@ -126,6 +129,8 @@ pub struct ProcessModel {
     pub beat_age_secs: f64,
     pub uptime_secs: f64,
     pub in_flight: u64,
+    #[serde(default)]
+    pub waiting: u64,
     pub breaker: BreakerState,
     pub controls: Option<PoolControls>,
 }
@@ -326,6 +331,7 @@ fn pools(
                 processes: Vec::new(),
                 live_processes: 0,
                 in_flight: 0,
+                waiting: 0,
                 breaker: None,
                 last_error: None,
                 totals: Counters::default(),
@@ -347,10 +353,12 @@ fn pools(
                         beat_age_secs: seen.age.as_secs_f64(),
                         uptime_secs: seen.beat.uptime_secs,
                         in_flight: p.in_flight,
+                        waiting: p.waiting,
                         breaker: p.breaker,
                         controls: p.controls,
                     });
                     model.in_flight += p.in_flight;
+                    model.waiting += p.waiting;
                     model.totals.add(&p.totals);
                     if model.breaker.is_none_or(|b| p.breaker > b) {
                         model.breaker = Some(p.breaker);

@@ -21,12 +21,14 @@ use crate::{Env, env, msg};
 const SUBJECT: &str = "souk.cmd.test.work";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Acks every message; `block…` bodies wait for a permit of `gate` first.
+/// Acks every message; `block…` bodies wait for a permit of `gate` first, `wait…`
+/// bodies are `Waiting` (tried again in 20 ms) until `released`.
 #[derive(Clone)]
 struct Gated {
     handled: Arc<Mutex<Vec<String>>>,
     started: Arc<Semaphore>,
     gate: Arc<Semaphore>,
+    released: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Gated {
@@ -35,6 +37,7 @@ impl Default for Gated {
             handled: Arc::default(),
             started: Arc::new(Semaphore::new(0)),
             gate: Arc::new(Semaphore::new(0)),
+            released: Arc::default(),
         }
     }
 }
@@ -46,6 +49,10 @@ impl Handler for Gated {
             if body.starts_with("block") {
                 self.started.add_permits(1);
                 let _permit = self.gate.acquire().await.expect("gate open");
+            }
+            if body.starts_with("wait") && !self.released.load(std::sync::atomic::Ordering::SeqCst) {
+                let busy = souk_topologies::runtime::HandlerError::waiting("test_wait", "not yet");
+                return busy.after(Duration::from_millis(20)).into();
             }
             self.handled.lock().expect("lock").push(body);
             Outcome::Ack
@@ -271,5 +278,49 @@ async fn out_of_bounds_concurrency_is_refused_and_changes_nothing() -> anyhow::R
         assert!(e.to_string().contains("between 1 and"), "{e}");
     }
     assert_eq!(controls.get("work").await?.1, 0, "nothing written");
+    Ok(())
+}
+
+/// A delivery waiting to be tried again gives its slot up but is still the process's:
+/// its heartbeat counts it in flight and as waiting, so an operator can tell a pool
+/// waiting on something (a payment provider) from a busy one, until it is handled.
+#[tokio::test]
+async fn waiting_deliveries_show_in_the_heartbeat_until_handled() -> anyhow::Result<()> {
+    let env = env().await?;
+    let handler = Gated::default();
+    publish(&env, "wait", 3).await?;
+    let process = start(&env, &handler).await?;
+    souk_testkit::eventually(WAIT, || pools_where(&env, 1, |p, _| p.waiting == 3 && p.in_flight == 3))
+        .await?;
+    assert!(handler.handled().is_empty());
+    handler.released.store(true, std::sync::atomic::Ordering::SeqCst);
+    souk_testkit::eventually(WAIT, || async { (handler.handled().len() == 3).then_some(()) }).await?;
+    souk_testkit::eventually(WAIT, || pools_where(&env, 1, |p, _| p.waiting == 0 && p.in_flight == 0))
+        .await?;
+    process.stop().await?;
+    Ok(())
+}
+
+/// Review (eleventh session): a paused pool kept running its waiting deliveries — each
+/// took a slot again when its wait ended and ran its handler (a payment command would
+/// call its provider again) — and, as they stayed in flight, never read as paused. A
+/// waiting delivery is handed back when its wait ends in a paused pool.
+#[tokio::test]
+async fn pause_hands_waiting_deliveries_back() -> anyhow::Result<()> {
+    let env = env().await?;
+    let controls = Controls::open(&env.js, 1).await?;
+    let handler = Gated::default();
+    publish(&env, "wait", 1).await?;
+    let process = start(&env, &handler).await?;
+    souk_testkit::eventually(WAIT, || pools_where(&env, 1, |p, _| p.waiting == 1)).await?;
+    controls.change("work", Change::Pause, "test-operator").await?;
+    souk_testkit::eventually(WAIT, || {
+        pools_where(&env, 1, |p, c| c.activity == Activity::Paused && p.in_flight == 0)
+    })
+    .await?;
+    handler.released.store(true, std::sync::atomic::Ordering::SeqCst);
+    controls.change("work", Change::Resume, "test-operator").await?;
+    souk_testkit::eventually(WAIT, || async { (handler.handled() == ["wait:0"]).then_some(()) }).await?;
+    process.stop().await?;
     Ok(())
 }

@@ -34,10 +34,16 @@ struct Shipped {
 }
 
 async fn shipped_env() -> anyhow::Result<Shipped> {
+    shipped_env_with(|_| {}).await
+}
+
+/// The shipped topology with `edit` made to it.
+async fn shipped_env_with(edit: impl FnOnce(&mut Topology)) -> anyhow::Result<Shipped> {
     let nats = souk_testkit::NatsServer::start().await?;
     let client = nats.client().await?;
     let js = jetstream::new(client.clone());
-    let topology = shipped()?;
+    let mut topology = shipped()?;
+    edit(&mut topology);
     souk_topologies::apply::apply(&js, &topology, Mode::Apply).await?;
     let publisher = Publisher::new(client.clone(), Duration::from_secs(2));
     Ok(Shipped { _nats: nats, client, js, publisher, topology })
@@ -477,6 +483,73 @@ async fn a_message_that_waited_in_another_process_is_not_dead_lettered() -> anyh
     stop(second).await?;
     assert!(dead_letters::list(&env.js, 10).await?.is_empty(), "not dead-lettered");
     assert_eq!(*handler.handled.lock().expect("lock"), [2], "handled: the second delivery's first attempt");
+    Ok(())
+}
+
+/// Waits for another delivery of its work (`Waiting`) until `free`, then handles.
+#[derive(Clone, Default)]
+struct WaitsUntilFree {
+    free: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<std::sync::atomic::AtomicU32>,
+    handled: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Handler for WaitsUntilFree {
+    fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
+        use std::sync::atomic::Ordering;
+        async move {
+            self.seen.fetch_add(1, Ordering::SeqCst);
+            if !self.free.load(Ordering::SeqCst) {
+                let busy =
+                    souk_topologies::runtime::HandlerError::waiting("provider_down", "its provider is down");
+                return busy.after(Duration::from_millis(50)).into();
+            }
+            self.handled.lock().expect("lock").push(d.attempt);
+            Outcome::Ack
+        }
+        .boxed()
+    }
+}
+
+/// Review (eleventh session): a command waiting on a provider that stays down is handed
+/// back at each shutdown (a rolling deploy, a restart) — a delivery each, no attempt.
+/// After max-deliver hand-backs the next process, which knows nothing of them, read the
+/// deliveries as attempts that never finished and dead-lettered the command unrun. It
+/// now runs it once more, and it goes on waiting until the provider is back.
+#[tokio::test]
+async fn a_waiting_message_handed_back_at_every_restart_is_not_dead_lettered() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    // Hand-backs are redelivered after the backoff's steps: short ones here.
+    let env = shipped_env_with(|t| t.consumers[0].backoff = vec![Duration::from_millis(50)]).await?;
+    let max_deliver = u32::try_from(env.topology.consumers[0].max_deliver)?;
+    let handler = WaitsUntilFree::default();
+    env.send(Some("capture"), "capture").await?;
+    for restart in 1..=max_deliver {
+        let pool = env.start(handler.clone()).await?;
+        souk_testkit::eventually(Duration::from_secs(60), || async {
+            (handler.seen.load(Ordering::SeqCst) >= restart).then_some(())
+        })
+        .await?;
+        stop(pool).await?;
+    }
+    // Past max-deliver now, in a process that never saw it: run once more, still waiting.
+    let seen = handler.seen.load(Ordering::SeqCst);
+    let pool = env.start(handler.clone()).await?;
+    souk_testkit::eventually(Duration::from_secs(60), || async {
+        let ran = handler.seen.load(Ordering::SeqCst) > seen;
+        let dead = !dead_letters::list(&env.js, 10).await.ok()?.is_empty();
+        (ran || dead).then_some(())
+    })
+    .await?;
+    assert!(dead_letters::list(&env.js, 10).await?.is_empty(), "not dead-lettered for its hand-backs");
+    handler.free.store(true, Ordering::SeqCst);
+    souk_testkit::eventually(Duration::from_secs(60), || async {
+        (!handler.handled.lock().ok()?.is_empty() && env.idle().await).then_some(())
+    })
+    .await?;
+    stop(pool).await?;
+    assert!(dead_letters::list(&env.js, 10).await?.is_empty(), "not dead-lettered");
+    assert_eq!(handler.handled.lock().expect("lock").len(), 1, "handled once");
     Ok(())
 }
 

@@ -17,7 +17,8 @@ use crate::{Env, env, stream_messages};
 const SUBJECT: &str = "souk.cmd.test.work";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// A handler driven by the payload: `ok`, `retry`, `fail`, `panic`, `slow:<ms>`, `block`.
+/// A handler driven by the payload: `ok`, `retry`, `fail`, `panic`, `slow:<ms>`, `block`,
+/// `waitonce:<ms>` (`Waiting` for `ms` the first time it is seen, then handled).
 #[derive(Clone)]
 struct Scripted {
     seen: Arc<Mutex<Vec<(String, u64)>>>,
@@ -42,7 +43,12 @@ impl Handler for Scripted {
     fn handle<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Outcome> {
         async move {
             let body = String::from_utf8_lossy(&d.payload).to_string();
-            self.seen.lock().expect("lock").push((body.clone(), d.attempt));
+            let seen_before = {
+                let mut seen = self.seen.lock().expect("lock");
+                let before = seen.iter().filter(|(b, _)| *b == body).count();
+                seen.push((body.clone(), d.attempt));
+                before
+            };
             let outcome = match body.split_once(':').map_or(body.as_str(), |(k, _)| k) {
                 "retry" => HandlerError::retryable("downstream", "boom: downstream 500")
                     .after(Duration::from_millis(20))
@@ -58,6 +64,10 @@ impl Handler for Scripted {
                     self.started.add_permits(1);
                     let _permit = self.gate.acquire().await.expect("gate open");
                     Outcome::Ack
+                }
+                "waitonce" if seen_before == 0 => {
+                    let ms: u64 = body[9..].parse().unwrap_or(0);
+                    HandlerError::waiting("test_wait", "once").after(Duration::from_millis(ms)).into()
                 }
                 _ => Outcome::Ack,
             };
@@ -182,20 +192,44 @@ async fn fail_dead_letters_at_once_and_panics_are_retried_then_dead_lettered() -
     Ok(())
 }
 
+/// Take the next delivery of "work" without ever settling it: a worker that died
+/// holding it. Returns its key for the extra-run marks.
+async fn take_and_die(env: &Env) -> anyhow::Result<(u64, i128)> {
+    let consumer: jetstream::consumer::PullConsumer =
+        env.js.get_stream("CMD").await?.get_consumer("work").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut taken = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let msg = taken
+        .next()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("nothing delivered"))?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((info.stream_sequence, info.published.unix_timestamp_nanos()))
+}
+
+/// A message that kills the worker running it must not loop for ever: past max-deliver,
+/// with no history in this process, it gets one more run, marked; a delivery that finds
+/// that mark (the run never returned: the worker died in it too) is dead-lettered
+/// without running the handler.
 #[tokio::test]
-async fn a_delivery_past_max_deliver_is_dead_lettered_without_running_the_handler() -> anyhow::Result<()> {
+async fn a_delivery_past_max_deliver_whose_extra_run_died_is_dead_lettered_unrun() -> anyhow::Result<()> {
     // max-deliver 1: a worker that takes the message and dies uses up its only attempt.
     let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
     topology.consumers[0].max_deliver = 1;
     topology.consumers[0].backoff.truncate(1);
     let env = crate::env_of(topology).await?;
     publish(&env, "crashy", "ok:crashy").await?;
-    // The "crashed worker": fetch without ever acking.
-    let consumer: jetstream::consumer::PullConsumer =
-        env.js.get_stream("CMD").await?.get_consumer("work").await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut taken = consumer.fetch().max_messages(1).messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    assert!(taken.next().await.is_some());
-    drop(taken);
+    take_and_die(&env).await?;
+    // The next worker marks the extra run of delivery 2 and dies in it.
+    let key = take_and_die(&env).await?;
+    let marks = souk_topologies::runtime::LastRuns::new(env.js.clone(), 1);
+    assert!(marks.begin("work", key).await?, "the first extra run is marked");
 
     let handler = Scripted::default();
     let (cancel, run) = start_pool(&env, handler.clone()).await?;
@@ -206,8 +240,36 @@ async fn a_delivery_past_max_deliver_is_dead_lettered_without_running_the_handle
     cancel.cancel();
     run.await?;
     assert!(handler.seen.lock().expect("lock").is_empty(), "handler not run again");
-    assert_eq!(header(&dlq[0], headers::DLQ_ATTEMPTS), Some("2"));
+    assert_eq!(header(&dlq[0], headers::DLQ_ATTEMPTS), Some("3"));
     assert!(header(&dlq[0], headers::DLQ_ERROR).is_some_and(|e| e.contains("did not finish")));
+    Ok(())
+}
+
+/// Review (eleventh session): deliveries past max-deliver this process knew nothing of
+/// were dead-lettered unrun — but they are as often deliveries that were never attempts
+/// (handed back while waiting at a shutdown, kept by a process that was killed). Such a
+/// delivery now runs once more; its mark goes when the run returns, so the next one can
+/// run again too.
+#[tokio::test]
+async fn a_delivery_past_max_deliver_of_unknown_history_runs_once_more() -> anyhow::Result<()> {
+    let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
+    topology.consumers[0].max_deliver = 1;
+    topology.consumers[0].backoff.truncate(1);
+    let env = crate::env_of(topology).await?;
+    publish(&env, "w", "waitonce:50").await?;
+    take_and_die(&env).await?;
+    let handler = Scripted::default();
+    let (cancel, run) = start_pool(&env, handler.clone()).await?;
+    souk_testkit::eventually(Duration::from_secs(20), || async {
+        (!handler.done.lock().ok()?.is_empty()).then_some(())
+    })
+    .await?;
+    souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
+    cancel.cancel();
+    run.await?;
+    assert!(dead_letters(&env).await?.is_empty(), "not dead-lettered");
+    let seen = handler.seen.lock().expect("lock").clone();
+    assert_eq!(seen, [("waitonce:50".to_owned(), 2), ("waitonce:50".to_owned(), 2)], "waited, then handled");
     Ok(())
 }
 
@@ -416,5 +478,42 @@ async fn a_timed_out_batch_is_dropped_before_its_message_is_retried() -> anyhow:
     run.await?;
     let events = handler.events.lock().expect("lock").clone();
     assert_eq!(events[..3], ["start 1", "dropped 1", "start 2"], "{events:?}");
+    Ok(())
+}
+
+/// Review (eleventh session): a delivery whose wait ended took its slot back without
+/// progress acks; with every slot held for longer than the ack wait (here by handlers
+/// that block; in production, deliveries held through a dependency outage), JetStream
+/// redelivered it while this process still owned it, and the message ran twice.
+#[tokio::test]
+async fn a_waiting_delivery_kept_waiting_for_a_slot_is_not_redelivered() -> anyhow::Result<()> {
+    let env = env().await?; // ack wait 1 s, 4 slots
+    let handler = Scripted::default();
+    let (cancel, run) = start_pool(&env, handler.clone()).await?;
+    publish(&env, "w", "waitonce:300").await?;
+    souk_testkit::eventually(Duration::from_secs(10), || async {
+        (!handler.seen.lock().ok()?.is_empty()).then_some(())
+    })
+    .await?;
+    // Every slot taken while it waits, and held for 3 ack waits once its wait is over.
+    for i in 0..4 {
+        publish(&env, &format!("b{i}"), "block").await?;
+    }
+    let _all_blocked = handler.started.acquire_many(4).await?;
+    let waits =
+        |h: &Scripted| h.seen.lock().expect("lock").iter().filter(|(b, _)| b.starts_with("wait")).count();
+    assert_eq!(waits(&handler), 1, "the slots were taken while it waited (else the test proves nothing)");
+    tokio::time::sleep(Duration::from_secs(3)).await; // the time the slots stay held, not a synchronisation
+    handler.gate.add_permits(4);
+    souk_testkit::eventually(Duration::from_secs(10), || consumer_idle(&env)).await?;
+    cancel.cancel();
+    run.await?;
+    let runs: Vec<_> =
+        handler.seen.lock().expect("lock").iter().filter(|(b, _)| b.starts_with("wait")).cloned().collect();
+    assert_eq!(
+        runs,
+        [("waitonce:300".to_owned(), 1), ("waitonce:300".to_owned(), 1)],
+        "one delivery: waited, then run"
+    );
     Ok(())
 }

@@ -71,6 +71,10 @@ impl Breaker {
     /// Opens after `failures` consecutive failures, for `open_for`.
     pub fn new(provider: &str, failures: u32, open_for: Duration) -> Breaker {
         let state = Arc::new(AtomicU8::new(CLOSED));
+        // Exported closed from the start: an alert or a panel finds the provider's series
+        // before its first transition.
+        metrics::gauge!("souk_payments_breaker_state", "provider" => provider.to_owned())
+            .set(f64::from(CLOSED));
         let metrics = Metrics { provider: provider.to_owned(), state: state.clone() };
         let machine = Config::new()
             .failure_policy(failure_policy::consecutive_failures(

@@ -175,18 +175,25 @@ impl PaymentsHandler {
             // slot and stop the whole pool, and a provider's outage then filled the slots
             // with its own deliveries and stopped the captures of orders authorized at
             // the other provider too (review, tenth session).
+            //
+            // Each waits on its step's key: a re-sent copy of the step that comes to wait
+            // beside it in this pool is acked, and this one answers for both.
             Err(GatewayError::Unknown(e)) => {
-                return Err(HandlerError::waiting("payment_state_unknown", e).after(PROVIDER_WAIT));
+                let waiting = HandlerError::waiting("payment_state_unknown", e).after(PROVIDER_WAIT);
+                return Err(waiting.on_work(&cmd.key));
             }
             Err(GatewayError::Unavailable(e)) => {
-                return Err(HandlerError::waiting("payment_provider_unavailable", e).after(PROVIDER_WAIT));
+                let waiting = HandlerError::waiting("payment_provider_unavailable", e).after(PROVIDER_WAIT);
+                return Err(waiting.on_work(&cmd.key));
             }
             // This message alone waits (the other delivery ends within a handler
             // timeout): retried after a pause, while the pool handles the others, and
             // without spending an attempt (two deliveries of a key could otherwise
             // take turns waiting on each other into the dead-letter stream: review).
             Err(GatewayError::KeyBusy(e)) => {
-                return Err(HandlerError::waiting("payment_key_busy", e).after(KEY_BUSY_RETRY));
+                return Err(HandlerError::waiting("payment_key_busy", e)
+                    .after(KEY_BUSY_RETRY)
+                    .on_work(&cmd.key));
             }
             Err(GatewayError::Store(e)) => return Err(store(e)),
         };
