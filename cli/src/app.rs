@@ -433,8 +433,14 @@ async fn payment_providers(
 /// both providers: budget + 5 call timeouts. (It said 3: review found the failover and
 /// give-up paths; the allowed 20 s budget with 3 s calls could run past the shipped
 /// 30 s.)
+///
+/// Its consumer's ack wait should be at least 1.5 × the payments' call-in-flight
+/// window: a delivery that died mid-call is redelivered an ack wait after its last
+/// progress ack (sent every third of it), so its call's log line is then older than the
+/// window. With a shorter one (tests), the redelivery waits for that line to age first:
+/// slower, not unsafe — a warning.
 fn check_payment_budget(config: &Config, topology: &Topology) -> anyhow::Result<()> {
-    use souk_workers::payments::{AUTHORIZE_HANDLER, SETTLE_HANDLER};
+    use souk_workers::payments::{AUTHORIZE_HANDLER, CALL_IN_FLIGHT, SETTLE_HANDLER};
     let needed = payment_handler_worst_case(config);
     for pool in
         topology.pools.iter().filter(|p| p.handler == AUTHORIZE_HANDLER || p.handler == SETTLE_HANDLER)
@@ -444,6 +450,16 @@ fn check_payment_budget(config: &Config, topology: &Topology) -> anyhow::Result<
                 "pool {}: handler-timeout {:?} must exceed payments.budget + 5 × payments.call-timeout ({needed:?})",
                 pool.name,
                 pool.handler_timeout
+            );
+        }
+        let ack_wait = topology.consumer(&pool.consumer).map(|c| c.ack_wait).unwrap_or_default();
+        if ack_wait * 2 < CALL_IN_FLIGHT * 3 {
+            tracing::warn!(
+                consumer = %pool.consumer,
+                ?ack_wait,
+                "an ack-wait under {:?} (1.5 × the payments' call-in-flight window) makes a command whose \
+                 worker died mid-call wait up to {CALL_IN_FLIGHT:?} when it is redelivered",
+                CALL_IN_FLIGHT * 3 / 2
             );
         }
     }

@@ -255,9 +255,9 @@ pub async fn attempt_started(
 /// delivery of the key, in another process), or one still `pending` from the last
 /// `in_flight` (a call that may not have reached its provider yet). `None` when
 /// refused. Under the key's lock (migration 0025), so of two deliveries failing over
-/// in opposite directions at once, the second to log sees the first. A `pending` line
-/// of an earlier delivery of the same message (`message_id`) is not a call in flight
-/// (migration 0029, see [`call_in_flight`]).
+/// in opposite directions at once, the second to log sees the first. The line records
+/// the delivering message (`message_id`, migration 0029); a line of the same message
+/// counts like any other (migration 0030: one message can be live twice).
 pub async fn authorize_attempt_started(
     pool: &PgPool,
     key: &str,
@@ -283,25 +283,19 @@ pub async fn authorize_attempt_started(
 /// Whether a call under `key` logged in the last `in_flight` is still `pending`:
 /// another delivery's call the provider may not have answered yet (or answered, with
 /// its transaction not yet committed). A delivery out of budget must not record the
-/// key's answer while one may still move money under it. Not a line of an earlier
-/// delivery of the same message (`message_id`): JetStream redelivers a message only
-/// once the delivery holding it stopped acknowledging progress — its process died
-/// mid-call — so that call is over (migration 0029).
-pub async fn call_in_flight(
-    pool: &PgPool,
-    key: &str,
-    in_flight: std::time::Duration,
-    message_id: &str,
-) -> Result<bool, Error> {
+/// key's answer while one may still move money under it. A line of the same message
+/// counts too (migration 0030): one message can be live twice at once (a re-publish
+/// after the dedupe window, a dead letter redriven twice), and a delivery that died
+/// mid-call left a line older than the window by the time its message comes back
+/// (payments consumers' shipped ack wait is more than 1.5 × the window).
+pub async fn call_in_flight(pool: &PgPool, key: &str, in_flight: std::time::Duration) -> Result<bool, Error> {
     Ok(sqlx::query_scalar(
         "select exists (select 1 from payment_attempts
          where idempotency_key = $1 and outcome = 'pending'
-           and at > clock_timestamp() - make_interval(secs => $2)
-           and message_id is distinct from $3)",
+           and at > clock_timestamp() - make_interval(secs => $2))",
     )
     .bind(key)
     .bind(in_flight.as_secs_f64())
-    .bind(message_id)
     .fetch_one(pool)
     .await?)
 }

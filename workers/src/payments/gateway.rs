@@ -81,8 +81,10 @@ enum Elsewhere {
 /// reaches the caller within one call timeout of being decided, so two call timeouts
 /// (`payments.call-timeout` is at most 10 s) and a margin. Older lines are a crashed
 /// worker's, settled by the status query. (It was 15 s: review found the status
-/// query's own latency missing.)
-const CALL_IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(25);
+/// query's own latency missing.) A payments consumer's ack wait should be at least 1.5 ×
+/// this, so the line of a delivery that died mid-call is older than this when JetStream
+/// redelivers its message (a node warns of a shorter one: the redelivery waits).
+pub const CALL_IN_FLIGHT: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// One provider call of a command.
 #[derive(Clone, Copy)]
@@ -204,7 +206,7 @@ impl Gateway {
                 Tried::BudgetSpent => break,
             }
         }
-        self.exhausted(charge.key, delivery, tally).await
+        self.exhausted(charge.key, tally).await
     }
 
     /// Capture, void or refund at `provider`, the one holding the authorization (a
@@ -229,7 +231,7 @@ impl Gateway {
             // command waits for it (see the handler) instead of failing — a capture
             // given up this way unwound a paid order, a void left the authorization held.
             Tried::BreakerOpen => Err(GatewayError::Unavailable(tally.last_error)),
-            Tried::BudgetSpent => self.exhausted(settle.key, delivery, tally).await,
+            Tried::BudgetSpent => self.exhausted(settle.key, tally).await,
         }
     }
 
@@ -392,11 +394,11 @@ impl Gateway {
     /// for it: found in review, a capture re-sent after an outage failed out of budget
     /// while the original's call was being approved, recorded "exhausted" as the key's
     /// answer, and the approval was dropped — the buyer charged for an order unwound).
-    async fn exhausted(&self, key: &str, delivery: &str, tally: Tally) -> Result<Decision, GatewayError> {
+    async fn exhausted(&self, key: &str, tally: Tally) -> Result<Decision, GatewayError> {
         if let Elsewhere::Answered(found) = self.answered_elsewhere(key, None, None).await? {
             return Ok(found);
         }
-        if payments::call_in_flight(&self.pool, key, CALL_IN_FLIGHT, delivery).await? {
+        if payments::call_in_flight(&self.pool, key, CALL_IN_FLIGHT).await? {
             return Err(GatewayError::KeyBusy(format!(
                 "out of budget, but another delivery's call under {key} may still be answered; waiting for it"
             )));

@@ -17,7 +17,7 @@ mod retry;
 pub use alpha::AlphaProvider;
 pub use beta::BetaProvider;
 pub use breaker::Breaker;
-pub use gateway::{Decision, Gateway, GatewayError};
+pub use gateway::{CALL_IN_FLIGHT, Decision, Gateway, GatewayError};
 pub use handler::{Kind, PaymentsHandler};
 pub use http::HttpOptions;
 pub use provider::{CallError, Charge, PaymentProvider, Reply, Settle};
