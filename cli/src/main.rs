@@ -208,7 +208,7 @@ enum SandboxWhat {
         #[arg(long)]
         provider_name: String,
         /// A fault, key=value (repeatable): latency=50ms, hang-rate=0.01, error-rate=0.2,
-        /// reset-rate=0.05, lost-rate=0.05, hang=30s, slow=3s, seed=7.
+        /// throttle-rate=0.1, reset-rate=0.05, lost-rate=0.05, hang=30s, slow=3s, seed=7.
         #[arg(long = "fault")]
         faults: Vec<String>,
         /// A file holding the API key clients must send (generated if missing; never printed).

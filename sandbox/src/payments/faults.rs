@@ -16,6 +16,8 @@ pub struct Faults {
     pub hang_rate: f64,
     /// Requests answered 503 before being processed.
     pub error_rate: f64,
+    /// Requests answered 429 (rate limited) before being processed.
+    pub throttle_rate: f64,
     /// Requests whose connection is reset before they are processed.
     pub reset_rate: f64,
     /// Money-moving requests that are processed (charged) and then lose their answer:
@@ -37,6 +39,7 @@ impl Default for Faults {
             latency: Duration::ZERO,
             hang_rate: 0.0,
             error_rate: 0.0,
+            throttle_rate: 0.0,
             reset_rate: 0.0,
             lost_rate: 0.0,
             hang: Duration::from_secs(30),
@@ -52,6 +55,7 @@ pub(crate) enum Fault {
     None,
     Hang,
     Unavailable,
+    Throttled,
     Reset,
     /// Processed, answer lost.
     Lost,
@@ -63,6 +67,7 @@ impl Faults {
         let rates = [
             ("hang-rate", self.hang_rate),
             ("error-rate", self.error_rate),
+            ("throttle-rate", self.throttle_rate),
             ("reset-rate", self.reset_rate),
             ("lost-rate", self.lost_rate),
         ];
@@ -72,7 +77,9 @@ impl Faults {
             }
         }
         if rates.iter().map(|(_, r)| r).sum::<f64>() > 1.0 + 1e-9 {
-            return Err("hang-rate + error-rate + reset-rate + lost-rate must not exceed 1".into());
+            return Err(
+                "hang-rate + error-rate + throttle-rate + reset-rate + lost-rate must not exceed 1".into()
+            );
         }
         if self.latency > Duration::from_secs(60) || self.hang > Duration::from_secs(600) {
             return Err("latency must be at most 60s and hang at most 600s".into());
@@ -111,6 +118,10 @@ impl Faults {
         edge += self.error_rate;
         if r < edge {
             return Fault::Unavailable;
+        }
+        edge += self.throttle_rate;
+        if r < edge {
+            return Fault::Throttled;
         }
         edge += self.reset_rate;
         if r < edge {

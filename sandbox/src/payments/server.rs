@@ -297,6 +297,11 @@ async fn before(
             Err(unavailable())
         }
         Fault::Unavailable => Err(unavailable()),
+        Fault::Throttled => Err(dialect.problem(&Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "sandbox fault: too many requests (the request was not processed)",
+        ))),
         Fault::Reset if moves_money => Err(drop_connection(kill).await),
         // A status query is not reset (nothing listens to its `Kill`: ending it here
         // left it pending until the client gave up, a hang the fault table does not

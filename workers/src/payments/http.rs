@@ -25,14 +25,23 @@ pub(crate) fn client(options: &HttpOptions) -> Result<reqwest::Client, reqwest::
 }
 
 /// Send `request`; the status and the JSON body. A connection error before the request
-/// was sent is `NotProcessed`, as is a 503 (both dialects' providers answer 503 before
-/// processing); a timeout, a reset mid-request, any other 5xx or an unreadable body are
-/// `Ambiguous`.
+/// was sent is `NotProcessed`, as are a 503 (both dialects' providers answer 503 before
+/// processing) and a 429 or 425 (rate limited, too early: refused before processing); a
+/// timeout, a reset mid-request, a 408, any other 5xx or an unreadable body are
+/// `Ambiguous`. Other 4xx are the dialect's to read: a refusal of the request itself.
+///
+/// (Review, eleventh session: a 429 was read as the provider refusing the request — a
+/// decline recorded as the key's answer, so a void throttled after an outage was never
+/// sent again and the authorization stayed held.)
 pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<(StatusCode, Value), CallError> {
     let response = request.send().await.map_err(transport)?;
     let status = response.status();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        return Err(CallError::NotProcessed("503 service unavailable".into()));
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS | StatusCode::TOO_EARLY => {
+            return Err(CallError::NotProcessed(format!("{status}: not processed")));
+        }
+        StatusCode::REQUEST_TIMEOUT => return Err(CallError::Ambiguous(format!("{status}"))),
+        _ => {}
     }
     if status.is_server_error() {
         return Err(CallError::Ambiguous(format!("{status}")));

@@ -953,3 +953,31 @@ async fn a_provider_refusing_our_request_is_a_decline_without_its_words() -> any
     assert_eq!(locked.effects(&key), 0);
     Ok(())
 }
+
+/// Review (eleventh session): a provider's 429 was read as a refusal of the request
+/// itself — a decline recorded as the key's answer. A void throttled after an outage
+/// (every waiting settle waking at once) ended `declined`, every re-send got that record
+/// back, and the authorization stayed held. A 429 is "not processed": the void retries,
+/// waits while the provider throttles everything, and goes through once it stops.
+#[tokio::test]
+async fn a_throttled_void_is_retried_until_it_goes_through_not_recorded_declined() -> anyhow::Result<()> {
+    let env = pay_env(test_payment_retry(), Faults::default()).await?;
+    let c = authorize("tok_ok", 700);
+    env.send("auth", &c).await?;
+    assert_eq!(env.result_of(c.order_id, Operation::Authorize).await?.failure, None);
+    env.primary.set_faults(Faults { throttle_rate: 1.0, ..Faults::default() }).map_err(anyhow::Error::msg)?;
+    let before = env.primary.requests();
+    env.send("void", &settle(c.order_id, Operation::Void, 700)).await?;
+    let answered = |results: Vec<PaymentResult>| results.into_iter().find(|r| r.operation == Operation::Void);
+    let early = eventually(Duration::from_secs(30), || async {
+        let early = answered(env.results().await?);
+        anyhow::Ok((early.is_some() || env.primary.requests() >= before + 3).then_some(early))
+    })
+    .await?;
+    assert_eq!(early, None, "no answer while every call is throttled");
+    env.primary.set_faults(Faults::default()).map_err(anyhow::Error::msg)?;
+    let voided = env.result_of(c.order_id, Operation::Void).await?;
+    assert_eq!(voided.failure, None, "{voided:?}");
+    assert_eq!(env.primary.effects(&idempotency_key(c.order_id, Operation::Void)), 1);
+    Ok(())
+}

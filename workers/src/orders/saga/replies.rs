@@ -103,7 +103,10 @@ fn read(d: &Delivery) -> Result<Read, ApplyError> {
                 // A void refused because the payment is captured: the money moved (a
                 // capture whose answer the saga never had — found in review, the saga
                 // ended cancelled and kept it). Read as the capture, so it is refunded.
-                (Some(PaymentFailure::Declined { code, .. }), Operation::Void)
+                // A capture refused so is the capture too (its recorded answer purged
+                // before a re-sent copy came: review, eleventh session — the paid order
+                // was unwound and refunded).
+                (Some(PaymentFailure::Declined { code, .. }), Operation::Void | Operation::Capture)
                     if code == souk_pipelines::payments::ALREADY_CAPTURED =>
                 {
                     Event::Captured

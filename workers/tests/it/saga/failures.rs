@@ -259,3 +259,23 @@ async fn a_void_refused_as_captured_refunds_the_capture() -> anyhow::Result<()> 
     env.until(cmd.order_id, "cancelled").await?;
     Ok(())
 }
+
+/// Review (eleventh session): a capture the payments pool refuses because the payment is
+/// captured (the capture's recorded answer purged with the retention before a re-sent
+/// copy came, which the ledger then refused as `already_captured`) was read as a failed
+/// capture: a paid order unwound and refunded. It is the capture: the order is confirmed.
+#[tokio::test]
+async fn a_capture_refused_as_already_captured_confirms_the_order() -> anyhow::Result<()> {
+    let env = SagaEnv::start().await?;
+    let cmd = order(&[("SKU-A", "s1", 1, 700)]);
+    env.place(&cmd).await?;
+    drive_to(&env, &cmd, "capturing").await?;
+    let refused = Some(PaymentFailure::Declined {
+        code: souk_pipelines::payments::ALREADY_CAPTURED.into(),
+        message: "the payment was captured".into(),
+    });
+    env.reply(&payment(&cmd, Operation::Capture, refused)).await?;
+    env.until(cmd.order_id, "fulfilling").await?;
+    assert_eq!(env.order_status(cmd.order_id).await?.0, "confirmed");
+    Ok(())
+}
