@@ -107,7 +107,12 @@ impl Node {
             let runtime =
                 Runtime::build(&publisher, &options.topology, &registry, only).await?.failure_log(failures);
             tasks.spawn(runtime.run(cancel.clone()));
-            tasks.spawn(housekeeping(options.pool.clone(), publisher.jetstream().clone(), cancel.clone()));
+            tasks.spawn(housekeeping(
+                options.pool.clone(),
+                publisher.jetstream().clone(),
+                options.topology.clone(),
+                cancel.clone(),
+            ));
             // Stock holds past their time go back to stock wherever the inventory pool
             // runs (sweepers in several processes never expire one hold twice).
             if runs_handler(&options.topology, Some(only), souk_workers::inventory::HANDLER) {
@@ -415,7 +420,12 @@ async fn forget_dropped_dead_letters(pool: &PgPool, js: &async_nats::jetstream::
 /// housekeeping every [`HOUSEKEEPING_EVERY`]. Every worker process runs it; both are
 /// safe to run in several at once (the sweeper skips sagas another holds, housekeeping
 /// deletes idempotently).
-async fn housekeeping(pool: PgPool, js: async_nats::jetstream::Context, stop: CancellationToken) {
+async fn housekeeping(
+    pool: PgPool,
+    js: async_nats::jetstream::Context,
+    topology: Topology,
+    stop: CancellationToken,
+) {
     let mut last_housekeeping: Option<tokio::time::Instant> = None;
     loop {
         if last_housekeeping.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY) {
@@ -435,8 +445,7 @@ async fn housekeeping(pool: PgPool, js: async_nats::jetstream::Context, stop: Ca
                 Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
             }
         }
-        use souk_workers::orders::saga;
-        match saga::sweep(&pool, chrono::Utc::now(), saga::sweeper::SWEEP_BATCH).await {
+        match sweep_sagas(&pool, &js, &topology, chrono::Utc::now()).await {
             Ok(s) if s.resent + s.compensated > 0 => {
                 tracing::warn!(
                     resent = s.resent,
@@ -452,6 +461,52 @@ async fn housekeeping(pool: PgPool, js: async_nats::jetstream::Context, stop: Ca
             () = tokio::time::sleep(SWEEP_EVERY) => {}
         }
     }
+}
+
+/// One sweep of the sagas past their deadline (see `saga::sweep`), told which pools
+/// handle nothing now — paused, breaker open, or run by no live process, by their
+/// heartbeats — so a saga waiting on one is postponed instead of re-sent and given up.
+/// When the heartbeats cannot be read the sweep goes on without them.
+pub async fn sweep_sagas(
+    pool: &PgPool,
+    js: &async_nats::jetstream::Context,
+    topology: &Topology,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<souk_workers::orders::saga::Swept, souk_stores::postgres::Error> {
+    use souk_workers::orders::saga;
+    let stalled = match souk_topologies::status::read_pools(&js.client()).await {
+        Ok(live) => stalled_pools(topology, &live),
+        Err(e) => {
+            tracing::warn!(error = %e, "saga sweeper: pool status unreadable; sweeping without it");
+            saga::Stalled::default()
+        }
+    };
+    saga::sweep(pool, now, saga::sweeper::SWEEP_BATCH, &stalled).await
+}
+
+/// The pools of `topology` no live process is handling messages of now (`live`: every
+/// live process's pools).
+fn stalled_pools(
+    topology: &Topology,
+    live: &[souk_topologies::status::PoolStatus],
+) -> souk_workers::orders::saga::Stalled {
+    use souk_topologies::runtime::BreakerState;
+    let mut stalled = souk_workers::orders::saga::Stalled::default();
+    for pool in &topology.pools {
+        let handling = live.iter().any(|p| {
+            p.name == pool.name && p.breaker != BreakerState::Open && !p.controls.is_some_and(|c| c.paused)
+        });
+        if handling {
+            continue;
+        }
+        if pool.handler == souk_workers::orders::saga::HANDLER {
+            stalled.replies = true;
+        }
+        if let Some(consumer) = topology.consumer(&pool.consumer) {
+            stalled.commands.extend(consumer.filter_subjects.iter().cloned());
+        }
+    }
+    stalled
 }
 
 /// The JetStream key-value bucket holding the deployment's id.

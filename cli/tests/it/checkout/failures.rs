@@ -358,6 +358,50 @@ async fn a_cart_whose_emptying_the_ingress_lost_is_emptied_with_its_order() -> a
     Ok(())
 }
 
+/// Review (eleventh session): the saga sweeper counted a saga whose command waited in
+/// JetStream for a paused pool as unanswered: pausing the inventory pool for two
+/// minutes re-sent every reserve, gave up and cancelled every order being reserved. A
+/// saga waiting on a pool that handles nothing now (paused, breaker open, no live
+/// process: by the heartbeats) is postponed, its attempts untouched, and goes on when
+/// the pool is resumed.
+#[tokio::test]
+async fn a_paused_pool_postpones_its_sagas_instead_of_cancelling_them() -> anyhow::Result<()> {
+    use souk_topologies::control::{Change, Controls};
+    let stack = Stack::start().await?;
+    seed(&stack.db.pool, TENANT, &[for_sale("LAMP", "lumen", 4000, 10)]).await?;
+    let controls = Controls::open(&stack.js, 1).await?;
+    controls.change("inventory", Change::Pause, "test-operator").await?;
+    eventually(WAIT, || async {
+        let pools = souk_topologies::status::read_pools(&stack.client).await?;
+        // Paused, not pausing: a pull already open when the pause came still delivers.
+        let paused = pools.iter().any(|p| {
+            p.name == "inventory"
+                && p.controls.is_some_and(|c| c.activity == souk_topologies::runtime::Activity::Paused)
+        });
+        anyhow::Ok(paused.then_some(()))
+    })
+    .await?;
+    let finn = buyer(&stack, "finn");
+    let id = buy(&stack, &finn, "f1", &[("LAMP", 1)], "tok_ok").await?;
+    eventually(WAIT, || async {
+        anyhow::Ok((saga_state(&stack, &finn, id).await? == "reserving").then_some(()))
+    })
+    .await?;
+    for hours in 1..=4 {
+        let later = chrono::Utc::now() + chrono::Duration::hours(hours);
+        let swept = souk_cli::node::sweep_sagas(&stack.db.pool, &stack.js, &stack.topology, later).await?;
+        assert_eq!((swept.resent, swept.compensated), (0, 0), "sweep {hours}: {swept:?}");
+    }
+    let saga = order(&stack, &finn, id).await?;
+    assert_eq!(
+        (saga["saga"]["state"].as_str(), saga["saga"]["attempt"].as_i64()),
+        (Some("reserving"), Some(1))
+    );
+    controls.change("inventory", Change::Resume, "test-operator").await?;
+    order_reaches(&stack, &finn, id, &["confirmed"], WAIT).await?;
+    Ok(())
+}
+
 /// A capture is due at the primary (which holds the authorization) while its breaker is
 /// open — opened by another order's authorization failing over, the primary healthy
 /// again. Only the primary can capture: the capture must wait for its breaker, not give

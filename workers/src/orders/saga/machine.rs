@@ -230,6 +230,21 @@ impl Effect {
             Effect::Confirm | Effect::Cancel | Effect::Ship => None,
         }
     }
+
+    /// The subject of this command (`None` for events): what the sweeper asks about the
+    /// pool that takes it.
+    pub fn subject(self) -> Option<&'static str> {
+        use souk_pipelines::subjects as s;
+        match self {
+            Effect::Reserve => Some(s::INVENTORY_RESERVE),
+            Effect::Commit => Some(s::INVENTORY_COMMIT),
+            Effect::Release => Some(s::INVENTORY_RELEASE),
+            Effect::Authorize => Some(s::PAYMENTS_AUTHORIZE),
+            Effect::Capture | Effect::Void | Effect::Refund => Some(s::PAYMENTS_SETTLE),
+            Effect::RequestFulfilment => Some(s::FULFILMENT_REQUEST),
+            Effect::Confirm | Effect::Cancel | Effect::Ship => None,
+        }
+    }
 }
 
 /// The outcome of an event in a state.

@@ -20,7 +20,7 @@ pub mod sweeper;
 
 pub use machine::{Effect, Event, State};
 pub use replies::SagaReplies;
-pub use sweeper::{MAX_ATTEMPTS, Swept, sweep};
+pub use sweeper::{MAX_ATTEMPTS, Stalled, Swept, sweep};
 
 use std::time::Duration;
 

@@ -5,7 +5,10 @@
 //! `State::wait_after`). A saga with a command or answer still waiting in the outbox
 //! (the broker down, no relay; not a parked row, which waits for an operator) only has
 //! its deadline moved: no reply could have come, so the wait spends none of its
-//! attempts. Run periodically by
+//! attempts. So does a saga whose step's command, or whose reply, waits for a pool that
+//! is not handling anything now ([`Stalled`]: paused by an operator, its breaker open,
+//! no live process) — pausing the inventory pool for two minutes cancelled every order
+//! being reserved (review, eleventh session). Run periodically by
 //! every worker process (`cli::node`'s housekeeping loop); `skip locked` makes several
 //! processes share the work without acting twice on one saga.
 
@@ -54,6 +57,43 @@ fn open_steps(state: State, saga: &sagas::Saga) -> Vec<String> {
     steps
 }
 
+/// What cannot be handled now: the subject filters of the consumers whose pools are
+/// paused, hold their messages behind an open breaker, or run in no live process (and,
+/// with `replies`, the pool of the saga's replies is one of them) — read from the
+/// pipeline status by the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stalled {
+    pub commands: Vec<String>,
+    /// The pool that takes the saga's replies (`orders-saga`) is stalled.
+    pub replies: bool,
+}
+
+impl Stalled {
+    /// Whether a saga in `state` waits on a stalled pool: no answer can come meanwhile.
+    pub fn holds(&self, state: State) -> bool {
+        self.replies
+            || state
+                .step_effects()
+                .iter()
+                .filter_map(|e| e.subject())
+                .any(|s| self.commands.iter().any(|filter| subject_matches(filter, s)))
+    }
+}
+
+/// Whether NATS subject `filter` (`*`: one token, `>`: the rest) takes `subject`.
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for f in filter.split('.') {
+        match (f, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -61,14 +101,20 @@ pub struct Swept {
     pub resent: u64,
     /// Sagas past their attempts, now compensating (or cancelled, when already compensating).
     pub compensated: u64,
-    /// Sagas with a message still waiting in the outbox: their deadline moved, no
-    /// attempt spent.
+    /// Sagas with a message still waiting in the outbox, or for a stalled pool: their
+    /// deadline moved, no attempt spent.
     pub waiting: u64,
 }
 
 /// Act on up to `limit` sagas whose deadline is before `now` (the clock is a parameter
-/// so that tests need not wait for deadlines).
-pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swept, pg::Error> {
+/// so that tests need not wait for deadlines); `stalled`: the pools that handle nothing
+/// now (see [`Stalled`]).
+pub async fn sweep(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    limit: i64,
+    stalled: &Stalled,
+) -> Result<Swept, pg::Error> {
     let mut tx = pg::begin(pool).await?;
     let due = sagas::lock_due(&mut tx, now, limit).await?;
     let aggregates: Vec<[String; 3]> = due.iter().map(message_aggregates).collect();
@@ -83,11 +129,12 @@ pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swep
             sagas::postpone(&mut tx, saga.order_id, now + UNKNOWN_STATE_WAIT).await?;
             continue;
         };
-        if aggregates.iter().any(|a| unsent.contains(a))
+        if (aggregates.iter().any(|a| unsent.contains(a)) || stalled.holds(state))
             && let Some(wait) = state.step_timeout()
         {
-            // A NATS outage must not cancel orders: each sweep would add a copy of the
-            // command behind the first, then give up and compensate what never failed.
+            // A NATS outage, or a pool paused or down, must not cancel orders: each
+            // sweep would add a copy of the command behind the first, then give up and
+            // compensate what never failed.
             sagas::postpone(&mut tx, saga.order_id, now + wait).await?;
             swept.waiting += 1;
             continue;
@@ -120,4 +167,29 @@ pub async fn sweep(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Swep
         metrics::counter!("souk_saga_sweeper_waiting_total").increment(swept.waiting);
     }
     Ok(swept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_filters_match_as_nats_does() {
+        let cases = [
+            ("souk.cmd.inventory.reserve", "souk.cmd.inventory.reserve", true),
+            ("souk.cmd.inventory.*", "souk.cmd.inventory.reserve", true),
+            ("souk.cmd.>", "souk.cmd.inventory.reserve", true),
+            ("souk.cmd.inventory", "souk.cmd.inventory.reserve", false),
+            ("souk.cmd.inventory.reserve.x", "souk.cmd.inventory.reserve", false),
+            ("souk.cmd.*", "souk.cmd.inventory.reserve", false),
+            ("souk.cmd.payments.settle", "souk.cmd.payments.authorize", false),
+        ];
+        for (filter, subject, expected) in cases {
+            assert_eq!(subject_matches(filter, subject), expected, "{filter} {subject}");
+        }
+        let stalled = Stalled { commands: vec!["souk.cmd.inventory.*".into()], replies: false };
+        assert!(stalled.holds(State::Reserving) && stalled.holds(State::Committing));
+        assert!(!stalled.holds(State::Authorizing) && !stalled.holds(State::Capturing));
+        assert!(Stalled { replies: true, ..Stalled::default() }.holds(State::Capturing));
+    }
 }

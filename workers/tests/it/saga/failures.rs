@@ -6,7 +6,7 @@ use souk_pipelines::{
     payments::{Operation, PaymentFailure},
     subjects,
 };
-use souk_workers::orders::saga::{MAX_ATTEMPTS, Swept, sweep};
+use souk_workers::orders::saga::{MAX_ATTEMPTS, Stalled, Swept, sweep};
 
 use super::{SagaEnv, drive_to, exhausted, order, payment, replies};
 
@@ -128,7 +128,10 @@ async fn an_authorization_that_arrives_after_the_cancel_is_voided_and_a_late_cap
     super::settle(&env).await?;
     assert_eq!(env.saga(id).await?.state, "refunding");
     let due = chrono::Utc::now() + chrono::Duration::hours(1);
-    assert_eq!(sweep(&env.db.pool, due, 100).await?, Swept { resent: 1, compensated: 0, waiting: 0 });
+    assert_eq!(
+        sweep(&env.db.pool, due, 100, &Stalled::default()).await?,
+        Swept { resent: 1, compensated: 0, waiting: 0 }
+    );
     super::settle(&env).await?;
     let refunds = env.sent_count(id, "payments.settle:refund").await?;
     assert_eq!(refunds, 2, "the sweeper sent the refund again");
@@ -154,7 +157,7 @@ async fn a_compensation_voids_the_authorization_when_its_release_never_answers_o
     let mut now = chrono::Utc::now();
     while env.saga(silent.order_id).await?.state != "voiding" {
         now += chrono::Duration::hours(1);
-        sweep(&env.db.pool, now, 100).await?;
+        sweep(&env.db.pool, now, 100, &Stalled::default()).await?;
         anyhow::ensure!(env.saga(silent.order_id).await?.state != "cancelled", "cancelled without a void");
     }
     super::settle(&env).await?;
@@ -186,11 +189,14 @@ async fn the_sweeper_resumes_a_lost_reply_and_compensates_a_saga_past_its_attemp
     env.until(silent.order_id, "reserving").await?;
     let pool = &env.db.pool;
     let now = chrono::Utc::now();
-    assert_eq!(sweep(pool, now, 100).await?, Swept::default(), "nothing is due yet");
+    assert_eq!(sweep(pool, now, 100, &Stalled::default()).await?, Swept::default(), "nothing is due yet");
 
     // Past the deadline: the reserve is sent again (its reply was lost).
     let later = now + chrono::Duration::hours(1);
-    assert_eq!(sweep(pool, later, 100).await?, Swept { resent: 2, compensated: 0, waiting: 0 });
+    assert_eq!(
+        sweep(pool, later, 100, &Stalled::default()).await?,
+        Swept { resent: 2, compensated: 0, waiting: 0 }
+    );
     super::settle(&env).await?;
     assert_eq!(env.sent(lost.order_id).await?, ["inventory.reserve", "inventory.reserve"]);
     assert_eq!(env.saga(lost.order_id).await?.attempt, 2);
@@ -199,7 +205,8 @@ async fn the_sweeper_resumes_a_lost_reply_and_compensates_a_saga_past_its_attemp
 
     // Two sweepers at once (two worker processes) act once on each saga.
     let much_later = later + chrono::Duration::hours(1);
-    let (a, b) = tokio::join!(sweep(pool, much_later, 100), sweep(pool, much_later, 100));
+    let none = Stalled::default();
+    let (a, b) = tokio::join!(sweep(pool, much_later, 100, &none), sweep(pool, much_later, 100, &none));
     let (a, b) = (a?, b?);
     assert_eq!(a.resent + b.resent, 2, "each saga once: {a:?} {b:?}");
     assert_eq!(env.saga(lost.order_id).await?.attempt, 2, "its authorize sent again once");
@@ -209,7 +216,7 @@ async fn the_sweeper_resumes_a_lost_reply_and_compensates_a_saga_past_its_attemp
 
     // Past its attempts: it compensates (a release of whatever may have been held).
     let last = much_later + chrono::Duration::hours(1);
-    let swept = sweep(pool, last, 100).await?;
+    let swept = sweep(pool, last, 100, &Stalled::default()).await?;
     assert_eq!(
         swept,
         Swept { resent: 1, compensated: 1, waiting: 0 },

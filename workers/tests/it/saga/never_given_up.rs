@@ -5,7 +5,7 @@
 use chrono::{Duration, Utc};
 use souk_pipelines::{payments::Operation, subjects};
 use souk_stores::postgres::sagas;
-use souk_workers::orders::saga::{MAX_ATTEMPTS, Swept, sweep};
+use souk_workers::orders::saga::{MAX_ATTEMPTS, Stalled, Swept, sweep};
 
 use super::{SagaEnv, drive_to, exhausted, order, payment, replies};
 
@@ -30,7 +30,7 @@ async fn sweep_hours(
     let mut now = from;
     for _ in 0..times {
         now += Duration::hours(1);
-        sweep(&env.db.pool, now, 100).await?;
+        sweep(&env.db.pool, now, 100, &Stalled::default()).await?;
         super::settle(env).await?;
     }
     Ok(now)
@@ -52,7 +52,7 @@ async fn a_broker_outage_spends_no_attempts_of_a_saga_whose_command_is_unsent() 
     let mut now = Utc::now();
     for _ in 0..(MAX_ATTEMPTS + 2) {
         now += Duration::hours(1);
-        let swept = sweep(&env.db.pool, now, 100).await?;
+        let swept = sweep(&env.db.pool, now, 100, &Stalled::default()).await?;
         assert_eq!(swept, Swept { resent: 0, compensated: 0, waiting: 1 });
     }
     let saga = env.saga(id).await?;
@@ -66,7 +66,7 @@ async fn a_broker_outage_spends_no_attempts_of_a_saga_whose_command_is_unsent() 
     env.reply(&replies::reserved(&cmd)).await?;
     env.until(id, "authorizing").await?;
     // With its command published, a lost reply is re-sent as before.
-    assert_eq!(sweep(&env.db.pool, now + Duration::hours(1), 100).await?.resent, 1);
+    assert_eq!(sweep(&env.db.pool, now + Duration::hours(1), 100, &Stalled::default()).await?.resent, 1);
 
     // The reply is what waits (the inventory pool answered; the broker went down before
     // its row was published): no attempt spent either (found in review of the fix).
@@ -78,7 +78,7 @@ async fn a_broker_outage_spends_no_attempts_of_a_saga_whose_command_is_unsent() 
     .bind(souk_workers::inventory::aggregate_id("t1", id))
     .execute(&env.db.pool)
     .await?;
-    let swept = sweep(&env.db.pool, now + Duration::hours(2), 100).await?;
+    let swept = sweep(&env.db.pool, now + Duration::hours(2), 100, &Stalled::default()).await?;
     assert_eq!(swept, Swept { resent: 0, compensated: 0, waiting: 1 });
     sqlx::query("delete from outbox where aggregate_id = $1")
         .bind(souk_workers::inventory::aggregate_id("t1", id))
@@ -99,7 +99,7 @@ async fn a_broker_outage_spends_no_attempts_of_a_saga_whose_command_is_unsent() 
         .bind(parked.order_id.to_string())
         .execute(&env.db.pool)
         .await?;
-    let swept = sweep(&env.db.pool, now + Duration::hours(4), 100).await?;
+    let swept = sweep(&env.db.pool, now + Duration::hours(4), 100, &Stalled::default()).await?;
     // The parked saga's reserve is sent again (the first saga is swept too: its
     // authorize is due, sent or waiting depending on how far the relay got).
     assert!(swept.resent >= 1, "{swept:?}");
@@ -108,7 +108,7 @@ async fn a_broker_outage_spends_no_attempts_of_a_saga_whose_command_is_unsent() 
     // order): it waits for the operator too, and the saga goes on being swept (review,
     // tenth session: the sweeper waited on it, each deadline moved on for ever, and the
     // saga never showed as stuck).
-    let swept = sweep(&env.db.pool, now + Duration::hours(5), 100).await?;
+    let swept = sweep(&env.db.pool, now + Duration::hours(5), 100, &Stalled::default()).await?;
     assert_eq!(env.saga(parked.order_id).await?.attempt, 3, "{swept:?}");
     Ok(())
 }
@@ -201,11 +201,14 @@ async fn a_fulfilment_request_or_answer_lost_is_sent_again_and_answered_again() 
     let saga = env.saga(id).await?;
     let a_day = Utc::now() + Duration::hours(24);
     assert!(saga.deadline.is_some_and(|d| d > a_day - Duration::minutes(5)), "a day: {saga:?}");
-    assert_eq!(sweep(&env.db.pool, Utc::now() + Duration::hours(1), 100).await?, Swept::default());
+    assert_eq!(
+        sweep(&env.db.pool, Utc::now() + Duration::hours(1), 100, &Stalled::default()).await?,
+        Swept::default()
+    );
     env.reply(&replies::shipped(&cmd, "s1")).await?;
     super::settle(&env).await?;
     // A day on without s2's answer: only s2 is asked again.
-    let swept = sweep(&env.db.pool, a_day + Duration::hours(1), 100).await?;
+    let swept = sweep(&env.db.pool, a_day + Duration::hours(1), 100, &Stalled::default()).await?;
     assert_eq!(swept, Swept { resent: 1, compensated: 0, waiting: 0 });
     super::settle(&env).await?;
     assert_eq!(env.sent_count(id, "fulfilment.request:s1").await?, 1);
@@ -214,7 +217,7 @@ async fn a_fulfilment_request_or_answer_lost_is_sent_again_and_answered_again() 
     let mut later = a_day;
     for _ in 0..2 * MAX_ATTEMPTS {
         later += Duration::days(30);
-        assert_eq!(sweep(&env.db.pool, later, 100).await?.compensated, 0);
+        assert_eq!(sweep(&env.db.pool, later, 100, &Stalled::default()).await?.compensated, 0);
         super::settle(&env).await?;
     }
     let saga = env.saga(id).await?;
