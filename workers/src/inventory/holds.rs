@@ -27,6 +27,19 @@ use uuid::Uuid;
 use super::events::outbox_event;
 use crate::dedupe::ApplyError;
 
+/// The end of a hold made now for a reserve that asked for `asked`: that, unless it has
+/// passed already — a reserve that arrives after its saga waited (its pool paused or
+/// down, a long broker outage) — then a whole hold from now. A hold made already due
+/// was expired within a second and its order, after the buyer's card was authorized,
+/// voided and cancelled (review, eleventh session).
+fn starting_hold(asked: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    let now = Utc::now();
+    match asked > now {
+        true => asked,
+        false => now + crate::orders::saga::hold_duration(),
+    }
+}
+
 /// Reason of the release an expiry makes.
 pub const EXPIRED_REASON: &str = "the hold expired";
 
@@ -98,7 +111,7 @@ pub async fn reserve(tx: &mut PgConnection, cmd: &ReserveStock, causation: &str)
     if shortages.is_empty() {
         attempt.commit().await.map_err(pg::Error::from)?;
         let (hold_until, at) =
-            inv::record(tx, &cmd.tenant, cmd.order_id, cmd.hold_until, &lines, None).await?;
+            inv::record(tx, &cmd.tenant, cmd.order_id, starting_hold(cmd.hold_until), &lines, None).await?;
         metrics::counter!("souk_inventory_reservations_total", "outcome" => "reserved").increment(1);
         let event = StockReserved { tenant: cmd.tenant.clone(), order_id: cmd.order_id, hold_until, at };
         outbox::enqueue(tx, outbox_event(&cmd.tenant, cmd.order_id, causation, &event)).await?;

@@ -236,6 +236,30 @@ async fn an_expired_hold_returns_its_stock_and_can_no_longer_be_committed() -> a
     Ok(())
 }
 
+/// Review (eleventh session): a reserve arriving after the hold it asks for had passed
+/// (its saga postponed while the inventory pool was paused, a long broker outage) made a
+/// hold already due: the expiry returned it within a second, and the order — its card
+/// authorized meanwhile — had its commit refused, was voided and cancelled. Such a hold
+/// now lasts a whole hold from when it is made, and the order can be sold.
+#[tokio::test]
+async fn a_reserve_arriving_after_its_hold_time_holds_from_now() -> anyhow::Result<()> {
+    let env = env().await?;
+    env.stock("L", 3).await?;
+    let order = Uuid::now_v7();
+    env.send(&reserve(order, &[("L", 1)], Utc::now() - chrono::Duration::seconds(1))).await?;
+    let reserved = env.wait_for(order, "souk.evt.inventory.reserved", |_| true).await?;
+    let until: DateTime<Utc> = serde_json::from_value(reserved["hold_until"].clone())?;
+    assert!(until > Utc::now() + chrono::Duration::minutes(5), "{reserved}");
+    env.send(&CommitStock { tenant: TENANT.into(), order_id: order }).await?;
+    let answer = env.wait_for(order, "souk.evt.inventory.committed", |_| true).await?;
+    assert_eq!(answer["committed"], true, "{answer}");
+    env.quiet().await?;
+    let s = env.counts("L").await?;
+    assert_eq!((s.on_hand, s.held, s.sold), (2, 0, 1));
+    env.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn release_and_commit_are_idempotent_and_a_release_after_commit_returns_the_units() -> anyhow::Result<()>
 {

@@ -314,7 +314,12 @@ pub fn transition(state: State, event: &Event) -> Transition {
         // buyer's provider until they are answered
         // money that moved after the saga stopped using it is given back (a void sent
         // while no authorization was recorded was refused, and spent nothing)
-        (Releasing | Voiding | VoidingLate, E::Authorized) => to(state, &[Void]),
+        (Voiding | VoidingLate, E::Authorized) => to(state, &[Void]),
+        // releasing does not wait for a void: it unwinds instead (release, then a void
+        // it waits for and sends again until answered) — a void sent from releasing was
+        // lost if its retries ran out, the saga cancelled meanwhile (review, eleventh
+        // session)
+        (Releasing, E::Authorized) => to(Unwinding, &[]),
         (Cancelled, E::Authorized) => to(VoidingLate, &[Void]),
         (Releasing | Unwinding | Voiding, E::Captured) => to(Refunding, &[Refund, Cancel]),
         (Cancelled | VoidingLate, E::Captured) => to(Refunding, &[Refund]),
@@ -386,6 +391,13 @@ mod tests {
         // A void refused (no authorization yet) while the authorize was held: the
         // authorization that then arrives is voided, in voiding as in cancelled.
         assert_eq!(transition(State::Voiding, &Event::Authorized), to(State::Voiding, &[Effect::Void]));
+        // One that arrives while the stock is being released is voided after the
+        // release, by a state that waits for the void (releasing would end cancelled
+        // on the release, and a void out of retries was then never sent again).
+        assert_eq!(transition(State::Releasing, &Event::Authorized), to(State::Unwinding, &[]));
+        assert_eq!(transition(State::Unwinding, &Event::Released), to(State::Voiding, &[Effect::Void]));
+        assert_eq!(transition(State::Voiding, &Event::VoidExhausted("x".into())), Transition::Ignore);
+        assert!(State::Voiding.step_timeout().is_some(), "the sweeper sends the void again");
         // A capture that turns up while compensating is refunded, and the refund is a
         // step of its own: re-sent by the sweeper until it is answered.
         for s in [State::Releasing, State::Unwinding, State::Voiding] {
