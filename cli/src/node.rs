@@ -464,9 +464,9 @@ async fn housekeeping(
 }
 
 /// One sweep of the sagas past their deadline (see `saga::sweep`), told which pools
-/// handle nothing now — paused, breaker open, or run by no live process, by their
-/// heartbeats — so a saga waiting on one is postponed instead of re-sent and given up.
-/// When the heartbeats cannot be read the sweep goes on without them.
+/// handle nothing now — every live process running one has it paused or its breaker
+/// open, by their heartbeats — so a saga waiting on one is postponed instead of re-sent
+/// and given up. When the heartbeats cannot be read the sweep goes on without them.
 pub async fn sweep_sagas(
     pool: &PgPool,
     js: &async_nats::jetstream::Context,
@@ -484,8 +484,12 @@ pub async fn sweep_sagas(
     saga::sweep(pool, now, saga::sweeper::SWEEP_BATCH, &stalled).await
 }
 
-/// The pools of `topology` no live process is handling messages of now (`live`: every
-/// live process's pools).
+/// The pools of `topology` that live processes run but none is handling messages of
+/// now: each paused or holding its deliveries behind an open breaker (`live`: every
+/// live process's pools). A pool no live process runs is not counted: "no heartbeat"
+/// is also what a clock skewed against the NATS server's, or a heartbeat bucket that
+/// cannot be read, looks like, and a saga must not wait for ever on a misreading
+/// (review, eleventh session) — such sagas are swept as before.
 fn stalled_pools(
     topology: &Topology,
     live: &[souk_topologies::status::PoolStatus],
@@ -493,9 +497,12 @@ fn stalled_pools(
     use souk_topologies::runtime::BreakerState;
     let mut stalled = souk_workers::orders::saga::Stalled::default();
     for pool in &topology.pools {
-        let handling = live.iter().any(|p| {
-            p.name == pool.name && p.breaker != BreakerState::Open && !p.controls.is_some_and(|c| c.paused)
-        });
+        let mut running = live.iter().filter(|p| p.name == pool.name).peekable();
+        if running.peek().is_none() {
+            continue;
+        }
+        let handling =
+            running.any(|p| p.breaker != BreakerState::Open && !p.controls.is_some_and(|c| c.paused));
         if handling {
             continue;
         }
@@ -616,6 +623,39 @@ mod tests {
         assert!(runs_indexer(&t, Some(&pools(&["catalog-index"]))), "souk ingress --pool catalog-index");
         assert!(!runs_indexer(&t, Some(&pools(&["orders", "catalog"]))));
         assert!(!runs_indexer(&t, None), "souk ingress");
+        Ok(())
+    }
+
+    /// A pool is stalled when every live process running it has it paused or its breaker
+    /// open; a pool with no heartbeat at all is not (second review, eleventh session: no
+    /// heartbeat is also a skewed clock or an unreadable bucket, and every saga then
+    /// waited for ever).
+    #[test]
+    fn a_pool_stalls_its_sagas_only_when_every_live_process_holds_it()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use souk_topologies::{
+            runtime::{Activity, BreakerState},
+            status::{PoolStatus, heartbeat::PoolControls},
+        };
+        let t = builtin_topology()?;
+        let beat = |name: &str, paused: bool, breaker: BreakerState| PoolStatus {
+            name: name.into(),
+            consumer: name.into(),
+            breaker,
+            last_error: None,
+            in_flight: 0,
+            waiting: 0,
+            controls: Some(PoolControls { paused, activity: Activity::Running, concurrency: 1 }),
+        };
+        let reserving = souk_workers::orders::saga::State::Reserving;
+        assert_eq!(stalled_pools(&t, &[]), souk_workers::orders::saga::Stalled::default(), "no heartbeats");
+        let paused = stalled_pools(&t, &[beat("inventory", true, BreakerState::Closed)]);
+        assert!(paused.holds(reserving) && !paused.replies);
+        let open = stalled_pools(&t, &[beat("orders-saga", false, BreakerState::Open)]);
+        assert!(open.replies);
+        let one_of_two =
+            [beat("inventory", true, BreakerState::Closed), beat("inventory", false, BreakerState::Closed)];
+        assert!(!stalled_pools(&t, &one_of_two).holds(reserving), "another process handles it");
         Ok(())
     }
 }

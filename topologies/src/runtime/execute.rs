@@ -13,7 +13,12 @@ use std::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use super::{Delivery, ErrorClass, Handler, HandlerError, Outcome, breaker, pool::Ctx, settle};
+use super::{
+    Delivery, ErrorClass, Handler, HandlerError, Outcome, breaker,
+    pool::Ctx,
+    settle,
+    waiting::{Claimed, WorkClaim},
+};
 use crate::{batcher::BatchFn, trace};
 
 /// The handler slot a delivery runs in: given up while the delivery waits for another
@@ -111,9 +116,9 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message, slot: &mut Slot)
         // The handler did not run for `first`: no attempt to record.
         let label = match first {
             Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver, false).await,
-            None => match run_until_not_dependency(ctx, &msg, &delivery, slot, marked).await {
+            None => match run_until_not_dependency(ctx, &msg, &delivery, slot, key, marked).await {
                 Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver, true).await,
-                None => settle::hand_back(&msg, ctx.cancel.is_cancelled()).await,
+                None => settle::hand_back(ctx, &msg, key, ctx.cancel.is_cancelled()).await,
             },
         };
         tracing::Span::current().record("outcome", label);
@@ -151,6 +156,7 @@ async fn run_until_not_dependency(
     msg: &jetstream::Message,
     delivery: &Delivery,
     slot: &mut Slot,
+    key: super::ledger::Key,
     mut marked: Option<super::ledger::Key>,
 ) -> Option<Outcome> {
     let mut recorded = false;
@@ -158,6 +164,10 @@ async fn run_until_not_dependency(
     let mut waiting_on: Option<WorkClaim<'_>> = None;
     loop {
         if ctx.breaker.state() != super::BreakerState::Closed && !hold(ctx, msg).await {
+            // Handed back before its extra run ran: not a run that died.
+            if let Some(key) = marked {
+                ctx.last_runs.abandoned(&ctx.consumer.name, key).await;
+            }
             return None;
         }
         let outcome = run_handler(ctx, msg, delivery).await;
@@ -181,11 +191,15 @@ async fn run_until_not_dependency(
                     .increment(1);
                 tracing::debug!(code = e.code, error = %e.message, "waiting for another delivery of the same work");
                 if let (None, Some(work)) = (&waiting_on, &e.work) {
-                    match WorkClaim::take(ctx, work) {
-                        Some(claim) => waiting_on = Some(claim),
-                        // Another delivery waits on it here and will answer: this copy
+                    match ctx.waiting_work.take(work, key) {
+                        Claimed::Now(claim) => waiting_on = Some(claim),
+                        // An earlier delivery of this same message (its progress acks
+                        // lost past the ack wait): not a copy to drop — acking it would
+                        // ack the message the other is waiting with.
+                        Claimed::BySameMessage => {}
+                        // Another message waits on it here and will answer: this copy
                         // (a re-sent command) is done.
-                        None => {
+                        Claimed::ByAnother => {
                             metrics::counter!("souk_worker_superseded_total", "pool" => ctx.pool.clone())
                                 .increment(1);
                             tracing::debug!(work = %work, "another delivery waits on the same work here: acked");
@@ -214,28 +228,6 @@ async fn run_until_not_dependency(
             }
             outcome => return Some(outcome),
         }
-    }
-}
-
-/// A pool's claim of a work one of its deliveries waits on (see `HandlerError::work`),
-/// given up when that delivery ends here (handled, handed back, dead-lettered).
-struct WorkClaim<'a> {
-    ctx: &'a Ctx,
-    work: String,
-}
-
-impl<'a> WorkClaim<'a> {
-    /// `None`: another delivery of the pool holds it.
-    fn take(ctx: &'a Ctx, work: &str) -> Option<WorkClaim<'a>> {
-        let mut works = ctx.waiting_work.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        works.insert(work.to_owned()).then(|| WorkClaim { ctx, work: work.to_owned() })
-    }
-}
-
-impl Drop for WorkClaim<'_> {
-    fn drop(&mut self) {
-        let mut works = self.ctx.waiting_work.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        works.remove(&self.work);
     }
 }
 

@@ -107,12 +107,16 @@ pub(super) async fn fetch_loop(
             metrics::gauge!("souk_worker_in_flight", "pool" => ctx.pool.clone()).increment(1.0);
             ctx.live.started();
             let all_slots = slots.clone();
+            let key = msg.info().ok().map(|i| (i.stream_sequence, i.published.unix_timestamp_nanos()));
             tracker.spawn(async move {
                 let mut slot = Slot::new(slot, all_slots);
                 tokio::select! {
                     () = process(&ctx, msg, &mut slot) => {},
                     () = abandon.cancelled() => {
                         tracing::warn!(pool = %ctx.pool, "abandoned at drain deadline; JetStream will redeliver");
+                        if let Some(key) = key {
+                            ctx.last_runs.abandoned(&ctx.consumer.name, key).await;
+                        }
                     }
                 }
                 metrics::gauge!("souk_worker_in_flight", "pool" => ctx.pool.clone()).decrement(1.0);

@@ -100,7 +100,7 @@ pub enum ErrorClass {
     TooNew,
     /// Another delivery of the same work is under way (a payment key another call
     /// holds): not the message's fault, not a dependency's. Kept in the process
-    /// (progress acks, its handler slot given up) for the error's delay (else 5 s) and
+    /// (progress acks, its handler slot given up) for the error's delay (else 10 s) and
     /// run again as the same delivery: never dead-lettered, not counted toward max-deliver — a
     /// re-sent command beside its original would otherwise spend its attempts waiting
     /// and be dead-lettered for it (found in review). Of the deliveries waiting on one

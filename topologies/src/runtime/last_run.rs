@@ -36,12 +36,15 @@ pub struct LastRuns {
     js: jetstream::Context,
     replicas: usize,
     kv: OnceCell<kv::Store>,
+    /// The marks this process set and has not removed: a run abandoned at the drain
+    /// deadline, or a delivery handed back before its run, removes its own.
+    set: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl LastRuns {
     /// Marks kept through `js`, the bucket created with `replicas` replicas if missing.
     pub fn new(js: jetstream::Context, replicas: usize) -> LastRuns {
-        LastRuns { js, replicas: replicas.max(1), kv: OnceCell::new() }
+        LastRuns { js, replicas: replicas.max(1), kv: OnceCell::new(), set: Default::default() }
     }
 
     async fn kv(&self) -> Result<&kv::Store> {
@@ -71,8 +74,12 @@ impl LastRuns {
     /// left its mark (it never returned).
     pub async fn begin(&self, consumer: &str, key: (u64, i128)) -> Result<bool> {
         let kv = self.kv().await?;
-        match kv.create(mark(consumer, key), "running".into()).await {
-            Ok(_) => Ok(true),
+        let name = mark(consumer, key);
+        match kv.create(&name, "running".into()).await {
+            Ok(_) => {
+                self.set().insert(name);
+                Ok(true)
+            }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(Error::Nats(format!("{BUCKET}: {e}"))),
         }
@@ -80,8 +87,26 @@ impl LastRuns {
 
     /// The run returned: remove its mark.
     pub async fn end(&self, consumer: &str, key: (u64, i128)) -> Result<()> {
+        let name = mark(consumer, key);
+        self.set().remove(&name);
         let kv = self.kv().await?;
-        kv.purge(mark(consumer, key)).await.map_err(|e| Error::Nats(format!("{BUCKET}: {e}")))
+        kv.purge(&name).await.map_err(|e| Error::Nats(format!("{BUCKET}: {e}")))
+    }
+
+    /// The delivery's run did not end but this process lives on (abandoned at the drain
+    /// deadline, handed back before it ran): remove its mark if this process set one —
+    /// only a process that died in the run may leave it (review, eleventh session: a run
+    /// cut at a rolling deploy's drain deadline got its next delivery dead-lettered).
+    pub async fn abandoned(&self, consumer: &str, key: (u64, i128)) {
+        if self.set().contains(&mark(consumer, key))
+            && let Err(e) = self.end(consumer, key).await
+        {
+            tracing::warn!(error = %e, "the mark of an abandoned extra run is not removed");
+        }
+    }
+
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.set.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

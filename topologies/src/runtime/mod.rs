@@ -13,7 +13,7 @@
 //! | `Error`, class `Poison` | dead letter at once |
 //! | `Error`, class `Dependency` | nothing: the pool's breaker opens, the delivery is held (progress acks) and runs again when the breaker closes; nak'd at shutdown |
 //! | `Error`, class `TooNew` (or [`Handler::too_new`]) | nak with a 60 s delay; never dead-lettered, not counted toward max-deliver |
-//! | `Error`, class `Waiting` (another delivery of the same work is under way, a provider it needs is down) | kept (progress acks), its slot given up, run again after the error's delay (else 5 s); never dead-lettered, not counted toward max-deliver; handed back at shutdown, or when its wait ends in a paused pool |
+//! | `Error`, class `Waiting` (another delivery of the same work is under way, a provider it needs is down) | kept (progress acks), its slot given up, run again after the error's delay (else 10 s); never dead-lettered, not counted toward max-deliver; handed back at shutdown, or when its wait ends in a paused pool |
 //! | panic | `Retryable` |
 //! | timeout | `Dependency` if the handler's probe fails too, else `Retryable` |
 //!
@@ -52,6 +52,7 @@ mod pool;
 mod settle;
 mod sink;
 mod stats;
+mod waiting;
 
 pub use breaker::BreakerState;
 pub use dead_letter::dead_letter;

@@ -74,7 +74,7 @@ pub(super) struct Ctx {
     /// Marks of the extra runs of deliveries past max-deliver (see `last_run`).
     pub(super) last_runs: Arc<LastRuns>,
     /// The works its waiting deliveries wait on (see [`super::HandlerError::work`]).
-    pub(super) waiting_work: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub(super) waiting_work: super::waiting::WaitingWork,
 }
 
 impl Pool {

@@ -190,8 +190,14 @@ async fn retry(msg: &jetstream::Message, error: &HandlerError, step: Duration) -
 
 /// The pool shuts down (`shutdown`) while `msg` is held for an open breaker or waits,
 /// or is paused when its wait ends: hand it back now (JetStream redelivers it, to this
-/// or another process, as a new delivery).
-pub(super) async fn hand_back(msg: &jetstream::Message, shutdown: bool) -> &'static str {
+/// or another process, as a new delivery). A pause's hand-back is remembered as a
+/// deferral, not an attempt, for this process's next delivery of it (review, eleventh
+/// session: a message that had failed an attempt here was dead-lettered unrun after a
+/// pause handed it back on its last delivery).
+pub(super) async fn hand_back(ctx: &Ctx, msg: &jetstream::Message, key: Key, shutdown: bool) -> &'static str {
+    if !shutdown {
+        ctx.ledger.deferred(key);
+    }
     if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
         tracing::debug!(error = %e, "nak of a held message failed; redelivery waits for the ack timeout");
     }

@@ -29,6 +29,8 @@ struct Gated {
     started: Arc<Semaphore>,
     gate: Arc<Semaphore>,
     released: Arc<std::sync::atomic::AtomicBool>,
+    /// Runs of `flaky…` bodies so far.
+    flaky_runs: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for Gated {
@@ -38,6 +40,7 @@ impl Default for Gated {
             started: Arc::new(Semaphore::new(0)),
             gate: Arc::new(Semaphore::new(0)),
             released: Arc::default(),
+            flaky_runs: Arc::default(),
         }
     }
 }
@@ -50,7 +53,14 @@ impl Handler for Gated {
                 self.started.add_permits(1);
                 let _permit = self.gate.acquire().await.expect("gate open");
             }
-            if body.starts_with("wait") && !self.released.load(std::sync::atomic::Ordering::SeqCst) {
+            // `flaky…`: fails its first run, then waits like `wait…`.
+            if body.starts_with("flaky")
+                && self.flaky_runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+            {
+                return Outcome::retry("test_flaky", "first run fails");
+            }
+            let waits = body.starts_with("wait") || body.starts_with("flaky");
+            if waits && !self.released.load(std::sync::atomic::Ordering::SeqCst) {
                 let busy = souk_topologies::runtime::HandlerError::waiting("test_wait", "not yet");
                 return busy.after(Duration::from_millis(20)).into();
             }
@@ -322,5 +332,40 @@ async fn pause_hands_waiting_deliveries_back() -> anyhow::Result<()> {
     controls.change("work", Change::Resume, "test-operator").await?;
     souk_testkit::eventually(WAIT, || async { (handler.handled() == ["wait:0"]).then_some(()) }).await?;
     process.stop().await?;
+    Ok(())
+}
+
+/// Second review (eleventh session): each pause hands a waiting delivery back, and
+/// JetStream counts that as a delivery. A message that had failed an attempt in this
+/// process (so its history is known here) reached max-deliver by pauses alone and was
+/// dead-lettered unrun. A pause's hand-back is a deferral, not an attempt.
+#[tokio::test]
+async fn pauses_that_hand_a_waiting_delivery_back_spend_none_of_its_attempts() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let env = env().await?; // max-deliver 3
+    let controls = Controls::open(&env.js, 1).await?;
+    let handler = Gated::default();
+    publish(&env, "flaky", 1).await?;
+    let process = start(&env, &handler).await?;
+    for round in 1..=3 {
+        // Failed once, then waiting: paused and resumed.
+        souk_testkit::eventually(WAIT, || async {
+            let runs = handler.flaky_runs.load(Ordering::SeqCst);
+            let pools = pools_where(&env, 1, |p, _| p.waiting == 1).await?;
+            anyhow::Ok((runs > round && pools.is_some()).then_some(()))
+        })
+        .await?;
+        controls.change("work", Change::Pause, "test-operator").await?;
+        souk_testkit::eventually(WAIT, || {
+            pools_where(&env, 1, |p, c| c.activity == Activity::Paused && p.in_flight == 0)
+        })
+        .await?;
+        controls.change("work", Change::Resume, "test-operator").await?;
+    }
+    handler.released.store(true, Ordering::SeqCst);
+    souk_testkit::eventually(WAIT, || async { (handler.handled() == ["flaky:0"]).then_some(()) }).await?;
+    process.stop().await?;
+    let dlq = env.js.get_stream("DLQ").await?.get_info().await?.state.messages;
+    assert_eq!(dlq, 0, "not dead-lettered");
     Ok(())
 }

@@ -517,3 +517,43 @@ async fn a_waiting_delivery_kept_waiting_for_a_slot_is_not_redelivered() -> anyh
     );
     Ok(())
 }
+
+/// Second review (eleventh session): the mark of an extra run was removed only when the
+/// handler returned; a run cut at the drain deadline (a rolling deploy, the handler
+/// slower than the drain timeout) left it, and the next delivery read it as a run the
+/// process died in: dead-lettered unrun. A process that lives on removes its own mark.
+#[tokio::test]
+async fn an_extra_run_abandoned_at_the_drain_deadline_leaves_no_mark() -> anyhow::Result<()> {
+    let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
+    topology.consumers[0].max_deliver = 1;
+    topology.consumers[0].backoff.truncate(1);
+    topology.pools[0].drain_timeout = Duration::from_millis(200);
+    let env = crate::env_of(topology).await?;
+    publish(&env, "slow", "slow:1500").await?;
+    take_and_die(&env).await?;
+    // Its extra run starts, and the pool is stopped during it.
+    let handler = Scripted::default();
+    let (cancel, run) = start_pool(&env, handler.clone()).await?;
+    souk_testkit::eventually(Duration::from_secs(20), || async {
+        (!handler.seen.lock().ok()?.is_empty()).then_some(())
+    })
+    .await?;
+    cancel.cancel();
+    run.await?;
+    assert!(
+        handler.done.lock().expect("lock").is_empty(),
+        "abandoned mid-run (else the test proves nothing)"
+    );
+    // The next process runs it once more.
+    let (cancel, run) = start_pool(&env, handler.clone()).await?;
+    let outcome = souk_testkit::eventually(Duration::from_secs(20), || async {
+        let done = !handler.done.lock().ok()?.is_empty();
+        let dead = !dead_letters(&env).await.ok()?.is_empty();
+        (done || dead).then_some(done)
+    })
+    .await?;
+    cancel.cancel();
+    run.await?;
+    assert!(outcome, "handled, not dead-lettered: {:?}", dead_letters(&env).await?.len());
+    Ok(())
+}

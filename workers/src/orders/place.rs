@@ -70,10 +70,12 @@ impl PlaceOrderHandler {
         let placed: Vec<_> = fresh.into_iter().filter(|(cmd, _, _)| inserted.remove(&cmd.order_id)).collect();
         // A checkout's cart is emptied with its order, whether or not the ingress lived
         // to empty it after the PubAck (usually it did, and this finds it recorded).
-        for (cmd, _, _) in &placed {
-            if let Some(cart) = &cmd.cart {
-                carts::empty_checked_out(&mut tx, &cmd.tenant, &cmd.buyer_id, cmd.order_id, cart).await?;
-            }
+        // By buyer: two batches emptying carts of the same buyers lock them in one order.
+        let mut checkouts: Vec<_> =
+            placed.iter().filter_map(|(cmd, _, _)| Some((*cmd, cmd.cart.as_ref()?))).collect();
+        checkouts.sort_by(|(a, _), (b, _)| (&a.tenant, &a.buyer_id).cmp(&(&b.tenant, &b.buyer_id)));
+        for (cmd, cart) in checkouts {
+            carts::empty_checked_out(&mut tx, &cmd.tenant, &cmd.buyer_id, cmd.order_id, cart).await?;
         }
         // An order that cannot be paid for is cancelled, never accepted.
         let mut events: Vec<_> = placed

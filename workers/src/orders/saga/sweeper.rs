@@ -6,9 +6,9 @@
 //! (the broker down, no relay; not a parked row, which waits for an operator) only has
 //! its deadline moved: no reply could have come, so the wait spends none of its
 //! attempts. So does a saga whose step's command, or whose reply, waits for a pool that
-//! is not handling anything now ([`Stalled`]: paused by an operator, its breaker open,
-//! no live process) — pausing the inventory pool for two minutes cancelled every order
-//! being reserved (review, eleventh session). Run periodically by
+//! is not handling anything now ([`Stalled`]: paused by an operator, or its breaker
+//! open, in every live process running it) — pausing the inventory pool for two minutes
+//! cancelled every order being reserved (review, eleventh session). Run periodically by
 //! every worker process (`cli::node`'s housekeeping loop); `skip locked` makes several
 //! processes share the work without acting twice on one saga.
 
@@ -58,7 +58,7 @@ fn open_steps(state: State, saga: &sagas::Saga) -> Vec<String> {
 }
 
 /// What cannot be handled now: the subject filters of the consumers whose pools are
-/// paused, hold their messages behind an open breaker, or run in no live process (and,
+/// paused or hold their messages behind an open breaker in every live process (and,
 /// with `replies`, the pool of the saga's replies is one of them) — read from the
 /// pipeline status by the caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
