@@ -192,6 +192,16 @@ async fn fail_dead_letters_at_once_and_panics_are_retried_then_dead_lettered() -
     Ok(())
 }
 
+/// The test topology with max-deliver 1 (and `edit` made to it): one worker that takes
+/// the message and dies uses up its only attempt.
+async fn one_delivery_env(edit: impl FnOnce(&mut souk_topologies::Topology)) -> anyhow::Result<Env> {
+    let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
+    topology.consumers[0].max_deliver = 1;
+    topology.consumers[0].backoff.truncate(1);
+    edit(&mut topology);
+    crate::env_of(topology).await
+}
+
 /// Take the next delivery of "work" without ever settling it: a worker that died
 /// holding it. Returns its key for the extra-run marks.
 async fn take_and_die(env: &Env) -> anyhow::Result<(u64, i128)> {
@@ -220,10 +230,7 @@ async fn take_and_die(env: &Env) -> anyhow::Result<(u64, i128)> {
 #[tokio::test]
 async fn a_delivery_past_max_deliver_whose_extra_run_died_is_dead_lettered_unrun() -> anyhow::Result<()> {
     // max-deliver 1: a worker that takes the message and dies uses up its only attempt.
-    let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
-    topology.consumers[0].max_deliver = 1;
-    topology.consumers[0].backoff.truncate(1);
-    let env = crate::env_of(topology).await?;
+    let env = one_delivery_env(|_| {}).await?;
     publish(&env, "crashy", "ok:crashy").await?;
     take_and_die(&env).await?;
     // The next worker marks the extra run of delivery 2 and dies in it.
@@ -252,10 +259,7 @@ async fn a_delivery_past_max_deliver_whose_extra_run_died_is_dead_lettered_unrun
 /// run again too.
 #[tokio::test]
 async fn a_delivery_past_max_deliver_of_unknown_history_runs_once_more() -> anyhow::Result<()> {
-    let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
-    topology.consumers[0].max_deliver = 1;
-    topology.consumers[0].backoff.truncate(1);
-    let env = crate::env_of(topology).await?;
+    let env = one_delivery_env(|_| {}).await?;
     publish(&env, "w", "waitonce:50").await?;
     take_and_die(&env).await?;
     let handler = Scripted::default();
@@ -524,11 +528,7 @@ async fn a_waiting_delivery_kept_waiting_for_a_slot_is_not_redelivered() -> anyh
 /// process died in: dead-lettered unrun. A process that lives on removes its own mark.
 #[tokio::test]
 async fn an_extra_run_abandoned_at_the_drain_deadline_leaves_no_mark() -> anyhow::Result<()> {
-    let mut topology = souk_topologies::Topology::parse(crate::TEST_TOPOLOGY)?;
-    topology.consumers[0].max_deliver = 1;
-    topology.consumers[0].backoff.truncate(1);
-    topology.pools[0].drain_timeout = Duration::from_millis(200);
-    let env = crate::env_of(topology).await?;
+    let env = one_delivery_env(|t| t.pools[0].drain_timeout = Duration::from_millis(200)).await?;
     publish(&env, "slow", "slow:1500").await?;
     take_and_die(&env).await?;
     // Its extra run starts, and the pool is stopped during it.
