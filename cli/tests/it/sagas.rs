@@ -104,6 +104,7 @@ async fn placed(db: &TestDb) -> anyhow::Result<Uuid> {
         stream_sequence: 1,
         attempt: 1,
         consumer: souk_workers::orders::PLACE_CONSUMER.into(),
+        stored_at: None,
     };
     let handler =
         souk_workers::orders::PlaceOrderHandler::new(db.pool.clone(), souk_workers::orders::PLACE_CONSUMER);

@@ -23,6 +23,9 @@ pub struct Delivery {
     pub attempt: u64,
     /// The durable consumer that delivered it.
     pub consumer: String,
+    /// When the stream stored the message (by the server's clock): how long a command
+    /// waited before it ran (`None`: not known).
+    pub stored_at: Option<std::time::SystemTime>,
 }
 
 impl Delivery {
@@ -47,6 +50,7 @@ impl Delivery {
             stream_sequence,
             attempt,
             consumer: consumer.into(),
+            stored_at: msg.info().ok().map(|i| std::time::SystemTime::from(i.published)),
         }
     }
 

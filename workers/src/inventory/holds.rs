@@ -27,15 +27,26 @@ use uuid::Uuid;
 use super::events::outbox_event;
 use crate::dedupe::ApplyError;
 
-/// The end of a hold made now for a reserve that asked for `asked`: that, unless it has
-/// passed already — a reserve that arrives after its saga waited (its pool paused or
-/// down, a long broker outage) — then a whole hold from now. A hold made already due
-/// was expired within a second and its order, after the buyer's card was authorized,
-/// voided and cancelled (review, eleventh session).
-fn starting_hold(asked: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+/// The end of a hold made now for a reserve that asked for `asked` and was stored at
+/// `stored_at`: `asked`, moved on by as long as the command waited in the stream — a
+/// reserve whose pool was paused or behind holds for as long as its saga planned, from
+/// when it is made — and never already due (then a whole hold from now). A hold made
+/// already due was expired within a second and its order, after the buyer's card was
+/// authorized, voided and cancelled (review, eleventh session); the first fix renewed
+/// only holds already past, and one arriving just before its time got the seconds left
+/// (third review).
+fn starting_hold(
+    asked: chrono::DateTime<Utc>,
+    stored_at: Option<std::time::SystemTime>,
+) -> chrono::DateTime<Utc> {
     let now = Utc::now();
-    match asked > now {
-        true => asked,
+    let waited = stored_at
+        .and_then(|at| std::time::SystemTime::now().duration_since(at).ok())
+        .and_then(|w| chrono::Duration::from_std(w).ok())
+        .unwrap_or_default();
+    let moved = asked + waited;
+    match moved > now {
+        true => moved,
         false => now + crate::orders::saga::hold_duration(),
     }
 }
@@ -70,7 +81,12 @@ fn merged(lines: &[StockLine]) -> Result<Vec<StockLine>, ApplyError> {
 
 /// Hold every line of `cmd`, or none (see the module docs). A reservation already
 /// decided is answered again as it was, changing nothing.
-pub async fn reserve(tx: &mut PgConnection, cmd: &ReserveStock, causation: &str) -> Result<(), ApplyError> {
+pub async fn reserve(
+    tx: &mut PgConnection,
+    cmd: &ReserveStock,
+    causation: &str,
+    stored_at: Option<std::time::SystemTime>,
+) -> Result<(), ApplyError> {
     let lines = merged(&cmd.lines)?;
     inv::lock_order(tx, &cmd.tenant, cmd.order_id).await?;
     if let Some(previous) = inv::reservation(tx, &cmd.tenant, cmd.order_id).await? {
@@ -110,8 +126,15 @@ pub async fn reserve(tx: &mut PgConnection, cmd: &ReserveStock, causation: &str)
     }
     if shortages.is_empty() {
         attempt.commit().await.map_err(pg::Error::from)?;
-        let (hold_until, at) =
-            inv::record(tx, &cmd.tenant, cmd.order_id, starting_hold(cmd.hold_until), &lines, None).await?;
+        let (hold_until, at) = inv::record(
+            tx,
+            &cmd.tenant,
+            cmd.order_id,
+            starting_hold(cmd.hold_until, stored_at),
+            &lines,
+            None,
+        )
+        .await?;
         metrics::counter!("souk_inventory_reservations_total", "outcome" => "reserved").increment(1);
         let event = StockReserved { tenant: cmd.tenant.clone(), order_id: cmd.order_id, hold_until, at };
         outbox::enqueue(tx, outbox_event(&cmd.tenant, cmd.order_id, causation, &event)).await?;

@@ -112,7 +112,7 @@ impl Apply for InventoryHandler {
             match d.subject.as_str() {
                 ReserveStock::SUBJECT => {
                     let cmd: ReserveStock = d.decode().map_err(|e| unreadable("reservation", e))?;
-                    holds::reserve(tx, &cmd, &causation).await
+                    holds::reserve(tx, &cmd, &causation, d.stored_at).await
                 }
                 ReleaseStock::SUBJECT => {
                     let cmd: ReleaseStock = d.decode().map_err(|e| unreadable("release", e))?;

@@ -260,6 +260,43 @@ async fn a_reserve_arriving_after_its_hold_time_holds_from_now() -> anyhow::Resu
     Ok(())
 }
 
+/// Third review (eleventh session): the first fix renewed only holds already past, so
+/// a reserve that waited in the stream until just before its hold's time (its pool
+/// paused) got the seconds left. A hold now runs as long as planned from when it is
+/// made: moved on by the time its command waited.
+#[tokio::test]
+async fn a_reserve_that_waited_in_the_stream_holds_as_long_as_planned() -> anyhow::Result<()> {
+    use souk_topologies::{
+        control::{Change, Controls},
+        runtime::Activity,
+        status,
+    };
+    let env = env().await?;
+    env.stock("W", 3).await?;
+    let controls = Controls::open(&env.js, 1).await?;
+    controls.change("inventory", Change::Pause, "test").await?;
+    eventually(Duration::from_secs(30), || async {
+        let pools = status::read_pools(&env.js.client()).await?;
+        let paused = pools
+            .iter()
+            .any(|p| p.name == "inventory" && p.controls.is_some_and(|c| c.activity == Activity::Paused));
+        anyhow::Ok(paused.then_some(()))
+    })
+    .await?;
+    let order = Uuid::now_v7();
+    env.send(&reserve(order, &[("W", 1)], Utc::now() + chrono::Duration::seconds(3))).await?;
+    // The command waits in the stream for most of its hold (the scenario, not a sync).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    controls.change("inventory", Change::Resume, "test").await?;
+    let reserved = env.wait_for(order, "souk.evt.inventory.reserved", |_| true).await?;
+    let until: DateTime<Utc> = serde_json::from_value(reserved["hold_until"].clone())?;
+    let made: DateTime<Utc> = serde_json::from_value(reserved["at"].clone())?;
+    // Planned: 3 s. Without the move it would have had 1 s or less left when made.
+    assert!(until - made > chrono::Duration::milliseconds(2500), "moved on by the wait: {reserved}");
+    env.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn release_and_commit_are_idempotent_and_a_release_after_commit_returns_the_units() -> anyhow::Result<()>
 {

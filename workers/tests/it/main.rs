@@ -88,6 +88,7 @@ fn delivered(
         stream_sequence: seq,
         attempt: 1,
         consumer: consumer.into(),
+        stored_at: None,
     }
 }
 

@@ -69,6 +69,7 @@ fn raw(payload: &[u8], message_id: &str, seq: u64) -> Delivery {
         stream_sequence: seq,
         attempt: 1,
         consumer: WRITE_CONSUMER.into(),
+        stored_at: None,
     }
 }
 
