@@ -28,9 +28,9 @@ use axum::{
     response::Response,
 };
 use serde::{Deserialize, Serialize};
-use souk_pipelines::orders::{CartLine, CheckedOutCart, check_checkout_fields};
+use souk_pipelines::orders::{CheckedOutCart, check_checkout_fields};
 use souk_stores::postgres::{
-    carts::{self, CheckoutClaim},
+    carts::{self, CartItem, CheckoutClaim},
     idempotency,
 };
 use std::sync::Arc;
@@ -189,7 +189,8 @@ async fn check_out_claimed(
         .and_then(|priced| pricing::check_expected(priced, request.expected_total_minor));
     let accepted = match priced {
         Ok(priced) => {
-            let cart = CheckedOutCart { key: key.to_owned(), lines: taken(&items) };
+            let cart =
+                CheckedOutCart { key: key.to_owned(), lines: items.iter().map(CartItem::as_read).collect() };
             let order = NewOrder { priced, payment_token: request.payment_token, cart: Some(cart) };
             match state.intake.place(claims, key, hash, &order).await {
                 Ok(accepted) => accepted,
@@ -214,14 +215,6 @@ async fn check_out_claimed(
         return (Err(problem), Claim::Keep);
     }
     (Ok(accepted_response(accepted)), Claim::Ended)
-}
-
-/// The cart lines as this checkout read them, for the orders pool to empty.
-fn taken(items: &[carts::CartItem]) -> Vec<CartLine> {
-    items
-        .iter()
-        .map(|i| CartLine { sku: i.sku.clone(), quantity: i.quantity, put_at: i.updated_at })
-        .collect()
 }
 
 /// The claim's hash of a checkout: its cart's lines, token and expected total, tagged

@@ -26,6 +26,13 @@ pub struct CartItem {
     pub updated_at: DateTime<Utc>,
 }
 
+impl CartItem {
+    /// This line as a checkout read it (what its order takes out of the cart).
+    pub fn as_read(&self) -> CartLine {
+        CartLine { sku: self.sku.clone(), quantity: self.quantity, put_at: self.updated_at }
+    }
+}
+
 /// What a put did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Put {
@@ -236,11 +243,7 @@ pub async fn checked_out(
     order_id: Uuid,
     taken: &[CartItem],
 ) -> Result<(), Error> {
-    let lines: Vec<CartLine> = taken
-        .iter()
-        .map(|i| CartLine { sku: i.sku.clone(), quantity: i.quantity, put_at: i.updated_at })
-        .collect();
-    let cart = CheckedOutCart { key: key.to_owned(), lines };
+    let cart = CheckedOutCart { key: key.to_owned(), lines: taken.iter().map(CartItem::as_read).collect() };
     let mut tx = super::begin(pool).await?;
     empty(&mut tx, tenant, buyer, order_id, &cart, true).await?;
     tx.commit().await?;

@@ -55,11 +55,7 @@ impl Slot {
 /// Run one fetched message through the handler and settle it.
 pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message, slot: &mut Slot) {
     let (stream_sequence, delivered, key) = match msg.info() {
-        Ok(info) => (
-            info.stream_sequence,
-            info.delivered.max(1) as u64,
-            (info.stream_sequence, info.published.unix_timestamp_nanos()),
-        ),
+        Ok(info) => (info.stream_sequence, info.delivered.max(1) as u64, super::ledger::key_of(&info)),
         Err(e) => {
             tracing::error!(pool = %ctx.pool, error = %e, "message without JetStream metadata; leaving it");
             return;
@@ -118,7 +114,7 @@ pub(super) async fn process(ctx: &Ctx, msg: jetstream::Message, slot: &mut Slot)
             Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver, false).await,
             None => match run_until_not_dependency(ctx, &msg, &delivery, slot, key, marked).await {
                 Some(outcome) => settle::settle(ctx, &msg, &delivery, key, outcome, max_deliver, true).await,
-                None => settle::hand_back(ctx, &msg, key, ctx.cancel.is_cancelled()).await,
+                None => settle::hand_back(ctx, &msg, key).await,
             },
         };
         tracing::Span::current().record("outcome", label);

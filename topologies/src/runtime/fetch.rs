@@ -107,7 +107,7 @@ pub(super) async fn fetch_loop(
             metrics::gauge!("souk_worker_in_flight", "pool" => ctx.pool.clone()).increment(1.0);
             ctx.live.started();
             let all_slots = slots.clone();
-            let key = msg.info().ok().map(|i| (i.stream_sequence, i.published.unix_timestamp_nanos()));
+            let key = msg.info().ok().map(|i| super::ledger::key_of(&i));
             tracker.spawn(async move {
                 let mut slot = Slot::new(slot, all_slots);
                 tokio::select! {

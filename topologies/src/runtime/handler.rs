@@ -37,6 +37,7 @@ impl Delivery {
         attempt: u64,
         consumer: impl Into<String>,
     ) -> Delivery {
+        let info = msg.info().ok();
         Delivery {
             subject: msg.subject.to_string(),
             headers: msg.headers.clone(),
@@ -46,11 +47,11 @@ impl Delivery {
                 .as_ref()
                 .and_then(|h| h.get(headers::MSG_ID))
                 .map(|v| v.as_str().to_owned()),
-            stream: msg.info().map(|i| i.stream.to_owned()).unwrap_or_default(),
+            stream: info.as_ref().map(|i| i.stream.to_owned()).unwrap_or_default(),
             stream_sequence,
             attempt,
             consumer: consumer.into(),
-            stored_at: msg.info().ok().map(|i| std::time::SystemTime::from(i.published)),
+            stored_at: info.map(|i| std::time::SystemTime::from(i.published)),
         }
     }
 

@@ -33,6 +33,11 @@ pub(super) const MAX_ERROR_LEN: usize = 1024;
 /// the time the stream stored it.
 pub(super) type Key = (u64, i128);
 
+/// The key of the message a delivery's metadata describes.
+pub(super) fn key_of(info: &async_nats::jetstream::message::Info<'_>) -> Key {
+    (info.stream_sequence, info.published.unix_timestamp_nanos())
+}
+
 /// What is known of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct History {

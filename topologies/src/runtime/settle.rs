@@ -188,13 +188,14 @@ async fn retry(msg: &jetstream::Message, error: &HandlerError, step: Duration) -
     "retry"
 }
 
-/// The pool shuts down (`shutdown`) while `msg` is held for an open breaker or waits,
+/// The pool shuts down while `msg` is held for an open breaker or waits,
 /// or is paused when its wait ends: hand it back now (JetStream redelivers it, to this
 /// or another process, as a new delivery). A pause's hand-back is remembered as a
 /// deferral, not an attempt, for this process's next delivery of it (review, eleventh
 /// session: a message that had failed an attempt here was dead-lettered unrun after a
 /// pause handed it back on its last delivery).
-pub(super) async fn hand_back(ctx: &Ctx, msg: &jetstream::Message, key: Key, shutdown: bool) -> &'static str {
+pub(super) async fn hand_back(ctx: &Ctx, msg: &jetstream::Message, key: Key) -> &'static str {
+    let shutdown = ctx.cancel.is_cancelled();
     if !shutdown {
         ctx.ledger.deferred(key);
     }
