@@ -42,7 +42,11 @@ use futures::{FutureExt, TryStreamExt, future::BoxFuture};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, Result, apply::filters_of, spec::first_uncovered};
+use crate::{
+    Error, Result,
+    apply::filters_of,
+    spec::{first_uncovered, subjects_overlap},
+};
 
 /// How often a purger runs when `run` is not told otherwise.
 pub const DEFAULT_EVERY: Duration = Duration::from_secs(1);
@@ -96,9 +100,15 @@ async fn open(js: &jetstream::Context, stream: &str) -> Result<jetstream::stream
     js.get_stream(stream).await.map_err(|e| Error::Nats(format!("stream {stream}: {e}")))
 }
 
-/// [`safe_floor`] of a stream just opened: its cached info holds the last sequence read
-/// before the consumers and the store are asked.
+/// [`safe_floor`] of a stream just opened.
 async fn floor_of(handle: &jetstream::stream::Stream, lookup: &dyn NextMessage) -> Result<Option<u64>> {
+    Ok(floors_of(handle, lookup).await?.as_ref().and_then(lowest))
+}
+
+/// Every consumer's floor of a stream just opened (its cached info holds the last
+/// sequence read before the consumers and the store are asked); `None` when it has no
+/// consumer.
+async fn floors_of(handle: &jetstream::stream::Stream, lookup: &dyn NextMessage) -> Result<Option<Floors>> {
     let info = handle.cached_info();
     let last = info.state.last_sequence;
     let consumers: Vec<consumer::Info> = handle
@@ -121,12 +131,67 @@ async fn floor_of(handle: &jetstream::stream::Stream, lookup: &dyn NextMessage) 
             info.config.name
         )));
     }
-    let mut floor: Option<u64> = None;
-    for c in &consumers {
-        let Some(f) = consumer_floor(handle, lookup, c, last).await? else { return Ok(None) };
-        floor = Some(floor.map_or(f, |lowest| lowest.min(f)));
+    if consumers.is_empty() {
+        return Ok(None);
     }
-    Ok(floor)
+    Ok(Some(consumer_floors(handle, lookup, &consumers, last).await?))
+}
+
+/// Every consumer's filters with its floor (0: it has handled nothing yet).
+type Floors = Vec<(Vec<String>, u64)>;
+
+async fn consumer_floors(
+    handle: &jetstream::stream::Stream,
+    lookup: &dyn NextMessage,
+    consumers: &[consumer::Info],
+    last: u64,
+) -> Result<Floors> {
+    let mut floors = Vec::with_capacity(consumers.len());
+    for c in consumers {
+        let f = consumer_floor(handle, lookup, c, last).await?.unwrap_or(0);
+        floors.push((filters_of(&c.config), f));
+    }
+    Ok(floors)
+}
+
+/// The stream's floor: the lowest of the consumers' (`None` while one has handled nothing).
+fn lowest(floors: &Floors) -> Option<u64> {
+    floors.iter().map(|(_, f)| *f).min().filter(|f| *f > 0)
+}
+
+/// How full a stream may get (of its `max-bytes` or `max-messages`) before the purger
+/// also purges subject by subject (see [`purge_acked_with`]).
+pub const CROWDED: f64 = 0.25;
+
+/// Whether `info`'s stream holds [`CROWDED`] of one of its limits or more.
+fn crowded(info: &jetstream::stream::Info) -> bool {
+    let share = |used: u64, limit: i64| limit > 0 && used as f64 >= CROWDED * limit as f64;
+    share(info.state.bytes, info.config.max_bytes) || share(info.state.messages, info.config.max_messages)
+}
+
+/// Per subject, the floor below which it may be purged when the stream's floor is held
+/// lower by another subject's consumer: for each filter subject of each consumer, the
+/// lowest floor of every consumer whose filter overlaps it (an unfiltered one overlaps
+/// all). Only subjects whose floor is above the stream's, each once.
+fn subject_floors(floors: &Floors, stream_floor: u64) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for (filters, _) in floors {
+        for subject in filters {
+            if out.iter().any(|(s, _)| s == subject) {
+                continue;
+            }
+            let bound = floors
+                .iter()
+                .filter(|(other, _)| other.is_empty() || other.iter().any(|o| subjects_overlap(o, subject)))
+                .map(|(_, f)| *f)
+                .min()
+                .unwrap_or(0);
+            if bound > stream_floor {
+                out.push((subject.clone(), bound));
+            }
+        }
+    }
+    out
 }
 
 /// The highest stream sequence up to which `c` has handled everything of its filter,
@@ -183,17 +248,43 @@ pub async fn purge_acked_with(
     lookup: &dyn NextMessage,
 ) -> Result<u64> {
     let handle = open(js, stream).await?;
-    let Some(floor) = floor_of(&handle, lookup).await? else { return Ok(0) };
-    // `sequence(n)` removes everything below n.
-    let response = handle
-        .purge()
-        .sequence(floor + 1)
-        .await
-        .map_err(|e| Error::Nats(format!("purging {stream} below {}: {e}", floor + 1)))?;
+    let floors = match floors_of(&handle, lookup).await? {
+        Some(floors) => floors,
+        None => return Ok(0),
+    };
+    let floor = lowest(&floors);
+    let mut purged = 0;
+    if let Some(floor) = floor {
+        // `sequence(n)` removes everything below n.
+        purged += handle
+            .purge()
+            .sequence(floor + 1)
+            .await
+            .map_err(|e| Error::Nats(format!("purging {stream} below {}: {e}", floor + 1)))?
+            .purged;
+    }
+    // One consumer can hold the floor for hours — a delivery waiting out a provider's
+    // outage, a paused pool — while the others go on: nothing above it would be purged,
+    // and a `discard = "new"` stream would fill and refuse every new command (review:
+    // one capture waiting on a provider down for a day stopped every checkout and, as
+    // the relay's rounds failed on the full stream, every saga). Once the stream is
+    // crowded, each subject is also purged below its own consumers' floor: a filtered
+    // purge removes messages one by one (as acks on a work queue do), a cost paid only
+    // while the stream fills.
+    if crowded(handle.cached_info()) {
+        for (subject, bound) in subject_floors(&floors, floor.unwrap_or(0)) {
+            purged += handle
+                .purge()
+                .filter(subject.as_str())
+                .sequence(bound + 1)
+                .await
+                .map_err(|e| Error::Nats(format!("purging {subject} of {stream} below {}: {e}", bound + 1)))?
+                .purged;
+        }
+    }
     // Incremented by 0 too: the series exists from the first round, not the first purge.
-    metrics::counter!("souk_stream_purged_messages_total", "stream" => stream.to_owned())
-        .increment(response.purged);
-    Ok(response.purged)
+    metrics::counter!("souk_stream_purged_messages_total", "stream" => stream.to_owned()).increment(purged);
+    Ok(purged)
 }
 
 /// Purge `streams` every `every` until `cancel`. A failed round (NATS unreachable) is

@@ -54,7 +54,7 @@ pub async fn read_pools(client: &async_nats::Client) -> Result<Vec<PoolStatus>> 
     Ok(pools)
 }
 
-/// Set the pipeline gauges from `model`: `souk_stream_messages`,
+/// Set the pipeline gauges from `model`: `souk_stream_messages`, `souk_stream_fullness_ratio`,
 /// `souk_consumer_pending_messages`, `souk_consumer_ack_pending_messages`,
 /// `souk_consumer_oldest_unhandled_seconds`, `souk_dlq_messages`,
 /// `souk_pool_live_processes` and, with an outbox, `souk_outbox_unpublished_rows`
@@ -63,6 +63,7 @@ pub async fn read_pools(client: &async_nats::Client) -> Result<Vec<PoolStatus>> 
 pub fn set_gauges(model: &Model) {
     for s in &model.streams {
         metrics::gauge!("souk_stream_messages", "stream" => s.name.clone()).set(s.messages as f64);
+        metrics::gauge!("souk_stream_fullness_ratio", "stream" => s.name.clone()).set(s.fullness);
     }
     for c in &model.consumers {
         let name = || c.name.clone();

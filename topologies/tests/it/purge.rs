@@ -331,6 +331,43 @@ async fn a_full_stream_refuses_new_commands_instead_of_dropping_old_ones() -> an
     Ok(())
 }
 
+/// Review (twelfth session): one delivery held for hours (a capture waiting out its
+/// provider's outage, a paused pool) held the stream's floor, so nothing the other
+/// consumers handled above it was purged; the `discard = "new"` stream filled and
+/// refused every new command. Once crowded, each subject is purged below its own
+/// consumers' floor — and the held command is never among what goes.
+#[tokio::test]
+async fn a_command_held_for_hours_does_not_fill_the_stream_behind_it() -> anyhow::Result<()> {
+    let mut topology = Topology::parse(PURGED)?;
+    topology.streams[0].max_bytes = 64 * 1024;
+    let env = env_of(topology).await?;
+    env.publisher.publish(msg(OTHER, "held", "capture")).await?; // seq 1
+    let other = consumer(&env, "other").await?;
+    let held = fetch(&other, 1).await?; // delivered, never acknowledged
+    let work = consumer(&env, "work").await?;
+    let payload = "x".repeat(100);
+    // 2,000 commands of ~200 bytes stored: several times what the stream can hold.
+    for round in 0..40 {
+        for i in 0..50 {
+            env.publisher
+                .publish(msg(WORK, &format!("w-{round}-{i}"), &payload))
+                .await
+                .map_err(|e| anyhow::anyhow!("round {round}, command {i} refused: {e}"))?;
+        }
+        ack_all(&fetch(&work, 50).await?).await?;
+        purge_acked(&env.js, "CMD").await?;
+    }
+    let stream = env.js.get_stream("CMD").await?;
+    let held_still = stream.get_raw_message(1).await?;
+    assert_eq!(held_still.payload.as_ref(), b"capture", "the held command is kept");
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 1, "everything handled is gone");
+    assert_eq!(safe_floor(&env.js, "CMD").await?, None, "the stream's floor is still held");
+    held[0].double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    purge_acked(&env.js, "CMD").await?;
+    assert_eq!(stream_messages(&env.js, "CMD").await?, 0);
+    Ok(())
+}
+
 #[test]
 fn validation_keeps_commands_to_one_handler() {
     let overlapping = edited(
