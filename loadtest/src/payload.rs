@@ -107,10 +107,10 @@ impl Sample {
             };
             let version = products::lock(&mut tx, TENANT, sku).await?.map_or(1, |p| p.product.version + 1);
             products::put(&mut tx, TENANT, sku, seller, &fields, version, chrono::Utc::now()).await?;
-            // As the catalog pool does: the product's stock is its on-hand units, which the
-            // saga's reservation takes from (without a stock row every order ends
+            // As the catalog pool does: the product's stock is its units available, which
+            // the saga's reservation takes from (without a stock row every order ends
             // cancelled, out of stock, after the reserve step).
-            souk_stores::postgres::inventory::set_on_hand(&mut tx, TENANT, sku, STOCK).await?;
+            souk_stores::postgres::inventory::set_available(&mut tx, TENANT, sku, STOCK).await?;
         }
         tx.commit().await?;
         Ok(())

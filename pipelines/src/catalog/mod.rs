@@ -55,7 +55,9 @@ pub struct ProductFields {
     /// Price of one unit in minor units of `currency`.
     pub price_minor: i64,
     pub currency: Currency,
-    /// Units on hand.
+    /// Units available to buy: read, held units excluded (units promised to checkouts
+    /// in progress); written, the units to sell beside those held — so a product
+    /// written back as read keeps its stock.
     pub stock: i64,
     /// Absolute https URLs; validated, never fetched.
     #[serde(default)]
@@ -72,6 +74,7 @@ pub struct ProductPatch {
     pub price_minor: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<Currency>,
+    /// Units available to buy beside those held for checkouts (as `ProductFields::stock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stock: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

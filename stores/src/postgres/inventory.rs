@@ -1,8 +1,8 @@
 //! Stock and stock holds in the system of record (migration 0017).
 //!
 //! A SKU's row counts `on_hand` (held units included), `held` and `sold`; available is
-//! `on_hand - held`. The catalog pool sets `on_hand` from a product's `stock`
-//! ([`set_on_hand`], [`withdraw_all`]); the inventory pool moves units between
+//! `on_hand - held`. The catalog pool sets what is available from a product's `stock`
+//! ([`set_available`], [`withdraw_all`]); the inventory pool moves units between
 //! available, held and sold for one order at a time, under [`lock_order`]. Statements
 //! that change several SKUs run one SKU at a time in SKU order (callers pass lines
 //! sorted), so two orders never lock the same rows in opposite orders.
@@ -350,30 +350,45 @@ pub async fn apply(
     Ok(())
 }
 
-/// Set `sku`'s on-hand units from a seller's write of its `stock`. Units held for
-/// orders in checkout stay promised: a write below `held` sets on_hand to `held`
-/// (available 0) and records the difference as withdrawn, to leave on_hand as those
-/// holds are released. Call under the catalog's SKU lock.
-pub async fn set_on_hand(tx: &mut PgConnection, tenant: &str, sku: &str, stock: i64) -> Result<(), Error> {
+/// Set `sku`'s units available to buy from a seller's write of its `stock`: the figure
+/// a product read shows (`GET /v1/products/{sku}`: held units excluded), so a seller
+/// who writes back what they read changes nothing. Units held for checkouts in progress
+/// stay promised beside it: on hand = `available` + held, and those holds, released,
+/// go back on sale (units a deletion withdrew leave instead: [`withdraw_all`]). Review
+/// (twelfth session): the write set on hand, so writing back the available figure
+/// read took the held units off sale for good. Call under the catalog's SKU lock.
+pub async fn set_available(
+    tx: &mut PgConnection,
+    tenant: &str,
+    sku: &str,
+    available: i64,
+) -> Result<(), Error> {
     sqlx::query(
         "insert into stock (tenant, sku, on_hand) values ($1, $2, $3)
          on conflict (tenant, sku) do update set
-             on_hand = greatest(excluded.on_hand, stock.held),
-             withdrawn = greatest(stock.held - excluded.on_hand, 0),
-             updated_at = now()",
+             on_hand = excluded.on_hand + stock.held, updated_at = now()",
     )
     .bind(tenant)
     .bind(sku)
-    .bind(stock)
+    .bind(available)
     .execute(tx)
     .await?;
     Ok(())
 }
 
-/// A deleted product has nothing to sell: like a write of stock 0 (held units stay
-/// promised, and leave as their holds are released).
+/// A deleted product has nothing to sell: nothing is available, and units held for
+/// checkouts stay promised but are withdrawn — they leave on hand as their holds are
+/// released (a commit sells them).
 pub async fn withdraw_all(tx: &mut PgConnection, tenant: &str, sku: &str) -> Result<(), Error> {
-    set_on_hand(tx, tenant, sku, 0).await
+    sqlx::query(
+        "update stock set on_hand = held, withdrawn = held, updated_at = now()
+         where tenant = $1 and sku = $2",
+    )
+    .bind(tenant)
+    .bind(sku)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 /// `sku`'s counts, if it has any.

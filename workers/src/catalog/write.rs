@@ -107,13 +107,13 @@ pub async fn apply(tx: &mut PgConnection, cmd: &WriteProduct) -> Result<(), pg::
             let product =
                 products::put(tx, &cmd.tenant, &cmd.sku, &cmd.seller, &fields, version, cmd.requested_at)
                     .await?;
-            // The units on hand follow the seller's stock, in this transaction (units
-            // held for checkouts stay promised: `inventory::set_on_hand`) — but only when
-            // this write states it. A patch of the price keeps the stored fields' stock,
-            // which is the seller's last figure, not what is on hand after sales: setting
-            // it again would put sold units back on sale.
+            // The units available follow the seller's stock, in this transaction (units
+            // held for checkouts stay promised beside them: `inventory::set_available`)
+            // — but only when this write states it. A patch of the price keeps the
+            // stored fields' stock, which is the seller's last figure, not what is left
+            // after sales: setting it again would put sold units back on sale.
             if states_stock {
-                inventory::set_on_hand(tx, &cmd.tenant, &cmd.sku, fields.stock).await?;
+                inventory::set_available(tx, &cmd.tenant, &cmd.sku, fields.stock).await?;
             }
             (Outcome::Applied { version }, Some(Some(product)))
         }

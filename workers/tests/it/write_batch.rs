@@ -266,3 +266,49 @@ async fn a_patch_without_stock_leaves_the_units_on_hand_as_sales_left_them() -> 
     assert_eq!(counts(after), (20, 0, 3));
     Ok(())
 }
+
+/// A seller who reads a product (its `stock`: units available, held ones excluded) and
+/// writes it back — a new title, the stock as read — leaves the units for sale as they
+/// were. Review (twelfth session): the write set the units on hand to the figure read,
+/// taking the units held for checkouts off sale for good.
+#[tokio::test]
+async fn a_product_written_back_as_read_keeps_its_held_units_for_sale() -> anyhow::Result<()> {
+    use souk_pipelines::inventory::{ReserveStock, StockLine};
+    use souk_stores::postgres::inventory as inv;
+    use souk_workers::inventory::{CONSUMER, InventoryHandler};
+
+    let (db, writes) = writes().await?;
+    let inventory = Deduplicated::new(db.pool.clone(), CONSUMER, InventoryHandler);
+    let mut first = put("W", "mug", 0);
+    if let ProductChange::Put { fields } = &mut first.change {
+        fields.stock = 10;
+    }
+    assert_eq!(writes.handle(&delivery(&first, 1)).await, Outcome::Ack);
+    let reserve = ReserveStock {
+        tenant: "t1".into(),
+        order_id: uuid::Uuid::now_v7(),
+        lines: vec![StockLine { sku: "W".into(), quantity: 3 }],
+        hold_until: chrono::Utc::now() + chrono::Duration::minutes(10),
+    };
+    let d = crate::delivered(
+        CONSUMER,
+        ReserveStock::SUBJECT,
+        &ReserveStock::schema_header(),
+        &encode(&reserve),
+        "CMD",
+        10,
+    );
+    assert_eq!(inventory.handle(&d).await, Outcome::Ack);
+    let read = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
+    assert_eq!(read.available(), 7, "what GET /v1/products/W shows");
+
+    let mut again = put("W", "mug, renamed", 1);
+    if let ProductChange::Put { fields } = &mut again.change {
+        fields.stock = read.available();
+    }
+    assert_eq!(writes.handle(&delivery(&again, 2)).await, Outcome::Ack);
+    assert_eq!(stored(&db, "W").await?.map(|(v, _)| v), Some(2), "the write applied");
+    let after = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
+    assert_eq!((after.on_hand, after.held, after.available()), (10, 3, 7), "nothing taken off sale");
+    Ok(())
+}
