@@ -15,7 +15,8 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let span = tracing::info_span!("http", %method, %route, status = tracing::field::Empty);
     {
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-        souk_topologies::trace::set_parent_from_w3c(&span, header("traceparent"), header("tracestate"));
+        let tracestate = header("tracestate").filter(|state| carriable(state));
+        souk_topologies::trace::set_parent_from_w3c(&span, header("traceparent"), tracestate);
     }
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
@@ -26,6 +27,24 @@ pub async fn observe(request: Request, next: Next) -> Response {
     metrics::histogram!("souk_http_request_duration_seconds", &labels[..2])
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// Whether a caller's `tracestate` may travel on: it is free text a client writes, and
+/// the trace context rides on every command and event the request causes (JetStream,
+/// the outbox's rows, dead letters, OTLP) — so one holding a card number is dropped
+/// whole, as the body's free text is refused (review: `tracestate: pan=4111…` was
+/// stored in CMD and the outbox). Over W3C's 512 characters it is dropped too (the
+/// spec lets a receiver drop what it cannot carry; nothing of souk's reads it).
+fn carriable(tracestate: &str) -> bool {
+    const MAX: usize = 512;
+    if tracestate.len() > MAX {
+        return false;
+    }
+    if souk_pipelines::pan::looks_like_pan(tracestate) {
+        tracing::warn!("a caller's tracestate held what looks like a card number: not carried");
+        return false;
+    }
+    true
 }
 
 /// The method as a metrics label: a client can send any token as a method (2,000 made-up

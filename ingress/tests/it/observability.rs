@@ -28,6 +28,40 @@ async fn the_callers_trace_continues_into_the_published_command() -> anyhow::Res
     Ok(())
 }
 
+/// A caller's `tracestate` is free text that rides on every command and event the
+/// request causes: one holding a card number is not carried (review: it was stored in
+/// CMD and, through the orders pool, in the outbox); one without is.
+#[tokio::test]
+async fn a_callers_tracestate_holding_a_card_number_is_not_carried() -> anyhow::Result<()> {
+    let _telemetry = souk_topologies::trace::install_subscriber(false, &Default::default())?;
+    let env = env().await?;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    for (key, tracestate) in [("k-pan", "vendor=abc,pan=4111111111111111"), ("k-plain", "vendor=abc")] {
+        let request = Request::post("/v1/orders")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", env.token(&[Role::Buyer])))
+            .header("idempotency-key", key)
+            .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+            .header("tracestate", tracestate)
+            .body(Body::from(r#"{"lines":[{"sku":"A","quantity":1}],"payment_token":"tok_ok"}"#))?;
+        let (status, _, body) = send(env.router(), request).await?;
+        assert_eq!(status, 202, "{body}");
+    }
+    let stream = env.js.get_stream("CMD").await?;
+    let with_pan = stream.get_raw_message(1).await?;
+    for (name, values) in with_pan.headers.iter() {
+        for value in values {
+            assert!(
+                !souk_pipelines::pan::looks_like_pan(value.as_str()),
+                "header {name} carries a card number: {value:?}"
+            );
+        }
+    }
+    let plain = stream.get_raw_message(2).await?;
+    assert_eq!(plain.headers.get("tracestate").map(|v| v.as_str()), Some("vendor=abc"), "carried");
+    Ok(())
+}
+
 #[tokio::test]
 async fn metrics_count_requests_and_outcomes() -> anyhow::Result<()> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
