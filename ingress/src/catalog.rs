@@ -308,7 +308,7 @@ impl WriteRequest {
                         "this Idempotency-Key was already used with a different request",
                     )
                 }
-                IntakeError::Unavailable(detail) => {
+                IntakeError::Unavailable(detail) | IntakeError::NotClaimed(detail) => {
                     if let Some(held_back) = state.unavailable_log.admit() {
                         tracing::warn!(error = %detail, held_back, "catalog write not accepted (503); similar lines held back for a second");
                     }

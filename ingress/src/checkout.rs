@@ -28,7 +28,10 @@ use axum::{
     response::Response,
 };
 use serde::{Deserialize, Serialize};
-use souk_pipelines::orders::{CheckedOutCart, check_checkout_fields};
+use souk_pipelines::{
+    Currency,
+    orders::{CheckedOutCart, check_checkout_fields},
+};
 use souk_stores::postgres::{
     carts::{self, CartItem, CheckoutClaim},
     idempotency,
@@ -40,7 +43,7 @@ use crate::{
     AppState, Claims, Problem,
     auth::{Principal, Role},
     catalog::unavailable,
-    intake::{Accepted, NewOrder, request_hash},
+    intake::{Accepted, IntakeError, NewOrder, request_hash},
     openapi::{self, IdempotencyKey},
     orders::{OrderAccepted, accepted_response, idempotency_key, intake_problem, stored_replay},
     pricing,
@@ -54,14 +57,19 @@ pub struct CheckoutRequest {
     /// The payment provider's token: `tok_` and 1-64 of A-Z a-z 0-9 _.
     #[schema(pattern = "^tok_[A-Za-z0-9_]{1,64}$", example = "tok_ok")]
     pub payment_token: String,
-    /// The total the buyer saw (`GET /v1/cart`): another total now is 409 with the
-    /// current prices.
+    /// The total the buyer saw (`GET /v1/cart`), in minor units of `expected_currency`
+    /// (required with it): another total now is 409 with the current prices.
     #[serde(default)]
     #[schema(minimum = 0)]
     pub expected_total_minor: Option<i64>,
+    /// The cart's currency the buyer saw (`GET /v1/cart`): another currency now is 409
+    /// with the current prices.
+    #[serde(default)]
+    pub expected_currency: Option<Currency>,
 }
 
-const CHECKOUT_SHAPE: Shape = Shape { fields: &["payment_token", "expected_total_minor"], lists: &[] };
+const CHECKOUT_SHAPE: Shape =
+    Shape { fields: &["payment_token", "expected_total_minor", "expected_currency"], lists: &[] };
 
 /// Check out the cart
 ///
@@ -69,8 +77,8 @@ const CHECKOUT_SHAPE: Shape = Shape { fields: &["payment_token", "expected_total
 /// `POST /v1/orders`: 202 with the order id and its status URL once JetStream has
 /// stored the command; the cart is emptied then. Lines that cannot be ordered are 422,
 /// each named by its place in `GET /v1/cart` (`items[i].sku`); an empty cart is 422
-/// `empty-cart`; another total than `expected_total_minor` is 409 with the current
-/// prices. Retry with the same `Idempotency-Key`: the same cart is the same order (also
+/// `empty-cart`; another total or currency than `expected_total_minor` and
+/// `expected_currency` is 409 with the current prices. Retry with the same `Idempotency-Key`: the same cart is the same order (also
 /// once the cart was emptied by it); another cart under the key is 422. While a
 /// checkout of the cart under another key is under way, 409 `checkout-in-progress`.
 #[utoipa::path(
@@ -109,7 +117,12 @@ pub async fn checkout(
     let key = idempotency_key(&headers)?;
     let request: CheckoutRequest = request_body::read(&headers, body, &CHECKOUT_SHAPE)?;
     let mut errors = Vec::new();
-    check_checkout_fields(&request.payment_token, request.expected_total_minor, &mut errors);
+    check_checkout_fields(
+        &request.payment_token,
+        request.expected_total_minor,
+        request.expected_currency,
+        &mut errors,
+    );
     if !errors.is_empty() {
         return Err(Problem::unprocessable("validation", "the checkout is invalid").errors(errors));
     }
@@ -185,8 +198,9 @@ async fn check_out_claimed(
     }
     let hash = checkout_hash(&lines, &request);
     let requested: Vec<(&str, i64)> = lines.iter().map(|(sku, q)| (sku.as_str(), *q)).collect();
-    let priced = pricing::price_from(&pricing::live(stored), "items", &requested)
-        .and_then(|priced| pricing::check_expected(priced, request.expected_total_minor));
+    let priced = pricing::price_from(&pricing::live(stored), "items", &requested).and_then(|priced| {
+        pricing::check_expected(priced, request.expected_total_minor, request.expected_currency)
+    });
     let accepted = match priced {
         Ok(priced) => {
             let cart =
@@ -194,14 +208,21 @@ async fn check_out_claimed(
             let order = NewOrder { priced, payment_token: request.payment_token, cart: Some(cart) };
             match state.intake.place(claims, key, hash, &order).await {
                 Ok(accepted) => accepted,
+                // The key not claimed, nothing was published (review: a claim that
+                // failed kept the cart's hold, and the buyer was told "checkout in
+                // progress" under any other key for five minutes).
+                Err(e @ IntakeError::NotClaimed(_)) => {
+                    return (Err(intake_problem(state, e)), nothing_placed);
+                }
                 Err(e) => return after_handoff(intake_problem(state, e)),
             }
         }
         // The same cart checked out before, when the catalog still allowed it, whose
         // emptying did not happen: the same order (and empty the cart now).
+        // Refused by the catalog, this request publishes nothing, whatever the answer.
         Err(problem) => match stored_replay(state, claims, key, &hash, problem).await {
             Ok(accepted) => accepted,
-            Err(problem) => return after_handoff(problem),
+            Err(problem) => return (Err(problem), nothing_placed),
         },
     };
     if let Err(e) =
@@ -220,7 +241,8 @@ async fn check_out_claimed(
 /// The claim's hash of a checkout: its cart's lines, token and expected total, tagged
 /// so no order body can hash the same.
 fn checkout_hash(lines: &[(String, i64)], request: &CheckoutRequest) -> Vec<u8> {
-    let form = ("checkout", lines, &request.payment_token, request.expected_total_minor);
+    let form =
+        ("checkout", lines, &request.payment_token, request.expected_total_minor, request.expected_currency);
     request_hash(&serde_json::to_vec(&form).unwrap_or_default())
 }
 
@@ -246,6 +268,6 @@ async fn emptied_by_this_key(
         Some(lines) if checkout_hash(&lines, request) == record.request_hash => {
             Ok(Accepted { order_id: record.order_id, replay: true })
         }
-        _ => Err(intake_problem(state, crate::intake::IntakeError::KeyReused)),
+        _ => Err(intake_problem(state, IntakeError::KeyReused)),
     }
 }

@@ -246,7 +246,7 @@ pub async fn ship(
     };
     let replay = state.intake.mark_shipped(&claims, key.as_deref(), hash, &cmd).await.map_err(|e| match e {
         IntakeError::KeyReused => key_reused(),
-        IntakeError::Unavailable(detail) => {
+        IntakeError::Unavailable(detail) | IntakeError::NotClaimed(detail) => {
             if let Some(held_back) = state.unavailable_log.admit() {
                 tracing::warn!(error = %detail, held_back, "ship not accepted (503); similar lines held back for a second");
             }

@@ -52,8 +52,11 @@ pub struct IntakeOptions {
 pub(crate) enum IntakeError {
     /// The key was used before with a different body.
     KeyReused,
-    /// Postgres or JetStream did not answer in time, or refused: nothing was accepted.
+    /// Postgres or JetStream did not answer in time, or refused: nothing was accepted,
+    /// though the command may be stored (a PubAck lost, a timeout after the publish).
     Unavailable(String),
+    /// The key could not be claimed: nothing was published.
+    NotClaimed(String),
 }
 
 /// An order to place: priced from the catalog, with the token to pay with.
@@ -208,8 +211,8 @@ impl Intake {
             .claims
             .call(claim)
             .await
-            .map_err(|e| IntakeError::Unavailable(e.to_string()))?
-            .map_err(|e| IntakeError::Unavailable(format!("idempotency store: {e}")))?;
+            .map_err(|e| IntakeError::NotClaimed(e.to_string()))?
+            .map_err(|e| IntakeError::NotClaimed(format!("idempotency store: {e}")))?;
         if record.request_hash != request_hash {
             return Err(IntakeError::KeyReused);
         }

@@ -83,8 +83,8 @@ pub struct StoredOrder {
 /// from the catalog (the tenant's live product), never from the client — a price field
 /// is an unknown field (400). Lines that cannot be ordered (unknown or deleted SKU,
 /// more than the stock, a SKU twice, another currency than the other lines) are 422,
-/// each named (`lines[i].sku`). With `expected_total_minor`, another total is 409 with
-/// the current prices (`current`). 202 once JetStream has stored the command. Retry
+/// each named (`lines[i].sku`). With `expected_total_minor` and `expected_currency`,
+/// another total or currency is 409 with the current prices (`current`). 202 once JetStream has stored the command. Retry
 /// with the same `Idempotency-Key` after a 503 or a lost answer: a retry never creates
 /// a second order.
 #[utoipa::path(
@@ -128,9 +128,9 @@ pub async fn place(
     // Canonical body: the parsed request re-serialised, so formatting never matters.
     let hash = request_hash(&serde_json::to_vec(&request).unwrap_or_default());
     let requested: Vec<(&str, i64)> = request.lines.iter().map(|l| (l.sku.as_str(), l.quantity)).collect();
-    let priced = pricing::price(&state, &claims.tenant, "lines", &requested)
-        .await
-        .and_then(|priced| pricing::check_expected(priced, request.expected_total_minor));
+    let priced = pricing::price(&state, &claims.tenant, "lines", &requested).await.and_then(|priced| {
+        pricing::check_expected(priced, request.expected_total_minor, request.expected_currency)
+    });
     let priced = match priced {
         Ok(priced) => priced,
         Err(problem) => {
@@ -145,7 +145,7 @@ pub async fn place(
 
 /// The fields an order body may have.
 const ORDER_SHAPE: Shape = Shape {
-    fields: &["lines", "payment_token", "expected_total_minor"],
+    fields: &["lines", "payment_token", "expected_total_minor", "expected_currency"],
     lists: &[("lines", &["sku", "quantity"])],
 };
 
@@ -192,7 +192,7 @@ pub(crate) fn intake_problem(state: &AppState, e: IntakeError) -> Problem {
                 "this Idempotency-Key was already used with a different request body",
             )
         }
-        IntakeError::Unavailable(detail) => {
+        IntakeError::Unavailable(detail) | IntakeError::NotClaimed(detail) => {
             if let Some(held_back) = state.unavailable_log.admit() {
                 tracing::warn!(error = %detail, held_back, "order not accepted (503); similar lines held back for a second");
             }
@@ -253,8 +253,8 @@ pub(crate) fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
 ///
 /// Its stored state — `accepted` while its saga runs, then `confirmed` (paid, with its
 /// sellers), `shipped` (every seller shipped) or `cancelled` with the `reason` for the
-/// buyer; `failed` with the `reason` when its command was dead-lettered (a redrive that
-/// succeeds moves it on) — or `pending` while the command is in flight. `saga` shows
+/// buyer; `failed` when its command was dead-lettered (nothing charged; a redrive that
+/// succeeds moves it on; `support` and `admin` read the error as its `reason`) — or `pending` while the command is in flight. `saga` shows
 /// where the saga is and each step with its time (a buyer sees each step's outcome as a
 /// word — `ok`, `declined`, `failed` …; `support` and `admin` the full log, with the
 /// providers' errors and who acted). Buyers read their own orders; `support` and
@@ -305,14 +305,28 @@ pub async fn get(
     // Both lookups run whatever the first one finds: a 404 for another tenant's order
     // must cost what a 404 for no order costs, or the answer's timing tells which ids
     // exist (measured: ~450 µs against ~660 µs when only the second path read twice).
-    let (order, owner) =
-        tokio::try_join!(orders::get(&state.pool, order_id), idempotency::owner_of(&state.pool, order_id))
-            .map_err(unavailable)?;
-    if let Some(order) = order {
+    // The order and its saga are read in one snapshot: read apart, a reply committed
+    // between the two made one answer say `accepted` beside a saga already `fulfilling`
+    // (review, twelfth session).
+    let snapshot = async {
+        let mut tx = souk_stores::postgres::begin_snapshot(&state.pool).await?;
+        let order = orders::get(&mut *tx, order_id).await?;
+        Ok((tx, order))
+    };
+    let ((mut tx, order), owner) =
+        tokio::try_join!(snapshot, idempotency::owner_of(&state.pool, order_id)).map_err(unavailable)?;
+    if let Some(mut order) = order {
         may_read(&order.tenant, &order.buyer_id)?;
-        let mut saga = sagas::view(&state.pool, order_id).await.map_err(unavailable)?;
+        let mut saga = sagas::view_on(&mut tx, order_id).await.map_err(unavailable)?;
+        drop(tx); // read only: rolled back
         if !claims.has(Role::Admin) && !claims.has(Role::Support) {
             saga = saga.map(for_buyer);
+            if order.status == "failed" {
+                // A failed order's reason is its dead-lettered command's last error — a
+                // database's or a handler's words, for support (review: a buyer read a
+                // trigger's SQL error). No saga ran: nothing was charged.
+                order.reason = Some(FAILED_FOR_BUYER.to_owned());
+            }
         }
         return Ok(Json(OrderState::Stored(Box::new(StoredOrder { order, saga }))).into_response());
     }
@@ -325,6 +339,10 @@ pub async fn get(
         None => Err(not_found()),
     }
 }
+
+/// What a buyer reads of a `failed` order (support reads the error itself).
+pub(crate) const FAILED_FOR_BUYER: &str =
+    "the order could not be processed and nothing was charged; support has been told";
 
 /// The saga as its buyer sees it: each step's outcome by its first word (`ok`,
 /// `declined`, `failed`, `refused`, `ignored` …) and an operator's action as such. The

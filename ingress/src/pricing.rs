@@ -1,7 +1,10 @@
 //! Orders and checkouts are priced here, from the tenant's live products in Postgres
 //! (`souk_pipelines::pricing` decides; this reads the catalog and makes the problems).
 
-use souk_pipelines::pricing::{self, Listing, PricedOrder};
+use souk_pipelines::{
+    Currency,
+    pricing::{self, Listing, PricedOrder},
+};
 use souk_stores::postgres::products;
 use std::collections::HashMap;
 
@@ -72,22 +75,29 @@ pub(crate) fn listing(product: &souk_pipelines::catalog::Product) -> Listing {
 }
 
 /// 409 `price-changed`, with the current prices of every line and the total, when the
-/// client expected another total.
+/// client expected another total or another currency.
 pub(crate) fn check_expected(
     priced: PricedOrder,
     expected_total_minor: Option<i64>,
+    expected_currency: Option<Currency>,
 ) -> Result<PricedOrder, Problem> {
-    match expected_total_minor {
-        Some(expected) if expected != priced.total_minor => {
-            Err(Problem::new(axum::http::StatusCode::CONFLICT, "price-changed", "Prices changed")
-                .detail(format!(
-                    "the current prices make a total of {} {} minor units, not {expected}; \
-             `current` holds every line's price: send the order again with that total",
-                    priced.total_minor,
-                    priced.currency.code()
-                ))
-                .current(priced))
-        }
-        _ => Ok(priced),
+    let total_differs = expected_total_minor.is_some_and(|t| t != priced.total_minor);
+    let currency_differs = expected_currency.is_some_and(|c| c != priced.currency);
+    if !(total_differs || currency_differs) {
+        return Ok(priced);
     }
+    let expected = match (expected_total_minor, expected_currency) {
+        (Some(total), Some(currency)) => format!("{total} {}", currency.code()),
+        (Some(total), None) => total.to_string(),
+        (None, Some(currency)) => format!("a total in {}", currency.code()),
+        (None, None) => String::new(),
+    };
+    Err(Problem::new(axum::http::StatusCode::CONFLICT, "price-changed", "Prices changed")
+        .detail(format!(
+            "the current prices make a total of {} {} minor units, not {expected}; \
+             `current` holds every line's price: send the order again with that total and currency",
+            priced.total_minor,
+            priced.currency.code()
+        ))
+        .current(priced))
 }

@@ -54,6 +54,7 @@ impl Sample {
             ],
             payment_token: "tok_ok".into(),
             expected_total_minor: None,
+            expected_currency: None,
         };
         request.validate().map_err(|e| anyhow::anyhow!("the sample order is invalid: {e:?}"))?;
         let listings: HashMap<&str, Listing> = PRODUCTS

@@ -40,11 +40,16 @@ pub struct PlaceOrderRequest {
     /// (never a card number).
     #[cfg_attr(feature = "openapi", schema(pattern = "^tok_[A-Za-z0-9_]{1,64}$", example = "tok_ok"))]
     pub payment_token: String,
-    /// The total the client expects, in minor units: when the catalog's prices make
-    /// another total, the order is refused (409) with the current prices.
+    /// The total the client expects, in minor units of `expected_currency` (required
+    /// with it): when the catalog's prices make another total, the order is refused
+    /// (409) with the current prices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub expected_total_minor: Option<i64>,
+    /// The currency the client expects the order in: when the catalog prices it in
+    /// another, the order is refused (409) with the current prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_currency: Option<Currency>,
 }
 
 /// A field that failed validation, with a message for the client.
@@ -67,16 +72,24 @@ impl PlaceOrderRequest {
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors =
             check_requested_lines("lines", self.lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
-        check_checkout_fields(&self.payment_token, self.expected_total_minor, &mut errors);
+        check_checkout_fields(
+            &self.payment_token,
+            self.expected_total_minor,
+            self.expected_currency,
+            &mut errors,
+        );
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 }
 
 /// Check the payment token and expected total of an order or a checkout, adding each
-/// violation to `errors`.
+/// violation to `errors`. A total is a sum in one currency: `expected_total_minor`
+/// comes with `expected_currency` (review: compared alone, a product repriced from
+/// 1299 JPY to 1299 USD passed a buyer's check of "1299" and was charged in dollars).
 pub fn check_checkout_fields(
     payment_token: &str,
     expected_total_minor: Option<i64>,
+    expected_currency: Option<Currency>,
     errors: &mut Vec<FieldError>,
 ) {
     if let Err(message) = check_payment_token(payment_token) {
@@ -84,6 +97,12 @@ pub fn check_checkout_fields(
     }
     if expected_total_minor.is_some_and(|t| t < 0) {
         errors.push(FieldError::new("expected_total_minor", "must not be negative"));
+    }
+    if expected_total_minor.is_some() && expected_currency.is_none() {
+        errors.push(FieldError::new(
+            "expected_currency",
+            "required with expected_total_minor: a total is a sum in one currency (as GET /v1/cart shows it)",
+        ));
     }
 }
 

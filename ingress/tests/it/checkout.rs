@@ -46,7 +46,7 @@ async fn orders_are_priced_from_the_catalog_and_carry_each_lines_seller() -> any
     let (status, accepted) = env.call(&buyer, "POST", "/v1/orders", Some("k1"), Some(body)).await?;
     assert_eq!(status, 202, "{accepted}");
     let with_total = json!({"lines": [{"sku": "MUG", "quantity": 1}], "payment_token": "tok_ok",
-                            "expected_total_minor": 1299});
+                            "expected_total_minor": 1299, "expected_currency": "EUR"});
     assert_eq!(env.call(&buyer, "POST", "/v1/orders", Some("k2"), Some(with_total)).await?.0, 202);
 
     let orders = env.orders_published().await?;
@@ -69,7 +69,7 @@ async fn orders_are_priced_from_the_catalog_and_carry_each_lines_seller() -> any
 async fn another_expected_total_is_409_with_the_current_prices_and_publishes_nothing() -> anyhow::Result<()> {
     let (env, buyer) = shop().await?;
     let body = json!({"lines": [{"sku": "MUG", "quantity": 2}, {"sku": "TEA", "quantity": 1}],
-                      "payment_token": "tok_ok", "expected_total_minor": 2000});
+                      "payment_token": "tok_ok", "expected_total_minor": 2000, "expected_currency": "EUR"});
     let (status, problem) = env.call(&buyer, "POST", "/v1/orders", Some("k1"), Some(body)).await?;
     assert_eq!(status, 409, "{problem}");
     assert_eq!(problem["type"], "https://souk.dev/problems/price-changed");
@@ -115,13 +115,53 @@ async fn lines_that_cannot_be_ordered_are_each_named_and_nothing_is_published() 
     Ok(())
 }
 
+/// Review (twelfth session): the expected total was compared as a number alone, so a
+/// product repriced from 1299 EUR to 1299 USD passed a buyer's check of "1299" and the
+/// order was charged in dollars. A total is a sum in one currency.
+#[tokio::test]
+async fn an_expected_total_in_another_currency_is_409_and_publishes_nothing() -> anyhow::Result<()> {
+    let (env, buyer) = shop().await?;
+    assert_eq!(env.put_item(&buyer, "MUG", 1).await?.0, 200);
+    let (_, cart) = env.call(&buyer, "GET", "/v1/cart", None, None).await?;
+    assert_eq!((cart["total_minor"].as_i64(), cart["currency"].as_str()), (Some(1299), Some("EUR")));
+    let mut dollars = for_sale("MUG", "potter", 1299, 5);
+    dollars.fields.currency = "USD".parse()?;
+    seed(&env.db.pool, "t1", &[dollars]).await?;
+
+    let seen = json!({"payment_token": "tok_ok", "expected_total_minor": 1299, "expected_currency": "EUR"});
+    let (status, problem) = env.call(&buyer, "POST", "/v1/checkout", Some("c1"), Some(seen)).await?;
+    assert_eq!((status, problem["type"].as_str()), (409, Some("https://souk.dev/problems/price-changed")));
+    assert_eq!(
+        (problem["current"]["total_minor"].as_i64(), problem["current"]["currency"].as_str()),
+        (Some(1299), Some("USD"))
+    );
+    let lines = json!([{"sku": "MUG", "quantity": 1}]);
+    let order = json!({"lines": lines, "payment_token": "tok_ok", "expected_currency": "EUR"});
+    let (status, problem) = env.call(&buyer, "POST", "/v1/orders", Some("o1"), Some(order)).await?;
+    assert_eq!((status, problem["type"].as_str()), (409, Some("https://souk.dev/problems/price-changed")));
+    // A total without its currency says nothing: refused before anything is read.
+    let bare = json!({"payment_token": "tok_ok", "expected_total_minor": 1299});
+    let (status, problem) = env.call(&buyer, "POST", "/v1/checkout", Some("c2"), Some(bare)).await?;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(fields(&problem), ["expected_currency"], "{problem}");
+    assert_eq!(env.commands_published().await?, 0);
+
+    // What the buyer sees now goes through.
+    let now = json!({"payment_token": "tok_ok", "expected_total_minor": 1299, "expected_currency": "USD"});
+    let (status, accepted) = env.call(&buyer, "POST", "/v1/checkout", Some("c3"), Some(now)).await?;
+    assert_eq!(status, 202, "{accepted}");
+    let orders = env.orders_published().await?;
+    assert_eq!((orders.len(), orders[0].currency.code()), (1, "USD"));
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_checkout_turns_the_cart_into_one_order_and_a_replay_is_that_order() -> anyhow::Result<()> {
     let (env, buyer) = shop().await?;
     for (sku, quantity) in [("MUG", 2), ("TEA", 1)] {
         assert_eq!(env.put_item(&buyer, sku, quantity).await?.0, 200);
     }
-    let pay = json!({"payment_token": "tok_ok", "expected_total_minor": 3447});
+    let pay = json!({"payment_token": "tok_ok", "expected_total_minor": 3447, "expected_currency": "EUR"});
     let (status, accepted) = env.call(&buyer, "POST", "/v1/checkout", Some("c1"), Some(pay.clone())).await?;
     assert_eq!(status, 202, "{accepted}");
     let order_id = accepted["order_id"].as_str().unwrap_or_default().to_owned();
@@ -145,7 +185,8 @@ async fn a_checkout_turns_the_cart_into_one_order_and_a_replay_is_that_order() -
     let (status, again) = env.call(&buyer, "POST", "/v1/checkout", Some("c1"), Some(pay.clone())).await?;
     assert_eq!((status, again["order_id"].as_str()), (202, Some(order_id.as_str())), "{again}");
     // With another token, or once the cart holds something else: another request.
-    let other_token = json!({"payment_token": "tok_other", "expected_total_minor": 3447});
+    let other_token =
+        json!({"payment_token": "tok_other", "expected_total_minor": 3447, "expected_currency": "EUR"});
     let (status, problem) = env.call(&buyer, "POST", "/v1/checkout", Some("c1"), Some(other_token)).await?;
     assert_eq!(
         (status, problem["type"].as_str()),
@@ -211,7 +252,7 @@ async fn two_checkouts_of_one_cart_under_two_keys_make_one_order() -> anyhow::Re
 
     // A checkout refused (another total) gives the cart up: the next key goes on.
     assert_eq!(env.put_item(&buyer, "TEA", 1).await?.0, 200);
-    let over = json!({"payment_token": "tok_ok", "expected_total_minor": 1});
+    let over = json!({"payment_token": "tok_ok", "expected_total_minor": 1, "expected_currency": "EUR"});
     let (status, _) = env.call(&buyer, "POST", "/v1/checkout", Some("wrong-total"), Some(over)).await?;
     assert_eq!(status, 409, "another total");
     let (status, body) = env.call(&buyer, "POST", "/v1/checkout", Some("right"), Some(pay.clone())).await?;
@@ -279,10 +320,45 @@ async fn a_refused_retry_keeps_the_hold_of_a_cart_whose_order_may_be_stored() ->
     assert_eq!(env.orders_published().await?.len(), 1, "the mug ordered once");
     // A refusal of a checkout that held nothing before still gives the cart up.
     sqlx::query("update carts set checkout_key = null, checkout_until = null").execute(&env.db.pool).await?;
-    let over = json!({"payment_token": "tok_ok", "expected_total_minor": 1});
+    let over = json!({"payment_token": "tok_ok", "expected_total_minor": 1, "expected_currency": "EUR"});
     assert_eq!(env.call(&buyer, "POST", "/v1/checkout", Some("c3"), Some(over)).await?.0, 409);
     let (status, body) = env.call(&buyer, "POST", "/v1/checkout", Some("c4"), Some(pay)).await?;
     assert_eq!(status, 202, "{body}");
+    Ok(())
+}
+
+/// Review (twelfth session): a checkout whose key could not be claimed published
+/// nothing, yet kept the cart's hold as if its order might be stored: the buyer, who
+/// changed the cart and tried again under a new key, was told "checkout in progress"
+/// for five minutes.
+#[tokio::test]
+async fn a_checkout_whose_key_could_not_be_claimed_gives_the_cart_up() -> anyhow::Result<()> {
+    let (env, buyer) = shop().await?;
+    assert_eq!(env.put_item(&buyer, "MUG", 1).await?.0, 200);
+    sqlx::query(
+        "create function refuse_claims() returns trigger language plpgsql
+         as $$ begin raise exception 'the key store refuses'; end $$",
+    )
+    .execute(&env.db.pool)
+    .await?;
+    sqlx::query(
+        "create trigger refuse_claims before insert on idempotency_keys
+         for each row execute function refuse_claims()",
+    )
+    .execute(&env.db.pool)
+    .await?;
+    let pay = json!({"payment_token": "tok_ok"});
+    let (status, body) = env.call(&buyer, "POST", "/v1/checkout", Some("c1"), Some(pay.clone())).await?;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(env.commands_published().await?, 0);
+    sqlx::query("drop trigger refuse_claims on idempotency_keys").execute(&env.db.pool).await?;
+
+    assert_eq!(env.put_item(&buyer, "TEA", 1).await?.0, 200);
+    let (status, body) = env.call(&buyer, "POST", "/v1/checkout", Some("c2"), Some(pay)).await?;
+    assert_eq!(status, 202, "nothing held the cart: {body}");
+    let orders = env.orders_published().await?;
+    let skus: Vec<&str> = orders[0].lines.iter().map(|l| l.sku.as_str()).collect();
+    assert_eq!((orders.len(), skus), (1, vec!["MUG", "TEA"]));
     Ok(())
 }
 
@@ -348,8 +424,11 @@ async fn bad_checkouts_get_problems_and_publish_nothing() -> anyhow::Result<()> 
         env.call(&buyer, "PUT", "/v1/cart/items/MUG", None, Some(json!({"quantity": 4}))).await?.0,
         200
     );
-    let (status, problem) =
-        checkout(Some("c3"), json!({"payment_token": "tok_ok", "expected_total_minor": 1})).await?;
+    let (status, problem) = checkout(
+        Some("c3"),
+        json!({"payment_token": "tok_ok", "expected_total_minor": 1, "expected_currency": "EUR"}),
+    )
+    .await?;
     assert_eq!(status, 409, "{problem}");
     assert_eq!(problem["current"]["total_minor"], 4 * 1299);
 

@@ -8,6 +8,7 @@ mod edge;
 mod identity;
 mod observability;
 mod openapi;
+mod order_read;
 mod search;
 
 use axum::{Router, body::Body, http::Request};

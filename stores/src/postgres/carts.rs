@@ -139,7 +139,9 @@ pub async fn put_item(
          values ($1, $2, $3, $4, $5, $6)
          on conflict (tenant, buyer_id, sku) do update set
              quantity = excluded.quantity, seen_price_minor = excluded.seen_price_minor,
-             seen_currency = excluded.seen_currency, updated_at = now()",
+             seen_currency = excluded.seen_currency,
+             updated_at = case when cart_items.quantity = excluded.quantity
+                               then cart_items.updated_at else now() end",
     )
     .bind(tenant)
     .bind(buyer)

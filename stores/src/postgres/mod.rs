@@ -18,6 +18,6 @@ mod store;
 
 pub use config::{PgOptions, database_for_dir, redact};
 pub use store::{
-    Error, Housekeeping, LOST_REASON, begin, connect, drop_database, ensure_database, housekeeping, migrate,
-    schema_versions,
+    Error, Housekeeping, LOST_REASON, begin, begin_snapshot, connect, drop_database, ensure_database,
+    housekeeping, migrate, schema_versions,
 };

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use souk_pipelines::orders::{PlaceOrder, PricedLine};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::Error;
@@ -123,14 +123,14 @@ pub async fn mark_failed_unreadable(
 }
 
 /// One order by id.
-pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Order>, Error> {
+pub async fn get(db: impl sqlx::PgExecutor<'_>, order_id: Uuid) -> Result<Option<Order>, Error> {
     let row = sqlx::query(
         "select order_id, tenant, buyer_id, status, reason, currency, total_minor, lines, placed_at,
                 created_at, updated_at
          from orders where order_id = $1",
     )
     .bind(order_id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     let Some(r) = row else { return Ok(None) };
     let lines: serde_json::Value = r.try_get("lines")?;

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use souk_pipelines::orders::PricedLine;
-use sqlx::{PgConnection, PgExecutor, Row, postgres::PgRow};
+use sqlx::{PgConnection, PgExecutor, PgPool, Row, postgres::PgRow};
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -341,9 +341,15 @@ fn view_of(r: &PgRow) -> Result<SagaView, Error> {
 }
 
 /// The saga of `order_id` with its steps.
-pub async fn view(db: impl PgExecutor<'_> + Copy, order_id: Uuid) -> Result<Option<SagaView>, Error> {
+pub async fn view(pool: &PgPool, order_id: Uuid) -> Result<Option<SagaView>, Error> {
+    view_on(&mut *pool.acquire().await?, order_id).await
+}
+
+/// [`view`] on `conn` (a snapshot transaction's, to read it beside the order).
+pub async fn view_on(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<SagaView>, Error> {
     let sql = format!("select {VIEW_COLUMNS} from sagas where order_id = $1");
-    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(order_id).fetch_optional(db).await? else {
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(order_id).fetch_optional(&mut *conn).await?
+    else {
         return Ok(None);
     };
     let mut view = view_of(&row)?;
@@ -351,7 +357,7 @@ pub async fn view(db: impl PgExecutor<'_> + Copy, order_id: Uuid) -> Result<Opti
         "select step, attempt, started_at, finished_at, outcome from saga_steps where order_id = $1 order by id",
     )
     .bind(order_id)
-    .fetch_all(db)
+    .fetch_all(&mut *conn)
     .await?;
     view.steps = steps
         .iter()

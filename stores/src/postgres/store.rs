@@ -134,6 +134,12 @@ pub async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Pos
     pool.begin().await.map_err(Error::Unavailable)
 }
 
+/// Begin a read-only transaction that sees one snapshot (repeatable read): reads of
+/// several tables that must agree, as an order and its saga in one answer.
+pub async fn begin_snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
+    pool.begin_with("begin isolation level repeatable read read only").await.map_err(Error::Unavailable)
+}
+
 /// A connection pool. Connections are opened lazily, so a process can start (and
 /// report not-ready) while Postgres is down.
 pub fn connect(options: &PgOptions) -> Result<PgPool, Error> {

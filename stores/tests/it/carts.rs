@@ -5,6 +5,29 @@ use uuid::Uuid;
 
 use crate::db;
 
+/// Review (twelfth session): a PUT that repeats a line's quantity (an HTTP client's
+/// retry, an app syncing its cart) stamped the line as put anew, so a checkout that
+/// had read it before left it in the cart under its order — and a second checkout
+/// ordered and charged it again. A PUT is safe to repeat: the line stays the one read.
+#[tokio::test]
+async fn a_line_put_again_unchanged_after_the_checkout_read_the_cart_is_emptied() -> anyhow::Result<()> {
+    let db = db().await?;
+    let eur = "EUR".parse()?;
+    let put = |sku: &'static str, quantity: i64, price: i64| {
+        carts::put_item(&db.pool, "t", "b", sku, quantity, (price, eur), 100)
+    };
+    assert_eq!(put("MUG", 1, 100).await?, Put::Stored);
+    assert_eq!(put("TEA", 2, 100).await?, Put::Stored);
+    let read = carts::items(&db.pool, "t", "b").await?;
+    assert_eq!(put("MUG", 1, 120).await?, Put::Stored, "the same quantity (the price seen anew)");
+    assert_eq!(put("TEA", 3, 100).await?, Put::Stored, "another quantity: not what was ordered");
+    carts::checked_out(&db.pool, "t", "b", "k", Uuid::now_v7(), &read).await?;
+    let left: Vec<(String, i64)> =
+        carts::items(&db.pool, "t", "b").await?.into_iter().map(|i| (i.sku, i.quantity)).collect();
+    assert_eq!(left, [("TEA".to_owned(), 3)], "the repeated mug went with the order");
+    Ok(())
+}
+
 /// Review (tenth session): the emptying matched lines by SKU and quantity only, so a
 /// line the buyer removed and put back after the checkout read the cart — not part of
 /// the order — was emptied with it.
