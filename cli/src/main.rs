@@ -229,7 +229,8 @@ enum JobsAction {
         /// Only this tenant's jobs.
         #[arg(long)]
         tenant: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        /// How many (1 to 10,000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
         #[arg(long)]
         json: bool,
@@ -280,7 +281,8 @@ enum SagasAction {
         /// Only sagas past their deadline (the sweeper acts on them shortly).
         #[arg(long)]
         stuck: bool,
-        #[arg(long, default_value_t = 50)]
+        /// How many (1 to 10,000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
         #[arg(long)]
         json: bool,

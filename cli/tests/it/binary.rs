@@ -147,6 +147,15 @@ async fn bad_configuration_and_arguments_get_clear_errors() -> anyhow::Result<()
     let role = souk(data.path()).args(["token", "--sub", "x", "--role", "king"]).output().await?;
     assert!(!role.status.success());
     assert!(String::from_utf8(role.stderr)?.contains("unknown role"));
+    // A list's length is a count: a negative one was sent to Postgres and failed as an
+    // unexpected error (exit 1) instead of a usage error (review, twelfth session).
+    for list in [&["sagas", "list"][..], &["jobs", "list"][..]] {
+        for limit in ["--limit=-1", "--limit=0"] {
+            let bad = souk(data.path()).args(list).arg(limit).output().await?;
+            assert_eq!(bad.status.code(), Some(2), "{list:?} {limit}");
+            assert!(String::from_utf8(bad.stderr)?.contains("not in 1..=10000"), "{list:?} {limit}");
+        }
+    }
     let sellerless =
         souk(data.path()).args(["token", "--sub", "x", "--role", "buyer", "--seller", "s1"]).output().await?;
     assert!(!sellerless.status.success());

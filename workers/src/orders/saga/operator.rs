@@ -71,6 +71,16 @@ async fn act(
         // Fresh attempts: the sweeper counts from this send.
         saga.attempt = 0;
     }
+    // The step lines awaiting a reply are closed as the sweeper closes them: a reply
+    // closes only the newest line of its step, so a line replaced by a re-send stayed
+    // "awaiting reply" for ever (review, twelfth session).
+    let outcome = match event {
+        Event::Resend => format!("sent again by {actor}"),
+        _ => format!("given up by {actor}"),
+    };
+    for step in super::sweeper::open_steps(state, &saga) {
+        sagas::finish_step(&mut tx, order_id, &step, &outcome).await?;
+    }
     let cause = Cause::local(format!("operator:{actor}:{order_id}:{}", saga.version));
     let advanced = advance(&mut tx, &saga, &event, None, &cause, chrono::Utc::now()).await?;
     let Advanced::Moved { to, .. } = advanced else {

@@ -44,7 +44,7 @@ fn message_aggregates(saga: &sagas::Saga) -> [String; 3] {
 
 /// The steps the state's commands are logged as: one per seller still awaited for the
 /// fulfilment requests (`fulfil <seller>`), else the effect's step.
-fn open_steps(state: State, saga: &sagas::Saga) -> Vec<String> {
+pub(super) fn open_steps(state: State, saga: &sagas::Saga) -> Vec<String> {
     let mut steps = Vec::new();
     for effect in state.step_effects() {
         match effect {

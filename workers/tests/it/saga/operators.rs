@@ -30,6 +30,14 @@ async fn operators_retry_and_compensate_and_each_action_is_recorded() -> anyhow:
     assert_eq!(env.sent(id).await?.last().map(String::as_str), Some("inventory.release"));
     env.reply(&replies::released(&cmd)).await?;
     let saga = env.until(id, "cancelled").await?;
+    // Review (twelfth session): the retry's new reserve line was closed by the reply,
+    // the line it replaced stayed "awaiting reply" for ever.
+    let open: Vec<&str> =
+        saga.steps.iter().filter(|s| s.outcome.is_none()).map(|s| s.step.as_str()).collect();
+    assert!(open.is_empty(), "every step line is closed: {open:?}");
+    let reserves: Vec<Option<&str>> =
+        saga.steps.iter().filter(|s| s.step == "reserve").map(|s| s.outcome.as_deref()).collect();
+    assert_eq!(reserves, [Some("sent again by cli:ops-anna"), Some("given up by cli:ops-ben")]);
     assert!(
         saga.steps
             .iter()
