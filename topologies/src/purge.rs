@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Error, Result,
     apply::filters_of,
-    spec::{first_uncovered, subjects_overlap},
+    spec::{first_uncovered, subject_covers, subjects_overlap},
 };
 
 /// How often a purger runs when `run` is not told otherwise.
@@ -170,28 +170,76 @@ fn crowded(info: &jetstream::stream::Info) -> bool {
 }
 
 /// Per subject, the floor below which it may be purged when the stream's floor is held
-/// lower by another subject's consumer: for each filter subject of each consumer, the
-/// lowest floor of every consumer whose filter overlaps it (an unfiltered one overlaps
-/// all). Only subjects whose floor is above the stream's, each once.
+/// lower by another subject's consumer: for each consumer, one subject covering all its
+/// filters ([`cover`]), bounded by the lowest floor of every consumer whose filter
+/// overlaps it (an unfiltered one overlaps all). Only subjects whose floor is above the
+/// stream's and that are safe to purge ([`purgeable`]), each once.
 fn subject_floors(floors: &Floors, stream_floor: u64) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = Vec::new();
     for (filters, _) in floors {
-        for subject in filters {
-            if out.iter().any(|(s, _)| s == subject) {
-                continue;
-            }
-            let bound = floors
-                .iter()
-                .filter(|(other, _)| other.is_empty() || other.iter().any(|o| subjects_overlap(o, subject)))
-                .map(|(_, f)| *f)
-                .min()
-                .unwrap_or(0);
-            if bound > stream_floor {
-                out.push((subject.clone(), bound));
-            }
+        let Some(subject) = cover(filters) else { continue };
+        if out.iter().any(|(s, _)| *s == subject) || !purgeable(&subject, floors) {
+            continue;
+        }
+        let bound = floors
+            .iter()
+            .filter(|(other, _)| other.is_empty() || other.iter().any(|o| subjects_overlap(o, &subject)))
+            .map(|(_, f)| *f)
+            .min()
+            .unwrap_or(0);
+        if bound > stream_floor {
+            out.push((subject, bound));
         }
     }
     out
+}
+
+/// One subject that matches everything `filters` match: the filter itself when there is
+/// one; else the filters' tokens, those that differ made `*` (filters of one length);
+/// else their common leading tokens and `>`. `None` for no filter, or when only the
+/// whole stream would cover them.
+fn cover(filters: &[String]) -> Option<String> {
+    let tokens: Vec<Vec<&str>> = filters.iter().map(|f| f.split('.').collect()).collect();
+    let first = tokens.first()?;
+    let same_shape = tokens.iter().all(|t| t.len() == first.len() && !t.contains(&">"));
+    let candidate = if same_shape {
+        let joined: Vec<&str> = (0..first.len())
+            .map(|i| if tokens.iter().all(|t| t[i] == first[i]) { first[i] } else { "*" })
+            .collect();
+        joined.join(".")
+    } else {
+        let shortest = tokens.iter().map(Vec::len).min().unwrap_or(0);
+        let prefix: Vec<&str> = (0..shortest.saturating_sub(1))
+            .map_while(|i| {
+                let t = first[i];
+                (t != ">" && t != "*" && tokens.iter().all(|o| o[i] == t)).then_some(t)
+            })
+            .collect();
+        if prefix.is_empty() {
+            return None;
+        }
+        format!("{}.>", prefix.join("."))
+    };
+    filters.iter().all(|f| subject_covers(&candidate, f)).then_some(candidate)
+}
+
+/// Whether a purge of `subject` leaves every consumer's deliveries alone. nats-server
+/// moves each consumer with a filter equal to or inside the purged subject on to the
+/// first message of that subject left (its next delivery, its ack floor, its pending
+/// redeliveries), whatever its other filters take: a purge of `…inventory.reserve`
+/// made the `inventory` consumer skip a `…inventory.release` stored before the first
+/// `reserve` left, and drop a `commit` awaiting redelivery (review of the first
+/// version). So every consumer with a filter inside `subject` must have all of them
+/// inside it, and a filter that overlaps `subject` only in part (neither inside nor
+/// around it) rules it out.
+fn purgeable(subject: &str, floors: &Floors) -> bool {
+    floors.iter().all(|(filters, _)| {
+        let inside = filters.iter().filter(|f| subject_covers(subject, f)).count();
+        let partial = filters.iter().any(|f| {
+            subjects_overlap(f, subject) && !subject_covers(subject, f) && !subject_covers(f, subject)
+        });
+        !partial && (inside == 0 || inside == filters.len())
+    })
 }
 
 /// The highest stream sequence up to which `c` has handled everything of its filter,
@@ -268,11 +316,17 @@ pub async fn purge_acked_with(
     // and a `discard = "new"` stream would fill and refuse every new command (review:
     // one capture waiting on a provider down for a day stopped every checkout and, as
     // the relay's rounds failed on the full stream, every saga). Once the stream is
-    // crowded, each subject is also purged below its own consumers' floor: a filtered
-    // purge removes messages one by one (as acks on a work queue do), a cost paid only
-    // while the stream fills.
+    // crowded, each consumer's subjects are also purged below their own consumers'
+    // floor: a filtered purge removes messages one by one (as acks on a work queue do),
+    // a cost paid only while the stream fills.
     if crowded(handle.cached_info()) {
         for (subject, bound) in subject_floors(&floors, floor.unwrap_or(0)) {
+            // Only when something of it lies below its floor: a purge that removes
+            // nothing still costs the server a pass over the subject's blocks.
+            match found(lookup.first_at_or_after(&handle, &subject, 1).await, &subject, 1)? {
+                Some(first) if first <= bound => {}
+                _ => continue,
+            }
             purged += handle
                 .purge()
                 .filter(subject.as_str())
@@ -315,5 +369,70 @@ pub async fn run(js: jetstream::Context, streams: Vec<String>, every: Duration, 
                 Err(_) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_cover_matches_every_filter_and_no_more_than_it_must() {
+        let cover_of = |v: &[&str]| cover(&strings(v));
+        assert_eq!(cover_of(&["souk.cmd.orders.place"]).as_deref(), Some("souk.cmd.orders.place"));
+        assert_eq!(
+            cover_of(&[
+                "souk.cmd.inventory.reserve",
+                "souk.cmd.inventory.release",
+                "souk.cmd.inventory.commit"
+            ])
+            .as_deref(),
+            Some("souk.cmd.inventory.*")
+        );
+        assert_eq!(cover_of(&["a.b.c", "a.d"]).as_deref(), Some("a.>"));
+        assert_eq!(cover_of(&["a.b", "x.b"]).as_deref(), Some("*.b"));
+        assert_eq!(cover_of(&["a.>", "b.c"]), None, "only the whole stream covers both");
+        assert_eq!(cover_of(&[]), None);
+    }
+
+    #[test]
+    fn a_subject_is_purged_only_when_no_consumer_would_be_moved_past_its_other_filters() {
+        let floors = |v: &[&[&str]]| -> Floors { v.iter().map(|f| (strings(f), 10)).collect() };
+        let shipped = floors(&[
+            &["c.inventory.reserve", "c.inventory.release"],
+            &["c.orders.place"],
+            &["c.payments.settle"],
+        ]);
+        assert!(purgeable("c.inventory.*", &shipped));
+        assert!(purgeable("c.orders.place", &shipped));
+        // One filter of a two-filter consumer: nats-server would move it on past the other's.
+        assert!(!purgeable("c.inventory.reserve", &shipped));
+        // A wider purge that takes in part of another consumer's filters.
+        let mixed = floors(&[&["c.a.x"], &["c.a.y", "c.b.z"]]);
+        assert!(!purgeable("c.a.*", &mixed));
+        // A filter overlapping only in part.
+        let partial = floors(&[&["c.*.x"], &["c.a.y"]]);
+        assert!(!purgeable("c.a.*", &partial));
+        // A consumer wider than the subject (nats-server leaves it be) or without a filter.
+        assert!(purgeable("c.a.x", &floors(&[&["c.a.x"], &["c.>"], &[]])));
+    }
+
+    #[test]
+    fn subject_floors_bound_each_cover_by_every_consumer_overlapping_it() {
+        let floors: Floors = vec![
+            (strings(&["c.inventory.reserve", "c.inventory.release"]), 50),
+            (strings(&["c.payments.settle"]), 3),
+            (strings(&["c.orders.place"]), 70),
+            (strings(&["c.>"]), 60),
+        ];
+        assert_eq!(
+            subject_floors(&floors, 3),
+            [("c.inventory.*".to_owned(), 50), ("c.orders.place".to_owned(), 60)],
+            "the held subject is not purged; the viewer over everything bounds the others"
+        );
     }
 }

@@ -50,6 +50,19 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
+    // The rules' own cases (deploy/prometheus/alerts_test.yml): which series page.
+    let cases = Command::new("promtool")
+        .arg("test")
+        .arg("rules")
+        .arg(deploy("prometheus/alerts_test.yml"))
+        .output()
+        .await?;
+    assert!(
+        cases.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&cases.stdout),
+        String::from_utf8_lossy(&cases.stderr)
+    );
     let rules_text = std::fs::read_to_string(&rules)?;
     let grafana_text = std::fs::read_to_string(deploy("grafana/souk.json"))?;
     let grafana: serde_json::Value = serde_json::from_str(&grafana_text)?;

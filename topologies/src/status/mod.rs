@@ -63,7 +63,9 @@ pub async fn read_pools(client: &async_nats::Client) -> Result<Vec<PoolStatus>> 
 pub fn set_gauges(model: &Model) {
     for s in &model.streams {
         metrics::gauge!("souk_stream_messages", "stream" => s.name.clone()).set(s.messages as f64);
-        metrics::gauge!("souk_stream_fullness_ratio", "stream" => s.name.clone()).set(s.fullness);
+        let discard = if s.discards_new { "new" } else { "old" };
+        metrics::gauge!("souk_stream_fullness_ratio", "stream" => s.name.clone(), "discard" => discard)
+            .set(s.fullness);
     }
     for c in &model.consumers {
         let name = || c.name.clone();

@@ -60,6 +60,10 @@ pub struct StreamModel {
     /// (0 to 1; 0 without either): a `discard = "new"` stream refuses commands at 1.
     #[serde(default)]
     pub fullness: f64,
+    /// Whether a full stream refuses new messages (`discard = "new"`, CMD) rather than
+    /// dropping its oldest (EVT, DLQ): only then is fullness an outage.
+    #[serde(default)]
+    pub discards_new: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +219,7 @@ pub async fn read(
             last_seq: info.state.last_sequence,
             oldest_unhandled_secs: 0.0,
             fullness: fullness(info),
+            discards_new: info.config.discard == jetstream::stream::DiscardPolicy::New,
         });
         handles.insert(s.name.clone(), stream);
     }

@@ -368,6 +368,40 @@ async fn a_command_held_for_hours_does_not_fill_the_stream_behind_it() -> anyhow
     Ok(())
 }
 
+/// Review of the first version: a filtered purge of one filter of a consumer with two
+/// made nats-server move that consumer on to the first message of the purged subject
+/// left — past a command of its other filter stored before it, never delivered (then
+/// purged as handled). A consumer's subjects are purged together, by one subject that
+/// covers them.
+#[tokio::test]
+async fn a_crowded_purge_never_moves_a_consumer_past_its_other_filters() -> anyhow::Result<()> {
+    let multi = edited(
+        &edited(
+            PURGED,
+            r#"subjects = ["souk.cmd.test.work", "souk.cmd.test.other"]"#,
+            r#"subjects = ["souk.cmd.test.work.a", "souk.cmd.test.work.b", "souk.cmd.test.other"]"#,
+        ),
+        r#"filter-subjects = ["souk.cmd.test.work"]"#,
+        r#"filter-subjects = ["souk.cmd.test.work.a", "souk.cmd.test.work.b"]"#,
+    );
+    let mut topology = Topology::parse(&multi)?;
+    topology.streams[0].max_bytes = 600; // four small commands make it crowded
+    let env = env_of(topology).await?;
+    env.publisher.publish(msg(OTHER, "held", "capture")).await?; // seq 1
+    let held = fetch(&consumer(&env, "other").await?, 1).await?;
+    let work = consumer(&env, "work").await?;
+    env.publisher.publish(msg("souk.cmd.test.work.a", "a0", "a0")).await?; // seq 2
+    ack_all(&fetch(&work, 1).await?).await?;
+    env.publisher.publish(msg("souk.cmd.test.work.b", "b1", "b1")).await?; // seq 3, not yet delivered
+    env.publisher.publish(msg("souk.cmd.test.work.a", "a2", "a2")).await?; // seq 4
+    assert_eq!(purge_acked(&env.js, "CMD").await?, 1, "the handled a0 goes");
+    let next: Vec<String> =
+        fetch(&work, 2).await?.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+    assert_eq!(next, ["b1", "a2"], "nothing skipped");
+    held[0].double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
 #[test]
 fn validation_keeps_commands_to_one_handler() {
     let overlapping = edited(
