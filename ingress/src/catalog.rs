@@ -284,6 +284,21 @@ impl WriteRequest {
             metrics::counter!("souk_ingress_catalog_writes_total", "outcome" => "backlog").increment(1);
             return Err(Problem::unavailable(refusal.detail()));
         }
+        // A write of the stock counts it beside the units held now (and sold since by
+        // the time it applies): `StockBasis`.
+        let states_stock = match &change {
+            ProductChange::Put { .. } => true,
+            ProductChange::Patch { patch } => patch.stock.is_some(),
+            ProductChange::Delete => false,
+        };
+        let stock_basis = match states_stock {
+            true => Some(
+                souk_stores::postgres::inventory::basis(&state.pool, &claims.tenant, &self.sku)
+                    .await
+                    .map_err(|e| unavailable(state, e))?,
+            ),
+            false => None,
+        };
         let (tenant, actor, seller, sku) =
             (claims.tenant.clone(), claims.sub.clone(), self.seller.clone(), self.sku.clone());
         let expected_version = self.expected_version;
@@ -298,6 +313,7 @@ impl WriteRequest {
                 change,
                 actor,
                 requested_at: chrono::Utc::now(),
+                stock_basis,
             })
             .await
             .map_err(|e| match e {

@@ -226,6 +226,7 @@ pub fn command(seed: u64, tenant: &str, listing: &Listing) -> WriteProduct {
         change: ProductChange::Put { fields: listing.fields.clone() },
         actor: "souk-seed".into(),
         requested_at: seeded_at(),
+        stock_basis: None,
     }
 }
 

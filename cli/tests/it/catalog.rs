@@ -559,6 +559,7 @@ async fn a_write_published_twice_under_different_message_ids_is_applied_once() -
         change: ProductChange::Put { fields },
         actor: "import-job".into(),
         requested_at: chrono::Utc::now(),
+        stock_basis: None,
     };
     publisher.publish(OutgoingMessage::command(&cmd, cmd.message_id(), &cmd.tenant)).await?;
     publisher

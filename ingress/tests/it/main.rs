@@ -10,6 +10,7 @@ mod observability;
 mod openapi;
 mod order_read;
 mod search;
+mod stock_write;
 
 use axum::{Router, body::Body, http::Request};
 use souk_ingress::{Claims, ConnectionLimits, Ingress, IngressOptions, IntakeOptions, Keys, Role};

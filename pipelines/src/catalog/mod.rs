@@ -110,6 +110,23 @@ pub struct WriteProduct {
     /// The principal (`sub`) that asked.
     pub actor: String,
     pub requested_at: DateTime<Utc>,
+    /// The SKU's held and sold units when the write was accepted, for a write that states
+    /// `stock` (absent from older writers and from seeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock_basis: Option<StockBasis>,
+}
+
+/// What a SKU's stock row counted when a write of its `stock` was accepted. `stock` is
+/// the units available then, beside `held`; applied later (the command waits in CMD,
+/// an import's rows wait their chunk), the units on hand are `stock + held - (sold now -
+/// sold)`: holds made since came out of the stock written, and units sold since came
+/// out of the holds or the stock of then. Without it (read at apply), a write racing new
+/// holds counted them twice — units for sale that no shelf held (review, twelfth
+/// session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StockBasis {
+    pub held: i64,
+    pub sold: i64,
 }
 
 impl WriteProduct {

@@ -202,6 +202,7 @@ fn commands_are_checked_again() {
         change: ProductChange::Put { fields },
         actor: "u".into(),
         requested_at: chrono::Utc::now(),
+        stock_basis: None,
     };
     assert_eq!(cmd.validate(), Ok(()));
     cmd.sku = "4111111111111111".into();

@@ -8,8 +8,11 @@
 //! sorted), so two orders never lock the same rows in opposite orders.
 
 use chrono::{DateTime, Utc};
-use souk_pipelines::inventory::{Shortage, StockLine};
-use sqlx::{PgConnection, PgPool, Row};
+use souk_pipelines::{
+    catalog::StockBasis,
+    inventory::{Shortage, StockLine},
+};
+use sqlx::{PgConnection, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
 use super::Error;
@@ -352,28 +355,65 @@ pub async fn apply(
 
 /// Set `sku`'s units available to buy from a seller's write of its `stock`: the figure
 /// a product read shows (`GET /v1/products/{sku}`: held units excluded), so a seller
-/// who writes back what they read changes nothing. Units held for checkouts in progress
-/// stay promised beside it: on hand = `available` + held, and those holds, released,
-/// go back on sale (units a deletion withdrew leave instead: [`withdraw_all`]). Review
-/// (twelfth session): the write set on hand, so writing back the available figure
-/// read took the held units off sale for good. Call under the catalog's SKU lock.
+/// who writes back what they read changes nothing. Units held for checkouts stay
+/// promised beside it: on hand = `available` + the units held when the write was
+/// accepted (`basis`) − the units sold since; holds made since came out of `available`
+/// (without a basis, the units held now). Promises beyond it — holds made since for
+/// more than the seller now states — stay kept: on hand = held (available 0), the
+/// difference `withdrawn`, leaving on hand as those holds are released. Review
+/// (twelfth session): the write set on hand, so writing back the available figure read
+/// took the held units off sale for good. Call under the catalog's SKU lock.
 pub async fn set_available(
     tx: &mut PgConnection,
     tenant: &str,
     sku: &str,
     available: i64,
+    basis: Option<StockBasis>,
 ) -> Result<(), Error> {
     sqlx::query(
         "insert into stock (tenant, sku, on_hand) values ($1, $2, $3)
          on conflict (tenant, sku) do update set
-             on_hand = excluded.on_hand + stock.held, updated_at = now()",
+             on_hand = greatest(excluded.on_hand + coalesce($4, stock.held) - (stock.sold - coalesce($5, stock.sold)),
+                                stock.held),
+             withdrawn = greatest(stock.held - (excluded.on_hand + coalesce($4, stock.held)
+                                                - (stock.sold - coalesce($5, stock.sold))), 0),
+             updated_at = now()",
     )
     .bind(tenant)
     .bind(sku)
     .bind(available)
+    .bind(basis.map(|b| b.held))
+    .bind(basis.map(|b| b.sold))
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// What `sku`'s stock row counts now, as the basis of a write of its stock being
+/// accepted (nothing held or sold when it has no row).
+pub async fn basis(db: impl PgExecutor<'_>, tenant: &str, sku: &str) -> Result<StockBasis, Error> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("select held, sold from stock where tenant = $1 and sku = $2")
+            .bind(tenant)
+            .bind(sku)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(held, sold)| StockBasis { held, sold }).unwrap_or_default())
+}
+
+/// [`basis`] of each of `skus` (an import's chunk), in one query.
+pub async fn bases(
+    db: impl PgExecutor<'_>,
+    tenant: &str,
+    skus: &[String],
+) -> Result<std::collections::HashMap<String, StockBasis>, Error> {
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("select sku, held, sold from stock where tenant = $1 and sku = any($2)")
+            .bind(tenant)
+            .bind(skus)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|(sku, held, sold)| (sku, StockBasis { held, sold })).collect())
 }
 
 /// A deleted product has nothing to sell: nothing is available, and units held for

@@ -113,7 +113,7 @@ pub async fn apply(tx: &mut PgConnection, cmd: &WriteProduct) -> Result<(), pg::
             // stored fields' stock, which is the seller's last figure, not what is left
             // after sales: setting it again would put sold units back on sale.
             if states_stock {
-                inventory::set_available(tx, &cmd.tenant, &cmd.sku, fields.stock).await?;
+                inventory::set_available(tx, &cmd.tenant, &cmd.sku, fields.stock, cmd.stock_basis).await?;
             }
             (Outcome::Applied { version }, Some(Some(product)))
         }

@@ -65,7 +65,7 @@ impl Env {
     /// A seller's write of `sku`'s stock: `available` units to sell beside the holds.
     async fn stock(&self, sku: &str, available: i64) -> anyhow::Result<()> {
         let mut tx = self.db.pool.begin().await?;
-        inv::set_available(&mut tx, TENANT, sku, available).await?;
+        inv::set_available(&mut tx, TENANT, sku, available, None).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -538,6 +538,31 @@ async fn a_seller_write_sets_the_units_available_and_the_holds_stay_beside_them(
         (4, 0, 3, 4),
         "released units back on sale, 3 sold"
     );
+    env.shutdown().await;
+    Ok(())
+}
+
+/// Second review (twelfth session): a write of stock left the units a deletion had
+/// withdrawn recorded, so after a delete and a re-create a release took them off the
+/// shelf again — from a hold made after the re-create: units the seller stated, lost.
+#[tokio::test]
+async fn a_product_deleted_and_created_again_keeps_every_unit_it_states() -> anyhow::Result<()> {
+    let env = env().await?;
+    env.stock("P", 10).await?;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    env.send(&reserve(a, &[("P", 2)], in_an_hour())).await?;
+    env.wait_for(a, "souk.evt.inventory.reserved", |_| true).await?;
+    env.withdraw("P").await?;
+    env.stock("P", 5).await?; // created again: 5 for sale beside a's 2
+    env.send(&reserve(b, &[("P", 5)], in_an_hour())).await?;
+    env.wait_for(b, "souk.evt.inventory.reserved", |_| true).await?;
+    env.send(&CommitStock { tenant: TENANT.into(), order_id: a }).await?;
+    env.wait_for(a, "souk.evt.inventory.committed", |e| e["committed"] == true).await?;
+    env.send(&ReleaseStock { tenant: TENANT.into(), order_id: b, reason: "declined".into() }).await?;
+    env.wait_for(b, "souk.evt.inventory.released", |e| e["released"] == true).await?;
+    env.quiet().await?;
+    let s = env.counts("P").await?;
+    assert_eq!((s.held, s.sold, s.available()), (0, 2, 5), "b's 5 back on sale: {s:?}");
     env.shutdown().await;
     Ok(())
 }

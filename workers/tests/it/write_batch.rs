@@ -39,6 +39,7 @@ fn put(sku: &str, title: &str, at: i64) -> WriteProduct {
         change: ProductChange::Put { fields: mug(title) },
         actor: "u1".into(),
         requested_at: chrono::DateTime::from_timestamp(1_790_000_000 + at, 0).unwrap_or_default(),
+        stock_basis: None,
     }
 }
 
@@ -273,7 +274,10 @@ async fn a_patch_without_stock_leaves_the_units_on_hand_as_sales_left_them() -> 
 /// taking the units held for checkouts off sale for good.
 #[tokio::test]
 async fn a_product_written_back_as_read_keeps_its_held_units_for_sale() -> anyhow::Result<()> {
-    use souk_pipelines::inventory::{ReserveStock, StockLine};
+    use souk_pipelines::{
+        catalog::StockBasis,
+        inventory::{ReserveStock, StockLine},
+    };
     use souk_stores::postgres::inventory as inv;
     use souk_workers::inventory::{CONSUMER, InventoryHandler};
 
@@ -306,9 +310,79 @@ async fn a_product_written_back_as_read_keeps_its_held_units_for_sale() -> anyho
     if let ProductChange::Put { fields } = &mut again.change {
         fields.stock = read.available();
     }
+    again.stock_basis = Some(StockBasis { held: read.held, sold: read.sold }); // as the ingress reads it
     assert_eq!(writes.handle(&delivery(&again, 2)).await, Outcome::Ack);
     assert_eq!(stored(&db, "W").await?.map(|(v, _)| v), Some(2), "the write applied");
     let after = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
     assert_eq!((after.on_hand, after.held, after.available()), (10, 3, 7), "nothing taken off sale");
+    Ok(())
+}
+
+/// Second review (twelfth session): the stock written is the units available when the
+/// write was accepted, but it was counted beside the units held when it was applied —
+/// a hold made in between (the write waiting in CMD) was counted twice, and a sale in
+/// between came back: units for sale that no shelf held. A write carries the held and
+/// sold units of its acceptance (`StockBasis`).
+#[tokio::test]
+async fn a_stock_write_racing_holds_and_sales_never_puts_units_on_sale_twice() -> anyhow::Result<()> {
+    use souk_pipelines::{
+        catalog::StockBasis,
+        inventory::{CommitStock, ReserveStock, StockLine},
+    };
+    use souk_stores::postgres::inventory as inv;
+    use souk_workers::inventory::{CONSUMER, InventoryHandler};
+
+    let (db, writes) = writes().await?;
+    let inventory = Deduplicated::new(db.pool.clone(), CONSUMER, InventoryHandler);
+    let mut first = put("W", "mug", 0);
+    if let ProductChange::Put { fields } = &mut first.change {
+        fields.stock = 10;
+    }
+    assert_eq!(writes.handle(&delivery(&first, 1)).await, Outcome::Ack);
+    let mut seq = 10;
+    let mut send = async |subject: &str, schema: String, payload: Vec<u8>| {
+        seq += 1;
+        let d = crate::delivered(CONSUMER, subject, &schema, &payload, "CMD", seq);
+        inventory.handle(&d).await
+    };
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let reserve = |order_id, quantity| ReserveStock {
+        tenant: "t1".into(),
+        order_id,
+        lines: vec![StockLine { sku: "W".into(), quantity }],
+        hold_until: chrono::Utc::now() + chrono::Duration::minutes(10),
+    };
+    let commit = |order_id| CommitStock { tenant: "t1".into(), order_id };
+    assert_eq!(
+        send(ReserveStock::SUBJECT, ReserveStock::schema_header(), encode(&reserve(a, 3))).await,
+        Outcome::Ack
+    );
+    // The seller's write is accepted now: 7 available beside the 3 held.
+    let basis = inv::basis(&db.pool, "t1", "W").await?;
+    assert_eq!(basis, StockBasis { held: 3, sold: 0 });
+    // While it waits: another buyer holds 2, and the first order is sold.
+    assert_eq!(
+        send(ReserveStock::SUBJECT, ReserveStock::schema_header(), encode(&reserve(b, 2))).await,
+        Outcome::Ack
+    );
+    assert_eq!(
+        send(CommitStock::SUBJECT, CommitStock::schema_header(), encode(&commit(a))).await,
+        Outcome::Ack
+    );
+    let mut write = put("W", "mug", 1);
+    if let ProductChange::Put { fields } = &mut write.change {
+        fields.stock = 7;
+    }
+    write.stock_basis = Some(basis);
+    assert_eq!(writes.handle(&delivery(&write, 2)).await, Outcome::Ack);
+    let s = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
+    // 10 on the shelf: 3 sold, 2 held, 5 left.
+    assert_eq!((s.on_hand, s.held, s.sold, s.available()), (7, 2, 3, 5), "{s:?}");
+    assert_eq!(
+        send(CommitStock::SUBJECT, CommitStock::schema_header(), encode(&commit(b))).await,
+        Outcome::Ack
+    );
+    let s = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
+    assert_eq!(s.on_hand + s.sold, 10, "every unit sellable or sold is on the shelf: {s:?}");
     Ok(())
 }
