@@ -127,9 +127,10 @@ pub async fn checkout(
         return Err(Problem::unprocessable("validation", "the checkout is invalid").errors(errors));
     }
     // One checkout of a cart at a time: claimed before the cart is read.
-    let claimed = carts::begin_checkout(&state.pool, &claims.tenant, &claims.sub, key, CHECKOUT_HOLD)
-        .await
-        .map_err(|e| unavailable(&state, e))?;
+    let (claimed, until) =
+        carts::begin_checkout(&state.pool, &claims.tenant, &claims.sub, key, CHECKOUT_HOLD)
+            .await
+            .map_err(|e| unavailable(&state, e))?;
     if claimed == CheckoutClaim::Busy {
         return Err(Problem::new(StatusCode::CONFLICT, "checkout-in-progress", "Checkout in progress")
             .detail(
@@ -140,7 +141,8 @@ pub async fn checkout(
     let renewed = claimed == CheckoutClaim::Renewed;
     let (outcome, claim) = check_out_claimed(&state, &claims, key, renewed, request).await;
     if claim == Claim::Release
-        && let Err(e) = carts::end_checkout(&state.pool, &claims.tenant, &claims.sub, key).await
+        && let Some(until) = until
+        && let Err(e) = carts::end_checkout(&state.pool, &claims.tenant, &claims.sub, key, until).await
     {
         tracing::warn!(error = %e, "a checkout's claim of its cart was not given up (it expires)");
     }
@@ -241,9 +243,21 @@ async fn check_out_claimed(
 /// The claim's hash of a checkout: its cart's lines, token and expected total, tagged
 /// so no order body can hash the same.
 fn checkout_hash(lines: &[(String, i64)], request: &CheckoutRequest) -> Vec<u8> {
-    let form =
-        ("checkout", lines, &request.payment_token, request.expected_total_minor, request.expected_currency);
-    request_hash(&serde_json::to_vec(&form).unwrap_or_default())
+    // Without an expected currency, the form of the releases before it: a retry across
+    // the deploy must hash as its first attempt did (second review, twelfth session).
+    let form = match request.expected_currency {
+        None => {
+            serde_json::to_vec(&("checkout", lines, &request.payment_token, request.expected_total_minor))
+        }
+        Some(currency) => serde_json::to_vec(&(
+            "checkout",
+            lines,
+            &request.payment_token,
+            request.expected_total_minor,
+            currency,
+        )),
+    };
+    request_hash(&form.unwrap_or_default())
 }
 
 /// An empty cart: the same order again when this key's checkout emptied it (with the
@@ -269,5 +283,31 @@ async fn emptied_by_this_key(
             Ok(Accepted { order_id: record.order_id, replay: true })
         }
         _ => Err(intake_problem(state, IntakeError::KeyReused)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkout without `expected_currency` hashes as the releases before it did, so
+    /// its retry across a deploy is the same request under its key, not 422 (second
+    /// review, twelfth session).
+    #[test]
+    fn a_checkout_without_a_currency_hashes_as_before() {
+        let lines = vec![("MUG".to_owned(), 2)];
+        let request = |currency: Option<&str>| CheckoutRequest {
+            payment_token: "tok_ok".into(),
+            expected_total_minor: Some(2598),
+            expected_currency: currency.map(|c| c.parse().expect("a currency")),
+        };
+        let before = ("checkout", &lines, "tok_ok", Some(2598_i64));
+        let before = request_hash(&serde_json::to_vec(&before).expect("json"));
+        assert_eq!(checkout_hash(&lines, &request(None)), before);
+        assert_ne!(checkout_hash(&lines, &request(Some("EUR"))), before);
+        assert_ne!(
+            checkout_hash(&lines, &request(Some("EUR"))),
+            checkout_hash(&lines, &request(Some("USD")))
+        );
     }
 }

@@ -418,7 +418,13 @@ mod tests {
         assert!(r.validate().expect_err("a PAN")[0].message.contains("card number"));
         r.payment_token = "tok_ok".into();
         r.expected_total_minor = Some(-1);
+        r.expected_currency = Some("EUR".parse().expect("EUR"));
         assert_eq!(fields(&r), ["expected_total_minor"]);
+        // A total is a sum in one currency.
+        (r.expected_total_minor, r.expected_currency) = (Some(100), None);
+        assert_eq!(fields(&r), ["expected_currency"]);
+        (r.expected_total_minor, r.expected_currency) = (None, Some("EUR".parse().expect("EUR")));
+        assert!(r.validate().is_ok(), "a currency alone is taken");
     }
 
     #[test]

@@ -188,9 +188,9 @@ pub async fn begin_checkout(
     buyer: &str,
     key: &str,
     hold: std::time::Duration,
-) -> Result<CheckoutClaim, Error> {
+) -> Result<(CheckoutClaim, Option<DateTime<Utc>>), Error> {
     // `before` reads the claim as the statement's snapshot saw it, ahead of the upsert.
-    let renewed: Option<bool> = sqlx::query_scalar(
+    let claimed: Option<(bool, DateTime<Utc>)> = sqlx::query_as(
         "with before as (
              select checkout_key = $3 and checkout_until >= now() as held
              from carts where tenant = $1 and buyer_id = $2
@@ -201,7 +201,7 @@ pub async fn begin_checkout(
            set checkout_key = excluded.checkout_key, checkout_until = excluded.checkout_until
            where carts.checkout_key is null or carts.checkout_key = excluded.checkout_key
               or carts.checkout_until < now()
-         returning coalesce((select held from before), false)",
+         returning coalesce((select held from before), false), checkout_until",
     )
     .bind(tenant)
     .bind(buyer)
@@ -209,22 +209,33 @@ pub async fn begin_checkout(
     .bind(hold.as_secs_f64())
     .fetch_optional(pool)
     .await?;
-    Ok(match renewed {
-        None => CheckoutClaim::Busy,
-        Some(false) => CheckoutClaim::Fresh,
-        Some(true) => CheckoutClaim::Renewed,
+    Ok(match claimed {
+        None => (CheckoutClaim::Busy, None),
+        Some((false, until)) => (CheckoutClaim::Fresh, Some(until)),
+        Some((true, until)) => (CheckoutClaim::Renewed, Some(until)),
     })
 }
 
-/// Give up the claim of `buyer`'s cart under `key` (a checkout refused: nothing placed).
-pub async fn end_checkout(pool: &PgPool, tenant: &str, buyer: &str, key: &str) -> Result<(), Error> {
+/// Give up the claim of `buyer`'s cart under `key` that [`begin_checkout`] made until
+/// `until` (a checkout refused: nothing placed). A claim renewed since — a retry under
+/// the same key, whose order may be stored by now — is left alone (review, twelfth
+/// session: a slow first request giving the claim up let a third under another key
+/// order the cart its retry had just ordered).
+pub async fn end_checkout(
+    pool: &PgPool,
+    tenant: &str,
+    buyer: &str,
+    key: &str,
+    until: DateTime<Utc>,
+) -> Result<(), Error> {
     sqlx::query(
         "update carts set checkout_key = null, checkout_until = null
-         where tenant = $1 and buyer_id = $2 and checkout_key = $3",
+         where tenant = $1 and buyer_id = $2 and checkout_key = $3 and checkout_until = $4",
     )
     .bind(tenant)
     .bind(buyer)
     .bind(key)
+    .bind(until)
     .execute(pool)
     .await?;
     Ok(())

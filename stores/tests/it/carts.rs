@@ -53,3 +53,23 @@ async fn a_line_put_back_after_the_checkout_read_the_cart_stays_in_it() -> anyho
     assert_eq!(carts::items(&db.pool, "t", "b").await?.len(), 1);
     Ok(())
 }
+
+/// Second review (twelfth session): a request that gave its claim of the cart up (it
+/// placed nothing) released it by key, also when a retry under the key had renewed it
+/// meanwhile — and that retry's order might be stored with the cart still full, so a
+/// checkout under another key could order it again. Only the claim a request made is
+/// given up.
+#[tokio::test]
+async fn giving_a_claim_up_leaves_the_claim_a_retry_renewed() -> anyhow::Result<()> {
+    use carts::CheckoutClaim;
+    let db = db().await?;
+    let hold = std::time::Duration::from_secs(300);
+    let (first, until) = carts::begin_checkout(&db.pool, "t", "b", "k1", hold).await?;
+    assert_eq!(first, CheckoutClaim::Fresh);
+    let (retry, _) = carts::begin_checkout(&db.pool, "t", "b", "k1", hold).await?;
+    assert_eq!(retry, CheckoutClaim::Renewed);
+    carts::end_checkout(&db.pool, "t", "b", "k1", until.expect("claimed")).await?;
+    let (other, _) = carts::begin_checkout(&db.pool, "t", "b", "k2", hold).await?;
+    assert_eq!(other, CheckoutClaim::Busy, "the retry still holds the cart");
+    Ok(())
+}
