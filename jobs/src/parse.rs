@@ -245,6 +245,17 @@ impl<'a> LineCounter<'a> {
     }
 }
 
+/// A cell's text as an error quotes it: a card number pasted into a cell is withheld —
+/// errors are kept in `job_errors` and shown by the API and the CLI (second review,
+/// twelfth session: `4111 1111 1111 1111` in `price_minor` was stored in plain text).
+fn shown(cell: &str) -> String {
+    if souk_pipelines::pan::looks_like_pan(cell) {
+        "(a value that looks like a card number, withheld)".to_owned()
+    } else {
+        format!("{cell:?}")
+    }
+}
+
 fn csv_row(
     record: &csv::StringRecord,
     columns: &HashMap<String, usize>,
@@ -261,7 +272,7 @@ fn csv_row(
     let int = |name: &str, bad: &mut Vec<String>| match cell(name).trim().parse::<i64>() {
         Ok(v) => v,
         Err(_) => {
-            bad.push(format!("{name}: {:?} is not an integer", cell(name)));
+            bad.push(format!("{name}: {} is not an integer", shown(cell(name))));
             0
         }
     };
@@ -270,7 +281,7 @@ fn csv_row(
     let currency = match cell("currency").trim().parse() {
         Ok(c) => Some(c),
         Err(_) => {
-            bad.push(format!("currency: {:?} is not an ISO 4217 code", cell("currency")));
+            bad.push(format!("currency: {} is not an ISO 4217 code", shown(cell("currency"))));
             None
         }
     };
@@ -287,7 +298,7 @@ fn csv_row(
             Ok(v) => {
                 attributes.insert(key.to_owned(), v);
             }
-            Err(why) => bad.push(format!("attributes.{key}: {raw:?} {why}")),
+            Err(why) => bad.push(format!("attributes.{key}: {} {why}", shown(raw))),
         }
     }
     let images =
@@ -353,6 +364,24 @@ mod tests {
         assert_eq!(p.rows.len(), 1);
         assert_eq!(p.rows[0].line, 1);
         assert_eq!(p.errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![3, 4]);
+    }
+
+    /// Second review (twelfth session): a cell that failed to parse was quoted in the
+    /// row's error, kept in `job_errors`: a card number pasted there was stored.
+    #[test]
+    fn a_card_number_in_a_bad_cell_is_withheld_from_the_rows_error() {
+        let file = "sku,title,category,price_minor,currency,stock,attr.capacity_ml,attr.material\n\
+                    m1,Mug,home/kitchen/mugs,4111 1111 1111 1111,EUR,3,350,ceramic\n\
+                    m2,Mug,home/kitchen/mugs,1299,EUR,3,4111-1111-1111-1111,ceramic\n\
+                    m3,Mug,home/kitchen/mugs,12.5,EUR,3,350,ceramic\n";
+        let p = parse(file.as_bytes(), Format::Csv).expect("parses");
+        let reasons: Vec<&str> = p.errors.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        for reason in &reasons[..2] {
+            assert!(!souk_pipelines::pan::looks_like_pan(reason), "{reason}");
+            assert!(reason.contains("withheld"), "{reason}");
+        }
+        assert!(reasons[2].contains("\"12.5\""), "other values are still quoted: {}", reasons[2]);
     }
 
     #[test]

@@ -89,6 +89,11 @@ pub fn parse(pairs: &[(String, String)]) -> Result<SearchParams, Vec<FieldError>
                 "" => {}
                 v if v.len() > MAX_QUERY_BYTES => err(name, format!("at most {MAX_QUERY_BYTES} bytes")),
                 v if v.chars().any(char::is_control) => err(name, "contains control characters".into()),
+                // Never a product search, and the query text goes on to the search engine
+                // and its logs (second review, twelfth session).
+                v if souk_pipelines::pan::looks_like_pan(v) => {
+                    err(name, "looks like a card number: it is not searched for".into())
+                }
                 v => p.q = Some(v.to_owned()),
             },
             "category" => match text(value) {
@@ -222,6 +227,12 @@ mod tests {
         assert_eq!(p.attributes["color"], "red");
         assert_eq!((p.sort, p.per_page, p.in_stock), (Sort::PriceDesc, 100, Some(true)));
         assert_eq!(parse(&[]).unwrap().per_page, DEFAULT_PER_PAGE);
+    }
+
+    #[test]
+    fn a_card_number_is_never_searched_for() {
+        assert_eq!(fields(&[("q", "4111 1111 1111 1111")]), ["q"]);
+        assert!(parse(&pairs(&[("q", "mug 330 ml")])).is_ok());
     }
 
     #[test]
