@@ -14,8 +14,20 @@ use super::Error;
 
 /// Sends of one step's command before the sweeper gives up on it and compensates (for
 /// the steps it gives up: `orders::saga::State::gives_up`); a saga sent more often is
-/// `stuck` in views (the literal in [`VIEW_COLUMNS`] and [`list`]).
+/// `stuck` in views (the literal in [`stuck_sql`]).
 pub const MAX_ATTEMPTS: i32 = 3;
+
+/// Whether a saga is `stuck` (SQL over a `sagas` row), for views and `list --stuck`:
+/// past its deadline, sent more than [`MAX_ATTEMPTS`] times — or confirmed and still
+/// not shipped by every seller a week after it was placed. The fulfilment request is
+/// sent again every day without end (a seller may ship late), so nothing else shows an
+/// operator the order a seller never ships (review, twelfth session).
+macro_rules! stuck_sql {
+    () => {
+        "(coalesce(deadline < now(), false) or (attempt > 3 and state <> 'fulfilling')
+          or (state = 'fulfilling' and created_at < now() - interval '7 days'))"
+    };
+}
 
 /// A saga to create with its order.
 #[derive(Debug, Clone)]
@@ -320,9 +332,11 @@ pub struct SagaView {
     pub steps: Vec<Step>,
 }
 
-const VIEW_COLUMNS: &str =
-    "order_id, tenant, state, attempt, deadline, reason, (coalesce(deadline < now(), false) or (attempt > 3 and state <> 'fulfilling')) as stuck,
-     version, created_at, updated_at";
+const VIEW_COLUMNS: &str = concat!(
+    "order_id, tenant, state, attempt, deadline, reason, ",
+    stuck_sql!(),
+    " as stuck, version, created_at, updated_at"
+);
 
 fn view_of(r: &PgRow) -> Result<SagaView, Error> {
     Ok(SagaView {
@@ -374,8 +388,8 @@ pub async fn view_on(conn: &mut PgConnection, order_id: Uuid) -> Result<Option<S
     Ok(Some(view))
 }
 
-/// The newest `limit` sagas (without steps), in `state` when given, only those past
-/// their deadline with `stuck`.
+/// The newest `limit` sagas (without steps), in `state` when given, only the stuck ones
+/// with `stuck`.
 pub async fn list(
     db: impl PgExecutor<'_>,
     state: Option<&str>,
@@ -383,9 +397,11 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<SagaView>, Error> {
     let sql = format!(
-        "select {VIEW_COLUMNS} from sagas
-         where ($1::text is null or state = $1) and (not $2 or deadline < now() or (attempt > 3 and state <> 'fulfilling'))
-         order by updated_at desc, order_id limit $3"
+        "select {} from sagas
+         where ($1::text is null or state = $1) and (not $2 or {})
+         order by updated_at desc, order_id limit $3",
+        VIEW_COLUMNS,
+        stuck_sql!()
     );
     let rows =
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(state).bind(stuck).bind(limit).fetch_all(db).await?;
@@ -399,6 +415,7 @@ mod tests {
     #[test]
     fn stuck_counts_the_sweepers_attempts() {
         let past = format!("attempt > {MAX_ATTEMPTS} and state <> 'fulfilling'");
-        assert!(VIEW_COLUMNS.contains(&past), "{VIEW_COLUMNS}");
+        assert!(stuck_sql!().contains(&past), "{}", stuck_sql!());
+        assert!(VIEW_COLUMNS.contains(stuck_sql!()), "{VIEW_COLUMNS}");
     }
 }

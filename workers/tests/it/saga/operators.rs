@@ -59,3 +59,28 @@ async fn operators_retry_and_compensate_and_each_action_is_recorded() -> anyhow:
     );
     Ok(())
 }
+
+/// Review (twelfth session): a confirmed order a seller never ships is asked for again
+/// every day without end, and `stuck` never showed it (its deadline moves on, its
+/// attempts do not count): nothing told an operator. A week after it was placed, it is.
+#[tokio::test]
+async fn a_confirmed_order_unshipped_for_a_week_lists_as_stuck() -> anyhow::Result<()> {
+    use souk_stores::postgres::sagas;
+
+    let env = SagaEnv::start().await?;
+    let (late, fresh) = (order(&[("SKU-A", "s1", 1, 700)]), order(&[("SKU-B", "s1", 1, 700)]));
+    for cmd in [&late, &fresh] {
+        env.place(cmd).await?;
+        super::drive_to(&env, cmd, "fulfilling").await?;
+    }
+    let pool = &env.db.pool;
+    sqlx::query("update sagas set created_at = now() - interval '8 days' where order_id = $1")
+        .bind(late.order_id)
+        .execute(pool)
+        .await?;
+    let stuck: Vec<uuid::Uuid> =
+        sagas::list(pool, None, true, 10).await?.iter().map(|s| s.order_id).collect();
+    assert_eq!(stuck, [late.order_id], "only the week-old one");
+    assert!(env.saga(late.order_id).await?.stuck && !env.saga(fresh.order_id).await?.stuck);
+    Ok(())
+}
