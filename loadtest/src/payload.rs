@@ -111,7 +111,7 @@ impl Sample {
             // As the catalog pool does: the product's stock is its units available, which
             // the saga's reservation takes from (without a stock row every order ends
             // cancelled, out of stock, after the reserve step).
-            souk_stores::postgres::inventory::set_available(&mut tx, TENANT, sku, STOCK, None).await?;
+            souk_stores::postgres::inventory::set_available(&mut tx, TENANT, sku, STOCK, None, false).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -132,7 +132,7 @@ pub async fn seed(pool: &sqlx::PgPool, tenant: &str, products: &[Product]) -> an
         store::put(&mut tx, tenant, &p.sku, &p.seller, &p.fields, version, chrono::Utc::now()).await?;
         // As the catalog pool does: a product's stock is its on-hand units, which the
         // inventory pool reserves from (without it every saga is "out of stock").
-        souk_stores::postgres::inventory::set_available(&mut tx, tenant, &p.sku, p.fields.stock, None)
+        souk_stores::postgres::inventory::set_available(&mut tx, tenant, &p.sku, p.fields.stock, None, false)
             .await?;
     }
     tx.commit().await?;

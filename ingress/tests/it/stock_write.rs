@@ -52,6 +52,10 @@ async fn a_stock_write_carries_the_held_and_sold_units_it_was_accepted_beside() 
         .map(|(_, schema, payload)| souk_pipelines::decode(Some(&schema), &payload))
         .collect::<Result<_, _>>()?;
     let bases: Vec<Option<StockBasis>> = writes.iter().map(|w| w.stock_basis).collect();
-    assert_eq!(bases, [Some(StockBasis { held: 3, sold: 1 }), None], "a patch without stock carries none");
+    assert_eq!(
+        bases,
+        [Some(StockBasis { held: 3, sold: 1, withdrawn: 0 }), None],
+        "a patch without stock carries none"
+    );
     Ok(())
 }

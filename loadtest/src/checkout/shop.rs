@@ -58,7 +58,7 @@ pub async fn seed(pool: &sqlx::PgPool, skus: usize, sellers: usize) -> anyhow::R
             images: Vec::new(),
         };
         products::put(&mut tx, TENANT, &sku, &seller, &fields, 1, chrono::Utc::now()).await?;
-        inventory::set_available(&mut tx, TENANT, &sku, STOCK, None).await?;
+        inventory::set_available(&mut tx, TENANT, &sku, STOCK, None, false).await?;
     }
     tx.commit().await?;
     // Statistics, as a shop that has been running has them: the run is over before

@@ -117,16 +117,21 @@ pub struct WriteProduct {
 }
 
 /// What a SKU's stock row counted when a write of its `stock` was accepted. `stock` is
-/// the units available then, beside `held`; applied later (the command waits in CMD,
-/// an import's rows wait their chunk), the units on hand are `stock + held - (sold now -
-/// sold)`: holds made since came out of the stock written, and units sold since came
-/// out of the holds or the stock of then. Without it (read at apply), a write racing new
+/// the units available then, beside the units held that are on the shelf (`held -
+/// withdrawn`); applied later (the command waits in CMD, an import's rows wait their
+/// chunk), the units on the shelf are `stock + held - withdrawn - (sold now - sold)`:
+/// holds made since came out of the stock written, and units sold since came out of
+/// the holds or the stock of then. Without it (read at apply), a write racing new
 /// holds counted them twice — units for sale that no shelf held (review, twelfth
 /// session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct StockBasis {
     pub held: i64,
     pub sold: i64,
+    /// Of `held`, the units a seller took away (promised, not on the shelf): not beside
+    /// the stock written.
+    #[serde(default)]
+    pub withdrawn: i64,
 }
 
 impl WriteProduct {

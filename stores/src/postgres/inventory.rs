@@ -356,49 +356,61 @@ pub async fn apply(
 /// Set `sku`'s units available to buy from a seller's write of its `stock`: the figure
 /// a product read shows (`GET /v1/products/{sku}`: held units excluded), so a seller
 /// who writes back what they read changes nothing. Units held for checkouts stay
-/// promised beside it: on hand = `available` + the units held when the write was
-/// accepted (`basis`) − the units sold since; holds made since came out of `available`
-/// (without a basis, the units held now). Promises beyond it — holds made since for
-/// more than the seller now states — stay kept: on hand = held (available 0), the
-/// difference `withdrawn`, leaving on hand as those holds are released. Review
-/// (twelfth session): the write set on hand, so writing back the available figure read
-/// took the held units off sale for good. Call under the catalog's SKU lock.
+/// promised beside it. The units on the shelf are the stock written + the units held
+/// on the shelf when the write was accepted (`basis`: held − withdrawn) − the units
+/// sold since; holds made since came out of the stock written (without a basis, those
+/// of now). Units a seller withdrew stay withdrawn (still promised, not on the shelf),
+/// and promises beyond the shelf are withdrawn too (on hand = held, available 0): on
+/// hand = shelf + withdrawn. A product created again after its deletion (`revived`)
+/// counts every held unit as on the shelf again, its withdrawals forgotten. Reviews
+/// (twelfth session): a write set on hand, so writing back the available figure read
+/// took the held units off sale for good; counted beside the holds at apply time, a
+/// hold made while the write waited was counted twice; recomputed from nothing, a
+/// write-back forgot the units withdrawn, and a shelf sold below zero broke
+/// `withdrawn <= held` (the write was dead-lettered). Call under the catalog's SKU lock.
 pub async fn set_available(
     tx: &mut PgConnection,
     tenant: &str,
     sku: &str,
     available: i64,
     basis: Option<StockBasis>,
+    revived: bool,
 ) -> Result<(), Error> {
-    sqlx::query(
+    // $6: revived. The shelf: the stock written + held then − withdrawn then − sold since.
+    const SHELF: &str = "(excluded.on_hand + coalesce($4, stock.held)
+                          - (case when $6 then 0 else coalesce($7, stock.withdrawn) end)
+                          - (stock.sold - coalesce($5, stock.sold)))";
+    const KEPT: &str = "(case when $6 then 0 else stock.withdrawn end)";
+    let sql = format!(
         "insert into stock (tenant, sku, on_hand) values ($1, $2, $3)
          on conflict (tenant, sku) do update set
-             on_hand = greatest(excluded.on_hand + coalesce($4, stock.held) - (stock.sold - coalesce($5, stock.sold)),
-                                stock.held),
-             withdrawn = greatest(stock.held - (excluded.on_hand + coalesce($4, stock.held)
-                                                - (stock.sold - coalesce($5, stock.sold))), 0),
-             updated_at = now()",
-    )
-    .bind(tenant)
-    .bind(sku)
-    .bind(available)
-    .bind(basis.map(|b| b.held))
-    .bind(basis.map(|b| b.sold))
-    .execute(tx)
-    .await?;
+             on_hand = greatest({SHELF}, 0) + least(stock.held, greatest({KEPT}, stock.held - {SHELF})),
+             withdrawn = least(stock.held, greatest({KEPT}, stock.held - {SHELF})),
+             updated_at = now()"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        .bind(sku)
+        .bind(available)
+        .bind(basis.map(|b| b.held))
+        .bind(basis.map(|b| b.sold))
+        .bind(revived)
+        .bind(basis.map(|b| b.withdrawn))
+        .execute(tx)
+        .await?;
     Ok(())
 }
 
 /// What `sku`'s stock row counts now, as the basis of a write of its stock being
 /// accepted (nothing held or sold when it has no row).
 pub async fn basis(db: impl PgExecutor<'_>, tenant: &str, sku: &str) -> Result<StockBasis, Error> {
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("select held, sold from stock where tenant = $1 and sku = $2")
+    let row: Option<(i64, i64, i64)> =
+        sqlx::query_as("select held, sold, withdrawn from stock where tenant = $1 and sku = $2")
             .bind(tenant)
             .bind(sku)
             .fetch_optional(db)
             .await?;
-    Ok(row.map(|(held, sold)| StockBasis { held, sold }).unwrap_or_default())
+    Ok(row.map(|(held, sold, withdrawn)| StockBasis { held, sold, withdrawn }).unwrap_or_default())
 }
 
 /// [`basis`] of each of `skus` (an import's chunk), in one query.
@@ -407,13 +419,16 @@ pub async fn bases(
     tenant: &str,
     skus: &[String],
 ) -> Result<std::collections::HashMap<String, StockBasis>, Error> {
-    let rows: Vec<(String, i64, i64)> =
-        sqlx::query_as("select sku, held, sold from stock where tenant = $1 and sku = any($2)")
+    let rows: Vec<(String, i64, i64, i64)> =
+        sqlx::query_as("select sku, held, sold, withdrawn from stock where tenant = $1 and sku = any($2)")
             .bind(tenant)
             .bind(skus)
             .fetch_all(db)
             .await?;
-    Ok(rows.into_iter().map(|(sku, held, sold)| (sku, StockBasis { held, sold })).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(sku, held, sold, withdrawn)| (sku, StockBasis { held, sold, withdrawn }))
+        .collect())
 }
 
 /// A deleted product has nothing to sell: nothing is available, and units held for

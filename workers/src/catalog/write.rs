@@ -112,8 +112,11 @@ pub async fn apply(tx: &mut PgConnection, cmd: &WriteProduct) -> Result<(), pg::
             // — but only when this write states it. A patch of the price keeps the
             // stored fields' stock, which is the seller's last figure, not what is left
             // after sales: setting it again would put sold units back on sale.
+            // A product created again after its deletion starts its shelf afresh.
             if states_stock {
-                inventory::set_available(tx, &cmd.tenant, &cmd.sku, fields.stock, cmd.stock_basis).await?;
+                let revived = stored.as_ref().is_none_or(|s| s.is_deleted());
+                inventory::set_available(tx, &cmd.tenant, &cmd.sku, fields.stock, cmd.stock_basis, revived)
+                    .await?;
             }
             (Outcome::Applied { version }, Some(Some(product)))
         }

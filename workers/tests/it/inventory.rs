@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use souk_pipelines::{
     Message,
+    catalog::StockBasis,
     fulfilment::{FulfilmentLine, MarkShipped, RequestFulfilment},
     inventory::{CommitStock, ReleaseStock, ReserveStock, StockLine},
 };
@@ -65,7 +66,23 @@ impl Env {
     /// A seller's write of `sku`'s stock: `available` units to sell beside the holds.
     async fn stock(&self, sku: &str, available: i64) -> anyhow::Result<()> {
         let mut tx = self.db.pool.begin().await?;
-        inv::set_available(&mut tx, TENANT, sku, available, None).await?;
+        inv::set_available(&mut tx, TENANT, sku, available, None, false).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// `sku` created again after its deletion, with `available` units to sell.
+    async fn recreate(&self, sku: &str, available: i64) -> anyhow::Result<()> {
+        let mut tx = self.db.pool.begin().await?;
+        inv::set_available(&mut tx, TENANT, sku, available, None, true).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A seller's write of `sku`'s stock accepted when the row counted `basis`.
+    async fn stock_from(&self, sku: &str, available: i64, basis: StockBasis) -> anyhow::Result<()> {
+        let mut tx = self.db.pool.begin().await?;
+        inv::set_available(&mut tx, TENANT, sku, available, Some(basis), false).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -553,7 +570,7 @@ async fn a_product_deleted_and_created_again_keeps_every_unit_it_states() -> any
     env.send(&reserve(a, &[("P", 2)], in_an_hour())).await?;
     env.wait_for(a, "souk.evt.inventory.reserved", |_| true).await?;
     env.withdraw("P").await?;
-    env.stock("P", 5).await?; // created again: 5 for sale beside a's 2
+    env.recreate("P", 5).await?; // created again: 5 for sale beside a's 2
     env.send(&reserve(b, &[("P", 5)], in_an_hour())).await?;
     env.wait_for(b, "souk.evt.inventory.reserved", |_| true).await?;
     env.send(&CommitStock { tenant: TENANT.into(), order_id: a }).await?;
@@ -563,6 +580,50 @@ async fn a_product_deleted_and_created_again_keeps_every_unit_it_states() -> any
     env.quiet().await?;
     let s = env.counts("P").await?;
     assert_eq!((s.held, s.sold, s.available()), (0, 2, 5), "b's 5 back on sale: {s:?}");
+    env.shutdown().await;
+    Ok(())
+}
+
+/// Third review (twelfth session): a write recomputed `withdrawn` from nothing, so a
+/// seller who wrote back the stock read (0 available, 3 of the 5 held withdrawn) put the
+/// withdrawn units on the shelf again; and units sold while a write of "0" waited made
+/// the shelf negative, broke `withdrawn <= held`, and the write was dead-lettered.
+#[tokio::test]
+async fn withdrawn_units_stay_withdrawn_through_a_write_back_and_a_shelf_never_goes_below_zero()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    env.stock("W", 10).await?;
+    let accepted = inv::basis(&env.db.pool, TENANT, "W").await?;
+    let a = Uuid::now_v7();
+    env.send(&reserve(a, &[("W", 5)], in_an_hour())).await?;
+    env.wait_for(a, "souk.evt.inventory.reserved", |_| true).await?;
+    env.stock_from("W", 2, accepted).await?; // "2 left", accepted before a's hold
+    let s = env.counts("W").await?;
+    assert_eq!((s.on_hand, s.held, s.withdrawn, s.available()), (5, 5, 3, 0), "a's 5: 2 real, 3 withdrawn");
+    let read = env.counts("W").await?;
+    let basis = StockBasis { held: read.held, sold: read.sold, withdrawn: read.withdrawn };
+    env.stock_from("W", read.available(), basis).await?; // written back as read
+    let s = env.counts("W").await?;
+    assert_eq!((s.on_hand, s.held, s.withdrawn, s.available()), (5, 5, 3, 0), "nothing changed");
+    // One more found on the shelf: 1 available, the withdrawn units still withdrawn.
+    env.stock_from("W", 1, basis).await?;
+    let s = env.counts("W").await?;
+    assert_eq!((s.on_hand, s.held, s.withdrawn, s.available()), (6, 5, 3, 1));
+    env.send(&ReleaseStock { tenant: TENANT.into(), order_id: a, reason: "declined".into() }).await?;
+    env.wait_for(a, "souk.evt.inventory.released", |e| e["released"] == true).await?;
+    env.quiet().await?;
+    assert_eq!(env.counts("W").await?.available(), 3, "the 1, and a's 2 that were on the shelf");
+
+    // "0 left" accepted; 2 sold before it applies: the shelf is empty, never below.
+    let accepted = inv::basis(&env.db.pool, TENANT, "W").await?;
+    let b = Uuid::now_v7();
+    env.send(&reserve(b, &[("W", 2)], in_an_hour())).await?;
+    env.wait_for(b, "souk.evt.inventory.reserved", |_| true).await?;
+    env.send(&CommitStock { tenant: TENANT.into(), order_id: b }).await?;
+    env.wait_for(b, "souk.evt.inventory.committed", |e| e["committed"] == true).await?;
+    env.stock_from("W", 0, accepted).await?;
+    let s = env.counts("W").await?;
+    assert_eq!((s.on_hand, s.held, s.withdrawn, s.available()), (0, 0, 0, 0), "{s:?}");
     env.shutdown().await;
     Ok(())
 }

@@ -29,7 +29,7 @@ async fn inventory() -> anyhow::Result<(TestDb, Inventory)> {
     pg::migrate(&db.pool).await?;
     let mut tx = db.pool.begin().await?;
     for sku in ["a", "b"] {
-        inv::set_available(&mut tx, TENANT, sku, 10, None).await?;
+        inv::set_available(&mut tx, TENANT, sku, 10, None, false).await?;
     }
     tx.commit().await?;
     let handler = Deduplicated::new(db.pool.clone(), CONSUMER, InventoryHandler);

@@ -310,7 +310,7 @@ async fn a_product_written_back_as_read_keeps_its_held_units_for_sale() -> anyho
     if let ProductChange::Put { fields } = &mut again.change {
         fields.stock = read.available();
     }
-    again.stock_basis = Some(StockBasis { held: read.held, sold: read.sold }); // as the ingress reads it
+    again.stock_basis = Some(StockBasis { held: read.held, sold: read.sold, withdrawn: read.withdrawn }); // as the ingress reads it
     assert_eq!(writes.handle(&delivery(&again, 2)).await, Outcome::Ack);
     assert_eq!(stored(&db, "W").await?.map(|(v, _)| v), Some(2), "the write applied");
     let after = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
@@ -359,7 +359,7 @@ async fn a_stock_write_racing_holds_and_sales_never_puts_units_on_sale_twice() -
     );
     // The seller's write is accepted now: 7 available beside the 3 held.
     let basis = inv::basis(&db.pool, "t1", "W").await?;
-    assert_eq!(basis, StockBasis { held: 3, sold: 0 });
+    assert_eq!(basis, StockBasis { held: 3, sold: 0, withdrawn: 0 });
     // While it waits: another buyer holds 2, and the first order is sold.
     assert_eq!(
         send(ReserveStock::SUBJECT, ReserveStock::schema_header(), encode(&reserve(b, 2))).await,
