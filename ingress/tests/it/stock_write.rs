@@ -54,7 +54,7 @@ async fn a_stock_write_carries_the_held_and_sold_units_it_was_accepted_beside() 
     let bases: Vec<Option<StockBasis>> = writes.iter().map(|w| w.stock_basis).collect();
     assert_eq!(
         bases,
-        [Some(StockBasis { held: 3, sold: 1, withdrawn: 0 }), None],
+        [Some(StockBasis { held: 3, sold: 1, withdrawn: 0, revives: false }), None],
         "a patch without stock carries none"
     );
     Ok(())

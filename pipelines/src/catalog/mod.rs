@@ -132,6 +132,11 @@ pub struct StockBasis {
     /// the stock written.
     #[serde(default)]
     pub withdrawn: i64,
+    /// The product was deleted (or absent): the write creates it again, and every held
+    /// unit counts on its shelf — also when another write revived it before this one
+    /// applies.
+    #[serde(default)]
+    pub revives: bool,
 }
 
 impl WriteProduct {

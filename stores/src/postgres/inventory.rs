@@ -380,7 +380,9 @@ pub async fn set_available(
     const SHELF: &str = "(excluded.on_hand + coalesce($4, stock.held)
                           - (case when $6 then 0 else coalesce($7, stock.withdrawn) end)
                           - (stock.sold - coalesce($5, stock.sold)))";
-    const KEPT: &str = "(case when $6 then 0 else stock.withdrawn end)";
+    // Withdrawn units stay withdrawn — but not more than the basis knew of: withdrawals
+    // since were made by writes this one supersedes (fourth review).
+    const KEPT: &str = "(case when $6 then 0 else least(stock.withdrawn, coalesce($7, stock.withdrawn)) end)";
     let sql = format!(
         "insert into stock (tenant, sku, on_hand) values ($1, $2, $3)
          on conflict (tenant, sku) do update set
@@ -402,15 +404,12 @@ pub async fn set_available(
 }
 
 /// What `sku`'s stock row counts now, as the basis of a write of its stock being
-/// accepted (nothing held or sold when it has no row).
+/// accepted (nothing held or sold when it has no row), and whether the write revives
+/// the product (deleted or absent now).
 pub async fn basis(db: impl PgExecutor<'_>, tenant: &str, sku: &str) -> Result<StockBasis, Error> {
-    let row: Option<(i64, i64, i64)> =
-        sqlx::query_as("select held, sold, withdrawn from stock where tenant = $1 and sku = $2")
-            .bind(tenant)
-            .bind(sku)
-            .fetch_optional(db)
-            .await?;
-    Ok(row.map(|(held, sold, withdrawn)| StockBasis { held, sold, withdrawn }).unwrap_or_default())
+    let skus = [sku.to_owned()];
+    let mut found = bases(db, tenant, &skus).await?;
+    Ok(found.remove(sku).unwrap_or(StockBasis { revives: true, ..StockBasis::default() }))
 }
 
 /// [`basis`] of each of `skus` (an import's chunk), in one query.
@@ -419,15 +418,20 @@ pub async fn bases(
     tenant: &str,
     skus: &[String],
 ) -> Result<std::collections::HashMap<String, StockBasis>, Error> {
-    let rows: Vec<(String, i64, i64, i64)> =
-        sqlx::query_as("select sku, held, sold, withdrawn from stock where tenant = $1 and sku = any($2)")
-            .bind(tenant)
-            .bind(skus)
-            .fetch_all(db)
-            .await?;
+    let rows: Vec<(String, i64, i64, i64, bool)> = sqlx::query_as(
+        "select k.sku, coalesce(s.held, 0), coalesce(s.sold, 0), coalesce(s.withdrawn, 0),
+                p.sku is null or p.deleted_at is not null
+         from unnest($2::text[]) as k(sku)
+         left join stock s on s.tenant = $1 and s.sku = k.sku
+         left join products p on p.tenant = $1 and p.sku = k.sku",
+    )
+    .bind(tenant)
+    .bind(skus)
+    .fetch_all(db)
+    .await?;
     Ok(rows
         .into_iter()
-        .map(|(sku, held, sold, withdrawn)| (sku, StockBasis { held, sold, withdrawn }))
+        .map(|(sku, held, sold, withdrawn, revives)| (sku, StockBasis { held, sold, withdrawn, revives }))
         .collect())
 }
 

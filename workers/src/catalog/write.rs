@@ -114,7 +114,8 @@ pub async fn apply(tx: &mut PgConnection, cmd: &WriteProduct) -> Result<(), pg::
             // after sales: setting it again would put sold units back on sale.
             // A product created again after its deletion starts its shelf afresh.
             if states_stock {
-                let revived = stored.as_ref().is_none_or(|s| s.is_deleted());
+                let revived = stored.as_ref().is_none_or(|s| s.is_deleted())
+                    || cmd.stock_basis.is_some_and(|b| b.revives);
                 inventory::set_available(tx, &cmd.tenant, &cmd.sku, fields.stock, cmd.stock_basis, revived)
                     .await?;
             }

@@ -601,7 +601,7 @@ async fn withdrawn_units_stay_withdrawn_through_a_write_back_and_a_shelf_never_g
     let s = env.counts("W").await?;
     assert_eq!((s.on_hand, s.held, s.withdrawn, s.available()), (5, 5, 3, 0), "a's 5: 2 real, 3 withdrawn");
     let read = env.counts("W").await?;
-    let basis = StockBasis { held: read.held, sold: read.sold, withdrawn: read.withdrawn };
+    let basis = StockBasis { held: read.held, sold: read.sold, withdrawn: read.withdrawn, revives: false };
     env.stock_from("W", read.available(), basis).await?; // written back as read
     let s = env.counts("W").await?;
     assert_eq!((s.on_hand, s.held, s.withdrawn, s.available()), (5, 5, 3, 0), "nothing changed");
@@ -624,6 +624,28 @@ async fn withdrawn_units_stay_withdrawn_through_a_write_back_and_a_shelf_never_g
     env.stock_from("W", 0, accepted).await?;
     let s = env.counts("W").await?;
     assert_eq!((s.on_hand, s.held, s.withdrawn, s.available()), (0, 0, 0, 0), "{s:?}");
+    env.shutdown().await;
+    Ok(())
+}
+
+/// Fourth review (twelfth session): a write kept the units withdrawn at apply time,
+/// also those an earlier write it supersedes withdrew after its basis was read — units
+/// it already counted on its shelf, kept withdrawn on top: 3 oversold.
+#[tokio::test]
+async fn a_write_does_not_keep_withdrawals_made_by_the_write_it_supersedes() -> anyhow::Result<()> {
+    let env = env().await?;
+    env.stock("S", 10).await?;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    env.send(&reserve(a, &[("S", 5)], in_an_hour())).await?;
+    env.wait_for(a, "souk.evt.inventory.reserved", |_| true).await?;
+    let first = inv::basis(&env.db.pool, TENANT, "S").await?; // "0 left", accepted now
+    env.send(&reserve(b, &[("S", 3)], in_an_hour())).await?;
+    env.wait_for(b, "souk.evt.inventory.reserved", |_| true).await?;
+    let second = inv::basis(&env.db.pool, TENANT, "S").await?; // "2 left", accepted now
+    env.stock_from("S", 0, first).await?;
+    env.stock_from("S", 2, second).await?;
+    let s = env.counts("S").await?;
+    assert_eq!((s.on_hand, s.held, s.withdrawn, s.available()), (10, 8, 0, 2), "{s:?}");
     env.shutdown().await;
     Ok(())
 }

@@ -310,7 +310,8 @@ async fn a_product_written_back_as_read_keeps_its_held_units_for_sale() -> anyho
     if let ProductChange::Put { fields } = &mut again.change {
         fields.stock = read.available();
     }
-    again.stock_basis = Some(StockBasis { held: read.held, sold: read.sold, withdrawn: read.withdrawn }); // as the ingress reads it
+    again.stock_basis =
+        Some(StockBasis { held: read.held, sold: read.sold, withdrawn: read.withdrawn, revives: false }); // as the ingress reads it
     assert_eq!(writes.handle(&delivery(&again, 2)).await, Outcome::Ack);
     assert_eq!(stored(&db, "W").await?.map(|(v, _)| v), Some(2), "the write applied");
     let after = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
@@ -359,7 +360,7 @@ async fn a_stock_write_racing_holds_and_sales_never_puts_units_on_sale_twice() -
     );
     // The seller's write is accepted now: 7 available beside the 3 held.
     let basis = inv::basis(&db.pool, "t1", "W").await?;
-    assert_eq!(basis, StockBasis { held: 3, sold: 0, withdrawn: 0 });
+    assert_eq!(basis, StockBasis { held: 3, sold: 0, withdrawn: 0, revives: false });
     // While it waits: another buyer holds 2, and the first order is sold.
     assert_eq!(
         send(ReserveStock::SUBJECT, ReserveStock::schema_header(), encode(&reserve(b, 2))).await,
@@ -384,5 +385,54 @@ async fn a_stock_write_racing_holds_and_sales_never_puts_units_on_sale_twice() -
     );
     let s = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
     assert_eq!(s.on_hand + s.sold, 10, "every unit sellable or sold is on the shelf: {s:?}");
+    Ok(())
+}
+
+/// Fourth review (twelfth session): two writes accepted while the product was deleted,
+/// applied after the first had created it again — the second was no longer a revival at
+/// apply, so it took the held units its basis read as withdrawn off its shelf again.
+#[tokio::test]
+async fn two_writes_accepted_while_a_product_was_deleted_both_count_its_held_units() -> anyhow::Result<()> {
+    use souk_pipelines::inventory::{ReserveStock, StockLine};
+    use souk_stores::postgres::inventory as inv;
+    use souk_workers::inventory::{CONSUMER, InventoryHandler};
+
+    let (db, writes) = writes().await?;
+    let inventory = Deduplicated::new(db.pool.clone(), CONSUMER, InventoryHandler);
+    let mut first = put("W", "mug", 0);
+    if let ProductChange::Put { fields } = &mut first.change {
+        fields.stock = 10;
+    }
+    assert_eq!(writes.handle(&delivery(&first, 1)).await, Outcome::Ack);
+    let reserve = ReserveStock {
+        tenant: "t1".into(),
+        order_id: uuid::Uuid::now_v7(),
+        lines: vec![StockLine { sku: "W".into(), quantity: 3 }],
+        hold_until: chrono::Utc::now() + chrono::Duration::minutes(10),
+    };
+    let d = crate::delivered(
+        CONSUMER,
+        ReserveStock::SUBJECT,
+        &ReserveStock::schema_header(),
+        &encode(&reserve),
+        "CMD",
+        10,
+    );
+    assert_eq!(inventory.handle(&d).await, Outcome::Ack);
+    let delete =
+        WriteProduct { write_id: uuid::Uuid::new_v4(), change: ProductChange::Delete, ..put("W", "mug", 1) };
+    assert_eq!(writes.handle(&delivery(&delete, 2)).await, Outcome::Ack);
+    let basis = inv::basis(&db.pool, "t1", "W").await?;
+    assert!(basis.revives && basis.withdrawn == 3, "{basis:?}");
+    for (at, seq) in [(2, 3), (3, 4)] {
+        let mut again = put("W", "mug", at);
+        if let ProductChange::Put { fields } = &mut again.change {
+            fields.stock = 5;
+        }
+        again.stock_basis = Some(basis);
+        assert_eq!(writes.handle(&delivery(&again, seq)).await, Outcome::Ack);
+    }
+    let s = inv::stock(&db.pool, "t1", "W").await?.ok_or_else(|| anyhow::anyhow!("no stock row"))?;
+    assert_eq!((s.on_hand, s.held, s.withdrawn, s.available()), (8, 3, 0, 5), "{s:?}");
     Ok(())
 }
