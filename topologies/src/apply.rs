@@ -235,7 +235,9 @@ fn refused_update(name: &str, drift: &[Drift], e: impl fmt::Display) -> Error {
     Error::Nats(format!(
         "update stream {name}: {e}. It differs in {}. A change JetStream cannot make in place \
          needs the stream created anew: let its consumers drain it, remove it \
-         (with the nats CLI: `nats stream rm {name}`; for `souk dev`, a fresh --data-dir does it), then apply again",
+         (with the nats CLI: `nats stream rm {name}`; for `souk dev`, a fresh --data-dir does it), then apply again \
+         at once — the outbox relay parks rows it cannot publish to a missing stream after a minute \
+         (`souk outbox parked` lists them, `souk outbox requeue --all` sends them once the stream is back)",
         fields.join(", ")
     ))
 }

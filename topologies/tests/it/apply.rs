@@ -82,6 +82,9 @@ async fn a_change_jetstream_cannot_make_in_place_fails_clearly_and_changes_nothi
     assert!(text.contains("update stream CMD"), "{text}");
     assert!(text.contains("retention (live WorkQueue, declared Limits)"), "{text}");
     assert!(text.contains("nats stream rm CMD"), "{text}");
+    // The way forward says what a missing stream costs meanwhile (review, twelfth
+    // session: an operator taking minutes over it found orders parked and cancelled).
+    assert!(text.contains("souk outbox requeue"), "{text}");
     let mut cmd = js.get_stream("CMD").await?;
     let info = cmd.info().await?;
     assert_eq!(info.config.retention, async_nats::jetstream::stream::RetentionPolicy::WorkQueue);
