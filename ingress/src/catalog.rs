@@ -286,12 +286,7 @@ impl WriteRequest {
         }
         // A write of the stock counts it beside the units held now (and sold since by
         // the time it applies): `StockBasis`.
-        let states_stock = match &change {
-            ProductChange::Put { .. } => true,
-            ProductChange::Patch { patch } => patch.stock.is_some(),
-            ProductChange::Delete => false,
-        };
-        let stock_basis = match states_stock {
+        let stock_basis = match change.states_stock() {
             true => Some(
                 souk_stores::postgres::inventory::basis(&state.pool, &claims.tenant, &self.sku)
                     .await

@@ -78,7 +78,8 @@ const CHECKOUT_SHAPE: Shape =
 /// stored the command; the cart is emptied then. Lines that cannot be ordered are 422,
 /// each named by its place in `GET /v1/cart` (`items[i].sku`); an empty cart is 422
 /// `empty-cart`; another total or currency than `expected_total_minor` and
-/// `expected_currency` is 409 with the current prices. Retry with the same `Idempotency-Key`: the same cart is the same order (also
+/// `expected_currency` is 409 with the current prices. Retry with the same
+/// `Idempotency-Key`: the same cart is the same order (also
 /// once the cart was emptied by it); another cart under the key is 422. While a
 /// checkout of the cart under another key is under way, 409 `checkout-in-progress`.
 #[utoipa::path(

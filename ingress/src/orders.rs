@@ -84,9 +84,9 @@ pub struct StoredOrder {
 /// is an unknown field (400). Lines that cannot be ordered (unknown or deleted SKU,
 /// more than the stock, a SKU twice, another currency than the other lines) are 422,
 /// each named (`lines[i].sku`). With `expected_total_minor` and `expected_currency`,
-/// another total or currency is 409 with the current prices (`current`). 202 once JetStream has stored the command. Retry
-/// with the same `Idempotency-Key` after a 503 or a lost answer: a retry never creates
-/// a second order.
+/// another total or currency is 409 with the current prices (`current`). 202 once
+/// JetStream has stored the command. Retry with the same `Idempotency-Key` after a 503
+/// or a lost answer: a retry never creates a second order.
 #[utoipa::path(
     post,
     path = "/v1/orders",
@@ -254,7 +254,8 @@ pub(crate) fn idempotency_key(h: &HeaderMap) -> Result<&str, Problem> {
 /// Its stored state — `accepted` while its saga runs, then `confirmed` (paid, with its
 /// sellers), `shipped` (every seller shipped) or `cancelled` with the `reason` for the
 /// buyer; `failed` when its command was dead-lettered (nothing charged; a redrive that
-/// succeeds moves it on; `support` and `admin` read the error as its `reason`) — or `pending` while the command is in flight. `saga` shows
+/// succeeds moves it on; `support` and `admin` read the error as its `reason`) — or
+/// `pending` while the command is in flight. `saga` shows
 /// where the saga is and each step with its time (a buyer sees each step's outcome as a
 /// word — `ok`, `declined`, `failed` …; `support` and `admin` the full log, with the
 /// providers' errors and who acted). Buyers read their own orders; `support` and
@@ -341,7 +342,7 @@ pub async fn get(
 }
 
 /// What a buyer reads of a `failed` order (support reads the error itself).
-pub(crate) const FAILED_FOR_BUYER: &str =
+const FAILED_FOR_BUYER: &str =
     "the order could not be processed and nothing was charged; support has been told";
 
 /// The saga as its buyer sees it: each step's outcome by its first word (`ok`,

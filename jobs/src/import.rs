@@ -68,13 +68,7 @@ impl Import<'_> {
             }
             // Each row's stock counts beside the units held when its chunk is published.
             let skus: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
-            let bases = souk_stores::postgres::inventory::bases(self.pool, &job.tenant, &skus)
-                .await
-                .map_err(|e| match e {
-                    souk_stores::postgres::Error::Database(e)
-                    | souk_stores::postgres::Error::Unavailable(e) => Error::Db(e),
-                    other => Error::Corrupt(other.to_string()),
-                })?;
+            let bases = souk_stores::postgres::inventory::bases(self.pool, &job.tenant, &skus).await?;
             let mut commands = Vec::with_capacity(rows.len());
             for (line, sku, fields) in rows {
                 // Unreadable by this release (a row stored by a newer one, or damaged):

@@ -58,6 +58,19 @@ pub enum Error {
     Stopping,
 }
 
+/// A store error: Postgres's own as [`Error::Db`] (an outage is retried like any other),
+/// stored data that cannot be read as [`Error::Corrupt`].
+impl From<souk_stores::postgres::Error> for Error {
+    fn from(e: souk_stores::postgres::Error) -> Self {
+        match e {
+            souk_stores::postgres::Error::Database(e) | souk_stores::postgres::Error::Unavailable(e) => {
+                Error::Db(e)
+            }
+            other => Error::Corrupt(other.to_string()),
+        }
+    }
+}
+
 impl Error {
     /// Whether running the job again reads the same thing and fails the same way.
     pub fn is_permanent(&self) -> bool {

@@ -163,10 +163,11 @@ fn lowest(floors: &Floors) -> Option<u64> {
 /// also purges subject by subject (see [`purge_acked_with`]).
 pub const CROWDED: f64 = 0.25;
 
-/// Whether `info`'s stream holds [`CROWDED`] of one of its limits or more.
-fn crowded(info: &jetstream::stream::Info) -> bool {
-    let share = |used: u64, limit: i64| limit > 0 && used as f64 >= CROWDED * limit as f64;
-    share(info.state.bytes, info.config.max_bytes) || share(info.state.messages, info.config.max_messages)
+/// How full `info`'s stream is of the nearer of its `max-bytes` and `max-messages`
+/// (0 without either): what the purger and the status model's gauge read.
+pub(crate) fn fullness(info: &jetstream::stream::Info) -> f64 {
+    let share = |used: u64, limit: i64| if limit > 0 { used as f64 / limit as f64 } else { 0.0 };
+    share(info.state.bytes, info.config.max_bytes).max(share(info.state.messages, info.config.max_messages))
 }
 
 /// Per subject, the floor below which it may be purged when the stream's floor is held
@@ -223,15 +224,16 @@ fn cover(filters: &[String]) -> Option<String> {
     filters.iter().all(|f| subject_covers(&candidate, f)).then_some(candidate)
 }
 
-/// Whether a purge of `subject` leaves every consumer's deliveries alone. nats-server
-/// moves each consumer with a filter equal to or inside the purged subject on to the
-/// first message of that subject left (its next delivery, its ack floor, its pending
-/// redeliveries), whatever its other filters take: a purge of `…inventory.reserve`
-/// made the `inventory` consumer skip a `…inventory.release` stored before the first
-/// `reserve` left, and drop a `commit` awaiting redelivery (review of the first
-/// version). So every consumer with a filter inside `subject` must have all of them
-/// inside it, and a filter that overlaps `subject` only in part (neither inside nor
-/// around it) rules it out.
+/// Whether a purge of `subject` leaves every consumer's deliveries alone. nats-server's
+/// source (`purgeLocked` → `consumer.purge`) moves each consumer with a filter equal
+/// to or inside the purged subject on to the first message of that subject left (its
+/// next delivery, its ack floor, its pending redeliveries), whatever its other filters
+/// take: a purge of `…inventory.reserve` could make the `inventory` consumer skip a
+/// `…inventory.release` stored before the first `reserve` left (review of the first
+/// version; 2.15.1 kept the consumer's place in our test, but nothing promises it).
+/// So every consumer with a filter inside `subject` must have all of them inside it,
+/// and a filter that overlaps `subject` only in part (neither inside nor around it)
+/// rules it out.
 fn purgeable(subject: &str, floors: &Floors) -> bool {
     floors.iter().all(|(filters, _)| {
         let inside = filters.iter().filter(|f| subject_covers(subject, f)).count();
@@ -319,7 +321,7 @@ pub async fn purge_acked_with(
     // crowded, each consumer's subjects are also purged below their own consumers'
     // floor: a filtered purge removes messages one by one (as acks on a work queue do),
     // a cost paid only while the stream fills.
-    if crowded(handle.cached_info()) {
+    if fullness(handle.cached_info()) >= CROWDED {
         for (subject, bound) in subject_floors(&floors, floor.unwrap_or(0)) {
             // Only when something of it lies below its floor: a purge that removes
             // nothing still costs the server a pass over the subject's blocks.

@@ -94,6 +94,19 @@ pub enum ProductChange {
     Delete,
 }
 
+impl ProductChange {
+    /// Whether the write names a stock figure (a `Put`, or a `Patch` with `stock`):
+    /// only then do the units available follow it. A patch of the price keeps the
+    /// stored fields' stock, the seller's last figure, not what is left after sales.
+    pub fn states_stock(&self) -> bool {
+        match self {
+            ProductChange::Put { .. } => true,
+            ProductChange::Patch { patch } => patch.stock.is_some(),
+            ProductChange::Delete => false,
+        }
+    }
+}
+
 /// Command: change one product. Published by the ingress (and the import job, and
 /// `souk seed`) once the request is authorised and validated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

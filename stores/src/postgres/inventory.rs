@@ -409,7 +409,7 @@ pub async fn set_available(
 pub async fn basis(db: impl PgExecutor<'_>, tenant: &str, sku: &str) -> Result<StockBasis, Error> {
     let skus = [sku.to_owned()];
     let mut found = bases(db, tenant, &skus).await?;
-    Ok(found.remove(sku).unwrap_or(StockBasis { revives: true, ..StockBasis::default() }))
+    Ok(found.remove(sku).unwrap_or_default()) // `bases` answers for every SKU asked
 }
 
 /// [`basis`] of each of `skus` (an import's chunk), in one query.

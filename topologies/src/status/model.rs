@@ -189,12 +189,6 @@ fn nats(what: &str, e: &dyn std::fmt::Display) -> Error {
     Error::Nats(format!("{what}: {e}"))
 }
 
-/// How full `info`'s stream is of the nearer of its limits (see [`StreamModel::fullness`]).
-fn fullness(info: &jetstream::stream::Info) -> f64 {
-    let share = |used: u64, limit: i64| if limit > 0 { used as f64 / limit as f64 } else { 0.0 };
-    share(info.state.bytes, info.config.max_bytes).max(share(info.state.messages, info.config.max_messages))
-}
-
 /// Read the model. JetStream's streams and consumers must be readable (else an error);
 /// heartbeats, dead letters, the outbox and the history are reported in `problems`
 /// when they are not. `with_history`: also read the history and the trends from it.
@@ -218,7 +212,7 @@ pub async fn read(
             first_seq: info.state.first_sequence,
             last_seq: info.state.last_sequence,
             oldest_unhandled_secs: 0.0,
-            fullness: fullness(info),
+            fullness: crate::purge::fullness(info),
             discards_new: info.config.discard == jetstream::stream::DiscardPolicy::New,
         });
         handles.insert(s.name.clone(), stream);

@@ -368,11 +368,12 @@ async fn a_command_held_for_hours_does_not_fill_the_stream_behind_it() -> anyhow
     Ok(())
 }
 
-/// Review of the first version: a filtered purge of one filter of a consumer with two
-/// made nats-server move that consumer on to the first message of the purged subject
-/// left — past a command of its other filter stored before it, never delivered (then
-/// purged as handled). A consumer's subjects are purged together, by one subject that
-/// covers them.
+/// Review of the first version: by nats-server's source, a filtered purge of one filter
+/// of a consumer with two moves that consumer on to the first message of the purged
+/// subject left — past a command of its other filter stored before it, never delivered
+/// (then purged as handled). 2.15.1 kept the consumer's place here even with the first
+/// version, so this guards the behaviour rather than reproducing the fault: a
+/// consumer's subjects are purged together, by one subject that covers them.
 #[tokio::test]
 async fn a_crowded_purge_never_moves_a_consumer_past_its_other_filters() -> anyhow::Result<()> {
     let multi = edited(

@@ -41,11 +41,9 @@ pub struct WriteProductHandler;
 
 /// What a write does, decided on the locked row.
 enum Decision {
-    /// Store these fields; `states_stock` when the write names a stock figure (a `Put`,
-    /// or a `Patch` with `stock`): only then do the units on hand follow it.
+    /// Store these fields.
     Store {
         fields: souk_pipelines::catalog::ProductFields,
-        states_stock: bool,
     },
     Delete,
     Reject(String),
@@ -103,7 +101,7 @@ pub async fn apply(tx: &mut PgConnection, cmd: &WriteProduct) -> Result<(), pg::
             tracing::info!(sku = %cmd.sku, write_id = %cmd.write_id, reason = %reason, "catalog write rejected");
             (Outcome::Rejected { reason }, None)
         }
-        Decision::Store { fields, states_stock } => {
+        Decision::Store { fields } => {
             let product =
                 products::put(tx, &cmd.tenant, &cmd.sku, &cmd.seller, &fields, version, cmd.requested_at)
                     .await?;
@@ -113,7 +111,7 @@ pub async fn apply(tx: &mut PgConnection, cmd: &WriteProduct) -> Result<(), pg::
             // stored fields' stock, which is the seller's last figure, not what is left
             // after sales: setting it again would put sold units back on sale.
             // A product created again after its deletion starts its shelf afresh.
-            if states_stock {
+            if cmd.change.states_stock() {
                 let revived = stored.as_ref().is_none_or(|s| s.is_deleted())
                     || cmd.stock_basis.is_some_and(|b| b.revives);
                 inventory::set_available(tx, &cmd.tenant, &cmd.sku, fields.stock, cmd.stock_basis, revived)
@@ -169,14 +167,14 @@ fn decide(cmd: &WriteProduct, stored: Option<&StoredProduct>) -> Decision {
     }
     let live = stored.filter(|s| !s.is_deleted());
     match (&cmd.change, live) {
-        (ProductChange::Put { fields }, _) => Decision::Store { fields: fields.clone(), states_stock: true },
+        (ProductChange::Put { fields }, _) => Decision::Store { fields: fields.clone() },
         (ProductChange::Patch { .. }, None) => {
             Decision::Reject(format!("patch of a missing or deleted product: {}", cmd.sku))
         }
         (ProductChange::Patch { patch }, Some(s)) => {
             let patched = patch.apply_to(&s.product.fields);
             match patched.validate() {
-                Ok(()) => Decision::Store { fields: patched, states_stock: patch.stock.is_some() },
+                Ok(()) => Decision::Store { fields: patched },
                 Err(errors) => Decision::Reject(format!("invalid after the patch: {}", describe(&errors))),
             }
         }
